@@ -1,0 +1,78 @@
+"""The ``clt-bench`` command line. Each stage registers its own sub-command (see COMMANDS).
+
+Bad input raises ``UserError``: printed as one sentence, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from clt_bench.config import RunConfig, load_config
+from clt_bench.errors import UserError
+
+# modules with ``register(subparsers)``; each adds one or more sub-commands
+COMMANDS = [
+    "clt_bench.task.cli",
+]
+
+
+def add_common(p: argparse.ArgumentParser, model: bool = True, out: bool = True) -> None:
+    """Options every stage command shares: preset, overrides, model, device, output folder."""
+    p.add_argument("--preset", default="toy", help="preset name or path to a .toml (default: toy)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set clt.n_features=2048 (repeatable)")
+    if model:
+        p.add_argument("--model", default=None, help="toy | gpt2 | gpt2-random | hf:<name>")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
+    if out:
+        p.add_argument("--out", default=None, help="run directory (default: results/<preset>)")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "model", None):
+        overrides.append(f'model.name="{args.model}"')
+    if getattr(args, "device", None):
+        overrides.append(f'model.device="{args.device}"')
+    return load_config(args.preset, overrides)
+
+
+def out_dir(args: argparse.Namespace, cfg: RunConfig) -> str:
+    return args.out or f"results/{cfg.preset}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clt-bench",
+        description="Do cross-layer transcoders find the greater-than circuit? Train, attribute, "
+        "compare, report.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished checkpoints are kept and the next run resumes.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

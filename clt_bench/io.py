@@ -1,0 +1,146 @@
+"""Atomic file writes, safetensors I/O and run metadata (versions, git commit, seeds)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clt_bench.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return asdict(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Round-trip through json so dataclasses, tensors and numpy scalars become plain types."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, default=_json_default, sort_keys=False)
+    return write_text(path, text + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}).") from err
+
+
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save tensors as safetensors, atomically (never pickles)."""
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
+    return Path(path)
+
+
+def load_tensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist.")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as err:  # safetensors raises several error types for corrupt files
+        raise UserError(f"{path} is not a readable safetensors file ({err}).") from err
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_versions() -> dict[str, str]:
+    names = ["clt-bench", "torch", "transformer-lens", "transformers", "datasets", "safetensors"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def run_metadata(config: Any = None, seeds: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The provenance block every metrics.json carries."""
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+    if seeds is not None:
+        meta["seeds"] = dict(seeds)
+    if config is not None:
+        meta["config"] = to_jsonable(config)
+    return meta
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a config (used to decide whether a finished stage is stale)."""
+    text = json.dumps(to_jsonable(obj), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

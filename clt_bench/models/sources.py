@@ -1,0 +1,117 @@
+"""Resolve a model name into a TransformerBridge + tokenizer (see ``clt_bench.models``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.sources import build_bridge_from_module
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from clt_bench.errors import UserError
+from clt_bench.models.tokenizer import gpt2_tokenizer
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = ("toy", "gpt2", "gpt2-random", "hf:<name-or-path>")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the pipeline: ``bridge`` runs it with TransformerLens hooks."""
+
+    name: str
+    bridge: TransformerBridge
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype '{name}' (known: {', '.join(DTYPES)}).")
+    return DTYPES[name]
+
+
+def wrap_hf_gpt2(
+    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, name: str
+) -> TransformerBridge:
+    """Wrap a locally built Hugging Face GPT-2 module in a TransformerLens bridge."""
+    model.eval()
+    return build_bridge_from_module(
+        model, "GPT2LMHeadModel", hf_config=model.config, tokenizer=tokenizer, model_name=name
+    )
+
+
+def gpt2_small_config() -> GPT2Config:
+    """GPT-2 small: 12 layers, 12 heads, d_model 768, vocab 50,257, context 1,024, tied embeddings."""
+    return GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257)
+
+
+def _gpt2_random(seed: int, dtype: torch.dtype) -> TransformerBridge:
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(gpt2_small_config()).to(dtype)
+    return wrap_hf_gpt2(model, gpt2_tokenizer(), "gpt2-random")
+
+
+def _boot_hub(repo: str, device: str, dtype: torch.dtype) -> TransformerBridge:
+    """Boot a hub model; a machine without network or cache gets one clear sentence."""
+    try:
+        return TransformerBridge.boot_transformers(repo, device=device, dtype=dtype)
+    except Exception as err:  # HF raises OSError / LocalEntryNotFoundError / HTTP errors
+        text = f"{type(err).__name__}: {err}".lower()
+        offline = any(
+            s in text
+            for s in ("connect", "offline", "resolve", "local_files_only", "cache", "network",
+                      "couldn't", "could not", "timed out", "max retries", "not found", "huggingface")
+        )
+        if offline or os.environ.get("HF_HUB_OFFLINE"):
+            raise UserError(
+                f"cannot load '{repo}': the Hugging Face hub is not reachable and the model is not "
+                f"in the local cache; use --model toy (offline) or --model gpt2-random."
+            ) from err
+        raise UserError(f"cannot load '{repo}' with TransformerLens ({type(err).__name__}).") from err
+
+
+def load_model(
+    name: str = "toy", device: str = "cpu", dtype: str = "float32", seed: int = 0
+) -> LoadedModel:
+    """Resolve ``name`` (see module docstring) into a ``LoadedModel`` on ``device``."""
+    torch_dtype = _dtype(dtype)
+    if name == "toy":
+        from clt_bench.models.toy import load_toy
+
+        bridge = load_toy(dtype=torch_dtype)
+    elif name == "gpt2-random":
+        bridge = _gpt2_random(seed, torch_dtype)
+    elif name == "gpt2":
+        bridge = _boot_hub("gpt2", device, torch_dtype)
+    elif name.startswith("hf:") and len(name) > 3:
+        bridge = _boot_hub(name[3:], device, torch_dtype)
+    else:
+        raise UserError(
+            f"unknown model '{name}' (known models: toy, gpt2, gpt2-random, hf:<name-or-path>)."
+        )
+    if device != "cpu":
+        bridge = bridge.to(device)
+    tokenizer = bridge.tokenizer if name.startswith(("gpt2", "hf:")) and name != "gpt2-random" \
+        else gpt2_tokenizer()
+    if tokenizer is None:
+        tokenizer = gpt2_tokenizer()
+    bridge.eval()
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    log.info("loaded model %s (%d layers, d_model %d)", name, bridge.cfg.n_layers,
+             bridge.cfg.d_model)
+    return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer)

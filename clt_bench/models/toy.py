@@ -1,0 +1,58 @@
+"""The embedded toy model: a small GPT-2-architecture model with the real GPT-2 tokenizer.
+
+Trained by ``clt-bench toy-model train`` (see ``clt_bench.models.toy_train``) on the synthetic corpus of
+``clt_bench.models.corpus``; the weights ship as ``clt_bench/data/toy/toy.safetensors`` (fp16).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from clt_bench.errors import UserError
+from clt_bench.io import load_tensors
+from clt_bench.models.sources import wrap_hf_gpt2
+from clt_bench.models.tokenizer import gpt2_tokenizer
+from clt_bench.paths import package_data
+
+TOY_DIR = package_data("toy")
+TOY_WEIGHTS = TOY_DIR / "toy.safetensors"
+TOY_CONFIG = TOY_DIR / "config.json"
+
+# Architecture of the toy (a Hugging Face GPT2Config). Changing it requires retraining.
+DEFAULT_TOY_ARCH = dict(n_layer=4, n_head=4, n_embd=128, n_inner=512, n_positions=64,
+                        vocab_size=50257, tie_word_embeddings=True)
+
+
+def toy_gpt2_config(arch: dict | None = None) -> GPT2Config:
+    return GPT2Config(**(arch or DEFAULT_TOY_ARCH))
+
+
+def build_toy_module(arch: dict | None = None, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(toy_gpt2_config(arch))
+
+
+def load_toy_module(weights: Path = TOY_WEIGHTS, dtype: torch.dtype = torch.float32
+                    ) -> GPT2LMHeadModel:
+    if not weights.is_file():
+        raise UserError(
+            f"the toy model's weights are missing ({weights}); run `clt-bench toy-model train`."
+        )
+    arch = json.loads(TOY_CONFIG.read_text())["arch"] if TOY_CONFIG.is_file() else None
+    model = build_toy_module(arch)
+    state = {k: v.to(torch.float32) for k, v in load_tensors(weights).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))]
+    if missing or unexpected:
+        raise UserError(f"toy weights {weights} do not match the toy architecture.")
+    model.tie_weights()
+    return model.to(dtype).eval()
+
+
+def load_toy(dtype: torch.dtype = torch.float32) -> TransformerBridge:
+    return wrap_hf_gpt2(load_toy_module(dtype=dtype), gpt2_tokenizer(), "toy")

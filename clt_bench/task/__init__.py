@@ -1,0 +1,1 @@
+"""The greater-than task: spec (data in tasks/), datasets, metrics and the task stage."""

@@ -1,0 +1,81 @@
+"""Greater-than metrics (SPEC-greater-than.md §4).
+
+p = softmax over the FULL vocabulary at END, restricted (not renormalised) to the 100 answer tokens.
+For relation ``gt`` the correct answers are z > y; for ``lt`` they are z < y.
+"""
+
+from __future__ import annotations
+
+import torch
+
+N_ANSWERS = 100
+YY_ROWS = list(range(2, 99))  # heatmap rows YY = 2..98
+
+
+def answer_probs(end_logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """[n, vocab] logits at END -> [n, 100] probabilities of "00".."99" (full-vocab softmax)."""
+    return torch.softmax(end_logits.double(), dim=-1)[:, answer_ids.to(end_logits.device)]
+
+
+def correct_mask(yy: torch.Tensor, relation: str = "gt", n: int = N_ANSWERS) -> torch.Tensor:
+    """[n_examples, 100] bool: which ZZ are correct for each example's YY."""
+    z = torch.arange(n, device=yy.device)[None, :]
+    y = yy[:, None]
+    return z > y if relation == "gt" else z < y
+
+
+def incorrect_mask(yy: torch.Tensor, relation: str = "gt", n: int = N_ANSWERS) -> torch.Tensor:
+    """Complement used by PD: z <= y for ``gt`` (and z >= y for ``lt``)."""
+    return ~correct_mask(yy, relation, n)
+
+
+def prob_diff_per_example(p: torch.Tensor, yy: torch.Tensor, relation: str = "gt") -> torch.Tensor:
+    """PD_i = sum_{correct z} p_z - sum_{other z} p_z; [n]."""
+    good = correct_mask(yy, relation, p.shape[1]).to(p.dtype)
+    return (p * good).sum(-1) - (p * (1 - good)).sum(-1)
+
+
+def cutoff_sharpness_per_example(p: torch.Tensor, yy: torch.Tensor, relation: str = "gt"
+                                 ) -> torch.Tensor:
+    """CS_i = p_{y+1} - p_{y-1} (reversed for ``lt``); [n]. Needs 1 <= y <= 98."""
+    up = p.gather(1, (yy + 1).clamp(max=p.shape[1] - 1)[:, None])[:, 0]
+    down = p.gather(1, (yy - 1).clamp(min=0)[:, None])[:, 0]
+    return up - down if relation == "gt" else down - up
+
+
+def logit_diff_per_example(answer_logits: torch.Tensor, yy: torch.Tensor, relation: str = "gt",
+                           reduce: str = "sum") -> torch.Tensor:
+    """sum_{correct} l_z - sum_{other} l_z over the 100 answer logits ("mean": EAP-IG's variant)."""
+    good = correct_mask(yy, relation, answer_logits.shape[1]).to(answer_logits.dtype)
+    bad = 1 - good
+    if reduce == "mean":
+        return (answer_logits * good).sum(-1) / good.sum(-1).clamp(min=1) - (
+            answer_logits * bad).sum(-1) / bad.sum(-1).clamp(min=1)
+    return (answer_logits * good).sum(-1) - (answer_logits * bad).sum(-1)
+
+
+def logit_diff_direction(yy: int, relation: str = "gt", n: int = N_ANSWERS) -> torch.Tensor:
+    """[100] coefficients c with logit_diff = c @ answer_logits (+1 correct, -1 otherwise)."""
+    good = correct_mask(torch.tensor([yy]), relation, n)[0]
+    return good.double() * 2 - 1
+
+
+def yy_heatmap(p: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+    """Mean p_z per YY: [97, 100] (rows YY = 2..98, columns ZZ = 0..99); NaN for absent YY."""
+    out = torch.full((len(YY_ROWS), p.shape[1]), float("nan"), dtype=torch.float64)
+    for row, y in enumerate(YY_ROWS):
+        sel = yy == y
+        if sel.any():
+            out[row] = p[sel].double().mean(0)
+    return out
+
+
+def summarize(p: torch.Tensor, yy: torch.Tensor, relation: str = "gt") -> dict[str, float]:
+    pd = prob_diff_per_example(p, yy, relation)
+    cs = cutoff_sharpness_per_example(p, yy, relation)
+    return {
+        "prob_diff": float(pd.mean()),
+        "prob_diff_std": float(pd.std()) if len(pd) > 1 else 0.0,
+        "cutoff_sharpness": float(cs.mean()),
+        "cutoff_sharpness_std": float(cs.std()) if len(cs) > 1 else 0.0,
+    }

@@ -1,0 +1,78 @@
+"""The task stage: clean/corrupted metrics and the YY x ZZ probability heatmap."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from clt_bench.config import RunConfig
+from clt_bench.io import run_metadata, write_json
+from clt_bench.models import LoadedModel
+from clt_bench.plots import yy_zz_heatmap
+from clt_bench.task.dataset import TaskBatch, build_dataset
+from clt_bench.task.evaluate import end_logits, task_metrics
+from clt_bench.task.metrics import answer_probs, yy_heatmap
+from clt_bench.task.spec import load_task
+
+log = logging.getLogger(__name__)
+
+
+def load_task_batch(cfg: RunConfig, loaded: LoadedModel, dataset: str | None = None) -> TaskBatch:
+    spec = load_task(cfg.task.task)
+    return build_dataset(spec, loaded.tokenizer, dataset or cfg.task.dataset, cfg.task.template,
+                         n=cfg.task.n or None, seed=cfg.task.seed)
+
+
+def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[str, Any]:
+    """Evaluate the model on the task; write ``<out>/task/metrics.json`` and ``heatmap.png``."""
+    t0 = time.perf_counter()
+    stage_dir = Path(out_dir) / "task"
+    batch = load_task_batch(cfg, loaded)
+    clean = end_logits(loaded.bridge, batch.clean, batch.end_pos, cfg.task.batch_size)
+    corrupt = end_logits(loaded.bridge, batch.corrupted, batch.end_pos, cfg.task.batch_size)
+    clean_m = task_metrics(clean, batch)
+    corrupt_m = task_metrics(corrupt, batch, prefix="corrupted_")
+    heat = yy_heatmap(answer_probs(clean, batch.answer_ids), batch.yy)
+    heat_path = yy_zz_heatmap(
+        heat.numpy(), stage_dir / "heatmap.png",
+        f"{loaded.name}: mean p(ZZ | YY), {cfg.task.template} template, n={len(batch)}",
+    )
+    metrics: dict[str, Any] = {
+        "model": loaded.name,
+        "task": cfg.task.task,
+        "template": batch.template,
+        "relation": batch.relation,
+        "dataset": cfg.task.dataset,
+        "n_examples": len(batch),
+        "seed": batch.seed,
+        "example_prompt": batch.prompts[0],
+        "yy_position": batch.yy_pos,
+        "end_position": batch.end_pos,
+        **clean_m,
+        **corrupt_m,
+        "n_noncanonical_corrupted": int((~batch.canonical_corrupted).sum()),
+        "heatmap": heat_path.name,
+        "heatmap_matrix": [[None if v != v else round(v, 6) for v in row] for row in heat.tolist()],
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        **run_metadata(seeds={"dataset": batch.seed}),
+    }
+    write_json(stage_dir / "metrics.json", metrics)
+    log.info("task stage wrote %s", stage_dir)
+    return metrics
+
+
+def format_task_table(m: dict[str, Any]) -> str:
+    rows = [
+        ("model", m["model"]),
+        ("template", m["template"]),
+        ("examples", m["n_examples"]),
+        ("prob_diff", f"{m['prob_diff']:.3f}"),
+        ("cutoff_sharpness", f"{m['cutoff_sharpness']:.3f}"),
+        ("corrupted_prob_diff", f"{m['corrupted_prob_diff']:.3f}"),
+        ("logit_diff", f"{m['logit_diff']:.2f}"),
+        ("wall_seconds", f"{m['wall_seconds']:.1f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
