@@ -1,0 +1,1 @@
+"""Cross-layer transcoders (CLT) and per-layer transcoders (PLT): model, training, I/O."""

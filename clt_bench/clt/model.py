@@ -1,0 +1,199 @@
+"""The cross-layer transcoder module (SPEC-clt.md §1).
+
+Layer l's encoder reads the raw residual stream before the MLP (``blocks.l.hook_resid_mid``);
+each feature of layer l has a decoder to every layer l' >= l (``blocks.l'.hook_mlp_out``).
+A per-layer transcoder (PLT) is the same module with ``cross_layer=False``: decoders only to the
+feature's own layer. An optional linear skip connection maps x^l straight to y^l.
+
+Shapes: L layers, F features per layer, d = d_model.
+- ``W_enc`` [L, F, d], ``b_enc`` [L, F], ``threshold`` [L, F] (JumpReLU; log-parametrised)
+- ``W_dec[l]`` [F, L - l, d] for a CLT (``[F, 1, d]`` for a PLT), ``b_dec`` [L, d]
+- ``W_skip`` [L, d, d] (optional)
+Inputs are raw model activations unless ``input_scale`` / ``output_scale`` are set: during
+training those hold the normalisation; ``fold_normalisation`` folds them into the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+ACTIVATIONS = ("jumprelu", "topk", "batchtopk", "relu")
+
+
+@dataclass(frozen=True)
+class CLTSpec:
+    n_layers: int
+    d_model: int
+    n_features: int  # per layer
+    activation: str = "jumprelu"
+    k: int = 32
+    cross_layer: bool = True
+    skip: bool = False
+    bandwidth: float = 1.0  # JumpReLU straight-through rectangle kernel width (input units)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class JumpReLUFn(torch.autograd.Function):
+    """a = h * 1[h > theta]; d a / d theta via a rectangle kernel of width ``bandwidth``."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(h, theta)
+        ctx.bandwidth = bandwidth
+        return h * (h > theta)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        h, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_h = grad_out * (h > theta)
+        kernel = ((h - theta).abs() < eps / 2).to(h.dtype) / eps
+        grad_theta = -(theta * kernel * grad_out)
+        grad_theta = grad_theta.reshape(-1, *theta.shape).sum(0) if grad_theta.dim() > theta.dim() \
+            else grad_theta
+        return grad_h, grad_theta, None
+
+
+class StepFn(torch.autograd.Function):
+    """1[h > theta] with the same straight-through gradient for theta (for the L0 penalties)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(h, theta)
+        ctx.bandwidth = bandwidth
+        return (h > theta).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        h, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        kernel = ((h - theta).abs() < eps / 2).to(h.dtype) / eps
+        grad_theta = -(kernel * grad_out)
+        grad_theta = grad_theta.reshape(-1, *theta.shape).sum(0) if grad_theta.dim() > theta.dim() \
+            else grad_theta
+        return torch.zeros_like(h), grad_theta, None
+
+
+class CrossLayerTranscoder(nn.Module):
+    """A CLT (or PLT). ``forward(x)`` maps [batch, L, d] resid_mid to [batch, L, d] mlp_out."""
+
+    def __init__(self, spec: CLTSpec, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if spec.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{spec.activation}'")
+        self.spec = spec
+        L, F, d = spec.n_layers, spec.n_features, spec.d_model
+        self.W_enc = nn.Parameter(torch.zeros(L, F, d, dtype=dtype))
+        self.b_enc = nn.Parameter(torch.zeros(L, F, dtype=dtype))
+        self.W_dec = nn.ParameterList(
+            [nn.Parameter(torch.zeros(F, self.n_targets(l), d, dtype=dtype)) for l in range(L)]
+        )
+        self.b_dec = nn.Parameter(torch.zeros(L, d, dtype=dtype))
+        self.log_threshold = nn.Parameter(torch.zeros(L, F, dtype=dtype),
+                                          requires_grad=spec.activation == "jumprelu")
+        self.W_skip = nn.Parameter(torch.zeros(L, d, d, dtype=dtype)) if spec.skip else None
+        # normalisation: x_norm = x * input_scale[l]; y = y_norm / output_scale[l]  (1 = folded)
+        self.register_buffer("input_scale", torch.ones(L, dtype=dtype))
+        self.register_buffer("output_scale", torch.ones(L, dtype=dtype))
+
+    # ----- structure -------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.spec.n_layers
+
+    def n_targets(self, layer: int) -> int:
+        """How many layers feature of ``layer`` writes to."""
+        return self.spec.n_layers - layer if self.spec.cross_layer else 1
+
+    def target_layers(self, layer: int) -> list[int]:
+        return list(range(layer, layer + self.n_targets(layer)))
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        """[L, F] JumpReLU thresholds (in the units of the (normalised) pre-activation)."""
+        return self.log_threshold.exp()
+
+    # ----- encoder ---------------------------------------------------------------------------
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., L, d] resid_mid -> [..., L, F] encoder pre-activations."""
+        x = x * self.input_scale[:, None].to(x.dtype)
+        return torch.einsum("...ld,lfd->...lf", x, self.W_enc) + self.b_enc
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """[..., L, F] pre-activations -> feature activations."""
+        kind = self.spec.activation
+        if kind == "relu":
+            return torch.relu(h)
+        if kind == "jumprelu":
+            return JumpReLUFn.apply(h, self.threshold, self.spec.bandwidth)
+        if kind == "topk":
+            k = min(self.spec.k, h.shape[-1])
+            vals, idx = torch.relu(h).topk(k, dim=-1)
+            return torch.zeros_like(h).scatter(-1, idx, vals)
+        # batchtopk: keep the top (k * batch) activations of each layer across the flattened batch
+        flat = torch.relu(h).reshape(-1, h.shape[-2], h.shape[-1])  # [B, L, F]
+        B = flat.shape[0]
+        k = min(self.spec.k * B, B * h.shape[-1])
+        per_layer = flat.transpose(0, 1).reshape(h.shape[-2], -1)  # [L, B*F]
+        vals, idx = per_layer.topk(k, dim=-1)
+        kept = torch.zeros_like(per_layer).scatter(-1, idx, vals)
+        return kept.reshape(h.shape[-2], B, h.shape[-1]).transpose(0, 1).reshape(h.shape)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., L, d] resid_mid -> [..., L, F] feature activations."""
+        return self.activate(self.pre_activations(x))
+
+    # ----- decoder ---------------------------------------------------------------------------
+    def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """[..., L, F] activations (+ resid_mid for the skip) -> [..., L, d] mlp_out estimate."""
+        L = self.n_layers
+        outs: list[torch.Tensor] = [self.b_dec[l].expand(*acts.shape[:-2], -1) for l in range(L)]
+        for src in range(L):
+            contrib = torch.einsum("...f,ftd->...td", acts[..., src, :], self.W_dec[src])
+            for j, tgt in enumerate(self.target_layers(src)):
+                outs[tgt] = outs[tgt] + contrib[..., j, :]
+        y = torch.stack(outs, dim=-2)
+        if self.W_skip is not None and x is not None:
+            xn = x * self.input_scale[:, None].to(x.dtype)
+            y = y + torch.einsum("...ld,lde->...le", xn, self.W_skip)
+        return y / self.output_scale[:, None].to(y.dtype)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[..., L, d] resid_mid -> (mlp_out estimate [..., L, d], activations [..., L, F])."""
+        acts = self.encode(x)
+        return self.decode(acts, x), acts
+
+    def decoder_norms(self) -> torch.Tensor:
+        """[L, F] norm of each feature's decoder vectors to all its target layers, concatenated."""
+        return torch.stack([w.pow(2).sum(dim=(1, 2)).sqrt() for w in self.W_dec])
+
+    def layer_decoder(self, src: int, tgt: int) -> torch.Tensor:
+        """[F, d] decoder of layer ``src`` features into layer ``tgt`` (in raw output units)."""
+        j = tgt - src
+        if j < 0 or j >= self.n_targets(src):
+            raise IndexError(f"layer {src} features do not write to layer {tgt}")
+        return self.W_dec[src][:, j, :] / self.output_scale[tgt]
+
+    # ----- normalisation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_normalisation(self) -> None:
+        """Fold ``input_scale``/``output_scale`` into the weights so raw inputs give raw outputs.
+
+        JumpReLU thresholds and pre-activations keep their scale: W_enc absorbs the input scale, so
+        pre-activations are unchanged; decoders (and b_dec, W_skip) absorb 1 / output_scale.
+        """
+        s_in, s_out = self.input_scale.clone(), self.output_scale.clone()
+        self.W_enc.mul_(s_in[:, None, None])
+        for src in range(self.n_layers):
+            tg = torch.tensor(self.target_layers(src), device=s_out.device)
+            self.W_dec[src].div_(s_out[tg][None, :, None])
+        self.b_dec.div_(s_out[:, None])
+        if self.W_skip is not None:
+            self.W_skip.mul_(s_in[:, None, None]).div_(s_out[:, None, None])
+        self.input_scale.fill_(1.0)
+        self.output_scale.fill_(1.0)
