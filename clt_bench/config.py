@@ -57,14 +57,17 @@ class BaselineConfig:
 @dataclass(frozen=True)
 class ActivationsConfig:
     corpus: str = "toy"  # toy | fineweb | hf:<dataset> | file:<path to txt/json/jsonl/parquet>
-    n_tokens: int = 400_000
-    seq_len: int = 64
-    batch_size: int = 32
+    n_tokens: int = 400_000  # training tokens taken from the corpus (one epoch)
+    eval_tokens: int = 16_384  # held-out tokens (after the training tokens) for quality metrics
+    seq_len: int = 64  # one document per row, split into pieces of at most seq_len tokens
+    batch_size: int = 32  # rows per model forward pass
     shard_tokens: int = 65_536
-    seed: int = 1234
+    seed: int = 1234  # corpus seed (toy: generator seed; others: shuffle of the block order)
     mode: str = "cache"  # cache (shards on disk) | stream (on the fly, shuffle buffer)
-    shuffle_buffer: int = 65_536
+    shuffle_buffer: int = 65_536  # tokens per shuffled block (cache: rounded up to whole shards)
     text_field: str = "text"
+    split: str = "train"
+    dtype: str = "float32"  # storage dtype of cached activations: float32 | float16 | bfloat16
 
 
 @dataclass(frozen=True)
@@ -75,21 +78,26 @@ class CLTConfig:
     k: int = 32  # for topk / batchtopk
     skip: bool = False
     lr: float = 1e-3
-    batch_tokens: int = 1024
+    batch_tokens: int = 1024  # global batch (all ranks together)
     n_steps: int = 2000
     warmup_steps: int = 100
-    decay_start: float = 0.8
+    decay_start: float = 0.8  # fraction of n_steps after which the LR decays linearly to 0
     grad_clip: float = 1.0
-    lambda_s: float = 1e-3
-    lambda_p: float = 3e-6
+    lambda_s: float = 1e-3  # tanh sparsity coefficient (final value of the linear ramp)
+    sparsity_ramp: float = 1.0  # fraction of n_steps over which lambda_s ramps up from 0
+    lambda_p: float = 3e-6  # pre-activation loss
     tanh_c: float = 4.0
     threshold_init: float = 0.03
     bandwidth: float = 1.0
-    init_rate: float = 0.05
+    init_rate: float = 0.05  # target firing rate the encoder bias is initialised for
+    dec_init_scale: float = 0.1  # decoder init: uniform +-dec_init_scale / sqrt(F * targets)
+    norm_batches: int = 8  # batches used to estimate the normalisation scalars
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0
-    eval_tokens: int = 8192
+    eval_tokens: int = 8192  # tokens of held-out activations for NMSE / L0 / dead fraction
+    parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when run under torchrun
+    threads: int = 0  # torch CPU threads (0 = leave torch's default)
     load: str = ""  # path to an existing circuit-tracer CLT/PLT directory (skip training)
 
 

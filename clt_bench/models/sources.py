@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -65,8 +68,36 @@ def _gpt2_random(seed: int, dtype: torch.dtype) -> TransformerBridge:
     return wrap_hf_gpt2(model, gpt2_tokenizer(), "gpt2-random")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connect within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(repo: str) -> bool:
+    if Path(repo).is_dir():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # an unusual cache layout: let TransformerLens decide
+        return False
+
+
 def _boot_hub(repo: str, device: str, dtype: torch.dtype) -> TransformerBridge:
     """Boot a hub model; a machine without network or cache gets one clear sentence."""
+    if not _in_hf_cache(repo) and not _hub_reachable():
+        raise UserError(
+            f"cannot load '{repo}': the Hugging Face hub is not reachable and the model is not "
+            f"in the local cache; use --model toy (offline) or --model gpt2-random."
+        )
     try:
         return TransformerBridge.boot_transformers(repo, device=device, dtype=dtype)
     except Exception as err:  # HF raises OSError / LocalEntryNotFoundError / HTTP errors
@@ -115,3 +146,20 @@ def load_model(
     log.info("loaded model %s (%d layers, d_model %d)", name, bridge.cfg.n_layers,
              bridge.cfg.d_model)
     return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer)
+
+
+def count_parameters(bridge: TransformerBridge) -> int:
+    """Parameters of the underlying model, counted once.
+
+    The bridge keeps GPT-2's fused ``c_attn`` and also split q/k/v copies of it; the copies are
+    not counted (tied embeddings are shared tensors and count once as well).
+    """
+    seen: set[int] = set()
+    total = 0
+    for name, p in bridge.original_model.named_parameters():
+        if any(f".attn.{x}._original_component" in name for x in "qkv"):
+            continue
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel()
+    return total

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from clt_bench.cli import config_from_args, out_dir
     from clt_bench.models import load_model
+    from clt_bench.task.spec import load_task
     from clt_bench.task.stage import format_task_table, run_task_stage
 
     extra = []
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
             extra.append(f'task.{key}="{getattr(args, key)}"')
     args.overrides = list(args.overrides) + extra
     cfg = config_from_args(args)
+    load_task(cfg.task.task)  # bad task names fail before the model loads
     loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
     out = Path(out_dir(args, cfg))
     metrics = run_task_stage(cfg, loaded, out)

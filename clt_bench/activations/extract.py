@@ -1,0 +1,45 @@
+"""One forward pass -> ``hook_resid_mid`` and ``hook_mlp_out`` of every layer (stops after the last).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from clt_bench.activations.tokens import TokenRows
+
+
+class _StopForward(Exception):
+    """Raised by the last capture hook: nothing after the last MLP is needed."""
+
+
+def hook_names(n_layers: int) -> tuple[list[str], list[str]]:
+    """(resid_mid names, mlp_out names) for layers 0..n_layers-1."""
+    return ([f"blocks.{layer}.hook_resid_mid" for layer in range(n_layers)],
+            [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)])
+
+
+@torch.no_grad()
+def extract_activations(bridge: TransformerBridge, rows: TokenRows,
+                        dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (resid_mid [n, L, d], mlp_out [n, L, d]) at the n real (unmasked) tokens."""
+    n_layers = int(bridge.cfg.n_layers)
+    ins, outs = hook_names(n_layers)
+    store: dict[str, torch.Tensor] = {}
+    last = outs[-1]
+
+    def capture(t: torch.Tensor, hook) -> torch.Tensor:
+        store[hook.name] = t.detach()
+        if hook.name == last:
+            raise _StopForward
+        return t
+
+    device = next(bridge.parameters()).device
+    try:
+        bridge.run_with_hooks(rows.tokens.to(device), fwd_hooks=[(n, capture) for n in ins + outs])
+    except _StopForward:
+        pass
+    mask = rows.mask.to(device)
+    x = torch.stack([store[n][mask] for n in ins], dim=1).to(dtype)
+    y = torch.stack([store[n][mask] for n in outs], dim=1).to(dtype)
+    return x, y

@@ -1,0 +1,168 @@
+"""The activations stage: held-out token rows + (cache mode) activation shards on disk.
+
+The corpus stream is split as: the first ``eval_tokens`` tokens are held out (quality metrics of
+the CLT, replacement-model agreement), the next ``n_tokens`` are training data. Under torchrun
+every rank tokenises the stream and computes the shards ``s`` with ``s % world == rank``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from clt_bench.activations.corpus import iter_documents
+from clt_bench.activations.extract import extract_activations
+from clt_bench.activations.store import CachedBlocks, StreamBlocks
+from clt_bench.activations.tokens import TokenRows, iter_token_rows, take_tokens
+from clt_bench.config import RunConfig
+from clt_bench.errors import UserError
+from clt_bench.io import load_tensors, read_json, run_metadata, save_tensors, write_json
+from clt_bench.models import LoadedModel
+
+log = logging.getLogger(__name__)
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MODES = ("cache", "stream")
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def store_dtype(cfg: RunConfig) -> torch.dtype:
+    if cfg.activations.dtype not in STORE_DTYPES:
+        raise UserError(f"unknown activations.dtype '{cfg.activations.dtype}' "
+                        f"(known: {', '.join(STORE_DTYPES)}).")
+    return STORE_DTYPES[cfg.activations.dtype]
+
+
+def corpus_rows(cfg: RunConfig, loaded: LoadedModel) -> Iterator[TokenRows]:
+    """The whole corpus as token-row batches (held-out part first, then training)."""
+    a = cfg.activations
+    docs = iter_documents(a.corpus, a.seed, a.text_field, a.split)
+    return iter_token_rows(docs, loaded.tokenizer, a.seq_len, a.batch_size)
+
+
+def heldout_rows(cfg: RunConfig, loaded: LoadedModel) -> list[TokenRows]:
+    rows = list(take_tokens(corpus_rows(cfg, loaded), cfg.activations.eval_tokens))
+    if not rows:
+        raise UserError(f"corpus '{cfg.activations.corpus}' yields no tokens.")
+    return rows
+
+
+def training_rows(cfg: RunConfig, loaded: LoadedModel) -> Iterator[TokenRows]:
+    it = corpus_rows(cfg, loaded)
+    for _ in take_tokens(it, cfg.activations.eval_tokens):
+        pass
+    return take_tokens(it, cfg.activations.n_tokens)
+
+
+def _stage_hash(cfg: RunConfig) -> str:
+    return cfg.section_hash("activations", "model")
+
+
+def _shards(rows: Iterator[TokenRows], shard_tokens: int) -> Iterator[list[TokenRows]]:
+    pending, count = [], 0
+    for r in rows:
+        pending.append(r)
+        count += r.n_tokens
+        if count >= shard_tokens:
+            yield pending
+            pending, count = [], 0
+    if pending:
+        yield pending
+
+
+def run_activations_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path
+                          ) -> dict[str, Any]:
+    """Write ``<out>/activations/``: heldout.safetensors, shards (cache mode), manifest.json."""
+    a = cfg.activations
+    if a.mode not in MODES:
+        raise UserError(f"unknown activations.mode '{a.mode}' (known: {', '.join(MODES)}).")
+    stage = Path(out_dir) / "activations"
+    manifest_path = stage / "manifest.json"
+    key = _stage_hash(cfg)
+    if manifest_path.is_file():
+        manifest = read_json(manifest_path)
+        if manifest.get("config_hash") == key:
+            return manifest
+    rank, world = _rank_world()
+    t0 = time.perf_counter()
+    dtype = store_dtype(cfg)
+    held = heldout_rows(cfg, loaded)
+    if rank == 0:
+        width = a.seq_len
+        tokens = torch.cat([torch.nn.functional.pad(r.tokens, (0, width - r.tokens.shape[1]))
+                            for r in held])
+        mask = torch.cat([torch.nn.functional.pad(r.mask, (0, width - r.mask.shape[1]))
+                          for r in held])
+        save_tensors(stage / "heldout.safetensors", {"tokens": tokens, "mask": mask})
+        for old in stage.glob("shard_*.safetensors"):
+            old.unlink()  # a different config's shards (the manifest did not match)
+    _barrier()
+    n_shards, n_train = 0, 0
+    if a.mode == "cache":
+        bar = tqdm(total=a.n_tokens, desc="activations", unit="tok", disable=rank != 0)
+        for s, rows in enumerate(_shards(training_rows(cfg, loaded), a.shard_tokens)):
+            n = sum(r.n_tokens for r in rows)
+            n_shards, n_train = s + 1, n_train + n
+            if s % world == rank:
+                parts = [extract_activations(loaded.bridge, r, dtype) for r in rows]
+                save_tensors(stage / f"shard_{s:05d}.safetensors",
+                             {"resid_mid": torch.cat([p[0] for p in parts]).cpu(),
+                              "mlp_out": torch.cat([p[1] for p in parts]).cpu()})
+            bar.update(n)
+        bar.close()
+        if n_train == 0:
+            raise UserError(f"corpus '{a.corpus}' yields no training tokens after the "
+                            f"{a.eval_tokens} held-out tokens.")
+    manifest = {
+        "config_hash": key,
+        "mode": a.mode,
+        "corpus": a.corpus,
+        "n_shards": n_shards,
+        "train_tokens": n_train,
+        "heldout_tokens": sum(r.n_tokens for r in held),
+        "n_layers": loaded.n_layers,
+        "d_model": loaded.d_model,
+        "dtype": a.dtype,
+        "seconds": round(time.perf_counter() - t0, 2),
+        **run_metadata(config=a, seeds={"corpus": a.seed}),
+    }
+    _barrier()
+    if rank == 0:
+        write_json(manifest_path, manifest)
+    _barrier()
+    log.info("activations stage wrote %s", stage)
+    return manifest
+
+
+def load_heldout(out_dir: str | Path) -> TokenRows:
+    t = load_tensors(Path(out_dir) / "activations" / "heldout.safetensors")
+    return TokenRows(t["tokens"], t["mask"])
+
+
+def training_source(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path
+                    ) -> CachedBlocks | StreamBlocks:
+    """The block source training reads: cached shards, or activations computed on the fly."""
+    a = cfg.activations
+    if a.mode == "cache":
+        paths = sorted((Path(out_dir) / "activations").glob("shard_*.safetensors"))
+        window = max(1, -(-a.shuffle_buffer // a.shard_tokens))
+        return CachedBlocks(paths, window, a.seed)
+    dtype = store_dtype(cfg)
+    return StreamBlocks(lambda: training_rows(cfg, loaded), a.n_tokens, a.shuffle_buffer,
+                        lambda r: extract_activations(loaded.bridge, r, dtype))

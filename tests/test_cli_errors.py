@@ -1,0 +1,76 @@
+"""Bad input ends with one clear sentence and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clt_bench.cli import main
+from clt_bench.config import load_config
+from clt_bench.errors import UserError
+from clt_bench.task.spec import load_task
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_unknown_model_exit_2(capsys, tmp_path):
+    code, err = _run(capsys, "task", "--model", "nope", "--out", str(tmp_path))
+    assert code == 2
+    assert err.startswith("error: unknown model 'nope'") and err.count("\n") == 0
+
+
+def test_unknown_task_exit_2(capsys, tmp_path):
+    code, err = _run(capsys, "task", "--task", "less_than", "--out", str(tmp_path))
+    assert code == 2 and "unknown task 'less_than'" in err
+
+
+def test_unknown_config_key_exit_2(capsys, tmp_path):
+    code, err = _run(capsys, "task", "--set", "task.bogus=1", "--out", str(tmp_path))
+    assert code == 2 and "unknown config key 'task.bogus'" in err
+
+
+def test_wrong_type_and_unknown_preset():
+    with pytest.raises(UserError, match="must be int"):
+        load_config("toy", ["task.n='many'"])
+    with pytest.raises(UserError, match="unknown preset"):
+        load_config("gpt7")
+
+
+def test_gpt2_offline_exit_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, err = _run(capsys, "task", "--model", "gpt2", "--out", str(tmp_path))
+    assert code == 2 and "not reachable" in err and "--model toy" in err
+
+
+@pytest.mark.parametrize(
+    "mutation, message",
+    [
+        (lambda t: t.replace('name = "greater_than"', ""), "missing the key 'name'"),
+        (lambda t: t.replace("[year_filter]", "[year_filterz]"), "missing the key 'year_filter'"),
+        (lambda t: t + "\n[[broken", "not valid TOML"),
+        (lambda t: t.replace('relation = "lt"', 'relation = "sideways"', 1), "relation"),
+    ],
+)
+def test_malformed_task_data(tmp_path, mutation, message):
+    from clt_bench.paths import tasks_dir
+
+    src = tasks_dir() / "greater_than"
+    dst = tmp_path / "greater_than"
+    shutil.copytree(src, dst)
+    toml = dst / "task.toml"
+    toml.write_text(mutation(toml.read_text()))
+    with pytest.raises(UserError, match=message):
+        load_task("greater_than", root=tmp_path)
+
+
+def test_task_data_ships_in_package_layout():
+    from clt_bench.paths import baselines_dir, tasks_dir
+
+    assert (tasks_dir() / "greater_than" / "task.toml").is_file()
+    assert Path(baselines_dir()).name == "baselines"

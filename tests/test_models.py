@@ -1,0 +1,61 @@
+"""Model sources: gpt2-random at full size, the offline gpt2 error, unknown names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clt_bench.errors import UserError
+from clt_bench.models import load_model
+from clt_bench.models.sources import count_parameters
+
+
+@pytest.fixture(scope="module")
+def gpt2_random():
+    return load_model("gpt2-random", seed=0)
+
+
+def test_gpt2_random_has_gpt2_small_shape(gpt2_random):
+    bridge = gpt2_random.bridge
+    cfg = bridge.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab) == (12, 12, 768, 50257)
+    assert count_parameters(bridge) == 124_439_808  # GPT-2 small with tied embeddings
+
+
+def test_gpt2_random_forward_with_hooks(gpt2_random):
+    toks = gpt2_random.tokenizer("<|endoftext|> The war lasted from the year 1711 to the year 17",
+                                 return_tensors="pt").input_ids
+    seen = {}
+
+    def grab(name):
+        def hook(x, hook):  # hook.name may be the canonical alias, so key by the requested name
+            seen[name] = x.shape
+            return x
+
+        return hook
+
+    names = [f"blocks.{layer}.{h}" for layer in (0, 11) for h in ("hook_resid_mid", "hook_mlp_out")]
+    logits = gpt2_random.bridge.run_with_hooks(toks, fwd_hooks=[(n, grab(n)) for n in names])
+    assert logits.shape == (1, 13, 50257)
+    assert all(seen[n] == (1, 13, 768) for n in names)
+    assert torch.isfinite(logits).all()
+
+
+def test_gpt2_random_is_seeded():
+    a = load_model("gpt2-random", seed=3).bridge
+    b = load_model("gpt2-random", seed=3).bridge
+    wa = next(a.original_model.parameters())
+    wb = next(b.original_model.parameters())
+    assert torch.equal(wa, wb)
+
+
+def test_gpt2_without_network_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-clt-bench-cache")
+    with pytest.raises(UserError, match="not reachable.*--model toy"):
+        load_model("gpt2")
+
+
+def test_unknown_model():
+    with pytest.raises(UserError, match="unknown model"):
+        load_model("gpt5")
