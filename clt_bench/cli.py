@@ -17,14 +17,22 @@ from clt_bench.errors import UserError
 # modules with ``register(subparsers)``; each adds one or more sub-commands
 COMMANDS = [
     "clt_bench.task.cli",
+    "clt_bench.models.cli",
+    "clt_bench.report.cli",
 ]
 
 
 def add_common(p: argparse.ArgumentParser, model: bool = True, out: bool = True) -> None:
     """Options every stage command shares: preset, overrides, model, device, output folder."""
     p.add_argument("--preset", default="toy", help="preset name or path to a .toml (default: toy)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set clt.n_features=2048 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set clt.n_features=2048 (repeatable)",
+    )
     if model:
         p.add_argument("--model", default=None, help="toy | gpt2 | gpt2-random | hf:<name>")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
@@ -69,8 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("interrupted; finished checkpoints are kept and the next run resumes.",
-              file=sys.stderr)
+        print(
+            "interrupted; finished checkpoints are kept and the next run resumes.", file=sys.stderr
+        )
         return 130
 
 

@@ -26,8 +26,13 @@ def task_spec():
     return load_task("greater_than")
 
 
-def tiny_bridge(n_layer: int = 2, n_head: int = 2, n_embd: int = 32, seed: int = 0,
-                dtype: torch.dtype = torch.float32):
+def tiny_bridge(
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_embd: int = 32,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
     """A tiny random GPT-2-shaped TransformerBridge with the real tokenizer (full vocab)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -35,7 +40,8 @@ def tiny_bridge(n_layer: int = 2, n_head: int = 2, n_embd: int = 32, seed: int =
     from clt_bench.models.tokenizer import gpt2_tokenizer
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=64,
-                     vocab_size=50257)
+    cfg = GPT2Config(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=64, vocab_size=50257
+    )
     model = GPT2LMHeadModel(cfg).to(dtype)
     return wrap_hf_gpt2(model, gpt2_tokenizer(), "tiny")

@@ -23,8 +23,9 @@ def test_gpt2_random_has_gpt2_small_shape(gpt2_random):
 
 
 def test_gpt2_random_forward_with_hooks(gpt2_random):
-    toks = gpt2_random.tokenizer("<|endoftext|> The war lasted from the year 1711 to the year 17",
-                                 return_tensors="pt").input_ids
+    toks = gpt2_random.tokenizer(
+        "<|endoftext|> The war lasted from the year 1711 to the year 17", return_tensors="pt"
+    ).input_ids
     seen = {}
 
     def grab(name):

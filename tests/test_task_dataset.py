@@ -78,8 +78,9 @@ def test_clean_corrupted_pairs(task_spec, tokenizer, data):
     if tpl.year_range:
         years = [y for y in years if tpl.year_range[0] <= y < tpl.year_range[1]]
     chosen = data.draw(st.lists(st.sampled_from(years), min_size=1, max_size=6))
-    nouns = data.draw(st.lists(st.sampled_from(task_spec.nouns), min_size=len(chosen),
-                               max_size=len(chosen)))
+    nouns = data.draw(
+        st.lists(st.sampled_from(task_spec.nouns), min_size=len(chosen), max_size=len(chosen))
+    )
     batch = build_batch(task_spec, tokenizer, tpl, chosen, nouns)
     assert batch.clean.shape == batch.corrupted.shape
     diff = (batch.clean != batch.corrupted).nonzero()

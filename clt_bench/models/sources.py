@@ -20,8 +20,12 @@ from clt_bench.models.tokenizer import gpt2_tokenizer
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("toy", "gpt2", "gpt2-random", "hf:<name-or-path>")
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 @dataclass
@@ -58,7 +62,7 @@ def wrap_hf_gpt2(
 
 
 def gpt2_small_config() -> GPT2Config:
-    """GPT-2 small: 12 layers, 12 heads, d_model 768, vocab 50,257, context 1,024, tied embeddings."""
+    """GPT-2 small: 12 layers, 12 heads, d_model 768, vocab 50,257, context 1,024, tied."""
     return GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257)
 
 
@@ -104,15 +108,29 @@ def _boot_hub(repo: str, device: str, dtype: torch.dtype) -> TransformerBridge:
         text = f"{type(err).__name__}: {err}".lower()
         offline = any(
             s in text
-            for s in ("connect", "offline", "resolve", "local_files_only", "cache", "network",
-                      "couldn't", "could not", "timed out", "max retries", "not found", "huggingface")
+            for s in (
+                "connect",
+                "offline",
+                "resolve",
+                "local_files_only",
+                "cache",
+                "network",
+                "couldn't",
+                "could not",
+                "timed out",
+                "max retries",
+                "not found",
+                "huggingface",
+            )
         )
         if offline or os.environ.get("HF_HUB_OFFLINE"):
             raise UserError(
                 f"cannot load '{repo}': the Hugging Face hub is not reachable and the model is not "
                 f"in the local cache; use --model toy (offline) or --model gpt2-random."
             ) from err
-        raise UserError(f"cannot load '{repo}' with TransformerLens ({type(err).__name__}).") from err
+        raise UserError(
+            f"cannot load '{repo}' with TransformerLens ({type(err).__name__})."
+        ) from err
 
 
 def load_model(
@@ -136,15 +154,19 @@ def load_model(
         )
     if device != "cpu":
         bridge = bridge.to(device)
-    tokenizer = bridge.tokenizer if name.startswith(("gpt2", "hf:")) and name != "gpt2-random" \
+    tokenizer = (
+        bridge.tokenizer
+        if name.startswith(("gpt2", "hf:")) and name != "gpt2-random"
         else gpt2_tokenizer()
+    )
     if tokenizer is None:
         tokenizer = gpt2_tokenizer()
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
-    log.info("loaded model %s (%d layers, d_model %d)", name, bridge.cfg.n_layers,
-             bridge.cfg.d_model)
+    log.info(
+        "loaded model %s (%d layers, d_model %d)", name, bridge.cfg.n_layers, bridge.cfg.d_model
+    )
     return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer)
 
 

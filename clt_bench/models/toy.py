@@ -1,6 +1,6 @@
 """The embedded toy model: a small GPT-2-architecture model with the real GPT-2 tokenizer.
 
-Trained by ``clt-bench toy-model train`` (see ``clt_bench.models.toy_train``) on the synthetic corpus of
+Trained by ``clt-bench toy-model train`` (``clt_bench.models.toy_train``) on the synthetic corpus of
 ``clt_bench.models.corpus``; the weights ship as ``clt_bench/data/toy/toy.safetensors`` (fp16).
 """
 
@@ -24,8 +24,15 @@ TOY_WEIGHTS = TOY_DIR / "toy.safetensors"
 TOY_CONFIG = TOY_DIR / "config.json"
 
 # Architecture of the toy (a Hugging Face GPT2Config). Changing it requires retraining.
-DEFAULT_TOY_ARCH = dict(n_layer=4, n_head=4, n_embd=128, n_inner=512, n_positions=64,
-                        vocab_size=50257, tie_word_embeddings=True)
+DEFAULT_TOY_ARCH = dict(
+    n_layer=4,
+    n_head=4,
+    n_embd=128,
+    n_inner=512,
+    n_positions=64,
+    vocab_size=50257,
+    tie_word_embeddings=True,
+)
 
 
 def toy_gpt2_config(arch: dict | None = None) -> GPT2Config:
@@ -37,8 +44,9 @@ def build_toy_module(arch: dict | None = None, seed: int = 0) -> GPT2LMHeadModel
     return GPT2LMHeadModel(toy_gpt2_config(arch))
 
 
-def load_toy_module(weights: Path = TOY_WEIGHTS, dtype: torch.dtype = torch.float32
-                    ) -> GPT2LMHeadModel:
+def load_toy_module(
+    weights: Path = TOY_WEIGHTS, dtype: torch.dtype = torch.float32
+) -> GPT2LMHeadModel:
     if not weights.is_file():
         raise UserError(
             f"the toy model's weights are missing ({weights}); run `clt-bench toy-model train`."
@@ -47,7 +55,9 @@ def load_toy_module(weights: Path = TOY_WEIGHTS, dtype: torch.dtype = torch.floa
     model = build_toy_module(arch)
     state = {k: v.to(torch.float32) for k, v in load_tensors(weights).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))]
+    missing = [
+        m for m in missing if not m.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))
+    ]
     if missing or unexpected:
         raise UserError(f"toy weights {weights} do not match the toy architecture.")
     model.tie_weights()

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     from clt_bench.cli import add_common
 

@@ -43,10 +43,17 @@ def valid_years(
     return out
 
 
-def spec_years(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase,
-               template: Template | None = None) -> list[int]:
-    years = valid_years(tokenizer, spec.year_start, spec.year_stop, spec.year_tokens,
-                        spec.suffix_chars, spec.drop_century_ends)
+def spec_years(
+    spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, template: Template | None = None
+) -> list[int]:
+    years = valid_years(
+        tokenizer,
+        spec.year_start,
+        spec.year_stop,
+        spec.year_tokens,
+        spec.suffix_chars,
+        spec.drop_century_ends,
+    )
     if template is not None and template.year_range is not None:
         lo, hi = template.year_range
         years = [y for y in years if lo <= y < hi]
@@ -85,7 +92,9 @@ class TaskBatch:
     template: str
     relation: str  # gt | lt
     seed: int
-    canonical_corrupted: torch.Tensor = field(default_factory=lambda: torch.ones(0, dtype=torch.bool))
+    canonical_corrupted: torch.Tensor = field(
+        default_factory=lambda: torch.ones(0, dtype=torch.bool)
+    )
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
@@ -94,16 +103,25 @@ class TaskBatch:
         idx_t = torch.as_tensor(idx, dtype=torch.long)
         il = idx_t.tolist()
         return TaskBatch(
-            clean=self.clean[idx_t], corrupted=self.corrupted[idx_t], yy=self.yy[idx_t],
-            years=[self.years[i] for i in il], nouns=[self.nouns[i] for i in il],
-            prompts=[self.prompts[i] for i in il], yy_pos=self.yy_pos, end_pos=self.end_pos,
-            answer_ids=self.answer_ids, template=self.template, relation=self.relation,
-            seed=self.seed, canonical_corrupted=self.canonical_corrupted[idx_t],
+            clean=self.clean[idx_t],
+            corrupted=self.corrupted[idx_t],
+            yy=self.yy[idx_t],
+            years=[self.years[i] for i in il],
+            nouns=[self.nouns[i] for i in il],
+            prompts=[self.prompts[i] for i in il],
+            yy_pos=self.yy_pos,
+            end_pos=self.end_pos,
+            answer_ids=self.answer_ids,
+            template=self.template,
+            relation=self.relation,
+            seed=self.seed,
+            canonical_corrupted=self.canonical_corrupted[idx_t],
         )
 
 
-def format_prompt(template: Template, noun: str, year: int, tokenizer: PreTrainedTokenizerBase
-                  ) -> str:
+def format_prompt(
+    template: Template, noun: str, year: int, tokenizer: PreTrainedTokenizerBase
+) -> str:
     xx, yy = divmod(year, 100)
     body = template.text.format(noun=noun, XX=f"{xx}", YY=f"{yy:02d}")
     if template.bos:
@@ -185,9 +203,17 @@ def build_batch(
     corrupted = clean.clone()
     corrupted[:, yy_pos] = corrupt_id
     return TaskBatch(
-        clean=clean, corrupted=corrupted,
-        yy=torch.tensor([y % 100 for y in years], dtype=torch.long), years=list(years),
-        nouns=list(nouns), prompts=prompts, yy_pos=yy_pos, end_pos=clean.shape[1] - 1,
-        answer_ids=answer_token_ids(tokenizer, spec.n_answers), template=tpl.name,
-        relation=tpl.relation, seed=seed, canonical_corrupted=torch.tensor(canonical),
+        clean=clean,
+        corrupted=corrupted,
+        yy=torch.tensor([y % 100 for y in years], dtype=torch.long),
+        years=list(years),
+        nouns=list(nouns),
+        prompts=prompts,
+        yy_pos=yy_pos,
+        end_pos=clean.shape[1] - 1,
+        answer_ids=answer_token_ids(tokenizer, spec.n_answers),
+        template=tpl.name,
+        relation=tpl.relation,
+        seed=seed,
+        canonical_corrupted=torch.tensor(canonical),
     )

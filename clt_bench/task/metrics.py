@@ -35,22 +35,25 @@ def prob_diff_per_example(p: torch.Tensor, yy: torch.Tensor, relation: str = "gt
     return (p * good).sum(-1) - (p * (1 - good)).sum(-1)
 
 
-def cutoff_sharpness_per_example(p: torch.Tensor, yy: torch.Tensor, relation: str = "gt"
-                                 ) -> torch.Tensor:
+def cutoff_sharpness_per_example(
+    p: torch.Tensor, yy: torch.Tensor, relation: str = "gt"
+) -> torch.Tensor:
     """CS_i = p_{y+1} - p_{y-1} (reversed for ``lt``); [n]. Needs 1 <= y <= 98."""
     up = p.gather(1, (yy + 1).clamp(max=p.shape[1] - 1)[:, None])[:, 0]
     down = p.gather(1, (yy - 1).clamp(min=0)[:, None])[:, 0]
     return up - down if relation == "gt" else down - up
 
 
-def logit_diff_per_example(answer_logits: torch.Tensor, yy: torch.Tensor, relation: str = "gt",
-                           reduce: str = "sum") -> torch.Tensor:
+def logit_diff_per_example(
+    answer_logits: torch.Tensor, yy: torch.Tensor, relation: str = "gt", reduce: str = "sum"
+) -> torch.Tensor:
     """sum_{correct} l_z - sum_{other} l_z over the 100 answer logits ("mean": EAP-IG's variant)."""
     good = correct_mask(yy, relation, answer_logits.shape[1]).to(answer_logits.dtype)
     bad = 1 - good
     if reduce == "mean":
         return (answer_logits * good).sum(-1) / good.sum(-1).clamp(min=1) - (
-            answer_logits * bad).sum(-1) / bad.sum(-1).clamp(min=1)
+            answer_logits * bad
+        ).sum(-1) / bad.sum(-1).clamp(min=1)
     return (answer_logits * good).sum(-1) - (answer_logits * bad).sum(-1)
 
 

@@ -58,7 +58,9 @@ class TaskSpec:
 
     def dataset(self, name: str) -> DatasetSpec:
         if name not in self.datasets:
-            raise UserError(f"unknown dataset '{name}' (known: {', '.join(sorted(self.datasets))}).")
+            raise UserError(
+                f"unknown dataset '{name}' (known: {', '.join(sorted(self.datasets))})."
+            )
         return self.datasets[name]
 
 
@@ -83,8 +85,14 @@ def _template(name: str, t: dict[str, Any], where: str, relation_default: str = 
     if relation not in ("gt", "lt"):
         raise UserError(f"template '{name}' in {where} has relation '{relation}' (use gt or lt).")
     yr = t.get("year_range")
-    return Template(name=name, text=text, bos=bool(t.get("bos", True)), relation=relation,
-                    year_range=tuple(yr) if yr else None, source=str(t.get("source", "")))
+    return Template(
+        name=name,
+        text=text,
+        bos=bool(t.get("bos", True)),
+        relation=relation,
+        year_range=tuple(yr) if yr else None,
+        source=str(t.get("source", "")),
+    )
 
 
 def load_task(name: str = "greater_than", root: Path | None = None) -> TaskSpec:
@@ -100,15 +108,20 @@ def load_task(name: str = "greater_than", root: Path | None = None) -> TaskSpec:
         if not nouns_path.is_file():
             raise UserError(f"task file {where} names a nouns file that does not exist.")
         nouns = tuple(
-            line.strip() for line in nouns_path.read_text().splitlines()
+            line.strip()
+            for line in nouns_path.read_text().splitlines()
             if line.strip() and not line.startswith("#")
         )
         yf = _req(data, "year_filter", where)
         templates = {k: _template(k, v, where) for k, v in _req(data, "templates", where).items()}
         families = {k: _template(k, v, where) for k, v in data.get("families", {}).items()}
         datasets = {
-            k: DatasetSpec(k, int(_req(v, "n", where)), str(_req(v, "sampling", where)),
-                           int(_req(v, "seed", where)))
+            k: DatasetSpec(
+                k,
+                int(_req(v, "n", where)),
+                str(_req(v, "sampling", where)),
+                int(_req(v, "seed", where)),
+            )
             for k, v in _req(data, "datasets", where).items()
         }
         for ds in datasets.values():

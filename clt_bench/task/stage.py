@@ -21,8 +21,14 @@ log = logging.getLogger(__name__)
 
 def load_task_batch(cfg: RunConfig, loaded: LoadedModel, dataset: str | None = None) -> TaskBatch:
     spec = load_task(cfg.task.task)
-    return build_dataset(spec, loaded.tokenizer, dataset or cfg.task.dataset, cfg.task.template,
-                         n=cfg.task.n or None, seed=cfg.task.seed)
+    return build_dataset(
+        spec,
+        loaded.tokenizer,
+        dataset or cfg.task.dataset,
+        cfg.task.template,
+        n=cfg.task.n or None,
+        seed=cfg.task.seed,
+    )
 
 
 def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[str, Any]:
@@ -36,7 +42,8 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
     corrupt_m = task_metrics(corrupt, batch, prefix="corrupted_")
     heat = yy_heatmap(answer_probs(clean, batch.answer_ids), batch.yy)
     heat_path = yy_zz_heatmap(
-        heat.numpy(), stage_dir / "heatmap.png",
+        heat.numpy(),
+        stage_dir / "heatmap.png",
         f"{loaded.name}: mean p(ZZ | YY), {cfg.task.template} template, n={len(batch)}",
     )
     metrics: dict[str, Any] = {
@@ -76,3 +83,17 @@ def format_task_table(m: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def pipeline_stage(ctx: Any) -> dict[str, Any]:
+    """Pipeline adapter (see clt_bench.pipeline): the task stage's headline numbers."""
+    m = run_task_stage(ctx.cfg, ctx.model, ctx.run_dir)
+    keys = (
+        "prob_diff",
+        "cutoff_sharpness",
+        "corrupted_prob_diff",
+        "logit_diff",
+        "n_examples",
+        "template",
+    )
+    return {k: m[k] for k in keys}

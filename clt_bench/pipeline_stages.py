@@ -1,0 +1,59 @@
+"""Adapters from the pipeline's ``RunContext`` to each stage's own entry point.
+
+Each adapter runs one stage into ``ctx.run_dir`` and returns the flat dict of headline numbers that
+the pipeline records in ``<stage>/stage.json`` (and the report and the regression check read).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clt_bench.pipeline import RunContext
+
+
+def _numbers(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: d[k] for k in keys if k in d and isinstance(d[k], int | float | str | bool)}
+
+
+def baseline(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.baseline.stage import run_baseline_stage
+
+    out = run_baseline_stage(ctx.cfg, ctx.model, ctx.run_dir)
+    return {k: v for k, v in out.items() if isinstance(v, int | float | str | bool)}
+
+
+def activations(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.activations.stage import run_activations_stage
+
+    out = run_activations_stage(ctx.cfg, ctx.model, ctx.run_dir)
+    return {k: v for k, v in out.items() if isinstance(v, int | float | str | bool)}
+
+
+def clt(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.clt.stage import run_clt_stage
+
+    out = run_clt_stage(ctx.cfg, ctx.model, ctx.run_dir)
+    keys = (
+        "nmse",
+        "l0",
+        "dead_fraction",
+        "replacement_top1_agreement",
+        "kl",
+        "ce_loss_recovered",
+        "replacement_prob_diff",
+        "train_tokens",
+        "train_seconds",
+        "tokens_per_second",
+    )
+    return _numbers(out, keys)
+
+
+def graphs(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.clt.io import load_clt
+    from clt_bench.graphs.stage import run_graphs_stage
+    from clt_bench.task.stage import load_task_batch
+
+    clt_model = load_clt(ctx.run_dir / "clt")
+    batch = load_task_batch(ctx.cfg, ctx.model)
+    out = run_graphs_stage(ctx.cfg, ctx.model, clt_model, batch, ctx.run_dir)
+    return {k: v for k, v in out.items() if isinstance(v, int | float | str | bool)}

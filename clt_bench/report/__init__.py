@@ -1,0 +1,1 @@
+"""The report stage (HTML, summary.md, metrics.json) and the CI regression check."""

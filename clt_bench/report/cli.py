@@ -1,0 +1,54 @@
+"""``clt-bench run`` (the whole pipeline) and ``clt-bench check`` (the CI regression gate)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from clt_bench.cli import add_common
+
+    p = sub.add_parser(
+        "run", help="run every stage (task -> ... -> report), resuming finished ones"
+    )
+    add_common(p)
+    p.add_argument(
+        "--stages", default=None, help="comma-separated subset of stages to run (default: all)"
+    )
+    p.add_argument("--no-resume", action="store_true", help="recompute finished stages")
+    p.set_defaults(func=run)
+
+    c = sub.add_parser(
+        "check", help="compare a run's metrics.json with a reference (exit 1 if off)"
+    )
+    c.add_argument("run_dir", help="results/<run> (or its metrics.json)")
+    c.add_argument("--reference", default="results/reference/toy.json")
+    c.set_defaults(func=check)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clt_bench.cli import config_from_args, out_dir
+    from clt_bench.pipeline import run_pipeline
+
+    cfg = config_from_args(args)
+    out = Path(out_dir(args, cfg))
+    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    ctx = run_pipeline(cfg, out, stages=stages, resume=not args.no_resume)
+    report = out / "report.html"
+    if "report" in ctx.results:
+        from clt_bench.report.headline import headline_table
+
+        print(headline_table(ctx.results["report"]))
+    if report.is_file():
+        print(f"report: {report}")
+    print(f"results: {out}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from clt_bench.report.check import run_check
+
+    code, text = run_check(args.run_dir, args.reference)
+    print(text)
+    return code

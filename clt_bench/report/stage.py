@@ -1,0 +1,206 @@
+"""The report stage: one self-contained HTML page, ``summary.md`` and ``metrics.json``.
+
+``metrics.json`` holds the schema version, config, package versions, git commit, seeds and the
+flat ``headline`` dict (``"stage.metric": value``) that ``clt-bench check`` compares with the
+reference.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from clt_bench.io import run_metadata, write_json, write_text
+from clt_bench.report.headline import PUBLISHED, headline_metrics, headline_rows
+
+# stage folder -> (title, PNG globs to embed in order, CSV tables to show, intro text)
+SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
+    (
+        "task",
+        "The task: greater-than on the model",
+        ["heatmap.png"],
+        [],
+        "Mean probability of each end year ZZ for each start year YY (full-vocabulary softmax, "
+        "not renormalised). Correct answers lie right of the dashed diagonal.",
+    ),
+    (
+        "baseline",
+        "The known circuit (path patching)",
+        [
+            "circuit*.png",
+            "*faithful*.png",
+            "path_patching*.png",
+            "*heatmap*.png",
+            "neuron*.png",
+            "units*.png",
+        ],
+        ["*units*.csv"],
+        "Hanna et al.'s procedure rebuilt: iterative path patching from the logits with the "
+        "01-corrupted prompts, then faithfulness (clean only along the circuit), necessity "
+        "(corrupted only along the circuit) and random circuits of the same size.",
+    ),
+    (
+        "clt",
+        "The transcoder",
+        ["*.png"],
+        [],
+        "Reconstruction and replacement quality of the trained transcoder on held-out text.",
+    ),
+    (
+        "graphs",
+        "Attribution graph",
+        ["*.png"],
+        [],
+        "Local replacement model (attention patterns and LayerNorm denominators frozen, error node "
+        "per layer and position), pruned by influence. Limitation: with attention frozen, "
+        "computation routed through query-key patterns is invisible to the graph.",
+    ),
+    (
+        "features",
+        "Top features by influence on the greater-than target",
+        ["*grid*.png", "*summary*.png", "*labels*.png"],
+        ["features.csv"],
+        "Each feature's YY x ZZ logit-attribution heatmap, specificity scores, ablation effects "
+        "and label (rule and thresholds in the run config's [features] table).",
+    ),
+    (
+        "compare",
+        "Transcoder features vs the circuit",
+        ["*.png"],
+        ["*.csv"],
+        "How much of the features' influence lies inside the circuit's components, node overlap, "
+        "and how many units (features vs neurons) recover the probability difference.",
+    ),
+]
+
+MAX_IMAGES = 8
+MAX_ROWS = 40
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+        f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
+    )
+
+
+def _images(folder: Path, globs: list[str]) -> list[Path]:
+    seen: list[Path] = []
+    for g in globs:
+        for p in sorted(folder.glob(g)):
+            if p not in seen:
+                seen.append(p)
+    return seen[:MAX_IMAGES]
+
+
+def _csv_table(path: Path) -> str:
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return ""
+    note = f" (first {MAX_ROWS} of {len(df)} rows)" if len(df) > MAX_ROWS else ""
+    table = df.head(MAX_ROWS).to_html(
+        index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="data"
+    )
+    return f"<h4>{html.escape(path.name)}{note}</h4><div class='scroll'>{table}</div>"
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in summary.items()
+    )
+    return f"<table class='kv'>{rows}</table>" if rows else ""
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.88em;margin:.6em 0}
+td,th{border-bottom:1px solid #e4e4e4;padding:.25em .7em;text-align:right}
+td:first-child,th:first-child{text-align:left}
+table.headline th{background:#f3f3f3}
+figure{display:inline-block;margin:.4em;vertical-align:top;max-width:100%}
+figure img{max-width:520px;width:100%;border:1px solid #eee}
+figcaption{font-size:.75em;color:#777;text-align:center}
+.scroll{overflow-x:auto} .meta{color:#666;font-size:.85em} .note{background:#fffbe6;
+padding:.6em 1em;border-left:4px solid #f0c000;font-size:.9em}
+"""
+
+
+def render_html(ctx: Any, headline: dict[str, Any], meta: dict[str, Any]) -> str:
+    cfg = ctx.cfg
+    rows = headline_rows(headline)
+    head = "".join(
+        f"<tr><td>{html.escape(PUBLISHED.get(m, (m,))[0])}<br><span class='meta'>{m}</span></td>"
+        f"<td>{v}</td><td>{p}</td><td class='meta'>{html.escape(s)}</td></tr>"
+        for m, v, p, s in rows
+    )
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.report.title)}"
+        f"</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(cfg.report.title)}</h1>",
+        f"<p class='meta'>model <b>{html.escape(cfg.model.name)}</b> · preset "
+        f"<b>{html.escape(cfg.preset)}</b> · seed {cfg.seed} · git "
+        f"{html.escape(str(meta.get('git_commit')))} · torch "
+        f"{html.escape(meta['versions'].get('torch', '?'))} · transformer-lens "
+        f"{html.escape(meta['versions'].get('transformer-lens', '?'))}</p>",
+        "<p class='note'>Published numbers are for GPT-2 small (or the named research models) and "
+        "are shown for context; the toy model is a different, much smaller model.</p>",
+        "<h2>Headline</h2><table class='headline'><tr><th>metric</th><th>measured</th>"
+        f"<th>published</th><th>source</th></tr>{head}</table>",
+    ]
+    for stage, title, globs, tables, intro in SECTIONS:
+        folder = ctx.run_dir / stage
+        if not folder.is_dir():
+            continue
+        parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(intro)}</p>")
+        parts.append(_summary_table(ctx.results.get(stage, {})))
+        parts.extend(_img(p) for p in _images(folder, globs))
+        for g in tables:
+            parts.extend(_csv_table(p) for p in sorted(folder.glob(g))[:4])
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_summary_md(ctx: Any, headline: dict[str, Any]) -> str:
+    lines = [
+        f"# {ctx.cfg.report.title}",
+        "",
+        f"model `{ctx.cfg.model.name}`, preset `{ctx.cfg.preset}`, seed {ctx.cfg.seed}",
+        "",
+        "| metric | measured | published | source |",
+        "|---|---:|---:|---|",
+    ]
+    lines += [f"| {m} | {v} | {p} | {s} |" for m, v, p, s in headline_rows(headline)]
+    lines += ["", "All headline numbers: `metrics.json`; the page: `report.html`.", ""]
+    return "\n".join(lines)
+
+
+def pipeline_stage(ctx: Any) -> dict[str, Any]:
+    """Write report.html, summary.md and metrics.json into the run directory."""
+    headline = headline_metrics(ctx.results)
+    meta = run_metadata(
+        config=ctx.cfg,
+        seeds={
+            "run": ctx.cfg.seed,
+            "clt": ctx.cfg.clt.seed,
+            "activations": ctx.cfg.activations.seed,
+        },
+    )
+    metrics = {**meta, "model": ctx.cfg.model.name, "preset": ctx.cfg.preset, "headline": headline}
+    write_json(ctx.run_dir / "metrics.json", metrics)
+    write_text(ctx.run_dir / "summary.md", render_summary_md(ctx, headline))
+    write_text(ctx.run_dir / "report.html", render_html(ctx, headline, meta))
+    (ctx.run_dir / "report").mkdir(exist_ok=True)
+    return {"headline": headline, "report": str(ctx.run_dir / "report.html")}
