@@ -17,6 +17,7 @@ from clt_bench.errors import UserError
 # modules with ``register(subparsers)``; each adds one or more sub-commands
 COMMANDS = [
     "clt_bench.task.cli",
+    "clt_bench.clt.cli",
     "clt_bench.models.cli",
     "clt_bench.report.cli",
 ]

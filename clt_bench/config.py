@@ -1,4 +1,4 @@
-"""Run configuration: frozen dataclasses loaded from TOML presets with ``--set a.b=value`` overrides.
+"""Run configuration: frozen dataclasses from TOML presets plus ``--set a.b=value`` overrides.
 
 Each pipeline stage owns one section dataclass below. Unknown keys are errors; values are
 type-checked against the field's annotation. ``RunConfig.section_hash(names)`` gives the hash that a
@@ -34,7 +34,9 @@ class ModelConfig:
 class TaskConfig:
     task: str = "greater_than"
     template: str = "hanna"
-    dataset: str = "discovery"  # discovery | headline (sizes and seeds live in tasks/<task>/task.toml)
+    dataset: str = (
+        "discovery"  # discovery | headline (sizes and seeds live in tasks/<task>/task.toml)
+    )
     n: int = 0  # 0 = the dataset's own size
     seed: int = -1  # -1 = the dataset's own seed
     batch_size: int = 128

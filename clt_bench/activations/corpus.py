@@ -1,4 +1,4 @@
-"""Text corpora: ``toy`` (the toy's synthetic generator), ``fineweb``, ``hf:<dataset>``, ``file:<path>``.
+"""Text corpora: ``toy`` (synthetic generator), ``fineweb``, ``hf:<dataset>``, ``file:<path>``.
 
 Every corpus is an iterator of documents (strings) in a fixed order, so the same config always
 yields the same token stream.

@@ -1,7 +1,8 @@
-"""One forward pass -> ``hook_resid_mid`` and ``hook_mlp_out`` of every layer (stops after the last).
-"""
+"""One forward pass -> hook_resid_mid and hook_mlp_out of every layer (stops after the last)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -28,17 +29,17 @@ def extract_activations(bridge: TransformerBridge, rows: TokenRows,
     store: dict[str, torch.Tensor] = {}
     last = outs[-1]
 
-    def capture(t: torch.Tensor, hook) -> torch.Tensor:
-        store[hook.name] = t.detach()
-        if hook.name == last:
-            raise _StopForward
-        return t
+    def capture(name: str):
+        def hook(t: torch.Tensor, hook=None) -> torch.Tensor:
+            store[name] = t.detach()
+            if name == last:
+                raise _StopForward
+            return t
+        return hook
 
     device = next(bridge.parameters()).device
-    try:
-        bridge.run_with_hooks(rows.tokens.to(device), fwd_hooks=[(n, capture) for n in ins + outs])
-    except _StopForward:
-        pass
+    with contextlib.suppress(_StopForward):
+        bridge.run_with_hooks(rows.tokens.to(device), fwd_hooks=[(n, capture(n)) for n in ins + outs])
     mask = rows.mask.to(device)
     x = torch.stack([store[n][mask] for n in ins], dim=1).to(dtype)
     y = torch.stack([store[n][mask] for n in outs], dim=1).to(dtype)

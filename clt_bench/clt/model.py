@@ -54,8 +54,11 @@ class JumpReLUFn(torch.autograd.Function):
         grad_h = grad_out * (h > theta)
         kernel = ((h - theta).abs() < eps / 2).to(h.dtype) / eps
         grad_theta = -(theta * kernel * grad_out)
-        grad_theta = grad_theta.reshape(-1, *theta.shape).sum(0) if grad_theta.dim() > theta.dim() \
+        grad_theta = (
+            grad_theta.reshape(-1, *theta.shape).sum(0)
+            if grad_theta.dim() > theta.dim()
             else grad_theta
+        )
         return grad_h, grad_theta, None
 
 
@@ -74,8 +77,11 @@ class StepFn(torch.autograd.Function):
         eps = ctx.bandwidth
         kernel = ((h - theta).abs() < eps / 2).to(h.dtype) / eps
         grad_theta = -(kernel * grad_out)
-        grad_theta = grad_theta.reshape(-1, *theta.shape).sum(0) if grad_theta.dim() > theta.dim() \
+        grad_theta = (
+            grad_theta.reshape(-1, *theta.shape).sum(0)
+            if grad_theta.dim() > theta.dim()
             else grad_theta
+        )
         return torch.zeros_like(h), grad_theta, None
 
 
@@ -94,8 +100,9 @@ class CrossLayerTranscoder(nn.Module):
             [nn.Parameter(torch.zeros(F, self.n_targets(l), d, dtype=dtype)) for l in range(L)]
         )
         self.b_dec = nn.Parameter(torch.zeros(L, d, dtype=dtype))
-        self.log_threshold = nn.Parameter(torch.zeros(L, F, dtype=dtype),
-                                          requires_grad=spec.activation == "jumprelu")
+        self.log_threshold = nn.Parameter(
+            torch.zeros(L, F, dtype=dtype), requires_grad=spec.activation == "jumprelu"
+        )
         self.W_skip = nn.Parameter(torch.zeros(L, d, d, dtype=dtype)) if spec.skip else None
         # normalisation: x_norm = x * input_scale[l]; y = y_norm / output_scale[l]  (1 = folded)
         self.register_buffer("input_scale", torch.ones(L, dtype=dtype))

@@ -1,0 +1,44 @@
+"""``clt-bench train-clt``: train (or load) a CLT and score it; also under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from clt_bench.cli import add_common
+
+    p = sub.add_parser("train-clt", help="train a cross-layer transcoder (or PLT) and score it")
+    add_common(p)
+    p.add_argument("--load", default=None, help="score an existing circuit-tracer CLT directory")
+    p.add_argument("--no-resume", action="store_true",
+                   help="recompute even if <out>/clt/metrics.json matches the config")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clt_bench.cli import config_from_args, out_dir
+    from clt_bench.clt import distributed as D
+    from clt_bench.clt.stage import format_clt_table, run_clt_stage, set_threads
+    from clt_bench.models import load_model
+
+    if args.load:
+        args.overrides = [*args.overrides, f'clt.load="{args.load}"']
+    cfg = config_from_args(args)
+    set_threads(cfg.clt.threads)
+    info = D.setup(cfg.model.device)
+    device = D.local_device(cfg.model.device, info)
+    loaded = load_model(cfg.model.name, device, cfg.model.dtype, cfg.model.seed)
+    out = Path(out_dir(args, cfg))
+    try:
+        metrics = run_clt_stage(cfg, loaded, out, resume=not args.no_resume)
+    finally:
+        D.teardown(info)
+    if info.is_main:
+        print(format_clt_table(metrics))
+        print(f"wrote {out / 'clt'}")
+    return 0
+
+
+__all__ = ["register"]

@@ -1,0 +1,101 @@
+"""The clt stage: activations -> train (or load) -> <out>/clt/ in circuit-tracer format +
+metrics.json + training curves. Under torchrun every rank trains; rank 0 writes and evaluates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clt_bench.activations.stage import load_heldout, run_activations_stage, training_source
+from clt_bench.clt import distributed as D
+from clt_bench.clt.evaluate import evaluate_clt
+from clt_bench.clt.io import load_clt, save_clt
+from clt_bench.clt.train import plot_curves, train_clt
+from clt_bench.config import RunConfig
+from clt_bench.errors import UserError
+from clt_bench.io import read_json, run_metadata, write_json
+from clt_bench.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def stage_hash(cfg: RunConfig) -> str:
+    return cfg.section_hash("model", "activations", "clt", "task")
+
+
+def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
+                  resume: bool = True) -> dict[str, Any]:
+    """Train (or load ``clt.load``) a CLT; write ``<out>/clt/`` and return its metrics."""
+    stage = Path(out_dir) / "clt"
+    metrics_path = stage / "metrics.json"
+    key = stage_hash(cfg)
+    if resume and metrics_path.is_file():
+        done = read_json(metrics_path)
+        if done.get("config_hash") == key:
+            log.info("clt stage already done (%s)", metrics_path)
+            return done
+    device = cfg.model.device
+    info = D.setup(device)
+    device = D.local_device(device, info)
+    manifest = run_activations_stage(cfg, loaded, out_dir)
+    if cfg.clt.load:
+        clt = load_clt(cfg.clt.load).to(device)
+        if (clt.n_layers, clt.spec.d_model) != (loaded.n_layers, loaded.d_model):
+            raise UserError(f"the CLT at {cfg.clt.load} has {clt.n_layers} layers x "
+                            f"d_model {clt.spec.d_model}; the model has {loaded.n_layers} x "
+                            f"{loaded.d_model}.")
+        train: dict[str, Any] = {"train_tokens": 0, "train_seconds": 0.0, "steps": 0,
+                                 "tokens_per_second": float("nan"), "loaded_from": cfg.clt.load}
+    else:
+        source = training_source(cfg, loaded, out_dir)
+        result = train_clt(cfg, source, loaded.n_layers, loaded.d_model, stage, device, info)
+        clt = result.clt
+        train = {"train_tokens": result.tokens, "train_seconds": round(result.seconds, 3),
+                 "steps": result.steps,
+                 "tokens_per_second": result.tokens / max(result.seconds, 1e-9),
+                 "dead_fraction_train": float((result.fired == 0).double().mean()),
+                 "world_size": info.world, "parallel": cfg.clt.parallel if info.enabled else "none"}
+    clt.eval().requires_grad_(False)
+    clt.fold_normalisation()
+    metrics: dict[str, Any] = {}
+    if info.is_main:
+        save_clt(clt, stage)
+        t0 = time.perf_counter()
+        rows = load_heldout(out_dir)
+        metrics = {"config_hash": key, "model": loaded.name, "kind": cfg.clt.kind,
+                   "activation": cfg.clt.activation, "n_features": cfg.clt.n_features,
+                   "n_layers": loaded.n_layers, **evaluate_clt(cfg, loaded, clt, rows), **train,
+                   "activations": {k: manifest[k] for k in ("mode", "corpus", "train_tokens",
+                                                            "heldout_tokens")},
+                   "eval_seconds": round(time.perf_counter() - t0, 3)}
+        log_path = stage / "train_log.jsonl"
+        if log_path.is_file() and plot_curves(log_path, stage / "training_curves.png"):
+            metrics["training_curves"] = "training_curves.png"
+        metrics.update(run_metadata(config=cfg, seeds={"clt": cfg.clt.seed,
+                                                       "corpus": cfg.activations.seed}))
+        write_json(metrics_path, metrics)
+        log.info("clt stage wrote %s", stage)
+    D.barrier(info)
+    return metrics
+
+
+def format_clt_table(m: dict[str, Any]) -> str:
+    keys = ["nmse", "l0", "dead_fraction", "replacement_top1_agreement", "kl",
+            "ce_loss_recovered", "model_prob_diff", "replacement_prob_diff", "train_tokens",
+            "train_seconds", "tokens_per_second"]
+    width = max(len(k) for k in keys)
+    lines = []
+    for k in keys:
+        v = m.get(k)
+        lines.append(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return "\n".join(lines)
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)

@@ -1,0 +1,206 @@
+"""The CLT training loop: AdamW, LR warm-up + linear decay, gradient clipping, lambda_S ramp,
+atomic checkpoints with exact resume, NaN/inf guard, tqdm progress and a JSONL metrics log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from clt_bench.activations.store import CachedBlocks, DataPosition, StreamBlocks, iter_batches
+from clt_bench.clt import distributed as D
+from clt_bench.clt.checkpoint import (
+    load_checkpoint,
+    position_from,
+    read_meta,
+    restore_optimizer,
+    save_checkpoint,
+)
+from clt_bench.clt.init import estimate_scales, initialise
+from clt_bench.clt.losses import STAT_NAMES, TrainObjective
+from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
+from clt_bench.config import CLTConfig, RunConfig
+from clt_bench.errors import UserError
+from clt_bench.io import write_text
+
+log = logging.getLogger(__name__)
+KINDS = ("clt", "plt")
+
+
+@dataclass
+class TrainResult:
+    clt: CrossLayerTranscoder  # unwrapped, normalisation not yet folded
+    steps: int
+    tokens: int  # global tokens trained on
+    seconds: float  # training wall time (all sessions of a resumed run together)
+    fired: torch.Tensor  # [L, F] how often each feature fired during training
+    log_path: Path
+
+
+def build_clt(c: CLTConfig, n_layers: int, d_model: int) -> CrossLayerTranscoder:
+    if c.kind not in KINDS:
+        raise UserError(f"unknown clt.kind '{c.kind}' (known: {', '.join(KINDS)}).")
+    try:
+        spec = CLTSpec(n_layers, d_model, c.n_features, c.activation, c.k,
+                       cross_layer=c.kind == "clt", skip=c.skip, bandwidth=c.bandwidth)
+        return CrossLayerTranscoder(spec)
+    except ValueError as err:
+        raise UserError(f"bad CLT config: {err}.") from err
+
+
+def lr_factor(step: int, c: CLTConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, constant, linear decay to 0 after ``decay_start``."""
+    if c.warmup_steps > 0 and step < c.warmup_steps:
+        return (step + 1) / c.warmup_steps
+    start = int(c.decay_start * c.n_steps)
+    if step >= start and c.n_steps > start:
+        return max(0.0, (c.n_steps - step) / (c.n_steps - start))
+    return 1.0
+
+
+def lambda_s_at(step: int, c: CLTConfig) -> float:
+    """lambda_S ramps linearly from 0 to ``lambda_s`` over ``sparsity_ramp * n_steps`` steps."""
+    ramp = c.sparsity_ramp * c.n_steps
+    return c.lambda_s if ramp <= 0 else c.lambda_s * min(1.0, step / ramp)
+
+
+def train_key(cfg: RunConfig) -> str:
+    """Hash of everything that changes the trained weights (not eval-only knobs)."""
+    skip = {"threads": 0, "checkpoint_every": 0, "log_every": 0, "eval_tokens": 0, "load": ""}
+    c = cfg.clt.__dict__ | skip
+    return cfg.section_hash("activations", "model") + ":" + json.dumps(c, sort_keys=True)
+
+
+def _initial_state(clt: CrossLayerTranscoder, source: CachedBlocks | StreamBlocks,
+                   c: CLTConfig, data_seed: int) -> None:
+    """Normalisation scalars and init from the first global batches (identical on all ranks)."""
+    it = iter_batches(source, c.batch_tokens, data_seed)
+    xs, ys = [], []
+    for _ in range(max(1, c.norm_batches)):
+        x, y, _pos = next(it)
+        xs.append(x)
+        ys.append(y)
+    s_in, s_out = estimate_scales(xs, ys)
+    clt.input_scale.copy_(s_in)
+    clt.output_scale.copy_(s_out)
+    initialise(clt, torch.cat(xs), torch.cat(ys), c.seed, c.threshold_init, c.init_rate,
+               c.dec_init_scale)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    rows = [r for r in path.read_text().splitlines() if r.strip()]
+    keep = [r for r in rows if json.loads(r)["step"] <= step]
+    write_text(path, "".join(r + "\n" for r in keep))
+
+
+def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int, d_model: int,
+              stage_dir: Path, device: str = "cpu", info: D.DistInfo | None = None,
+              stop_after: int | None = None) -> TrainResult:
+    """Train (or resume) a CLT; ``stop_after`` ends early after that many steps (for tests)."""
+    c = cfg.clt
+    info = info or D.DistInfo()
+    if c.threads > 0:
+        torch.set_num_threads(c.threads)
+    torch.manual_seed(c.seed)
+    data_seed = cfg.activations.seed
+    clt = build_clt(c, n_layers, d_model)
+    ckpt = stage_dir / "checkpoint.safetensors"
+    log_path = stage_dir / "train_log.jsonl"
+    key = train_key(cfg)
+    step, pos, seconds, tensors = 0, DataPosition(), 0.0, None
+    fired = torch.zeros(n_layers, c.n_features, dtype=torch.long)
+    if ckpt.is_file() and read_meta(ckpt).get("key") == key:
+        tensors, meta = load_checkpoint(ckpt, clt)
+        step, pos, seconds = meta["step"], position_from(meta), meta["seconds"]
+        fired = tensors["fired"].clone()
+        log.info("resuming CLT training from step %d (%s)", step, ckpt)
+    else:
+        _initial_state(clt, source, c, data_seed)
+        if info.is_main:
+            write_text(log_path, "")
+    if info.is_main:
+        _truncate_log(log_path, step)
+    clt = clt.to(device)
+    objective = TrainObjective(clt, c.lambda_p, c.tanh_c)
+    model = D.wrap(objective, c.parallel, info, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    if tensors is not None:
+        restore_optimizer(opt, tensors)
+    fired = fired.to(device)
+    batches = iter_batches(source, c.batch_tokens, data_seed, pos, info.rank, info.world)
+    end = c.n_steps if stop_after is None else min(c.n_steps, step + stop_after)
+    bar = tqdm(total=c.n_steps, initial=step, desc="train CLT", unit="step",
+               disable=not info.is_main)
+    t_start = time.perf_counter() - seconds
+    while step < end:
+        x, y, pos = next(batches)
+        for g in opt.param_groups:
+            g["lr"] = c.lr * lr_factor(step, c)
+        lam = lambda_s_at(step, c)
+        loss, stats, fired_b = model(x.to(device), y.to(device), lam)
+        stats = D.all_reduce_mean(stats, info)
+        if not bool(torch.isfinite(stats).all()):
+            raise UserError(f"CLT training diverged at step {step}: the loss is "
+                            f"{float(stats[0])} (not finite); lower clt.lr or check the "
+                            f"activations for inf/NaN.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        opt.step()
+        fired += D.all_reduce_sum(fired_b, info)
+        step += 1
+        bar.update(1)
+        if info.is_main and (step % c.log_every == 0 or step == c.n_steps):
+            row: dict[str, Any] = {"step": step, "tokens": step * c.batch_tokens,
+                                   "lr": c.lr * lr_factor(step - 1, c), "lambda_s": lam,
+                                   "grad_norm": float(D.full(grad_norm)),
+                                   "seconds": round(time.perf_counter() - t_start, 3)}
+            row.update({k: float(v) for k, v in zip(STAT_NAMES, stats.tolist(), strict=True)})
+            with log_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.set_postfix(nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}")
+        if step % c.checkpoint_every == 0 or step == end:
+            meta = {"key": key, "step": step, "position": pos.to_dict(),
+                    "seconds": time.perf_counter() - t_start}
+            save_checkpoint(ckpt, clt, opt, fired, meta, write=info.is_main)
+            D.barrier(info)
+    bar.close()
+    seconds = time.perf_counter() - t_start
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or not info.enabled:
+        out = clt
+    else:  # FSDP2: gather the full weights into a plain CLT
+        out = build_clt(c, n_layers, d_model)
+        out.load_state_dict({k: D.full(v).detach().cpu() for k, v in clt.state_dict().items()})
+        out = out.to(device)
+    return TrainResult(out, step, step * c.batch_tokens, seconds, fired.cpu(), log_path)
+
+
+def plot_curves(log_path: Path, png_path: Path) -> Path | None:
+    """Loss, NMSE and L0 against step from the JSONL log."""
+    from clt_bench.plots import plt, save_figure
+
+    rows = [json.loads(r) for r in log_path.read_text().splitlines() if r.strip()]
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, key, scale in zip(axes, ("loss", "nmse", "l0"), ("log", "log", "linear"), strict=True):
+        vals = [r[key] for r in rows]
+        ax.plot(steps, vals)
+        if scale == "log" and all(v > 0 and math.isfinite(v) for v in vals):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(key if key != "l0" else "L0 (features per token, all layers)")
+    fig.tight_layout()
+    return save_figure(fig, png_path)
