@@ -105,12 +105,18 @@ class CLTConfig:
 
 @dataclass(frozen=True)
 class GraphsConfig:
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
+    node_threshold: float = 0.8  # keep nodes up to this share of cumulative influence
+    edge_threshold: float = 0.98  # keep edges up to this share of cumulative edge influence
     n_prompts: int = 97  # one per YY of the balanced set
-    max_feature_nodes: int = 4096
-    batch_size: int = 64
+    max_feature_nodes: int = 4096  # attribute at most this many active features (by influence)
+    batch_size: int = 64  # rows (injected gradients) per batched backward pass
     prompt: str = "The war lasted from the year 1711 to the year 17"
+    target: str = "greater-than"  # greater-than | logits | answers | a token string
+    prepend_bos: bool = True  # text prompts start with BOS, as the task prompts do
+    demean: bool = False  # subtract each target direction's mean over the vocabulary
+    logit_probability: float = 0.95  # `logits` target: top tokens up to this probability
+    max_logits: int = 10  # `logits` target: at most this many tokens
+    top_features: int = 10  # how many features the CLI and scores.json list
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,190 @@
+"""Edge weights by batched backward passes through the frozen replacement model (SPEC-clt.md §4).
+
+One forward pass builds the autograd graph; each call of ``row_attributions`` then injects one
+gradient per batch row (``torch.autograd.grad(..., is_grads_batched=True)``): row b selects one
+node value (a feature pre-activation or a target), and the gradients at the leaves give that node's
+incoming edge weight from every source at once:
+
+    A[b, s] = a_s * d value_b / d a_s        (features; a_s = clean activation)
+    A[b, (l, p)] = e_{l,p} . d value_b / d mlp_out_{l,p}     (error nodes)
+    A[b, p] = embed_p . d value_b / d embed_p                 (tokens)
+
+Constant inputs are accounted for separately: ``constant_terms`` runs the frozen model with every
+source set to zero, which (the model being affine in its sources) gives each node's constant term
+exactly; ``RowAttribution.pos_embed`` / ``b_dec`` split off the positional embeddings and b_dec,
+so the remainder is attention/LayerNorm/unembedding biases and frozen-LN offsets (and b_enc).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clt_bench.graphs.replacement import FrozenRun, ReplacementModel, run_frozen
+
+SOURCE_FEATURE, SOURCE_ERROR, SOURCE_TOKEN = 0, 1, 2
+
+
+@dataclass
+class RowAttribution:
+    """Incoming edges of B rows (batched over n prompts: one row = one node in every prompt)."""
+
+    features: torch.Tensor  # [B, K] over the clean active features of all prompts (layer-major)
+    errors: torch.Tensor  # [B, n, L, pos]
+    tokens: torch.Tensor  # [B, n, pos]
+    pos_embed: torch.Tensor  # [B, n] constant term carried by positional embeddings
+    b_dec: torch.Tensor  # [B, n] constant term carried by the CLT's decoder bias
+
+
+def feature_table(rm: ReplacementModel) -> torch.Tensor:
+    """[K, 4] rows (prompt, layer, pos, feature) of the clean active features, layer-major."""
+    rows = []
+    for layer, idx in enumerate(rm.active_idx):
+        lay = torch.full((len(idx), 1), layer, dtype=torch.long, device=idx.device)
+        rows.append(torch.cat([idx[:, :1], lay, idx[:, 1:]], dim=1))
+    return torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.long)
+
+
+def feature_activations(rm: ReplacementModel, which: str = "acts") -> torch.Tensor:
+    """[K] clean activations (or pre-activations) in ``feature_table`` order."""
+    return torch.cat([rm.active_values(layer, which) for layer in range(rm.n_layers)])
+
+
+def row_attributions(rm: ReplacementModel, run: FrozenRun, output: torch.Tensor,
+                     grad_rows: torch.Tensor) -> RowAttribution:
+    """Inject ``grad_rows`` [B, *output.shape] at ``output`` and read every source's edge weight.
+
+    ``run`` must come from ``run_frozen(rm, leaves=True)`` (frozen or linear feature modes).
+    """
+    L = rm.n_layers
+    feat_leaves = [t for t in run.feat_leaves if t is not None]
+    if len(feat_leaves) != L:
+        raise ValueError("row_attributions needs a run with feature leaves in every layer")
+    leaves = feat_leaves + list(run.mlp_leaves) + [run.embed_leaf, run.pos_leaf]
+    grads = torch.autograd.grad([output], leaves, grad_outputs=[grad_rows], retain_graph=True,
+                                allow_unused=True, is_grads_batched=True)
+    B = grad_rows.shape[0]
+
+    def g(i: int, like: torch.Tensor) -> torch.Tensor:
+        out = grads[i]
+        return torch.zeros(B, *like.shape, dtype=like.dtype, device=like.device) if out is None \
+            else out
+
+    acts = feature_activations(rm)
+    feat = torch.cat([g(i, feat_leaves[i]) for i in range(L)], dim=1) * acts
+    w_bdec = rm.clt.b_dec.detach().to(rm.dtype) / rm.clt.output_scale.to(rm.dtype)[:, None]
+    errs, bdec = [], 0.0
+    for layer in range(L):
+        gm = g(L + layer, run.mlp_leaves[layer])  # [B, n, pos, d]
+        errs.append((gm * rm.errors[:, :, layer]).sum(-1))
+        bdec = bdec + (gm * w_bdec[layer]).sum((-1, -2))
+    g_emb, g_pos = g(2 * L, run.embed_leaf), g(2 * L + 1, run.pos_leaf)
+    return RowAttribution(
+        features=feat, errors=torch.stack(errs, dim=2), tokens=(g_emb * rm.embed).sum(-1),
+        pos_embed=(g_pos * rm.pos_embed).sum((-1, -2)),
+        b_dec=bdec if torch.is_tensor(bdec) else torch.zeros(B, rm.n_prompts),
+    )
+
+
+@torch.no_grad()
+def constant_terms(rm: ReplacementModel, directions: torch.Tensor, modes: str = "frozen"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Node values with every source (tokens, features, errors) at zero.
+
+    Returns ([K] feature pre-activation constants, [n, n_t] target constants) for ``directions``
+    [n, n_t, V]. In ``linear`` mode the linearised features are not sources but respond.
+    """
+    zeros_acts = torch.zeros_like(rm.acts)
+    run0 = run_frozen(rm, modes=modes, acts=zeros_acts, embed=torch.zeros_like(rm.embed),
+                      errors=torch.zeros_like(rm.errors))
+    return torch.cat(run0.pre), torch.einsum("nv,ntv->nt", run0.logits, directions)
+
+
+def as_prompt_directions(directions: torch.Tensor, n: int) -> torch.Tensor:
+    """[n_t, V] or [n, n_t, V] -> [n, n_t, V] in the model's dtype."""
+    if directions.dim() == 2:
+        directions = directions[None].expand(n, -1, -1)
+    if directions.dim() != 3 or directions.shape[0] != n:
+        raise ValueError("directions must be [n_targets, vocab] or [n_prompts, n_targets, vocab]")
+    return directions
+
+
+@dataclass
+class TargetAttribution:
+    """Attributions of one prompt's targets to every source (see ``target_attributions``).
+
+    ``values[t, s]`` = a_s * d target_t / d a_s (``source_kind[s]``: 0 feature, 1 error node,
+    2 token); ``source_index[s]`` = (layer, pos, feature id) for features, (layer, pos, -1) for
+    error nodes and (-1, pos, token id) for tokens. ``constant[t]`` is the part no source carries,
+    so ``values[:, kind != 0].sum(1) + constant == target_values`` for total effects.
+    """
+
+    source_kind: torch.Tensor  # [S]
+    source_index: torch.Tensor  # [S, 3]
+    activations: torch.Tensor  # [S] feature activation, error-vector norm, embedding norm
+    values: torch.Tensor  # [n_targets, S]
+    constant: torch.Tensor  # [n_targets]
+    target_values: torch.Tensor  # [n_targets]
+    mode: str  # "total" (all paths, linearised features) | "direct" (edges of the graph)
+
+    @property
+    def feature_mask(self) -> torch.Tensor:
+        return self.source_kind == SOURCE_FEATURE
+
+    def features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """([n_f, 3] (layer, pos, feature), [n_targets, n_f] attributions) of the features."""
+        m = self.feature_mask
+        return self.source_index[m], self.values[:, m]
+
+
+def target_attributions_batch(
+    rm: ReplacementModel, directions: torch.Tensor, *, batch_size: int = 64, mode: str = "total",
+) -> list[TargetAttribution]:
+    """Attribute target directions to every source, for all prompts of ``rm`` at once.
+
+    ``directions`` [n_t, V] (shared) or [n, n_t, V] (per prompt) are read at the last position.
+    Batch row b injects target b into every prompt at once, so n prompts x n_t targets cost
+    ceil(n_t / batch_size) backward passes. ``mode="total"`` linearises the active features (all
+    paths: a_s * d target / d a_s in the frozen model); ``"direct"`` keeps them frozen (the
+    graph's direct edges).
+    """
+    if mode not in ("total", "direct"):
+        raise ValueError("mode must be 'total' or 'direct'")
+    n, L, P = rm.n_prompts, rm.n_layers, rm.n_pos
+    dirs = as_prompt_directions(directions.to(rm.dtype).to(rm.tokens.device), n)
+    n_t = dirs.shape[1]
+    modes = "linear" if mode == "total" else "frozen"
+    run = run_frozen(rm, modes=modes, leaves=True)
+    values = torch.einsum("nv,ntv->nt", run.logits, dirs)  # [n, n_t]
+    parts: list[RowAttribution] = []
+    for start in range(0, n_t, batch_size):
+        rows = torch.arange(start, min(start + batch_size, n_t), device=values.device)
+        grad = torch.zeros(len(rows), n, n_t, dtype=values.dtype, device=values.device)
+        grad[torch.arange(len(rows)), :, rows] = 1.0
+        parts.append(row_attributions(rm, run, values, grad))
+    feat = torch.cat([p.features for p in parts]).detach()  # [n_t, K]
+    errs = torch.cat([p.errors for p in parts]).detach()  # [n_t, n, L, P]
+    toks = torch.cat([p.tokens for p in parts]).detach()  # [n_t, n, P]
+    _, const = constant_terms(rm, dirs, modes)
+    table = feature_table(rm)
+    acts = feature_activations(rm)
+    out = []
+    for i in range(n):
+        sel = table[:, 0] == i
+        f_idx = table[sel][:, 1:]
+        e_idx = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(P), indexing="ij"), -1)
+        e_idx = torch.cat([e_idx.reshape(-1, 2), torch.full((L * P, 1), -1)], 1).to(f_idx)
+        t_idx = torch.stack([torch.full((P,), -1).to(f_idx), torch.arange(P).to(f_idx),
+                             rm.tokens[i].to(f_idx)], 1)
+        kinds = torch.cat([torch.full((len(f_idx),), SOURCE_FEATURE),
+                           torch.full((L * P,), SOURCE_ERROR), torch.full((P,), SOURCE_TOKEN)])
+        act = torch.cat([acts[sel], rm.errors[i].transpose(0, 1).norm(dim=-1).reshape(-1),
+                         rm.embed[i].norm(dim=-1)])
+        vals = torch.cat([feat[:, sel], errs[:, i].reshape(n_t, -1), toks[:, i]], dim=1)
+        out.append(TargetAttribution(
+            source_kind=kinds.to(f_idx.device), source_index=torch.cat([f_idx, e_idx, t_idx]),
+            activations=act.detach(), values=vals, constant=const[i].detach(),
+            target_values=values[i].detach(), mode=mode,
+        ))
+    return out

@@ -1,0 +1,233 @@
+"""Build attribution graphs and target attributions (the public API of ``clt_bench.graphs``).
+
+``build_graph`` = one frozen forward pass + batched backward passes (``batch_size`` rows each):
+first the targets' rows, then the active features' rows. When a prompt has more active features
+than ``max_feature_nodes``, features are attributed in order of their current influence on the
+targets (recomputed after every batch, as circuit-tracer does) and the rest are left out of the
+graph; their edges into attributed nodes are kept as ``unexplained`` mass (see ``graph.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from clt_bench.clt.model import CrossLayerTranscoder
+from clt_bench.config import GraphsConfig
+from clt_bench.errors import UserError
+from clt_bench.graphs.attribution import (
+    TargetAttribution,
+    constant_terms,
+    feature_activations,
+    feature_table,
+    row_attributions,
+    target_attributions_batch,
+)
+from clt_bench.graphs.graph import Graph
+from clt_bench.graphs.influence import normalize_abs, propagate, prune
+from clt_bench.graphs.replacement import FrozenRun, ReplacementModel, build_replacement, run_frozen
+from clt_bench.graphs.scores import graph_scores, pruned_scores
+from clt_bench.graphs.targets import Target, directions, make_targets
+from clt_bench.models import LoadedModel
+
+
+def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt_or_tokens: str | torch.Tensor
+                  | Sequence[int], prepend_bos: bool = True) -> tuple[torch.Tensor, str]:
+    """([pos] token ids, prompt text). Text gets the BOS token first (as the task prompts do)."""
+    if isinstance(prompt_or_tokens, str):
+        if not prompt_or_tokens.strip():
+            raise UserError("the prompt is empty.")
+        ids = tokenizer.encode(prompt_or_tokens)
+        bos = tokenizer.bos_token_id
+        if prepend_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return torch.tensor(ids, dtype=torch.long), prompt_or_tokens
+    toks = torch.as_tensor(prompt_or_tokens, dtype=torch.long).reshape(-1)
+    if toks.numel() == 0:
+        raise UserError("the prompt has no tokens.")
+    return toks, tokenizer.decode(toks.tolist())
+
+
+def _attribute(rm: ReplacementModel, run: FrozenRun, output: torch.Tensor, rows: torch.Tensor,
+               batch_size: int) -> dict[str, torch.Tensor]:
+    """Incoming edges of the entries ``rows`` of the 1-D ``output`` (one prompt), batched."""
+    parts: dict[str, list[torch.Tensor]] = {"feat": [], "err": [], "tok": [], "pos": [], "bdec": []}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        grad = torch.zeros(len(chunk), output.shape[0], dtype=output.dtype, device=output.device)
+        grad[torch.arange(len(chunk)), chunk] = 1.0
+        r = row_attributions(rm, run, output, grad)
+        parts["feat"].append(r.features.detach())
+        parts["err"].append(r.errors[:, 0].reshape(len(chunk), -1).detach())
+        parts["tok"].append(r.tokens[:, 0].detach())
+        parts["pos"].append(r.pos_embed[:, 0].detach())
+        parts["bdec"].append(r.b_dec[:, 0].detach())
+    return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
+
+
+def _select_features(rm: ReplacementModel, run: FrozenRun, pre_all: torch.Tensor,
+                     target_rows: dict[str, torch.Tensor], w_t: torch.Tensor, max_nodes: int,
+                     batch_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Choose and attribute features: all of them, or the most influential ``max_nodes``."""
+    K = pre_all.shape[0]
+    if max_nodes >= K:
+        visit = torch.arange(K, device=pre_all.device)
+        return visit, _attribute(rm, run, pre_all, visit, batch_size)
+    n_t = w_t.shape[0]
+    src = lambda r: torch.cat([r["feat"], r["err"], r["tok"]], 1)  # noqa: E731
+    n_cols = target_rows["feat"].shape[1] + target_rows["err"].shape[1] \
+        + target_rows["tok"].shape[1]
+    rows = [src(target_rows)]
+    row_nodes = [torch.arange(n_cols, n_cols + n_t)]
+    done: list[dict[str, torch.Tensor]] = []
+    visited = torch.zeros(K, dtype=torch.bool)
+    while int(visited.sum()) < max_nodes:
+        M = torch.cat(rows).double()
+        M = torch.cat([M, torch.zeros(M.shape[0], n_t, dtype=M.dtype)], 1)
+        w_rows = torch.cat([w_t, torch.zeros(M.shape[0] - n_t, dtype=w_t.dtype)])
+        infl = propagate(normalize_abs(M), torch.cat(row_nodes), w_rows)[:K]
+        infl[visited] = -1.0
+        take = min(batch_size, max_nodes - int(visited.sum()))
+        best = infl.topk(take).indices
+        best = best[infl[best] > 0]
+        if len(best) == 0:
+            break
+        r = _attribute(rm, run, pre_all, best, batch_size)
+        done.append({**r, "idx": best})
+        rows.append(src(r))
+        row_nodes.append(best)
+        visited[best] = True
+    visit = visited.nonzero()[:, 0]
+    if not done:
+        return visit, {k: torch.zeros(0, v.shape[1] if v.dim() > 1 else 0)
+                       for k, v in target_rows.items()}
+    idx = torch.cat([d["idx"] for d in done])
+    order = torch.argsort(idx)
+    out = {k: torch.cat([d[k] for d in done])[order] for k in ("feat", "err", "tok", "pos", "bdec")}
+    return visit, out
+
+
+def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
+                prompt_or_tokens: str | torch.Tensor | Sequence[int],
+                target: str | Sequence[str] | Sequence[Target] = "greater-than",
+                cfg: GraphsConfig | None = None) -> Graph:
+    """The attribution graph of one prompt, pruned and scored (see ``clt_bench.graphs``)."""
+    cfg = cfg or GraphsConfig()
+    t0 = time.perf_counter()
+    tokens, prompt = prompt_tokens(loaded.tokenizer, prompt_or_tokens, cfg.prepend_bos)
+    rm = build_replacement(loaded.bridge, clt, tokens)
+    if target and all(isinstance(t, Target) for t in target) and not isinstance(target, str):
+        targets = list(target)
+    else:
+        targets = make_targets(target, loaded.tokenizer, prompt, rm.logits[0], cfg.demean,
+                               cfg.logit_probability, cfg.max_logits)
+    D = directions(targets).to(rm.dtype).to(rm.logits.device)  # [n_t, V]
+    n_t, L, P = len(targets), rm.n_layers, rm.n_pos
+    run = run_frozen(rm, leaves=True)
+    tvals = run.logits[0] @ D.T  # [n_t]
+    pre_all = torch.cat(run.pre)  # [K]
+    K = int(pre_all.shape[0])
+    t_rows = _attribute(rm, run, tvals, torch.arange(n_t), cfg.batch_size)
+    w_t = torch.tensor([t.weight for t in targets], dtype=torch.float64)
+    visit, f_rows = _select_features(rm, run, pre_all, t_rows, w_t, cfg.max_feature_nodes,
+                                     cfg.batch_size)
+    const_f, const_t = constant_terms(rm, D[None])
+    n_f = len(visit)
+    n = n_f + L * P + P + n_t
+    unvisited = torch.ones(K, dtype=torch.bool)
+    unvisited[visit] = False
+    A = torch.zeros(n, n, dtype=torch.float64)
+    y0 = n_f + L * P + P
+    for r0, rows in ((0, f_rows), (y0, t_rows)):
+        m = rows["feat"].shape[0]
+        if m == 0:
+            continue
+        A[r0:r0 + m, :n_f] = rows["feat"][:, visit].double()
+        A[r0:r0 + m, n_f:n_f + L * P] = rows["err"].double()
+        A[r0:r0 + m, n_f + L * P:y0] = rows["tok"].double()
+    unexpl = torch.zeros(n, dtype=torch.float64)
+    unexpl_abs = torch.zeros(n, dtype=torch.float64)
+    const_in = torch.zeros(n, dtype=torch.float64)
+    for r0, rows, const in ((0, f_rows, const_f[visit]), (y0, t_rows, const_t[0])):
+        m = rows["feat"].shape[0]
+        if m == 0:
+            continue
+        hidden = rows["feat"][:, unvisited].double()
+        unexpl[r0:r0 + m] = hidden.sum(1)
+        unexpl_abs[r0:r0 + m] = hidden.abs().sum(1)
+        const_in[r0:r0 + m] = const.double()
+    split = {"pos_embed": t_rows["pos"].double(), "b_dec": t_rows["bdec"].double()}
+    split["biases_and_ln"] = const_t[0].double() - split["pos_embed"] - split["b_dec"]
+    table = feature_table(rm)[visit][:, 1:]
+    graph = Graph(
+        prompt=prompt, tokens=tokens.cpu(),
+        token_strings=[loaded.tokenizer.decode([t]) for t in tokens.tolist()], n_layers=L,
+        features=table.cpu(), activations=feature_activations(rm)[visit].detach().cpu(),
+        feature_values=feature_activations(rm, "pre")[visit].detach().cpu(),
+        error_norms=rm.errors[0].transpose(0, 1).norm(dim=-1).detach().cpu(),
+        targets=targets, target_values=tvals.detach().double().cpu(), adjacency=A,
+        constant_in=const_in, unexplained_in=unexpl, unexplained_abs=unexpl_abs,
+        constant_split=split, n_active=K,
+    )
+    score_graph(graph, cfg.node_threshold, cfg.edge_threshold)
+    graph.meta = {
+        "model": loaded.name, "clt": clt.spec.to_dict(), "node_threshold": cfg.node_threshold,
+        "edge_threshold": cfg.edge_threshold, "max_feature_nodes": cfg.max_feature_nodes,
+        "batch_size": cfg.batch_size, "n_backward_rows": n_t + n_f,
+        "n_backward_passes": -(-n_t // cfg.batch_size) + -(-n_f // cfg.batch_size),
+        "wall_seconds": round(time.perf_counter() - t0, 4),
+    }
+    return graph
+
+
+def score_graph(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Graph:
+    """Prune ``graph`` (sets influence, node and edge masks) and compute its four scores."""
+    kinds, w = graph.kinds(), graph.target_weights()
+    A = graph.adjacency
+    node_mask, edge_mask, infl = prune(A, w, graph.always_kept(), node_threshold, edge_threshold,
+                                       graph.unexplained_abs)
+    graph.influence, graph.node_mask, graph.edge_mask = infl, node_mask, edge_mask
+    full = graph_scores(A, kinds, w, graph.unexplained_abs)
+    pruned = pruned_scores(A, kinds, w, node_mask, edge_mask, graph.unexplained_abs)
+    graph.scores = {"completeness": full["completeness"], "replacement": full["replacement"],
+                    "pruned_completeness": pruned["completeness"],
+                    "pruned_replacement": pruned["replacement"]}
+    return graph
+
+
+def target_attributions(loaded: LoadedModel, clt: CrossLayerTranscoder,
+                        prompt_or_tokens: str | torch.Tensor | Sequence[int],
+                        target_directions: torch.Tensor, *, batch_size: int = 64,
+                        mode: str = "total", prepend_bos: bool = True) -> TargetAttribution:
+    """Attribution of every source to each target direction [n_t, V] for one prompt.
+
+    ``values`` [n_t, n_sources] = a_s * d target / d a_s through the frozen replacement model,
+    along all paths (``mode="total"``; active features linearised) or direct edges only
+    (``"direct"``). One target per batch row of the backward passes.
+    """
+    tokens, _ = prompt_tokens(loaded.tokenizer, prompt_or_tokens, prepend_bos)
+    rm = build_replacement(loaded.bridge, clt, tokens)
+    return target_attributions_batch(rm, target_directions, batch_size=batch_size, mode=mode)[0]
+
+
+def target_attributions_many(loaded: LoadedModel, clt: CrossLayerTranscoder,
+                             tokens: torch.Tensor, target_directions: torch.Tensor, *,
+                             batch_size: int = 64, mode: str = "total",
+                             prompts_per_pass: int = 32) -> list[TargetAttribution]:
+    """``target_attributions`` for prompts of equal length ``tokens`` [n, pos].
+
+    ``target_directions``: [n_t, V] shared or [n, n_t, V] per prompt. Up to ``prompts_per_pass``
+    prompts share one forward pass and every backward pass (row b = target b in all of them).
+    """
+    if tokens.dim() != 2:
+        raise UserError("tokens must be a [n_prompts, pos] tensor of equal-length prompts.")
+    out: list[TargetAttribution] = []
+    for start in range(0, tokens.shape[0], prompts_per_pass):
+        sl = slice(start, start + prompts_per_pass)
+        dirs = target_directions if target_directions.dim() == 2 else target_directions[sl]
+        rm = build_replacement(loaded.bridge, clt, tokens[sl])
+        out.extend(target_attributions_batch(rm, dirs, batch_size=batch_size, mode=mode))
+    return out

@@ -1,0 +1,311 @@
+"""The local replacement model (SPEC-clt.md §4) on a TransformerLens bridge.
+
+``build_replacement`` runs the clean prompt(s) once and caches everything the frozen model needs:
+attention patterns, every LayerNorm denominator (``hook_scale``), the residual stream before each
+MLP, the MLP outputs, the CLT's activations and the error nodes ``e = mlp_out - CLT(resid_mid)``.
+
+``run_frozen`` replays the prompt through the bridge with patterns and LayerNorm scales replaced by
+the cached values and every MLP output replaced by ``feature writes + b_dec + skip + error``.
+With the error nodes it reproduces the clean logits (up to rounding). Feature layers run in one of
+three modes:
+
+- ``frozen``: activations are constants (the clean ones, or ``acts`` if given). The model is then
+  affine in its sources (token embeddings, feature activations, error nodes); the gradient with
+  respect to a source is its *direct* effect (one edge of the attribution graph).
+- ``linear``: a = mask * h(x) with the clean active mask; gradients are *total* effects (all paths
+  through the frozen model and the linearised features).
+- ``live``: a = sigma(h(x)) is recomputed (interventions), except entries in ``clamp``.
+
+Gradient leaves (zeros added at the embeddings, positional embeddings, each MLP output and each
+active feature's activation) let one backward pass read every source's gradient at once.
+
+Shapes: n prompts, pos positions, L layers, F features per layer, d = d_model, V = vocabulary;
+k_l active features of layer l over all prompts (index rows (prompt, pos, feature)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from clt_bench.clt.model import CrossLayerTranscoder
+from clt_bench.errors import UserError
+
+MODES = ("frozen", "linear", "live")
+
+
+@dataclass
+class ReplacementModel:
+    """Cached clean run of ``tokens`` [n, pos] through ``bridge`` with ``clt``."""
+
+    bridge: TransformerBridge
+    clt: CrossLayerTranscoder
+    tokens: torch.Tensor  # [n, pos]
+    frozen: dict[str, torch.Tensor]  # hook name -> pattern [n, head, q, k] / scale [n, pos, 1]
+    embed: torch.Tensor  # [n, pos, d]
+    pos_embed: torch.Tensor  # [n, pos, d]
+    resid_mid: torch.Tensor  # [n, pos, L, d]
+    mlp_out: torch.Tensor  # [n, pos, L, d]
+    pre_acts: torch.Tensor  # [n, pos, L, F]
+    acts: torch.Tensor  # [n, pos, L, F]
+    errors: torch.Tensor  # [n, pos, L, d]
+    logits: torch.Tensor  # [n, V] clean logits at the last position
+    active_idx: list[torch.Tensor] = field(default_factory=list)  # per layer [k_l, 3]
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.resid_mid.shape[2])
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.resid_mid.dtype
+
+    def active_values(self, layer: int, which: str = "acts") -> torch.Tensor:
+        """[k_l] clean activations (or pre-activations) of layer ``layer``'s active features."""
+        src = self.acts if which == "acts" else self.pre_acts
+        i, p, f = self.active_idx[layer].unbind(-1)
+        return src[i, p, layer, f]
+
+
+@dataclass
+class FrozenRun:
+    """Outputs of one frozen forward pass, with the gradient leaves if requested."""
+
+    logits: torch.Tensor  # [n, V] at the last position
+    pre: list[torch.Tensor]  # per layer [k_l]: pre-activations of the clean active features
+    acts: list[torch.Tensor]  # per layer [n, pos, F] dense activations used (detached)
+    embed_leaf: torch.Tensor | None = None  # [n, pos, d]
+    pos_leaf: torch.Tensor | None = None  # [n, pos, d]
+    mlp_leaves: list[torch.Tensor] = field(default_factory=list)  # per layer [n, pos, d]
+    feat_leaves: list[torch.Tensor | None] = field(default_factory=list)  # per layer [k_l]
+
+    def leaves(self) -> list[torch.Tensor]:
+        out = [t for t in self.feat_leaves if t is not None]
+        return out + list(self.mlp_leaves) + [self.embed_leaf, self.pos_leaf]
+
+
+def _hook_names(n_layers: int) -> tuple[list[str], list[str]]:
+    frozen = ["ln_final.hook_scale"]
+    for layer in range(n_layers):
+        frozen += [f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.ln1.hook_scale",
+                   f"blocks.{layer}.ln2.hook_scale"]
+    acts = ["hook_embed", "hook_pos_embed"]
+    for layer in range(n_layers):
+        acts += [f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.hook_mlp_out"]
+    return frozen, acts
+
+
+def _check_shapes(bridge: TransformerBridge, clt: CrossLayerTranscoder) -> None:
+    L, d = int(bridge.cfg.n_layers), int(bridge.cfg.d_model)
+    if (clt.spec.n_layers, clt.spec.d_model) != (L, d):
+        raise UserError(
+            f"the CLT has {clt.spec.n_layers} layers of width {clt.spec.d_model} but the model has "
+            f"{L} layers of width {d}."
+        )
+
+
+@torch.no_grad()
+def encode_prompts(clt: CrossLayerTranscoder, resid_mid: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, pos, L, d] -> (pre-activations, activations) [n, pos, L, F], one prompt at a time.
+
+    Encoding prompt by prompt keeps BatchTopK's batch (the prompt's positions) independent of how
+    many prompts are attributed together.
+    """
+    pre, acts = [], []
+    for x in resid_mid.to(clt.W_enc.dtype):
+        h = clt.pre_activations(x)
+        pre.append(h)
+        acts.append(clt.activate(h))
+    return torch.stack(pre).to(resid_mid.dtype), torch.stack(acts).to(resid_mid.dtype)
+
+
+@torch.no_grad()
+def build_replacement(bridge: TransformerBridge, clt: CrossLayerTranscoder,
+                      tokens: torch.Tensor) -> ReplacementModel:
+    """Run ``tokens`` ([pos] or [n, pos]) once and cache the frozen quantities and error nodes."""
+    _check_shapes(bridge, clt)
+    if tokens.dim() == 1:
+        tokens = tokens[None]
+    if tokens.dim() != 2 or tokens.shape[1] == 0:
+        raise UserError("the prompt tokens must be a non-empty [n, pos] tensor.")
+    n_ctx = int(getattr(bridge.cfg, "n_ctx", tokens.shape[1]) or tokens.shape[1])
+    if tokens.shape[1] > n_ctx:
+        raise UserError(
+            f"the prompt has {tokens.shape[1]} tokens; the model reads at most {n_ctx}."
+        )
+    device = next(bridge.parameters()).device
+    tokens = tokens.to(device)
+    L = int(bridge.cfg.n_layers)
+    frozen_names, act_names = _hook_names(L)
+    wanted = set(frozen_names + act_names)
+    logits, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+    resid_mid = torch.stack([cache[f"blocks.{i}.hook_resid_mid"] for i in range(L)], dim=2)
+    mlp_out = torch.stack([cache[f"blocks.{i}.hook_mlp_out"] for i in range(L)], dim=2)
+    pre, acts = encode_prompts(clt, resid_mid)
+    recon = clt.decode(acts.to(clt.W_enc.dtype), resid_mid.to(clt.W_enc.dtype)).to(mlp_out.dtype)
+    rm = ReplacementModel(
+        bridge=bridge, clt=clt, tokens=tokens,
+        frozen={n: cache[n].detach().clone() for n in frozen_names},
+        embed=cache["hook_embed"].detach().clone(),
+        pos_embed=cache["hook_pos_embed"].detach().clone(),
+        resid_mid=resid_mid, mlp_out=mlp_out, pre_acts=pre, acts=acts, errors=mlp_out - recon,
+        logits=logits[:, -1].detach().clone(),
+    )
+    rm.active_idx = [acts[:, :, layer].nonzero() for layer in range(L)]
+    return rm
+
+
+def _weights(clt: CrossLayerTranscoder, dtype: torch.dtype) -> dict:
+    """CLT weights in the model's dtype (a view when the dtypes agree)."""
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().to(dtype)
+
+    return {
+        "W_enc": cast(clt.W_enc), "b_enc": cast(clt.b_enc), "b_dec": cast(clt.b_dec),
+        "W_skip": cast(clt.W_skip), "in_scale": cast(clt.input_scale),
+        "out_scale": cast(clt.output_scale), "W_dec": [cast(w) for w in clt.W_dec],
+    }
+
+
+def layer_activate(clt: CrossLayerTranscoder, layer: int, h: torch.Tensor) -> torch.Tensor:
+    """Activation function of layer ``layer`` on [..., F] pre-activations (BatchTopK over ...)."""
+    full = torch.zeros(*h.shape[:-1], clt.n_layers, h.shape[-1], dtype=clt.W_enc.dtype,
+                       device=h.device)
+    full[..., layer, :] = h.to(full.dtype)
+    return clt.activate(full)[..., layer, :].to(h.dtype)
+
+
+def run_frozen(
+    rm: ReplacementModel,
+    *,
+    modes: str | Sequence[str] = "frozen",
+    acts: torch.Tensor | None = None,
+    clamp: torch.Tensor | None = None,
+    embed: torch.Tensor | None = None,
+    errors: torch.Tensor | None = None,
+    leaves: bool = False,
+) -> FrozenRun:
+    """One forward pass of the frozen replacement model; see the module docstring.
+
+    ``modes``: one mode for all layers or one per layer. ``acts`` [n, pos, L, F]: activations for
+    ``frozen`` layers (default: clean) and clamp values for ``live`` layers where ``clamp``
+    [n, pos, L, F] (bool) is set. ``embed`` [n, pos, d] and ``errors`` [n, pos, L, d] replace the
+    token embeddings and error nodes. ``leaves``: add zero leaves whose gradients are returned.
+    """
+    L, n, P = rm.n_layers, rm.n_prompts, rm.n_pos
+    modes = [modes] * L if isinstance(modes, str) else list(modes)
+    if len(modes) != L or any(m not in MODES for m in modes):
+        raise ValueError(f"modes must be one of {MODES} per layer ({L} layers)")
+    dt, d = rm.dtype, rm.resid_mid.shape[-1]
+    w = _weights(rm.clt, dt)
+    acts = rm.acts if acts is None else acts.to(dt)
+    errors = rm.errors if errors is None else errors.to(dt)
+    embed = rm.embed if embed is None else embed.to(dt)
+    run = FrozenRun(logits=torch.empty(0), pre=[None] * L, acts=[None] * L,
+                    feat_leaves=[None] * L)
+    if leaves:
+        z = torch.zeros(n, P, d, dtype=dt, device=embed.device)
+        run.embed_leaf = z.clone().requires_grad_(True)
+        run.pos_leaf = z.clone().requires_grad_(True)
+        run.mlp_leaves = [z.clone().requires_grad_(True) for _ in range(L)]
+    pending: list[torch.Tensor] = [torch.zeros(n, P, d, dtype=dt, device=embed.device)
+                                   for _ in range(L)]
+    clt = rm.clt
+
+    def enc(x: torch.Tensor, layer: int, idx: torch.Tensor) -> torch.Tensor:
+        """Pre-activations [k] of features idx (rows (prompt, pos, feature)) from x [n, pos, d]."""
+        i, p, f = idx.unbind(-1)
+        xs = x[i, p] * w["in_scale"][layer]
+        return (xs * w["W_enc"][layer, f]).sum(-1) + w["b_enc"][layer, f]
+
+    def write(layer: int, idx: torch.Tensor, vals: torch.Tensor) -> None:
+        i, p, f = idx.unbind(-1)
+        dec = w["W_dec"][layer][f]  # [k, n_targets, d]
+        for j, tgt in enumerate(clt.target_layers(layer)):
+            contrib = vals[:, None] * dec[:, j] / w["out_scale"][tgt]
+            pending[tgt] = pending[tgt].index_put((i, p), contrib, accumulate=True)
+
+    def resid_mid_hook(layer: int):
+        def fn(x: torch.Tensor, hook) -> torch.Tensor:
+            idx = rm.active_idx[layer]
+            run.pre[layer] = enc(x, layer, idx)
+            mode = modes[layer]
+            if mode == "frozen":
+                if acts is rm.acts:
+                    widx, base = idx, rm.active_values(layer)
+                else:
+                    widx = acts[:, :, layer].nonzero()
+                    a = acts[:, :, layer]
+                    base = a[widx[:, 0], widx[:, 1], widx[:, 2]]
+            elif mode == "linear":
+                widx, base = idx, run.pre[layer]
+            else:
+                h = torch.einsum("npd,fd->npf", x * w["in_scale"][layer], w["W_enc"][layer])
+                a = layer_activate(clt, layer, h + w["b_enc"][layer])
+                if clamp is not None:
+                    cl = clamp[:, :, layer]
+                    a = torch.where(cl, acts[:, :, layer], a)
+                widx = a.nonzero()
+                base = a[widx[:, 0], widx[:, 1], widx[:, 2]]
+            dense = torch.zeros(n, P, rm.pre_acts.shape[-1], dtype=dt, device=x.device)
+            run.acts[layer] = dense.index_put(tuple(widx.unbind(-1)), base.detach())
+            vals = base
+            if leaves and mode != "live":
+                run.feat_leaves[layer] = torch.zeros(len(widx), dtype=dt, device=x.device,
+                                                     requires_grad=True)
+                vals = base + run.feat_leaves[layer]
+            write(layer, widx, vals)
+            return x
+
+        return fn
+
+    def mlp_out_hook(layer: int):
+        def fn(y: torch.Tensor, hook) -> torch.Tensor:
+            x = resid[layer]
+            out = pending[layer] + w["b_dec"][layer] / w["out_scale"][layer] + errors[:, :, layer]
+            if w["W_skip"] is not None:
+                out = out + (x * w["in_scale"][layer]) @ w["W_skip"][layer] / w["out_scale"][layer]
+            if leaves:
+                out = out + run.mlp_leaves[layer]
+            return out
+
+        return fn
+
+    resid: dict[int, torch.Tensor] = {}
+
+    def keep_resid(layer: int, inner):
+        def fn(x: torch.Tensor, hook) -> torch.Tensor:
+            resid[layer] = x
+            return inner(x, hook)
+
+        return fn
+
+    def const(name: str):
+        return lambda t, hook: rm.frozen[name]
+
+    def embed_hook(t: torch.Tensor, hook) -> torch.Tensor:
+        return embed + run.embed_leaf if leaves else embed
+
+    def pos_hook(t: torch.Tensor, hook) -> torch.Tensor:
+        return rm.pos_embed + run.pos_leaf if leaves else rm.pos_embed
+
+    hooks = [(name, const(name)) for name in rm.frozen]
+    hooks += [("hook_embed", embed_hook), ("hook_pos_embed", pos_hook)]
+    for layer in range(L):
+        hooks.append((f"blocks.{layer}.hook_resid_mid", keep_resid(layer, resid_mid_hook(layer))))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", mlp_out_hook(layer)))
+    logits = rm.bridge.run_with_hooks(rm.tokens, fwd_hooks=hooks)
+    run.logits = logits[:, -1]
+    return run

@@ -1,0 +1,128 @@
+"""Attribution targets: directions over the vocabulary read at the prompt's last position.
+
+- ``greater-than``: Σ_{z>YY} l_z − Σ_{z<=YY} l_z over the 100 answer tokens "00".."99", YY read
+  from the last four-digit year in the prompt.
+- ``logits``: the most likely next tokens up to 95% cumulative probability, at most 10, weighted
+  by their probabilities.
+- token strings: each must be one token; equal weights.
+
+``demean`` subtracts the direction's mean over the vocabulary (a shift of every logit then leaves
+the target unchanged, as circuit-tracer does for logit nodes).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from clt_bench.errors import UserError
+from clt_bench.task.dataset import answer_token_ids
+from clt_bench.task.metrics import logit_diff_direction
+
+TARGET_KINDS = ("greater-than", "logits", "<token strings>")
+
+
+@dataclass
+class Target:
+    """One target node: ``value = direction @ logits[last]``."""
+
+    label: str
+    direction: torch.Tensor  # [V]
+    weight: float  # for influence (targets' weights sum to 1)
+    token_id: int | None = None  # the token of a single-logit target
+    prob: float = 0.0  # its probability in the clean run
+
+    def key(self, vocab_size: int, index: int) -> int:
+        """Vocabulary index for the graph file (virtual index vocab_size + i for directions)."""
+        return self.token_id if self.token_id is not None else vocab_size + index
+
+
+def parse_yy(prompt: str) -> int:
+    """YY of the last four-digit year in ``prompt`` ("... year 1711 to the year 17" -> 11)."""
+    years = re.findall(r"(?<!\d)(\d{4})(?!\d)", prompt)
+    if not years:
+        raise UserError(
+            "the greater-than target needs a four-digit year (e.g. 1711) in the prompt."
+        )
+    return int(years[-1]) % 100
+
+
+def greater_than_target(tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: int,
+                        relation: str = "gt") -> Target:
+    yy = parse_yy(prompt)
+    ids = answer_token_ids(tokenizer)
+    direction = torch.zeros(vocab_size, dtype=torch.float64)
+    direction[ids] = logit_diff_direction(yy, relation)
+    return Target(label=f"greater-than logit diff (YY={yy:02d})", direction=direction, weight=1.0)
+
+
+def answer_targets(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[Target]:
+    """The 100 answer-token logits "00".."99" as separate targets (equal weights)."""
+    ids = answer_token_ids(tokenizer).tolist()
+    eye = torch.zeros(len(ids), vocab_size, dtype=torch.float64)
+    eye[torch.arange(len(ids)), ids] = 1.0
+    return [Target(label=f"{z:02d}", direction=eye[z], weight=1.0 / len(ids), token_id=i)
+            for z, i in enumerate(ids)]
+
+
+def logit_targets(tokenizer: PreTrainedTokenizerBase, logits: torch.Tensor,
+                  cumulative: float = 0.95, max_n: int = 10) -> list[Target]:
+    """Top tokens of ``logits`` [V] until ``cumulative`` probability, at most ``max_n``."""
+    probs = torch.softmax(logits.double(), -1)
+    p, ids = probs.sort(descending=True)
+    n = int((torch.cumsum(p, 0) - p < cumulative).sum())
+    n = max(1, min(n, max_n))
+    total = float(p[:n].sum())
+    out = []
+    for pi, ti in zip(p[:n].tolist(), ids[:n].tolist(), strict=True):
+        d = torch.zeros(logits.shape[-1], dtype=torch.float64)
+        d[ti] = 1.0
+        out.append(Target(label=tokenizer.decode([ti]), direction=d, weight=pi / total,
+                          token_id=ti, prob=pi))
+    return out
+
+
+def token_targets(tokenizer: PreTrainedTokenizerBase, strings: Sequence[str], vocab_size: int,
+                  logits: torch.Tensor | None = None) -> list[Target]:
+    probs = torch.softmax(logits.double(), -1) if logits is not None else None
+    out = []
+    for s in strings:
+        ids = tokenizer.encode(s)
+        if len(ids) != 1:
+            raise UserError(f"the target '{s}' is {len(ids)} tokens, not one token.")
+        d = torch.zeros(vocab_size, dtype=torch.float64)
+        d[ids[0]] = 1.0
+        out.append(Target(label=s, direction=d, weight=1.0 / len(strings), token_id=ids[0],
+                          prob=float(probs[ids[0]]) if probs is not None else 0.0))
+    return out
+
+
+def make_targets(spec: str | Sequence[str], tokenizer: PreTrainedTokenizerBase, prompt: str,
+                 logits: torch.Tensor, demean: bool = False, cumulative: float = 0.95,
+                 max_logits: int = 10) -> list[Target]:
+    """Targets from a CLI/config spec: "greater-than", "logits", or token strings."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    if not items or any(not s for s in items):
+        raise UserError("--target needs 'greater-than', 'logits' or one or more token strings.")
+    V = int(logits.shape[-1])
+    if items == ["greater-than"]:
+        targets = [greater_than_target(tokenizer, prompt, V)]
+    elif items == ["logits"]:
+        targets = logit_targets(tokenizer, logits, cumulative, max_logits)
+    elif items == ["answers"]:
+        targets = answer_targets(tokenizer, V)
+    else:
+        targets = token_targets(tokenizer, items, V, logits)
+    if demean:
+        for t in targets:
+            t.direction = t.direction - t.direction.mean()
+    return targets
+
+
+def directions(targets: Sequence[Target]) -> torch.Tensor:
+    """[n_targets, V] stacked directions."""
+    return torch.stack([t.direction for t in targets])
