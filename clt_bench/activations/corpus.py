@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,15 +61,35 @@ def _hf_documents(path: str, name: str | None, split: str, text_field: str,
             yield text
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """True when offline mode is set (use the local cache) or huggingface.co answers quickly."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return True
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _require_hub(what: str) -> None:
+    if not _hub_reachable():
+        raise UserError(f"cannot stream {what}: the Hugging Face hub is not reachable (no "
+                        f"network); use activations.corpus=\"toy\" or a local file:<path>.")
+
+
 def iter_documents(corpus: str, seed: int = 0, text_field: str = "text",
                    split: str = "train") -> Iterator[str]:
     """Documents of ``corpus`` in a deterministic order (see module docstring)."""
     if corpus == "toy":
         return _toy_documents(seed)
     if corpus == "fineweb":
+        _require_hub("FineWeb")
         return _hf_documents(FINEWEB[0], FINEWEB[1], split, text_field, what="FineWeb")
     if corpus.startswith("hf:") and len(corpus) > 3:
         name, _, config = corpus[3:].partition(":")
+        if not Path(name).exists():
+            _require_hub(f"dataset '{name}'")
         return _hf_documents(name, config or None, split, text_field, what=f"dataset '{name}'")
     if corpus.startswith("file:") and len(corpus) > 5:
         path = Path(corpus[5:]).expanduser()

@@ -39,7 +39,8 @@ def extract_activations(bridge: TransformerBridge, rows: TokenRows,
 
     device = next(bridge.parameters()).device
     with contextlib.suppress(_StopForward):
-        bridge.run_with_hooks(rows.tokens.to(device), fwd_hooks=[(n, capture(n)) for n in ins + outs])
+        hooks = [(n, capture(n)) for n in ins + outs]
+        bridge.run_with_hooks(rows.tokens.to(device), fwd_hooks=hooks)
     mask = rows.mask.to(device)
     x = torch.stack([store[n][mask] for n in ins], dim=1).to(dtype)
     y = torch.stack([store[n][mask] for n in outs], dim=1).to(dtype)

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     if args.load:
         args.overrides = [*args.overrides, f'clt.load="{args.load}"']
     cfg = config_from_args(args)
+    preflight(cfg)
     set_threads(cfg.clt.threads)
     info = D.setup(cfg.model.device)
     device = D.local_device(cfg.model.device, info)
@@ -39,6 +40,20 @@ def run(args: argparse.Namespace) -> int:
         print(format_clt_table(metrics))
         print(f"wrote {out / 'clt'}")
     return 0
+
+
+def preflight(cfg) -> None:
+    """Fail fast, before loading the model: a bad CLT checkpoint or an empty corpus."""
+    from clt_bench.activations.corpus import iter_documents
+    from clt_bench.clt.io import load_clt
+    from clt_bench.errors import UserError
+
+    if cfg.clt.load:
+        load_clt(cfg.clt.load)
+        return
+    a = cfg.activations
+    if next(iter(iter_documents(a.corpus, a.seed, a.text_field, a.split)), None) is None:
+        raise UserError(f"corpus '{a.corpus}' yields no tokens.")
 
 
 __all__ = ["register"]

@@ -2,7 +2,7 @@
 
 CLT directory (``model_kind: cross_layer_transcoder``): ``config.yaml`` and per layer i
 ``W_enc_{i}.safetensors`` holding W_enc_i [F, d], b_enc_i [F], b_dec_i [d], threshold_i [F]
-(JumpReLU; we also keep log_threshold_i so a round trip is bit-exact, and W_skip_i [d, d] when
+(JumpReLU; we also keep log_threshold_i so a round trip is bit-exact, and W_skip_i [d, d] if
 there is a skip connection) and ``W_dec_{i}.safetensors`` holding W_dec_i [F, L - i, d].
 
 Transcoder set (``model_kind: transcoder_set``): ``config.yaml`` with a ``transcoders`` list of
@@ -58,9 +58,9 @@ def save_clt(clt: CrossLayerTranscoder, path: str | Path) -> Path:
         for i in range(spec.n_layers):
             enc = {f"W_enc_{i}": clt.W_enc[i], f"b_enc_{i}": clt.b_enc[i],
                    f"b_dec_{i}": clt.b_dec[i]}
+            enc[f"log_threshold_{i}"] = clt.log_threshold[i]
             if jump:
                 enc[f"threshold_{i}"] = clt.threshold[i]
-                enc[f"log_threshold_{i}"] = clt.log_threshold[i]
             if clt.W_skip is not None:
                 enc[f"W_skip_{i}"] = clt.W_skip[i]
             save_tensors(path / f"W_enc_{i}.safetensors", enc)
@@ -71,9 +71,9 @@ def save_clt(clt: CrossLayerTranscoder, path: str | Path) -> Path:
     for i in range(spec.n_layers):
         t = {"W_enc": clt.W_enc[i].T, "W_dec": clt.W_dec[i][:, 0], "b_enc": clt.b_enc[i],
              "b_dec": clt.b_dec[i]}
+        t["log_threshold"] = clt.log_threshold[i]
         if jump:
             t["threshold"] = clt.threshold[i]
-            t["log_threshold"] = clt.log_threshold[i]
         if clt.W_skip is not None:
             t["W_skip"] = clt.W_skip[i]
         files.append(f"layer_{i}.safetensors")

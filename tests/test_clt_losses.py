@@ -1,0 +1,92 @@
+"""CLT objective on hand-made tensors, the JumpReLU straight-through gradient, fold equivalence."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from clt_bench.clt.losses import TrainObjective, mse_per_layer, preact_penalty, sparsity_penalty
+from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder, JumpReLUFn
+from clt_bench.clt.train import lambda_s_at, lr_factor
+from clt_bench.config import CLTConfig
+
+
+def test_penalties_by_hand():
+    acts = torch.tensor([[[0.0, 2.0], [1.0, 0.0]]])  # [n=1, L=2, F=2]
+    norms = torch.tensor([[3.0, 0.5], [2.0, 1.0]])
+    expected = math.tanh(4 * 0.5 * 2.0) + math.tanh(4 * 2.0 * 1.0)
+    assert math.isclose(float(sparsity_penalty(acts, norms, 4.0)), expected, rel_tol=1e-6)
+    pre = torch.tensor([[[0.1, -1.0], [0.5, 0.2]]])
+    theta = torch.tensor([[0.3, 0.3], [0.3, 0.3]])
+    # relu(theta - pre) = [[0.2, 1.3], [0, 0.1]] weighted by norms
+    expected_p = 0.2 * 3.0 + 1.3 * 0.5 + 0.0 * 2.0 + 0.1 * 1.0
+    assert math.isclose(float(preact_penalty(pre, theta, norms)), expected_p, rel_tol=1e-6)
+    y_hat = torch.zeros(2, 2, 3)
+    y = torch.ones(2, 2, 3)
+    y[:, 1] = 2.0
+    assert torch.allclose(mse_per_layer(y_hat, y), torch.tensor([1.0, 4.0]))
+
+
+def _tiny_clt(activation: str = "jumprelu", cross: bool = True, skip: bool = False,
+              seed: int = 0) -> CrossLayerTranscoder:
+    torch.manual_seed(seed)
+    clt = CrossLayerTranscoder(CLTSpec(3, 5, 7, activation, k=2, cross_layer=cross, skip=skip,
+                                       bandwidth=0.5))
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        clt.log_threshold.fill_(math.log(0.1))
+    return clt
+
+
+def test_objective_total_is_sum_of_parts():
+    clt = _tiny_clt()
+    obj = TrainObjective(clt, lambda_p=0.01, tanh_c=4.0)
+    x, y = torch.randn(6, 3, 5), torch.randn(6, 3, 5)
+    loss, stats, fired = obj(x, y, 0.2)
+    _, mse, sparsity, preact, l0, _ = stats.tolist()
+    assert math.isclose(float(loss.detach()), mse + 0.2 * sparsity + 0.01 * preact, rel_tol=1e-5)
+    y_hat, acts = clt(x)
+    assert math.isclose(mse, float(((y_hat - y) ** 2).mean(dim=(0, 2)).sum()), rel_tol=1e-5)
+    assert math.isclose(l0, float((acts > 0).sum() / 6), rel_tol=1e-6)
+    assert fired.shape == (3, 7) and int(fired.sum()) == int((acts > 0).sum())
+    # TopK gets no sparsity or pre-activation penalty
+    _, stats_k, _ = TrainObjective(_tiny_clt("topk"), 0.01, 4.0)(x, y, 0.2)
+    assert stats_k[2] == 0 and stats_k[3] == 0
+
+
+def test_jumprelu_threshold_straight_through_gradient():
+    h = torch.tensor([0.05, 0.28, 0.32, 0.9], requires_grad=True)
+    theta = torch.tensor(0.3, requires_grad=True)
+    a = JumpReLUFn.apply(h, theta, 0.1)
+    assert torch.equal(a.detach(), torch.tensor([0.0, 0.0, 0.32, 0.9]))
+    a.sum().backward()
+    # d a / d theta = -theta / eps * 1[|h - theta| < eps / 2]: h = 0.28 and 0.32 are in the window
+    assert math.isclose(float(theta.grad), -2 * 0.3 / 0.1, rel_tol=1e-5)
+    assert torch.equal(h.grad, torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+def test_fold_normalisation_equivalence():
+    for cross, skip in ((True, False), (False, True)):
+        clt = _tiny_clt(cross=cross, skip=skip)
+        clt.input_scale.copy_(torch.tensor([0.5, 2.0, 3.0]))
+        clt.output_scale.copy_(torch.tensor([4.0, 0.25, 1.5]))
+        x = torch.randn(9, 3, 5)
+        y_ref, a_ref = clt(x)
+        # by hand: normalise -> CLT with unit scales -> denormalise
+        plain = _tiny_clt(cross=cross, skip=skip)
+        xn = x * clt.input_scale[:, None]
+        y_norm, a_plain = plain(xn)
+        assert torch.allclose(y_ref, y_norm / clt.output_scale[:, None], atol=1e-5)
+        clt.fold_normalisation()
+        y_fold, a_fold = clt(x)
+        assert torch.allclose(y_fold, y_ref, atol=1e-5)
+        assert torch.equal(a_fold > 0, a_ref > 0) and torch.allclose(a_fold, a_plain, atol=1e-5)
+
+
+def test_schedules():
+    c = CLTConfig(n_steps=100, warmup_steps=10, decay_start=0.8, lambda_s=2.0, sparsity_ramp=0.5)
+    assert lr_factor(0, c) == 0.1 and lr_factor(9, c) == 1.0 and lr_factor(50, c) == 1.0
+    assert math.isclose(lr_factor(90, c), 0.5) and lr_factor(99, c) > 0
+    assert lambda_s_at(0, c) == 0 and lambda_s_at(25, c) == 1.0 and lambda_s_at(80, c) == 2.0
