@@ -20,6 +20,7 @@ COMMANDS = [
     "clt_bench.clt.cli",
     "clt_bench.models.cli",
     "clt_bench.report.cli",
+    "clt_bench.graphs.cli",
 ]
 
 

@@ -66,7 +66,8 @@ def test_circuit_tracer_layout_and_folding(tmp_path):
         enc = load_tensors(tmp_path / f"W_enc_{i}.safetensors")
         assert enc[f"W_enc_{i}"].shape == (10, 6) and enc[f"b_enc_{i}"].shape == (10,)
         assert enc[f"b_dec_{i}"].shape == (6,) and enc[f"threshold_{i}"].shape == (10,)
-        assert load_tensors(tmp_path / f"W_dec_{i}.safetensors")[f"W_dec_{i}"].shape == (10, 3 - i, 6)
+        dec = load_tensors(tmp_path / f"W_dec_{i}.safetensors")
+        assert dec[f"W_dec_{i}"].shape == (10, 3 - i, 6)
     back = load_clt(tmp_path)
     assert torch.allclose(back(x)[0], ref, atol=1e-5)
 
