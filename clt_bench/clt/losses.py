@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clt_bench.clt.model import CrossLayerTranscoder
+from clt_bench.clt.model import CrossLayerTranscoder, JumpReLUFn
 
 PENALISED = ("jumprelu", "relu")
 # order of the per-step statistics vector returned by ``TrainObjective.forward``
@@ -45,30 +45,51 @@ class TrainObjective(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, lambda_s: float
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x, y [n, L, d] raw -> loss (scalar), stats [len(STAT_NAMES)], fired [L, F] counts."""
+        """x, y [n, L, d] raw -> loss (scalar), stats [len(STAT_NAMES)], fired [L, F] counts.
+
+        The same function as ``clt(x)`` followed by the penalties, computed layer by layer with
+        2-D matmuls (about twice as fast on CPU as the batched einsums of ``clt.forward``).
+        """
         clt = self.clt
-        pre = clt.pre_activations(x)
-        acts = clt.activate(pre)
-        s_out = clt.output_scale[:, None].to(y.dtype)
-        y_hat_norm = clt.decode(acts, x) * s_out
-        y_norm = y * s_out
-        mse_l = mse_per_layer(y_hat_norm, y_norm)
-        mse = mse_l.sum()
+        L, F = clt.n_layers, clt.spec.n_features
+        kind = clt.spec.activation
+        penalised = kind in PENALISED
+        xs = (x * clt.input_scale[:, None].to(x.dtype)).transpose(0, 1)  # [L, n, d]
+        ys = (y * clt.output_scale[:, None].to(y.dtype)).transpose(0, 1)  # normalised targets
+        theta = clt.threshold if kind == "jumprelu" else None
+        norms = clt.decoder_norms() if penalised else None  # [L, F]
+        y_hat: list[torch.Tensor] = [clt.b_dec[l].expand(x.shape[0], -1) for l in range(L)]
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         sparsity, preact = zero, zero
-        if clt.spec.activation in PENALISED:
-            norms = clt.decoder_norms()
-            theta = clt.threshold if clt.spec.activation == "jumprelu" else zero
-            if lambda_s > 0:
-                sparsity = sparsity_penalty(acts, norms, self.tanh_c)
-            if self.lambda_p > 0:
-                preact = preact_penalty(pre, theta, norms)
+        fired = []
+        for l in range(L):
+            pre = torch.addmm(clt.b_enc[l], xs[l], clt.W_enc[l].T)  # [n, F]
+            if kind == "jumprelu":
+                acts = JumpReLUFn.apply(pre, theta[l], clt.spec.bandwidth)
+            elif kind == "relu":
+                acts = torch.relu(pre)
+            else:
+                acts = clt.activate(pre[:, None, :])[:, 0, :]  # topk / batchtopk on one layer
+            if penalised:
+                if lambda_s > 0:
+                    sparsity = sparsity + torch.tanh(self.tanh_c * norms[l] * acts).sum(-1).mean()
+                if self.lambda_p > 0:
+                    th = theta[l] if theta is not None else 0.0
+                    preact = preact + (torch.relu(th - pre) * norms[l]).sum(-1).mean()
+            w = clt.W_dec[l]  # [F, T, d]
+            contrib = (acts @ w.reshape(F, -1)).view(x.shape[0], w.shape[1], -1)  # [n, T, d]
+            for j, tgt in enumerate(clt.target_layers(l)):
+                y_hat[tgt] = y_hat[tgt] + contrib[:, j]
+            if clt.W_skip is not None:
+                y_hat[l] = y_hat[l] + xs[l] @ clt.W_skip[l]
+            fired.append((acts > 0).sum(0))
+        mse_l = torch.stack([(y_hat[l] - ys[l]).pow(2).mean() for l in range(L)])  # [L]
+        mse = mse_l.sum()
         loss = mse + lambda_s * sparsity + self.lambda_p * preact
         with torch.no_grad():
-            active = acts > 0
-            var = (y_norm - y_norm.mean(0)).pow(2).mean(dim=(0, 2))
+            fired_t = torch.stack(fired)  # [L, F]
+            var = (ys - ys.mean(1, keepdim=True)).pow(2).mean(dim=(1, 2))
             nmse = (mse_l / var.clamp_min(1e-12)).mean()
             stats = torch.stack([loss.detach(), mse.detach(), sparsity.detach(), preact.detach(),
-                                 active.sum(-1).to(x.dtype).mean(0).sum(), nmse])
-            fired = active.sum(0)
-        return loss, stats, fired
+                                 fired_t.sum().to(x.dtype) / x.shape[0], nmse])
+        return loss, stats, fired_t

@@ -52,13 +52,10 @@ class JumpReLUFn(torch.autograd.Function):
         h, theta = ctx.saved_tensors
         eps = ctx.bandwidth
         grad_h = grad_out * (h > theta)
-        kernel = ((h - theta).abs() < eps / 2).to(h.dtype) / eps
-        grad_theta = -(theta * kernel * grad_out)
-        grad_theta = (
-            grad_theta.reshape(-1, *theta.shape).sum(0)
-            if grad_theta.dim() > theta.dim()
-            else grad_theta
-        )
+        near = grad_out * ((h - theta).abs() < eps / 2)  # rectangle kernel window
+        if near.dim() > theta.dim():
+            near = near.reshape(-1, *theta.shape).sum(0)
+        grad_theta = -(theta / eps) * near  # sum of -theta / eps * K * grad_out
         return grad_h, grad_theta, None
 
 

@@ -1,0 +1,143 @@
+"""CLT training throughput and memory (a benchmark script, not a test).
+
+1. tokens/s of a training step at the toy preset's CLT shape (4 layers, d_model 128, the preset's
+   features and batch), on the activations of the real model when --model is given (else random);
+2. achieved FLOP/s of that step (analytic matmul FLOPs / time) against the dense matmul FLOP/s
+   torch reaches in this process on this machine;
+3. peak memory of a training step for gpt2-random (12 x 768) with a small CLT against the analytic
+   bound: parameters + gradients + AdamW state + the step's activations.
+
+    python benchmarks/bench_clt_train.py [--threads N] [--steps 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+from clt_bench.clt.losses import TrainObjective
+from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
+from clt_bench.config import load_config
+
+
+def step_flops(spec: CLTSpec, n_tokens: int) -> float:
+    """Matmul FLOPs of one training step: encoder forward + weight grad (x needs no grad),
+    decoder forward + activation grad + weight grad."""
+    L, F, d = spec.n_layers, spec.n_features, spec.d_model
+    targets = sum(L - l if spec.cross_layer else 1 for l in range(L))
+    enc = 2 * n_tokens * L * F * d
+    dec = 2 * n_tokens * F * d * targets
+    return 2 * enc + 3 * dec
+
+
+def dense_flops(n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def make_clt(spec: CLTSpec, x: torch.Tensor) -> CrossLayerTranscoder:
+    from clt_bench.clt.init import initialise
+
+    clt = CrossLayerTranscoder(spec)
+    initialise(clt, x, x, 0, 0.03, 0.05, 0.1)
+    return clt
+
+
+def time_steps(spec: CLTSpec, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    """Median seconds per training step (forward, backward, clip, AdamW)."""
+    clt = make_clt(spec, x)
+    obj = TrainObjective(clt, 3e-6, 4.0)
+    params = [p for p in obj.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    times = []
+    for i in range(steps + 2):
+        t = time.perf_counter()
+        loss, _, _ = obj(x, y, 1e-3)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def memory_bench(n_features: int, n_tokens: int) -> dict[str, float]:
+    """Peak RSS growth of the first training step (CUDA: max_memory_allocated) vs the bound."""
+    from clt_bench.activations.extract import extract_activations
+    from clt_bench.activations.tokens import TokenRows
+    from clt_bench.models import load_model
+
+    loaded = load_model("gpt2-random")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50257, (n_tokens // 128, 128), generator=g)
+    x, y = extract_activations(loaded.bridge, TokenRows(tokens, torch.ones_like(tokens).bool()))
+    del loaded
+    spec = CLTSpec(12, 768, n_features, "jumprelu")
+    clt = make_clt(spec, x)
+    obj = TrainObjective(clt, 3e-6, 4.0)
+    params = [p for p in obj.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    n_params = sum(p.numel() for p in params)
+    L, F = spec.n_layers, spec.n_features
+    # saved for backward: pre-activations, activations, tanh terms, masks ~ 5 x [n, L, F] floats,
+    # plus the decoder's per-layer outputs / errors ~ 4 x [n, L, d]
+    act_bytes = 4 * (5 * n_tokens * L * F + 4 * n_tokens * L * 768)
+    bound = 4 * n_params * 4 + act_bytes  # params + grads + 2 AdamW moments (fp32) + activations
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = sum(p.numel() for p in clt.state_dict().values()) * 4 + x.numel() * 8
+    loss, _, _ = obj(x, y, 1e-3)
+    loss.backward()
+    opt.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"n_features": n_features, "n_tokens": n_tokens, "n_params": n_params,
+            "param_bytes": 4 * n_params, "analytic_bound_bytes": bound,
+            "measured_step_peak_bytes": max(0, peak - before) + 4 * n_params,
+            "rss_before_step_bytes": before, "inputs_and_weights_bytes": base}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: preset's value)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--mem-features", type=int, default=1024)
+    ap.add_argument("--mem-tokens", type=int, default=1024)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    cfg = load_config("toy")
+    c = cfg.clt
+    threads = args.threads or c.threads
+    if threads:
+        torch.set_num_threads(threads)
+    spec = CLTSpec(4, 128, c.n_features, c.activation, c.k, cross_layer=c.kind == "clt")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(c.batch_tokens, 4, 128, generator=g) * 3
+    y = torch.randn(c.batch_tokens, 4, 128, generator=g)
+    dense = dense_flops()
+    sec = time_steps(spec, x, y, args.steps)
+    flops = step_flops(spec, c.batch_tokens)
+    out = {"threads": torch.get_num_threads(), "toy_step_seconds": sec,
+           "toy_tokens_per_second": c.batch_tokens / sec, "step_matmul_flops": flops,
+           "achieved_flops_per_second": flops / sec, "dense_matmul_flops_per_second": dense,
+           "fraction_of_dense": flops / sec / dense}
+    if not args.skip_memory:
+        out["gpt2_random_memory"] = memory_bench(args.mem_features, args.mem_tokens)
+    print(json.dumps(out, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
