@@ -1,0 +1,167 @@
+"""Evaluate a circuit: faithfulness, necessity and random circuits of the same size.
+
+A circuit is a set of (component, position) nodes whose paths are every node-to-node path at a
+shared position (plus the input embedding and the logits). With the 01 dataset as the corrupted
+input, "clean input only along the circuit's paths, corrupted elsewhere" is then exactly: run the
+clean input and replace the output of every (component, position) *outside* the circuit by its
+corrupted value. Necessity is the complement: replace the outputs of the circuit's own nodes.
+Positions before YY carry identical activations in both inputs, so only YY..END matter.
+
+Many circuits (random controls) are evaluated in one batched forward: masks are [circuits, pos, ...].
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from clt_bench.baseline.circuits import Circuit, Node, all_nodes
+from clt_bench.baseline.patching import PatchContext, run_end
+from clt_bench.baseline.readout import EndReadout, metrics_of
+
+
+def node_masks(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which outputs take the source value: heads [c, n_layers, pos, n_heads], MLPs [c, n_layers, pos].
+
+    ``complement`` = True marks everything *outside* each circuit (faithfulness); False marks the
+    circuit's own nodes (necessity).
+    """
+    cfg = ctx.bridge.cfg
+    n_pos = ctx.base_tokens.shape[1]
+    pos_of = {"END": ctx.end_pos, "YY": ctx.yy_pos}
+    heads = torch.zeros(len(circuits), cfg.n_layers, n_pos, cfg.n_heads, dtype=torch.bool)
+    mlps = torch.zeros(len(circuits), cfg.n_layers, n_pos, dtype=torch.bool)
+    for i, c in enumerate(circuits):
+        for node in c.nodes:
+            p = pos_of[node.position]
+            if node.kind == "head":
+                heads[i, node.layer, p, node.head] = True
+            else:
+                mlps[i, node.layer, p] = True
+    if complement:
+        heads, mlps = ~heads, ~mlps
+    return heads, mlps
+
+
+def _patch_hooks(ctx: PatchContext, heads: torch.Tensor, mlps: torch.Tensor
+                 ) -> list[tuple[str, Callable[..., torch.Tensor]]]:
+    """Hooks replacing marked outputs by the source run's (rows = circuit-major x examples)."""
+    c = heads.shape[0]
+    n = ctx.n
+    hooks = []
+    for layer in range(ctx.bridge.cfg.n_layers):
+        hm = heads[:, layer].repeat_interleave(n, 0)[..., None]  # [c*n, pos, H, 1]
+        mm = mlps[:, layer].repeat_interleave(n, 0)[..., None]  # [c*n, pos, 1]
+        z_src = ctx.source.z[layer].repeat(c, 1, 1, 1)
+        m_src = ctx.source.mlp_out[layer].repeat(c, 1, 1)
+
+        def hz(x: torch.Tensor, hook: Any, hm: torch.Tensor = hm, src: torch.Tensor = z_src
+               ) -> torch.Tensor:
+            return torch.where(hm, src, x)
+
+        def hmlp(x: torch.Tensor, hook: Any, mm: torch.Tensor = mm, src: torch.Tensor = m_src
+                 ) -> torch.Tensor:
+            return torch.where(mm, src, x)
+
+        if hm.any():
+            hooks.append((f"blocks.{layer}.attn.hook_z", hz))
+        if mm.any():
+            hooks.append((f"blocks.{layer}.hook_mlp_out", hmlp))
+    return hooks
+
+
+@torch.no_grad()
+def patch_circuits(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
+                   ) -> EndReadout:
+    """Readout [n_circuits, n] of the base run with circuit (or non-circuit) outputs patched."""
+    per = max(1, ctx.rows // ctx.n)
+    parts = []
+    for i in range(0, len(circuits), per):
+        chunk = circuits[i : i + per]
+        heads, mlps = node_masks(ctx, chunk, complement)
+        hooks = _patch_hooks(ctx, heads, mlps)
+        parts.append(run_end(ctx.bridge, ctx.base_tokens.repeat(len(chunk), 1), ctx.end_pos,
+                             ctx.batch.answer_ids, hooks))
+    return EndReadout.cat(parts).reshape(len(circuits), ctx.n)
+
+
+def random_circuits(circuit: Circuit, n_layers: int, n_heads: int, n: int, seed: int
+                    ) -> list[Circuit]:
+    """``n`` circuits with as many heads and MLPs as ``circuit``, drawn uniformly over (component,
+    position in {END, YY}), each seeded by ``seed + i``."""
+    pool = all_nodes(n_layers, n_heads)
+    heads = [p for p in pool if p.kind == "head"]
+    mlps = [p for p in pool if p.kind == "mlp"]
+    out = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(seed + i)
+        hs = [heads[j] for j in torch.randperm(len(heads), generator=g)[: circuit.n_heads]]
+        ms = [mlps[j] for j in torch.randperm(len(mlps), generator=g)[: circuit.n_mlps]]
+        nodes: tuple[Node, ...] = tuple(sorted(hs + ms))
+        out.append(Circuit(name=f"random-{seed + i}", nodes=nodes,
+                           provenance={"source": "random", "seed": seed + i}))
+    return out
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def evaluate_circuit(ctx: PatchContext, circuit: Circuit, n_random: int = 10, seed: int = 0
+                     ) -> tuple[dict[str, Any], EndReadout]:
+    """Faithfulness, necessity and random-control numbers (PD and CS of each) for ``circuit``,
+    and the circuit run's readout [n] (for its YY x ZZ heatmap).
+
+    ``ctx`` must have the clean run as base and the corrupted run as source.
+    """
+    yy, rel = ctx.batch.yy, ctx.batch.relation
+    model = metrics_of(ctx.base.readout, yy, rel)
+    corrupted = metrics_of(ctx.source.readout, yy, rel)
+    cfg = ctx.bridge.cfg
+    randoms = random_circuits(circuit, cfg.n_layers, cfg.n_heads, n_random, seed)
+    faithful = patch_circuits(ctx, [circuit, *randoms], complement=True)
+    circ = metrics_of(faithful[0], yy, rel)
+    rand = [metrics_of(faithful[1 + i], yy, rel) for i in range(len(randoms))]
+    necessity = metrics_of(patch_circuits(ctx, [circuit], complement=False)[0], yy, rel)
+    model_pd, corr_pd = model["prob_diff"], corrupted["prob_diff"]
+    gap = model_pd - corr_pd
+    rand_pd = _spread([r["prob_diff"] for r in rand]) if rand else {}
+    rand_cs = _spread([r["cutoff_sharpness"] for r in rand]) if rand else {}
+    total = 2 * cfg.n_layers * (cfg.n_heads + 1)
+    return {
+        "n_examples": ctx.n,
+        "model_prob_diff": model_pd,
+        "model_prob_diff_std": model["prob_diff_std"],
+        "corrupted_prob_diff": corr_pd,
+        "circuit_prob_diff": circ["prob_diff"],
+        "circuit_prob_diff_std": circ["prob_diff_std"],
+        "faithfulness_ratio": circ["prob_diff"] / model_pd if model_pd else float("nan"),
+        "normalized_faithfulness": (circ["prob_diff"] - corr_pd) / gap if gap else float("nan"),
+        "necessity_prob_diff": necessity["prob_diff"],
+        "random_control_prob_diff": rand_pd,
+        "random_control_ratio": rand_pd["mean"] / model_pd if rand and model_pd else float("nan"),
+        "n_random": len(randoms),
+        "random_seeds": [seed + i for i in range(len(randoms))],
+        "model_cutoff_sharpness": model["cutoff_sharpness"],
+        "corrupted_cutoff_sharpness": corrupted["cutoff_sharpness"],
+        "circuit_cutoff_sharpness": circ["cutoff_sharpness"],
+        "necessity_cutoff_sharpness": necessity["cutoff_sharpness"],
+        "random_control_cutoff_sharpness": rand_cs,
+        "model_logit_diff": model["logit_diff"],
+        "circuit_logit_diff": circ["logit_diff"],
+        "circuit_size": {"nodes": len(circuit.nodes), "heads": circuit.n_heads,
+                         "mlps": circuit.n_mlps, "candidate_nodes": total,
+                         "fraction_kept": len(circuit.nodes) / total},
+        "definition": "circuit = clean input; every (component, position) output outside the "
+                      "circuit replaced by its 01-corrupted value; necessity = the circuit's own "
+                      "outputs replaced; random = same head/MLP counts over (component, END|YY)",
+    }, faithful[0]

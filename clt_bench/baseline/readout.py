@@ -1,0 +1,81 @@
+"""What a patched forward pass leaves behind: the END answer logits and the full-vocab log-normaliser.
+
+Keeping only ``[.., 100]`` answer logits and ``[..]`` logsumexp (instead of ``[.., vocab]``) makes
+thousands of patched runs cheap to hold while the task metrics stay exact (full-vocab softmax).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clt_bench.task.metrics import logit_diff_per_example, summarize
+
+
+@dataclass
+class EndReadout:
+    """``answer_logits`` [..., 100] and ``lse`` [...] (logsumexp over the full vocabulary), float64."""
+
+    answer_logits: torch.Tensor
+    lse: torch.Tensor
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """p_z over the full vocabulary, restricted to the answers: [..., 100]."""
+        return torch.exp(self.answer_logits - self.lse[..., None])
+
+    def __getitem__(self, idx: int | slice | torch.Tensor) -> EndReadout:
+        return EndReadout(self.answer_logits[idx], self.lse[idx])
+
+    def reshape(self, *shape: int) -> EndReadout:
+        return EndReadout(self.answer_logits.reshape(*shape, -1), self.lse.reshape(*shape))
+
+    @staticmethod
+    def cat(parts: list[EndReadout], dim: int = 0) -> EndReadout:
+        return EndReadout(torch.cat([p.answer_logits for p in parts], dim),
+                          torch.cat([p.lse for p in parts], dim))
+
+
+def readout_from_logits(logits: torch.Tensor, answer_ids: torch.Tensor) -> EndReadout:
+    """[rows, vocab] END logits -> readout (logsumexp in the logits' dtype, then float64: the
+    float64 copy of a [rows, vocab] matrix would cost more than the forward pass on CPU)."""
+    ans = logits[:, answer_ids.to(logits.device)].double().cpu()
+    return EndReadout(ans, torch.logsumexp(logits, -1).double().cpu())
+
+
+def readout_from_resid(x: torch.Tensor, w_u: torch.Tensor, b_u: torch.Tensor | None,
+                       answer_ids: torch.Tensor, rows: int = 512) -> EndReadout:
+    """Normalised final residual [rows_total, d_model] -> readout, unembedding ``rows`` at a time."""
+    parts = []
+    for i in range(0, x.shape[0], rows):
+        lg = x[i : i + rows] @ w_u
+        if b_u is not None:
+            lg = lg + b_u
+        parts.append(readout_from_logits(lg, answer_ids))
+    return EndReadout.cat(parts)
+
+
+def metrics_of(readout: EndReadout, yy: torch.Tensor, relation: str = "gt") -> dict[str, float]:
+    """PD, CS (with spreads over examples) and logit difference of a readout over [n] examples."""
+    out = summarize(readout.probs, yy, relation)
+    out["logit_diff"] = float(logit_diff_per_example(readout.answer_logits, yy, relation).mean())
+    return out
+
+
+def per_example_pd(readout: EndReadout, yy: torch.Tensor, relation: str = "gt") -> torch.Tensor:
+    """[..., n] probability difference per example (leading dims kept)."""
+    from clt_bench.task.metrics import correct_mask
+
+    good = correct_mask(yy, relation, readout.answer_logits.shape[-1]).double()
+    p = readout.probs
+    return (p * good).sum(-1) - (p * (1 - good)).sum(-1)
+
+
+def per_example_logit_diff(readout: EndReadout, yy: torch.Tensor, relation: str = "gt"
+                           ) -> torch.Tensor:
+    """[..., n] logit difference (sum variant) per example."""
+    from clt_bench.task.metrics import correct_mask
+
+    good = correct_mask(yy, relation, readout.answer_logits.shape[-1]).double()
+    return (readout.answer_logits * (2 * good - 1)).sum(-1)
