@@ -1,0 +1,68 @@
+"""``clt-bench toy-model train|eval``: train the embedded toy model, or check its task numbers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from clt_bench.models.toy import TOY_DIR
+
+    p = sub.add_parser("toy-model", help="train or evaluate the embedded toy model")
+    toy_sub = p.add_subparsers(dest="toy_command", required=True)
+    tr = toy_sub.add_parser("train", help="train the toy on the synthetic corpus (a few minutes)")
+    tr.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    tr.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    tr.add_argument("--batch-size", type=int, default=None, help="sequences per step")
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    tr.add_argument("--out", default=str(TOY_DIR), help=f"output folder (default {TOY_DIR})")
+    tr.add_argument(
+        "--keep-checkpoint",
+        action="store_true",
+        help="keep <out>/checkpoint/ after training finishes",
+    )
+    tr.set_defaults(func=run_train)
+    ev = toy_sub.add_parser("eval", help="PD / CS / corrupted PD of a trained toy (discovery set)")
+    ev.add_argument("--dir", default=str(TOY_DIR), help=f"folder of the toy (default {TOY_DIR})")
+    ev.set_defaults(func=run_eval)
+
+
+def _format(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items())
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from clt_bench.errors import UserError
+    from clt_bench.models.toy_train import ToyTrainConfig, train_toy
+
+    cfg = replace(ToyTrainConfig(), seed=args.seed)
+    for key in ("steps", "lr", "batch_size", "threads"):
+        value = getattr(args, key)
+        if value is not None:
+            cfg = replace(cfg, **{key: value})
+    if cfg.threads < 1:
+        raise UserError(f"--threads must be >= 1 (got {cfg.threads}).")
+    out = Path(args.out)
+    info = train_toy(cfg, out, keep_checkpoint=args.keep_checkpoint)
+    final = {k: v for k, v in info["final_metrics"].items() if isinstance(v, float)}
+    print(_format(final))
+    print(
+        f"trained for {info['train_seconds']:.0f} s; wrote {out / 'toy.safetensors'} and "
+        f"{out / 'config.json'}"
+    )
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from clt_bench.models.toy_train import evaluate_toy_module, load_trained
+
+    print(_format(evaluate_toy_module(load_trained(Path(args.dir)))))
+    return 0
+
+
+__all__ = ["register"]
