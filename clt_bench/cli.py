@@ -17,10 +17,11 @@ from clt_bench.errors import UserError
 # modules with ``register(subparsers)``; each adds one or more sub-commands
 COMMANDS = [
     "clt_bench.task.cli",
+    "clt_bench.baseline.cli",
     "clt_bench.clt.cli",
     "clt_bench.models.cli",
-    "clt_bench.report.cli",
     "clt_bench.graphs.cli",
+    "clt_bench.report.cli",
 ]
 
 

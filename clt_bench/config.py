@@ -45,15 +45,19 @@ class TaskConfig:
 @dataclass(frozen=True)
 class BaselineConfig:
     circuit: str = "discovered"  # discovered | hanna2023 | acdc | eap_ig | path to a circuit JSON
-    n_examples: int = 200
-    batch_size: int = 200
-    # discovery thresholds (fraction of the total |effect| a component must carry to be kept)
+    n_examples: int = 200  # examples of the task dataset used for patching and evaluation
+    batch_size: int = 1024  # rows (senders x examples) per patched forward pass
+    # discovery: keep a sender whose corrupted paths lower PD by >= threshold x (clean - corrupted)
     head_threshold: float = 0.04
     mlp_threshold: float = 0.04
     max_steps: int = 4
-    n_random: int = 10
+    n_random: int = 10  # random circuits of the same size (seeds seed..seed + n_random - 1)
     seed: int = 0
     top_neurons: int = 10
+    neuron_layer: int = -1  # -1 = the circuit's END MLP with the largest direct effect
+    neuron_candidates: int = 64  # neurons whose direct effect is path-patched exactly
+    neuron_examples: int = 100  # examples for the neuron analysis and units-needed curve
+    curve_dense: int = 32  # units-needed curve: every k up to this, then steps of x1.25
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Circuits as data: published encodings (``baselines/*.toml``) and discovered ones share one schema.
+"""Circuits as data: published encodings (``baselines/*.toml``) and discovered ones, one schema.
 
 A circuit is a set of nodes; a node is an attention head or an MLP at one token position (END, where
 the prediction is read, or YY, the start year's last two digits). Heads are written "layer.head"

@@ -1,4 +1,4 @@
-"""Circuit discovery by iterative path patching from the logits backwards (Hanna et al.'s procedure).
+"""Circuit discovery by iterative path patching from the logits backwards (Hanna et al. 2023).
 
 Step 1: every head and MLP at END -> logits (direct effect). Step k > 1: every head and MLP at END
 and YY -> the inputs of the nodes kept at step k - 1 (an MLP's input at its position; a head's q at

@@ -7,7 +7,7 @@ clean input and replace the output of every (component, position) *outside* the 
 corrupted value. Necessity is the complement: replace the outputs of the circuit's own nodes.
 Positions before YY carry identical activations in both inputs, so only YY..END matter.
 
-Many circuits (random controls) are evaluated in one batched forward: masks are [circuits, pos, ...].
+Many circuits (random controls) share one batched forward: masks are [circuits, pos, ...].
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from clt_bench.baseline.readout import EndReadout, metrics_of
 
 def node_masks(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which outputs take the source value: heads [c, n_layers, pos, n_heads], MLPs [c, n_layers, pos].
+    """Outputs that take the source value: heads [c, layers, pos, n_heads], MLPs [c, layers, pos].
 
     ``complement`` = True marks everything *outside* each circuit (faithfulness); False marks the
     circuit's own nodes (necessity).

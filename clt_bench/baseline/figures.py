@@ -1,4 +1,4 @@
-"""Baseline figures: path-patching heatmaps, the circuit graph, neuron panels, units-needed curve."""
+"""Baseline figures: path-patching heatmaps, circuit graph, neuron panels, units-needed curve."""
 
 from __future__ import annotations
 

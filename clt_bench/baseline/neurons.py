@@ -2,8 +2,8 @@
 
 - rank the MLP's neurons at END by their direct effect on the logits: a frozen-LayerNorm linear
   estimate for all neurons, then exact path patching (neuron -> logits, PD) for the best candidates;
-- each top neuron's logit-lens outer product: mean clean activation per YY x (W_out[n] @ W_U[:, ZZ]),
-  a [97, 100] YY x ZZ matrix, beside its path-patched direct effect;
+- each top neuron's logit-lens outer product: mean clean activation per YY x
+  (W_out[n] @ W_U[:, ZZ]), a [97, 100] YY x ZZ matrix, beside its path-patched direct effect;
 - the "units needed" curve: PD when only the top-k neurons keep their clean activations and the
   rest take corrupted values (k = 1..all), as CSV columns ``k, prob_diff, fraction_of_model_pd``.
 """

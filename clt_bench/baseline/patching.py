@@ -81,7 +81,7 @@ class RunCache:
 
 
 def end_only_hook(end_pos: int) -> Hook:
-    """Unembed only END: ``unembed.hook_in`` [b, pos, d] -> [b, 1, d] (the vocab matmul dominates)."""
+    """Unembed only END: ``unembed.hook_in`` [b, pos, d] -> [b, 1, d] (vocab matmul is costly)."""
     return ("unembed.hook_in", lambda x, hook: x[:, end_pos : end_pos + 1])
 
 
@@ -276,8 +276,8 @@ def path_patch(
 ) -> EndReadout:
     """Patch every sender's paths into ``receivers``, one sender at a time (batched).
 
-    Returns a readout of shape [n_senders, n]. ``deltas`` (one [n, d_model] per sender) overrides the
-    senders' own source - base writes (used for single neurons). ``freeze_ln`` keeps the final
+    Returns a readout of shape [n_senders, n]. ``deltas`` (one [n, d_model] per sender) replace
+    the senders' own source - base writes (used for single neurons). ``freeze_ln`` keeps the final
     LayerNorm scale at its base value (logit receivers only).
     """
     if not senders:

@@ -1,4 +1,4 @@
-"""What a patched forward pass leaves behind: the END answer logits and the full-vocab log-normaliser.
+"""What a patched forward leaves behind: END answer logits and the full-vocab log-normaliser.
 
 Keeping only ``[.., 100]`` answer logits and ``[..]`` logsumexp (instead of ``[.., vocab]``) makes
 thousands of patched runs cheap to hold while the task metrics stay exact (full-vocab softmax).
@@ -15,7 +15,7 @@ from clt_bench.task.metrics import logit_diff_per_example, summarize
 
 @dataclass
 class EndReadout:
-    """``answer_logits`` [..., 100] and ``lse`` [...] (logsumexp over the full vocabulary), float64."""
+    """``answer_logits`` [..., 100] and ``lse`` [...] (logsumexp over the full vocab), float64."""
 
     answer_logits: torch.Tensor
     lse: torch.Tensor
@@ -46,7 +46,7 @@ def readout_from_logits(logits: torch.Tensor, answer_ids: torch.Tensor) -> EndRe
 
 def readout_from_resid(x: torch.Tensor, w_u: torch.Tensor, b_u: torch.Tensor | None,
                        answer_ids: torch.Tensor, rows: int = 512) -> EndReadout:
-    """Normalised final residual [rows_total, d_model] -> readout, unembedding ``rows`` at a time."""
+    """Normalised final residual [total, d_model] -> readout, unembedding ``rows`` at a time."""
     parts = []
     for i in range(0, x.shape[0], rows):
         lg = x[i : i + rows] @ w_u

@@ -47,7 +47,6 @@ def _circuit(cfg: RunConfig, ctx: PatchContext, loaded: LoadedModel
     if bcfg.circuit == "discovered":
         return discover_circuit(ctx, bcfg, loaded.name)
     circuit = load_circuit(bcfg.circuit)
-    validate_circuit(circuit, loaded.n_layers, int(loaded.bridge.cfg.n_heads))
     # the direct-effect sweep, for the heatmap of a published circuit
     one = with_section(cfg, "baseline", max_steps=1).baseline
     _, steps = discover_circuit(ctx, one, loaded.name)
@@ -89,11 +88,15 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path,
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     bcfg: BaselineConfig = cfg.baseline
+    if bcfg.circuit != "discovered":
+        validate_circuit(load_circuit(bcfg.circuit), loaded.n_layers,
+                         int(loaded.bridge.cfg.n_heads))
     batch = load_task_batch(cfg, loaded)
     batch = batch.subset(list(range(min(bcfg.n_examples, len(batch)))))
     ctx = PatchContext.build(loaded.bridge, batch, "clean", bcfg.batch_size)
     times["caches"] = time.perf_counter() - t0
     circuit, steps = _circuit(cfg, ctx, loaded)
+    validate_circuit(circuit, loaded.n_layers, int(loaded.bridge.cfg.n_heads))
     times["discovery"] = time.perf_counter() - t0 - sum(times.values())
     faith, circ_readout = evaluate_circuit(ctx, circuit, bcfg.n_random, bcfg.seed)
     times["evaluation"] = time.perf_counter() - t0 - sum(times.values())

@@ -1,0 +1,70 @@
+"""The baseline stage end to end on a tiny random model, and the toy's discovered circuit."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from clt_bench.baseline.stage import run_baseline_stage
+from clt_bench.config import load_config
+from clt_bench.models.sources import LoadedModel
+from clt_bench.models.toy import TOY_WEIGHTS
+
+SMALL = ["baseline.n_examples=12", "baseline.n_random=2", "baseline.neuron_examples=6",
+         "baseline.neuron_candidates=4", "baseline.curve_dense=3", "baseline.max_steps=2",
+         "baseline.top_neurons=3", "baseline.head_threshold=0.0", "baseline.mlp_threshold=0.0"]
+
+
+def test_stage_outputs_on_tiny_model(tmp_path, tokenizer):
+    from conftest import tiny_bridge
+
+    bridge = tiny_bridge(n_layer=2, n_head=2, seed=1)
+    loaded = LoadedModel("tiny", bridge, tokenizer)
+    cfg = load_config("toy", SMALL)
+    out = run_baseline_stage(cfg, loaded, tmp_path)
+    d = tmp_path / "baseline"
+    for name in ("circuit.json", "faithfulness.json", "neurons.json", "units_needed.csv",
+                 "units_needed.png", "circuit_graph.png", "circuit_heatmap.png",
+                 "path_patching_step1.png", "neurons_outer_product.png"):
+        assert (d / name).is_file(), name
+    faith = json.loads((d / "faithfulness.json").read_text())
+    for key in ("model_prob_diff", "corrupted_prob_diff", "circuit_prob_diff",
+                "faithfulness_ratio", "necessity_prob_diff", "random_control_prob_diff",
+                "circuit_cutoff_sharpness", "necessity_cutoff_sharpness"):
+        assert key in faith and key in out or key.endswith("sharpness")
+    assert set(faith["random_control_prob_diff"]) == {"mean", "std", "min", "max"}
+    rows = list(csv.reader((d / "units_needed.csv").open()))
+    assert rows[0] == ["k", "prob_diff", "fraction_of_model_pd"]
+    ks = [int(r[0]) for r in rows[1:]]
+    assert ks[0] == 1 and ks[-1] == bridge.cfg.d_mlp and ks == sorted(ks)
+    # k = all neurons clean is the clean model
+    assert float(rows[-1][2]) == pytest.approx(1.0, abs=1e-4)
+    circ = json.loads((d / "circuit.json").read_text())
+    assert circ["schema"] == "clt-bench/circuit/v1" and circ["provenance"]["source"] == "discovered"
+    assert circ["provenance"]["head_threshold"] == 0.0
+    # resume: same config reads the finished stage back
+    again = run_baseline_stage(cfg, loaded, tmp_path)
+    assert again["circuit_prob_diff"] == out["circuit_prob_diff"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    if not TOY_WEIGHTS.is_file():
+        pytest.skip("the toy model's weights are not built yet")
+    from clt_bench.models import load_model
+
+    cfg = load_config("toy")
+    out = tmp_path_factory.mktemp("toy")
+    return run_baseline_stage(cfg, load_model("toy"), out)
+
+
+@pytest.mark.slow
+def test_toy_discovered_circuit(toy_run):
+    s = toy_run
+    assert s["faithfulness_ratio"] >= 0.8
+    assert s["necessity_prob_diff"] <= 0.0
+    assert s["random_control_ratio"] <= 0.3
+    size = s["circuit_size"]
+    assert size["nodes"] <= size["candidate_nodes"] // 2
