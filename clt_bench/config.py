@@ -101,7 +101,7 @@ class CLTConfig:
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0
-    eval_tokens: int = 8192  # tokens of held-out activations for NMSE / L0 / dead fraction
+    eval_tokens: int = 8192  # held-out tokens for the replacement model (top-1, KL, CE)
     parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when run under torchrun
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     load: str = ""  # path to an existing circuit-tracer CLT/PLT directory (skip training)

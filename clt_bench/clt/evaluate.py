@@ -90,9 +90,12 @@ def task_metrics_with_clt(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTr
 
 def evaluate_clt(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder,
                  rows: TokenRows) -> dict[str, Any]:
-    """All quality metrics: reconstruction on held-out activations, replacement model, task."""
-    x, y, _ = heldout_activations(loaded, rows, cfg.clt.eval_tokens, cfg.activations.batch_size)
+    """All quality metrics: reconstruction, L0 and dead fraction on all held-out tokens; the
+    replacement model on the first ``clt.eval_tokens`` of them; the task's discovery set."""
+    x, y, _ = heldout_activations(loaded, rows, rows.n_tokens, cfg.activations.batch_size)
     out = reconstruction_metrics(clt, x, y)
-    out.update(agreement_metrics(loaded.bridge, clt, rows, batch_size=8))
+    n_rows = int((rows.mask.sum(1).cumsum(0) < cfg.clt.eval_tokens).sum()) + 1
+    part = TokenRows(rows.tokens[:n_rows], rows.mask[:n_rows])
+    out.update(agreement_metrics(loaded.bridge, clt, part, batch_size=8))
     out.update(task_metrics_with_clt(cfg, loaded, clt))
     return out
