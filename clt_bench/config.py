@@ -45,7 +45,8 @@ class TaskConfig:
 @dataclass(frozen=True)
 class BaselineConfig:
     circuit: str = "discovered"  # discovered | hanna2023 | acdc | eap_ig | path to a circuit JSON
-    n_examples: int = 200  # examples of the task dataset used for patching and evaluation
+    n_examples: int = 200  # examples of the task dataset used for circuit evaluation
+    discovery_examples: int = 100  # the first of those used for the path-patching search
     batch_size: int = 1024  # rows (senders x examples) per patched forward pass
     # discovery: keep a sender whose corrupted paths lower PD by >= threshold x (clean - corrupted)
     head_threshold: float = 0.04

@@ -12,8 +12,9 @@ from clt_bench.config import load_config
 from clt_bench.models.sources import LoadedModel
 from clt_bench.models.toy import TOY_WEIGHTS
 
-SMALL = ["baseline.n_examples=12", "baseline.n_random=2", "baseline.neuron_examples=6",
-         "baseline.neuron_candidates=4", "baseline.curve_dense=3", "baseline.max_steps=2",
+SMALL = ["baseline.n_examples=12", "baseline.discovery_examples=8", "baseline.n_random=2",
+         "baseline.neuron_examples=6", "baseline.neuron_candidates=4", "baseline.curve_dense=3",
+         "baseline.max_steps=2",
          "baseline.top_neurons=3", "baseline.head_threshold=0.0", "baseline.mlp_threshold=0.0"]
 
 

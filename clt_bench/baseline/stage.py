@@ -44,12 +44,13 @@ SUMMARY_KEYS = ("model_prob_diff", "corrupted_prob_diff", "circuit_prob_diff",
 def _circuit(cfg: RunConfig, ctx: PatchContext, loaded: LoadedModel
              ) -> tuple[Circuit, list[Step]]:
     bcfg = cfg.baseline
+    dctx = ctx.subset(bcfg.discovery_examples)
     if bcfg.circuit == "discovered":
-        return discover_circuit(ctx, bcfg, loaded.name)
+        return discover_circuit(dctx, bcfg, loaded.name)
     circuit = load_circuit(bcfg.circuit)
     # the direct-effect sweep, for the heatmap of a published circuit
     one = with_section(cfg, "baseline", max_steps=1).baseline
-    _, steps = discover_circuit(ctx, one, loaded.name)
+    _, steps = discover_circuit(dctx, one, loaded.name)
     return circuit, steps
 
 
