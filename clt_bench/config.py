@@ -56,9 +56,9 @@ class BaselineConfig:
     seed: int = 0
     top_neurons: int = 10
     neuron_layer: int = -1  # -1 = the circuit's END MLP with the largest direct effect
-    neuron_candidates: int = 64  # neurons whose direct effect is path-patched exactly
+    neuron_candidates: int = 32  # neurons whose direct effect is path-patched exactly
     neuron_examples: int = 100  # examples for the neuron analysis and units-needed curve
-    curve_dense: int = 32  # units-needed curve: every k up to this, then steps of x1.25
+    curve_dense: int = 16  # units-needed curve: every k up to this, then steps of x1.25
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
         ax.set_title(f"senders at {pos}", fontsize=9)
     recv = ", ".join(step.receivers[:6]) + (" ..." if len(step.receivers) > 6 else "")
     fig.suptitle(f"{model}: path patching step {step.index} -> {recv}", fontsize=9)
+    fig.subplots_adjust(wspace=0.45)
     return save_figure(fig, path)
 
 
