@@ -47,7 +47,8 @@ def test_objective_total_is_sum_of_parts():
     loss, stats, fired = obj(x, y, 0.2)
     _, mse, sparsity, preact, l0, _ = stats.tolist()
     assert math.isclose(float(loss.detach()), mse + 0.2 * sparsity + 0.01 * preact, rel_tol=1e-5)
-    y_hat, acts = clt(x)
+    with torch.no_grad():
+        y_hat, acts = clt(x)
     assert math.isclose(mse, float(((y_hat - y) ** 2).mean(dim=(0, 2)).sum()), rel_tol=1e-5)
     assert math.isclose(l0, float((acts > 0).sum() / 6), rel_tol=1e-6)
     assert fired.shape == (3, 7) and int(fired.sum()) == int((acts > 0).sum())

@@ -58,6 +58,29 @@ def test_batches_are_a_function_of_position(tmp_path):
     assert seq[0][2] == DataPosition(0, 0, 1)
 
 
+def test_stream_blocks_resume_from_position():
+    from clt_bench.activations.store import StreamBlocks
+    from clt_bench.activations.tokens import TokenRows
+
+    def rows():
+        g = torch.Generator().manual_seed(0)
+        for _ in range(20):
+            t = torch.randint(0, 1000, (4, 16), generator=g)
+            yield TokenRows(t, torch.ones_like(t, dtype=torch.bool))
+
+    def extract(r):
+        x = r.tokens[r.mask].float()[:, None, None].expand(-1, L, D)
+        return x, -x
+
+    src = StreamBlocks(rows, n_tokens=1000, buffer_tokens=256, extract=extract)
+    it = iter_batches(src, 32, seed=1)
+    seq = [next(it) for _ in range(40)]  # 1024 tokens per epoch -> crosses an epoch
+    again = iter_batches(src, 32, seed=1, start=seq[9][2])
+    for want in seq[10:]:
+        got = next(again)
+        assert torch.equal(got[0], want[0]) and got[2] == want[2]
+
+
 @pytest.mark.parametrize("activation", ["jumprelu", "topk"])
 def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch, activation):
     src = CachedBlocks(make_shards(tmp_path / "acts"), window=2, seed=3)
