@@ -1,0 +1,103 @@
+"""CLT features vs a circuit at layer x position granularity.
+
+A circuit (``clt_bench.baseline.circuits.Circuit``) is a set of heads and MLPs at END or YY. A CLT
+feature lives at (read layer, position); it writes into the MLP outputs of its target layers at the
+same position. Two comparisons:
+
+- **Node overlap.** The CLT's cells are the (layer, position) pairs of the top-K features whose
+  position is END or YY (features at other positions have no counterpart in the circuit's schema
+  and are left out). The circuit's cells are (layer, position) of its nodes -- all of them
+  (``kind="all"``) or only its MLPs (``kind="mlp"``, the components a transcoder replaces).
+  precision = |CLT cells & circuit cells| / |CLT cells|, recall = |...| / |circuit cells|.
+- **Influence share.** Each feature's attribution to the target is split exactly over the layers
+  it writes (``write_effects`` [K, L]: the part of its effect carried by its write into MLP
+  output l). The share inside the circuit is sum |effect| over writes into the circuit's MLP
+  cells / sum |effect| over all writes of the top-K features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clt_bench.baseline.circuits import Circuit
+from clt_bench.errors import UserError
+
+Cell = tuple[int, str]  # (layer, "END" | "YY")
+
+
+@dataclass(frozen=True)
+class FeatureSite:
+    """Where one selected feature lives: read ``layer`` and ``position`` (END, YY or other)."""
+
+    layer: int
+    position: str
+
+
+def circuit_cells(circuit: Circuit, kind: str = "all") -> set[Cell]:
+    """(layer, position) cells of the circuit's nodes (``kind``: all | mlp | head)."""
+    if kind not in ("all", "mlp", "head"):
+        raise UserError(f"unknown circuit node kind '{kind}' (all, mlp or head).")
+    return {(n.layer, n.position) for n in circuit.nodes if kind == "all" or n.kind == kind}
+
+
+def feature_cells(sites: Sequence[FeatureSite]) -> set[Cell]:
+    return {(s.layer, s.position) for s in sites if s.position in ("END", "YY")}
+
+
+def precision_recall(found: set[Cell], truth: set[Cell]) -> dict[str, float | int]:
+    """Precision, recall and F1 of ``found`` cells against ``truth`` cells (NaN when empty)."""
+    inter = len(found & truth)
+    prec = inter / len(found) if found else float("nan")
+    rec = inter / len(truth) if truth else float("nan")
+    f1 = 2 * prec * rec / (prec + rec) if found and truth and prec + rec > 0 else float("nan")
+    return {"precision": prec, "recall": rec, "f1": f1, "n_found": len(found),
+            "n_truth": len(truth), "n_common": inter}
+
+
+def node_overlap(sites: Sequence[FeatureSite], circuit: Circuit) -> dict[str, float | int]:
+    """Precision/recall of the features' cells vs the circuit's cells (all nodes and MLPs only)."""
+    found = feature_cells(sites)
+    out: dict[str, float | int] = {}
+    for kind in ("all", "mlp"):
+        for k, v in precision_recall(found, circuit_cells(circuit, kind)).items():
+            out[f"{kind}_{k}"] = v
+    return out
+
+
+def influence_share(sites: Sequence[FeatureSite], write_effects: np.ndarray, circuit: Circuit
+                    ) -> float:
+    """Share of the features' |effect| that is written into the circuit's MLP cells.
+
+    ``write_effects`` [K, L]: feature i's attributed effect carried by its write into layer l.
+    """
+    w = np.abs(np.asarray(write_effects, dtype=np.float64))
+    if w.ndim != 2 or w.shape[0] != len(sites):
+        raise UserError("write_effects must be [n_features, n_layers] matching the sites.")
+    mlp = circuit_cells(circuit, "mlp")
+    inside = sum(w[i, layer] for i, s in enumerate(sites) for layer in range(w.shape[1])
+                 if (layer, s.position) in mlp)
+    total = float(w.sum())
+    return float(inside / total) if total > 0 else float("nan")
+
+
+def per_component_share(position: str, write_effects: np.ndarray, circuit: Circuit
+                        ) -> dict[str, float]:
+    """One feature: share of its |effect| written into each circuit MLP at its position.
+
+    ``write_effects`` [L]. Keys are node labels (e.g. ``mlp2@END``); empty when the position is
+    neither END nor YY or the feature has no effect.
+    """
+    w = np.abs(np.asarray(write_effects, dtype=np.float64))
+    total = float(w.sum())
+    if total <= 0:
+        return {}
+    return {n.label: float(w[n.layer] / total) for n in circuit.nodes
+            if n.kind == "mlp" and n.position == position and n.layer < len(w)}
+
+
+def gpt2_shaped(n_layers: int, n_heads: int) -> bool:
+    """Whether the published GPT-2 small circuits apply to a model of this shape."""
+    return (n_layers, n_heads) == (12, 12)
