@@ -1,0 +1,96 @@
+"""Units-needed curve endpoints and ablation/attribution consistency on a tiny random bridge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clt_bench.compare.curve import replacement_pd, units_curve, units_needed
+from clt_bench.features.ablation import constrained_delta_pd, free_delta_pd, pd_of
+from clt_bench.features.attribution import (
+    feature_effects,
+    influence_ranking,
+    one_per_yy,
+    task_attributions,
+)
+from clt_bench.graphs.attribution import row_attributions
+from clt_bench.graphs.random_clt import random_clt
+from clt_bench.graphs.replacement import build_replacement, run_frozen
+from clt_bench.task.dataset import build_dataset
+from tests.conftest import tiny_bridge
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer, task_spec):
+    bridge = tiny_bridge(n_layer=2, n_embd=32, seed=0)
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    batch = one_per_yy(build_dataset(task_spec, tokenizer, "discovery"), 8)
+    rm0 = build_replacement(bridge, random_clt(2, 32, 64), batch.clean)
+    clt = random_clt(2, 32, 64, activation="relu", seed=3,
+                     calibrate_on=rm0.resid_mid.reshape(-1, 2, 32), rate=0.1, decoder_scale=1.0)
+    return bridge, clt, batch
+
+
+def test_curve_endpoints(setup):
+    bridge, clt, batch = setup
+    ranking = [(layer, f) for layer in range(2) for f in range(64)]
+    clean = float(pd_of(bridge(batch.clean)[:, -1], batch.yy, batch).mean())
+    corrupt = float(pd_of(bridge(batch.corrupted)[:, -1], batch.yy, batch).mean())
+    rows = units_curve(bridge, clt, batch, ranking, ks=[0, 5, len(ranking)],
+                       background="corrupted")
+    assert rows[0]["k"] == 0 and rows[0]["prob_diff"] == pytest.approx(corrupt, abs=1e-5)
+    rows = units_curve(bridge, clt, batch, ranking, ks=[0, 5, len(ranking)], background="clean")
+    assert rows[-2]["k"] == len(ranking)
+    assert rows[-2]["prob_diff"] == pytest.approx(clean, abs=1e-5)
+    assert rows[-1]["k"] == -1 and rows[-1]["prob_diff"] == pytest.approx(clean, abs=1e-5)
+    assert rows[-1]["fraction_of_model_pd"] == pytest.approx(1.0, abs=1e-4)
+    assert units_needed(rows, 0.999) in (0, 5, len(ranking))
+
+
+def test_units_needed_rule():
+    rows = [{"k": 0, "prob_diff": 0.0, "fraction_of_model_pd": 0.1},
+            {"k": 3, "prob_diff": 0.0, "fraction_of_model_pd": 0.85},
+            {"k": 7, "prob_diff": 0.0, "fraction_of_model_pd": 0.95},
+            {"k": -1, "prob_diff": 0.0, "fraction_of_model_pd": 1.0}]
+    assert units_needed(rows, 0.8) == 3
+    assert units_needed(rows, 0.9) == 7
+    assert units_needed(rows, 0.99) is None
+
+
+def test_feature_effects_match_row_attributions(setup):
+    bridge, clt, batch = setup
+    rm = build_replacement(bridge, clt, batch.clean[:3])
+    run = run_frozen(rm, modes="linear", leaves=True)
+    target = run.logits[:, 100:102].sum(-1)  # [n]
+    grad = torch.ones(1, 3)
+    ref = row_attributions(rm, run, target, grad).features[0]
+    g = torch.autograd.grad(target.sum(), run.mlp_leaves)
+    ours = feature_effects(rm, [x[None] for x in g])[0]
+    assert torch.allclose(ours.sum(-1), ref.double(), atol=1e-5)
+    assert torch.allclose(feature_effects(rm, [x[None] for x in g], split=False)[0],
+                          ref.double(), atol=1e-5)
+
+
+def test_task_attributions_and_ablations(setup):
+    bridge, clt, batch = setup
+    att = task_attributions(bridge, clt, batch, prompts_per_pass=3, progress=False)
+    assert att.answer.shape[1] == 100
+    assert np.allclose(att.write_effects.sum(1), att.logit_diff, atol=1e-5)
+    assert np.allclose(att.pos_logit_diff.sum(1), att.logit_diff, atol=1e-8)
+    keys, scores = influence_ranking(att)
+    assert np.all(np.diff(scores) <= 0)
+    feats = [att.split_key(k) for k in keys[:3]]
+    active = [np.unique(att.pair_prompt[att.pair_key == k]) for k in keys[:3]]
+    d_c = constrained_delta_pd(bridge, clt, batch, feats, active, progress=False)
+    assert d_c.shape == (3,) and np.isfinite(d_c).all()
+    rm = build_replacement(bridge, clt, batch.clean)
+    acts = [rm.acts[:, :, lay, f].numpy() for lay, f in feats]
+    d_f = free_delta_pd(bridge, clt, batch, feats, acts, active, progress=False)
+    assert d_f.shape == (3,) and np.isfinite(d_f).all()
+    # ablating a feature via scale=1 changes nothing
+    assert np.allclose(constrained_delta_pd(bridge, clt, batch, feats, active, scale=1.0,
+                                            progress=False), 0.0, atol=1e-6)
+    r = replacement_pd(bridge, clt, batch)
+    assert set(r) >= {"model_prob_diff", "replacement_prob_diff"}
