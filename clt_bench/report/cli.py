@@ -26,6 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--reference", default="results/reference/toy.json")
     c.set_defaults(func=check)
 
+    r = sub.add_parser(
+        "make-reference", help="write a regression reference from runs that differ only in seeds"
+    )
+    r.add_argument("run_dirs", nargs="+", help="finished runs (results/<run>)")
+    r.add_argument("--out", default="results/reference/toy.json")
+    r.add_argument("--k", type=float, default=3.0, help="tolerance = k x seed std (default 3)")
+    r.set_defaults(func=make_ref)
+
 
 def run(args: argparse.Namespace) -> int:
     from clt_bench.cli import config_from_args, out_dir
@@ -52,3 +60,11 @@ def check(args: argparse.Namespace) -> int:
     code, text = run_check(args.run_dir, args.reference)
     print(text)
     return code
+
+
+def make_ref(args: argparse.Namespace) -> int:
+    from clt_bench.report.reference import make_reference
+
+    ref = make_reference(args.run_dirs, args.out, k=args.k)
+    print(f"wrote {args.out} ({len(ref['metrics'])} metrics from {len(args.run_dirs)} runs)")
+    return 0
