@@ -126,9 +126,19 @@ class GraphsConfig:
 
 @dataclass(frozen=True)
 class FeaturesConfig:
+    """Feature scoring (clt_bench.features) and the comparison with the circuit (clt_bench.compare).
+
+    Prompts: one discovery-set prompt per YY (``graphs.n_prompts`` of them).
+    """
+
     top_k: int = 160
     n_plots: int = 24
     n_contexts: int = 5
+    heatmap_mode: str = "direct"  # direct (graph edges to the answer logits) | total (all paths)
+    ablations: bool = True  # constrained and free Delta PD per selected feature
+    prompts_per_pass: int = 16
+    curve_background: str = "clean"  # clean | corrupted (see clt_bench.compare.curve)
+    curve_dense: int = 32  # units-needed curve: every k up to this, then steps of x1.25
     # labelling rule thresholds (documented in the report)
     gt_corr: float = 0.5
     anti_corr: float = -0.3

@@ -1,0 +1,255 @@
+"""The features stage: the top-K CLT features by influence on the greater-than target, scored.
+
+Inputs: the CLT (``<run>/clt``), the baseline circuit (``<run>/baseline/circuit.json``, optional:
+without it the circuit columns are empty), the held-out corpus rows (``<run>/activations``).
+Prompts: one balanced discovery-set prompt per YY (``graphs.n_prompts``).
+
+Writes ``<run>/features/``: features.csv (every column), features.md (the main columns),
+ranking.json (the selected features in order, with their influence), heatmaps.safetensors
+([K, 97, 100]), heatmap_*.png for the top ``n_plots`` and heatmap_grid.png, metrics.json.
+
+Per-feature columns (see ``clt_bench.features.scores`` for the shape scores and the label rule):
+influence (sum over prompts of |total attribution to the logit difference|), logit_diff_contribution
+and pd_contribution (mean over prompts of its total attribution to the logit difference / its
+first-order contribution to PD), delta_pd_constrained / delta_pd_free (``ablation``), position
+(where its attribution sits: YY, END or other), act_position (where its activation sits),
+layers_written, main_write_layer (the written layer carrying most of its effect),
+circuit_mlp_share (share of its |effect| written into the circuit's MLPs at its position), via
+(those MLP nodes with share >= 0.1; for a feature away from END also the circuit's END heads
+above its layer, the only circuit route from its position to END), contexts (top corpus snippets).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clt_bench.activations.stage import heldout_rows, load_heldout
+from clt_bench.baseline.circuits import Circuit, load_circuit
+from clt_bench.clt.io import load_clt
+from clt_bench.clt.model import CrossLayerTranscoder
+from clt_bench.compare.overlap import per_component_share
+from clt_bench.config import RunConfig
+from clt_bench.errors import UserError
+from clt_bench.features import table
+from clt_bench.features.ablation import constrained_delta_pd, free_delta_pd
+from clt_bench.features.attribution import (
+    POS_CLASSES,
+    TaskAttributions,
+    feature_activations_matrix,
+    feature_heatmap,
+    influence_ranking,
+    one_per_yy,
+    per_feature_sums,
+    task_attributions,
+)
+from clt_bench.features.contexts import top_contexts
+from clt_bench.features.scores import (
+    LABELS,
+    YY_VALUES,
+    LabelRule,
+    activation_profile,
+    label_feature,
+    shape_scores,
+)
+from clt_bench.io import read_json, run_metadata, save_tensors, write_json
+from clt_bench.models import LoadedModel
+from clt_bench.task.dataset import TaskBatch
+from clt_bench.task.stage import load_task_batch
+
+log = logging.getLogger(__name__)
+
+
+def task_prompts(cfg: RunConfig, loaded: LoadedModel) -> TaskBatch:
+    """One balanced discovery-set prompt per YY (``graphs.n_prompts`` of them)."""
+    return one_per_yy(load_task_batch(cfg, loaded, "discovery"), cfg.graphs.n_prompts)
+
+
+def load_run_clt(run_dir: Path, name: str = "clt") -> CrossLayerTranscoder:
+    path = Path(run_dir) / name
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"no trained CLT in {path}; run the clt stage first.")
+    return load_clt(path)
+
+
+def load_run_circuit(run_dir: Path) -> Circuit | None:
+    path = Path(run_dir) / "baseline" / "circuit.json"
+    return load_circuit(str(path)) if path.is_file() else None
+
+
+def _via(position: str, layer: int, shares: dict[str, float], circuit: Circuit | None) -> str:
+    if circuit is None:
+        return ""
+    parts = [k for k, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.1]
+    if position != "END":
+        parts += [n.label for n in circuit.at("END") if n.kind == "head" and n.layer >= layer]
+    return " ".join(parts)
+
+
+def feature_rows(att: TaskAttributions, keys: np.ndarray, influence: np.ndarray,
+                 clt: CrossLayerTranscoder, circuit: Circuit | None, rule: LabelRule
+                 ) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The table rows (without ablations and contexts) and the heatmaps [K, 97, 100]."""
+    sums = per_feature_sums(att, keys)
+    heat = np.stack([feature_heatmap(att, int(k), YY_VALUES) for k in keys]) if len(keys) \
+        else np.zeros((0, len(YY_VALUES), 100))
+    rows = []
+    for i, key in enumerate(keys):
+        layer, fid = att.split_key(int(key))
+        sc = shape_scores(heat[i])
+        prof = activation_profile(feature_activations_matrix(att, int(key)), att.yy, att.yy_pos,
+                                  att.end_pos)
+        pos_mass = np.abs(sums["pos"][i])
+        position = POS_CLASSES[int(pos_mass.argmax())] if pos_mass.sum() > 0 else "none"
+        write = sums["write"][i]
+        shares = per_component_share(position, write, circuit) if circuit is not None else {}
+        written = clt.target_layers(layer)
+        rows.append({
+            "rank": i + 1, "feature": f"L{layer}/{fid}", "layer": layer, "feature_id": fid,
+            "label": label_feature(sc, prof.yy_fraction, rule), "influence": float(influence[i]),
+            "logit_diff_contribution": float(sums["logit_diff"][i]),
+            "pd_contribution": float(sums["pd"][i]),
+            "delta_pd_constrained": float("nan"), "delta_pd_free": float("nan"),
+            **{k: v for k, v in sc.to_dict().items()},
+            "zz_range": f"{sc.zz_lo:02d}-{sc.zz_hi:02d}" if sc.zz_lo >= 0 else "",
+            "yy_fraction": prof.yy_fraction, "yy_lo": prof.yy_lo, "yy_hi": prof.yy_hi,
+            "yy_range": f"{prof.yy_lo:02d}-{prof.yy_hi:02d}" if prof.yy_lo >= 0 else "",
+            "yy_entropy": prof.yy_entropy, "act_share_yy": prof.share_yy,
+            "act_share_end": prof.share_end, "act_share_other": prof.share_other,
+            "act_position": prof.position, "position": position,
+            "share_yy": float(pos_mass[0] / pos_mass.sum()) if pos_mass.sum() else 0.0,
+            "share_end": float(pos_mass[1] / pos_mass.sum()) if pos_mass.sum() else 0.0,
+            "layer_read": layer, "layers_written": f"{written[0]}-{written[-1]}",
+            "main_write_layer": int(np.abs(write).argmax()),
+            "circuit_mlp_share": float(sum(shares.values())) if circuit is not None
+            else float("nan"),
+            "via": _via(position, layer, shares, circuit), "n_prompts_active": int(
+                sums["n_prompts"][i]), "contexts": "",
+        })
+    return rows, heat
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return float("nan")
+    ra = np.argsort(np.argsort(a[ok])).astype(float)
+    rb = np.argsort(np.argsort(b[ok])).astype(float)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
+                       clt: CrossLayerTranscoder | None = None, progress: bool = True
+                       ) -> dict[str, Any]:
+    """Select and score the top-K features; write ``<run>/features/``; returns metrics."""
+    t0 = time.perf_counter()
+    fc = cfg.features
+    if fc.top_k <= 0:
+        raise UserError("features.top_k must be positive.")
+    run_dir = Path(run_dir)
+    out = run_dir / "features"
+    clt = clt if clt is not None else load_run_clt(run_dir)
+    if (clt.n_layers, clt.spec.d_model) != (loaded.n_layers, loaded.d_model):
+        raise UserError(f"the CLT has {clt.n_layers} layers x d_model {clt.spec.d_model}; the "
+                        f"model has {loaded.n_layers} x {loaded.d_model}.")
+    circuit = load_run_circuit(run_dir)
+    batch = task_prompts(cfg, loaded)
+    att = task_attributions(loaded.bridge, clt, batch, prompts_per_pass=fc.prompts_per_pass,
+                            heatmap_mode=fc.heatmap_mode, progress=progress)
+    t_attr = time.perf_counter() - t0
+    keys_all, infl_all = influence_ranking(att)
+    keys, infl = keys_all[: fc.top_k], infl_all[: fc.top_k]
+    rows, heat = feature_rows(att, keys, infl, clt, circuit, LabelRule.from_config(fc))
+    feats = [att.split_key(int(k)) for k in keys]
+    active = [np.unique(att.pair_prompt[att.pair_key == k]) for k in keys]
+    t1 = time.perf_counter()
+    if fc.ablations and feats:
+        d_c = constrained_delta_pd(loaded.bridge, clt, batch, feats, active,
+                                   prompts_per_pass=fc.prompts_per_pass, progress=progress)
+        acts = [feature_activations_matrix(att, int(k)) for k in keys]
+        d_f = free_delta_pd(loaded.bridge, clt, batch, feats, acts, active, progress=progress)
+        for r, c, f in zip(rows, d_c, d_f, strict=True):
+            r["delta_pd_constrained"], r["delta_pd_free"] = float(c), float(f)
+    t_abl = time.perf_counter() - t1
+    if fc.n_contexts > 0 and feats:
+        try:
+            held = [load_heldout(run_dir)]
+        except UserError:
+            held = heldout_rows(cfg, loaded)
+        ctxs = top_contexts(loaded.bridge, clt, loaded.tokenizer, held, feats, fc.n_contexts)
+        for r, c in zip(rows, ctxs, strict=True):
+            r["contexts"] = " || ".join(f"{s} ({v:.2f})" for v, s in c)
+    yy_list = [int(y) for y in YY_VALUES]
+    table.write_csv(rows, out / "features.csv")
+    header = (f"# Top {len(rows)} CLT features by influence on the greater-than logit difference"
+              f"\n\n{len(batch)} prompts (one per YY), heatmaps: {fc.heatmap_mode} attribution; "
+              f"labels by the rule in clt_bench/features/scores.py (thresholds: gt {fc.gt_corr}, "
+              f"anti {fc.anti_corr}, large-ZZ {fc.large_zz_corr}, parity {fc.parity_corr}, "
+              f"narrow < {fc.narrow_yy_fraction} of YY).")
+    table.write_markdown(rows, out / "features.md", header)
+    save_tensors(out / "heatmaps.safetensors", {"heatmaps": torch.from_numpy(heat).float()},
+                 metadata={"rows": "YY 2..98", "cols": "ZZ 0..99", "mode": fc.heatmap_mode})
+    pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list)
+    grid = table.heatmap_grid(heat, rows, out / "heatmap_grid.png", min(fc.n_plots, 16), yy_list)
+    write_json(out / "ranking.json", {
+        "features": [[int(a), int(b)] for a, b in feats], "influence": infl.tolist(),
+        "extended": [list(att.split_key(int(k))) for k in keys_all[: 4 * fc.top_k]],
+        "extended_influence": infl_all[: 4 * fc.top_k].tolist(),
+        "write_effects": [[float(x) for x in w] for w in per_feature_sums(att, keys)["write"]],
+        "positions": [r["position"] for r in rows],
+        "n_prompts": len(batch), "n_active_features": int(len(keys_all)),
+    })
+    counts = Counter(r["label"] for r in rows)
+    top20 = rows[:20]
+    summary: dict[str, Any] = {
+        "n_prompts": len(batch),
+        "n_active_features": int(len(keys_all)),
+        "n_selected": len(rows),
+        "influence_share_top_k": float(infl.sum() / infl_all.sum()) if infl_all.sum() else 0.0,
+        **{f"n_{lab.replace(' ', '_').replace('-', '_')}": int(counts.get(lab, 0))
+           for lab in LABELS},
+        "mean_gt_corr_top20": float(np.mean([r["gt_corr"] for r in top20])) if top20 else 0.0,
+        "pd_contribution_top_k": float(sum(r["pd_contribution"] for r in rows)),
+        "clean_prob_diff": att.clean_prob_diff,
+        # agreement of attribution and intervention: contribution vs the PD lost when zeroed
+        "spearman_contribution_vs_ablation": _spearman(
+            np.array([r["pd_contribution"] for r in rows]),
+            -np.array([r["delta_pd_constrained"] for r in rows])),
+        "spearman_constrained_vs_free": _spearman(
+            np.array([r["delta_pd_constrained"] for r in rows]),
+            np.array([r["delta_pd_free"] for r in rows])),
+        "top_feature": rows[0]["feature"] if rows else "",
+        "top_feature_label": rows[0]["label"] if rows else "",
+    }
+    metrics = {
+        **summary,
+        "heatmap_mode": fc.heatmap_mode,
+        "label_counts": dict(counts),
+        "circuit": circuit.name if circuit is not None else None,
+        "heatmap_pngs": pngs,
+        "heatmap_grid": grid.name if grid is not None else None,
+        "seconds": {"attribution": round(t_attr, 2), "ablations": round(t_abl, 2),
+                    "total": round(time.perf_counter() - t0, 2)},
+        **run_metadata(config=fc, seeds={"task": batch.seed}),
+    }
+    write_json(out / "metrics.json", metrics)
+    log.info("features stage wrote %s", out)
+    return summary
+
+
+def pipeline_stage(ctx: Any) -> dict[str, Any]:
+    """Pipeline adapter (clt_bench.pipeline): the features stage's headline numbers."""
+    return run_features_stage(ctx.cfg, ctx.model, ctx.run_dir)
+
+
+def read_ranking(run_dir: Path) -> dict[str, Any]:
+    """The features stage's ranking.json (selected features, influence, write effects)."""
+    return read_json(Path(run_dir) / "features" / "ranking.json")

@@ -1,0 +1,102 @@
+"""The feature table (one row per selected feature, one column per metric) as CSV and Markdown,
+and the heatmap figures (one PNG per feature for the top ones, plus a grid)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from clt_bench.io import write_text
+from clt_bench.plots import save_figure, yy_zz_heatmap
+
+# (column, Markdown header, format) -- the Markdown table shows these; the CSV has every column
+MD_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("rank", "#", "d"), ("feature", "feature", "s"), ("label", "label", "s"),
+    ("influence", "influence", ".3g"), ("position", "pos", "s"),
+    ("layers_written", "writes", "s"), ("gt_corr", "gt", "+.2f"),
+    ("large_zz_corr", "large ZZ", "+.2f"), ("parity_corr", "parity", ".2f"),
+    ("zz_range", "ZZ range", "s"), ("yy_fraction", "YY frac", ".2f"), ("yy_range", "YY range", "s"),
+    ("pd_contribution", "PD contrib", "+.4f"), ("delta_pd_constrained", "dPD constr", "+.4f"),
+    ("delta_pd_free", "dPD free", "+.4f"), ("circuit_mlp_share", "in circuit MLPs", ".2f"),
+    ("via", "via", "s"), ("contexts", "top context", "s"),
+)
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if fmt == "s":
+        return str(value)
+    return format(value, fmt)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    buf = io.StringIO()
+    cols = list(rows[0]) if rows else [c for c, _, _ in MD_COLUMNS]
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    return write_text(path, buf.getvalue())
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], max_context: int = 60) -> str:
+    head = "| " + " | ".join(h for _, h, _ in MD_COLUMNS) + " |"
+    sep = "|" + "|".join("---" for _ in MD_COLUMNS) + "|"
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for col, _, fmt in MD_COLUMNS:
+            v = r.get(col)
+            if col == "contexts":
+                v = str(v or "").split(" || ")[0][:max_context]
+            cells.append(_fmt(v, fmt).replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(rows: Sequence[dict[str, Any]], path: Path, header: str) -> Path:
+    return write_text(path, f"{header}\n\n{markdown_table(rows)}")
+
+
+def heatmap_pngs(heatmaps: np.ndarray, rows: Sequence[dict[str, Any]], out_dir: Path,
+                 n_plots: int, yy_values: list[int]) -> list[str]:
+    """One PNG per feature for the first ``n_plots`` rows; returns the file names."""
+    names = []
+    for i, r in enumerate(rows[:n_plots]):
+        name = f"heatmap_{i + 1:03d}_L{r['layer']}_F{r['feature_id']}.png"
+        yy_zz_heatmap(np.nan_to_num(heatmaps[i]), out_dir / name,
+                      f"#{i + 1} {r['feature']} ({r['label']}), gt {r['gt_corr']:+.2f}",
+                      cbar_label="attributed effect on logit ZZ", diverging=True,
+                      yy_values=yy_values)
+        names.append(name)
+    return names
+
+
+def heatmap_grid(heatmaps: np.ndarray, rows: Sequence[dict[str, Any]], path: Path, n: int,
+                 yy_values: list[int], cols: int = 4) -> Path | None:
+    """A grid of the first ``n`` features' heatmaps (each with its own diverging colour scale)."""
+    n = min(n, len(rows))
+    if n == 0:
+        return None
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.6 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= n:
+            ax.axis("off")
+            continue
+        r = rows[i]
+        yy_zz_heatmap(np.nan_to_num(heatmaps[i]), path, f"#{i + 1} {r['feature']} {r['label']}",
+                      cbar_label="", diverging=True, ax=ax, yy_values=yy_values)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+    fig.suptitle("YY x ZZ logit attribution of the top features (rows YY, columns ZZ)")
+    fig.tight_layout()
+    return save_figure(fig, path)
