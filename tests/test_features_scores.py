@@ -1,0 +1,109 @@
+"""Shape scores, activation profiles and the label rule on hand-built heatmaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clt_bench.config import FeaturesConfig
+from clt_bench.errors import UserError
+from clt_bench.features.scores import (
+    YY_VALUES,
+    ZZ_VALUES,
+    LabelRule,
+    activation_profile,
+    label_feature,
+    shape_scores,
+)
+
+Y = YY_VALUES[:, None]
+Z = ZZ_VALUES[None, :]
+
+
+def full(pattern: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(pattern, (len(YY_VALUES), 100)).astype(float).copy()
+
+
+def test_greater_than_mask_is_a_comparator():
+    s = shape_scores((Z > Y).astype(float))
+    assert s.gt_corr == pytest.approx(1.0)
+    assert s.anti_corr == pytest.approx(-1.0)
+    assert s.n_active_rows == 97
+    assert label_feature(s, 1.0) == "comparator"
+
+
+def test_signed_mask_and_scale_do_not_matter():
+    s = shape_scores(3.0 * np.where(Z > Y, 1.0, -0.5))
+    assert s.gt_corr == pytest.approx(1.0)
+
+
+def test_narrow_comparator():
+    h = np.zeros((97, 100))
+    rows = (YY_VALUES >= 6) & (YY_VALUES <= 14)
+    h[rows] = np.where(Z > Y, 1.0, -1.0)[rows]
+    s = shape_scores(h)
+    assert s.gt_corr == pytest.approx(1.0)
+    assert s.n_active_rows == 9
+    assert label_feature(s, 9 / 97) == "narrow comparator"
+    assert label_feature(s, 1.0) == "comparator"
+
+
+def test_parity():
+    s = shape_scores(full(np.where(Z % 2 == 0, 1.0, -1.0)))
+    assert s.parity_corr == pytest.approx(1.0)
+    assert abs(s.gt_corr) < 0.1
+    assert label_feature(s, 1.0) == "parity"
+    relative = np.where((Z + Y) % 2 == 0, 1.0, -1.0)  # even ZZ for even YY, odd for odd
+    assert shape_scores(relative).parity_corr == pytest.approx(1.0)
+    assert label_feature(shape_scores(relative), 1.0) == "parity"
+
+
+def test_large_number_promoter():
+    s = shape_scores(full((Z >= 60).astype(float)))
+    assert s.large_zz_corr > s.gt_corr
+    assert s.yy_independence == pytest.approx(1.0)
+    assert s.zz_lo >= 60
+    assert label_feature(s, 1.0) == "large-number promoter"
+
+
+def test_anti_task():
+    assert label_feature(shape_scores((Z <= Y).astype(float)), 1.0) == "anti-task"
+    assert label_feature(shape_scores(full((Z < 20).astype(float))), 1.0) == "anti-task"
+
+
+def test_other_and_inactive():
+    rng = np.random.default_rng(0)
+    s = shape_scores(rng.normal(size=(97, 100)))
+    assert label_feature(s, 1.0) == "other"
+    s0 = shape_scores(np.zeros((97, 100)))
+    assert s0.n_active_rows == 0 and label_feature(s0, 0.0) == "inactive"
+
+
+def test_nan_rows_are_ignored_and_bad_shapes_rejected():
+    h = (Z > Y).astype(float)
+    h[::2] = np.nan
+    assert shape_scores(h).gt_corr == pytest.approx(1.0)
+    with pytest.raises(UserError):
+        shape_scores(np.zeros((10, 100)))
+
+
+def test_thresholds_come_from_the_config():
+    rule = LabelRule.from_config(FeaturesConfig(gt_corr=0.99, large_zz_corr=0.99))
+    s = shape_scores(0.8 * (Z > Y) + 0.2 * np.random.default_rng(1).normal(size=(97, 100)))
+    assert label_feature(s, 1.0) == "comparator"
+    assert label_feature(s, 1.0, rule) != "comparator"
+
+
+def test_activation_profile():
+    yy = np.arange(2, 12)
+    acts = np.zeros((10, 13))
+    acts[2:5, 8] = 1.0  # YY 4..6 at the YY position
+    acts[3, 12] = 1.0  # and once at END
+    p = activation_profile(acts, yy, yy_pos=8, end_pos=12)
+    assert p.yy_fraction == pytest.approx(0.3)
+    assert (p.yy_lo, p.yy_hi) == (4, 6)
+    assert p.position == "YY"
+    assert p.share_yy == pytest.approx(0.75) and p.share_end == pytest.approx(0.25)
+    assert 0 < p.yy_entropy < 1
+    flat = activation_profile(np.ones((10, 13)), yy, 8, 12)
+    assert flat.yy_entropy == pytest.approx(1.0) and flat.position == "other"
