@@ -7,7 +7,7 @@
 3. peak memory of a training step for gpt2-random (12 x 768) with a small CLT against the analytic
    bound: parameters + gradients + AdamW state + the step's activations.
 
-    python benchmarks/bench_clt_train.py [--threads N] [--steps 20] [--json out.json]
+    python benchmarks/bench_clt_train.py [--threads N] [--steps 20] [--gpt2-shape] [--json out.json]
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--mem-features", type=int, default=1024)
     ap.add_argument("--mem-tokens", type=int, default=1024)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--gpt2-shape", action="store_true",
+                    help="also time a step of a 12 x 768 CLT with --mem-features features/layer")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     cfg = load_config("toy")
@@ -131,6 +133,16 @@ def main() -> None:
            "toy_tokens_per_second": c.batch_tokens / sec, "step_matmul_flops": flops,
            "achieved_flops_per_second": flops / sec, "dense_matmul_flops_per_second": dense,
            "fraction_of_dense": flops / sec / dense}
+    if args.gpt2_shape:  # the same step at GPT-2 small's shape: more FLOPs per elementwise op
+        g2 = CLTSpec(12, 768, args.mem_features, c.activation, c.k)
+        x2 = torch.randn(args.mem_tokens, 12, 768, generator=g) * 3
+        y2 = torch.randn(args.mem_tokens, 12, 768, generator=g)
+        sec2 = time_steps(g2, x2, y2, 3)
+        f2 = step_flops(g2, args.mem_tokens)
+        out["gpt2_shape"] = {"n_features": args.mem_features, "n_tokens": args.mem_tokens,
+                             "step_seconds": sec2, "tokens_per_second": args.mem_tokens / sec2,
+                             "achieved_flops_per_second": f2 / sec2,
+                             "fraction_of_dense": f2 / sec2 / dense}
     if not args.skip_memory:
         out["gpt2_random_memory"] = memory_bench(args.mem_features, args.mem_tokens)
     print(json.dumps(out, indent=2))
