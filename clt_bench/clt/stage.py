@@ -16,7 +16,7 @@ from clt_bench.clt import distributed as D
 from clt_bench.clt.evaluate import evaluate_clt
 from clt_bench.clt.io import load_clt, save_clt
 from clt_bench.clt.train import plot_curves, train_clt
-from clt_bench.config import RunConfig
+from clt_bench.config import RunConfig, with_section
 from clt_bench.errors import UserError
 from clt_bench.io import read_json, run_metadata, write_json
 from clt_bench.models import LoadedModel
@@ -42,7 +42,9 @@ def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
     device = cfg.model.device
     info = D.setup(device)
     device = D.local_device(device, info)
-    manifest = run_activations_stage(cfg, loaded, out_dir)
+    # scoring a loaded CLT needs only the held-out rows: no training shards
+    data_cfg = with_section(cfg, "activations", mode="stream") if cfg.clt.load else cfg
+    manifest = run_activations_stage(data_cfg, loaded, out_dir)
     if cfg.clt.load:
         clt = load_clt(cfg.clt.load).to(device)
         if (clt.n_layers, clt.spec.d_model) != (loaded.n_layers, loaded.d_model):
