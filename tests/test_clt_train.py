@@ -162,6 +162,13 @@ def test_local_file_corpus_end_to_end(tmp_path, suffix, mode):
     clt = load_clt(tmp_path / "run" / "clt")
     assert clt.n_layers == 2 and (tmp_path / "run" / "clt" / "training_curves.png").is_file()
     assert run_clt_stage(cfg, loaded, tmp_path / "run")["config_hash"] == m["config_hash"]
+    if mode == "cache":  # score the saved CLT without training: same held-out numbers
+        from clt_bench.config import with_section
+
+        loaded_cfg = with_section(cfg, "clt", load=str(tmp_path / "run" / "clt"))
+        m2 = run_clt_stage(loaded_cfg, loaded, tmp_path / "scored")
+        assert abs(m2["nmse"] - m["nmse"]) < 1e-5 and m2["train_tokens"] == 0
+        assert not list((tmp_path / "scored" / "activations").glob("shard_*"))
 
 
 def test_replacement_with_zero_clt_equals_zero_ablation():
