@@ -7,6 +7,7 @@ Trained by ``clt-bench toy-model train`` (``clt_bench.models.toy_train``) on the
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -19,7 +20,8 @@ from clt_bench.models.sources import wrap_hf_gpt2
 from clt_bench.models.tokenizer import gpt2_tokenizer
 from clt_bench.paths import package_data
 
-TOY_DIR = package_data("toy")
+# CLT_BENCH_TOY_DIR points at another toy folder (toy.safetensors + config.json), e.g. a retrain
+TOY_DIR = Path(os.environ.get("CLT_BENCH_TOY_DIR") or package_data("toy"))
 TOY_WEIGHTS = TOY_DIR / "toy.safetensors"
 TOY_CONFIG = TOY_DIR / "config.json"
 
@@ -66,3 +68,12 @@ def load_toy_module(
 
 def load_toy(dtype: torch.dtype = torch.float32) -> TransformerBridge:
     return wrap_hf_gpt2(load_toy_module(dtype=dtype), gpt2_tokenizer(), "toy")
+
+
+def toy_fingerprint() -> str:
+    """Short sha256 of the toy weights, so a retrained toy invalidates cached pipeline stages."""
+    import hashlib
+
+    if not TOY_WEIGHTS.is_file():
+        return "missing"
+    return hashlib.sha256(TOY_WEIGHTS.read_bytes()).hexdigest()[:16]
