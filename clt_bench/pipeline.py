@@ -20,7 +20,7 @@ from typing import Any
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
 from clt_bench.io import config_hash, read_json, write_json
-from clt_bench.models import LoadedModel, load_model
+from clt_bench.models import LoadedModel, load_model, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +75,8 @@ def _stage_fn(stage: str) -> Callable[[RunContext], dict[str, Any]]:
     return getattr(importlib.import_module(module), fn)
 
 
-def model_fingerprint(cfg: RunConfig) -> str:
-    """Identifies the model's weights where the name alone does not (the retrainable toy)."""
-    if cfg.model.name == "toy":
-        from clt_bench.models.toy import toy_fingerprint
-
-        return toy_fingerprint()
-    return cfg.model.name
-
-
 def stage_hash(cfg: RunConfig, stage: str) -> str:
-    return config_hash([cfg.section_hash(*STAGES[stage][1]), model_fingerprint(cfg)])
+    return config_hash([cfg.section_hash(*STAGES[stage][1]), model_fingerprint(cfg.model.name)])
 
 
 def stage_is_current(ctx: RunContext, stage: str) -> bool:

@@ -23,8 +23,15 @@ from clt_bench.activations.store import CachedBlocks, StreamBlocks
 from clt_bench.activations.tokens import TokenRows, iter_token_rows, take_tokens
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
-from clt_bench.io import load_tensors, read_json, run_metadata, save_tensors, write_json
-from clt_bench.models import LoadedModel
+from clt_bench.io import (
+    config_hash,
+    load_tensors,
+    read_json,
+    run_metadata,
+    save_tensors,
+    write_json,
+)
+from clt_bench.models import LoadedModel, model_fingerprint
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -71,7 +78,8 @@ def training_rows(cfg: RunConfig, loaded: LoadedModel) -> Iterator[TokenRows]:
 
 
 def _stage_hash(cfg: RunConfig) -> str:
-    return cfg.section_hash("activations", "model")
+    sections = cfg.section_hash("activations", "model")
+    return config_hash([sections, model_fingerprint(cfg.model.name)])
 
 
 def _shards(rows: Iterator[TokenRows], shard_tokens: int) -> Iterator[list[TokenRows]]:

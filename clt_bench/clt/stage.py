@@ -18,14 +18,15 @@ from clt_bench.clt.io import load_clt, save_clt
 from clt_bench.clt.train import plot_curves, train_clt
 from clt_bench.config import RunConfig, with_section
 from clt_bench.errors import UserError
-from clt_bench.io import read_json, run_metadata, write_json
-from clt_bench.models import LoadedModel
+from clt_bench.io import config_hash, read_json, run_metadata, write_json
+from clt_bench.models import LoadedModel, model_fingerprint
 
 log = logging.getLogger(__name__)
 
 
 def stage_hash(cfg: RunConfig) -> str:
-    return cfg.section_hash("model", "activations", "clt", "task")
+    sections = cfg.section_hash("model", "activations", "clt", "task")
+    return config_hash([sections, model_fingerprint(cfg.model.name)])
 
 
 def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,

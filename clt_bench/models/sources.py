@@ -185,3 +185,12 @@ def count_parameters(bridge: TransformerBridge) -> int:
             seen.add(p.data_ptr())
             total += p.numel()
     return total
+
+
+def model_fingerprint(name: str) -> str:
+    """Identifies a model's weights where the name alone does not (the retrainable toy)."""
+    if name == "toy":
+        from clt_bench.models.toy import toy_fingerprint
+
+        return toy_fingerprint()
+    return name

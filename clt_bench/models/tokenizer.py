@@ -1,4 +1,4 @@
-"""The real GPT-2 BPE tokenizer, vendored for offline use (see data/gpt2-tokenizer/PROVENANCE.md)."""
+"""The real GPT-2 BPE tokenizer, vendored for offline use (data/gpt2-tokenizer/PROVENANCE.md)."""
 
 from __future__ import annotations
 
