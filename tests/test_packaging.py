@@ -1,4 +1,4 @@
-"""A plain (non-editable) wheel carries the task/baseline data, presets, tokenizer and toy weights."""
+"""A plain (non-editable) wheel carries task/baseline data, presets, tokenizer and toy weights."""
 
 from __future__ import annotations
 
