@@ -1,9 +1,9 @@
 """Edge weights by batched backward passes through the frozen replacement model (SPEC-clt.md §4).
 
-One forward pass builds the autograd graph; each call of ``row_attributions`` then injects one
-gradient per batch row (``torch.autograd.grad(..., is_grads_batched=True)``): row b selects one
-node value (a feature pre-activation or a target), and the gradients at the leaves give that node's
-incoming edge weight from every source at once:
+One forward pass is differentiated once (``torch.func.vjp``); each call of ``Attributor.rows`` then
+injects one gradient per batch row (``torch.func.vmap`` over the vector-Jacobian product): row b
+selects one node value (a feature pre-activation or a target), and the gradients at the leaves
+give that node's incoming edge weight from every source at once:
 
     A[b, s] = a_s * d value_b / d a_s        (features; a_s = clean activation)
     A[b, (l, p)] = e_{l,p} . d value_b / d mlp_out_{l,p}     (error nodes)
@@ -17,11 +17,12 @@ so the remainder is attention/LayerNorm/unembedding biases and frozen-LN offsets
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from clt_bench.graphs.replacement import FrozenRun, ReplacementModel, run_frozen
+from clt_bench.graphs.replacement import FrozenRun, ReplacementModel, run_frozen, zero_leaves
 
 SOURCE_FEATURE, SOURCE_ERROR, SOURCE_TOKEN = 0, 1, 2
 
@@ -51,40 +52,43 @@ def feature_activations(rm: ReplacementModel, which: str = "acts") -> torch.Tens
     return torch.cat([rm.active_values(layer, which) for layer in range(rm.n_layers)])
 
 
-def row_attributions(rm: ReplacementModel, run: FrozenRun, output: torch.Tensor,
-                     grad_rows: torch.Tensor) -> RowAttribution:
-    """Inject ``grad_rows`` [B, *output.shape] at ``output`` and read every source's edge weight.
+class Attributor:
+    """One frozen forward pass of ``rm``, differentiated once (``torch.func.vjp``).
 
-    ``run`` must come from ``run_frozen(rm, leaves=True)`` (frozen or linear feature modes).
+    ``output_fn`` maps the ``FrozenRun`` to the node values to attribute (any shape);
+    ``rows(grad_rows)`` then injects one cotangent per batch row ([B, *value.shape]) and returns
+    every source's edge weight into each row. The rows are batched with ``torch.func.vmap``.
     """
-    L = rm.n_layers
-    feat_leaves = [t for t in run.feat_leaves if t is not None]
-    if len(feat_leaves) != L:
-        raise ValueError("row_attributions needs a run with feature leaves in every layer")
-    leaves = feat_leaves + list(run.mlp_leaves) + [run.embed_leaf, run.pos_leaf]
-    grads = torch.autograd.grad([output], leaves, grad_outputs=[grad_rows], retain_graph=True,
-                                allow_unused=True, is_grads_batched=True)
-    B = grad_rows.shape[0]
 
-    def g(i: int, like: torch.Tensor) -> torch.Tensor:
-        out = grads[i]
-        return torch.zeros(B, *like.shape, dtype=like.dtype, device=like.device) if out is None \
-            else out
+    def __init__(self, rm: ReplacementModel, output_fn: Callable[[FrozenRun], torch.Tensor],
+                 modes: str = "frozen") -> None:
+        self.rm = rm
+        self.n_layers = rm.n_layers
 
-    acts = feature_activations(rm)
-    feat = torch.cat([g(i, feat_leaves[i]) for i in range(L)], dim=1) * acts
-    w_bdec = rm.clt.b_dec.detach().to(rm.dtype) / rm.clt.output_scale.to(rm.dtype)[:, None]
-    errs, bdec = [], 0.0
-    for layer in range(L):
-        gm = g(L + layer, run.mlp_leaves[layer])  # [B, n, pos, d]
-        errs.append((gm * rm.errors[:, :, layer]).sum(-1))
-        bdec = bdec + (gm * w_bdec[layer]).sum((-1, -2))
-    g_emb, g_pos = g(2 * L, run.embed_leaf), g(2 * L + 1, run.pos_leaf)
-    return RowAttribution(
-        features=feat, errors=torch.stack(errs, dim=2), tokens=(g_emb * rm.embed).sum(-1),
-        pos_embed=(g_pos * rm.pos_embed).sum((-1, -2)),
-        b_dec=bdec if torch.is_tensor(bdec) else torch.zeros(B, rm.n_prompts),
-    )
+        def f(*leaves: torch.Tensor) -> torch.Tensor:
+            return output_fn(run_frozen(rm, modes=modes, leaves=leaves))
+
+        self.value, self._vjp = torch.func.vjp(f, *zero_leaves(rm))
+        self.value = self.value.detach()
+        self._acts = feature_activations(rm)
+        self._b_dec = rm.clt.b_dec.detach().to(rm.dtype) \
+            / rm.clt.output_scale.detach().to(rm.dtype)[:, None]
+
+    def rows(self, grad_rows: torch.Tensor) -> RowAttribution:
+        rm, L = self.rm, self.n_layers
+        grads = torch.func.vmap(self._vjp)(grad_rows.to(self.value.dtype))
+        feat = torch.cat(grads[:L], dim=1) * self._acts
+        errs, bdec = [], 0.0
+        for layer in range(L):
+            gm = grads[L + layer]  # [B, n, pos, d]
+            errs.append((gm * rm.errors[:, :, layer]).sum(-1))
+            bdec = bdec + (gm * self._b_dec[layer]).sum((-1, -2))
+        g_emb, g_pos = grads[2 * L], grads[2 * L + 1]
+        return RowAttribution(
+            features=feat.detach(), errors=torch.stack(errs, dim=2).detach(),
+            tokens=(g_emb * rm.embed).sum(-1).detach(),
+            pos_embed=(g_pos * rm.pos_embed).sum((-1, -2)).detach(), b_dec=bdec.detach(),
+        )
 
 
 @torch.no_grad()
@@ -155,14 +159,14 @@ def target_attributions_batch(
     dirs = as_prompt_directions(directions.to(rm.dtype).to(rm.tokens.device), n)
     n_t = dirs.shape[1]
     modes = "linear" if mode == "total" else "frozen"
-    run = run_frozen(rm, modes=modes, leaves=True)
-    values = torch.einsum("nv,ntv->nt", run.logits, dirs)  # [n, n_t]
+    att = Attributor(rm, lambda run: torch.einsum("nv,ntv->nt", run.logits, dirs), modes)
+    values = att.value  # [n, n_t]
     parts: list[RowAttribution] = []
     for start in range(0, n_t, batch_size):
         rows = torch.arange(start, min(start + batch_size, n_t), device=values.device)
         grad = torch.zeros(len(rows), n, n_t, dtype=values.dtype, device=values.device)
         grad[torch.arange(len(rows)), :, rows] = 1.0
-        parts.append(row_attributions(rm, run, values, grad))
+        parts.append(att.rows(grad))
     feat = torch.cat([p.features for p in parts]).detach()  # [n_t, K]
     errs = torch.cat([p.errors for p in parts]).detach()  # [n_t, n, L, P]
     toks = torch.cat([p.tokens for p in parts]).detach()  # [n_t, n, P]

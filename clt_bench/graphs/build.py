@@ -19,16 +19,16 @@ from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.config import GraphsConfig
 from clt_bench.errors import UserError
 from clt_bench.graphs.attribution import (
+    Attributor,
     TargetAttribution,
     constant_terms,
     feature_activations,
     feature_table,
-    row_attributions,
     target_attributions_batch,
 )
 from clt_bench.graphs.graph import Graph
 from clt_bench.graphs.influence import normalize_abs, propagate, prune
-from clt_bench.graphs.replacement import FrozenRun, ReplacementModel, build_replacement, run_frozen
+from clt_bench.graphs.replacement import build_replacement
 from clt_bench.graphs.scores import graph_scores, pruned_scores
 from clt_bench.graphs.targets import Target, directions, make_targets
 from clt_bench.models import LoadedModel
@@ -51,31 +51,31 @@ def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt_or_tokens: str | to
     return toks, tokenizer.decode(toks.tolist())
 
 
-def _attribute(rm: ReplacementModel, run: FrozenRun, output: torch.Tensor, rows: torch.Tensor,
-               batch_size: int) -> dict[str, torch.Tensor]:
-    """Incoming edges of the entries ``rows`` of the 1-D ``output`` (one prompt), batched."""
+def _attribute(att: Attributor, rows: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """Incoming edges of the entries ``rows`` of the 1-D ``att.value`` (one prompt), batched."""
     parts: dict[str, list[torch.Tensor]] = {"feat": [], "err": [], "tok": [], "pos": [], "bdec": []}
+    m = att.value.shape[0]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        grad = torch.zeros(len(chunk), output.shape[0], dtype=output.dtype, device=output.device)
+        grad = torch.zeros(len(chunk), m, dtype=att.value.dtype, device=att.value.device)
         grad[torch.arange(len(chunk)), chunk] = 1.0
-        r = row_attributions(rm, run, output, grad)
-        parts["feat"].append(r.features.detach())
-        parts["err"].append(r.errors[:, 0].reshape(len(chunk), -1).detach())
-        parts["tok"].append(r.tokens[:, 0].detach())
-        parts["pos"].append(r.pos_embed[:, 0].detach())
-        parts["bdec"].append(r.b_dec[:, 0].detach())
+        r = att.rows(grad)
+        parts["feat"].append(r.features)
+        parts["err"].append(r.errors[:, 0].reshape(len(chunk), -1))
+        parts["tok"].append(r.tokens[:, 0])
+        parts["pos"].append(r.pos_embed[:, 0])
+        parts["bdec"].append(r.b_dec[:, 0])
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
 
 
-def _select_features(rm: ReplacementModel, run: FrozenRun, pre_all: torch.Tensor,
+def _select_features(att: Attributor,
                      target_rows: dict[str, torch.Tensor], w_t: torch.Tensor, max_nodes: int,
                      batch_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Choose and attribute features: all of them, or the most influential ``max_nodes``."""
-    K = pre_all.shape[0]
+    K = att.value.shape[0]
     if max_nodes >= K:
-        visit = torch.arange(K, device=pre_all.device)
-        return visit, _attribute(rm, run, pre_all, visit, batch_size)
+        visit = torch.arange(K, device=att.value.device)
+        return visit, _attribute(att, visit, batch_size)
     n_t = w_t.shape[0]
     src = lambda r: torch.cat([r["feat"], r["err"], r["tok"]], 1)  # noqa: E731
     n_cols = target_rows["feat"].shape[1] + target_rows["err"].shape[1] \
@@ -95,7 +95,7 @@ def _select_features(rm: ReplacementModel, run: FrozenRun, pre_all: torch.Tensor
         best = best[infl[best] > 0]
         if len(best) == 0:
             break
-        r = _attribute(rm, run, pre_all, best, batch_size)
+        r = _attribute(att, best, batch_size)
         done.append({**r, "idx": best})
         rows.append(src(r))
         row_nodes.append(best)
@@ -126,14 +126,17 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
                                cfg.logit_probability, cfg.max_logits)
     D = directions(targets).to(rm.dtype).to(rm.logits.device)  # [n_t, V]
     n_t, L, P = len(targets), rm.n_layers, rm.n_pos
-    run = run_frozen(rm, leaves=True)
-    tvals = run.logits[0] @ D.T  # [n_t]
-    pre_all = torch.cat(run.pre)  # [K]
-    K = int(pre_all.shape[0])
-    t_rows = _attribute(rm, run, tvals, torch.arange(n_t), cfg.batch_size)
+    # two differentiated forward passes: the targets' rows never backpropagate through the
+    # features' ones (nor the features' through the unembedding)
+    att_t = Attributor(rm, lambda run: run.logits[0] @ D.T)
+    tvals = att_t.value  # [n_t]
+    t_rows = _attribute(att_t, torch.arange(n_t), cfg.batch_size)
+    del att_t
+    att_f = Attributor(rm, lambda run: torch.cat(run.pre))
+    K = int(att_f.value.shape[0])
     w_t = torch.tensor([t.weight for t in targets], dtype=torch.float64)
-    visit, f_rows = _select_features(rm, run, pre_all, t_rows, w_t, cfg.max_feature_nodes,
-                                     cfg.batch_size)
+    visit, f_rows = _select_features(att_f, t_rows, w_t, cfg.max_feature_nodes, cfg.batch_size)
+    del att_f
     const_f, const_t = constant_terms(rm, D[None])
     n_f = len(visit)
     n = n_f + L * P + P + n_t

@@ -17,7 +17,8 @@ three modes:
 - ``live``: a = sigma(h(x)) is recomputed (interventions), except entries in ``clamp``.
 
 Gradient leaves (zeros added at the embeddings, positional embeddings, each MLP output and each
-active feature's activation) let one backward pass read every source's gradient at once.
+active feature's activation) let one backward pass read every source's gradient at once; they can
+be passed in, so that ``torch.func.vjp`` can differentiate the whole frozen forward pass.
 
 Shapes: n prompts, pos positions, L layers, F features per layer, d = d_model, V = vocabulary;
 k_l active features of layer l over all prompts (index rows (prompt, pos, feature)).
@@ -33,6 +34,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
+from clt_bench.graphs.padded import PaddedFeatures, pad_features
 
 MODES = ("frozen", "linear", "live")
 
@@ -54,6 +56,7 @@ class ReplacementModel:
     errors: torch.Tensor  # [n, pos, L, d]
     logits: torch.Tensor  # [n, V] clean logits at the last position
     active_idx: list[torch.Tensor] = field(default_factory=list)  # per layer [k_l, 3]
+    padded: dict[int, PaddedFeatures] = field(default_factory=dict)  # the clean active sets
 
     @property
     def n_layers(self) -> int:
@@ -164,7 +167,18 @@ def build_replacement(bridge: TransformerBridge, clt: CrossLayerTranscoder,
         logits=logits[:, -1].detach().clone(),
     )
     rm.active_idx = [acts[:, :, layer].nonzero() for layer in range(L)]
+    n, P = tokens.shape
+    rm.padded = {layer: pad_features(clt, layer, rm.active_idx[layer], n, P, rm.dtype)
+                 for layer in range(L)}
     return rm
+
+
+def zero_leaves(rm: ReplacementModel) -> list[torch.Tensor]:
+    """Zero source leaves for ``run_frozen``: per layer [k_l], per MLP [n, pos, d], embed, pos."""
+    z = torch.zeros(rm.n_prompts, rm.n_pos, rm.resid_mid.shape[-1], dtype=rm.dtype,
+                    device=rm.embed.device)
+    feats = [torch.zeros(len(i), dtype=rm.dtype, device=z.device) for i in rm.active_idx]
+    return feats + [z.clone() for _ in range(rm.n_layers)] + [z.clone(), z.clone()]
 
 
 def _weights(clt: CrossLayerTranscoder, dtype: torch.dtype) -> dict:
@@ -175,7 +189,7 @@ def _weights(clt: CrossLayerTranscoder, dtype: torch.dtype) -> dict:
     return {
         "W_enc": cast(clt.W_enc), "b_enc": cast(clt.b_enc), "b_dec": cast(clt.b_dec),
         "W_skip": cast(clt.W_skip), "in_scale": cast(clt.input_scale),
-        "out_scale": cast(clt.output_scale), "W_dec": [cast(w) for w in clt.W_dec],
+        "out_scale": cast(clt.output_scale),
     }
 
 
@@ -195,14 +209,16 @@ def run_frozen(
     clamp: torch.Tensor | None = None,
     embed: torch.Tensor | None = None,
     errors: torch.Tensor | None = None,
-    leaves: bool = False,
+    leaves: Sequence[torch.Tensor] | bool | None = None,
 ) -> FrozenRun:
     """One forward pass of the frozen replacement model; see the module docstring.
 
     ``modes``: one mode for all layers or one per layer. ``acts`` [n, pos, L, F]: activations for
     ``frozen`` layers (default: clean) and clamp values for ``live`` layers where ``clamp``
     [n, pos, L, F] (bool) is set. ``embed`` [n, pos, d] and ``errors`` [n, pos, L, d] replace the
-    token embeddings and error nodes. ``leaves``: add zero leaves whose gradients are returned.
+    token embeddings and error nodes. ``leaves``: tensors added at the sources (``zero_leaves``
+    order: one [k_l] per layer for the clean active features, one [n, pos, d] per MLP output, the
+    token and the positional embeddings), or True for fresh zero leaves that require grad.
     """
     L, n, P = rm.n_layers, rm.n_prompts, rm.n_pos
     modes = [modes] * L if isinstance(modes, str) else list(modes)
@@ -215,32 +231,32 @@ def run_frozen(
     embed = rm.embed if embed is None else embed.to(dt)
     run = FrozenRun(logits=torch.empty(0), pre=[None] * L, acts=[None] * L,
                     feat_leaves=[None] * L)
+    if leaves is True:
+        leaves = [t.requires_grad_(True) for t in zero_leaves(rm)]
     if leaves:
-        z = torch.zeros(n, P, d, dtype=dt, device=embed.device)
-        run.embed_leaf = z.clone().requires_grad_(True)
-        run.pos_leaf = z.clone().requires_grad_(True)
-        run.mlp_leaves = [z.clone().requires_grad_(True) for _ in range(L)]
+        if len(leaves) != 2 * L + 2:
+            raise ValueError("leaves must hold 2 * n_layers + 2 tensors (see zero_leaves)")
+        run.feat_leaves = list(leaves[:L])
+        run.mlp_leaves = list(leaves[L:2 * L])
+        run.embed_leaf, run.pos_leaf = leaves[2 * L], leaves[2 * L + 1]
     pending: list[torch.Tensor] = [torch.zeros(n, P, d, dtype=dt, device=embed.device)
                                    for _ in range(L)]
     clt = rm.clt
 
-    def enc(x: torch.Tensor, layer: int, idx: torch.Tensor) -> torch.Tensor:
-        """Pre-activations [k] of features idx (rows (prompt, pos, feature)) from x [n, pos, d]."""
-        i, p, f = idx.unbind(-1)
-        xs = x[i, p] * w["in_scale"][layer]
-        return (xs * w["W_enc"][layer, f]).sum(-1) + w["b_enc"][layer, f]
+    def padded(layer: int, idx: torch.Tensor) -> PaddedFeatures:
+        if idx is rm.active_idx[layer] and layer in rm.padded:  # the clean set: built once
+            return rm.padded[layer]
+        return pad_features(clt, layer, idx, n, P, dt)
 
-    def write(layer: int, idx: torch.Tensor, vals: torch.Tensor) -> None:
-        i, p, f = idx.unbind(-1)
-        dec = w["W_dec"][layer][f]  # [k, n_targets, d]
+    def write(layer: int, pf: PaddedFeatures, vals: torch.Tensor) -> None:
+        out = pf.writes(vals).reshape(n, P, -1, d)
         for j, tgt in enumerate(clt.target_layers(layer)):
-            contrib = vals[:, None] * dec[:, j] / w["out_scale"][tgt]
-            pending[tgt] = pending[tgt].index_put((i, p), contrib, accumulate=True)
+            pending[tgt] = pending[tgt] + out[:, :, j]
 
     def resid_mid_hook(layer: int):
         def fn(x: torch.Tensor, hook) -> torch.Tensor:
             idx = rm.active_idx[layer]
-            run.pre[layer] = enc(x, layer, idx)
+            run.pre[layer] = padded(layer, idx).pre(x)
             mode = modes[layer]
             if mode == "frozen":
                 if acts is rm.acts:
@@ -262,11 +278,9 @@ def run_frozen(
             dense = torch.zeros(n, P, rm.pre_acts.shape[-1], dtype=dt, device=x.device)
             run.acts[layer] = dense.index_put(tuple(widx.unbind(-1)), base.detach())
             vals = base
-            if leaves and mode != "live":
-                run.feat_leaves[layer] = torch.zeros(len(widx), dtype=dt, device=x.device,
-                                                     requires_grad=True)
+            if leaves and mode != "live" and widx is idx:
                 vals = base + run.feat_leaves[layer]
-            write(layer, widx, vals)
+            write(layer, padded(layer, widx), vals)
             return x
 
         return fn
