@@ -136,6 +136,7 @@ class FeaturesConfig:
     n_contexts: int = 5
     heatmap_mode: str = "direct"  # direct (graph edges to the answer logits) | total (all paths)
     ablations: bool = True  # constrained and free Delta PD per selected feature
+    ablation_prompts: int = 8  # free ablation: active prompts evaluated per feature (0 = all)
     prompts_per_pass: int = 16
     curve_background: str = "clean"  # clean | corrupted (see clt_bench.compare.curve)
     curve_dense: int = 32  # units-needed curve: every k up to this, then steps of x1.25

@@ -7,14 +7,19 @@ import pytest
 import torch
 
 from clt_bench.compare.curve import replacement_pd, units_curve, units_needed
-from clt_bench.features.ablation import constrained_delta_pd, free_delta_pd, pd_of
+from clt_bench.features.ablation import (
+    constrained_delta_pd,
+    constrained_delta_pd_frozen,
+    free_delta_pd,
+    pd_of,
+)
 from clt_bench.features.attribution import (
     feature_effects,
     influence_ranking,
     one_per_yy,
     task_attributions,
 )
-from clt_bench.graphs.attribution import row_attributions
+from clt_bench.graphs.attribution import Attributor
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.graphs.replacement import build_replacement, run_frozen
 from clt_bench.task.dataset import build_dataset
@@ -62,10 +67,10 @@ def test_units_needed_rule():
 def test_feature_effects_match_row_attributions(setup):
     bridge, clt, batch = setup
     rm = build_replacement(bridge, clt, batch.clean[:3])
+    ref = Attributor(rm, lambda run: run.logits[:, 100:102].sum(-1), modes="linear").rows(
+        torch.ones(1, 3)).features[0]
     run = run_frozen(rm, modes="linear", leaves=True)
     target = run.logits[:, 100:102].sum(-1)  # [n]
-    grad = torch.ones(1, 3)
-    ref = row_attributions(rm, run, target, grad).features[0]
     g = torch.autograd.grad(target.sum(), run.mlp_leaves)
     ours = feature_effects(rm, [x[None] for x in g])[0]
     assert torch.allclose(ours.sum(-1), ref.double(), atol=1e-5)
@@ -92,5 +97,16 @@ def test_task_attributions_and_ablations(setup):
     # ablating a feature via scale=1 changes nothing
     assert np.allclose(constrained_delta_pd(bridge, clt, batch, feats, active, scale=1.0,
                                             progress=False), 0.0, atol=1e-6)
+    # the fully frozen ablation from direct effects == run_frozen with the feature zeroed
+    fast = constrained_delta_pd_frozen(att, [int(k) for k in keys[:3]], bridge.W_U, bridge.b_U,
+                                       batch)
+    rm_all = build_replacement(bridge, clt, batch.clean)
+    clean_pd = pd_of(rm_all.logits, batch.yy, batch)
+    for u, (lay, f) in enumerate(feats):
+        acts = rm_all.acts.clone()
+        acts[:, :, lay, f] = 0.0
+        logits = run_frozen(rm_all, modes="frozen", acts=acts).logits
+        ref = float((pd_of(logits, batch.yy, batch) - clean_pd).mean())
+        assert fast[u] == pytest.approx(ref, abs=1e-6)
     r = replacement_pd(bridge, clt, batch)
     assert set(r) >= {"model_prob_diff", "replacement_prob_diff"}

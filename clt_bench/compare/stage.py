@@ -31,7 +31,13 @@ from clt_bench.compare.overlap import FeatureSite, gpt2_shaped, influence_share,
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
 from clt_bench.features.attribution import influence_ranking, task_attributions
-from clt_bench.features.stage import load_run_circuit, load_run_clt, read_ranking, task_prompts
+from clt_bench.features.stage import (
+    json_safe,
+    load_run_circuit,
+    load_run_clt,
+    read_ranking,
+    task_prompts,
+)
 from clt_bench.io import run_metadata, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.plots import save_figure
@@ -201,13 +207,13 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
     if plt_row is not None:
         summary.update({"plt_replacement_prob_diff": plt_row["replacement_prob_diff"],
                         "plt_units_80": plt_row["units_80"], "plt_units_90": plt_row["units_90"]})
-    write_json(out / "metrics.json", {
+    write_json(out / "metrics.json", json_safe({
         **summary, "overlap": ov, "units_table": table, "curve_background": fc.curve_background,
         "n_prompts": len(batch), "seconds": round(time.perf_counter() - t0, 2),
         **run_metadata(config=fc, seeds={"task": batch.seed}),
-    })
+    }))
     log.info("compare stage wrote %s", out)
-    return summary
+    return json_safe(summary)
 
 
 def pipeline_stage(ctx: Any) -> dict[str, Any]:

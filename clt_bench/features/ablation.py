@@ -1,16 +1,22 @@
 """Ablation effects of single CLT features on the probability difference (PD).
 
-- **constrained** (``constrained_delta_pd``): in ``clt_bench.graphs``' local replacement model
-  (attention patterns, LayerNorm denominators and error nodes frozen at their clean values) the
-  feature is clamped to ``scale`` x its activation (0 = zeroed) at every position, and the features
-  of its own and later layers are recomputed by the CLT (``run_frozen`` ``live`` mode); earlier
-  layers are unaffected and stay frozen.
+- **constrained** (``constrained_delta_pd_frozen``, used by the stage): constrained patching as
+  ``clt_bench.graphs.constrained_patch`` does by default -- in the local replacement model with
+  attention patterns, LayerNorm denominators, error nodes AND every other feature frozen at their
+  clean values, the feature is set to ``scale`` x its activation (0 = zeroed) at every position.
+  That model is affine in the feature, so the END residual moves by exactly (scale - 1) x the
+  feature's direct effect on it (``TaskAttributions.direct_x``); the full-vocabulary softmax is then
+  recomputed. ``constrained_delta_pd`` is the variant where the features of the feature's own and
+  later layers are recomputed by the CLT (``run_frozen`` ``live`` mode; slower).
 - **free** (``free_delta_pd``): the real model runs unfrozen; the feature's decoder writes
   (clean activation x W_dec to every layer it writes) are removed from ``hook_mlp_out`` at every
   position, and everything downstream (attention, real MLPs) responds.
 
-Both report, per feature, the mean over ALL prompts of PD(ablated) - PD(clean), prompts where the
-feature is inactive counting 0. Many (feature, prompt) pairs share one forward pass (rows of a
+Each reports, per feature, the mean over ALL prompts of PD(ablated) - PD(clean), prompts where the
+feature is inactive counting 0. ``free_delta_pd`` may evaluate only ``max_prompts`` of a feature's
+active prompts (evenly spaced) and scale their sum by (active prompts / evaluated prompts).
+
+Many (feature, prompt) pairs share one forward pass (rows of a
 replicated batch); only the END position is unembedded.
 """
 
@@ -86,6 +92,41 @@ def _groups(pairs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int
 
 
 @torch.no_grad()
+def constrained_delta_pd_frozen(att, keys: Sequence[int], W_U: torch.Tensor,
+                                b_U: torch.Tensor | None, batch: TaskBatch, scale: float = 0.0,
+                                rows_per_pass: int = 512) -> np.ndarray:
+    """[K] mean Delta PD of setting each feature ``keys`` to ``scale`` x its activation in the
+    fully frozen local replacement model (see module docstring). ``att``: ``TaskAttributions``
+    of ``batch`` (its ``direct_x`` and ``x_end``); W_U [d, V], b_U [V]."""
+    x_end = torch.as_tensor(att.x_end, dtype=W_U.dtype)
+    yy = torch.as_tensor(att.yy)
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        out = x @ W_U
+        return out if b_U is None else out + b_U
+
+    clean_pd = pd_of(logits_of(x_end), yy, batch)
+    index = {int(k): i for i, k in enumerate(keys)}
+    rows = np.nonzero(np.isin(att.pair_key, np.asarray(keys)))[0]
+    total = np.zeros(len(keys))
+    for start in range(0, len(rows), rows_per_pass):
+        r = rows[start:start + rows_per_pass]
+        prompt = torch.as_tensor(att.pair_prompt[r])
+        dx = torch.as_tensor(att.direct_x[r], dtype=W_U.dtype)
+        pd = pd_of(logits_of(x_end[prompt] + (scale - 1.0) * dx), yy[prompt], batch)
+        delta = (pd - clean_pd[prompt]).numpy()
+        np.add.at(total, [index[int(k)] for k in att.pair_key[r]], delta)
+    return total / max(att.n_prompts, 1)
+
+
+def sample_prompts(active: np.ndarray, max_prompts: int) -> np.ndarray:
+    """At most ``max_prompts`` of ``active`` (evenly spaced); all when max_prompts <= 0."""
+    if max_prompts <= 0 or len(active) <= max_prompts:
+        return active
+    return active[np.linspace(0, len(active) - 1, max_prompts).round().astype(int)]
+
+
+@torch.no_grad()
 def constrained_delta_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
                          features: Sequence[tuple[int, int]], active: Sequence[np.ndarray],
                          scale: float = 0.0, prompts_per_pass: int = 16, rows_per_pass: int = 128,
@@ -128,12 +169,15 @@ def constrained_delta_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
 def free_delta_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
                   features: Sequence[tuple[int, int]], acts: Sequence[np.ndarray],
                   active: Sequence[np.ndarray], rows_per_pass: int = 256,
-                  progress: bool = True) -> np.ndarray:
+                  max_prompts: int = 0, progress: bool = True) -> np.ndarray:
     """[K] mean Delta PD of removing each feature's decoder writes from the real model.
 
-    ``acts[u]`` [n, pos]: feature u's clean activations; ``active[u]``: its prompts.
+    ``acts[u]`` [n, pos]: feature u's clean activations; ``active[u]``: its prompts, of which
+    at most ``max_prompts`` are evaluated (0 = all; see the module docstring).
     """
     n = len(batch)
+    weight = np.array([len(a) / max(len(sample_prompts(a, max_prompts)), 1) for a in active])
+    active = [sample_prompts(a, max_prompts) for a in active]
     dev = next(bridge.parameters()).device
     clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch.yy, batch)
     total = np.zeros(len(features))
@@ -160,4 +204,4 @@ def free_delta_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
         delta = pd_of(logits, batch.yy[idx], batch) - clean_pd[idx]
         for r, (u, _) in enumerate(group):
             total[u] += float(delta[r])
-    return total / max(n, 1)
+    return total * weight / max(n, 1)

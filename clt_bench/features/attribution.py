@@ -11,10 +11,13 @@ All targets here are linear in the residual stream at END that enters the unembe
   is its first-order contribution to PD.
 
 Reading the targets before the unembedding (instead of through the [pos, vocab] logits) makes a
-backward row cost a pass through the frozen layers only. The attributions themselves are
-``clt_bench.graphs``' total effects (``run_frozen(modes="linear")`` + ``row_attributions``:
-a_s * d target / d a_s along every path of the frozen, linearised model). Each feature's effect on
-the logit difference is also split exactly over the layers it writes (``write_effects``).
+backward row cost a pass through the frozen layers only. Attributions are a_s * d target / d a_s in
+``clt_bench.graphs``' local replacement model (``run_frozen``): *total* effects with the active
+features linearised (``modes="linear"``) for the logit difference and PD, *direct* effects (features
+frozen, the graph's edges) for the answer logits by default. One backward row per target gives the
+gradients at the MLP outputs; a feature acts only through its decoder writes, so its attribution is
+``a * sum_t W_dec[l -> t] . grad_t`` (``feature_effects``; equal to ``row_attributions``, tested),
+which also splits its effect on the logit difference exactly over the layers it writes.
 
 Results are kept sparse, per (prompt, feature) with the feature aggregated over positions.
 Shapes: n prompts, pos positions, L layers, F features per layer, R (prompt, feature) pairs.
@@ -49,6 +52,8 @@ class TaskAttributions:
     the logit-diff effect split by position class (YY, END, other); ``write_effects`` [R, L] split
     by written layer; ``act_sum`` [R] activation summed over positions. ``act_prompt``/``act_pos``/
     ``act_key``/``act_value`` [A]: every active (prompt, pos, feature) and its activation.
+    ``direct_x`` [R, d] (float32): the feature's direct effect (features frozen) on the
+    unembedding input at END, summed over positions; ``x_end`` [n, d] that input in the clean run.
     """
 
     n_features: int
@@ -68,6 +73,8 @@ class TaskAttributions:
     act_pos: np.ndarray
     act_key: np.ndarray
     act_value: np.ndarray
+    direct_x: np.ndarray
+    x_end: np.ndarray
     clean_prob_diff: float
     clean_logit_diff: float
 
@@ -112,21 +119,21 @@ def _run_with_final(rm: ReplacementModel, mode: str):
     return run, cap["x"][:, -1]
 
 
-def _mlp_grads(run, targets: torch.Tensor, rows: list[int], batch_rows: int, retain: bool
-               ) -> list[torch.Tensor]:
-    """Per layer [len(rows), n, pos, d]: d targets[:, row] / d mlp_out[layer] (one row per target,
-    batched over the prompts), through the run's frozen model."""
-    n, n_t = targets.shape
-    parts: list[list[torch.Tensor]] = []
-    for start in range(0, len(rows), batch_rows):
-        chunk = torch.tensor(rows[start:start + batch_rows])
-        grad = torch.zeros(len(chunk), n, n_t, dtype=targets.dtype, device=targets.device)
-        grad[torch.arange(len(chunk)), :, chunk] = 1.0
-        last = start + batch_rows >= len(rows)
-        parts.append(list(torch.autograd.grad([targets], run.mlp_leaves, grad_outputs=[grad],
-                                              retain_graph=retain or not last,
-                                              is_grads_batched=True)))
-    return [torch.cat([p[layer] for p in parts]) for layer in range(len(run.mlp_leaves))]
+def _mlp_grads(run, targets: torch.Tensor, rows: list[int], retain: bool) -> list[torch.Tensor]:
+    """Per layer [len(rows), n, pos, d]: d targets[:, row] / d mlp_out[layer] (one backward pass
+    per target row, each batched over the prompts), through the run's frozen model.
+    Plain backward passes (no vmap), so any autograd function in the frozen model works.
+    """
+    L = len(run.mlp_leaves)
+    out: list[list[torch.Tensor]] = [[] for _ in range(L)]
+    for j, row in enumerate(rows):
+        last = j == len(rows) - 1
+        g = torch.autograd.grad(targets[:, row].sum(), run.mlp_leaves,
+                                retain_graph=retain or not last, allow_unused=True)
+        for layer in range(L):
+            out[layer].append(torch.zeros_like(run.mlp_leaves[layer]) if g[layer] is None
+                              else g[layer].detach())
+    return [torch.stack(o) for o in out]
 
 
 def feature_effects(rm: ReplacementModel, g_mlp: list[torch.Tensor], split: bool = True
@@ -198,7 +205,7 @@ def _target_matrix(rm: ReplacementModel, batch: TaskBatch, W_U: torch.Tensor, b_
 
 
 def _chunk(rm: ReplacementModel, batch: TaskBatch, clt: CrossLayerTranscoder, W_U: torch.Tensor,
-           b_U: torch.Tensor, batch_rows: int, heatmap_mode: str) -> dict[str, torch.Tensor]:
+           b_U: torch.Tensor, heatmap_mode: str) -> dict[str, torch.Tensor]:
     L = rm.n_layers
     dirs, off, pd = _target_matrix(rm, batch, W_U, b_U)
     ids = batch.answer_ids.to(rm.logits.device)
@@ -209,32 +216,37 @@ def _chunk(rm: ReplacementModel, batch: TaskBatch, clt: CrossLayerTranscoder, W_
                           rtol=1e-3):
         raise UserError("the unembedding input does not reproduce the model's answer logits; "
                         "this model's unembedding is not x @ W_U + b_U.")
-    g_task = _mlp_grads(run, targets, [T_LOGIT_DIFF, T_PD], batch_rows,
+    g_task = _mlp_grads(run, targets, [T_LOGIT_DIFF, T_PD],
                         retain=heatmap_mode == "total")
     task = feature_effects(rm, g_task)  # [2, K, L]
+    if heatmap_mode == "total":
+        g_ans = _mlp_grads(run, targets, list(range(N_ANSWERS)), retain=False)
+        answers = feature_effects(rm, g_ans, split=False)  # [100, K]
+    del run
+    # direct effects (features frozen) on every coordinate of x_END: one row per basis vector
+    run, x_end = _run_with_final(rm, "frozen")
+    g_x = _mlp_grads(run, x_end, list(range(x_end.shape[1])), retain=False)
+    direct = feature_effects(rm, g_x, split=False).T.float()  # [K, d]
     if heatmap_mode == "direct":
-        del run
-        run, x_end = _run_with_final(rm, "frozen")
-        targets = torch.einsum("nd,ndt->nt", x_end, dirs) + off
-    g_ans = _mlp_grads(run, targets, list(range(N_ANSWERS)), batch_rows, retain=False)
-    answers = feature_effects(rm, g_ans, split=False)  # [100, K]
+        answers = (direct.double() @ W_U[:, ids].double()).T  # [100, K]
     table = feature_table(rm)  # [K, 4] (prompt, layer, pos, feature)
     acts = torch.cat([rm.active_values(layer) for layer in range(L)]).detach()
     write = task[0]  # [K, L]
-    task = task.sum(-1)
-    feat = torch.cat([answers, task])  # [102, K]
+    feat = torch.cat([answers.double(), task.sum(-1)])  # [102, K]
     return {"table": table.cpu(), "acts": acts.detach().cpu(), "feat": feat.cpu(),
-            "write": write.cpu(), "pd": pd.cpu(), "ld": targets[:, T_LOGIT_DIFF].detach().cpu()}
+            "write": write.cpu(), "direct": direct.cpu(), "x_end": x_end.detach().cpu(),
+            "pd": pd.cpu(), "ld": targets[:, T_LOGIT_DIFF].detach().cpu()}
 
 
 def task_attributions(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
-                      prompts_per_pass: int = 16, batch_rows: int = 100,
+                      prompts_per_pass: int = 16,
                       heatmap_mode: str = "direct", progress: bool = True) -> TaskAttributions:
     """Attribute the answer logits, the logit difference and PD of every prompt of ``batch``.
 
     ``heatmap_mode``: "direct" (the answer-logit attributions are the graph's direct edges,
     features frozen: fast) or "total" (all paths, features linearised: ~10x slower on CPU). The
-    logit difference, PD and the write split are always total effects.
+    logit difference, PD and the write split are always total effects. The direct effects on
+    the END residual (``direct_x``) come from one backward row per d_model coordinate.
     """
     if heatmap_mode not in ("direct", "total"):
         raise UserError(f"unknown heatmap mode '{heatmap_mode}' (direct or total).")
@@ -246,7 +258,7 @@ def task_attributions(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
                       disable=not progress):
         sub = batch.subset(list(range(start, min(start + prompts_per_pass, n))))
         rm = build_replacement(bridge, clt, sub.clean)
-        out = _chunk(rm, sub, clt, W_U, b_U, batch_rows, heatmap_mode)
+        out = _chunk(rm, sub, clt, W_U, b_U, heatmap_mode)
         out["table"][:, 0] += start
         parts.append(out)
         del rm
@@ -254,6 +266,7 @@ def task_attributions(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
     feat = torch.cat([p["feat"] for p in parts], dim=1).double()  # [102, K]
     acts = torch.cat([p["acts"] for p in parts]).double()
     write = torch.cat([p["write"] for p in parts])
+    direct = torch.cat([p["direct"] for p in parts])
     prompt, layer, pos, fid = (table[:, j] for j in range(4))
     key = layer * F + fid
     pair = prompt * (L * F) + key
@@ -277,7 +290,9 @@ def task_attributions(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
         pd=agg(feat[T_PD]).numpy(), pos_logit_diff=agg(pos_ld).numpy(),
         write_effects=agg(write).numpy(), act_sum=agg(acts).numpy(),
         act_prompt=prompt.numpy(), act_pos=pos.numpy(), act_key=key.numpy(),
-        act_value=acts.numpy(), clean_prob_diff=float(pd_all.mean()),
+        act_value=acts.numpy(), direct_x=agg(direct).float().numpy(),
+        x_end=torch.cat([p["x_end"] for p in parts]).numpy(),
+        clean_prob_diff=float(pd_all.mean()),
         clean_logit_diff=float(ld_all.mean()),
     )
 

@@ -11,7 +11,8 @@ ranking.json (the selected features in order, with their influence), heatmaps.sa
 Per-feature columns (see ``clt_bench.features.scores`` for the shape scores and the label rule):
 influence (sum over prompts of |total attribution to the logit difference|), logit_diff_contribution
 and pd_contribution (mean over prompts of its total attribution to the logit difference / its
-first-order contribution to PD), delta_pd_constrained / delta_pd_free (``ablation``), position
+first-order contribution to PD), delta_pd_constrained (zeroed, everything else frozen) /
+delta_pd_free (removed from the real model) (``ablation``), position
 (where its attribution sits: YY, END or other), act_position (where its activation sits),
 layers_written, main_write_layer (the written layer carrying most of its effect),
 circuit_mlp_share (share of its |effect| written into the circuit's MLPs at its position), via
@@ -22,6 +23,7 @@ above its layer, the only circuit route from its position to END), contexts (top
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,7 +40,7 @@ from clt_bench.compare.overlap import per_component_share
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
 from clt_bench.features import table
-from clt_bench.features.ablation import constrained_delta_pd, free_delta_pd
+from clt_bench.features.ablation import constrained_delta_pd_frozen, free_delta_pd
 from clt_bench.features.attribution import (
     POS_CLASSES,
     TaskAttributions,
@@ -146,6 +148,17 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN / inf floats -> None, recursively (metrics.json stays strict JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
                        clt: CrossLayerTranscoder | None = None, progress: bool = True
                        ) -> dict[str, Any]:
@@ -172,10 +185,13 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
     active = [np.unique(att.pair_prompt[att.pair_key == k]) for k in keys]
     t1 = time.perf_counter()
     if fc.ablations and feats:
-        d_c = constrained_delta_pd(loaded.bridge, clt, batch, feats, active,
-                                   prompts_per_pass=fc.prompts_per_pass, progress=progress)
+        W_U = loaded.bridge.W_U.detach()
+        b_U = getattr(loaded.bridge, "b_U", None)
+        d_c = constrained_delta_pd_frozen(att, [int(k) for k in keys], W_U,
+                                          None if b_U is None else b_U.detach(), batch)
         acts = [feature_activations_matrix(att, int(k)) for k in keys]
-        d_f = free_delta_pd(loaded.bridge, clt, batch, feats, acts, active, progress=progress)
+        d_f = free_delta_pd(loaded.bridge, clt, batch, feats, acts, active,
+                            max_prompts=fc.ablation_prompts, progress=progress)
         for r, c, f in zip(rows, d_c, d_f, strict=True):
             r["delta_pd_constrained"], r["delta_pd_free"] = float(c), float(f)
     t_abl = time.perf_counter() - t1
@@ -240,9 +256,9 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
                     "total": round(time.perf_counter() - t0, 2)},
         **run_metadata(config=fc, seeds={"task": batch.seed}),
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", json_safe(metrics))
     log.info("features stage wrote %s", out)
-    return summary
+    return json_safe(summary)
 
 
 def pipeline_stage(ctx: Any) -> dict[str, Any]:
