@@ -143,3 +143,21 @@ def test_cli_bad_input_exits_2(capsys):
     assert main(["attribute", "--model", "toy", "--clt", "/nonexistent/clt",
                  "--node-threshold", "2"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_run_graphs_stage_writes_outputs(setup, tmp_path):
+    from clt_bench.config import load_config
+    from clt_bench.graphs.stage import format_graph_report, run_graphs_stage
+
+    loaded, clt, _ = setup
+    cfg = load_config("toy")
+    result = run_graphs_stage(cfg, loaded, clt, None, tmp_path)
+    files = {p.name for p in (tmp_path / "graphs").iterdir()}
+    assert {"scores.json", result["graph"], result["drawing"]} <= files
+    scores = json.loads((tmp_path / "graphs" / "scores.json").read_text())
+    assert 0.0 <= scores["scores"]["completeness"] <= 1.0
+    assert abs(scores["targets"][0]["residual"]) < 1e-6
+    g = read_graph_json(tmp_path / "graphs" / result["graph"])
+    assert "greater-than" in g.targets[0].label
+    text = format_graph_report(build_graph(loaded, clt, cfg.graphs.prompt))
+    assert "completeness score" in text and "top features" in text

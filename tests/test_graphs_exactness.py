@@ -69,6 +69,27 @@ def test_completeness_every_node(case):
         assert abs(g.target_split(j)["residual"]) < 1e-5
     # errors and tokens have no incoming edges
     assert (g.adjacency[o["error"]:o["target"]] == 0).all()
+    assert all(0.0 <= v <= 1.0 for v in g.scores.values())
+
+
+@SETTINGS
+@given(cases(), st.integers(1, 6))
+def test_capped_graph_stays_exact(case, cap):
+    """With max_feature_nodes < active features, the left-out features' edges become
+    unexplained mass: rows still add up exactly."""
+    loaded, clt = _setup(case)
+    full = build_graph(loaded, clt, case["tokens"], "logits", GraphsConfig(batch_size=4))
+    g = build_graph(loaded, clt, case["tokens"], "logits",
+                    GraphsConfig(batch_size=2, max_feature_nodes=cap))
+    assert g.n_features == min(cap, full.n_active)
+    rows = g.adjacency.sum(1) + g.unexplained_in + g.constant_in
+    vals = g.node_values()
+    o = g.offsets()
+    torch.testing.assert_close(rows[: o["error"]], vals[: o["error"]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rows[o["target"]:], vals[o["target"]:], atol=1e-5, rtol=0)
+    assert all(0.0 <= v <= 1.0 for v in g.scores.values())
+    if g.n_features < full.n_active:
+        assert (g.unexplained_abs[o["target"]:] > 0).any()
 
 
 @SETTINGS

@@ -37,7 +37,8 @@ def random_clt(n_layers: int, d_model: int, n_features: int, activation: str = "
     cut = torch.ones(n_layers, n_features, dtype=torch.float64)
     if calibrate_on is not None:
         h = torch.einsum("nld,lfd->nlf", calibrate_on.double(), clt.W_enc.double())
-        cut = torch.quantile(h, 1.0 - rate, dim=0)  # [L, F]
+        k = min(max(int(round((1.0 - rate) * h.shape[0])), 1), h.shape[0])
+        cut = h.kthvalue(k, dim=0).values  # [L, F]: fires on ~rate of the samples
     if activation == "jumprelu":
         clt.log_threshold.copy_(cut.clamp(min=1e-3).log())
     elif activation == "relu":
