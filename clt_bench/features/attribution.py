@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
-from clt_bench.graphs.attribution import feature_table
+from clt_bench.graphs.attribution import Attributor, feature_table
 from clt_bench.graphs.replacement import ReplacementModel, build_replacement, run_frozen
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.metrics import correct_mask
@@ -181,6 +181,27 @@ def feature_effects(rm: ReplacementModel, g_mlp: list[torch.Tensor], split: bool
     return out if split else out[..., 0]
 
 
+def _direct_on_end(rm: ReplacementModel, rows_per_pass: int = 64
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """([K, d] direct effect of each active feature on x_END, [n, d] x_END) in the frozen model."""
+    cap: dict[str, torch.Tensor] = {}
+    handle = rm.bridge.hook_dict["unembed.hook_in"].register_forward_hook(
+        lambda mod, inp, out: cap.__setitem__("x", out))
+    try:
+        attributor = Attributor(rm, lambda run: cap["x"][:, -1], modes="frozen")
+    finally:
+        handle.remove()
+    x_end = attributor.value  # [n, d]
+    n, d = x_end.shape
+    parts = []
+    for start in range(0, d, rows_per_pass):
+        b = torch.arange(start, min(start + rows_per_pass, d))
+        grad = torch.zeros(len(b), n, d, dtype=x_end.dtype, device=x_end.device)
+        grad[torch.arange(len(b)), :, b] = 1.0
+        parts.append(attributor.rows(grad).features)  # [B, K]
+    return torch.cat(parts).T.float(), x_end
+
+
 def _target_matrix(rm: ReplacementModel, batch: TaskBatch, W_U: torch.Tensor, b_U: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per prompt the [d, 102] target directions on x_END, the [102] offsets and PD [n]."""
@@ -223,10 +244,9 @@ def _chunk(rm: ReplacementModel, batch: TaskBatch, clt: CrossLayerTranscoder, W_
         g_ans = _mlp_grads(run, targets, list(range(N_ANSWERS)), retain=False)
         answers = feature_effects(rm, g_ans, split=False)  # [100, K]
     del run
-    # direct effects (features frozen) on every coordinate of x_END: one row per basis vector
-    run, x_end = _run_with_final(rm, "frozen")
-    g_x = _mlp_grads(run, x_end, list(range(x_end.shape[1])), retain=False)
-    direct = feature_effects(rm, g_x, split=False).T.float()  # [K, d]
+    # direct effects (features frozen) on every coordinate of x_END: one row per basis vector,
+    # batched with clt_bench.graphs' Attributor (functorch VJP)
+    direct, x_end = _direct_on_end(rm)
     if heatmap_mode == "direct":
         answers = (direct.double() @ W_U[:, ids].double()).T  # [100, K]
     table = feature_table(rm)  # [K, 4] (prompt, layer, pos, feature)
