@@ -17,21 +17,36 @@ from clt_bench.graphs.build import (
     target_attributions,
     target_attributions_many,
 )
+from clt_bench.graphs.draw import draw_graph
+from clt_bench.graphs.export import read_graph_json, write_graph_json
 from clt_bench.graphs.graph import Graph
+from clt_bench.graphs.interventions import (
+    Intervention,
+    PatchResult,
+    constrained_patch,
+    free_patch,
+)
 from clt_bench.graphs.replacement import ReplacementModel, build_replacement, run_frozen
 from clt_bench.graphs.targets import Target, make_targets
 
 __all__ = [
     "Graph",
+    "Intervention",
+    "PatchResult",
     "ReplacementModel",
     "Target",
     "TargetAttribution",
     "build_graph",
     "build_replacement",
+    "constrained_patch",
+    "draw_graph",
+    "free_patch",
     "make_targets",
     "prompt_tokens",
+    "read_graph_json",
     "run_frozen",
     "score_graph",
     "target_attributions",
     "target_attributions_many",
+    "write_graph_json",
 ]

@@ -77,18 +77,25 @@ def _select_features(att: Attributor,
         visit = torch.arange(K, device=att.value.device)
         return visit, _attribute(att, visit, batch_size)
     n_t = w_t.shape[0]
-    src = lambda r: torch.cat([r["feat"], r["err"], r["tok"]], 1)  # noqa: E731
     n_cols = target_rows["feat"].shape[1] + target_rows["err"].shape[1] \
         + target_rows["tok"].shape[1]
-    rows = [src(target_rows)]
-    row_nodes = [torch.arange(n_cols, n_cols + n_t)]
+    # normalised incoming rows of the attributed nodes, filled in place (targets first)
+    M = torch.zeros(n_t + max_nodes, n_cols + n_t, dtype=torch.float32)
+    row_nodes = torch.zeros(n_t + max_nodes, dtype=torch.long)
+
+    def add_rows(r: dict[str, torch.Tensor], nodes: torch.Tensor, at: int) -> int:
+        block = torch.cat([r["feat"], r["err"], r["tok"]], 1).float()
+        M[at:at + len(nodes), :n_cols] = normalize_abs(block)
+        row_nodes[at:at + len(nodes)] = nodes
+        return at + len(nodes)
+
+    filled = add_rows(target_rows, torch.arange(n_cols, n_cols + n_t), 0)
+    w_rows = torch.zeros(n_t + max_nodes)
+    w_rows[:n_t] = w_t.float()
     done: list[dict[str, torch.Tensor]] = []
     visited = torch.zeros(K, dtype=torch.bool)
     while int(visited.sum()) < max_nodes:
-        M = torch.cat(rows).double()
-        M = torch.cat([M, torch.zeros(M.shape[0], n_t, dtype=M.dtype)], 1)
-        w_rows = torch.cat([w_t, torch.zeros(M.shape[0] - n_t, dtype=w_t.dtype)])
-        infl = propagate(normalize_abs(M), torch.cat(row_nodes), w_rows)[:K]
+        infl = propagate(M[:filled], row_nodes[:filled], w_rows[:filled])[:K]
         infl[visited] = -1.0
         take = min(batch_size, max_nodes - int(visited.sum()))
         best = infl.topk(take).indices
@@ -97,8 +104,7 @@ def _select_features(att: Attributor,
             break
         r = _attribute(att, best, batch_size)
         done.append({**r, "idx": best})
-        rows.append(src(r))
-        row_nodes.append(best)
+        filled = add_rows(r, best, filled)
         visited[best] = True
     visit = visited.nonzero()[:, 0]
     if not done:
