@@ -1,0 +1,57 @@
+"""The features and compare stages end to end on a tiny random bridge with a random CLT."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clt_bench.clt.io import save_clt
+from clt_bench.compare.stage import run_compare_stage
+from clt_bench.config import load_config
+from clt_bench.features.stage import run_features_stage, task_prompts
+from clt_bench.graphs.random_clt import random_clt
+from clt_bench.graphs.replacement import build_replacement
+from clt_bench.models.sources import LoadedModel
+from tests.conftest import tiny_bridge
+
+
+@pytest.mark.slow
+def test_features_and_compare_stages(tmp_path, tokenizer):
+    bridge = tiny_bridge(n_layer=2, n_embd=32, seed=0)
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    loaded = LoadedModel("tiny", bridge, tokenizer)
+    cfg = load_config("toy", ["graphs.n_prompts=6", "activations.eval_tokens=256",
+                              "features.top_k=5", "features.n_plots=2", "features.curve_dense=4"])
+    batch = task_prompts(cfg, loaded)
+    assert len(batch) == 6 and len(set(batch.yy.tolist())) == 6
+    rm0 = build_replacement(bridge, random_clt(2, 32, 64), batch.clean)
+    clt = random_clt(2, 32, 64, activation="relu", seed=3, rate=0.1, decoder_scale=1.0,
+                     calibrate_on=rm0.resid_mid.reshape(-1, 2, 32))
+    save_clt(clt, tmp_path / "clt")
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "circuit.json").write_text(json.dumps(
+        {"name": "discovered", "components": {"END": ["mlp1", "1.0"], "YY": ["mlp0"]}}))
+    (tmp_path / "baseline" / "units_needed.csv").write_text(
+        "k,prob_diff,fraction_of_model_pd\n1,0.1,0.5\n2,0.2,0.85\n4,0.3,0.95\n")
+    s = run_features_stage(cfg, loaded, tmp_path, progress=False)
+    assert s["n_selected"] == 5 and s["n_prompts"] == 6
+    out = tmp_path / "features"
+    for name in ("features.csv", "features.md", "ranking.json", "metrics.json",
+                 "heatmaps.safetensors", "heatmap_grid.png"):
+        assert (out / name).is_file(), name
+    assert len(list(out.glob("heatmap_0*.png"))) == 2
+    header = (out / "features.csv").read_text().splitlines()[0].split(",")
+    for col in ("label", "gt_corr", "large_zz_corr", "parity_corr", "yy_fraction",
+                "pd_contribution", "delta_pd_constrained", "delta_pd_free", "via", "contexts"):
+        assert col in header
+    json.loads((out / "metrics.json").read_text())  # strict JSON
+    c = run_compare_stage(cfg, loaded, tmp_path, progress=False)
+    assert c["circuit"] == "discovered"
+    assert 0.0 <= c["influence_share_in_circuit"] <= 1.0
+    assert c["neuron_units_80"] == 2 and c["neuron_units_90"] == 4
+    assert c["clt_all_features_fraction"] == pytest.approx(1.0, abs=1e-3)
+    for name in ("overlap.csv", "overlap.md", "units_needed.csv", "units_needed.png",
+                 "units_table.md", "metrics.json"):
+        assert (tmp_path / "compare" / name).is_file(), name
