@@ -2,7 +2,7 @@
 
 ``random_clt`` draws unit-norm encoder rows and small random decoders. With ``calibrate_on``
 (resid_mid samples [N, L, d]) each feature's bias or threshold is set so that it fires on about
-``rate`` of those samples, which gives realistic sparsity for any model.
+``rate`` of those samples (at least two), which gives realistic sparsity for any model.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ def random_clt(n_layers: int, d_model: int, n_features: int, activation: str = "
     if clt.W_skip is not None:
         clt.W_skip.copy_(randn(n_layers, d_model, d_model) * decoder_scale / d_model)
     cut = torch.ones(n_layers, n_features, dtype=torch.float64)
-    if calibrate_on is not None:
+    if calibrate_on is not None and calibrate_on.shape[0] >= 2:
         h = torch.einsum("nld,lfd->nlf", calibrate_on.double(), clt.W_enc.double())
-        k = min(max(int(round((1.0 - rate) * h.shape[0])), 1), h.shape[0])
-        cut = h.kthvalue(k, dim=0).values  # [L, F]: fires on ~rate of the samples
+        k = min(max(int(round((1.0 - rate) * h.shape[0])), 1), h.shape[0] - 1)
+        lo, hi = h.kthvalue(k, dim=0).values, h.kthvalue(k + 1, dim=0).values
+        cut = (lo + hi) / 2  # [L, F]: fires on ~rate of the samples, never exactly at a sample
     if activation == "jumprelu":
         clt.log_threshold.copy_(cut.clamp(min=1e-3).log())
     elif activation == "relu":
