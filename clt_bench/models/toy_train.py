@@ -12,7 +12,7 @@ Checkpoints (weights and the AdamW state as safetensors, the step in JSON) are w
 settings resumes from the last one and ends with the same weights. Batches and loss positions are
 drawn from generators seeded by ``(seed, step)``, so they do not depend on where a run resumed.
 The result is ``<out>/toy.safetensors`` (the token embedding in fp16 -- it is 90% of the weights --
-the rest in fp32, whose rounding would cost ~0.01 prob_diff; the tied ``lm_head`` dropped) and
+the rest in fp32; the tied ``lm_head`` duplicate dropped) and
 ``<out>/config.json`` (arch, seed, steps, training seconds, corpus settings, final metrics).
 """
 
@@ -183,6 +183,7 @@ def _save_checkpoint(
     step: int,
     seconds: float,
     cfg: ToyTrainConfig,
+    history: list[dict[str, float]],
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -193,16 +194,17 @@ def _save_checkpoint(
             tensors[f"opt.{i}.exp_avg_sq"] = st["exp_avg_sq"]
             tensors[f"opt.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
     save_tensors(ckpt / "state.safetensors", tensors)
-    write_json(ckpt / "progress.json", {"step": step, "seconds": seconds, "config": asdict(cfg)})
+    progress = {"step": step, "seconds": seconds, "config": asdict(cfg), "history": history}
+    write_json(ckpt / "progress.json", progress)
 
 
 def _load_checkpoint(
     ckpt: Path, model: GPT2LMHeadModel, opt: torch.optim.AdamW, cfg: ToyTrainConfig
-) -> tuple[int, float]:
-    """Restore model and optimizer; returns (next step, seconds spent so far); (0, 0) if none."""
+) -> tuple[int, float, list[dict[str, float]]]:
+    """Restore model and optimizer; returns (next step, seconds so far, eval history)."""
     progress = ckpt / "progress.json"
     if not progress.is_file() or not (ckpt / "state.safetensors").is_file():
-        return 0, 0.0
+        return 0, 0.0, []
     info = read_json(progress)
     saved = info.get("config", {})
     if {k: v for k, v in saved.items() if k != "betas"} != {
@@ -224,7 +226,7 @@ def _load_checkpoint(
                 "exp_avg": tensors[f"opt.{i}.exp_avg"].clone(),
                 "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].clone(),
             }
-    return int(info["step"]), float(info["seconds"])
+    return int(info["step"]), float(info["seconds"]), list(info.get("history", []))
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -255,11 +257,10 @@ def train_toy(
     model = build_toy_module(TRAIN_ARCH, seed=cfg.seed)
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
-    start, spent = _load_checkpoint(ckpt, model, opt, cfg)
+    start, spent, history = _load_checkpoint(ckpt, model, opt, cfg)
     if start:
         log.info("resuming toy training at step %d", start)
     t0 = time.perf_counter() - spent
-    history: list[dict[str, float]] = []
     bar = tqdm(range(start, cfg.steps), desc="toy", initial=start, total=cfg.steps)
     running = float("nan")
     for step in bar:
@@ -284,13 +285,13 @@ def train_toy(
             log.info("step %d loss %.3f %s", done, running, m)
         last = done == cfg.steps
         if (done % cfg.checkpoint_every == 0 and not last) or (last and keep_checkpoint):
-            _save_checkpoint(ckpt, model, opt, done, time.perf_counter() - t0, cfg)
+            _save_checkpoint(ckpt, model, opt, done, time.perf_counter() - t0, cfg, history)
     seconds = time.perf_counter() - t0
     model.eval()
     state = {
         k: v.half() if k == "transformer.wte.weight" else v.float()
         for k, v in model.state_dict().items()
-        if k != "lm_head.weight" and not k.endswith(("attn.bias", "attn.masked_bias"))
+        if k != "lm_head.weight" and not k.endswith((".attn.bias", ".attn.masked_bias"))
     }
     save_tensors(out_dir / "toy.safetensors", state, metadata={"format": "pt"})
     final = evaluate_toy_module(_reload(out_dir / "toy.safetensors"), cfg.final_eval_examples)
@@ -317,7 +318,9 @@ def _reload(weights: Path, arch: dict[str, Any] | None = None) -> GPT2LMHeadMode
     model = build_toy_module(arch or TRAIN_ARCH)
     state = {k: v.float() for k, v in load_tensors(weights).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.endswith(("attn.bias", "masked_bias", "lm_head.weight"))]
+    missing = [
+        m for m in missing if not m.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight"))
+    ]
     if missing or unexpected:
         raise UserError(f"toy weights {weights} do not match the toy architecture.")
     model.tie_weights()
