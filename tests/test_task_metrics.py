@@ -71,3 +71,16 @@ def test_heatmap_rows_and_summary():
     assert torch.isnan(heat[1]).all()
     s = summarize(p, yy)
     assert math.isclose(s["prob_diff"], (1 + 1 - 1) / 3)
+
+
+def test_compact_logits_give_the_full_vocab_probabilities():
+    from clt_bench.task.evaluate import compact_logits
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 500) * 3
+    ids = torch.tensor([7, 3, 99, 250])
+    compact = compact_logits(logits, ids)
+    assert compact.shape == (4, 5)
+    full = answer_probs(logits, ids)
+    small = answer_probs(compact, torch.arange(4))
+    assert torch.allclose(full, small, atol=1e-6)

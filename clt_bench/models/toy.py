@@ -58,7 +58,7 @@ def load_toy_module(
     state = {k: v.to(torch.float32) for k, v in load_tensors(weights).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [
-        m for m in missing if not m.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))
+        m for m in missing if not m.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight"))
     ]
     if missing or unexpected:
         raise UserError(f"toy weights {weights} do not match the toy architecture.")

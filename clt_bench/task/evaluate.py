@@ -18,8 +18,14 @@ def end_logits(
     end_pos: int,
     batch_size: int = 128,
     fwd_hooks: Sequence[tuple] = (),
+    compact_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[n, pos] tokens -> [n, vocab] logits at ``end_pos`` (optionally with forward hooks)."""
+    """[n, pos] tokens -> [n, vocab] logits at ``end_pos`` (optionally with forward hooks).
+
+    With ``compact_ids`` [k] it returns [n, k + 1] instead: the logits of those tokens and, last,
+    the logsumexp of every other token — a softmax over it equals the full-vocabulary softmax at
+    those tokens, without holding n x vocab logits (the 10,000-example set needs this).
+    """
     device = next(bridge.parameters()).device
     outs = []
     for i in range(0, tokens.shape[0], batch_size):
@@ -28,15 +34,30 @@ def end_logits(
             logits = bridge.run_with_hooks(chunk, fwd_hooks=list(fwd_hooks))
         else:
             logits = bridge(chunk)
-        outs.append(logits[:, end_pos].float().cpu())
+        last = logits[:, end_pos].float()
+        if compact_ids is not None:
+            last = compact_logits(last, compact_ids.to(last.device))
+        outs.append(last.cpu())
     return torch.cat(outs)
 
 
-def task_metrics(logits_end: torch.Tensor, batch: TaskBatch, prefix: str = "") -> dict[str, float]:
-    """PD, CS and logit difference (sum and mean variants) of END logits for ``batch``."""
-    p = answer_probs(logits_end, batch.answer_ids)
+def compact_logits(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[n, vocab] -> [n, k + 1]: logits of ``ids`` then the logsumexp of all other tokens."""
+    rest = logits.clone()
+    rest[:, ids] = float("-inf")
+    return torch.cat([logits[:, ids], rest.logsumexp(-1, keepdim=True)], dim=-1)
+
+
+def task_metrics(logits_end: torch.Tensor, batch: TaskBatch, prefix: str = "",
+                 answer_ids: torch.Tensor | None = None) -> dict[str, float]:
+    """PD, CS and logit difference (sum and mean variants) of END logits for ``batch``.
+
+    ``answer_ids`` overrides ``batch.answer_ids`` (e.g. ``arange(100)`` for compact logits).
+    """
+    ids = batch.answer_ids if answer_ids is None else answer_ids
+    p = answer_probs(logits_end, ids)
     out = summarize(p, batch.yy, batch.relation)
-    ans = logits_end[:, batch.answer_ids].double()
+    ans = logits_end[:, ids].double()
     out["logit_diff"] = float(logit_diff_per_example(ans, batch.yy, batch.relation).mean())
     out["logit_diff_mean_variant"] = float(
         logit_diff_per_example(ans, batch.yy, batch.relation, reduce="mean").mean()

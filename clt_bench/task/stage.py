@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from clt_bench.config import RunConfig
 from clt_bench.io import run_metadata, write_json
 from clt_bench.models import LoadedModel
@@ -36,11 +38,13 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
     t0 = time.perf_counter()
     stage_dir = Path(out_dir) / "task"
     batch = load_task_batch(cfg, loaded)
-    clean = end_logits(loaded.bridge, batch.clean, batch.end_pos, cfg.task.batch_size)
-    corrupt = end_logits(loaded.bridge, batch.corrupted, batch.end_pos, cfg.task.batch_size)
-    clean_m = task_metrics(clean, batch)
-    corrupt_m = task_metrics(corrupt, batch, prefix="corrupted_")
-    heat = yy_heatmap(answer_probs(clean, batch.answer_ids), batch.yy)
+    bs, ids = cfg.task.batch_size, batch.answer_ids
+    clean = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs, compact_ids=ids)
+    corrupt = end_logits(loaded.bridge, batch.corrupted, batch.end_pos, bs, compact_ids=ids)
+    compact = torch.arange(len(ids))  # columns of the compact logits
+    clean_m = task_metrics(clean, batch, answer_ids=compact)
+    corrupt_m = task_metrics(corrupt, batch, prefix="corrupted_", answer_ids=compact)
+    heat = yy_heatmap(answer_probs(clean, compact), batch.yy)
     heat_path = yy_zz_heatmap(
         heat.numpy(),
         stage_dir / "heatmap.png",
