@@ -52,8 +52,7 @@ def test_stage_outputs_on_tiny_model(tmp_path, tokenizer):
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    if not TOY_WEIGHTS.is_file():
-        pytest.skip("the toy model's weights are not built yet")
+    assert TOY_WEIGHTS.is_file(), "the toy model's weights ship with the package"
     from clt_bench.models import load_model
 
     cfg = load_config("toy")
