@@ -47,13 +47,16 @@ def build_toy_module(arch: dict | None = None, seed: int = 0) -> GPT2LMHeadModel
 
 
 def load_toy_module(
-    weights: Path = TOY_WEIGHTS, dtype: torch.dtype = torch.float32
+    weights: Path = TOY_WEIGHTS, dtype: torch.dtype = torch.float32, arch: dict | None = None
 ) -> GPT2LMHeadModel:
+    """The toy module from ``weights``; ``arch`` defaults to the config.json beside them."""
     if not weights.is_file():
         raise UserError(
             f"the toy model's weights are missing ({weights}); run `clt-bench toy-model train`."
         )
-    arch = json.loads(TOY_CONFIG.read_text())["arch"] if TOY_CONFIG.is_file() else None
+    config = Path(weights).parent / "config.json"
+    if arch is None and config.is_file():
+        arch = json.loads(config.read_text())["arch"]
     model = build_toy_module(arch)
     state = {k: v.to(torch.float32) for k, v in load_tensors(weights).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -36,7 +36,7 @@ from clt_bench.errors import UserError
 from clt_bench.io import load_tensors, read_json, run_metadata, save_tensors, write_json
 from clt_bench.models.corpus import MAX_TOKENS, corpus_settings, generate_corpus
 from clt_bench.models.tokenizer import gpt2_tokenizer
-from clt_bench.models.toy import DEFAULT_TOY_ARCH, TOY_DIR, build_toy_module
+from clt_bench.models.toy import DEFAULT_TOY_ARCH, TOY_DIR, build_toy_module, load_toy_module
 from clt_bench.task.dataset import TaskBatch, build_dataset
 from clt_bench.task.evaluate import task_metrics
 from clt_bench.task.spec import load_task
@@ -315,16 +315,7 @@ def train_toy(
 
 def _reload(weights: Path, arch: dict[str, Any] | None = None) -> GPT2LMHeadModel:
     """The weights as shipped, back in float32 (what ``load_toy`` will see)."""
-    model = build_toy_module(arch or TRAIN_ARCH)
-    state = {k: v.float() for k, v in load_tensors(weights).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [
-        m for m in missing if not m.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight"))
-    ]
-    if missing or unexpected:
-        raise UserError(f"toy weights {weights} do not match the toy architecture.")
-    model.tie_weights()
-    return model.eval()
+    return load_toy_module(weights, arch=arch or TRAIN_ARCH)
 
 
 def load_trained(out_dir: Path = TOY_DIR) -> GPT2LMHeadModel:
