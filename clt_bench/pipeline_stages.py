@@ -56,4 +56,8 @@ def graphs(ctx: RunContext) -> dict[str, Any]:
     clt_model = load_clt(ctx.run_dir / "clt")
     batch = load_task_batch(ctx.cfg, ctx.model)
     out = run_graphs_stage(ctx.cfg, ctx.model, clt_model, batch, ctx.run_dir)
-    return {k: v for k, v in out.items() if isinstance(v, int | float | str | bool)}
+    summary = _numbers(out, ("prompt", "n_tokens", "n_active_features", "n_nodes_pruned",
+                             "n_edges_pruned", "wall_seconds"))
+    for name, value in out.get("scores", {}).items():  # completeness, replacement, pruned_*
+        summary[f"{name}_score"] = value
+    return summary

@@ -67,6 +67,8 @@ def headline_metrics(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if stage == "report":
             continue
         for k, v in summary.items():
+            if k in ("schema_version",):
+                continue
             if isinstance(v, int | float) and not isinstance(v, bool):
                 flat[f"{stage}.{k}"] = v
     return flat
