@@ -104,6 +104,9 @@ def run_pipeline(
     ctx = RunContext(cfg=cfg, run_dir=Path(run_dir))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(ctx.run_dir / "config.json", cfg.to_dict())
+    for stage in STAGES:  # finished stages outside ``names`` still feed the report
+        if stage not in names and stage_is_current(ctx, stage):
+            ctx.results[stage] = read_json(ctx.stage_dir(stage) / "stage.json").get("summary", {})
     stale = False
     for i, stage in enumerate(names, 1):
         marker = ctx.stage_dir(stage) / "stage.json"

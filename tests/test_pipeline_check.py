@@ -92,3 +92,12 @@ def test_check_cli_exit_codes(tmp_path, capsys):
     broken.write_text("{not json")
     assert main(["check", str(tmp_path), "--reference", str(broken)]) == 2
     assert main(["check", str(tmp_path / "nope"), "--reference", str(good)]) == 2
+
+
+def test_partial_run_still_sees_finished_stages(fake_stages, tmp_path):
+    cfg = load_config("toy")
+    pipeline.run_pipeline(cfg, tmp_path, progress=lambda s: None)
+    CALLS.clear()
+    ctx = pipeline.run_pipeline(cfg, tmp_path, stages=["c"], resume=False, progress=lambda s: None)
+    assert CALLS == ["c"]
+    assert set(ctx.results) == {"a", "b", "c"}
