@@ -114,6 +114,7 @@ def plot_curves(curves: dict[str, list[dict[str, float | int]]], path: Path, tit
     for frac in FRACTIONS:
         ax.axhline(frac, color="grey", lw=0.7, ls="--")
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)
     ax.set_xlabel("units kept clean (k)")
     ax.set_ylabel("PD / model PD")
     ax.set_title(title, fontsize=10)
