@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from clt_bench.baseline.circuits import Circuit, Node
-from clt_bench.baseline.patching import PatchContext, Receiver, Sender, path_patch, upstream
+from clt_bench.baseline.patching import (
+    PatchContext,
+    Receiver,
+    Sender,
+    all_senders,
+    path_patch,
+    upstream,
+)
 from clt_bench.baseline.readout import per_example_pd
 from clt_bench.config import BaselineConfig
 
@@ -107,12 +114,7 @@ def discover_circuit(ctx: PatchContext, bcfg: BaselineConfig, model_name: str = 
         return -v >= thr * gap
 
     def candidates(positions: list[int]) -> list[Sender]:
-        out = []
-        for pos in positions:
-            for layer in range(n_layers):
-                out.extend(Sender("head", layer, pos, h) for h in range(n_heads))
-                out.append(Sender("mlp", layer, pos))
-        return out
+        return all_senders(n_layers, n_heads, positions)
 
     circuit: set[Node] = set()
     steps: list[Step] = []
