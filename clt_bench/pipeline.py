@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # stage -> (module:function, config sections its result depends on)
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "task": ("clt_bench.task.stage:pipeline_stage", ("model", "task")),
+    "task": ("clt_bench.pipeline_stages:task", ("model", "task")),
     "baseline": ("clt_bench.pipeline_stages:baseline", ("model", "task", "baseline")),
     "activations": ("clt_bench.pipeline_stages:activations", ("model", "activations")),
     "clt": ("clt_bench.pipeline_stages:clt", ("model", "activations", "clt")),

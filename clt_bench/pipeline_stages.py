@@ -11,22 +11,37 @@ from typing import Any
 from clt_bench.pipeline import RunContext
 
 
-def _numbers(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: d[k] for k in keys if k in d and isinstance(d[k], int | float | str | bool)}
+def _numbers(d: dict[str, Any], keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The scalar entries of ``d`` (only ``keys`` when given)."""
+    names = d if keys is None else [k for k in keys if k in d]
+    return {k: d[k] for k in names if isinstance(d[k], int | float | str | bool)}
+
+
+def task(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.task.stage import run_task_stage
+
+    out = run_task_stage(ctx.cfg, ctx.model, ctx.run_dir)
+    keys = (
+        "prob_diff",
+        "cutoff_sharpness",
+        "corrupted_prob_diff",
+        "logit_diff",
+        "n_examples",
+        "template",
+    )
+    return _numbers(out, keys)
 
 
 def baseline(ctx: RunContext) -> dict[str, Any]:
     from clt_bench.baseline.stage import run_baseline_stage
 
-    out = run_baseline_stage(ctx.cfg, ctx.model, ctx.run_dir)
-    return {k: v for k, v in out.items() if isinstance(v, int | float | str | bool)}
+    return _numbers(run_baseline_stage(ctx.cfg, ctx.model, ctx.run_dir))
 
 
 def activations(ctx: RunContext) -> dict[str, Any]:
     from clt_bench.activations.stage import run_activations_stage
 
-    out = run_activations_stage(ctx.cfg, ctx.model, ctx.run_dir)
-    return {k: v for k, v in out.items() if isinstance(v, int | float | str | bool)}
+    return _numbers(run_activations_stage(ctx.cfg, ctx.model, ctx.run_dir))
 
 
 def clt(ctx: RunContext) -> dict[str, Any]:
@@ -56,8 +71,17 @@ def graphs(ctx: RunContext) -> dict[str, Any]:
     clt_model = load_clt(ctx.run_dir / "clt")
     batch = load_task_batch(ctx.cfg, ctx.model)
     out = run_graphs_stage(ctx.cfg, ctx.model, clt_model, batch, ctx.run_dir)
-    summary = _numbers(out, ("prompt", "n_tokens", "n_active_features", "n_nodes_pruned",
-                             "n_edges_pruned", "wall_seconds"))
+    summary = _numbers(
+        out,
+        (
+            "prompt",
+            "n_tokens",
+            "n_active_features",
+            "n_nodes_pruned",
+            "n_edges_pruned",
+            "wall_seconds",
+        ),
+    )
     for name, value in out.get("scores", {}).items():  # completeness, replacement, pruned_*
         summary[f"{name}_score"] = value
     return summary

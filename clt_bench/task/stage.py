@@ -87,17 +87,3 @@ def format_task_table(m: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def pipeline_stage(ctx: Any) -> dict[str, Any]:
-    """Pipeline adapter (see clt_bench.pipeline): the task stage's headline numbers."""
-    m = run_task_stage(ctx.cfg, ctx.model, ctx.run_dir)
-    keys = (
-        "prob_diff",
-        "cutoff_sharpness",
-        "corrupted_prob_diff",
-        "logit_diff",
-        "n_examples",
-        "template",
-    )
-    return {k: m[k] for k in keys}
