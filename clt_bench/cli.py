@@ -79,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # read-only or full results folder, unreadable input, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}.", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
         print(
             "interrupted; finished checkpoints are kept and the next run resumes.", file=sys.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,19 +24,35 @@ from clt_bench.errors import UserError
 SCHEMA_VERSION = 1
 
 
+def os_error_message(err: OSError, path: str | os.PathLike[str] | None = None) -> str:
+    """One sentence for a failed file operation (read-only folder, full disk, ...)."""
+    where = err.filename or path
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        reason += "; free some space and rerun (finished stages are kept)"
+    return f"cannot write {where}: {reason}."
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+
+    An ``OSError`` (read-only folder, full disk) becomes a one-sentence ``UserError``; ``path``
+    keeps its previous content and no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        raise UserError(os_error_message(err, path)) from err
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

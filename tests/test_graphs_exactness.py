@@ -12,9 +12,14 @@ from _graphs_helpers import KINDS, make_clt, tiny_loaded
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clt_bench.config import GraphsConfig
-from clt_bench.graphs import build_graph, build_replacement, run_frozen
+from clt_bench.graphs import build_replacement, run_frozen
 from clt_bench.graphs.targets import answer_targets
+from clt_bench.testing.attribution import (
+    check_capped_exactness,
+    check_completeness,
+    check_frozen_linearity,
+    check_single_source_exactness,
+)
 
 SETTINGS = settings(max_examples=4, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -58,18 +63,7 @@ def test_completeness_every_node(case):
     """value = Σ incoming edges + constant terms, for every target and every active feature."""
     loaded, clt = _setup(case)
     targets = answer_targets(loaded.tokenizer, 50257)[::17]
-    g = build_graph(loaded, clt, case["tokens"], targets, GraphsConfig(batch_size=5))
-    assert g.n_features == g.n_active
-    rows = g.adjacency.sum(1) + g.unexplained_in + g.constant_in
-    vals = g.node_values()
-    o = g.offsets()
-    torch.testing.assert_close(rows[: o["error"]], vals[: o["error"]], atol=1e-5, rtol=0)
-    torch.testing.assert_close(rows[o["target"]:], vals[o["target"]:], atol=1e-5, rtol=0)
-    for j in range(len(targets)):
-        assert abs(g.target_split(j)["residual"]) < 1e-5
-    # errors and tokens have no incoming edges
-    assert (g.adjacency[o["error"]:o["target"]] == 0).all()
-    assert all(0.0 <= v <= 1.0 for v in g.scores.values())
+    check_completeness(loaded, clt, case["tokens"], targets, batch_size=5)
 
 
 @SETTINGS
@@ -78,18 +72,7 @@ def test_capped_graph_stays_exact(case, cap):
     """With max_feature_nodes < active features, the left-out features' edges become
     unexplained mass: rows still add up exactly."""
     loaded, clt = _setup(case)
-    full = build_graph(loaded, clt, case["tokens"], "logits", GraphsConfig(batch_size=4))
-    g = build_graph(loaded, clt, case["tokens"], "logits",
-                    GraphsConfig(batch_size=2, max_feature_nodes=cap))
-    assert g.n_features == min(cap, full.n_active)
-    rows = g.adjacency.sum(1) + g.unexplained_in + g.constant_in
-    vals = g.node_values()
-    o = g.offsets()
-    torch.testing.assert_close(rows[: o["error"]], vals[: o["error"]], atol=1e-5, rtol=0)
-    torch.testing.assert_close(rows[o["target"]:], vals[o["target"]:], atol=1e-5, rtol=0)
-    assert all(0.0 <= v <= 1.0 for v in g.scores.values())
-    if g.n_features < full.n_active:
-        assert (g.unexplained_abs[o["target"]:] > 0).any()
+    check_capped_exactness(loaded, clt, case["tokens"], cap)
 
 
 @SETTINGS
@@ -98,36 +81,7 @@ def test_exactness_single_source_perturbation(case, delta):
     """Perturbing one source by δ in the frozen model moves every node by δ·w (= δ·A/a)."""
     loaded, clt = _setup(case)
     targets = answer_targets(loaded.tokenizer, 50257)[::25]
-    g = build_graph(loaded, clt, case["tokens"], targets, GraphsConfig(batch_size=7))
-    rm = build_replacement(loaded.bridge, clt, case["tokens"])
-    D = torch.stack([t.direction for t in targets])
-    o = g.offsets()
-    base = run_frozen(rm)
-    base_vals = torch.cat([torch.cat(base.pre), base.logits[0] @ D.T])
-    rows = torch.cat([torch.arange(o["error"]), torch.arange(o["target"], g.n_nodes)])
-    gen = torch.Generator().manual_seed(case["seed"])
-    sources = []
-    if g.n_features:
-        sources += torch.randint(0, g.n_features, (2,), generator=gen).tolist()
-    sources += [o["error"] + int(torch.randint(0, o["token"] - o["error"], (1,), generator=gen))]
-    sources += [o["token"] + int(torch.randint(0, g.n_pos, (1,), generator=gen))]
-    for s in sources:
-        d = g.describe(s)
-        if d["kind"] == "feature":
-            acts = rm.acts.clone()
-            acts[0, d["pos"], d["layer"], d["feature"]] += delta
-            run, per_unit = run_frozen(rm, acts=acts), g.activations[s]
-        elif d["kind"] == "error":
-            err = rm.errors.clone()
-            err[0, d["pos"], d["layer"]] *= 1 + delta
-            run, per_unit = run_frozen(rm, errors=err), 1.0
-        else:
-            emb = rm.embed.clone()
-            emb[0, d["pos"]] *= 1 + delta
-            run, per_unit = run_frozen(rm, embed=emb), 1.0
-        new_vals = torch.cat([torch.cat(run.pre), run.logits[0] @ D.T])
-        expected = g.adjacency[rows, s] * delta / per_unit  # δ·w with w = A / a
-        torch.testing.assert_close(new_vals - base_vals, expected, atol=1e-7, rtol=1e-6)
+    check_single_source_exactness(loaded, clt, case["tokens"], targets, delta, case["seed"])
 
 
 @SETTINGS
@@ -135,19 +89,32 @@ def test_exactness_single_source_perturbation(case, delta):
 def test_frozen_model_is_linear(case):
     """Gradients of the frozen model do not change when its inputs move."""
     loaded, clt = _setup(case)
-    rm = build_replacement(loaded.bridge, clt, case["tokens"])
-    gen = torch.Generator().manual_seed(case["seed"])
-    D = torch.randn(1, 50257, generator=gen, dtype=torch.float64)
-    grads = []
-    for shift in (0.0, 3.0):
-        emb = rm.embed + shift * torch.randn(rm.embed.shape, generator=gen, dtype=torch.float64)
-        err = rm.errors + shift * torch.randn(rm.errors.shape, generator=gen, dtype=torch.float64)
-        run = run_frozen(rm, embed=emb, errors=err, leaves=True)
-        out = (run.logits[0] @ D.T).sum() + sum(p.sum() for p in run.pre)
-        g = torch.autograd.grad(out, [run.embed_leaf, *run.mlp_leaves], allow_unused=True)
-        grads.append([torch.zeros(1) if x is None else x for x in g])
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+    check_frozen_linearity(loaded, clt, case["tokens"], case["seed"])
+
+
+def test_exactness_checks_can_fail():
+    """Control for the checks above: a graph whose edges are off, or a model that is not
+    frozen, fails them."""
+    loaded = tiny_loaded(2, 16, 0, torch.float64)
+    tokens = torch.tensor([50256, 464, 1175, 15436, 422])
+    clt = make_clt(loaded, tokens, "jumprelu")
+    targets = answer_targets(loaded.tokenizer, 50257)[::25]
+    from unittest import mock
+
+    import clt_bench.testing.attribution as A
+
+    real = A.build_graph
+
+    def off_by_some(*args, **kwargs):
+        g = real(*args, **kwargs)
+        g.adjacency[g.adjacency != 0] *= 1.01
+        return g
+
+    with mock.patch.object(A, "build_graph", off_by_some):
+        with pytest.raises(AssertionError, match="do not add up"):
+            check_completeness(loaded, clt, tokens, targets)
+        with pytest.raises(AssertionError, match="δ"):
+            check_single_source_exactness(loaded, clt, tokens, targets)
 
 
 def test_unfrozen_model_is_not_linear():

@@ -13,6 +13,8 @@ from clt_bench.clt.replacement import agreement_metrics, replacement_hooks
 from clt_bench.config import RunConfig
 from clt_bench.models import LoadedModel
 
+PER_PROMPT = "_per_prompt"  # key of the per-example tensors in task_metrics_with_clt's result
+
 
 @torch.no_grad()
 def reconstruction_metrics(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor,
@@ -71,20 +73,26 @@ def task_metrics_with_clt(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTr
                           ) -> dict[str, float]:
     """Greater-than PD of the original and of the replacement model on the task dataset."""
     from clt_bench.task.evaluate import end_logits, task_metrics
+    from clt_bench.task.metrics import answer_probs, prob_diff_per_example
     from clt_bench.task.stage import load_task_batch
 
     batch = load_task_batch(cfg, loaded)
     bs = min(cfg.task.batch_size, 64)
-    orig = task_metrics(end_logits(loaded.bridge, batch.clean, batch.end_pos, bs), batch)
-    rep = task_metrics(end_logits(loaded.bridge, batch.clean, batch.end_pos, bs,
-                                  fwd_hooks=replacement_hooks(clt)), batch)
+    logits_o = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs)
+    logits_r = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs,
+                          fwd_hooks=replacement_hooks(clt))
+    orig, rep = task_metrics(logits_o, batch), task_metrics(logits_r, batch)
     pd_o, pd_r = orig["prob_diff"], rep["prob_diff"]
+    per_prompt = {f"{name}_prob_diff": prob_diff_per_example(
+        answer_probs(logits, batch.answer_ids), batch.yy, batch.relation)
+        for name, logits in (("model", logits_o), ("replacement", logits_r))}
     return {
         "model_prob_diff": pd_o,
         "replacement_prob_diff": pd_r,
         "replacement_prob_diff_ratio": pd_r / pd_o if pd_o else float("nan"),
         "replacement_cutoff_sharpness": rep["cutoff_sharpness"],
         "task_examples": len(batch),
+        PER_PROMPT: per_prompt,  # [n] tensors; the stage saves them as safetensors
     }
 
 

@@ -13,12 +13,12 @@ import torch
 
 from clt_bench.activations.stage import load_heldout, run_activations_stage, training_source
 from clt_bench.clt import distributed as D
-from clt_bench.clt.evaluate import evaluate_clt
+from clt_bench.clt.evaluate import PER_PROMPT, evaluate_clt
 from clt_bench.clt.io import load_clt, save_clt
 from clt_bench.clt.train import plot_curves, train_clt
 from clt_bench.config import RunConfig, with_section
 from clt_bench.errors import UserError
-from clt_bench.io import config_hash, read_json, run_metadata, write_json
+from clt_bench.io import config_hash, read_json, run_metadata, save_tensors, write_json
 from clt_bench.models import LoadedModel, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
                    "activations": {k: manifest[k] for k in ("mode", "corpus", "train_tokens",
                                                             "heldout_tokens")},
                    "eval_seconds": round(time.perf_counter() - t0, 3)}
+        per_prompt = metrics.pop(PER_PROMPT, None)
+        if per_prompt:  # per-example PD (model, replacement) for bootstrap intervals
+            save_tensors(stage / "per_prompt.safetensors", per_prompt)
         log_path = stage / "train_log.jsonl"
         if log_path.is_file() and plot_curves(log_path, stage / "training_curves.png"):
             metrics["training_curves"] = "training_curves.png"

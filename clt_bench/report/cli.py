@@ -34,6 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--k", type=float, default=3.0, help="tolerance = k x seed std (default 3)")
     r.set_defaults(func=make_ref)
 
+    cr = sub.add_parser(
+        "compare-runs",
+        help="any finished runs side by side (bootstrap intervals for means over prompts)",
+    )
+    cr.add_argument("run_dirs", nargs="+", help="finished runs (results/<run>)")
+    cr.add_argument("--out", default=None, help="also write the table to a .md or .html file")
+    cr.add_argument("--metrics", default=None, help="comma-separated metrics (default: all)")
+    cr.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    cr.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    cr.set_defaults(func=compare_runs_cmd)
+
 
 def run(args: argparse.Namespace) -> int:
     from clt_bench.cli import config_from_args, out_dir
@@ -67,4 +78,18 @@ def make_ref(args: argparse.Namespace) -> int:
 
     ref = make_reference(args.run_dirs, args.out, k=args.k)
     print(f"wrote {args.out} ({len(ref['metrics'])} metrics from {len(args.run_dirs)} runs)")
+    return 0
+
+
+def compare_runs_cmd(args: argparse.Namespace) -> int:
+    from clt_bench.errors import UserError
+    from clt_bench.report.compare_runs import compare_runs, format_markdown, write_report
+
+    if args.n_boot < 100:
+        raise UserError("--n-boot must be at least 100.")
+    wanted = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    cmp = compare_runs(args.run_dirs, n_boot=args.n_boot, seed=args.seed, metrics=wanted)
+    print(format_markdown(cmp), end="")
+    if args.out:
+        print(f"report: {write_report(cmp, args.out)}")
     return 0

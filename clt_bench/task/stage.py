@@ -10,12 +10,18 @@ from typing import Any
 import torch
 
 from clt_bench.config import RunConfig
-from clt_bench.io import run_metadata, write_json
+from clt_bench.io import run_metadata, save_tensors, write_json
 from clt_bench.models import LoadedModel
 from clt_bench.plots import yy_zz_heatmap
 from clt_bench.task.dataset import TaskBatch, build_dataset
 from clt_bench.task.evaluate import end_logits, task_metrics
-from clt_bench.task.metrics import answer_probs, yy_heatmap
+from clt_bench.task.metrics import (
+    answer_probs,
+    cutoff_sharpness_per_example,
+    logit_diff_per_example,
+    prob_diff_per_example,
+    yy_heatmap,
+)
 from clt_bench.task.spec import load_task
 
 log = logging.getLogger(__name__)
@@ -70,8 +76,27 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
         **run_metadata(seeds={"dataset": batch.seed}),
     }
     write_json(stage_dir / "metrics.json", metrics)
+    save_per_prompt(stage_dir / "per_prompt.safetensors", clean, corrupt, batch)
     log.info("task stage wrote %s", stage_dir)
     return metrics
+
+
+def save_per_prompt(path: Path, clean: torch.Tensor, corrupt: torch.Tensor, batch: TaskBatch
+                    ) -> Path:
+    """Per-example values [n] whose means are the headline metrics (for bootstrap intervals).
+
+    ``clean`` / ``corrupt``: [n, 101] compact END logits (the 100 answers, then the rest).
+    """
+    compact = torch.arange(len(batch.answer_ids))
+    p, pc = answer_probs(clean, compact), answer_probs(corrupt, compact)
+    yy, rel = batch.yy, batch.relation
+    return save_tensors(path, {
+        "prob_diff": prob_diff_per_example(p, yy, rel),
+        "cutoff_sharpness": cutoff_sharpness_per_example(p, yy, rel),
+        "corrupted_prob_diff": prob_diff_per_example(pc, yy, rel),
+        "logit_diff": logit_diff_per_example(clean[:, compact].double(), yy, rel),
+        "yy": yy,
+    })
 
 
 def format_task_table(m: dict[str, Any]) -> str:

@@ -1,0 +1,263 @@
+"""``clt-bench compare-runs``: any finished runs side by side, with bootstrap intervals.
+
+Each run contributes its flat headline (``metrics.json``'s ``headline``, or, for a run without
+the report stage, the summaries in ``<stage>/stage.json``). A metric that is a mean over task
+prompts gets a percentile bootstrap 95 % interval over prompts (seeded) from the per-prompt values
+its stage stores (``task/per_prompt.safetensors``, ``clt/per_prompt.safetensors``); when two runs
+scored the same prompts (same model and task config) the difference to the first run gets a
+paired bootstrap interval. Every other metric (NMSE, L0, graph scores, counts) is shown without
+an interval: its uncertainty is a spread over transcoder seeds, which one run cannot give.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clt_bench.errors import UserError
+from clt_bench.io import read_json, write_text
+from clt_bench.report.headline import HEADLINE_ORDER, headline_metrics
+
+# headline metric -> (per-prompt file inside the run, tensor name); the mean of that tensor is the
+# headline value
+PER_PROMPT: dict[str, tuple[str, str]] = {
+    "task.prob_diff": ("task/per_prompt.safetensors", "prob_diff"),
+    "task.cutoff_sharpness": ("task/per_prompt.safetensors", "cutoff_sharpness"),
+    "task.corrupted_prob_diff": ("task/per_prompt.safetensors", "corrupted_prob_diff"),
+    "task.logit_diff": ("task/per_prompt.safetensors", "logit_diff"),
+    "clt.replacement_prob_diff": ("clt/per_prompt.safetensors", "replacement_prob_diff"),
+}
+# config sections that fix which prompts a per-prompt file holds (paired comparison needs equal)
+PROMPT_SECTIONS = ("model", "task")
+# run-description keys that are not measurements
+SKIP_SUFFIXES = ("seconds", "tokens_per_second")
+
+
+@dataclass
+class RunMetrics:
+    name: str
+    path: Path
+    headline: dict[str, float]
+    per_prompt: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    prompt_key: Any = None  # the config sections that fix the prompts (None: unknown)
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+                 ) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` [n] (resampling prompts)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[idx].mean(axis=1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def _stage_summaries(run: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for marker in sorted(run.glob("*/stage.json")):
+        data = read_json(marker)
+        if isinstance(data, dict) and isinstance(data.get("summary"), dict):
+            out[marker.parent.name] = data["summary"]
+    return out
+
+
+def load_run(path: str | Path) -> RunMetrics:
+    """A finished run's headline and the per-prompt values behind its means."""
+    from clt_bench.io import load_tensors
+
+    run = Path(path)
+    if run.is_file() and run.name == "metrics.json":
+        run = run.parent
+    if not run.is_dir():
+        raise UserError(f"{run} is not a run directory.")
+    metrics = run / "metrics.json"
+    if metrics.is_file():
+        head = read_json(metrics).get("headline")
+        if not isinstance(head, dict):
+            raise UserError(f"{metrics} has no headline table; is the run finished?")
+    else:
+        head = headline_metrics(_stage_summaries(run))
+    headline = {k: float(v) for k, v in head.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+                and not k.endswith(SKIP_SUFFIXES)}
+    if not headline:
+        raise UserError(f"{run} holds no finished stage (no metrics.json or */stage.json).")
+    out = RunMetrics(name=run.name, path=run, headline=headline)
+    cfg_path = run / "config.json"
+    if cfg_path.is_file():
+        cfg = read_json(cfg_path)
+        out.prompt_key = [cfg.get(s) for s in PROMPT_SECTIONS]
+    for metric, (rel, key) in PER_PROMPT.items():
+        f = run / rel
+        if metric not in headline or not f.is_file():
+            continue
+        tensors = load_tensors(f)
+        if key not in tensors:
+            continue
+        vals = tensors[key].double().numpy()
+        # honest intervals only: the stored values must be the ones behind the headline mean
+        if len(vals) == 0 or not math.isclose(float(vals.mean()), headline[metric],
+                                              rel_tol=1e-6, abs_tol=1e-9):
+            out.notes.append(f"{metric}: per-prompt values in {rel} do not average to the "
+                             f"headline value (stale file?); no interval")
+            continue
+        out.per_prompt[metric] = vals
+    return out
+
+
+def _fmt(v: float) -> str:
+    if math.isnan(v):
+        return "nan"
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    value: float | None
+    ci: tuple[float, float] | None = None
+
+    def text(self) -> str:
+        if self.value is None:
+            return "–"
+        s = _fmt(self.value)
+        return f"{s} [{_fmt(self.ci[0])}, {_fmt(self.ci[1])}]" if self.ci else s
+
+
+@dataclass
+class Comparison:
+    runs: list[RunMetrics]
+    metrics: list[str]
+    cells: dict[str, list[Cell]]  # metric -> one cell per run
+    deltas: dict[str, list[Cell | None]]  # metric -> per run after the first: paired B - A
+    n_boot: int
+    seed: int
+
+    @property
+    def with_intervals(self) -> list[str]:
+        return [m for m in self.metrics if any(c.ci for c in self.cells[m])]
+
+
+def compare_runs(paths: list[str | Path], n_boot: int = 2000, seed: int = 0,
+                 metrics: list[str] | None = None) -> Comparison:
+    """Headline metrics of ``paths`` side by side (see the module docstring)."""
+    if not paths:
+        raise UserError("compare-runs needs at least one run directory.")
+    runs = [load_run(p) for p in paths]
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):  # same folder name in different places: use the paths
+        for r in runs:
+            r.name = str(r.path)
+    union = set().union(*(r.headline for r in runs))
+    if metrics:
+        unknown = [m for m in metrics if m not in union]
+        if unknown:
+            raise UserError(f"no run has the metric '{unknown[0]}'.")
+        order = list(metrics)
+    else:
+        order = [m for m in HEADLINE_ORDER if m in union] + sorted(union - set(HEADLINE_ORDER))
+    cells: dict[str, list[Cell]] = {}
+    deltas: dict[str, list[Cell | None]] = {}
+    for m in order:
+        row = []
+        for r in runs:
+            v = r.headline.get(m)
+            ci = bootstrap_ci(r.per_prompt[m], n_boot, seed) if m in r.per_prompt else None
+            row.append(Cell(v, ci))
+        cells[m] = row
+        base = runs[0]
+        drow: list[Cell | None] = []
+        for r in runs[1:]:
+            a, b = base.per_prompt.get(m), r.per_prompt.get(m)
+            paired = (a is not None and b is not None and len(a) == len(b)
+                      and base.prompt_key is not None and base.prompt_key == r.prompt_key)
+            if paired:
+                d = b - a
+                drow.append(Cell(float(d.mean()), bootstrap_ci(d, n_boot, seed)))
+            else:
+                drow.append(None)
+        deltas[m] = drow
+    return Comparison(runs, order, cells, deltas, n_boot, seed)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
+    header = ["metric", *[r.name for r in cmp.runs]]
+    rows = [[m, *[c.text() for c in cmp.cells[m]]] for m in cmp.metrics]
+    return header, rows
+
+
+def _delta_rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
+    header = ["metric", *[f"{r.name} − {cmp.runs[0].name}" for r in cmp.runs[1:]]]
+    rows = []
+    for m in cmp.metrics:
+        if any(d is not None for d in cmp.deltas[m]):
+            rows.append([m, *[d.text() if d else "– (prompts differ)" for d in cmp.deltas[m]]])
+    return header, rows
+
+
+def _notes(cmp: Comparison) -> list[str]:
+    ci = cmp.with_intervals
+    notes = [
+        f"[lo, hi]: percentile bootstrap 95 % interval over prompts ({cmp.n_boot} resamples, "
+        f"seed {cmp.seed}); only for metrics that are a mean over task prompts with stored "
+        f"per-prompt values: {', '.join(ci) if ci else 'none in these runs'}.",
+        "All other metrics (reconstruction, sparsity, graph scores, counts) are single values: "
+        "their uncertainty is the spread over transcoder seeds, which needs several runs.",
+    ]
+    for r in cmp.runs:
+        notes += [f"{r.name}: {n}" for n in r.notes]
+    return notes
+
+
+def format_markdown(cmp: Comparison) -> str:
+    header, rows = _rows(cmp)
+    parts = ["# clt-bench: runs compared", "",
+             "runs: " + ", ".join(f"`{r.name}` ({r.path})" for r in cmp.runs), "",
+             _md_table(header, rows)]
+    dh, drows = _delta_rows(cmp)
+    if drows:
+        parts += ["", "## Paired differences (same prompts; bootstrap over prompts)", "",
+                  _md_table(dh, drows)]
+    parts += ["", *[f"- {n}" for n in _notes(cmp)]]
+    return "\n".join(parts) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def format_html(cmp: Comparison) -> str:
+    header, rows = _rows(cmp)
+    dh, drows = _delta_rows(cmp)
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style>"
+             "<title>clt-bench: runs compared</title></head><body>",
+             "<h1>clt-bench: runs compared</h1>", _html_table(header, rows)]
+    if drows:
+        parts += ["<h2>Paired differences (same prompts; bootstrap over prompts)</h2>",
+                  _html_table(dh, drows)]
+    parts += ["<ul>", *[f"<li>{html.escape(n)}</li>" for n in _notes(cmp)], "</ul></body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(cmp: Comparison, out: str | Path) -> Path:
+    """``out`` ending in .html gets the HTML page, anything else the markdown."""
+    out = Path(out)
+    text = format_html(cmp) if out.suffix.lower() in (".html", ".htm") else format_markdown(cmp)
+    return write_text(out, text)
