@@ -169,8 +169,11 @@ def load_clt(path: str | Path) -> CrossLayerTranscoder:
         raise UserError(f"{path} is not a CLT directory (no config.yaml).")
     try:
         cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserError(f"{cfg_path} is not valid YAML.") from err
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_path} must be a mapping of keys (model_kind, ...), "
+                        f"not a {type(cfg).__name__}.")
     kind = cfg.get("model_kind", "cross_layer_transcoder")
     if kind == "cross_layer_transcoder":
         clt = _load_clt_dir(path, cfg)
@@ -179,4 +182,30 @@ def load_clt(path: str | Path) -> CrossLayerTranscoder:
     else:
         raise UserError(f"{cfg_path}: unknown model_kind '{kind}' "
                         f"(known: cross_layer_transcoder, transcoder_set).")
+    _validate(clt, cfg, path)
     return clt.requires_grad_(False)
+
+
+def _validate(clt: CrossLayerTranscoder, cfg: dict[str, Any], path: Path) -> None:
+    """The sizes config.yaml states match the tensors; every weight is finite."""
+    spec = clt.spec
+    for key, got in (("n_layers", spec.n_layers), ("d_model", spec.d_model),
+                     ("d_transcoder", spec.n_features)):
+        want = cfg.get(key)
+        if want is not None and want != got:
+            raise UserError(f"{path / 'config.yaml'} states {key} = {want} but the weight files "
+                            f"hold {got}.")
+    for name, p in clt.named_parameters():
+        if name == "log_threshold" and spec.activation != "jumprelu":
+            continue
+        bad = ~torch.isfinite(p)
+        if bad.any():
+            raise UserError(f"the CLT at {path} has {int(bad.sum())} NaN/Inf values in "
+                            f"'{name}'.")
+
+
+def check_fits(clt: CrossLayerTranscoder, n_layers: int, d_model: int, where: str | Path) -> None:
+    """A CLT for a different model shape is bad input, not a shape error deep in a stage."""
+    if (clt.n_layers, clt.spec.d_model) != (n_layers, d_model):
+        raise UserError(f"the CLT at {where} has {clt.n_layers} layers x d_model "
+                        f"{clt.spec.d_model}; the model has {n_layers} x {d_model}.")

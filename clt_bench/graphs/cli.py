@@ -49,12 +49,14 @@ def load_clt_arg(spec: str, loaded, prompt_tokens, seed: int = 0):
         x = torch.stack([cache[n][0] for n in names], 1)
         return random_clt(L, loaded.d_model, n_feat, seed=seed, calibrate_on=x, rate=0.05,
                           dtype=x.dtype)
-    from clt_bench.clt.io import load_clt
+    from clt_bench.clt.io import check_fits, load_clt
 
     if not Path(spec).exists():
         raise UserError(f"the CLT directory {spec} does not exist (train one with "
                         f"`clt-bench train-clt`, or use --clt random:1024).")
-    return load_clt(spec)
+    clt = load_clt(spec)
+    check_fits(clt, loaded.n_layers, loaded.d_model, spec)
+    return clt
 
 
 def run(args: argparse.Namespace) -> int:
