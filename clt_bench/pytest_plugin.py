@@ -21,29 +21,57 @@ NAME = "clt_bench.pytest_plugin"
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("clt-bench", "clt-bench transcoder conformance")
     g.addoption("--clt-bench", action="store_true", help="enable the clt-bench fixtures")
-    g.addoption("--clt-bench-transcoder", metavar="PATH", default=None,
-                help="run the clt-bench conformance suite on this transcoder (circuit-tracer "
-                     "layout: config.yaml, W_enc_i / W_dec_i .safetensors)")
-    g.addoption("--clt-bench-model", default="toy",
-                help="model the transcoder belongs to (toy | gpt2 | hf:<name>; default toy)")
-    g.addoption("--clt-bench-reference", metavar="PATH", default=None,
-                help="reference CLT (folder or run folder) for clt_bench_reference_clt, "
-                     "instead of training a small one for the session")
-    g.addoption("--clt-bench-max-nmse", type=float, default=0.3,
-                help="reconstruction bar: held-out NMSE at most this (default 0.3)")
-    g.addoption("--clt-bench-min-pd-ratio", type=float, default=0.75,
-                help="replacement bar: replacement PD / model PD at least this (default 0.75)")
-    g.addoption("--clt-bench-min-recovery", type=float, default=0.4,
-                help="circuit-recovery bar: share of PD the top features recover on their own "
-                     "(default 0.4)")
-    g.addoption("--clt-bench-top-k", type=int, default=32,
-                help="circuit recovery: how many top features (default 32)")
+    g.addoption(
+        "--clt-bench-transcoder",
+        metavar="PATH",
+        default=None,
+        help="run the clt-bench conformance suite on this transcoder (circuit-tracer "
+        "layout: config.yaml, W_enc_i / W_dec_i .safetensors)",
+    )
+    g.addoption(
+        "--clt-bench-model",
+        default="toy",
+        help="model the transcoder belongs to (toy | gpt2 | hf:<name>; default toy)",
+    )
+    g.addoption(
+        "--clt-bench-reference",
+        metavar="PATH",
+        default=None,
+        help="reference CLT (folder or run folder) for clt_bench_reference_clt, "
+        "instead of training a small one for the session",
+    )
+    g.addoption(
+        "--clt-bench-max-nmse",
+        type=float,
+        default=0.3,
+        help="reconstruction bar: held-out NMSE at most this (default 0.3)",
+    )
+    g.addoption(
+        "--clt-bench-min-pd-ratio",
+        type=float,
+        default=0.75,
+        help="replacement bar: replacement PD / model PD at least this (default 0.75)",
+    )
+    g.addoption(
+        "--clt-bench-min-recovery",
+        type=float,
+        default=0.4,
+        help="circuit-recovery bar: share of PD the top features recover on their own "
+        "(default 0.4)",
+    )
+    g.addoption(
+        "--clt-bench-top-k",
+        type=int,
+        default=32,
+        help="circuit recovery: how many top features (default 32)",
+    )
 
 
 def _asked_for(config: pytest.Config) -> bool:
     explicit = NAME in (getattr(config.option, "plugins", None) or [])
-    return bool(config.getoption("clt_bench") or config.getoption("clt_bench_transcoder")
-                or explicit)
+    return bool(
+        config.getoption("clt_bench") or config.getoption("clt_bench_transcoder") or explicit
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -38,9 +38,19 @@ def _one_sentence(capsys, *needles: str) -> str:
 
 
 def _attribute(clt: Path, tmp_path: Path) -> int:
-    return main(["attribute", "--model", "toy", "--clt", str(clt), "--prompt",
-                 "The war lasted from the year 1732 to the year 17", "--out",
-                 str(tmp_path / "g.json")])
+    return main(
+        [
+            "attribute",
+            "--model",
+            "toy",
+            "--clt",
+            str(clt),
+            "--prompt",
+            "The war lasted from the year 1732 to the year 17",
+            "--out",
+            str(tmp_path / "g.json"),
+        ]
+    )
 
 
 def test_config_yaml_that_is_a_list(tmp_path, capsys):
@@ -107,13 +117,13 @@ def test_unwritable_results_folder(tmp_path, capsys):
     """A results path under a file (as under a read-only or missing mount): one sentence."""
     blocker = tmp_path / "results"
     blocker.write_text("not a folder")
-    assert main(["task", "--model", "toy", "--set", "task.n=8", "--out",
-                 str(blocker / "run")]) == 2
+    assert main(["task", "--model", "toy", "--set", "task.n=8", "--out", str(blocker / "run")]) == 2
     _one_sentence(capsys, "results")
 
 
-@pytest.mark.parametrize("code,words", [(errno.EACCES, "Permission denied"),
-                                        (errno.ENOSPC, "No space left on device")])
+@pytest.mark.parametrize(
+    "code,words", [(errno.EACCES, "Permission denied"), (errno.ENOSPC, "No space left on device")]
+)
 def test_read_only_or_full_disk_keeps_the_old_file(tmp_path, monkeypatch, code, words):
     """An OSError while writing: UserError with the reason, the old file intact, no temp left."""
     path = tmp_path / "metrics.json"

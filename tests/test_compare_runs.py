@@ -13,8 +13,14 @@ from clt_bench.io import save_tensors, write_json
 from clt_bench.report.compare_runs import bootstrap_ci, compare_runs
 
 
-def _run(root: Path, name: str, pd: np.ndarray, nmse: float, report: bool = True,
-         task_cfg: dict | None = None) -> Path:
+def _run(
+    root: Path,
+    name: str,
+    pd: np.ndarray,
+    nmse: float,
+    report: bool = True,
+    task_cfg: dict | None = None,
+) -> Path:
     d = root / name
     head = {"task.prob_diff": float(pd.mean()), "clt.nmse": nmse, "clt.train_seconds": 3.0}
     if report:

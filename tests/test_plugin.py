@@ -15,16 +15,29 @@ from clt_bench.clt.io import load_clt, save_clt
 
 # pytester's in-process runs drop modules first imported inside them; `datasets` cannot be
 # imported twice in one process (pyarrow extension types), so import what the suite uses here
-for _name in ("datasets", "clt_bench.activations.stage", "clt_bench.testing.conformance",
-              "clt_bench.testing.fixtures", "clt_bench.testing.reference", "clt_bench.models",
-              "clt_bench.pipeline", "clt_bench.features.attribution", "clt_bench.compare.curve"):
+for _name in (
+    "datasets",
+    "clt_bench.activations.stage",
+    "clt_bench.testing.conformance",
+    "clt_bench.testing.fixtures",
+    "clt_bench.testing.reference",
+    "clt_bench.models",
+    "clt_bench.pipeline",
+    "clt_bench.features.attribution",
+    "clt_bench.compare.curve",
+):
     importlib.import_module(_name)
 
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
-EXACTNESS = ["test_loads", "test_completeness", "test_capped_exactness",
-             "test_single_source_exactness", "test_frozen_linearity"]
+EXACTNESS = [
+    "test_loads",
+    "test_completeness",
+    "test_capped_exactness",
+    "test_single_source_exactness",
+    "test_frozen_linearity",
+]
 QUALITY = ["test_reconstruction", "test_replacement", "test_circuit_recovery"]
 
 
@@ -36,12 +49,14 @@ def test_entry_point_declared():
 def test_off_unless_asked_for(pytester):
     """Loaded as an installed entry point is (plugins=[...]): options only, no fixtures, no
     suite; --clt-bench turns the fixtures on."""
-    pytester.makepyfile(test_mine="""
+    pytester.makepyfile(
+        test_mine="""
         def test_uses_bars(clt_bench_bars):
             assert clt_bench_bars["max_nmse"] == 0.3
         def test_plain():
             assert True
-    """)
+    """
+    )
     off = pytester.runpytest(plugins=[plugin])
     off.assert_outcomes(passed=1, errors=1)
     off.stdout.fnmatch_lines(["*fixture 'clt_bench_bars' not found*"])
@@ -99,12 +114,15 @@ def test_conformance_shuffled_decoder_fails_the_quality_tests(pytester, trained)
 @pytest.mark.slow
 def test_reference_fixture_loads_a_run_dir(pytester, trained):
     good, _ = trained
-    pytester.makepyfile(test_ref="""
+    pytester.makepyfile(
+        test_ref="""
         from clt_bench import testing as T
         def test_ref(clt_bench_reference_clt, clt_bench_model, clt_bench_task_batch):
             T.assert_fits_model(clt_bench_reference_clt, clt_bench_model)
             T.assert_replacement(clt_bench_model, clt_bench_reference_clt, clt_bench_task_batch)
-    """)
-    res = pytester.runpytest("--clt-bench", "--clt-bench-reference", str(good.parent),
-                             plugins=[plugin])
+    """
+    )
+    res = pytester.runpytest(
+        "--clt-bench", "--clt-bench-reference", str(good.parent), plugins=[plugin]
+    )
     res.assert_outcomes(passed=1)

@@ -48,8 +48,9 @@ class RunMetrics:
     prompt_key: Any = None  # the config sections that fix the prompts (None: unknown)
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-                 ) -> tuple[float, float]:
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` [n] (resampling prompts)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(values), size=(n_boot, len(values)))
@@ -83,9 +84,11 @@ def load_run(path: str | Path) -> RunMetrics:
             raise UserError(f"{metrics} has no headline table; is the run finished?")
     else:
         head = headline_metrics(_stage_summaries(run))
-    headline = {k: float(v) for k, v in head.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-                and not k.endswith(SKIP_SUFFIXES)}
+    headline = {
+        k: float(v)
+        for k, v in head.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and not k.endswith(SKIP_SUFFIXES)
+    }
     if not headline:
         raise UserError(f"{run} holds no finished stage (no metrics.json or */stage.json).")
     out = RunMetrics(name=run.name, path=run, headline=headline)
@@ -102,10 +105,13 @@ def load_run(path: str | Path) -> RunMetrics:
             continue
         vals = tensors[key].double().numpy()
         # honest intervals only: the stored values must be the ones behind the headline mean
-        if len(vals) == 0 or not math.isclose(float(vals.mean()), headline[metric],
-                                              rel_tol=1e-6, abs_tol=1e-9):
-            out.notes.append(f"{metric}: per-prompt values in {rel} do not average to the "
-                             f"headline value (stale file?); no interval")
+        if len(vals) == 0 or not math.isclose(
+            float(vals.mean()), headline[metric], rel_tol=1e-6, abs_tol=1e-9
+        ):
+            out.notes.append(
+                f"{metric}: per-prompt values in {rel} do not average to the "
+                f"headline value (stale file?); no interval"
+            )
             continue
         out.per_prompt[metric] = vals
     return out
@@ -143,8 +149,9 @@ class Comparison:
         return [m for m in self.metrics if any(c.ci for c in self.cells[m])]
 
 
-def compare_runs(paths: list[str | Path], n_boot: int = 2000, seed: int = 0,
-                 metrics: list[str] | None = None) -> Comparison:
+def compare_runs(
+    paths: list[str | Path], n_boot: int = 2000, seed: int = 0, metrics: list[str] | None = None
+) -> Comparison:
     """Headline metrics of ``paths`` side by side (see the module docstring)."""
     if not paths:
         raise UserError("compare-runs needs at least one run directory.")
@@ -174,8 +181,13 @@ def compare_runs(paths: list[str | Path], n_boot: int = 2000, seed: int = 0,
         drow: list[Cell | None] = []
         for r in runs[1:]:
             a, b = base.per_prompt.get(m), r.per_prompt.get(m)
-            paired = (a is not None and b is not None and len(a) == len(b)
-                      and base.prompt_key is not None and base.prompt_key == r.prompt_key)
+            paired = (
+                a is not None
+                and b is not None
+                and len(a) == len(b)
+                and base.prompt_key is not None
+                and base.prompt_key == r.prompt_key
+            )
             if paired:
                 d = b - a
                 drow.append(Cell(float(d.mean()), bootstrap_ci(d, n_boot, seed)))
@@ -222,36 +234,52 @@ def _notes(cmp: Comparison) -> list[str]:
 
 def format_markdown(cmp: Comparison) -> str:
     header, rows = _rows(cmp)
-    parts = ["# clt-bench: runs compared", "",
-             "runs: " + ", ".join(f"`{r.name}` ({r.path})" for r in cmp.runs), "",
-             _md_table(header, rows)]
+    parts = [
+        "# clt-bench: runs compared",
+        "",
+        "runs: " + ", ".join(f"`{r.name}` ({r.path})" for r in cmp.runs),
+        "",
+        _md_table(header, rows),
+    ]
     dh, drows = _delta_rows(cmp)
     if drows:
-        parts += ["", "## Paired differences (same prompts; bootstrap over prompts)", "",
-                  _md_table(dh, drows)]
+        parts += [
+            "",
+            "## Paired differences (same prompts; bootstrap over prompts)",
+            "",
+            _md_table(dh, drows),
+        ]
     parts += ["", *[f"- {n}" for n in _notes(cmp)]]
     return "\n".join(parts) + "\n"
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def format_html(cmp: Comparison) -> str:
     header, rows = _rows(cmp)
     dh, drows = _delta_rows(cmp)
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style>"
-             "<title>clt-bench: runs compared</title></head><body>",
-             "<h1>clt-bench: runs compared</h1>", _html_table(header, rows)]
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}"
+    )
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style>"
+        "<title>clt-bench: runs compared</title></head><body>",
+        "<h1>clt-bench: runs compared</h1>",
+        _html_table(header, rows),
+    ]
     if drows:
-        parts += ["<h2>Paired differences (same prompts; bootstrap over prompts)</h2>",
-                  _html_table(dh, drows)]
+        parts += [
+            "<h2>Paired differences (same prompts; bootstrap over prompts)</h2>",
+            _html_table(dh, drows),
+        ]
     parts += ["<ul>", *[f"<li>{html.escape(n)}</li>" for n in _notes(cmp)], "</ul></body></html>"]
     return "\n".join(parts) + "\n"
 

@@ -46,7 +46,8 @@ def assert_fits_model(clt: CrossLayerTranscoder, loaded: LoadedModel) -> None:
     shape = (clt.n_layers, clt.spec.d_model)
     assert shape == (loaded.n_layers, loaded.d_model), (
         f"the transcoder has {shape[0]} layers x d_model {shape[1]}; the model has "
-        f"{loaded.n_layers} x {loaded.d_model}")
+        f"{loaded.n_layers} x {loaded.d_model}"
+    )
     bad = [n for n, p in clt.named_parameters() if not torch.isfinite(p).all()]
     assert not bad, f"non-finite values in {', '.join(bad)}"
 

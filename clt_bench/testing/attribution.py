@@ -30,54 +30,76 @@ def _rows_match_values(g: Graph, atol: float, what: str) -> None:
     vals = g.node_values()
     o = g.offsets()
     for name, sl in (("feature", slice(0, o["error"])), ("target", slice(o["target"], None))):
-        torch.testing.assert_close(rows[sl], vals[sl], atol=atol, rtol=0,
-                                   msg=lambda m, n=name: f"{what}: {n} node rows do not add up "
-                                                         f"to their values. {m}")
+        torch.testing.assert_close(
+            rows[sl],
+            vals[sl],
+            atol=atol,
+            rtol=0,
+            msg=lambda m, n=name: f"{what}: {n} node rows do not add up to their values. {m}",
+        )
 
 
-def check_completeness(loaded: LoadedModel, clt: CrossLayerTranscoder, tokens: torch.Tensor,
-                       targets: Sequence[Target] | str, batch_size: int = 8,
-                       atol: float = 1e-5) -> Graph:
+def check_completeness(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    tokens: torch.Tensor,
+    targets: Sequence[Target] | str,
+    batch_size: int = 8,
+    atol: float = 1e-5,
+) -> Graph:
     """Every node's value equals the sum of its incoming edges plus its constant terms; every
     target splits exactly into edges, constants and residual ~ 0; error and token nodes have no
     incoming edges; graph scores lie in [0, 1]. Returns the graph."""
     g = build_graph(loaded, clt, tokens, targets, GraphsConfig(batch_size=batch_size))
     assert g.n_features == g.n_active, (
-        f"{g.n_features} feature nodes for {g.n_active} active features (none should be capped)")
+        f"{g.n_features} feature nodes for {g.n_active} active features (none should be capped)"
+    )
     _rows_match_values(g, atol, "completeness")
     for j in range(len(g.targets)):
         r = g.target_split(j)["residual"]
         assert abs(r) < atol, f"target {j} has an unexplained residual of {r:.3g}"
     o = g.offsets()
-    assert (g.adjacency[o["error"]:o["target"]] == 0).all(), "error/token nodes have in-edges"
+    assert (g.adjacency[o["error"] : o["target"]] == 0).all(), "error/token nodes have in-edges"
     bad = {k: v for k, v in g.scores.items() if not 0.0 <= v <= 1.0}
     assert not bad, f"graph scores outside [0, 1]: {bad}"
     return g
 
 
-def check_capped_exactness(loaded: LoadedModel, clt: CrossLayerTranscoder, tokens: torch.Tensor,
-                           cap: int, targets: Sequence[Target] | str = "logits",
-                           atol: float = 1e-5) -> Graph:
+def check_capped_exactness(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    tokens: torch.Tensor,
+    cap: int,
+    targets: Sequence[Target] | str = "logits",
+    atol: float = 1e-5,
+) -> Graph:
     """With ``max_feature_nodes=cap`` below the active count, the left-out features' edges
     become unexplained mass and every row still adds up exactly."""
     full = build_graph(loaded, clt, tokens, targets, GraphsConfig(batch_size=4))
-    g = build_graph(loaded, clt, tokens, targets,
-                    GraphsConfig(batch_size=2, max_feature_nodes=cap))
+    g = build_graph(loaded, clt, tokens, targets, GraphsConfig(batch_size=2, max_feature_nodes=cap))
     assert g.n_features == min(cap, full.n_active), (
-        f"{g.n_features} feature nodes with a cap of {cap} and {full.n_active} active features")
+        f"{g.n_features} feature nodes with a cap of {cap} and {full.n_active} active features"
+    )
     _rows_match_values(g, atol, f"capped at {cap} features")
     bad = {k: v for k, v in g.scores.items() if not 0.0 <= v <= 1.0}
     assert not bad, f"graph scores outside [0, 1]: {bad}"
     if g.n_features < full.n_active:
         o = g.offsets()
-        assert (g.unexplained_abs[o["target"]:] > 0).any(), "capped features left no mass"
+        assert (g.unexplained_abs[o["target"] :] > 0).any(), "capped features left no mass"
     return g
 
 
-def check_single_source_exactness(loaded: LoadedModel, clt: CrossLayerTranscoder,
-                                  tokens: torch.Tensor, targets: Sequence[Target],
-                                  delta: float = 0.5, seed: int = 0, n_features: int = 2,
-                                  atol: float = 1e-7, rtol: float = 1e-6) -> Graph:
+def check_single_source_exactness(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    tokens: torch.Tensor,
+    targets: Sequence[Target],
+    delta: float = 0.5,
+    seed: int = 0,
+    n_features: int = 2,
+    atol: float = 1e-7,
+    rtol: float = 1e-6,
+) -> Graph:
     """Perturbing one source node by δ in the frozen replacement model moves every feature and
     target node by δ·w, w = edge / source activation. Sources: ``n_features`` random active
     features, one error node and one token node (seeded)."""
@@ -110,15 +132,25 @@ def check_single_source_exactness(loaded: LoadedModel, clt: CrossLayerTranscoder
             run, per_unit = run_frozen(rm, embed=emb), 1.0
         new_vals = torch.cat([torch.cat(run.pre), run.logits[0] @ D.T])
         expected = g.adjacency[rows, s] * delta / per_unit  # δ·w with w = A / a
-        torch.testing.assert_close(new_vals - base_vals, expected, atol=atol, rtol=rtol,
-                                   msg=lambda m, d=d: f"perturbing {d} does not move the nodes "
-                                                      f"by δ·(edge weight). {m}")
+        torch.testing.assert_close(
+            new_vals - base_vals,
+            expected,
+            atol=atol,
+            rtol=rtol,
+            msg=lambda m, d=d: f"perturbing {d} does not move the nodes by δ·(edge weight). {m}",
+        )
     return g
 
 
-def check_frozen_linearity(loaded: LoadedModel, clt: CrossLayerTranscoder, tokens: torch.Tensor,
-                           seed: int = 0, shift: float = 3.0, atol: float = 1e-9,
-                           rtol: float = 1e-9) -> None:
+def check_frozen_linearity(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    tokens: torch.Tensor,
+    seed: int = 0,
+    shift: float = 3.0,
+    atol: float = 1e-9,
+    rtol: float = 1e-9,
+) -> None:
     """Gradients of the frozen replacement model do not change when its inputs (embeddings,
     error nodes) move: attention patterns and LayerNorm scales are frozen, so it is linear."""
     rm = build_replacement(loaded.bridge, clt, tokens)
@@ -134,6 +166,10 @@ def check_frozen_linearity(loaded: LoadedModel, clt: CrossLayerTranscoder, token
         g = torch.autograd.grad(out, [run.embed_leaf, *run.mlp_leaves], allow_unused=True)
         grads.append([torch.zeros(1, dtype=dt) if x is None else x for x in g])
     for i, (a, b) in enumerate(zip(*grads, strict=True)):
-        torch.testing.assert_close(a, b, atol=atol, rtol=rtol,
-                                   msg=lambda m, i=i: f"frozen-model gradient {i} moved with its "
-                                                      f"inputs (not linear). {m}")
+        torch.testing.assert_close(
+            a,
+            b,
+            atol=atol,
+            rtol=rtol,
+            msg=lambda m, i=i: f"frozen-model gradient {i} moved with its inputs (not linear). {m}",
+        )

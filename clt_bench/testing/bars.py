@@ -28,8 +28,9 @@ from clt_bench.models.sources import LoadedModel
 from clt_bench.task.dataset import TaskBatch
 
 
-def heldout_sample(loaded: LoadedModel, n_tokens: int = 4096, cfg: RunConfig | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def heldout_sample(
+    loaded: LoadedModel, n_tokens: int = 4096, cfg: RunConfig | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) [n, L, d] resid_mid and mlp_out on ~``n_tokens`` held-out corpus tokens."""
     from clt_bench.activations.stage import heldout_rows
     from clt_bench.activations.tokens import TokenRows
@@ -43,14 +44,16 @@ def heldout_sample(loaded: LoadedModel, n_tokens: int = 4096, cfg: RunConfig | N
     def pad(t: torch.Tensor, value: int) -> torch.Tensor:
         return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
 
-    rows = TokenRows(torch.cat([pad(p.tokens, 0) for p in parts]),
-                     torch.cat([pad(p.mask, False) for p in parts]))
+    rows = TokenRows(
+        torch.cat([pad(p.tokens, 0) for p in parts]), torch.cat([pad(p.mask, False) for p in parts])
+    )
     x, y, _ = heldout_activations(loaded, rows, n_tokens, cfg.activations.batch_size)
     return x, y
 
 
-def measure_reconstruction(loaded: LoadedModel, clt: CrossLayerTranscoder, n_tokens: int = 4096
-                           ) -> dict[str, Any]:
+def measure_reconstruction(
+    loaded: LoadedModel, clt: CrossLayerTranscoder, n_tokens: int = 4096
+) -> dict[str, Any]:
     """NMSE (pooled over layers), L0 (summed over layers) and dead fraction on held-out text."""
     from clt_bench.clt.evaluate import reconstruction_metrics
 
@@ -58,18 +61,26 @@ def measure_reconstruction(loaded: LoadedModel, clt: CrossLayerTranscoder, n_tok
     return reconstruction_metrics(clt, x, y)
 
 
-def assert_reconstruction(loaded: LoadedModel, clt: CrossLayerTranscoder, max_nmse: float = 0.3,
-                          max_dead_fraction: float = 0.5, n_tokens: int = 4096) -> dict[str, Any]:
+def assert_reconstruction(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    max_nmse: float = 0.3,
+    max_dead_fraction: float = 0.5,
+    n_tokens: int = 4096,
+) -> dict[str, Any]:
     m = measure_reconstruction(loaded, clt, n_tokens)
     assert m["nmse"] <= max_nmse, (
-        f"NMSE {m['nmse']:.4g} on {n_tokens} held-out tokens is above the bar {max_nmse}")
+        f"NMSE {m['nmse']:.4g} on {n_tokens} held-out tokens is above the bar {max_nmse}"
+    )
     assert m["dead_fraction"] <= max_dead_fraction, (
-        f"dead fraction {m['dead_fraction']:.3g} is above the bar {max_dead_fraction}")
+        f"dead fraction {m['dead_fraction']:.3g} is above the bar {max_dead_fraction}"
+    )
     return m
 
 
-def measure_replacement(loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch
-                        ) -> dict[str, float]:
+def measure_replacement(
+    loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch
+) -> dict[str, float]:
     """PD of the model and of the replacement model on ``batch``, their ratio and END top-1
     agreement."""
     from clt_bench.compare.curve import replacement_pd
@@ -77,21 +88,33 @@ def measure_replacement(loaded: LoadedModel, clt: CrossLayerTranscoder, batch: T
     return replacement_pd(loaded.bridge, clt, batch)
 
 
-def assert_replacement(loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch,
-                       min_pd_ratio: float = 0.75, min_top1: float = 0.25) -> dict[str, float]:
+def assert_replacement(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    min_pd_ratio: float = 0.75,
+    min_top1: float = 0.25,
+) -> dict[str, float]:
     m = measure_replacement(loaded, clt, batch)
     assert m["replacement_pd_ratio"] >= min_pd_ratio, (
         f"replacement model PD {m['replacement_prob_diff']:.4g} is "
         f"{m['replacement_pd_ratio']:.3g} of the model's {m['model_prob_diff']:.4g}; "
-        f"the bar is {min_pd_ratio}")
+        f"the bar is {min_pd_ratio}"
+    )
     assert m["replacement_top1_agreement_end"] >= min_top1, (
         f"replacement model agrees with the model's top token on "
-        f"{m['replacement_top1_agreement_end']:.3g} of the prompts; the bar is {min_top1}")
+        f"{m['replacement_top1_agreement_end']:.3g} of the prompts; the bar is {min_top1}"
+    )
     return m
 
 
-def measure_circuit_recovery(loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch,
-                             top_k: int = 32, background: str = "corrupted") -> dict[str, float]:
+def measure_circuit_recovery(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    top_k: int = 32,
+    background: str = "corrupted",
+) -> dict[str, float]:
     """Share of the model's PD kept when only the ``top_k`` most influential features stay
     clean (the rest at their corrupted activations); also the k = 0 and k = all shares."""
     from clt_bench.compare.curve import units_curve
@@ -100,17 +123,28 @@ def measure_circuit_recovery(loaded: LoadedModel, clt: CrossLayerTranscoder, bat
     att = task_attributions(loaded.bridge, clt, batch, prompts_per_pass=16, progress=False)
     keys, _ = influence_ranking(att)
     ranking = [att.split_key(int(k)) for k in keys[:top_k]]
-    curve = units_curve(loaded.bridge, clt, batch, ranking, ks=[0, len(ranking)],
-                        background=background)
+    curve = units_curve(
+        loaded.bridge, clt, batch, ranking, ks=[0, len(ranking)], background=background
+    )
     by_k = {int(r["k"]): float(r["fraction_of_model_pd"]) for r in curve}
-    return {"top_k": len(ranking), "fraction_top_k": by_k[len(ranking)],
-            "fraction_k0": by_k[0], "fraction_all": by_k[-1]}
+    return {
+        "top_k": len(ranking),
+        "fraction_top_k": by_k[len(ranking)],
+        "fraction_k0": by_k[0],
+        "fraction_all": by_k[-1],
+    }
 
 
-def assert_circuit_recovery(loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch,
-                            top_k: int = 32, min_fraction: float = 0.4) -> dict[str, float]:
+def assert_circuit_recovery(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    top_k: int = 32,
+    min_fraction: float = 0.4,
+) -> dict[str, float]:
     m = measure_circuit_recovery(loaded, clt, batch, top_k)
     assert m["fraction_top_k"] >= min_fraction, (
         f"the top {m['top_k']} features by influence recover {m['fraction_top_k']:.3g} of the "
-        f"model's PD (k = 0: {m['fraction_k0']:.3g}); the bar is {min_fraction}")
+        f"model's PD (k = 0: {m['fraction_k0']:.3g}); the bar is {min_fraction}"
+    )
     return m

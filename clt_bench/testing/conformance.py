@@ -34,8 +34,9 @@ def prompt(clt_bench_task_batch):
 def targets(clt_bench_model64, prompt):
     from clt_bench.graphs.targets import answer_targets
 
-    return answer_targets(clt_bench_model64.tokenizer,
-                          int(clt_bench_model64.bridge.cfg.d_vocab))[::10]
+    return answer_targets(clt_bench_model64.tokenizer, int(clt_bench_model64.bridge.cfg.d_vocab))[
+        ::10
+    ]
 
 
 def test_loads(clt_bench_transcoder, clt_bench_model):
@@ -59,20 +60,29 @@ def test_frozen_linearity(clt_bench_model64, clt64, prompt):
 
 
 def test_reconstruction(clt_bench_model, clt_bench_transcoder, clt_bench_bars):
-    T.assert_reconstruction(clt_bench_model, clt_bench_transcoder,
-                            max_nmse=clt_bench_bars["max_nmse"])
+    T.assert_reconstruction(
+        clt_bench_model, clt_bench_transcoder, max_nmse=clt_bench_bars["max_nmse"]
+    )
 
 
-def test_replacement(clt_bench_model, clt_bench_transcoder, clt_bench_task_batch,
-                     clt_bench_bars):
-    T.assert_replacement(clt_bench_model, clt_bench_transcoder, clt_bench_task_batch,
-                         min_pd_ratio=clt_bench_bars["min_pd_ratio"])
+def test_replacement(clt_bench_model, clt_bench_transcoder, clt_bench_task_batch, clt_bench_bars):
+    T.assert_replacement(
+        clt_bench_model,
+        clt_bench_transcoder,
+        clt_bench_task_batch,
+        min_pd_ratio=clt_bench_bars["min_pd_ratio"],
+    )
 
 
-def test_circuit_recovery(clt_bench_model, clt_bench_transcoder, clt_bench_task_batch,
-                          clt_bench_bars):
+def test_circuit_recovery(
+    clt_bench_model, clt_bench_transcoder, clt_bench_task_batch, clt_bench_bars
+):
     if clt_bench_model.name != "toy":
         pytest.skip("the circuit-recovery bar is calibrated on the toy model only")
-    T.assert_circuit_recovery(clt_bench_model, clt_bench_transcoder, clt_bench_task_batch,
-                              top_k=clt_bench_bars["top_k"],
-                              min_fraction=clt_bench_bars["min_recovery"])
+    T.assert_circuit_recovery(
+        clt_bench_model,
+        clt_bench_transcoder,
+        clt_bench_task_batch,
+        top_k=clt_bench_bars["top_k"],
+        min_fraction=clt_bench_bars["min_recovery"],
+    )

@@ -88,5 +88,9 @@ def clt_bench_transcoder(clt_bench_transcoder_path: Path):
 @pytest.fixture(scope="session")
 def clt_bench_bars(pytestconfig: pytest.Config) -> dict[str, Any]:
     opt = pytestconfig.getoption
-    return {"max_nmse": opt("clt_bench_max_nmse"), "min_pd_ratio": opt("clt_bench_min_pd_ratio"),
-            "min_recovery": opt("clt_bench_min_recovery"), "top_k": opt("clt_bench_top_k")}
+    return {
+        "max_nmse": opt("clt_bench_max_nmse"),
+        "min_pd_ratio": opt("clt_bench_min_pd_ratio"),
+        "min_recovery": opt("clt_bench_min_recovery"),
+        "top_k": opt("clt_bench_top_k"),
+    }

@@ -32,6 +32,7 @@ def train_reference_clt(run_dir: str | Path, model: str = "toy") -> Path:
     from clt_bench.pipeline import run_pipeline
 
     run_dir = Path(run_dir)
-    run_pipeline(reference_config(model), run_dir, stages=["activations", "clt"],
-                 progress=lambda _msg: None)
+    run_pipeline(
+        reference_config(model), run_dir, stages=["activations", "clt"], progress=lambda _msg: None
+    )
     return run_dir / "clt"
