@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from clt_bench.clt.io import save_clt
+from clt_bench.errors import UserError
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.io import save_tensors, write_json
 from clt_bench.stability.match import match_transcoders
@@ -96,3 +99,38 @@ def test_stability_flags_labels_and_influence_share(tmp_path):
     metrics = pd.read_csv(tmp_path / "stability" / "metrics_over_seeds.csv").set_index("metric")
     assert metrics.loc["clt.nmse", "mean"] == pytest.approx(0.115)
     assert (tmp_path / "stability" / "heatmaps_stable.png").stat().st_size > 10_000
+
+
+def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
+    from clt_bench.config import load_config
+    from clt_bench.stability import seeds as mod
+
+    calls = []
+
+    def fake_pipeline(cfg, run_dir, stages=None, resume=True, progress=print):
+        calls.append((cfg.clt.seed, Path(run_dir), list(stages), resume))
+        for s in stages:
+            (Path(run_dir) / s).mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(mod, "run_pipeline", fake_pipeline)
+    monkeypatch.setattr(
+        mod,
+        "write_stability",
+        lambda dirs, out, threshold: (
+            calls.append(("stability", dict(dirs)))
+            or {"stable_mean": 0.0, "n_top": 0, "stable_influence_share_mean": 0.0}
+        ),
+    )
+    assert mod.seed_independent_stages() == ["task", "baseline", "activations"]
+    mod.run_seeds(load_config("toy"), tmp_path, [3, 5], progress=lambda s: None)
+    first, second, stab, report = calls
+    assert first[0] == 3 and first[1] == tmp_path and "clt" in first[2] and "report" not in first[2]
+    assert second[0] == 5 and second[2] == ["clt", "graphs", "features", "compare"]
+    seed_dir = tmp_path / "seeds" / "clt-seed5"
+    assert second[1] == seed_dir
+    for shared in ("task", "baseline", "activations"):
+        assert (seed_dir / shared).resolve() == (tmp_path / shared).resolve()
+    assert stab == ("stability", {3: tmp_path, 5: seed_dir})
+    assert report == (3, tmp_path, ["report"], False)
+    with pytest.raises(UserError):
+        mod.run_seeds(load_config("toy"), tmp_path, [1, 1])
