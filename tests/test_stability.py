@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -107,10 +108,11 @@ def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_pipeline(cfg, run_dir, stages=None, resume=True, progress=print):
+    def fake_pipeline(cfg, run_dir, stages=None, resume=True, progress=print, model=None):
         calls.append((cfg.clt.seed, Path(run_dir), list(stages), resume))
         for s in stages:
             (Path(run_dir) / s).mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(model="MODEL")
 
     monkeypatch.setattr(mod, "run_pipeline", fake_pipeline)
     monkeypatch.setattr(
@@ -121,14 +123,14 @@ def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
             or {"stable_mean": 0.0, "n_top": 0, "stable_influence_share_mean": 0.0}
         ),
     )
-    assert mod.seed_independent_stages() == ["task", "baseline", "activations"]
+    assert mod.seed_independent_stages() == ["task", "baseline", "activations", "plt"]
     mod.run_seeds(load_config("toy"), tmp_path, [3, 5], progress=lambda s: None)
     first, second, stab, report = calls
     assert first[0] == 3 and first[1] == tmp_path and "clt" in first[2] and "report" not in first[2]
     assert second[0] == 5 and second[2] == ["clt", "graphs", "features", "compare"]
     seed_dir = tmp_path / "seeds" / "clt-seed5"
     assert second[1] == seed_dir
-    for shared in ("task", "baseline", "activations"):
+    for shared in ("task", "baseline", "activations", "plt"):
         assert (seed_dir / shared).resolve() == (tmp_path / shared).resolve()
     assert stab == ("stability", {3: tmp_path, 5: seed_dir})
     assert report == (3, tmp_path, ["report"], False)

@@ -68,6 +68,15 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
         "and label (rule and thresholds in the run config's [features] table).",
     ),
     (
+        "plt",
+        "Per-layer transcoders (PLT) beside the CLT",
+        ["features/heatmap_grid.png", "graphs/*.png", "clt/training_curves.png"],
+        [],
+        "The same pipeline with per-layer transcoders (the [plt] section; by default the same "
+        "number of features per layer as the CLT, so matched in total features, not in L0) on "
+        "the same activations, prompts and graph prompt.",
+    ),
+    (
         "compare",
         "Transcoder features vs the circuit",
         ["*.png"],

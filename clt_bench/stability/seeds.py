@@ -9,7 +9,6 @@ CLT is trained on the same activations. Then ``summary.write_stability`` writes
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from clt_bench.config import RunConfig, with_section
 from clt_bench.errors import UserError
 from clt_bench.pipeline import STAGES, RunContext, run_pipeline
 from clt_bench.stability.summary import write_stability
+from clt_bench.subrun import link_shared
 
 
 def seed_independent_stages() -> list[str]:
@@ -26,16 +26,6 @@ def seed_independent_stages() -> list[str]:
 
 def seed_run_dir(run_dir: Path, seed: int) -> Path:
     return Path(run_dir) / "seeds" / f"clt-seed{seed}"
-
-
-def _link_shared(run_dir: Path, seed_dir: Path, stages: list[str]) -> None:
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    for stage in stages:
-        link, target = seed_dir / stage, Path(run_dir) / stage
-        if link.is_symlink() or not link.exists():
-            if link.is_symlink():
-                link.unlink()
-            link.symlink_to(os.path.relpath(target, seed_dir), target_is_directory=True)
 
 
 def run_seeds(
@@ -55,7 +45,7 @@ def run_seeds(
     before_report = [s for s in names if s != "report"]
     shared = seed_independent_stages()
     progress(f"CLT seed {seeds[0]} (reference) -> {run_dir}")
-    run_pipeline(
+    first = run_pipeline(
         with_section(cfg, "clt", seed=seeds[0]),
         run_dir,
         stages=before_report,
@@ -65,11 +55,16 @@ def run_seeds(
     dirs = {seeds[0]: run_dir}
     for seed in seeds[1:]:
         d = seed_run_dir(run_dir, seed)
-        _link_shared(run_dir, d, shared)
+        link_shared(run_dir, d, shared)
         progress(f"CLT seed {seed} -> {d}")
         own = [s for s in before_report if s not in shared]
         run_pipeline(
-            with_section(cfg, "clt", seed=seed), d, stages=own, resume=resume, progress=progress
+            with_section(cfg, "clt", seed=seed),
+            d,
+            stages=own,
+            resume=resume,
+            progress=progress,
+            model=first.model,
         )
         dirs[seed] = d
     if "features" in names or (run_dir / "features" / "features.csv").is_file():
@@ -82,5 +77,7 @@ def run_seeds(
         )
     cfg0 = with_section(cfg, "clt", seed=seeds[0])
     if "report" in names:  # recomputed so that it shows the stability section
-        return run_pipeline(cfg0, run_dir, stages=["report"], resume=False, progress=progress)
-    return RunContext(cfg=cfg0, run_dir=run_dir)
+        return run_pipeline(
+            cfg0, run_dir, stages=["report"], resume=False, progress=progress, model=first.model
+        )
+    return first
