@@ -109,6 +109,15 @@ class CLTConfig:
 
 
 @dataclass(frozen=True)
+class PLTConfig(CLTConfig):
+    """Per-layer transcoders trained beside the CLT (the ``plt`` stage): the same fields as
+    ``[clt]``, with their own values, and ``enabled`` (false skips the stage)."""
+
+    kind: str = "plt"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class GraphsConfig:
     node_threshold: float = 0.8  # keep nodes up to this share of cumulative influence
     edge_threshold: float = 0.98  # keep edges up to this share of cumulative edge influence
@@ -162,6 +171,7 @@ class RunConfig:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     clt: CLTConfig = field(default_factory=CLTConfig)
+    plt: PLTConfig = field(default_factory=PLTConfig)
     graphs: GraphsConfig = field(default_factory=GraphsConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

@@ -38,13 +38,27 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
         "clt_bench.features.stage:pipeline_stage",
         ("model", "task", "activations", "clt", "graphs", "features"),
     ),
+    "plt": (
+        "clt_bench.pipeline_stages:plt",
+        ("model", "task", "baseline", "activations", "plt", "graphs", "features"),
+    ),
     "compare": (
         "clt_bench.compare.stage:pipeline_stage",
-        ("model", "task", "baseline", "activations", "clt", "graphs", "features"),
+        ("model", "task", "baseline", "activations", "clt", "plt", "graphs", "features"),
     ),
     "report": (
         "clt_bench.report.stage:pipeline_stage",
-        ("model", "task", "baseline", "activations", "clt", "graphs", "features", "report"),
+        (
+            "model",
+            "task",
+            "baseline",
+            "activations",
+            "clt",
+            "plt",
+            "graphs",
+            "features",
+            "report",
+        ),
     ),
 }
 
@@ -95,13 +109,17 @@ def run_pipeline(
     stages: list[str] | None = None,
     resume: bool = True,
     progress: Callable[[str], None] = print,
+    model: LoadedModel | None = None,
 ) -> RunContext:
-    """Run ``stages`` (default: all, in order) into ``run_dir``; returns the context."""
+    """Run ``stages`` (default: all, in order) into ``run_dir``; returns the context.
+
+    ``model``: an already loaded model for ``cfg.model`` (a sub-run reuses its parent's).
+    """
     names = stages or list(STAGES)
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage '{unknown[0]}' (stages: {', '.join(STAGES)}).")
-    ctx = RunContext(cfg=cfg, run_dir=Path(run_dir))
+    ctx = RunContext(cfg=cfg, run_dir=Path(run_dir), _model=model)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(ctx.run_dir / "config.json", cfg.to_dict())
     for stage in STAGES:  # finished stages outside ``names`` still feed the report

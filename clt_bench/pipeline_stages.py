@@ -85,3 +85,9 @@ def graphs(ctx: RunContext) -> dict[str, Any]:
     for name, value in out.get("scores", {}).items():  # completeness, replacement, pruned_*
         summary[f"{name}_score"] = value
     return summary
+
+
+def plt(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.plt.stage import run_plt_stage
+
+    return _numbers(run_plt_stage(ctx))

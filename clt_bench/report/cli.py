@@ -17,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--stages", default=None, help="comma-separated subset of stages to run (default: all)"
     )
     p.add_argument("--no-resume", action="store_true", help="recompute finished stages")
+    p.add_argument(
+        "--clt-seeds",
+        default=None,
+        help="comma-separated CLT seeds (e.g. 0,1,2): one CLT per seed on the same activations, "
+        "then <out>/stability/ (features matched across seeds)",
+    )
     p.set_defaults(func=run)
 
     c = sub.add_parser(
@@ -53,7 +59,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(out_dir(args, cfg))
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    ctx = run_pipeline(cfg, out, stages=stages, resume=not args.no_resume)
+    if args.clt_seeds:
+        from clt_bench.stability.seeds import run_seeds
+
+        ctx = run_seeds(cfg, out, _seeds(args.clt_seeds), stages, resume=not args.no_resume)
+    else:
+        ctx = run_pipeline(cfg, out, stages=stages, resume=not args.no_resume)
     report = out / "report.html"
     if "report" in ctx.results:
         from clt_bench.report.headline import headline_table
@@ -63,6 +74,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {report}")
     print(f"results: {out}")
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    from clt_bench.errors import UserError
+
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--clt-seeds must be comma-separated integers, got '{text}'.") from None
 
 
 def check(args: argparse.Namespace) -> int:

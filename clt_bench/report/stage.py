@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from clt_bench.io import run_metadata, write_json, write_text
+from clt_bench.io import read_json, run_metadata, write_json, write_text
 from clt_bench.report.headline import PUBLISHED, headline_metrics, headline_rows
 
 # stage folder -> (title, PNG globs to embed in order, CSV tables to show, intro text)
@@ -68,12 +68,31 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
         "and label (rule and thresholds in the run config's [features] table).",
     ),
     (
+        "plt",
+        "Per-layer transcoders (PLT) beside the CLT",
+        ["features/heatmap_grid.png", "graphs/*.png", "clt/training_curves.png"],
+        [],
+        "The same pipeline with per-layer transcoders (the [plt] section; by default the same "
+        "number of features per layer as the CLT, so matched in total features, not in L0) on "
+        "the same activations, prompts and graph prompt.",
+    ),
+    (
         "compare",
         "Transcoder features vs the circuit",
         ["*.png"],
         ["*.csv"],
         "How much of the features' influence lies inside the circuit's components, node overlap, "
         "and how many units (features vs neurons) recover the probability difference.",
+    ),
+    (
+        "stability",
+        "Stability across CLT seeds",
+        ["heatmaps_stable.png"],
+        ["seeds.csv", "labels.csv", "metrics_over_seeds.csv"],
+        "Features of each seed's top set matched to every other seed by decoder direction (one-"
+        "to-one per layer); a feature is stable when every match has cosine >= the threshold "
+        "below. Label counts and headline metrics are mean +- sd over CLT seeds (a spread over "
+        "transcoder seeds, not a bootstrap over prompts).",
     ),
 ]
 
@@ -116,6 +135,14 @@ def _summary_table(summary: dict[str, Any]) -> str:
         for k, v in summary.items()
     )
     return f"<table class='kv'>{rows}</table>" if rows else ""
+
+
+def _scalars(path: Path) -> dict[str, Any]:
+    """The top-level scalars of a stage's own JSON (for sections that are not pipeline stages)."""
+    if not path.is_file():
+        return {}
+    data = read_json(path)
+    return {k: v for k, v in data.items() if isinstance(v, int | float | str)}
 
 
 def _fmt(v: Any) -> str:
@@ -165,7 +192,7 @@ def render_html(ctx: Any, headline: dict[str, Any], meta: dict[str, Any]) -> str
         if not folder.is_dir():
             continue
         parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(intro)}</p>")
-        parts.append(_summary_table(ctx.results.get(stage, {})))
+        parts.append(_summary_table(ctx.results.get(stage) or _scalars(folder / f"{stage}.json")))
         parts.extend(_img(p) for p in _images(folder, globs))
         for g in tables:
             parts.extend(_csv_table(p) for p in sorted(folder.glob(g))[:4])

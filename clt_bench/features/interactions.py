@@ -1,0 +1,143 @@
+"""Do the top features act additively? Pair ablations against the sum of single ablations.
+
+For features i and j (removed from the real, unfrozen model as ``ablation.free_delta_pd`` does:
+their clean decoder writes subtracted from ``hook_mlp_out`` at every position):
+
+    residual(i, j) = dPD(i and j removed) - dPD(i removed) - dPD(j removed)
+
+(mean over the same prompts; prompts where neither is active contribute 0). The summary number
+``interaction_share`` = sum |residual| / sum (|dPD(i)| + |dPD(j)|) over all pairs: 0 when every
+pair is additive, around 1 when pairs' joint effect differs from the sum by as much as the single
+effects themselves. The seed study suggested that attributions of isolated features mislead
+because features interact; this makes that a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from clt_bench.clt.model import CrossLayerTranscoder
+from clt_bench.features.ablation import end_logits_via, pd_of
+from clt_bench.io import write_text
+from clt_bench.plots import save_figure
+from clt_bench.task.dataset import TaskBatch
+
+
+def _writes(
+    clt: CrossLayerTranscoder,
+    feats: Sequence[tuple[int, int]],
+    acts: Sequence[np.ndarray],
+    prompt: int,
+    n_pos: int,
+    dev: torch.device,
+) -> torch.Tensor:
+    """[L, pos, d] the summed decoder writes of ``feats`` (clean activations) in ``prompt``."""
+    out = torch.zeros(clt.n_layers, n_pos, clt.spec.d_model, device=dev)
+    for (layer, fid), a in zip(feats, acts, strict=True):
+        a = torch.as_tensor(a[prompt], dtype=out.dtype, device=dev)  # [pos]
+        for tgt in clt.target_layers(layer):
+            out[tgt] += a[:, None] * clt.layer_decoder(layer, tgt)[fid].detach().to(out.dtype)
+    return out
+
+
+@torch.no_grad()
+def pair_interactions(
+    bridge,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    features: Sequence[tuple[int, int]],
+    acts: Sequence[np.ndarray],
+    rows_per_pass: int = 256,
+) -> dict[str, np.ndarray | float]:
+    """Single and pair free-ablation dPD of ``features`` (K of them); ``acts[u]`` [n, pos].
+
+    Returns ``single`` [K], ``pair`` [K, K] (diagonal = single), ``residual`` [K, K] (diagonal 0)
+    and ``interaction_share`` (see the module docstring).
+    """
+    K, n = len(features), len(batch)
+    active = [set(np.nonzero(np.asarray(a).any(axis=1))[0].tolist()) for a in acts]
+    sets = [(u,) for u in range(K)] + list(combinations(range(K), 2))
+    rows = [(s, p) for s in sets for p in sorted(set().union(*(active[u] for u in s)))]
+    dev = next(bridge.parameters()).device
+    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch.yy, batch)
+    total = {s: 0.0 for s in sets}
+    n_pos = batch.clean.shape[1]
+    for start in range(0, len(rows), rows_per_pass):
+        group = rows[start : start + rows_per_pass]
+        idx = torch.tensor([p for _, p in group])
+        sub = torch.stack(
+            [
+                _writes(clt, [features[u] for u in s], [acts[u] for u in s], p, n_pos, dev)
+                for s, p in group
+            ],
+            dim=1,
+        )  # [L, R, pos, d]
+        hooks = [
+            (f"blocks.{t}.hook_mlp_out", lambda y, hook, t=t, sub=sub: y - sub[t].to(y.dtype))
+            for t in range(clt.n_layers)
+            if bool(sub[t].any())
+        ]
+        tokens = batch.clean[idx].to(dev)
+        logits = end_logits_via(
+            bridge,
+            lambda tokens=tokens, hooks=hooks: bridge.run_with_hooks(tokens, fwd_hooks=hooks),
+        )
+        delta = (pd_of(logits, batch.yy[idx], batch) - clean_pd[idx]).cpu().numpy()
+        for (s, _), d in zip(group, delta, strict=True):
+            total[s] += float(d)
+    single = np.array([total[(u,)] for u in range(K)]) / max(n, 1)
+    pair = np.diag(single)
+    for i, j in combinations(range(K), 2):
+        pair[i, j] = pair[j, i] = total[(i, j)] / max(n, 1)
+    residual = pair - single[:, None] - single[None, :]
+    np.fill_diagonal(residual, 0.0)
+    iu = np.triu_indices(K, 1)
+    denom = float((np.abs(single)[:, None] + np.abs(single)[None, :])[iu].sum())
+    share = float(np.abs(residual[iu]).sum() / denom) if denom > 0 else float("nan")
+    return {"single": single, "pair": pair, "residual": residual, "interaction_share": share}
+
+
+def write_interactions(
+    result: dict[str, np.ndarray | float], names: Sequence[str], out_dir: Path
+) -> list[Path]:
+    """``interactions.csv`` (one row per pair) and ``interactions.png`` (the residual matrix)."""
+    single, pair, res = result["single"], result["pair"], result["residual"]
+    rows = [
+        {
+            "feature_a": names[i],
+            "feature_b": names[j],
+            "dpd_a": single[i],
+            "dpd_b": single[j],
+            "dpd_pair": pair[i, j],
+            "residual": res[i, j],
+        }
+        for i, j in combinations(range(len(names)), 2)
+    ]
+    csv = write_text(out_dir / "interactions.csv", pd.DataFrame(rows).to_csv(index=False))
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    lim = float(np.abs(res).max()) or 1.0
+    sns.heatmap(
+        res,
+        ax=ax,
+        cmap="RdBu_r",
+        vmin=-lim,
+        vmax=lim,
+        square=True,
+        xticklabels=list(names),
+        yticklabels=list(names),
+        cbar_kws={"label": "dPD(pair) - dPD(a) - dPD(b)"},
+    )
+    ax.tick_params(labelsize=6)
+    ax.set_title(
+        f"Pair-ablation interactions of the top {len(names)} features\n"
+        f"interaction share {result['interaction_share']:.3f} (0 = additive)"
+    )
+    return [csv, save_figure(fig, out_dir / "interactions.png")]

@@ -1,0 +1,1 @@
+"""Per-layer transcoders (PLTs) beside the CLT, on the same activations (the ``plt`` stage)."""

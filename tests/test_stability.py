@@ -1,0 +1,138 @@
+"""Feature matching across CLT seeds and the stability summary, on tiny random transcoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clt_bench.clt.io import save_clt
+from clt_bench.errors import UserError
+from clt_bench.graphs.random_clt import random_clt
+from clt_bench.io import save_tensors, write_json
+from clt_bench.stability.match import match_transcoders
+from clt_bench.stability.summary import write_stability
+
+L, D, F = 3, 16, 24
+
+
+def _permuted(clt, perms, noise=0.0, seed=1):
+    """A copy of ``clt`` whose layer-l features are ``perms[l]`` of the original's."""
+    out = random_clt(L, D, F, seed=99)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out.W_enc.copy_(clt.W_enc)
+        for layer, p in enumerate(perms):
+            w = clt.W_dec[layer][p]
+            out.W_dec[layer].copy_(
+                w + noise * w.norm() / w.numel() ** 0.5 * torch.randn(w.shape, generator=gen)
+            )
+    return out
+
+
+def test_matching_recovers_a_permutation_and_rejects_unrelated_features():
+    a = random_clt(L, D, F, seed=0)
+    perms = [torch.randperm(F, generator=torch.Generator().manual_seed(i)) for i in range(L)]
+    b = _permuted(a, perms, noise=0.01)
+    for layer, m in enumerate(match_transcoders(a, b)):
+        # feature i of A sits at position j of B where perms[layer][j] == i
+        expected = torch.argsort(perms[layer]).numpy()
+        np.testing.assert_array_equal(m.partner, expected)
+        assert m.cosine.min() > 0.99
+    unrelated = match_transcoders(a, random_clt(L, D, F, seed=7))
+    assert max(float(m.cosine.max()) for m in unrelated) < 0.9
+
+
+def _fake_run(tmp, name, clt, rows, heat):
+    run = tmp / name
+    save_clt(clt, run / "clt")
+    (run / "features").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(run / "features" / "features.csv", index=False)
+    save_tensors(
+        run / "features" / "heatmaps.safetensors", {"heatmaps": torch.from_numpy(heat).float()}
+    )
+    write_json(run / "clt" / "stage.json", {"summary": {"nmse": 0.1 + 0.01 * len(name)}})
+    return run
+
+
+def test_stability_flags_labels_and_influence_share(tmp_path):
+    a = random_clt(L, D, F, seed=0)
+    ident = [torch.arange(F) for _ in range(L)]
+    b = _permuted(a, ident, noise=0.01, seed=2)
+    with torch.no_grad():  # seed B re-learns layer-1 feature 5 as something unrelated
+        b.W_dec[1][5] = torch.randn(b.W_dec[1][5].shape, generator=torch.Generator().manual_seed(3))
+    rows = [
+        {
+            "rank": 1,
+            "feature": "L1/5",
+            "layer": 1,
+            "feature_id": 5,
+            "label": "comparator",
+            "influence": 3.0,
+        },
+        {
+            "rank": 2,
+            "feature": "L0/2",
+            "layer": 0,
+            "feature_id": 2,
+            "label": "parity",
+            "influence": 1.0,
+        },
+    ]
+    heat = np.random.default_rng(0).normal(size=(2, 97, 100))
+    ra = _fake_run(tmp_path, "a", a, rows, heat)
+    rb = _fake_run(tmp_path, "bb", b, [dict(rows[1], rank=1)], heat[1:])
+    summary = write_stability({0: ra, 1: rb}, tmp_path / "stability", threshold=0.9)
+    stable = pd.read_csv(tmp_path / "stability" / "stable_features.csv")
+    s0 = stable[stable["seed"] == 0].set_index("feature")
+    assert not s0.loc["L1/5", "stable"] and s0.loc["L0/2", "stable"]
+    assert s0.loc["L0/2", "rank_seed1"] == 1 and s0.loc["L1/5", "rank_seed1"] == -1
+    per_seed = {r["seed"]: r for r in summary["per_seed"]}
+    assert per_seed[0]["stable_influence_share"] == pytest.approx(0.25)
+    assert per_seed[1]["stable_influence_share"] == pytest.approx(1.0)
+    labels = pd.read_csv(tmp_path / "stability" / "labels.csv").set_index("label")
+    assert labels.loc["parity", "seed0"] == 1 and labels.loc["parity", "stable_mean"] == 1.0
+    assert labels.loc["comparator", "mean"] == 0.5 and labels.loc["comparator", "stable_mean"] == 0
+    metrics = pd.read_csv(tmp_path / "stability" / "metrics_over_seeds.csv").set_index("metric")
+    assert metrics.loc["clt.nmse", "mean"] == pytest.approx(0.115)
+    assert (tmp_path / "stability" / "heatmaps_stable.png").stat().st_size > 10_000
+
+
+def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
+    from clt_bench.config import load_config
+    from clt_bench.stability import seeds as mod
+
+    calls = []
+
+    def fake_pipeline(cfg, run_dir, stages=None, resume=True, progress=print, model=None):
+        calls.append((cfg.clt.seed, Path(run_dir), list(stages), resume))
+        for s in stages:
+            (Path(run_dir) / s).mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(model="MODEL")
+
+    monkeypatch.setattr(mod, "run_pipeline", fake_pipeline)
+    monkeypatch.setattr(
+        mod,
+        "write_stability",
+        lambda dirs, out, threshold: (
+            calls.append(("stability", dict(dirs)))
+            or {"stable_mean": 0.0, "n_top": 0, "stable_influence_share_mean": 0.0}
+        ),
+    )
+    assert mod.seed_independent_stages() == ["task", "baseline", "activations", "plt"]
+    mod.run_seeds(load_config("toy"), tmp_path, [3, 5], progress=lambda s: None)
+    first, second, stab, report = calls
+    assert first[0] == 3 and first[1] == tmp_path and "clt" in first[2] and "report" not in first[2]
+    assert second[0] == 5 and second[2] == ["clt", "graphs", "features", "compare"]
+    seed_dir = tmp_path / "seeds" / "clt-seed5"
+    assert second[1] == seed_dir
+    for shared in ("task", "baseline", "activations", "plt"):
+        assert (seed_dir / shared).resolve() == (tmp_path / shared).resolve()
+    assert stab == ("stability", {3: tmp_path, 5: seed_dir})
+    assert report == (3, tmp_path, ["report"], False)
+    with pytest.raises(UserError):
+        mod.run_seeds(load_config("toy"), tmp_path, [1, 1])
