@@ -68,10 +68,39 @@ def _stage_summaries(run: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_run(path: str | Path) -> RunMetrics:
-    """A finished run's headline and the per-prompt values behind its means."""
+def per_prompt_values(
+    run: Path, headline: dict[str, float]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The stored per-prompt values behind ``headline``'s prompt means, and notes on stale files.
+
+    Values are returned only when they average to the headline value (honest intervals only).
+    """
     from clt_bench.io import load_tensors
 
+    values: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+    for metric, (rel, key) in PER_PROMPT.items():
+        f = Path(run) / rel
+        if metric not in headline or not f.is_file():
+            continue
+        tensors = load_tensors(f)
+        if key not in tensors:
+            continue
+        vals = tensors[key].double().numpy()
+        if len(vals) == 0 or not math.isclose(
+            float(vals.mean()), headline[metric], rel_tol=1e-6, abs_tol=1e-9
+        ):
+            notes.append(
+                f"{metric}: per-prompt values in {rel} do not average to the "
+                f"headline value (stale file?); no interval"
+            )
+            continue
+        values[metric] = vals
+    return values, notes
+
+
+def load_run(path: str | Path) -> RunMetrics:
+    """A finished run's headline and the per-prompt values behind its means."""
     run = Path(path)
     if run.is_file() and run.name == "metrics.json":
         run = run.parent
@@ -96,24 +125,7 @@ def load_run(path: str | Path) -> RunMetrics:
     if cfg_path.is_file():
         cfg = read_json(cfg_path)
         out.prompt_key = [cfg.get(s) for s in PROMPT_SECTIONS]
-    for metric, (rel, key) in PER_PROMPT.items():
-        f = run / rel
-        if metric not in headline or not f.is_file():
-            continue
-        tensors = load_tensors(f)
-        if key not in tensors:
-            continue
-        vals = tensors[key].double().numpy()
-        # honest intervals only: the stored values must be the ones behind the headline mean
-        if len(vals) == 0 or not math.isclose(
-            float(vals.mean()), headline[metric], rel_tol=1e-6, abs_tol=1e-9
-        ):
-            out.notes.append(
-                f"{metric}: per-prompt values in {rel} do not average to the "
-                f"headline value (stale file?); no interval"
-            )
-            continue
-        out.per_prompt[metric] = vals
+    out.per_prompt, out.notes = per_prompt_values(run, headline)
     return out
 
 

@@ -158,21 +158,53 @@ td,th{border-bottom:1px solid #e4e4e4;padding:.25em .7em;text-align:right}
 td:first-child,th:first-child{text-align:left}
 table.headline th{background:#f3f3f3}
 figure{display:inline-block;margin:.4em;vertical-align:top;max-width:100%}
-figure img{max-width:520px;width:100%;border:1px solid #eee}
+figure img{max-width:min(520px,100%);width:100%;border:1px solid #eee}
+img{max-width:100%;height:auto} td,th{overflow-wrap:anywhere}
+nav#toc{background:#f7f7f7;padding:.4em 1.2em;border-radius:4px;font-size:.9em}
+nav#toc ol{margin:.2em 0;padding-left:1.4em;columns:2}
 figcaption{font-size:.75em;color:#777;text-align:center}
 .scroll{overflow-x:auto} .meta{color:#666;font-size:.85em} .note{background:#fffbe6;
 padding:.6em 1em;border-left:4px solid #f0c000;font-size:.9em}
 """
 
 
-def render_html(ctx: Any, headline: dict[str, Any], meta: dict[str, Any]) -> str:
+def headline_intervals(
+    run_dir: Path, headline: dict[str, Any], seed: int = 0, n_boot: int = 2000
+) -> dict[str, list[float]]:
+    """95 % percentile bootstrap intervals over prompts (seeded) for the headline metrics that are
+    means over prompts and whose per-prompt values the stages stored."""
+    from clt_bench.report.compare_runs import bootstrap_ci, per_prompt_values
+
+    numbers = {k: float(v) for k, v in headline.items() if isinstance(v, int | float)}
+    values, _ = per_prompt_values(run_dir, numbers)
+    return {m: list(bootstrap_ci(v, n_boot=n_boot, seed=seed)) for m, v in values.items()}
+
+
+def _ci(interval: list[float] | None) -> str:
+    return "" if not interval else f"[{interval[0]:.4g}, {interval[1]:.4g}]"
+
+
+def _toc(entries: list[tuple[str, str]]) -> str:
+    items = "".join(f"<li><a href='#{a}'>{html.escape(t)}</a></li>" for a, t in entries)
+    return f"<nav id='toc'><b>Contents</b><ol>{items}</ol></nav>"
+
+
+def render_html(
+    ctx: Any,
+    headline: dict[str, Any],
+    meta: dict[str, Any],
+    intervals: dict[str, list[float]] | None = None,
+) -> str:
     cfg = ctx.cfg
+    intervals = intervals or {}
     rows = headline_rows(headline)
     head = "".join(
         f"<tr><td>{html.escape(PUBLISHED.get(m, (m,))[0])}<br><span class='meta'>{m}</span></td>"
-        f"<td>{v}</td><td>{p}</td><td class='meta'>{html.escape(s)}</td></tr>"
+        f"<td>{v}</td><td class='meta'>{_ci(intervals.get(m))}</td><td>{p}</td>"
+        f"<td class='meta'>{html.escape(s)}</td></tr>"
         for m, v, p, s in rows
     )
+    present = [(stage, title) for stage, title, *_ in SECTIONS if (ctx.run_dir / stage).is_dir()]
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.report.title)}"
         f"</title><style>{CSS}</style></head><body>",
@@ -184,14 +216,16 @@ def render_html(ctx: Any, headline: dict[str, Any], meta: dict[str, Any]) -> str
         f"{html.escape(meta['versions'].get('transformer-lens', '?'))}</p>",
         "<p class='note'>Published numbers are for GPT-2 small (or the named research models) and "
         "are shown for context; the toy model is a different, much smaller model.</p>",
-        "<h2>Headline</h2><table class='headline'><tr><th>metric</th><th>measured</th>"
-        f"<th>published</th><th>source</th></tr>{head}</table>",
+        _toc([("headline", "Headline")] + [(f"sec-{st}", t) for st, t in present]),
+        "<h2 id='headline'>Headline</h2><div class='scroll'><table class='headline'><tr>"
+        "<th>metric</th><th>measured</th><th>95 % CI (bootstrap over prompts)</th>"
+        f"<th>published</th><th>source</th></tr>{head}</table></div>",
     ]
     for stage, title, globs, tables, intro in SECTIONS:
         folder = ctx.run_dir / stage
         if not folder.is_dir():
             continue
-        parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(intro)}</p>")
+        parts.append(f"<h2 id='sec-{stage}'>{html.escape(title)}</h2><p>{html.escape(intro)}</p>")
         parts.append(_summary_table(ctx.results.get(stage) or _scalars(folder / f"{stage}.json")))
         parts.extend(_img(p) for p in _images(folder, globs))
         for g in tables:
@@ -200,16 +234,22 @@ def render_html(ctx: Any, headline: dict[str, Any], meta: dict[str, Any]) -> str
     return "\n".join(parts)
 
 
-def render_summary_md(ctx: Any, headline: dict[str, Any]) -> str:
+def render_summary_md(
+    ctx: Any, headline: dict[str, Any], intervals: dict[str, list[float]] | None = None
+) -> str:
+    intervals = intervals or {}
     lines = [
         f"# {ctx.cfg.report.title}",
         "",
         f"model `{ctx.cfg.model.name}`, preset `{ctx.cfg.preset}`, seed {ctx.cfg.seed}",
         "",
-        "| metric | measured | published | source |",
-        "|---|---:|---:|---|",
+        "| metric | measured | 95 % CI (prompts) | published | source |",
+        "|---|---:|---:|---:|---|",
     ]
-    lines += [f"| {m} | {v} | {p} | {s} |" for m, v, p, s in headline_rows(headline)]
+    lines += [
+        f"| {m} | {v} | {_ci(intervals.get(m))} | {p} | {s} |"
+        for m, v, p, s in headline_rows(headline)
+    ]
     lines += ["", "All headline numbers: `metrics.json`; the page: `report.html`.", ""]
     return "\n".join(lines)
 
@@ -225,9 +265,18 @@ def pipeline_stage(ctx: Any) -> dict[str, Any]:
             "activations": ctx.cfg.activations.seed,
         },
     )
-    metrics = {**meta, "model": ctx.cfg.model.name, "preset": ctx.cfg.preset, "headline": headline}
+    intervals = headline_intervals(ctx.run_dir, headline, seed=ctx.cfg.seed)
+    metrics = {
+        **meta,
+        "model": ctx.cfg.model.name,
+        "preset": ctx.cfg.preset,
+        "headline": headline,
+        "headline_ci": intervals,
+        "headline_ci_method": f"95 % percentile bootstrap over prompts, 2000 resamples, seed "
+        f"{ctx.cfg.seed}",
+    }
     write_json(ctx.run_dir / "metrics.json", metrics)
-    write_text(ctx.run_dir / "summary.md", render_summary_md(ctx, headline))
-    write_text(ctx.run_dir / "report.html", render_html(ctx, headline, meta))
+    write_text(ctx.run_dir / "summary.md", render_summary_md(ctx, headline, intervals))
+    write_text(ctx.run_dir / "report.html", render_html(ctx, headline, meta, intervals))
     (ctx.run_dir / "report").mkdir(exist_ok=True)
     return {"headline": headline, "report": str(ctx.run_dir / "report.html")}
