@@ -127,7 +127,7 @@ def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
     mod.run_seeds(load_config("toy"), tmp_path, [3, 5], progress=lambda s: None)
     first, second, stab, report = calls
     assert first[0] == 3 and first[1] == tmp_path and "clt" in first[2] and "report" not in first[2]
-    assert second[0] == 5 and second[2] == ["clt", "graphs", "features", "compare"]
+    assert second[0] == 5 and second[2] == ["clt", "graphs", "features", "compare", "report"]
     seed_dir = tmp_path / "seeds" / "clt-seed5"
     assert second[1] == seed_dir
     for shared in ("task", "baseline", "activations", "plt"):

@@ -1,6 +1,7 @@
 """Run the pipeline for several CLT seeds, sharing the stages that do not depend on the CLT.
 
-The first seed's run is ``run_dir`` itself; seed s runs in ``run_dir/seeds/clt-seed<s>/``, whose
+The first seed's run is ``run_dir`` itself; seed s runs in ``run_dir/seeds/clt-seed<s>/`` (a
+complete run with its own report), whose
 seed-independent stage folders (those whose config sections exclude ``clt``: task, baseline,
 activations) are relative symlinks to the first run's, so they are computed once and every seed's
 CLT is trained on the same activations. Then ``summary.write_stability`` writes
@@ -57,7 +58,9 @@ def run_seeds(
         d = seed_run_dir(run_dir, seed)
         link_shared(run_dir, d, shared)
         progress(f"CLT seed {seed} -> {d}")
-        own = [s for s in before_report if s not in shared]
+        # each seed's run gets its own report too, so that it is a complete run for
+        # ``clt-bench check`` / ``make-reference`` / ``compare-runs``
+        own = [s for s in names if s not in shared]
         run_pipeline(
             with_section(cfg, "clt", seed=seed),
             d,
