@@ -123,7 +123,7 @@ def yy_zz_grid(
         ax.set_xlabel("ZZ", fontsize=8)
         ax.set_ylabel("YY", fontsize=8)
         ax.tick_params(labelsize=6)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     if scale == "row":  # every panel shares the 0..1 scale: one colour bar for all
         mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0.0, 1.0))

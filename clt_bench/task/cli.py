@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = run_task_stage(cfg, loaded, out)
     print(format_task_table(metrics))
     if cfg.task.family_n > 0:
-        print(f"wrote {out / 'task' / 'families.csv'} (every template and family, "
-              f"n={cfg.task.family_n} each)")
+        print(
+            f"wrote {out / 'task' / 'families.csv'} (every template and family, "
+            f"n={cfg.task.family_n} each)"
+        )
     print(f"wrote {out / 'task' / 'metrics.json'}")
     return 0
 

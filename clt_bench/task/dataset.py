@@ -315,7 +315,7 @@ def _redraw_to_one_length(
     """Redraw random other years until every prompt has the most common token length.
 
     Some years split differently at the start of a text (no leading space), which would change the
-    prompt's length; those draws are replaced, so every prompt shares one length and one YY position.
+    prompt's length; those draws are replaced, so all prompts share one length and YY position.
     """
 
     def shape(y: int, noun: str, pv: tuple[int, ...]) -> tuple[int, int]:

@@ -48,8 +48,12 @@ def compact_logits(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([logits[:, ids], rest.logsumexp(-1, keepdim=True)], dim=-1)
 
 
-def task_metrics(logits_end: torch.Tensor, batch: TaskBatch, prefix: str = "",
-                 answer_ids: torch.Tensor | None = None) -> dict[str, float]:
+def task_metrics(
+    logits_end: torch.Tensor,
+    batch: TaskBatch,
+    prefix: str = "",
+    answer_ids: torch.Tensor | None = None,
+) -> dict[str, float]:
     """PD, CS and logit difference (sum and mean variants) of END logits for ``batch``.
 
     ``answer_ids`` overrides ``batch.answer_ids`` (e.g. ``arange(100)`` for compact logits).

@@ -20,6 +20,16 @@ from clt_bench.task.metrics import answer_probs, yy_heatmap
 from clt_bench.task.spec import load_task
 
 log = logging.getLogger(__name__)
+# per-family numbers copied into metrics.json (the full rows are in families.csv)
+FAMILY_KEYS = (
+    "name",
+    "relation",
+    "n",
+    "prob_diff",
+    "cutoff_sharpness",
+    "corrupted_prob_diff",
+    "error",
+)
 
 
 def load_task_batch(cfg: RunConfig, loaded: LoadedModel, dataset: str | None = None) -> TaskBatch:
@@ -73,11 +83,7 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
         "n_noncanonical_corrupted": int((~batch.canonical_corrupted).sum()),
         "heatmap": heat_path.name,
         "heatmap_scale": SCALE_CAPTIONS["row"],
-        "families": [
-            {k: r[k] for k in ("name", "relation", "n", "prob_diff", "cutoff_sharpness",
-                               "corrupted_prob_diff", "error")}
-            for r in families
-        ],
+        "families": [{k: r[k] for k in FAMILY_KEYS} for r in families],
         "heatmap_matrix": [[None if v != v else round(v, 6) for v in row] for row in heat.tolist()],
         "wall_seconds": round(time.perf_counter() - t0, 3),
         **run_metadata(seeds={"dataset": batch.seed}),
