@@ -100,3 +100,14 @@ def test_cli_run_task_and_baseline_on_own_task_dir(task_dir, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["task"]["task"] == str((task_dir / "task.toml").resolve())
     assert (out / "baseline" / "circuit.json").is_file()
+
+
+def test_edited_task_data_changes_the_stage_hash(task_dir):
+    from clt_bench.pipeline import stage_hash
+
+    cfg = load_config("toy", [f'task.task="{task_dir}"'])
+    before = {s: stage_hash(cfg, s) for s in ("task", "baseline", "clt")}
+    (task_dir / "rulers.txt").write_text("king\nqueen\n")
+    after = {s: stage_hash(cfg, s) for s in ("task", "baseline", "clt")}
+    assert before["task"] != after["task"] and before["baseline"] != after["baseline"]
+    assert before["clt"] == after["clt"]  # the CLT does not depend on the task

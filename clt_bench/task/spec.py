@@ -11,9 +11,10 @@ sequence, see ``sequence``). Relations: ``gt`` (correct ZZ > YY), ``lt`` (correc
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,9 @@ def load_task(name: str | Path = "greater_than", root: Path | None = None) -> Ta
     if spec.default_template not in spec.templates:
         raise UserError(f"task file {path} names an unknown default template.")
     return spec
+
+
+def task_fingerprint(name: str | Path) -> str:
+    """Hash of a task's data as loaded (task file and nouns), so edited task data reruns stages."""
+    spec = load_task(name)
+    return hashlib.sha256(repr(replace(spec, path=Path())).encode()).hexdigest()[:16]
