@@ -114,20 +114,27 @@ def yy_zz_grid(
     scale: str = "row",
     ncols: int = 4,
 ) -> Path:
-    """Small multiples of YY x ZZ probability heatmaps (one panel per name), one colour scale."""
+    """Small multiples of [97, 100] YY x ZZ probability heatmaps (rows YY = 2..98; one panel per
+    name; rows without prompts left out), one colour scale."""
     names = list(matrices)
     nrows = max(1, -(-len(names) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.3 * ncols, 3.1 * nrows), squeeze=False, layout="constrained"
+    )
     for ax, name in zip(axes.flat, names, strict=False):
-        yy_zz_heatmap(matrices[name], path, name, ax=ax, scale=scale, colorbar=False)
-        ax.set_xlabel("ZZ", fontsize=8)
-        ax.set_ylabel("YY", fontsize=8)
+        m = np.asarray(matrices[name])
+        rows = [i for i in range(m.shape[0]) if not np.isnan(m[i]).all()]  # YY rows with prompts
+        yy_zz_heatmap(
+            m[rows], path, name, ax=ax, scale=scale, colorbar=False, yy_values=[2 + i for i in rows]
+        )
+        ax.set_xlabel("ZZ", fontsize=8, labelpad=1)
+        ax.set_ylabel("YY", fontsize=8, labelpad=1)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     if scale == "row":  # every panel shares the 0..1 scale: one colour bar for all
         mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0.0, 1.0))
-        fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, label="mean p(ZZ) / row max")
+        fig.colorbar(mappable, ax=axes, shrink=0.5, label="mean p(ZZ) / row max")
     caption = SCALE_CAPTIONS.get(scale, "")
     fig.suptitle(f"{title}" + (f" ({caption})" if caption else ""), fontsize=11)
     return save_figure(fig, path)
