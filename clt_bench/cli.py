@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,16 @@ def add_common(p: argparse.ArgumentParser, model: bool = True, out: bool = True)
     if model:
         p.add_argument("--model", default=None, help="toy | gpt2 | gpt2-random | hf:<name>")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="task name under tasks/ (default greater_than), a task directory or a task.toml",
+    )
+    p.add_argument(
+        "--template",
+        default=None,
+        help="template or family of the task file (default: the task file's default_template)",
+    )
     if out:
         p.add_argument("--out", default=None, help="run directory (default: results/<preset>)")
 
@@ -49,6 +60,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides.append(f'model.name="{args.model}"')
     if getattr(args, "device", None):
         overrides.append(f'model.device="{args.device}"')
+    if getattr(args, "task", None):
+        from clt_bench.paths import tasks_dir
+        from clt_bench.task.spec import load_task
+
+        # a task given as a path is stored absolute, so a resumed run finds it from anywhere
+        path = load_task(args.task).path
+        named = path.parent == tasks_dir() / args.task
+        overrides.append(f"task.task={json.dumps(args.task if named else str(path.resolve()))}")
+    if getattr(args, "template", None):
+        overrides.append(f"task.template={json.dumps(args.template)}")
     return load_config(args.preset, overrides)
 
 

@@ -32,14 +32,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    task: str = "greater_than"
-    template: str = "hanna"
+    task: str = "greater_than"  # a task name under tasks/, a task directory or a task.toml path
+    template: str = ""  # "" = the task file's default_template
     dataset: str = (
         "discovery"  # discovery | headline (sizes and seeds live in tasks/<task>/task.toml)
     )
     n: int = 0  # 0 = the dataset's own size
     seed: int = -1  # -1 = the dataset's own seed
     batch_size: int = 128
+    family_n: int = 48  # prompts per template/family in task/families.csv, evenly spread over
+    # YY = 2..98 (97 = every YY once; 0 = skip the table)
 
 
 @dataclass(frozen=True)

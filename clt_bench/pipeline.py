@@ -90,7 +90,12 @@ def _stage_fn(stage: str) -> Callable[[RunContext], dict[str, Any]]:
 
 
 def stage_hash(cfg: RunConfig, stage: str) -> str:
-    return config_hash([cfg.section_hash(*STAGES[stage][1]), model_fingerprint(cfg.model.name)])
+    parts = [cfg.section_hash(*STAGES[stage][1]), model_fingerprint(cfg.model.name)]
+    if "task" in STAGES[stage][1]:  # the task's data, not only its name: edited task files rerun
+        from clt_bench.task.spec import task_fingerprint
+
+        parts.append(task_fingerprint(cfg.task.task))
+    return config_hash(parts)
 
 
 def stage_is_current(ctx: RunContext, stage: str) -> bool:

@@ -24,6 +24,36 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 110) -
     return Path(path)
 
 
+# colour scales for probability heatmaps, and the words that say so in a caption
+SCALE_CAPTIONS = {
+    "linear": "",
+    "row": "each YY row divided by its maximum",
+    "log": "log10 scale, floored at 1e-4 of the largest value",
+}
+
+
+def scale_matrix(matrix: np.ndarray, scale: str = "linear") -> tuple[np.ndarray, str]:
+    """Rescale a non-negative YY x ZZ matrix so that its structure is visible; (matrix, suffix).
+
+    ``row``: each row divided by its own maximum (one dominant row no longer hides the others);
+    ``log``: log10, floored at 1e-4 of the global maximum. The suffix names the scale for a label.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if scale == "linear":
+        return m, ""
+    if scale == "row":
+        peak = np.nanmax(np.where(np.isnan(m), -np.inf, m), axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(peak > 0, m / np.where(peak > 0, peak, 1.0), 0.0)
+        return np.where(np.isnan(m), np.nan, out), " / row max"
+    if scale == "log":
+        top = np.nanmax(m) if np.isfinite(np.nanmax(m)) else 1.0
+        floor = max(float(top), 1e-30) * 1e-4
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.log10(np.clip(m, floor, None)), " (log10)"
+    raise ValueError(f"unknown scale {scale!r} (linear | row | log)")
+
+
 def yy_zz_heatmap(
     matrix: np.ndarray,
     path: str | os.PathLike[str],
@@ -32,14 +62,31 @@ def yy_zz_heatmap(
     diverging: bool = False,
     ax: plt.Axes | None = None,
     yy_values: list[int] | None = None,
+    scale: str = "linear",
+    colorbar: bool = True,
 ) -> Path | None:
-    """Draw a [97, 100] YY x ZZ matrix (rows YY = 2..98) with the ZZ = YY diagonal marked."""
+    """Draw a [97, 100] YY x ZZ matrix (rows YY = 2..98) with the ZZ = YY diagonal marked.
+
+    ``scale`` (probability matrices only): linear | row | log, see ``scale_matrix``; the colour-bar
+    label gets the scale's suffix and the caller states it in the title.
+    """
     yy_values = yy_values or list(range(2, 2 + matrix.shape[0]))
+    matrix, suffix = scale_matrix(matrix, "linear" if diverging else scale)
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(6.4, 5.6))
     kw = dict(cmap="RdBu_r", center=0.0) if diverging else dict(cmap="viridis")
-    sns.heatmap(matrix, ax=ax, cbar_kws={"label": cbar_label}, xticklabels=10, yticklabels=10, **kw)
+    if scale == "row" and not diverging:
+        kw.update(vmin=0.0, vmax=1.0)
+    sns.heatmap(
+        matrix,
+        ax=ax,
+        cbar=colorbar,
+        cbar_kws={"label": cbar_label + suffix} if colorbar else None,
+        xticklabels=10,
+        yticklabels=10,
+        **kw,
+    )
     ax.set_xticks(np.arange(0, 100, 10) + 0.5)
     ax.set_xticklabels([f"{z:02d}" for z in range(0, 100, 10)])
     ticks = [i for i, y in enumerate(yy_values) if y % 10 == 0]
@@ -58,3 +105,36 @@ def yy_zz_heatmap(
     if own:
         return save_figure(fig, path)
     return None
+
+
+def yy_zz_grid(
+    matrices: dict[str, np.ndarray],
+    path: str | os.PathLike[str],
+    title: str,
+    scale: str = "row",
+    ncols: int = 4,
+) -> Path:
+    """Small multiples of [97, 100] YY x ZZ probability heatmaps (rows YY = 2..98; one panel per
+    name; rows without prompts left out), one colour scale."""
+    names = list(matrices)
+    nrows = max(1, -(-len(names) // ncols))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.3 * ncols, 3.1 * nrows), squeeze=False, layout="constrained"
+    )
+    for ax, name in zip(axes.flat, names, strict=False):
+        m = np.asarray(matrices[name])
+        rows = [i for i in range(m.shape[0]) if not np.isnan(m[i]).all()]  # YY rows with prompts
+        yy_zz_heatmap(
+            m[rows], path, name, ax=ax, scale=scale, colorbar=False, yy_values=[2 + i for i in rows]
+        )
+        ax.set_xlabel("ZZ", fontsize=8, labelpad=1)
+        ax.set_ylabel("YY", fontsize=8, labelpad=1)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    if scale == "row":  # every panel shares the 0..1 scale: one colour bar for all
+        mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0.0, 1.0))
+        fig.colorbar(mappable, ax=axes, shrink=0.5, label="mean p(ZZ) / row max")
+    caption = SCALE_CAPTIONS.get(scale, "")
+    fig.suptitle(f"{title}" + (f" ({caption})" if caption else ""), fontsize=11)
+    return save_figure(fig, path)

@@ -11,9 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("task", help="evaluate a model on the task: PD, CS, corrupted PD, heatmap")
     add_common(p)
-    p.add_argument("--task", default=None, help="task name under tasks/ (default greater_than)")
     p.add_argument("--dataset", default=None, help="discovery (490) | headline (10,000)")
-    p.add_argument("--template", default=None, help="template or family name from the task file")
     p.set_defaults(func=run)
 
 
@@ -23,17 +21,20 @@ def run(args: argparse.Namespace) -> int:
     from clt_bench.task.spec import load_task
     from clt_bench.task.stage import format_task_table, run_task_stage
 
-    extra = []
-    for key in ("task", "dataset", "template"):
-        if getattr(args, key):
-            extra.append(f'task.{key}="{getattr(args, key)}"')
-    args.overrides = list(args.overrides) + extra
+    if args.dataset:
+        args.overrides = [*args.overrides, f'task.dataset="{args.dataset}"']
     cfg = config_from_args(args)
-    load_task(cfg.task.task)  # bad task names fail before the model loads
+    spec = load_task(cfg.task.task)  # bad task or template names fail before the model loads
+    spec.template(cfg.task.template or spec.default_template)
     loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
     out = Path(out_dir(args, cfg))
     metrics = run_task_stage(cfg, loaded, out)
     print(format_task_table(metrics))
+    if cfg.task.family_n > 0:
+        print(
+            f"wrote {out / 'task' / 'families.csv'} (every template and family, "
+            f"n={cfg.task.family_n} each)"
+        )
     print(f"wrote {out / 'task' / 'metrics.json'}")
     return 0
 

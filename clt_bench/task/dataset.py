@@ -1,13 +1,16 @@
-"""Clean / corrupted token batches for the greater-than task, for any tokenizer.
+"""Clean / corrupted token batches for the greater-than task and its prompt families.
 
-Exactly Hanna et al.'s construction: the year filter of ``tasks/greater_than/task.toml``, the 01
-corruption, the balanced 490-example discovery set and the uniform 10,000-example set, every draw
-seeded.
+Hanna et al.'s construction: the year filter of ``tasks/greater_than/task.toml``, the 01
+corruption (or a family's own counterfactual), the balanced 490-example discovery set and the
+uniform 10,000-example set, every draw seeded. ``prompt_token_ids`` tokenises one prompt exactly as
+the task batches do (for graph prompts).
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +18,9 @@ from transformers import PreTrainedTokenizerBase
 
 from clt_bench.errors import UserError
 from clt_bench.task.spec import TaskSpec, Template
+
+# redraws of a random sequence's other years until the prompt has the batch's token length
+MAX_REDRAWS = 200
 
 
 def valid_years(
@@ -43,23 +49,81 @@ def valid_years(
     return out
 
 
+def _century_span(lo: int, hi: int) -> tuple[int, int]:
+    return (lo // 100) * 100, math.ceil(hi / 100) * 100
+
+
 def spec_years(
     spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, template: Template | None = None
 ) -> list[int]:
+    """Start years of ``template``: the task's year filter, applied to the template's year_range.
+
+    A year_range outside the task's own range (e.g. 702-798 for the BC family) is filtered by the
+    same rule over the whole centuries it touches. Arithmetic families also need every earlier year
+    of the sequence to split as [" XX", "YY"] and the answer to stay in the century.
+    """
+    lo, hi = spec.year_start, spec.year_stop
+    if template is not None and template.year_range is not None:
+        lo, hi = _century_span(*template.year_range)
     years = valid_years(
-        tokenizer,
-        spec.year_start,
-        spec.year_stop,
-        spec.year_tokens,
-        spec.suffix_chars,
-        spec.drop_century_ends,
+        tokenizer, lo, hi, spec.year_tokens, spec.suffix_chars, spec.drop_century_ends
     )
     if template is not None and template.year_range is not None:
-        lo, hi = template.year_range
-        years = [y for y in years if lo <= y < hi]
+        years = [y for y in years if template.year_range[0] <= y < template.year_range[1]]
+    if template is not None and template.sequence == "arithmetic":
+        splitting = _splitting_years(
+            spec, tokenizer, min(years, default=100) - 100, max(years, default=0)
+        )
+        years = [
+            y
+            for y in years
+            if y % 100 + arithmetic_step(y) <= 99
+            and all(p in splitting for p in sequence_years(template, y))
+        ]
     if not years:
         raise UserError("the year filter keeps no years with this tokenizer.")
     return years
+
+
+def _splitting_years(
+    spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, lo: int, hi: int
+) -> frozenset[int]:
+    lo, hi = _century_span(max(lo, 0), hi + 1)
+    return frozenset(valid_years(tokenizer, lo, hi, spec.year_tokens, spec.suffix_chars, False))
+
+
+def arithmetic_step(year: int) -> int:
+    """Hanna et al.'s step for the exact-answer sequence: the smallest i >= 2 not dividing YY."""
+    yy, i = year % 100, 2
+    while yy % i == 0 and i < 100:  # YY = 00 gives 100: no answer in the century
+        i += 1
+    return i
+
+
+def sequence_years(
+    tpl: Template, year: int, rng: random.Random | None = None, pool: list[int] | None = None
+) -> tuple[int, ...]:
+    """The years of slots {prev1}..{prevK} for start year ``year`` (``()`` without a sequence).
+
+    ``arithmetic``: prevK = year - K * step. ``random_same_century``: K draws (with replacement,
+    as Hanna's torch.randint) from ``pool`` restricted to the year's century.
+    """
+    if tpl.sequence == "arithmetic":
+        step = arithmetic_step(year)
+        return tuple(year - k * step for k in range(1, tpl.n_prev + 1))
+    if tpl.sequence == "random_same_century":
+        if rng is None or pool is None:
+            raise ValueError("random_same_century needs an rng and a pool of years")
+        same = [y for y in pool if y // 100 == year // 100]
+        return tuple(rng.choice(same) for _ in range(tpl.n_prev))
+    return ()
+
+
+def exact_answer(tpl: Template, year: int) -> int:
+    """The one correct ZZ of an ``exact`` family (-1 for gt/lt families)."""
+    if tpl.relation != "exact":
+        return -1
+    return year % 100 + arithmetic_step(year)
 
 
 def answer_token_ids(tokenizer: PreTrainedTokenizerBase, n: int = 100) -> torch.Tensor:
@@ -90,10 +154,13 @@ class TaskBatch:
     end_pos: int
     answer_ids: torch.Tensor  # [100]
     template: str
-    relation: str  # gt | lt
+    relation: str  # gt | lt | exact
     seed: int
     canonical_corrupted: torch.Tensor = field(
         default_factory=lambda: torch.ones(0, dtype=torch.bool)
+    )
+    answer: torch.Tensor = field(  # [n] the one correct ZZ (exact relation), else -1
+        default_factory=lambda: torch.zeros(0, dtype=torch.long)
     )
 
     def __len__(self) -> int:
@@ -116,22 +183,87 @@ class TaskBatch:
             relation=self.relation,
             seed=self.seed,
             canonical_corrupted=self.canonical_corrupted[idx_t],
+            answer=self.answer[idx_t] if len(self.answer) else self.answer,
         )
 
 
-def format_prompt(
-    template: Template, noun: str, year: int, tokenizer: PreTrainedTokenizerBase
-) -> str:
+def _bos(template: Template, tokenizer: PreTrainedTokenizerBase) -> str:
+    return f"{tokenizer.bos_token or ''} " if template.bos else ""
+
+
+def _fill(text: str, noun: str, year: int, prev: tuple[int, ...]) -> str:
     xx, yy = divmod(year, 100)
-    body = template.text.format(noun=noun, XX=f"{xx}", YY=f"{yy:02d}")
-    if template.bos:
-        bos = tokenizer.bos_token or ""
-        return f"{bos} {body}"
-    return body
+    slots = {f"prev{k}": str(p) for k, p in enumerate(prev, 1)}
+    return text.format(noun=noun, XX=f"{xx}", YY=f"{yy:02d}", **slots)
+
+
+def format_prompt(
+    template: Template,
+    noun: str,
+    year: int,
+    tokenizer: PreTrainedTokenizerBase,
+    prev: tuple[int, ...] = (),
+) -> str:
+    """The prompt text: BOS text plus a space when ``template.bos``, then the filled template."""
+    return _bos(template, tokenizer) + _fill(template.text, noun, year, prev)
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    text: str
+    ids: list[int]
+    yy_pos: int  # position of the start year's YY token
+
+
+def encode_prompt(
+    template: Template,
+    noun: str,
+    year: int,
+    tokenizer: PreTrainedTokenizerBase,
+    prev: tuple[int, ...] = (),
+) -> EncodedPrompt:
+    """Tokenise one prompt and locate its YY token (UserError if the year does not split)."""
+    text = format_prompt(template, noun, year, tokenizer, prev)
+    head = template.text.split("{XX}{YY}", 1)[0] + "{XX}{YY}"
+    prefix_text = _bos(template, tokenizer) + _fill(head, noun, year, prev)
+    ids = tokenizer.encode(text)
+    prefix = tokenizer.encode(prefix_text)
+    if ids[: len(prefix)] != prefix or tokenizer.decode(prefix[-1:]) != f"{year % 100:02d}":
+        raise UserError(f"year {year} does not tokenise as [' XX', 'YY'] in '{text}'.")
+    return EncodedPrompt(text, ids, len(prefix) - 1)
+
+
+def template_nouns(
+    spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, template: Template | None = None
+) -> list[str]:
+    """The template's nouns (its own list, else the task's) that are one token after a space."""
+    nouns = template.nouns if template is not None and template.nouns else spec.nouns
+    return [n for n in nouns if len(tokenizer.encode(f" {n}")) == 1]
 
 
 def single_token_nouns(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    return [n for n in spec.nouns if len(tokenizer.encode(f" {n}")) == 1]
+    return template_nouns(spec, tokenizer)
+
+
+def prompt_token_ids(
+    spec: TaskSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    template: str | Template,
+    year: int,
+    noun: str | None = None,
+    prev: tuple[int, ...] | None = None,
+) -> list[int]:
+    """Token ids of one task prompt, exactly as the task batches tokenise it.
+
+    ``template``: a template or family name (or a Template); ``noun`` defaults to the first usable
+    noun; ``prev`` (sequence families) defaults to the rule's years (random ones seeded by year).
+    """
+    tpl = spec.template(template) if isinstance(template, str) else template
+    noun = noun if noun is not None else template_nouns(spec, tokenizer, tpl)[0]
+    if prev is None:
+        pool = spec_years(spec, tokenizer, tpl) if tpl.sequence == "random_same_century" else None
+        prev = sequence_years(tpl, year, random.Random(year), pool)
+    return encode_prompt(tpl, noun, year, tokenizer, prev).ids
 
 
 def sample_years(spec_n: int, sampling: str, years: list[int], rng: random.Random) -> list[int]:
@@ -160,12 +292,88 @@ def build_dataset(
     seed = ds.seed if seed is None or seed < 0 else seed
     rng = random.Random(seed)
     years = spec_years(spec, tokenizer, tpl)
-    nouns_ok = single_token_nouns(spec, tokenizer)
+    nouns_ok = template_nouns(spec, tokenizer, tpl)
     if not nouns_ok:
-        raise UserError("no noun of the task is a single token for this tokenizer.")
+        raise UserError(f"no noun of template '{tpl.name}' is a single token for this tokenizer.")
     chosen = sample_years(n, ds.sampling, years, rng)
     nouns = [rng.choice(nouns_ok) for _ in chosen]
-    return build_batch(spec, tokenizer, tpl, chosen, nouns, seed)
+    prev = [sequence_years(tpl, y, rng, years) for y in chosen]
+    if tpl.sequence == "random_same_century":
+        prev = _redraw_to_one_length(tpl, tokenizer, chosen, nouns, prev, rng, years)
+    return build_batch(spec, tokenizer, tpl, chosen, nouns, seed, prev)
+
+
+def _redraw_to_one_length(
+    tpl: Template,
+    tokenizer: PreTrainedTokenizerBase,
+    years: list[int],
+    nouns: list[str],
+    prev: list[tuple[int, ...]],
+    rng: random.Random,
+    pool: list[int],
+) -> list[tuple[int, ...]]:
+    """Redraw random other years until every prompt has the most common token length.
+
+    Some years split differently at the start of a text (no leading space), which would change the
+    prompt's length; those draws are replaced, so all prompts share one length and YY position.
+    """
+
+    def shape(y: int, noun: str, pv: tuple[int, ...]) -> tuple[int, int]:
+        enc = encode_prompt(tpl, noun, y, tokenizer, pv)
+        return len(enc.ids), enc.yy_pos
+
+    shapes = [shape(y, s, p) for y, s, p in zip(years, nouns, prev, strict=True)]
+    target = Counter(shapes).most_common(1)[0][0]
+    out = list(prev)
+    for i, (y, noun) in enumerate(zip(years, nouns, strict=True)):
+        tries = 0
+        while shapes[i] != target:
+            tries += 1
+            if tries > MAX_REDRAWS:
+                raise UserError(
+                    f"template '{tpl.name}': no draw of the other years gives year {y} the "
+                    f"batch's token length."
+                )
+            out[i] = sequence_years(tpl, y, rng, pool)
+            shapes[i] = shape(y, noun, out[i])
+    return out
+
+
+def _corrupted_ids(
+    spec: TaskSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    tpl: Template,
+    enc: EncodedPrompt,
+    noun: str,
+    year: int,
+    prev: tuple[int, ...],
+) -> tuple[list[int], bool]:
+    """The counterfactual prompt's ids and whether its text retokenises to them."""
+    if tpl.counterfactual_text:
+        text = _bos(tpl, tokenizer) + _fill(tpl.counterfactual_text, noun, year, prev)
+        ids = tokenizer.encode(text)
+        if len(ids) != len(enc.ids):
+            raise UserError(
+                f"template '{tpl.name}': the counterfactual '{text}' does not have the clean "
+                f"prompt's token length."
+            )
+        return ids, True
+    cf = tokenizer.encode(tpl.counterfactual)
+    if len(cf) != 1:
+        raise UserError(f"the corruption '{tpl.counterfactual}' is not a single token.")
+    ids = list(enc.ids)
+    ids[enc.yy_pos] = cf[0]
+    # the token swap is what is run; record whether the swapped text would tokenise the same
+    yy_text = f"{year % 100:02d}"
+    head = format_prompt(
+        Template(tpl.name, tpl.text.split("{XX}{YY}", 1)[0] + "{XX}{YY}", tpl.bos),
+        noun,
+        year,
+        tokenizer,
+        prev,
+    )
+    text = head[: -len(yy_text)] + tpl.counterfactual + enc.text[len(head) :]
+    return ids, len(tokenizer.encode(text)) == len(ids)
 
 
 def build_batch(
@@ -175,45 +383,43 @@ def build_batch(
     years: list[int],
     nouns: list[str],
     seed: int = 0,
+    prev: list[tuple[int, ...]] | None = None,
 ) -> TaskBatch:
-    """Tokenise prompts for given (year, noun) pairs; corrupted = YY token replaced by "01"."""
-    corrupt_ids = tokenizer.encode(spec.corrupt_yy)
-    if len(corrupt_ids) != 1:
-        raise UserError(f"the corruption '{spec.corrupt_yy}' is not a single token.")
-    corrupt_id = corrupt_ids[0]
-    prompts, clean_rows, yy_positions = [], [], []
-    canonical = []
-    for year, noun in zip(years, nouns, strict=True):
-        prompt = format_prompt(tpl, noun, year, tokenizer)
-        ids = tokenizer.encode(prompt)
-        cut = prompt.index(f"{year}") + 4
-        prefix = tokenizer.encode(prompt[:cut])
-        if ids[: len(prefix)] != prefix or tokenizer.decode(prefix[-1:]) != f"{year % 100:02d}":
-            raise UserError(f"year {year} does not tokenise as [' XX', 'YY'] in '{prompt}'.")
-        prompts.append(prompt)
-        clean_rows.append(ids)
-        yy_positions.append(len(prefix) - 1)
-        corrupted_text = prompt[: cut - 2] + spec.corrupt_yy + prompt[cut:]
-        canonical.append(len(tokenizer.encode(corrupted_text)) == len(ids))
+    """Tokenise prompts for given (year, noun) pairs and their counterfactuals.
+
+    The counterfactual is the YY token replaced by the template's ``counterfactual`` ("01" for the
+    1701 corruption, "99" for 1699 / 1799 / 799 BC), or the template's fixed counterfactual text.
+    """
+    prev = prev if prev is not None else [sequence_years(tpl, y) for y in years]
+    prompts, clean_rows, corrupt_rows, yy_positions, canonical = [], [], [], [], []
+    for year, noun, pv in zip(years, nouns, prev, strict=True):
+        enc = encode_prompt(tpl, noun, year, tokenizer, pv)
+        prompts.append(enc.text)
+        clean_rows.append(enc.ids)
+        yy_positions.append(enc.yy_pos)
+        ids, ok = _corrupted_ids(spec, tokenizer, tpl, enc, noun, year, pv)
+        corrupt_rows.append(ids)
+        canonical.append(ok)
     lengths = {len(r) for r in clean_rows}
     if len(lengths) != 1 or len(set(yy_positions)) != 1:
-        raise UserError("the task prompts do not share one token length with this tokenizer.")
+        raise UserError(
+            f"the prompts of template '{tpl.name}' do not share one token length with this "
+            f"tokenizer."
+        )
     clean = torch.tensor(clean_rows, dtype=torch.long)
-    yy_pos = yy_positions[0]
-    corrupted = clean.clone()
-    corrupted[:, yy_pos] = corrupt_id
     return TaskBatch(
         clean=clean,
-        corrupted=corrupted,
+        corrupted=torch.tensor(corrupt_rows, dtype=torch.long),
         yy=torch.tensor([y % 100 for y in years], dtype=torch.long),
         years=list(years),
         nouns=list(nouns),
         prompts=prompts,
-        yy_pos=yy_pos,
+        yy_pos=yy_positions[0],
         end_pos=clean.shape[1] - 1,
         answer_ids=answer_token_ids(tokenizer, spec.n_answers),
         template=tpl.name,
         relation=tpl.relation,
         seed=seed,
         canonical_corrupted=torch.tensor(canonical),
+        answer=torch.tensor([exact_answer(tpl, y) for y in years], dtype=torch.long),
     )

@@ -48,19 +48,25 @@ def compact_logits(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([logits[:, ids], rest.logsumexp(-1, keepdim=True)], dim=-1)
 
 
-def task_metrics(logits_end: torch.Tensor, batch: TaskBatch, prefix: str = "",
-                 answer_ids: torch.Tensor | None = None) -> dict[str, float]:
+def task_metrics(
+    logits_end: torch.Tensor,
+    batch: TaskBatch,
+    prefix: str = "",
+    answer_ids: torch.Tensor | None = None,
+) -> dict[str, float]:
     """PD, CS and logit difference (sum and mean variants) of END logits for ``batch``.
 
     ``answer_ids`` overrides ``batch.answer_ids`` (e.g. ``arange(100)`` for compact logits).
     """
     ids = batch.answer_ids if answer_ids is None else answer_ids
     p = answer_probs(logits_end, ids)
-    out = summarize(p, batch.yy, batch.relation)
+    answer = batch.answer if batch.relation == "exact" else None
+    out = summarize(p, batch.yy, batch.relation, answer)
     ans = logits_end[:, ids].double()
-    out["logit_diff"] = float(logit_diff_per_example(ans, batch.yy, batch.relation).mean())
+    ld = logit_diff_per_example(ans, batch.yy, batch.relation, answer=answer)
+    out["logit_diff"] = float(ld.mean())
     out["logit_diff_mean_variant"] = float(
-        logit_diff_per_example(ans, batch.yy, batch.relation, reduce="mean").mean()
+        logit_diff_per_example(ans, batch.yy, batch.relation, reduce="mean", answer=answer).mean()
     )
     out["answer_mass"] = float(p.sum(-1).mean())
     return {f"{prefix}{k}": v for k, v in out.items()}

@@ -1,7 +1,14 @@
-"""Greater-than metrics (SPEC-greater-than.md §4).
+"""Greater-than metrics (Hanna et al. 2023, section 3).
 
 p = softmax over the FULL vocabulary at END, restricted (not renormalised) to the 100 answer tokens.
-For relation ``gt`` the correct answers are z > y; for ``lt`` they are z < y.
+Relation ``gt``: the correct answers are z > y; ``lt``: z < y. For both,
+PD = sum of p over the correct z minus the sum over the other z, and CS = p(y+1) - p(y-1)
+(reversed for ``lt``).
+
+Relation ``exact`` (one correct answer a, e.g. the next term of an arithmetic sequence):
+PD = p(a) - max over the other 99 answers of p(z), positive exactly when a is the most likely answer
+(summing the other 99 would make PD ~ -1 for any model that spreads its mass); CS = p(a) -
+(p(a-1) + p(a+1)) / 2, how sharply the mass peaks at a.
 """
 
 from __future__ import annotations
@@ -17,38 +24,73 @@ def answer_probs(end_logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Te
     return torch.softmax(end_logits.double(), dim=-1)[:, answer_ids.to(end_logits.device)]
 
 
-def correct_mask(yy: torch.Tensor, relation: str = "gt", n: int = N_ANSWERS) -> torch.Tensor:
-    """[n_examples, 100] bool: which ZZ are correct for each example's YY."""
+def _need_answer(answer: torch.Tensor | None) -> torch.Tensor:
+    if answer is None or (answer < 0).any():
+        raise ValueError("relation 'exact' needs each example's answer (0..99)")
+    return answer
+
+
+def correct_mask(
+    yy: torch.Tensor,
+    relation: str = "gt",
+    n: int = N_ANSWERS,
+    answer: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[n_examples, 100] bool: which ZZ are correct for each example's YY (or answer)."""
     z = torch.arange(n, device=yy.device)[None, :]
+    if relation == "exact":
+        return z == _need_answer(answer).to(yy.device)[:, None]
     y = yy[:, None]
     return z > y if relation == "gt" else z < y
 
 
-def incorrect_mask(yy: torch.Tensor, relation: str = "gt", n: int = N_ANSWERS) -> torch.Tensor:
+def incorrect_mask(
+    yy: torch.Tensor, relation: str = "gt", n: int = N_ANSWERS, answer: torch.Tensor | None = None
+) -> torch.Tensor:
     """Complement used by PD: z <= y for ``gt`` (and z >= y for ``lt``)."""
-    return ~correct_mask(yy, relation, n)
+    return ~correct_mask(yy, relation, n, answer)
 
 
-def prob_diff_per_example(p: torch.Tensor, yy: torch.Tensor, relation: str = "gt") -> torch.Tensor:
-    """PD_i = sum_{correct z} p_z - sum_{other z} p_z; [n]."""
-    good = correct_mask(yy, relation, p.shape[1]).to(p.dtype)
-    return (p * good).sum(-1) - (p * (1 - good)).sum(-1)
+def prob_diff_per_example(
+    p: torch.Tensor, yy: torch.Tensor, relation: str = "gt", answer: torch.Tensor | None = None
+) -> torch.Tensor:
+    """PD_i = sum_{correct z} p_z - sum_{other z} p_z; ``exact``: p_a - max_{z != a} p_z; [n]."""
+    good = correct_mask(yy, relation, p.shape[1], answer)
+    if relation == "exact":
+        p_a = (p * good).sum(-1)
+        return p_a - p.masked_fill(good, float("-inf")).max(-1).values
+    g = good.to(p.dtype)
+    return (p * g).sum(-1) - (p * (1 - g)).sum(-1)
 
 
 def cutoff_sharpness_per_example(
-    p: torch.Tensor, yy: torch.Tensor, relation: str = "gt"
+    p: torch.Tensor, yy: torch.Tensor, relation: str = "gt", answer: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """CS_i = p_{y+1} - p_{y-1} (reversed for ``lt``); [n]. Needs 1 <= y <= 98."""
-    up = p.gather(1, (yy + 1).clamp(max=p.shape[1] - 1)[:, None])[:, 0]
+    """CS_i = p_{y+1} - p_{y-1} (reversed for ``lt``); ``exact``: p_a - (p_{a-1} + p_{a+1}) / 2.
+
+    [n]; needs 1 <= y <= 98 (1 <= a <= 98).
+    """
+    top = p.shape[1] - 1
+    if relation == "exact":
+        a = _need_answer(answer).to(p.device)
+        at = p.gather(1, a[:, None])[:, 0]
+        up = p.gather(1, (a + 1).clamp(max=top)[:, None])[:, 0]
+        down = p.gather(1, (a - 1).clamp(min=0)[:, None])[:, 0]
+        return at - (up + down) / 2
+    up = p.gather(1, (yy + 1).clamp(max=top)[:, None])[:, 0]
     down = p.gather(1, (yy - 1).clamp(min=0)[:, None])[:, 0]
     return up - down if relation == "gt" else down - up
 
 
 def logit_diff_per_example(
-    answer_logits: torch.Tensor, yy: torch.Tensor, relation: str = "gt", reduce: str = "sum"
+    answer_logits: torch.Tensor,
+    yy: torch.Tensor,
+    relation: str = "gt",
+    reduce: str = "sum",
+    answer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sum_{correct} l_z - sum_{other} l_z over the 100 answer logits ("mean": EAP-IG's variant)."""
-    good = correct_mask(yy, relation, answer_logits.shape[1]).to(answer_logits.dtype)
+    good = correct_mask(yy, relation, answer_logits.shape[1], answer).to(answer_logits.dtype)
     bad = 1 - good
     if reduce == "mean":
         return (answer_logits * good).sum(-1) / good.sum(-1).clamp(min=1) - (
@@ -73,9 +115,11 @@ def yy_heatmap(p: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def summarize(p: torch.Tensor, yy: torch.Tensor, relation: str = "gt") -> dict[str, float]:
-    pd = prob_diff_per_example(p, yy, relation)
-    cs = cutoff_sharpness_per_example(p, yy, relation)
+def summarize(
+    p: torch.Tensor, yy: torch.Tensor, relation: str = "gt", answer: torch.Tensor | None = None
+) -> dict[str, float]:
+    pd = prob_diff_per_example(p, yy, relation, answer)
+    cs = cutoff_sharpness_per_example(p, yy, relation, answer)
     return {
         "prob_diff": float(pd.mean()),
         "prob_diff_std": float(pd.std()) if len(pd) > 1 else 0.0,

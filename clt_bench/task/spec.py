@@ -1,14 +1,33 @@
-"""Load a task spec from ``tasks/<name>/task.toml`` and validate it."""
+"""Load a task spec (``task.toml`` plus its nouns file) and validate it.
+
+A task is named (``tasks/<name>/task.toml`` of the project) or given as a path: a directory that
+holds ``task.toml``, or the ``.toml`` file itself; its nouns files are resolved beside it.
+
+Prompt slots a template may use: ``{noun}``; ``{XX}{YY}`` (the start year, once; its last two digits
+are the YY token); ``{XX}`` (the century, last); ``{prev1}``..``{prevK}`` (further years of a
+sequence, see ``sequence``). Relations: ``gt`` (correct ZZ > YY), ``lt`` (correct ZZ < YY) and
+``exact`` (one correct ZZ, given by the sequence rule).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from clt_bench.errors import UserError
 from clt_bench.paths import tasks_dir
+
+RELATIONS = ("gt", "lt", "exact")
+# how {prev1}..{prevK} are filled:
+#   random_same_century: K random valid years of the start year's century (Hanna's variant 9);
+#   arithmetic: prevK = year - K * step, step = the smallest integer >= 2 that does not divide YY,
+#               and the one correct answer is YY + step (Hanna's exact-answer variant 4).
+SEQUENCES = ("", "random_same_century", "arithmetic")
+_PREV = re.compile(r"\{prev(\d+)\}")
 
 
 @dataclass(frozen=True)
@@ -16,9 +35,15 @@ class Template:
     name: str
     text: str
     bos: bool = True
-    relation: str = "gt"  # gt: correct ZZ > YY; lt: correct ZZ < YY
+    relation: str = "gt"  # gt: correct ZZ > YY; lt: correct ZZ < YY; exact: ZZ = the answer
     year_range: tuple[int, int] | None = None
     source: str = ""
+    counterfactual: str = "01"  # the corrupted prompt's YY token (1701-style corruption)
+    counterfactual_text: str = ""  # or a fixed corrupted prompt (may use {noun} and {XX})
+    nouns: tuple[str, ...] = ()  # the family's own noun/item list (empty: the task's nouns)
+    sequence: str = ""  # how {prevK} slots are filled (SEQUENCES)
+    n_prev: int = 0  # number of {prevK} slots
+    metric: str = ""  # the PD / CS definition, in words (written to families.csv)
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,12 @@ class TaskSpec:
             )
         return self.datasets[name]
 
+    def all_templates(self) -> dict[str, tuple[str, Template]]:
+        """Every template and family by name -> (kind, template); kind is template | family."""
+        out = {k: ("template", t) for k, t in self.templates.items()}
+        out.update({k: ("family", t) for k, t in self.families.items() if k not in out})
+        return out
+
 
 def task_names() -> list[str]:
     return sorted(p.parent.name for p in tasks_dir().glob("*/task.toml"))
@@ -74,47 +105,135 @@ def _req(table: dict[str, Any], key: str, where: str) -> Any:
     return table[key]
 
 
-def _template(name: str, t: dict[str, Any], where: str, relation_default: str = "gt") -> Template:
+def _read_nouns(path: Path, where: str) -> tuple[str, ...]:
+    if not path.is_file():
+        raise UserError(f"task file {where} names a nouns file that does not exist ({path}).")
+    return tuple(
+        line.strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+
+
+def default_metric(relation: str) -> str:
+    if relation == "exact":
+        return (
+            "PD = p(answer) - max over the other 99 answers of p(ZZ); "
+            "CS = p(answer) - (p(answer-1) + p(answer+1)) / 2"
+        )
+    good, cs = (
+        ("ZZ > YY", "p(YY+1) - p(YY-1)")
+        if relation == "gt"
+        else (
+            "ZZ < YY",
+            "p(YY-1) - p(YY+1)",
+        )
+    )
+    return f"PD = sum of p(ZZ) over {good} minus the sum over the other ZZ; CS = {cs}"
+
+
+def _template(
+    name: str, t: dict[str, Any], where: str, base: Path, corrupt_default: str
+) -> Template:
     text = _req(t, "text", where)
-    for slot in ("{XX}{YY}",):
-        if slot not in text or not text.endswith("{XX}"):
-            raise UserError(
-                f"template '{name}' in {where} must contain '{{XX}}{{YY}}' and end with '{{XX}}'."
-            )
-    relation = t.get("relation", relation_default)
-    if relation not in ("gt", "lt"):
-        raise UserError(f"template '{name}' in {where} has relation '{relation}' (use gt or lt).")
+    if text.count("{XX}{YY}") != 1 or not text.endswith("{XX}"):
+        raise UserError(
+            f"template '{name}' in {where} must contain '{{XX}}{{YY}}' once and end with '{{XX}}'."
+        )
+    relation = t.get("relation", "gt")
+    if relation not in RELATIONS:
+        raise UserError(
+            f"template '{name}' in {where} has relation '{relation}' (use gt, lt or exact)."
+        )
+    sequence = str(t.get("sequence", ""))
+    if sequence not in SEQUENCES:
+        raise UserError(
+            f"template '{name}' in {where} has sequence '{sequence}' "
+            f"(use {' or '.join(s for s in SEQUENCES if s)})."
+        )
+    slots = sorted({int(k) for k in _PREV.findall(text)})
+    if slots and slots != list(range(1, len(slots) + 1)):
+        raise UserError(f"template '{name}' in {where} must number its slots {{prev1}}..{{prevK}}.")
+    if bool(slots) != bool(sequence):
+        raise UserError(
+            f"template '{name}' in {where} needs both {{prevK}} slots and a 'sequence' rule, "
+            f"or neither."
+        )
+    if relation == "exact" and sequence != "arithmetic":
+        raise UserError(
+            f"template '{name}' in {where} has relation 'exact', which needs "
+            f'sequence = "arithmetic" (the rule that gives the answer).'
+        )
+    if "nouns" in t and "nouns_file" in t:
+        raise UserError(f"template '{name}' in {where} sets both 'nouns' and 'nouns_file'.")
+    nouns: tuple[str, ...] = ()
+    if "nouns" in t:
+        nouns = tuple(str(n).strip() for n in t["nouns"] if str(n).strip())
+    elif "nouns_file" in t:
+        nouns = _read_nouns(base / str(t["nouns_file"]), where)
+    if ("nouns" in t or "nouns_file" in t) and not nouns:
+        raise UserError(f"template '{name}' in {where} lists no nouns.")
+    cf = str(t.get("counterfactual", corrupt_default))
+    cf_text = str(t.get("counterfactual_text", ""))
+    if cf_text and not cf_text.endswith("{XX}"):
+        raise UserError(
+            f"template '{name}' in {where}: counterfactual_text must end with '{{XX}}'."
+        )
     yr = t.get("year_range")
+    if yr is not None and (len(yr) != 2 or int(yr[0]) >= int(yr[1])):
+        raise UserError(f"template '{name}' in {where} needs year_range = [start, stop).")
     return Template(
         name=name,
         text=text,
         bos=bool(t.get("bos", True)),
         relation=relation,
-        year_range=tuple(yr) if yr else None,
+        year_range=(int(yr[0]), int(yr[1])) if yr else None,
         source=str(t.get("source", "")),
+        counterfactual=cf,
+        counterfactual_text=cf_text,
+        nouns=nouns,
+        sequence=sequence,
+        n_prev=len(slots),
+        metric=str(t.get("metric", default_metric(relation))),
     )
 
 
-def load_task(name: str = "greater_than", root: Path | None = None) -> TaskSpec:
-    """Read and validate ``<root>/<name>/task.toml`` (root defaults to the project's tasks/)."""
-    base = (root or tasks_dir()) / name
-    path = base / "task.toml"
+def resolve_task_path(name: str | Path, root: Path | None = None) -> Path:
+    """The ``task.toml`` for a task name (under ``root``, default tasks/), directory or file."""
+    text = str(name)
+    as_path = Path(text).expanduser()
+    if as_path.suffix == ".toml":
+        if not as_path.is_file():
+            raise UserError(f"the task file {as_path} does not exist.")
+        return as_path
+    path = (root or tasks_dir()) / text / "task.toml"
+    looks_like_path = "/" in text or "\\" in text or text.startswith(".")
+    if root is None and (looks_like_path or (as_path.is_dir() and not path.is_file())):
+        if not (as_path / "task.toml").is_file():
+            raise UserError(f"the task directory {as_path} holds no task.toml.")
+        return as_path / "task.toml"
     if not path.is_file():
-        raise UserError(f"unknown task '{name}' (known tasks: {', '.join(task_names())}).")
+        raise UserError(f"unknown task '{text}' (known tasks: {', '.join(task_names())}).")
+    return path
+
+
+def load_task(name: str | Path = "greater_than", root: Path | None = None) -> TaskSpec:
+    """Read and validate a task: a name under ``root`` (default tasks/), a directory, or a file."""
+    path = resolve_task_path(name, root)
+    base = path.parent
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         where = str(path)
-        nouns_path = base / _req(data, "nouns_file", where)
-        if not nouns_path.is_file():
-            raise UserError(f"task file {where} names a nouns file that does not exist.")
-        nouns = tuple(
-            line.strip()
-            for line in nouns_path.read_text().splitlines()
-            if line.strip() and not line.startswith("#")
-        )
+        nouns = _read_nouns(base / _req(data, "nouns_file", where), where)
         yf = _req(data, "year_filter", where)
-        templates = {k: _template(k, v, where) for k, v in _req(data, "templates", where).items()}
-        families = {k: _template(k, v, where) for k, v in data.get("families", {}).items()}
+        corrupt = str(_req(_req(data, "corruption", where), "yy", where))
+        templates = {
+            k: _template(k, v, where, base, corrupt)
+            for k, v in _req(data, "templates", where).items()
+        }
+        families = {
+            k: _template(k, v, where, base, corrupt) for k, v in data.get("families", {}).items()
+        }
         datasets = {
             k: DatasetSpec(
                 k,
@@ -136,21 +255,27 @@ def load_task(name: str = "greater_than", root: Path | None = None) -> TaskSpec:
             year_tokens=int(yf.get("tokens", 2)),
             suffix_chars=int(yf.get("suffix_chars", 2)),
             drop_century_ends=bool(yf.get("drop_century_ends", True)),
-            corrupt_yy=str(_req(_req(data, "corruption", where), "yy", where)),
+            corrupt_yy=corrupt,
             n_answers=int(_req(_req(data, "answers", where), "count", where)),
             templates=templates,
             families=families,
             datasets=datasets,
-            default_template=str(data.get("default_template", next(iter(templates)))),
+            default_template=str(data.get("default_template", next(iter(templates), ""))),
             default_family=str(data.get("default_family", "")),
             path=path,
         )
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"task file {path} is not valid TOML ({err}).") from err
-    except (TypeError, ValueError, AttributeError) as err:
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
         raise UserError(f"task file {path} is malformed ({err}).") from err
     if not spec.nouns:
         raise UserError(f"task file {path} lists no nouns.")
     if spec.default_template not in spec.templates:
         raise UserError(f"task file {path} names an unknown default template.")
     return spec
+
+
+def task_fingerprint(name: str | Path) -> str:
+    """Hash of a task's data as loaded (task file and nouns), so edited task data reruns stages."""
+    spec = load_task(name)
+    return hashlib.sha256(repr(replace(spec, path=Path())).encode()).hexdigest()[:16]

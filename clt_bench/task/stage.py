@@ -12,9 +12,10 @@ import torch
 from clt_bench.config import RunConfig
 from clt_bench.io import run_metadata, save_tensors, write_json
 from clt_bench.models import LoadedModel
-from clt_bench.plots import yy_zz_heatmap
+from clt_bench.plots import SCALE_CAPTIONS, yy_zz_heatmap
 from clt_bench.task.dataset import TaskBatch, build_dataset
 from clt_bench.task.evaluate import end_logits, task_metrics
+from clt_bench.task.families import format_families_table, write_families
 from clt_bench.task.metrics import (
     answer_probs,
     cutoff_sharpness_per_example,
@@ -25,15 +26,26 @@ from clt_bench.task.metrics import (
 from clt_bench.task.spec import load_task
 
 log = logging.getLogger(__name__)
+# per-family numbers copied into metrics.json (the full rows are in families.csv)
+FAMILY_KEYS = (
+    "name",
+    "relation",
+    "n",
+    "prob_diff",
+    "cutoff_sharpness",
+    "corrupted_prob_diff",
+    "error",
+)
 
 
 def load_task_batch(cfg: RunConfig, loaded: LoadedModel, dataset: str | None = None) -> TaskBatch:
+    """The run's task batch: ``task.template`` (empty: the task file's default_template)."""
     spec = load_task(cfg.task.task)
     return build_dataset(
         spec,
         loaded.tokenizer,
         dataset or cfg.task.dataset,
-        cfg.task.template,
+        cfg.task.template or spec.default_template,
         n=cfg.task.n or None,
         seed=cfg.task.seed,
     )
@@ -43,6 +55,7 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
     """Evaluate the model on the task; write ``<out>/task/metrics.json`` and ``heatmap.png``."""
     t0 = time.perf_counter()
     stage_dir = Path(out_dir) / "task"
+    spec = load_task(cfg.task.task)
     batch = load_task_batch(cfg, loaded)
     bs, ids = cfg.task.batch_size, batch.answer_ids
     clean = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs, compact_ids=ids)
@@ -54,11 +67,15 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
     heat_path = yy_zz_heatmap(
         heat.numpy(),
         stage_dir / "heatmap.png",
-        f"{loaded.name}: mean p(ZZ | YY), {cfg.task.template} template, n={len(batch)}",
+        f"{loaded.name}: mean p(ZZ | YY), {batch.template} template, n={len(batch)}\n"
+        f"({SCALE_CAPTIONS['row']})",
+        scale="row",
     )
+    families = write_families(cfg, loaded, spec, stage_dir)
     metrics: dict[str, Any] = {
         "model": loaded.name,
         "task": cfg.task.task,
+        "task_file": str(spec.path),
         "template": batch.template,
         "relation": batch.relation,
         "dataset": cfg.task.dataset,
@@ -71,12 +88,16 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
         **corrupt_m,
         "n_noncanonical_corrupted": int((~batch.canonical_corrupted).sum()),
         "heatmap": heat_path.name,
+        "heatmap_scale": SCALE_CAPTIONS["row"],
+        "families": [{k: r[k] for k in FAMILY_KEYS} for r in families],
         "heatmap_matrix": [[None if v != v else round(v, 6) for v in row] for row in heat.tolist()],
         "wall_seconds": round(time.perf_counter() - t0, 3),
         **run_metadata(seeds={"dataset": batch.seed}),
     }
     write_json(stage_dir / "metrics.json", metrics)
     save_per_prompt(stage_dir / "per_prompt.safetensors", clean, corrupt, batch)
+    if families:
+        log.info("prompt families:\n%s", format_families_table(families))
     log.info("task stage wrote %s", stage_dir)
     return metrics
 
@@ -90,11 +111,12 @@ def save_per_prompt(path: Path, clean: torch.Tensor, corrupt: torch.Tensor, batc
     compact = torch.arange(len(batch.answer_ids))
     p, pc = answer_probs(clean, compact), answer_probs(corrupt, compact)
     yy, rel = batch.yy, batch.relation
+    a = batch.answer if rel == "exact" else None
     return save_tensors(path, {
-        "prob_diff": prob_diff_per_example(p, yy, rel),
-        "cutoff_sharpness": cutoff_sharpness_per_example(p, yy, rel),
-        "corrupted_prob_diff": prob_diff_per_example(pc, yy, rel),
-        "logit_diff": logit_diff_per_example(clean[:, compact].double(), yy, rel),
+        "prob_diff": prob_diff_per_example(p, yy, rel, a),
+        "cutoff_sharpness": cutoff_sharpness_per_example(p, yy, rel, a),
+        "corrupted_prob_diff": prob_diff_per_example(pc, yy, rel, a),
+        "logit_diff": logit_diff_per_example(clean[:, compact].double(), yy, rel, answer=a),
         "yy": yy,
     })
 
