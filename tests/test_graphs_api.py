@@ -31,7 +31,7 @@ def setup():
     loaded = tiny_loaded(3, 16, 2, torch.float64)
     clt = make_clt(loaded, TOKENS, "jumprelu", skip=True, n_features=16)
     targets = answer_targets(loaded.tokenizer, 50257)[10:14]
-    graph = build_graph(loaded, clt, TOKENS, targets, GraphsConfig(batch_size=16))
+    graph = build_graph(loaded, clt, TOKENS, targets, GraphsConfig(batch_size=16, zero_bos=False))
     return loaded, clt, graph
 
 

@@ -5,7 +5,9 @@ All targets here are linear in the residual stream at END that enters the unembe
 (``unembed.hook_in``; the final LayerNorm is frozen in the local replacement model):
 
 - answer logit z (100 targets): ``x_END . W_U[:, id_z] + b_U[id_z]``;
-- greater-than logit difference: ``sum_z c_z(YY) * logit_z`` with c = +1 for ZZ > YY, -1 otherwise;
+- greater-than logit difference: ``sum_z c_z(YY) * logit_z`` with the graphs' shift-invariant
+  coefficients (``clt_bench.graphs.targets.greater_than_coefficients``: +1/n_gt for ZZ > YY,
+  -1/n_le otherwise, summing to zero), the target the features are ranked by;
 - first-order probability difference: ``x_END . (W_U g)`` with ``g = dPD/dlogits`` at the clean
   logits (``g_v = p_v (c_v - PD)``, c_v = 0 off the answers), i.e. a feature's attribution to it
   is its first-order contribution to PD.
@@ -35,6 +37,7 @@ from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.graphs.attribution import Attributor, feature_table
 from clt_bench.graphs.replacement import ReplacementModel, build_replacement, run_frozen
+from clt_bench.graphs.targets import greater_than_coefficients
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.metrics import correct_mask
 
@@ -210,17 +213,19 @@ def _target_matrix(rm: ReplacementModel, batch: TaskBatch, W_U: torch.Tensor, b_
     logits = rm.logits.double()  # [n, V]
     p = torch.softmax(logits, -1)
     c = correct_mask(batch.yy, batch.relation, N_ANSWERS).double() * 2 - 1  # [n, 100]
+    # the graphs' greater-than target (zero-sum coefficients: shift-invariant)
+    c_ld = greater_than_coefficients(batch.yy, batch.relation, N_ANSWERS)  # [n, 100]
     pd = (p[:, ids] * c).sum(-1)  # [n]
     g = -p * pd[:, None]
     g[:, ids] = p[:, ids] * (c - pd[:, None])
     Wa = W_U[:, ids].to(dt)  # [d, 100]
     dirs = torch.cat([
         Wa[None].expand(len(pd), -1, -1),
-        (Wa.double() @ c.T).T[:, :, None].to(dt),  # [n, d, 1] logit diff
+        (Wa.double() @ c_ld.T).T[:, :, None].to(dt),  # [n, d, 1] logit diff
         (g @ W_U.double().T)[:, :, None].to(dt),  # [n, d, 1] first-order PD
     ], dim=2)  # [n, d, 102]
     ba = b_U[ids].double()
-    off = torch.cat([ba[None].expand(len(pd), -1), (c * ba).sum(-1, keepdim=True),
+    off = torch.cat([ba[None].expand(len(pd), -1), (c_ld * ba).sum(-1, keepdim=True),
                      (g @ b_U.double())[:, None]], dim=1).to(dt)  # [n, 102]
     return dirs, off, pd
 
