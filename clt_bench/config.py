@@ -150,6 +150,7 @@ class FeaturesConfig:
     large_zz_corr: float = 0.5
     parity_corr: float = 0.5
     narrow_yy_fraction: float = 0.25
+    mult5_corr: float = 0.5  # multiple-of-5 promoter: row-centred corr with 1[ZZ mod 5 = 0]
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ class TaskAttributions:
     x_end: np.ndarray
     clean_prob_diff: float
     clean_logit_diff: float
+    pd_direct: np.ndarray | None = None  # [R] direct first-order PD contribution per pair
 
     @property
     def n_prompts(self) -> int:
@@ -258,7 +259,10 @@ def _chunk(rm: ReplacementModel, batch: TaskBatch, clt: CrossLayerTranscoder, W_
     acts = torch.cat([rm.active_values(layer) for layer in range(L)]).detach()
     write = task[0]  # [K, L]
     feat = torch.cat([answers.double(), task.sum(-1)])  # [102, K]
+    # direct first-order PD contribution: direct effect on x_END . the prompt's PD direction
+    pd_direct = (direct.double() * dirs[table[:, 0], :, T_PD].double().cpu()).sum(-1)  # [K]
     return {"table": table.cpu(), "acts": acts.detach().cpu(), "feat": feat.cpu(),
+            "pd_direct": pd_direct,
             "write": write.cpu(), "direct": direct.cpu(), "x_end": x_end.detach().cpu(),
             "pd": pd.cpu(), "ld": targets[:, T_LOGIT_DIFF].detach().cpu()}
 
@@ -319,6 +323,7 @@ def task_attributions(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
         x_end=torch.cat([p["x_end"] for p in parts]).numpy(),
         clean_prob_diff=float(pd_all.mean()),
         clean_logit_diff=float(ld_all.mean()),
+        pd_direct=agg(torch.cat([p["pd_direct"] for p in parts])).numpy(),
     )
 
 
@@ -366,7 +371,8 @@ def per_feature_sums(att: TaskAttributions, keys: np.ndarray) -> dict[str, np.nd
     logit-diff split by position class [k, 3] and by written layer [k, L] (means over prompts)."""
     idx = {int(k): i for i, k in enumerate(keys)}
     k = len(keys)
-    out = {"logit_diff": np.zeros(k), "pd": np.zeros(k), "pos": np.zeros((k, 3)),
+    out = {"logit_diff": np.zeros(k), "pd": np.zeros(k), "pd_direct": np.zeros(k),
+           "pos": np.zeros((k, 3)),
            "write": np.zeros((k, att.n_layers)), "n_prompts": np.zeros(k, dtype=int)}
     for r, key in enumerate(att.pair_key):
         i = idx.get(int(key))
@@ -374,9 +380,11 @@ def per_feature_sums(att: TaskAttributions, keys: np.ndarray) -> dict[str, np.nd
             continue
         out["logit_diff"][i] += att.logit_diff[r]
         out["pd"][i] += att.pd[r]
+        if att.pd_direct is not None:
+            out["pd_direct"][i] += att.pd_direct[r]
         out["pos"][i] += att.pos_logit_diff[r]
         out["write"][i] += att.write_effects[r]
         out["n_prompts"][i] += 1
-    for name in ("logit_diff", "pd", "pos", "write"):
+    for name in ("logit_diff", "pd", "pd_direct", "pos", "write"):
         out[name] /= max(att.n_prompts, 1)
     return out
