@@ -126,6 +126,9 @@ class GraphsConfig:
     # graph nodes (their contributions count as constants; BOS's residual is the same in every
     # prompt). Default on, as in circuit-tracer.
     zero_bos: bool = True
+    # influence share by position (YY / END / rest): averaged over this many task prompts (one
+    # per YY, spread over 2..98; 0 = skip), beside the graph of the seed study's own prompt
+    share_prompts: int = 16
 
 
 @dataclass(frozen=True)
