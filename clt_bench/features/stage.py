@@ -13,8 +13,8 @@ influence (sum over prompts of |total attribution to the shift-invariant greater
 difference of ``clt_bench.graphs.targets``|), logit_diff_contribution and pd_contribution (mean over
 prompts of its total attribution to the logit difference / its first-order contribution to PD),
 pd_direct_contribution (the same through its direct effect on the END residual only: the
-first-order counterpart of the constrained ablation), delta_pd_constrained (zeroed, everything else frozen) /
-delta_pd_free (removed from the real model) (``ablation``), position
+first-order counterpart of the constrained ablation), delta_pd_constrained (zeroed, everything
+else frozen) / delta_pd_free (removed from the real model) (``ablation``), position
 (where its attribution sits: YY, END or other), act_position (where its activation sits),
 layers_written, main_write_layer (the written layer carrying most of its effect),
 circuit_mlp_share (share of its |effect| written into the circuit's MLPs at its position), via

@@ -64,6 +64,14 @@ def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt_or_tokens: str | to
     return toks, tokenizer.decode(toks.tolist())
 
 
+def check_context(loaded: LoadedModel, tokens: torch.Tensor) -> None:
+    """A prompt longer than the model's context is an input error, not a crash."""
+    n_ctx = getattr(getattr(loaded.bridge, "cfg", None), "n_ctx", None)
+    if n_ctx is not None and tokens.shape[-1] > int(n_ctx):
+        raise UserError(f"the prompt is {tokens.shape[-1]} tokens long, longer than the model's "
+                        f"context of {int(n_ctx)} tokens.")
+
+
 def _attribute(att: Attributor, rows: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
     """Incoming edges of the entries ``rows`` of the 1-D ``att.value`` (one prompt), batched."""
     parts: dict[str, list[torch.Tensor]] = {"feat": [], "err": [], "tok": [], "pos": [], "bdec": []}
@@ -139,6 +147,7 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
     cfg = cfg or GraphsConfig()
     t0 = time.perf_counter()
     tokens, prompt = prompt_tokens(loaded.tokenizer, prompt_or_tokens, cfg.prepend_bos)
+    check_context(loaded, tokens)
     rm = build_replacement(loaded.bridge, clt, tokens)
     if target and all(isinstance(t, Target) for t in target) and not isinstance(target, str):
         targets = list(target)

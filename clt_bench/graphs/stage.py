@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -11,10 +12,10 @@ import numpy as np
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.config import RunConfig
+from clt_bench.errors import UserError
 from clt_bench.graphs.build import build_graph
 from clt_bench.graphs.draw import draw_graph
 from clt_bench.graphs.export import write_graph_json
-from clt_bench.errors import UserError
 from clt_bench.graphs.graph import Graph
 from clt_bench.graphs.targets import parse_yy
 from clt_bench.io import run_metadata, write_json
@@ -26,9 +27,15 @@ log = logging.getLogger(__name__)
 
 
 def slugify(prompt: str, max_len: int = 48) -> str:
-    """A file-name slug: the prompt's words joined by '-' ("the-war-lasted-...")."""
-    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))[:max_len].strip("-")
-    return slug or "graph"
+    """A file-name slug: the prompt's ASCII words joined by '-' ("the-war-lasted-..."), plus a
+    hash of the prompt whenever those words do not spell it out (other characters, truncation),
+    so two different prompts -- e.g. two non-ASCII ones -- never share a graph file."""
+    words = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))
+    slug = words[:max_len].strip("-")
+    if slug and slug == re.sub(r"\s+", "-", prompt.strip().lower()):
+        return slug
+    digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:10]
+    return f"{slug or 'graph'}-{digest}"
 
 
 def write_graph_outputs(graph: Graph, json_path: Path, scan: str) -> dict[str, Path]:
