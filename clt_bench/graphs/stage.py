@@ -78,6 +78,11 @@ def format_graph_report(graph: Graph, top: int = 10) -> str:
 
 
 POSITION_CLASSES = ("YY", "END", "rest")
+TARGET_DEFINITION = (
+    "greater-than target: mean logit of the answers ZZ > YY minus mean logit of the answers "
+    "ZZ <= YY (coefficients +1/n_gt and -1/n_le, summing to zero, so a shift of every logit or of "
+    "the 100 answer logits leaves it unchanged); every target direction is demeaned over the "
+    "vocabulary (graphs.demean)")
 SEED_TEMPLATE, SEED_NOUN, SEED_YEAR = "goodfire", "war", 1711  # "The war lasted ... 1711 to 17"
 
 
@@ -157,6 +162,7 @@ def run_graphs_stage(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTransco
         "task_template": batch.template if batch is not None else None,
         **graph.summary(),
         "influence_share": shares,
+        "target_definition": TARGET_DEFINITION,
         "config_hash": cfg.section_hash("model", "clt", "graphs"),
         **run_metadata(config=cfg.graphs, seeds={"clt": cfg.clt.seed}),
     }
