@@ -3,9 +3,11 @@
 Each prompt position gets a column as wide as its most crowded (position, layer) cell, so the
 nodes of a crowded cell (typically END) do not sit on top of each other. Feature and error nodes
 are sized and coloured by their influence on the targets (colour bar); edges are blue (positive)
-or red (negative), thicker when stronger. The most influential features are labelled
-"L<layer>/<feature>"; a label that would overlap another one in its row is moved up a level, and
-left out when three levels are taken (the top-features list of the graphs stage has them all).
+or red (negative), thicker and darker the closer they are to the strongest kept input of their
+receiving node; all kept edges into the targets are drawn, then the strongest others.
+The most influential features are labelled "L<layer>/<feature>"; a label that would overlap
+another one in its row is moved up a level, and left out when three levels are taken (the
+top-features list of the graphs stage has them all).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.lines import Line2D
 
 from clt_bench.graphs.graph import Graph
@@ -84,14 +87,20 @@ def draw_graph(graph: Graph, path: str | os.PathLike[str], title: str | None = N
     dst, src = graph.edge_mask.nonzero(as_tuple=True)
     if len(dst):
         w = graph.adjacency[dst, src]
-        order = w.abs().argsort(descending=True)[:max_edges]
-        wmax = float(w.abs().max()) or 1.0
+        # strength relative to the receiving node's strongest kept input: targets and features
+        # have different scales, so raw weights would hide every edge into the target
+        row_max = torch.zeros(graph.n_nodes, dtype=torch.float64).scatter_reduce_(
+            0, dst, w.abs().double(), "amax")
+        share = w.abs().double() / row_max[dst].clamp_min(1e-30)
+        # every kept edge into a target first, then the strongest of the rest
+        into_target = (dst >= graph.offsets()["target"]).double()
+        order = (share + 2.0 * into_target).argsort(descending=True)[:max_edges]
         for e in order.flip(0).tolist():  # strongest drawn last (on top)
-            s, t, wt = int(src[e]), int(dst[e]), float(w[e])
+            s, t, wt, sh = int(src[e]), int(dst[e]), float(w[e]), float(share[e])
             if s in xy and t in xy:
-                ax.plot([xy[s][0], xy[t][0]], [xy[s][1], xy[t][1]], lw=0.3 + 2.2 * abs(wt) / wmax,
-                        color="#2166ac" if wt > 0 else "#b2182b",
-                        alpha=0.15 + 0.6 * abs(wt) / wmax, zorder=1)
+                ax.plot([xy[s][0], xy[t][0]], [xy[s][1], xy[t][1]], lw=0.3 + 2.2 * sh,
+                        color="#2166ac" if wt > 0 else "#b2182b", alpha=0.15 + 0.6 * sh,
+                        zorder=1)
     kinds = {i: graph.describe(i)["kind"] for i in kept}
     infl = graph.influence.double() if len(graph.influence) else None
     ranked = [i for i in kept if kinds[i] in ("feature", "error")]
