@@ -128,7 +128,7 @@ class GraphsConfig:
     zero_bos: bool = True
     # influence share by position (YY / END / rest): averaged over this many task prompts (one
     # per YY, spread over 2..98; 0 = skip), beside the graph of the seed study's own prompt
-    share_prompts: int = 16
+    share_prompts: int = 8
 
 
 @dataclass(frozen=True)
