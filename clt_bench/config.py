@@ -129,10 +129,17 @@ class GraphsConfig:
     prompt: str = "The war lasted from the year 1711 to the year 17"
     target: str = "greater-than"  # greater-than | logits | answers | a token string
     prepend_bos: bool = True  # text prompts start with BOS, as the task prompts do
-    demean: bool = False  # subtract each target direction's mean over the vocabulary
+    demean: bool = True  # subtract each target direction's mean over the vocabulary
     logit_probability: float = 0.95  # `logits` target: top tokens up to this probability
     max_logits: int = 10  # `logits` target: at most this many tokens
     top_features: int = 10  # how many features the CLI and scores.json list
+    # circuit-tracer's BOS convention: when token 0 is BOS, its features and error nodes are not
+    # graph nodes (their contributions count as constants; BOS's residual is the same in every
+    # prompt). Default on, as in circuit-tracer.
+    zero_bos: bool = True
+    # influence share by position (YY / END / rest): averaged over this many task prompts (one
+    # per YY, spread over 2..98; 0 = skip), beside the graph of the seed study's own prompt
+    share_prompts: int = 8
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,7 @@ class FeaturesConfig:
     large_zz_corr: float = 0.5
     parity_corr: float = 0.5
     narrow_yy_fraction: float = 0.25
+    mult5_corr: float = 0.5  # multiple-of-5 promoter: row-centred corr with 1[ZZ mod 5 = 0]
 
 
 @dataclass(frozen=True)

@@ -107,3 +107,43 @@ def test_activation_profile():
     assert 0 < p.yy_entropy < 1
     flat = activation_profile(np.ones((10, 13)), yy, 8, 12)
     assert flat.yy_entropy == pytest.approx(1.0) and flat.position == "other"
+
+
+def test_row_constant_heatmap_is_not_a_comparator():
+    # every ZZ of a row shifted equally, more for small YY: never changes which ZZ wins
+    h = full(np.ones((1, 100))) * (100.0 - Y)
+    s = shape_scores(h)
+    assert abs(s.gt_corr) < 0.05
+    assert label_feature(s, 1.0) != "comparator"
+    # without row-centring the same heatmap correlates with 1[ZZ > YY]
+    raw = np.corrcoef(h.ravel(), (Z > Y).astype(float).ravel())[0, 1]
+    assert raw > 0.2
+
+
+def test_step_at_yy_plus_one_plus_row_constant_is_a_comparator():
+    h = (Z >= Y + 1).astype(float) + 5.0 * (100.0 - Y) / 100.0  # step plus a row-wise shift
+    s = shape_scores(h)
+    assert s.gt_corr > 0.9
+    assert label_feature(s, 1.0) == "comparator"
+
+
+def test_multiple_of_5_promoter():
+    s = shape_scores(full((Z % 5 == 0).astype(float)) + 0.3 * Y)
+    assert s.mult5_corr == pytest.approx(1.0)
+    assert abs(s.gt_corr) < 0.1
+    assert label_feature(s, 1.0) == "multiple-of-5 promoter"
+    # a threshold above the score turns the label off
+    assert label_feature(s, 1.0, LabelRule(mult5_corr=1.1)) != "multiple-of-5 promoter"
+    # a comparator does not look like a multiple-of-5 promoter
+    assert shape_scores((Z > Y).astype(float)).mult5_corr < 0.2
+
+
+def test_single_yy():
+    h = np.zeros((97, 100))
+    row = int(np.nonzero(YY_VALUES == 11)[0][0])
+    h[row] = np.where(ZZ_VALUES > 11, 1.0, -1.0)
+    s = shape_scores(h)
+    assert s.n_active_rows == 1 and s.gt_corr == pytest.approx(1.0)
+    assert label_feature(s, 1 / 97) == "single-YY"
+    h[row + 1] = np.where(ZZ_VALUES > 12, 1.0, -1.0)  # two YY: a narrow comparator
+    assert label_feature(shape_scores(h), 2 / 97) == "narrow comparator"

@@ -44,9 +44,21 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
     assert len(list(out.glob("heatmap_0*.png"))) == 2
     header = (out / "features.csv").read_text().splitlines()[0].split(",")
     for col in ("label", "gt_corr", "large_zz_corr", "parity_corr", "yy_fraction",
-                "pd_contribution", "delta_pd_constrained", "delta_pd_free", "via", "contexts"):
+                "pd_contribution", "pd_direct_contribution", "mult5_corr",
+                "delta_pd_constrained", "delta_pd_free", "via", "contexts"):
         assert col in header
-    json.loads((out / "metrics.json").read_text())  # strict JSON
+    metrics = json.loads((out / "metrics.json").read_text())  # strict JSON
+    assert "spearman_contribution_vs_ablation" not in metrics
+    assert {"spearman_direct_contribution_vs_constrained_ablation",
+            "spearman_total_contribution_vs_free_ablation"} <= set(metrics)
+    import csv
+
+    rows = list(csv.DictReader((out / "features.csv").open()))
+    # like with like: the direct first-order contribution predicts the constrained ablation
+    # (a direct effect through a softmax) to first order on this tiny, weakly-coupled model
+    for r in rows:
+        direct, constrained = float(r["pd_direct_contribution"]), float(r["delta_pd_constrained"])
+        assert abs(constrained + direct) <= 0.2 * abs(direct) + 1e-6, r["feature"]
     c = run_compare_stage(cfg, loaded, tmp_path, progress=False)
     assert c["circuit"] == "discovered"
     assert 0.0 <= c["influence_share_in_circuit"] <= 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from _graphs_helpers import make_clt, tiny_loaded
@@ -21,6 +22,7 @@ from clt_bench.graphs.interventions import (
     free_patch,
     parse_intervention,
 )
+from clt_bench.graphs.stage import slugify
 from clt_bench.graphs.targets import answer_targets, directions, parse_yy
 
 TOKENS = torch.tensor([50256, 464, 1175, 15436, 422, 262, 614, 1596, 1157, 284, 262, 614, 1596])
@@ -31,7 +33,7 @@ def setup():
     loaded = tiny_loaded(3, 16, 2, torch.float64)
     clt = make_clt(loaded, TOKENS, "jumprelu", skip=True, n_features=16)
     targets = answer_targets(loaded.tokenizer, 50257)[10:14]
-    graph = build_graph(loaded, clt, TOKENS, targets, GraphsConfig(batch_size=16))
+    graph = build_graph(loaded, clt, TOKENS, targets, GraphsConfig(batch_size=16, zero_bos=False))
     return loaded, clt, graph
 
 
@@ -114,13 +116,27 @@ def test_json_round_trip_and_png(setup, tmp_path):
     assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
     back = read_graph_json(path)
     assert back.scores == g.scores
-    kept = g.node_mask & ~(g.edge_mask.any(0) | g.edge_mask.any(1) | g.always_kept())
-    assert int(back.node_mask.sum()) == int((g.node_mask & ~kept).sum()) or back.node_mask.any()
-    assert len(data["links"]) == int(g.edge_mask.sum())
+    # every kept node comes back, and only those (the file holds only the kept features, so
+    # nodes are compared by identity: kind, layer, position, feature)
+    def kept(graph):
+        return {tuple(graph.describe(i)[k] for k in ("kind", "layer", "pos", "feature"))
+                for i in graph.node_mask.nonzero()[:, 0].tolist()}
+
+    assert g.node_mask.any() and not g.node_mask.all()
+    assert kept(back) == kept(g)
+    assert back.n_features == int(g.node_mask[: g.n_features].sum())
+    assert len(data["links"]) == int(g.edge_mask.sum()) == int(back.edge_mask.sum())
     torch.testing.assert_close(back.adjacency[back.edge_mask].sort().values,
                                g.adjacency[g.edge_mask].sort().values)
     png = draw_graph(g, tmp_path / "g.png")
-    assert png.stat().st_size > 1000
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)  # [h, w, channels] in [0, 1]
+    assert img.shape[0] >= 400 and img.shape[1] >= 600
+    rgb = img[..., :3]
+    non_white = (rgb < 0.9).any(-1).mean()
+    assert non_white > 0.01  # drawn, not blank
+    assert len(np.unique(rgb.reshape(-1, 3).round(2), axis=0)) > 20  # colours, not one fill
 
 
 def test_targets_and_bad_input(setup):
@@ -139,10 +155,39 @@ def test_targets_and_bad_input(setup):
                           [Intervention(99, 0, 0, value=1.0)])
 
 
-def test_cli_bad_input_exits_2(capsys):
-    assert main(["attribute", "--model", "toy", "--clt", "/nonexistent/clt",
-                 "--node-threshold", "2"]) == 2
-    assert "error:" in capsys.readouterr().err
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--clt", "/nonexistent/clt"], "does not exist"),
+    (["--clt", "random:16", "--node-threshold", "2"], "--node-threshold"),
+    (["--clt", "random:16", "--edge-threshold", "0"], "--edge-threshold"),
+    (["--clt", "random:16", "--batch-size", "0"], "--batch-size"),
+    (["--clt", "random:x"], "must be an integer"),
+    (["--clt", "random:16", "--prompt", "   "], "the prompt is empty"),
+    (["--clt", "random:16", "--prompt", "The war lasted a long time"], "four-digit year"),
+    (["--clt", "random:16", "--prompt", "The war lasted from the year 1711 to 17" + " and" * 300],
+     "longer than the model's context"),
+    (["--clt", "random:16", "--target", "two words"], "not one token"),
+])
+def test_cli_bad_input_exits_2(capsys, extra, message):
+    assert main(["attribute", "--model", "toy", *extra]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1  # one sentence
+
+
+def test_cli_unicode_prompts_get_their_own_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    prompts = ["Война длилась с 1711 года до 17", "戦争は1711年から17"]
+    for p in prompts:
+        assert main(["attribute", "--model", "toy", "--clt", "random:16", "--prompt", p,
+                     "--max-features", "8"]) == 0
+    files = sorted((tmp_path / "results" / "toy" / "graphs").glob("*.json"))
+    assert len(files) == 2
+    assert {json.loads(f.read_text())["metadata"]["prompt"] for f in files} == set(prompts)
+    assert slugify(prompts[0]) != slugify(prompts[1])
+    assert slugify("The war lasted from the year 1711 to the year 17") == \
+        "the-war-lasted-from-the-year-1711-to-the-year-17"
+    assert slugify("The war!") != slugify("The war?")
 
 
 def test_run_graphs_stage_writes_outputs(setup, tmp_path):

@@ -118,3 +118,18 @@ def test_dead_clt_routes_mlps_through_errors():
     torch.testing.assert_close(torch.tensor(g.scores["completeness"], dtype=torch.float64),
                                (w * tok / (tok + err)).sum() / w.sum())
     assert g.scores["replacement"] < 1.0
+
+
+def test_prune_drops_features_without_kept_incoming_edges():
+    """f0 keeps its (weak) edge to y but loses both incoming edges: circuit-tracer drops it."""
+    A = torch.zeros(5, 5, dtype=torch.float64)  # nodes f0, err, tok0, tok1, y
+    A[4, 0], A[4, 1] = 0.1, 10.0  # y <- f0 (weak), err (strong)
+    A[0, 2], A[0, 3] = 1.0, 1.0  # f0 <- tok0, tok1 (each half of f0's small influence)
+    w = torch.tensor([0, 0, 0, 0, 1.0], dtype=torch.float64)
+    always = torch.tensor([False, False, True, True, True])
+    feats = torch.tensor([True, False, False, False, False])
+    old_nodes, old_edges, _ = prune(A, w, always, 1.0, 0.985)
+    assert old_nodes[0] and old_edges[4, 0] and not old_edges[0].any()  # in-edges pruned
+    nodes, edges, _ = prune(A, w, always, 1.0, 0.985, features=feats)
+    assert not nodes[0] and not edges[:, 0].any() and not edges[0].any()
+    assert nodes[1] and edges[4, 1]

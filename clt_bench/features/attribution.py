@@ -5,7 +5,9 @@ All targets here are linear in the residual stream at END that enters the unembe
 (``unembed.hook_in``; the final LayerNorm is frozen in the local replacement model):
 
 - answer logit z (100 targets): ``x_END . W_U[:, id_z] + b_U[id_z]``;
-- greater-than logit difference: ``sum_z c_z(YY) * logit_z`` with c = +1 for ZZ > YY, -1 otherwise;
+- greater-than logit difference: ``sum_z c_z(YY) * logit_z`` with the graphs' shift-invariant
+  coefficients (``clt_bench.graphs.targets.greater_than_coefficients``: +1/n_gt for ZZ > YY,
+  -1/n_le otherwise, summing to zero), the target the features are ranked by;
 - first-order probability difference: ``x_END . (W_U g)`` with ``g = dPD/dlogits`` at the clean
   logits (``g_v = p_v (c_v - PD)``, c_v = 0 off the answers), i.e. a feature's attribution to it
   is its first-order contribution to PD.
@@ -35,6 +37,7 @@ from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.graphs.attribution import Attributor, feature_table
 from clt_bench.graphs.replacement import ReplacementModel, build_replacement, run_frozen
+from clt_bench.graphs.targets import greater_than_coefficients
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.metrics import correct_mask
 
@@ -77,6 +80,7 @@ class TaskAttributions:
     x_end: np.ndarray
     clean_prob_diff: float
     clean_logit_diff: float
+    pd_direct: np.ndarray | None = None  # [R] direct first-order PD contribution per pair
 
     @property
     def n_prompts(self) -> int:
@@ -210,17 +214,19 @@ def _target_matrix(rm: ReplacementModel, batch: TaskBatch, W_U: torch.Tensor, b_
     logits = rm.logits.double()  # [n, V]
     p = torch.softmax(logits, -1)
     c = correct_mask(batch.yy, batch.relation, N_ANSWERS).double() * 2 - 1  # [n, 100]
+    # the graphs' greater-than target (zero-sum coefficients: shift-invariant)
+    c_ld = greater_than_coefficients(batch.yy, batch.relation, N_ANSWERS)  # [n, 100]
     pd = (p[:, ids] * c).sum(-1)  # [n]
     g = -p * pd[:, None]
     g[:, ids] = p[:, ids] * (c - pd[:, None])
     Wa = W_U[:, ids].to(dt)  # [d, 100]
     dirs = torch.cat([
         Wa[None].expand(len(pd), -1, -1),
-        (Wa.double() @ c.T).T[:, :, None].to(dt),  # [n, d, 1] logit diff
+        (Wa.double() @ c_ld.T).T[:, :, None].to(dt),  # [n, d, 1] logit diff
         (g @ W_U.double().T)[:, :, None].to(dt),  # [n, d, 1] first-order PD
     ], dim=2)  # [n, d, 102]
     ba = b_U[ids].double()
-    off = torch.cat([ba[None].expand(len(pd), -1), (c * ba).sum(-1, keepdim=True),
+    off = torch.cat([ba[None].expand(len(pd), -1), (c_ld * ba).sum(-1, keepdim=True),
                      (g @ b_U.double())[:, None]], dim=1).to(dt)  # [n, 102]
     return dirs, off, pd
 
@@ -253,7 +259,10 @@ def _chunk(rm: ReplacementModel, batch: TaskBatch, clt: CrossLayerTranscoder, W_
     acts = torch.cat([rm.active_values(layer) for layer in range(L)]).detach()
     write = task[0]  # [K, L]
     feat = torch.cat([answers.double(), task.sum(-1)])  # [102, K]
+    # direct first-order PD contribution: direct effect on x_END . the prompt's PD direction
+    pd_direct = (direct.double() * dirs[table[:, 0], :, T_PD].double().cpu()).sum(-1)  # [K]
     return {"table": table.cpu(), "acts": acts.detach().cpu(), "feat": feat.cpu(),
+            "pd_direct": pd_direct,
             "write": write.cpu(), "direct": direct.cpu(), "x_end": x_end.detach().cpu(),
             "pd": pd.cpu(), "ld": targets[:, T_LOGIT_DIFF].detach().cpu()}
 
@@ -314,6 +323,7 @@ def task_attributions(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
         x_end=torch.cat([p["x_end"] for p in parts]).numpy(),
         clean_prob_diff=float(pd_all.mean()),
         clean_logit_diff=float(ld_all.mean()),
+        pd_direct=agg(torch.cat([p["pd_direct"] for p in parts])).numpy(),
     )
 
 
@@ -361,7 +371,8 @@ def per_feature_sums(att: TaskAttributions, keys: np.ndarray) -> dict[str, np.nd
     logit-diff split by position class [k, 3] and by written layer [k, L] (means over prompts)."""
     idx = {int(k): i for i, k in enumerate(keys)}
     k = len(keys)
-    out = {"logit_diff": np.zeros(k), "pd": np.zeros(k), "pos": np.zeros((k, 3)),
+    out = {"logit_diff": np.zeros(k), "pd": np.zeros(k), "pd_direct": np.zeros(k),
+           "pos": np.zeros((k, 3)),
            "write": np.zeros((k, att.n_layers)), "n_prompts": np.zeros(k, dtype=int)}
     for r, key in enumerate(att.pair_key):
         i = idx.get(int(key))
@@ -369,9 +380,11 @@ def per_feature_sums(att: TaskAttributions, keys: np.ndarray) -> dict[str, np.nd
             continue
         out["logit_diff"][i] += att.logit_diff[r]
         out["pd"][i] += att.pd[r]
+        if att.pd_direct is not None:
+            out["pd_direct"][i] += att.pd_direct[r]
         out["pos"][i] += att.pos_logit_diff[r]
         out["write"][i] += att.write_effects[r]
         out["n_prompts"][i] += 1
-    for name in ("logit_diff", "pd", "pos", "write"):
+    for name in ("logit_diff", "pd", "pd_direct", "pos", "write"):
         out[name] /= max(att.n_prompts, 1)
     return out

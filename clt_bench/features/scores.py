@@ -7,7 +7,10 @@ feature is inactive, NaN for a YY without a prompt). Scores are computed over th
 *active rows* only (rows with a non-zero attribution), so a narrow comparator that fires for
 YY 6..14 and promotes ZZ > YY there still scores gt ~ 1; how narrow it is, is a separate score.
 
-Scores (Pearson correlations between the active rows of H and a template over the same cells):
+Scores (Pearson correlations between the active rows of H and a template over the same cells,
+both *row-centred*: each YY row of the heatmap and of the template has its mean over ZZ removed
+first, so an effect that shifts every ZZ of a row equally -- which never changes which ZZ wins --
+scores 0 whatever its size, however it varies with YY):
 
 - ``gt_corr``: template 1[ZZ > YY] (the task's correct answers);
 - ``anti_corr``: template 1[ZZ <= YY] (works against the task). For Pearson this is exactly
@@ -15,6 +18,7 @@ Scores (Pearson correlations between the active rows of H and a template over th
 - ``large_zz_corr``: template ZZ (a YY-independent ramp: promotes large ZZ whatever YY is);
 - ``parity_corr``: the larger |correlation| with (-1)^ZZ (even vs odd ZZ) and with (-1)^(ZZ+YY)
   (parity relative to YY's parity);
+- ``mult5_corr``: template 1[ZZ mod 5 = 0] (promotes multiples of 5);
 - ``yy_independence``: share of the active rows' variance explained by their column means;
 - ``zz_lo``, ``zz_hi``, ``zz_peak``: the ZZ range promoted = the 10th..90th percentile of the
   positive part of the column-mean profile, and its arg-max.
@@ -22,13 +26,16 @@ Scores (Pearson correlations between the active rows of H and a template over th
 Label rule (thresholds in ``FeaturesConfig``), first match wins:
 
 1. no active row -> ``inactive``;
-2. among {comparator: gt_corr >= gt_corr_thr and gt_corr >= large_zz_corr,
+2. active (non-zero heatmap row) on exactly one YY value -> ``single-YY`` (its scores are still
+   reported: ``gt_corr`` says whether it is a comparator for that one YY);
+3. among {comparator: gt_corr >= gt_corr_thr and gt_corr >= large_zz_corr,
    large-number promoter: large_zz_corr >= large_zz_thr and large_zz_corr > gt_corr,
-   parity: parity_corr >= parity_thr} the one with the largest score; a comparator active on
-   fewer than ``narrow_yy_fraction`` of the YY values is a ``narrow comparator``;
-3. ``anti-task`` if gt_corr <= anti_corr_thr (promotes ZZ <= YY) or
+   parity: parity_corr >= parity_thr, multiple-of-5 promoter: mult5_corr >= mult5_thr} the one
+   with the largest score; a comparator active on fewer than ``narrow_yy_fraction`` of the YY
+   values is a ``narrow comparator``;
+4. ``anti-task`` if gt_corr <= anti_corr_thr (promotes ZZ <= YY) or
    large_zz_corr <= -large_zz_thr (promotes small ZZ whatever YY is);
-4. ``other``.
+5. ``other``.
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ from clt_bench.errors import UserError
 
 YY_VALUES = np.arange(2, 99)  # heatmap rows
 ZZ_VALUES = np.arange(100)  # heatmap columns
-LABELS = ("comparator", "narrow comparator", "large-number promoter", "parity", "anti-task",
-          "other", "inactive")
+LABELS = ("comparator", "narrow comparator", "large-number promoter", "parity",
+          "multiple-of-5 promoter", "single-YY", "anti-task", "other", "inactive")
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class LabelRule:
     large_zz_corr: float = 0.5
     parity_corr: float = 0.5
     narrow_yy_fraction: float = 0.25
+    mult5_corr: float = 0.5
 
     @classmethod
     def from_config(cls, cfg: object) -> LabelRule:
@@ -72,15 +80,19 @@ class ShapeScores:
     zz_hi: int
     zz_peak: int
     n_active_rows: int
+    mult5_corr: float = 0.0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two same-shaped arrays (0 when either is constant)."""
-    a = a.ravel() - a.mean()
-    b = b.ravel() - b.mean()
+    """Row-centred correlation of two same-shaped [rows, ZZ] arrays: each row of both loses its
+    mean over ZZ, then the Pearson correlation of all cells (0 when either is then zero)."""
+    a = np.broadcast_to(a, np.broadcast_shapes(a.shape, b.shape)).astype(np.float64)
+    b = np.broadcast_to(b, a.shape).astype(np.float64)
+    a = (a - a.mean(axis=-1, keepdims=True)).ravel()
+    b = (b - b.mean(axis=-1, keepdims=True)).ravel()
     den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
     return float((a * b).sum() / den) if den > 1e-30 else 0.0
 
@@ -104,7 +116,7 @@ def shape_scores(heat: np.ndarray, yy_values: np.ndarray = YY_VALUES) -> ShapeSc
     _check(heat, yy_values)
     rows = active_rows(heat)
     if not rows.any():
-        return ShapeScores(0.0, 0.0, 0.0, 0.0, 0.0, -1, -1, -1, 0)
+        return ShapeScores(0.0, 0.0, 0.0, 0.0, 0.0, -1, -1, -1, 0, 0.0)
     h = heat[rows]
     y = yy_values[rows][:, None]
     z = ZZ_VALUES[None, :]
@@ -115,6 +127,7 @@ def shape_scores(heat: np.ndarray, yy_values: np.ndarray = YY_VALUES) -> ShapeSc
     par_z = np.broadcast_to(np.where(z % 2 == 0, 1.0, -1.0), h.shape)
     par_zy = np.where((z + y) % 2 == 0, 1.0, -1.0)
     parity = max(abs(_corr(h, par_z)), abs(_corr(h, par_zy)))
+    mult5 = _corr(h, np.broadcast_to((z % 5 == 0).astype(np.float64), h.shape))
     col = h.mean(axis=0)
     total_var = float(((h - h.mean()) ** 2).sum())
     resid_var = float(((h - col[None, :]) ** 2).sum())
@@ -128,7 +141,7 @@ def shape_scores(heat: np.ndarray, yy_values: np.ndarray = YY_VALUES) -> ShapeSc
     else:
         zz_lo = zz_hi = zz_peak = -1
     return ShapeScores(gt_corr, anti_corr, large, parity, yy_indep, zz_lo, zz_hi, zz_peak,
-                       int(rows.sum()))
+                       int(rows.sum()), mult5)
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,8 @@ def label_feature(scores: ShapeScores, yy_fraction: float, rule: LabelRule = Lab
     """The label rule of the module docstring."""
     if scores.n_active_rows == 0:
         return "inactive"
+    if scores.n_active_rows == 1:
+        return "single-YY"
     cands: dict[str, float] = {}
     if scores.gt_corr >= rule.gt_corr and scores.gt_corr >= scores.large_zz_corr:
         cands["comparator"] = scores.gt_corr
@@ -193,6 +208,8 @@ def label_feature(scores: ShapeScores, yy_fraction: float, rule: LabelRule = Lab
         cands["large-number promoter"] = scores.large_zz_corr
     if scores.parity_corr >= rule.parity_corr:
         cands["parity"] = scores.parity_corr
+    if scores.mult5_corr >= rule.mult5_corr:
+        cands["multiple-of-5 promoter"] = scores.mult5_corr
     if cands:
         best = max(cands, key=cands.get)
         if best == "comparator" and yy_fraction < rule.narrow_yy_fraction:

@@ -9,10 +9,12 @@ ranking.json (the selected features in order, with their influence), heatmaps.sa
 ([K, 97, 100]), heatmap_*.png for the top ``n_plots`` and heatmap_grid.png, metrics.json.
 
 Per-feature columns (see ``clt_bench.features.scores`` for the shape scores and the label rule):
-influence (sum over prompts of |total attribution to the logit difference|), logit_diff_contribution
-and pd_contribution (mean over prompts of its total attribution to the logit difference / its
-first-order contribution to PD), delta_pd_constrained (zeroed, everything else frozen) /
-delta_pd_free (removed from the real model) (``ablation``), position
+influence (sum over prompts of |total attribution to the shift-invariant greater-than logit
+difference of ``clt_bench.graphs.targets``|), logit_diff_contribution and pd_contribution (mean over
+prompts of its total attribution to the logit difference / its first-order contribution to PD),
+pd_direct_contribution (the same through its direct effect on the END residual only: the
+first-order counterpart of the constrained ablation), delta_pd_constrained (zeroed, everything
+else frozen) / delta_pd_free (removed from the real model) (``ablation``), position
 (where its attribution sits: YY, END or other), act_position (where its activation sits),
 layers_written, main_write_layer (the written layer carrying most of its effect),
 circuit_mlp_share (share of its |effect| written into the circuit's MLPs at its position), via
@@ -117,6 +119,7 @@ def feature_rows(att: TaskAttributions, keys: np.ndarray, influence: np.ndarray,
             "label": label_feature(sc, prof.yy_fraction, rule), "influence": float(influence[i]),
             "logit_diff_contribution": float(sums["logit_diff"][i]),
             "pd_contribution": float(sums["pd"][i]),
+            "pd_direct_contribution": float(sums["pd_direct"][i]),
             "delta_pd_constrained": float("nan"), "delta_pd_free": float("nan"),
             **{k: v for k, v in sc.to_dict().items()},
             "zz_range": f"{sc.zz_lo:02d}-{sc.zz_hi:02d}" if sc.zz_lo >= 0 else "",
@@ -209,7 +212,9 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
               f"\n\n{len(batch)} prompts (one per YY), heatmaps: {fc.heatmap_mode} attribution; "
               f"labels by the rule in clt_bench/features/scores.py (thresholds: gt {fc.gt_corr}, "
               f"anti {fc.anti_corr}, large-ZZ {fc.large_zz_corr}, parity {fc.parity_corr}, "
-              f"narrow < {fc.narrow_yy_fraction} of YY).")
+              f"multiple-of-5 {fc.mult5_corr}, narrow < {fc.narrow_yy_fraction} of YY). Shape "
+              f"scores are row-centred: each YY row of the heatmap and of the template loses its "
+              f"mean over ZZ before correlating, so a shift of every ZZ of a row scores 0.")
     table.write_markdown(rows, out / "features.md", header)
     save_tensors(out / "heatmaps.safetensors", {"heatmaps": torch.from_numpy(heat).float()},
                  metadata={"rows": "YY 2..98", "cols": "ZZ 0..99", "mode": fc.heatmap_mode})
@@ -230,15 +235,20 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
         "n_active_features": int(len(keys_all)),
         "n_selected": len(rows),
         "influence_share_top_k": float(infl.sum() / infl_all.sum()) if infl_all.sum() else 0.0,
-        **{f"n_{lab.replace(' ', '_').replace('-', '_')}": int(counts.get(lab, 0))
+        **{f"n_{lab.lower().replace(' ', '_').replace('-', '_')}": int(counts.get(lab, 0))
            for lab in LABELS},
         "mean_gt_corr_top20": float(np.mean([r["gt_corr"] for r in top20])) if top20 else 0.0,
         "pd_contribution_top_k": float(sum(r["pd_contribution"] for r in rows)),
         "clean_prob_diff": att.clean_prob_diff,
-        # agreement of attribution and intervention: contribution vs the PD lost when zeroed
-        "spearman_contribution_vs_ablation": _spearman(
-            np.array([r["pd_contribution"] for r in rows]),
+        # agreement of attribution and intervention, like with like: the direct first-order
+        # contribution vs the constrained ablation (everything else frozen: a direct effect),
+        # the total (linearised) contribution vs the free ablation (the real model: total)
+        "spearman_direct_contribution_vs_constrained_ablation": _spearman(
+            np.array([r["pd_direct_contribution"] for r in rows]),
             -np.array([r["delta_pd_constrained"] for r in rows])),
+        "spearman_total_contribution_vs_free_ablation": _spearman(
+            np.array([r["pd_contribution"] for r in rows]),
+            -np.array([r["delta_pd_free"] for r in rows])),
         "spearman_constrained_vs_free": _spearman(
             np.array([r["delta_pd_constrained"] for r in rows]),
             np.array([r["delta_pd_free"] for r in rows])),

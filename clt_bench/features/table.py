@@ -22,6 +22,7 @@ MD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("influence", "influence", ".3g"), ("position", "pos", "s"),
     ("layers_written", "writes", "s"), ("gt_corr", "gt", "+.2f"),
     ("large_zz_corr", "large ZZ", "+.2f"), ("parity_corr", "parity", ".2f"),
+    ("mult5_corr", "x5", "+.2f"),
     ("zz_range", "ZZ range", "s"), ("yy_fraction", "YY frac", ".2f"), ("yy_range", "YY range", "s"),
     ("pd_contribution", "PD contrib", "+.4f"), ("delta_pd_constrained", "dPD constr", "+.4f"),
     ("delta_pd_free", "dPD free", "+.4f"), ("circuit_mlp_share", "in circuit MLPs", ".2f"),

@@ -29,26 +29,47 @@ from clt_bench.graphs.attribution import (
 from clt_bench.graphs.graph import Graph
 from clt_bench.graphs.influence import normalize_abs, propagate, prune
 from clt_bench.graphs.replacement import build_replacement
-from clt_bench.graphs.scores import graph_scores, pruned_scores
+from clt_bench.graphs.scores import FEATURE, graph_scores, pruned_scores
 from clt_bench.graphs.targets import Target, directions, make_targets
 from clt_bench.models import LoadedModel
+from clt_bench.task.dataset import format_prompt
+from clt_bench.task.spec import Template
 
 
 def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt_or_tokens: str | torch.Tensor
                   | Sequence[int], prepend_bos: bool = True) -> tuple[torch.Tensor, str]:
-    """([pos] token ids, prompt text). Text gets the BOS token first (as the task prompts do)."""
+    """([pos] token ids, prompt text).
+
+    Text is tokenised exactly as the task's prompts (``clt_bench.task.dataset.format_prompt``):
+    with ``prepend_bos`` the tokenizer's BOS text and a space come first, so "The war ..." gives
+    [BOS, " The", ...] (GPT-2: [50256, 383, ...]), the token the task prompts and the toy corpus
+    start with, not [BOS, "The"(464)].
+    """
     if isinstance(prompt_or_tokens, str):
-        if not prompt_or_tokens.strip():
+        text = prompt_or_tokens
+        if not text.strip():
             raise UserError("the prompt is empty.")
-        ids = tokenizer.encode(prompt_or_tokens)
-        bos = tokenizer.bos_token_id
-        if prepend_bos and bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
+        bos_text = tokenizer.bos_token or ""
+        if bos_text and text.startswith(bos_text):
+            text, prepend_bos = text[len(bos_text):].lstrip(" "), True
+        # the prompt as a template with no fields (braces escaped), so the task's own
+        # formatting adds the BOS prefix
+        tpl = Template(name="graph", text=text.replace("{", "{{").replace("}", "}}"),
+                       bos=prepend_bos and tokenizer.bos_token_id is not None)
+        ids = tokenizer.encode(format_prompt(tpl, "", 0, tokenizer))
         return torch.tensor(ids, dtype=torch.long), prompt_or_tokens
     toks = torch.as_tensor(prompt_or_tokens, dtype=torch.long).reshape(-1)
     if toks.numel() == 0:
         raise UserError("the prompt has no tokens.")
     return toks, tokenizer.decode(toks.tolist())
+
+
+def check_context(loaded: LoadedModel, tokens: torch.Tensor) -> None:
+    """A prompt longer than the model's context is an input error, not a crash."""
+    n_ctx = getattr(getattr(loaded.bridge, "cfg", None), "n_ctx", None)
+    if n_ctx is not None and tokens.shape[-1] > int(n_ctx):
+        raise UserError(f"the prompt is {tokens.shape[-1]} tokens long, longer than the model's "
+                        f"context of {int(n_ctx)} tokens.")
 
 
 def _attribute(att: Attributor, rows: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
@@ -70,11 +91,13 @@ def _attribute(att: Attributor, rows: torch.Tensor, batch_size: int) -> dict[str
 
 def _select_features(att: Attributor,
                      target_rows: dict[str, torch.Tensor], w_t: torch.Tensor, max_nodes: int,
-                     batch_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Choose and attribute features: all of them, or the most influential ``max_nodes``."""
+                     batch_size: int, allowed: torch.Tensor
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Choose and attribute features among ``allowed`` [K]: all of them, or the most influential
+    ``max_nodes``."""
     K = att.value.shape[0]
-    if max_nodes >= K:
-        visit = torch.arange(K, device=att.value.device)
+    if max_nodes >= int(allowed.sum()):
+        visit = allowed.nonzero()[:, 0].to(att.value.device)
         return visit, _attribute(att, visit, batch_size)
     n_t = w_t.shape[0]
     n_cols = target_rows["feat"].shape[1] + target_rows["err"].shape[1] \
@@ -96,7 +119,7 @@ def _select_features(att: Attributor,
     visited = torch.zeros(K, dtype=torch.bool)
     while int(visited.sum()) < max_nodes:
         infl = propagate(M[:filled], row_nodes[:filled], w_rows[:filled])[:K]
-        infl[visited] = -1.0
+        infl[visited | ~allowed] = -1.0
         take = min(batch_size, max_nodes - int(visited.sum()))
         best = infl.topk(take).indices
         best = best[infl[best] > 0]
@@ -124,6 +147,7 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
     cfg = cfg or GraphsConfig()
     t0 = time.perf_counter()
     tokens, prompt = prompt_tokens(loaded.tokenizer, prompt_or_tokens, cfg.prepend_bos)
+    check_context(loaded, tokens)
     rm = build_replacement(loaded.bridge, clt, tokens)
     if target and all(isinstance(t, Target) for t in target) and not isinstance(target, str):
         targets = list(target)
@@ -141,12 +165,20 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
     att_f = Attributor(rm, lambda run: torch.cat(run.pre))
     K = int(att_f.value.shape[0])
     w_t = torch.tensor([t.weight for t in targets], dtype=torch.float64)
-    visit, f_rows = _select_features(att_f, t_rows, w_t, cfg.max_feature_nodes, cfg.batch_size)
+    # circuit-tracer's BOS convention: BOS's features and errors are constants, not nodes
+    bos_id = loaded.tokenizer.bos_token_id
+    zero_bos = bool(cfg.zero_bos and bos_id is not None and int(tokens[0]) == bos_id)
+    bos_feat = (feature_table(rm)[:, 2] == 0) if zero_bos else torch.zeros(K, dtype=torch.bool)
+    bos_err = torch.zeros(L * P, dtype=torch.bool)
+    if zero_bos:
+        bos_err[torch.arange(L) * P] = True  # error columns are layer-major: l * P + pos
+    visit, f_rows = _select_features(att_f, t_rows, w_t, cfg.max_feature_nodes, cfg.batch_size,
+                                     ~bos_feat)
     del att_f
     const_f, const_t = constant_terms(rm, D[None])
     n_f = len(visit)
     n = n_f + L * P + P + n_t
-    unvisited = torch.ones(K, dtype=torch.bool)
+    unvisited = ~bos_feat
     unvisited[visit] = False
     A = torch.zeros(n, n, dtype=torch.float64)
     y0 = n_f + L * P + P
@@ -155,7 +187,7 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
         if m == 0:
             continue
         A[r0:r0 + m, :n_f] = rows["feat"][:, visit].double()
-        A[r0:r0 + m, n_f:n_f + L * P] = rows["err"].double()
+        A[r0:r0 + m, n_f:n_f + L * P] = rows["err"].double() * ~bos_err
         A[r0:r0 + m, n_f + L * P:y0] = rows["tok"].double()
     unexpl = torch.zeros(n, dtype=torch.float64)
     unexpl_abs = torch.zeros(n, dtype=torch.float64)
@@ -167,16 +199,19 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
         hidden = rows["feat"][:, unvisited].double()
         unexpl[r0:r0 + m] = hidden.sum(1)
         unexpl_abs[r0:r0 + m] = hidden.abs().sum(1)
-        const_in[r0:r0 + m] = const.double()
+        bos = rows["feat"][:, bos_feat].double().sum(1) + rows["err"][:, bos_err].double().sum(1)
+        const_in[r0:r0 + m] = const.double() + bos
     split = {"pos_embed": t_rows["pos"].double(), "b_dec": t_rows["bdec"].double()}
     split["biases_and_ln"] = const_t[0].double() - split["pos_embed"] - split["b_dec"]
+    split["bos"] = const_in[y0:] - const_t[0].double()
     table = feature_table(rm)[visit][:, 1:]
     graph = Graph(
         prompt=prompt, tokens=tokens.cpu(),
         token_strings=[loaded.tokenizer.decode([t]) for t in tokens.tolist()], n_layers=L,
         features=table.cpu(), activations=feature_activations(rm)[visit].detach().cpu(),
         feature_values=feature_activations(rm, "pre")[visit].detach().cpu(),
-        error_norms=rm.errors[0].transpose(0, 1).norm(dim=-1).detach().cpu(),
+        error_norms=(rm.errors[0].transpose(0, 1).norm(dim=-1)
+                     * ~bos_err.reshape(L, P).to(rm.errors.device)).detach().cpu(),
         targets=targets, target_values=tvals.detach().double().cpu(), adjacency=A,
         constant_in=const_in, unexplained_in=unexpl, unexplained_abs=unexpl_abs,
         constant_split=split, n_active=K,
@@ -185,7 +220,8 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
     graph.meta = {
         "model": loaded.name, "clt": clt.spec.to_dict(), "node_threshold": cfg.node_threshold,
         "edge_threshold": cfg.edge_threshold, "max_feature_nodes": cfg.max_feature_nodes,
-        "batch_size": cfg.batch_size, "n_backward_rows": n_t + n_f,
+        "batch_size": cfg.batch_size, "n_backward_rows": n_t + n_f, "zero_bos": zero_bos,
+        "demean": cfg.demean,
         "n_backward_passes": -(-n_t // cfg.batch_size) + -(-n_f // cfg.batch_size),
         "wall_seconds": round(time.perf_counter() - t0, 4),
     }
@@ -197,7 +233,7 @@ def score_graph(graph: Graph, node_threshold: float = 0.8, edge_threshold: float
     kinds, w = graph.kinds(), graph.target_weights()
     A = graph.adjacency
     node_mask, edge_mask, infl = prune(A, w, graph.always_kept(), node_threshold, edge_threshold,
-                                       graph.unexplained_abs)
+                                       graph.unexplained_abs, features=kinds == FEATURE)
     graph.influence, graph.node_mask, graph.edge_mask = infl, node_mask, edge_mask
     full = graph_scores(A, kinds, w, graph.unexplained_abs)
     pruned = pruned_scores(A, kinds, w, node_mask, edge_mask, graph.unexplained_abs)

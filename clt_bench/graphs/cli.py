@@ -64,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
     from clt_bench.cli import config_from_args
     from clt_bench.errors import UserError
-    from clt_bench.graphs.build import build_graph, prompt_tokens
+    from clt_bench.graphs.build import build_graph, check_context, prompt_tokens
     from clt_bench.graphs.interventions import constrained_patch, free_patch, parse_intervention
     from clt_bench.graphs.replacement import build_replacement
     from clt_bench.graphs.stage import format_graph_report, slugify, write_graph_outputs
-    from clt_bench.graphs.targets import directions
+    from clt_bench.graphs.targets import directions, parse_yy
     from clt_bench.models import load_model
 
     cfg = config_from_args(args)
@@ -82,10 +82,15 @@ def run(args: argparse.Namespace) -> int:
     if gcfg.batch_size < 1 or gcfg.max_feature_nodes < 0:
         raise UserError("--batch-size must be >= 1 and --max-features >= 0.")
     interventions = [parse_intervention(t) for t in args.intervene]
+    target = list(args.target) if args.target else gcfg.target
+    if not gcfg.prompt.strip():
+        raise UserError("the prompt is empty.")
+    if target in ("greater-than", ["greater-than"]):
+        parse_yy(gcfg.prompt)  # the greater-than target needs a year in the prompt
     loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
     tokens, prompt = prompt_tokens(loaded.tokenizer, gcfg.prompt, gcfg.prepend_bos)
+    check_context(loaded, tokens)
     clt = load_clt_arg(args.clt, loaded, tokens, seed=cfg.clt.seed).to(tokens.device)
-    target = list(args.target) if args.target else gcfg.target
     graph = build_graph(loaded, clt, tokens, target, gcfg)
     graph.prompt = prompt
     out = Path(args.out or f"results/{cfg.preset}/graphs/{slugify(prompt)}.json")

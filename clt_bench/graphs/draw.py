@@ -1,9 +1,23 @@
-"""PNG drawing of a pruned attribution graph: prompt positions on x, layers on y."""
+"""PNG drawing of a pruned attribution graph: prompt positions on x, layers on y.
+
+Each prompt position gets a column as wide as its most crowded (position, layer) cell, so the
+nodes of a crowded cell (typically END) do not sit on top of each other. Feature and error nodes
+are sized and coloured by their influence on the targets (colour bar); edges are blue (positive)
+or red (negative), thicker and darker the closer they are to the strongest kept input of their
+receiving node; all kept edges into the targets are drawn, then the strongest others.
+The most influential features are labelled "L<layer>/<feature>"; a label that would overlap
+another one in its row is moved up a level, and left out when three levels are taken (the
+top-features list of the graphs stage has them all).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.lines import Line2D
 
 from clt_bench.graphs.graph import Graph
 from clt_bench.plots import plt, save_figure
@@ -14,65 +28,131 @@ STYLE = {  # kind -> (marker, colour)
     "token": ("^", "#55a868"),
     "target": ("D", "#c44e52"),
 }
+NODE_GAP = 0.45  # x units between nodes of one cell
+LABEL_LEVELS = 3
 
 
-def _positions(graph: Graph, kept: list[int]) -> dict[int, tuple[float, float]]:
-    """Node -> (x, y): x = position (nodes in the same cell spread sideways), y = layer."""
+def _positions(graph: Graph, kept: list[int]) -> tuple[dict[int, tuple[float, float]],
+                                                        np.ndarray]:
+    """Node -> (x, y) and the x range of every prompt position's column: [pos + 1] edges."""
     cells: dict[tuple[int, int], list[int]] = {}
     for i in kept:
         d = graph.describe(i)
         y = {"token": -1, "target": graph.n_layers}.get(d["kind"], d["layer"])
         cells.setdefault((d["pos"], y), []).append(i)
+    width = np.ones(graph.n_pos)
+    for (pos, _), members in cells.items():
+        width[pos] = max(width[pos], NODE_GAP * len(members) + 0.3)
+    edges = np.concatenate([[0.0], np.cumsum(width)])
+    centre = (edges[:-1] + edges[1:]) / 2
     xy = {}
     for (pos, y), members in cells.items():
+        members.sort(key=lambda i: float(graph.influence[i]), reverse=True)
         k = len(members)
-        for j, i in enumerate(members):
-            offset = 0.0 if k == 1 else (j / (k - 1) - 0.5) * 0.8
-            xy[i] = (pos + offset, float(y))
-    return xy
+        span = NODE_GAP * (k - 1)
+        # most influential in the middle, the rest alternating outwards
+        slots = sorted(range(k), key=lambda j: abs(j - (k - 1) / 2))
+        for j, i in zip(slots, members, strict=True):
+            xy[i] = (float(centre[pos]) - span / 2 + NODE_GAP * j, float(y))
+    return xy, edges
+
+
+def _place_labels(ax, items: list[tuple[float, float, str]], char_w: float) -> int:
+    """Label (x, y, text) points without overlaps: per row, greedy over LABEL_LEVELS levels."""
+    placed = 0
+    ends: dict[tuple[float, int], float] = {}
+    for x, y, text in sorted(items):
+        w = char_w * len(text)
+        for level in range(LABEL_LEVELS):
+            if ends.get((y, level), -np.inf) < x - w / 2:
+                ends[(y, level)] = x + w / 2
+                ax.annotate(text, (x, y), xytext=(0, 7 + 8 * level), textcoords="offset points",
+                            fontsize=6, ha="center", va="bottom", zorder=4,
+                            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                                  "alpha": 0.7})
+                placed += 1
+                break
+    return placed
 
 
 def draw_graph(graph: Graph, path: str | os.PathLike[str], title: str | None = None,
-               max_edges: int = 400) -> Path:
+               max_edges: int = 400, n_labels: int = 16) -> Path:
     """Draw the kept nodes and the ``max_edges`` strongest kept edges (blue +, red -)."""
     kept = graph.node_mask.nonzero()[:, 0].tolist()
-    xy = _positions(graph, kept)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * graph.n_pos + 2), 1.1 * graph.n_layers + 3))
+    xy, edges = _positions(graph, kept)
+    centre = (edges[:-1] + edges[1:]) / 2
+    x_max = float(edges[-1])
+    fig_w = float(np.clip(0.55 * x_max + 3, 7.0, 30.0))
+    fig, ax = plt.subplots(figsize=(fig_w, 1.2 * graph.n_layers + 3.5))
     dst, src = graph.edge_mask.nonzero(as_tuple=True)
     if len(dst):
         w = graph.adjacency[dst, src]
-        order = w.abs().argsort(descending=True)[:max_edges]
-        wmax = float(w.abs().max()) or 1.0
-        for e in order.tolist():
-            s, t, wt = int(src[e]), int(dst[e]), float(w[e])
+        # strength relative to the receiving node's strongest kept input: targets and features
+        # have different scales, so raw weights would hide every edge into the target
+        row_max = torch.zeros(graph.n_nodes, dtype=torch.float64).scatter_reduce_(
+            0, dst, w.abs().double(), "amax")
+        share = w.abs().double() / row_max[dst].clamp_min(1e-30)
+        # every kept edge into a target first, then the strongest of the rest
+        into_target = (dst >= graph.offsets()["target"]).double()
+        order = (share + 2.0 * into_target).argsort(descending=True)[:max_edges]
+        for e in order.flip(0).tolist():  # strongest drawn last (on top)
+            s, t, wt, sh = int(src[e]), int(dst[e]), float(w[e]), float(share[e])
             if s in xy and t in xy:
-                ax.plot([xy[s][0], xy[t][0]], [xy[s][1], xy[t][1]], lw=0.3 + 2.2 * abs(wt) / wmax,
-                        color="#2166ac" if wt > 0 else "#b2182b",
-                        alpha=0.2 + 0.6 * abs(wt) / wmax, zorder=1)
+                ax.plot([xy[s][0], xy[t][0]], [xy[s][1], xy[t][1]], lw=0.3 + 2.2 * sh,
+                        color="#2166ac" if wt > 0 else "#b2182b", alpha=0.15 + 0.6 * sh,
+                        zorder=1)
+    kinds = {i: graph.describe(i)["kind"] for i in kept}
+    infl = graph.influence.double() if len(graph.influence) else None
+    ranked = [i for i in kept if kinds[i] in ("feature", "error")]
+    imax = max((float(infl[i]) for i in ranked), default=0.0) if infl is not None else 0.0
+    imax = imax or 1.0
+    cmap = plt.get_cmap("viridis_r")
+    sc = None
     for kind, (marker, colour) in STYLE.items():
-        pts = [xy[i] for i in kept if graph.describe(i)["kind"] == kind]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, c=colour, s=36,
-                       zorder=2, label=kind, edgecolors="black", linewidths=0.4)
-    top = {(f["layer"], f["pos"], f["feature"]) for f in graph.top_features(8)}
-    for i in kept:
+        nodes = [i for i in kept if kinds[i] == kind]
+        if not nodes:
+            continue
+        pts = np.array([xy[i] for i in nodes])
+        if kind in ("feature", "error") and infl is not None:
+            val = np.array([float(infl[i]) for i in nodes]) / imax
+            sc = ax.scatter(pts[:, 0], pts[:, 1], marker=marker, c=val, cmap=cmap, vmin=0,
+                            vmax=1, s=14 + 160 * np.sqrt(np.clip(val, 0, 1)), zorder=3,
+                            edgecolors="black", linewidths=0.4)
+        else:
+            ax.scatter(pts[:, 0], pts[:, 1], marker=marker, c=colour, s=50, zorder=3,
+                       edgecolors="black", linewidths=0.4)
+    feats = sorted((i for i in kept if kinds[i] == "feature"),
+                   key=lambda i: float(infl[i]) if infl is not None else 0.0, reverse=True)
+    char_w = x_max / (fig_w * 72 / 4.2)  # x units per character at fontsize 6
+    labels = []
+    for i in feats[:n_labels]:
         d = graph.describe(i)
-        if d["kind"] == "feature" and (d["layer"], d["pos"], d["feature"]) in top:
-            ax.annotate(str(d["feature"]), xy[i], fontsize=6, xytext=(3, 3),
+        labels.append((xy[i][0], xy[i][1], f"L{d['layer']}/{d['feature']}"))
+    _place_labels(ax, labels, char_w)
+    for i in kept:
+        if kinds[i] == "target":
+            ax.annotate(graph.describe(i)["label"], xy[i], fontsize=7, xytext=(6, 4),
                         textcoords="offset points")
-        if d["kind"] == "target":
-            ax.annotate(d["label"], xy[i], fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xticks(range(graph.n_pos))
+    ax.set_xticks(centre)
     ax.set_xticklabels([repr(s)[1:-1] for s in graph.token_strings], rotation=60, ha="right",
                        fontsize=7)
     ax.set_yticks(range(-1, graph.n_layers + 1))
     ax.set_yticklabels(["emb"] + [f"L{i}" for i in range(graph.n_layers)] + ["out"])
-    ax.set_xlim(-0.8, graph.n_pos - 0.2)
-    ax.set_ylim(-1.6, graph.n_layers + 0.6)
+    ax.set_xlim(-0.2, x_max + 0.2)
+    ax.set_ylim(-1.6, graph.n_layers + 0.9)
     s = graph.scores
     ax.set_title(title or (f"{graph.prompt!r}\ncompleteness {s.get('completeness', 0):.3f}  "
                            f"replacement {s.get('replacement', 0):.3f}  (pruned "
                            f"{s.get('pruned_completeness', 0):.3f} / "
                            f"{s.get('pruned_replacement', 0):.3f})"), fontsize=8)
-    ax.legend(loc="upper left", fontsize=6, frameon=False, ncol=4)
+    handles = [Line2D([], [], marker=m, ls="", mfc=c if k in ("token", "target") else "#bbbbbb",
+                      mec="black", mew=0.4, ms=6, label=k) for k, (m, c) in STYLE.items()]
+    handles += [Line2D([], [], color="#2166ac", lw=1.5, label="edge +"),
+                Line2D([], [], color="#b2182b", lw=1.5, label="edge −")]
+    ax.legend(handles=handles, loc="upper left", fontsize=6, ncol=6, frameon=True,
+              title="node size and colour: influence on the target", title_fontsize=6)
+    if sc is not None:
+        cb = fig.colorbar(sc, ax=ax, fraction=0.025, pad=0.01)
+        cb.set_label("influence / max influence", fontsize=7)
+        cb.ax.tick_params(labelsize=6)
     return save_figure(fig, path)

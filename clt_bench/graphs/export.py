@@ -98,7 +98,8 @@ def graph_to_json(graph: Graph, slug: str, scan: str, vocab_size: int) -> dict[s
                         "coefficients": t.direction[nz].tolist()})
     meta = {
         "slug": slug, "scan": scan, "transcoder_list": [], "prompt_tokens": graph.token_strings,
-        "prompt": graph.prompt, "node_threshold": graph.meta.get("node_threshold"),
+        "prompt_token_ids": graph.tokens.tolist(), "prompt": graph.prompt,
+        "node_threshold": graph.meta.get("node_threshold"),
         "schema_version": 1,
         "clt_bench": {
             "n_layers": graph.n_layers, "vocab_size": vocab_size, "tokens": graph.tokens.tolist(),

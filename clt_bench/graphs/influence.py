@@ -67,14 +67,17 @@ def _cumulative_keep(scores: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def prune(A: torch.Tensor, w: torch.Tensor, always: torch.Tensor, node_threshold: float = 0.8,
-          edge_threshold: float = 0.98, extra_abs: torch.Tensor | None = None
+          edge_threshold: float = 0.98, extra_abs: torch.Tensor | None = None,
+          features: torch.Tensor | None = None
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prune by influence: returns (node_mask [n], edge_mask [n, n], influence [n]).
 
     Nodes other than ``always`` (tokens, targets) are kept, highest influence first, until
     ``node_threshold`` of their total influence is covered; then edges, scored by the share of the
-    influence of their receiving node that they carry, until ``edge_threshold``. Nodes left without
-    a kept outgoing edge are dropped. Thresholds >= 1 keep everything.
+    influence of their receiving node that they carry, until ``edge_threshold``. Then, repeatedly
+    until nothing changes (as circuit-tracer's ``prune_graph``), nodes left without a kept outgoing
+    edge are dropped, and so are feature nodes (``features`` [n] bool) left without a kept incoming
+    edge. Thresholds >= 1 keep everything.
     """
     A_hat = normalize_abs(A, extra_abs)
     infl = influence(A_hat, w)
@@ -92,9 +95,10 @@ def prune(A: torch.Tensor, w: torch.Tensor, always: torch.Tensor, node_threshold
     if edge_threshold >= 1.0:
         edge_mask = (sub != 0) | nz
     if not keep_all:
-        while True:  # drop non-target nodes whose every outgoing edge was pruned
-            has_out = edge_mask.any(0)
-            drop = node_mask & ~always & ~has_out
+        feat = features if features is not None else torch.zeros_like(node_mask)
+        while True:  # drop nodes without kept outgoing edges, features without incoming ones
+            has_out, has_in = edge_mask.any(0), edge_mask.any(1)
+            drop = node_mask & ~always & (~has_out | (feat & ~has_in))
             if not bool(drop.any()):
                 break
             node_mask &= ~drop

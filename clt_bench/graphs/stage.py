@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.config import RunConfig
+from clt_bench.errors import UserError
 from clt_bench.graphs.build import build_graph
 from clt_bench.graphs.draw import draw_graph
 from clt_bench.graphs.export import write_graph_json
 from clt_bench.graphs.graph import Graph
+from clt_bench.graphs.targets import parse_yy
 from clt_bench.io import run_metadata, write_json
 from clt_bench.models import LoadedModel
-from clt_bench.task.dataset import TaskBatch
+from clt_bench.task.dataset import TaskBatch, build_batch
+from clt_bench.task.spec import load_task
 
 log = logging.getLogger(__name__)
 
 
 def slugify(prompt: str, max_len: int = 48) -> str:
-    """A file-name slug: the prompt's words joined by '-' ("the-war-lasted-...")."""
-    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))[:max_len].strip("-")
-    return slug or "graph"
+    """A file-name slug: the prompt's ASCII words joined by '-' ("the-war-lasted-..."), plus a
+    hash of the prompt whenever those words do not spell it out (other characters, truncation),
+    so two different prompts -- e.g. two non-ASCII ones -- never share a graph file."""
+    words = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))
+    slug = words[:max_len].strip("-")
+    if slug and slug == re.sub(r"\s+", "-", prompt.strip().lower()):
+        return slug
+    digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:10]
+    return f"{slug or 'graph'}-{digest}"
 
 
 def write_graph_outputs(graph: Graph, json_path: Path, scan: str) -> dict[str, Path]:
@@ -65,19 +77,92 @@ def format_graph_report(graph: Graph, top: int = 10) -> str:
     return "\n".join(lines)
 
 
+POSITION_CLASSES = ("YY", "END", "rest")
+TARGET_DEFINITION = (
+    "greater-than target: mean logit of the answers ZZ > YY minus mean logit of the answers "
+    "ZZ <= YY (coefficients +1/n_gt and -1/n_le, summing to zero, so a shift of every logit or of "
+    "the 100 answer logits leaves it unchanged); every target direction is demeaned over the "
+    "vocabulary (graphs.demean)")
+SEED_TEMPLATE, SEED_NOUN, SEED_YEAR = "goodfire", "war", 1711  # "The war lasted ... 1711 to 17"
+
+
+def yy_position(graph: Graph) -> int:
+    """Position of the YY token ("11" of 1711) of the prompt's last year; -1 if none."""
+    try:
+        yy = f"{parse_yy(graph.prompt) :02d}"
+    except UserError:
+        return -1
+    hits = [i for i, t in enumerate(graph.token_strings) if t.strip() == yy]
+    return hits[-1] if hits else -1
+
+
+def influence_share_by_position(graph: Graph, yy_pos: int | None = None) -> dict[str, float]:
+    """Share of the feature nodes' total influence on the targets (``graph.influence``, before
+    pruning) at the YY token, at END (the last position) and at every other position."""
+    yy_pos = yy_position(graph) if yy_pos is None else yy_pos
+    infl = graph.influence[: graph.n_features].double()
+    pos = graph.features[:, 1]
+    end = graph.n_pos - 1
+    total = float(infl.sum())
+    if total <= 0:
+        return dict.fromkeys(POSITION_CLASSES, float("nan"))
+    yy = float(infl[pos == yy_pos].sum()) if yy_pos != end else 0.0
+    at_end = float(infl[pos == end].sum())
+    return {"YY": yy / total, "END": at_end / total, "rest": 1.0 - (yy + at_end) / total}
+
+
+def seed_prompt_shares(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder
+                       ) -> dict[str, Any] | None:
+    """Influence shares of the seed study's prompt, built with the task's goodfire template."""
+    spec = load_task(cfg.task.task)
+    if SEED_TEMPLATE not in spec.templates:
+        return None
+    b = build_batch(spec, loaded.tokenizer, spec.template(SEED_TEMPLATE), [SEED_YEAR], [SEED_NOUN])
+    graph = build_graph(loaded, clt, b.clean[0], cfg.graphs.target, cfg.graphs)
+    return {"prompt": b.prompts[0], "tokens": b.clean[0].tolist(),
+            **influence_share_by_position(graph, b.yy_pos), **graph.scores}
+
+
+def task_prompt_shares(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder,
+                       batch: TaskBatch) -> dict[str, Any]:
+    """Mean influence shares (and graph scores) over ``graphs.share_prompts`` task prompts."""
+    from clt_bench.features.attribution import one_per_yy
+
+    sub = one_per_yy(batch, cfg.graphs.share_prompts)
+    rows = []
+    for i in range(len(sub)):
+        graph = build_graph(loaded, clt, sub.clean[i], cfg.graphs.target, cfg.graphs)
+        rows.append({**influence_share_by_position(graph, sub.yy_pos), **graph.scores})
+    keys = rows[0].keys() if rows else ()
+    return {"n_prompts": len(rows), "template": batch.template,
+            **{k: float(np.nanmean([r[k] for r in rows])) for k in keys}}
+
+
 def run_graphs_stage(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder,
                      batch: TaskBatch | None, out_dir: str | Path) -> dict[str, Any]:
-    """Graph of ``cfg.graphs.prompt``: writes <out>/graphs/<slug>.json, .png and scores.json."""
+    """Graph of ``cfg.graphs.prompt``: writes <out>/graphs/<slug>.json, .png and scores.json,
+    with the influence share by position (YY / END / rest) of that graph, of the seed study's
+    prompt (goodfire template) and averaged over ``graphs.share_prompts`` task prompts."""
     stage_dir = Path(out_dir) / "graphs"
     graph = build_graph(loaded, clt, cfg.graphs.prompt, cfg.graphs.target, cfg.graphs)
     slug = slugify(cfg.graphs.prompt)
     paths = write_graph_outputs(graph, stage_dir / f"{slug}.json", scan=f"{loaded.name}-clt")
+    shares: dict[str, Any] = {"definition": "share of the feature nodes' influence on the target "
+                              "at the YY token, at END and elsewhere (before pruning)",
+                              "graph": influence_share_by_position(graph)}
+    seed = seed_prompt_shares(cfg, loaded, clt)
+    if seed is not None:
+        shares["seed_prompt"] = seed
+    if batch is not None and cfg.graphs.share_prompts > 0:
+        shares["task_prompts"] = task_prompt_shares(cfg, loaded, clt, batch)
     result: dict[str, Any] = {
         "model": loaded.name,
         "graph": paths["json"].name,
         "drawing": paths["png"].name,
         "task_template": batch.template if batch is not None else None,
         **graph.summary(),
+        "influence_share": shares,
+        "target_definition": TARGET_DEFINITION,
         "config_hash": cfg.section_hash("model", "clt", "graphs"),
         **run_metadata(config=cfg.graphs, seeds={"clt": cfg.clt.seed}),
     }

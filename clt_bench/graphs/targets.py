@@ -1,13 +1,18 @@
 """Attribution targets: directions over the vocabulary read at the prompt's last position.
 
-- ``greater-than``: Σ_{z>YY} l_z − Σ_{z<=YY} l_z over the 100 answer tokens "00".."99", YY read
-  from the last four-digit year in the prompt.
+- ``greater-than``: mean_{z>YY} l_z − mean_{z<=YY} l_z over the 100 answer tokens "00".."99" (the
+  mean-difference form, EAP-IG's "mean" logit difference), YY read from the last four-digit year in
+  the prompt. Its coefficients (+1/n_gt on the correct answers, −1/n_le on the others, 0 off the
+  answers) sum to zero over the answers, hence over the vocabulary: adding one constant to every
+  logit, or to the 100 answer logits only, leaves it unchanged (``greater_than_coefficients``).
+  The features stage ranks features by the same target.
 - ``logits``: the most likely next tokens up to 95% cumulative probability, at most 10, weighted
   by their probabilities.
 - token strings: each must be one token; equal weights.
 
-``demean`` subtracts the direction's mean over the vocabulary (a shift of every logit then leaves
-the target unchanged, as circuit-tracer does for logit nodes).
+``demean`` (``graphs.demean``, on by default for every target) subtracts the direction's mean over
+the vocabulary, as circuit-tracer does for logit nodes, so a shift of every logit leaves any target
+unchanged; for ``greater-than`` it is a no-op (its direction already has mean zero).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from clt_bench.errors import UserError
 from clt_bench.task.dataset import answer_token_ids
-from clt_bench.task.metrics import logit_diff_direction
+from clt_bench.task.metrics import correct_mask
 
 TARGET_KINDS = ("greater-than", "logits", "<token strings>")
 
@@ -51,12 +56,32 @@ def parse_yy(prompt: str) -> int:
     return int(years[-1]) % 100
 
 
+def greater_than_coefficients(yy: torch.Tensor | int, relation: str = "gt", n: int = 100
+                              ) -> torch.Tensor:
+    """[n_prompts, n] (or [n] for an int ``yy``) shift-invariant greater-than coefficients.
+
+    ``c_z = +1/n_correct`` for the correct answers (ZZ > YY for ``gt``, ZZ < YY for ``lt``) and
+    ``-1/n_other`` for the rest, so ``c @ answer_logits`` = mean correct logit − mean other logit
+    and ``c.sum() == 0``: a constant added to every answer logit cancels.
+    """
+    scalar = not isinstance(yy, torch.Tensor)
+    yy_t = torch.as_tensor([yy] if scalar else yy, dtype=torch.long).reshape(-1)
+    good = correct_mask(yy_t, relation, n).double()
+    n_good, n_bad = good.sum(-1, keepdim=True), (1 - good).sum(-1, keepdim=True)
+    if bool((n_good == 0).any() or (n_bad == 0).any()):
+        raise UserError(f"the greater-than target is undefined for YY = {int(yy_t[0]):02d}: every "
+                        f"answer is on one side of it.")
+    c = good / n_good - (1 - good) / n_bad
+    return c[0] if scalar else c
+
+
 def greater_than_target(tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: int,
                         relation: str = "gt") -> Target:
+    """The mean-difference greater-than logit difference of ``prompt``'s YY (zero-sum, see top)."""
     yy = parse_yy(prompt)
     ids = answer_token_ids(tokenizer)
     direction = torch.zeros(vocab_size, dtype=torch.float64)
-    direction[ids] = logit_diff_direction(yy, relation)
+    direction[ids] = greater_than_coefficients(yy, relation, len(ids))
     return Target(label=f"greater-than logit diff (YY={yy:02d})", direction=direction, weight=1.0)
 
 
@@ -102,7 +127,7 @@ def token_targets(tokenizer: PreTrainedTokenizerBase, strings: Sequence[str], vo
 
 
 def make_targets(spec: str | Sequence[str], tokenizer: PreTrainedTokenizerBase, prompt: str,
-                 logits: torch.Tensor, demean: bool = False, cumulative: float = 0.95,
+                 logits: torch.Tensor, demean: bool = True, cumulative: float = 0.95,
                  max_logits: int = 10) -> list[Target]:
     """Targets from a CLI/config spec: "greater-than", "logits", or token strings."""
     items = [spec] if isinstance(spec, str) else list(spec)
