@@ -35,15 +35,15 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("model", "task", "activations", "clt", "graphs"),
     ),
     "features": (
-        "clt_bench.features.stage:pipeline_stage",
+        "clt_bench.pipeline_stages:features",
         ("model", "task", "activations", "clt", "graphs", "features"),
     ),
     "compare": (
-        "clt_bench.compare.stage:pipeline_stage",
+        "clt_bench.pipeline_stages:compare",
         ("model", "task", "baseline", "activations", "clt", "graphs", "features"),
     ),
     "report": (
-        "clt_bench.report.stage:pipeline_stage",
+        "clt_bench.pipeline_stages:report",
         ("model", "task", "baseline", "activations", "clt", "graphs", "features", "report"),
     ),
 }

@@ -85,3 +85,21 @@ def graphs(ctx: RunContext) -> dict[str, Any]:
     for name, value in out.get("scores", {}).items():  # completeness, replacement, pruned_*
         summary[f"{name}_score"] = value
     return summary
+
+
+def features(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.features.stage import run_features_stage
+
+    return run_features_stage(ctx.cfg, ctx.model, ctx.run_dir)
+
+
+def compare(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.compare.stage import run_compare_stage
+
+    return run_compare_stage(ctx.cfg, ctx.model, ctx.run_dir)
+
+
+def report(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.report.stage import write_report
+
+    return write_report(ctx)

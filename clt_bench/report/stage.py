@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from clt_bench.io import run_metadata, write_json, write_text
 from clt_bench.report.headline import PUBLISHED, headline_metrics, headline_rows
+
+if TYPE_CHECKING:  # the pipeline imports the stages lazily; no import cycle at run time
+    from clt_bench.pipeline import RunContext
 
 # stage folder -> (title, PNG globs to embed in order, CSV tables to show, intro text)
 SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
@@ -138,7 +141,7 @@ padding:.6em 1em;border-left:4px solid #f0c000;font-size:.9em}
 """
 
 
-def render_html(ctx: Any, headline: dict[str, Any], meta: dict[str, Any]) -> str:
+def render_html(ctx: RunContext, headline: dict[str, Any], meta: dict[str, Any]) -> str:
     cfg = ctx.cfg
     rows = headline_rows(headline)
     head = "".join(
@@ -173,7 +176,7 @@ def render_html(ctx: Any, headline: dict[str, Any], meta: dict[str, Any]) -> str
     return "\n".join(parts)
 
 
-def render_summary_md(ctx: Any, headline: dict[str, Any]) -> str:
+def render_summary_md(ctx: RunContext, headline: dict[str, Any]) -> str:
     lines = [
         f"# {ctx.cfg.report.title}",
         "",
@@ -187,8 +190,8 @@ def render_summary_md(ctx: Any, headline: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def pipeline_stage(ctx: Any) -> dict[str, Any]:
-    """Write report.html, summary.md and metrics.json into the run directory."""
+def write_report(ctx: RunContext) -> dict[str, Any]:
+    """Write report.html, summary.md and metrics.json into ``ctx.run_dir``; returns the headline."""
     headline = headline_metrics(ctx.results)
     meta = run_metadata(
         config=ctx.cfg,
