@@ -1,10 +1,11 @@
 """Run configuration: frozen dataclasses from TOML presets plus ``key=value`` overrides.
 
 Each pipeline stage owns one section dataclass below. Unknown keys are errors; values are
-type-checked against the field's annotation (``Literal[...]`` fields accept only their choices), and
-each section checks its ranges and names when it is built (``_checked``), so a bad value raises
-``UserError`` when the config loads, before any stage runs. ``RunConfig.section_hash(names)`` gives the hash that a
-stage records so that a changed config recomputes it.
+type-checked against the field's annotation (``Literal[...]`` fields accept only their choices),
+and each section checks its ranges and names when it is built (``_checked``), so a bad value
+raises ``UserError`` when the config loads, before any stage runs.
+``RunConfig.section_hash(names)`` gives the hash that a stage records so that a changed config
+recomputes it.
 """
 
 from __future__ import annotations
@@ -218,15 +219,11 @@ class ActivationsConfig:
     batch_size: int = 32  # rows per model forward pass
     shard_tokens: int = 65_536
     seed: int = 1234  # corpus seed (toy: generator seed; others: shuffle of the block order)
-    mode: Literal["cache", "stream"] = (
-        "cache"  # cache (shards on disk) | stream (on the fly, shuffle buffer)
-    )
+    mode: Literal["cache", "stream"] = "cache"  # cache: shards on disk; stream: shuffle buffer
     shuffle_buffer: int = 65_536  # tokens per shuffled block (cache: rounded up to whole shards)
     text_field: str = "text"
     split: str = "train"
-    dtype: Literal["float32", "float16", "bfloat16"] = (
-        "float32"  # storage dtype of cached activations: float32 | float16 | bfloat16
-    )
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # cached activations' dtype
 
 
 @dataclass(frozen=True)
@@ -282,9 +279,7 @@ class CLTConfig:
     log_every: int = 50
     seed: int = 0
     eval_tokens: int = 8192  # held-out tokens for the replacement model (top-1, KL, CE)
-    parallel: Literal["ddp", "fsdp"] = (
-        "ddp"  # ddp | fsdp (FSDP2 fully_shard) when run under torchrun
-    )
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard, under torchrun
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     load: str = ""  # path to an existing circuit-tracer CLT/PLT directory (skip training)
 
@@ -345,15 +340,11 @@ class FeaturesConfig:
     top_k: int = 160
     n_plots: int = 24
     n_contexts: int = 5
-    heatmap_mode: Literal["direct", "total"] = (
-        "direct"  # direct (graph edges to the answer logits) | total (all paths)
-    )
+    heatmap_mode: Literal["direct", "total"] = "direct"  # graph edges to the logits | all paths
     ablations: bool = True  # constrained and free Delta PD per selected feature
     ablation_prompts: int = 8  # free ablation: active prompts evaluated per feature (0 = all)
     prompts_per_pass: int = 16
-    curve_background: Literal["clean", "corrupted"] = (
-        "clean"  # clean | corrupted (see clt_bench.compare.curve)
-    )
+    curve_background: Literal["clean", "corrupted"] = "clean"  # see clt_bench.compare.curve
     curve_dense: int = 32  # units-needed curve: every k up to this, then steps of x1.25
     # labelling rule thresholds (documented in the report)
     gt_corr: float = 0.5
