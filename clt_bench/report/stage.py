@@ -16,6 +16,7 @@ import pandas as pd
 
 from clt_bench.io import run_metadata, write_json, write_text
 from clt_bench.report.headline import PUBLISHED, headline_metrics, headline_rows
+from clt_bench.report.links import definition_html, methods_anchor
 
 if TYPE_CHECKING:  # the pipeline imports the stages lazily; no import cycle at run time
     from clt_bench.pipeline import RunContext
@@ -145,9 +146,15 @@ def render_html(ctx: RunContext, headline: dict[str, Any], meta: dict[str, Any])
     cfg = ctx.cfg
     rows = headline_rows(headline)
     head = "".join(
-        f"<tr><td>{html.escape(PUBLISHED.get(m, (m,))[0])}<br><span class='meta'>{m}</span></td>"
+        f"<tr><td><a href='#def-{methods_anchor(m)}'>{html.escape(PUBLISHED.get(m, (m,))[0])}</a>"
+        f"<br><span class='meta'>{m}</span></td>"
         f"<td>{v}</td><td>{p}</td><td class='meta'>{html.escape(s)}</td></tr>"
         for m, v, p, s in rows
+    )
+    defined = dict.fromkeys(methods_anchor(m) for m, *_ in rows)  # each definition once, in order
+    defs = "".join(
+        f"<dt id='def-{a}'>{html.escape(a)}</dt><dd>{definition_html(a)}</dd>"
+        for a in defined
     )
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.report.title)}"
@@ -172,6 +179,11 @@ def render_html(ctx: RunContext, headline: dict[str, Any], meta: dict[str, Any])
         parts.extend(_img(p) for p in _images(folder, globs))
         for g in tables:
             parts.extend(_csv_table(p) for p in sorted(folder.glob(g))[:4])
+    if defs:
+        parts.append(
+            "<h2>Definitions</h2><p class='meta'>From docs/methods.md (formula, source paper and "
+            f"where clt-bench differs, per metric).</p><dl>{defs}</dl>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -186,7 +198,12 @@ def render_summary_md(ctx: RunContext, headline: dict[str, Any]) -> str:
         "|---|---:|---:|---|",
     ]
     lines += [f"| {m} | {v} | {p} | {s} |" for m, v, p, s in headline_rows(headline)]
-    lines += ["", "All headline numbers: `metrics.json`; the page: `report.html`.", ""]
+    lines += [
+        "",
+        "All headline numbers: `metrics.json`; the page: `report.html`; definitions: "
+        "`docs/methods.md` (one anchor per metric, e.g. `#task-prob_diff`).",
+        "",
+    ]
     return "\n".join(lines)
 
 
