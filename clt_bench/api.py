@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 def load_config(preset: str = "toy", overrides: Sequence[str] = ()) -> RunConfig:
     """A run configuration: a preset (name or path to a ``.toml``) plus ``key=value`` overrides.
 
+    ``preset`` may also be a run directory: its ``config.json`` (the exact config that run used).
     Every value is checked here (types, choices, ranges, names of tasks, circuits and files); a bad
     one raises ``UserError`` (a ``ValueError``) naming the key.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clt_bench.errors import UserError
-from clt_bench.io import config_hash, to_jsonable
+from clt_bench.io import config_hash, read_json, to_jsonable
 from clt_bench.paths import PACKAGE_DIR
 
 PRESETS_DIR = PACKAGE_DIR / "presets"
@@ -463,7 +463,10 @@ def preset_names() -> list[str]:
 
 
 def load_preset_dict(preset: str) -> dict[str, Any]:
+    """A preset's TOML as a dict; ``preset`` may also be a run directory (its ``config.json``)."""
     path = Path(preset)
+    if (path / "config.json").is_file():
+        return read_json(path / "config.json")
     if not (path.suffix == ".toml" and path.is_file()):
         path = PRESETS_DIR / f"{preset}.toml"
     if not path.is_file():
@@ -477,7 +480,8 @@ def load_preset_dict(preset: str) -> dict[str, Any]:
 
 
 def load_config(preset: str = "toy", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a preset by name (or a path to a .toml file) and apply ``key=value`` overrides."""
+    """Load a preset by name (or a path to a .toml file, or a run directory whose config.json it
+    reads) and apply ``key=value`` overrides."""
     data = load_preset_dict(preset)
     for text in overrides:
         path, value = parse_override(text)
