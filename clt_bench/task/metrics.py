@@ -1,4 +1,4 @@
-"""Greater-than metrics (SPEC-greater-than.md §4).
+"""Greater-than metrics (docs/methods.md#task; Hanna et al. 2023).
 
 p = softmax over the FULL vocabulary at END, restricted (not renormalised) to the 100 answer tokens.
 For relation ``gt`` the correct answers are z > y; for ``lt`` they are z < y.
