@@ -92,9 +92,7 @@ def load_clt(path: str | Path) -> CrossLayerTranscoder:
     return _load_clt(path)
 
 
-def load_task_batch(
-    config: RunConfig, model: LoadedModel, dataset: str | None = None
-) -> TaskBatch:
+def load_task_batch(config: RunConfig, model: LoadedModel, dataset: str | None = None) -> TaskBatch:
     """The task prompts of ``config.task`` tokenised for ``model`` (clean and 01-corrupted).
 
     ``dataset``: ``discovery`` (balanced over YY) or ``headline`` (uniform over years); default

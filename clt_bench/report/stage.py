@@ -153,8 +153,7 @@ def render_html(ctx: RunContext, headline: dict[str, Any], meta: dict[str, Any])
     )
     defined = dict.fromkeys(methods_anchor(m) for m, *_ in rows)  # each definition once, in order
     defs = "".join(
-        f"<dt id='def-{a}'>{html.escape(a)}</dt><dd>{definition_html(a)}</dd>"
-        for a in defined
+        f"<dt id='def-{a}'>{html.escape(a)}</dt><dd>{definition_html(a)}</dd>" for a in defined
     )
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.report.title)}"
