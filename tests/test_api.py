@@ -143,3 +143,14 @@ def test_docstring_examples_run(workdir, monkeypatch):
     monkeypatch.chdir(workdir)  # examples write results/quick (resumed if the quickstart ran)
     result = doctest.testmod(clt_bench.api, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 15 and result.failed == 0
+
+
+@pytest.mark.slow
+def test_readme_python_api_snippet_runs(workdir, monkeypatch):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API", 1)[1]
+    snippet = section.split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(workdir)
+    scope: dict[str, object] = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    assert len(scope["scores"].table) == 8 and scope["graph"].scores
