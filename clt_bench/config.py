@@ -106,11 +106,14 @@ def _check_task(t: TaskConfig) -> None:
 def _check_baseline(b: BaselineConfig) -> None:
     from clt_bench.baseline.circuits import published_names
 
-    known = ["discovered", *published_names()]
-    if b.circuit not in known and not Path(b.circuit).is_file():
+    if b.circuit == "discovered" or b.circuit in published_names():
+        return
+    if Path(b.circuit).suffix and not Path(b.circuit).is_file():
+        raise UserError(f"circuit file {b.circuit} does not exist.")
+    if not Path(b.circuit).is_file():
         raise UserError(
-            f"config key 'baseline.circuit' must be one of {', '.join(known)} or a circuit "
-            f"file that exists (got {b.circuit!r})."
+            f"unknown circuit '{b.circuit}' (known: discovered, {', '.join(published_names())}, "
+            f"or a path to a circuit .json/.toml)."
         )
 
 
