@@ -151,9 +151,12 @@ def render_html(ctx: RunContext, headline: dict[str, Any], meta: dict[str, Any])
         f"<td>{v}</td><td>{p}</td><td class='meta'>{html.escape(s)}</td></tr>"
         for m, v, p, s in rows
     )
-    defined = dict.fromkeys(methods_anchor(m) for m, *_ in rows)  # each definition once, in order
+    defined: dict[str, list[str]] = {}  # each definition once, in order, with its metrics
+    for m, *_ in rows:
+        defined.setdefault(methods_anchor(m), []).append(m)
     defs = "".join(
-        f"<dt id='def-{a}'>{html.escape(a)}</dt><dd>{definition_html(a)}</dd>" for a in defined
+        f"<dt id='def-{a}'>{html.escape(', '.join(ms))}</dt><dd>{definition_html(a)}</dd>"
+        for a, ms in defined.items()
     )
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.report.title)}"
