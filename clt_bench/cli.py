@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from clt_bench.config import RunConfig, load_config
+from clt_bench.config import RunConfig, load_config, parse_override
 from clt_bench.errors import UserError
 
 # modules with ``register(subparsers)``; each adds one or more sub-commands
@@ -56,10 +56,17 @@ def add_common(p: argparse.ArgumentParser, model: bool = True, out: bool = True)
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides = list(args.overrides)
-    if getattr(args, "model", None):
-        overrides.append(f'model.name="{args.model}"')
-    if getattr(args, "device", None):
-        overrides.append(f'model.device="{args.device}"')
+    for flag, key in (("model", "model.name"), ("device", "model.device")):
+        value = getattr(args, flag, None)
+        if not value:
+            continue
+        for text in args.overrides:  # a flag and a --set of the same key must agree
+            path, other = parse_override(text)
+            if ".".join(path) == key and other != value:
+                raise UserError(
+                    f"--{flag} {value} conflicts with --set {key}={other}; give only one of them."
+                )
+        overrides.append(f'{key}="{value}"')
     if getattr(args, "task", None):
         from clt_bench.paths import tasks_dir
         from clt_bench.task.spec import load_task

@@ -1,8 +1,11 @@
-"""Run configuration: frozen dataclasses from TOML presets plus ``--set a.b=value`` overrides.
+"""Run configuration: frozen dataclasses from TOML presets plus ``key=value`` overrides.
 
 Each pipeline stage owns one section dataclass below. Unknown keys are errors; values are
-type-checked against the field's annotation. ``RunConfig.section_hash(names)`` gives the hash that a
-stage records so that a changed config recomputes it.
+type-checked against the field's annotation (``Literal[...]`` fields accept only their choices),
+and each section checks its ranges and names when it is built (``_checked``), so a bad value
+raises ``UserError`` when the config loads, before any stage runs.
+``RunConfig.section_hash(names)`` gives the hash that a stage records so that a changed config
+recomputes it.
 """
 
 from __future__ import annotations
@@ -13,24 +16,143 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from clt_bench.errors import UserError
-from clt_bench.io import config_hash, to_jsonable
+from clt_bench.io import config_hash, read_json, to_jsonable
 from clt_bench.paths import PACKAGE_DIR
 
 PRESETS_DIR = PACKAGE_DIR / "presets"
 
+INF = float("inf")
+
+
+def _fail_range(key: str, value: Any, lo: float, hi: float, lo_open: bool, hi_open: bool) -> None:
+    below = value < lo or (lo_open and value == lo)
+    above = value > hi or (hi_open and value == hi)
+    if not (below or above):
+        return
+    if hi == INF:
+        rule = f"{'>' if lo_open else '>='} {lo:g}"
+    elif lo == -INF:
+        rule = f"{'<' if hi_open else '<='} {hi:g}"
+    else:
+        rule = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    raise UserError(f"config key '{key}' must be {rule} (got {value!r}).")
+
+
+def _parse_interval(text: str) -> tuple[float, float, bool, bool]:
+    """``"(0, 1]"`` -> (0, 1, lo_open=True, hi_open=False); ``inf`` allowed at either end."""
+    lo, hi = (float(v) for v in text[1:-1].split(","))
+    return lo, hi, text[0] == "(", text[-1] == ")"
+
+
+def _check_choice(value: Any, tp: Any, key: str) -> None:
+    choices = typing.get_args(tp)
+    if value not in choices or type(value) is not type(choices[0]):
+        raise UserError(
+            f"config key '{key}' must be one of {', '.join(map(repr, choices))} (got {value!r})."
+        )
+
+
+def _checked(section: str, ranges: dict[str, str], extra: Any = None) -> Any:
+    """Class decorator (inside ``@dataclass``): check ``Literal`` fields and numeric ranges.
+
+    ``ranges`` maps a field to an interval such as ``"(0, inf)"`` or ``"[0, 1]"``; ``extra(obj)``
+    runs further checks (names of tasks, circuits, files). Messages name the config key.
+    """
+
+    def post_init(self: Any) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            if typing.get_origin(hints[f.name]) is Literal:
+                _check_choice(getattr(self, f.name), hints[f.name], f"{section}.{f.name}")
+        for name, interval in ranges.items():
+            _fail_range(f"{section}.{name}", getattr(self, name), *_parse_interval(interval))
+        if extra is not None:
+            extra(self)
+
+    def wrap(cls: type) -> type:
+        cls.__post_init__ = post_init  # type: ignore[attr-defined]
+        cls.config_ranges = ranges  # type: ignore[attr-defined]  # read by tests/test_config.py
+        return cls
+
+    return wrap
+
+
+def _check_model(m: ModelConfig) -> None:
+    import torch
+
+    if m.name not in ("toy", "gpt2", "gpt2-random") and not (
+        m.name.startswith("hf:") and len(m.name) > 3
+    ):
+        raise UserError(
+            f"unknown model '{m.name}' (known models: toy, gpt2, gpt2-random, hf:<name-or-path>)."
+        )
+    try:
+        torch.device(m.device)
+    except RuntimeError as err:
+        raise UserError(f"config key 'model.device' is not a torch device ({m.device!r}).") from err
+
+
+def _check_task(t: TaskConfig) -> None:
+    from clt_bench.task.spec import load_task
+
+    spec = load_task(t.task)  # unknown task, template or dataset: one sentence naming the choices
+    spec.template(t.template or spec.default_template)
+    spec.dataset(t.dataset)
+
+
+def _check_baseline(b: BaselineConfig) -> None:
+    from clt_bench.baseline.circuits import published_names
+
+    if b.circuit == "discovered" or b.circuit in published_names():
+        return
+    if Path(b.circuit).suffix and not Path(b.circuit).is_file():
+        raise UserError(f"circuit file {b.circuit} does not exist.")
+    if not Path(b.circuit).is_file():
+        raise UserError(
+            f"unknown circuit '{b.circuit}' (known: discovered, {', '.join(published_names())}, "
+            f"or a path to a circuit .json/.toml)."
+        )
+
+
+def _check_activations(a: ActivationsConfig) -> None:
+    c = a.corpus
+    if c in ("toy", "fineweb") or (c.startswith("hf:") and len(c) > 3):
+        return
+    if c.startswith("file:") and len(c) > 5:
+        if not Path(c[5:]).expanduser().is_file():
+            raise UserError(f"corpus file {c[5:]} does not exist.")
+        return
+    raise UserError(f"unknown corpus '{c}' (known: toy, fineweb, hf:<dataset>, file:<path>).")
+
+
+def _check_clt(c: CLTConfig) -> None:
+    if c.load and not Path(c.load).expanduser().is_dir():
+        raise UserError(f"config key 'clt.load' names no directory ({c.load}).")
+
+
+def _check_graphs(g: GraphsConfig) -> None:
+    if not g.target.strip():
+        raise UserError("config key 'graphs.target' must not be empty.")
+
 
 @dataclass(frozen=True)
+@_checked("model", {}, lambda m: _check_model(m))
 class ModelConfig:
     name: str = "toy"  # toy | gpt2 | gpt2-random | hf:<name-or-path>
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     seed: int = 0  # for gpt2-random weights
 
 
 @dataclass(frozen=True)
+@_checked(
+    "task",
+    {"n": "[0, inf)", "seed": "[-1, inf)", "batch_size": "[1, inf)", "family_n": "[0, inf)"},
+    lambda t: _check_task(t),
+)
 class TaskConfig:
     task: str = "greater_than"  # a task name under tasks/, a task directory or a task.toml path
     template: str = ""  # "" = the task file's default_template
@@ -45,6 +167,24 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
+@_checked(
+    "baseline",
+    {
+        "n_examples": "[1, inf)",
+        "discovery_examples": "[1, inf)",
+        "batch_size": "[1, inf)",
+        "head_threshold": "[0, inf)",
+        "mlp_threshold": "[0, inf)",
+        "max_steps": "[0, inf)",
+        "n_random": "[0, inf)",
+        "top_neurons": "[1, inf)",
+        "neuron_layer": "[-1, inf)",
+        "neuron_candidates": "[1, inf)",
+        "neuron_examples": "[1, inf)",
+        "curve_dense": "[1, inf)",
+    },
+    lambda b: _check_baseline(b),
+)
 class BaselineConfig:
     circuit: str = "discovered"  # discovered | hanna2023 | acdc | eap_ig | path to a circuit JSON
     n_examples: int = 200  # examples of the task dataset used for circuit evaluation
@@ -64,6 +204,18 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+@_checked(
+    "activations",
+    {
+        "n_tokens": "[1, inf)",
+        "eval_tokens": "[1, inf)",
+        "seq_len": "[2, inf)",
+        "batch_size": "[1, inf)",
+        "shard_tokens": "[1, inf)",
+        "shuffle_buffer": "[1, inf)",
+    },
+    lambda a: _check_activations(a),
+)
 class ActivationsConfig:
     corpus: str = "toy"  # toy | fineweb | hf:<dataset> | file:<path to txt/json/jsonl/parquet>
     n_tokens: int = 400_000  # training tokens taken from the corpus (one epoch)
@@ -72,18 +224,45 @@ class ActivationsConfig:
     batch_size: int = 32  # rows per model forward pass
     shard_tokens: int = 65_536
     seed: int = 1234  # corpus seed (toy: generator seed; others: shuffle of the block order)
-    mode: str = "cache"  # cache (shards on disk) | stream (on the fly, shuffle buffer)
+    mode: Literal["cache", "stream"] = "cache"  # cache: shards on disk; stream: shuffle buffer
     shuffle_buffer: int = 65_536  # tokens per shuffled block (cache: rounded up to whole shards)
     text_field: str = "text"
     split: str = "train"
-    dtype: str = "float32"  # storage dtype of cached activations: float32 | float16 | bfloat16
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # cached activations' dtype
 
 
 @dataclass(frozen=True)
+@_checked(
+    "clt",
+    {
+        "n_features": "[1, inf)",
+        "k": "[1, inf)",
+        "lr": "(0, inf)",
+        "batch_tokens": "[1, inf)",
+        "n_steps": "[1, inf)",
+        "warmup_steps": "[0, inf)",
+        "decay_start": "[0, 1]",
+        "grad_clip": "(0, inf)",
+        "lambda_s": "[0, inf)",
+        "sparsity_ramp": "[0, 1]",
+        "lambda_p": "[0, inf)",
+        "tanh_c": "(0, inf)",
+        "threshold_init": "[0, inf)",
+        "bandwidth": "(0, inf)",
+        "init_rate": "(0, 1)",
+        "dec_init_scale": "(0, inf)",
+        "norm_batches": "[1, inf)",
+        "checkpoint_every": "[1, inf)",
+        "log_every": "[1, inf)",
+        "eval_tokens": "[1, inf)",
+        "threads": "[0, inf)",
+    },
+    lambda c: _check_clt(c),
+)
 class CLTConfig:
-    kind: str = "clt"  # clt | plt
+    kind: Literal["clt", "plt"] = "clt"
     n_features: int = 1024  # per layer
-    activation: str = "jumprelu"  # jumprelu | topk | batchtopk | relu
+    activation: Literal["jumprelu", "topk", "batchtopk", "relu"] = "jumprelu"
     k: int = 32  # for topk / batchtopk
     skip: bool = False
     lr: float = 1e-3
@@ -105,21 +284,37 @@ class CLTConfig:
     log_every: int = 50
     seed: int = 0
     eval_tokens: int = 8192  # held-out tokens for the replacement model (top-1, KL, CE)
-    parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when run under torchrun
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard, under torchrun
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     load: str = ""  # path to an existing circuit-tracer CLT/PLT directory (skip training)
 
 
 @dataclass(frozen=True)
+@_checked("plt", CLTConfig.config_ranges, lambda c: _check_clt(c))  # type: ignore[attr-defined]
 class PLTConfig(CLTConfig):
     """Per-layer transcoders trained beside the CLT (the ``plt`` stage): the same fields as
     ``[clt]``, with their own values, and ``enabled`` (false skips the stage)."""
 
-    kind: str = "plt"
+    kind: Literal["plt"] = "plt"
     enabled: bool = True
 
 
 @dataclass(frozen=True)
+@_checked(
+    "graphs",
+    {
+        "node_threshold": "(0, 1]",
+        "edge_threshold": "(0, 1]",
+        "n_prompts": "[1, inf)",
+        "max_feature_nodes": "[0, inf)",
+        "batch_size": "[1, inf)",
+        "logit_probability": "(0, 1]",
+        "max_logits": "[1, inf)",
+        "top_features": "[0, inf)",
+        "share_prompts": "[0, inf)",
+    },
+    lambda g: _check_graphs(g),
+)
 class GraphsConfig:
     node_threshold: float = 0.8  # keep nodes up to this share of cumulative influence
     edge_threshold: float = 0.98  # keep edges up to this share of cumulative edge influence
@@ -143,6 +338,23 @@ class GraphsConfig:
 
 
 @dataclass(frozen=True)
+@_checked(
+    "features",
+    {
+        "top_k": "[1, inf)",
+        "n_plots": "[0, inf)",
+        "n_contexts": "[0, inf)",
+        "ablation_prompts": "[0, inf)",
+        "prompts_per_pass": "[1, inf)",
+        "curve_dense": "[1, inf)",
+        "gt_corr": "[-1, 1]",
+        "anti_corr": "[-1, 1]",
+        "large_zz_corr": "[-1, 1]",
+        "parity_corr": "[-1, 1]",
+        "narrow_yy_fraction": "[0, 1]",
+        "mult5_corr": "[-1, 1]",
+    },
+)
 class FeaturesConfig:
     """Feature scoring (clt_bench.features) and the comparison with the circuit (clt_bench.compare).
 
@@ -152,11 +364,11 @@ class FeaturesConfig:
     top_k: int = 160
     n_plots: int = 24
     n_contexts: int = 5
-    heatmap_mode: str = "direct"  # direct (graph edges to the answer logits) | total (all paths)
+    heatmap_mode: Literal["direct", "total"] = "direct"  # graph edges to the logits | all paths
     ablations: bool = True  # constrained and free Delta PD per selected feature
     ablation_prompts: int = 8  # free ablation: active prompts evaluated per feature (0 = all)
     prompts_per_pass: int = 16
-    curve_background: str = "clean"  # clean | corrupted (see clt_bench.compare.curve)
+    curve_background: Literal["clean", "corrupted"] = "clean"  # see clt_bench.compare.curve
     curve_dense: int = 32  # units-needed curve: every k up to this, then steps of x1.25
     # labelling rule thresholds (documented in the report)
     gt_corr: float = 0.5
@@ -195,6 +407,9 @@ class RunConfig:
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        _check_choice(value, tp, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:
@@ -274,7 +489,10 @@ def preset_names() -> list[str]:
 
 
 def load_preset_dict(preset: str) -> dict[str, Any]:
+    """A preset's TOML as a dict; ``preset`` may also be a run directory (its ``config.json``)."""
     path = Path(preset)
+    if (path / "config.json").is_file():
+        return read_json(path / "config.json")
     if not (path.suffix == ".toml" and path.is_file()):
         path = PRESETS_DIR / f"{preset}.toml"
     if not path.is_file():
@@ -288,7 +506,8 @@ def load_preset_dict(preset: str) -> dict[str, Any]:
 
 
 def load_config(preset: str = "toy", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a preset by name (or a path to a .toml file) and apply ``key=value`` overrides."""
+    """Load a preset by name (or a path to a .toml file, or a run directory whose config.json it
+    reads) and apply ``key=value`` overrides."""
     data = load_preset_dict(preset)
     for text in overrides:
         path, value = parse_override(text)

@@ -35,7 +35,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("model", "task", "activations", "clt", "graphs"),
     ),
     "features": (
-        "clt_bench.features.stage:pipeline_stage",
+        "clt_bench.pipeline_stages:features",
         ("model", "task", "activations", "clt", "graphs", "features"),
     ),
     "plt": (
@@ -43,11 +43,11 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("model", "task", "baseline", "activations", "plt", "graphs", "features"),
     ),
     "compare": (
-        "clt_bench.compare.stage:pipeline_stage",
+        "clt_bench.pipeline_stages:compare",
         ("model", "task", "baseline", "activations", "clt", "plt", "graphs", "features"),
     ),
     "report": (
-        "clt_bench.report.stage:pipeline_stage",
+        "clt_bench.pipeline_stages:report",
         (
             "model",
             "task",

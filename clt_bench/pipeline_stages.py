@@ -91,7 +91,25 @@ def graphs(ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
+def features(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.features.stage import run_features_stage
+
+    return run_features_stage(ctx.cfg, ctx.model, ctx.run_dir)
+
+
 def plt(ctx: RunContext) -> dict[str, Any]:
     from clt_bench.plt.stage import run_plt_stage
 
     return _numbers(run_plt_stage(ctx))
+
+
+def compare(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.compare.stage import run_compare_stage
+
+    return run_compare_stage(ctx.cfg, ctx.model, ctx.run_dir)
+
+
+def report(ctx: RunContext) -> dict[str, Any]:
+    from clt_bench.report.stage import write_report
+
+    return write_report(ctx)

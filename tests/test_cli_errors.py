@@ -45,7 +45,7 @@ def test_wrong_type_and_unknown_preset():
 def test_gpt2_offline_exit_2(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, err = _run(capsys, "task", "--model", "gpt2", "--out", str(tmp_path))
-    assert code == 2 and "not reachable" in err and "--model toy" in err
+    assert code == 2 and "not reachable" in err and "'toy'" in err
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Property tests of the local replacement model and attribution (SPEC-clt.md §4 and §6).
+"""Property tests of the local replacement model and attribution (docs/methods.md#graphs).
 
 Tiny random GPT-2-shaped bridges, random CLTs of every activation kind (CLT and PLT, with and
 without skip), random prompts; float64 except where float32 is the point.

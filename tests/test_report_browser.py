@@ -15,7 +15,7 @@ from clt_bench.config import load_config
 from clt_bench.io import save_tensors
 from clt_bench.plots import yy_zz_heatmap
 from clt_bench.report.browser import check_report, find_chromium
-from clt_bench.report.stage import pipeline_stage
+from clt_bench.report.stage import write_report
 
 needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed")
 
@@ -40,7 +40,7 @@ def report(tmp_path_factory):
         "features": {"n_comparator": 3},
     }
     ctx = SimpleNamespace(cfg=load_config("toy"), run_dir=run, results=results)
-    pipeline_stage(ctx)
+    write_report(ctx)
     return run
 
 

@@ -144,6 +144,8 @@ def circuit_from_dict(data: dict[str, Any], where: str) -> Circuit:
             edges=data.get("edges"), model=str(data.get("model", "")),
             description=str(data.get("description", "")),
         )
+    except UserError:  # a ValueError, but already one clear sentence
+        raise
     except (TypeError, ValueError, AttributeError) as err:
         raise UserError(f"circuit file {where} is malformed ({err}).") from err
 

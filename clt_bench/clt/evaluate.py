@@ -1,4 +1,4 @@
-"""Quality metrics of a trained CLT on held-out text (SPEC-clt.md §3)."""
+"""Quality metrics of a trained CLT on held-out text (docs/methods.md#clt)."""
 
 from __future__ import annotations
 

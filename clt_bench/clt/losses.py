@@ -1,4 +1,5 @@
-"""The training objective (SPEC-clt.md §2), as a module so DDP / FSDP2 can wrap its forward.
+"""The training objective (Ameisen et al. 2025, "Circuit Tracing", and its January 2025 update),
+as a module so DDP / FSDP2 can wrap its forward.
 
 loss = sum_l MSE_l(ŷ_norm, y_norm)
      + lambda_S(t) * sum_l sum_i tanh(c * ||W_dec,i^l|| * a_i^l)      (jumprelu / relu only)

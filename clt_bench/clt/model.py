@@ -1,4 +1,4 @@
-"""The cross-layer transcoder module (SPEC-clt.md §1).
+"""The cross-layer transcoder module (Ameisen et al. 2025, "Circuit Tracing"; docs/architecture.md).
 
 Layer l's encoder reads the raw residual stream before the MLP (``blocks.l.hook_resid_mid``);
 each feature of layer l has a decoder to every layer l' >= l (``blocks.l'.hook_mlp_out``).

@@ -215,8 +215,3 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
     }))
     log.info("compare stage wrote %s", out)
     return json_safe(summary)
-
-
-def pipeline_stage(ctx: Any) -> dict[str, Any]:
-    """Pipeline adapter (clt_bench.pipeline): the compare stage's headline numbers."""
-    return run_compare_stage(ctx.cfg, ctx.model, ctx.run_dir)

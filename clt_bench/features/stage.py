@@ -271,11 +271,6 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
     return json_safe(summary)
 
 
-def pipeline_stage(ctx: Any) -> dict[str, Any]:
-    """Pipeline adapter (clt_bench.pipeline): the features stage's headline numbers."""
-    return run_features_stage(ctx.cfg, ctx.model, ctx.run_dir)
-
-
 def read_ranking(run_dir: Path) -> dict[str, Any]:
     """The features stage's ranking.json (selected features, influence, write effects)."""
     return read_json(Path(run_dir) / "features" / "ranking.json")

@@ -1,4 +1,4 @@
-"""Attribution graphs on the local replacement model (SPEC-clt.md §4–6).
+"""Attribution graphs on the local replacement model (docs/methods.md#graphs).
 
 Public API (used by the feature-scoring stage):
 

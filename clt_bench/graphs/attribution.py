@@ -1,4 +1,6 @@
-"""Edge weights by batched backward passes through the frozen replacement model (SPEC-clt.md §4).
+"""Edge weights by batched backward passes through the frozen replacement model.
+
+Definitions: docs/methods.md#graphs.
 
 One forward pass is differentiated once (``torch.func.vjp``); each call of ``Attributor.rows`` then
 injects one gradient per batch row (``torch.func.vmap`` over the vector-Jacobian product): row b

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
         "prompt": args.prompt, "node_threshold": args.node_threshold,
         "edge_threshold": args.edge_threshold, "max_feature_nodes": args.max_features,
         "batch_size": args.batch_size}.items() if v is not None}
-    gcfg = replace(cfg.graphs, **changes)
+    gcfg = SimpleNamespace(**{**vars(cfg.graphs), **changes})  # flags checked by name first
     if not 0.0 < gcfg.node_threshold <= 1.0 or not 0.0 < gcfg.edge_threshold <= 1.0:
         raise UserError("--node-threshold and --edge-threshold must be in (0, 1].")
     if gcfg.batch_size < 1 or gcfg.max_feature_nodes < 0:
         raise UserError("--batch-size must be >= 1 and --max-features >= 0.")
+    gcfg = replace(cfg.graphs, **changes)
     interventions = [parse_intervention(t) for t in args.intervene]
     target = list(args.target) if args.target else gcfg.target
     if not gcfg.prompt.strip():

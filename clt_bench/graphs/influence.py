@@ -1,4 +1,4 @@
-"""Influence and pruning (SPEC-clt.md §4).
+"""Influence and pruning (docs/methods.md#graphs).
 
 Conventions: ``A[t, s]`` is the edge from source s to target t (rows receive). ``Â`` is |A| with
 each row divided by its total incoming mass; ``extra_abs[t]`` adds mass that reaches t from outside

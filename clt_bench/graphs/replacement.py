@@ -1,4 +1,4 @@
-"""The local replacement model (SPEC-clt.md §4) on a TransformerLens bridge.
+"""The local replacement model (docs/methods.md#graphs) on a TransformerLens bridge.
 
 ``build_replacement`` runs the clean prompt(s) once and caches everything the frozen model needs:
 attention patterns, every LayerNorm denominator (``hook_scale``), the residual stream before each

@@ -1,4 +1,4 @@
-"""Replacement and completeness scores of an attribution graph (SPEC-clt.md §4).
+"""Replacement and completeness scores of an attribution graph (docs/methods.md#graphs).
 
 Both are computed on the influence flow ``f = w + w^T Σ_k Â^k`` (``clt_bench.graphs.influence``):
 flow starts at the targets (weights ``w``) and splits over each node's incoming edges by |A|.
@@ -9,7 +9,7 @@ flow starts at the targets (weights ``w``) and splits over each node's incoming 
 - completeness score = Σ_n f_n · (incoming |A| from features and tokens) / (all incoming mass of n)
   over the nodes that HAVE incoming mass (features and targets), divided by Σ f_n over those nodes.
 
-Differences from circuit-tracer 0.5 (the pitfalls in the spec): token and error nodes have no
+Differences from circuit-tracer 0.5 (the pitfalls in docs/methods.md): token and error nodes have no
 incoming edges and are not scored at all (instead of counting as complete, which gives an
 all-error graph 0.5); mass from active features that are not in the graph (never attributed, or
 pruned away) stays in every normalisation as unexplained instead of dropping out. So a graph whose

@@ -132,7 +132,7 @@ def make_targets(spec: str | Sequence[str], tokenizer: PreTrainedTokenizerBase, 
     """Targets from a CLI/config spec: "greater-than", "logits", or token strings."""
     items = [spec] if isinstance(spec, str) else list(spec)
     if not items or any(not s for s in items):
-        raise UserError("--target needs 'greater-than', 'logits' or one or more token strings.")
+        raise UserError("the target spec needs 'greater-than', 'logits' or token strings.")
     V = int(logits.shape[-1])
     if items == ["greater-than"]:
         targets = [greater_than_target(tokenizer, prompt, V)]

@@ -100,7 +100,7 @@ def _boot_hub(repo: str, device: str, dtype: torch.dtype) -> TransformerBridge:
     if not _in_hf_cache(repo) and not _hub_reachable():
         raise UserError(
             f"cannot load '{repo}': the Hugging Face hub is not reachable and the model is not "
-            f"in the local cache; use --model toy (offline) or --model gpt2-random."
+            f"in the local cache; use the model 'toy' (offline) or 'gpt2-random'."
         )
     try:
         return TransformerBridge.boot_transformers(repo, device=device, dtype=dtype)
@@ -126,7 +126,7 @@ def _boot_hub(repo: str, device: str, dtype: torch.dtype) -> TransformerBridge:
         if offline or os.environ.get("HF_HUB_OFFLINE"):
             raise UserError(
                 f"cannot load '{repo}': the Hugging Face hub is not reachable and the model is not "
-                f"in the local cache; use --model toy (offline) or --model gpt2-random."
+                f"in the local cache; use the model 'toy' (offline) or 'gpt2-random'."
             ) from err
         raise UserError(
             f"cannot load '{repo}' with TransformerLens ({type(err).__name__})."

@@ -1,7 +1,7 @@
 """The headline numbers of a run and the published numbers they are set beside.
 
-Published values come from the literature as recorded in SPEC-greater-than.md / SPEC-clt.md and in
-``baselines/``; they are for GPT-2 small (or Anthropic's research models) and are shown for context,
+Published values come from the papers cited in docs/methods.md and from ``baselines/``; they are
+for GPT-2 small (or Anthropic's research models) and are shown for context,
 never used as pass/fail bars for the toy model.
 """
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from clt_bench.io import read_json, run_metadata, write_json, write_text
 from clt_bench.report.headline import PUBLISHED, headline_metrics, headline_rows
+from clt_bench.report.links import definition_html, methods_anchor
+
+if TYPE_CHECKING:  # the pipeline imports the stages lazily; no import cycle at run time
+    from clt_bench.pipeline import RunContext
 
 # stage folder -> (title, PNG globs to embed in order, CSV tables to show, intro text)
 SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
@@ -190,7 +194,7 @@ def _toc(entries: list[tuple[str, str]]) -> str:
 
 
 def render_html(
-    ctx: Any,
+    ctx: RunContext,
     headline: dict[str, Any],
     meta: dict[str, Any],
     intervals: dict[str, list[float]] | None = None,
@@ -199,12 +203,20 @@ def render_html(
     intervals = intervals or {}
     rows = headline_rows(headline)
     head = "".join(
-        f"<tr><td>{html.escape(PUBLISHED.get(m, (m,))[0])}<br><span class='meta'>{m}</span></td>"
+        f"<tr><td><a href='#def-{methods_anchor(m)}'>{html.escape(PUBLISHED.get(m, (m,))[0])}</a>"
+        f"<br><span class='meta'>{m}</span></td>"
         f"<td>{v}</td><td class='meta'>{_ci(intervals.get(m))}</td><td>{p}</td>"
         f"<td class='meta'>{html.escape(s)}</td></tr>"
         for m, v, p, s in rows
     )
     present = [(stage, title) for stage, title, *_ in SECTIONS if (ctx.run_dir / stage).is_dir()]
+    defined: dict[str, list[str]] = {}  # each definition once, in order, with its metrics
+    for m, *_ in rows:
+        defined.setdefault(methods_anchor(m), []).append(m)
+    defs = "".join(
+        f"<dt id='def-{a}'>{html.escape(', '.join(ms))}</dt><dd>{definition_html(a)}</dd>"
+        for a, ms in defined.items()
+    )
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.report.title)}"
         f"</title><style>{CSS}</style></head><body>",
@@ -216,7 +228,11 @@ def render_html(
         f"{html.escape(meta['versions'].get('transformer-lens', '?'))}</p>",
         "<p class='note'>Published numbers are for GPT-2 small (or the named research models) and "
         "are shown for context; the toy model is a different, much smaller model.</p>",
-        _toc([("headline", "Headline")] + [(f"sec-{st}", t) for st, t in present]),
+        _toc(
+            [("headline", "Headline")]
+            + [(f"sec-{st}", t) for st, t in present]
+            + ([("definitions", "Definitions")] if defs else [])
+        ),
         "<h2 id='headline'>Headline</h2><div class='scroll'><table class='headline'><tr>"
         "<th>metric</th><th>measured</th><th>95 % CI (bootstrap over prompts)</th>"
         f"<th>published</th><th>source</th></tr>{head}</table></div>",
@@ -230,12 +246,17 @@ def render_html(
         parts.extend(_img(p) for p in _images(folder, globs))
         for g in tables:
             parts.extend(_csv_table(p) for p in sorted(folder.glob(g))[:4])
+    if defs:
+        parts.append(
+            "<h2 id='definitions'>Definitions</h2><p class='meta'>From docs/methods.md (formula, "
+            f"source paper and where clt-bench differs, per metric).</p><dl>{defs}</dl>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
 def render_summary_md(
-    ctx: Any, headline: dict[str, Any], intervals: dict[str, list[float]] | None = None
+    ctx: RunContext, headline: dict[str, Any], intervals: dict[str, list[float]] | None = None
 ) -> str:
     intervals = intervals or {}
     lines = [
@@ -250,12 +271,17 @@ def render_summary_md(
         f"| {m} | {v} | {_ci(intervals.get(m))} | {p} | {s} |"
         for m, v, p, s in headline_rows(headline)
     ]
-    lines += ["", "All headline numbers: `metrics.json`; the page: `report.html`.", ""]
+    lines += [
+        "",
+        "All headline numbers: `metrics.json`; the page: `report.html`; definitions: "
+        "`docs/methods.md` (one anchor per metric, e.g. `#task-prob_diff`).",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def pipeline_stage(ctx: Any) -> dict[str, Any]:
-    """Write report.html, summary.md and metrics.json into the run directory."""
+def write_report(ctx: RunContext) -> dict[str, Any]:
+    """Write report.html, summary.md and metrics.json into ``ctx.run_dir``; returns the headline."""
     headline = headline_metrics(ctx.results)
     meta = run_metadata(
         config=ctx.cfg,

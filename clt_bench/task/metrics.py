@@ -1,4 +1,4 @@
-"""Greater-than metrics (Hanna et al. 2023, section 3).
+"""Greater-than metrics (docs/methods.md#task; Hanna et al. 2023, section 3).
 
 p = softmax over the FULL vocabulary at END, restricted (not renormalised) to the 100 answer tokens.
 Relation ``gt``: the correct answers are z > y; ``lt``: z < y. For both,

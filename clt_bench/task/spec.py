@@ -266,6 +266,8 @@ def load_task(name: str | Path = "greater_than", root: Path | None = None) -> Ta
         )
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"task file {path} is not valid TOML ({err}).") from err
+    except UserError:  # a ValueError, but already one clear sentence
+        raise
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
         raise UserError(f"task file {path} is malformed ({err}).") from err
     if not spec.nouns:
