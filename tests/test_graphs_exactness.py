@@ -16,7 +16,8 @@ from clt_bench.config import GraphsConfig
 from clt_bench.graphs import build_graph, build_replacement, run_frozen
 from clt_bench.graphs.targets import answer_targets
 
-SETTINGS = settings(max_examples=4, deadline=None,
+# 16 examples: the structural space is 4 activation kinds x cross-layer x skip
+SETTINGS = settings(max_examples=16, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
