@@ -2,15 +2,21 @@
 
 config -> model -> task -> baseline -> activations -> clt -> graphs -> features -> compare -> report
 
-Each stage writes ``<run>/<stage>/`` and, when it finishes, ``<run>/<stage>/stage.json`` with the
-hash of the config sections it depends on. A finished stage whose hash matches is not recomputed
-(``resume=True``, the default); a changed config recomputes it and every later stage.
+Each stage writes ``<run>/<stage>/`` and, when it finishes, ``<run>/<stage>/stage.json`` with a
+hash of what its result depends on: the config sections it reads, the model's weights, the code
+(package version and a hash of every file of the installed ``clt_bench`` package and its task /
+baseline data) and, for a loaded CLT (``clt.load``), the content of its files. A finished stage
+whose hash matches is not recomputed (``resume=True``, the default); any change recomputes it and
+every later stage.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +77,7 @@ class RunContext:
     run_dir: Path
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     _model: LoadedModel | None = None
+    _hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def model(self) -> LoadedModel:
@@ -82,6 +89,12 @@ class RunContext:
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
 
+    def stage_hash(self, stage: str) -> str:
+        """``stage_hash`` of this run's config, computed once per stage."""
+        if stage not in self._hashes:
+            self._hashes[stage] = stage_hash(self.cfg, stage)
+        return self._hashes[stage]
+
 
 def _stage_fn(stage: str) -> Callable[[RunContext], dict[str, Any]]:
     target, _ = STAGES[stage]
@@ -89,12 +102,75 @@ def _stage_fn(stage: str) -> Callable[[RunContext], dict[str, Any]]:
     return getattr(importlib.import_module(module), fn)
 
 
+def _tree_files(root: Path) -> list[Path]:
+    """Every file under ``root`` except bytecode caches, in a stable order."""
+    return sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".pyo")
+    )
+
+
+def _hash_files(root: Path, files: list[Path], digest: Any) -> None:
+    """Feed each file's path (relative to ``root``) and bytes into ``digest``."""
+    for f in files:
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+
+
+@functools.cache
+def code_identity() -> str:
+    """Package version + hash of the installed ``clt_bench`` files and its task/baseline data.
+
+    The whole package rather than the modules a stage imports: any code change recomputes the run,
+    which is what a regression gate needs (a stale stage can never pass for the current code).
+    Computed once per process (~20 MB, a fraction of a second).
+    """
+    import clt_bench
+    from clt_bench.paths import PACKAGE_DIR, baselines_dir, tasks_dir
+
+    digest = hashlib.sha256(clt_bench.__version__.encode() + b"\0")
+    for root in (PACKAGE_DIR, tasks_dir(), baselines_dir()):
+        if root.is_dir():
+            digest.update(b"root:" + root.name.encode() + b"\0")
+            _hash_files(root, _tree_files(root), digest)
+    return f"{clt_bench.__version__}+{digest.hexdigest()[:16]}"
+
+
+def content_hash(path: str | Path) -> str:
+    """Hash of a file's or a directory's contents (names and bytes), e.g. a loaded CLT.
+
+    Cached on the files' names, sizes and modification times, so a run hashes a large CLT once.
+    """
+    p = Path(path).resolve()
+    if not p.exists():
+        raise UserError(f"{path} does not exist.")
+    files = [p] if p.is_file() else _tree_files(p)
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _content_hash(p, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_hash(p: Path, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    _hash_files(p.parent if p.is_file() else p, [Path(f) for f, _, _ in stamp], digest)
+    return digest.hexdigest()[:16]
+
+
 def stage_hash(cfg: RunConfig, stage: str) -> str:
-    parts = [cfg.section_hash(*STAGES[stage][1]), model_fingerprint(cfg.model.name)]
-    if "task" in STAGES[stage][1]:  # the task's data, not only its name: edited task files rerun
+    """Hash of everything ``stage``'s result depends on (config, model, code, task data, loaded
+    CLT)."""
+    sections = STAGES[stage][1]
+    parts = [cfg.section_hash(*sections), model_fingerprint(cfg.model.name), code_identity()]
+    if "task" in sections:  # the task's data, not only its name: edited task files rerun
         from clt_bench.task.spec import task_fingerprint
 
         parts.append(task_fingerprint(cfg.task.task))
+    if "clt" in sections and cfg.clt.load:
+        parts.append(content_hash(cfg.clt.load))  # overwriting a CLT in place is a change
     return config_hash(parts)
 
 
@@ -103,9 +179,37 @@ def stage_is_current(ctx: RunContext, stage: str) -> bool:
     if not marker.is_file():
         return False
     try:
-        return read_json(marker).get("config_hash") == stage_hash(ctx.cfg, stage)
+        return read_json(marker).get("config_hash") == ctx.stage_hash(stage)
     except UserError:
         return False
+
+
+STARTED = ".stage-hash"  # written when a stage starts: the hash its partial outputs belong to
+
+
+def _prepare_stage_dir(ctx: RunContext, stage: str, resume: bool) -> None:
+    """Clear outputs that belong to another config or code before a stage is recomputed.
+
+    Stages keep their own caches inside their folder (activation shards, CLT checkpoints, the
+    baseline's circuit), keyed by config alone. The outputs of a finished stage being recomputed,
+    or of an interrupted attempt under another hash, are removed so that no inner cache can hand
+    back a stale result; an interrupted attempt with the same hash keeps its checkpoints.
+    """
+    d = ctx.stage_dir(stage)
+    key = ctx.stage_hash(stage)
+    if d.is_dir():
+        started = d / STARTED
+        same = started.is_file() and started.read_text(encoding="utf-8").strip() == key
+        if (d / "stage.json").is_file() or not same or not resume:
+            load = ctx.cfg.clt.load
+            if load and Path(load).resolve().is_relative_to(d.resolve()):
+                raise UserError(
+                    f"clt.load={load} lies inside this run's {stage}/ folder, which the run "
+                    "rewrites; copy the CLT elsewhere or use another --out."
+                )
+            shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / STARTED).write_text(key + "\n", encoding="utf-8")
 
 
 def run_pipeline(
@@ -139,6 +243,7 @@ def run_pipeline(
             continue
         stale = True  # everything after a recomputed stage is recomputed too
         progress(f"[{i}/{len(names)}] {stage} ...")
+        _prepare_stage_dir(ctx, stage, resume)
         t0 = time.perf_counter()
         summary = _stage_fn(stage)(ctx) or {}
         seconds = time.perf_counter() - t0
@@ -147,7 +252,8 @@ def run_pipeline(
             marker,
             {
                 "stage": stage,
-                "config_hash": stage_hash(cfg, stage),
+                "config_hash": ctx.stage_hash(stage),
+                "code": code_identity(),
                 "seconds": round(seconds, 2),
                 "summary": summary,
             },

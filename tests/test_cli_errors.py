@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -42,8 +46,7 @@ def test_wrong_type_and_unknown_preset():
         load_config("gpt7")
 
 
-def test_gpt2_offline_exit_2(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_gpt2_offline_exit_2(capsys, tmp_path, isolated_hf_cache):
     code, err = _run(capsys, "task", "--model", "gpt2", "--out", str(tmp_path))
     assert code == 2 and "not reachable" in err and "'toy'" in err
 
@@ -69,8 +72,22 @@ def test_malformed_task_data(tmp_path, mutation, message):
         load_task("greater_than", root=tmp_path)
 
 
-def test_task_data_ships_in_package_layout():
-    from clt_bench.paths import baselines_dir, tasks_dir
-
-    assert (tasks_dir() / "greater_than" / "task.toml").is_file()
-    assert Path(baselines_dir()).name == "baselines"
+@pytest.mark.slow
+def test_task_data_ships_in_package_layout(built_wheel, tmp_path):
+    """Unpacked from the wheel (as pip would install it), the package finds its own task data."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(built_wheel).extractall(site)
+    code = (
+        "import clt_bench.paths as p; from clt_bench.task.spec import load_task; "
+        "t = load_task('greater_than'); print(p.tasks_dir()); print(p.baselines_dir()); "
+        "print(t.name)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tasks, baselines, name = proc.stdout.split()
+    assert Path(tasks) == site / "clt_bench" / "_data" / "tasks"
+    assert Path(baselines) == site / "clt_bench" / "_data" / "baselines"
+    assert name == "greater_than"

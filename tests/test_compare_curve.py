@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_bridge
 
 from clt_bench.compare.curve import replacement_pd, units_curve, units_needed
 from clt_bench.features.ablation import (
@@ -23,7 +24,6 @@ from clt_bench.graphs.attribution import Attributor
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.graphs.replacement import build_replacement, run_frozen
 from clt_bench.task.dataset import build_dataset
-from tests.conftest import tiny_bridge
 
 
 @pytest.fixture(scope="module")

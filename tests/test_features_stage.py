@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import tiny_bridge
 
 from clt_bench.clt.io import save_clt
 from clt_bench.compare.stage import run_compare_stage
@@ -13,7 +14,6 @@ from clt_bench.features.stage import run_features_stage, task_prompts
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.graphs.replacement import build_replacement
 from clt_bench.models.sources import LoadedModel
-from tests.conftest import tiny_bridge
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ from clt_bench.testing.attribution import (
     check_single_source_exactness,
 )
 
-SETTINGS = settings(max_examples=4, deadline=None,
+# 16 examples: the structural space is 4 activation kinds x cross-layer x skip
+SETTINGS = settings(max_examples=16, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

@@ -1,9 +1,11 @@
 """The CI regression gate: the toy default, end to end, against the committed reference.
 
-Runs ``clt-bench run`` (every stage; finished stages resume) into results/ci-toy and then
-``clt-bench check`` against results/reference/toy.json, whose tolerances come from the spread over
-seeds. A change to the transcoder, attribution or scoring code that moves a headline number outside
-its tolerance fails here with the table of offending metrics.
+Runs ``clt-bench run`` (every stage) into a fresh temporary directory, so no output of an earlier
+run or of other code can be resumed, and then ``clt-bench check`` against
+results/reference/toy.json (bands per metric kind, see clt_bench/report/reference.py). A change to
+the transcoder, attribution or scoring code that moves a headline number outside its band fails
+here with the table of offending metrics. The same finished run, perturbed the way real regressions
+look, must fail the gate.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ REFERENCE = REPO / "results" / "reference" / "toy.json"
 
 
 @pytest.fixture(scope="module")
-def toy_run() -> Path:
-    run_dir = REPO / "results" / "ci-toy"
+def toy_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ci-toy") / "run"
     assert main(["run", "--out", str(run_dir)]) == 0
     return run_dir
 
@@ -31,6 +33,42 @@ def test_toy_default_matches_reference(toy_run, capsys):
     code = main(["check", str(toy_run), "--reference", str(REFERENCE)])
     out = capsys.readouterr().out
     assert code == 0, out
+
+
+def _scale(key: str, factor: float):
+    return lambda h: h.update({key: h[key] * factor})
+
+
+def _shift(key: str, delta: float):
+    return lambda h: h.update({key: h[key] + delta})
+
+
+def _flip_target(h: dict) -> None:
+    for k in [k for k in h if k.endswith(("prob_diff", "logit_diff"))]:
+        h[k] = -h[k]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "perturb, must_fail",
+    [
+        (_scale("clt.nmse", 1.5), "clt.nmse"),
+        (_shift("clt.replacement_prob_diff", -0.05), "clt.replacement_prob_diff"),
+        (_shift("task.n_examples", -1), "task.n_examples"),
+        (_flip_target, "task.prob_diff"),
+    ],
+    ids=["nmse_x1.5", "replacement_pd_minus_0.05", "prompt_dropped", "target_sign_flipped"],
+)
+def test_reference_catches_regressions(toy_run, tmp_path, capsys, perturb, must_fail):
+    """The committed reference's bands are tight enough to catch each of these on the real run."""
+    ref = json.loads(REFERENCE.read_text())
+    assert ref.get("reference_schema") == 2, "regenerate the reference with make-reference"
+    metrics = json.loads((toy_run / "metrics.json").read_text())
+    perturb(metrics["headline"])
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["check", str(tmp_path), "--reference", str(REFERENCE)]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert must_fail in last.split(": ", 1)[1].split(", ")
 
 
 @pytest.mark.slow

@@ -1,13 +1,16 @@
 """``clt-bench check``: compare a run's headline metrics with a committed reference.
 
-Reference file (JSON)::
+Reference file (JSON, written by ``clt-bench make-reference``)::
 
-    {"schema_version": 1, "description": "...", "made_with": "...",
-     "metrics": {"task.prob_diff": {"value": 0.91, "abs_tol": 0.02}, ...}}
+    {"reference_schema": 2, "description": "...", "policy": {...},
+     "metrics": {"task.prob_diff": {"policy": "deterministic", "value": 0.81,
+                                    "lo": 0.809999, "hi": 0.810001}, ...}}
 
-A metric passes when ``|run - value| <= abs_tol + rel_tol * |value|`` (missing tolerances are 0).
-``min`` / ``max`` bounds may replace ``value`` for one-sided checks. A metric missing from the run
-fails. Exit 1 with a table of the failures; 0 when every metric is inside its tolerance.
+A metric passes when ``lo <= run <= hi`` (bounds inclusive; the band and the policy that set it are
+explained in :mod:`clt_bench.report.reference`). Hand-written entries may instead give ``value``
+with ``abs_tol`` / ``rel_tol`` (``|run - value| <= abs_tol + rel_tol * |value|``) or one-sided
+``min`` / ``max`` bounds. A metric missing from the run fails. Exit 1 when any metric is outside
+its band, 0 otherwise; either way the table of every metric is printed.
 """
 
 from __future__ import annotations
@@ -25,8 +28,27 @@ from clt_bench.io import read_json
 class CheckRow:
     metric: str
     measured: float | None
-    expected: str
+    reference: float | None
+    lo: float
+    hi: float
+    policy: str
     ok: bool
+
+    @property
+    def band(self) -> str:
+        if self.lo == self.hi:
+            return f"= {_fmt(self.lo)}"
+        if math.isinf(self.lo):
+            return f"<= {_fmt(self.hi)}"
+        if math.isinf(self.hi):
+            return f">= {_fmt(self.lo)}"
+        return f"[{_fmt(self.lo)}, {_fmt(self.hi)}]"
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "missing"
+    return f"{v:.6g}"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -40,16 +62,35 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _expected_text(spec: dict[str, Any]) -> str:
-    parts = []
-    if "value" in spec:
-        tol = spec.get("abs_tol", 0.0) + spec.get("rel_tol", 0.0) * abs(spec["value"])
-        parts.append(f"{spec['value']:.4g} ± {tol:.3g}")
+def _number(x: Any, what: str) -> float:
+    if isinstance(x, int | float) and not isinstance(x, bool):
+        return float(x)
+    raise UserError(f"reference metric {what} must be a number (got {x!r}).")
+
+
+def band_of(name: str, spec: Any) -> tuple[float | None, float, float, str]:
+    """(reference value, lo, hi, policy) of one reference entry, whichever form it has."""
+    if not isinstance(spec, dict) or not ({"lo", "hi", "value", "min", "max"} & set(spec)):
+        raise UserError(f"reference metric '{name}' needs lo/hi, a value, a min or a max.")
+    value = _number(spec["value"], f"'{name}' value") if "value" in spec else None
+    if "lo" in spec or "hi" in spec:
+        lo = _number(spec.get("lo", -math.inf), f"'{name}' lo")
+        hi = _number(spec.get("hi", math.inf), f"'{name}' hi")
+        return value, lo, hi, str(spec.get("policy", "band"))
+    lo, hi, policy = -math.inf, math.inf, []
+    if value is not None:
+        tol = _number(spec.get("abs_tol", 0.0), f"'{name}' abs_tol") + _number(
+            spec.get("rel_tol", 0.0), f"'{name}' rel_tol"
+        ) * abs(value)
+        lo, hi = value - tol, value + tol
+        policy.append("tolerance")
     if "min" in spec:
-        parts.append(f">= {spec['min']:.4g}")
+        lo = max(lo, _number(spec["min"], f"'{name}' min"))
+        policy.append("min")
     if "max" in spec:
-        parts.append(f"<= {spec['max']:.4g}")
-    return ", ".join(parts)
+        hi = min(hi, _number(spec["max"], f"'{name}' max"))
+        policy.append("max")
+    return value, lo, hi, "+".join(policy)
 
 
 def check_metrics(run_metrics: dict[str, Any], reference: dict[str, Any]) -> list[CheckRow]:
@@ -58,41 +99,40 @@ def check_metrics(run_metrics: dict[str, Any], reference: dict[str, Any]) -> lis
     flat = flatten(run_metrics.get("headline", run_metrics))
     rows = []
     for name, spec in reference["metrics"].items():
-        if not isinstance(spec, dict) or not ({"value", "min", "max"} & set(spec)):
-            raise UserError(f"reference metric '{name}' needs a value, min or max.")
+        value, lo, hi, policy = band_of(name, spec)
         got = flat.get(name)
         measured = (
             float(got) if isinstance(got, int | float) and not isinstance(got, bool) else None
         )
-        ok = measured is not None and math.isfinite(measured)
-        if ok and "value" in spec:
-            tol = spec.get("abs_tol", 0.0) + spec.get("rel_tol", 0.0) * abs(spec["value"])
-            ok = abs(measured - spec["value"]) <= tol
-        if ok and "min" in spec:
-            ok = measured >= spec["min"]
-        if ok and "max" in spec:
-            ok = measured <= spec["max"]
-        rows.append(CheckRow(name, measured, _expected_text(spec), ok))
+        ok = measured is not None and math.isfinite(measured) and lo <= measured <= hi
+        rows.append(CheckRow(name, measured, value, lo, hi, policy, ok))
     return rows
 
 
 def format_rows(rows: list[CheckRow]) -> str:
-    w = max([len(r.metric) for r in rows] + [6])
-    lines = [f"{'metric':<{w}}  {'measured':>10}  expected", "-" * (w + 34)]
-    for r in rows:
-        m = "missing" if r.measured is None else f"{r.measured:.4g}"
-        lines.append(f"{r.metric:<{w}}  {m:>10}  {r.expected}")
+    """The table: metric, value, reference, band, policy, status (failures first)."""
+    header = ("metric", "value", "reference", "band", "policy", "")
+    body = [
+        (r.metric, _fmt(r.measured), _fmt(r.reference), r.band, r.policy, "ok" if r.ok else "FAIL")
+        for r in sorted(rows, key=lambda r: r.ok)
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header).rstrip(), "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    lines += [fmt.format(*row).rstrip() for row in body]
     return "\n".join(lines)
 
 
 def run_check(run_dir: str | Path, reference_path: str | Path) -> tuple[int, str]:
-    """Return (exit code, text): 1 and the failures table if any metric is out of tolerance."""
+    """Return (exit code, text): 1 if any metric is outside its band; the table either way."""
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json" if run_dir.is_dir() else run_dir
     if not metrics_path.is_file():
         raise UserError(f"{metrics_path} does not exist; run `clt-bench run` first.")
     rows = check_metrics(read_json(metrics_path), read_json(reference_path))
     failed = [r for r in rows if not r.ok]
+    table = format_rows(rows)
     if failed:
-        return 1, f"{len(failed)} of {len(rows)} metrics outside tolerance:\n{format_rows(failed)}"
-    return 0, f"all {len(rows)} metrics inside tolerance of {reference_path}"
+        names = ", ".join(r.metric for r in failed)
+        return 1, f"{table}\n\n{len(failed)} of {len(rows)} metrics outside their band: {names}"
+    return 0, f"{table}\n\nall {len(rows)} metrics inside their bands of {reference_path}"

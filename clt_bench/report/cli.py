@@ -33,11 +33,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=check)
 
     r = sub.add_parser(
-        "make-reference", help="write a regression reference from runs that differ only in seeds"
+        "make-reference",
+        help="write a regression reference from runs that differ only in the CLT seed",
     )
-    r.add_argument("run_dirs", nargs="+", help="finished runs (results/<run>)")
+    r.add_argument(
+        "run_dirs", nargs="+", help="finished runs of one config with different CLT seeds (>= 5)"
+    )
+    r.add_argument(
+        "--variation",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="runs of one of those seeds under another thread count or device: they measure the "
+        "float tolerance of the deterministic metrics",
+    )
     r.add_argument("--out", default="results/reference/toy.json")
-    r.add_argument("--k", type=float, default=3.0, help="tolerance = k x seed std (default 3)")
+    r.add_argument(
+        "--alpha",
+        type=float,
+        default=0.01,
+        help="false-alarm rate of the whole gate for a run with a new seed (default 0.01)",
+    )
+    r.add_argument("--min-seeds", type=int, default=5, help="fewest seed runs accepted (default 5)")
+    r.add_argument(
+        "--det-factor",
+        type=float,
+        default=3.0,
+        help="deterministic metrics: tolerance = this x the spread measured over all runs",
+    )
+    r.add_argument(
+        "--det-abs-tol", type=float, default=1e-6, help="deterministic metrics: absolute floor"
+    )
+    r.add_argument(
+        "--det-rel-tol", type=float, default=1e-6, help="deterministic metrics: relative floor"
+    )
     r.set_defaults(func=make_ref)
 
     cr = sub.add_parser(
@@ -94,11 +123,38 @@ def check(args: argparse.Namespace) -> int:
 
 
 def make_ref(args: argparse.Namespace) -> int:
+    from clt_bench.io import read_json
+    from clt_bench.report.check import check_metrics
     from clt_bench.report.reference import make_reference
 
-    ref = make_reference(args.run_dirs, args.out, k=args.k)
-    print(f"wrote {args.out} ({len(ref['metrics'])} metrics from {len(args.run_dirs)} runs)")
-    return 0
+    ref = make_reference(
+        args.run_dirs,
+        args.out,
+        variation_dirs=args.variation,
+        alpha=args.alpha,
+        min_seeds=args.min_seeds,
+        det_factor=args.det_factor,
+        det_abs_tol=args.det_abs_tol,
+        det_rel_tol=args.det_rel_tol,
+    )
+    policies: dict[str, int] = {}
+    for band in ref["metrics"].values():
+        policies[band["policy"]] = policies.get(band["policy"], 0) + 1
+    print(
+        f"wrote {args.out}: {len(ref['metrics'])} metrics from {len(args.run_dirs)} seed runs and "
+        f"{len(args.variation)} variation runs ("
+        + ", ".join(f"{n} {p}" for p, n in sorted(policies.items()))
+        + ")"
+    )
+    code = 0
+    for run in [*args.run_dirs, *args.variation]:  # every input run must pass its own reference
+        failed = [
+            r.metric for r in check_metrics(read_json(Path(run) / "metrics.json"), ref) if not r.ok
+        ]
+        if failed:
+            code = 1
+            print(f"warning: {run} falls outside its own reference on {', '.join(failed)}")
+    return code
 
 
 def compare_runs_cmd(args: argparse.Namespace) -> int:
