@@ -353,6 +353,7 @@ class GraphsConfig:
         "parity_corr": "[-1, 1]",
         "narrow_yy_fraction": "[0, 1]",
         "mult5_corr": "[-1, 1]",
+        "interaction_top": "[0, inf)",
     },
 )
 class FeaturesConfig:
@@ -377,6 +378,7 @@ class FeaturesConfig:
     parity_corr: float = 0.5
     narrow_yy_fraction: float = 0.25
     mult5_corr: float = 0.5  # multiple-of-5 promoter: row-centred corr with 1[ZZ mod 5 = 0]
+    interaction_top: int = 20  # pair-ablation interactions among this many top features (0: off)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ BAD: dict[str, str] = {
     "task.family_n": "-1",
     "graphs.share_prompts": "-1",
     "features.mult5_corr": "1.5",
+    "features.interaction_top": "-1",
     "baseline.circuit": '"no_such_circuit"',
     "baseline.n_examples": "0",
     "baseline.discovery_examples": "0",

@@ -47,7 +47,11 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
                 "pd_contribution", "pd_direct_contribution", "mult5_corr",
                 "delta_pd_constrained", "delta_pd_free", "via", "contexts"):
         assert col in header
+    # pair ablations among the top 5: 10 pairs
+    assert len((out / "interactions.csv").read_text().splitlines()) == 1 + 10
+    assert (out / "interactions.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())  # strict JSON
+    assert metrics["interaction_share"] is None or metrics["interaction_share"] >= 0
     assert "spearman_contribution_vs_ablation" not in metrics
     assert {"spearman_direct_contribution_vs_constrained_ablation",
             "spearman_total_contribution_vs_free_ablation"} <= set(metrics)

@@ -54,6 +54,7 @@ from clt_bench.features.attribution import (
     task_attributions,
 )
 from clt_bench.features.contexts import top_contexts
+from clt_bench.features.interactions import pair_interactions, write_interactions
 from clt_bench.features.scores import (
     LABELS,
     YY_VALUES,
@@ -198,6 +199,13 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
         for r, c, f in zip(rows, d_c, d_f, strict=True):
             r["delta_pd_constrained"], r["delta_pd_free"] = float(c), float(f)
     t_abl = time.perf_counter() - t1
+    interaction_share = float("nan")
+    n_int = min(fc.interaction_top, len(feats))
+    if n_int > 1:  # do the top features act additively? (clt_bench.features.interactions)
+        inter = pair_interactions(loaded.bridge, clt, batch, feats[:n_int],
+                                  [feature_activations_matrix(att, int(k)) for k in keys[:n_int]])
+        write_interactions(inter, [r["feature"] for r in rows[:n_int]], out)
+        interaction_share = float(inter["interaction_share"])
     if fc.n_contexts > 0 and feats:
         try:
             held = [load_heldout(run_dir)]
@@ -252,6 +260,8 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
         "spearman_constrained_vs_free": _spearman(
             np.array([r["delta_pd_constrained"] for r in rows]),
             np.array([r["delta_pd_free"] for r in rows])),
+        # pair ablations of the top features vs the sum of their single ablations
+        "interaction_share": interaction_share,
         "top_feature": rows[0]["feature"] if rows else "",
         "top_feature_label": rows[0]["label"] if rows else "",
     }

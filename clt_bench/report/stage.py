@@ -26,10 +26,13 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
     (
         "task",
         "The task: greater-than on the model",
-        ["heatmap.png"],
-        [],
+        ["heatmap.png", "families_heatmap.png"],
+        ["families.csv"],
         "Mean probability of each end year ZZ for each start year YY (full-vocabulary softmax, "
-        "not renormalised). Correct answers lie right of the dashed diagonal.",
+        "not renormalised; each YY row drawn divided by its maximum so the triangle shows). "
+        "Correct answers lie right of the dashed diagonal. The families table scores the same "
+        "model on every prompt family and template of the task file (Hanna et al.'s "
+        "generalisation variants), each with its own counterfactual and relation.",
     ),
     (
         "baseline",
@@ -66,7 +69,7 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
     (
         "features",
         "Top features by influence on the greater-than target",
-        ["*grid*.png", "*summary*.png", "*labels*.png"],
+        ["*grid*.png", "*summary*.png", "*labels*.png", "interactions.png"],
         ["features.csv"],
         "Each feature's YY x ZZ logit-attribution heatmap, specificity scores, ablation effects "
         "and label (rule and thresholds in the run config's [features] table).",
