@@ -33,8 +33,10 @@ def node_masks(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
     cfg = ctx.bridge.cfg
     n_pos = ctx.base_tokens.shape[1]
     pos_of = {"END": ctx.end_pos, "YY": ctx.yy_pos}
-    heads = torch.zeros(len(circuits), cfg.n_layers, n_pos, cfg.n_heads, dtype=torch.bool)
-    mlps = torch.zeros(len(circuits), cfg.n_layers, n_pos, dtype=torch.bool)
+    dev = ctx.device
+    heads = torch.zeros(len(circuits), cfg.n_layers, n_pos, cfg.n_heads, dtype=torch.bool,
+                        device=dev)
+    mlps = torch.zeros(len(circuits), cfg.n_layers, n_pos, dtype=torch.bool, device=dev)
     for i, c in enumerate(circuits):
         for node in c.nodes:
             p = pos_of[node.position]
