@@ -151,7 +151,7 @@ def test_halves_and_needed_rule():
     assert norm == pytest.approx([0.0, 0.375, 0.875, 1.0])
     assert units_needed([0, 3, 7, 10], norm, 0.5) == 7
     assert units_needed([0, 3, 7, 10], norm, 0.3) == 3
-    assert units_needed([0, 3, 7, 10], norm[:3], 0.9) is None
+    assert units_needed([0, 3, 7], norm[:3], 0.9) is None
 
 
 def test_bootstrap_interval_brackets_the_estimate():
