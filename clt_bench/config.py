@@ -138,7 +138,6 @@ class FeaturesConfig:
     ablations: bool = True  # constrained and free Delta PD per selected feature
     ablation_prompts: int = 8  # free ablation: active prompts evaluated per feature (0 = all)
     prompts_per_pass: int = 16
-    curve_background: str = "clean"  # clean | corrupted (see clt_bench.compare.curve)
     curve_dense: int = 32  # units-needed curve: every k up to this, then steps of x1.25
     # labelling rule thresholds (documented in the report)
     gt_corr: float = 0.5
@@ -146,6 +145,10 @@ class FeaturesConfig:
     large_zz_corr: float = 0.5
     parity_corr: float = 0.5
     narrow_yy_fraction: float = 0.25
+    # units-needed curves (clt_bench.compare.units): exact effects for this many best candidates
+    curve_candidates: int = 32
+    curve_bootstrap: int = 1000  # bootstrap resamples of the evaluation prompts
+    curve_seed: int = 0
 
 
 @dataclass(frozen=True)

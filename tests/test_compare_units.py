@@ -76,7 +76,7 @@ def planted(batch):
     bridge = _bridge(batch)
     read, write = _plant_directions(bridge, batch)
     with torch.no_grad():
-        for i, block in enumerate(bridge.original_model.transformer.h):
+        for block in bridge.original_model.transformer.h:
             block.mlp.c_proj.weight.zero_()  # [d_mlp, d] (HF Conv1D): W_out of layer i
         mlp = bridge.original_model.transformer.h[LAYER].mlp
         ln = bridge.original_model.transformer.h[LAYER].ln_2

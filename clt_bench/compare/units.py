@@ -56,7 +56,7 @@ FRACTIONS = (0.5, 0.8, 0.9)
 
 @dataclass
 class UnitBlock:
-    """The units of one source layer: ``delta`` [n, pos, U], ``write`` [U, T, d] into ``targets``."""
+    """One source layer's units: ``delta`` [n, pos, U], ``write`` [U, T, d] into ``targets``."""
 
     layer: int
     delta: torch.Tensor
