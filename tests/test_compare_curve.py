@@ -73,9 +73,10 @@ def test_task_attributions_and_ablations(setup):
     clean_pd = pd_of(bridge(batch.clean)[:, -1], batch.yy, batch)
     for u, (lay, f) in enumerate(feats):
         a = torch.as_tensor(acts[u])  # [n, pos]
-        hooks = [(f"blocks.{t}.hook_mlp_out",
-                  lambda y, hook, w=a[..., None] * clt.layer_decoder(lay, t)[f].detach(): y - w)
-                 for t in clt.target_layers(lay)]
+        writes = {t: a[..., None] * clt.layer_decoder(lay, t)[f].detach()
+                  for t in clt.target_layers(lay)}
+        hooks = [(f"blocks.{t}.hook_mlp_out", lambda y, hook, w=w: y - w)
+                 for t, w in writes.items()]
         ref = pd_of(bridge.run_with_hooks(batch.clean, fwd_hooks=hooks)[:, -1], batch.yy, batch)
         assert d_f[u] == pytest.approx(float((ref - clean_pd).mean()), abs=1e-6)
     assert np.abs(d_f).max() > 1e-6  # the case is not trivially zero
