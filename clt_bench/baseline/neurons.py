@@ -5,7 +5,9 @@
 - each top neuron's logit-lens outer product: mean clean activation per YY x
   (W_out[n] @ W_U[:, ZZ]), a [97, 100] YY x ZZ matrix, beside its path-patched direct effect;
 - the "units needed" curve: PD when only the top-k neurons keep their clean activations and the
-  rest take corrupted values (k = 1..all), as CSV columns ``k, prob_diff, fraction_of_model_pd``.
+  rest take corrupted values (k = 0..all; one MLP at END, ranked in-sample: a Hanna-style
+  analysis, not the like-for-like comparison of ``clt_bench.compare.units``), as CSV columns
+  ``k, prob_diff, fraction_of_model_pd``.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def analyse_neurons(ctx: PatchContext, layer: int, top: int = 10, candidates: in
         act = torch.stack([post_c[yy_dev == y, n].mean() if (yy == y).any()
                            else torch.tensor(float("nan"), device=dev) for y in YY_ROWS])  # [97]
         outer[n] = (act[:, None] * lens_row[None, :]).cpu()
-    ks = curve_ks(d_mlp, dense)
+    ks = [0, *curve_ks(d_mlp, dense)]  # k = 0: every neuron of the MLP corrupted
     perm = torch.tensor(order, device=dev)
     curve_d = []
     for k in ks:
