@@ -33,8 +33,6 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
     (tmp_path / "baseline").mkdir()
     (tmp_path / "baseline" / "circuit.json").write_text(json.dumps(
         {"name": "discovered", "components": {"END": ["mlp1", "1.0"], "YY": ["mlp0"]}}))
-    (tmp_path / "baseline" / "units_needed.csv").write_text(
-        "k,prob_diff,fraction_of_model_pd\n1,0.1,0.5\n2,0.2,0.85\n4,0.3,0.95\n")
     s = run_features_stage(cfg, loaded, tmp_path, progress=False)
     assert s["n_selected"] == 5 and s["n_prompts"] == 6
     out = tmp_path / "features"
@@ -50,8 +48,13 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
     c = run_compare_stage(cfg, loaded, tmp_path, progress=False)
     assert c["circuit"] == "discovered"
     assert 0.0 <= c["influence_share_in_circuit"] <= 1.0
-    assert c["neuron_units_80"] == 2 and c["neuron_units_90"] == 4
-    assert c["clt_all_features_fraction"] == pytest.approx(1.0, abs=1e-3)
+    units = (tmp_path / "compare" / "units_needed.csv").read_text().splitlines()
+    assert units[0] == "unit_kind,k,prob_diff,normalized"
+    for kind in ("mlp_neurons", "clt_features"):
+        rows = [r.split(",") for r in units[1:] if r.startswith(kind + ",")]
+        assert rows[0][1] == "0" and float(rows[0][3]) == pytest.approx(0.0, abs=1e-6)
+        assert float(rows[-1][3]) == pytest.approx(1.0, abs=1e-4)
+    assert {"neuron_units_80", "clt_units_80", "clt_units_50"} <= set(c)
     for name in ("overlap.csv", "overlap.md", "units_needed.csv", "units_needed.png",
                  "units_table.md", "metrics.json"):
         assert (tmp_path / "compare" / name).is_file(), name
