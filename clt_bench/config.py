@@ -354,6 +354,8 @@ class GraphsConfig:
         "narrow_yy_fraction": "[0, 1]",
         "mult5_corr": "[-1, 1]",
         "interaction_top": "[0, inf)",
+        "curve_candidates": "[0, inf)",
+        "curve_bootstrap": "[0, inf)",
     },
 )
 class FeaturesConfig:
@@ -369,7 +371,6 @@ class FeaturesConfig:
     ablations: bool = True  # constrained and free Delta PD per selected feature
     ablation_prompts: int = 8  # free ablation: active prompts evaluated per feature (0 = all)
     prompts_per_pass: int = 16
-    curve_background: Literal["clean", "corrupted"] = "clean"  # see clt_bench.compare.curve
     curve_dense: int = 32  # units-needed curve: every k up to this, then steps of x1.25
     # labelling rule thresholds (documented in the report)
     gt_corr: float = 0.5
@@ -379,6 +380,10 @@ class FeaturesConfig:
     narrow_yy_fraction: float = 0.25
     mult5_corr: float = 0.5  # multiple-of-5 promoter: row-centred corr with 1[ZZ mod 5 = 0]
     interaction_top: int = 20  # pair-ablation interactions among this many top features (0: off)
+    # units-needed curves (clt_bench.compare.units): exact effects for this many best candidates
+    curve_candidates: int = 32
+    curve_bootstrap: int = 1000  # bootstrap resamples of the evaluation prompts
+    curve_seed: int = 0
 
 
 @dataclass(frozen=True)

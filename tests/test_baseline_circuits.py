@@ -37,8 +37,11 @@ def test_published_numbers():
     assert set(PUBLISHED) <= set(published_names())
     h = load_circuit("hanna2023").published
     assert (h["model_prob_diff"], h["model_cutoff_sharpness"]) == (0.817, 0.059)
-    assert (h["circuit_prob_diff"], h["faithfulness_ratio"], h["necessity_prob_diff"]) == (
-        0.727, 0.895, -0.366)
+    assert (h["circuit_prob_diff"], h["faithfulness_ratio_secondary"],
+            h["necessity_prob_diff"]) == (0.727, 0.895, -0.366)
+    # the path-level ratio beside which measurements go is the ratio of the two published PDs
+    assert h["circuit_paths_ratio_derived"] == pytest.approx(0.727 / 0.817, abs=5e-4)
+    assert load_circuit("hanna2023").paths["feed_only_end_heads"] == ["0.3", "0.5"]
     assert h["mlp_effect_shares"]["mlp10"] == {"direct": 0.56, "indirect": 0.16}
     assert h["dunefsky2024"]["mlp10_transcoder_prob_diff"] == 0.7978
     assert h["goodfire2025"]["replacement_accuracy"] == 0.59

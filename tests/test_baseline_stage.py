@@ -32,22 +32,36 @@ def test_stage_outputs_on_tiny_model(tmp_path, tokenizer):
         assert (d / name).is_file(), name
     faith = json.loads((d / "faithfulness.json").read_text())
     for key in ("model_prob_diff", "corrupted_prob_diff", "circuit_prob_diff",
-                "faithfulness_ratio", "necessity_prob_diff", "random_control_prob_diff",
+                "faithfulness_components_ratio", "circuit_paths_prob_diff",
+                "faithfulness_paths_ratio", "necessity_prob_diff", "random_control_prob_diff",
                 "circuit_cutoff_sharpness", "necessity_cutoff_sharpness"):
-        assert key in faith and key in out or key.endswith("sharpness")
+        assert key in faith and key in out, key
+    assert faith["faithfulness_components_ratio"] == pytest.approx(
+        faith["circuit_prob_diff"] / faith["model_prob_diff"])
     assert set(faith["random_control_prob_diff"]) == {"mean", "std", "min", "max"}
     rows = list(csv.reader((d / "units_needed.csv").open()))
     assert rows[0] == ["k", "prob_diff", "fraction_of_model_pd"]
     ks = [int(r[0]) for r in rows[1:]]
-    assert ks[0] == 1 and ks[-1] == bridge.cfg.d_mlp and ks == sorted(ks)
+    assert ks[0] == 0 and ks[-1] == bridge.cfg.d_mlp and ks == sorted(ks)
     # k = all neurons clean is the clean model
     assert float(rows[-1][2]) == pytest.approx(1.0, abs=1e-4)
     circ = json.loads((d / "circuit.json").read_text())
     assert circ["schema"] == "clt-bench/circuit/v1" and circ["provenance"]["source"] == "discovered"
     assert circ["provenance"]["head_threshold"] == 0.0
-    # resume: same config reads the finished stage back
+    # resume: the same config reads the finished stage back (file untouched, same wall time);
+    # resume off or a changed config recomputes it
+    stamp = (d / "faithfulness.json").stat().st_mtime_ns
     again = run_baseline_stage(cfg, loaded, tmp_path)
+    assert (d / "faithfulness.json").stat().st_mtime_ns == stamp
     assert again["circuit_prob_diff"] == out["circuit_prob_diff"]
+    assert again["wall_seconds"] == out["wall_seconds"]
+    fresh = run_baseline_stage(cfg, loaded, tmp_path, resume=False)
+    assert (d / "faithfulness.json").stat().st_mtime_ns != stamp
+    assert fresh["circuit_prob_diff"] == pytest.approx(out["circuit_prob_diff"], abs=1e-9)
+    stamp = (d / "faithfulness.json").stat().st_mtime_ns
+    run_baseline_stage(load_config("toy", [*SMALL, "baseline.n_random=3"]), loaded, tmp_path)
+    assert (d / "faithfulness.json").stat().st_mtime_ns != stamp
+    assert json.loads((d / "faithfulness.json").read_text())["n_random"] == 3
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +77,7 @@ def toy_run(tmp_path_factory):
 @pytest.mark.slow
 def test_toy_discovered_circuit(toy_run):
     s = toy_run
-    assert s["faithfulness_ratio"] >= 0.8
+    assert s["faithfulness_components_ratio"] >= 0.8
     assert s["necessity_prob_diff"] <= 0.0
     assert s["random_control_ratio"] <= 0.3
     size = s["circuit_size"]

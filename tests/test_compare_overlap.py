@@ -11,11 +11,12 @@ from clt_bench.baseline.circuits import make_circuit
 from clt_bench.compare.overlap import (
     FeatureSite,
     circuit_cells,
-    gpt2_shaped,
     influence_share,
+    model_identity,
     node_overlap,
     per_component_share,
     precision_recall,
+    published_applies,
 )
 
 CIRCUIT = make_circuit("hand", {"END": ["mlp2", "mlp3", "1.0"], "YY": ["mlp0", "0.1"]})
@@ -54,5 +55,15 @@ def test_influence_share():
     assert per_component_share("other", write[1], CIRCUIT) == {}
 
 
-def test_gpt2_shape():
-    assert gpt2_shaped(12, 12) and not gpt2_shaped(4, 4)
+def test_published_circuits_by_identity_not_shape():
+    from clt_bench.baseline.circuits import PUBLISHED, load_circuit
+
+    for name in PUBLISHED:
+        c = load_circuit(name)
+        for model in ("gpt2", "hf:gpt2", "hf:openai-community/gpt2", "GPT2"):
+            assert published_applies(c, model), (name, model)
+        # same shape (12 layers x 12 heads), other weights: no published circuit
+        for model in ("gpt2-random", "hf:EleutherAI/pythia-160m", "toy", "hf:gpt2-medium"):
+            assert not published_applies(c, model), (name, model)
+    assert model_identity("hf:openai-community/gpt2") == "gpt2"
+    assert not published_applies(make_circuit("x", {"END": ["mlp0"]}), "gpt2")  # no model named

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from clt_bench.features.stage import run_features_stage, task_prompts
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.graphs.replacement import build_replacement
 from clt_bench.models.sources import LoadedModel
+from clt_bench.subrun import link_shared
 
 
 @pytest.mark.slow
@@ -33,8 +35,6 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
     (tmp_path / "baseline").mkdir()
     (tmp_path / "baseline" / "circuit.json").write_text(json.dumps(
         {"name": "discovered", "components": {"END": ["mlp1", "1.0"], "YY": ["mlp0"]}}))
-    (tmp_path / "baseline" / "units_needed.csv").write_text(
-        "k,prob_diff,fraction_of_model_pd\n1,0.1,0.5\n2,0.2,0.85\n4,0.3,0.95\n")
     s = run_features_stage(cfg, loaded, tmp_path, progress=False)
     assert s["n_selected"] == 5 and s["n_prompts"] == 6
     out = tmp_path / "features"
@@ -55,19 +55,34 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
     assert "spearman_contribution_vs_ablation" not in metrics
     assert {"spearman_direct_contribution_vs_constrained_ablation",
             "spearman_total_contribution_vs_free_ablation"} <= set(metrics)
-    import csv
-
     rows = list(csv.DictReader((out / "features.csv").open()))
     # like with like: the direct first-order contribution predicts the constrained ablation
     # (a direct effect through a softmax) to first order on this tiny, weakly-coupled model
     for r in rows:
         direct, constrained = float(r["pd_direct_contribution"]), float(r["delta_pd_constrained"])
         assert abs(constrained + direct) <= 0.2 * abs(direct) + 1e-6, r["feature"]
+    # a PLT sub-run as the plt stage leaves it: its own transcoder and features, shared baseline
+    plt = random_clt(2, 32, 64, activation="relu", seed=4, rate=0.1, decoder_scale=1.0,
+                     cross_layer=False, calibrate_on=rm0.resid_mid.reshape(-1, 2, 32))
+    save_clt(plt, tmp_path / "plt" / "clt")
+    link_shared(tmp_path, tmp_path / "plt", ["baseline"])
+    run_features_stage(cfg, loaded, tmp_path / "plt", progress=False)
     c = run_compare_stage(cfg, loaded, tmp_path, progress=False)
     assert c["circuit"] == "discovered"
+    assert {"plt_units_80", "plt_replacement_prob_diff", "plt_influence_share_in_circuit"} <= set(c)
+    side = list(csv.DictReader((tmp_path / "compare" / "transcoders.csv").open()))
+    assert list(side[0]) == ["measure", "clt", "plt", "neurons"]
+    assert side[0]["clt"] == str(c["clt_units_50"]) and side[0]["plt"] == str(c["plt_units_50"])
+    overlap = list(csv.DictReader((tmp_path / "compare" / "overlap.csv").open()))
+    assert {r["transcoder"] for r in overlap} == {"clt", "plt"}
     assert 0.0 <= c["influence_share_in_circuit"] <= 1.0
-    assert c["neuron_units_80"] == 2 and c["neuron_units_90"] == 4
-    assert c["clt_all_features_fraction"] == pytest.approx(1.0, abs=1e-3)
+    units = (tmp_path / "compare" / "units_needed.csv").read_text().splitlines()
+    assert units[0] == "unit_kind,k,prob_diff,normalized"
+    for kind in ("mlp_neurons", "clt_features", "plt_features"):
+        rows = [r.split(",") for r in units[1:] if r.startswith(kind + ",")]
+        assert rows[0][1] == "0" and float(rows[0][3]) == pytest.approx(0.0, abs=1e-6)
+        assert float(rows[-1][3]) == pytest.approx(1.0, abs=1e-4)
+    assert {"neuron_units_80", "clt_units_80", "clt_units_50"} <= set(c)
     for name in ("overlap.csv", "overlap.md", "units_needed.csv", "units_needed.png",
                  "units_table.md", "metrics.json"):
         assert (tmp_path / "compare" / name).is_file(), name

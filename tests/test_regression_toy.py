@@ -79,7 +79,7 @@ def test_run_writes_report_and_provenance(toy_run):
     head = metrics["headline"]
     for key in (
         "task.prob_diff",
-        "baseline.faithfulness_ratio",
+        "baseline.faithfulness_paths_ratio",
         "clt.nmse",
         "clt.replacement_top1_agreement",
     ):

@@ -85,6 +85,9 @@ class Circuit:
     edges: tuple[tuple[str, str], ...] | None = None
     model: str = ""
     description: str = ""
+    # path structure for the path-level evaluation (``clt_bench.baseline.paths``), e.g.
+    # {"rule": "hanna2023", "feed_only_end_heads": ["0.3", "0.5"]}
+    paths: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_heads(self) -> int:
@@ -114,6 +117,7 @@ class Circuit:
             "edges": [list(e) for e in self.edges] if self.edges is not None else None,
             "provenance": self.provenance,
             "published": self.published,
+            "paths": self.paths,
         }
 
 
@@ -143,6 +147,7 @@ def circuit_from_dict(data: dict[str, Any], where: str) -> Circuit:
             provenance=dict(data.get("provenance", {})), published=dict(data.get("published", {})),
             edges=data.get("edges"), model=str(data.get("model", "")),
             description=str(data.get("description", "")),
+            paths=dict(data.get("paths") or {}),
         )
     except UserError:  # a ValueError, but already one clear sentence
         raise

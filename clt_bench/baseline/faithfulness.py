@@ -20,6 +20,7 @@ import torch
 
 from clt_bench.baseline.circuits import Circuit, Node, all_nodes
 from clt_bench.baseline.patching import PatchContext, run_end
+from clt_bench.baseline.paths import hanna_paths, paths_readout
 from clt_bench.baseline.readout import EndReadout, metrics_of
 
 
@@ -33,8 +34,10 @@ def node_masks(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
     cfg = ctx.bridge.cfg
     n_pos = ctx.base_tokens.shape[1]
     pos_of = {"END": ctx.end_pos, "YY": ctx.yy_pos}
-    heads = torch.zeros(len(circuits), cfg.n_layers, n_pos, cfg.n_heads, dtype=torch.bool)
-    mlps = torch.zeros(len(circuits), cfg.n_layers, n_pos, dtype=torch.bool)
+    dev = ctx.device
+    heads = torch.zeros(len(circuits), cfg.n_layers, n_pos, cfg.n_heads, dtype=torch.bool,
+                        device=dev)
+    mlps = torch.zeros(len(circuits), cfg.n_layers, n_pos, dtype=torch.bool, device=dev)
     for i, c in enumerate(circuits):
         for node in c.nodes:
             p = pos_of[node.position]
@@ -132,6 +135,8 @@ def evaluate_circuit(ctx: PatchContext, circuit: Circuit, n_random: int = 10, se
     circ = metrics_of(faithful[0], yy, rel)
     rand = [metrics_of(faithful[1 + i], yy, rel) for i in range(len(randoms))]
     necessity = metrics_of(patch_circuits(ctx, [circuit], complement=False)[0], yy, rel)
+    spec = hanna_paths(circuit, circuit.paths.get("feed_only_end_heads", ()))
+    paths = metrics_of(paths_readout(ctx, spec), yy, rel)
     model_pd, corr_pd = model["prob_diff"], corrupted["prob_diff"]
     gap = model_pd - corr_pd
     rand_pd = _spread([r["prob_diff"] for r in rand]) if rand else {}
@@ -144,8 +149,16 @@ def evaluate_circuit(ctx: PatchContext, circuit: Circuit, n_random: int = 10, se
         "corrupted_prob_diff": corr_pd,
         "circuit_prob_diff": circ["prob_diff"],
         "circuit_prob_diff_std": circ["prob_diff_std"],
-        "faithfulness_ratio": circ["prob_diff"] / model_pd if model_pd else float("nan"),
-        "normalized_faithfulness": (circ["prob_diff"] - corr_pd) / gap if gap else float("nan"),
+        "faithfulness_components_ratio": circ["prob_diff"] / model_pd if model_pd
+        else float("nan"),
+        "normalized_faithfulness_components": (circ["prob_diff"] - corr_pd) / gap if gap
+        else float("nan"),
+        "circuit_paths_prob_diff": paths["prob_diff"],
+        "faithfulness_paths_ratio": paths["prob_diff"] / model_pd if model_pd else float("nan"),
+        "normalized_faithfulness_paths": (paths["prob_diff"] - corr_pd) / gap if gap
+        else float("nan"),
+        "circuit_paths_cutoff_sharpness": paths["cutoff_sharpness"],
+        "n_path_edges": len(spec.edges),
         "necessity_prob_diff": necessity["prob_diff"],
         "random_control_prob_diff": rand_pd,
         "random_control_ratio": rand_pd["mean"] / model_pd if rand and model_pd else float("nan"),
@@ -161,7 +174,11 @@ def evaluate_circuit(ctx: PatchContext, circuit: Circuit, n_random: int = 10, se
         "circuit_size": {"nodes": len(circuit.nodes), "heads": circuit.n_heads,
                          "mlps": circuit.n_mlps, "candidate_nodes": total,
                          "fraction_kept": len(circuit.nodes) / total},
-        "definition": "circuit = clean input; every (component, position) output outside the "
-                      "circuit replaced by its 01-corrupted value; necessity = the circuit's own "
-                      "outputs replaced; random = same head/MLP counts over (component, END|YY)",
+        "definition": "components: circuit = clean input; every (component, position) output "
+                      "outside the circuit replaced by its 01-corrupted value; necessity = the "
+                      "circuit's own outputs replaced; random = same head/MLP counts over "
+                      "(component, END|YY). paths (Hanna et al. 2023): corrupted input, clean "
+                      "only along the circuit's paths -- END heads' queries clean, YY nodes -> "
+                      "END heads' keys/values, END heads -> END MLPs -> logits, no head -> head "
+                      "paths (clt_bench.baseline.paths)",
     }, faithful[0]

@@ -5,7 +5,9 @@
 - each top neuron's logit-lens outer product: mean clean activation per YY x
   (W_out[n] @ W_U[:, ZZ]), a [97, 100] YY x ZZ matrix, beside its path-patched direct effect;
 - the "units needed" curve: PD when only the top-k neurons keep their clean activations and the
-  rest take corrupted values (k = 1..all), as CSV columns ``k, prob_diff, fraction_of_model_pd``.
+  rest take corrupted values (k = 0..all; one MLP at END, ranked in-sample: a Hanna-style
+  analysis, not the like-for-like comparison of ``clt_bench.compare.units``), as CSV columns
+  ``k, prob_diff, fraction_of_model_pd``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any
 import torch
 
 from clt_bench.baseline.circuits import Circuit
-from clt_bench.baseline.patching import PatchContext, Receiver, Sender, path_patch, resid_patch
+from clt_bench.baseline.patching import (
+    PatchContext,
+    Receiver,
+    Sender,
+    path_patch,
+    resid_patch,
+    run_end,
+)
 from clt_bench.baseline.readout import per_example_pd
 from clt_bench.task.metrics import YY_ROWS, correct_mask
 
@@ -63,8 +72,6 @@ def mlp_post_at(ctx: PatchContext, layer: int, tokens: torch.Tensor) -> torch.Te
         return t
 
     x = ctx.base.resid_pre[layer] if tokens is ctx.base_tokens else None
-    from clt_bench.baseline.patching import run_end
-
     if x is not None and layer > 0:
         run_end(ctx.bridge, x, ctx.end_pos, ctx.batch.answer_ids,
                 [(f"blocks.{layer}.mlp.hook_post", save)], start_at_layer=layer)
@@ -105,11 +112,12 @@ def analyse_neurons(ctx: PatchContext, layer: int, top: int = 10, candidates: in
     end = ctx.end_pos
     yy, rel = ctx.batch.yy, ctx.batch.relation
     post_c = mlp_post_at(ctx, layer, ctx.base_tokens)  # [n, d_mlp]
-    post_x = mlp_post_at(ctx, layer, ctx.batch.corrupted[: ctx.n])
+    post_x = mlp_post_at(ctx, layer, ctx.source_tokens)
     dpost = post_x - post_c  # [n, d_mlp]
     w_out = b.W_out[layer]  # [d_mlp, d_model]
     w_ans = b.W_U[:, ctx.batch.answer_ids]  # [d_model, 100]
-    coef = correct_mask(yy, rel, w_ans.shape[1]).to(w_ans.dtype) * 2 - 1  # [n, 100]
+    dev = w_ans.device
+    coef = correct_mask(yy, rel, w_ans.shape[1]).to(dev, w_ans.dtype) * 2 - 1  # [n, 100]
     u = coef @ w_ans.T  # [n, d_model]: logit-difference direction per example
     ln = b.ln_final.original_component
     g = u * ln.weight / ctx.base.final_scale[:, end]  # [n, d_model]
@@ -129,18 +137,19 @@ def analyse_neurons(ctx: PatchContext, layer: int, top: int = 10, candidates: in
     outer = {}
     for n in order[:top]:
         lens_row = w_out[n] @ w_ans  # [100]
-        act = torch.stack([post_c[yy == y, n].mean() if (yy == y).any()
-                           else torch.tensor(float("nan")) for y in YY_ROWS])  # [97]
-        outer[n] = act[:, None] * lens_row[None, :]
-    ks = curve_ks(d_mlp, dense)
-    perm = torch.tensor(order)
+        yy_dev = yy.to(dev)
+        act = torch.stack([post_c[yy_dev == y, n].mean() if (yy == y).any()
+                           else torch.tensor(float("nan"), device=dev) for y in YY_ROWS])  # [97]
+        outer[n] = (act[:, None] * lens_row[None, :]).cpu()
+    ks = [0, *curve_ks(d_mlp, dense)]  # k = 0: every neuron of the MLP corrupted
+    perm = torch.tensor(order, device=dev)
     curve_d = []
     for k in ks:
-        corrupt = torch.ones(d_mlp, dtype=w_out.dtype)
+        corrupt = torch.ones(d_mlp, dtype=w_out.dtype, device=dev)
         corrupt[perm[:k]] = 0.0
         curve_d.append((dpost * corrupt) @ w_out)  # [n, d_model]: change of the MLP output
     readout = resid_patch(ctx, layer, end, torch.stack(curve_d))
     curve_pd = per_example_pd(readout, yy, rel).mean(-1).tolist()
     curve = [(k, float(p), float(p) / base_pd if base_pd else float("nan"))
              for k, p in zip(ks, curve_pd, strict=True)]
-    return NeuronAnalysis(layer, order, exact, linear, lens, outer, curve, base_pd)
+    return NeuronAnalysis(layer, order, exact, linear.cpu(), lens.cpu(), outer, curve, base_pd)

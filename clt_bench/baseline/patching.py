@@ -80,6 +80,11 @@ class RunCache:
     extra: dict[str, torch.Tensor]
 
 
+def model_device(bridge: TransformerBridge) -> torch.device:
+    """The device the model's weights live on: every tensor a patched forward reads goes there."""
+    return next(bridge.parameters()).device
+
+
 def end_only_hook(end_pos: int) -> Hook:
     """Unembed only END: ``unembed.hook_in`` [b, pos, d] -> [b, 1, d] (vocab matmul is costly)."""
     return ("unembed.hook_in", lambda x, hook: x[:, end_pos : end_pos + 1])
@@ -92,6 +97,7 @@ def run_end(bridge: TransformerBridge, inp: torch.Tensor, end_pos: int, answer_i
     kw: dict[str, Any] = {}
     if start_at_layer:
         kw["start_at_layer"] = start_at_layer
+    inp = inp.to(model_device(bridge))
     logits = bridge.run_with_hooks(inp, fwd_hooks=[*hooks, end_only_hook(end_pos)], **kw)
     return readout_from_logits(logits[:, -1], answer_ids)
 
@@ -100,8 +106,11 @@ def run_end(bridge: TransformerBridge, inp: torch.Tensor, end_pos: int, answer_i
 def capture_run(bridge: TransformerBridge, tokens: torch.Tensor, end_pos: int,
                 answer_ids: torch.Tensor, rows: int = 256, extra: Sequence[str] = (),
                 hooks: Sequence[Hook] = ()) -> RunCache:
-    """Run [n, pos] tokens (``rows`` at a time) and keep what path patching needs."""
+    """Run [n, pos] tokens (``rows`` at a time) and keep what path patching needs.
+
+    The tokens move to the model's device; the cached activations stay there."""
     n_layers = bridge.cfg.n_layers
+    tokens = tokens.to(model_device(bridge))
     names = ([f"blocks.{i}.attn.hook_z" for i in range(n_layers)]
              + [f"blocks.{i}.hook_mlp_out" for i in range(n_layers)]
              + [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
@@ -157,6 +166,7 @@ class PatchContext:
     base: RunCache
     source: RunCache
     rows: int = 1024
+    base_is_clean: bool = True
 
     @property
     def n(self) -> int:
@@ -174,11 +184,22 @@ class PatchContext:
     def build(cls, bridge: TransformerBridge, batch: TaskBatch, base: str = "clean",
               rows: int = 1024, extra: Sequence[str] = ()) -> PatchContext:
         """``base`` = "clean" (senders take corrupted values) or "corrupted" (the reverse)."""
+        dev = model_device(bridge)
         clean = capture_run(bridge, batch.clean, batch.end_pos, batch.answer_ids, rows, extra)
         corrupt = capture_run(bridge, batch.corrupted, batch.end_pos, batch.answer_ids, rows, extra)
         if base == "clean":
-            return cls(bridge, batch, batch.clean, clean, corrupt, rows)
-        return cls(bridge, batch, batch.corrupted, corrupt, clean, rows)
+            return cls(bridge, batch, batch.clean.to(dev), clean, corrupt, rows)
+        return cls(bridge, batch, batch.corrupted.to(dev), corrupt, clean, rows, False)
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.bridge)
+
+    @property
+    def source_tokens(self) -> torch.Tensor:
+        """[n, pos] tokens of the source run, on the model's device."""
+        src = self.batch.corrupted if self.base_is_clean else self.batch.clean
+        return src[: self.n].to(self.device)
 
     def subset(self, m: int) -> PatchContext:
         """The same context restricted to its first ``m`` examples."""
@@ -192,7 +213,7 @@ class PatchContext:
                             c.readout[:m], {k: v[:m] for k, v in c.extra.items()})
 
         return PatchContext(self.bridge, self.batch.subset(idx), self.base_tokens[:m],
-                            cut(self.base), cut(self.source), self.rows)
+                            cut(self.base), cut(self.source), self.rows, self.base_is_clean)
 
     def write(self, cache: RunCache, s: Sender) -> torch.Tensor:
         """The sender's residual write in ``cache`` at its position: [n, d_model]."""

@@ -35,7 +35,9 @@ from clt_bench.task.stage import load_task_batch
 log = logging.getLogger(__name__)
 OUTPUTS = ("circuit.json", "faithfulness.json", "neurons.json", "units_needed.csv")
 SUMMARY_KEYS = ("model_prob_diff", "corrupted_prob_diff", "circuit_prob_diff",
-                "faithfulness_ratio", "normalized_faithfulness", "necessity_prob_diff",
+                "faithfulness_components_ratio", "normalized_faithfulness_components",
+                "circuit_paths_prob_diff", "faithfulness_paths_ratio",
+                "normalized_faithfulness_paths", "necessity_prob_diff",
                 "random_control_prob_diff", "random_control_ratio", "model_cutoff_sharpness",
                 "circuit_cutoff_sharpness", "necessity_cutoff_sharpness",
                 "random_control_cutoff_sharpness", "circuit_size")
@@ -153,7 +155,9 @@ def format_baseline_table(s: dict[str, Any]) -> str:
         ("model_prob_diff", f"{s['model_prob_diff']:.3f}"),
         ("corrupted_prob_diff", f"{s['corrupted_prob_diff']:.3f}"),
         ("circuit_prob_diff", f"{s['circuit_prob_diff']:.3f}"),
-        ("faithfulness_ratio", f"{s['faithfulness_ratio']:.3f}"),
+        ("faithfulness_components_ratio", f"{s['faithfulness_components_ratio']:.3f}"),
+        ("circuit_paths_prob_diff", f"{s['circuit_paths_prob_diff']:.3f}"),
+        ("faithfulness_paths_ratio", f"{s['faithfulness_paths_ratio']:.3f}"),
         ("necessity_prob_diff", f"{s['necessity_prob_diff']:.3f}"),
         ("random_control_prob_diff", f"{rand.get('mean', float('nan')):.3f} "
                                      f"± {rand.get('std', float('nan')):.3f}"),

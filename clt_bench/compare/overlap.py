@@ -98,6 +98,15 @@ def per_component_share(position: str, write_effects: np.ndarray, circuit: Circu
             if n.kind == "mlp" and n.position == position and n.layer < len(w)}
 
 
-def gpt2_shaped(n_layers: int, n_heads: int) -> bool:
-    """Whether the published GPT-2 small circuits apply to a model of this shape."""
-    return (n_layers, n_heads) == (12, 12)
+def model_identity(name: str) -> str:
+    """A model name reduced to its identity: ``hf:openai-community/gpt2`` and ``gpt2`` are the same
+    weights; ``gpt2-random`` (random weights of GPT-2's shape) is not GPT-2."""
+    n = name.strip().lower()
+    n = n[3:] if n.startswith("hf:") else n
+    return n.removeprefix("openai-community/")
+
+
+def published_applies(circuit: Circuit, model_name: str) -> bool:
+    """Whether a published circuit was found in this model: the circuit's ``model`` names the
+    same weights (by identity, not by shape -- a random or other 12 x 12 model gets none)."""
+    return bool(circuit.model) and model_identity(circuit.model) == model_identity(model_name)

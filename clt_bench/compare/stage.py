@@ -1,14 +1,15 @@
 """The compare stage: the selected CLT features against the baseline circuit.
 
 Reads ``<run>/features/ranking.json`` (the top-K features, their influence and write split),
-the CLT (``<run>/clt``; a PLT in ``<run>/plt`` adds a CLT-vs-PLT row), the baseline's
-``circuit.json`` and ``units_needed.csv`` (the neuron curve); for a GPT-2-shaped model also the
-published circuits of ``baselines/``. Writes ``<run>/compare/``:
+the CLT (``<run>/clt``; a PLT in ``<run>/plt`` adds a PLT row), the baseline's ``circuit.json``;
+for GPT-2 itself (by model identity, not shape) also the published circuits of ``baselines/``.
+Writes ``<run>/compare/``:
 
 - overlap.csv / overlap.md: per circuit, the share of the top-K influence written into its MLP
   cells and node precision/recall/F1 at layer x position granularity (all nodes; MLPs only);
-- units_needed.csv (``units, k, prob_diff, fraction_of_model_pd``; units = clt_features | neurons),
-  units_needed.png, units_table.md ("units needed for 80% / 90% of PD");
+- units_needed.csv (``unit_kind, k, prob_diff, normalized``; one definition for MLP neurons and
+  transcoder features, see ``clt_bench.compare.units``; k = 0 and k = all rows for every kind),
+  units_needed.png, units_table.md (k for 50 / 80 / 90 % with bootstrap 95 % intervals);
 - metrics.json (with the model's and the replacement model's PD).
 """
 
@@ -25,12 +26,24 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit
-from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.compare.curve import replacement_pd, units_curve, units_needed
-from clt_bench.compare.overlap import FeatureSite, gpt2_shaped, influence_share, node_overlap
+from clt_bench.baseline.patching import model_device
+from clt_bench.compare.curve import replacement_pd
+from clt_bench.compare.overlap import (
+    FeatureSite,
+    influence_share,
+    node_overlap,
+    published_applies,
+)
+from clt_bench.compare.units import (
+    FRACTIONS,
+    UnitsResult,
+    bootstrap_needed,
+    feature_units,
+    neuron_units,
+    units_needed_curve,
+)
 from clt_bench.config import RunConfig
-from clt_bench.errors import UserError
-from clt_bench.features.attribution import influence_ranking, task_attributions
+from clt_bench.features.scores import LABELS
 from clt_bench.features.stage import (
     json_safe,
     load_run_circuit,
@@ -38,39 +51,35 @@ from clt_bench.features.stage import (
     read_ranking,
     task_prompts,
 )
-from clt_bench.io import run_metadata, write_json, write_text
+from clt_bench.io import read_json, run_metadata, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
 
 log = logging.getLogger(__name__)
-FRACTIONS = (0.8, 0.9)
+UNITS_DEFINITION = (
+    "Units needed (one definition for every kind): the clean prompt runs with every MLP output "
+    "replaced by clean MLP output - sum over units not kept of (a_clean - a_corrupted) x the "
+    "unit's write, at every position; the top k units by clean-minus-corrupt effect (linear "
+    "estimate, exact for the best candidates) are kept clean. Ranked on the even-indexed prompts, "
+    "evaluated on the odd-indexed ones. normalized = (PD_k - PD_0) / (PD_clean - PD_0); a "
+    "transcoder's error, skip and bias terms are not units and stay clean, so PD_0 is per kind. "
+    "Intervals: 95 % bootstrap over evaluation prompts (ranking fixed)."
+)
 
 
-def read_neuron_curve(run_dir: Path) -> list[dict[str, float | int]]:
-    """The baseline's neuron curve (``k, prob_diff, fraction_of_model_pd``); [] if absent."""
-    path = Path(run_dir) / "baseline" / "units_needed.csv"
-    if not path.is_file():
-        return []
-    try:
-        with path.open(encoding="utf-8") as fh:
-            return [{"k": int(r["k"]), "prob_diff": float(r["prob_diff"]),
-                     "fraction_of_model_pd": float(r["fraction_of_model_pd"])}
-                    for r in csv.DictReader(fh)]
-    except (KeyError, ValueError) as err:
-        raise UserError(f"{path} is not a units-needed CSV (k, prob_diff, "
-                        f"fraction_of_model_pd).") from err
-
-
-def circuits_to_compare(run_dir: Path, n_layers: int, n_heads: int) -> list[Circuit]:
-    """The discovered/configured baseline circuit, plus the published ones for GPT-2 shapes."""
+def circuits_to_compare(run_dir: Path, model_name: str) -> list[Circuit]:
+    """The discovered/configured baseline circuit, plus the published circuits found in this very
+    model (by identity: GPT-2's circuits for GPT-2, none for gpt2-random or other 12 x 12
+    models)."""
     out = []
     own = load_run_circuit(run_dir)
     if own is not None:
         out.append(own)
-    if gpt2_shaped(n_layers, n_heads):
-        names = {c.name for c in out}
-        out.extend(load_circuit(n) for n in PUBLISHED if n not in names)
+    names = {c.name for c in out}
+    for n in PUBLISHED:
+        if n not in names and published_applies(c := load_circuit(n), model_name):
+            out.append(c)
     return out
 
 
@@ -105,34 +114,124 @@ def _md(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(curves: dict[str, list[dict[str, float | int]]], path: Path, title: str) -> Path:
+def plot_curves(results: list[UnitsResult], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, rows in curves.items():
-        pts = [(int(r["k"]), float(r["fraction_of_model_pd"])) for r in rows if int(r["k"]) >= 0]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
+    for r in results:
+        ax.plot(r.ks, r.normalized, marker=".", label=f"{r.kind} ({r.n_units})")
     for frac in FRACTIONS:
         ax.axhline(frac, color="grey", lw=0.7, ls="--")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlim(left=0)
-    ax.set_xlabel("units kept clean (k)")
-    ax.set_ylabel("PD / model PD")
+    ax.set_xlabel("units kept clean (k), ranked on the other half of the prompts")
+    ax.set_ylabel("(PD_k - PD_0) / (PD_clean - PD_0)")
     ax.set_title(title, fontsize=10)
     ax.legend()
     return save_figure(fig, path)
 
 
-def clt_summary(loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch,
-                ranking: list[tuple[int, int]], background: str, dense: int
-                ) -> tuple[dict[str, Any], list[dict[str, float | int]]]:
-    """Replacement PD and the units-needed curve of one transcoder."""
-    curve = units_curve(loaded.bridge, clt, batch, ranking, background=background, dense=dense)
-    out: dict[str, Any] = dict(replacement_pd(loaded.bridge, clt, batch))
-    for frac in FRACTIONS:
-        out[f"units_{int(frac * 100)}"] = units_needed(curve, frac)
-    out["all_features_fraction"] = float(curve[-1]["fraction_of_model_pd"])
-    out["k0_fraction"] = float(curve[0]["fraction_of_model_pd"])
-    return out, curve
+def units_results(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, batch: TaskBatch
+                  ) -> tuple[list[UnitsResult], dict[str, Any]]:
+    """The units-needed curve of every unit kind (neurons, the run's transcoder, a PLT in
+    ``<run>/plt``) and the replacement PD of each transcoder."""
+    fc = cfg.features
+    bridge = loaded.bridge
+    dev = model_device(bridge)
+    kinds: list[tuple[str, Any]] = [("mlp_neurons", None),
+                                    (f"{cfg.clt.kind}_features", load_run_clt(run_dir).to(dev))]
+    if "plt" in transcoder_runs(cfg, run_dir):
+        kinds.append(("plt_features", load_run_clt(run_dir / "plt").to(dev)))
+    results, repl = [], {}
+    for kind, clt in kinds:
+        if clt is None:
+            def make(c, x):
+                return neuron_units(bridge, c, x)
+        else:
+            def make(c, x, clt=clt, kind=kind):
+                return feature_units(bridge, clt, c, x, kind)
+            repl[kind] = replacement_pd(bridge, clt, batch)
+        results.append(units_needed_curve(bridge, make, batch, fc.curve_dense,
+                                          fc.curve_candidates))
+    return results, repl
+
+
+def transcoder_runs(cfg: RunConfig, run_dir: Path) -> dict[str, Path]:
+    """The run folders whose features stage scored a transcoder: the run's own, and the PLT
+    sub-run ``<run>/plt`` of the plt stage (``clt_bench.plt.stage``) when it finished."""
+    runs = {cfg.clt.kind: Path(run_dir)}
+    sub = Path(run_dir) / "plt"
+    if cfg.clt.kind != "plt" and (sub / "features" / "ranking.json").is_file():
+        runs["plt"] = sub
+    return runs
+
+
+def _stage_summary(run: Path, stage: str) -> dict[str, Any]:
+    marker = run / stage / "stage.json"
+    return read_json(marker).get("summary", {}) if marker.is_file() else {}
+
+
+def transcoder_table(cfg: RunConfig, run_dir: Path, overlap: dict[str, list[dict[str, Any]]],
+                     table: list[dict[str, Any]], repl: dict[str, Any]) -> list[dict[str, Any]]:
+    """CLT vs PLT vs MLP neurons, one row per measure (same prompts, circuit, definitions)."""
+    runs = transcoder_runs(cfg, run_dir)
+    units = {r["unit_kind"]: r for r in table}
+    cols = {kind: f"{kind}_features" for kind in runs} | {"neurons": "mlp_neurons"}
+    rows: list[dict[str, Any]] = []
+
+    def add(measure: str, values: dict[str, Any]) -> None:
+        rows.append({"measure": measure, **{c: values.get(c, "") for c in cols}})
+
+    for f in FRACTIONS:
+        key = f"k_{int(f * 100)}"
+        add(f"units for {int(f * 100)} % of PD (held-out prompts)",
+            {c: units.get(u, {}).get(key, "") for c, u in cols.items()})
+    add("replacement PD / model PD",
+        {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl})
+    primary = {k: (ov[0] if ov else {}) for k, ov in overlap.items()}
+    circuit = next(iter(primary.values()), {}).get("circuit", "-")
+    add(f"top-feature influence inside the circuit ({circuit})",
+        {k: p.get("influence_share", "") for k, p in primary.items()})
+    add("circuit MLP node recall", {k: p.get("mlp_recall", "") for k, p in primary.items()})
+    for key, label in (("nmse", "NMSE (held out)"), ("l0", "L0 (all layers)")):
+        add(label, {k: _stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
+    feats = {k: _stage_summary(r, "features") for k, r in runs.items()}
+    for lab in LABELS:
+        key = f"n_{lab.replace(' ', '_').replace('-', '_')}"
+        if any(f.get(key) for f in feats.values()):
+            add(f"labels: {lab}", {k: f.get(key, "") for k, f in feats.items()})
+    return rows
+
+
+def units_rows(results: list[UnitsResult]) -> list[dict[str, Any]]:
+    return [{"unit_kind": r.kind, "k": k, "prob_diff": float(p), "normalized": float(v)}
+            for r in results for k, p, v in zip(r.ks, r.prob_diff, r.normalized, strict=True)]
+
+
+def _k(v: float) -> str:
+    return "never" if math.isinf(v) else str(int(v))
+
+
+def units_table(results: list[UnitsResult], n_boot: int, seed: int
+                ) -> tuple[list[dict[str, Any]], str]:
+    """One row per unit kind: k for each fraction with its bootstrap interval, PD_0, PD_clean."""
+    rows, lines = [], []
+    head = ["unit kind", "units", "PD_0", "PD_clean",
+            *[f"k for {int(f * 100)}% [95% CI]" for f in FRACTIONS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in results:
+        ci = bootstrap_needed(r.ks, r.pd, r.clean, FRACTIONS, n_boot, seed)
+        row: dict[str, Any] = {"unit_kind": r.kind, "n_units": r.n_units,
+                               "pd_0": float(r.prob_diff[0]), "pd_clean": float(r.clean.mean())}
+        cells = [r.kind, str(r.n_units), f"{row['pd_0']:.3f}", f"{row['pd_clean']:.3f}"]
+        for f in FRACTIONS:
+            k, (lo, hi) = r.needed(f), ci[f]
+            row[f"k_{int(f * 100)}"] = k
+            row[f"k_{int(f * 100)}_ci"] = [lo, hi]
+            cells.append(f"{'never' if k is None else k} [{_k(lo)}, {_k(hi)}]")
+        rows.append(row)
+        lines.append("| " + " | ".join(cells) + " |")
+    text = ("# Units needed\n\n" + "\n".join(lines) + "\n\n" + UNITS_DEFINITION
+            + f" Bootstrap: {n_boot} resamples, seed {seed}.\n")
+    return rows, text
 
 
 def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progress: bool = True
@@ -142,53 +241,37 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
     out = run_dir / "compare"
     fc = cfg.features
     rank = read_ranking(run_dir)
-    ranking = [(int(a), int(b)) for a, b in rank["extended"]]
     sites = [FeatureSite(int(a), p) for (a, _), p in zip(rank["features"], rank["positions"],
                                                           strict=True)]
-    clt = load_run_clt(run_dir)
     batch = task_prompts(cfg, loaded)
-    circuits = circuits_to_compare(run_dir, loaded.n_layers, int(loaded.bridge.cfg.n_heads))
+    circuits = circuits_to_compare(run_dir, loaded.name)
     ov = overlap_rows(sites, rank["write_effects"], circuits)
-    write_text(out / "overlap.csv", _csv(ov))
+    overlaps = {cfg.clt.kind: ov}
+    for kind, sub in transcoder_runs(cfg, run_dir).items():
+        if kind != cfg.clt.kind:
+            r = read_ranking(sub)
+            overlaps[kind] = overlap_rows(
+                [FeatureSite(int(a), p) for (a, _), p in zip(r["features"], r["positions"],
+                                                              strict=True)],
+                r["write_effects"], circuits)
+    write_text(out / "overlap.csv", _csv([{"transcoder": k, **row} for k, rows in
+                                          overlaps.items() for row in rows]))
     write_text(out / "overlap.md", _md(ov, ["circuit", "n_nodes", "influence_share",
                                             "all_precision", "all_recall", "mlp_precision",
                                             "mlp_recall", "mlp_f1"]))
-    main, curve = clt_summary(loaded, clt, batch, ranking, fc.curve_background, fc.curve_dense)
-    curves = {f"CLT features ({cfg.clt.kind})": curve}
-    units = [{"units": "clt_features", **r} for r in curve]
-    neurons = read_neuron_curve(run_dir)
-    if neurons:
-        curves["baseline neurons"] = neurons
-        units += [{"units": "neurons", **r} for r in neurons]
-    table = [{"units": f"{cfg.clt.kind.upper()} features (top by influence)",
-              **{f"for {int(f * 100)}% of PD": main[f"units_{int(f * 100)}"] for f in FRACTIONS},
-              "PD with all": main["all_features_fraction"]}]
-    if neurons:
-        table.append({"units": "baseline neurons",
-                      **{f"for {int(f * 100)}% of PD": units_needed(neurons, f)
-                         for f in FRACTIONS},
-                      "PD with all": float(neurons[-1]["fraction_of_model_pd"])})
-    plt_row: dict[str, Any] | None = None
-    if (run_dir / "plt" / "config.yaml").is_file():
-        plt_clt = load_run_clt(run_dir, "plt")
-        att = task_attributions(loaded.bridge, plt_clt, batch, fc.prompts_per_pass,
-                                progress=progress)
-        keys, _ = influence_ranking(att)
-        plt_rank = [att.split_key(int(k)) for k in keys[: 4 * fc.top_k]]
-        plt_row, plt_curve = clt_summary(loaded, plt_clt, batch, plt_rank, fc.curve_background,
-                                         fc.curve_dense)
-        curves["PLT features"] = plt_curve
-        units += [{"units": "plt_features", **r} for r in plt_curve]
-        table.append({"units": "PLT features (top by influence)",
-                      **{f"for {int(f * 100)}% of PD": plt_row[f"units_{int(f * 100)}"]
-                         for f in FRACTIONS},
-                      "PD with all": plt_row["all_features_fraction"]})
-    write_text(out / "units_needed.csv", _csv(units))
-    plot_curves(curves, out / "units_needed.png",
-                f"{loaded.name}: PD recovered with the top-k units ({fc.curve_background} "
-                f"background)")
-    cols = ["units", *[f"for {int(f * 100)}% of PD" for f in FRACTIONS], "PD with all"]
-    write_text(out / "units_table.md", "# Units needed\n\n" + _md(table, cols))
+    results, repl = units_results(cfg, loaded, run_dir, batch)
+    write_text(out / "units_needed.csv", _csv(units_rows(results)))
+    plot_curves(results, out / "units_needed.png",
+                f"{loaded.name}: PD recovered with the top-k units (held-out prompts)")
+    table, text = units_table(results, fc.curve_bootstrap, fc.curve_seed)
+    write_text(out / "units_table.md", text)
+    by_kind = {r["unit_kind"]: r for r in table}
+    side = transcoder_table(cfg, run_dir, overlaps, table, repl)
+    write_text(out / "transcoders.csv", _csv(side))
+    write_text(out / "transcoders.md", "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "
+               "definitions for every column (docs/methods.md); transcoders matched in features "
+               "per layer (the [plt] section), not in L0.\n\n" + _md(side, list(side[0])) + "\n")
+    main = repl[f"{cfg.clt.kind}_features"]
     primary = ov[0] if ov else {}
     summary: dict[str, Any] = {
         "circuit": primary.get("circuit"),
@@ -200,18 +283,24 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
         "model_prob_diff": main["model_prob_diff"],
         "replacement_prob_diff": main["replacement_prob_diff"],
         "replacement_pd_ratio": main["replacement_pd_ratio"],
-        "clt_units_80": main["units_80"], "clt_units_90": main["units_90"],
-        "clt_all_features_fraction": main["all_features_fraction"],
-        "neuron_units_80": units_needed(neurons, 0.8) if neurons else None,
-        "neuron_units_90": units_needed(neurons, 0.9) if neurons else None,
     }
-    if plt_row is not None:
-        summary.update({"plt_replacement_prob_diff": plt_row["replacement_prob_diff"],
-                        "plt_units_80": plt_row["units_80"], "plt_units_90": plt_row["units_90"]})
+    prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt",
+              "plt_features": "plt"}
+    for kind, row in by_kind.items():
+        for f in FRACTIONS:
+            summary[f"{prefix[kind]}_units_{int(f * 100)}"] = row[f"k_{int(f * 100)}"]
+    if "plt_features" in repl and cfg.clt.kind != "plt":
+        summary["plt_replacement_prob_diff"] = repl["plt_features"]["replacement_prob_diff"]
+        plt_primary = overlaps["plt"][0] if overlaps.get("plt") else {}
+        summary["plt_influence_share_in_circuit"] = plt_primary.get("influence_share", math.nan)
+        summary["plt_node_recall_mlp"] = plt_primary.get("mlp_recall", math.nan)
     write_json(out / "metrics.json", json_safe({
-        **summary, "overlap": ov, "units_table": table, "curve_background": fc.curve_background,
-        "n_prompts": len(batch), "seconds": round(time.perf_counter() - t0, 2),
-        **run_metadata(config=fc, seeds={"task": batch.seed}),
+        **summary, "overlap": ov, "units_table": table, "units_definition": UNITS_DEFINITION,
+        "units_top": {r.kind: [list(n) for n in r.names] for r in results},
+        "units_split": {"ranking": "even prompt indices", "evaluation": "odd prompt indices"},
+        "replacement": repl, "n_prompts": len(batch),
+        "seconds": round(time.perf_counter() - t0, 2),
+        **run_metadata(config=fc, seeds={"task": batch.seed, "bootstrap": fc.curve_seed}),
     }))
     log.info("compare stage wrote %s", out)
     return json_safe(summary)

@@ -87,7 +87,7 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
         "compare",
         "Transcoder features vs the circuit",
         ["*.png"],
-        ["*.csv"],
+        ["transcoders.csv", "overlap.csv"],
         "How much of the features' influence lies inside the circuit's components, node overlap, "
         "and how many units (features vs neurons) recover the probability difference.",
     ),

@@ -1,0 +1,166 @@
+"""Path-level faithfulness, as Hanna et al. 2023 evaluated their circuit.
+
+Hanna et al.'s release code (hannamw/gpt2-greater-than, ``circuit_discovery.py`` and
+``big_ds_experiments.py``: the ``lms`` matcher passed to ``path_patching``) runs the corrupted
+(01) input everywhere and gives the clean input only along these paths:
+
+- logits <- (END MLPs, chained in layer order) <- END heads ("mid heads"): heads write into the
+  END MLPs and the logits; there are no head -> head paths;
+- END heads' keys/values at YY <- the YY nodes: YY MLPs and layer-0 heads, chained in layer order
+  (``feed_only_end_heads`` YY nodes -- a0.h3 and a0.h5 in GPT-2 -- feed the END heads only),
+  each YY node also reading the clean token embedding at YY;
+- the END heads' queries are kept clean entirely.
+
+``paths_readout`` computes that in one forward pass of the corrupted prompts: every head and MLP
+output in the residual stream is reset to its corrupted value (so every reader outside the circuit
+sees the corrupted run), the circuit nodes' own outputs are recorded, and each circuit receiver's
+input gets ``corrupted + sum over its circuit senders of (patched - corrupted) output``.
+Receivers' LayerNorms are recomputed. Shapes: n prompts, pos positions, d = d_model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from clt_bench.baseline.circuits import Circuit, Node
+from clt_bench.baseline.patching import PatchContext, RunCache, run_end, split_qkv
+from clt_bench.baseline.readout import EndReadout
+
+EMBED = "embed@YY"
+LOGITS = "logits@END"
+
+
+@dataclass
+class PathSpec:
+    """Edges (sender label, receiver label[:channel]) of a circuit given as paths.
+
+    Senders: node labels (``a5.h1@END``, ``mlp0@YY``) or ``embed@YY``. Receivers: an MLP label, a
+    head label with ``:k``/``:v`` (read at YY) or ``:qkv`` (a YY head: every channel at YY), or
+    ``logits@END``. ``clean_queries``: END heads whose whole query input is the clean run's.
+    """
+
+    nodes: tuple[Node, ...]
+    edges: set[tuple[str, str]] = field(default_factory=set)
+    clean_queries: set[str] = field(default_factory=set)
+
+
+def hanna_paths(circuit: Circuit, feed_only_end_heads: Sequence[str] = ()) -> PathSpec:
+    """Hanna et al.'s path structure for ``circuit``'s nodes (see the module docstring).
+
+    ``feed_only_end_heads``: components (``"0.3"``) of YY nodes whose only receivers are the END
+    heads' keys/values."""
+    end_heads = [n for n in circuit.at("END") if n.kind == "head"]
+    end_mlps = [n for n in circuit.at("END") if n.kind == "mlp"]
+    yy = circuit.at("YY")
+    only = set(feed_only_end_heads)
+    spec = PathSpec(circuit.nodes, clean_queries={h.label for h in end_heads})
+    for m in end_mlps:
+        spec.edges |= {(s.label, m.label) for s in end_heads + end_mlps if s.order < m.order}
+    spec.edges |= {(s.label, LOGITS) for s in end_heads + end_mlps}
+    for h in end_heads:
+        spec.edges |= {(s.label, f"{h.label}:{ch}") for s in yy if s.order < h.order
+                       for ch in ("k", "v")}
+    for r in yy:
+        recv = f"{r.label}:qkv" if r.kind == "head" else r.label
+        spec.edges.add((EMBED, recv))
+        spec.edges |= {(s.label, recv) for s in yy if s.order < r.order
+                       and s.component not in only and not (s.kind == r.kind == "head")}
+    return spec
+
+
+def _write(cache: RunCache, bridge, node: Node, pos: int) -> torch.Tensor:
+    """[n, d] the node's residual write at ``pos`` in ``cache``."""
+    if node.kind == "head":
+        return cache.z[node.layer][:, pos, node.head] @ bridge.W_O[node.layer, node.head]
+    return cache.mlp_out[node.layer][:, pos]
+
+
+@torch.no_grad()
+def paths_readout(ctx: PatchContext, spec: PathSpec) -> EndReadout:
+    """Readout [n] of the corrupted prompts with the clean input only along ``spec``'s paths.
+
+    ``ctx`` must have the clean run as base and the corrupted run as source."""
+    b = ctx.bridge
+    clean, corr = ctx.base, ctx.source
+    pos = {"END": ctx.end_pos, "YY": ctx.yy_pos}
+    by_label = {n.label: n for n in spec.nodes}
+    patched: dict[str, torch.Tensor] = {}  # node label -> [n, d] patched write at its position
+    embed_delta = clean.resid_pre[0][:, ctx.yy_pos] - corr.resid_pre[0][:, ctx.yy_pos]
+
+    def delta(sender: str) -> torch.Tensor:
+        if sender == EMBED:
+            return embed_delta
+        node = by_label[sender]
+        return patched[sender] - _write(corr, b, node, pos[node.position])
+
+    def incoming(receiver: str) -> torch.Tensor | None:
+        ds = [delta(s) for s, r in spec.edges if r == receiver]
+        return torch.stack(ds).sum(0) if ds else None
+
+    hooks: list[tuple[str, Callable[..., torch.Tensor]]] = []
+    L = int(b.cfg.n_layers)
+    for layer in range(L):
+        heads = [n for n in spec.nodes if n.kind == "head" and n.layer == layer]
+        mlps = [n for n in spec.nodes if n.kind == "mlp" and n.layer == layer]
+
+        def qkv_hook(ch: str, heads: list[Node] = heads, layer: int = layer):
+            def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+                x = x.clone()
+                for h in heads:
+                    p = pos[h.position]
+                    if ch == "q" and h.label in spec.clean_queries:
+                        x[:, p, h.head] = clean.resid_pre[layer][:, p]
+                        continue
+                    if h.position == "YY":
+                        add = incoming(f"{h.label}:qkv")
+                    else:
+                        add = incoming(f"{h.label}:{ch}") if ch in "kv" else None
+                    if add is not None:
+                        x[:, ctx.yy_pos, h.head] += add
+                return x
+
+            return fn
+
+        def z_hook(x: torch.Tensor, hook: Any, heads: list[Node] = heads, layer: int = layer
+                   ) -> torch.Tensor:
+            for h in heads:
+                p = pos[h.position]
+                patched[h.label] = x[:, p, h.head] @ b.W_O[layer, h.head]
+            return corr.z[layer]  # the residual stream stays the corrupted run's
+
+        def mlp_in_hook(x: torch.Tensor, hook: Any, mlps: list[Node] = mlps) -> torch.Tensor:
+            x = x.clone()
+            for m in mlps:
+                add = incoming(m.label)
+                if add is not None:
+                    x[:, pos[m.position]] += add
+            return x
+
+        def mlp_out_hook(y: torch.Tensor, hook: Any, mlps: list[Node] = mlps,
+                         layer: int = layer) -> torch.Tensor:
+            for m in mlps:
+                patched[m.label] = y[:, pos[m.position]].clone()
+            return corr.mlp_out[layer]
+
+        if heads:
+            hooks += [(f"blocks.{layer}.attn.hook_{c}_input", qkv_hook(c)) for c in "qkv"]
+        hooks.append((f"blocks.{layer}.attn.hook_z", z_hook))
+        if mlps:
+            hooks.append((f"blocks.{layer}.ln2.hook_in", mlp_in_hook))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", mlp_out_hook))
+
+    def final_hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        add = incoming(LOGITS)
+        if add is None:
+            return x
+        x = x.clone()
+        x[:, ctx.end_pos] += add
+        return x
+
+    hooks.append(("ln_final.hook_in", final_hook))
+    with split_qkv(b, any(n.kind == "head" for n in spec.nodes)):
+        return run_end(b, ctx.source_tokens, ctx.end_pos, ctx.batch.answer_ids, hooks)
