@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_bridge
 
 from clt_bench.compare.units import (
     UnitBlock,
@@ -21,7 +22,6 @@ from clt_bench.features.ablation import pd_of
 from clt_bench.features.attribution import one_per_yy
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.task.dataset import build_dataset
-from tests.conftest import tiny_bridge
 
 LAYER, NEURON = 1, 7
 

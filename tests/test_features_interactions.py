@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _graphs_helpers import tiny_loaded
 
 from clt_bench.features.ablation import free_delta_pd
 from clt_bench.features.attribution import one_per_yy
@@ -13,7 +14,6 @@ from clt_bench.features.interactions import pair_interactions, write_interaction
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.graphs.replacement import build_replacement
 from clt_bench.task.dataset import build_dataset
-from tests._graphs_helpers import tiny_loaded
 
 
 @pytest.fixture(scope="module")
