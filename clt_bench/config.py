@@ -356,6 +356,7 @@ class GraphsConfig:
         "interaction_top": "[0, inf)",
         "curve_candidates": "[0, inf)",
         "curve_bootstrap": "[0, inf)",
+        "family_features": "[0, inf)",
     },
 )
 class FeaturesConfig:
@@ -384,6 +385,7 @@ class FeaturesConfig:
     curve_candidates: int = 32
     curve_bootstrap: int = 1000  # bootstrap resamples of the evaluation prompts
     curve_seed: int = 0
+    family_features: int = 20  # top features scored on every prompt family (0 = skip)
 
 
 @dataclass(frozen=True)

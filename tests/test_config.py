@@ -40,6 +40,7 @@ BAD: dict[str, str] = {
     "features.interaction_top": "-1",
     "features.curve_candidates": "-1",
     "features.curve_bootstrap": "-1",
+    "features.family_features": "-1",
     "baseline.circuit": '"no_such_circuit"',
     "baseline.n_examples": "0",
     "baseline.discovery_examples": "0",

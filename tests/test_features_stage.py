@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 from helpers import tiny_bridge
@@ -25,7 +26,8 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
         p.requires_grad_(False)
     loaded = LoadedModel("tiny", bridge, tokenizer)
     cfg = load_config("toy", ["graphs.n_prompts=6", "activations.eval_tokens=256",
-                              "features.top_k=5", "features.n_plots=2", "features.curve_dense=4"])
+                              "features.top_k=5", "features.n_plots=2", "features.curve_dense=4",
+                              "task.family_n=6"])
     batch = task_prompts(cfg, loaded)
     assert len(batch) == 6 and len(set(batch.yy.tolist())) == 6
     rm0 = build_replacement(bridge, random_clt(2, 32, 64), batch.clean)
@@ -73,6 +75,14 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
     side = list(csv.DictReader((tmp_path / "compare" / "transcoders.csv").open()))
     assert list(side[0]) == ["measure", "clt", "plt", "neurons"]
     assert side[0]["clt"] == str(c["clt_units_50"]) and side[0]["plt"] == str(c["plt_units_50"])
+    fams = {r["family"]: r for r in csv.DictReader((tmp_path / "compare" / "families.csv").open())}
+    assert {"hanna", "descending", "arithmetic_exact", "bc"} <= set(fams)
+    assert "exact relation" in fams["arithmetic_exact"]["note"]
+    for key in ("clt_replacement_pd_ratio", "plt_replacement_pd_ratio",
+                "faithfulness_components_ratio", "median_feature_pd_kept"):
+        assert math.isfinite(float(fams["hanna"][key])), key
+    kept = list(csv.DictReader((tmp_path / "compare" / "feature_generalisation.csv").open()))
+    assert len(kept) == 5 and "hanna" in kept[0] and "arithmetic_exact" not in kept[0]
     overlap = list(csv.DictReader((tmp_path / "compare" / "overlap.csv").open()))
     assert {r["transcoder"] for r in overlap} == {"clt", "plt"}
     assert 0.0 <= c["influence_share_in_circuit"] <= 1.0

@@ -86,7 +86,12 @@ def test_stability_flags_labels_and_influence_share(tmp_path):
     heat = np.random.default_rng(0).normal(size=(2, 97, 100))
     ra = _fake_run(tmp_path, "a", a, rows, heat)
     rb = _fake_run(tmp_path, "bb", b, [dict(rows[1], rank=1)], heat[1:])
+    (ra / "compare").mkdir()
+    (ra / "compare" / "feature_generalisation.csv").write_text(
+        "feature,hanna,descending\nL1/5,1.0,-0.5\nL0/2,0.9,-0.8\n")
     summary = write_stability({0: ra, 1: rb}, tmp_path / "stability", threshold=0.9)
+    gen = pd.read_csv(tmp_path / "stability" / "feature_generalisation_stable.csv")
+    assert gen["feature"].tolist() == ["L0/2"] and gen["descending"].tolist() == [-0.8]
     stable = pd.read_csv(tmp_path / "stability" / "stable_features.csv")
     s0 = stable[stable["seed"] == 0].set_index("feature")
     assert not s0.loc["L1/5", "stable"] and s0.loc["L0/2", "stable"]

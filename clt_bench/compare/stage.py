@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit
 from clt_bench.baseline.patching import model_device
 from clt_bench.compare.curve import replacement_pd
+from clt_bench.compare.generalisation import generalisation, write_generalisation
 from clt_bench.compare.overlap import (
     FeatureSite,
     influence_share,
@@ -266,6 +268,18 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
     table, text = units_table(results, fc.curve_bootstrap, fc.curve_seed)
     write_text(out / "units_table.md", text)
     by_kind = {r["unit_kind"]: r for r in table}
+    fam_summary: dict[str, Any] = {}
+    if cfg.task.family_n > 0 and fc.family_features > 0:  # generalisation across prompt families
+        tcs = {k: (load_run_clt(r).to(model_device(loaded.bridge)))
+               for k, r in transcoder_runs(cfg, run_dir).items()}
+        fam_rows, kept = generalisation(
+            cfg, loaded, tcs, load_run_circuit(run_dir),
+            [tuple(f) for f in rank["features"][: fc.family_features]], cfg.task.family_n,
+            batch)
+        write_generalisation(fam_rows, kept, out, f"{loaded.name}: share of each top feature's "
+                             "PD contribution kept on each family")
+        fam_summary["families_median_feature_pd_kept"] = (
+            float(np.nanmedian(kept.to_numpy())) if kept.size else math.nan)
     side = transcoder_table(cfg, run_dir, overlaps, table, repl)
     write_text(out / "transcoders.csv", _csv(side))
     write_text(out / "transcoders.md", "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "
@@ -294,6 +308,7 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
         plt_primary = overlaps["plt"][0] if overlaps.get("plt") else {}
         summary["plt_influence_share_in_circuit"] = plt_primary.get("influence_share", math.nan)
         summary["plt_node_recall_mlp"] = plt_primary.get("mlp_recall", math.nan)
+    summary.update(fam_summary)
     write_json(out / "metrics.json", json_safe({
         **summary, "overlap": ov, "units_table": table, "units_definition": UNITS_DEFINITION,
         "units_top": {r.kind: [list(n) for n in r.names] for r in results},

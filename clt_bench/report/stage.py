@@ -87,7 +87,7 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
         "compare",
         "Transcoder features vs the circuit",
         ["*.png"],
-        ["transcoders.csv", "overlap.csv"],
+        ["transcoders.csv", "overlap.csv", "families.csv", "feature_generalisation.csv"],
         "How much of the features' influence lies inside the circuit's components, node overlap, "
         "and how many units (features vs neurons) recover the probability difference.",
     ),
@@ -95,7 +95,7 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
         "stability",
         "Stability across CLT seeds",
         ["heatmaps_stable.png"],
-        ["seeds.csv", "labels.csv", "metrics_over_seeds.csv"],
+        ["seeds.csv", "labels.csv", "feature_generalisation_stable.csv", "metrics_over_seeds.csv"],
         "Features of each seed's top set matched to every other seed by decoder direction (one-"
         "to-one per layer); a feature is stable when every match has cosine >= the threshold "
         "below. Label counts and headline metrics are mean +- sd over CLT seeds (a spread over "

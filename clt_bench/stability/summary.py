@@ -13,6 +13,9 @@ other seed has cosine >= ``threshold`` (0.9 by default; stated in the outputs). 
 - ``seeds.csv``: per seed, how many of its top-K are stable and their share of its top-K influence;
 - ``metrics_over_seeds.csv``: every numeric headline metric of the seed-dependent stages as
   mean +- sd over seeds (a spread over transcoder seeds, not a bootstrap over prompts);
+- ``feature_generalisation_stable.csv``: the rows of the reference seed's
+  ``compare/feature_generalisation.csv`` (its top features' PD contribution kept on each prompt
+  family) for the features that are stable;
 - ``heatmaps_stable.png``: the most influential stable features of the reference seed, each row
   one feature, each column its match in one seed;
 - ``stability.json`` (all of the above) and ``stability.md``.
@@ -245,6 +248,12 @@ def write_stability(
     ):
         write_text(out / f"{name}.csv", df.to_csv(index=False))
     fig = stable_heatmaps(runs, stable, out / "heatmaps_stable.png", n_heatmaps)
+    gen = runs[0].run_dir / "compare" / "feature_generalisation.csv"
+    if gen.is_file():  # the reference seed's top features across prompt families: stable ones
+        ref = stable[stable["seed"] == runs[0].seed].set_index("feature")["stable"]
+        table = pd.read_csv(gen)
+        table = table[table["feature"].map(ref).fillna(False).astype(bool)]
+        write_text(out / "feature_generalisation_stable.csv", table.to_csv(index=False))
     summary = {
         "seeds": [r.seed for r in runs],
         "threshold": threshold,

@@ -1,0 +1,148 @@
+"""Does the picture generalise across prompt families? (``compare/families.csv`` and
+``compare/feature_generalisation.csv``)
+
+For every template and family of the task file (Hanna et al.'s generalisation variants, each with
+its own counterfactual and relation; ``clt_bench.task.families``), on ``task.family_n`` prompts:
+
+- the model's PD (as in ``task/families.csv``) and the run's circuit's **component-level
+  faithfulness** on the family: PD with every node outside the circuit patched from the family's
+  own counterfactual prompts, over the model's PD (the circuit's positions are the family's YY
+  and END tokens);
+- each transcoder's **replacement PD** (every MLP replaced, no error terms) over the model's PD;
+- for the top ``n_features`` features of the run (by influence on the main template), the
+  **fraction of their PD contribution they keep**: their mean first-order contribution to the
+  family's PD (its own relation: for an ``lt`` family a greater-than feature's contribution is
+  negative) over their contribution on the main template.
+
+Families with the ``exact`` relation are listed with a note: the feature attributions and the
+patching readout score ``gt``/``lt`` relations only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from clt_bench.baseline.circuits import Circuit
+from clt_bench.baseline.faithfulness import patch_circuits
+from clt_bench.baseline.patching import PatchContext
+from clt_bench.baseline.readout import metrics_of
+from clt_bench.clt.model import CrossLayerTranscoder
+from clt_bench.compare.curve import replacement_pd
+from clt_bench.config import RunConfig
+from clt_bench.errors import UserError
+from clt_bench.features.attribution import per_feature_sums, task_attributions
+from clt_bench.io import write_text
+from clt_bench.models import LoadedModel
+from clt_bench.plots import plt, save_figure
+from clt_bench.task.dataset import TaskBatch, build_dataset
+from clt_bench.task.families import FULL
+from clt_bench.task.spec import load_task
+
+log = logging.getLogger(__name__)
+
+
+def family_batches(cfg: RunConfig, loaded: LoadedModel, n: int) -> dict[str, TaskBatch | str]:
+    """Each template/family's prompts (balanced over YY, as in task/families.csv), or the reason
+    it cannot be built."""
+    spec = load_task(cfg.task.task)
+    out: dict[str, TaskBatch | str] = {}
+    for name in spec.all_templates():
+        try:
+            batch = build_dataset(
+                spec, loaded.tokenizer, "discovery", name, n=max(n, FULL), seed=cfg.task.seed
+            )
+        except UserError as err:
+            out[name] = str(err)
+            continue
+        if n < FULL:
+            batch = batch.subset(np.linspace(0, FULL - 1, n).round().astype(int).tolist())
+        out[name] = batch
+    return out
+
+
+def _contributions(
+    loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch, keys: np.ndarray
+) -> np.ndarray:
+    att = task_attributions(loaded.bridge, clt, batch, heatmap_mode="direct", progress=False)
+    return per_feature_sums(att, keys)["pd"]
+
+
+def generalisation(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    transcoders: dict[str, CrossLayerTranscoder],
+    circuit: Circuit | None,
+    features: list[tuple[int, int]],
+    n: int,
+    reference: TaskBatch,
+) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """(one row per family, [features x families] fraction of PD contribution kept)."""
+    main = transcoders[cfg.clt.kind]
+    F = main.spec.n_features
+    keys = np.array([layer * F + fid for layer, fid in features], dtype=np.int64)
+    ref = _contributions(loaded, main, reference, keys) if len(keys) else np.zeros(0)
+    rows: list[dict[str, Any]] = []
+    kept: dict[str, np.ndarray] = {}
+    for name, batch in family_batches(cfg, loaded, n).items():
+        row: dict[str, Any] = {"family": name}
+        if isinstance(batch, str):
+            rows.append({**row, "note": batch})
+            continue
+        row.update(relation=batch.relation, n=len(batch))
+        if batch.relation == "exact":
+            rows.append({**row, "note": "exact relation: not scored by attributions/patching"})
+            continue
+        repl = {k: replacement_pd(loaded.bridge, t, batch) for k, t in transcoders.items()}
+        model_pd = next(iter(repl.values()))["model_prob_diff"] if repl else math.nan
+        row["model_prob_diff"] = model_pd
+        for kind, r in repl.items():
+            row[f"{kind}_replacement_pd_ratio"] = r["replacement_pd_ratio"]
+        if circuit is not None:
+            ctx = PatchContext.build(loaded.bridge, batch, "clean", cfg.baseline.batch_size)
+            circ = metrics_of(
+                patch_circuits(ctx, [circuit], complement=True)[0], batch.yy, batch.relation
+            )
+            row["circuit_prob_diff"] = circ["prob_diff"]
+            row["faithfulness_components_ratio"] = (
+                circ["prob_diff"] / model_pd if model_pd else math.nan
+            )
+        if len(keys):
+            frac = _contributions(loaded, main, batch, keys) / np.where(ref == 0, np.nan, ref)
+            kept[name] = frac
+            row["median_feature_pd_kept"] = float(np.nanmedian(frac))
+        rows.append(row)
+    names = [f"L{layer}/{fid}" for layer, fid in features]
+    table = pd.DataFrame(kept, index=names)
+    return rows, table
+
+
+def write_generalisation(
+    rows: list[dict[str, Any]], table: pd.DataFrame, out: Path, title: str
+) -> list[Path]:
+    """``families.csv``, ``feature_generalisation.csv`` and the features x families heatmap."""
+    paths = [
+        write_text(out / "families.csv", pd.DataFrame(rows).to_csv(index=False)),
+        write_text(out / "feature_generalisation.csv", table.to_csv(index_label="feature")),
+    ]
+    if table.size:
+        fig, ax = plt.subplots(figsize=(1.0 + 0.5 * table.shape[1], 1.5 + 0.28 * table.shape[0]))
+        sns.heatmap(
+            table.clip(-1.5, 1.5),
+            ax=ax,
+            cmap="RdBu_r",
+            vmin=-1.5,
+            vmax=1.5,
+            center=0,
+            cbar_kws={"label": "PD contribution on the family / on the main template"},
+        )
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        paths.append(save_figure(fig, out / "feature_generalisation.png"))
+    return paths
