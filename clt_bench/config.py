@@ -75,6 +75,10 @@ class ActivationsConfig:
     text_field: str = "text"
     split: str = "train"
     dtype: str = "float32"  # storage dtype of cached activations: float32 | float16 | bfloat16
+    # leave position 0 of every row out of training (and out of `nmse`/`l0`/`dead_fraction`):
+    # GPT-2's position-0 residuals are outliers (hundreds of times the norm of other positions);
+    # the replacement model then keeps the model's own MLP output at position 0
+    exclude_bos: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class CLTConfig:
     parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when run under torchrun
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     load: str = ""  # path to an existing circuit-tracer CLT/PLT directory (skip training)
+    # training arithmetic: fp32 | tf32 (fp32 weights, TF32 matmuls on CUDA) | bf16 (autocast:
+    # bf16 matmuls, fp32 master weights, loss and metrics); the saved CLT is fp32 either way
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

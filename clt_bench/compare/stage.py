@@ -145,7 +145,7 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
     ranking = [(int(a), int(b)) for a, b in rank["extended"]]
     sites = [FeatureSite(int(a), p) for (a, _), p in zip(rank["features"], rank["positions"],
                                                           strict=True)]
-    clt = load_run_clt(run_dir)
+    clt = load_run_clt(run_dir, device=loaded.device)
     batch = task_prompts(cfg, loaded)
     circuits = circuits_to_compare(run_dir, loaded.n_layers, int(loaded.bridge.cfg.n_heads))
     ov = overlap_rows(sites, rank["write_effects"], circuits)
@@ -170,7 +170,7 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
                       "PD with all": float(neurons[-1]["fraction_of_model_pd"])})
     plt_row: dict[str, Any] | None = None
     if (run_dir / "plt" / "config.yaml").is_file():
-        plt_clt = load_run_clt(run_dir, "plt")
+        plt_clt = load_run_clt(run_dir, "plt", device=loaded.device)
         att = task_attributions(loaded.bridge, plt_clt, batch, fc.prompts_per_pass,
                                 progress=progress)
         keys, _ = influence_ranking(att)
