@@ -24,6 +24,8 @@ set -u
 OUT=${OUT:?set OUT to a writable folder}
 DEVICE=${DEVICE:-cuda}
 BUDGET=${GPU_CHECK_BUDGET:-360}
+# step limits are multiplied by this (a CPU smoke test on a busy machine needs far longer)
+if [ "$DEVICE" = "cpu" ]; then SCALE=${TIMEOUT_SCALE:-10}; else SCALE=${TIMEOUT_SCALE:-1}; fi
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 if [ "$DEVICE" != "cpu" ] && [ -f .gpu/gpu-env.sh ]; then
@@ -38,7 +40,7 @@ SUMMARY="$OUT/summary.txt"
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
 step() {  # step NAME TIMEOUT_S CMD...: run CMD under timeout, log to $OUT/NAME.log
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * SCALE))
     shift 2
     local t=$SECONDS
     timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
@@ -57,7 +59,8 @@ EOF
 
 if [ "$DEVICE" = "cpu" ]; then  # tiny settings: only checks that every step runs through
     TRAIN_SETS=(--set clt.n_features=64 --set activations.shuffle_buffer=4096
-                --set clt.batch_tokens=512 --set clt.norm_batches=2)
+                --set clt.batch_tokens=512 --set clt.norm_batches=2
+                --set activations.eval_tokens=512 --set clt.eval_tokens=128)
     TOY_SETS=(--set clt.n_steps=30 --set activations.n_tokens=20000 --set graphs.n_prompts=4
               --set features.top_k=4 --set features.n_plots=1 --set features.curve_dense=3
               --set baseline.n_examples=12 --set baseline.discovery_examples=8
@@ -117,6 +120,7 @@ grep -h "finished in" "$OUT"/toy-run*.log 2>/dev/null | tee -a "$SUMMARY"
 if [ -f benchmarks/bench_gpu.py ]; then
     left=$((BUDGET - (SECONDS - T0)))
     [ "$left" -lt 60 ] && left=60
+    left=$((left / SCALE))
     if [ "$DEVICE" = "cpu" ]; then
         step bench-gpu "$left" $PY benchmarks/bench_gpu.py --device cpu --tiny
     else
