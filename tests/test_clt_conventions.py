@@ -248,3 +248,20 @@ def test_cuda_training_and_replacement_match_cpu(tmp_path):
     gpu = train_clt(small_cfg(), src, L, D, tmp_path / "gpu", device="cuda")
     assert gpu.clt.W_enc.device.type == "cuda"
     assert torch.allclose(gpu.clt.W_enc.cpu(), cpu.clt.W_enc, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_bf16_toy_clt_matches_the_fp32_reference_within_its_seed_tolerance(tmp_path):
+    """The toy default CLT trained with bf16 autocast (~5 min on 2 cores) lands within the
+    tolerances of the fp32 reference (mean over 3 CLT seeds +- max(3 std, floors))."""
+    import json
+    from pathlib import Path
+
+    ref = json.loads((Path(__file__).parents[1] / "results/reference/toy.json").read_text())
+    code = main(["train-clt", "--set", 'clt.precision="bf16"', "--out", str(tmp_path)])
+    assert code == 0
+    m = json.loads((tmp_path / "clt" / "metrics.json").read_text())
+    assert m["precision"] == "bf16"
+    for key in ("nmse", "l0", "replacement_top1_agreement"):
+        want = ref["metrics"][f"clt.{key}"]
+        assert abs(m[key] - want["value"]) <= want["abs_tol"], (key, m[key], want)
