@@ -229,6 +229,10 @@ class ActivationsConfig:
     text_field: str = "text"
     split: str = "train"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # cached activations' dtype
+    # leave position 0 of every row out of training (and out of `nmse`/`l0`/`dead_fraction`):
+    # GPT-2's position-0 residuals are outliers (hundreds of times the norm of other positions);
+    # the replacement model then keeps the model's own MLP output at position 0
+    exclude_bos: bool = False
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,9 @@ class CLTConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard, under torchrun
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     load: str = ""  # path to an existing circuit-tracer CLT/PLT directory (skip training)
+    # training arithmetic: fp32 | tf32 (fp32 weights, TF32 matmuls on CUDA) | bf16 (autocast:
+    # bf16 matmuls, fp32 master weights, loss and metrics); the saved CLT is fp32 either way
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def graphs(ctx: RunContext) -> dict[str, Any]:
     from clt_bench.graphs.stage import run_graphs_stage
     from clt_bench.task.stage import load_task_batch
 
-    clt_model = load_clt(ctx.run_dir / "clt")
+    clt_model = load_clt(ctx.run_dir / "clt", ctx.model.device)
     batch = load_task_batch(ctx.cfg, ctx.model)
     out = run_graphs_stage(ctx.cfg, ctx.model, clt_model, batch, ctx.run_dir)
     summary = _numbers(

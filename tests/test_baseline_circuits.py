@@ -76,7 +76,7 @@ def test_malformed_circuits(bad):
 
 
 def test_cli_circuit_with_missing_head_exits_2(capsys, tmp_path, monkeypatch):
-    from conftest import tiny_bridge
+    from helpers import tiny_bridge
 
     import clt_bench.models as models
     from clt_bench.cli import main

@@ -28,7 +28,7 @@ SETTINGS = settings(max_examples=4, deadline=None,
 
 @pytest.fixture(scope="module")
 def ctx(task_spec, tokenizer) -> PatchContext:
-    from conftest import tiny_bridge
+    from helpers import tiny_bridge
 
     bridge = tiny_bridge(n_layer=N_LAYERS, n_head=N_HEADS, n_embd=32, seed=3)
     for p in bridge.parameters():

@@ -19,7 +19,7 @@ SMALL = ["baseline.n_examples=12", "baseline.discovery_examples=8", "baseline.n_
 
 
 def test_stage_outputs_on_tiny_model(tmp_path, tokenizer):
-    from conftest import tiny_bridge
+    from helpers import tiny_bridge
 
     bridge = tiny_bridge(n_layer=2, n_head=2, seed=1)
     loaded = LoadedModel("tiny", bridge, tokenizer)

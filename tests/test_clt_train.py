@@ -124,7 +124,7 @@ def _write_corpus(path: Path) -> None:
 
 
 def tiny_loaded(n_layer: int = 2):
-    from conftest import tiny_bridge
+    from helpers import tiny_bridge
 
     from clt_bench.models import LoadedModel
     from clt_bench.models.tokenizer import gpt2_tokenizer

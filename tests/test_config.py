@@ -87,6 +87,7 @@ BAD: dict[str, str] = {
     "clt.eval_tokens": "0",
     "clt.parallel": '"tp"',
     "clt.threads": "-1",
+    "clt.precision": '"fp16"',
     "clt.load": '"/no/such/clt/dir"',
     "graphs.node_threshold": "2",
     "graphs.edge_threshold": "0",

@@ -22,8 +22,12 @@ def hook_names(n_layers: int) -> tuple[list[str], list[str]]:
 
 @torch.no_grad()
 def extract_activations(bridge: TransformerBridge, rows: TokenRows,
-                        dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows -> (resid_mid [n, L, d], mlp_out [n, L, d]) at the n real (unmasked) tokens."""
+                        dtype: torch.dtype = torch.float32, exclude_bos: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (resid_mid [n, L, d], mlp_out [n, L, d]) at the n real (unmasked) tokens.
+
+    ``exclude_bos`` leaves out position 0 of every row (``activations.exclude_bos``).
+    """
     n_layers = int(bridge.cfg.n_layers)
     ins, outs = hook_names(n_layers)
     store: dict[str, torch.Tensor] = {}
@@ -42,6 +46,9 @@ def extract_activations(bridge: TransformerBridge, rows: TokenRows,
         hooks = [(n, capture(n)) for n in ins + outs]
         bridge.run_with_hooks(rows.tokens.to(device), fwd_hooks=hooks)
     mask = rows.mask.to(device)
+    if exclude_bos:
+        mask = mask.clone()
+        mask[:, 0] = False
     x = torch.stack([store[n][mask] for n in ins], dim=1).to(dtype)
     y = torch.stack([store[n][mask] for n in outs], dim=1).to(dtype)
     return x, y

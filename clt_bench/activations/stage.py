@@ -128,7 +128,8 @@ def run_activations_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Pa
             n = sum(r.n_tokens for r in rows)
             n_shards, n_train = s + 1, n_train + n
             if s % world == rank:
-                parts = [extract_activations(loaded.bridge, r, dtype) for r in rows]
+                parts = [extract_activations(loaded.bridge, r, dtype, a.exclude_bos)
+                         for r in rows]
                 save_tensors(stage / f"shard_{s:05d}.safetensors",
                              {"resid_mid": torch.cat([p[0] for p in parts]).cpu(),
                               "mlp_out": torch.cat([p[1] for p in parts]).cpu()})
@@ -173,4 +174,4 @@ def training_source(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path
         return CachedBlocks(paths, window, a.seed)
     dtype = store_dtype(cfg)
     return StreamBlocks(lambda: training_rows(cfg, loaded), a.n_tokens, a.shuffle_buffer,
-                        lambda r: extract_activations(loaded.bridge, r, dtype))
+                        lambda r: extract_activations(loaded.bridge, r, dtype, a.exclude_bos))

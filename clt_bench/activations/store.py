@@ -69,6 +69,10 @@ class StreamBlocks:
                  buffer_tokens: int, extract: Callable[[TokenRows], Block]) -> None:
         self.rows_fn, self.n_tokens, self.buffer = rows_fn, n_tokens, buffer_tokens
         self.extract = extract
+        # the last block computed: the initialisation reads block 0 and training starts with it,
+        # so keeping it saves one block of model forwards at start-up (blocks do not depend on
+        # the epoch)
+        self._last: tuple[int, Block] | None = None
 
     def blocks(self, epoch: int, start: int = 0) -> Iterator[tuple[int, Block]]:
         rows = take_tokens(self.rows_fn(), self.n_tokens)
@@ -78,14 +82,19 @@ class StreamBlocks:
             count += r.n_tokens
             if count >= self.buffer:
                 if b >= start:
-                    yield b, self._compute(pending)
+                    yield b, self._compute(b, pending)
                 b, pending, count = b + 1, [], 0
         if pending and b >= start:
-            yield b, self._compute(pending)
+            yield b, self._compute(b, pending)
 
-    def _compute(self, rows: list[TokenRows]) -> Block:
+    def _compute(self, b: int, rows: list[TokenRows]) -> Block:
+        if self._last is not None and self._last[0] == b:
+            return self._last[1]
+        self._last = None  # no second block held while the next one is computed
         parts = [self.extract(r) for r in rows]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        block = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        self._last = (b, block)
+        return block
 
 
 def iter_batches(source: CachedBlocks | StreamBlocks, batch_tokens: int, seed: int,

@@ -21,11 +21,12 @@ def run(args: argparse.Namespace) -> int:
     from clt_bench.cli import config_from_args, out_dir
     from clt_bench.clt import distributed as D
     from clt_bench.clt.stage import format_clt_table, run_clt_stage, set_threads
-    from clt_bench.models import load_model
+    from clt_bench.models import check_device, load_model
 
     if args.load:
         args.overrides = [*args.overrides, f'clt.load="{args.load}"']
     cfg = config_from_args(args)
+    check_device(cfg.model.device)
     preflight(cfg)
     set_threads(cfg.clt.threads)
     info = D.setup(cfg.model.device)

@@ -2,8 +2,9 @@
 
 CLT directory (``model_kind: cross_layer_transcoder``): ``config.yaml`` and per layer i
 ``W_enc_{i}.safetensors`` holding W_enc_i [F, d], b_enc_i [F], b_dec_i [d], threshold_i [F]
-(JumpReLU; we also keep log_threshold_i so a round trip is bit-exact, and W_skip_i [d, d] if
-there is a skip connection) and ``W_dec_{i}.safetensors`` holding W_dec_i [F, L - i, d].
+(JumpReLU, and BatchTopK's learned inference threshold; we also keep log_threshold_i so a round
+trip is bit-exact, and W_skip_i [d, d] if there is a skip connection) and
+``W_dec_{i}.safetensors`` holding W_dec_i [F, L - i, d].
 
 Transcoder set (``model_kind: transcoder_set``): ``config.yaml`` with a ``transcoders`` list of
 per-layer files (relative paths), each holding W_enc [d, F], W_dec [F, d], b_enc [F], b_dec [d],
@@ -53,7 +54,7 @@ def save_clt(clt: CrossLayerTranscoder, path: str | Path) -> Path:
     path = Path(path)
     clt = _folded(clt)
     spec = clt.spec
-    jump = spec.activation == "jumprelu"
+    jump = spec.activation in ("jumprelu", "batchtopk")  # BatchTopK: its inference threshold
     if spec.cross_layer:
         for i in range(spec.n_layers):
             enc = {f"W_enc_{i}": clt.W_enc[i], f"b_enc_{i}": clt.b_enc[i],
@@ -161,8 +162,9 @@ def _load_set(path: Path, cfg: dict[str, Any]) -> CrossLayerTranscoder:
     return clt
 
 
-def load_clt(path: str | Path) -> CrossLayerTranscoder:
-    """Load a circuit-tracer CLT directory or per-layer transcoder set (see module docstring)."""
+def load_clt(path: str | Path, device: str | torch.device = "cpu") -> CrossLayerTranscoder:
+    """Load a circuit-tracer CLT directory or per-layer transcoder set (see module docstring)
+    onto ``device`` (pass the model's, ``LoadedModel.device``), in eval mode."""
     path = Path(path)
     cfg_path = path / "config.yaml"
     if not cfg_path.is_file():
@@ -183,7 +185,10 @@ def load_clt(path: str | Path) -> CrossLayerTranscoder:
         raise UserError(f"{cfg_path}: unknown model_kind '{kind}' "
                         f"(known: cross_layer_transcoder, transcoder_set).")
     _validate(clt, cfg, path)
-    return clt.requires_grad_(False)
+    if clt.spec.activation == "batchtopk" and not _has_threshold(path, cfg, clt.spec.cross_layer):
+        raise UserError(f"the BatchTopK transcoder at {path} has no learned threshold "
+                        f"(threshold_i); clt-bench runs BatchTopK at inference with it.")
+    return clt.to(device).eval().requires_grad_(False)
 
 
 def _validate(clt: CrossLayerTranscoder, cfg: dict[str, Any], path: Path) -> None:
@@ -209,3 +214,12 @@ def check_fits(clt: CrossLayerTranscoder, n_layers: int, d_model: int, where: st
     if (clt.n_layers, clt.spec.d_model) != (n_layers, d_model):
         raise UserError(f"the CLT at {where} has {clt.n_layers} layers x d_model "
                         f"{clt.spec.d_model}; the model has {n_layers} x {d_model}.")
+
+
+def _has_threshold(path: Path, cfg: dict[str, Any], cross: bool) -> bool:
+    from safetensors import safe_open
+
+    first = path / "W_enc_0.safetensors" if cross else path / str(cfg["transcoders"][0])
+    with safe_open(str(first), framework="pt") as f:
+        keys = set(f.keys())
+    return bool(keys & {"threshold_0", "log_threshold_0", "threshold", "log_threshold"})

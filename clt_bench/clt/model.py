@@ -104,6 +104,11 @@ class CrossLayerTranscoder(nn.Module):
         # normalisation: x_norm = x * input_scale[l]; y = y_norm / output_scale[l]  (1 = folded)
         self.register_buffer("input_scale", torch.ones(L, dtype=dtype))
         self.register_buffer("output_scale", torch.ones(L, dtype=dtype))
+        # BatchTopK in training mode: the k*B-th largest value of each layer per call, for the
+        # trainer's running threshold (``pop_batch_kth``)
+        self._batch_kth: list[torch.Tensor] = []
+        # built for inference (BatchTopK uses its learned threshold); the trainer calls .train()
+        self.eval()
 
     # ----- structure -------------------------------------------------------------------------
     @property
@@ -129,8 +134,17 @@ class CrossLayerTranscoder(nn.Module):
         return torch.einsum("...ld,lfd->...lf", x, self.W_enc) + self.b_enc
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
-        """[..., L, F] pre-activations -> feature activations."""
+        """[..., L, F] pre-activations -> feature activations.
+
+        BatchTopK has one inference rule: in eval mode (the default) a feature fires when its
+        pre-activation exceeds the layer's threshold learned in training (a running mean of the
+        batch-wide k*B-th largest value, Bussmann et al. 2024), per token, whatever the batch;
+        only in training mode does it keep the top k*B of the batch (like BatchNorm's batch vs
+        running statistics).
+        """
         kind = self.spec.activation
+        if kind == "batchtopk" and not self.training:
+            return h * (h > self.threshold)
         if kind == "relu":
             return torch.relu(h)
         if kind == "jumprelu":
@@ -145,8 +159,17 @@ class CrossLayerTranscoder(nn.Module):
         k = min(self.spec.k * B, B * h.shape[-1])
         per_layer = flat.transpose(0, 1).reshape(h.shape[-2], -1)  # [L, B*F]
         vals, idx = per_layer.topk(k, dim=-1)
+        self._batch_kth.append(vals[:, -1].detach().float())  # [L] this batch's cut per layer
         kept = torch.zeros_like(per_layer).scatter(-1, idx, vals)
         return kept.reshape(h.shape[-2], B, h.shape[-1]).transpose(0, 1).reshape(h.shape)
+
+    def pop_batch_kth(self) -> torch.Tensor | None:
+        """[L] the BatchTopK cut of each layer recorded since the last call (None if none)."""
+        if not self._batch_kth:
+            return None
+        out = torch.cat(self._batch_kth)
+        self._batch_kth.clear()
+        return out
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[..., L, d] resid_mid -> [..., L, F] feature activations."""

@@ -19,8 +19,12 @@ from clt_bench.clt.model import CrossLayerTranscoder
 Hook = tuple[str, Callable]
 
 
-def replacement_hooks(clt: CrossLayerTranscoder) -> list[Hook]:
-    """Forward hooks [(hook name, fn)] that swap every MLP output for the CLT's reconstruction."""
+def replacement_hooks(clt: CrossLayerTranscoder, keep_first: bool = False) -> list[Hook]:
+    """Forward hooks [(hook name, fn)] that swap every MLP output for the CLT's reconstruction.
+
+    ``keep_first``: position 0 keeps the model's own MLP outputs (a CLT trained with
+    ``activations.exclude_bos`` never saw position 0, so it does not replace it there).
+    """
     L = clt.n_layers
     acts: dict[int, torch.Tensor] = {}
     resid: dict[int, torch.Tensor] = {}
@@ -45,6 +49,8 @@ def replacement_hooks(clt: CrossLayerTranscoder) -> list[Hook]:
                 out = out + (resid[layer].to(out.dtype) * clt.input_scale[layer]) @ \
                     clt.W_skip[layer]
             out = out / clt.output_scale[layer]
+            if keep_first:
+                out = torch.cat([y[:, :1].to(out.dtype), out[:, 1:]], dim=1)
             if layer == L - 1:
                 acts.clear()
                 resid.clear()
@@ -59,9 +65,10 @@ def replacement_hooks(clt: CrossLayerTranscoder) -> list[Hook]:
 
 
 def _activate_layer(clt: CrossLayerTranscoder, pre: torch.Tensor, layer: int) -> torch.Tensor:
-    """Layer ``layer``'s activation function on pre [..., F] (BatchTopK keeps k per token here)."""
+    """Layer ``layer``'s inference activation on pre [..., F] (BatchTopK: the learned threshold,
+    as ``CrossLayerTranscoder.activate`` in eval mode)."""
     kind = clt.spec.activation
-    if kind == "jumprelu":
+    if kind in ("jumprelu", "batchtopk"):
         return pre * (pre > clt.threshold[layer])
     if kind == "relu":
         return torch.relu(pre)
@@ -70,27 +77,38 @@ def _activate_layer(clt: CrossLayerTranscoder, pre: torch.Tensor, layer: int) ->
     return torch.zeros_like(pre).scatter(-1, idx, vals)
 
 
-def zero_mlp_hooks(n_layers: int) -> list[Hook]:
-    """Hooks that zero-ablate every MLP output (the CE-loss-recovered baseline)."""
-    return [(f"blocks.{layer}.hook_mlp_out", lambda y, hook=None: torch.zeros_like(y))
-            for layer in range(n_layers)]
+def zero_mlp_hooks(n_layers: int, keep_first: bool = False) -> list[Hook]:
+    """Hooks that zero-ablate every MLP output (the CE-loss-recovered baseline); ``keep_first``
+    leaves position 0 alone, like ``replacement_hooks``."""
+    def zero(y: torch.Tensor, hook=None) -> torch.Tensor:
+        out = torch.zeros_like(y)
+        if keep_first:
+            out[:, :1] = y[:, :1]
+        return out
+
+    return [(f"blocks.{layer}.hook_mlp_out", zero) for layer in range(n_layers)]
 
 
 @torch.no_grad()
 def agreement_metrics(bridge: TransformerBridge, clt: CrossLayerTranscoder, rows: TokenRows,
-                      batch_size: int = 32) -> dict[str, float]:
+                      batch_size: int = 32, keep_first: bool = False) -> dict[str, float]:
     """Top-1 agreement, KL(original || replacement) and CE-loss recovered at real tokens.
 
     CE is next-token loss at positions whose next token is real; top-1 / KL use every real token.
+    ``keep_first``: position 0 keeps the model's MLP outputs in both the replacement and the
+    zero-ablation run (see ``replacement_hooks``) and is left out of every average.
     """
     device = next(bridge.parameters()).device
-    hooks = replacement_hooks(clt)
-    zero = zero_mlp_hooks(clt.n_layers)
+    hooks = replacement_hooks(clt, keep_first)
+    zero = zero_mlp_hooks(clt.n_layers, keep_first)
     n_tok = n_next = 0
     agree = kl = ce_orig = ce_rep = ce_zero = 0.0
     for i in range(0, rows.tokens.shape[0], batch_size):
         tokens = rows.tokens[i : i + batch_size].to(device)
         mask = rows.mask[i : i + batch_size].to(device)
+        if keep_first:
+            mask = mask.clone()
+            mask[:, 0] = False
         lo = bridge(tokens).float().log_softmax(-1)
         lr = bridge.run_with_hooks(tokens, fwd_hooks=hooks).float().log_softmax(-1)
         lz = bridge.run_with_hooks(tokens, fwd_hooks=zero).float().log_softmax(-1)

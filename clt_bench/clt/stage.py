@@ -47,7 +47,7 @@ def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
     data_cfg = with_section(cfg, "activations", mode="stream") if cfg.clt.load else cfg
     manifest = run_activations_stage(data_cfg, loaded, out_dir)
     if cfg.clt.load:
-        clt = load_clt(cfg.clt.load).to(device)
+        clt = load_clt(cfg.clt.load, device)
         if (clt.n_layers, clt.spec.d_model) != (loaded.n_layers, loaded.d_model):
             raise UserError(f"the CLT at {cfg.clt.load} has {clt.n_layers} layers x "
                             f"d_model {clt.spec.d_model}; the model has {loaded.n_layers} x "
@@ -56,12 +56,17 @@ def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
                                  "tokens_per_second": float("nan"), "loaded_from": cfg.clt.load}
     else:
         source = training_source(cfg, loaded, out_dir)
-        result = train_clt(cfg, source, loaded.n_layers, loaded.d_model, stage, device, info)
+        result = train_clt(cfg, source, loaded.n_layers, loaded.d_model, stage, device, info,
+                           loaded_at=loaded.loaded_at or None)
         clt = result.clt
+        late = float((result.fired == 0).double().mean()) if result.fired_tokens else float("nan")
         train = {"train_tokens": result.tokens, "train_seconds": round(result.seconds, 3),
                  "steps": result.steps,
                  "tokens_per_second": result.tokens / max(result.seconds, 1e-9),
-                 "dead_fraction_train": float((result.fired == 0).double().mean()),
+                 # never fired on the training batches of the last 10 % of the steps
+                 "dead_fraction_late_training": late,
+                 "dead_fraction_late_training_tokens": result.fired_tokens,
+                 "precision": cfg.clt.precision,
                  "world_size": info.world, "parallel": cfg.clt.parallel if info.enabled else "none"}
     clt.eval().requires_grad_(False)
     clt.fold_normalisation()
@@ -91,7 +96,8 @@ def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
 
 
 def format_clt_table(m: dict[str, Any]) -> str:
-    keys = ["nmse", "l0", "dead_fraction", "replacement_top1_agreement", "kl",
+    keys = ["nmse", "nmse_with_position_0", "nmse_without_position_0", "l0", "dead_fraction",
+            "dead_fraction_tokens", "replacement_top1_agreement", "kl",
             "ce_loss_recovered", "model_prob_diff", "replacement_prob_diff", "train_tokens",
             "train_seconds", "tokens_per_second"]
     width = max(len(k) for k in keys)

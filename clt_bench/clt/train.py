@@ -4,10 +4,12 @@ atomic checkpoints with exact resume, NaN/inf guard, tqdm progress and a JSONL m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,13 @@ from clt_bench.io import write_text
 
 log = logging.getLogger(__name__)
 KINDS = ("clt", "plt")
+PRECISIONS = ("fp32", "tf32", "bf16")
+# BatchTopK's inference threshold: running mean of each layer's batch-wide k*B-th largest value
+# with this decay (about the last 100 steps); see CrossLayerTranscoder.activate
+BATCHTOPK_EMA = 0.99
+INIT_TOKENS = 8192  # tokens the data-dependent initialisation reads
+# training-time dead fraction: features that never fired over this last fraction of the steps
+LATE_FRACTION = 0.1
 
 
 @dataclass
@@ -41,8 +50,9 @@ class TrainResult:
     steps: int
     tokens: int  # global tokens trained on
     seconds: float  # training wall time (all sessions of a resumed run together)
-    fired: torch.Tensor  # [L, F] how often each feature fired during training
+    fired: torch.Tensor  # [L, F] how often each feature fired in the last LATE_FRACTION of steps
     log_path: Path
+    fired_tokens: int = 0  # global tokens ``fired`` was counted over
 
 
 def build_clt(c: CLTConfig, n_layers: int, d_model: int) -> CrossLayerTranscoder:
@@ -72,6 +82,43 @@ def lambda_s_at(step: int, c: CLTConfig) -> float:
     return c.lambda_s if ramp <= 0 else c.lambda_s * min(1.0, step / ramp)
 
 
+@contextlib.contextmanager
+def precision_context(precision: str, device: str) -> Iterator[None]:
+    """The arithmetic of the training forward for ``clt.precision`` (see CLTConfig).
+
+    bf16 autocasts the matmuls; weights stay fp32 (AdamW updates fp32 master weights) and the
+    loss, its per-layer MSE and the statistics come out in fp32 (the fp32 decoder bias promotes
+    every sum). tf32 allows TF32 matmuls on CUDA (CPUs have no TF32: same as fp32 there).
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown clt.precision '{precision}' (known: {', '.join(PRECISIONS)}).")
+    kind = torch.device(device).type
+    if precision == "bf16":
+        with torch.autocast(kind, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32" and kind == "cuda":
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
+    else:
+        yield
+
+
+@torch.no_grad()
+def update_batchtopk_threshold(clt: CrossLayerTranscoder, kth: torch.Tensor, first: bool,
+                               info: D.DistInfo) -> None:
+    """Fold this step's [L] batch-wide k*B-th values into the running threshold (log_threshold)."""
+    kth = D.all_reduce_mean(kth.to(clt.b_dec.device), info).clamp_min(1e-30)
+    if not first:
+        old = D.full(clt.log_threshold).exp()[:, 0].to(kth.device)
+        kth = BATCHTOPK_EMA * old + (1 - BATCHTOPK_EMA) * kth
+    value = kth.log()[:, None].expand(clt.n_layers, clt.spec.n_features).contiguous()
+    clt.log_threshold.copy_(D.like(clt.log_threshold, value))
+
+
 def train_key(cfg: RunConfig) -> str:
     """Hash of everything that changes the trained weights (not eval-only knobs)."""
     skip = {"threads": 0, "checkpoint_every": 0, "log_every": 0, "eval_tokens": 0, "load": ""}
@@ -91,8 +138,10 @@ def _initial_state(clt: CrossLayerTranscoder, source: CachedBlocks | StreamBlock
     s_in, s_out = estimate_scales(xs, ys)
     clt.input_scale.copy_(s_in)
     clt.output_scale.copy_(s_out)
-    initialise(clt, torch.cat(xs), torch.cat(ys), c.seed, c.threshold_init, c.init_rate,
-               c.dec_init_scale)
+    # the bias quantiles and b_dec from at most INIT_TOKENS tokens (the 5 % quantile's rate is
+    # then within +-0.25 %); the norm batches of the gpt2 preset hold 32,768
+    x, y = torch.cat(xs)[:INIT_TOKENS], torch.cat(ys)[:INIT_TOKENS]
+    initialise(clt, x, y, c.seed, c.threshold_init, c.init_rate, c.dec_init_scale)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -105,15 +154,23 @@ def _truncate_log(path: Path, step: int) -> None:
 
 def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int, d_model: int,
               stage_dir: Path, device: str = "cpu", info: D.DistInfo | None = None,
-              stop_after: int | None = None) -> TrainResult:
-    """Train (or resume) a CLT; ``stop_after`` ends early after that many steps (for tests)."""
+              stop_after: int | None = None, loaded_at: float | None = None) -> TrainResult:
+    """Train (or resume) a CLT; ``stop_after`` ends early after that many steps (for tests).
+
+    ``loaded_at`` (``time.perf_counter()`` when the model finished loading) enables the start-up
+    log line "first training step begins ... s after the model was loaded".
+    """
     c = cfg.clt
     info = info or D.DistInfo()
     if c.threads > 0:
         torch.set_num_threads(c.threads)
+    if c.precision not in PRECISIONS:
+        raise UserError(f"unknown clt.precision '{c.precision}' (known: {', '.join(PRECISIONS)}).")
     torch.manual_seed(c.seed)
     data_seed = cfg.activations.seed
-    clt = build_clt(c, n_layers, d_model)
+    # built on the training device: the data-dependent init then runs there too (on the CPU it
+    # took most of the ~100 s start-up at the gpt2 preset's shape)
+    clt = build_clt(c, n_layers, d_model).to(device)
     ckpt = stage_dir / "checkpoint.safetensors"
     log_path = stage_dir / "train_log.jsonl"
     key = train_key(cfg)
@@ -125,12 +182,15 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
         fired = tensors["fired"].clone()
         log.info("resuming CLT training from step %d (%s)", step, ckpt)
     else:
+        t_init = time.perf_counter()
         _initial_state(clt, source, c, data_seed)
+        log.info("CLT initialised from data in %.1f s", time.perf_counter() - t_init)
         if info.is_main:
             write_text(log_path, "")
     if info.is_main:
         _truncate_log(log_path, step)
-    clt = clt.to(device)
+    clt.train()
+    late_start = c.n_steps - max(1, math.ceil(LATE_FRACTION * c.n_steps))
     objective = TrainObjective(clt, c.lambda_p, c.tanh_c)
     model = D.wrap(objective, c.parallel, info, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -143,12 +203,24 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
     bar = tqdm(total=c.n_steps, initial=step, desc="train CLT", unit="step",
                disable=not info.is_main)
     t_start = time.perf_counter() - seconds
+    started = False
     while step < end:
         x, y, pos = next(batches)
+        if not started:
+            started = True
+            if loaded_at is not None:
+                log.info("first training step begins %.1f s after the model was loaded",
+                         time.perf_counter() - loaded_at)
         for g in opt.param_groups:
             g["lr"] = c.lr * lr_factor(step, c)
         lam = lambda_s_at(step, c)
-        loss, stats, fired_b = model(x.to(device), y.to(device), lam)
+        if step == late_start:
+            fired.zero_()  # count firing over the last LATE_FRACTION of training only
+        with precision_context(c.precision, device):
+            loss, stats, fired_b = model(x.to(device), y.to(device), lam)
+        kth = clt.pop_batch_kth()
+        if kth is not None:
+            update_batchtopk_threshold(clt, kth, step == 0, info)
         stats = D.all_reduce_mean(stats, info)
         if not bool(torch.isfinite(stats).all()):
             raise UserError(f"CLT training diverged at step {step}: the loss is "
@@ -183,7 +255,10 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
         out = build_clt(c, n_layers, d_model)
         out.load_state_dict({k: D.full(v).detach().cpu() for k, v in clt.state_dict().items()})
         out = out.to(device)
-    return TrainResult(out, step, step * c.batch_tokens, seconds, fired.cpu(), log_path)
+    out.eval()
+    late_tokens = max(0, step - late_start) * c.batch_tokens
+    return TrainResult(out, step, step * c.batch_tokens, seconds, fired.cpu(), log_path,
+                       late_tokens)
 
 
 def plot_curves(log_path: Path, png_path: Path) -> Path | None:

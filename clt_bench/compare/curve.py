@@ -14,13 +14,17 @@ from clt_bench.task.dataset import TaskBatch
 
 
 @torch.no_grad()
-def replacement_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch) -> dict[str, float]:
-    """PD of the model and of its replacement model (every MLP -> CLT, no errors) on ``batch``."""
+def replacement_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch, keep_first: bool = False
+                   ) -> dict[str, float]:
+    """PD of the model and of its replacement model (every MLP -> CLT, no errors) on ``batch``.
+
+    ``keep_first``: position 0 keeps the model's MLP outputs (a transcoder trained with
+    ``activations.exclude_bos`` never saw it; ``clt_bench.clt.replacement.replacement_hooks``)."""
     dev = next(bridge.parameters()).device
     tokens = batch.clean.to(dev)
     model = end_logits_via(bridge, lambda: bridge(tokens))
     repl = end_logits_via(bridge, lambda: bridge.run_with_hooks(
-        tokens, fwd_hooks=replacement_hooks(clt)))
+        tokens, fwd_hooks=replacement_hooks(clt, keep_first=keep_first)))
     pd_m = float(pd_of(model, batch.yy, batch).mean())
     pd_r = float(pd_of(repl, batch.yy, batch).mean())
     agree = float((model.argmax(-1) == repl.argmax(-1)).double().mean())

@@ -99,7 +99,8 @@ def generalisation(
         if batch.relation == "exact":
             rows.append({**row, "note": "exact relation: not scored by attributions/patching"})
             continue
-        repl = {k: replacement_pd(loaded.bridge, t, batch) for k, t in transcoders.items()}
+        keep = cfg.activations.exclude_bos
+        repl = {k: replacement_pd(loaded.bridge, t, batch, keep) for k, t in transcoders.items()}
         model_pd = next(iter(repl.values()))["model_prob_diff"] if repl else math.nan
         row["model_prob_diff"] = model_pd
         for kind, r in repl.items():

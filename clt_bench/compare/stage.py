@@ -139,9 +139,9 @@ def units_results(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, batch: Tas
     bridge = loaded.bridge
     dev = model_device(bridge)
     kinds: list[tuple[str, Any]] = [("mlp_neurons", None),
-                                    (f"{cfg.clt.kind}_features", load_run_clt(run_dir).to(dev))]
+                                    (f"{cfg.clt.kind}_features", load_run_clt(run_dir, device=dev))]
     if "plt" in transcoder_runs(cfg, run_dir):
-        kinds.append(("plt_features", load_run_clt(run_dir / "plt").to(dev)))
+        kinds.append(("plt_features", load_run_clt(run_dir / "plt", device=dev)))
     results, repl = [], {}
     for kind, clt in kinds:
         if clt is None:
@@ -150,7 +150,7 @@ def units_results(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, batch: Tas
         else:
             def make(c, x, clt=clt, kind=kind):
                 return feature_units(bridge, clt, c, x, kind)
-            repl[kind] = replacement_pd(bridge, clt, batch)
+            repl[kind] = replacement_pd(bridge, clt, batch, cfg.activations.exclude_bos)
         results.append(units_needed_curve(bridge, make, batch, fc.curve_dense,
                                           fc.curve_candidates))
     return results, repl
@@ -270,7 +270,7 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
     by_kind = {r["unit_kind"]: r for r in table}
     fam_summary: dict[str, Any] = {}
     if cfg.task.family_n > 0 and fc.family_features > 0:  # generalisation across prompt families
-        tcs = {k: (load_run_clt(r).to(model_device(loaded.bridge)))
+        tcs = {k: load_run_clt(r, device=loaded.device)
                for k, r in transcoder_runs(cfg, run_dir).items()}
         fam_rows, kept = generalisation(
             cfg, loaded, tcs, load_run_circuit(run_dir),

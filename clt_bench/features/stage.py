@@ -76,11 +76,12 @@ def task_prompts(cfg: RunConfig, loaded: LoadedModel) -> TaskBatch:
     return one_per_yy(load_task_batch(cfg, loaded, "discovery"), cfg.graphs.n_prompts)
 
 
-def load_run_clt(run_dir: Path, name: str = "clt") -> CrossLayerTranscoder:
+def load_run_clt(run_dir: Path, name: str = "clt", device: str | torch.device = "cpu"
+                 ) -> CrossLayerTranscoder:
     path = Path(run_dir) / name
     if not (path / "config.yaml").is_file():
         raise UserError(f"no trained CLT in {path}; run the clt stage first.")
-    return load_clt(path)
+    return load_clt(path, device)
 
 
 def load_run_circuit(run_dir: Path) -> Circuit | None:
@@ -173,7 +174,7 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
         raise UserError("features.top_k must be positive.")
     run_dir = Path(run_dir)
     out = run_dir / "features"
-    clt = clt if clt is not None else load_run_clt(run_dir)
+    clt = clt if clt is not None else load_run_clt(run_dir, device=loaded.device)
     if (clt.n_layers, clt.spec.d_model) != (loaded.n_layers, loaded.d_model):
         raise UserError(f"the CLT has {clt.n_layers} layers x d_model {clt.spec.d_model}; the "
                         f"model has {loaded.n_layers} x {loaded.d_model}.")

@@ -46,8 +46,9 @@ def load_clt_arg(spec: str, loaded, prompt_tokens, seed: int = 0):
             raise UserError(f"--clt {spec}: the feature count must be an integer.") from err
         L = loaded.n_layers
         names = [f"blocks.{i}.hook_resid_mid" for i in range(L)]
-        _, cache = loaded.bridge.run_with_cache(prompt_tokens[None], names_filter=names)
-        x = torch.stack([cache[n][0] for n in names], 1)
+        _, cache = loaded.bridge.run_with_cache(prompt_tokens[None].to(loaded.device),
+                                                names_filter=names)
+        x = torch.stack([cache[n][0] for n in names], 1).cpu()  # random_clt draws on the CPU
         return random_clt(L, loaded.d_model, n_feat, seed=seed, calibrate_on=x, rate=0.05,
                           dtype=x.dtype)
     from clt_bench.clt.io import check_fits, load_clt
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
     tokens, prompt = prompt_tokens(loaded.tokenizer, gcfg.prompt, gcfg.prepend_bos)
     check_context(loaded, tokens)
-    clt = load_clt_arg(args.clt, loaded, tokens, seed=cfg.clt.seed).to(tokens.device)
+    clt = load_clt_arg(args.clt, loaded, tokens, seed=cfg.clt.seed).to(loaded.device)
     graph = build_graph(loaded, clt, tokens, target, gcfg)
     graph.prompt = prompt
     out = Path(args.out or f"results/{cfg.preset}/graphs/{slugify(prompt)}.json")

@@ -40,7 +40,7 @@ def random_clt(n_layers: int, d_model: int, n_features: int, activation: str = "
         k = min(max(int(round((1.0 - rate) * h.shape[0])), 1), h.shape[0] - 1)
         lo, hi = h.kthvalue(k, dim=0).values, h.kthvalue(k + 1, dim=0).values
         cut = (lo + hi) / 2  # [L, F]: fires on ~rate of the samples, never exactly at a sample
-    if activation == "jumprelu":
+    if activation in ("jumprelu", "batchtopk"):  # BatchTopK infers with a learned threshold
         clt.log_threshold.copy_(cut.clamp(min=1e-3).log())
     elif activation == "relu":
         clt.b_enc.copy_(-cut)

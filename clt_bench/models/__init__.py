@@ -10,6 +10,12 @@ LayerNorm is never folded and weights are never centred: CLTs read the raw ``hoo
 
 from __future__ import annotations
 
-from clt_bench.models.sources import MODEL_NAMES, LoadedModel, load_model, model_fingerprint
+from clt_bench.models.sources import (
+    MODEL_NAMES,
+    LoadedModel,
+    check_device,
+    load_model,
+    model_fingerprint,
+)
 
-__all__ = ["MODEL_NAMES", "LoadedModel", "load_model", "model_fingerprint"]
+__all__ = ["MODEL_NAMES", "LoadedModel", "check_device", "load_model", "model_fingerprint"]

@@ -275,11 +275,19 @@ def _document(rng: random.Random, tok: PreTrainedTokenizerBase) -> str:
     kinds, weights = list(KIND_WEIGHTS), list(KIND_WEIGHTS.values())
     first = "lasted" if rng.random() < TASK_FIRST_FRACTION else rng.choices(kinds, weights)[0]
     parts = [sentence(first, rng)]
-    used = len(tok.encode(BOS_PREFIX + parts[0]))
+    # token counts straight from the Rust tokenizer: the same ids as ``tok.encode`` (GPT-2 adds
+    # no special tokens) without its per-call Python overhead (the corpus is generated on the fly
+    # while training starts)
+    backend = tok.backend_tokenizer
+
+    def count(text: str) -> int:
+        return len(backend.encode(text, add_special_tokens=False).ids)
+
+    used = count(BOS_PREFIX + parts[0])
     target = rng.randint(16, MAX_TOKENS)
     while used < target:
         nxt = sentence(rng.choices(kinds, weights)[0], rng)
-        n = len(tok.encode(" " + nxt))
+        n = count(" " + nxt)
         if used + n > MAX_TOKENS:
             break
         parts.append(nxt)

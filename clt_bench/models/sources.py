@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -35,6 +36,12 @@ class LoadedModel:
     name: str
     bridge: TransformerBridge
     tokenizer: PreTrainedTokenizerBase
+    loaded_at: float = 0.0  # time.perf_counter() when loading finished (start-up timing)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights live; every stage puts its tensors (and the CLT) here."""
+        return next(self.bridge.parameters()).device
 
     @property
     def n_layers(self) -> int:
@@ -59,6 +66,28 @@ def wrap_hf_gpt2(
     return build_bridge_from_module(
         model, "GPT2LMHeadModel", hf_config=model.config, tokenizer=tokenizer, model_name=name
     )
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device; a CUDA device that this machine lacks is a UserError.
+
+    Checked before any model is loaded, so ``--device cuda`` without a GPU ends with one sentence
+    instead of a traceback deep inside a stage (and never falls back to the CPU silently).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"unknown device '{device}' (use cpu, cuda or cuda:N).") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{device}' was asked for but this machine has no CUDA GPU "
+                            f"(or torch was built without CUDA); use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device '{device}' does not exist: this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s).")
+    elif dev.type not in ("cpu", "meta", "mps"):
+        raise UserError(f"unsupported device '{device}' (use cpu, cuda or cuda:N).")
+    return dev
 
 
 def gpt2_small_config() -> GPT2Config:
@@ -137,6 +166,7 @@ def load_model(
     name: str = "toy", device: str = "cpu", dtype: str = "float32", seed: int = 0
 ) -> LoadedModel:
     """Resolve ``name`` (see module docstring) into a ``LoadedModel`` on ``device``."""
+    check_device(device)
     torch_dtype = _dtype(dtype)
     if name == "toy":
         from clt_bench.models.toy import load_toy
@@ -167,7 +197,8 @@ def load_model(
     log.info(
         "loaded model %s (%d layers, d_model %d)", name, bridge.cfg.n_layers, bridge.cfg.d_model
     )
-    return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer)
+    return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer,
+                       loaded_at=time.perf_counter())
 
 
 def count_parameters(bridge: TransformerBridge) -> int:

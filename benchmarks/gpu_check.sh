@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# One-shot GPU check (~6 minutes on one H100): the CUDA path end to end, start-up time and CLT
+# training speed at fp32 / tf32 / bf16, then the GPU benchmark table if it exists.
+#
+#   OUT=/some/writable/dir bash benchmarks/gpu_check.sh             # on the GPU machine
+#   OUT=/tmp/gc DEVICE=cpu bash benchmarks/gpu_check.sh             # smoke test on a CPU (tiny)
+#
+# Every step runs under `timeout` and logs to $OUT/<step>.log; a failing step does not stop the
+# others. $OUT/summary.txt collects the numbers. GPU_CHECK_BUDGET (seconds, default 360) caps the
+# whole script: the benchmark table (step c) gets whatever time is left, at least 60 s.
+#
+# Steps
+#  (b) train-clt --preset gpt2 --model gpt2-random (toy corpus), 25 steps at each precision:
+#      "first training step begins N s after the model was loaded" and steps/s (steps 5..25).
+#  (a) clt-bench run on the toy with --device cuda, all stages; then `clt-bench check` against
+#      results/reference/toy.json (the CPU reference: same config, 3 seeds). To compare with a CPU
+#      run of exactly the same settings instead:
+#        python3 -m clt_bench run --device cpu --out results/toy-cpu
+#        python3 -m clt_bench check results/toy-cpu   # and diff the two metrics.json files
+#      If the full run fails (e.g. in a stage outside the CLT), the remaining stages are run
+#      without the baseline so that their CUDA path is still exercised.
+#  (c) python3 benchmarks/bench_gpu.py (if present).
+set -u
+OUT=${OUT:?set OUT to a writable folder}
+DEVICE=${DEVICE:-cuda}
+BUDGET=${GPU_CHECK_BUDGET:-360}
+# step limits are multiplied by this (a CPU smoke test on a busy machine needs far longer)
+if [ "$DEVICE" = "cpu" ]; then SCALE=${TIMEOUT_SCALE:-10}; else SCALE=${TIMEOUT_SCALE:-1}; fi
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+if [ "$DEVICE" != "cpu" ] && [ -f .gpu/gpu-env.sh ]; then
+    # shellcheck disable=SC1091
+    source .gpu/gpu-env.sh
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+T0=$SECONDS
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+
+step() {  # step NAME TIMEOUT_S CMD...: run CMD under timeout, log to $OUT/NAME.log
+    local name=$1 limit=$(($2 * SCALE))
+    shift 2
+    local t=$SECONDS
+    timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    note "[$name] rc=$rc in $((SECONDS - t)) s (limit $limit s): $*"
+    return $rc
+}
+
+note "gpu_check on $(hostname) device=$DEVICE at $(date -u +%FT%TZ)"
+$PY - <<'EOF' 2>&1 | tee -a "$SUMMARY"
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("card", torch.cuda.get_device_name(0))
+EOF
+
+if [ "$DEVICE" = "cpu" ]; then  # tiny settings: only checks that every step runs through
+    TRAIN_SETS=(--set clt.n_features=64 --set activations.shuffle_buffer=4096
+                --set clt.batch_tokens=512 --set clt.norm_batches=2
+                --set activations.eval_tokens=512 --set clt.eval_tokens=128)
+    TOY_SETS=(--set clt.n_steps=30 --set activations.n_tokens=20000 --set graphs.n_prompts=4
+              --set features.top_k=4 --set features.n_plots=1 --set features.curve_dense=3
+              --set baseline.n_examples=12 --set baseline.discovery_examples=8
+              --set baseline.n_random=2 --set baseline.neuron_examples=6
+              --set baseline.neuron_candidates=4 --set baseline.curve_dense=3
+              --set baseline.max_steps=2 --set task.n=24)
+    SMALL_STEPS=6
+else
+    TRAIN_SETS=()
+    TOY_SETS=()
+    SMALL_STEPS=25
+fi
+
+# ---- (b) start-up and training speed at the gpt2 preset's shape, per precision ------------------
+for prec in bf16 tf32 fp32; do
+    step "train-gpt2-$prec" 110 $PY -m clt_bench -v train-clt --preset gpt2 --model gpt2-random \
+        --device "$DEVICE" --out "$OUT/train-gpt2-$prec" --no-resume \
+        --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
+        --set clt.eval_tokens=1024 --set clt.n_steps=$SMALL_STEPS --set clt.log_every=5 \
+        --set clt.warmup_steps=5 --set "clt.precision=\"$prec\"" "${TRAIN_SETS[@]}"
+    $PY - "$OUT/train-gpt2-$prec" "$prec" <<'EOF' 2>&1 | tee -a "$SUMMARY"
+import json, re, sys
+from pathlib import Path
+run, prec = Path(sys.argv[1]), sys.argv[2]
+text = (run.parent / f"{run.name}.log").read_text() if (run.parent / f"{run.name}.log").is_file() else ""
+m = re.search(r"first training step begins ([0-9.]+) s after the model was loaded", text)
+init = re.search(r"CLT initialised from data in ([0-9.]+) s", text)
+rows = [json.loads(r) for r in (run / "clt" / "train_log.jsonl").read_text().splitlines()
+        if r.strip()] if (run / "clt" / "train_log.jsonl").is_file() else []
+sps = tok = float("nan")
+if len(rows) >= 2:
+    a, b = rows[0], rows[-1]
+    sps = (b["step"] - a["step"]) / max(b["seconds"] - a["seconds"], 1e-9)
+    tok = sps * (b["tokens"] - a["tokens"]) / max(b["step"] - a["step"], 1)
+met = run / "clt" / "metrics.json"
+nmse = json.loads(met.read_text()).get("nmse") if met.is_file() else None
+print(f"  {prec}: start-up {m.group(1) if m else '?'} s after model load (init {init.group(1) if init else '?'} s); "
+      f"{sps:.2f} steps/s, {tok:,.0f} tokens/s (steps {rows[0]['step'] if rows else '?'}-"
+      f"{rows[-1]['step'] if rows else '?'}); nmse {nmse}")
+EOF
+done
+
+# ---- (a) the toy pipeline on the device ---------------------------------------------------------
+if ! step toy-run 150 $PY -m clt_bench run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
+        "${TOY_SETS[@]}"; then
+    step toy-run-without-baseline 120 $PY -m clt_bench run --device "$DEVICE" \
+        --out "$OUT/toy-$DEVICE" --stages task,activations,clt,graphs,features,compare,report \
+        "${TOY_SETS[@]}"
+fi
+if [ -f "$OUT/toy-$DEVICE/metrics.json" ]; then
+    step toy-check 60 $PY -m clt_bench check "$OUT/toy-$DEVICE"
+    tail -n 40 "$OUT/toy-check.log" >> "$SUMMARY"
+fi
+grep -h "finished in" "$OUT"/toy-run*.log 2>/dev/null | tee -a "$SUMMARY"
+
+# ---- (c) the GPU benchmark table ----------------------------------------------------------------
+if [ -f benchmarks/bench_gpu.py ]; then
+    left=$((BUDGET - (SECONDS - T0)))
+    [ "$left" -lt 60 ] && left=60
+    left=$((left / SCALE))
+    if [ "$DEVICE" = "cpu" ]; then
+        step bench-gpu "$left" $PY benchmarks/bench_gpu.py --device cpu --tiny
+    else
+        step bench-gpu "$left" $PY benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json"
+    fi
+    tail -n 40 "$OUT/bench-gpu.log" >> "$SUMMARY"
+else
+    note "[bench-gpu] benchmarks/bench_gpu.py not present: skipped"
+fi
+note "gpu_check finished in $((SECONDS - T0)) s"
