@@ -14,11 +14,22 @@ from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
 RTOL = 1e-5
 
 
-def _clt(activation: str, cross: bool = True, skip: bool = False, decoder: str = "dense",
-         L: int = 3, d: int = 8, F: int = 40, seed: int = 0) -> CrossLayerTranscoder:
+def _clt(
+    activation: str,
+    cross: bool = True,
+    skip: bool = False,
+    decoder: str = "dense",
+    L: int = 3,
+    d: int = 8,
+    F: int = 40,
+    seed: int = 0,
+) -> CrossLayerTranscoder:
     torch.manual_seed(seed)
-    clt = CrossLayerTranscoder(CLTSpec(L, d, F, activation, k=3, cross_layer=cross, skip=skip,
-                                       bandwidth=0.3, decoder=decoder))
+    clt = CrossLayerTranscoder(
+        CLTSpec(
+            L, d, F, activation, k=3, cross_layer=cross, skip=skip, bandwidth=0.3, decoder=decoder
+        )
+    )
     with torch.no_grad():
         for p in clt.parameters():
             p.copy_(torch.randn_like(p) * 0.4)
@@ -38,13 +49,22 @@ def _grads(obj: TrainObjective, x, y, lam) -> tuple[torch.Tensor, torch.Tensor, 
     obj.zero_grad(set_to_none=True)
     loss, stats, fired = obj(x, y, lam)
     loss.backward()
-    return stats, fired, {k: p.grad.clone() for k, p in obj.named_parameters()
-                          if p.grad is not None}
+    return (
+        stats,
+        fired,
+        {k: p.grad.clone() for k, p in obj.named_parameters() if p.grad is not None},
+    )
 
 
-CASES = [("jumprelu", True, False), ("jumprelu", False, True), ("jumprelu", True, True),
-         ("relu", True, False), ("topk", True, True), ("batchtopk", True, False),
-         ("batchtopk", False, True)]
+CASES = [
+    ("jumprelu", True, False),
+    ("jumprelu", False, True),
+    ("jumprelu", True, True),
+    ("relu", True, False),
+    ("topk", True, True),
+    ("batchtopk", True, False),
+    ("batchtopk", False, True),
+]
 
 
 @pytest.mark.parametrize(("activation", "cross", "skip"), CASES)
@@ -84,8 +104,10 @@ def test_threshold_gradient_needs_the_window_entries():
     assert not torch.allclose(g_active["clt.log_threshold"], g_full["clt.log_threshold"])
 
 
-@pytest.mark.parametrize(("activation", "skip"), [("jumprelu", True), ("topk", False),
-                                                  ("batchtopk", False), ("relu", False)])
+@pytest.mark.parametrize(
+    ("activation", "skip"),
+    [("jumprelu", True), ("topk", False), ("batchtopk", False), ("relu", False)],
+)
 def test_module_forward_sparse_equals_dense(activation, skip):
     x = torch.randn(4, 16, 3, 8) * 2  # extra leading dims
     out = {}
@@ -93,8 +115,10 @@ def test_module_forward_sparse_equals_dense(activation, skip):
         clt = _clt(activation, skip=skip, decoder=mode)
         y_hat, acts = clt(x)
         (y_hat.square().sum() + acts.sum()).backward()
-        out[mode] = (y_hat.detach(), {k: p.grad for k, p in clt.named_parameters()
-                                      if p.grad is not None})
+        out[mode] = (
+            y_hat.detach(),
+            {k: p.grad for k, p in clt.named_parameters() if p.grad is not None},
+        )
     _close(out["sparse"][0], out["dense"][0], "y_hat")
     for k, g in out["dense"][1].items():
         _close(out["sparse"][1][k], g, k)
@@ -113,7 +137,7 @@ def test_auto_decides_by_density():
     clt_dense = _clt("jumprelu", decoder="dense")
     _close(y_auto, clt_dense.decode(acts), "auto decode")
     # a one-hot activation decodes to b_dec + that feature's decoder rows
-    ref = (clt.b_dec.detach().clone())
+    ref = clt.b_dec.detach().clone()
     ref[0:] += 2.0 * clt.W_dec[0].detach()[1]
     _close(y_auto[0].detach(), ref / clt.output_scale[:, None], "one-hot")
 
@@ -123,8 +147,11 @@ def test_scatter_targets_gradients_are_views():
     c0 = torch.randn(5, 12, requires_grad=True)  # targets 0..2
     c2 = torch.randn(5, 4, requires_grad=True)  # target 2
     y = SD.scatter_targets(b, [0, 2], [c0, c2])
-    ref = b.expand(5, 3, 4) + c0.view(5, 3, 4) + torch.cat([torch.zeros(5, 2, 4),
-                                                            c2.view(5, 1, 4)], 1)
+    ref = (
+        b.expand(5, 3, 4)
+        + c0.view(5, 3, 4)
+        + torch.cat([torch.zeros(5, 2, 4), c2.view(5, 1, 4)], 1)
+    )
     assert torch.allclose(y, ref)
     g = torch.randn(5, 3, 4)
     gb, g0, g2 = torch.autograd.grad(y, [b, c0, c2], g)

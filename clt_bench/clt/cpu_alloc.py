@@ -29,7 +29,8 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _LIMIT)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, _LIMIT))
+            libc.mallopt(_M_TRIM_THRESHOLD, _LIMIT)
+        )
     except (OSError, AttributeError):  # not glibc (macOS, musl): leave the allocator alone
         ok = False
     _done = ok

@@ -32,8 +32,9 @@ DECODERS = ("dense", "sparse", "auto")
 AUTO_MAX_DENSITY = {"cpu": 0.03, "cuda": 0.01}
 
 
-def grad_support(pre: torch.Tensor, activation: str, theta: torch.Tensor | None,
-                 bandwidth: float) -> torch.Tensor:
+def grad_support(
+    pre: torch.Tensor, activation: str, theta: torch.Tensor | None, bandwidth: float
+) -> torch.Tensor:
     """[..., F] pre-activations -> bool mask of the entries whose decoder gradient is needed.
 
     JumpReLU: active (h > theta) or inside the threshold's straight-through window, i.e.
@@ -89,8 +90,9 @@ def sparse_contrib(vals: torch.Tensor, rows: SparseRows, w: torch.Tensor) -> tor
     """
     cdt = compute_dtype(w)
     w2 = w.reshape(w.shape[0], -1).to(cdt)
-    return Fn.embedding_bag(rows.cols, w2, rows.offsets, mode="sum",
-                            per_sample_weights=vals.to(cdt))
+    return Fn.embedding_bag(
+        rows.cols, w2, rows.offsets, mode="sum", per_sample_weights=vals.to(cdt)
+    )
 
 
 def dense_contrib(acts: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -106,15 +108,16 @@ class ScatterTargets(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, b_dec: torch.Tensor, starts: tuple[int, ...], *contribs: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(
+        ctx, b_dec: torch.Tensor, starts: tuple[int, ...], *contribs: torch.Tensor
+    ) -> torch.Tensor:
         L, d = b_dec.shape
         n = contribs[0].shape[0]
         dtype = torch.promote_types(b_dec.dtype, contribs[0].dtype)
         y = b_dec.to(dtype).expand(n, L, d).clone()
         for s, c in zip(starts, contribs, strict=True):
             t = c.shape[1] // d
-            y[:, s:s + t].view(n, t * d).add_(c)
+            y[:, s : s + t].view(n, t * d).add_(c)
         ctx.starts, ctx.widths = starts, [c.shape[1] for c in contribs]
         ctx.dtypes = [c.dtype for c in contribs]
         ctx.b_dtype = b_dec.dtype
@@ -125,14 +128,15 @@ class ScatterTargets(torch.autograd.Function):
         n, L, d = grad_y.shape
         grads = []
         for s, w, dt in zip(ctx.starts, ctx.widths, ctx.dtypes, strict=True):
-            g = grad_y[:, s:s + w // d].reshape(n, w)  # a view: rows of stride L * d
+            g = grad_y[:, s : s + w // d].reshape(n, w)  # a view: rows of stride L * d
             grads.append(g if g.dtype == dt else g.to(dt))
         grad_b = grad_y.sum(0).to(ctx.b_dtype) if ctx.needs_input_grad[0] else None
         return (grad_b, None, *grads)
 
 
-def scatter_targets(b_dec: torch.Tensor, starts: list[int], contribs: list[torch.Tensor]
-                    ) -> torch.Tensor:
+def scatter_targets(
+    b_dec: torch.Tensor, starts: list[int], contribs: list[torch.Tensor]
+) -> torch.Tensor:
     """b_dec [L, d], per-source contributions [n, T_s * d] at target offsets ``starts`` ->
     y [n, L, d]."""
     return ScatterTargets.apply(b_dec, tuple(starts), *contribs)
@@ -147,8 +151,13 @@ def use_sparse(mode: str, nnz: int, numel: int, device: torch.device) -> bool:
     return nnz <= AUTO_MAX_DENSITY.get(device.type, 0.01) * numel
 
 
-def decode_sparse(b_dec: torch.Tensor, w_dec: list[torch.Tensor], acts: torch.Tensor,
-                  starts: list[int], keep: torch.Tensor | None = None) -> torch.Tensor:
+def decode_sparse(
+    b_dec: torch.Tensor,
+    w_dec: list[torch.Tensor],
+    acts: torch.Tensor,
+    starts: list[int],
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
     """acts [n, L, F] -> [n, L, d] normalised decoder output (no skip), gathering only the rows of
     ``keep`` ([n, L, F] bool; default acts != 0). Gradients w.r.t. acts are exact at ``keep``
     entries and zero elsewhere."""
