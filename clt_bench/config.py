@@ -106,6 +106,7 @@ class CLTConfig:
     parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when run under torchrun
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     load: str = ""  # path to an existing circuit-tracer CLT/PLT directory (skip training)
+    decoder: str = "auto"  # dense | sparse | auto: decoder over the active rows only when sparse
 
 
 @dataclass(frozen=True)

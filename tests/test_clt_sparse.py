@@ -166,3 +166,14 @@ def test_sparse_rows_offsets():
     topk = SD.SparseRows.from_topk(torch.tensor([[2, 1], [3, 0]]), 4)
     assert topk.cols.tolist() == [1, 2, 0, 3] and topk.offsets.tolist() == [0, 2]
     assert math.isclose(topk.nnz, 4)
+
+
+def test_preact_penalty_matches_composed_ops():
+    from clt_bench.clt.losses import PreactPenaltyFn, preact_penalty
+
+    pre = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    theta = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    norms = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(PreactPenaltyFn.apply, (pre, theta, norms))
+    ref = preact_penalty(pre[:, None], theta[None], norms[None])
+    assert torch.allclose(PreactPenaltyFn.apply(pre, theta, norms), ref)

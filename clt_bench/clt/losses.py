@@ -37,6 +37,31 @@ def mse_per_layer(y_hat_norm: torch.Tensor, y_norm: torch.Tensor) -> torch.Tenso
     return (y_hat_norm - y_norm).pow(2).mean(dim=(0, 2))
 
 
+class PreactPenaltyFn(torch.autograd.Function):
+    """mean over n of sum_f relu(theta_f - pre_nf) * norm_f, saving only ``pre`` (one [n, F]
+    tensor; the composed ops kept a second, fp32 one per layer: ~19 GB at seed scale)."""
+
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, norms: torch.Tensor
+                ) -> torch.Tensor:
+        ctx.save_for_backward(pre, theta, norms)
+        return (torch.relu(theta - pre) * norms).sum() / pre.shape[0]
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        pre, theta, norms = ctx.saved_tensors
+        n = pre.shape[0]
+        below = pre < theta  # [n, F]
+        grad_pre = grad_theta = grad_norms = None
+        if ctx.needs_input_grad[0]:
+            grad_pre = (below * (-(g / n) * norms)).to(pre.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_theta = (g / n) * norms * below.sum(0)
+        if ctx.needs_input_grad[2]:
+            grad_norms = (g / n) * torch.relu(theta - pre).sum(0).to(norms.dtype)
+        return grad_pre, grad_theta, grad_norms
+
+
 class TrainObjective(nn.Module):
     """Wraps a CLT; ``forward(x, y, lambda_s)`` returns (loss, stats, fired).
 
@@ -127,8 +152,8 @@ class TrainObjective(nn.Module):
                     sparsity = sparsity + torch.tanh(self.tanh_c * norms[l] * acts).sum(-1).mean()
                 fired.append((acts > 0).sum(0))
             if penalised and self.lambda_p > 0:
-                t = th if th is not None else 0.0
-                preact = preact + (torch.relu(t - pre) * norms[l]).sum(-1).mean()
+                t = th if th is not None else torch.zeros_like(norms[l])
+                preact = preact + PreactPenaltyFn.apply(pre, t, norms[l])
         y_hat = SD.scatter_targets(clt.b_dec, list(range(L)), contribs)  # [n, L, d]
         if clt.W_skip is not None:
             y_hat = y_hat + torch.bmm(xs, clt.W_skip).transpose(0, 1)

@@ -50,7 +50,8 @@ def build_clt(c: CLTConfig, n_layers: int, d_model: int) -> CrossLayerTranscoder
         raise UserError(f"unknown clt.kind '{c.kind}' (known: {', '.join(KINDS)}).")
     try:
         spec = CLTSpec(n_layers, d_model, c.n_features, c.activation, c.k,
-                       cross_layer=c.kind == "clt", skip=c.skip, bandwidth=c.bandwidth)
+                       cross_layer=c.kind == "clt", skip=c.skip, bandwidth=c.bandwidth,
+                       decoder=c.decoder)
         return CrossLayerTranscoder(spec)
     except ValueError as err:
         raise UserError(f"bad CLT config: {err}.") from err
