@@ -212,7 +212,8 @@ class CrossLayerTranscoder(nn.Module):
 
     def decoder_norms(self) -> torch.Tensor:
         """[L, F] norm of each feature's decoder vectors to all its target layers, concatenated."""
-        return torch.stack([w.pow(2).sum(dim=(1, 2)).sqrt() for w in self.W_dec])
+        # vector_norm: no [F, T, d] temporaries forward or backward (w.pow(2) made two per step)
+        return torch.stack([torch.linalg.vector_norm(w, dim=(1, 2)) for w in self.W_dec])
 
     def layer_decoder(self, src: int, tgt: int) -> torch.Tensor:
         """[F, d] decoder of layer ``src`` features into layer ``tgt`` (in raw output units)."""

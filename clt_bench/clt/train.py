@@ -135,7 +135,9 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
     objective = TrainObjective(clt, c.lambda_p, c.tanh_c)
     model = D.wrap(objective, c.parallel, info, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    # fused: one pass per parameter, no parameter-sized temporaries (2x faster on CPU)
+    opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.999), weight_decay=0.0,
+                            fused=not info.enabled or None)
     if tensors is not None:
         restore_optimizer(opt, tensors)
     fired = fired.to(device)
