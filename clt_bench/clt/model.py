@@ -48,17 +48,20 @@ class JumpReLUFn(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
         ctx.save_for_backward(h, theta)
         ctx.bandwidth = bandwidth
-        return h * (h > theta)
+        return torch.where(h > theta, h, 0.0)  # where: no bool -> float copy (CPU step time)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         h, theta = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_h = grad_out * (h > theta)
-        near = grad_out * ((h - theta).abs() < eps / 2)  # rectangle kernel window
-        if near.dim() > theta.dim():
-            near = near.reshape(-1, *theta.shape).sum(0)
-        grad_theta = -(theta / eps) * near  # sum of -theta / eps * K * grad_out
+        grad_h = torch.where(h > theta, grad_out, 0.0) if ctx.needs_input_grad[0] else None
+        grad_theta = None
+        if ctx.needs_input_grad[1]:
+            d = (h - theta).abs_()
+            near = torch.where(d < eps / 2, grad_out, 0.0)  # rectangle kernel window
+            if near.dim() > theta.dim():
+                near = near.reshape(-1, *theta.shape).sum(0)
+            grad_theta = -(theta / eps) * near  # sum of -theta / eps * K * grad_out
         return grad_h, grad_theta, None
 
 
