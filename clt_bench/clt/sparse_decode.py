@@ -90,7 +90,8 @@ def _sparse_csr(
 ) -> torch.Tensor:
     with warnings.catch_warnings():  # "CSR support is in beta": the kernels used here are stable
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, col, vals, size=size)
+        # the indices come sorted and in range from ``SparseRows``: no invariant checks
+        return torch.sparse_csr_tensor(crow, col, vals, size=size, check_invariants=False)
 
 
 def _csr(rows: SparseRows, vals: torch.Tensor, n: int, n_features: int) -> torch.Tensor:
