@@ -8,14 +8,27 @@
    bound: parameters + gradients + AdamW state + the step's activations.
 
     python benchmarks/bench_clt_train.py [--threads N] [--steps 20] [--gpt2-shape] [--json out.json]
+
+4. side by side with decode-clt 0.0.1 (the CLT trainer on PyPI) installed in its own venv:
+
+    python -m venv /tmp/dclt && /tmp/dclt/bin/pip install decode-clt==0.0.1 torch==2.13.0
+    python benchmarks/bench_clt_train.py --compare-decode-clt /tmp/dclt [--rounds 3]
+
+   Each (shape, threads) cell alternates fresh processes of both trainers (same shape, JumpReLU
+   config, bandwidth 1.0 as decode-clt hard-codes, AdamW, clipping) and reports median step times,
+   plus clt-bench at its default bandwidth / auto decoder; the load average is printed with them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -57,8 +70,12 @@ def time_steps(spec: CLTSpec, x: torch.Tensor, y: torch.Tensor, steps: int) -> f
     """Median seconds per training step (forward, backward, clip, AdamW)."""
     clt = make_clt(spec, x)
     obj = TrainObjective(clt, 3e-6, 4.0)
+    return _median_step(obj, x, y, steps)
+
+
+def _median_step(obj: TrainObjective, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
     params = [p for p in obj.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)  # as clt_bench.clt.train uses it
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()
@@ -106,7 +123,74 @@ def memory_bench(n_features: int, n_tokens: int) -> dict[str, float]:
             "rss_before_step_bytes": before, "inputs_and_weights_bytes": base}
 
 
+SHAPES = ((4, 128, 512, 4096), (12, 768, 1024, 512))  # (L, d, F, tokens) of the comparison
+
+
+def worker(L: int, d: int, F: int, n: int, threads: int, steps: int, bandwidth: float,
+           decoder: str) -> dict[str, float]:
+    """One clt-bench configuration in this process: decode-clt's inputs (randn x, y)."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, L, d, generator=g), torch.randn(n, L, d, generator=g)
+    spec = CLTSpec(L, d, F, "jumprelu", bandwidth=bandwidth, decoder=decoder)
+    obj = TrainObjective(make_clt(spec, x), 3e-6, 4.0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    sec = _median_step(obj, x, y, steps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (steps + 2)
+    return {"step_seconds": sec, "minor_faults_per_step": faults}
+
+
+def _run_json(cmd: list[str], threads: int) -> dict:
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare_decode_clt(venv: str, rounds: int, steps: int, bandwidth: float) -> list[dict]:
+    """Median step seconds of decode-clt 0.0.1 and clt-bench, alternating fresh processes."""
+    py = Path(venv) / "bin" / "python"
+    if not py.is_file():
+        print(f"skipped: no decode-clt venv at {venv} (create it with: python -m venv {venv} && "
+              f"{venv}/bin/pip install decode-clt==0.0.1 torch==2.13.0)")
+        return []
+    here = Path(__file__).resolve()
+    rows = []
+    for L, d, F, n in SHAPES:
+        for threads in (1, 2):
+            times: dict[str, list[float]] = {"decode-clt": [], "clt-bench": [], "sparse": []}
+            for _ in range(rounds):
+                shape = [str(v) for v in (L, d, F, n, threads, steps)]
+                r = _run_json([str(py), str(here.parent / "_decode_clt_step.py"), *shape],
+                              threads)
+                times["decode-clt"].append(r["step_seconds"])
+                ours = [sys.executable, str(here), "--worker", *shape]
+                r = _run_json([*ours, "1.0", "auto"], threads)
+                times["clt-bench"].append(r["step_seconds"])
+                r = _run_json([*ours, str(bandwidth), "auto"], threads)
+                times["sparse"].append(r["step_seconds"])
+            med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+            rows.append({"shape": f"L{L} d{d} F{F}", "tokens": n, "threads": threads,
+                         "decode_clt_tok_s": n / med["decode-clt"],
+                         "clt_bench_tok_s": n / med["clt-bench"],
+                         "speedup": med["decode-clt"] / med["clt-bench"],
+                         f"clt_bench_bw{bandwidth:g}_tok_s": n / med["sparse"],
+                         "speedup_bw": med["decode-clt"] / med["sparse"],
+                         "load_avg_1min": os.getloadavg()[0], "times": times})
+            r = rows[-1]
+            print(f"{r['shape']:>16} {n:>5} tok {threads} thr: decode-clt "
+                  f"{r['decode_clt_tok_s']:8.0f} tok/s | clt-bench (bw 1.0) "
+                  f"{r['clt_bench_tok_s']:8.0f} ({r['speedup']:.2f}x) | clt-bench (bw "
+                  f"{bandwidth:g}, auto) {n / med['sparse']:8.0f} ({r['speedup_bw']:.2f}x) | "
+                  f"load {r['load_avg_1min']:.1f}", flush=True)
+    return rows
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        a = sys.argv[2:]
+        res = worker(*(int(v) for v in a[:6]), float(a[6]), a[7])
+        print(json.dumps(res))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: preset's value)")
     ap.add_argument("--steps", type=int, default=20)
@@ -116,7 +200,16 @@ def main() -> None:
     ap.add_argument("--gpt2-shape", action="store_true",
                     help="also time a step of a 12 x 768 CLT with --mem-features features/layer")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compare-decode-clt", metavar="VENV", default=None,
+                    help="venv with decode-clt 0.0.1: only run the side-by-side comparison")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.compare_decode_clt:
+        bw = load_config("toy").clt.bandwidth
+        rows = compare_decode_clt(args.compare_decode_clt, args.rounds, min(args.steps, 5), bw)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return
     cfg = load_config("toy")
     c = cfg.clt
     threads = args.threads or c.threads

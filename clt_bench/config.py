@@ -280,7 +280,7 @@ class CLTConfig:
     lambda_p: float = 3e-6  # pre-activation loss
     tanh_c: float = 4.0
     threshold_init: float = 0.03
-    bandwidth: float = 1.0
+    bandwidth: float = 0.01  # JumpReLU window (normalised units); keeps the backward sparse
     init_rate: float = 0.05  # target firing rate the encoder bias is initialised for
     dec_init_scale: float = 0.1  # decoder init: uniform +-dec_init_scale / sqrt(F * targets)
     norm_batches: int = 8  # batches used to estimate the normalisation scalars
@@ -294,6 +294,8 @@ class CLTConfig:
     # training arithmetic: fp32 | tf32 (fp32 weights, TF32 matmuls on CUDA) | bf16 (autocast:
     # bf16 matmuls, fp32 master weights, loss and metrics); the saved CLT is fp32 either way
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    # dense | sparse | auto: decode (and back-propagate) over the entries that need a gradient
+    decoder: Literal["dense", "sparse", "auto"] = "auto"
 
 
 @dataclass(frozen=True)

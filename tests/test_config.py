@@ -88,6 +88,7 @@ BAD: dict[str, str] = {
     "clt.parallel": '"tp"',
     "clt.threads": "-1",
     "clt.precision": '"fp16"',
+    "clt.decoder": '"csr"',
     "clt.load": '"/no/such/clt/dir"',
     "graphs.node_threshold": "2",
     "graphs.edge_threshold": "0",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clt_bench.clt import sparse_decode as SD
+from clt_bench.clt.cpu_alloc import keep_freed_memory
 from clt_bench.clt.model import CrossLayerTranscoder, JumpReLUFn
 
 PENALISED = ("jumprelu", "relu")
@@ -36,13 +38,82 @@ def mse_per_layer(y_hat_norm: torch.Tensor, y_norm: torch.Tensor) -> torch.Tenso
     return (y_hat_norm - y_norm).pow(2).mean(dim=(0, 2))
 
 
-class TrainObjective(nn.Module):
-    """Wraps a CLT; ``forward(x, y, lambda_s)`` returns (loss, stats, fired)."""
+class PreactPenaltyFn(torch.autograd.Function):
+    """mean over n of sum_f relu(theta_f - pre_nf) * norm_f, saving only ``pre`` (one [n, F]
+    tensor; the composed ops kept a second, fp32 one per layer: ~19 GB at seed scale) and doing
+    three passes over [n, F] forward and backward (the composed ops: about ten)."""
 
-    def __init__(self, clt: CrossLayerTranscoder, lambda_p: float, tanh_c: float) -> None:
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, norms: torch.Tensor
+                ) -> torch.Tensor:
+        gap = (theta - pre).clamp_min_(0.0).sum(0)  # [F] sum over tokens of relu(theta - pre)
+        ctx.save_for_backward(pre, theta, norms, gap)
+        return (gap.to(norms.dtype) * norms).sum() / pre.shape[0]
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        pre, theta, norms, gap = ctx.saved_tensors
+        n = pre.shape[0]
+        below = pre < theta  # [n, F]
+        grad_pre = grad_theta = grad_norms = None
+        if ctx.needs_input_grad[0]:
+            grad_pre = torch.where(below, (-(g / n) * norms).to(pre.dtype), 0.0)
+        if ctx.needs_input_grad[1]:
+            grad_theta = (g / n) * norms * below.sum(0, dtype=norms.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_norms = (g / n) * gap.to(norms.dtype)
+        return grad_pre, grad_theta, grad_norms
+
+
+class TrainObjective(nn.Module):
+    """Wraps a CLT; ``forward(x, y, lambda_s)`` returns (loss, stats, fired).
+
+    ``decoder`` (default: the CLT's ``spec.decoder``): ``dense`` multiplies the full [n, F]
+    activations into each decoder; ``sparse`` gathers the decoder rows of the entries whose
+    gradient matters (``sparse_decode.grad_support``) and computes the sparsity penalty on those
+    entries only (tanh(0) = 0 elsewhere, and elsewhere the pre-activation gets no gradient through
+    it); ``auto`` decides per layer and step from the density. Loss and gradients are the same.
+    """
+
+    def __init__(self, clt: CrossLayerTranscoder, lambda_p: float, tanh_c: float,
+                 decoder: str | None = None) -> None:
         super().__init__()
         self.clt = clt
         self.lambda_p, self.tanh_c = lambda_p, tanh_c
+        self.decoder = decoder or clt.spec.decoder
+        if self.decoder not in SD.DECODERS:
+            raise ValueError(f"unknown decoder '{self.decoder}'")
+        if clt.b_dec.device.type == "cpu":
+            keep_freed_memory()
+
+    def _sparse_entries(self, pre: torch.Tensor, theta: torch.Tensor | None
+                        ) -> tuple[SD.SparseRows, torch.Tensor] | None:
+        """pre [n, F] -> (the entries that matter, their activations [nnz]); None: go dense."""
+        spec = self.clt.spec
+        n, F = pre.shape
+        kind = spec.activation
+        if kind in PENALISED:
+            mask = SD.grad_support(pre, kind, theta, spec.bandwidth)
+            if self.decoder == "auto" and not SD.use_sparse("auto", int(mask.sum()), n * F,
+                                                            pre.device):
+                return None
+            rows = SD.SparseRows.from_mask(mask)
+            h = pre.reshape(-1)[rows.flat]
+            if kind == "jumprelu":
+                return rows, JumpReLUFn.apply(h, theta[rows.cols], spec.bandwidth)
+            return rows, torch.relu(h)
+        k = min(spec.k, F) if kind == "topk" else min(spec.k * n, n * F)
+        if not SD.use_sparse(self.decoder, k * (n if kind == "topk" else 1), n * F, pre.device):
+            return None
+        r = torch.relu(pre)
+        if kind == "topk":
+            rows = SD.SparseRows.from_topk(r.topk(k, dim=-1).indices, F)
+        else:  # batchtopk: the top k * n of the layer across the batch
+            top = r.reshape(-1).topk(k)
+            rows = SD.SparseRows(top.indices.sort().values, n, F)
+            # the cut, for the trainer's running inference threshold (as ``clt.activate`` does)
+            self.clt._batch_kth.append(top.values[-1:].detach().float())
+        return rows, r.reshape(-1)[rows.flat]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, lambda_s: float
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,44 +124,52 @@ class TrainObjective(nn.Module):
         """
         clt = self.clt
         L, F = clt.n_layers, clt.spec.n_features
+        n = x.shape[0]
         kind = clt.spec.activation
         penalised = kind in PENALISED
         xs = (x * clt.input_scale[:, None].to(x.dtype)).transpose(0, 1)  # [L, n, d]
-        ys = (y * clt.output_scale[:, None].to(y.dtype)).transpose(0, 1)  # normalised targets
+        ys = y * clt.output_scale[:, None].to(y.dtype)  # [n, L, d] normalised targets
         theta = clt.threshold if kind == "jumprelu" else None
         norms = clt.decoder_norms() if penalised else None  # [L, F]
-        y_hat: list[torch.Tensor] = [clt.b_dec[l].expand(x.shape[0], -1) for l in range(L)]
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         sparsity, preact = zero, zero
-        fired = []
+        fired, contribs = [], []
         for l in range(L):
             pre = torch.addmm(clt.b_enc[l], xs[l], clt.W_enc[l].T)  # [n, F]
-            if kind == "jumprelu":
-                acts = JumpReLUFn.apply(pre, theta[l], clt.spec.bandwidth)
-            elif kind == "relu":
-                acts = torch.relu(pre)
-            else:
-                acts = clt.activate(pre[:, None, :])[:, 0, :]  # topk / batchtopk on one layer
-            if penalised:
-                if lambda_s > 0:
-                    sparsity = sparsity + torch.tanh(self.tanh_c * norms[l] * acts).sum(-1).mean()
-                if self.lambda_p > 0:
-                    th = theta[l] if theta is not None else 0.0
-                    preact = preact + (torch.relu(th - pre) * norms[l]).sum(-1).mean()
+            th = theta[l] if theta is not None else None
             w = clt.W_dec[l]  # [F, T, d]
-            contrib = (acts @ w.reshape(F, -1)).view(x.shape[0], w.shape[1], -1)  # [n, T, d]
-            for j, tgt in enumerate(clt.target_layers(l)):
-                y_hat[tgt] = y_hat[tgt] + contrib[:, j]
-            if clt.W_skip is not None:
-                y_hat[l] = y_hat[l] + xs[l] @ clt.W_skip[l]
-            fired.append((acts > 0).sum(0))
-        mse_l = torch.stack([(y_hat[l] - ys[l]).pow(2).mean() for l in range(L)])  # [L]
+            picked = None if self.decoder == "dense" else self._sparse_entries(pre, th)
+            if picked is not None:
+                rows, vals = picked
+                contribs.append(SD.sparse_contrib(vals, rows, w))
+                if penalised and lambda_s > 0:
+                    s_l = torch.tanh(self.tanh_c * norms[l][rows.cols] * vals).sum() / n
+                    sparsity = sparsity + s_l
+                fired.append(torch.bincount(rows.cols[vals > 0], minlength=F))
+            else:
+                if kind == "jumprelu":
+                    acts = JumpReLUFn.apply(pre, th, clt.spec.bandwidth)
+                elif kind == "relu":
+                    acts = torch.relu(pre)
+                else:
+                    acts = clt.activate(pre[:, None, :])[:, 0, :]  # topk / batchtopk, one layer
+                contribs.append(SD.dense_contrib(acts, w))
+                if penalised and lambda_s > 0:
+                    sparsity = sparsity + torch.tanh(self.tanh_c * norms[l] * acts).sum(-1).mean()
+                fired.append(torch.count_nonzero(acts > 0, dim=0))
+            if penalised and self.lambda_p > 0:
+                t = th if th is not None else torch.zeros_like(norms[l])
+                preact = preact + PreactPenaltyFn.apply(pre, t, norms[l])
+        y_hat = SD.scatter_targets(clt.b_dec, list(range(L)), contribs)  # [n, L, d]
+        if clt.W_skip is not None:
+            y_hat = y_hat + torch.bmm(xs, clt.W_skip).transpose(0, 1)
+        mse_l = (y_hat - ys).pow(2).mean(dim=(0, 2))  # [L]
         mse = mse_l.sum()
         loss = mse + lambda_s * sparsity + self.lambda_p * preact
         with torch.no_grad():
             fired_t = torch.stack(fired)  # [L, F]
-            var = (ys - ys.mean(1, keepdim=True)).pow(2).mean(dim=(1, 2))
+            var = (ys - ys.mean(0, keepdim=True)).pow(2).mean(dim=(0, 2))
             nmse = (mse_l / var.clamp_min(1e-12)).mean()
             stats = torch.stack([loss.detach(), mse.detach(), sparsity.detach(), preact.detach(),
-                                 fired_t.sum().to(x.dtype) / x.shape[0], nmse])
+                                 fired_t.sum().to(mse.dtype) / n, nmse])
         return loss, stats, fired_t

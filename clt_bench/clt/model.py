@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from clt_bench.clt import sparse_decode as SD
+
 ACTIVATIONS = ("jumprelu", "topk", "batchtopk", "relu")
 
 
@@ -33,6 +35,7 @@ class CLTSpec:
     cross_layer: bool = True
     skip: bool = False
     bandwidth: float = 1.0  # JumpReLU straight-through rectangle kernel width (input units)
+    decoder: str = "auto"  # dense | sparse | auto (clt_bench.clt.sparse_decode)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,17 +48,20 @@ class JumpReLUFn(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
         ctx.save_for_backward(h, theta)
         ctx.bandwidth = bandwidth
-        return h * (h > theta)
+        return torch.where(h > theta, h, 0.0)  # where: no bool -> float copy (CPU step time)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         h, theta = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_h = grad_out * (h > theta)
-        near = grad_out * ((h - theta).abs() < eps / 2)  # rectangle kernel window
-        if near.dim() > theta.dim():
-            near = near.reshape(-1, *theta.shape).sum(0)
-        grad_theta = -(theta / eps) * near  # sum of -theta / eps * K * grad_out
+        grad_h = torch.where(h > theta, grad_out, 0.0) if ctx.needs_input_grad[0] else None
+        grad_theta = None
+        if ctx.needs_input_grad[1]:
+            d = (h - theta).abs_()
+            near = torch.where(d < eps / 2, grad_out, 0.0)  # rectangle kernel window
+            if near.dim() > theta.dim():
+                near = near.reshape(-1, *theta.shape).sum(0)
+            grad_theta = -(theta / eps) * near  # sum of -theta / eps * K * grad_out
         return grad_h, grad_theta, None
 
 
@@ -89,6 +95,8 @@ class CrossLayerTranscoder(nn.Module):
         super().__init__()
         if spec.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{spec.activation}'")
+        if spec.decoder not in SD.DECODERS:
+            raise ValueError(f"unknown decoder '{spec.decoder}' (known: {', '.join(SD.DECODERS)})")
         self.spec = spec
         L, F, d = spec.n_layers, spec.n_features, spec.d_model
         self.W_enc = nn.Parameter(torch.zeros(L, F, d, dtype=dtype))
@@ -176,28 +184,62 @@ class CrossLayerTranscoder(nn.Module):
         return self.activate(self.pre_activations(x))
 
     # ----- decoder ---------------------------------------------------------------------------
-    def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """[..., L, F] activations (+ resid_mid for the skip) -> [..., L, d] mlp_out estimate."""
+    def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None,
+               keep: torch.Tensor | None = None) -> torch.Tensor:
+        """[..., L, F] activations (+ resid_mid for the skip) -> [..., L, d] mlp_out estimate.
+
+        ``keep`` ([..., L, F] bool) marks the entries whose gradient is needed (default: the
+        non-zero ones). ``spec.decoder`` picks the dense reference or the sparse gather
+        (``auto``: sparse when few entries are kept, but never when ``acts`` needs a gradient
+        and no ``keep`` says where).
+        """
+        if self._decode_sparse(acts, keep):
+            lead, (L, F) = acts.shape[:-2], acts.shape[-2:]
+            kp = None if keep is None else keep.reshape(-1, L, F)
+            y = SD.decode_sparse(self.b_dec, list(self.W_dec), acts.reshape(-1, L, F),
+                                 list(range(L)), kp).reshape(*lead, L, -1)
+        else:
+            y = self._decode_dense(acts)
+        if self.W_skip is not None and x is not None:
+            xn = x * self.input_scale[:, None].to(x.dtype)
+            y = y + torch.einsum("...ld,lde->...le", xn, self.W_skip)
+        return y / self.output_scale[:, None].to(y.dtype)
+
+    def _decode_sparse(self, acts: torch.Tensor, keep: torch.Tensor | None) -> bool:
+        mode = self.spec.decoder
+        if mode != "auto" or acts.numel() == 0:
+            return mode == "sparse" and acts.numel() > 0
+        if keep is None and acts.requires_grad and torch.is_grad_enabled():
+            return False
+        nnz = int((acts != 0).sum() if keep is None else keep.sum())
+        return SD.use_sparse(mode, nnz, acts.numel(), acts.device)
+
+    def _decode_dense(self, acts: torch.Tensor) -> torch.Tensor:
+        """The reference decoder (no skip, normalised units): one einsum per source layer."""
         L = self.n_layers
         outs: list[torch.Tensor] = [self.b_dec[l].expand(*acts.shape[:-2], -1) for l in range(L)]
         for src in range(L):
             contrib = torch.einsum("...f,ftd->...td", acts[..., src, :], self.W_dec[src])
             for j, tgt in enumerate(self.target_layers(src)):
                 outs[tgt] = outs[tgt] + contrib[..., j, :]
-        y = torch.stack(outs, dim=-2)
-        if self.W_skip is not None and x is not None:
-            xn = x * self.input_scale[:, None].to(x.dtype)
-            y = y + torch.einsum("...ld,lde->...le", xn, self.W_skip)
-        return y / self.output_scale[:, None].to(y.dtype)
+        return torch.stack(outs, dim=-2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[..., L, d] resid_mid -> (mlp_out estimate [..., L, d], activations [..., L, F])."""
-        acts = self.encode(x)
-        return self.decode(acts, x), acts
+        pre = self.pre_activations(x)
+        acts = self.activate(pre)
+        kind = self.spec.activation
+        if kind in ("jumprelu", "relu"):
+            theta = self.threshold if kind == "jumprelu" else None
+            keep = SD.grad_support(pre, kind, theta, self.spec.bandwidth)
+        else:
+            keep = acts != 0  # TopK / BatchTopK: the selected entries (others have no gradient)
+        return self.decode(acts, x, keep), acts
 
     def decoder_norms(self) -> torch.Tensor:
         """[L, F] norm of each feature's decoder vectors to all its target layers, concatenated."""
-        return torch.stack([w.pow(2).sum(dim=(1, 2)).sqrt() for w in self.W_dec])
+        # vector_norm: no [F, T, d] temporaries forward or backward (w.pow(2) made two per step)
+        return torch.stack([torch.linalg.vector_norm(w, dim=(1, 2)) for w in self.W_dec])
 
     def layer_decoder(self, src: int, tgt: int) -> torch.Tensor:
         """[F, d] decoder of layer ``src`` features into layer ``tgt`` (in raw output units)."""

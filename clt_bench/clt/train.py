@@ -60,7 +60,8 @@ def build_clt(c: CLTConfig, n_layers: int, d_model: int) -> CrossLayerTranscoder
         raise UserError(f"unknown clt.kind '{c.kind}' (known: {', '.join(KINDS)}).")
     try:
         spec = CLTSpec(n_layers, d_model, c.n_features, c.activation, c.k,
-                       cross_layer=c.kind == "clt", skip=c.skip, bandwidth=c.bandwidth)
+                       cross_layer=c.kind == "clt", skip=c.skip, bandwidth=c.bandwidth,
+                       decoder=c.decoder)
         return CrossLayerTranscoder(spec)
     except ValueError as err:
         raise UserError(f"bad CLT config: {err}.") from err
@@ -194,7 +195,9 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
     objective = TrainObjective(clt, c.lambda_p, c.tanh_c)
     model = D.wrap(objective, c.parallel, info, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    # fused: one pass per parameter, no parameter-sized temporaries (2x faster on CPU)
+    opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.999), weight_decay=0.0,
+                            fused=not info.enabled or None)
     if tensors is not None:
         restore_optimizer(opt, tensors)
     fired = fired.to(device)

@@ -1,0 +1,302 @@
+"""CLT training and graph speed on one GPU: one table, ~4 minutes on an H100.
+
+Rows: per shape, precision (fp32 / tf32 / bf16 autocast) and decoder (dense / sparse): seconds per
+training step (forward, backward, clip, AdamW), tokens/s, achieved TFLOP/s (the dense-equivalent
+matmul FLOPs of the step / time, so a sparse row can exceed the card's peak), the fraction of the
+matmul peak measured in this process at that precision, and the peak memory. The seed-scale row
+(49,152 features/layer, the gpt2-goodfire preset's batch) projects the hours for 100M tokens.
+Last, one attribution graph at GPT-2 shape (gpt2-random, a 12 x 16,384 CLT, the headline prompt).
+
+Inputs are random with the encoder bias set for ``--l0`` active features per token and layer
+(the regime of a trained CLT), so the sparse decoder sees realistic densities.
+
+    python benchmarks/bench_gpu.py                        # CUDA, the full table
+    python benchmarks/bench_gpu.py --device cpu --tiny    # the same code at toy sizes (CI, CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+
+from clt_bench.clt.losses import TrainObjective
+from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
+from clt_bench.config import load_config
+
+PROMPT = "The war lasted from the year 1711 to the year 17"
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    L: int
+    d: int
+    F: int
+    tokens: int
+    precisions: tuple[str, ...] = PRECISIONS
+    decoders: tuple[str, ...] = ("dense", "sparse")
+    steps: int = 3
+
+
+def shapes(tiny: bool) -> list[Shape]:
+    gf = load_config("gpt2-goodfire").clt
+    if tiny:
+        return [
+            Shape("gpt2-like", 3, 32, 256, 256, steps=2),
+            Shape("seed-like", 3, 32, 1024, 512, ("bf16",), ("sparse",), steps=2),
+        ]
+    return [
+        Shape("gpt2 12x16384", 12, 768, 16_384, 4096),
+        Shape(
+            f"seed 12x{gf.n_features}",
+            12,
+            768,
+            gf.n_features,
+            gf.batch_tokens,
+            ("bf16",),
+            ("sparse",),
+            steps=3,
+        ),
+    ]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def precision(name: str, device: torch.device):
+    """fp32: no TF32; tf32: TF32 matmuls; bf16: autocast (fp32 master weights and loss)."""
+    if device.type == "cuda":
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
+        torch.backends.cudnn.allow_tf32 = name == "tf32"
+    try:
+        with torch.autocast(device.type, torch.bfloat16, enabled=name == "bf16"):
+            yield
+    finally:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def matmul_peak(device: torch.device, prec: str, n: int) -> float:
+    """Best FLOP/s of an n x n matmul at this precision, in this process."""
+    dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    with precision("tf32" if prec == "tf32" else "fp32", device):
+        for i in range(8):
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            sync(device)
+            if i:
+                best = min(best, (time.perf_counter() - t) / 4)
+    return 2 * n**3 / best
+
+
+def step_flops(spec: CLTSpec, n: int) -> float:
+    """Dense matmul FLOPs of one step: encoder fwd + weight grad, decoder fwd + 2 grads."""
+    L, F, d = spec.n_layers, spec.n_features, spec.d_model
+    targets = sum(L - l if spec.cross_layer else 1 for l in range(L))
+    return 2 * (2 * n * L * F * d) + 3 * (2 * n * F * d * targets)
+
+
+def peak_memory(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS
+
+
+@torch.no_grad()
+def fast_init(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, rate: float) -> None:
+    """clt_bench.clt.init.initialise's recipe on the CLT's device (the CPU float64 draws of
+    ~3.4B seed-scale parameters would take minutes): encoder bias for firing ``rate``."""
+    L, F, d = clt.spec.n_layers, clt.spec.n_features, clt.spec.d_model
+    clt.W_enc.uniform_(-(d**-0.5), d**-0.5)
+    for layer, w in enumerate(clt.W_dec):
+        bound = 0.1 / (F * clt.n_targets(layer)) ** 0.5
+        w.uniform_(-bound, bound)
+    clt.log_threshold.fill_(torch.tensor(0.03).log().item())
+    k = max(1, int((1 - rate) * x.shape[0]))
+    for layer in range(L):
+        pre = x[:, layer] @ clt.W_enc[layer].T
+        clt.b_enc[layer].copy_(0.03 - pre.kthvalue(k, dim=0).values)
+    clt.b_dec.copy_(y.mean(0))
+
+
+def time_training(
+    shape: Shape, prec: str, decoder: str, device: torch.device, l0: float, bandwidth: float
+) -> dict:
+    spec = CLTSpec(shape.L, shape.d, shape.F, "jumprelu", bandwidth=bandwidth, decoder=decoder)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape.tokens, shape.L, shape.d, generator=g)
+    y = torch.randn(shape.tokens, shape.L, shape.d, generator=g)
+    x, y = x.to(device), y.to(device)
+    clt = CrossLayerTranscoder(spec).to(device)
+    fast_init(clt, x[:1024], y[:1024], min(0.5, l0 / shape.F))
+    obj = TrainObjective(clt, 3e-6, 4.0)
+    params = [p for p in obj.parameters() if p.requires_grad]
+    # fused AdamW: the foreach version's temporaries are as large as all parameters (13 GB at
+    # seed scale), which the 80 GB budget does not have
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times, stats = [], None
+    for i in range(shape.steps + 2):
+        sync(device)
+        t = time.perf_counter()
+        with precision(prec, device):
+            loss, stats, _ = obj(x, y, 1e-3)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    sec = sorted(times)[len(times) // 2]
+    with torch.no_grad():  # entries the sparse decoder gathers: active or in the theta window
+        pre = torch.stack([x[:, l] @ clt.W_enc[l].T + clt.b_enc[l] for l in range(shape.L)], 1)
+        gathered = float((pre > clt.threshold - bandwidth / 2).sum(-1).float().mean())
+        del pre
+    return {
+        "gathered_per_layer": gathered,
+        "step_s": sec,
+        "tokens_per_s": shape.tokens / sec,
+        "tflops": step_flops(spec, shape.tokens) / sec / 1e12,
+        "peak_gib": peak_memory(device),
+        "l0_per_layer": float(stats[4]) / shape.L,
+    }
+
+
+def graph_seconds(device: torch.device, tiny: bool) -> dict:
+    """One attribution graph: gpt2-random, a random 12 x 16,384 CLT, the headline prompt."""
+    from clt_bench.config import GraphsConfig
+    from clt_bench.graphs import build_graph
+    from clt_bench.graphs.random_clt import random_clt
+    from clt_bench.models import load_model
+
+    loaded = load_model("toy" if tiny else "gpt2-random", str(device))
+    n_feat = 256 if tiny else 16_384
+    calib = torch.randn(256, loaded.n_layers, loaded.d_model) * 3
+    clt = random_clt(
+        loaded.n_layers,
+        loaded.d_model,
+        n_feat,
+        calibrate_on=calib,
+        rate=min(0.5, 20 / n_feat),
+        seed=0,
+    ).to(device)
+    cfg = GraphsConfig()
+    build_graph(loaded, clt, PROMPT, "greater-than", cfg)  # warm-up
+    sync(device)
+    t = time.perf_counter()
+    g = build_graph(loaded, clt, PROMPT, "greater-than", cfg)
+    sync(device)
+    return {
+        "graph_s": time.perf_counter() - t,
+        "model": loaded.name,
+        "clt": f"{loaded.n_layers} x {n_feat}",
+        "active_features": g.n_active,
+        "feature_nodes": g.n_features,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="toy sizes (runs on CPU in seconds)")
+    ap.add_argument("--l0", type=float, default=100.0, help="active features per token and layer")
+    ap.add_argument(
+        "--bandwidth",
+        type=float,
+        default=None,
+        help="JumpReLU bandwidth (default: the gpt2-goodfire preset's)",
+    )
+    ap.add_argument("--skip-graph", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --device cpu --tiny")
+    bw = args.bandwidth
+    if bw is None:
+        bw = load_config("gpt2-goodfire").clt.bandwidth
+    l0 = min(args.l0, 8.0) if args.tiny else args.l0
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; torch {torch.__version__}; L0 target {l0:g}/layer; bandwidth {bw:g}")
+    peaks = {p: matmul_peak(device, p, 256 if args.tiny else 8192) for p in PRECISIONS}
+    print("matmul peak TFLOP/s: " + ", ".join(f"{p} {v / 1e12:.1f}" for p, v in peaks.items()))
+    rows = []
+    head = (
+        f"{'shape':<18}{'tokens':>7} {'prec':<5}{'decoder':<8}{'step s':>9}{'tok/s':>10}"
+        f"{'TFLOP/s':>9}{'of peak':>8}{'peak GiB':>9}{'L0':>7}{'gathered':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for shape in shapes(args.tiny):
+        for prec in shape.precisions:
+            for dec in shape.decoders:
+                try:
+                    r = time_training(shape, prec, dec, device, l0, bw)
+                except torch.OutOfMemoryError:
+                    r = {"error": "out of memory"}
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                r |= {
+                    "shape": shape.name,
+                    "tokens": shape.tokens,
+                    "precision": prec,
+                    "decoder": dec,
+                }
+                rows.append(r)
+                if "error" in r:
+                    print(f"{shape.name:<18}{shape.tokens:>7} {prec:<5}{dec:<8}  {r['error']}")
+                    continue
+                frac = r["tflops"] * 1e12 / peaks[prec]
+                print(
+                    f"{shape.name:<18}{shape.tokens:>7} {prec:<5}{dec:<8}{r['step_s']:9.4f}"
+                    f"{r['tokens_per_s']:10.0f}{r['tflops']:9.1f}{frac:8.1%}"
+                    f"{r['peak_gib']:9.2f}{r['l0_per_layer']:7.1f}{r['gathered_per_layer']:9.1f}",
+                    flush=True,
+                )
+    seed = [r for r in rows if r["shape"].startswith("seed") and "step_s" in r]
+    if seed:
+        gf = load_config("gpt2-goodfire")
+        hours = seed[0]["step_s"] * 100e6 / seed[0]["tokens"] / 3600
+        print(
+            f"seed scale: {seed[0]['step_s']:.3f} s/step x {seed[0]['tokens']} tokens -> "
+            f"{hours:.2f} h for 100M tokens (gpt2-goodfire: {gf.clt.n_steps} steps), "
+            f"peak {seed[0]['peak_gib']:.1f} GiB"
+        )
+    out = {"device": name, "matmul_peak_flops": peaks, "rows": rows}
+    if not args.skip_graph:
+        try:
+            gr = graph_seconds(device, args.tiny)
+            print(
+                f"graph: {gr['model']}, CLT {gr['clt']}, headline prompt: "
+                f"{gr['graph_s']:.2f} s ({gr['active_features']} active features)"
+            )
+        except Exception as err:  # report, do not lose the table (graphs on GPU are another item)
+            gr = {"error": f"{type(err).__name__}: {err}"}
+            print(f"graph: failed: {gr['error']}")
+        out["graph"] = gr
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""benchmarks/bench_gpu.py runs end to end on CPU at toy sizes and prints its table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_gpu_tiny_on_cpu(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_gpu.py"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--skip-graph",
+            "--json",
+            str(tmp_path / "gpu.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    for needle in ("matmul peak", "fp32 dense", "bf16 sparse", "seed scale:"):
+        assert needle in out
+    assert (tmp_path / "gpu.json").is_file()
