@@ -35,9 +35,10 @@ PUBLISHED: dict[str, tuple[str, float | None, str]] = {
         "ratio, see baselines/hanna2023.toml)",
     ),
     "baseline.necessity_prob_diff": (
-        "PD with circuit paths corrupted",
-        -0.366,
-        "GPT-2 small, Hanna et al. 2023 (secondary)",
+        "PD with the circuit's components corrupted",
+        None,
+        "Hanna et al. 2023's -0.366 (GPT-2 small) corrupts the circuit's paths, not its "
+        "components: not set beside this",
     ),
     "clt.nmse": ("CLT NMSE (all layers)", 0.115, "Anthropic 10M-feature CLT (L0 ~ 88)"),
     "clt.replacement_top1_agreement": (
@@ -61,7 +62,6 @@ HEADLINE_ORDER = [
     "baseline.circuit_paths_prob_diff",
     "baseline.faithfulness_paths_ratio",
     "baseline.necessity_prob_diff",
-    "baseline.n_components",
     "clt.nmse",
     "clt.l0",
     "clt.dead_fraction",
@@ -70,6 +70,17 @@ HEADLINE_ORDER = [
     "clt.ce_loss_recovered",
     "graphs.completeness_score",
     "graphs.replacement_score",
+    "graphs.influence_share_yy_task_prompts",
+    "features.mean_gt_corr_top20",
+    "features.interaction_share",
+    "compare.replacement_pd_ratio",
+    "compare.clt_units_80",
+    "compare.plt_units_80",
+    "compare.neuron_units_80",
+    "compare.plt_replacement_prob_diff",
+    "plt.nmse",
+    "plt.l0",
+    "compare.families_median_feature_pd_kept",
 ]
 
 
