@@ -9,17 +9,17 @@
 # others. $OUT/summary.txt collects the numbers. GPU_CHECK_BUDGET (seconds, default 360) caps the
 # whole script: the benchmark table (step c) gets whatever time is left, at least 60 s.
 #
-# Steps
-#  (b) train-clt --preset gpt2 --model gpt2-random (toy corpus), 25 steps at each precision:
-#      "first training step begins N s after the model was loaded" and steps/s (steps 5..25).
+# Steps (in this order; TOY_LIMIT, GPU_CHECK_PRECISIONS and GPU_CHECK_BUDGET size them)
 #  (a) clt-bench run on the toy with --device cuda, all stages; then `clt-bench check` against
-#      results/reference/toy.json (the CPU reference: same config, 3 seeds). To compare with a CPU
-#      run of exactly the same settings instead:
+#      results/reference/toy.json. To compare with a CPU run of exactly the same settings:
 #        python3 -m clt_bench run --device cpu --out results/toy-cpu
-#        python3 -m clt_bench check results/toy-cpu   # and diff the two metrics.json files
+#        python3 -m clt_bench compare-runs results/toy-cpu $OUT/toy-cuda
 #      If the full run fails (e.g. in a stage outside the CLT), the remaining stages are run
 #      without the baseline so that their CUDA path is still exercised.
-#  (c) python3 benchmarks/bench_gpu.py (if present).
+#  (b) train-clt --preset gpt2 --model gpt2-random (toy corpus), 25 steps at each precision of
+#      GPU_CHECK_PRECISIONS (default "bf16 tf32 fp32"): "first training step begins N s after
+#      the model was loaded" and steps/s.
+#  (c) python3 benchmarks/bench_gpu.py with the time left of GPU_CHECK_BUDGET.
 set -u
 OUT=${OUT:?set OUT to a writable folder}
 DEVICE=${DEVICE:-cuda}
@@ -74,8 +74,21 @@ else
     SMALL_STEPS=25
 fi
 
+# ---- (a) the toy pipeline on the device ---------------------------------------------------------
+if ! step toy-run ${TOY_LIMIT:-150} $PY -m clt_bench run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
+        "${TOY_SETS[@]}"; then
+    step toy-run-without-baseline 120 $PY -m clt_bench run --device "$DEVICE" \
+        --out "$OUT/toy-$DEVICE" --stages task,activations,clt,graphs,features,compare,report \
+        "${TOY_SETS[@]}"
+fi
+if [ -f "$OUT/toy-$DEVICE/metrics.json" ]; then
+    step toy-check 60 $PY -m clt_bench check "$OUT/toy-$DEVICE"
+    tail -n 40 "$OUT/toy-check.log" >> "$SUMMARY"
+fi
+grep -h "finished in" "$OUT"/toy-run*.log 2>/dev/null | tee -a "$SUMMARY"
+
 # ---- (b) start-up and training speed at the gpt2 preset's shape, per precision ------------------
-for prec in bf16 tf32 fp32; do
+for prec in ${GPU_CHECK_PRECISIONS:-bf16 tf32 fp32}; do
     step "train-gpt2-$prec" 110 $PY -m clt_bench -v train-clt --preset gpt2 --model gpt2-random \
         --device "$DEVICE" --out "$OUT/train-gpt2-$prec" --no-resume \
         --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
@@ -102,19 +115,6 @@ print(f"  {prec}: start-up {m.group(1) if m else '?'} s after model load (init {
       f"{rows[-1]['step'] if rows else '?'}); nmse {nmse}")
 EOF
 done
-
-# ---- (a) the toy pipeline on the device ---------------------------------------------------------
-if ! step toy-run 150 $PY -m clt_bench run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
-        "${TOY_SETS[@]}"; then
-    step toy-run-without-baseline 120 $PY -m clt_bench run --device "$DEVICE" \
-        --out "$OUT/toy-$DEVICE" --stages task,activations,clt,graphs,features,compare,report \
-        "${TOY_SETS[@]}"
-fi
-if [ -f "$OUT/toy-$DEVICE/metrics.json" ]; then
-    step toy-check 60 $PY -m clt_bench check "$OUT/toy-$DEVICE"
-    tail -n 40 "$OUT/toy-check.log" >> "$SUMMARY"
-fi
-grep -h "finished in" "$OUT"/toy-run*.log 2>/dev/null | tee -a "$SUMMARY"
 
 # ---- (c) the GPU benchmark table ----------------------------------------------------------------
 if [ -f benchmarks/bench_gpu.py ]; then
