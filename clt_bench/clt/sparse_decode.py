@@ -142,6 +142,10 @@ def sparse_contrib(vals: torch.Tensor, rows: SparseRows, w: torch.Tensor) -> tor
     is memory-bound: half the bytes in bf16); gradients flow to ``vals`` and ``w``.
     """
     cdt = compute_dtype(w)
+    if cdt == torch.bfloat16 and w.device.type == "cuda":
+        # CUDA has no bf16 kernel for embedding_bag's per-sample-weight gradient; gathering the
+        # fp32 master rows also skips autocast's copy of the whole decoder to bf16
+        cdt = torch.float32 if w.dtype == torch.bfloat16 else w.dtype
     w2 = w.reshape(w.shape[0], -1).to(cdt)
     if w.device.type in CSR_DEVICES and cdt in (torch.float32, torch.float64):
         return CSRDecode.apply(vals.to(cdt), w2, rows, rows.offsets.shape[0])

@@ -175,7 +175,10 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
     visit, f_rows = _select_features(att_f, t_rows, w_t, cfg.max_feature_nodes, cfg.batch_size,
                                      ~bos_feat)
     del att_f
-    const_f, const_t = constant_terms(rm, D[None])
+    # the graph itself (adjacency, influence, pruning) is assembled on the CPU in float64
+    f_rows, t_rows = ({k: v.cpu() for k, v in r.items()} for r in (f_rows, t_rows))
+    bos_feat, visit = bos_feat.cpu(), torch.as_tensor(visit).cpu()
+    const_f, const_t = (c.cpu() for c in constant_terms(rm, D[None]))
     n_f = len(visit)
     n = n_f + L * P + P + n_t
     unvisited = ~bos_feat
