@@ -156,7 +156,8 @@ def feature_effects(rm: ReplacementModel, g_mlp: list[torch.Tensor], split: bool
     table = feature_table(rm)
     acts = torch.cat([rm.active_values(layer) for layer in range(L)]).detach()
     B, n, P, d = g_mlp[0].shape
-    out = torch.zeros(B, len(table), L if split else 1, dtype=torch.float64)
+    dev = g_mlp[0].device
+    out = torch.zeros(B, len(table), L if split else 1, dtype=torch.float64, device=dev)
     start = 0
     for layer in range(L):
         k = len(rm.active_idx[layer])
@@ -172,8 +173,8 @@ def feature_effects(rm: ReplacementModel, g_mlp: list[torch.Tensor], split: bool
         q = table[rows, 0] * P + table[rows, 2]  # (prompt, pos) group of each feature, sorted
         counts = torch.bincount(q, minlength=n * P)
         first = torch.cumsum(counts, 0) - counts
-        j = torch.arange(k) - first[q]  # index within its group
-        pad = torch.zeros(n * P, int(counts.max()), len(tg), d, dtype=dec.dtype)
+        j = torch.arange(k, device=q.device) - first[q]  # index within its group
+        pad = torch.zeros(n * P, int(counts.max()), len(tg), d, dtype=dec.dtype, device=dev)
         pad[q, j] = dec
         if split:  # [groups, max_k, T, B]
             res = torch.einsum("qktd,bqtd->qktb", pad, G)[q, j]  # [k, T, B]
@@ -213,9 +214,10 @@ def _target_matrix(rm: ReplacementModel, batch: TaskBatch, W_U: torch.Tensor, b_
     dt = rm.dtype
     logits = rm.logits.double()  # [n, V]
     p = torch.softmax(logits, -1)
-    c = correct_mask(batch.yy, batch.relation, N_ANSWERS).double() * 2 - 1  # [n, 100]
+    yy = batch.yy.to(logits.device)
+    c = correct_mask(yy, batch.relation, N_ANSWERS).double() * 2 - 1  # [n, 100]
     # the graphs' greater-than target (zero-sum coefficients: shift-invariant)
-    c_ld = greater_than_coefficients(batch.yy, batch.relation, N_ANSWERS)  # [n, 100]
+    c_ld = greater_than_coefficients(yy, batch.relation, N_ANSWERS).to(logits.device)
     pd = (p[:, ids] * c).sum(-1)  # [n]
     g = -p * pd[:, None]
     g[:, ids] = p[:, ids] * (c - pd[:, None])
@@ -260,9 +262,9 @@ def _chunk(rm: ReplacementModel, batch: TaskBatch, clt: CrossLayerTranscoder, W_
     write = task[0]  # [K, L]
     feat = torch.cat([answers.double(), task.sum(-1)])  # [102, K]
     # direct first-order PD contribution: direct effect on x_END . the prompt's PD direction
-    pd_direct = (direct.double() * dirs[table[:, 0], :, T_PD].double().cpu()).sum(-1)  # [K]
+    pd_direct = (direct.double() * dirs[table[:, 0], :, T_PD].double()).sum(-1)  # [K]
     return {"table": table.cpu(), "acts": acts.detach().cpu(), "feat": feat.cpu(),
-            "pd_direct": pd_direct,
+            "pd_direct": pd_direct.cpu(),
             "write": write.cpu(), "direct": direct.cpu(), "x_end": x_end.detach().cpu(),
             "pd": pd.cpu(), "ld": targets[:, T_LOGIT_DIFF].detach().cpu()}
 
