@@ -98,8 +98,9 @@ def constrained_delta_pd_frozen(att, keys: Sequence[int], W_U: torch.Tensor,
     """[K] mean Delta PD of setting each feature ``keys`` to ``scale`` x its activation in the
     fully frozen local replacement model (see module docstring). ``att``: ``TaskAttributions``
     of ``batch`` (its ``direct_x`` and ``x_end``); W_U [d, V], b_U [V]."""
-    x_end = torch.as_tensor(att.x_end, dtype=W_U.dtype)
-    yy = torch.as_tensor(att.yy)
+    dev = W_U.device
+    x_end = torch.as_tensor(att.x_end, dtype=W_U.dtype, device=dev)
+    yy = torch.as_tensor(att.yy, device=dev)
 
     def logits_of(x: torch.Tensor) -> torch.Tensor:
         out = x @ W_U
@@ -111,10 +112,10 @@ def constrained_delta_pd_frozen(att, keys: Sequence[int], W_U: torch.Tensor,
     total = np.zeros(len(keys))
     for start in range(0, len(rows), rows_per_pass):
         r = rows[start:start + rows_per_pass]
-        prompt = torch.as_tensor(att.pair_prompt[r])
-        dx = torch.as_tensor(att.direct_x[r], dtype=W_U.dtype)
+        prompt = torch.as_tensor(att.pair_prompt[r], device=dev)
+        dx = torch.as_tensor(att.direct_x[r], dtype=W_U.dtype, device=dev)
         pd = pd_of(logits_of(x_end[prompt] + (scale - 1.0) * dx), yy[prompt], batch)
-        delta = (pd - clean_pd[prompt]).numpy()
+        delta = (pd - clean_pd[prompt]).cpu().numpy()
         np.add.at(total, [index[int(k)] for k in att.pair_key[r]], delta)
     return total / max(att.n_prompts, 1)
 
