@@ -61,16 +61,21 @@ def main() -> None:
     loaded = _model(args.model)
     cfg = load_config("toy", [f"baseline.n_examples={args.n}"])
     batch = load_task_batch(cfg, loaded).subset(list(range(args.n)))
-    results: dict[str, Any] = {"model": loaded.name, "n_examples": args.n,
-                               "threads": torch.get_num_threads()}
+    results: dict[str, Any] = {
+        "model": loaded.name,
+        "n_examples": args.n,
+        "threads": torch.get_num_threads(),
+    }
     ctx_t = time.perf_counter()
     ctx = PatchContext.build(loaded.bridge, batch, "clean", cfg.baseline.batch_size)
     results["caches_s"] = time.perf_counter() - ctx_t
     n_layers, n_heads = loaded.n_layers, int(loaded.bridge.cfg.n_heads)
     senders = all_senders(n_layers, n_heads, [ctx.end_pos])
     rows = []
-    for recv_name, recv in (("logits", Receiver("logits", n_layers, ctx.end_pos)),
-                            ("mlp_last", Receiver("mlp", n_layers - 1, ctx.end_pos))):
+    for recv_name, recv in (
+        ("logits", Receiver("logits", n_layers, ctx.end_pos)),
+        ("mlp_last", Receiver("mlp", n_layers - 1, ctx.end_pos)),
+    ):
         for s in sorted({1, 4, 16, len(senders)}):
             sec = _time(lambda s=s, recv=recv: path_patch(ctx, senders[:s], [recv]))
             rows.append({"receiver": recv_name, "senders": s, "seconds": sec})
@@ -94,10 +99,13 @@ def main() -> None:
             summary = run_baseline_stage(full, loaded, Path(tmp), resume=False)
             results["stage_s"] = time.perf_counter() - t0
             results["stage_phases_s"] = json.loads(
-                (Path(tmp) / "baseline" / "faithfulness.json").read_text())["phase_seconds"]
+                (Path(tmp) / "baseline" / "faithfulness.json").read_text()
+            )["phase_seconds"]
             results["stage_circuit_nodes"] = summary["circuit_size"]["nodes"]
-        print(f"full baseline stage ({full.baseline.n_examples} examples)  "
-              f"{results['stage_s']:7.1f}s  phases {results['stage_phases_s']}")
+        print(
+            f"full baseline stage ({full.baseline.n_examples} examples)  "
+            f"{results['stage_s']:7.1f}s  phases {results['stage_phases_s']}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

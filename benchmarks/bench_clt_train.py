@@ -117,17 +117,24 @@ def memory_bench(n_features: int, n_tokens: int) -> dict[str, float]:
     loss.backward()
     opt.step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"n_features": n_features, "n_tokens": n_tokens, "n_params": n_params,
-            "param_bytes": 4 * n_params, "analytic_bound_bytes": bound,
-            "measured_step_peak_bytes": max(0, peak - before) + 4 * n_params,
-            "rss_before_step_bytes": before, "inputs_and_weights_bytes": base}
+    return {
+        "n_features": n_features,
+        "n_tokens": n_tokens,
+        "n_params": n_params,
+        "param_bytes": 4 * n_params,
+        "analytic_bound_bytes": bound,
+        "measured_step_peak_bytes": max(0, peak - before) + 4 * n_params,
+        "rss_before_step_bytes": before,
+        "inputs_and_weights_bytes": base,
+    }
 
 
 SHAPES = ((4, 128, 512, 4096), (12, 768, 1024, 512))  # (L, d, F, tokens) of the comparison
 
 
-def worker(L: int, d: int, F: int, n: int, threads: int, steps: int, bandwidth: float,
-           decoder: str) -> dict[str, float]:
+def worker(
+    L: int, d: int, F: int, n: int, threads: int, steps: int, bandwidth: float, decoder: str
+) -> dict[str, float]:
     """One clt-bench configuration in this process: decode-clt's inputs (randn x, y)."""
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
@@ -150,8 +157,10 @@ def compare_decode_clt(venv: str, rounds: int, steps: int, bandwidth: float) -> 
     """Median step seconds of decode-clt 0.0.1 and clt-bench, alternating fresh processes."""
     py = Path(venv) / "bin" / "python"
     if not py.is_file():
-        print(f"skipped: no decode-clt venv at {venv} (create it with: python -m venv {venv} && "
-              f"{venv}/bin/pip install decode-clt==0.0.1 torch==2.13.0)")
+        print(
+            f"skipped: no decode-clt venv at {venv} (create it with: python -m venv {venv} && "
+            f"{venv}/bin/pip install decode-clt==0.0.1 torch==2.13.0)"
+        )
         return []
     here = Path(__file__).resolve()
     rows = []
@@ -160,8 +169,7 @@ def compare_decode_clt(venv: str, rounds: int, steps: int, bandwidth: float) -> 
             times: dict[str, list[float]] = {"decode-clt": [], "clt-bench": [], "sparse": []}
             for _ in range(rounds):
                 shape = [str(v) for v in (L, d, F, n, threads, steps)]
-                r = _run_json([str(py), str(here.parent / "_decode_clt_step.py"), *shape],
-                              threads)
+                r = _run_json([str(py), str(here.parent / "_decode_clt_step.py"), *shape], threads)
                 times["decode-clt"].append(r["step_seconds"])
                 ours = [sys.executable, str(here), "--worker", *shape]
                 r = _run_json([*ours, "1.0", "auto"], threads)
@@ -169,19 +177,29 @@ def compare_decode_clt(venv: str, rounds: int, steps: int, bandwidth: float) -> 
                 r = _run_json([*ours, str(bandwidth), "auto"], threads)
                 times["sparse"].append(r["step_seconds"])
             med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-            rows.append({"shape": f"L{L} d{d} F{F}", "tokens": n, "threads": threads,
-                         "decode_clt_tok_s": n / med["decode-clt"],
-                         "clt_bench_tok_s": n / med["clt-bench"],
-                         "speedup": med["decode-clt"] / med["clt-bench"],
-                         f"clt_bench_bw{bandwidth:g}_tok_s": n / med["sparse"],
-                         "speedup_bw": med["decode-clt"] / med["sparse"],
-                         "load_avg_1min": os.getloadavg()[0], "times": times})
+            rows.append(
+                {
+                    "shape": f"L{L} d{d} F{F}",
+                    "tokens": n,
+                    "threads": threads,
+                    "decode_clt_tok_s": n / med["decode-clt"],
+                    "clt_bench_tok_s": n / med["clt-bench"],
+                    "speedup": med["decode-clt"] / med["clt-bench"],
+                    f"clt_bench_bw{bandwidth:g}_tok_s": n / med["sparse"],
+                    "speedup_bw": med["decode-clt"] / med["sparse"],
+                    "load_avg_1min": os.getloadavg()[0],
+                    "times": times,
+                }
+            )
             r = rows[-1]
-            print(f"{r['shape']:>16} {n:>5} tok {threads} thr: decode-clt "
-                  f"{r['decode_clt_tok_s']:8.0f} tok/s | clt-bench (bw 1.0) "
-                  f"{r['clt_bench_tok_s']:8.0f} ({r['speedup']:.2f}x) | clt-bench (bw "
-                  f"{bandwidth:g}, auto) {n / med['sparse']:8.0f} ({r['speedup_bw']:.2f}x) | "
-                  f"load {r['load_avg_1min']:.1f}", flush=True)
+            print(
+                f"{r['shape']:>16} {n:>5} tok {threads} thr: decode-clt "
+                f"{r['decode_clt_tok_s']:8.0f} tok/s | clt-bench (bw 1.0) "
+                f"{r['clt_bench_tok_s']:8.0f} ({r['speedup']:.2f}x) | clt-bench (bw "
+                f"{bandwidth:g}, auto) {n / med['sparse']:8.0f} ({r['speedup_bw']:.2f}x) | "
+                f"load {r['load_avg_1min']:.1f}",
+                flush=True,
+            )
     return rows
 
 
@@ -197,11 +215,18 @@ def main() -> None:
     ap.add_argument("--mem-features", type=int, default=1024)
     ap.add_argument("--mem-tokens", type=int, default=1024)
     ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--gpt2-shape", action="store_true",
-                    help="also time a step of a 12 x 768 CLT with --mem-features features/layer")
+    ap.add_argument(
+        "--gpt2-shape",
+        action="store_true",
+        help="also time a step of a 12 x 768 CLT with --mem-features features/layer",
+    )
     ap.add_argument("--json", default=None)
-    ap.add_argument("--compare-decode-clt", metavar="VENV", default=None,
-                    help="venv with decode-clt 0.0.1: only run the side-by-side comparison")
+    ap.add_argument(
+        "--compare-decode-clt",
+        metavar="VENV",
+        default=None,
+        help="venv with decode-clt 0.0.1: only run the side-by-side comparison",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     if args.compare_decode_clt:
@@ -222,20 +247,29 @@ def main() -> None:
     dense = dense_flops()
     sec = time_steps(spec, x, y, args.steps)
     flops = step_flops(spec, c.batch_tokens)
-    out = {"threads": torch.get_num_threads(), "toy_step_seconds": sec,
-           "toy_tokens_per_second": c.batch_tokens / sec, "step_matmul_flops": flops,
-           "achieved_flops_per_second": flops / sec, "dense_matmul_flops_per_second": dense,
-           "fraction_of_dense": flops / sec / dense}
+    out = {
+        "threads": torch.get_num_threads(),
+        "toy_step_seconds": sec,
+        "toy_tokens_per_second": c.batch_tokens / sec,
+        "step_matmul_flops": flops,
+        "achieved_flops_per_second": flops / sec,
+        "dense_matmul_flops_per_second": dense,
+        "fraction_of_dense": flops / sec / dense,
+    }
     if args.gpt2_shape:  # the same step at GPT-2 small's shape: more FLOPs per elementwise op
         g2 = CLTSpec(12, 768, args.mem_features, c.activation, c.k)
         x2 = torch.randn(args.mem_tokens, 12, 768, generator=g) * 3
         y2 = torch.randn(args.mem_tokens, 12, 768, generator=g)
         sec2 = time_steps(g2, x2, y2, 3)
         f2 = step_flops(g2, args.mem_tokens)
-        out["gpt2_shape"] = {"n_features": args.mem_features, "n_tokens": args.mem_tokens,
-                             "step_seconds": sec2, "tokens_per_second": args.mem_tokens / sec2,
-                             "achieved_flops_per_second": f2 / sec2,
-                             "fraction_of_dense": f2 / sec2 / dense}
+        out["gpt2_shape"] = {
+            "n_features": args.mem_features,
+            "n_tokens": args.mem_tokens,
+            "step_seconds": sec2,
+            "tokens_per_second": args.mem_tokens / sec2,
+            "achieved_flops_per_second": f2 / sec2,
+            "fraction_of_dense": f2 / sec2 / dense,
+        }
     if not args.skip_memory:
         out["gpt2_random_memory"] = memory_bench(args.mem_features, args.mem_tokens)
     print(json.dumps(out, indent=2))

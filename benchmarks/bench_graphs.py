@@ -74,8 +74,14 @@ def run_case(args: argparse.Namespace) -> dict:
 
         clt, clt_kind = load_clt(args.clt), f"trained ({args.clt})"
     else:
-        clt = random_clt(loaded.n_layers, loaded.d_model, n_feat, calibrate_on=_calibration(loaded),
-                         rate=args.l0 / n_feat, seed=0)
+        clt = random_clt(
+            loaded.n_layers,
+            loaded.d_model,
+            n_feat,
+            calibrate_on=_calibration(loaded),
+            rate=args.l0 / n_feat,
+            seed=0,
+        )
         clt_kind = f"random, calibrated to L0 {args.l0}/layer"
     tokens, _ = prompt_tokens(loaded.tokenizer, PROMPT)
     if args.length:
@@ -89,10 +95,15 @@ def run_case(args: argparse.Namespace) -> dict:
     return {
         "model": args.model + (" (random weights: toy not trained yet)" if random_weights else ""),
         "clt": f"{clt.spec.n_layers} x {clt.spec.n_features} {clt.spec.activation}, {clt_kind}",
-        "threads": args.threads, "tokens": int(len(tokens)), "active_features": g.n_active,
-        "feature_nodes": g.n_features, "backward_rows": g.meta["n_backward_rows"],
-        "backward_passes": g.meta["n_backward_passes"], "batch_size": args.batch_size,
-        "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+        "threads": args.threads,
+        "tokens": int(len(tokens)),
+        "active_features": g.n_active,
+        "feature_nodes": g.n_features,
+        "backward_rows": g.meta["n_backward_rows"],
+        "backward_passes": g.meta["n_backward_passes"],
+        "batch_size": args.batch_size,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_graph_mb": round(rss0 / 1024, 1),
         "completeness": round(g.scores["completeness"], 4),
@@ -130,13 +141,17 @@ def main() -> None:
         return
     toy_clt = ["--clt", args.toy_clt] if args.toy_clt else []
     results = {"toy": _spawn(["--model", "toy", *toy_clt], args.threads)}
-    results["toy_length"] = [_spawn(["--model", "toy", "--length", str(n), *toy_clt], args.threads)
-                             for n in (8, 16, 32, 64)]
-    results["toy_l0"] = [_spawn(["--model", "toy", "--l0", str(l0)], args.threads)
-                         for l0 in (4, 16, 64, 128)]
+    results["toy_length"] = [
+        _spawn(["--model", "toy", "--length", str(n), *toy_clt], args.threads)
+        for n in (8, 16, 32, 64)
+    ]
+    results["toy_l0"] = [
+        _spawn(["--model", "toy", "--l0", str(l0)], args.threads) for l0 in (4, 16, 64, 128)
+    ]
     if not args.skip_gpt2:
-        results["gpt2_random"] = _spawn(["--model", "gpt2-random", "--features", "4096"],
-                                        args.threads)
+        results["gpt2_random"] = _spawn(
+            ["--model", "gpt2-random", "--features", "4096"], args.threads
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

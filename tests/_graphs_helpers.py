@@ -7,16 +7,17 @@ import functools
 import torch
 
 from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
+from clt_bench.graphs.local_replacement import ReplacementModel
 from clt_bench.graphs.random_clt import random_clt
-from clt_bench.graphs.replacement import ReplacementModel
 from clt_bench.models.sources import LoadedModel
 
 KINDS = ("jumprelu", "topk", "batchtopk", "relu")
 
 
 @functools.lru_cache(maxsize=8)
-def tiny_loaded(n_layer: int = 2, n_embd: int = 16, seed: int = 0,
-                dtype: torch.dtype = torch.float64) -> LoadedModel:
+def tiny_loaded(
+    n_layer: int = 2, n_embd: int = 16, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> LoadedModel:
     """A tiny random GPT-2-shaped bridge (full GPT-2 vocabulary) with the real tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -39,13 +40,31 @@ def resid_mid(loaded: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     return torch.stack([cache[n][0] for n in names], 1)
 
 
-def make_clt(loaded: LoadedModel, tokens: torch.Tensor, kind: str, cross_layer: bool = True,
-             skip: bool = False, n_features: int = 24, seed: int = 0) -> CrossLayerTranscoder:
+def make_clt(
+    loaded: LoadedModel,
+    tokens: torch.Tensor,
+    kind: str,
+    cross_layer: bool = True,
+    skip: bool = False,
+    n_features: int = 24,
+    seed: int = 0,
+) -> CrossLayerTranscoder:
     x = resid_mid(loaded, tokens)
     dtype = next(loaded.bridge.parameters()).dtype
-    return random_clt(loaded.n_layers, loaded.d_model, n_features, kind, cross_layer=cross_layer,
-                      skip=skip, k=3, seed=seed, dtype=dtype, calibrate_on=x, rate=0.3,
-                      decoder_scale=1.0)
+    return random_clt(
+        loaded.n_layers,
+        loaded.d_model,
+        n_features,
+        kind,
+        cross_layer=cross_layer,
+        skip=skip,
+        k=3,
+        seed=seed,
+        dtype=dtype,
+        calibrate_on=x,
+        rate=0.3,
+        decoder_scale=1.0,
+    )
 
 
 @torch.no_grad()
@@ -57,8 +76,9 @@ def exact_clt(loaded: LoadedModel, tokens: torch.Tensor) -> CrossLayerTranscoder
     own layer is that position's MLP output minus b_dec (zero). Every other decoder is zero, but
     the features are real nodes with real edges between layers.
     """
-    names = [f"blocks.{i}.hook_{h}" for i in range(loaded.n_layers)
-             for h in ("resid_mid", "mlp_out")]
+    names = [
+        f"blocks.{i}.hook_{h}" for i in range(loaded.n_layers) for h in ("resid_mid", "mlp_out")
+    ]
     _, cache = loaded.bridge.run_with_cache(tokens[None], names_filter=names)
     L, d, P = loaded.n_layers, loaded.d_model, tokens.shape[0]
     dtype = next(loaded.bridge.parameters()).dtype

@@ -26,10 +26,18 @@ def test_published_counts(name):
     c = load_circuit(name)
     assert (len(c.nodes), c.n_heads, c.n_mlps) == COUNTS[name]
     assert c.provenance["source"] == "published" and c.provenance["paper"]
-    assert {n.component for n in c.at("YY")} == {"0.1", "0.3", "0.5", "mlp0", "mlp1", "mlp2",
-                                                  "mlp3"}
-    assert {n.component for n in c.at("END") if n.kind == "mlp"} == {f"mlp{i}" for i in
-                                                                      range(8, 12)}
+    assert {n.component for n in c.at("YY")} == {
+        "0.1",
+        "0.3",
+        "0.5",
+        "mlp0",
+        "mlp1",
+        "mlp2",
+        "mlp3",
+    }
+    assert {n.component for n in c.at("END") if n.kind == "mlp"} == {
+        f"mlp{i}" for i in range(8, 12)
+    }
     validate_circuit(c, 12, 12)
 
 
@@ -37,8 +45,11 @@ def test_published_numbers():
     assert set(PUBLISHED) <= set(published_names())
     h = load_circuit("hanna2023").published
     assert (h["model_prob_diff"], h["model_cutoff_sharpness"]) == (0.817, 0.059)
-    assert (h["circuit_prob_diff"], h["faithfulness_ratio_secondary"],
-            h["necessity_prob_diff"]) == (0.727, 0.895, -0.366)
+    assert (
+        h["circuit_prob_diff"],
+        h["faithfulness_ratio_secondary"],
+        h["necessity_prob_diff"],
+    ) == (0.727, 0.895, -0.366)
     # the path-level ratio beside which measurements go is the ratio of the two published PDs
     assert h["circuit_paths_ratio_derived"] == pytest.approx(0.727 / 0.817, abs=5e-4)
     assert load_circuit("hanna2023").paths["feed_only_end_heads"] == ["0.3", "0.5"]
@@ -83,8 +94,11 @@ def test_cli_circuit_with_missing_head_exits_2(capsys, tmp_path, monkeypatch):
     from clt_bench.models.sources import LoadedModel
     from clt_bench.models.tokenizer import gpt2_tokenizer
 
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: LoadedModel(
-        "tiny", tiny_bridge(n_layer=2, n_head=2), gpt2_tokenizer()))
+    monkeypatch.setattr(
+        models,
+        "load_model",
+        lambda *a, **k: LoadedModel("tiny", tiny_bridge(n_layer=2, n_head=2), gpt2_tokenizer()),
+    )
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"name": "bad", "components": {"END": ["1.7", "mlp0"]}}))
     code = main(["baseline", "--circuit", str(path), "--out", str(tmp_path / "run")])

@@ -22,8 +22,9 @@ from clt_bench.baseline.readout import per_example_logit_diff, readout_from_resi
 from clt_bench.task.dataset import build_dataset
 
 N_LAYERS, N_HEADS = 3, 2
-SETTINGS = settings(max_examples=4, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,13 @@ def _receiver(data, ctx: PatchContext) -> Receiver:
     layer = data.draw(st.integers(0, N_LAYERS - 1))
     if kind == "mlp":
         return Receiver("mlp", layer, pos)
-    return Receiver("head", layer, pos, data.draw(st.integers(0, N_HEADS - 1)),
-                    data.draw(st.sampled_from("qkv")))
+    return Receiver(
+        "head",
+        layer,
+        pos,
+        data.draw(st.integers(0, N_HEADS - 1)),
+        data.draw(st.sampled_from("qkv")),
+    )
 
 
 @SETTINGS
@@ -75,8 +81,12 @@ def test_no_path_gives_clean(ctx, data):
 
 def test_every_path_from_input_gives_corrupted(ctx):
     yy = ctx.yy_pos
-    receivers = [Receiver("head", lay, yy, h, c) for lay in range(N_LAYERS)
-                 for h in range(N_HEADS) for c in "qkv"]
+    receivers = [
+        Receiver("head", lay, yy, h, c)
+        for lay in range(N_LAYERS)
+        for h in range(N_HEADS)
+        for c in "qkv"
+    ]
     receivers += [Receiver("mlp", lay, yy) for lay in range(N_LAYERS)]
     receivers.append(Receiver("logits", N_LAYERS, ctx.end_pos))
     r = path_patch(ctx, [Sender("embed", 0, yy)], receivers)
@@ -91,8 +101,11 @@ def test_path_through_non_downstream_component_changes_nothing(ctx, data):
     if upstream(s, r):
         # move the receiver before the sender, or to the other position
         other = ctx.yy_pos if s.pos == ctx.end_pos else ctx.end_pos
-        r = Receiver("mlp", s.layer - 1, s.pos) if s.layer > 0 and data.draw(st.booleans()) \
+        r = (
+            Receiver("mlp", s.layer - 1, s.pos)
+            if s.layer > 0 and data.draw(st.booleans())
             else Receiver("mlp", N_LAYERS - 1, other)
+        )
     assert not upstream(s, r)
     _close(path_patch(ctx, [s], [r])[0], ctx.base.readout)
 
@@ -109,8 +122,12 @@ def test_direct_paths_add_up_to_linear_decomposition(ctx):
     ln = ctx.bridge.ln_final.original_component
     x = ctx.source.final[:, end]
     x = (x - x.mean(-1, keepdim=True)) / ctx.base.final_scale[:, end] * ln.weight + ln.bias
-    total = per_example_logit_diff(
-        readout_from_resid(x, ctx.bridge.W_U, ctx.bridge.b_U, ctx.batch.answer_ids), yy) - base
+    total = (
+        per_example_logit_diff(
+            readout_from_resid(x, ctx.bridge.W_U, ctx.bridge.b_U, ctx.batch.answer_ids), yy
+        )
+        - base
+    )
     assert torch.allclose(parts.sum(0), total, atol=1e-3, rtol=1e-4)
 
 
@@ -131,8 +148,10 @@ def test_circuit_patching_extremes(ctx):
     _close(patch_circuits(ctx, [empty], complement=True)[0], ctx.source.readout)
     _close(patch_circuits(ctx, [empty], complement=False)[0], ctx.base.readout)
     everything = Circuit("all", tuple(all_nodes(N_LAYERS, N_HEADS)))
-    _close(patch_circuits(ctx, [everything], complement=False)[0],
-           patch_circuits(ctx, [empty], complement=True)[0])
+    _close(
+        patch_circuits(ctx, [everything], complement=False)[0],
+        patch_circuits(ctx, [empty], complement=True)[0],
+    )
     zero = torch.zeros(1, ctx.n, 32)
     for layer in (0, N_LAYERS - 1):
         _close(resid_patch(ctx, layer, ctx.end_pos, zero)[0], ctx.base.readout)

@@ -41,11 +41,15 @@ def test_hanna_structure():
     assert ("a5.h1@END", "mlp8@END") in e and ("mlp8@END", "mlp10@END") in e
     assert ("mlp10@END", "mlp8@END") not in e and ("a9.h1@END", LOGITS) in e
     heads = {n.label for n in load_circuit("hanna2023").nodes if n.kind == "head"}
-    assert not any(s in heads and r.split(":")[0] in heads and s != EMBED for s, r in e
-                   if r.split(":")[0] in heads and not r.endswith(("k", "v"))), "head -> head"
+    assert not any(
+        s in heads and r.split(":")[0] in heads and s != EMBED
+        for s, r in e
+        if r.split(":")[0] in heads and not r.endswith(("k", "v"))
+    ), "head -> head"
     assert not any(s.endswith("@END") and r.endswith((":k", ":v")) for s, r in e)
-    assert spec.clean_queries == {n.label for n in load_circuit("hanna2023").at("END")
-                                  if n.kind == "head"}
+    assert spec.clean_queries == {
+        n.label for n in load_circuit("hanna2023").at("END") if n.kind == "head"
+    }
     assert (EMBED, "mlp0@YY") in e and (EMBED, "a0.h1@YY:qkv") in e
 
 
@@ -72,8 +76,10 @@ def test_clean_query_head_matches_a_hand_built_run(ctx):
         return z
 
     with split_qkv(b):
-        b.run_with_hooks(ctx.batch.corrupted, fwd_hooks=[("blocks.1.attn.hook_q_input", q_in),
-                                                         ("blocks.1.attn.hook_z", keep)])
+        b.run_with_hooks(
+            ctx.batch.corrupted,
+            fwd_hooks=[("blocks.1.attn.hook_q_input", q_in), ("blocks.1.attn.hook_z", keep)],
+        )
     x = ctx.source.final[:, end] + (store["z"] - ctx.source.z[1][:, end, 0]) @ b.W_O[1, 0]
     ref = readout_from_logits(b.ln_final(x) @ b.W_U + b.b_U, ctx.batch.answer_ids)
     assert torch.allclose(got, _pd(ctx, ref), atol=1e-6)
@@ -107,15 +113,19 @@ def test_yy_chain_matches_a_hand_built_run(ctx):
             else:
                 x[:, yy, 1] += store["m"]
             return x
+
         return fn
 
     def keep(z, hook):
         store["z"] = z[:, end, 1]
         return ctx.source.z[1]
 
-    hooks = [("blocks.0.ln2.hook_in", mlp_in), ("blocks.0.hook_mlp_out", mlp_out),
-             *[(f"blocks.1.attn.hook_{ch}_input", qkv(ch)) for ch in "qkv"],
-             ("blocks.1.attn.hook_z", keep)]
+    hooks = [
+        ("blocks.0.ln2.hook_in", mlp_in),
+        ("blocks.0.hook_mlp_out", mlp_out),
+        *[(f"blocks.1.attn.hook_{ch}_input", qkv(ch)) for ch in "qkv"],
+        ("blocks.1.attn.hook_z", keep),
+    ]
     with split_qkv(b):
         b.run_with_hooks(ctx.batch.corrupted, fwd_hooks=hooks)
     x = ctx.source.final[:, end] + (store["z"] - ctx.source.z[1][:, end, 1]) @ b.W_O[1, 1]

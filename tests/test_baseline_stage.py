@@ -12,10 +12,18 @@ from clt_bench.config import load_config
 from clt_bench.models.sources import LoadedModel
 from clt_bench.models.toy import TOY_WEIGHTS
 
-SMALL = ["baseline.n_examples=12", "baseline.discovery_examples=8", "baseline.n_random=2",
-         "baseline.neuron_examples=6", "baseline.neuron_candidates=4", "baseline.curve_dense=3",
-         "baseline.max_steps=2",
-         "baseline.top_neurons=3", "baseline.head_threshold=0.0", "baseline.mlp_threshold=0.0"]
+SMALL = [
+    "baseline.n_examples=12",
+    "baseline.discovery_examples=8",
+    "baseline.n_random=2",
+    "baseline.neuron_examples=6",
+    "baseline.neuron_candidates=4",
+    "baseline.curve_dense=3",
+    "baseline.max_steps=2",
+    "baseline.top_neurons=3",
+    "baseline.head_threshold=0.0",
+    "baseline.mlp_threshold=0.0",
+]
 
 
 def test_stage_outputs_on_tiny_model(tmp_path, tokenizer):
@@ -26,18 +34,35 @@ def test_stage_outputs_on_tiny_model(tmp_path, tokenizer):
     cfg = load_config("toy", SMALL)
     out = run_baseline_stage(cfg, loaded, tmp_path)
     d = tmp_path / "baseline"
-    for name in ("circuit.json", "faithfulness.json", "neurons.json", "units_needed.csv",
-                 "units_needed.png", "circuit_graph.png", "circuit_heatmap.png",
-                 "path_patching_step1.png", "neurons_outer_product.png"):
+    for name in (
+        "circuit.json",
+        "faithfulness.json",
+        "neurons.json",
+        "units_needed.csv",
+        "units_needed.png",
+        "circuit_graph.png",
+        "circuit_heatmap.png",
+        "path_patching_step1.png",
+        "neurons_outer_product.png",
+    ):
         assert (d / name).is_file(), name
     faith = json.loads((d / "faithfulness.json").read_text())
-    for key in ("model_prob_diff", "corrupted_prob_diff", "circuit_prob_diff",
-                "faithfulness_components_ratio", "circuit_paths_prob_diff",
-                "faithfulness_paths_ratio", "necessity_prob_diff", "random_control_prob_diff",
-                "circuit_cutoff_sharpness", "necessity_cutoff_sharpness"):
+    for key in (
+        "model_prob_diff",
+        "corrupted_prob_diff",
+        "circuit_prob_diff",
+        "faithfulness_components_ratio",
+        "circuit_paths_prob_diff",
+        "faithfulness_paths_ratio",
+        "necessity_prob_diff",
+        "random_control_prob_diff",
+        "circuit_cutoff_sharpness",
+        "necessity_cutoff_sharpness",
+    ):
         assert key in faith and key in out, key
     assert faith["faithfulness_components_ratio"] == pytest.approx(
-        faith["circuit_prob_diff"] / faith["model_prob_diff"])
+        faith["circuit_prob_diff"] / faith["model_prob_diff"]
+    )
     assert set(faith["random_control_prob_diff"]) == {"mean", "std", "min", "max"}
     rows = list(csv.reader((d / "units_needed.csv").open()))
     assert rows[0] == ["k", "prob_diff", "fraction_of_model_pd"]

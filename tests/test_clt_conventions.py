@@ -17,7 +17,7 @@ from clt_bench.clt import train as train_mod
 from clt_bench.clt.evaluate import reconstruction_metrics
 from clt_bench.clt.io import load_clt, save_clt
 from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
-from clt_bench.clt.replacement import _activate_layer, replacement_hooks, zero_mlp_hooks
+from clt_bench.clt.replacement_hooks import _activate_layer, replacement_hooks, zero_mlp_hooks
 from clt_bench.clt.train import precision_context, train_clt
 from clt_bench.errors import UserError
 from clt_bench.models import check_device, load_model
@@ -41,8 +41,7 @@ def test_exclude_bos_drops_exactly_position_0():
     assert torch.equal(xe, x[pos != 0]) and torch.equal(ye, y[pos != 0])
 
 
-def _clt(activation: str = "relu", F: int = 12, seed: int = 0, d: int = D
-         ) -> CrossLayerTranscoder:
+def _clt(activation: str = "relu", F: int = 12, seed: int = 0, d: int = D) -> CrossLayerTranscoder:
     g = torch.Generator().manual_seed(seed)
     clt = CrossLayerTranscoder(CLTSpec(L, d, F, activation, k=3))
     with torch.no_grad():
@@ -199,8 +198,9 @@ def test_bf16_autocast_keeps_fp32_weights_loss_and_saved_clt(tmp_path):
     save_clt(res.clt, tmp_path / "saved")
     from clt_bench.io import load_tensors
 
-    assert load_tensors(tmp_path / "saved" / "W_dec_0.safetensors")["W_dec_0"].dtype == \
-        torch.float32
+    assert (
+        load_tensors(tmp_path / "saved" / "W_dec_0.safetensors")["W_dec_0"].dtype == torch.float32
+    )
     fp32 = train_clt(small_cfg(), src, L, D, tmp_path / "run32")
     log = [line for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     log32 = [line for line in (tmp_path / "run32" / "train_log.jsonl").read_text().splitlines()]

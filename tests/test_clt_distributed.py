@@ -52,10 +52,23 @@ def test_two_processes_equal_one(tmp_path, parallel):
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", str(29500 + os.getpid() % 1000 + (parallel == "fsdp")),
-         str(script), parallel, str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(29500 + os.getpid() % 1000 + (parallel == "fsdp")),
+            str(script),
+            parallel,
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     multi = load_tensors(tmp_path / f"{parallel}.safetensors")
     ref = single.clt.state_dict()

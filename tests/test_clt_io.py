@@ -15,8 +15,9 @@ from clt_bench.errors import UserError
 from clt_bench.io import load_tensors, save_tensors
 
 
-def _random_clt(activation: str = "jumprelu", cross: bool = True, skip: bool = False
-                ) -> CrossLayerTranscoder:
+def _random_clt(
+    activation: str = "jumprelu", cross: bool = True, skip: bool = False
+) -> CrossLayerTranscoder:
     torch.manual_seed(1)
     clt = CrossLayerTranscoder(CLTSpec(3, 6, 10, activation, k=3, cross_layer=cross, skip=skip))
     with torch.no_grad():
@@ -34,10 +35,15 @@ def _same(a: CrossLayerTranscoder, b: CrossLayerTranscoder) -> None:
         assert torch.equal(sa[k], sb[k]), k
 
 
-@pytest.mark.parametrize("activation,cross,skip", [("jumprelu", True, False),
-                                                    ("topk", True, True),
-                                                    ("jumprelu", False, False),
-                                                    ("relu", False, True)])
+@pytest.mark.parametrize(
+    "activation,cross,skip",
+    [
+        ("jumprelu", True, False),
+        ("topk", True, True),
+        ("jumprelu", False, False),
+        ("relu", False, True),
+    ],
+)
 def test_round_trip_bit_exact(tmp_path, activation, cross, skip):
     clt = _random_clt(activation, cross, skip)
     save_clt(clt, tmp_path / "a")
@@ -77,14 +83,26 @@ def test_foreign_transcoder_set_without_our_extras(tmp_path):
     torch.manual_seed(0)
     files = []
     for i in range(2):
-        t = {"W_enc": torch.randn(6, 8), "W_dec": torch.randn(8, 6), "b_enc": torch.randn(8),
-             "b_dec": torch.randn(6), "threshold": torch.rand(8) + 0.1}
+        t = {
+            "W_enc": torch.randn(6, 8),
+            "W_dec": torch.randn(8, 6),
+            "b_enc": torch.randn(8),
+            "b_dec": torch.randn(6),
+            "threshold": torch.rand(8) + 0.1,
+        }
         save_tensors(tmp_path / f"tc_{i}.safetensors", t)
         files.append(f"tc_{i}.safetensors")
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
-        {"model_kind": "transcoder_set", "activation_function": "jump_relu",
-         "feature_input_hook": "hook_resid_mid", "feature_output_hook": "hook_mlp_out",
-         "transcoders": files}))
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_kind": "transcoder_set",
+                "activation_function": "jump_relu",
+                "feature_input_hook": "hook_resid_mid",
+                "feature_output_hook": "hook_mlp_out",
+                "transcoders": files,
+            }
+        )
+    )
     plt = load_clt(tmp_path)
     assert not plt.spec.cross_layer and plt.spec.activation == "jumprelu"
     t0 = load_tensors(tmp_path / "tc_0.safetensors")

@@ -28,11 +28,13 @@ def test_penalties_by_hand():
     assert torch.allclose(mse_per_layer(y_hat, y), torch.tensor([1.0, 4.0]))
 
 
-def _tiny_clt(activation: str = "jumprelu", cross: bool = True, skip: bool = False,
-              seed: int = 0) -> CrossLayerTranscoder:
+def _tiny_clt(
+    activation: str = "jumprelu", cross: bool = True, skip: bool = False, seed: int = 0
+) -> CrossLayerTranscoder:
     torch.manual_seed(seed)
-    clt = CrossLayerTranscoder(CLTSpec(3, 5, 7, activation, k=2, cross_layer=cross, skip=skip,
-                                       bandwidth=0.5))
+    clt = CrossLayerTranscoder(
+        CLTSpec(3, 5, 7, activation, k=2, cross_layer=cross, skip=skip, bandwidth=0.5)
+    )
     with torch.no_grad():
         for p in clt.parameters():
             p.copy_(torch.randn_like(p) * 0.5)

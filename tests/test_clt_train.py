@@ -28,16 +28,29 @@ def make_shards(folder: Path, n_shards: int = 4, n: int = 256, seed: int = 0) ->
     for s in range(n_shards):
         x = torch.randn(n, L, D, generator=g) * 3
         y = torch.einsum("nlf,lfd->nld", torch.relu(torch.einsum("nld,ldf->nlf", x, a)), b)
-        paths.append(save_tensors(folder / f"shard_{s:05d}.safetensors",
-                                  {"resid_mid": x, "mlp_out": y}))
+        paths.append(
+            save_tensors(folder / f"shard_{s:05d}.safetensors", {"resid_mid": x, "mlp_out": y})
+        )
     return paths
 
 
 def small_cfg(*extra: str):
-    return load_config("toy", ["clt.n_features=16", "clt.n_steps=12", "clt.batch_tokens=64",
-                               "clt.warmup_steps=2", "clt.checkpoint_every=5", "clt.log_every=1",
-                               "clt.norm_batches=2", "clt.lambda_s=0.01", "clt.threads=1",
-                               "activations.seed=3", *extra])
+    return load_config(
+        "toy",
+        [
+            "clt.n_features=16",
+            "clt.n_steps=12",
+            "clt.batch_tokens=64",
+            "clt.warmup_steps=2",
+            "clt.checkpoint_every=5",
+            "clt.log_every=1",
+            "clt.norm_batches=2",
+            "clt.lambda_s=0.01",
+            "clt.threads=1",
+            "activations.seed=3",
+            *extra,
+        ],
+    )
 
 
 def _weights(clt) -> dict[str, torch.Tensor]:
@@ -111,8 +124,13 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch, activa
 def test_nan_guard(tmp_path):
     src = CachedBlocks(make_shards(tmp_path / "acts"), window=2, seed=3)
     with pytest.raises(UserError, match="diverged at step"):
-        train_clt(small_cfg("clt.lr=1e30", "clt.grad_clip=1e30", "clt.warmup_steps=0"),
-                  src, L, D, tmp_path / "run")
+        train_clt(
+            small_cfg("clt.lr=1e30", "clt.grad_clip=1e30", "clt.warmup_steps=0"),
+            src,
+            L,
+            D,
+            tmp_path / "run",
+        )
 
 
 def _write_corpus(path: Path) -> None:
@@ -144,18 +162,38 @@ def test_local_file_corpus_end_to_end(tmp_path, suffix, mode):
     corpus = tmp_path / f"corpus{suffix}"
     _write_corpus(corpus)
     field = "body" if suffix == ".jsonl" else "text"
-    cfg = small_cfg(f'activations.corpus="file:{corpus}"', f'activations.text_field="{field}"',
-                    f'activations.mode="{mode}"', "activations.n_tokens=800",
-                    "activations.eval_tokens=200", "activations.shard_tokens=256",
-                    "activations.shuffle_buffer=512", 'activations.dtype="float32"',
-                    "activations.batch_size=8",
-                    "clt.eval_tokens=200", "task.n=20")
+    cfg = small_cfg(
+        f'activations.corpus="file:{corpus}"',
+        f'activations.text_field="{field}"',
+        f'activations.mode="{mode}"',
+        "activations.n_tokens=800",
+        "activations.eval_tokens=200",
+        "activations.shard_tokens=256",
+        "activations.shuffle_buffer=512",
+        'activations.dtype="float32"',
+        "activations.batch_size=8",
+        "clt.eval_tokens=200",
+        "task.n=20",
+    )
     loaded = tiny_loaded()
     m = run_clt_stage(cfg, loaded, tmp_path / "run")
-    for key in ("nmse", "nmse_per_layer", "l0", "l0_per_layer", "dead_fraction",
-                "replacement_top1_agreement", "kl", "ce_loss_recovered",
-                "replacement_prob_diff", "train_tokens", "train_seconds", "tokens_per_second",
-                "config", "versions", "git_commit"):
+    for key in (
+        "nmse",
+        "nmse_per_layer",
+        "l0",
+        "l0_per_layer",
+        "dead_fraction",
+        "replacement_top1_agreement",
+        "kl",
+        "ce_loss_recovered",
+        "replacement_prob_diff",
+        "train_tokens",
+        "train_seconds",
+        "tokens_per_second",
+        "config",
+        "versions",
+        "git_commit",
+    ):
         assert key in m, key
     assert m["train_tokens"] == 12 * 64 and 0 <= m["replacement_top1_agreement"] <= 1
     assert m["activations"]["heldout_tokens"] >= 200
@@ -173,7 +211,7 @@ def test_local_file_corpus_end_to_end(tmp_path, suffix, mode):
 
 def test_replacement_with_zero_clt_equals_zero_ablation():
     from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
-    from clt_bench.clt.replacement import replacement_hooks, zero_mlp_hooks
+    from clt_bench.clt.replacement_hooks import replacement_hooks, zero_mlp_hooks
 
     loaded = tiny_loaded()
     clt = CrossLayerTranscoder(CLTSpec(2, loaded.d_model, 8, "relu"))
@@ -187,8 +225,9 @@ def test_replacement_with_zero_clt_equals_zero_ablation():
 def test_bad_input_exit_2(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    code = main(["train-clt", "--set", f'activations.corpus="file:{empty}"',
-                 "--out", str(tmp_path / "r")])
+    code = main(
+        ["train-clt", "--set", f'activations.corpus="file:{empty}"', "--out", str(tmp_path / "r")]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "yields no tokens" in err and err.count("\n") == 0
     code = main(["train-clt", "--set", "clt.bogus=1", "--out", str(tmp_path / "r")])

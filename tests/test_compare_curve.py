@@ -22,8 +22,8 @@ from clt_bench.features.attribution import (
     task_attributions,
 )
 from clt_bench.graphs.attribution import Attributor
+from clt_bench.graphs.local_replacement import build_replacement, run_frozen
 from clt_bench.graphs.random_clt import random_clt
-from clt_bench.graphs.replacement import build_replacement, run_frozen
 from clt_bench.task.dataset import build_dataset
 
 
@@ -34,23 +34,35 @@ def setup(tokenizer, task_spec):
         p.requires_grad_(False)
     batch = one_per_yy(build_dataset(task_spec, tokenizer, "discovery"), 8)
     rm0 = build_replacement(bridge, random_clt(2, 32, 64), batch.clean)
-    clt = random_clt(2, 32, 64, activation="relu", seed=3,
-                     calibrate_on=rm0.resid_mid.reshape(-1, 2, 32), rate=0.1, decoder_scale=1.0)
+    clt = random_clt(
+        2,
+        32,
+        64,
+        activation="relu",
+        seed=3,
+        calibrate_on=rm0.resid_mid.reshape(-1, 2, 32),
+        rate=0.1,
+        decoder_scale=1.0,
+    )
     return bridge, clt, batch
 
 
 def test_feature_effects_match_row_attributions(setup):
     bridge, clt, batch = setup
     rm = build_replacement(bridge, clt, batch.clean[:3])
-    ref = Attributor(rm, lambda run: run.logits[:, 100:102].sum(-1), modes="linear").rows(
-        torch.ones(1, 3)).features[0]
+    ref = (
+        Attributor(rm, lambda run: run.logits[:, 100:102].sum(-1), modes="linear")
+        .rows(torch.ones(1, 3))
+        .features[0]
+    )
     run = run_frozen(rm, modes="linear", leaves=True)
     target = run.logits[:, 100:102].sum(-1)  # [n]
     g = torch.autograd.grad(target.sum(), run.mlp_leaves)
     ours = feature_effects(rm, [x[None] for x in g])[0]
     assert torch.allclose(ours.sum(-1), ref.double(), atol=1e-5)
-    assert torch.allclose(feature_effects(rm, [x[None] for x in g], split=False)[0],
-                          ref.double(), atol=1e-5)
+    assert torch.allclose(
+        feature_effects(rm, [x[None] for x in g], split=False)[0], ref.double(), atol=1e-5
+    )
 
 
 def test_task_attributions_and_ablations(setup):
@@ -73,19 +85,25 @@ def test_task_attributions_and_ablations(setup):
     clean_pd = pd_of(bridge(batch.clean)[:, -1], batch.yy, batch)
     for u, (lay, f) in enumerate(feats):
         a = torch.as_tensor(acts[u])  # [n, pos]
-        writes = {t: a[..., None] * clt.layer_decoder(lay, t)[f].detach()
-                  for t in clt.target_layers(lay)}
-        hooks = [(f"blocks.{t}.hook_mlp_out", lambda y, hook, w=w: y - w)
-                 for t, w in writes.items()]
+        writes = {
+            t: a[..., None] * clt.layer_decoder(lay, t)[f].detach() for t in clt.target_layers(lay)
+        }
+        hooks = [
+            (f"blocks.{t}.hook_mlp_out", lambda y, hook, w=w: y - w) for t, w in writes.items()
+        ]
         ref = pd_of(bridge.run_with_hooks(batch.clean, fwd_hooks=hooks)[:, -1], batch.yy, batch)
         assert d_f[u] == pytest.approx(float((ref - clean_pd).mean()), abs=1e-6)
     assert np.abs(d_f).max() > 1e-6  # the case is not trivially zero
     # ablating a feature via scale=1 changes nothing
-    assert np.allclose(constrained_delta_pd(bridge, clt, batch, feats, active, scale=1.0,
-                                            progress=False), 0.0, atol=1e-6)
+    assert np.allclose(
+        constrained_delta_pd(bridge, clt, batch, feats, active, scale=1.0, progress=False),
+        0.0,
+        atol=1e-6,
+    )
     # the fully frozen ablation from direct effects == run_frozen with the feature zeroed
-    fast = constrained_delta_pd_frozen(att, [int(k) for k in keys[:3]], bridge.W_U, bridge.b_U,
-                                       batch)
+    fast = constrained_delta_pd_frozen(
+        att, [int(k) for k in keys[:3]], bridge.W_U, bridge.b_U, batch
+    )
     rm_all = build_replacement(bridge, clt, batch.clean)
     clean_pd = pd_of(rm_all.logits, batch.yy, batch)
     for u, (lay, f) in enumerate(feats):

@@ -28,8 +28,13 @@ def test_cells():
 
 
 def test_precision_recall():
-    sites = [FeatureSite(2, "END"), FeatureSite(2, "END"), FeatureSite(0, "YY"),
-             FeatureSite(1, "YY"), FeatureSite(0, "other")]
+    sites = [
+        FeatureSite(2, "END"),
+        FeatureSite(2, "END"),
+        FeatureSite(0, "YY"),
+        FeatureSite(1, "YY"),
+        FeatureSite(0, "other"),
+    ]
     ov = node_overlap(sites, CIRCUIT)
     # found cells: (2,END), (0,YY), (1,YY) -- "other" positions are left out
     assert ov["mlp_precision"] == pytest.approx(2 / 3)
@@ -37,8 +42,9 @@ def test_precision_recall():
     assert ov["all_precision"] == pytest.approx(2 / 3)
     assert ov["all_recall"] == pytest.approx(2 / 4)
     assert ov["all_n_common"] == 2
-    perfect = node_overlap([FeatureSite(2, "END"), FeatureSite(3, "END"), FeatureSite(0, "YY")],
-                           CIRCUIT)
+    perfect = node_overlap(
+        [FeatureSite(2, "END"), FeatureSite(3, "END"), FeatureSite(0, "YY")], CIRCUIT
+    )
     assert perfect["mlp_precision"] == perfect["mlp_recall"] == perfect["mlp_f1"] == 1.0
     empty = precision_recall(set(), {(0, "YY")})
     assert math.isnan(empty["precision"]) and empty["recall"] == 0.0

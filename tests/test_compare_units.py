@@ -46,7 +46,8 @@ def _resid_mid(bridge, tokens):
     _, cache = bridge.run_with_cache(tokens)
     L = bridge.cfg.n_layers
     return torch.stack([cache[f"blocks.{i}.hook_resid_mid"] for i in range(L)], 2).reshape(
-        -1, L, bridge.cfg.d_model)
+        -1, L, bridge.cfg.d_model
+    )
 
 
 def _pd(bridge, tokens, batch, hooks=()):
@@ -91,15 +92,25 @@ def planted(batch):
         pre_x = bridge.run_with_cache(batch.corrupted)[1][name][:, -1, NEURON].mean()
         mlp.c_fc.bias[NEURON] = -(pre_c + pre_x) / 2
     assert pre_c > pre_x and torch.count_nonzero(bridge.W_out) == bridge.cfg.d_model
-    clt = random_clt(2, 32, 16, activation="relu", seed=5, rate=0.3, decoder_scale=1.0,
-                     calibrate_on=_resid_mid(bridge, batch.clean))
+    clt = random_clt(
+        2,
+        32,
+        16,
+        activation="relu",
+        seed=5,
+        rate=0.3,
+        decoder_scale=1.0,
+        calibrate_on=_resid_mid(bridge, batch.clean),
+    )
     fid = 5
     with torch.no_grad():
         for w in clt.W_dec:
             w.zero_()
         clt.W_enc[LAYER, fid] = 500.0 * read  # the CLT reads the raw (small) residual
-        mid = {k: bridge.run_with_cache(t)[1][f"blocks.{LAYER}.hook_resid_mid"][:, -1] @ read
-               for k, t in (("c", batch.clean), ("x", batch.corrupted))}
+        mid = {
+            k: bridge.run_with_cache(t)[1][f"blocks.{LAYER}.hook_resid_mid"][:, -1] @ read
+            for k, t in (("c", batch.clean), ("x", batch.corrupted))
+        }
         clt.b_enc[LAYER, fid] = -250.0 * (mid["c"].mean() + mid["x"].mean())
         clt.W_dec[LAYER][fid, 0] = 3.0 * write
     return bridge, clt, fid
@@ -107,8 +118,10 @@ def planted(batch):
 
 def test_planted_units_need_exactly_one(planted, batch):
     bridge, clt, fid = planted
-    for make, name in ((lambda c, x: neuron_units(bridge, c, x), (LAYER, NEURON)),
-                       (lambda c, x: feature_units(bridge, clt, c, x), (LAYER, fid))):
+    for make, name in (
+        (lambda c, x: neuron_units(bridge, c, x), (LAYER, NEURON)),
+        (lambda c, x: feature_units(bridge, clt, c, x), (LAYER, fid)),
+    ):
         res = units_needed_curve(bridge, make, batch, dense=4, candidates=4)
         assert float(res.clean.mean()) - res.prob_diff[0] > 0.05, "setup: a clear PD gap"
         assert res.names[0] == name
@@ -122,19 +135,32 @@ def test_planted_units_need_exactly_one(planted, batch):
 def test_endpoints_are_the_reference_runs(batch):
     """k = all is the clean run; for neurons k = 0 is the run with every MLP output corrupted."""
     bridge = _bridge(batch, seed=2)
-    clt = random_clt(2, 32, 24, activation="relu", seed=3, rate=0.2, decoder_scale=1.0, skip=True,
-                     calibrate_on=_resid_mid(bridge, batch.clean))
+    clt = random_clt(
+        2,
+        32,
+        24,
+        activation="relu",
+        seed=3,
+        rate=0.2,
+        decoder_scale=1.0,
+        skip=True,
+        calibrate_on=_resid_mid(bridge, batch.clean),
+    )
     _, ev = split_halves(len(batch))
     eb = batch.subset(ev)
     clean = _pd(bridge, eb.clean, eb)
     _, cache = bridge.run_with_cache(eb.corrupted)
-    hooks = [(f"blocks.{i}.hook_mlp_out", lambda y, hook, i=i: cache[f"blocks.{i}.hook_mlp_out"])
-             for i in range(2)]
+    hooks = [
+        (f"blocks.{i}.hook_mlp_out", lambda y, hook, i=i: cache[f"blocks.{i}.hook_mlp_out"])
+        for i in range(2)
+    ]
     mlps_corrupted = _pd(bridge, eb.clean, eb, hooks)
-    res_n = units_needed_curve(bridge, lambda c, x: neuron_units(bridge, c, x), batch, dense=3,
-                               candidates=3)
-    res_f = units_needed_curve(bridge, lambda c, x: feature_units(bridge, clt, c, x), batch,
-                               dense=3, candidates=3)
+    res_n = units_needed_curve(
+        bridge, lambda c, x: neuron_units(bridge, c, x), batch, dense=3, candidates=3
+    )
+    res_f = units_needed_curve(
+        bridge, lambda c, x: feature_units(bridge, clt, c, x), batch, dense=3, candidates=3
+    )
     assert res_n.prob_diff[0] == pytest.approx(mlps_corrupted, abs=1e-6)
     for res in (res_n, res_f):
         assert float(res.clean.mean()) == pytest.approx(clean, abs=1e-6)
@@ -159,16 +185,20 @@ def test_bootstrap_interval_brackets_the_estimate():
     ks = [0, 1, 2, 3, 4]
     # prompts recover 0, 40, 70, 90, 100 % (+ noise) of a unit gap
     base = np.array([0.0, 0.4, 0.7, 0.9, 1.0])[:, None]
-    pd = base + rng.normal(0, 0.05, (5, 40)) * (np.arange(5) > 0)[:, None] * (
-        np.arange(5) < 4)[:, None]
+    pd = (
+        base
+        + rng.normal(0, 0.05, (5, 40)) * (np.arange(5) > 0)[:, None] * (np.arange(5) < 4)[:, None]
+    )
     clean = np.ones(40)
     ci = bootstrap_needed(ks, pd, clean, (0.5, 0.8), n_boot=200, seed=1)
     assert ci[0.5] == (2.0, 2.0) and ci[0.8] == (3.0, 3.0)
     again = bootstrap_needed(ks, pd, clean, (0.5, 0.8), n_boot=200, seed=1)
     assert again == ci
     # a noisier set straddles the threshold: the interval widens
-    noisy = base + rng.normal(0, 0.4, (5, 6)) * (np.arange(5) > 0)[:, None] * (
-        np.arange(5) < 4)[:, None]
+    noisy = (
+        base
+        + rng.normal(0, 0.4, (5, 6)) * (np.arange(5) > 0)[:, None] * (np.arange(5) < 4)[:, None]
+    )
     lo, hi = bootstrap_needed(ks, noisy, np.ones(6), (0.8,), n_boot=300, seed=1)[0.8]
     assert lo < hi
 
@@ -176,9 +206,11 @@ def test_bootstrap_interval_brackets_the_estimate():
 def test_unit_masks_follow_the_model_device():
     """Everything a curve point creates lives on the units' device (meta stands in for cuda)."""
     dev = torch.device("meta")
-    units = UnitSet("x", [UnitBlock(0, torch.zeros(2, 3, 4, device=dev),
-                                    torch.zeros(4, 1, 5, device=dev), [0])],
-                    torch.zeros(2, 3, 1, 5, device=dev))
+    units = UnitSet(
+        "x",
+        [UnitBlock(0, torch.zeros(2, 3, 4, device=dev), torch.zeros(4, 1, 5, device=dev), [0])],
+        torch.zeros(2, 3, 1, 5, device=dev),
+    )
     out = units.outs([torch.ones(4, device=dev)])
     assert out.device == dev and out.shape == (2, 3, 1, 5)
     with pytest.raises(RuntimeError):

@@ -11,8 +11,8 @@ from _graphs_helpers import tiny_loaded
 from clt_bench.features.ablation import free_delta_pd
 from clt_bench.features.attribution import one_per_yy
 from clt_bench.features.interactions import pair_interactions, write_interactions
+from clt_bench.graphs.local_replacement import build_replacement
 from clt_bench.graphs.random_clt import random_clt
-from clt_bench.graphs.replacement import build_replacement
 from clt_bench.task.dataset import build_dataset
 
 

@@ -46,7 +46,7 @@ def test_total_attributions_are_path_sums_of_the_graph(setup):
     N = torch.diag(1.0 / g.feature_values)  # linearised features: a = h
     AFF, AF = A[:nf, :nf], A[:nf, : o["target"]]
     total_F = torch.linalg.solve(torch.eye(nf, dtype=torch.float64) - AFF @ N, AF)
-    Y = A[o["target"]:, : o["target"]]
+    Y = A[o["target"] :, : o["target"]]
     total_Y = Y + Y[:, :nf] @ N @ total_F
     torch.testing.assert_close(ta.values, total_Y, atol=1e-8, rtol=1e-6)
     # completeness of the total decomposition: sources that are not features + constant
@@ -77,11 +77,12 @@ def test_constrained_ablation_equals_the_direct_edge(setup):
     for s in range(min(g.n_features, 5)):
         layer, pos, feat = g.features[s].tolist()
         r = constrained_patch(rm, [Intervention(layer, pos, feat, scale=0.0)], D)
-        torch.testing.assert_close(r.delta, -g.adjacency[o["target"]:, s], atol=1e-9, rtol=1e-7)
+        torch.testing.assert_close(r.delta, -g.adjacency[o["target"] :, s], atol=1e-9, rtol=1e-7)
         r2 = constrained_patch(rm, [Intervention(layer, pos, feat, scale=-1.0)], D)
         torch.testing.assert_close(r2.delta, 2 * r.delta, atol=1e-9, rtol=1e-7)
-        live = constrained_patch(rm, [Intervention(layer, pos, feat, scale=1.0)], D,
-                                 constrained_layers=[])
+        live = constrained_patch(
+            rm, [Intervention(layer, pos, feat, scale=1.0)], D, constrained_layers=[]
+        )
         assert live.delta.abs().max() < 1e-9  # recomputed features reproduce the clean run
 
 
@@ -95,12 +96,15 @@ def test_free_patch(setup):
     assert off.delta.abs().max() > 0
     # a feature of the last layer at the last position reaches the logits only directly: the
     # free effect equals the direct edge up to the (unfrozen) final LayerNorm
-    last = [i for i in range(g.n_features)
-            if g.features[i, 0] == g.n_layers - 1 and g.features[i, 1] == g.n_pos - 1]
+    last = [
+        i
+        for i in range(g.n_features)
+        if g.features[i, 0] == g.n_layers - 1 and g.features[i, 1] == g.n_pos - 1
+    ]
     if last:
         lyr, p, f = g.features[last[0]].tolist()
         r = free_patch(loaded.bridge, clt, TOKENS, [Intervention(lyr, p, f, scale=0.0)], D)
-        edge = -g.adjacency[g.offsets()["target"]:, last[0]]
+        edge = -g.adjacency[g.offsets()["target"] :, last[0]]
         assert (r.delta - edge).abs().max() <= 0.5 * edge.abs().max()
 
 
@@ -116,18 +120,22 @@ def test_json_round_trip_and_png(setup, tmp_path):
     assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
     back = read_graph_json(path)
     assert back.scores == g.scores
+
     # every kept node comes back, and only those (the file holds only the kept features, so
     # nodes are compared by identity: kind, layer, position, feature)
     def kept(graph):
-        return {tuple(graph.describe(i)[k] for k in ("kind", "layer", "pos", "feature"))
-                for i in graph.node_mask.nonzero()[:, 0].tolist()}
+        return {
+            tuple(graph.describe(i)[k] for k in ("kind", "layer", "pos", "feature"))
+            for i in graph.node_mask.nonzero()[:, 0].tolist()
+        }
 
     assert g.node_mask.any() and not g.node_mask.all()
     assert kept(back) == kept(g)
     assert back.n_features == int(g.node_mask[: g.n_features].sum())
     assert len(data["links"]) == int(g.edge_mask.sum()) == int(back.edge_mask.sum())
-    torch.testing.assert_close(back.adjacency[back.edge_mask].sort().values,
-                               g.adjacency[g.edge_mask].sort().values)
+    torch.testing.assert_close(
+        back.adjacency[back.edge_mask].sort().values, g.adjacency[g.edge_mask].sort().values
+    )
     png = draw_graph(g, tmp_path / "g.png")
     import matplotlib.image as mpimg
 
@@ -151,22 +159,33 @@ def test_targets_and_bad_input(setup):
     with pytest.raises(UserError):
         parse_intervention("1:2=x0")
     with pytest.raises(UserError):
-        constrained_patch(build_replacement(loaded.bridge, clt, TOKENS),
-                          [Intervention(99, 0, 0, value=1.0)])
+        constrained_patch(
+            build_replacement(loaded.bridge, clt, TOKENS), [Intervention(99, 0, 0, value=1.0)]
+        )
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--clt", "/nonexistent/clt"], "does not exist"),
-    (["--clt", "random:16", "--node-threshold", "2"], "--node-threshold"),
-    (["--clt", "random:16", "--edge-threshold", "0"], "--edge-threshold"),
-    (["--clt", "random:16", "--batch-size", "0"], "--batch-size"),
-    (["--clt", "random:x"], "must be an integer"),
-    (["--clt", "random:16", "--prompt", "   "], "the prompt is empty"),
-    (["--clt", "random:16", "--prompt", "The war lasted a long time"], "four-digit year"),
-    (["--clt", "random:16", "--prompt", "The war lasted from the year 1711 to 17" + " and" * 300],
-     "longer than the model's context"),
-    (["--clt", "random:16", "--target", "two words"], "not one token"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--clt", "/nonexistent/clt"], "does not exist"),
+        (["--clt", "random:16", "--node-threshold", "2"], "--node-threshold"),
+        (["--clt", "random:16", "--edge-threshold", "0"], "--edge-threshold"),
+        (["--clt", "random:16", "--batch-size", "0"], "--batch-size"),
+        (["--clt", "random:x"], "must be an integer"),
+        (["--clt", "random:16", "--prompt", "   "], "the prompt is empty"),
+        (["--clt", "random:16", "--prompt", "The war lasted a long time"], "four-digit year"),
+        (
+            [
+                "--clt",
+                "random:16",
+                "--prompt",
+                "The war lasted from the year 1711 to 17" + " and" * 300,
+            ],
+            "longer than the model's context",
+        ),
+        (["--clt", "random:16", "--target", "two words"], "not one token"),
+    ],
+)
 def test_cli_bad_input_exits_2(capsys, extra, message):
     assert main(["attribute", "--model", "toy", *extra]) == 2
     err = capsys.readouterr().err
@@ -179,14 +198,30 @@ def test_cli_unicode_prompts_get_their_own_files(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     prompts = ["Война длилась с 1711 года до 17", "戦争は1711年から17"]
     for p in prompts:
-        assert main(["attribute", "--model", "toy", "--clt", "random:16", "--prompt", p,
-                     "--max-features", "8"]) == 0
+        assert (
+            main(
+                [
+                    "attribute",
+                    "--model",
+                    "toy",
+                    "--clt",
+                    "random:16",
+                    "--prompt",
+                    p,
+                    "--max-features",
+                    "8",
+                ]
+            )
+            == 0
+        )
     files = sorted((tmp_path / "results" / "toy" / "graphs").glob("*.json"))
     assert len(files) == 2
     assert {json.loads(f.read_text())["metadata"]["prompt"] for f in files} == set(prompts)
     assert slugify(prompts[0]) != slugify(prompts[1])
-    assert slugify("The war lasted from the year 1711 to the year 17") == \
-        "the-war-lasted-from-the-year-1711-to-the-year-17"
+    assert (
+        slugify("The war lasted from the year 1711 to the year 17")
+        == "the-war-lasted-from-the-year-1711-to-the-year-17"
+    )
     assert slugify("The war!") != slugify("The war?")
 
 

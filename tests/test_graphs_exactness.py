@@ -22,8 +22,11 @@ from clt_bench.testing.attribution import (
 )
 
 # 16 examples: the structural space is 4 activation kinds x cross-layer x skip
-SETTINGS = settings(max_examples=16, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=16,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @st.composite
@@ -40,8 +43,9 @@ def cases(draw):
 
 def _setup(case, dtype=torch.float64):
     loaded = tiny_loaded(case["n_layer"], 16, case["seed"], dtype)
-    clt = make_clt(loaded, case["tokens"], case["kind"], case["cross_layer"], case["skip"],
-                   seed=case["seed"])
+    clt = make_clt(
+        loaded, case["tokens"], case["kind"], case["cross_layer"], case["skip"], seed=case["seed"]
+    )
     return loaded, clt
 
 
@@ -125,9 +129,11 @@ def test_unfrozen_model_is_not_linear():
     grads = []
     for shift in (0.0, 3.0):
         leaf = torch.zeros(1, 4, 16, dtype=torch.float64, requires_grad=True)
-        noise = shift * torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(0),
-                                    dtype=torch.float64)
-        out = loaded.bridge.run_with_hooks(toks, fwd_hooks=[
-            ("hook_embed", lambda t, hook, n=noise, lf=leaf: t + n + lf)])[0, -1, 7]
+        noise = shift * torch.randn(
+            1, 4, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+        )
+        out = loaded.bridge.run_with_hooks(
+            toks, fwd_hooks=[("hook_embed", lambda t, hook, n=noise, lf=leaf: t + n + lf)]
+        )[0, -1, 7]
         grads.append(torch.autograd.grad(out, leaf)[0])
     assert (grads[0] - grads[1]).abs().max() > 1e-4

@@ -72,13 +72,13 @@ def test_scores_in_unit_interval_and_full_threshold_keeps_all(seed, node_t, edge
     n = n_f + n_e + n_tok + n_t
     A = torch.randn(n, n, generator=gen, dtype=torch.float64)
     A = torch.tril(A, diagonal=-1).T.contiguous()  # edges from later-index to earlier... DAG
-    A[n_f:n_f + n_e + n_tok] = 0.0  # errors and tokens have no inputs
-    A[:, n - n_t:] = 0.0  # targets are sinks
-    A[n - n_t:, :] = torch.randn(n_t, n, generator=gen, dtype=torch.float64)
-    A[n - n_t:, n - n_t:] = 0.0
+    A[n_f : n_f + n_e + n_tok] = 0.0  # errors and tokens have no inputs
+    A[:, n - n_t :] = 0.0  # targets are sinks
+    A[n - n_t :, :] = torch.randn(n_t, n, generator=gen, dtype=torch.float64)
+    A[n - n_t :, n - n_t :] = 0.0
     kinds = torch.tensor([FEATURE] * n_f + [ERROR] * n_e + [TOKEN] * n_tok + [TARGET] * n_t)
     w = torch.zeros(n, dtype=torch.float64)
-    w[n - n_t:] = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    w[n - n_t :] = torch.tensor([0.7, 0.3], dtype=torch.float64)
     always = (kinds == TOKEN) | (kinds == TARGET)
     s = graph_scores(A, kinds, w)
     assert all(0.0 <= v <= 1.0 for v in s.values())
@@ -112,11 +112,13 @@ def test_dead_clt_routes_mlps_through_errors():
     g = build_graph(loaded, clt, TOKENS, "logits", GraphsConfig())
     assert g.n_active == 0
     o = g.offsets()
-    rows = g.adjacency[o["target"]:].abs()
-    err, tok = rows[:, o["error"]:o["token"]].sum(1), rows[:, o["token"]:o["target"]].sum(1)
+    rows = g.adjacency[o["target"] :].abs()
+    err, tok = rows[:, o["error"] : o["token"]].sum(1), rows[:, o["token"] : o["target"]].sum(1)
     w = torch.tensor([t.weight for t in g.targets], dtype=torch.float64)
-    torch.testing.assert_close(torch.tensor(g.scores["completeness"], dtype=torch.float64),
-                               (w * tok / (tok + err)).sum() / w.sum())
+    torch.testing.assert_close(
+        torch.tensor(g.scores["completeness"], dtype=torch.float64),
+        (w * tok / (tok + err)).sum() / w.sum(),
+    )
     assert g.scores["replacement"] < 1.0
 
 

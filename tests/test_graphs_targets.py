@@ -35,8 +35,9 @@ def untied_loaded() -> LoadedModel:
     from clt_bench.models.tokenizer import gpt2_tokenizer
 
     torch.manual_seed(3)
-    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50257,
-                     tie_word_embeddings=False)
+    cfg = GPT2Config(
+        n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50257, tie_word_embeddings=False
+    )
     model = GPT2LMHeadModel(cfg).double()
     bridge = wrap_hf_gpt2(model, gpt2_tokenizer(), "tiny-untied")
     for p in bridge.parameters():
@@ -68,8 +69,9 @@ def shift_setup(tokenizer, task_spec):
     loaded = untied_loaded()
     tokens, _ = prompt_tokens(loaded.tokenizer, PROMPT)
     clt = make_clt(loaded, tokens, "jumprelu", n_features=12, seed=1)
-    batch = build_batch(task_spec, tokenizer, task_spec.template("hanna"), [1711, 1742, 1788],
-                        ["war", "war", "war"])
+    batch = build_batch(
+        task_spec, tokenizer, task_spec.template("hanna"), [1711, 1742, 1788], ["war", "war", "war"]
+    )
     return loaded, clt, tokens, batch
 
 
@@ -81,10 +83,17 @@ def _measure(loaded, clt, tokens, batch):
     return g.target_values.clone(), row.clone(), keys, score, g
 
 
-@settings(max_examples=4, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(scale=st.floats(-3.0, 3.0).filter(lambda s: abs(s) > 0.1),
-       answers_only=st.booleans(), seed=st.integers(0, 100))
+@settings(
+    max_examples=4,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    scale=st.floats(-3.0, 3.0).filter(lambda s: abs(s) > 0.1),
+    answers_only=st.booleans(),
+    seed=st.integers(0, 100),
+)
 def test_target_edges_and_ranking_ignore_logit_shifts(shift_setup, scale, answers_only, seed):
     """Adding one vector u to every unembedding column (or to the 100 answers' only) adds the
     same amount x . u to those logits; the target, its edges and the feature ranking stay."""
@@ -154,8 +163,9 @@ def test_bos_features_and_errors_are_constants():
     o, P = zero.offsets(), zero.n_pos
     err_bos = o["error"] + torch.arange(zero.n_layers) * P
     assert zero.adjacency[:, err_bos].abs().max() == 0
-    assert keep.adjacency[:, keep.offsets()["error"] + torch.arange(keep.n_layers) * P].abs()\
-        .max() > 0
+    assert (
+        keep.adjacency[:, keep.offsets()["error"] + torch.arange(keep.n_layers) * P].abs().max() > 0
+    )
     assert zero.meta["zero_bos"] and not keep.meta["zero_bos"]
     for j in range(len(zero.targets)):  # still exact: BOS moves into the constant term
         sp = zero.target_split(j)

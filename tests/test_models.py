@@ -55,7 +55,7 @@ def test_gpt2_random_is_seeded(gpt2_random):
 
 
 def test_gpt2_without_network_is_one_clear_error(isolated_hf_cache):
-    with pytest.raises(UserError, match="not reachable.*--model toy"):
+    with pytest.raises(UserError, match="not reachable.*'toy'"):
         load_model("gpt2")
 
 

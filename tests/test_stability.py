@@ -88,7 +88,8 @@ def test_stability_flags_labels_and_influence_share(tmp_path):
     rb = _fake_run(tmp_path, "bb", b, [dict(rows[1], rank=1)], heat[1:])
     (ra / "compare").mkdir()
     (ra / "compare" / "feature_generalisation.csv").write_text(
-        "feature,hanna,descending\nL1/5,1.0,-0.5\nL0/2,0.9,-0.8\n")
+        "feature,hanna,descending\nL1/5,1.0,-0.5\nL0/2,0.9,-0.8\n"
+    )
     summary = write_stability({0: ra, 1: rb}, tmp_path / "stability", threshold=0.9)
     gen = pd.read_csv(tmp_path / "stability" / "feature_generalisation_stable.csv")
     assert gen["feature"].tolist() == ["L0/2"] and gen["descending"].tolist() == [-0.8]

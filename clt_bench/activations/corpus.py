@@ -30,8 +30,14 @@ def _toy_documents(seed: int) -> Iterator[str]:
         yield from generate_corpus(TOY_CHUNK, seed + i)
 
 
-def _hf_documents(path: str, name: str | None, split: str, text_field: str,
-                  data_files: str | None = None, what: str = "") -> Iterator[str]:
+def _hf_documents(
+    path: str,
+    name: str | None,
+    split: str,
+    text_field: str,
+    data_files: str | None = None,
+    what: str = "",
+) -> Iterator[str]:
     try:
         import datasets
     except ImportError as err:  # pragma: no cover - datasets is a dependency
@@ -44,18 +50,22 @@ def _hf_documents(path: str, name: str | None, split: str, text_field: str,
         raise
     except Exception as err:
         if data_files is not None:
-            raise UserError(f"cannot read {what} with datasets ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}).") from err
+            raise UserError(
+                f"cannot read {what} with datasets ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''})."
+            ) from err
         raise UserError(
             f"cannot stream {what} from the Hugging Face hub (no network or no such dataset); "
-            f"use activations.corpus=\"toy\" or a local file:<path>."
+            f'use activations.corpus="toy" or a local file:<path>.'
         ) from err
     if first is None:
         return
     for ex in itertools.chain([first], it):
         if text_field not in ex:
-            raise UserError(f"{what} has no text field '{text_field}' (fields: "
-                            f"{', '.join(sorted(ex))}); set activations.text_field.")
+            raise UserError(
+                f"{what} has no text field '{text_field}' (fields: "
+                f"{', '.join(sorted(ex))}); set activations.text_field."
+            )
         text = ex[text_field]
         if isinstance(text, str) and text:
             yield text
@@ -74,12 +84,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _require_hub(what: str) -> None:
     if not _hub_reachable():
-        raise UserError(f"cannot stream {what}: the Hugging Face hub is not reachable (no "
-                        f"network); use activations.corpus=\"toy\" or a local file:<path>.")
+        raise UserError(
+            f"cannot stream {what}: the Hugging Face hub is not reachable (no "
+            f'network); use activations.corpus="toy" or a local file:<path>.'
+        )
 
 
-def iter_documents(corpus: str, seed: int = 0, text_field: str = "text",
-                   split: str = "train") -> Iterator[str]:
+def iter_documents(
+    corpus: str, seed: int = 0, text_field: str = "text", split: str = "train"
+) -> Iterator[str]:
     """Documents of ``corpus`` in a deterministic order (see module docstring)."""
     if corpus == "toy":
         return _toy_documents(seed)
@@ -98,6 +111,7 @@ def iter_documents(corpus: str, seed: int = 0, text_field: str = "text",
         builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise UserError(f"corpus file {path} must end in one of {', '.join(FILE_BUILDERS)}.")
-        return _hf_documents(builder, None, "train", text_field, data_files=str(path),
-                             what=f"corpus file {path}")
+        return _hf_documents(
+            builder, None, "train", text_field, data_files=str(path), what=f"corpus file {path}"
+        )
     raise UserError(f"unknown corpus '{corpus}' (known: toy, fineweb, hf:<dataset>, file:<path>).")

@@ -16,14 +16,19 @@ class _StopForward(Exception):
 
 def hook_names(n_layers: int) -> tuple[list[str], list[str]]:
     """(resid_mid names, mlp_out names) for layers 0..n_layers-1."""
-    return ([f"blocks.{layer}.hook_resid_mid" for layer in range(n_layers)],
-            [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)])
+    return (
+        [f"blocks.{layer}.hook_resid_mid" for layer in range(n_layers)],
+        [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)],
+    )
 
 
 @torch.no_grad()
-def extract_activations(bridge: TransformerBridge, rows: TokenRows,
-                        dtype: torch.dtype = torch.float32, exclude_bos: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_activations(
+    bridge: TransformerBridge,
+    rows: TokenRows,
+    dtype: torch.dtype = torch.float32,
+    exclude_bos: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows -> (resid_mid [n, L, d], mlp_out [n, L, d]) at the n real (unmasked) tokens.
 
     ``exclude_bos`` leaves out position 0 of every row (``activations.exclude_bos``).
@@ -39,6 +44,7 @@ def extract_activations(bridge: TransformerBridge, rows: TokenRows,
             if name == last:
                 raise _StopForward
             return t
+
         return hook
 
     device = next(bridge.parameters()).device

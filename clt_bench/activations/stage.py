@@ -51,8 +51,10 @@ def _barrier() -> None:
 
 def store_dtype(cfg: RunConfig) -> torch.dtype:
     if cfg.activations.dtype not in STORE_DTYPES:
-        raise UserError(f"unknown activations.dtype '{cfg.activations.dtype}' "
-                        f"(known: {', '.join(STORE_DTYPES)}).")
+        raise UserError(
+            f"unknown activations.dtype '{cfg.activations.dtype}' "
+            f"(known: {', '.join(STORE_DTYPES)})."
+        )
     return STORE_DTYPES[cfg.activations.dtype]
 
 
@@ -94,8 +96,9 @@ def _shards(rows: Iterator[TokenRows], shard_tokens: int) -> Iterator[list[Token
         yield pending
 
 
-def run_activations_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path
-                          ) -> dict[str, Any]:
+def run_activations_stage(
+    cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path
+) -> dict[str, Any]:
     """Write ``<out>/activations/``: heldout.safetensors, shards (cache mode), manifest.json."""
     a = cfg.activations
     if a.mode not in MODES:
@@ -113,10 +116,12 @@ def run_activations_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Pa
     held = heldout_rows(cfg, loaded)
     if rank == 0:
         width = a.seq_len
-        tokens = torch.cat([torch.nn.functional.pad(r.tokens, (0, width - r.tokens.shape[1]))
-                            for r in held])
-        mask = torch.cat([torch.nn.functional.pad(r.mask, (0, width - r.mask.shape[1]))
-                          for r in held])
+        tokens = torch.cat(
+            [torch.nn.functional.pad(r.tokens, (0, width - r.tokens.shape[1])) for r in held]
+        )
+        mask = torch.cat(
+            [torch.nn.functional.pad(r.mask, (0, width - r.mask.shape[1])) for r in held]
+        )
         save_tensors(stage / "heldout.safetensors", {"tokens": tokens, "mask": mask})
         for old in stage.glob("shard_*.safetensors"):
             old.unlink()  # a different config's shards (the manifest did not match)
@@ -128,16 +133,21 @@ def run_activations_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Pa
             n = sum(r.n_tokens for r in rows)
             n_shards, n_train = s + 1, n_train + n
             if s % world == rank:
-                parts = [extract_activations(loaded.bridge, r, dtype, a.exclude_bos)
-                         for r in rows]
-                save_tensors(stage / f"shard_{s:05d}.safetensors",
-                             {"resid_mid": torch.cat([p[0] for p in parts]).cpu(),
-                              "mlp_out": torch.cat([p[1] for p in parts]).cpu()})
+                parts = [extract_activations(loaded.bridge, r, dtype, a.exclude_bos) for r in rows]
+                save_tensors(
+                    stage / f"shard_{s:05d}.safetensors",
+                    {
+                        "resid_mid": torch.cat([p[0] for p in parts]).cpu(),
+                        "mlp_out": torch.cat([p[1] for p in parts]).cpu(),
+                    },
+                )
             bar.update(n)
         bar.close()
         if n_train == 0:
-            raise UserError(f"corpus '{a.corpus}' yields no training tokens after the "
-                            f"{a.eval_tokens} held-out tokens.")
+            raise UserError(
+                f"corpus '{a.corpus}' yields no training tokens after the "
+                f"{a.eval_tokens} held-out tokens."
+            )
     manifest = {
         "config_hash": key,
         "mode": a.mode,
@@ -164,8 +174,9 @@ def load_heldout(out_dir: str | Path) -> TokenRows:
     return TokenRows(t["tokens"], t["mask"])
 
 
-def training_source(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path
-                    ) -> CachedBlocks | StreamBlocks:
+def training_source(
+    cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path
+) -> CachedBlocks | StreamBlocks:
     """The block source training reads: cached shards, or activations computed on the fly."""
     a = cfg.activations
     if a.mode == "cache":
@@ -173,5 +184,9 @@ def training_source(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path
         window = max(1, -(-a.shuffle_buffer // a.shard_tokens))
         return CachedBlocks(paths, window, a.seed)
     dtype = store_dtype(cfg)
-    return StreamBlocks(lambda: training_rows(cfg, loaded), a.n_tokens, a.shuffle_buffer,
-                        lambda r: extract_activations(loaded.bridge, r, dtype, a.exclude_bos))
+    return StreamBlocks(
+        lambda: training_rows(cfg, loaded),
+        a.n_tokens,
+        a.shuffle_buffer,
+        lambda r: extract_activations(loaded.bridge, r, dtype, a.exclude_bos),
+    )

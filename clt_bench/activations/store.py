@@ -52,10 +52,17 @@ class CachedBlocks:
     def blocks(self, epoch: int, start: int = 0) -> Iterator[tuple[int, Block]]:
         order = torch.randperm(len(self.paths), generator=_generator(self.seed, epoch, -1))
         for b in range(start, self.n_blocks()):
-            parts = [load_tensors(self.paths[int(i)])
-                     for i in order[b * self.window : (b + 1) * self.window]]
-            yield b, (torch.cat([p["resid_mid"] for p in parts]),
-                      torch.cat([p["mlp_out"] for p in parts]))
+            parts = [
+                load_tensors(self.paths[int(i)])
+                for i in order[b * self.window : (b + 1) * self.window]
+            ]
+            yield (
+                b,
+                (
+                    torch.cat([p["resid_mid"] for p in parts]),
+                    torch.cat([p["mlp_out"] for p in parts]),
+                ),
+            )
 
 
 class StreamBlocks:
@@ -65,8 +72,13 @@ class StreamBlocks:
     ``n_tokens``); skipping to a block on resume tokenises but does not run the model.
     """
 
-    def __init__(self, rows_fn: Callable[[], Iterator[TokenRows]], n_tokens: int,
-                 buffer_tokens: int, extract: Callable[[TokenRows], Block]) -> None:
+    def __init__(
+        self,
+        rows_fn: Callable[[], Iterator[TokenRows]],
+        n_tokens: int,
+        buffer_tokens: int,
+        extract: Callable[[TokenRows], Block],
+    ) -> None:
         self.rows_fn, self.n_tokens, self.buffer = rows_fn, n_tokens, buffer_tokens
         self.extract = extract
         # the last block computed: the initialisation reads block 0 and training starts with it,
@@ -97,18 +109,25 @@ class StreamBlocks:
         return block
 
 
-def iter_batches(source: CachedBlocks | StreamBlocks, batch_tokens: int, seed: int,
-                 start: DataPosition = DataPosition(), rank: int = 0, world: int = 1,
-                 dtype: torch.dtype = torch.float32,
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, DataPosition]]:
+def iter_batches(
+    source: CachedBlocks | StreamBlocks,
+    batch_tokens: int,
+    seed: int,
+    start: DataPosition = DataPosition(),
+    rank: int = 0,
+    world: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, DataPosition]]:
     """Endless shuffled batches: (x [batch_tokens / world, L, d], y [...], position after it).
 
     Every rank sees the same global batch order and takes its contiguous slice of each batch, so
     averaging the ranks' gradients equals one process training on the global batch.
     """
     if batch_tokens % world:
-        raise UserError(f"clt.batch_tokens ({batch_tokens}) must be divisible by the number of "
-                        f"processes ({world}).")
+        raise UserError(
+            f"clt.batch_tokens ({batch_tokens}) must be divisible by the number of "
+            f"processes ({world})."
+        )
     local = batch_tokens // world
     epoch, first = start.epoch, True
     while True:
@@ -123,6 +142,8 @@ def iter_batches(source: CachedBlocks | StreamBlocks, batch_tokens: int, seed: i
                 yield x[idx].to(dtype), y[idx].to(dtype), DataPosition(epoch, b, i + 1)
             first = False
         if not produced and epoch > start.epoch:
-            raise UserError(f"the activations hold fewer tokens than one batch ({batch_tokens}); "
-                            f"raise activations.n_tokens or lower clt.batch_tokens.")
+            raise UserError(
+                f"the activations hold fewer tokens than one batch ({batch_tokens}); "
+                f"raise activations.n_tokens or lower clt.batch_tokens."
+            )
         epoch += 1

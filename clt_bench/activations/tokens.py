@@ -42,8 +42,9 @@ def _pack(rows: list[list[int]], pad_id: int) -> TokenRows:
     return TokenRows(tokens, mask)
 
 
-def iter_token_rows(docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, seq_len: int,
-                    batch_size: int) -> Iterator[TokenRows]:
+def iter_token_rows(
+    docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, seq_len: int, batch_size: int
+) -> Iterator[TokenRows]:
     """Batches of ``batch_size`` rows from ``docs``; the last batch may be smaller."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0

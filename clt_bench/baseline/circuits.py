@@ -48,15 +48,19 @@ class Node:
         return 2 * self.layer + (1 if self.kind == "mlp" else 0)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"component": self.component, "kind": self.kind,
-                               "layer": self.layer, "position": self.position}
+        out: dict[str, Any] = {
+            "component": self.component,
+            "kind": self.kind,
+            "layer": self.layer,
+            "position": self.position,
+        }
         if self.kind == "head":
             out["head"] = self.head
         return out
 
 
 def parse_component(text: str, position: str, where: str = "circuit") -> Node:
-    """"5.1" / "a5.h1" -> head node; "mlp8" / "m8" -> MLP node, at ``position`` (END or YY)."""
+    """ "5.1" / "a5.h1" -> head node; "mlp8" / "m8" -> MLP node, at ``position`` (END or YY)."""
     pos = str(position).upper()
     if pos not in POSITIONS:
         raise UserError(f"{where} uses position '{position}' (use END or YY).")
@@ -121,8 +125,9 @@ class Circuit:
         }
 
 
-def make_circuit(name: str, components: dict[str, list[str]], where: str = "circuit",
-                 **kw: Any) -> Circuit:
+def make_circuit(
+    name: str, components: dict[str, list[str]], where: str = "circuit", **kw: Any
+) -> Circuit:
     """Build a circuit from ``{"END": [...], "YY": [...]}``; duplicates are an error."""
     if not isinstance(components, dict):
         raise UserError(f"{where} needs a [components] table with END and/or YY lists.")
@@ -143,9 +148,13 @@ def circuit_from_dict(data: dict[str, Any], where: str) -> Circuit:
     """Read the shared schema (a baselines TOML table or a circuit.json)."""
     try:
         return make_circuit(
-            str(data.get("name", Path(where).stem)), data.get("components", {}), where,
-            provenance=dict(data.get("provenance", {})), published=dict(data.get("published", {})),
-            edges=data.get("edges"), model=str(data.get("model", "")),
+            str(data.get("name", Path(where).stem)),
+            data.get("components", {}),
+            where,
+            provenance=dict(data.get("provenance", {})),
+            published=dict(data.get("published", {})),
+            edges=data.get("edges"),
+            model=str(data.get("model", "")),
             description=str(data.get("description", "")),
             paths=dict(data.get("paths") or {}),
         )

@@ -9,13 +9,23 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     from clt_bench.cli import add_common
 
-    p = sub.add_parser("baseline", help="the known circuit: discover or load it; faithfulness, "
-                                        "necessity, random control, neuron analysis")
+    p = sub.add_parser(
+        "baseline",
+        help="the known circuit: discover or load it; faithfulness, "
+        "necessity, random control, neuron analysis",
+    )
     add_common(p)
-    p.add_argument("--circuit", default=None,
-                   help="discovered | hanna2023 | acdc | eap_ig | path to a circuit .json/.toml")
-    p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="recompute even if the stage's outputs are up to date")
+    p.add_argument(
+        "--circuit",
+        default=None,
+        help="discovered | hanna2023 | acdc | eap_ig | path to a circuit .json/.toml",
+    )
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="recompute even if the stage's outputs are up to date",
+    )
     p.set_defaults(func=run)
 
 

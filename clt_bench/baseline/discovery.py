@@ -71,8 +71,9 @@ def _node_of(s: Sender, ctx: PatchContext) -> Node:
     return Node(pos, s.layer, s.kind, s.head if s.kind == "head" else -1)
 
 
-def sweep(ctx: PatchContext, receivers: list[Receiver], candidates: list[Sender]
-          ) -> dict[Sender, float]:
+def sweep(
+    ctx: PatchContext, receivers: list[Receiver], candidates: list[Sender]
+) -> dict[Sender, float]:
     """Mean PD change (patched - base) for each candidate upstream of some receiver."""
     senders = [s for s in candidates if any(upstream(s, r) for r in receivers)]
     if not senders:
@@ -95,8 +96,9 @@ def _grid(ctx: PatchContext, eff: dict[Sender, float], gap: float) -> dict[str, 
     return out
 
 
-def discover_circuit(ctx: PatchContext, bcfg: BaselineConfig, model_name: str = ""
-                     ) -> tuple[Circuit, list[Step]]:
+def discover_circuit(
+    ctx: PatchContext, bcfg: BaselineConfig, model_name: str = ""
+) -> tuple[Circuit, list[Step]]:
     """Run the iterative search; ``ctx`` has the clean run as base and the 01 run as source."""
     cfg = ctx.bridge.cfg
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
@@ -105,8 +107,11 @@ def discover_circuit(ctx: PatchContext, bcfg: BaselineConfig, model_name: str = 
     corr_pd = float(per_example_pd(ctx.source.readout, yy, rel).mean())
     gap = clean_pd - corr_pd
     if gap <= 0:
-        log.warning("clean PD %.3f is not above corrupted PD %.3f; discovery has no signal",
-                    clean_pd, corr_pd)
+        log.warning(
+            "clean PD %.3f is not above corrupted PD %.3f; discovery has no signal",
+            clean_pd,
+            corr_pd,
+        )
         gap = max(abs(gap), 1e-9)
 
     def keep(s: Sender, v: float) -> bool:
@@ -120,7 +125,8 @@ def discover_circuit(ctx: PatchContext, bcfg: BaselineConfig, model_name: str = 
     steps: list[Step] = []
     edges: set[tuple[str, str]] = set()
     frontier: dict[str, list[Receiver]] = {
-        "logits@END": [Receiver("logits", n_layers, ctx.end_pos)]}
+        "logits@END": [Receiver("logits", n_layers, ctx.end_pos)]
+    }
     receivers = frontier["logits@END"]
     labels = ["logits@END"]
     pool = candidates([ctx.end_pos])
@@ -130,15 +136,19 @@ def discover_circuit(ctx: PatchContext, bcfg: BaselineConfig, model_name: str = 
         step = Step(index, labels, _grid(ctx, eff, gap))
         step.kept = sorted(_node_of(s, ctx) for s, v in eff.items() if keep(s, v))
         steps.append(step)
-        log.info("discovery step %d: %d senders, kept %s", index, len(eff),
-                 [n.label for n in step.kept])
+        log.info(
+            "discovery step %d: %d senders, kept %s", index, len(eff), [n.label for n in step.kept]
+        )
         if not step.kept:
             break
         circuit.update(step.kept)
         for s, v in eff.items():
             if keep(s, v):
-                edges.update((_node_of(s, ctx).label, lab) for lab, recv in frontier.items()
-                             if any(upstream(s, r) for r in recv))
+                edges.update(
+                    (_node_of(s, ctx).label, lab)
+                    for lab, recv in frontier.items()
+                    if any(upstream(s, r) for r in recv)
+                )
         frontier = {n.label: receivers_of(ctx, n) for n in step.kept}
         receivers = [r for recv in frontier.values() for r in recv]
         labels = list(frontier)
@@ -146,12 +156,12 @@ def discover_circuit(ctx: PatchContext, bcfg: BaselineConfig, model_name: str = 
     provenance = {
         "source": "discovered",
         "method": "iterative path patching from the logits backwards (Hanna et al. 2023), "
-                  "clean base, 01-corrupted senders, metric = probability difference",
+        "clean base, 01-corrupted senders, metric = probability difference",
         "model": model_name,
         "head_threshold": bcfg.head_threshold,
         "mlp_threshold": bcfg.mlp_threshold,
         "threshold_rule": "keep a sender if patching its paths lowers PD by >= threshold x "
-                          "(clean PD - corrupted PD)",
+        "(clean PD - corrupted PD)",
         "max_steps": bcfg.max_steps,
         "steps_run": len(steps),
         "n_examples": ctx.n,
@@ -162,5 +172,11 @@ def discover_circuit(ctx: PatchContext, bcfg: BaselineConfig, model_name: str = 
     }
     nodes = tuple(sorted(circuit))
     desc = f"greater-than circuit of {model_name or 'the model'} found by path patching"
-    return Circuit("discovered", nodes, provenance=provenance, model=model_name,
-                   description=desc, edges=tuple(sorted(edges))), steps
+    return Circuit(
+        "discovered",
+        nodes,
+        provenance=provenance,
+        model=model_name,
+        description=desc,
+        edges=tuple(sorted(edges)),
+    ), steps

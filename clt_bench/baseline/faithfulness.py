@@ -24,8 +24,9 @@ from clt_bench.baseline.paths import hanna_paths, paths_readout
 from clt_bench.baseline.readout import EndReadout, metrics_of
 
 
-def node_masks(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def node_masks(
+    ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs that take the source value: heads [c, layers, pos, n_heads], MLPs [c, layers, pos].
 
     ``complement`` = True marks everything *outside* each circuit (faithfulness); False marks the
@@ -35,8 +36,9 @@ def node_masks(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
     n_pos = ctx.base_tokens.shape[1]
     pos_of = {"END": ctx.end_pos, "YY": ctx.yy_pos}
     dev = ctx.device
-    heads = torch.zeros(len(circuits), cfg.n_layers, n_pos, cfg.n_heads, dtype=torch.bool,
-                        device=dev)
+    heads = torch.zeros(
+        len(circuits), cfg.n_layers, n_pos, cfg.n_heads, dtype=torch.bool, device=dev
+    )
     mlps = torch.zeros(len(circuits), cfg.n_layers, n_pos, dtype=torch.bool, device=dev)
     for i, c in enumerate(circuits):
         for node in c.nodes:
@@ -50,8 +52,9 @@ def node_masks(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
     return heads, mlps
 
 
-def _patch_hooks(ctx: PatchContext, heads: torch.Tensor, mlps: torch.Tensor
-                 ) -> list[tuple[str, Callable[..., torch.Tensor]]]:
+def _patch_hooks(
+    ctx: PatchContext, heads: torch.Tensor, mlps: torch.Tensor
+) -> list[tuple[str, Callable[..., torch.Tensor]]]:
     """Hooks replacing marked outputs by the source run's (rows = circuit-major x examples)."""
     c = heads.shape[0]
     n = ctx.n
@@ -62,12 +65,14 @@ def _patch_hooks(ctx: PatchContext, heads: torch.Tensor, mlps: torch.Tensor
         z_src = ctx.source.z[layer].repeat(c, 1, 1, 1)
         m_src = ctx.source.mlp_out[layer].repeat(c, 1, 1)
 
-        def hz(x: torch.Tensor, hook: Any, hm: torch.Tensor = hm, src: torch.Tensor = z_src
-               ) -> torch.Tensor:
+        def hz(
+            x: torch.Tensor, hook: Any, hm: torch.Tensor = hm, src: torch.Tensor = z_src
+        ) -> torch.Tensor:
             return torch.where(hm, src, x)
 
-        def hmlp(x: torch.Tensor, hook: Any, mm: torch.Tensor = mm, src: torch.Tensor = m_src
-                 ) -> torch.Tensor:
+        def hmlp(
+            x: torch.Tensor, hook: Any, mm: torch.Tensor = mm, src: torch.Tensor = m_src
+        ) -> torch.Tensor:
             return torch.where(mm, src, x)
 
         if hm.any():
@@ -78,8 +83,7 @@ def _patch_hooks(ctx: PatchContext, heads: torch.Tensor, mlps: torch.Tensor
 
 
 @torch.no_grad()
-def patch_circuits(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
-                   ) -> EndReadout:
+def patch_circuits(ctx: PatchContext, circuits: Sequence[Circuit], complement: bool) -> EndReadout:
     """Readout [n_circuits, n] of the base run with circuit (or non-circuit) outputs patched."""
     per = max(1, ctx.rows // ctx.n)
     parts = []
@@ -87,13 +91,21 @@ def patch_circuits(ctx: PatchContext, circuits: Sequence[Circuit], complement: b
         chunk = circuits[i : i + per]
         heads, mlps = node_masks(ctx, chunk, complement)
         hooks = _patch_hooks(ctx, heads, mlps)
-        parts.append(run_end(ctx.bridge, ctx.base_tokens.repeat(len(chunk), 1), ctx.end_pos,
-                             ctx.batch.answer_ids, hooks))
+        parts.append(
+            run_end(
+                ctx.bridge,
+                ctx.base_tokens.repeat(len(chunk), 1),
+                ctx.end_pos,
+                ctx.batch.answer_ids,
+                hooks,
+            )
+        )
     return EndReadout.cat(parts).reshape(len(circuits), ctx.n)
 
 
-def random_circuits(circuit: Circuit, n_layers: int, n_heads: int, n: int, seed: int
-                    ) -> list[Circuit]:
+def random_circuits(
+    circuit: Circuit, n_layers: int, n_heads: int, n: int, seed: int
+) -> list[Circuit]:
     """``n`` circuits with as many heads and MLPs as ``circuit``, drawn uniformly over (component,
     position in {END, YY}), each seeded by ``seed + i``."""
     pool = all_nodes(n_layers, n_heads)
@@ -105,8 +117,13 @@ def random_circuits(circuit: Circuit, n_layers: int, n_heads: int, n: int, seed:
         hs = [heads[j] for j in torch.randperm(len(heads), generator=g)[: circuit.n_heads]]
         ms = [mlps[j] for j in torch.randperm(len(mlps), generator=g)[: circuit.n_mlps]]
         nodes: tuple[Node, ...] = tuple(sorted(hs + ms))
-        out.append(Circuit(name=f"random-{seed + i}", nodes=nodes,
-                           provenance={"source": "random", "seed": seed + i}))
+        out.append(
+            Circuit(
+                name=f"random-{seed + i}",
+                nodes=nodes,
+                provenance={"source": "random", "seed": seed + i},
+            )
+        )
     return out
 
 
@@ -119,8 +136,9 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
-def evaluate_circuit(ctx: PatchContext, circuit: Circuit, n_random: int = 10, seed: int = 0
-                     ) -> tuple[dict[str, Any], EndReadout]:
+def evaluate_circuit(
+    ctx: PatchContext, circuit: Circuit, n_random: int = 10, seed: int = 0
+) -> tuple[dict[str, Any], EndReadout]:
     """Faithfulness, necessity and random-control numbers (PD and CS of each) for ``circuit``,
     and the circuit run's readout [n] (for its YY x ZZ heatmap).
 
@@ -149,13 +167,14 @@ def evaluate_circuit(ctx: PatchContext, circuit: Circuit, n_random: int = 10, se
         "corrupted_prob_diff": corr_pd,
         "circuit_prob_diff": circ["prob_diff"],
         "circuit_prob_diff_std": circ["prob_diff_std"],
-        "faithfulness_components_ratio": circ["prob_diff"] / model_pd if model_pd
-        else float("nan"),
-        "normalized_faithfulness_components": (circ["prob_diff"] - corr_pd) / gap if gap
+        "faithfulness_components_ratio": circ["prob_diff"] / model_pd if model_pd else float("nan"),
+        "normalized_faithfulness_components": (circ["prob_diff"] - corr_pd) / gap
+        if gap
         else float("nan"),
         "circuit_paths_prob_diff": paths["prob_diff"],
         "faithfulness_paths_ratio": paths["prob_diff"] / model_pd if model_pd else float("nan"),
-        "normalized_faithfulness_paths": (paths["prob_diff"] - corr_pd) / gap if gap
+        "normalized_faithfulness_paths": (paths["prob_diff"] - corr_pd) / gap
+        if gap
         else float("nan"),
         "circuit_paths_cutoff_sharpness": paths["cutoff_sharpness"],
         "n_path_edges": len(spec.edges),
@@ -171,14 +190,18 @@ def evaluate_circuit(ctx: PatchContext, circuit: Circuit, n_random: int = 10, se
         "random_control_cutoff_sharpness": rand_cs,
         "model_logit_diff": model["logit_diff"],
         "circuit_logit_diff": circ["logit_diff"],
-        "circuit_size": {"nodes": len(circuit.nodes), "heads": circuit.n_heads,
-                         "mlps": circuit.n_mlps, "candidate_nodes": total,
-                         "fraction_kept": len(circuit.nodes) / total},
+        "circuit_size": {
+            "nodes": len(circuit.nodes),
+            "heads": circuit.n_heads,
+            "mlps": circuit.n_mlps,
+            "candidate_nodes": total,
+            "fraction_kept": len(circuit.nodes) / total,
+        },
         "definition": "components: circuit = clean input; every (component, position) output "
-                      "outside the circuit replaced by its 01-corrupted value; necessity = the "
-                      "circuit's own outputs replaced; random = same head/MLP counts over "
-                      "(component, END|YY). paths (Hanna et al. 2023): corrupted input, clean "
-                      "only along the circuit's paths -- END heads' queries clean, YY nodes -> "
-                      "END heads' keys/values, END heads -> END MLPs -> logits, no head -> head "
-                      "paths (clt_bench.baseline.paths)",
+        "outside the circuit replaced by its 01-corrupted value; necessity = the "
+        "circuit's own outputs replaced; random = same head/MLP counts over "
+        "(component, END|YY). paths (Hanna et al. 2023): corrupted input, clean "
+        "only along the circuit's paths -- END heads' queries clean, YY nodes -> "
+        "END heads' keys/values, END heads -> END MLPs -> logits, no head -> head "
+        "paths (clt_bench.baseline.paths)",
     }, faithful[0]

@@ -20,9 +20,17 @@ def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
     vmax = float(np.nanmax(np.abs(vals.numpy()))) if torch.isfinite(vals).any() else 1.0
     cols = [f"h{h}" for h in range(n_heads)] + ["MLP"]
     for ax, (pos, grid) in zip(axes[0], step.effects.items(), strict=True):
-        sns.heatmap(grid.numpy(), ax=ax, cmap="RdBu", center=0.0, vmin=-vmax or -1, vmax=vmax or 1,
-                    xticklabels=cols, yticklabels=list(range(grid.shape[0])),
-                    cbar_kws={"label": "ΔPD / (clean - corrupted PD)"})
+        sns.heatmap(
+            grid.numpy(),
+            ax=ax,
+            cmap="RdBu",
+            center=0.0,
+            vmin=-vmax or -1,
+            vmax=vmax or 1,
+            xticklabels=cols,
+            yticklabels=list(range(grid.shape[0])),
+            cbar_kws={"label": "ΔPD / (clean - corrupted PD)"},
+        )
         ax.set_xlabel("head / MLP")
         ax.set_ylabel("layer")
         ax.set_title(f"senders at {pos}", fontsize=9)
@@ -50,8 +58,11 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
     if not edges:
         for n in circuit.nodes:
             if n.position == "YY":
-                edges += [(n.label, m.label) for m in circuit.at("END")
-                          if m.kind == "head" and m.order > n.order]
+                edges += [
+                    (n.label, m.label)
+                    for m in circuit.at("END")
+                    if m.kind == "head" and m.order > n.order
+                ]
             elif n.kind == "head":
                 mlps = [m for m in circuit.at("END") if m.kind == "mlp" and m.order > n.order]
                 edges += [(n.label, m.label) for m in mlps] or [(n.label, "logits@END")]
@@ -59,8 +70,9 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
                 edges.append((n.label, "logits@END"))
     for a, b in edges:
         if a in xy and b in xy:
-            ax.annotate("", xy=xy[b], xytext=xy[a],
-                        arrowprops=dict(arrowstyle="->", color="0.6", lw=0.6))
+            ax.annotate(
+                "", xy=xy[b], xytext=xy[a], arrowprops=dict(arrowstyle="->", color="0.6", lw=0.6)
+            )
     for label, (x, y) in xy.items():
         color = "#d62728" if label.startswith("mlp") else "#1f77b4"
         if label.startswith("logits"):
@@ -72,8 +84,11 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
     ax.set_xticks(range(n_layers))
     ax.set_xlabel("layer")
     ax.set_ylim(-1.2, 3.2)
-    ax.set_title(f"circuit '{circuit.name}': {len(circuit.nodes)} nodes "
-                 f"({circuit.n_heads} heads, {circuit.n_mlps} MLPs)", fontsize=9)
+    ax.set_title(
+        f"circuit '{circuit.name}': {len(circuit.nodes)} nodes "
+        f"({circuit.n_heads} heads, {circuit.n_mlps} MLPs)",
+        fontsize=9,
+    )
     return save_figure(fig, path)
 
 
@@ -97,10 +112,12 @@ def neuron_panels(na: NeuronAnalysis, top: int, path: Path, model: str) -> Path:
         ax.set_xticks([0, 50, 99])
         ax.set_yticks([0, 48, 96])
         ax.set_yticklabels(["02", "50", "98"])
-    for ax in list(axes.flat)[len(ns):]:
+    for ax in list(axes.flat)[len(ns) :]:
         ax.axis("off")
-    fig.suptitle(f"{model}: mlp{na.layer} top neurons — logit-lens outer product "
-                 f"(rows YY, cols ZZ)", fontsize=9)
+    fig.suptitle(
+        f"{model}: mlp{na.layer} top neurons — logit-lens outer product (rows YY, cols ZZ)",
+        fontsize=9,
+    )
     return save_figure(fig, path)
 
 

@@ -50,15 +50,19 @@ class NeuronAnalysis:
             "position": "END",
             "model_prob_diff": self.model_pd,
             "ranking": "exact path-patched direct effect (PD) for the candidates, then the "
-                       "frozen-LayerNorm linear estimate for the rest",
+            "frozen-LayerNorm linear estimate for the rest",
             "top_neurons": [
-                {"neuron": n, "direct_effect_prob_diff": self.exact_effect.get(n),
-                 "linear_effect_logit_diff": float(self.linear_effect[n]),
-                 "logit_lens_effect_logit_diff": float(self.lens_effect[n])}
+                {
+                    "neuron": n,
+                    "direct_effect_prob_diff": self.exact_effect.get(n),
+                    "linear_effect_logit_diff": float(self.linear_effect[n]),
+                    "logit_lens_effect_logit_diff": float(self.lens_effect[n]),
+                }
                 for n in self.top(top)
             ],
-            "units_needed": [{"k": k, "prob_diff": p, "fraction_of_model_pd": f}
-                             for k, p, f in self.curve],
+            "units_needed": [
+                {"k": k, "prob_diff": p, "fraction_of_model_pd": f} for k, p, f in self.curve
+            ],
         }
 
 
@@ -73,11 +77,22 @@ def mlp_post_at(ctx: PatchContext, layer: int, tokens: torch.Tensor) -> torch.Te
 
     x = ctx.base.resid_pre[layer] if tokens is ctx.base_tokens else None
     if x is not None and layer > 0:
-        run_end(ctx.bridge, x, ctx.end_pos, ctx.batch.answer_ids,
-                [(f"blocks.{layer}.mlp.hook_post", save)], start_at_layer=layer)
+        run_end(
+            ctx.bridge,
+            x,
+            ctx.end_pos,
+            ctx.batch.answer_ids,
+            [(f"blocks.{layer}.mlp.hook_post", save)],
+            start_at_layer=layer,
+        )
     else:
-        run_end(ctx.bridge, tokens, ctx.end_pos, ctx.batch.answer_ids,
-                [(f"blocks.{layer}.mlp.hook_post", save)])
+        run_end(
+            ctx.bridge,
+            tokens,
+            ctx.end_pos,
+            ctx.batch.answer_ids,
+            [(f"blocks.{layer}.mlp.hook_post", save)],
+        )
     return torch.cat(store)
 
 
@@ -105,8 +120,9 @@ def curve_ks(d_mlp: int, dense: int) -> list[int]:
 
 
 @torch.no_grad()
-def analyse_neurons(ctx: PatchContext, layer: int, top: int = 10, candidates: int = 64,
-                    dense: int = 32) -> NeuronAnalysis:
+def analyse_neurons(
+    ctx: PatchContext, layer: int, top: int = 10, candidates: int = 64, dense: int = 32
+) -> NeuronAnalysis:
     """Run the neuron analysis of MLP ``layer`` at END (``ctx``: clean base, corrupted source)."""
     b = ctx.bridge
     end = ctx.end_pos
@@ -138,8 +154,14 @@ def analyse_neurons(ctx: PatchContext, layer: int, top: int = 10, candidates: in
     for n in order[:top]:
         lens_row = w_out[n] @ w_ans  # [100]
         yy_dev = yy.to(dev)
-        act = torch.stack([post_c[yy_dev == y, n].mean() if (yy == y).any()
-                           else torch.tensor(float("nan"), device=dev) for y in YY_ROWS])  # [97]
+        act = torch.stack(
+            [
+                post_c[yy_dev == y, n].mean()
+                if (yy == y).any()
+                else torch.tensor(float("nan"), device=dev)
+                for y in YY_ROWS
+            ]
+        )  # [97]
         outer[n] = (act[:, None] * lens_row[None, :]).cpu()
     ks = [0, *curve_ks(d_mlp, dense)]  # k = 0: every neuron of the MLP corrupted
     perm = torch.tensor(order, device=dev)
@@ -150,6 +172,8 @@ def analyse_neurons(ctx: PatchContext, layer: int, top: int = 10, candidates: in
         curve_d.append((dpost * corrupt) @ w_out)  # [n, d_model]: change of the MLP output
     readout = resid_patch(ctx, layer, end, torch.stack(curve_d))
     curve_pd = per_example_pd(readout, yy, rel).mean(-1).tolist()
-    curve = [(k, float(p), float(p) / base_pd if base_pd else float("nan"))
-             for k, p in zip(ks, curve_pd, strict=True)]
+    curve = [
+        (k, float(p), float(p) / base_pd if base_pd else float("nan"))
+        for k, p in zip(ks, curve_pd, strict=True)
+    ]
     return NeuronAnalysis(layer, order, exact, linear.cpu(), lens.cpu(), outer, curve, base_pd)

@@ -91,8 +91,14 @@ def end_only_hook(end_pos: int) -> Hook:
 
 
 @torch.no_grad()
-def run_end(bridge: TransformerBridge, inp: torch.Tensor, end_pos: int, answer_ids: torch.Tensor,
-            hooks: Sequence[Hook] = (), start_at_layer: int | None = None) -> EndReadout:
+def run_end(
+    bridge: TransformerBridge,
+    inp: torch.Tensor,
+    end_pos: int,
+    answer_ids: torch.Tensor,
+    hooks: Sequence[Hook] = (),
+    start_at_layer: int | None = None,
+) -> EndReadout:
     """One forward ([b, pos] tokens, or [b, pos, d_model] residual with ``start_at_layer``)."""
     kw: dict[str, Any] = {}
     if start_at_layer:
@@ -103,18 +109,26 @@ def run_end(bridge: TransformerBridge, inp: torch.Tensor, end_pos: int, answer_i
 
 
 @torch.no_grad()
-def capture_run(bridge: TransformerBridge, tokens: torch.Tensor, end_pos: int,
-                answer_ids: torch.Tensor, rows: int = 256, extra: Sequence[str] = (),
-                hooks: Sequence[Hook] = ()) -> RunCache:
+def capture_run(
+    bridge: TransformerBridge,
+    tokens: torch.Tensor,
+    end_pos: int,
+    answer_ids: torch.Tensor,
+    rows: int = 256,
+    extra: Sequence[str] = (),
+    hooks: Sequence[Hook] = (),
+) -> RunCache:
     """Run [n, pos] tokens (``rows`` at a time) and keep what path patching needs.
 
     The tokens move to the model's device; the cached activations stay there."""
     n_layers = bridge.cfg.n_layers
     tokens = tokens.to(model_device(bridge))
-    names = ([f"blocks.{i}.attn.hook_z" for i in range(n_layers)]
-             + [f"blocks.{i}.hook_mlp_out" for i in range(n_layers)]
-             + [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
-             + ["ln_final.hook_in", "ln_final.hook_scale", *extra])
+    names = (
+        [f"blocks.{i}.attn.hook_z" for i in range(n_layers)]
+        + [f"blocks.{i}.hook_mlp_out" for i in range(n_layers)]
+        + [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
+        + ["ln_final.hook_in", "ln_final.hook_scale", *extra]
+    )
     store: dict[str, list[torch.Tensor]] = defaultdict(list)
     readouts = []
 
@@ -127,15 +141,18 @@ def capture_run(bridge: TransformerBridge, tokens: torch.Tensor, end_pos: int,
 
     save_hooks = [(n, saver(n)) for n in names]
     for i in range(0, tokens.shape[0], rows):
-        readouts.append(run_end(bridge, tokens[i : i + rows], end_pos, answer_ids,
-                                [*hooks, *save_hooks]))
+        readouts.append(
+            run_end(bridge, tokens[i : i + rows], end_pos, answer_ids, [*hooks, *save_hooks])
+        )
     cat = {k: torch.cat(v) for k, v in store.items()}
     return RunCache(
         z=[cat[f"blocks.{i}.attn.hook_z"] for i in range(n_layers)],
         mlp_out=[cat[f"blocks.{i}.hook_mlp_out"] for i in range(n_layers)],
         resid_pre=[cat[f"blocks.{i}.hook_resid_pre"] for i in range(n_layers)],
-        final=cat["ln_final.hook_in"], final_scale=cat["ln_final.hook_scale"],
-        readout=EndReadout.cat(readouts), extra={k: cat[k] for k in extra},
+        final=cat["ln_final.hook_in"],
+        final_scale=cat["ln_final.hook_scale"],
+        readout=EndReadout.cat(readouts),
+        extra={k: cat[k] for k in extra},
     )
 
 
@@ -181,8 +198,14 @@ class PatchContext:
         return self.batch.yy_pos
 
     @classmethod
-    def build(cls, bridge: TransformerBridge, batch: TaskBatch, base: str = "clean",
-              rows: int = 1024, extra: Sequence[str] = ()) -> PatchContext:
+    def build(
+        cls,
+        bridge: TransformerBridge,
+        batch: TaskBatch,
+        base: str = "clean",
+        rows: int = 1024,
+        extra: Sequence[str] = (),
+    ) -> PatchContext:
         """``base`` = "clean" (senders take corrupted values) or "corrupted" (the reverse)."""
         dev = model_device(bridge)
         clean = capture_run(bridge, batch.clean, batch.end_pos, batch.answer_ids, rows, extra)
@@ -208,12 +231,25 @@ class PatchContext:
         idx = list(range(m))
 
         def cut(c: RunCache) -> RunCache:
-            return RunCache([t[:m] for t in c.z], [t[:m] for t in c.mlp_out],
-                            [t[:m] for t in c.resid_pre], c.final[:m], c.final_scale[:m],
-                            c.readout[:m], {k: v[:m] for k, v in c.extra.items()})
+            return RunCache(
+                [t[:m] for t in c.z],
+                [t[:m] for t in c.mlp_out],
+                [t[:m] for t in c.resid_pre],
+                c.final[:m],
+                c.final_scale[:m],
+                c.readout[:m],
+                {k: v[:m] for k, v in c.extra.items()},
+            )
 
-        return PatchContext(self.bridge, self.batch.subset(idx), self.base_tokens[:m],
-                            cut(self.base), cut(self.source), self.rows, self.base_is_clean)
+        return PatchContext(
+            self.bridge,
+            self.batch.subset(idx),
+            self.base_tokens[:m],
+            cut(self.base),
+            cut(self.source),
+            self.rows,
+            self.base_is_clean,
+        )
 
     def write(self, cache: RunCache, s: Sender) -> torch.Tensor:
         """The sender's residual write in ``cache`` at its position: [n, d_model]."""
@@ -231,8 +267,12 @@ class PatchContext:
         return self.write(self.source, s) - self.write(self.base, s)
 
 
-def _receiver_deltas(ctx: PatchContext, senders: Sequence[Sender], receivers: Sequence[Receiver],
-                     extra: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+def _receiver_deltas(
+    ctx: PatchContext,
+    senders: Sequence[Sender],
+    receivers: Sequence[Receiver],
+    extra: Sequence[torch.Tensor] | None,
+) -> list[torch.Tensor]:
     """Per receiver, the [c * n, d_model] sum added to its input (row block i = sender i)."""
     deltas = [ctx.delta(s) for s in senders] if extra is None else list(extra)
     zero = torch.zeros_like(deltas[0])
@@ -243,8 +283,9 @@ def _receiver_deltas(ctx: PatchContext, senders: Sequence[Sender], receivers: Se
     return out
 
 
-def _logits_only(ctx: PatchContext, receivers: Sequence[Receiver], add: list[torch.Tensor],
-                 freeze_ln: bool) -> EndReadout:
+def _logits_only(
+    ctx: PatchContext, receivers: Sequence[Receiver], add: list[torch.Tensor], freeze_ln: bool
+) -> EndReadout:
     """All receivers are the logits: unembed base final residual + deltas, no forward pass."""
     b = ctx.bridge
     end = ctx.end_pos
@@ -302,8 +343,10 @@ def path_patch(
     LayerNorm scale at its base value (logit receivers only).
     """
     if not senders:
-        return EndReadout(torch.zeros(0, ctx.n, ctx.batch.answer_ids.numel(), dtype=torch.float64),
-                          torch.zeros(0, ctx.n, dtype=torch.float64))
+        return EndReadout(
+            torch.zeros(0, ctx.n, ctx.batch.answer_ids.numel(), dtype=torch.float64),
+            torch.zeros(0, ctx.n, dtype=torch.float64),
+        )
     for r in receivers:
         if r.kind == "head" and r.channel not in ("q", "k", "v"):
             raise ValueError(f"head receiver needs channel q, k or v, got {r.channel!r}")
@@ -324,12 +367,23 @@ def path_patch(
             parts.append(_logits_only(ctx, receivers, add, freeze_ln))
             continue
         start = min(r.layer for r in receivers if r.kind != "logits")
-        inp = ctx.base_tokens.repeat(c, 1) if start == 0 else ctx.base.resid_pre[start].repeat(
-            c, 1, 1)
+        inp = (
+            ctx.base_tokens.repeat(c, 1)
+            if start == 0
+            else ctx.base.resid_pre[start].repeat(c, 1, 1)
+        )
         heads = any(r.kind == "head" for r in receivers)
         with split_qkv(ctx.bridge, heads):
-            parts.append(run_end(ctx.bridge, inp, ctx.end_pos, ctx.batch.answer_ids,
-                                 _hooks_for(receivers, add), start_at_layer=start))
+            parts.append(
+                run_end(
+                    ctx.bridge,
+                    inp,
+                    ctx.end_pos,
+                    ctx.batch.answer_ids,
+                    _hooks_for(receivers, add),
+                    start_at_layer=start,
+                )
+            )
     return EndReadout.cat(parts).reshape(len(senders), ctx.n)
 
 
@@ -350,8 +404,9 @@ def resid_patch(ctx: PatchContext, layer: int, pos: int, deltas: torch.Tensor) -
             continue
         x = ctx.base.resid_pre[layer + 1].repeat(c, 1, 1).clone()
         x[:, pos] += d
-        parts.append(run_end(ctx.bridge, x, ctx.end_pos, ctx.batch.answer_ids,
-                             start_at_layer=layer + 1))
+        parts.append(
+            run_end(ctx.bridge, x, ctx.end_pos, ctx.batch.answer_ids, start_at_layer=layer + 1)
+        )
     return EndReadout.cat(parts).reshape(m, ctx.n)
 
 

@@ -62,13 +62,17 @@ def hanna_paths(circuit: Circuit, feed_only_end_heads: Sequence[str] = ()) -> Pa
         spec.edges |= {(s.label, m.label) for s in end_heads + end_mlps if s.order < m.order}
     spec.edges |= {(s.label, LOGITS) for s in end_heads + end_mlps}
     for h in end_heads:
-        spec.edges |= {(s.label, f"{h.label}:{ch}") for s in yy if s.order < h.order
-                       for ch in ("k", "v")}
+        spec.edges |= {
+            (s.label, f"{h.label}:{ch}") for s in yy if s.order < h.order for ch in ("k", "v")
+        }
     for r in yy:
         recv = f"{r.label}:qkv" if r.kind == "head" else r.label
         spec.edges.add((EMBED, recv))
-        spec.edges |= {(s.label, recv) for s in yy if s.order < r.order
-                       and s.component not in only and not (s.kind == r.kind == "head")}
+        spec.edges |= {
+            (s.label, recv)
+            for s in yy
+            if s.order < r.order and s.component not in only and not (s.kind == r.kind == "head")
+        }
     return spec
 
 
@@ -125,8 +129,9 @@ def paths_readout(ctx: PatchContext, spec: PathSpec) -> EndReadout:
 
             return fn
 
-        def z_hook(x: torch.Tensor, hook: Any, heads: list[Node] = heads, layer: int = layer
-                   ) -> torch.Tensor:
+        def z_hook(
+            x: torch.Tensor, hook: Any, heads: list[Node] = heads, layer: int = layer
+        ) -> torch.Tensor:
             for h in heads:
                 p = pos[h.position]
                 patched[h.label] = x[:, p, h.head] @ b.W_O[layer, h.head]
@@ -140,8 +145,9 @@ def paths_readout(ctx: PatchContext, spec: PathSpec) -> EndReadout:
                     x[:, pos[m.position]] += add
             return x
 
-        def mlp_out_hook(y: torch.Tensor, hook: Any, mlps: list[Node] = mlps,
-                         layer: int = layer) -> torch.Tensor:
+        def mlp_out_hook(
+            y: torch.Tensor, hook: Any, mlps: list[Node] = mlps, layer: int = layer
+        ) -> torch.Tensor:
             for m in mlps:
                 patched[m.label] = y[:, pos[m.position]].clone()
             return corr.mlp_out[layer]

@@ -33,8 +33,9 @@ class EndReadout:
 
     @staticmethod
     def cat(parts: list[EndReadout], dim: int = 0) -> EndReadout:
-        return EndReadout(torch.cat([p.answer_logits for p in parts], dim),
-                          torch.cat([p.lse for p in parts], dim))
+        return EndReadout(
+            torch.cat([p.answer_logits for p in parts], dim), torch.cat([p.lse for p in parts], dim)
+        )
 
 
 def readout_from_logits(logits: torch.Tensor, answer_ids: torch.Tensor) -> EndReadout:
@@ -44,8 +45,13 @@ def readout_from_logits(logits: torch.Tensor, answer_ids: torch.Tensor) -> EndRe
     return EndReadout(ans, torch.logsumexp(logits, -1).double().cpu())
 
 
-def readout_from_resid(x: torch.Tensor, w_u: torch.Tensor, b_u: torch.Tensor | None,
-                       answer_ids: torch.Tensor, rows: int = 512) -> EndReadout:
+def readout_from_resid(
+    x: torch.Tensor,
+    w_u: torch.Tensor,
+    b_u: torch.Tensor | None,
+    answer_ids: torch.Tensor,
+    rows: int = 512,
+) -> EndReadout:
     """Normalised final residual [total, d_model] -> readout, unembedding ``rows`` at a time."""
     parts = []
     for i in range(0, x.shape[0], rows):
@@ -72,8 +78,9 @@ def per_example_pd(readout: EndReadout, yy: torch.Tensor, relation: str = "gt") 
     return (p * good).sum(-1) - (p * (1 - good)).sum(-1)
 
 
-def per_example_logit_diff(readout: EndReadout, yy: torch.Tensor, relation: str = "gt"
-                           ) -> torch.Tensor:
+def per_example_logit_diff(
+    readout: EndReadout, yy: torch.Tensor, relation: str = "gt"
+) -> torch.Tensor:
     """[..., n] logit difference (sum variant) per example."""
     from clt_bench.task.metrics import correct_mask
 

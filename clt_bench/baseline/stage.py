@@ -34,17 +34,27 @@ from clt_bench.task.stage import load_task_batch
 
 log = logging.getLogger(__name__)
 OUTPUTS = ("circuit.json", "faithfulness.json", "neurons.json", "units_needed.csv")
-SUMMARY_KEYS = ("model_prob_diff", "corrupted_prob_diff", "circuit_prob_diff",
-                "faithfulness_components_ratio", "normalized_faithfulness_components",
-                "circuit_paths_prob_diff", "faithfulness_paths_ratio",
-                "normalized_faithfulness_paths", "necessity_prob_diff",
-                "random_control_prob_diff", "random_control_ratio", "model_cutoff_sharpness",
-                "circuit_cutoff_sharpness", "necessity_cutoff_sharpness",
-                "random_control_cutoff_sharpness", "circuit_size")
+SUMMARY_KEYS = (
+    "model_prob_diff",
+    "corrupted_prob_diff",
+    "circuit_prob_diff",
+    "faithfulness_components_ratio",
+    "normalized_faithfulness_components",
+    "circuit_paths_prob_diff",
+    "faithfulness_paths_ratio",
+    "normalized_faithfulness_paths",
+    "necessity_prob_diff",
+    "random_control_prob_diff",
+    "random_control_ratio",
+    "model_cutoff_sharpness",
+    "circuit_cutoff_sharpness",
+    "necessity_cutoff_sharpness",
+    "random_control_cutoff_sharpness",
+    "circuit_size",
+)
 
 
-def _circuit(cfg: RunConfig, ctx: PatchContext, loaded: LoadedModel
-             ) -> tuple[Circuit, list[Step]]:
+def _circuit(cfg: RunConfig, ctx: PatchContext, loaded: LoadedModel) -> tuple[Circuit, list[Step]]:
     bcfg = cfg.baseline
     dctx = ctx.subset(bcfg.discovery_examples)
     if bcfg.circuit == "discovered":
@@ -73,8 +83,9 @@ def _summary(faith: dict[str, Any], circuit: Circuit, wall: float) -> dict[str, 
     return out
 
 
-def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path,
-                       resume: bool = True) -> dict[str, Any]:
+def run_baseline_stage(
+    cfg: RunConfig, loaded: LoadedModel, out_dir: Path, resume: bool = True
+) -> dict[str, Any]:
     """Evaluate (and, for ``baseline.circuit = "discovered"``, find) the circuit; write baseline/.
 
     Returns the faithfulness numbers and a circuit summary. A finished stage with the same
@@ -86,14 +97,16 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path,
         done = read_json(stage / "faithfulness.json")
         if done.get("config_hash") == key:
             log.info("baseline stage up to date in %s", stage)
-            return _summary(done, load_circuit(str(stage / "circuit.json")),
-                            done.get("wall_seconds", 0.0))
+            return _summary(
+                done, load_circuit(str(stage / "circuit.json")), done.get("wall_seconds", 0.0)
+            )
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     bcfg: BaselineConfig = cfg.baseline
     if bcfg.circuit != "discovered":
-        validate_circuit(load_circuit(bcfg.circuit), loaded.n_layers,
-                         int(loaded.bridge.cfg.n_heads))
+        validate_circuit(
+            load_circuit(bcfg.circuit), loaded.n_layers, int(loaded.bridge.cfg.n_heads)
+        )
     batch = load_task_batch(cfg, loaded)
     batch = batch.subset(list(range(min(bcfg.n_examples, len(batch)))))
     ctx = PatchContext.build(loaded.bridge, batch, "clean", bcfg.batch_size)
@@ -105,12 +118,19 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path,
     times["evaluation"] = time.perf_counter() - t0 - sum(times.values())
 
     n_heads = int(loaded.bridge.cfg.n_heads)
-    figures = [step_heatmap(s, n_heads, stage / f"path_patching_step{s.index}.png", loaded.name)
-               for s in steps]
+    figures = [
+        step_heatmap(s, n_heads, stage / f"path_patching_step{s.index}.png", loaded.name)
+        for s in steps
+    ]
     figures.append(circuit_graph(circuit, loaded.n_layers, stage / "circuit_graph.png"))
     heat = yy_heatmap(circ_readout.probs, batch.yy).numpy()
-    figures.append(circuit_heatmap(heat, stage / "circuit_heatmap.png",
-                                   f"{loaded.name}: circuit '{circuit.name}' only, mean p(ZZ|YY)"))
+    figures.append(
+        circuit_heatmap(
+            heat,
+            stage / "circuit_heatmap.png",
+            f"{loaded.name}: circuit '{circuit.name}' only, mean p(ZZ|YY)",
+        )
+    )
 
     nctx = ctx.subset(bcfg.neuron_examples)
     layer, mlp_direct = pick_layer(nctx, circuit)
@@ -118,27 +138,42 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path,
         layer = bcfg.neuron_layer
     na = analyse_neurons(nctx, layer, bcfg.top_neurons, bcfg.neuron_candidates, bcfg.curve_dense)
     write_text(stage / "units_needed.csv", units_csv(na.curve))
-    figures += [units_curve(na, stage / "units_needed.png", loaded.name),
-                neuron_panels(na, bcfg.top_neurons, stage / "neurons_outer_product.png",
-                              loaded.name),
-                neuron_scatter(na, stage / "neurons_lens_vs_patching.png", loaded.name)]
-    neurons = {"mlp_direct_effects_prob_diff": {f"mlp{k}": v for k, v in mlp_direct.items()},
-               "n_examples": nctx.n, **na.to_dict(bcfg.top_neurons),
-               "outer_products": {str(n): [[round(float(v), 6) for v in row] for row in m.tolist()]
-                                  for n, m in na.outer.items()}}
+    figures += [
+        units_curve(na, stage / "units_needed.png", loaded.name),
+        neuron_panels(na, bcfg.top_neurons, stage / "neurons_outer_product.png", loaded.name),
+        neuron_scatter(na, stage / "neurons_lens_vs_patching.png", loaded.name),
+    ]
+    neurons = {
+        "mlp_direct_effects_prob_diff": {f"mlp{k}": v for k, v in mlp_direct.items()},
+        "n_examples": nctx.n,
+        **na.to_dict(bcfg.top_neurons),
+        "outer_products": {
+            str(n): [[round(float(v), 6) for v in row] for row in m.tolist()]
+            for n, m in na.outer.items()
+        },
+    }
     times["neurons"] = time.perf_counter() - t0 - sum(times.values())
     wall = time.perf_counter() - t0
 
     meta = run_metadata(config=cfg.baseline, seeds={"dataset": batch.seed, "random": bcfg.seed})
     write_json(stage / "neurons.json", neurons)
-    write_json(stage / "circuit.json", {**circuit.to_dict(),
-                                        "discovery_steps": [s.to_dict() for s in steps],
-                                        **run_metadata()})
-    faith_out = {"model": loaded.name, "circuit": circuit.name, "template": batch.template,
-                 "config_hash": key, **faith, "published": circuit.published,
-                 "neuron_mlp": f"mlp{layer}", "wall_seconds": round(wall, 3),
-                 "phase_seconds": {k: round(v, 3) for k, v in times.items()},
-                 "figures": [p.name for p in figures if p is not None], **meta}
+    write_json(
+        stage / "circuit.json",
+        {**circuit.to_dict(), "discovery_steps": [s.to_dict() for s in steps], **run_metadata()},
+    )
+    faith_out = {
+        "model": loaded.name,
+        "circuit": circuit.name,
+        "template": batch.template,
+        "config_hash": key,
+        **faith,
+        "published": circuit.published,
+        "neuron_mlp": f"mlp{layer}",
+        "wall_seconds": round(wall, 3),
+        "phase_seconds": {k: round(v, 3) for k, v in times.items()},
+        "figures": [p.name for p in figures if p is not None],
+        **meta,
+    }
     write_json(stage / "faithfulness.json", faith_out)
     log.info("baseline stage wrote %s in %.1fs", stage, wall)
     return _summary(faith_out, circuit, round(wall, 3))
@@ -150,8 +185,11 @@ def format_baseline_table(s: dict[str, Any]) -> str:
     rows = [
         ("circuit", s["circuit"]),
         ("components", "; ".join(f"{p}: {' '.join(c) or '-'}" for p, c in s["components"].items())),
-        ("size", f"{size.get('nodes')} of {size.get('candidate_nodes')} (component, position) "
-                 f"nodes ({size.get('heads')} heads, {size.get('mlps')} MLPs)"),
+        (
+            "size",
+            f"{size.get('nodes')} of {size.get('candidate_nodes')} (component, position) "
+            f"nodes ({size.get('heads')} heads, {size.get('mlps')} MLPs)",
+        ),
         ("model_prob_diff", f"{s['model_prob_diff']:.3f}"),
         ("corrupted_prob_diff", f"{s['corrupted_prob_diff']:.3f}"),
         ("circuit_prob_diff", f"{s['circuit_prob_diff']:.3f}"),
@@ -159,8 +197,10 @@ def format_baseline_table(s: dict[str, Any]) -> str:
         ("circuit_paths_prob_diff", f"{s['circuit_paths_prob_diff']:.3f}"),
         ("faithfulness_paths_ratio", f"{s['faithfulness_paths_ratio']:.3f}"),
         ("necessity_prob_diff", f"{s['necessity_prob_diff']:.3f}"),
-        ("random_control_prob_diff", f"{rand.get('mean', float('nan')):.3f} "
-                                     f"± {rand.get('std', float('nan')):.3f}"),
+        (
+            "random_control_prob_diff",
+            f"{rand.get('mean', float('nan')):.3f} ± {rand.get('std', float('nan')):.3f}",
+        ),
         ("random_control_ratio", f"{s['random_control_ratio']:.3f}"),
         ("wall_seconds", f"{s['wall_seconds']:.1f}"),
     ]

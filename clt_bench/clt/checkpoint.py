@@ -21,8 +21,14 @@ from clt_bench.io import load_tensors, save_tensors
 ADAM_KEYS = ("exp_avg", "exp_avg_sq", "step")
 
 
-def save_checkpoint(path: Path, clt: CrossLayerTranscoder, opt: torch.optim.Optimizer,
-                    fired: torch.Tensor, meta: dict[str, Any], write: bool = True) -> None:
+def save_checkpoint(
+    path: Path,
+    clt: CrossLayerTranscoder,
+    opt: torch.optim.Optimizer,
+    fired: torch.Tensor,
+    meta: dict[str, Any],
+    write: bool = True,
+) -> None:
     """Gather everything (a collective under FSDP2: call on every rank); rank 0 writes."""
     tensors: dict[str, torch.Tensor] = {}
     for name, t in clt.state_dict().items():
@@ -48,16 +54,19 @@ def read_meta(path: Path) -> dict[str, Any]:
         return json.loads(f.metadata()["meta"])
 
 
-def load_checkpoint(path: Path, clt: CrossLayerTranscoder) -> tuple[dict[str, torch.Tensor],
-                                                                    dict[str, Any]]:
+def load_checkpoint(
+    path: Path, clt: CrossLayerTranscoder
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load weights into the (unwrapped) ``clt``; return all tensors and the metadata."""
     tensors = load_tensors(path)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         clt.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise UserError(f"checkpoint {path} does not match this CLT's shape; delete it or "
-                        f"restore the config it was trained with.") from err
+        raise UserError(
+            f"checkpoint {path} does not match this CLT's shape; delete it or "
+            f"restore the config it was trained with."
+        ) from err
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])

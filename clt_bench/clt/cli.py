@@ -12,8 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-clt", help="train a cross-layer transcoder (or PLT) and score it")
     add_common(p)
     p.add_argument("--load", default=None, help="score an existing circuit-tracer CLT directory")
-    p.add_argument("--no-resume", action="store_true",
-                   help="recompute even if <out>/clt/metrics.json matches the config")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="recompute even if <out>/clt/metrics.json matches the config",
+    )
     p.set_defaults(func=run)
 
 

@@ -103,8 +103,9 @@ def like(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     if isinstance(param, DTensor):
-        return distribute_tensor(value.to(param.device, param.dtype), param.device_mesh,
-                                 param.placements)
+        return distribute_tensor(
+            value.to(param.device, param.dtype), param.device_mesh, param.placements
+        )
     return value.to(param.device, param.dtype)
 
 

@@ -9,7 +9,7 @@ import torch
 from clt_bench.activations.extract import extract_activations
 from clt_bench.activations.tokens import TokenRows
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.clt.replacement import agreement_metrics, replacement_hooks
+from clt_bench.clt.replacement_hooks import agreement_metrics, replacement_hooks
 from clt_bench.config import RunConfig
 from clt_bench.models import LoadedModel
 
@@ -17,9 +17,14 @@ PER_PROMPT = "_per_prompt"  # key of the per-example tensors in task_metrics_wit
 
 
 @torch.no_grad()
-def reconstruction_metrics(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor,
-                           first: torch.Tensor | None = None, exclude_bos: bool = False,
-                           batch: int = 2048) -> dict[str, Any]:
+def reconstruction_metrics(
+    clt: CrossLayerTranscoder,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    first: torch.Tensor | None = None,
+    exclude_bos: bool = False,
+    batch: int = 2048,
+) -> dict[str, Any]:
     """x, y [n, L, d] raw held-out activations -> NMSE, L0 and dead fraction (overall + per layer).
 
     nmse = sum ||ŷ - y||² / sum ||y - ȳ||² pooled over layers (ȳ: per-layer mean over tokens);
@@ -87,8 +92,9 @@ def reconstruction_metrics(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.
     }
 
 
-def heldout_activations(loaded: LoadedModel, rows: TokenRows, n_tokens: int, batch_rows: int
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TokenRows]:
+def heldout_activations(
+    loaded: LoadedModel, rows: TokenRows, n_tokens: int, batch_rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TokenRows]:
     """Activations of the first rows of ``rows`` holding about ``n_tokens`` tokens.
 
     Returns x, y [n, L, d] (CPU), first [n] (True at position 0 of a row) and the rows used.
@@ -107,8 +113,9 @@ def heldout_activations(loaded: LoadedModel, rows: TokenRows, n_tokens: int, bat
     return torch.cat(xs), torch.cat(ys), torch.cat(firsts), used
 
 
-def task_metrics_with_clt(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder
-                          ) -> dict[str, float]:
+def task_metrics_with_clt(
+    cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder
+) -> dict[str, float]:
     """Greater-than PD of the original and of the replacement model on the task dataset."""
     from clt_bench.task.evaluate import end_logits, task_metrics
     from clt_bench.task.metrics import answer_probs, prob_diff_per_example
@@ -117,14 +124,21 @@ def task_metrics_with_clt(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTr
     batch = load_task_batch(cfg, loaded)
     bs = min(cfg.task.batch_size, 64)
     logits_o = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs)
-    logits_r = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs,
-                          fwd_hooks=replacement_hooks(
-                              clt, keep_first=cfg.activations.exclude_bos))
+    logits_r = end_logits(
+        loaded.bridge,
+        batch.clean,
+        batch.end_pos,
+        bs,
+        fwd_hooks=replacement_hooks(clt, keep_first=cfg.activations.exclude_bos),
+    )
     orig, rep = task_metrics(logits_o, batch), task_metrics(logits_r, batch)
     pd_o, pd_r = orig["prob_diff"], rep["prob_diff"]
-    per_prompt = {f"{name}_prob_diff": prob_diff_per_example(
-        answer_probs(logits, batch.answer_ids), batch.yy, batch.relation)
-        for name, logits in (("model", logits_o), ("replacement", logits_r))}
+    per_prompt = {
+        f"{name}_prob_diff": prob_diff_per_example(
+            answer_probs(logits, batch.answer_ids), batch.yy, batch.relation
+        )
+        for name, logits in (("model", logits_o), ("replacement", logits_r))
+    }
     return {
         "model_prob_diff": pd_o,
         "replacement_prob_diff": pd_r,
@@ -135,8 +149,9 @@ def task_metrics_with_clt(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTr
     }
 
 
-def evaluate_clt(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder,
-                 rows: TokenRows) -> dict[str, Any]:
+def evaluate_clt(
+    cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder, rows: TokenRows
+) -> dict[str, Any]:
     """All quality metrics: reconstruction, L0 and dead fraction on all held-out tokens; the
     replacement model on the first ``clt.eval_tokens`` of them; the task's discovery set."""
     skip = cfg.activations.exclude_bos

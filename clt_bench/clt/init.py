@@ -14,19 +14,28 @@ from clt_bench.clt.model import CrossLayerTranscoder
 
 
 @torch.no_grad()
-def estimate_scales(xs: list[torch.Tensor], ys: list[torch.Tensor]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def estimate_scales(
+    xs: list[torch.Tensor], ys: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batches of [n, L, d] -> (input_scale [L], output_scale [L]) with E||s * v|| = sqrt(d)."""
     d = xs[0].shape[-1]
     x_norm = torch.cat([x.double().norm(dim=-1) for x in xs]).mean(0)  # [L]
     y_norm = torch.cat([y.double().norm(dim=-1) for y in ys]).mean(0)
-    return (math.sqrt(d) / x_norm.clamp_min(1e-8)).float(), \
-        (math.sqrt(d) / y_norm.clamp_min(1e-8)).float()
+    return (math.sqrt(d) / x_norm.clamp_min(1e-8)).float(), (
+        math.sqrt(d) / y_norm.clamp_min(1e-8)
+    ).float()
 
 
 @torch.no_grad()
-def initialise(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, seed: int,
-               threshold_init: float, init_rate: float, dec_init_scale: float) -> None:
+def initialise(
+    clt: CrossLayerTranscoder,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    threshold_init: float,
+    init_rate: float,
+    dec_init_scale: float,
+) -> None:
     """Seeded init; x, y [n, L, d] raw (one global batch) set b_enc and b_dec.
 
     W_enc ~ U(+-1/sqrt(d)); b_enc so that each feature's pre-activation exceeds its threshold on

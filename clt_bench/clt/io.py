@@ -40,11 +40,17 @@ def _folded(clt: CrossLayerTranscoder) -> CrossLayerTranscoder:
 
 def _config(clt: CrossLayerTranscoder, kind: str, extra: dict[str, Any]) -> str:
     spec = clt.spec
-    cfg = {"model_kind": kind, "feature_input_hook": "hook_resid_mid",
-           "feature_output_hook": "hook_mlp_out",
-           "activation_function": CT_ACTIVATION[spec.activation],
-           "n_layers": spec.n_layers, "d_model": spec.d_model, "d_transcoder": spec.n_features,
-           **extra, "clt_bench": spec.to_dict()}
+    cfg = {
+        "model_kind": kind,
+        "feature_input_hook": "hook_resid_mid",
+        "feature_output_hook": "hook_mlp_out",
+        "activation_function": CT_ACTIVATION[spec.activation],
+        "n_layers": spec.n_layers,
+        "d_model": spec.d_model,
+        "d_transcoder": spec.n_features,
+        **extra,
+        "clt_bench": spec.to_dict(),
+    }
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
@@ -57,8 +63,11 @@ def save_clt(clt: CrossLayerTranscoder, path: str | Path) -> Path:
     jump = spec.activation in ("jumprelu", "batchtopk")  # BatchTopK: its inference threshold
     if spec.cross_layer:
         for i in range(spec.n_layers):
-            enc = {f"W_enc_{i}": clt.W_enc[i], f"b_enc_{i}": clt.b_enc[i],
-                   f"b_dec_{i}": clt.b_dec[i]}
+            enc = {
+                f"W_enc_{i}": clt.W_enc[i],
+                f"b_enc_{i}": clt.b_enc[i],
+                f"b_dec_{i}": clt.b_dec[i],
+            }
             enc[f"log_threshold_{i}"] = clt.log_threshold[i]
             if jump:
                 enc[f"threshold_{i}"] = clt.threshold[i]
@@ -70,8 +79,12 @@ def save_clt(clt: CrossLayerTranscoder, path: str | Path) -> Path:
         return path
     files = []
     for i in range(spec.n_layers):
-        t = {"W_enc": clt.W_enc[i].T, "W_dec": clt.W_dec[i][:, 0], "b_enc": clt.b_enc[i],
-             "b_dec": clt.b_dec[i]}
+        t = {
+            "W_enc": clt.W_enc[i].T,
+            "W_dec": clt.W_dec[i][:, 0],
+            "b_enc": clt.b_enc[i],
+            "b_dec": clt.b_dec[i],
+        }
         t["log_threshold"] = clt.log_threshold[i]
         if jump:
             t["threshold"] = clt.threshold[i]
@@ -83,28 +96,44 @@ def save_clt(clt: CrossLayerTranscoder, path: str | Path) -> Path:
     return path
 
 
-def _expect(t: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], where: Path
-            ) -> torch.Tensor:
+def _expect(
+    t: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], where: Path
+) -> torch.Tensor:
     if key not in t:
         raise UserError(f"checkpoint {where} has no tensor '{key}'.")
     if tuple(t[key].shape) != shape:
-        raise UserError(f"checkpoint {where} has the wrong shape for '{key}': "
-                        f"{tuple(t[key].shape)}, expected {shape}.")
+        raise UserError(
+            f"checkpoint {where} has the wrong shape for '{key}': "
+            f"{tuple(t[key].shape)}, expected {shape}."
+        )
     return t[key]
 
 
-def _spec(cfg: dict[str, Any], n_layers: int, d: int, f: int, cross: bool, skip: bool
-          ) -> CLTSpec:
+def _spec(cfg: dict[str, Any], n_layers: int, d: int, f: int, cross: bool, skip: bool) -> CLTSpec:
     ours = cfg.get("clt_bench") or {}
     act = FROM_CT.get(str(cfg.get("activation_function", ours.get("activation", "relu"))))
     if act not in ACTIVATIONS:
         raise UserError(f"unsupported activation_function '{cfg.get('activation_function')}'.")
-    return CLTSpec(n_layers, d, f, act, int(ours.get("k", 32)), cross_layer=cross, skip=skip,
-                   bandwidth=float(ours.get("bandwidth", 1.0)))
+    return CLTSpec(
+        n_layers,
+        d,
+        f,
+        act,
+        int(ours.get("k", 32)),
+        cross_layer=cross,
+        skip=skip,
+        bandwidth=float(ours.get("bandwidth", 1.0)),
+    )
 
 
-def _set_threshold(clt: CrossLayerTranscoder, i: int, t: dict[str, torch.Tensor], log_key: str,
-                   key: str, where: Path) -> None:
+def _set_threshold(
+    clt: CrossLayerTranscoder,
+    i: int,
+    t: dict[str, torch.Tensor],
+    log_key: str,
+    key: str,
+    where: Path,
+) -> None:
     F = clt.spec.n_features
     if log_key in t:
         clt.log_threshold[i] = _expect(t, log_key, (F,), where)
@@ -174,46 +203,56 @@ def load_clt(path: str | Path, device: str | torch.device = "cpu") -> CrossLayer
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserError(f"{cfg_path} is not valid YAML.") from err
     if not isinstance(cfg, dict):
-        raise UserError(f"{cfg_path} must be a mapping of keys (model_kind, ...), "
-                        f"not a {type(cfg).__name__}.")
+        raise UserError(
+            f"{cfg_path} must be a mapping of keys (model_kind, ...), not a {type(cfg).__name__}."
+        )
     kind = cfg.get("model_kind", "cross_layer_transcoder")
     if kind == "cross_layer_transcoder":
         clt = _load_clt_dir(path, cfg)
     elif kind == "transcoder_set":
         clt = _load_set(path, cfg)
     else:
-        raise UserError(f"{cfg_path}: unknown model_kind '{kind}' "
-                        f"(known: cross_layer_transcoder, transcoder_set).")
+        raise UserError(
+            f"{cfg_path}: unknown model_kind '{kind}' "
+            f"(known: cross_layer_transcoder, transcoder_set)."
+        )
     _validate(clt, cfg, path)
     if clt.spec.activation == "batchtopk" and not _has_threshold(path, cfg, clt.spec.cross_layer):
-        raise UserError(f"the BatchTopK transcoder at {path} has no learned threshold "
-                        f"(threshold_i); clt-bench runs BatchTopK at inference with it.")
+        raise UserError(
+            f"the BatchTopK transcoder at {path} has no learned threshold "
+            f"(threshold_i); clt-bench runs BatchTopK at inference with it."
+        )
     return clt.to(device).eval().requires_grad_(False)
 
 
 def _validate(clt: CrossLayerTranscoder, cfg: dict[str, Any], path: Path) -> None:
     """The sizes config.yaml states match the tensors; every weight is finite."""
     spec = clt.spec
-    for key, got in (("n_layers", spec.n_layers), ("d_model", spec.d_model),
-                     ("d_transcoder", spec.n_features)):
+    for key, got in (
+        ("n_layers", spec.n_layers),
+        ("d_model", spec.d_model),
+        ("d_transcoder", spec.n_features),
+    ):
         want = cfg.get(key)
         if want is not None and want != got:
-            raise UserError(f"{path / 'config.yaml'} states {key} = {want} but the weight files "
-                            f"hold {got}.")
+            raise UserError(
+                f"{path / 'config.yaml'} states {key} = {want} but the weight files hold {got}."
+            )
     for name, p in clt.named_parameters():
         if name == "log_threshold" and spec.activation != "jumprelu":
             continue
         bad = ~torch.isfinite(p)
         if bad.any():
-            raise UserError(f"the CLT at {path} has {int(bad.sum())} NaN/Inf values in "
-                            f"'{name}'.")
+            raise UserError(f"the CLT at {path} has {int(bad.sum())} NaN/Inf values in '{name}'.")
 
 
 def check_fits(clt: CrossLayerTranscoder, n_layers: int, d_model: int, where: str | Path) -> None:
     """A CLT for a different model shape is bad input, not a shape error deep in a stage."""
     if (clt.n_layers, clt.spec.d_model) != (n_layers, d_model):
-        raise UserError(f"the CLT at {where} has {clt.n_layers} layers x d_model "
-                        f"{clt.spec.d_model}; the model has {n_layers} x {d_model}.")
+        raise UserError(
+            f"the CLT at {where} has {clt.n_layers} layers x d_model "
+            f"{clt.spec.d_model}; the model has {n_layers} x {d_model}."
+        )
 
 
 def _has_threshold(path: Path, cfg: dict[str, Any], cross: bool) -> bool:

@@ -27,8 +27,7 @@ def sparsity_penalty(acts: torch.Tensor, dec_norms: torch.Tensor, c: float) -> t
     return torch.tanh(c * dec_norms * acts).sum(dim=(-2, -1)).mean()
 
 
-def preact_penalty(pre: torch.Tensor, theta: torch.Tensor, dec_norms: torch.Tensor
-                   ) -> torch.Tensor:
+def preact_penalty(pre: torch.Tensor, theta: torch.Tensor, dec_norms: torch.Tensor) -> torch.Tensor:
     """pre [n, L, F], theta [L, F] (or scalar 0), dec_norms [L, F] -> mean over n; scalar."""
     return (torch.relu(theta - pre) * dec_norms).sum(dim=(-2, -1)).mean()
 
@@ -44,8 +43,7 @@ class PreactPenaltyFn(torch.autograd.Function):
     three passes over [n, F] forward and backward (the composed ops: about ten)."""
 
     @staticmethod
-    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, norms: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
         gap = (theta - pre).clamp_min_(0.0).sum(0)  # [F] sum over tokens of relu(theta - pre)
         ctx.save_for_backward(pre, theta, norms, gap)
         return (gap.to(norms.dtype) * norms).sum() / pre.shape[0]
@@ -75,8 +73,9 @@ class TrainObjective(nn.Module):
     it); ``auto`` decides per layer and step from the density. Loss and gradients are the same.
     """
 
-    def __init__(self, clt: CrossLayerTranscoder, lambda_p: float, tanh_c: float,
-                 decoder: str | None = None) -> None:
+    def __init__(
+        self, clt: CrossLayerTranscoder, lambda_p: float, tanh_c: float, decoder: str | None = None
+    ) -> None:
         super().__init__()
         self.clt = clt
         self.lambda_p, self.tanh_c = lambda_p, tanh_c
@@ -86,16 +85,18 @@ class TrainObjective(nn.Module):
         if clt.b_dec.device.type == "cpu":
             keep_freed_memory()
 
-    def _sparse_entries(self, pre: torch.Tensor, theta: torch.Tensor | None
-                        ) -> tuple[SD.SparseRows, torch.Tensor] | None:
+    def _sparse_entries(
+        self, pre: torch.Tensor, theta: torch.Tensor | None
+    ) -> tuple[SD.SparseRows, torch.Tensor] | None:
         """pre [n, F] -> (the entries that matter, their activations [nnz]); None: go dense."""
         spec = self.clt.spec
         n, F = pre.shape
         kind = spec.activation
         if kind in PENALISED:
             mask = SD.grad_support(pre, kind, theta, spec.bandwidth)
-            if self.decoder == "auto" and not SD.use_sparse("auto", int(mask.sum()), n * F,
-                                                            pre.device):
+            if self.decoder == "auto" and not SD.use_sparse(
+                "auto", int(mask.sum()), n * F, pre.device
+            ):
                 return None
             rows = SD.SparseRows.from_mask(mask)
             h = pre.reshape(-1)[rows.flat]
@@ -115,8 +116,9 @@ class TrainObjective(nn.Module):
             self.clt._batch_kth.append(top.values[-1:].detach().float())
         return rows, r.reshape(-1)[rows.flat]
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, lambda_s: float
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, lambda_s: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x, y [n, L, d] raw -> loss (scalar), stats [len(STAT_NAMES)], fired [L, F] counts.
 
         The same function as ``clt(x)`` followed by the penalties, computed layer by layer with
@@ -170,6 +172,14 @@ class TrainObjective(nn.Module):
             fired_t = torch.stack(fired)  # [L, F]
             var = (ys - ys.mean(0, keepdim=True)).pow(2).mean(dim=(0, 2))
             nmse = (mse_l / var.clamp_min(1e-12)).mean()
-            stats = torch.stack([loss.detach(), mse.detach(), sparsity.detach(), preact.detach(),
-                                 fired_t.sum().to(mse.dtype) / n, nmse])
+            stats = torch.stack(
+                [
+                    loss.detach(),
+                    mse.detach(),
+                    sparsity.detach(),
+                    preact.detach(),
+                    fired_t.sum().to(mse.dtype) / n,
+                    nmse,
+                ]
+            )
         return loss, stats, fired_t

@@ -184,8 +184,9 @@ class CrossLayerTranscoder(nn.Module):
         return self.activate(self.pre_activations(x))
 
     # ----- decoder ---------------------------------------------------------------------------
-    def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None,
-               keep: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, acts: torch.Tensor, x: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[..., L, F] activations (+ resid_mid for the skip) -> [..., L, d] mlp_out estimate.
 
         ``keep`` ([..., L, F] bool) marks the entries whose gradient is needed (default: the
@@ -196,8 +197,9 @@ class CrossLayerTranscoder(nn.Module):
         if self._decode_sparse(acts, keep):
             lead, (L, F) = acts.shape[:-2], acts.shape[-2:]
             kp = None if keep is None else keep.reshape(-1, L, F)
-            y = SD.decode_sparse(self.b_dec, list(self.W_dec), acts.reshape(-1, L, F),
-                                 list(range(L)), kp).reshape(*lead, L, -1)
+            y = SD.decode_sparse(
+                self.b_dec, list(self.W_dec), acts.reshape(-1, L, F), list(range(L)), kp
+            ).reshape(*lead, L, -1)
         else:
             y = self._decode_dense(acts)
         if self.W_skip is not None and x is not None:

@@ -29,8 +29,9 @@ def stage_hash(cfg: RunConfig) -> str:
     return config_hash([sections, model_fingerprint(cfg.model.name)])
 
 
-def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
-                  resume: bool = True) -> dict[str, Any]:
+def run_clt_stage(
+    cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path, resume: bool = True
+) -> dict[str, Any]:
     """Train (or load ``clt.load``) a CLT; write ``<out>/clt/`` and return its metrics."""
     stage = Path(out_dir) / "clt"
     metrics_path = stage / "metrics.json"
@@ -49,25 +50,44 @@ def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
     if cfg.clt.load:
         clt = load_clt(cfg.clt.load, device)
         if (clt.n_layers, clt.spec.d_model) != (loaded.n_layers, loaded.d_model):
-            raise UserError(f"the CLT at {cfg.clt.load} has {clt.n_layers} layers x "
-                            f"d_model {clt.spec.d_model}; the model has {loaded.n_layers} x "
-                            f"{loaded.d_model}.")
-        train: dict[str, Any] = {"train_tokens": 0, "train_seconds": 0.0, "steps": 0,
-                                 "tokens_per_second": float("nan"), "loaded_from": cfg.clt.load}
+            raise UserError(
+                f"the CLT at {cfg.clt.load} has {clt.n_layers} layers x "
+                f"d_model {clt.spec.d_model}; the model has {loaded.n_layers} x "
+                f"{loaded.d_model}."
+            )
+        train: dict[str, Any] = {
+            "train_tokens": 0,
+            "train_seconds": 0.0,
+            "steps": 0,
+            "tokens_per_second": float("nan"),
+            "loaded_from": cfg.clt.load,
+        }
     else:
         source = training_source(cfg, loaded, out_dir)
-        result = train_clt(cfg, source, loaded.n_layers, loaded.d_model, stage, device, info,
-                           loaded_at=loaded.loaded_at or None)
+        result = train_clt(
+            cfg,
+            source,
+            loaded.n_layers,
+            loaded.d_model,
+            stage,
+            device,
+            info,
+            loaded_at=loaded.loaded_at or None,
+        )
         clt = result.clt
         late = float((result.fired == 0).double().mean()) if result.fired_tokens else float("nan")
-        train = {"train_tokens": result.tokens, "train_seconds": round(result.seconds, 3),
-                 "steps": result.steps,
-                 "tokens_per_second": result.tokens / max(result.seconds, 1e-9),
-                 # never fired on the training batches of the last 10 % of the steps
-                 "dead_fraction_late_training": late,
-                 "dead_fraction_late_training_tokens": result.fired_tokens,
-                 "precision": cfg.clt.precision,
-                 "world_size": info.world, "parallel": cfg.clt.parallel if info.enabled else "none"}
+        train = {
+            "train_tokens": result.tokens,
+            "train_seconds": round(result.seconds, 3),
+            "steps": result.steps,
+            "tokens_per_second": result.tokens / max(result.seconds, 1e-9),
+            # never fired on the training batches of the last 10 % of the steps
+            "dead_fraction_late_training": late,
+            "dead_fraction_late_training_tokens": result.fired_tokens,
+            "precision": cfg.clt.precision,
+            "world_size": info.world,
+            "parallel": cfg.clt.parallel if info.enabled else "none",
+        }
     clt.eval().requires_grad_(False)
     clt.fold_normalisation()
     metrics: dict[str, Any] = {}
@@ -75,20 +95,29 @@ def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
         save_clt(clt, stage)
         t0 = time.perf_counter()
         rows = load_heldout(out_dir)
-        metrics = {"config_hash": key, "model": loaded.name, "kind": cfg.clt.kind,
-                   "activation": cfg.clt.activation, "n_features": cfg.clt.n_features,
-                   "n_layers": loaded.n_layers, **evaluate_clt(cfg, loaded, clt, rows), **train,
-                   "activations": {k: manifest[k] for k in ("mode", "corpus", "train_tokens",
-                                                            "heldout_tokens")},
-                   "eval_seconds": round(time.perf_counter() - t0, 3)}
+        metrics = {
+            "config_hash": key,
+            "model": loaded.name,
+            "kind": cfg.clt.kind,
+            "activation": cfg.clt.activation,
+            "n_features": cfg.clt.n_features,
+            "n_layers": loaded.n_layers,
+            **evaluate_clt(cfg, loaded, clt, rows),
+            **train,
+            "activations": {
+                k: manifest[k] for k in ("mode", "corpus", "train_tokens", "heldout_tokens")
+            },
+            "eval_seconds": round(time.perf_counter() - t0, 3),
+        }
         per_prompt = metrics.pop(PER_PROMPT, None)
         if per_prompt:  # per-example PD (model, replacement) for bootstrap intervals
             save_tensors(stage / "per_prompt.safetensors", per_prompt)
         log_path = stage / "train_log.jsonl"
         if log_path.is_file() and plot_curves(log_path, stage / "training_curves.png"):
             metrics["training_curves"] = "training_curves.png"
-        metrics.update(run_metadata(config=cfg, seeds={"clt": cfg.clt.seed,
-                                                       "corpus": cfg.activations.seed}))
+        metrics.update(
+            run_metadata(config=cfg, seeds={"clt": cfg.clt.seed, "corpus": cfg.activations.seed})
+        )
         write_json(metrics_path, metrics)
         log.info("clt stage wrote %s", stage)
     D.barrier(info)
@@ -96,10 +125,22 @@ def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path,
 
 
 def format_clt_table(m: dict[str, Any]) -> str:
-    keys = ["nmse", "nmse_with_position_0", "nmse_without_position_0", "l0", "dead_fraction",
-            "dead_fraction_tokens", "replacement_top1_agreement", "kl",
-            "ce_loss_recovered", "model_prob_diff", "replacement_prob_diff", "train_tokens",
-            "train_seconds", "tokens_per_second"]
+    keys = [
+        "nmse",
+        "nmse_with_position_0",
+        "nmse_without_position_0",
+        "l0",
+        "dead_fraction",
+        "dead_fraction_tokens",
+        "replacement_top1_agreement",
+        "kl",
+        "ce_loss_recovered",
+        "model_prob_diff",
+        "replacement_prob_diff",
+        "train_tokens",
+        "train_seconds",
+        "tokens_per_second",
+    ]
     width = max(len(k) for k in keys)
     lines = []
     for k in keys:

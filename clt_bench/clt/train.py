@@ -59,9 +59,17 @@ def build_clt(c: CLTConfig, n_layers: int, d_model: int) -> CrossLayerTranscoder
     if c.kind not in KINDS:
         raise UserError(f"unknown clt.kind '{c.kind}' (known: {', '.join(KINDS)}).")
     try:
-        spec = CLTSpec(n_layers, d_model, c.n_features, c.activation, c.k,
-                       cross_layer=c.kind == "clt", skip=c.skip, bandwidth=c.bandwidth,
-                       decoder=c.decoder)
+        spec = CLTSpec(
+            n_layers,
+            d_model,
+            c.n_features,
+            c.activation,
+            c.k,
+            cross_layer=c.kind == "clt",
+            skip=c.skip,
+            bandwidth=c.bandwidth,
+            decoder=c.decoder,
+        )
         return CrossLayerTranscoder(spec)
     except ValueError as err:
         raise UserError(f"bad CLT config: {err}.") from err
@@ -109,8 +117,9 @@ def precision_context(precision: str, device: str) -> Iterator[None]:
 
 
 @torch.no_grad()
-def update_batchtopk_threshold(clt: CrossLayerTranscoder, kth: torch.Tensor, first: bool,
-                               info: D.DistInfo) -> None:
+def update_batchtopk_threshold(
+    clt: CrossLayerTranscoder, kth: torch.Tensor, first: bool, info: D.DistInfo
+) -> None:
     """Fold this step's [L] batch-wide k*B-th values into the running threshold (log_threshold)."""
     kth = D.all_reduce_mean(kth.to(clt.b_dec.device), info).clamp_min(1e-30)
     if not first:
@@ -127,8 +136,9 @@ def train_key(cfg: RunConfig) -> str:
     return cfg.section_hash("activations", "model") + ":" + json.dumps(c, sort_keys=True)
 
 
-def _initial_state(clt: CrossLayerTranscoder, source: CachedBlocks | StreamBlocks,
-                   c: CLTConfig, data_seed: int) -> None:
+def _initial_state(
+    clt: CrossLayerTranscoder, source: CachedBlocks | StreamBlocks, c: CLTConfig, data_seed: int
+) -> None:
     """Normalisation scalars and init from the first global batches (identical on all ranks)."""
     it = iter_batches(source, c.batch_tokens, data_seed)
     xs, ys = [], []
@@ -153,9 +163,17 @@ def _truncate_log(path: Path, step: int) -> None:
     write_text(path, "".join(r + "\n" for r in keep))
 
 
-def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int, d_model: int,
-              stage_dir: Path, device: str = "cpu", info: D.DistInfo | None = None,
-              stop_after: int | None = None, loaded_at: float | None = None) -> TrainResult:
+def train_clt(
+    cfg: RunConfig,
+    source: CachedBlocks | StreamBlocks,
+    n_layers: int,
+    d_model: int,
+    stage_dir: Path,
+    device: str = "cpu",
+    info: D.DistInfo | None = None,
+    stop_after: int | None = None,
+    loaded_at: float | None = None,
+) -> TrainResult:
     """Train (or resume) a CLT; ``stop_after`` ends early after that many steps (for tests).
 
     ``loaded_at`` (``time.perf_counter()`` when the model finished loading) enables the start-up
@@ -196,15 +214,17 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
     model = D.wrap(objective, c.parallel, info, device)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one pass per parameter, no parameter-sized temporaries (2x faster on CPU)
-    opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.999), weight_decay=0.0,
-                            fused=not info.enabled or None)
+    opt = torch.optim.AdamW(
+        params, lr=c.lr, betas=(0.9, 0.999), weight_decay=0.0, fused=not info.enabled or None
+    )
     if tensors is not None:
         restore_optimizer(opt, tensors)
     fired = fired.to(device)
     batches = iter_batches(source, c.batch_tokens, data_seed, pos, info.rank, info.world)
     end = c.n_steps if stop_after is None else min(c.n_steps, step + stop_after)
-    bar = tqdm(total=c.n_steps, initial=step, desc="train CLT", unit="step",
-               disable=not info.is_main)
+    bar = tqdm(
+        total=c.n_steps, initial=step, desc="train CLT", unit="step", disable=not info.is_main
+    )
     t_start = time.perf_counter() - seconds
     started = False
     while step < end:
@@ -212,8 +232,10 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
         if not started:
             started = True
             if loaded_at is not None:
-                log.info("first training step begins %.1f s after the model was loaded",
-                         time.perf_counter() - loaded_at)
+                log.info(
+                    "first training step begins %.1f s after the model was loaded",
+                    time.perf_counter() - loaded_at,
+                )
         for g in opt.param_groups:
             g["lr"] = c.lr * lr_factor(step, c)
         lam = lambda_s_at(step, c)
@@ -226,9 +248,11 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
             update_batchtopk_threshold(clt, kth, step == 0, info)
         stats = D.all_reduce_mean(stats, info)
         if not bool(torch.isfinite(stats).all()):
-            raise UserError(f"CLT training diverged at step {step}: the loss is "
-                            f"{float(stats[0])} (not finite); lower clt.lr or check the "
-                            f"activations for inf/NaN.")
+            raise UserError(
+                f"CLT training diverged at step {step}: the loss is "
+                f"{float(stats[0])} (not finite); lower clt.lr or check the "
+                f"activations for inf/NaN."
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
@@ -237,17 +261,25 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
         step += 1
         bar.update(1)
         if info.is_main and (step % c.log_every == 0 or step == c.n_steps):
-            row: dict[str, Any] = {"step": step, "tokens": step * c.batch_tokens,
-                                   "lr": c.lr * lr_factor(step - 1, c), "lambda_s": lam,
-                                   "grad_norm": float(D.full(grad_norm)),
-                                   "seconds": round(time.perf_counter() - t_start, 3)}
+            row: dict[str, Any] = {
+                "step": step,
+                "tokens": step * c.batch_tokens,
+                "lr": c.lr * lr_factor(step - 1, c),
+                "lambda_s": lam,
+                "grad_norm": float(D.full(grad_norm)),
+                "seconds": round(time.perf_counter() - t_start, 3),
+            }
             row.update({k: float(v) for k, v in zip(STAT_NAMES, stats.tolist(), strict=True)})
             with log_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             bar.set_postfix(nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}")
         if step % c.checkpoint_every == 0 or step == end:
-            meta = {"key": key, "step": step, "position": pos.to_dict(),
-                    "seconds": time.perf_counter() - t_start}
+            meta = {
+                "key": key,
+                "step": step,
+                "position": pos.to_dict(),
+                "seconds": time.perf_counter() - t_start,
+            }
             save_checkpoint(ckpt, clt, opt, fired, meta, write=info.is_main)
             D.barrier(info)
     bar.close()
@@ -260,8 +292,9 @@ def train_clt(cfg: RunConfig, source: CachedBlocks | StreamBlocks, n_layers: int
         out = out.to(device)
     out.eval()
     late_tokens = max(0, step - late_start) * c.batch_tokens
-    return TrainResult(out, step, step * c.batch_tokens, seconds, fired.cpu(), log_path,
-                       late_tokens)
+    return TrainResult(
+        out, step, step * c.batch_tokens, seconds, fired.cpu(), log_path, late_tokens
+    )
 
 
 def plot_curves(log_path: Path, png_path: Path) -> Path | None:

@@ -8,26 +8,35 @@ from __future__ import annotations
 import torch
 
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.clt.replacement import replacement_hooks
+from clt_bench.clt.replacement_hooks import replacement_hooks
 from clt_bench.features.ablation import end_logits_via, pd_of
 from clt_bench.task.dataset import TaskBatch
 
 
 @torch.no_grad()
-def replacement_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch, keep_first: bool = False
-                   ) -> dict[str, float]:
+def replacement_pd(
+    bridge, clt: CrossLayerTranscoder, batch: TaskBatch, keep_first: bool = False
+) -> dict[str, float]:
     """PD of the model and of its replacement model (every MLP -> CLT, no errors) on ``batch``.
 
     ``keep_first``: position 0 keeps the model's MLP outputs (a transcoder trained with
-    ``activations.exclude_bos`` never saw it; ``clt_bench.clt.replacement.replacement_hooks``)."""
+    ``activations.exclude_bos`` never saw it; ``clt.replacement_hooks.replacement_hooks``).
+    """
     dev = next(bridge.parameters()).device
     tokens = batch.clean.to(dev)
     model = end_logits_via(bridge, lambda: bridge(tokens))
-    repl = end_logits_via(bridge, lambda: bridge.run_with_hooks(
-        tokens, fwd_hooks=replacement_hooks(clt, keep_first=keep_first)))
+    repl = end_logits_via(
+        bridge,
+        lambda: bridge.run_with_hooks(
+            tokens, fwd_hooks=replacement_hooks(clt, keep_first=keep_first)
+        ),
+    )
     pd_m = float(pd_of(model, batch.yy, batch).mean())
     pd_r = float(pd_of(repl, batch.yy, batch).mean())
     agree = float((model.argmax(-1) == repl.argmax(-1)).double().mean())
-    return {"model_prob_diff": pd_m, "replacement_prob_diff": pd_r,
-            "replacement_pd_ratio": pd_r / pd_m if pd_m else float("nan"),
-            "replacement_top1_agreement_end": agree}
+    return {
+        "model_prob_diff": pd_m,
+        "replacement_prob_diff": pd_r,
+        "replacement_pd_ratio": pd_r / pd_m if pd_m else float("nan"),
+        "replacement_top1_agreement_end": agree,
+    }

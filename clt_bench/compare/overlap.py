@@ -53,8 +53,14 @@ def precision_recall(found: set[Cell], truth: set[Cell]) -> dict[str, float | in
     prec = inter / len(found) if found else float("nan")
     rec = inter / len(truth) if truth else float("nan")
     f1 = 2 * prec * rec / (prec + rec) if found and truth and prec + rec > 0 else float("nan")
-    return {"precision": prec, "recall": rec, "f1": f1, "n_found": len(found),
-            "n_truth": len(truth), "n_common": inter}
+    return {
+        "precision": prec,
+        "recall": rec,
+        "f1": f1,
+        "n_found": len(found),
+        "n_truth": len(truth),
+        "n_common": inter,
+    }
 
 
 def node_overlap(sites: Sequence[FeatureSite], circuit: Circuit) -> dict[str, float | int]:
@@ -67,8 +73,9 @@ def node_overlap(sites: Sequence[FeatureSite], circuit: Circuit) -> dict[str, fl
     return out
 
 
-def influence_share(sites: Sequence[FeatureSite], write_effects: np.ndarray, circuit: Circuit
-                    ) -> float:
+def influence_share(
+    sites: Sequence[FeatureSite], write_effects: np.ndarray, circuit: Circuit
+) -> float:
     """Share of the features' |effect| that is written into the circuit's MLP cells.
 
     ``write_effects`` [K, L]: feature i's attributed effect carried by its write into layer l.
@@ -77,14 +84,19 @@ def influence_share(sites: Sequence[FeatureSite], write_effects: np.ndarray, cir
     if w.ndim != 2 or w.shape[0] != len(sites):
         raise UserError("write_effects must be [n_features, n_layers] matching the sites.")
     mlp = circuit_cells(circuit, "mlp")
-    inside = sum(w[i, layer] for i, s in enumerate(sites) for layer in range(w.shape[1])
-                 if (layer, s.position) in mlp)
+    inside = sum(
+        w[i, layer]
+        for i, s in enumerate(sites)
+        for layer in range(w.shape[1])
+        if (layer, s.position) in mlp
+    )
     total = float(w.sum())
     return float(inside / total) if total > 0 else float("nan")
 
 
-def per_component_share(position: str, write_effects: np.ndarray, circuit: Circuit
-                        ) -> dict[str, float]:
+def per_component_share(
+    position: str, write_effects: np.ndarray, circuit: Circuit
+) -> dict[str, float]:
     """One feature: share of its |effect| written into each circuit MLP at its position.
 
     ``write_effects`` [L]. Keys are node labels (e.g. ``mlp2@END``); empty when the position is
@@ -94,8 +106,11 @@ def per_component_share(position: str, write_effects: np.ndarray, circuit: Circu
     total = float(w.sum())
     if total <= 0:
         return {}
-    return {n.label: float(w[n.layer] / total) for n in circuit.nodes
-            if n.kind == "mlp" and n.position == position and n.layer < len(w)}
+    return {
+        n.label: float(w[n.layer] / total)
+        for n in circuit.nodes
+        if n.kind == "mlp" and n.position == position and n.layer < len(w)
+    }
 
 
 def model_identity(name: str) -> str:

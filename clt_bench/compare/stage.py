@@ -85,13 +85,19 @@ def circuits_to_compare(run_dir: Path, model_name: str) -> list[Circuit]:
     return out
 
 
-def overlap_rows(sites: list[FeatureSite], write: list[list[float]], circuits: list[Circuit]
-                 ) -> list[dict[str, Any]]:
+def overlap_rows(
+    sites: list[FeatureSite], write: list[list[float]], circuits: list[Circuit]
+) -> list[dict[str, Any]]:
     rows = []
     for c in circuits:
-        rows.append({"circuit": c.name, "n_nodes": len(c.nodes),
-                     "influence_share": influence_share(sites, write, c) if sites else math.nan,
-                     **node_overlap(sites, c)})
+        rows.append(
+            {
+                "circuit": c.name,
+                "n_nodes": len(c.nodes),
+                "influence_share": influence_share(sites, write, c) if sites else math.nan,
+                **node_overlap(sites, c),
+            }
+        )
     return rows
 
 
@@ -131,28 +137,33 @@ def plot_curves(results: list[UnitsResult], path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
-def units_results(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, batch: TaskBatch
-                  ) -> tuple[list[UnitsResult], dict[str, Any]]:
+def units_results(
+    cfg: RunConfig, loaded: LoadedModel, run_dir: Path, batch: TaskBatch
+) -> tuple[list[UnitsResult], dict[str, Any]]:
     """The units-needed curve of every unit kind (neurons, the run's transcoder, a PLT in
     ``<run>/plt``) and the replacement PD of each transcoder."""
     fc = cfg.features
     bridge = loaded.bridge
     dev = model_device(bridge)
-    kinds: list[tuple[str, Any]] = [("mlp_neurons", None),
-                                    (f"{cfg.clt.kind}_features", load_run_clt(run_dir, device=dev))]
+    kinds: list[tuple[str, Any]] = [
+        ("mlp_neurons", None),
+        (f"{cfg.clt.kind}_features", load_run_clt(run_dir, device=dev)),
+    ]
     if "plt" in transcoder_runs(cfg, run_dir):
         kinds.append(("plt_features", load_run_clt(run_dir / "plt", device=dev)))
     results, repl = [], {}
     for kind, clt in kinds:
         if clt is None:
+
             def make(c, x):
                 return neuron_units(bridge, c, x)
         else:
+
             def make(c, x, clt=clt, kind=kind):
                 return feature_units(bridge, clt, c, x, kind)
+
             repl[kind] = replacement_pd(bridge, clt, batch, cfg.activations.exclude_bos)
-        results.append(units_needed_curve(bridge, make, batch, fc.curve_dense,
-                                          fc.curve_candidates))
+        results.append(units_needed_curve(bridge, make, batch, fc.curve_dense, fc.curve_candidates))
     return results, repl
 
 
@@ -171,8 +182,13 @@ def _stage_summary(run: Path, stage: str) -> dict[str, Any]:
     return read_json(marker).get("summary", {}) if marker.is_file() else {}
 
 
-def transcoder_table(cfg: RunConfig, run_dir: Path, overlap: dict[str, list[dict[str, Any]]],
-                     table: list[dict[str, Any]], repl: dict[str, Any]) -> list[dict[str, Any]]:
+def transcoder_table(
+    cfg: RunConfig,
+    run_dir: Path,
+    overlap: dict[str, list[dict[str, Any]]],
+    table: list[dict[str, Any]],
+    repl: dict[str, Any],
+) -> list[dict[str, Any]]:
     """CLT vs PLT vs MLP neurons, one row per measure (same prompts, circuit, definitions)."""
     runs = transcoder_runs(cfg, run_dir)
     units = {r["unit_kind"]: r for r in table}
@@ -184,14 +200,20 @@ def transcoder_table(cfg: RunConfig, run_dir: Path, overlap: dict[str, list[dict
 
     for f in FRACTIONS:
         key = f"k_{int(f * 100)}"
-        add(f"units for {int(f * 100)} % of PD (held-out prompts)",
-            {c: units.get(u, {}).get(key, "") for c, u in cols.items()})
-    add("replacement PD / model PD",
-        {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl})
+        add(
+            f"units for {int(f * 100)} % of PD (held-out prompts)",
+            {c: units.get(u, {}).get(key, "") for c, u in cols.items()},
+        )
+    add(
+        "replacement PD / model PD",
+        {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl},
+    )
     primary = {k: (ov[0] if ov else {}) for k, ov in overlap.items()}
     circuit = next(iter(primary.values()), {}).get("circuit", "-")
-    add(f"top-feature influence inside the circuit ({circuit})",
-        {k: p.get("influence_share", "") for k, p in primary.items()})
+    add(
+        f"top-feature influence inside the circuit ({circuit})",
+        {k: p.get("influence_share", "") for k, p in primary.items()},
+    )
     add("circuit MLP node recall", {k: p.get("mlp_recall", "") for k, p in primary.items()})
     for key, label in (("nmse", "NMSE (held out)"), ("l0", "L0 (all layers)")):
         add(label, {k: _stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
@@ -204,25 +226,38 @@ def transcoder_table(cfg: RunConfig, run_dir: Path, overlap: dict[str, list[dict
 
 
 def units_rows(results: list[UnitsResult]) -> list[dict[str, Any]]:
-    return [{"unit_kind": r.kind, "k": k, "prob_diff": float(p), "normalized": float(v)}
-            for r in results for k, p, v in zip(r.ks, r.prob_diff, r.normalized, strict=True)]
+    return [
+        {"unit_kind": r.kind, "k": k, "prob_diff": float(p), "normalized": float(v)}
+        for r in results
+        for k, p, v in zip(r.ks, r.prob_diff, r.normalized, strict=True)
+    ]
 
 
 def _k(v: float) -> str:
     return "never" if math.isinf(v) else str(int(v))
 
 
-def units_table(results: list[UnitsResult], n_boot: int, seed: int
-                ) -> tuple[list[dict[str, Any]], str]:
+def units_table(
+    results: list[UnitsResult], n_boot: int, seed: int
+) -> tuple[list[dict[str, Any]], str]:
     """One row per unit kind: k for each fraction with its bootstrap interval, PD_0, PD_clean."""
     rows, lines = [], []
-    head = ["unit kind", "units", "PD_0", "PD_clean",
-            *[f"k for {int(f * 100)}% [95% CI]" for f in FRACTIONS]]
+    head = [
+        "unit kind",
+        "units",
+        "PD_0",
+        "PD_clean",
+        *[f"k for {int(f * 100)}% [95% CI]" for f in FRACTIONS],
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results:
         ci = bootstrap_needed(r.ks, r.pd, r.clean, FRACTIONS, n_boot, seed)
-        row: dict[str, Any] = {"unit_kind": r.kind, "n_units": r.n_units,
-                               "pd_0": float(r.prob_diff[0]), "pd_clean": float(r.clean.mean())}
+        row: dict[str, Any] = {
+            "unit_kind": r.kind,
+            "n_units": r.n_units,
+            "pd_0": float(r.prob_diff[0]),
+            "pd_clean": float(r.clean.mean()),
+        }
         cells = [r.kind, str(r.n_units), f"{row['pd_0']:.3f}", f"{row['pd_clean']:.3f}"]
         for f in FRACTIONS:
             k, (lo, hi) = r.needed(f), ci[f]
@@ -231,20 +266,28 @@ def units_table(results: list[UnitsResult], n_boot: int, seed: int
             cells.append(f"{'never' if k is None else k} [{_k(lo)}, {_k(hi)}]")
         rows.append(row)
         lines.append("| " + " | ".join(cells) + " |")
-    text = ("# Units needed\n\n" + "\n".join(lines) + "\n\n" + UNITS_DEFINITION
-            + f" Bootstrap: {n_boot} resamples, seed {seed}.\n")
+    text = (
+        "# Units needed\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + UNITS_DEFINITION
+        + f" Bootstrap: {n_boot} resamples, seed {seed}.\n"
+    )
     return rows, text
 
 
-def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progress: bool = True
-                      ) -> dict[str, Any]:
+def run_compare_stage(
+    cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     out = run_dir / "compare"
     fc = cfg.features
     rank = read_ranking(run_dir)
-    sites = [FeatureSite(int(a), p) for (a, _), p in zip(rank["features"], rank["positions"],
-                                                          strict=True)]
+    sites = [
+        FeatureSite(int(a), p)
+        for (a, _), p in zip(rank["features"], rank["positions"], strict=True)
+    ]
     batch = task_prompts(cfg, loaded)
     circuits = circuits_to_compare(run_dir, loaded.name)
     ov = overlap_rows(sites, rank["write_effects"], circuits)
@@ -253,38 +296,75 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
         if kind != cfg.clt.kind:
             r = read_ranking(sub)
             overlaps[kind] = overlap_rows(
-                [FeatureSite(int(a), p) for (a, _), p in zip(r["features"], r["positions"],
-                                                              strict=True)],
-                r["write_effects"], circuits)
-    write_text(out / "overlap.csv", _csv([{"transcoder": k, **row} for k, rows in
-                                          overlaps.items() for row in rows]))
-    write_text(out / "overlap.md", _md(ov, ["circuit", "n_nodes", "influence_share",
-                                            "all_precision", "all_recall", "mlp_precision",
-                                            "mlp_recall", "mlp_f1"]))
+                [
+                    FeatureSite(int(a), p)
+                    for (a, _), p in zip(r["features"], r["positions"], strict=True)
+                ],
+                r["write_effects"],
+                circuits,
+            )
+    write_text(
+        out / "overlap.csv",
+        _csv([{"transcoder": k, **row} for k, rows in overlaps.items() for row in rows]),
+    )
+    write_text(
+        out / "overlap.md",
+        _md(
+            ov,
+            [
+                "circuit",
+                "n_nodes",
+                "influence_share",
+                "all_precision",
+                "all_recall",
+                "mlp_precision",
+                "mlp_recall",
+                "mlp_f1",
+            ],
+        ),
+    )
     results, repl = units_results(cfg, loaded, run_dir, batch)
     write_text(out / "units_needed.csv", _csv(units_rows(results)))
-    plot_curves(results, out / "units_needed.png",
-                f"{loaded.name}: PD recovered with the top-k units (held-out prompts)")
+    plot_curves(
+        results,
+        out / "units_needed.png",
+        f"{loaded.name}: PD recovered with the top-k units (held-out prompts)",
+    )
     table, text = units_table(results, fc.curve_bootstrap, fc.curve_seed)
     write_text(out / "units_table.md", text)
     by_kind = {r["unit_kind"]: r for r in table}
     fam_summary: dict[str, Any] = {}
     if cfg.task.family_n > 0 and fc.family_features > 0:  # generalisation across prompt families
-        tcs = {k: load_run_clt(r, device=loaded.device)
-               for k, r in transcoder_runs(cfg, run_dir).items()}
+        tcs = {
+            k: load_run_clt(r, device=loaded.device)
+            for k, r in transcoder_runs(cfg, run_dir).items()
+        }
         fam_rows, kept = generalisation(
-            cfg, loaded, tcs, load_run_circuit(run_dir),
-            [tuple(f) for f in rank["features"][: fc.family_features]], cfg.task.family_n,
-            batch)
-        write_generalisation(fam_rows, kept, out, f"{loaded.name}: share of each top feature's "
-                             "PD contribution kept on each family")
+            cfg,
+            loaded,
+            tcs,
+            load_run_circuit(run_dir),
+            [tuple(f) for f in rank["features"][: fc.family_features]],
+            cfg.task.family_n,
+            batch,
+        )
+        write_generalisation(
+            fam_rows,
+            kept,
+            out,
+            f"{loaded.name}: share of each top feature's PD contribution kept on each family",
+        )
         fam_summary["families_median_feature_pd_kept"] = (
-            float(np.nanmedian(kept.to_numpy())) if kept.size else math.nan)
+            float(np.nanmedian(kept.to_numpy())) if kept.size else math.nan
+        )
     side = transcoder_table(cfg, run_dir, overlaps, table, repl)
     write_text(out / "transcoders.csv", _csv(side))
-    write_text(out / "transcoders.md", "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "
-               "definitions for every column (docs/methods.md); transcoders matched in features "
-               "per layer (the [plt] section), not in L0.\n\n" + _md(side, list(side[0])) + "\n")
+    write_text(
+        out / "transcoders.md",
+        "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "
+        "definitions for every column (docs/methods.md); transcoders matched in features "
+        "per layer (the [plt] section), not in L0.\n\n" + _md(side, list(side[0])) + "\n",
+    )
     main = repl[f"{cfg.clt.kind}_features"]
     primary = ov[0] if ov else {}
     summary: dict[str, Any] = {
@@ -298,8 +378,7 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
         "replacement_prob_diff": main["replacement_prob_diff"],
         "replacement_pd_ratio": main["replacement_pd_ratio"],
     }
-    prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt",
-              "plt_features": "plt"}
+    prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt", "plt_features": "plt"}
     for kind, row in by_kind.items():
         for f in FRACTIONS:
             summary[f"{prefix[kind]}_units_{int(f * 100)}"] = row[f"k_{int(f * 100)}"]
@@ -309,13 +388,25 @@ def run_compare_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progre
         summary["plt_influence_share_in_circuit"] = plt_primary.get("influence_share", math.nan)
         summary["plt_node_recall_mlp"] = plt_primary.get("mlp_recall", math.nan)
     summary.update(fam_summary)
-    write_json(out / "metrics.json", json_safe({
-        **summary, "overlap": ov, "units_table": table, "units_definition": UNITS_DEFINITION,
-        "units_top": {r.kind: [list(n) for n in r.names] for r in results},
-        "units_split": {"ranking": "even prompt indices", "evaluation": "odd prompt indices"},
-        "replacement": repl, "n_prompts": len(batch),
-        "seconds": round(time.perf_counter() - t0, 2),
-        **run_metadata(config=fc, seeds={"task": batch.seed, "bootstrap": fc.curve_seed}),
-    }))
+    write_json(
+        out / "metrics.json",
+        json_safe(
+            {
+                **summary,
+                "overlap": ov,
+                "units_table": table,
+                "units_definition": UNITS_DEFINITION,
+                "units_top": {r.kind: [list(n) for n in r.names] for r in results},
+                "units_split": {
+                    "ranking": "even prompt indices",
+                    "evaluation": "odd prompt indices",
+                },
+                "replacement": repl,
+                "n_prompts": len(batch),
+                "seconds": round(time.perf_counter() - t0, 2),
+                **run_metadata(config=fc, seeds={"task": batch.seed, "bootstrap": fc.curve_seed}),
+            }
+        ),
+    )
     log.info("compare stage wrote %s", out)
     return json_safe(summary)

@@ -47,7 +47,7 @@ from clt_bench.baseline.patching import end_only_hook, model_device, run_end
 from clt_bench.baseline.readout import per_example_pd
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
-from clt_bench.graphs.replacement import encode_prompts
+from clt_bench.graphs.local_replacement import encode_prompts
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.metrics import answer_probs, prob_diff_per_example
 
@@ -102,8 +102,9 @@ class UnitSet:
 
 
 def _capture(bridge, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    _, cache = bridge.run_with_cache(tokens.to(model_device(bridge)),
-                                     names_filter=lambda n: n in set(names))
+    _, cache = bridge.run_with_cache(
+        tokens.to(model_device(bridge)), names_filter=lambda n: n in set(names)
+    )
     return {n: cache[n].detach() for n in names}
 
 
@@ -121,8 +122,13 @@ def neuron_units(bridge, clean: torch.Tensor, corrupted: torch.Tensor) -> UnitSe
 
 
 @torch.no_grad()
-def feature_units(bridge, clt: CrossLayerTranscoder, clean: torch.Tensor,
-                  corrupted: torch.Tensor, kind: str = "clt_features") -> UnitSet:
+def feature_units(
+    bridge,
+    clt: CrossLayerTranscoder,
+    clean: torch.Tensor,
+    corrupted: torch.Tensor,
+    kind: str = "clt_features",
+) -> UnitSet:
     """Every feature of the transcoder ``clt`` on [n, pos] clean / corrupted tokens."""
     L = int(bridge.cfg.n_layers)
     mid = [f"blocks.{i}.hook_resid_mid" for i in range(L)]
@@ -153,18 +159,19 @@ def _mlp_hooks(outs: torch.Tensor) -> list[tuple[str, Callable[..., torch.Tensor
     return [(f"blocks.{t}.hook_mlp_out", hook(t)) for t in range(outs.shape[2])]
 
 
-def _endpoint_grads(bridge, units: UnitSet, tokens: torch.Tensor, batch: TaskBatch,
-                    keep_all: bool) -> torch.Tensor:
+def _endpoint_grads(
+    bridge, units: UnitSet, tokens: torch.Tensor, batch: TaskBatch, keep_all: bool
+) -> torch.Tensor:
     """dPD/d(MLP outputs) [n, pos, L, d] at S = all (``keep_all``) or S = {}, summed over prompts
     (each prompt's PD only depends on its own row)."""
-    keep = [torch.full((b.n_units,), float(keep_all), device=b.delta.device)
-            for b in units.blocks]
+    keep = [torch.full((b.n_units,), float(keep_all), device=b.delta.device) for b in units.blocks]
     with torch.no_grad():
         outs = units.outs(keep)
     outs.requires_grad_(True)
     with torch.enable_grad():
-        logits = bridge.run_with_hooks(tokens, fwd_hooks=[*_mlp_hooks(outs),
-                                                          end_only_hook(batch.end_pos)])[:, -1]
+        logits = bridge.run_with_hooks(
+            tokens, fwd_hooks=[*_mlp_hooks(outs), end_only_hook(batch.end_pos)]
+        )[:, -1]
         pd = _pd(logits, batch.yy, batch)
         (grad,) = torch.autograd.grad(pd.sum(), outs)
     return grad
@@ -183,16 +190,18 @@ def linear_effects(bridge, units: UnitSet, batch: TaskBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _pd_rows(bridge, tokens: torch.Tensor, outs: torch.Tensor, batch: TaskBatch,
-             yy: torch.Tensor) -> torch.Tensor:
+def _pd_rows(
+    bridge, tokens: torch.Tensor, outs: torch.Tensor, batch: TaskBatch, yy: torch.Tensor
+) -> torch.Tensor:
     """[rows] PD of clean-prompt rows ``tokens`` [rows, pos] with MLP outputs ``outs``."""
     r = run_end(bridge, tokens, batch.end_pos, batch.answer_ids, _mlp_hooks(outs))
     return per_example_pd(r, yy, batch.relation)
 
 
 @torch.no_grad()
-def exact_effects(bridge, units: UnitSet, batch: TaskBatch, cand: Sequence[int],
-                  rows: int = 512) -> torch.Tensor:
+def exact_effects(
+    bridge, units: UnitSet, batch: TaskBatch, cand: Sequence[int], rows: int = 512
+) -> torch.Tensor:
     """[len(cand)] mean over prompts of ((PD({u}) - PD({})) + (PD(all) - PD(all - u))) / 2."""
     n = len(batch)
     dev = units.mlp_clean.device
@@ -214,15 +223,17 @@ def exact_effects(bridge, units: UnitSet, batch: TaskBatch, cand: Sequence[int],
             up[:, :, b.targets] += w
             down[:, :, b.targets] -= w
             xs += [up, down]
-        pd = _pd_rows(bridge, tokens.repeat(len(xs), 1), torch.cat(xs), batch,
-                      batch.yy.repeat(len(xs))).reshape(len(chunk), 2, n)
+        pd = _pd_rows(
+            bridge, tokens.repeat(len(xs), 1), torch.cat(xs), batch, batch.yy.repeat(len(xs))
+        ).reshape(len(chunk), 2, n)
         eff = ((pd[:, 0] - pd0) + (pd_all - pd[:, 1])) / 2
         out.append(eff.mean(-1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
-def rank_units(bridge, units: UnitSet, batch: TaskBatch, candidates: int = 32
-               ) -> tuple[list[int], np.ndarray]:
+def rank_units(
+    bridge, units: UnitSet, batch: TaskBatch, candidates: int = 32
+) -> tuple[list[int], np.ndarray]:
     """Global unit indices, most clean-minus-corrupt effect first, and each unit's score."""
     lin = linear_effects(bridge, units, batch)
     score = lin.clone()
@@ -240,8 +251,14 @@ def rank_units(bridge, units: UnitSet, batch: TaskBatch, candidates: int = 32
 
 
 @torch.no_grad()
-def curve_pd(bridge, units: UnitSet, batch: TaskBatch, order: Sequence[int], ks: Sequence[int],
-             rows: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def curve_pd(
+    bridge,
+    units: UnitSet,
+    batch: TaskBatch,
+    order: Sequence[int],
+    ks: Sequence[int],
+    rows: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-prompt PD [len(ks), n] with the top k of ``order`` clean, and the clean model's [n]."""
     n = len(batch)
     dev = units.mlp_clean.device
@@ -260,8 +277,15 @@ def curve_pd(bridge, units: UnitSet, batch: TaskBatch, order: Sequence[int], ks:
     pd = []
     for i in range(0, len(outs), per):
         chunk = outs[i : i + per]
-        pd.append(_pd_rows(bridge, tokens.repeat(len(chunk), 1), torch.cat(chunk), batch,
-                           batch.yy.repeat(len(chunk))).reshape(len(chunk), n))
+        pd.append(
+            _pd_rows(
+                bridge,
+                tokens.repeat(len(chunk), 1),
+                torch.cat(chunk),
+                batch,
+                batch.yy.repeat(len(chunk)),
+            ).reshape(len(chunk), n)
+        )
     clean = run_end(bridge, tokens, batch.end_pos, batch.answer_ids)
     return (torch.cat(pd).numpy(), per_example_pd(clean, batch.yy, batch.relation).numpy())
 
@@ -278,9 +302,14 @@ def units_needed(ks: Sequence[int], norm: np.ndarray, fraction: float) -> int | 
     return min(hits) if hits else None
 
 
-def bootstrap_needed(ks: Sequence[int], pd: np.ndarray, clean: np.ndarray,
-                     fractions: Sequence[float] = FRACTIONS, n_boot: int = 1000, seed: int = 0
-                     ) -> dict[float, tuple[float, float]]:
+def bootstrap_needed(
+    ks: Sequence[int],
+    pd: np.ndarray,
+    clean: np.ndarray,
+    fractions: Sequence[float] = FRACTIONS,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[float, tuple[float, float]]:
     """95 % interval of units needed per fraction, resampling prompts (``pd`` [m, n]).
 
     A resample whose curve never reaches the fraction counts as infinity."""
@@ -293,8 +322,9 @@ def bootstrap_needed(ks: Sequence[int], pd: np.ndarray, clean: np.ndarray,
         for f in fractions:
             k = units_needed(ks, norm, f)
             draws[f].append(np.inf if k is None else k)
-    return {f: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))
-            for f, v in draws.items()}
+    return {
+        f: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for f, v in draws.items()
+    }
 
 
 def split_halves(n: int) -> tuple[list[int], list[int]]:
@@ -330,9 +360,15 @@ class UnitsResult:
         return units_needed(self.ks, self.normalized, fraction)
 
 
-def units_needed_curve(bridge, make_units: Callable[[torch.Tensor, torch.Tensor], UnitSet],
-                       batch: TaskBatch, dense: int = 32, candidates: int = 32,
-                       ks: Sequence[int] | None = None, top_names: int = 20) -> UnitsResult:
+def units_needed_curve(
+    bridge,
+    make_units: Callable[[torch.Tensor, torch.Tensor], UnitSet],
+    batch: TaskBatch,
+    dense: int = 32,
+    candidates: int = 32,
+    ks: Sequence[int] | None = None,
+    top_names: int = 20,
+) -> UnitsResult:
     """Rank one kind's units on the ranking half of ``batch``; its curve on the other half.
 
     ``make_units(clean_tokens, corrupted_tokens)`` builds the UnitSet on given prompts."""

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.graphs.replacement import ReplacementModel, build_replacement, run_frozen
+from clt_bench.graphs.local_replacement import ReplacementModel, build_replacement, run_frozen
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.metrics import answer_probs, prob_diff_per_example
 
@@ -72,10 +72,17 @@ def pd_of(logits: torch.Tensor, yy: torch.Tensor, batch: TaskBatch) -> torch.Ten
 def replicate(rm: ReplacementModel, idx: torch.Tensor) -> ReplacementModel:
     """A replacement model whose prompts are ``rm``'s prompts ``idx`` [R] (repeats allowed)."""
     out = ReplacementModel(
-        bridge=rm.bridge, clt=rm.clt, tokens=rm.tokens[idx],
-        frozen={k: v[idx] for k, v in rm.frozen.items()}, embed=rm.embed[idx],
-        pos_embed=rm.pos_embed[idx], resid_mid=rm.resid_mid[idx], mlp_out=rm.mlp_out[idx],
-        pre_acts=rm.pre_acts[idx], acts=rm.acts[idx], errors=rm.errors[idx],
+        bridge=rm.bridge,
+        clt=rm.clt,
+        tokens=rm.tokens[idx],
+        frozen={k: v[idx] for k, v in rm.frozen.items()},
+        embed=rm.embed[idx],
+        pos_embed=rm.pos_embed[idx],
+        resid_mid=rm.resid_mid[idx],
+        mlp_out=rm.mlp_out[idx],
+        pre_acts=rm.pre_acts[idx],
+        acts=rm.acts[idx],
+        errors=rm.errors[idx],
         logits=rm.logits[idx],
     )
     out.active_idx = [out.acts[:, :, layer].nonzero() for layer in range(out.n_layers)]
@@ -88,13 +95,19 @@ def _pairs(active: Sequence[np.ndarray], lo: int, hi: int) -> list[tuple[int, in
 
 
 def _groups(pairs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]]]:
-    return [pairs[i:i + size] for i in range(0, len(pairs), size)]
+    return [pairs[i : i + size] for i in range(0, len(pairs), size)]
 
 
 @torch.no_grad()
-def constrained_delta_pd_frozen(att, keys: Sequence[int], W_U: torch.Tensor,
-                                b_U: torch.Tensor | None, batch: TaskBatch, scale: float = 0.0,
-                                rows_per_pass: int = 512) -> np.ndarray:
+def constrained_delta_pd_frozen(
+    att,
+    keys: Sequence[int],
+    W_U: torch.Tensor,
+    b_U: torch.Tensor | None,
+    batch: TaskBatch,
+    scale: float = 0.0,
+    rows_per_pass: int = 512,
+) -> np.ndarray:
     """[K] mean Delta PD of setting each feature ``keys`` to ``scale`` x its activation in the
     fully frozen local replacement model (see module docstring). ``att``: ``TaskAttributions``
     of ``batch`` (its ``direct_x`` and ``x_end``); W_U [d, V], b_U [V]."""
@@ -111,7 +124,7 @@ def constrained_delta_pd_frozen(att, keys: Sequence[int], W_U: torch.Tensor,
     rows = np.nonzero(np.isin(att.pair_key, np.asarray(keys)))[0]
     total = np.zeros(len(keys))
     for start in range(0, len(rows), rows_per_pass):
-        r = rows[start:start + rows_per_pass]
+        r = rows[start : start + rows_per_pass]
         prompt = torch.as_tensor(att.pair_prompt[r], device=dev)
         dx = torch.as_tensor(att.direct_x[r], dtype=W_U.dtype, device=dev)
         pd = pd_of(logits_of(x_end[prompt] + (scale - 1.0) * dx), yy[prompt], batch)
@@ -128,18 +141,26 @@ def sample_prompts(active: np.ndarray, max_prompts: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def constrained_delta_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
-                         features: Sequence[tuple[int, int]], active: Sequence[np.ndarray],
-                         scale: float = 0.0, prompts_per_pass: int = 16, rows_per_pass: int = 128,
-                         progress: bool = True) -> np.ndarray:
+def constrained_delta_pd(
+    bridge,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    features: Sequence[tuple[int, int]],
+    active: Sequence[np.ndarray],
+    scale: float = 0.0,
+    prompts_per_pass: int = 16,
+    rows_per_pass: int = 128,
+    progress: bool = True,
+) -> np.ndarray:
     """[K] mean Delta PD of clamping each feature (layer, id) to ``scale`` x its activation.
 
     ``active[u]``: the prompts (indices into ``batch``) where feature u is active.
     """
     n = len(batch)
     total = np.zeros(len(features))
-    for start in tqdm(range(0, n, prompts_per_pass), desc="constrained ablations",
-                      disable=not progress):
+    for start in tqdm(
+        range(0, n, prompts_per_pass), desc="constrained ablations", disable=not progress
+    ):
         stop = min(start + prompts_per_pass, n)
         pairs = _pairs(active, start, stop)
         if not pairs:
@@ -158,8 +179,12 @@ def constrained_delta_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
             clamp[rows, :, lay, fid] = True
             first = int(lay.min())
             modes = ["frozen" if layer < first else "live" for layer in range(rep.n_layers)]
-            logits = end_logits_via(bridge, lambda rep=rep, acts=acts, clamp=clamp, modes=modes:
-                                    run_frozen(rep, modes=modes, acts=acts, clamp=clamp))
+            logits = end_logits_via(
+                bridge,
+                lambda rep=rep, acts=acts, clamp=clamp, modes=modes: run_frozen(
+                    rep, modes=modes, acts=acts, clamp=clamp
+                ),
+            )
             delta = pd_of(logits, yy[idx], batch) - clean_pd[idx]
             for r, (u, _) in enumerate(group):
                 total[u] += float(delta[r])
@@ -167,10 +192,17 @@ def constrained_delta_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
 
 
 @torch.no_grad()
-def free_delta_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
-                  features: Sequence[tuple[int, int]], acts: Sequence[np.ndarray],
-                  active: Sequence[np.ndarray], rows_per_pass: int = 256,
-                  max_prompts: int = 0, progress: bool = True) -> np.ndarray:
+def free_delta_pd(
+    bridge,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    features: Sequence[tuple[int, int]],
+    acts: Sequence[np.ndarray],
+    active: Sequence[np.ndarray],
+    rows_per_pass: int = 256,
+    max_prompts: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
     """[K] mean Delta PD of removing each feature's decoder writes from the real model.
 
     ``acts[u]`` [n, pos]: feature u's clean activations; ``active[u]``: its prompts, of which
@@ -200,8 +232,10 @@ def free_delta_pd(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
             return lambda y, hook: y - sub[t].to(y.dtype)
 
         hooks = [(f"blocks.{t}.hook_mlp_out", hook(t)) for t in used]
-        logits = end_logits_via(bridge, lambda tokens=tokens, hooks=hooks:
-                                bridge.run_with_hooks(tokens, fwd_hooks=hooks))
+        logits = end_logits_via(
+            bridge,
+            lambda tokens=tokens, hooks=hooks: bridge.run_with_hooks(tokens, fwd_hooks=hooks),
+        )
         delta = pd_of(logits, batch.yy[idx], batch) - clean_pd[idx]
         for r, (u, _) in enumerate(group):
             total[u] += float(delta[r])

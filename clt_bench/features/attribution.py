@@ -36,7 +36,7 @@ from tqdm import tqdm
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.graphs.attribution import Attributor, feature_table
-from clt_bench.graphs.replacement import ReplacementModel, build_replacement, run_frozen
+from clt_bench.graphs.local_replacement import ReplacementModel, build_replacement, run_frozen
 from clt_bench.graphs.targets import greater_than_coefficients
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.metrics import correct_mask
@@ -132,16 +132,22 @@ def _mlp_grads(run, targets: torch.Tensor, rows: list[int], retain: bool) -> lis
     out: list[list[torch.Tensor]] = [[] for _ in range(L)]
     for j, row in enumerate(rows):
         last = j == len(rows) - 1
-        g = torch.autograd.grad(targets[:, row].sum(), run.mlp_leaves,
-                                retain_graph=retain or not last, allow_unused=True)
+        g = torch.autograd.grad(
+            targets[:, row].sum(),
+            run.mlp_leaves,
+            retain_graph=retain or not last,
+            allow_unused=True,
+        )
         for layer in range(L):
-            out[layer].append(torch.zeros_like(run.mlp_leaves[layer]) if g[layer] is None
-                              else g[layer].detach())
+            out[layer].append(
+                torch.zeros_like(run.mlp_leaves[layer]) if g[layer] is None else g[layer].detach()
+            )
     return [torch.stack(o) for o in out]
 
 
-def feature_effects(rm: ReplacementModel, g_mlp: list[torch.Tensor], split: bool = True
-                    ) -> torch.Tensor:
+def feature_effects(
+    rm: ReplacementModel, g_mlp: list[torch.Tensor], split: bool = True
+) -> torch.Tensor:
     """Effect of each active feature (``feature_table`` order) on B targets: [B, K, L] split by
     the layer it writes (``split``) or [B, K] summed: ``a * W_dec[l -> t] . g_mlp[t][b, prompt,
     pos]``.
@@ -178,20 +184,23 @@ def feature_effects(rm: ReplacementModel, g_mlp: list[torch.Tensor], split: bool
         pad[q, j] = dec
         if split:  # [groups, max_k, T, B]
             res = torch.einsum("qktd,bqtd->qktb", pad, G)[q, j]  # [k, T, B]
-            out[:, rows, tg[0]:tg[-1] + 1] = res.permute(2, 0, 1).double()
+            out[:, rows, tg[0] : tg[-1] + 1] = res.permute(2, 0, 1).double()
         else:
-            res = torch.bmm(pad.reshape(n * P, pad.shape[1], -1),
-                            G.reshape(B, n * P, -1).permute(1, 2, 0))[q, j]  # [k, B]
+            res = torch.bmm(
+                pad.reshape(n * P, pad.shape[1], -1), G.reshape(B, n * P, -1).permute(1, 2, 0)
+            )[q, j]  # [k, B]
             out[:, rows, 0] = res.T.double()
     return out if split else out[..., 0]
 
 
-def _direct_on_end(rm: ReplacementModel, rows_per_pass: int = 64
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _direct_on_end(
+    rm: ReplacementModel, rows_per_pass: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """([K, d] direct effect of each active feature on x_END, [n, d] x_END) in the frozen model."""
     cap: dict[str, torch.Tensor] = {}
     handle = rm.bridge.hook_dict["unembed.hook_in"].register_forward_hook(
-        lambda mod, inp, out: cap.__setitem__("x", out))
+        lambda mod, inp, out: cap.__setitem__("x", out)
+    )
     try:
         attributor = Attributor(rm, lambda run: cap["x"][:, -1], modes="frozen")
     finally:
@@ -207,8 +216,9 @@ def _direct_on_end(rm: ReplacementModel, rows_per_pass: int = 64
     return torch.cat(parts).T.float(), x_end
 
 
-def _target_matrix(rm: ReplacementModel, batch: TaskBatch, W_U: torch.Tensor, b_U: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _target_matrix(
+    rm: ReplacementModel, batch: TaskBatch, W_U: torch.Tensor, b_U: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per prompt the [d, 102] target directions on x_END, the [102] offsets and PD [n]."""
     ids = batch.answer_ids.to(W_U.device)
     dt = rm.dtype
@@ -222,31 +232,46 @@ def _target_matrix(rm: ReplacementModel, batch: TaskBatch, W_U: torch.Tensor, b_
     g = -p * pd[:, None]
     g[:, ids] = p[:, ids] * (c - pd[:, None])
     Wa = W_U[:, ids].to(dt)  # [d, 100]
-    dirs = torch.cat([
-        Wa[None].expand(len(pd), -1, -1),
-        (Wa.double() @ c_ld.T).T[:, :, None].to(dt),  # [n, d, 1] logit diff
-        (g @ W_U.double().T)[:, :, None].to(dt),  # [n, d, 1] first-order PD
-    ], dim=2)  # [n, d, 102]
+    dirs = torch.cat(
+        [
+            Wa[None].expand(len(pd), -1, -1),
+            (Wa.double() @ c_ld.T).T[:, :, None].to(dt),  # [n, d, 1] logit diff
+            (g @ W_U.double().T)[:, :, None].to(dt),  # [n, d, 1] first-order PD
+        ],
+        dim=2,
+    )  # [n, d, 102]
     ba = b_U[ids].double()
-    off = torch.cat([ba[None].expand(len(pd), -1), (c_ld * ba).sum(-1, keepdim=True),
-                     (g @ b_U.double())[:, None]], dim=1).to(dt)  # [n, 102]
+    off = torch.cat(
+        [
+            ba[None].expand(len(pd), -1),
+            (c_ld * ba).sum(-1, keepdim=True),
+            (g @ b_U.double())[:, None],
+        ],
+        dim=1,
+    ).to(dt)  # [n, 102]
     return dirs, off, pd
 
 
-def _chunk(rm: ReplacementModel, batch: TaskBatch, clt: CrossLayerTranscoder, W_U: torch.Tensor,
-           b_U: torch.Tensor, heatmap_mode: str) -> dict[str, torch.Tensor]:
+def _chunk(
+    rm: ReplacementModel,
+    batch: TaskBatch,
+    clt: CrossLayerTranscoder,
+    W_U: torch.Tensor,
+    b_U: torch.Tensor,
+    heatmap_mode: str,
+) -> dict[str, torch.Tensor]:
     L = rm.n_layers
     dirs, off, pd = _target_matrix(rm, batch, W_U, b_U)
     ids = batch.answer_ids.to(rm.logits.device)
     # total effects (linearised features) on the logit difference and first-order PD
     run, x_end = _run_with_final(rm, "linear")
     targets = torch.einsum("nd,ndt->nt", x_end, dirs) + off  # [n, 102]
-    if not torch.allclose(targets[:, :N_ANSWERS].detach(), rm.logits[:, ids], atol=1e-3,
-                          rtol=1e-3):
-        raise UserError("the unembedding input does not reproduce the model's answer logits; "
-                        "this model's unembedding is not x @ W_U + b_U.")
-    g_task = _mlp_grads(run, targets, [T_LOGIT_DIFF, T_PD],
-                        retain=heatmap_mode == "total")
+    if not torch.allclose(targets[:, :N_ANSWERS].detach(), rm.logits[:, ids], atol=1e-3, rtol=1e-3):
+        raise UserError(
+            "the unembedding input does not reproduce the model's answer logits; "
+            "this model's unembedding is not x @ W_U + b_U."
+        )
+    g_task = _mlp_grads(run, targets, [T_LOGIT_DIFF, T_PD], retain=heatmap_mode == "total")
     task = feature_effects(rm, g_task)  # [2, K, L]
     if heatmap_mode == "total":
         g_ans = _mlp_grads(run, targets, list(range(N_ANSWERS)), retain=False)
@@ -263,15 +288,27 @@ def _chunk(rm: ReplacementModel, batch: TaskBatch, clt: CrossLayerTranscoder, W_
     feat = torch.cat([answers.double(), task.sum(-1)])  # [102, K]
     # direct first-order PD contribution: direct effect on x_END . the prompt's PD direction
     pd_direct = (direct.double() * dirs[table[:, 0], :, T_PD].double()).sum(-1)  # [K]
-    return {"table": table.cpu(), "acts": acts.detach().cpu(), "feat": feat.cpu(),
-            "pd_direct": pd_direct.cpu(),
-            "write": write.cpu(), "direct": direct.cpu(), "x_end": x_end.detach().cpu(),
-            "pd": pd.cpu(), "ld": targets[:, T_LOGIT_DIFF].detach().cpu()}
+    return {
+        "table": table.cpu(),
+        "acts": acts.detach().cpu(),
+        "feat": feat.cpu(),
+        "pd_direct": pd_direct.cpu(),
+        "write": write.cpu(),
+        "direct": direct.cpu(),
+        "x_end": x_end.detach().cpu(),
+        "pd": pd.cpu(),
+        "ld": targets[:, T_LOGIT_DIFF].detach().cpu(),
+    }
 
 
-def task_attributions(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
-                      prompts_per_pass: int = 16,
-                      heatmap_mode: str = "direct", progress: bool = True) -> TaskAttributions:
+def task_attributions(
+    bridge,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    prompts_per_pass: int = 16,
+    heatmap_mode: str = "direct",
+    progress: bool = True,
+) -> TaskAttributions:
     """Attribute the answer logits, the logit difference and PD of every prompt of ``batch``.
 
     ``heatmap_mode``: "direct" (the answer-logit attributions are the graph's direct edges,
@@ -285,8 +322,9 @@ def task_attributions(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
     W_U, b_U = _unembed(bridge)
     parts = []
     n = len(batch)
-    for start in tqdm(range(0, n, prompts_per_pass), desc="feature attributions",
-                      disable=not progress):
+    for start in tqdm(
+        range(0, n, prompts_per_pass), desc="feature attributions", disable=not progress
+    ):
         sub = batch.subset(list(range(start, min(start + prompts_per_pass, n))))
         rm = build_replacement(bridge, clt, sub.clean)
         out = _chunk(rm, sub, clt, W_U, b_U, heatmap_mode)
@@ -314,14 +352,24 @@ def task_attributions(bridge, clt: CrossLayerTranscoder, batch: TaskBatch,
     pd_all = torch.cat([p["pd"] for p in parts])
     ld_all = torch.cat([p["ld"] for p in parts])
     return TaskAttributions(
-        n_features=F, n_layers=L, yy=batch.yy.numpy().copy(), yy_pos=batch.yy_pos,
+        n_features=F,
+        n_layers=L,
+        yy=batch.yy.numpy().copy(),
+        yy_pos=batch.yy_pos,
         end_pos=batch.end_pos,
-        pair_prompt=(uniq // (L * F)).numpy(), pair_key=(uniq % (L * F)).numpy(),
-        answer=agg(feat[:N_ANSWERS].T).numpy(), logit_diff=agg(feat[T_LOGIT_DIFF]).numpy(),
-        pd=agg(feat[T_PD]).numpy(), pos_logit_diff=agg(pos_ld).numpy(),
-        write_effects=agg(write).numpy(), act_sum=agg(acts).numpy(),
-        act_prompt=prompt.numpy(), act_pos=pos.numpy(), act_key=key.numpy(),
-        act_value=acts.numpy(), direct_x=agg(direct).float().numpy(),
+        pair_prompt=(uniq // (L * F)).numpy(),
+        pair_key=(uniq % (L * F)).numpy(),
+        answer=agg(feat[:N_ANSWERS].T).numpy(),
+        logit_diff=agg(feat[T_LOGIT_DIFF]).numpy(),
+        pd=agg(feat[T_PD]).numpy(),
+        pos_logit_diff=agg(pos_ld).numpy(),
+        write_effects=agg(write).numpy(),
+        act_sum=agg(acts).numpy(),
+        act_prompt=prompt.numpy(),
+        act_pos=pos.numpy(),
+        act_key=key.numpy(),
+        act_value=acts.numpy(),
+        direct_x=agg(direct).float().numpy(),
         x_end=torch.cat([p["x_end"] for p in parts]).numpy(),
         clean_prob_diff=float(pd_all.mean()),
         clean_logit_diff=float(ld_all.mean()),
@@ -373,9 +421,14 @@ def per_feature_sums(att: TaskAttributions, keys: np.ndarray) -> dict[str, np.nd
     logit-diff split by position class [k, 3] and by written layer [k, L] (means over prompts)."""
     idx = {int(k): i for i, k in enumerate(keys)}
     k = len(keys)
-    out = {"logit_diff": np.zeros(k), "pd": np.zeros(k), "pd_direct": np.zeros(k),
-           "pos": np.zeros((k, 3)),
-           "write": np.zeros((k, att.n_layers)), "n_prompts": np.zeros(k, dtype=int)}
+    out = {
+        "logit_diff": np.zeros(k),
+        "pd": np.zeros(k),
+        "pd_direct": np.zeros(k),
+        "pos": np.zeros((k, 3)),
+        "write": np.zeros((k, att.n_layers)),
+        "n_prompts": np.zeros(k, dtype=int),
+    }
     for r, key in enumerate(att.pair_key):
         i = idx.get(int(key))
         if i is None:

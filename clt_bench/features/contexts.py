@@ -15,29 +15,36 @@ from transformers import PreTrainedTokenizerBase
 
 from clt_bench.activations.tokens import TokenRows
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.graphs.replacement import layer_activate
+from clt_bench.graphs.local_replacement import layer_activate
 
 
-def snippet(tokenizer: PreTrainedTokenizerBase, row: torch.Tensor, pos: int, left: int = 8,
-            right: int = 2) -> str:
+def snippet(
+    tokenizer: PreTrainedTokenizerBase, row: torch.Tensor, pos: int, left: int = 8, right: int = 2
+) -> str:
     """Tokens ``pos - left .. pos + right`` of ``row`` with the token at ``pos`` in [[ ]]."""
     lo, hi = max(0, pos - left), min(len(row), pos + right + 1)
     before = tokenizer.decode(row[lo:pos].tolist())
-    at = tokenizer.decode(row[pos:pos + 1].tolist())
-    after = tokenizer.decode(row[pos + 1:hi].tolist())
+    at = tokenizer.decode(row[pos : pos + 1].tolist())
+    after = tokenizer.decode(row[pos + 1 : hi].tolist())
     text = f"{before}[[{at}]]{after}"
     return " ".join(text.replace("|", "/").split())
 
 
 @torch.no_grad()
-def top_contexts(bridge, clt: CrossLayerTranscoder, tokenizer: PreTrainedTokenizerBase,
-                 rows: Iterable[TokenRows], features: Sequence[tuple[int, int]], n: int = 5
-                 ) -> list[list[tuple[float, str]]]:
+def top_contexts(
+    bridge,
+    clt: CrossLayerTranscoder,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Iterable[TokenRows],
+    features: Sequence[tuple[int, int]],
+    n: int = 5,
+) -> list[list[tuple[float, str]]]:
     """For each (layer, feature): its ``n`` largest activations over the rows' real tokens, as
     (activation, snippet), largest first (fewer when it fires less often)."""
     layers = sorted({layer for layer, _ in features})
-    by_layer = {layer: [i for i, (lay, _) in enumerate(features) if lay == layer]
-                for layer in layers}
+    by_layer = {
+        layer: [i for i, (lay, _) in enumerate(features) if lay == layer] for layer in layers
+    }
     fids = {layer: torch.tensor([features[i][1] for i in idx]) for layer, idx in by_layer.items()}
     best_v = torch.full((len(features), n), -1.0, dtype=torch.float64)
     best_loc = torch.full((len(features), n, 2), -1, dtype=torch.long)  # (row id, pos)
@@ -54,9 +61,10 @@ def top_contexts(bridge, clt: CrossLayerTranscoder, tokenizer: PreTrainedTokeniz
 
             return fn
 
-        bridge.run_with_hooks(batch.tokens.to(dev),
-                              fwd_hooks=[(f"blocks.{layer}.hook_resid_mid", grab(layer))
-                                         for layer in layers])
+        bridge.run_with_hooks(
+            batch.tokens.to(dev),
+            fwd_hooks=[(f"blocks.{layer}.hook_resid_mid", grab(layer)) for layer in layers],
+        )
         mask = batch.mask.to(dev)
         for layer in layers:
             x = cap[layer].to(clt.W_enc.dtype) * clt.input_scale[layer]
@@ -69,15 +77,19 @@ def top_contexts(bridge, clt: CrossLayerTranscoder, tokenizer: PreTrainedTokeniz
             v, i = flat.topk(top_n, dim=0)  # [top_n, k]
             for j, fi in enumerate(by_layer[layer]):
                 cand_v = torch.cat([best_v[fi], v[:, j]])
-                cand_loc = torch.cat([best_loc[fi], torch.stack(
-                    [i[:, j] // P + row0, i[:, j] % P], 1)])
+                cand_loc = torch.cat(
+                    [best_loc[fi], torch.stack([i[:, j] // P + row0, i[:, j] % P], 1)]
+                )
                 order = cand_v.argsort(descending=True)[:n]
                 best_v[fi], best_loc[fi] = cand_v[order], cand_loc[order]
         kept.append(batch.tokens.cpu())
         row0 += batch.tokens.shape[0]
     width = max((t.shape[1] for t in kept), default=0)
-    all_rows = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in kept]) \
-        if kept else torch.zeros(0, 0, dtype=torch.long)
+    all_rows = (
+        torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in kept])
+        if kept
+        else torch.zeros(0, 0, dtype=torch.long)
+    )
     out: list[list[tuple[float, str]]] = []
     for fi in range(len(features)):
         items = []

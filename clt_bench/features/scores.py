@@ -49,8 +49,17 @@ from clt_bench.errors import UserError
 
 YY_VALUES = np.arange(2, 99)  # heatmap rows
 ZZ_VALUES = np.arange(100)  # heatmap columns
-LABELS = ("comparator", "narrow comparator", "large-number promoter", "parity",
-          "multiple-of-5 promoter", "single-YY", "anti-task", "other", "inactive")
+LABELS = (
+    "comparator",
+    "narrow comparator",
+    "large-number promoter",
+    "parity",
+    "multiple-of-5 promoter",
+    "single-YY",
+    "anti-task",
+    "other",
+    "inactive",
+)
 
 
 @dataclass(frozen=True)
@@ -99,8 +108,9 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def _check(heat: np.ndarray, yy_values: np.ndarray) -> None:
     if heat.ndim != 2 or heat.shape[1] != len(ZZ_VALUES) or heat.shape[0] != len(yy_values):
-        raise UserError(f"a YY x ZZ heatmap must be [{len(yy_values)}, 100], got "
-                        f"{list(heat.shape)}.")
+        raise UserError(
+            f"a YY x ZZ heatmap must be [{len(yy_values)}, 100], got {list(heat.shape)}."
+        )
 
 
 def active_rows(heat: np.ndarray, tol: float = 0.0) -> np.ndarray:
@@ -140,8 +150,9 @@ def shape_scores(heat: np.ndarray, yy_values: np.ndarray = YY_VALUES) -> ShapeSc
         zz_peak = int(np.argmax(col))
     else:
         zz_lo = zz_hi = zz_peak = -1
-    return ShapeScores(gt_corr, anti_corr, large, parity, yy_indep, zz_lo, zz_hi, zz_peak,
-                       int(rows.sum()), mult5)
+    return ShapeScores(
+        gt_corr, anti_corr, large, parity, yy_indep, zz_lo, zz_hi, zz_peak, int(rows.sum()), mult5
+    )
 
 
 @dataclass(frozen=True)
@@ -168,8 +179,9 @@ class ActivationProfile:
         return asdict(self)
 
 
-def activation_profile(acts: np.ndarray, yy: np.ndarray, yy_pos: int, end_pos: int
-                       ) -> ActivationProfile:
+def activation_profile(
+    acts: np.ndarray, yy: np.ndarray, yy_pos: int, end_pos: int
+) -> ActivationProfile:
     """Profile of one feature from its activations ``acts`` [n_prompts, pos] and the prompts' YY."""
     acts = np.abs(np.asarray(acts, dtype=np.float64))
     yy = np.asarray(yy)
@@ -189,9 +201,14 @@ def activation_profile(acts: np.ndarray, yy: np.ndarray, yy_pos: int, end_pos: i
     s_other = max(0.0, 1.0 - s_yy - s_end)
     shares = {"YY": s_yy, "END": s_end, "other": s_other}
     return ActivationProfile(
-        yy_fraction=float(active.mean()), yy_lo=int(values[active].min()),
-        yy_hi=int(values[active].max()), yy_entropy=ent, share_yy=s_yy, share_end=s_end,
-        share_other=s_other, position=max(shares, key=shares.get),
+        yy_fraction=float(active.mean()),
+        yy_lo=int(values[active].min()),
+        yy_hi=int(values[active].max()),
+        yy_entropy=ent,
+        share_yy=s_yy,
+        share_end=s_end,
+        share_other=s_other,
+        position=max(shares, key=shares.get),
     )
 
 

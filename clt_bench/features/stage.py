@@ -76,8 +76,9 @@ def task_prompts(cfg: RunConfig, loaded: LoadedModel) -> TaskBatch:
     return one_per_yy(load_task_batch(cfg, loaded, "discovery"), cfg.graphs.n_prompts)
 
 
-def load_run_clt(run_dir: Path, name: str = "clt", device: str | torch.device = "cpu"
-                 ) -> CrossLayerTranscoder:
+def load_run_clt(
+    run_dir: Path, name: str = "clt", device: str | torch.device = "cpu"
+) -> CrossLayerTranscoder:
     path = Path(run_dir) / name
     if not (path / "config.yaml").is_file():
         raise UserError(f"no trained CLT in {path}; run the clt stage first.")
@@ -98,47 +99,71 @@ def _via(position: str, layer: int, shares: dict[str, float], circuit: Circuit |
     return " ".join(parts)
 
 
-def feature_rows(att: TaskAttributions, keys: np.ndarray, influence: np.ndarray,
-                 clt: CrossLayerTranscoder, circuit: Circuit | None, rule: LabelRule
-                 ) -> tuple[list[dict[str, Any]], np.ndarray]:
+def feature_rows(
+    att: TaskAttributions,
+    keys: np.ndarray,
+    influence: np.ndarray,
+    clt: CrossLayerTranscoder,
+    circuit: Circuit | None,
+    rule: LabelRule,
+) -> tuple[list[dict[str, Any]], np.ndarray]:
     """The table rows (without ablations and contexts) and the heatmaps [K, 97, 100]."""
     sums = per_feature_sums(att, keys)
-    heat = np.stack([feature_heatmap(att, int(k), YY_VALUES) for k in keys]) if len(keys) \
+    heat = (
+        np.stack([feature_heatmap(att, int(k), YY_VALUES) for k in keys])
+        if len(keys)
         else np.zeros((0, len(YY_VALUES), 100))
+    )
     rows = []
     for i, key in enumerate(keys):
         layer, fid = att.split_key(int(key))
         sc = shape_scores(heat[i])
-        prof = activation_profile(feature_activations_matrix(att, int(key)), att.yy, att.yy_pos,
-                                  att.end_pos)
+        prof = activation_profile(
+            feature_activations_matrix(att, int(key)), att.yy, att.yy_pos, att.end_pos
+        )
         pos_mass = np.abs(sums["pos"][i])
         position = POS_CLASSES[int(pos_mass.argmax())] if pos_mass.sum() > 0 else "none"
         write = sums["write"][i]
         shares = per_component_share(position, write, circuit) if circuit is not None else {}
         written = clt.target_layers(layer)
-        rows.append({
-            "rank": i + 1, "feature": f"L{layer}/{fid}", "layer": layer, "feature_id": fid,
-            "label": label_feature(sc, prof.yy_fraction, rule), "influence": float(influence[i]),
-            "logit_diff_contribution": float(sums["logit_diff"][i]),
-            "pd_contribution": float(sums["pd"][i]),
-            "pd_direct_contribution": float(sums["pd_direct"][i]),
-            "delta_pd_constrained": float("nan"), "delta_pd_free": float("nan"),
-            **{k: v for k, v in sc.to_dict().items()},
-            "zz_range": f"{sc.zz_lo:02d}-{sc.zz_hi:02d}" if sc.zz_lo >= 0 else "",
-            "yy_fraction": prof.yy_fraction, "yy_lo": prof.yy_lo, "yy_hi": prof.yy_hi,
-            "yy_range": f"{prof.yy_lo:02d}-{prof.yy_hi:02d}" if prof.yy_lo >= 0 else "",
-            "yy_entropy": prof.yy_entropy, "act_share_yy": prof.share_yy,
-            "act_share_end": prof.share_end, "act_share_other": prof.share_other,
-            "act_position": prof.position, "position": position,
-            "share_yy": float(pos_mass[0] / pos_mass.sum()) if pos_mass.sum() else 0.0,
-            "share_end": float(pos_mass[1] / pos_mass.sum()) if pos_mass.sum() else 0.0,
-            "layer_read": layer, "layers_written": f"{written[0]}-{written[-1]}",
-            "main_write_layer": int(np.abs(write).argmax()),
-            "circuit_mlp_share": float(sum(shares.values())) if circuit is not None
-            else float("nan"),
-            "via": _via(position, layer, shares, circuit), "n_prompts_active": int(
-                sums["n_prompts"][i]), "contexts": "",
-        })
+        rows.append(
+            {
+                "rank": i + 1,
+                "feature": f"L{layer}/{fid}",
+                "layer": layer,
+                "feature_id": fid,
+                "label": label_feature(sc, prof.yy_fraction, rule),
+                "influence": float(influence[i]),
+                "logit_diff_contribution": float(sums["logit_diff"][i]),
+                "pd_contribution": float(sums["pd"][i]),
+                "pd_direct_contribution": float(sums["pd_direct"][i]),
+                "delta_pd_constrained": float("nan"),
+                "delta_pd_free": float("nan"),
+                **{k: v for k, v in sc.to_dict().items()},
+                "zz_range": f"{sc.zz_lo:02d}-{sc.zz_hi:02d}" if sc.zz_lo >= 0 else "",
+                "yy_fraction": prof.yy_fraction,
+                "yy_lo": prof.yy_lo,
+                "yy_hi": prof.yy_hi,
+                "yy_range": f"{prof.yy_lo:02d}-{prof.yy_hi:02d}" if prof.yy_lo >= 0 else "",
+                "yy_entropy": prof.yy_entropy,
+                "act_share_yy": prof.share_yy,
+                "act_share_end": prof.share_end,
+                "act_share_other": prof.share_other,
+                "act_position": prof.position,
+                "position": position,
+                "share_yy": float(pos_mass[0] / pos_mass.sum()) if pos_mass.sum() else 0.0,
+                "share_end": float(pos_mass[1] / pos_mass.sum()) if pos_mass.sum() else 0.0,
+                "layer_read": layer,
+                "layers_written": f"{written[0]}-{written[-1]}",
+                "main_write_layer": int(np.abs(write).argmax()),
+                "circuit_mlp_share": float(sum(shares.values()))
+                if circuit is not None
+                else float("nan"),
+                "via": _via(position, layer, shares, circuit),
+                "n_prompts_active": int(sums["n_prompts"][i]),
+                "contexts": "",
+            }
+        )
     return rows, heat
 
 
@@ -164,9 +189,13 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
-                       clt: CrossLayerTranscoder | None = None, progress: bool = True
-                       ) -> dict[str, Any]:
+def run_features_stage(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    run_dir: Path,
+    clt: CrossLayerTranscoder | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Select and score the top-K features; write ``<run>/features/``; returns metrics."""
     t0 = time.perf_counter()
     fc = cfg.features
@@ -176,12 +205,20 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
     out = run_dir / "features"
     clt = clt if clt is not None else load_run_clt(run_dir, device=loaded.device)
     if (clt.n_layers, clt.spec.d_model) != (loaded.n_layers, loaded.d_model):
-        raise UserError(f"the CLT has {clt.n_layers} layers x d_model {clt.spec.d_model}; the "
-                        f"model has {loaded.n_layers} x {loaded.d_model}.")
+        raise UserError(
+            f"the CLT has {clt.n_layers} layers x d_model {clt.spec.d_model}; the "
+            f"model has {loaded.n_layers} x {loaded.d_model}."
+        )
     circuit = load_run_circuit(run_dir)
     batch = task_prompts(cfg, loaded)
-    att = task_attributions(loaded.bridge, clt, batch, prompts_per_pass=fc.prompts_per_pass,
-                            heatmap_mode=fc.heatmap_mode, progress=progress)
+    att = task_attributions(
+        loaded.bridge,
+        clt,
+        batch,
+        prompts_per_pass=fc.prompts_per_pass,
+        heatmap_mode=fc.heatmap_mode,
+        progress=progress,
+    )
     t_attr = time.perf_counter() - t0
     keys_all, infl_all = influence_ranking(att)
     keys, infl = keys_all[: fc.top_k], infl_all[: fc.top_k]
@@ -192,19 +229,33 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
     if fc.ablations and feats:
         W_U = loaded.bridge.W_U.detach()
         b_U = getattr(loaded.bridge, "b_U", None)
-        d_c = constrained_delta_pd_frozen(att, [int(k) for k in keys], W_U,
-                                          None if b_U is None else b_U.detach(), batch)
+        d_c = constrained_delta_pd_frozen(
+            att, [int(k) for k in keys], W_U, None if b_U is None else b_U.detach(), batch
+        )
         acts = [feature_activations_matrix(att, int(k)) for k in keys]
-        d_f = free_delta_pd(loaded.bridge, clt, batch, feats, acts, active,
-                            max_prompts=fc.ablation_prompts, progress=progress)
+        d_f = free_delta_pd(
+            loaded.bridge,
+            clt,
+            batch,
+            feats,
+            acts,
+            active,
+            max_prompts=fc.ablation_prompts,
+            progress=progress,
+        )
         for r, c, f in zip(rows, d_c, d_f, strict=True):
             r["delta_pd_constrained"], r["delta_pd_free"] = float(c), float(f)
     t_abl = time.perf_counter() - t1
     interaction_share = float("nan")
     n_int = min(fc.interaction_top, len(feats))
     if n_int > 1:  # do the top features act additively? (clt_bench.features.interactions)
-        inter = pair_interactions(loaded.bridge, clt, batch, feats[:n_int],
-                                  [feature_activations_matrix(att, int(k)) for k in keys[:n_int]])
+        inter = pair_interactions(
+            loaded.bridge,
+            clt,
+            batch,
+            feats[:n_int],
+            [feature_activations_matrix(att, int(k)) for k in keys[:n_int]],
+        )
         write_interactions(inter, [r["feature"] for r in rows[:n_int]], out)
         interaction_share = float(inter["interaction_share"])
     if fc.n_contexts > 0 and feats:
@@ -217,26 +268,36 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
             r["contexts"] = " || ".join(f"{s} ({v:.2f})" for v, s in c)
     yy_list = [int(y) for y in YY_VALUES]
     table.write_csv(rows, out / "features.csv")
-    header = (f"# Top {len(rows)} CLT features by influence on the greater-than logit difference"
-              f"\n\n{len(batch)} prompts (one per YY), heatmaps: {fc.heatmap_mode} attribution; "
-              f"labels by the rule in clt_bench/features/scores.py (thresholds: gt {fc.gt_corr}, "
-              f"anti {fc.anti_corr}, large-ZZ {fc.large_zz_corr}, parity {fc.parity_corr}, "
-              f"multiple-of-5 {fc.mult5_corr}, narrow < {fc.narrow_yy_fraction} of YY). Shape "
-              f"scores are row-centred: each YY row of the heatmap and of the template loses its "
-              f"mean over ZZ before correlating, so a shift of every ZZ of a row scores 0.")
+    header = (
+        f"# Top {len(rows)} CLT features by influence on the greater-than logit difference"
+        f"\n\n{len(batch)} prompts (one per YY), heatmaps: {fc.heatmap_mode} attribution; "
+        f"labels by the rule in clt_bench/features/scores.py (thresholds: gt {fc.gt_corr}, "
+        f"anti {fc.anti_corr}, large-ZZ {fc.large_zz_corr}, parity {fc.parity_corr}, "
+        f"multiple-of-5 {fc.mult5_corr}, narrow < {fc.narrow_yy_fraction} of YY). Shape "
+        f"scores are row-centred: each YY row of the heatmap and of the template loses its "
+        f"mean over ZZ before correlating, so a shift of every ZZ of a row scores 0."
+    )
     table.write_markdown(rows, out / "features.md", header)
-    save_tensors(out / "heatmaps.safetensors", {"heatmaps": torch.from_numpy(heat).float()},
-                 metadata={"rows": "YY 2..98", "cols": "ZZ 0..99", "mode": fc.heatmap_mode})
+    save_tensors(
+        out / "heatmaps.safetensors",
+        {"heatmaps": torch.from_numpy(heat).float()},
+        metadata={"rows": "YY 2..98", "cols": "ZZ 0..99", "mode": fc.heatmap_mode},
+    )
     pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list)
     grid = table.heatmap_grid(heat, rows, out / "heatmap_grid.png", min(fc.n_plots, 16), yy_list)
-    write_json(out / "ranking.json", {
-        "features": [[int(a), int(b)] for a, b in feats], "influence": infl.tolist(),
-        "extended": [list(att.split_key(int(k))) for k in keys_all[: 4 * fc.top_k]],
-        "extended_influence": infl_all[: 4 * fc.top_k].tolist(),
-        "write_effects": [[float(x) for x in w] for w in per_feature_sums(att, keys)["write"]],
-        "positions": [r["position"] for r in rows],
-        "n_prompts": len(batch), "n_active_features": int(len(keys_all)),
-    })
+    write_json(
+        out / "ranking.json",
+        {
+            "features": [[int(a), int(b)] for a, b in feats],
+            "influence": infl.tolist(),
+            "extended": [list(att.split_key(int(k))) for k in keys_all[: 4 * fc.top_k]],
+            "extended_influence": infl_all[: 4 * fc.top_k].tolist(),
+            "write_effects": [[float(x) for x in w] for w in per_feature_sums(att, keys)["write"]],
+            "positions": [r["position"] for r in rows],
+            "n_prompts": len(batch),
+            "n_active_features": int(len(keys_all)),
+        },
+    )
     counts = Counter(r["label"] for r in rows)
     top20 = rows[:20]
     summary: dict[str, Any] = {
@@ -244,8 +305,10 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
         "n_active_features": int(len(keys_all)),
         "n_selected": len(rows),
         "influence_share_top_k": float(infl.sum() / infl_all.sum()) if infl_all.sum() else 0.0,
-        **{f"n_{lab.lower().replace(' ', '_').replace('-', '_')}": int(counts.get(lab, 0))
-           for lab in LABELS},
+        **{
+            f"n_{lab.lower().replace(' ', '_').replace('-', '_')}": int(counts.get(lab, 0))
+            for lab in LABELS
+        },
         "mean_gt_corr_top20": float(np.mean([r["gt_corr"] for r in top20])) if top20 else 0.0,
         "pd_contribution_top_k": float(sum(r["pd_contribution"] for r in rows)),
         "clean_prob_diff": att.clean_prob_diff,
@@ -254,13 +317,16 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
         # the total (linearised) contribution vs the free ablation (the real model: total)
         "spearman_direct_contribution_vs_constrained_ablation": _spearman(
             np.array([r["pd_direct_contribution"] for r in rows]),
-            -np.array([r["delta_pd_constrained"] for r in rows])),
+            -np.array([r["delta_pd_constrained"] for r in rows]),
+        ),
         "spearman_total_contribution_vs_free_ablation": _spearman(
             np.array([r["pd_contribution"] for r in rows]),
-            -np.array([r["delta_pd_free"] for r in rows])),
+            -np.array([r["delta_pd_free"] for r in rows]),
+        ),
         "spearman_constrained_vs_free": _spearman(
             np.array([r["delta_pd_constrained"] for r in rows]),
-            np.array([r["delta_pd_free"] for r in rows])),
+            np.array([r["delta_pd_free"] for r in rows]),
+        ),
         # pair ablations of the top features vs the sum of their single ablations
         "interaction_share": interaction_share,
         "top_feature": rows[0]["feature"] if rows else "",
@@ -273,8 +339,11 @@ def run_features_stage(cfg: RunConfig, loaded: LoadedModel, run_dir: Path,
         "circuit": circuit.name if circuit is not None else None,
         "heatmap_pngs": pngs,
         "heatmap_grid": grid.name if grid is not None else None,
-        "seconds": {"attribution": round(t_attr, 2), "ablations": round(t_abl, 2),
-                    "total": round(time.perf_counter() - t0, 2)},
+        "seconds": {
+            "attribution": round(t_attr, 2),
+            "ablations": round(t_abl, 2),
+            "total": round(time.perf_counter() - t0, 2),
+        },
         **run_metadata(config=fc, seeds={"task": batch.seed}),
     }
     write_json(out / "metrics.json", json_safe(metrics))

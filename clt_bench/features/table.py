@@ -18,15 +18,25 @@ from clt_bench.plots import save_figure, yy_zz_heatmap
 
 # (column, Markdown header, format) -- the Markdown table shows these; the CSV has every column
 MD_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("rank", "#", "d"), ("feature", "feature", "s"), ("label", "label", "s"),
-    ("influence", "influence", ".3g"), ("position", "pos", "s"),
-    ("layers_written", "writes", "s"), ("gt_corr", "gt", "+.2f"),
-    ("large_zz_corr", "large ZZ", "+.2f"), ("parity_corr", "parity", ".2f"),
+    ("rank", "#", "d"),
+    ("feature", "feature", "s"),
+    ("label", "label", "s"),
+    ("influence", "influence", ".3g"),
+    ("position", "pos", "s"),
+    ("layers_written", "writes", "s"),
+    ("gt_corr", "gt", "+.2f"),
+    ("large_zz_corr", "large ZZ", "+.2f"),
+    ("parity_corr", "parity", ".2f"),
     ("mult5_corr", "x5", "+.2f"),
-    ("zz_range", "ZZ range", "s"), ("yy_fraction", "YY frac", ".2f"), ("yy_range", "YY range", "s"),
-    ("pd_contribution", "PD contrib", "+.4f"), ("delta_pd_constrained", "dPD constr", "+.4f"),
-    ("delta_pd_free", "dPD free", "+.4f"), ("circuit_mlp_share", "in circuit MLPs", ".2f"),
-    ("via", "via", "s"), ("contexts", "top context", "s"),
+    ("zz_range", "ZZ range", "s"),
+    ("yy_fraction", "YY frac", ".2f"),
+    ("yy_range", "YY range", "s"),
+    ("pd_contribution", "PD contrib", "+.4f"),
+    ("delta_pd_constrained", "dPD constr", "+.4f"),
+    ("delta_pd_free", "dPD free", "+.4f"),
+    ("circuit_mlp_share", "in circuit MLPs", ".2f"),
+    ("via", "via", "s"),
+    ("contexts", "top context", "s"),
 )
 
 
@@ -67,22 +77,37 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: Path, header: str) -> P
     return write_text(path, f"{header}\n\n{markdown_table(rows)}")
 
 
-def heatmap_pngs(heatmaps: np.ndarray, rows: Sequence[dict[str, Any]], out_dir: Path,
-                 n_plots: int, yy_values: list[int]) -> list[str]:
+def heatmap_pngs(
+    heatmaps: np.ndarray,
+    rows: Sequence[dict[str, Any]],
+    out_dir: Path,
+    n_plots: int,
+    yy_values: list[int],
+) -> list[str]:
     """One PNG per feature for the first ``n_plots`` rows; returns the file names."""
     names = []
     for i, r in enumerate(rows[:n_plots]):
         name = f"heatmap_{i + 1:03d}_L{r['layer']}_F{r['feature_id']}.png"
-        yy_zz_heatmap(np.nan_to_num(heatmaps[i]), out_dir / name,
-                      f"#{i + 1} {r['feature']} ({r['label']}), gt {r['gt_corr']:+.2f}",
-                      cbar_label="attributed effect on logit ZZ", diverging=True,
-                      yy_values=yy_values)
+        yy_zz_heatmap(
+            np.nan_to_num(heatmaps[i]),
+            out_dir / name,
+            f"#{i + 1} {r['feature']} ({r['label']}), gt {r['gt_corr']:+.2f}",
+            cbar_label="attributed effect on logit ZZ",
+            diverging=True,
+            yy_values=yy_values,
+        )
         names.append(name)
     return names
 
 
-def heatmap_grid(heatmaps: np.ndarray, rows: Sequence[dict[str, Any]], path: Path, n: int,
-                 yy_values: list[int], cols: int = 4) -> Path | None:
+def heatmap_grid(
+    heatmaps: np.ndarray,
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    n: int,
+    yy_values: list[int],
+    cols: int = 4,
+) -> Path | None:
     """A grid of the first ``n`` features' heatmaps (each with its own diverging colour scale)."""
     n = min(n, len(rows))
     if n == 0:
@@ -94,8 +119,15 @@ def heatmap_grid(heatmaps: np.ndarray, rows: Sequence[dict[str, Any]], path: Pat
             ax.axis("off")
             continue
         r = rows[i]
-        yy_zz_heatmap(np.nan_to_num(heatmaps[i]), path, f"#{i + 1} {r['feature']} {r['label']}",
-                      cbar_label="", diverging=True, ax=ax, yy_values=yy_values)
+        yy_zz_heatmap(
+            np.nan_to_num(heatmaps[i]),
+            path,
+            f"#{i + 1} {r['feature']} {r['label']}",
+            cbar_label="",
+            diverging=True,
+            ax=ax,
+            yy_values=yy_values,
+        )
         ax.set_xlabel("")
         ax.set_ylabel("")
     fig.suptitle("YY x ZZ logit attribution of the top features (rows YY, columns ZZ)")

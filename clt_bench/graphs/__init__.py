@@ -26,7 +26,7 @@ from clt_bench.graphs.interventions import (
     constrained_patch,
     free_patch,
 )
-from clt_bench.graphs.replacement import ReplacementModel, build_replacement, run_frozen
+from clt_bench.graphs.local_replacement import ReplacementModel, build_replacement, run_frozen
 from clt_bench.graphs.targets import Target, make_targets
 
 __all__ = [

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clt_bench.graphs.replacement import FrozenRun, ReplacementModel, run_frozen, zero_leaves
+from clt_bench.graphs.local_replacement import FrozenRun, ReplacementModel, run_frozen, zero_leaves
 
 SOURCE_FEATURE, SOURCE_ERROR, SOURCE_TOKEN = 0, 1, 2
 
@@ -62,8 +62,12 @@ class Attributor:
     every source's edge weight into each row. The rows are batched with ``torch.func.vmap``.
     """
 
-    def __init__(self, rm: ReplacementModel, output_fn: Callable[[FrozenRun], torch.Tensor],
-                 modes: str = "frozen") -> None:
+    def __init__(
+        self,
+        rm: ReplacementModel,
+        output_fn: Callable[[FrozenRun], torch.Tensor],
+        modes: str = "frozen",
+    ) -> None:
         self.rm = rm
         self.n_layers = rm.n_layers
 
@@ -73,8 +77,9 @@ class Attributor:
         self.value, self._vjp = torch.func.vjp(f, *zero_leaves(rm))
         self.value = self.value.detach()
         self._acts = feature_activations(rm)
-        self._b_dec = rm.clt.b_dec.detach().to(rm.dtype) \
-            / rm.clt.output_scale.detach().to(rm.dtype)[:, None]
+        self._b_dec = (
+            rm.clt.b_dec.detach().to(rm.dtype) / rm.clt.output_scale.detach().to(rm.dtype)[:, None]
+        )
 
     def rows(self, grad_rows: torch.Tensor) -> RowAttribution:
         rm, L = self.rm, self.n_layers
@@ -87,23 +92,31 @@ class Attributor:
             bdec = bdec + (gm * self._b_dec[layer]).sum((-1, -2))
         g_emb, g_pos = grads[2 * L], grads[2 * L + 1]
         return RowAttribution(
-            features=feat.detach(), errors=torch.stack(errs, dim=2).detach(),
+            features=feat.detach(),
+            errors=torch.stack(errs, dim=2).detach(),
             tokens=(g_emb * rm.embed).sum(-1).detach(),
-            pos_embed=(g_pos * rm.pos_embed).sum((-1, -2)).detach(), b_dec=bdec.detach(),
+            pos_embed=(g_pos * rm.pos_embed).sum((-1, -2)).detach(),
+            b_dec=bdec.detach(),
         )
 
 
 @torch.no_grad()
-def constant_terms(rm: ReplacementModel, directions: torch.Tensor, modes: str = "frozen"
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def constant_terms(
+    rm: ReplacementModel, directions: torch.Tensor, modes: str = "frozen"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Node values with every source (tokens, features, errors) at zero.
 
     Returns ([K] feature pre-activation constants, [n, n_t] target constants) for ``directions``
     [n, n_t, V]. In ``linear`` mode the linearised features are not sources but respond.
     """
     zeros_acts = torch.zeros_like(rm.acts)
-    run0 = run_frozen(rm, modes=modes, acts=zeros_acts, embed=torch.zeros_like(rm.embed),
-                      errors=torch.zeros_like(rm.errors))
+    run0 = run_frozen(
+        rm,
+        modes=modes,
+        acts=zeros_acts,
+        embed=torch.zeros_like(rm.embed),
+        errors=torch.zeros_like(rm.errors),
+    )
     return torch.cat(run0.pre), torch.einsum("nv,ntv->nt", run0.logits, directions)
 
 
@@ -145,7 +158,11 @@ class TargetAttribution:
 
 
 def target_attributions_batch(
-    rm: ReplacementModel, directions: torch.Tensor, *, batch_size: int = 64, mode: str = "total",
+    rm: ReplacementModel,
+    directions: torch.Tensor,
+    *,
+    batch_size: int = 64,
+    mode: str = "total",
 ) -> list[TargetAttribution]:
     """Attribute target directions to every source, for all prompts of ``rm`` at once.
 
@@ -181,16 +198,33 @@ def target_attributions_batch(
         f_idx = table[sel][:, 1:]
         e_idx = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(P), indexing="ij"), -1)
         e_idx = torch.cat([e_idx.reshape(-1, 2), torch.full((L * P, 1), -1)], 1).to(f_idx)
-        t_idx = torch.stack([torch.full((P,), -1).to(f_idx), torch.arange(P).to(f_idx),
-                             rm.tokens[i].to(f_idx)], 1)
-        kinds = torch.cat([torch.full((len(f_idx),), SOURCE_FEATURE),
-                           torch.full((L * P,), SOURCE_ERROR), torch.full((P,), SOURCE_TOKEN)])
-        act = torch.cat([acts[sel], rm.errors[i].transpose(0, 1).norm(dim=-1).reshape(-1),
-                         rm.embed[i].norm(dim=-1)])
+        t_idx = torch.stack(
+            [torch.full((P,), -1).to(f_idx), torch.arange(P).to(f_idx), rm.tokens[i].to(f_idx)], 1
+        )
+        kinds = torch.cat(
+            [
+                torch.full((len(f_idx),), SOURCE_FEATURE),
+                torch.full((L * P,), SOURCE_ERROR),
+                torch.full((P,), SOURCE_TOKEN),
+            ]
+        )
+        act = torch.cat(
+            [
+                acts[sel],
+                rm.errors[i].transpose(0, 1).norm(dim=-1).reshape(-1),
+                rm.embed[i].norm(dim=-1),
+            ]
+        )
         vals = torch.cat([feat[:, sel], errs[:, i].reshape(n_t, -1), toks[:, i]], dim=1)
-        out.append(TargetAttribution(
-            source_kind=kinds.to(f_idx.device), source_index=torch.cat([f_idx, e_idx, t_idx]),
-            activations=act.detach(), values=vals, constant=const[i].detach(),
-            target_values=values[i].detach(), mode=mode,
-        ))
+        out.append(
+            TargetAttribution(
+                source_kind=kinds.to(f_idx.device),
+                source_index=torch.cat([f_idx, e_idx, t_idx]),
+                activations=act.detach(),
+                values=vals,
+                constant=const[i].detach(),
+                target_values=values[i].detach(),
+                mode=mode,
+            )
+        )
     return out

@@ -28,7 +28,7 @@ from clt_bench.graphs.attribution import (
 )
 from clt_bench.graphs.graph import Graph
 from clt_bench.graphs.influence import normalize_abs, propagate, prune
-from clt_bench.graphs.replacement import build_replacement
+from clt_bench.graphs.local_replacement import build_replacement
 from clt_bench.graphs.scores import FEATURE, graph_scores, pruned_scores
 from clt_bench.graphs.targets import Target, directions, make_targets
 from clt_bench.models import LoadedModel
@@ -36,8 +36,11 @@ from clt_bench.task.dataset import format_prompt
 from clt_bench.task.spec import Template
 
 
-def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt_or_tokens: str | torch.Tensor
-                  | Sequence[int], prepend_bos: bool = True) -> tuple[torch.Tensor, str]:
+def prompt_tokens(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_or_tokens: str | torch.Tensor | Sequence[int],
+    prepend_bos: bool = True,
+) -> tuple[torch.Tensor, str]:
     """([pos] token ids, prompt text).
 
     Text is tokenised exactly as the task's prompts (``clt_bench.task.dataset.format_prompt``):
@@ -51,11 +54,14 @@ def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt_or_tokens: str | to
             raise UserError("the prompt is empty.")
         bos_text = tokenizer.bos_token or ""
         if bos_text and text.startswith(bos_text):
-            text, prepend_bos = text[len(bos_text):].lstrip(" "), True
+            text, prepend_bos = text[len(bos_text) :].lstrip(" "), True
         # the prompt as a template with no fields (braces escaped), so the task's own
         # formatting adds the BOS prefix
-        tpl = Template(name="graph", text=text.replace("{", "{{").replace("}", "}}"),
-                       bos=prepend_bos and tokenizer.bos_token_id is not None)
+        tpl = Template(
+            name="graph",
+            text=text.replace("{", "{{").replace("}", "}}"),
+            bos=prepend_bos and tokenizer.bos_token_id is not None,
+        )
         ids = tokenizer.encode(format_prompt(tpl, "", 0, tokenizer))
         return torch.tensor(ids, dtype=torch.long), prompt_or_tokens
     toks = torch.as_tensor(prompt_or_tokens, dtype=torch.long).reshape(-1)
@@ -68,8 +74,10 @@ def check_context(loaded: LoadedModel, tokens: torch.Tensor) -> None:
     """A prompt longer than the model's context is an input error, not a crash."""
     n_ctx = getattr(getattr(loaded.bridge, "cfg", None), "n_ctx", None)
     if n_ctx is not None and tokens.shape[-1] > int(n_ctx):
-        raise UserError(f"the prompt is {tokens.shape[-1]} tokens long, longer than the model's "
-                        f"context of {int(n_ctx)} tokens.")
+        raise UserError(
+            f"the prompt is {tokens.shape[-1]} tokens long, longer than the model's "
+            f"context of {int(n_ctx)} tokens."
+        )
 
 
 def _attribute(att: Attributor, rows: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
@@ -77,7 +85,7 @@ def _attribute(att: Attributor, rows: torch.Tensor, batch_size: int) -> dict[str
     parts: dict[str, list[torch.Tensor]] = {"feat": [], "err": [], "tok": [], "pos": [], "bdec": []}
     m = att.value.shape[0]
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         grad = torch.zeros(len(chunk), m, dtype=att.value.dtype, device=att.value.device)
         grad[torch.arange(len(chunk)), chunk] = 1.0
         r = att.rows(grad)
@@ -89,10 +97,14 @@ def _attribute(att: Attributor, rows: torch.Tensor, batch_size: int) -> dict[str
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
 
 
-def _select_features(att: Attributor,
-                     target_rows: dict[str, torch.Tensor], w_t: torch.Tensor, max_nodes: int,
-                     batch_size: int, allowed: torch.Tensor
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _select_features(
+    att: Attributor,
+    target_rows: dict[str, torch.Tensor],
+    w_t: torch.Tensor,
+    max_nodes: int,
+    batch_size: int,
+    allowed: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Choose and attribute features among ``allowed`` [K]: all of them, or the most influential
     ``max_nodes``."""
     K = att.value.shape[0]
@@ -100,16 +112,17 @@ def _select_features(att: Attributor,
         visit = allowed.nonzero()[:, 0].to(att.value.device)
         return visit, _attribute(att, visit, batch_size)
     n_t = w_t.shape[0]
-    n_cols = target_rows["feat"].shape[1] + target_rows["err"].shape[1] \
-        + target_rows["tok"].shape[1]
+    n_cols = (
+        target_rows["feat"].shape[1] + target_rows["err"].shape[1] + target_rows["tok"].shape[1]
+    )
     # normalised incoming rows of the attributed nodes, filled in place (targets first)
     M = torch.zeros(n_t + max_nodes, n_cols + n_t, dtype=torch.float32)
     row_nodes = torch.zeros(n_t + max_nodes, dtype=torch.long)
 
     def add_rows(r: dict[str, torch.Tensor], nodes: torch.Tensor, at: int) -> int:
         block = torch.cat([r["feat"], r["err"], r["tok"]], 1).float()
-        M[at:at + len(nodes), :n_cols] = normalize_abs(block)
-        row_nodes[at:at + len(nodes)] = nodes
+        M[at : at + len(nodes), :n_cols] = normalize_abs(block)
+        row_nodes[at : at + len(nodes)] = nodes
         return at + len(nodes)
 
     filled = add_rows(target_rows, torch.arange(n_cols, n_cols + n_t), 0)
@@ -131,18 +144,22 @@ def _select_features(att: Attributor,
         visited[best] = True
     visit = visited.nonzero()[:, 0]
     if not done:
-        return visit, {k: torch.zeros(0, v.shape[1] if v.dim() > 1 else 0)
-                       for k, v in target_rows.items()}
+        return visit, {
+            k: torch.zeros(0, v.shape[1] if v.dim() > 1 else 0) for k, v in target_rows.items()
+        }
     idx = torch.cat([d["idx"] for d in done])
     order = torch.argsort(idx)
     out = {k: torch.cat([d[k] for d in done])[order] for k in ("feat", "err", "tok", "pos", "bdec")}
     return visit, out
 
 
-def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
-                prompt_or_tokens: str | torch.Tensor | Sequence[int],
-                target: str | Sequence[str] | Sequence[Target] = "greater-than",
-                cfg: GraphsConfig | None = None) -> Graph:
+def build_graph(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    prompt_or_tokens: str | torch.Tensor | Sequence[int],
+    target: str | Sequence[str] | Sequence[Target] = "greater-than",
+    cfg: GraphsConfig | None = None,
+) -> Graph:
     """The attribution graph of one prompt, pruned and scored (see ``clt_bench.graphs``)."""
     cfg = cfg or GraphsConfig()
     t0 = time.perf_counter()
@@ -152,8 +169,15 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
     if target and all(isinstance(t, Target) for t in target) and not isinstance(target, str):
         targets = list(target)
     else:
-        targets = make_targets(target, loaded.tokenizer, prompt, rm.logits[0], cfg.demean,
-                               cfg.logit_probability, cfg.max_logits)
+        targets = make_targets(
+            target,
+            loaded.tokenizer,
+            prompt,
+            rm.logits[0],
+            cfg.demean,
+            cfg.logit_probability,
+            cfg.max_logits,
+        )
     D = directions(targets).to(rm.dtype).to(rm.logits.device)  # [n_t, V]
     n_t, L, P = len(targets), rm.n_layers, rm.n_pos
     # two differentiated forward passes: the targets' rows never backpropagate through the
@@ -172,8 +196,9 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
     bos_err = torch.zeros(L * P, dtype=torch.bool)
     if zero_bos:
         bos_err[torch.arange(L) * P] = True  # error columns are layer-major: l * P + pos
-    visit, f_rows = _select_features(att_f, t_rows, w_t, cfg.max_feature_nodes, cfg.batch_size,
-                                     ~bos_feat)
+    visit, f_rows = _select_features(
+        att_f, t_rows, w_t, cfg.max_feature_nodes, cfg.batch_size, ~bos_feat
+    )
     del att_f
     # the graph itself (adjacency, influence, pruning) is assembled on the CPU in float64
     f_rows, t_rows = ({k: v.cpu() for k, v in r.items()} for r in (f_rows, t_rows))
@@ -189,9 +214,9 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
         m = rows["feat"].shape[0]
         if m == 0:
             continue
-        A[r0:r0 + m, :n_f] = rows["feat"][:, visit].double()
-        A[r0:r0 + m, n_f:n_f + L * P] = rows["err"].double() * ~bos_err
-        A[r0:r0 + m, n_f + L * P:y0] = rows["tok"].double()
+        A[r0 : r0 + m, :n_f] = rows["feat"][:, visit].double()
+        A[r0 : r0 + m, n_f : n_f + L * P] = rows["err"].double() * ~bos_err
+        A[r0 : r0 + m, n_f + L * P : y0] = rows["tok"].double()
     unexpl = torch.zeros(n, dtype=torch.float64)
     unexpl_abs = torch.zeros(n, dtype=torch.float64)
     const_in = torch.zeros(n, dtype=torch.float64)
@@ -200,30 +225,46 @@ def build_graph(loaded: LoadedModel, clt: CrossLayerTranscoder,
         if m == 0:
             continue
         hidden = rows["feat"][:, unvisited].double()
-        unexpl[r0:r0 + m] = hidden.sum(1)
-        unexpl_abs[r0:r0 + m] = hidden.abs().sum(1)
+        unexpl[r0 : r0 + m] = hidden.sum(1)
+        unexpl_abs[r0 : r0 + m] = hidden.abs().sum(1)
         bos = rows["feat"][:, bos_feat].double().sum(1) + rows["err"][:, bos_err].double().sum(1)
-        const_in[r0:r0 + m] = const.double() + bos
+        const_in[r0 : r0 + m] = const.double() + bos
     split = {"pos_embed": t_rows["pos"].double(), "b_dec": t_rows["bdec"].double()}
     split["biases_and_ln"] = const_t[0].double() - split["pos_embed"] - split["b_dec"]
     split["bos"] = const_in[y0:] - const_t[0].double()
     table = feature_table(rm)[visit][:, 1:]
     graph = Graph(
-        prompt=prompt, tokens=tokens.cpu(),
-        token_strings=[loaded.tokenizer.decode([t]) for t in tokens.tolist()], n_layers=L,
-        features=table.cpu(), activations=feature_activations(rm)[visit].detach().cpu(),
+        prompt=prompt,
+        tokens=tokens.cpu(),
+        token_strings=[loaded.tokenizer.decode([t]) for t in tokens.tolist()],
+        n_layers=L,
+        features=table.cpu(),
+        activations=feature_activations(rm)[visit].detach().cpu(),
         feature_values=feature_activations(rm, "pre")[visit].detach().cpu(),
-        error_norms=(rm.errors[0].transpose(0, 1).norm(dim=-1)
-                     * ~bos_err.reshape(L, P).to(rm.errors.device)).detach().cpu(),
-        targets=targets, target_values=tvals.detach().double().cpu(), adjacency=A,
-        constant_in=const_in, unexplained_in=unexpl, unexplained_abs=unexpl_abs,
-        constant_split=split, n_active=K,
+        error_norms=(
+            rm.errors[0].transpose(0, 1).norm(dim=-1) * ~bos_err.reshape(L, P).to(rm.errors.device)
+        )
+        .detach()
+        .cpu(),
+        targets=targets,
+        target_values=tvals.detach().double().cpu(),
+        adjacency=A,
+        constant_in=const_in,
+        unexplained_in=unexpl,
+        unexplained_abs=unexpl_abs,
+        constant_split=split,
+        n_active=K,
     )
     score_graph(graph, cfg.node_threshold, cfg.edge_threshold)
     graph.meta = {
-        "model": loaded.name, "clt": clt.spec.to_dict(), "node_threshold": cfg.node_threshold,
-        "edge_threshold": cfg.edge_threshold, "max_feature_nodes": cfg.max_feature_nodes,
-        "batch_size": cfg.batch_size, "n_backward_rows": n_t + n_f, "zero_bos": zero_bos,
+        "model": loaded.name,
+        "clt": clt.spec.to_dict(),
+        "node_threshold": cfg.node_threshold,
+        "edge_threshold": cfg.edge_threshold,
+        "max_feature_nodes": cfg.max_feature_nodes,
+        "batch_size": cfg.batch_size,
+        "n_backward_rows": n_t + n_f,
+        "zero_bos": zero_bos,
         "demean": cfg.demean,
         "n_backward_passes": -(-n_t // cfg.batch_size) + -(-n_f // cfg.batch_size),
         "wall_seconds": round(time.perf_counter() - t0, 4),
@@ -235,21 +276,37 @@ def score_graph(graph: Graph, node_threshold: float = 0.8, edge_threshold: float
     """Prune ``graph`` (sets influence, node and edge masks) and compute its four scores."""
     kinds, w = graph.kinds(), graph.target_weights()
     A = graph.adjacency
-    node_mask, edge_mask, infl = prune(A, w, graph.always_kept(), node_threshold, edge_threshold,
-                                       graph.unexplained_abs, features=kinds == FEATURE)
+    node_mask, edge_mask, infl = prune(
+        A,
+        w,
+        graph.always_kept(),
+        node_threshold,
+        edge_threshold,
+        graph.unexplained_abs,
+        features=kinds == FEATURE,
+    )
     graph.influence, graph.node_mask, graph.edge_mask = infl, node_mask, edge_mask
     full = graph_scores(A, kinds, w, graph.unexplained_abs)
     pruned = pruned_scores(A, kinds, w, node_mask, edge_mask, graph.unexplained_abs)
-    graph.scores = {"completeness": full["completeness"], "replacement": full["replacement"],
-                    "pruned_completeness": pruned["completeness"],
-                    "pruned_replacement": pruned["replacement"]}
+    graph.scores = {
+        "completeness": full["completeness"],
+        "replacement": full["replacement"],
+        "pruned_completeness": pruned["completeness"],
+        "pruned_replacement": pruned["replacement"],
+    }
     return graph
 
 
-def target_attributions(loaded: LoadedModel, clt: CrossLayerTranscoder,
-                        prompt_or_tokens: str | torch.Tensor | Sequence[int],
-                        target_directions: torch.Tensor, *, batch_size: int = 64,
-                        mode: str = "total", prepend_bos: bool = True) -> TargetAttribution:
+def target_attributions(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    prompt_or_tokens: str | torch.Tensor | Sequence[int],
+    target_directions: torch.Tensor,
+    *,
+    batch_size: int = 64,
+    mode: str = "total",
+    prepend_bos: bool = True,
+) -> TargetAttribution:
     """Attribution of every source to each target direction [n_t, V] for one prompt.
 
     ``values`` [n_t, n_sources] = a_s * d target / d a_s through the frozen replacement model,
@@ -261,10 +318,16 @@ def target_attributions(loaded: LoadedModel, clt: CrossLayerTranscoder,
     return target_attributions_batch(rm, target_directions, batch_size=batch_size, mode=mode)[0]
 
 
-def target_attributions_many(loaded: LoadedModel, clt: CrossLayerTranscoder,
-                             tokens: torch.Tensor, target_directions: torch.Tensor, *,
-                             batch_size: int = 64, mode: str = "total",
-                             prompts_per_pass: int = 32) -> list[TargetAttribution]:
+def target_attributions_many(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    tokens: torch.Tensor,
+    target_directions: torch.Tensor,
+    *,
+    batch_size: int = 64,
+    mode: str = "total",
+    prompts_per_pass: int = 32,
+) -> list[TargetAttribution]:
     """``target_attributions`` for prompts of equal length ``tokens`` [n, pos].
 
     ``target_directions``: [n_t, V] shared or [n, n_t, V] per prompt. Up to ``prompts_per_pass``

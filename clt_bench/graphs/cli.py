@@ -10,24 +10,39 @@ from types import SimpleNamespace
 def register(sub: argparse._SubParsersAction) -> None:
     from clt_bench.cli import add_common
 
-    p = sub.add_parser("attribute", help="attribution graph of one prompt: completeness and "
-                       "replacement scores, target split, top features; graph JSON + PNG")
+    p = sub.add_parser(
+        "attribute",
+        help="attribution graph of one prompt: completeness and "
+        "replacement scores, target split, top features; graph JSON + PNG",
+    )
     add_common(p, out=False)
-    p.add_argument("--clt", required=True,
-                   help="circuit-tracer CLT directory, or random[:FEATURES] for a seeded random "
-                   "CLT baseline calibrated on the prompt")
+    p.add_argument(
+        "--clt",
+        required=True,
+        help="circuit-tracer CLT directory, or random[:FEATURES] for a seeded random "
+        "CLT baseline calibrated on the prompt",
+    )
     p.add_argument("--prompt", default=None, help="prompt text (default: graphs.prompt)")
-    p.add_argument("--target", nargs="+", default=None,
-                   help="greater-than | logits | answers | one or more token strings")
-    p.add_argument("--out", default=None,
-                   help="graph JSON path (default: results/<preset>/graphs/<slug>.json)")
+    p.add_argument(
+        "--target",
+        nargs="+",
+        default=None,
+        help="greater-than | logits | answers | one or more token strings",
+    )
+    p.add_argument(
+        "--out", default=None, help="graph JSON path (default: results/<preset>/graphs/<slug>.json)"
+    )
     p.add_argument("--node-threshold", type=float, default=None)
     p.add_argument("--edge-threshold", type=float, default=None)
     p.add_argument("--max-features", type=int, default=None, help="max feature nodes")
     p.add_argument("--batch-size", type=int, default=None, help="rows per backward pass")
-    p.add_argument("--intervene", action="append", default=[], metavar="L:POS:FEAT=VALUE",
-                   help="also patch a feature (value, x0 or x-1), constrained and free; "
-                   "repeatable")
+    p.add_argument(
+        "--intervene",
+        action="append",
+        default=[],
+        metavar="L:POS:FEAT=VALUE",
+        help="also patch a feature (value, x0 or x-1), constrained and free; repeatable",
+    )
     p.set_defaults(func=run)
 
 
@@ -46,16 +61,20 @@ def load_clt_arg(spec: str, loaded, prompt_tokens, seed: int = 0):
             raise UserError(f"--clt {spec}: the feature count must be an integer.") from err
         L = loaded.n_layers
         names = [f"blocks.{i}.hook_resid_mid" for i in range(L)]
-        _, cache = loaded.bridge.run_with_cache(prompt_tokens[None].to(loaded.device),
-                                                names_filter=names)
+        _, cache = loaded.bridge.run_with_cache(
+            prompt_tokens[None].to(loaded.device), names_filter=names
+        )
         x = torch.stack([cache[n][0] for n in names], 1).cpu()  # random_clt draws on the CPU
-        return random_clt(L, loaded.d_model, n_feat, seed=seed, calibrate_on=x, rate=0.05,
-                          dtype=x.dtype)
+        return random_clt(
+            L, loaded.d_model, n_feat, seed=seed, calibrate_on=x, rate=0.05, dtype=x.dtype
+        )
     from clt_bench.clt.io import check_fits, load_clt
 
     if not Path(spec).exists():
-        raise UserError(f"the CLT directory {spec} does not exist (train one with "
-                        f"`clt-bench train-clt`, or use --clt random:1024).")
+        raise UserError(
+            f"the CLT directory {spec} does not exist (train one with "
+            f"`clt-bench train-clt`, or use --clt random:1024)."
+        )
     clt = load_clt(spec)
     check_fits(clt, loaded.n_layers, loaded.d_model, spec)
     return clt
@@ -68,16 +87,23 @@ def run(args: argparse.Namespace) -> int:
     from clt_bench.errors import UserError
     from clt_bench.graphs.build import build_graph, check_context, prompt_tokens
     from clt_bench.graphs.interventions import constrained_patch, free_patch, parse_intervention
-    from clt_bench.graphs.replacement import build_replacement
+    from clt_bench.graphs.local_replacement import build_replacement
     from clt_bench.graphs.stage import format_graph_report, slugify, write_graph_outputs
     from clt_bench.graphs.targets import directions, parse_yy
     from clt_bench.models import load_model
 
     cfg = config_from_args(args)
-    changes = {k: v for k, v in {
-        "prompt": args.prompt, "node_threshold": args.node_threshold,
-        "edge_threshold": args.edge_threshold, "max_feature_nodes": args.max_features,
-        "batch_size": args.batch_size}.items() if v is not None}
+    changes = {
+        k: v
+        for k, v in {
+            "prompt": args.prompt,
+            "node_threshold": args.node_threshold,
+            "edge_threshold": args.edge_threshold,
+            "max_feature_nodes": args.max_features,
+            "batch_size": args.batch_size,
+        }.items()
+        if v is not None
+    }
     gcfg = SimpleNamespace(**{**vars(cfg.graphs), **changes})  # flags checked by name first
     if not 0.0 < gcfg.node_threshold <= 1.0 or not 0.0 < gcfg.edge_threshold <= 1.0:
         raise UserError("--node-threshold and --edge-threshold must be in (0, 1].")
@@ -99,16 +125,20 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"results/{cfg.preset}/graphs/{slugify(prompt)}.json")
     paths = write_graph_outputs(graph, out, scan=f"{loaded.name}-clt")
     print(format_graph_report(graph, gcfg.top_features))
-    print(f"graph built in {graph.meta['wall_seconds']:.2f} s "
-          f"({graph.meta['n_backward_passes']} batched backward passes)")
+    print(
+        f"graph built in {graph.meta['wall_seconds']:.2f} s "
+        f"({graph.meta['n_backward_passes']} batched backward passes)"
+    )
     if interventions:
         rm = build_replacement(loaded.bridge, clt, tokens)
         D = directions(graph.targets)
         c = constrained_patch(rm, interventions, D)
         f = free_patch(loaded.bridge, clt, tokens, interventions, D)
         for j, t in enumerate(graph.targets[:10]):
-            print(f"intervention on {t.label!r}: constrained {float(c.delta[j]):+.4f}, "
-                  f"free {float(f.delta[j]):+.4f}")
+            print(
+                f"intervention on {t.label!r}: constrained {float(c.delta[j]):+.4f}, "
+                f"free {float(f.delta[j]):+.4f}"
+            )
     print(f"wrote {paths['json']} and {paths['png']}")
     return 0
 

@@ -32,8 +32,7 @@ NODE_GAP = 0.45  # x units between nodes of one cell
 LABEL_LEVELS = 3
 
 
-def _positions(graph: Graph, kept: list[int]) -> tuple[dict[int, tuple[float, float]],
-                                                        np.ndarray]:
+def _positions(graph: Graph, kept: list[int]) -> tuple[dict[int, tuple[float, float]], np.ndarray]:
     """Node -> (x, y) and the x range of every prompt position's column: [pos + 1] edges."""
     cells: dict[tuple[int, int], list[int]] = {}
     for i in kept:
@@ -66,17 +65,29 @@ def _place_labels(ax, items: list[tuple[float, float, str]], char_w: float) -> i
         for level in range(LABEL_LEVELS):
             if ends.get((y, level), -np.inf) < x - w / 2:
                 ends[(y, level)] = x + w / 2
-                ax.annotate(text, (x, y), xytext=(0, 7 + 8 * level), textcoords="offset points",
-                            fontsize=6, ha="center", va="bottom", zorder=4,
-                            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
-                                  "alpha": 0.7})
+                ax.annotate(
+                    text,
+                    (x, y),
+                    xytext=(0, 7 + 8 * level),
+                    textcoords="offset points",
+                    fontsize=6,
+                    ha="center",
+                    va="bottom",
+                    zorder=4,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+                )
                 placed += 1
                 break
     return placed
 
 
-def draw_graph(graph: Graph, path: str | os.PathLike[str], title: str | None = None,
-               max_edges: int = 400, n_labels: int = 16) -> Path:
+def draw_graph(
+    graph: Graph,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    max_edges: int = 400,
+    n_labels: int = 16,
+) -> Path:
     """Draw the kept nodes and the ``max_edges`` strongest kept edges (blue +, red -)."""
     kept = graph.node_mask.nonzero()[:, 0].tolist()
     xy, edges = _positions(graph, kept)
@@ -90,7 +101,8 @@ def draw_graph(graph: Graph, path: str | os.PathLike[str], title: str | None = N
         # strength relative to the receiving node's strongest kept input: targets and features
         # have different scales, so raw weights would hide every edge into the target
         row_max = torch.zeros(graph.n_nodes, dtype=torch.float64).scatter_reduce_(
-            0, dst, w.abs().double(), "amax")
+            0, dst, w.abs().double(), "amax"
+        )
         share = w.abs().double() / row_max[dst].clamp_min(1e-30)
         # every kept edge into a target first, then the strongest of the rest
         into_target = (dst >= graph.offsets()["target"]).double()
@@ -98,9 +110,14 @@ def draw_graph(graph: Graph, path: str | os.PathLike[str], title: str | None = N
         for e in order.flip(0).tolist():  # strongest drawn last (on top)
             s, t, wt, sh = int(src[e]), int(dst[e]), float(w[e]), float(share[e])
             if s in xy and t in xy:
-                ax.plot([xy[s][0], xy[t][0]], [xy[s][1], xy[t][1]], lw=0.3 + 2.2 * sh,
-                        color="#2166ac" if wt > 0 else "#b2182b", alpha=0.15 + 0.6 * sh,
-                        zorder=1)
+                ax.plot(
+                    [xy[s][0], xy[t][0]],
+                    [xy[s][1], xy[t][1]],
+                    lw=0.3 + 2.2 * sh,
+                    color="#2166ac" if wt > 0 else "#b2182b",
+                    alpha=0.15 + 0.6 * sh,
+                    zorder=1,
+                )
     kinds = {i: graph.describe(i)["kind"] for i in kept}
     infl = graph.influence.double() if len(graph.influence) else None
     ranked = [i for i in kept if kinds[i] in ("feature", "error")]
@@ -115,14 +132,35 @@ def draw_graph(graph: Graph, path: str | os.PathLike[str], title: str | None = N
         pts = np.array([xy[i] for i in nodes])
         if kind in ("feature", "error") and infl is not None:
             val = np.array([float(infl[i]) for i in nodes]) / imax
-            sc = ax.scatter(pts[:, 0], pts[:, 1], marker=marker, c=val, cmap=cmap, vmin=0,
-                            vmax=1, s=14 + 160 * np.sqrt(np.clip(val, 0, 1)), zorder=3,
-                            edgecolors="black", linewidths=0.4)
+            sc = ax.scatter(
+                pts[:, 0],
+                pts[:, 1],
+                marker=marker,
+                c=val,
+                cmap=cmap,
+                vmin=0,
+                vmax=1,
+                s=14 + 160 * np.sqrt(np.clip(val, 0, 1)),
+                zorder=3,
+                edgecolors="black",
+                linewidths=0.4,
+            )
         else:
-            ax.scatter(pts[:, 0], pts[:, 1], marker=marker, c=colour, s=50, zorder=3,
-                       edgecolors="black", linewidths=0.4)
-    feats = sorted((i for i in kept if kinds[i] == "feature"),
-                   key=lambda i: float(infl[i]) if infl is not None else 0.0, reverse=True)
+            ax.scatter(
+                pts[:, 0],
+                pts[:, 1],
+                marker=marker,
+                c=colour,
+                s=50,
+                zorder=3,
+                edgecolors="black",
+                linewidths=0.4,
+            )
+    feats = sorted(
+        (i for i in kept if kinds[i] == "feature"),
+        key=lambda i: float(infl[i]) if infl is not None else 0.0,
+        reverse=True,
+    )
     char_w = x_max / (fig_w * 72 / 4.2)  # x units per character at fontsize 6
     labels = []
     for i in feats[:n_labels]:
@@ -131,26 +169,59 @@ def draw_graph(graph: Graph, path: str | os.PathLike[str], title: str | None = N
     _place_labels(ax, labels, char_w)
     for i in kept:
         if kinds[i] == "target":
-            ax.annotate(graph.describe(i)["label"], xy[i], fontsize=7, xytext=(6, 4),
-                        textcoords="offset points")
+            ax.annotate(
+                graph.describe(i)["label"],
+                xy[i],
+                fontsize=7,
+                xytext=(6, 4),
+                textcoords="offset points",
+            )
     ax.set_xticks(centre)
-    ax.set_xticklabels([repr(s)[1:-1] for s in graph.token_strings], rotation=60, ha="right",
-                       fontsize=7)
+    ax.set_xticklabels(
+        [repr(s)[1:-1] for s in graph.token_strings], rotation=60, ha="right", fontsize=7
+    )
     ax.set_yticks(range(-1, graph.n_layers + 1))
     ax.set_yticklabels(["emb"] + [f"L{i}" for i in range(graph.n_layers)] + ["out"])
     ax.set_xlim(-0.2, x_max + 0.2)
     ax.set_ylim(-1.6, graph.n_layers + 0.9)
     s = graph.scores
-    ax.set_title(title or (f"{graph.prompt!r}\ncompleteness {s.get('completeness', 0):.3f}  "
-                           f"replacement {s.get('replacement', 0):.3f}  (pruned "
-                           f"{s.get('pruned_completeness', 0):.3f} / "
-                           f"{s.get('pruned_replacement', 0):.3f})"), fontsize=8)
-    handles = [Line2D([], [], marker=m, ls="", mfc=c if k in ("token", "target") else "#bbbbbb",
-                      mec="black", mew=0.4, ms=6, label=k) for k, (m, c) in STYLE.items()]
-    handles += [Line2D([], [], color="#2166ac", lw=1.5, label="edge +"),
-                Line2D([], [], color="#b2182b", lw=1.5, label="edge −")]
-    ax.legend(handles=handles, loc="upper left", fontsize=6, ncol=6, frameon=True,
-              title="node size and colour: influence on the target", title_fontsize=6)
+    ax.set_title(
+        title
+        or (
+            f"{graph.prompt!r}\ncompleteness {s.get('completeness', 0):.3f}  "
+            f"replacement {s.get('replacement', 0):.3f}  (pruned "
+            f"{s.get('pruned_completeness', 0):.3f} / "
+            f"{s.get('pruned_replacement', 0):.3f})"
+        ),
+        fontsize=8,
+    )
+    handles = [
+        Line2D(
+            [],
+            [],
+            marker=m,
+            ls="",
+            mfc=c if k in ("token", "target") else "#bbbbbb",
+            mec="black",
+            mew=0.4,
+            ms=6,
+            label=k,
+        )
+        for k, (m, c) in STYLE.items()
+    ]
+    handles += [
+        Line2D([], [], color="#2166ac", lw=1.5, label="edge +"),
+        Line2D([], [], color="#b2182b", lw=1.5, label="edge −"),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        fontsize=6,
+        ncol=6,
+        frameon=True,
+        title="node size and colour: influence on the target",
+        title_fontsize=6,
+    )
     if sc is not None:
         cb = fig.colorbar(sc, ax=ax, fraction=0.025, pad=0.01)
         cb.set_label("influence / max influence", fontsize=7)

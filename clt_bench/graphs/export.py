@@ -23,8 +23,12 @@ from clt_bench.graphs.graph import Graph
 from clt_bench.graphs.targets import Target
 from clt_bench.io import read_json, write_json
 
-FEATURE_TYPES = {"feature": "cross layer transcoder", "error": "mlp reconstruction error",
-                 "token": "embedding", "target": "logit"}
+FEATURE_TYPES = {
+    "feature": "cross layer transcoder",
+    "error": "mlp reconstruction error",
+    "token": "embedding",
+    "target": "logit",
+}
 
 
 def _cantor(x: int, y: int) -> int:
@@ -47,18 +51,29 @@ def node_id(graph: Graph, i: int, vocab_size: int) -> tuple[str, dict[str, Any]]
     L = graph.n_layers
     if d["kind"] == "feature":
         return f"{d['layer']}_{d['feature']}_{d['pos']}", {
-            "feature": _cantor(d["layer"], d["feature"]), "layer": str(d["layer"]),
-            "jsNodeId": f"{d['layer']}_{d['feature']}-0"}
+            "feature": _cantor(d["layer"], d["feature"]),
+            "layer": str(d["layer"]),
+            "jsNodeId": f"{d['layer']}_{d['feature']}-0",
+        }
     if d["kind"] == "error":
-        return f"{d['layer']}_-1_{d['pos']}", {"feature": -1, "layer": str(d["layer"]),
-                                               "jsNodeId": f"{d['layer']}_-1-{d['pos']}"}
+        return f"{d['layer']}_-1_{d['pos']}", {
+            "feature": -1,
+            "layer": str(d["layer"]),
+            "jsNodeId": f"{d['layer']}_-1-{d['pos']}",
+        }
     if d["kind"] == "token":
-        return f"E_{d['feature']}_{d['pos']}", {"feature": d["pos"], "layer": "E",
-                                                "jsNodeId": f"E_{d['feature']}-{d['pos']}"}
+        return f"E_{d['feature']}_{d['pos']}", {
+            "feature": d["pos"],
+            "layer": "E",
+            "jsNodeId": f"E_{d['feature']}-{d['pos']}",
+        }
     j = d["feature"]
     key = graph.targets[j].key(vocab_size, j)
-    return f"{L + 1}_{key}_{d['pos']}", {"feature": key, "layer": str(L + 1),
-                                        "jsNodeId": f"L_{key}-{d['pos']}"}
+    return f"{L + 1}_{key}_{d['pos']}", {
+        "feature": key,
+        "layer": str(L + 1),
+        "jsNodeId": f"L_{key}-{d['pos']}",
+    }
 
 
 def graph_to_json(graph: Graph, slug: str, scan: str, vocab_size: int) -> dict[str, Any]:
@@ -72,38 +87,70 @@ def graph_to_json(graph: Graph, slug: str, scan: str, vocab_size: int) -> dict[s
         nid, extra = node_id(graph, i, vocab_size)
         ids[i] = nid
         d = graph.describe(i)
-        node = {"node_id": nid, **extra, "ctx_idx": d["pos"],
-                "feature_type": FEATURE_TYPES[d["kind"]],
-                "token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0,
-                "clerp": "", "influence": float(cum[i]), "activation": None,
-                "raw_influence": float(graph.influence[i]), "node_value": float(values[i]),
-                "constant": float(graph.constant_in[i]),
-                "unexplained": float(graph.unexplained_in[i])}
+        node = {
+            "node_id": nid,
+            **extra,
+            "ctx_idx": d["pos"],
+            "feature_type": FEATURE_TYPES[d["kind"]],
+            "token_prob": 0.0,
+            "is_target_logit": False,
+            "run_idx": 0,
+            "reverse_ctx_idx": 0,
+            "clerp": "",
+            "influence": float(cum[i]),
+            "activation": None,
+            "raw_influence": float(graph.influence[i]),
+            "node_value": float(values[i]),
+            "constant": float(graph.constant_in[i]),
+            "unexplained": float(graph.unexplained_in[i]),
+        }
         if d["kind"] == "feature":
             node["activation"] = float(graph.activations[i])
         if d["kind"] == "target":
             t = graph.targets[i - o["target"]]
-            node.update(token_prob=t.prob, is_target_logit=i == o["target"], influence=None,
-                        clerp=f'Output "{t.label}" (p={t.prob:.3f})')
+            node.update(
+                token_prob=t.prob,
+                is_target_logit=i == o["target"],
+                influence=None,
+                clerp=f'Output "{t.label}" (p={t.prob:.3f})',
+            )
         nodes.append(node)
     dst, src = (graph.edge_mask & graph.node_mask[:, None] & graph.node_mask[None, :]).nonzero(
-        as_tuple=True)
-    links = [{"source": ids[s], "target": ids[t], "weight": float(graph.adjacency[t, s])}
-             for s, t in zip(src.tolist(), dst.tolist(), strict=True)]
+        as_tuple=True
+    )
+    links = [
+        {"source": ids[s], "target": ids[t], "weight": float(graph.adjacency[t, s])}
+        for s, t in zip(src.tolist(), dst.tolist(), strict=True)
+    ]
     targets = []
     for t in graph.targets:
         nz = t.direction.nonzero()[:, 0]
-        targets.append({"label": t.label, "weight": t.weight, "token_id": t.token_id,
-                        "prob": t.prob, "indices": nz.tolist(),
-                        "coefficients": t.direction[nz].tolist()})
+        targets.append(
+            {
+                "label": t.label,
+                "weight": t.weight,
+                "token_id": t.token_id,
+                "prob": t.prob,
+                "indices": nz.tolist(),
+                "coefficients": t.direction[nz].tolist(),
+            }
+        )
     meta = {
-        "slug": slug, "scan": scan, "transcoder_list": [], "prompt_tokens": graph.token_strings,
-        "prompt_token_ids": graph.tokens.tolist(), "prompt": graph.prompt,
+        "slug": slug,
+        "scan": scan,
+        "transcoder_list": [],
+        "prompt_tokens": graph.token_strings,
+        "prompt_token_ids": graph.tokens.tolist(),
+        "prompt": graph.prompt,
         "node_threshold": graph.meta.get("node_threshold"),
         "schema_version": 1,
         "clt_bench": {
-            "n_layers": graph.n_layers, "vocab_size": vocab_size, "tokens": graph.tokens.tolist(),
-            "n_active": graph.n_active, "scores": graph.scores, "targets": targets,
+            "n_layers": graph.n_layers,
+            "vocab_size": vocab_size,
+            "tokens": graph.tokens.tolist(),
+            "n_active": graph.n_active,
+            "scores": graph.scores,
+            "targets": targets,
             "target_values": graph.target_values.tolist(),
             "target_splits": [graph.target_split(j) for j in range(len(graph.targets))],
             "error_norms": graph.error_norms.tolist(),
@@ -114,8 +161,12 @@ def graph_to_json(graph: Graph, slug: str, scan: str, vocab_size: int) -> dict[s
     return {"metadata": meta, "qParams": qparams, "nodes": nodes, "links": links}
 
 
-def write_graph_json(graph: Graph, path: str | os.PathLike[str], scan: str = "clt-bench",
-                     vocab_size: int | None = None) -> Path:
+def write_graph_json(
+    graph: Graph,
+    path: str | os.PathLike[str],
+    scan: str = "clt-bench",
+    vocab_size: int | None = None,
+) -> Path:
     """Write the pruned graph (atomically); the slug is the file name without ``.json``."""
     path = Path(path)
     if vocab_size is None:
@@ -141,28 +192,58 @@ def read_graph_json(path: str | os.PathLike[str]) -> Graph:
     for t in extra["targets"]:
         d = torch.zeros(V, dtype=torch.float64)
         d[t["indices"]] = torch.tensor(t["coefficients"], dtype=torch.float64)
-        targets.append(Target(label=t["label"], direction=d, weight=t["weight"],
-                              token_id=t["token_id"], prob=t["prob"]))
+        targets.append(
+            Target(
+                label=t["label"],
+                direction=d,
+                weight=t["weight"],
+                token_id=t["token_id"],
+                prob=t["prob"],
+            )
+        )
     n_f, n_t = len(feats), len(targets)
     n = n_f + L * P + P + n_t
     g = Graph(
-        prompt=meta["prompt"], tokens=tokens, token_strings=list(meta["prompt_tokens"]),
+        prompt=meta["prompt"],
+        tokens=tokens,
+        token_strings=list(meta["prompt_tokens"]),
         n_layers=L,
-        features=torch.tensor([[int(f["layer"]), f["ctx_idx"], int(f["node_id"].split("_")[1])]
-                               for f in feats], dtype=torch.long).reshape(-1, 3),
+        features=torch.tensor(
+            [[int(f["layer"]), f["ctx_idx"], int(f["node_id"].split("_")[1])] for f in feats],
+            dtype=torch.long,
+        ).reshape(-1, 3),
         activations=torch.tensor([f["activation"] for f in feats], dtype=torch.float64),
         feature_values=torch.tensor([f["node_value"] for f in feats], dtype=torch.float64),
         error_norms=torch.tensor(extra["error_norms"], dtype=torch.float64).reshape(L, P),
-        targets=targets, target_values=torch.tensor(extra["target_values"], dtype=torch.float64),
-        adjacency=torch.zeros(n, n, dtype=torch.float64), constant_in=torch.zeros(n),
-        unexplained_in=torch.zeros(n), unexplained_abs=torch.zeros(n),
-        constant_split={}, n_active=int(extra["n_active"]),
+        targets=targets,
+        target_values=torch.tensor(extra["target_values"], dtype=torch.float64),
+        adjacency=torch.zeros(n, n, dtype=torch.float64),
+        constant_in=torch.zeros(n),
+        unexplained_in=torch.zeros(n),
+        unexplained_abs=torch.zeros(n),
+        constant_split={},
+        n_active=int(extra["n_active"]),
         influence=torch.zeros(n, dtype=torch.float64),
-        node_mask=torch.zeros(n, dtype=torch.bool), edge_mask=torch.zeros(n, n, dtype=torch.bool),
+        node_mask=torch.zeros(n, dtype=torch.bool),
+        edge_mask=torch.zeros(n, n, dtype=torch.bool),
         scores=dict(extra["scores"]),
-        meta={k: v for k, v in extra.items() if k not in (
-            "n_layers", "vocab_size", "tokens", "n_active", "scores", "targets", "target_values",
-            "target_splits", "error_norms")} | {"node_threshold": meta.get("node_threshold")},
+        meta={
+            k: v
+            for k, v in extra.items()
+            if k
+            not in (
+                "n_layers",
+                "vocab_size",
+                "tokens",
+                "n_active",
+                "scores",
+                "targets",
+                "target_values",
+                "target_splits",
+                "error_norms",
+            )
+        }
+        | {"node_threshold": meta.get("node_threshold")},
     )
     index = {node_id(g, i, V)[0]: i for i in range(n)}
     for node in nodes:

@@ -68,17 +68,21 @@ class Graph:
 
     def kinds(self) -> torch.Tensor:
         """[n] node kinds (scores.FEATURE / ERROR / TOKEN / TARGET)."""
-        return torch.cat([
-            torch.full((self.n_features,), FEATURE),
-            torch.full((self.n_layers * self.n_pos,), ERROR),
-            torch.full((self.n_pos,), TOKEN), torch.full((len(self.targets),), TARGET),
-        ])
+        return torch.cat(
+            [
+                torch.full((self.n_features,), FEATURE),
+                torch.full((self.n_layers * self.n_pos,), ERROR),
+                torch.full((self.n_pos,), TOKEN),
+                torch.full((len(self.targets),), TARGET),
+            ]
+        )
 
     def target_weights(self) -> torch.Tensor:
         """[n] influence weights: the targets' weights, zero elsewhere."""
         w = torch.zeros(self.n_nodes, dtype=torch.float64)
-        w[self.offsets()["target"]:] = torch.tensor([t.weight for t in self.targets],
-                                                   dtype=torch.float64)
+        w[self.offsets()["target"] :] = torch.tensor(
+            [t.weight for t in self.targets], dtype=torch.float64
+        )
         return w
 
     def always_kept(self) -> torch.Tensor:
@@ -88,8 +92,14 @@ class Graph:
 
     def node_values(self) -> torch.Tensor:
         """[n] features: pre-activation; errors: error-vector norm; tokens: 1; targets: value."""
-        return torch.cat([self.feature_values.double(), self.error_norms.reshape(-1).double(),
-                          torch.ones(self.n_pos, dtype=torch.float64), self.target_values.double()])
+        return torch.cat(
+            [
+                self.feature_values.double(),
+                self.error_norms.reshape(-1).double(),
+                torch.ones(self.n_pos, dtype=torch.float64),
+                self.target_values.double(),
+            ]
+        )
 
     def describe(self, i: int) -> dict[str, Any]:
         """Kind, layer, position and id of node ``i``."""
@@ -104,8 +114,13 @@ class Graph:
             pos = i - o["token"]
             return {"kind": "token", "layer": -1, "pos": pos, "feature": int(self.tokens[pos])}
         j = i - o["target"]
-        return {"kind": "target", "layer": self.n_layers, "pos": self.n_pos - 1, "feature": j,
-                "label": self.targets[j].label}
+        return {
+            "kind": "target",
+            "layer": self.n_layers,
+            "pos": self.n_pos - 1,
+            "feature": j,
+            "label": self.targets[j].label,
+        }
 
     # ----- summaries -------------------------------------------------------------------------
     def target_split(self, j: int = 0) -> dict[str, float]:
@@ -115,14 +130,15 @@ class Graph:
         out = {
             "value": float(self.target_values[j]),
             "features": float(row[: o["error"]].sum() + self.unexplained_in[o["target"] + j]),
-            "errors": float(row[o["error"]: o["token"]].sum()),
-            "tokens": float(row[o["token"]: o["target"]].sum()),
+            "errors": float(row[o["error"] : o["token"]].sum()),
+            "tokens": float(row[o["token"] : o["target"]].sum()),
             "constant": float(self.constant_in[o["target"] + j]),
         }
         for name, vals in self.constant_split.items():
             out[f"constant.{name}"] = float(vals[j])
-        out["residual"] = out["value"] - out["features"] - out["errors"] - out["tokens"] \
-            - out["constant"]
+        out["residual"] = (
+            out["value"] - out["features"] - out["errors"] - out["tokens"] - out["constant"]
+        )
         return out
 
     def top_features(self, k: int = 10) -> list[dict[str, Any]]:
@@ -134,9 +150,17 @@ class Graph:
         out = []
         for i in order.tolist():
             layer, pos, feat = self.features[i].tolist()
-            out.append({"layer": layer, "pos": pos, "feature": feat,
-                        "token": self.token_strings[pos], "activation": float(self.activations[i]),
-                        "influence": float(infl[i]), "kept": bool(self.node_mask[i])})
+            out.append(
+                {
+                    "layer": layer,
+                    "pos": pos,
+                    "feature": feat,
+                    "token": self.token_strings[pos],
+                    "activation": float(self.activations[i]),
+                    "influence": float(infl[i]),
+                    "kept": bool(self.node_mask[i]),
+                }
+            )
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -148,8 +172,10 @@ class Graph:
             "n_nodes_pruned": int(self.node_mask.sum()),
             "n_edges_pruned": int(self.edge_mask.sum()),
             "scores": dict(self.scores),
-            "targets": [{"label": t.label, "weight": t.weight, "prob": t.prob,
-                         **self.target_split(j)} for j, t in enumerate(self.targets)],
+            "targets": [
+                {"label": t.label, "weight": t.weight, "prob": t.prob, **self.target_split(j)}
+                for j, t in enumerate(self.targets)
+            ],
             "top_features": self.top_features(),
             **{k: v for k, v in self.meta.items() if k != "config"},
         }

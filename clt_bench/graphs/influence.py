@@ -22,8 +22,9 @@ def normalize_abs(A: torch.Tensor, extra_abs: torch.Tensor | None = None) -> tor
     return M / torch.where(total > 0, total, torch.ones_like(total))[:, None]
 
 
-def propagate(rows: torch.Tensor, row_nodes: torch.Tensor, w_rows: torch.Tensor,
-              max_steps: int | None = None) -> torch.Tensor:
+def propagate(
+    rows: torch.Tensor, row_nodes: torch.Tensor, w_rows: torch.Tensor, max_steps: int | None = None
+) -> torch.Tensor:
     """Influence ``w^T Σ_{k>=1} Â^k`` when only some nodes have incoming rows.
 
     ``rows`` [R, N]: normalised incoming weights of the R nodes ``row_nodes`` [R] (indices into the
@@ -66,10 +67,15 @@ def _cumulative_keep(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return keep
 
 
-def prune(A: torch.Tensor, w: torch.Tensor, always: torch.Tensor, node_threshold: float = 0.8,
-          edge_threshold: float = 0.98, extra_abs: torch.Tensor | None = None,
-          features: torch.Tensor | None = None
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prune(
+    A: torch.Tensor,
+    w: torch.Tensor,
+    always: torch.Tensor,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    extra_abs: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prune by influence: returns (node_mask [n], edge_mask [n, n], influence [n]).
 
     Nodes other than ``always`` (tokens, targets) are kept, highest influence first, until

@@ -22,7 +22,7 @@ import torch
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
-from clt_bench.graphs.replacement import ReplacementModel, layer_activate, run_frozen
+from clt_bench.graphs.local_replacement import ReplacementModel, layer_activate, run_frozen
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,13 @@ class Intervention:
     def new(self, current: torch.Tensor) -> torch.Tensor:
         if (self.value is None) == (self.scale is None):
             raise UserError("an intervention sets exactly one of a value or a scale (x0, x-1).")
-        return torch.full_like(current, self.value) if self.value is not None \
-            else current * self.scale
+        return (
+            torch.full_like(current, self.value) if self.value is not None else current * self.scale
+        )
 
 
 def parse_intervention(text: str) -> Intervention:
-    """"layer:pos:feature=VALUE" with VALUE a number or x<scale> (e.g. "1:12:345=x0")."""
+    """ "layer:pos:feature=VALUE" with VALUE a number or x<scale> (e.g. "1:12:345=x0")."""
     try:
         where, how = text.split("=")
         layer, pos, feat = (int(v) for v in where.split(":"))
@@ -51,8 +52,10 @@ def parse_intervention(text: str) -> Intervention:
             return Intervention(layer, pos, feat, scale=float(how[1:]))
         return Intervention(layer, pos, feat, value=float(how))
     except ValueError as err:
-        raise UserError(f"intervention '{text}' is not of the form layer:pos:feature=VALUE or "
-                        f"=x<scale> (e.g. 1:12:345=x0).") from err
+        raise UserError(
+            f"intervention '{text}' is not of the form layer:pos:feature=VALUE or "
+            f"=x<scale> (e.g. 1:12:345=x0)."
+        ) from err
 
 
 @dataclass
@@ -75,23 +78,28 @@ def _check(interventions: Sequence[Intervention], n_layers: int, n_pos: int, n_f
         raise UserError("give at least one feature to intervene on.")
     for iv in interventions:
         if not (0 <= iv.layer < n_layers and -n_pos <= iv.pos < n_pos and 0 <= iv.feature < n_feat):
-            raise UserError(f"feature {iv.layer}:{iv.pos}:{iv.feature} is outside the model "
-                            f"({n_layers} layers, {n_pos} positions, {n_feat} features).")
+            raise UserError(
+                f"feature {iv.layer}:{iv.pos}:{iv.feature} is outside the model "
+                f"({n_layers} layers, {n_pos} positions, {n_feat} features)."
+            )
 
 
-def _result(before: torch.Tensor, after: torch.Tensor, directions: torch.Tensor | None
-            ) -> PatchResult:
+def _result(
+    before: torch.Tensor, after: torch.Tensor, directions: torch.Tensor | None
+) -> PatchResult:
     if directions is None:
         directions = torch.zeros(0, before.shape[-1])
     D = directions.to(before.dtype).to(before.device)
-    return PatchResult(before.detach(), after.detach(), (D @ before).detach(),
-                       (D @ after).detach())
+    return PatchResult(before.detach(), after.detach(), (D @ before).detach(), (D @ after).detach())
 
 
 @torch.no_grad()
-def constrained_patch(rm: ReplacementModel, interventions: Sequence[Intervention],
-                      directions: torch.Tensor | None = None,
-                      constrained_layers: Sequence[int] | None = None) -> PatchResult:
+def constrained_patch(
+    rm: ReplacementModel,
+    interventions: Sequence[Intervention],
+    directions: torch.Tensor | None = None,
+    constrained_layers: Sequence[int] | None = None,
+) -> PatchResult:
     """Clamp features in the frozen replacement model of ``rm``'s first prompt.
 
     ``directions`` [n_t, V]: the targets to read. ``constrained_layers``: layers whose other
@@ -112,9 +120,13 @@ def constrained_patch(rm: ReplacementModel, interventions: Sequence[Intervention
 
 
 @torch.no_grad()
-def free_patch(bridge, clt: CrossLayerTranscoder, tokens: torch.Tensor,
-               interventions: Sequence[Intervention], directions: torch.Tensor | None = None
-               ) -> PatchResult:
+def free_patch(
+    bridge,
+    clt: CrossLayerTranscoder,
+    tokens: torch.Tensor,
+    interventions: Sequence[Intervention],
+    directions: torch.Tensor | None = None,
+) -> PatchResult:
     """Change features' decoder writes in the real (unfrozen) model; ``tokens`` [pos]."""
     if tokens.dim() == 1:
         tokens = tokens[None]

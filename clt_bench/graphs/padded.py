@@ -84,8 +84,9 @@ class PaddedFeatures:
         return out.reshape(self.n, self.pos, T_d)
 
 
-def pad_features(clt: CrossLayerTranscoder, layer: int, idx: torch.Tensor, n: int, pos: int,
-                 dtype: torch.dtype) -> PaddedFeatures:
+def pad_features(
+    clt: CrossLayerTranscoder, layer: int, idx: torch.Tensor, n: int, pos: int, dtype: torch.dtype
+) -> PaddedFeatures:
     """Group the active features ``idx`` [k, 3] of ``layer`` by cell (``idx`` sorted, as from
     ``nonzero()``)."""
     q = n * pos
@@ -101,11 +102,13 @@ def pad_features(clt: CrossLayerTranscoder, layer: int, idx: torch.Tensor, n: in
     slot = cell * kmax + rank
     f = idx[:, 2]
     with torch.no_grad():
-        enc_rows = clt.W_enc[layer].detach().index_select(0, f).to(dtype) \
-            * clt.input_scale[layer].to(dtype)
+        enc_rows = clt.W_enc[layer].detach().index_select(0, f).to(dtype) * clt.input_scale[
+            layer
+        ].to(dtype)
         out_scale = clt.output_scale.detach().to(dtype)[targets]  # [T]
-        dec_rows = clt.W_dec[layer].detach().index_select(0, f).to(dtype) \
-            / out_scale[None, :, None]  # [k, T, d]
+        dec_rows = (
+            clt.W_dec[layer].detach().index_select(0, f).to(dtype) / out_scale[None, :, None]
+        )  # [k, T, d]
         enc = torch.zeros(q * kmax, d, dtype=dtype, device=idx.device)
         enc[slot] = enc_rows
         b = torch.zeros(q * kmax, dtype=dtype, device=idx.device)
@@ -113,6 +116,12 @@ def pad_features(clt: CrossLayerTranscoder, layer: int, idx: torch.Tensor, n: in
         dec = torch.zeros(q * kmax, len(targets) * d, dtype=dtype, device=idx.device)
         dec[slot] = dec_rows.reshape(len(idx), len(targets) * d)
     return PaddedFeatures(
-        idx=idx, slot=slot, kmax=kmax, enc=enc.reshape(q, kmax, d),
-        b_enc=b.reshape(q, kmax), dec_t=dec.reshape(q, kmax, -1).transpose(1, 2),
-        n=n, pos=pos)
+        idx=idx,
+        slot=slot,
+        kmax=kmax,
+        enc=enc.reshape(q, kmax, d),
+        b_enc=b.reshape(q, kmax),
+        dec_t=dec.reshape(q, kmax, -1).transpose(1, 2),
+        n=n,
+        pos=pos,
+    )

@@ -13,13 +13,31 @@ from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
 
 
 @torch.no_grad()
-def random_clt(n_layers: int, d_model: int, n_features: int, activation: str = "jumprelu", *,
-               cross_layer: bool = True, skip: bool = False, k: int = 8, seed: int = 0,
-               dtype: torch.dtype = torch.float32, calibrate_on: torch.Tensor | None = None,
-               rate: float = 0.05, decoder_scale: float = 0.1) -> CrossLayerTranscoder:
+def random_clt(
+    n_layers: int,
+    d_model: int,
+    n_features: int,
+    activation: str = "jumprelu",
+    *,
+    cross_layer: bool = True,
+    skip: bool = False,
+    k: int = 8,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    calibrate_on: torch.Tensor | None = None,
+    rate: float = 0.05,
+    decoder_scale: float = 0.1,
+) -> CrossLayerTranscoder:
     """A random CLT/PLT of the given shape (``cross_layer=False`` gives a PLT)."""
-    spec = CLTSpec(n_layers=n_layers, d_model=d_model, n_features=n_features,
-                   activation=activation, k=k, cross_layer=cross_layer, skip=skip)
+    spec = CLTSpec(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_features=n_features,
+        activation=activation,
+        k=k,
+        cross_layer=cross_layer,
+        skip=skip,
+    )
     clt = CrossLayerTranscoder(spec, dtype=dtype)
     gen = torch.Generator().manual_seed(seed)
 
@@ -30,8 +48,8 @@ def random_clt(n_layers: int, d_model: int, n_features: int, activation: str = "
     clt.W_enc.copy_(W / W.norm(dim=-1, keepdim=True))
     for layer in range(n_layers):
         n_t = clt.n_targets(layer)
-        clt.W_dec[layer].copy_(randn(n_features, n_t, d_model) * decoder_scale / d_model ** 0.5)
-    clt.b_dec.copy_(randn(n_layers, d_model) * decoder_scale / d_model ** 0.5)
+        clt.W_dec[layer].copy_(randn(n_features, n_t, d_model) * decoder_scale / d_model**0.5)
+    clt.b_dec.copy_(randn(n_layers, d_model) * decoder_scale / d_model**0.5)
     if clt.W_skip is not None:
         clt.W_skip.copy_(randn(n_layers, d_model, d_model) * decoder_scale / d_model)
     cut = torch.ones(n_layers, n_features, dtype=torch.float64)

@@ -26,15 +26,22 @@ from clt_bench.graphs.influence import influence, normalize_abs
 FEATURE, ERROR, TOKEN, TARGET = 0, 1, 2, 3
 
 
-def graph_scores(A: torch.Tensor, kinds: torch.Tensor, w: torch.Tensor,
-                 unexplained_abs: torch.Tensor | None = None) -> dict[str, float]:
+def graph_scores(
+    A: torch.Tensor,
+    kinds: torch.Tensor,
+    w: torch.Tensor,
+    unexplained_abs: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Scores of a graph. ``A`` [n, n] (rows receive), ``kinds`` [n] (FEATURE/ERROR/TOKEN/TARGET),
     ``w`` [n] target weights (zero off targets), ``unexplained_abs`` [n] incoming mass from
     outside the graph."""
     A = A.double()
     n = A.shape[0]
-    extra = torch.zeros(n, dtype=A.dtype, device=A.device) if unexplained_abs is None \
+    extra = (
+        torch.zeros(n, dtype=A.dtype, device=A.device)
+        if unexplained_abs is None
         else unexplained_abs.double()
+    )
     w = w.double()
     A_hat = normalize_abs(A, extra)
     flow = influence(A_hat, w) + w
@@ -51,12 +58,18 @@ def graph_scores(A: torch.Tensor, kinds: torch.Tensor, w: torch.Tensor,
     scored = has_in & ((kinds == FEATURE) | (kinds == TARGET))
     wsum = flow[scored].sum()
     completeness = float((flow[scored] * good_in[scored]).sum() / wsum) if wsum > 0 else 0.0
-    return {"replacement": min(max(replacement, 0.0), 1.0),
-            "completeness": min(max(completeness, 0.0), 1.0)}
+    return {
+        "replacement": min(max(replacement, 0.0), 1.0),
+        "completeness": min(max(completeness, 0.0), 1.0),
+    }
 
 
-def pruned_unexplained(A: torch.Tensor, node_mask: torch.Tensor, edge_mask: torch.Tensor,
-                       unexplained_abs: torch.Tensor | None = None) -> torch.Tensor:
+def pruned_unexplained(
+    A: torch.Tensor,
+    node_mask: torch.Tensor,
+    edge_mask: torch.Tensor,
+    unexplained_abs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """[n] incoming mass of each node that the pruned graph no longer carries (+ the full graph's
     own unexplained mass): pruned nodes' and pruned edges' weight counts as unexplained."""
     dropped = (A.abs() * ~edge_mask).sum(1)
@@ -64,9 +77,14 @@ def pruned_unexplained(A: torch.Tensor, node_mask: torch.Tensor, edge_mask: torc
     return (dropped + base) * node_mask
 
 
-def pruned_scores(A: torch.Tensor, kinds: torch.Tensor, w: torch.Tensor, node_mask: torch.Tensor,
-                  edge_mask: torch.Tensor, unexplained_abs: torch.Tensor | None = None
-                  ) -> dict[str, float]:
+def pruned_scores(
+    A: torch.Tensor,
+    kinds: torch.Tensor,
+    w: torch.Tensor,
+    node_mask: torch.Tensor,
+    edge_mask: torch.Tensor,
+    unexplained_abs: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Scores of the pruned graph (kept nodes and edges only)."""
     sub = A * edge_mask
     extra = pruned_unexplained(A, node_mask, edge_mask, unexplained_abs)

@@ -71,9 +71,11 @@ def format_graph_report(graph: Graph, top: int = 10) -> str:
         lines.append(f"... and {len(graph.targets) - 10} more targets")
     lines.append("top features by influence (layer, position, feature):")
     for f in graph.top_features(top):
-        lines.append(f"  L{f['layer']:<2} pos {f['pos']:<3} {f['token']!r:<12} #{f['feature']:<6} "
-                     f"act {f['activation']:8.4f}  influence {f['influence']:.4f}"
-                     f"{'' if f['kept'] else '  (pruned)'}")
+        lines.append(
+            f"  L{f['layer']:<2} pos {f['pos']:<3} {f['token']!r:<12} #{f['feature']:<6} "
+            f"act {f['activation']:8.4f}  influence {f['influence']:.4f}"
+            f"{'' if f['kept'] else '  (pruned)'}"
+        )
     return "\n".join(lines)
 
 
@@ -82,14 +84,15 @@ TARGET_DEFINITION = (
     "greater-than target: mean logit of the answers ZZ > YY minus mean logit of the answers "
     "ZZ <= YY (coefficients +1/n_gt and -1/n_le, summing to zero, so a shift of every logit or of "
     "the 100 answer logits leaves it unchanged); every target direction is demeaned over the "
-    "vocabulary (graphs.demean)")
+    "vocabulary (graphs.demean)"
+)
 SEED_TEMPLATE, SEED_NOUN, SEED_YEAR = "goodfire", "war", 1711  # "The war lasted ... 1711 to 17"
 
 
 def yy_position(graph: Graph) -> int:
     """Position of the YY token ("11" of 1711) of the prompt's last year; -1 if none."""
     try:
-        yy = f"{parse_yy(graph.prompt) :02d}"
+        yy = f"{parse_yy(graph.prompt):02d}"
     except UserError:
         return -1
     hits = [i for i, t in enumerate(graph.token_strings) if t.strip() == yy]
@@ -111,20 +114,26 @@ def influence_share_by_position(graph: Graph, yy_pos: int | None = None) -> dict
     return {"YY": yy / total, "END": at_end / total, "rest": 1.0 - (yy + at_end) / total}
 
 
-def seed_prompt_shares(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder
-                       ) -> dict[str, Any] | None:
+def seed_prompt_shares(
+    cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder
+) -> dict[str, Any] | None:
     """Influence shares of the seed study's prompt, built with the task's goodfire template."""
     spec = load_task(cfg.task.task)
     if SEED_TEMPLATE not in spec.templates:
         return None
     b = build_batch(spec, loaded.tokenizer, spec.template(SEED_TEMPLATE), [SEED_YEAR], [SEED_NOUN])
     graph = build_graph(loaded, clt, b.clean[0], cfg.graphs.target, cfg.graphs)
-    return {"prompt": b.prompts[0], "tokens": b.clean[0].tolist(),
-            **influence_share_by_position(graph, b.yy_pos), **graph.scores}
+    return {
+        "prompt": b.prompts[0],
+        "tokens": b.clean[0].tolist(),
+        **influence_share_by_position(graph, b.yy_pos),
+        **graph.scores,
+    }
 
 
-def task_prompt_shares(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder,
-                       batch: TaskBatch) -> dict[str, Any]:
+def task_prompt_shares(
+    cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch
+) -> dict[str, Any]:
     """Mean influence shares (and graph scores) over ``graphs.share_prompts`` task prompts."""
     from clt_bench.features.attribution import one_per_yy
 
@@ -134,12 +143,20 @@ def task_prompt_shares(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTrans
         graph = build_graph(loaded, clt, sub.clean[i], cfg.graphs.target, cfg.graphs)
         rows.append({**influence_share_by_position(graph, sub.yy_pos), **graph.scores})
     keys = rows[0].keys() if rows else ()
-    return {"n_prompts": len(rows), "template": batch.template,
-            **{k: float(np.nanmean([r[k] for r in rows])) for k in keys}}
+    return {
+        "n_prompts": len(rows),
+        "template": batch.template,
+        **{k: float(np.nanmean([r[k] for r in rows])) for k in keys},
+    }
 
 
-def run_graphs_stage(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder,
-                     batch: TaskBatch | None, out_dir: str | Path) -> dict[str, Any]:
+def run_graphs_stage(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch | None,
+    out_dir: str | Path,
+) -> dict[str, Any]:
     """Graph of ``cfg.graphs.prompt``: writes <out>/graphs/<slug>.json, .png and scores.json,
     with the influence share by position (YY / END / rest) of that graph, of the seed study's
     prompt (goodfire template) and averaged over ``graphs.share_prompts`` task prompts."""
@@ -147,9 +164,11 @@ def run_graphs_stage(cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTransco
     graph = build_graph(loaded, clt, cfg.graphs.prompt, cfg.graphs.target, cfg.graphs)
     slug = slugify(cfg.graphs.prompt)
     paths = write_graph_outputs(graph, stage_dir / f"{slug}.json", scan=f"{loaded.name}-clt")
-    shares: dict[str, Any] = {"definition": "share of the feature nodes' influence on the target "
-                              "at the YY token, at END and elsewhere (before pruning)",
-                              "graph": influence_share_by_position(graph)}
+    shares: dict[str, Any] = {
+        "definition": "share of the feature nodes' influence on the target "
+        "at the YY token, at END and elsewhere (before pruning)",
+        "graph": influence_share_by_position(graph),
+    }
     seed = seed_prompt_shares(cfg, loaded, clt)
     if seed is not None:
         shares["seed_prompt"] = seed

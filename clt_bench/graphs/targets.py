@@ -56,8 +56,9 @@ def parse_yy(prompt: str) -> int:
     return int(years[-1]) % 100
 
 
-def greater_than_coefficients(yy: torch.Tensor | int, relation: str = "gt", n: int = 100
-                              ) -> torch.Tensor:
+def greater_than_coefficients(
+    yy: torch.Tensor | int, relation: str = "gt", n: int = 100
+) -> torch.Tensor:
     """[n_prompts, n] (or [n] for an int ``yy``) shift-invariant greater-than coefficients.
 
     ``c_z = +1/n_correct`` for the correct answers (ZZ > YY for ``gt``, ZZ < YY for ``lt``) and
@@ -69,14 +70,17 @@ def greater_than_coefficients(yy: torch.Tensor | int, relation: str = "gt", n: i
     good = correct_mask(yy_t, relation, n).double()
     n_good, n_bad = good.sum(-1, keepdim=True), (1 - good).sum(-1, keepdim=True)
     if bool((n_good == 0).any() or (n_bad == 0).any()):
-        raise UserError(f"the greater-than target is undefined for YY = {int(yy_t[0]):02d}: every "
-                        f"answer is on one side of it.")
+        raise UserError(
+            f"the greater-than target is undefined for YY = {int(yy_t[0]):02d}: every "
+            f"answer is on one side of it."
+        )
     c = good / n_good - (1 - good) / n_bad
     return c[0] if scalar else c
 
 
-def greater_than_target(tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: int,
-                        relation: str = "gt") -> Target:
+def greater_than_target(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: int, relation: str = "gt"
+) -> Target:
     """The mean-difference greater-than logit difference of ``prompt``'s YY (zero-sum, see top)."""
     yy = parse_yy(prompt)
     ids = answer_token_ids(tokenizer)
@@ -90,12 +94,18 @@ def answer_targets(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[
     ids = answer_token_ids(tokenizer).tolist()
     eye = torch.zeros(len(ids), vocab_size, dtype=torch.float64)
     eye[torch.arange(len(ids)), ids] = 1.0
-    return [Target(label=f"{z:02d}", direction=eye[z], weight=1.0 / len(ids), token_id=i)
-            for z, i in enumerate(ids)]
+    return [
+        Target(label=f"{z:02d}", direction=eye[z], weight=1.0 / len(ids), token_id=i)
+        for z, i in enumerate(ids)
+    ]
 
 
-def logit_targets(tokenizer: PreTrainedTokenizerBase, logits: torch.Tensor,
-                  cumulative: float = 0.95, max_n: int = 10) -> list[Target]:
+def logit_targets(
+    tokenizer: PreTrainedTokenizerBase,
+    logits: torch.Tensor,
+    cumulative: float = 0.95,
+    max_n: int = 10,
+) -> list[Target]:
     """Top tokens of ``logits`` [V] until ``cumulative`` probability, at most ``max_n``."""
     probs = torch.softmax(logits.double(), -1)
     p, ids = probs.sort(descending=True)
@@ -106,13 +116,20 @@ def logit_targets(tokenizer: PreTrainedTokenizerBase, logits: torch.Tensor,
     for pi, ti in zip(p[:n].tolist(), ids[:n].tolist(), strict=True):
         d = torch.zeros(logits.shape[-1], dtype=torch.float64)
         d[ti] = 1.0
-        out.append(Target(label=tokenizer.decode([ti]), direction=d, weight=pi / total,
-                          token_id=ti, prob=pi))
+        out.append(
+            Target(
+                label=tokenizer.decode([ti]), direction=d, weight=pi / total, token_id=ti, prob=pi
+            )
+        )
     return out
 
 
-def token_targets(tokenizer: PreTrainedTokenizerBase, strings: Sequence[str], vocab_size: int,
-                  logits: torch.Tensor | None = None) -> list[Target]:
+def token_targets(
+    tokenizer: PreTrainedTokenizerBase,
+    strings: Sequence[str],
+    vocab_size: int,
+    logits: torch.Tensor | None = None,
+) -> list[Target]:
     probs = torch.softmax(logits.double(), -1) if logits is not None else None
     out = []
     for s in strings:
@@ -121,14 +138,27 @@ def token_targets(tokenizer: PreTrainedTokenizerBase, strings: Sequence[str], vo
             raise UserError(f"the target '{s}' is {len(ids)} tokens, not one token.")
         d = torch.zeros(vocab_size, dtype=torch.float64)
         d[ids[0]] = 1.0
-        out.append(Target(label=s, direction=d, weight=1.0 / len(strings), token_id=ids[0],
-                          prob=float(probs[ids[0]]) if probs is not None else 0.0))
+        out.append(
+            Target(
+                label=s,
+                direction=d,
+                weight=1.0 / len(strings),
+                token_id=ids[0],
+                prob=float(probs[ids[0]]) if probs is not None else 0.0,
+            )
+        )
     return out
 
 
-def make_targets(spec: str | Sequence[str], tokenizer: PreTrainedTokenizerBase, prompt: str,
-                 logits: torch.Tensor, demean: bool = True, cumulative: float = 0.95,
-                 max_logits: int = 10) -> list[Target]:
+def make_targets(
+    spec: str | Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    logits: torch.Tensor,
+    demean: bool = True,
+    cumulative: float = 0.95,
+    max_logits: int = 10,
+) -> list[Target]:
     """Targets from a CLI/config spec: "greater-than", "logits", or token strings."""
     items = [spec] if isinstance(spec, str) else list(spec)
     if not items or any(not s for s in items):

@@ -80,11 +80,15 @@ def check_device(device: str) -> torch.device:
         raise UserError(f"unknown device '{device}' (use cpu, cuda or cuda:N).") from err
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device '{device}' was asked for but this machine has no CUDA GPU "
-                            f"(or torch was built without CUDA); use --device cpu.")
+            raise UserError(
+                f"device '{device}' was asked for but this machine has no CUDA GPU "
+                f"(or torch was built without CUDA); use --device cpu."
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"device '{device}' does not exist: this machine has "
-                            f"{torch.cuda.device_count()} CUDA device(s).")
+            raise UserError(
+                f"device '{device}' does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)."
+            )
     elif dev.type not in ("cpu", "meta", "mps"):
         raise UserError(f"unsupported device '{device}' (use cpu, cuda or cuda:N).")
     return dev
@@ -197,8 +201,7 @@ def load_model(
     log.info(
         "loaded model %s (%d layers, d_model %d)", name, bridge.cfg.n_layers, bridge.cfg.d_model
     )
-    return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer,
-                       loaded_at=time.perf_counter())
+    return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer, loaded_at=time.perf_counter())
 
 
 def count_parameters(bridge: TransformerBridge) -> int:

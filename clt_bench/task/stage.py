@@ -102,8 +102,9 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
     return metrics
 
 
-def save_per_prompt(path: Path, clean: torch.Tensor, corrupt: torch.Tensor, batch: TaskBatch
-                    ) -> Path:
+def save_per_prompt(
+    path: Path, clean: torch.Tensor, corrupt: torch.Tensor, batch: TaskBatch
+) -> Path:
     """Per-example values [n] whose means are the headline metrics (for bootstrap intervals).
 
     ``clean`` / ``corrupt``: [n, 101] compact END logits (the 100 answers, then the rest).
@@ -112,13 +113,16 @@ def save_per_prompt(path: Path, clean: torch.Tensor, corrupt: torch.Tensor, batc
     p, pc = answer_probs(clean, compact), answer_probs(corrupt, compact)
     yy, rel = batch.yy, batch.relation
     a = batch.answer if rel == "exact" else None
-    return save_tensors(path, {
-        "prob_diff": prob_diff_per_example(p, yy, rel, a),
-        "cutoff_sharpness": cutoff_sharpness_per_example(p, yy, rel, a),
-        "corrupted_prob_diff": prob_diff_per_example(pc, yy, rel, a),
-        "logit_diff": logit_diff_per_example(clean[:, compact].double(), yy, rel, answer=a),
-        "yy": yy,
-    })
+    return save_tensors(
+        path,
+        {
+            "prob_diff": prob_diff_per_example(p, yy, rel, a),
+            "cutoff_sharpness": cutoff_sharpness_per_example(p, yy, rel, a),
+            "corrupted_prob_diff": prob_diff_per_example(pc, yy, rel, a),
+            "logit_diff": logit_diff_per_example(clean[:, compact].double(), yy, rel, answer=a),
+            "yy": yy,
+        },
+    )
 
 
 def format_task_table(m: dict[str, Any]) -> str:

@@ -50,7 +50,10 @@ def check_completeness(
     """Every node's value equals the sum of its incoming edges plus its constant terms; every
     target splits exactly into edges, constants and residual ~ 0; error and token nodes have no
     incoming edges; graph scores lie in [0, 1]. Returns the graph."""
-    g = build_graph(loaded, clt, tokens, targets, GraphsConfig(batch_size=batch_size))
+    # every node is checked, BOS included (zero_bos=False; the BOS convention has its own tests)
+    g = build_graph(
+        loaded, clt, tokens, targets, GraphsConfig(batch_size=batch_size, zero_bos=False)
+    )
     assert g.n_features == g.n_active, (
         f"{g.n_features} feature nodes for {g.n_active} active features (none should be capped)"
     )
@@ -75,8 +78,14 @@ def check_capped_exactness(
 ) -> Graph:
     """With ``max_feature_nodes=cap`` below the active count, the left-out features' edges
     become unexplained mass and every row still adds up exactly."""
-    full = build_graph(loaded, clt, tokens, targets, GraphsConfig(batch_size=4))
-    g = build_graph(loaded, clt, tokens, targets, GraphsConfig(batch_size=2, max_feature_nodes=cap))
+    full = build_graph(loaded, clt, tokens, targets, GraphsConfig(batch_size=4, zero_bos=False))
+    g = build_graph(
+        loaded,
+        clt,
+        tokens,
+        targets,
+        GraphsConfig(batch_size=2, max_feature_nodes=cap, zero_bos=False),
+    )
     assert g.n_features == min(cap, full.n_active), (
         f"{g.n_features} feature nodes with a cap of {cap} and {full.n_active} active features"
     )
@@ -103,7 +112,7 @@ def check_single_source_exactness(
     """Perturbing one source node by δ in the frozen replacement model moves every feature and
     target node by δ·w, w = edge / source activation. Sources: ``n_features`` random active
     features, one error node and one token node (seeded)."""
-    g = build_graph(loaded, clt, tokens, list(targets), GraphsConfig(batch_size=7))
+    g = build_graph(loaded, clt, tokens, list(targets), GraphsConfig(batch_size=7, zero_bos=False))
     rm = build_replacement(loaded.bridge, clt, tokens)
     D = torch.stack([t.direction for t in targets]).to(rm.logits.dtype)
     o = g.offsets()

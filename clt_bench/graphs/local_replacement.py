@@ -101,8 +101,11 @@ class FrozenRun:
 def _hook_names(n_layers: int) -> tuple[list[str], list[str]]:
     frozen = ["ln_final.hook_scale"]
     for layer in range(n_layers):
-        frozen += [f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.ln1.hook_scale",
-                   f"blocks.{layer}.ln2.hook_scale"]
+        frozen += [
+            f"blocks.{layer}.attn.hook_pattern",
+            f"blocks.{layer}.ln1.hook_scale",
+            f"blocks.{layer}.ln2.hook_scale",
+        ]
     acts = ["hook_embed", "hook_pos_embed"]
     for layer in range(n_layers):
         acts += [f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.hook_mlp_out"]
@@ -119,8 +122,9 @@ def _check_shapes(bridge: TransformerBridge, clt: CrossLayerTranscoder) -> None:
 
 
 @torch.no_grad()
-def encode_prompts(clt: CrossLayerTranscoder, resid_mid: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    clt: CrossLayerTranscoder, resid_mid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[n, pos, L, d] -> (pre-activations, activations) [n, pos, L, F], one prompt at a time.
 
     Encoding prompt by prompt keeps BatchTopK's batch (the prompt's positions) independent of how
@@ -135,8 +139,9 @@ def encode_prompts(clt: CrossLayerTranscoder, resid_mid: torch.Tensor
 
 
 @torch.no_grad()
-def build_replacement(bridge: TransformerBridge, clt: CrossLayerTranscoder,
-                      tokens: torch.Tensor) -> ReplacementModel:
+def build_replacement(
+    bridge: TransformerBridge, clt: CrossLayerTranscoder, tokens: torch.Tensor
+) -> ReplacementModel:
     """Run ``tokens`` ([pos] or [n, pos]) once and cache the frozen quantities and error nodes."""
     _check_shapes(bridge, clt)
     if tokens.dim() == 1:
@@ -159,44 +164,57 @@ def build_replacement(bridge: TransformerBridge, clt: CrossLayerTranscoder,
     pre, acts = encode_prompts(clt, resid_mid)
     recon = clt.decode(acts.to(clt.W_enc.dtype), resid_mid.to(clt.W_enc.dtype)).to(mlp_out.dtype)
     rm = ReplacementModel(
-        bridge=bridge, clt=clt, tokens=tokens,
+        bridge=bridge,
+        clt=clt,
+        tokens=tokens,
         frozen={n: cache[n].detach().clone() for n in frozen_names},
         embed=cache["hook_embed"].detach().clone(),
         pos_embed=cache["hook_pos_embed"].detach().clone(),
-        resid_mid=resid_mid, mlp_out=mlp_out, pre_acts=pre, acts=acts, errors=mlp_out - recon,
+        resid_mid=resid_mid,
+        mlp_out=mlp_out,
+        pre_acts=pre,
+        acts=acts,
+        errors=mlp_out - recon,
         logits=logits[:, -1].detach().clone(),
     )
     rm.active_idx = [acts[:, :, layer].nonzero() for layer in range(L)]
     n, P = tokens.shape
-    rm.padded = {layer: pad_features(clt, layer, rm.active_idx[layer], n, P, rm.dtype)
-                 for layer in range(L)}
+    rm.padded = {
+        layer: pad_features(clt, layer, rm.active_idx[layer], n, P, rm.dtype) for layer in range(L)
+    }
     return rm
 
 
 def zero_leaves(rm: ReplacementModel) -> list[torch.Tensor]:
     """Zero source leaves for ``run_frozen``: per layer [k_l], per MLP [n, pos, d], embed, pos."""
-    z = torch.zeros(rm.n_prompts, rm.n_pos, rm.resid_mid.shape[-1], dtype=rm.dtype,
-                    device=rm.embed.device)
+    z = torch.zeros(
+        rm.n_prompts, rm.n_pos, rm.resid_mid.shape[-1], dtype=rm.dtype, device=rm.embed.device
+    )
     feats = [torch.zeros(len(i), dtype=rm.dtype, device=z.device) for i in rm.active_idx]
     return feats + [z.clone() for _ in range(rm.n_layers)] + [z.clone(), z.clone()]
 
 
 def _weights(clt: CrossLayerTranscoder, dtype: torch.dtype) -> dict:
     """CLT weights in the model's dtype (a view when the dtypes agree)."""
+
     def cast(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.detach().to(dtype)
 
     return {
-        "W_enc": cast(clt.W_enc), "b_enc": cast(clt.b_enc), "b_dec": cast(clt.b_dec),
-        "W_skip": cast(clt.W_skip), "in_scale": cast(clt.input_scale),
+        "W_enc": cast(clt.W_enc),
+        "b_enc": cast(clt.b_enc),
+        "b_dec": cast(clt.b_dec),
+        "W_skip": cast(clt.W_skip),
+        "in_scale": cast(clt.input_scale),
         "out_scale": cast(clt.output_scale),
     }
 
 
 def layer_activate(clt: CrossLayerTranscoder, layer: int, h: torch.Tensor) -> torch.Tensor:
     """Activation function of layer ``layer`` on [..., F] pre-activations (BatchTopK over ...)."""
-    full = torch.zeros(*h.shape[:-1], clt.n_layers, h.shape[-1], dtype=clt.W_enc.dtype,
-                       device=h.device)
+    full = torch.zeros(
+        *h.shape[:-1], clt.n_layers, h.shape[-1], dtype=clt.W_enc.dtype, device=h.device
+    )
     full[..., layer, :] = h.to(full.dtype)
     return clt.activate(full)[..., layer, :].to(h.dtype)
 
@@ -229,18 +247,18 @@ def run_frozen(
     acts = rm.acts if acts is None else acts.to(dt)
     errors = rm.errors if errors is None else errors.to(dt)
     embed = rm.embed if embed is None else embed.to(dt)
-    run = FrozenRun(logits=torch.empty(0), pre=[None] * L, acts=[None] * L,
-                    feat_leaves=[None] * L)
+    run = FrozenRun(logits=torch.empty(0), pre=[None] * L, acts=[None] * L, feat_leaves=[None] * L)
     if leaves is True:
         leaves = [t.requires_grad_(True) for t in zero_leaves(rm)]
     if leaves:
         if len(leaves) != 2 * L + 2:
             raise ValueError("leaves must hold 2 * n_layers + 2 tensors (see zero_leaves)")
         run.feat_leaves = list(leaves[:L])
-        run.mlp_leaves = list(leaves[L:2 * L])
+        run.mlp_leaves = list(leaves[L : 2 * L])
         run.embed_leaf, run.pos_leaf = leaves[2 * L], leaves[2 * L + 1]
-    pending: list[torch.Tensor] = [torch.zeros(n, P, d, dtype=dt, device=embed.device)
-                                   for _ in range(L)]
+    pending: list[torch.Tensor] = [
+        torch.zeros(n, P, d, dtype=dt, device=embed.device) for _ in range(L)
+    ]
     clt = rm.clt
 
     def padded(layer: int, idx: torch.Tensor) -> PaddedFeatures:

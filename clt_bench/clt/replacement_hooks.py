@@ -37,6 +37,7 @@ def replacement_hooks(clt: CrossLayerTranscoder, keep_first: bool = False) -> li
             acts[layer] = _activate_layer(clt, pre, layer)
             resid[layer] = x
             return x
+
         return hook
 
     def write(layer: int) -> Callable:
@@ -46,8 +47,9 @@ def replacement_hooks(clt: CrossLayerTranscoder, keep_first: bool = False) -> li
                 if layer in clt.target_layers(src):
                     out = out + acts[src] @ clt.W_dec[src][:, layer - src, :]
             if clt.W_skip is not None:
-                out = out + (resid[layer].to(out.dtype) * clt.input_scale[layer]) @ \
-                    clt.W_skip[layer]
+                out = (
+                    out + (resid[layer].to(out.dtype) * clt.input_scale[layer]) @ clt.W_skip[layer]
+                )
             out = out / clt.output_scale[layer]
             if keep_first:
                 out = torch.cat([y[:, :1].to(out.dtype), out[:, 1:]], dim=1)
@@ -55,6 +57,7 @@ def replacement_hooks(clt: CrossLayerTranscoder, keep_first: bool = False) -> li
                 acts.clear()
                 resid.clear()
             return out.to(y.dtype)
+
         return hook
 
     hooks: list[Hook] = []
@@ -80,6 +83,7 @@ def _activate_layer(clt: CrossLayerTranscoder, pre: torch.Tensor, layer: int) ->
 def zero_mlp_hooks(n_layers: int, keep_first: bool = False) -> list[Hook]:
     """Hooks that zero-ablate every MLP output (the CE-loss-recovered baseline); ``keep_first``
     leaves position 0 alone, like ``replacement_hooks``."""
+
     def zero(y: torch.Tensor, hook=None) -> torch.Tensor:
         out = torch.zeros_like(y)
         if keep_first:
@@ -90,8 +94,13 @@ def zero_mlp_hooks(n_layers: int, keep_first: bool = False) -> list[Hook]:
 
 
 @torch.no_grad()
-def agreement_metrics(bridge: TransformerBridge, clt: CrossLayerTranscoder, rows: TokenRows,
-                      batch_size: int = 32, keep_first: bool = False) -> dict[str, float]:
+def agreement_metrics(
+    bridge: TransformerBridge,
+    clt: CrossLayerTranscoder,
+    rows: TokenRows,
+    batch_size: int = 32,
+    keep_first: bool = False,
+) -> dict[str, float]:
     """Top-1 agreement, KL(original || replacement) and CE-loss recovered at real tokens.
 
     CE is next-token loss at positions whose next token is real; top-1 / KL use every real token.
