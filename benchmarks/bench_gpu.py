@@ -187,10 +187,20 @@ def graph_seconds(device: torch.device, tiny: bool) -> dict:
     from clt_bench.graphs import build_graph
     from clt_bench.graphs.random_clt import random_clt
     from clt_bench.models import load_model
+    from clt_bench.task.dataset import build_dataset
+    from clt_bench.task.spec import load_task
 
     loaded = load_model("toy" if tiny else "gpt2-random", str(device))
     n_feat = 256 if tiny else 16_384
-    calib = torch.randn(256, loaded.n_layers, loaded.d_model) * 3
+    # calibrate the random CLT on the model's own resid_mid (64 task prompts), so that its
+    # features fire on the headline prompt at a realistic rate (random inputs leave it empty)
+    batch = build_dataset(load_task("greater_than"), loaded.tokenizer, "discovery", n=64)
+    names = [f"blocks.{i}.hook_resid_mid" for i in range(loaded.n_layers)]
+    with torch.no_grad():
+        _, cache = loaded.bridge.run_with_cache(batch.clean.to(device), names_filter=names)
+    calib = torch.stack([cache[n] for n in names], 2).reshape(-1, loaded.n_layers, loaded.d_model)
+    calib = calib.float().cpu()
+    del cache
     clt = random_clt(
         loaded.n_layers,
         loaded.d_model,
