@@ -47,7 +47,7 @@ def heldout_sample(
     rows = TokenRows(
         torch.cat([pad(p.tokens, 0) for p in parts]), torch.cat([pad(p.mask, False) for p in parts])
     )
-    x, y, _ = heldout_activations(loaded, rows, n_tokens, cfg.activations.batch_size)
+    x, y = heldout_activations(loaded, rows, n_tokens, cfg.activations.batch_size)[:2]
     return x, y
 
 
@@ -117,21 +117,59 @@ def measure_circuit_recovery(
 ) -> dict[str, float]:
     """Share of the model's PD kept when only the ``top_k`` most influential features stay
     clean (the rest at their corrupted activations); also the k = 0 and k = all shares."""
-    from clt_bench.compare.curve import units_curve
     from clt_bench.features.attribution import influence_ranking, task_attributions
 
     att = task_attributions(loaded.bridge, clt, batch, prompts_per_pass=16, progress=False)
     keys, _ = influence_ranking(att)
     ranking = [att.split_key(int(k)) for k in keys[:top_k]]
-    curve = units_curve(
-        loaded.bridge, clt, batch, ranking, ks=[0, len(ranking)], background=background
-    )
-    by_k = {int(r["k"]): float(r["fraction_of_model_pd"]) for r in curve}
+    by_k = _recovery(loaded.bridge, clt, batch, ranking, background)
     return {
         "top_k": len(ranking),
         "fraction_top_k": by_k[len(ranking)],
         "fraction_k0": by_k[0],
         "fraction_all": by_k[-1],
+    }
+
+
+@torch.no_grad()
+def _recovery(
+    bridge,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    ranking: list[tuple[int, int]],
+    background: str,
+) -> dict[int, float]:
+    """Share of the model's PD with every MLP replaced by the CLT's reconstruction in which the
+    features of ``ranking`` keep their clean activations and all others take their corrupted
+    ones, plus the ``background`` run's error terms (k = 0, k = len(ranking), and -1 = all)."""
+    from clt_bench.features.ablation import end_logits_via, pd_of
+    from clt_bench.graphs.local_replacement import build_replacement
+
+    rm_c = build_replacement(bridge, clt, batch.clean)
+    rm_x = build_replacement(bridge, clt, batch.corrupted)
+    bg = rm_c if background == "clean" else rm_x
+    base = rm_x.mlp_out - rm_x.errors + bg.errors  # [n, pos, L, d]
+    diff = rm_c.acts - rm_x.acts  # [n, pos, L, F]
+    tokens = bg.tokens.to(next(bridge.parameters()).device)
+    clean_pd = float(pd_of(rm_c.logits, batch.yy, batch).mean())
+
+    def share(outs: torch.Tensor) -> float:
+        hooks = [
+            (f"blocks.{t}.hook_mlp_out", lambda y, hook, t=t: outs[:, :, t].to(y.dtype))
+            for t in range(clt.n_layers)
+        ]
+        logits = end_logits_via(bridge, lambda: bridge.run_with_hooks(tokens, fwd_hooks=hooks))
+        return float(pd_of(logits, batch.yy, batch).mean()) / clean_pd
+
+    kept = base.clone()
+    for layer, fid in ranking:
+        for tgt in clt.target_layers(layer):
+            dec = clt.layer_decoder(layer, tgt)[fid].detach().to(kept.dtype)
+            kept[:, :, tgt] += diff[:, :, layer, fid][..., None] * dec
+    return {
+        0: share(base),
+        len(ranking): share(kept),
+        -1: share(rm_c.mlp_out - rm_c.errors + bg.errors),
     }
 
 
