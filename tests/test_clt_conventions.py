@@ -253,7 +253,7 @@ def test_cuda_training_and_replacement_match_cpu(tmp_path):
 @pytest.mark.slow
 def test_bf16_toy_clt_matches_the_fp32_reference_within_its_seed_tolerance(tmp_path):
     """The toy default CLT trained with bf16 autocast (~5 min on 2 cores) lands within the
-    tolerances of the fp32 reference (mean over 3 CLT seeds +- max(3 std, floors))."""
+    bands of the fp32 reference (seed prediction intervals, clt_bench/report/reference.py)."""
     import json
     from pathlib import Path
 
@@ -264,4 +264,4 @@ def test_bf16_toy_clt_matches_the_fp32_reference_within_its_seed_tolerance(tmp_p
     assert m["precision"] == "bf16"
     for key in ("nmse", "l0", "replacement_top1_agreement"):
         want = ref["metrics"][f"clt.{key}"]
-        assert abs(m[key] - want["value"]) <= want["abs_tol"], (key, m[key], want)
+        assert want["lo"] <= m[key] <= want["hi"], (key, m[key], want)
