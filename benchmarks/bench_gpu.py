@@ -27,10 +27,12 @@ import torch
 
 from clt_bench.clt.losses import TrainObjective
 from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
-from clt_bench.config import load_config
+from clt_bench.clt.train import forward_backward
+from clt_bench.config import CLTConfig, load_config
 
 PROMPT = "The war lasted from the year 1711 to the year 17"
 PRECISIONS = ("fp32", "tf32", "bf16")
+H100_GIB = 79.1  # what torch reports as an 80 GB H100's total memory
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Shape:
     precisions: tuple[str, ...] = PRECISIONS
     decoders: tuple[str, ...] = ("dense", "sparse")
     steps: int = 3
+    micro: int = 0  # clt.micro_batch_tokens (0: the whole batch in one pass)
 
 
 def shapes(tiny: bool) -> list[Shape]:
@@ -51,18 +54,16 @@ def shapes(tiny: bool) -> list[Shape]:
         return [
             Shape("gpt2-like", 3, 32, 256, 256, steps=2),
             Shape("seed-like", 3, 32, 1024, 512, ("bf16",), ("sparse",), steps=2),
+            Shape("seed-like", 3, 32, 1024, 512, ("bf16",), ("dense", "sparse"), 2, micro=128),
         ]
+    seed = f"seed 12x{gf.n_features}"
     return [
         Shape("gpt2 12x16384", 12, 768, 16_384, 4096),
+        # the preset's batch in one pass, then in passes of 2,048 tokens (clt.micro_batch_tokens:
+        # the activation memory of one pass is a quarter, for the 80 GB of an H100)
+        Shape(seed, 12, 768, gf.n_features, gf.batch_tokens, ("bf16",), ("sparse",), 3),
         Shape(
-            f"seed 12x{gf.n_features}",
-            12,
-            768,
-            gf.n_features,
-            gf.batch_tokens,
-            ("bf16",),
-            ("sparse",),
-            steps=3,
+            seed, 12, 768, gf.n_features, gf.batch_tokens, ("bf16",), ("dense", "sparse"), 3, 2048
         ),
     ]
 
@@ -135,8 +136,33 @@ def fast_init(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, rate:
     clt.b_dec.copy_(y.mean(0))
 
 
+def print_profile(step, device: torch.device, title: str, rows: int = 18) -> None:
+    """torch.profiler over two steps: the kernels / ops with the most device (or CPU) time and
+    the largest allocations, so the next optimisation starts from a measurement."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts, profile_memory=True) as prof:
+        for _ in range(2):
+            step()
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    mem = "self_cuda_memory_usage" if device.type == "cuda" else "self_cpu_memory_usage"
+    table = prof.key_averages()
+    print(f"--- profile: {title} (2 steps), by {key}")
+    print(table.table(sort_by=key, row_limit=rows, max_name_column_width=60))
+    print(f"--- profile: {title}, by {mem}")
+    print(table.table(sort_by=mem, row_limit=8, max_name_column_width=60), flush=True)
+
+
 def time_training(
-    shape: Shape, prec: str, decoder: str, device: torch.device, l0: float, bandwidth: float
+    shape: Shape,
+    prec: str,
+    decoder: str,
+    device: torch.device,
+    l0: float,
+    bandwidth: float,
+    profile: bool = False,
 ) -> dict:
     spec = CLTSpec(shape.L, shape.d, shape.F, "jumprelu", bandwidth=bandwidth, decoder=decoder)
     g = torch.Generator().manual_seed(0)
@@ -153,20 +179,27 @@ def time_training(
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    # the trainer's own step (clt_bench.clt.train.forward_backward: precision, micro-batches)
+    cfg = CLTConfig(precision=prec, micro_batch_tokens=shape.micro, decoder=decoder)
+
+    def one_step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        stats, _, _ = forward_backward(obj, clt, x, y, 1e-3, cfg, str(device))
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return stats
+
     times, stats = [], None
     for i in range(shape.steps + 2):
         sync(device)
         t = time.perf_counter()
-        with precision(prec, device):
-            loss, stats, _ = obj(x, y, 1e-3)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        stats = one_step()
         sync(device)
         if i >= 2:
             times.append(time.perf_counter() - t)
     sec = sorted(times)[len(times) // 2]
+    if profile:
+        print_profile(one_step, device, f"{shape.name} {prec} {decoder} micro {shape.micro}")
     with torch.no_grad():  # entries the sparse decoder gathers: active or in the theta window
         pre = torch.stack([x[:, l] @ clt.W_enc[l].T + clt.b_enc[l] for l in range(shape.L)], 1)
         gathered = float((pre > clt.threshold - bandwidth / 2).sum(-1).float().mean())
@@ -236,6 +269,11 @@ def main() -> None:
         help="JumpReLU bandwidth (default: the gpt2-goodfire preset's)",
     )
     ap.add_argument("--skip-graph", action="store_true")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing each seed-scale row, print its torch.profiler tables (2 steps)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -249,9 +287,21 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; L0 target {l0:g}/layer; bandwidth {bw:g}")
     peaks = {p: matmul_peak(device, p, 256 if args.tiny else 8192) for p in PRECISIONS}
     print("matmul peak TFLOP/s: " + ", ".join(f"{p} {v / 1e12:.1f}" for p, v in peaks.items()))
+    out: dict = {"device": name, "matmul_peak_flops": peaks}
+    if not args.skip_graph:
+        try:
+            gr = graph_seconds(device, args.tiny)
+            print(
+                f"graph: {gr['model']}, CLT {gr['clt']}, headline prompt: "
+                f"{gr['graph_s']:.2f} s ({gr['active_features']} active features)"
+            )
+        except Exception as err:  # report, do not lose the table
+            gr = {"error": f"{type(err).__name__}: {err}"}
+            print(f"graph: failed: {gr['error']}")
+        out["graph"] = gr
     rows = []
     head = (
-        f"{'shape':<18}{'tokens':>7} {'prec':<5}{'decoder':<8}{'step s':>9}{'tok/s':>10}"
+        f"{'shape':<18}{'tokens':>7}{'pass':>6} {'prec':<5}{'decoder':<8}{'step s':>9}{'tok/s':>10}"
         f"{'TFLOP/s':>9}{'of peak':>8}{'peak GiB':>9}{'L0':>7}{'gathered':>9}"
     )
     print(head)
@@ -260,7 +310,8 @@ def main() -> None:
         for prec in shape.precisions:
             for dec in shape.decoders:
                 try:
-                    r = time_training(shape, prec, dec, device, l0, bw)
+                    prof = args.profile and shape.name.startswith("seed")
+                    r = time_training(shape, prec, dec, device, l0, bw, prof)
                 except torch.OutOfMemoryError:
                     r = {"error": "out of memory"}
                     if device.type == "cuda":
@@ -270,39 +321,34 @@ def main() -> None:
                     "tokens": shape.tokens,
                     "precision": prec,
                     "decoder": dec,
+                    "micro_batch_tokens": shape.micro,
                 }
                 rows.append(r)
                 if "error" in r:
-                    print(f"{shape.name:<18}{shape.tokens:>7} {prec:<5}{dec:<8}  {r['error']}")
+                    print(
+                        f"{shape.name:<18}{shape.tokens:>7}{shape.micro or shape.tokens:>6} "
+                        f"{prec:<5}{dec:<8}  {r['error']}"
+                    )
                     continue
                 frac = r["tflops"] * 1e12 / peaks[prec]
                 print(
-                    f"{shape.name:<18}{shape.tokens:>7} {prec:<5}{dec:<8}{r['step_s']:9.4f}"
+                    f"{shape.name:<18}{shape.tokens:>7}{shape.micro or shape.tokens:>6} "
+                    f"{prec:<5}{dec:<8}{r['step_s']:9.4f}"
                     f"{r['tokens_per_s']:10.0f}{r['tflops']:9.1f}{frac:8.1%}"
                     f"{r['peak_gib']:9.2f}{r['l0_per_layer']:7.1f}{r['gathered_per_layer']:9.1f}",
                     flush=True,
                 )
-    seed = [r for r in rows if r["shape"].startswith("seed") and "step_s" in r]
-    if seed:
-        gf = load_config("gpt2-goodfire")
-        hours = seed[0]["step_s"] * 100e6 / seed[0]["tokens"] / 3600
+    out["rows"] = rows
+    gf = load_config("gpt2-goodfire")
+    for r in (r for r in rows if r["shape"].startswith("seed") and "step_s" in r):
+        hours = r["step_s"] * 100e6 / r["tokens"] / 3600
+        fits = "fits" if r["peak_gib"] <= H100_GIB else "does not fit"
         print(
-            f"seed scale: {seed[0]['step_s']:.3f} s/step x {seed[0]['tokens']} tokens -> "
-            f"{hours:.2f} h for 100M tokens (gpt2-goodfire: {gf.clt.n_steps} steps), "
-            f"peak {seed[0]['peak_gib']:.1f} GiB"
+            f"seed scale ({r['decoder']}, passes of {r['micro_batch_tokens'] or r['tokens']}): "
+            f"{r['step_s']:.3f} s/step x {r['tokens']} tokens -> {hours:.2f} h for 100M tokens "
+            f"(gpt2-goodfire: {gf.clt.n_steps} steps), peak {r['peak_gib']:.1f} GiB ({fits} "
+            f"an 80 GB H100's {H100_GIB} GiB)"
         )
-    out = {"device": name, "matmul_peak_flops": peaks, "rows": rows}
-    if not args.skip_graph:
-        try:
-            gr = graph_seconds(device, args.tiny)
-            print(
-                f"graph: {gr['model']}, CLT {gr['clt']}, headline prompt: "
-                f"{gr['graph_s']:.2f} s ({gr['active_features']} active features)"
-            )
-        except Exception as err:  # report, do not lose the table (graphs on GPU are another item)
-            gr = {"error": f"{type(err).__name__}: {err}"}
-            print(f"graph: failed: {gr['error']}")
-        out["graph"] = gr
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -260,6 +260,7 @@ class ActivationsConfig:
         "log_every": "[1, inf)",
         "eval_tokens": "[1, inf)",
         "threads": "[0, inf)",
+        "micro_batch_tokens": "[0, inf)",
     },
     lambda c: _check_clt(c),
 )
@@ -296,6 +297,11 @@ class CLTConfig:
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     # dense | sparse | auto: decode (and back-propagate) over the entries that need a gradient
     decoder: Literal["dense", "sparse", "auto"] = "auto"
+    # tokens per forward/backward pass (0: the whole batch in one): the step's gradient is
+    # accumulated over ceil(batch_tokens / micro_batch_tokens) micro-batches, which bounds the
+    # activation memory (the pre-activations and decoder gathers grow with the tokens per pass)
+    # at the same step; BatchTopK's batch-wide cut is then taken per micro-batch
+    micro_batch_tokens: int = 0
 
 
 @dataclass(frozen=True)

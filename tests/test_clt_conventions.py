@@ -265,3 +265,17 @@ def test_bf16_toy_clt_matches_the_fp32_reference_within_its_seed_tolerance(tmp_p
     for key in ("nmse", "l0", "replacement_top1_agreement"):
         want = ref["metrics"][f"clt.{key}"]
         assert want["lo"] <= m[key] <= want["hi"], (key, m[key], want)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("decoder", ["dense", "sparse"])
+def test_cuda_bf16_micro_batched_training_matches_fp32(tmp_path, decoder):
+    """bf16 autocast in passes of 24 tokens on the GPU lands near the fp32 one-pass CPU weights."""
+    src = CachedBlocks(make_shards(tmp_path / "acts"), window=2, seed=3)
+    extra = (f'clt.decoder="{decoder}"',)
+    cpu = train_clt(small_cfg(*extra), src, L, D, tmp_path / "cpu")
+    bf16 = small_cfg(*extra, 'clt.precision="bf16"', "clt.micro_batch_tokens=24")
+    gpu = train_clt(bf16, src, L, D, tmp_path / "gpu", device="cuda")
+    assert gpu.clt.W_dec[0].dtype == torch.float32  # fp32 master weights
+    assert torch.allclose(gpu.clt.W_enc.cpu(), cpu.clt.W_enc, atol=3e-2, rtol=3e-2)

@@ -236,3 +236,33 @@ def test_bad_input_exit_2(tmp_path, capsys):
     assert code == 2 and "unknown preset" in capsys.readouterr().err
     code = main(["train-clt", "--set", 'activations.corpus="file:/no/such.txt"'])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "activation,decoder", [("jumprelu", "dense"), ("jumprelu", "sparse"), ("topk", "sparse")]
+)
+def test_micro_batches_accumulate_the_whole_batch_step(tmp_path, activation, decoder):
+    """clt.micro_batch_tokens splits each step's forward/backward; the weights after training
+    equal the one-pass run's to float summation order (the loss is a mean over tokens)."""
+    src = CachedBlocks(make_shards(tmp_path / "acts"), window=2, seed=3)
+    common = (f'clt.activation="{activation}"', f'clt.decoder="{decoder}"', "clt.n_steps=6")
+    one = train_clt(small_cfg(*common), src, L, D, tmp_path / "one")
+    # 64 tokens in passes of 24, 24, 16: unequal passes check the token weighting
+    micro = train_clt(small_cfg(*common, "clt.micro_batch_tokens=24"), src, L, D, tmp_path / "m")
+    wa, wb = _weights(one.clt), _weights(micro.clt)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert torch.equal(one.fired, micro.fired)
+    rows = [
+        [json.loads(r) for r in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
+        for d in ("one", "m")
+    ]
+    for ra, rb in zip(*rows, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
+        assert rb["l0"] == pytest.approx(ra["l0"], rel=1e-6)
+
+
+def test_micro_batches_cover_the_batch_once():
+    assert train_mod.micro_batches(64, 0) == [(0, 64)]
+    assert train_mod.micro_batches(64, 24) == [(0, 24), (24, 48), (48, 64)]
+    assert train_mod.micro_batches(64, 100) == [(0, 64)]

@@ -89,6 +89,7 @@ BAD: dict[str, str] = {
     "clt.threads": "-1",
     "clt.precision": '"fp16"',
     "clt.decoder": '"csr"',
+    "clt.micro_batch_tokens": "-1",
     "clt.load": '"/no/such/clt/dir"',
     "graphs.node_threshold": "2",
     "graphs.edge_threshold": "0",

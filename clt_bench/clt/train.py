@@ -155,6 +155,58 @@ def _initial_state(
     initialise(clt, x, y, c.seed, c.threshold_init, c.init_rate, c.dec_init_scale)
 
 
+def micro_batches(n: int, micro_tokens: int) -> list[tuple[int, int]]:
+    """(start, end) token ranges of the passes of one step (``micro_tokens`` 0: one pass)."""
+    size = n if micro_tokens <= 0 else min(micro_tokens, n)
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _sync_context(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """No gradient all-reduce on the passes before a step's last one (DDP / FSDP2)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) and not sync:
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2 fully_shard
+        model.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
+
+
+def forward_backward(
+    model: torch.nn.Module,
+    clt: CrossLayerTranscoder,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam: float,
+    c: CLTConfig,
+    device: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One step's forward and backward, in ``c.micro_batch_tokens`` passes; gradients accumulate
+    into ``.grad`` (zeroed by the caller).
+
+    x, y [n, L, d] -> (stats [len(STAT_NAMES)], fired [L, F], BatchTopK cut [L] or None). The loss
+    is a mean over tokens, so the pass of m tokens back-propagates loss * m / n and the
+    accumulated gradient is the whole batch's (to float summation order). ``stats`` are the
+    token-weighted means of the passes' (``nmse``'s per-layer variance is then per pass).
+    """
+    n = x.shape[0]
+    parts = micro_batches(n, c.micro_batch_tokens)
+    stats = fired = None
+    kths = []
+    for i, (a, b) in enumerate(parts):
+        with _sync_context(model, i == len(parts) - 1):
+            with precision_context(c.precision, device):
+                loss, st, fi = model(x[a:b], y[a:b], lam)
+            w = (b - a) / n
+            (loss * w if len(parts) > 1 else loss).backward()
+        stats = st * w if stats is None else stats + st * w
+        fired = fi if fired is None else fired + fi
+        kth = clt.pop_batch_kth()
+        if kth is not None:
+            kths.append(kth)
+    assert stats is not None and fired is not None
+    kth_mean = torch.stack(kths).mean(0) if kths else None
+    return stats, fired, kth_mean
+
+
 def _truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
@@ -241,20 +293,19 @@ def train_clt(
         lam = lambda_s_at(step, c)
         if step == late_start:
             fired.zero_()  # count firing over the last LATE_FRACTION of training only
-        with precision_context(c.precision, device):
-            loss, stats, fired_b = model(x.to(device), y.to(device), lam)
-        kth = clt.pop_batch_kth()
+        opt.zero_grad(set_to_none=True)
+        stats, fired_b, kth = forward_backward(
+            model, clt, x.to(device), y.to(device), lam, c, device
+        )
         if kth is not None:
             update_batchtopk_threshold(clt, kth, step == 0, info)
         stats = D.all_reduce_mean(stats, info)
-        if not bool(torch.isfinite(stats).all()):
+        if not bool(torch.isfinite(stats).all()):  # after the all-reduce: every rank stops
             raise UserError(
                 f"CLT training diverged at step {step}: the loss is "
                 f"{float(stats[0])} (not finite); lower clt.lr or check the "
                 f"activations for inf/NaN."
             )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
         opt.step()
         fired += D.all_reduce_sum(fired_b, info)
