@@ -92,6 +92,36 @@ class FrozenAdjoint:
         ).to(self.enc.device)
         self.pos = torch.cat([rm.active_idx[i][:, 1] for i in range(L)]).to(self.enc.device)
 
+    @torch.no_grad()
+    def constants(self, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``constant_terms`` by hand: the frozen forward pass with every source at zero.
+
+        Returns ([K] feature pre-activation constants, [1, n_t] target constants) for
+        ``directions`` [n_t, V]: what positional embeddings, b_dec, the skip connection of those,
+        attention / LayerNorm / encoder / unembedding biases carry.
+        """
+        rm, b, dt = self.rm, self.rm.bridge, self.rm.dtype
+        clt = rm.clt
+        x = rm.pos_embed[0]  # [P, d]
+        pre = []
+        for layer in range(self.L):
+            ln = getattr(b.blocks[layer].ln1, "_original_component", b.blocks[layer].ln1)
+            y = (x - x.mean(-1, keepdim=True)) * self.ln1[layer] + ln.bias.detach().to(dt)
+            v = torch.einsum("pd,hde->hpe", y, self.W_V[layer]) + b.b_V[layer].detach()[:, None]
+            z = torch.matmul(self.pattern[layer], v)  # [H, P, dh]
+            x = x + torch.einsum("hpe,hef->pf", z, self.W_O[layer]) + b.b_O[layer].detach()
+            pf = rm.padded[layer]
+            pre.append(pf.pre(x[None]) if len(pf.idx) else x.new_zeros(0))
+            out = self.b_dec[layer]
+            if clt.W_skip is not None:
+                out = out + x @ self.skip_t[layer].T
+            x = x + out
+        lnf = getattr(b.ln_final, "_original_component", b.ln_final)
+        last = x[-1]
+        y = (last - last.mean()) * self.lnf_last + lnf.bias.detach().to(dt)
+        logits = y @ self.W_U + b.b_U.detach().to(dt)
+        return torch.cat(pre), (logits @ directions.to(dt).T)[None]
+
     def target_injection(self, directions: torch.Tensor) -> torch.Tensor:
         """[n_t, V] target directions -> [n_t, d] gradient at the last position's resid_post."""
         u = (directions.to(self.W_U.dtype) @ self.W_U.T) * self.lnf_last

@@ -207,6 +207,7 @@ def build_graph(
     n_t, L, P = len(targets), rm.n_layers, rm.n_pos
     att_t: Attributor | _AdjointRows
     att_f: Attributor | _AdjointRows
+    adj = None
     if supports_adjoint(rm):  # GPT-2 blocks: the frozen model's transpose, no autograd
         adj = FrozenAdjoint(rm)
         att_t = _AdjointRows(adj, rm.logits[0] @ D.T, D)
@@ -235,7 +236,8 @@ def build_graph(
     # the graph itself (adjacency, influence, pruning) is assembled on the CPU in float64
     f_rows, t_rows = ({k: v.cpu() for k, v in r.items()} for r in (f_rows, t_rows))
     bos_feat, visit = bos_feat.cpu(), torch.as_tensor(visit).cpu()
-    const_f, const_t = (c.cpu() for c in constant_terms(rm, D[None]))
+    consts = adj.constants(D) if adj is not None else constant_terms(rm, D[None])
+    const_f, const_t = (c.cpu() for c in consts)
     n_f = len(visit)
     n = n_f + L * P + P + n_t
     unvisited = ~bos_feat
