@@ -69,6 +69,7 @@ class FrozenAdjoint:
         lnf = _ln_weight(b.ln_final)[None] / rm.frozen["ln_final.hook_scale"][0]  # [P, d]
         self.lnf_last = lnf[-1].to(dt)  # [d]
         self.W_U = b.W_U.detach().to(dt)  # [d, V]
+        self._unembed: tuple[torch.Tensor, torch.Tensor] | None = None
         in_s = clt.input_scale.detach().to(dt)
         out_s = clt.output_scale.detach().to(dt)
         self.skip_t = None
@@ -119,12 +120,19 @@ class FrozenAdjoint:
         lnf = getattr(b.ln_final, "_original_component", b.ln_final)
         last = x[-1]
         y = (last - last.mean()) * self.lnf_last + lnf.bias.detach().to(dt)
-        logits = y @ self.W_U + b.b_U.detach().to(dt)
-        return torch.cat(pre), (logits @ directions.to(dt).T)[None]
+        # logits @ D^T = y @ (W_U D^T) + b_U D^T, without the [V] logits
+        D = directions.to(dt)
+        return torch.cat(pre), (y @ self.unembed(D).T + b.b_U.detach().to(dt) @ D.T)[None]
+
+    def unembed(self, directions: torch.Tensor) -> torch.Tensor:
+        """[n_t, V] -> [n_t, d] directions read through the unembedding (computed once)."""
+        if self._unembed is None or self._unembed[0] is not directions:
+            self._unembed = (directions, directions.to(self.W_U.dtype) @ self.W_U.T)
+        return self._unembed[1]
 
     def target_injection(self, directions: torch.Tensor) -> torch.Tensor:
         """[n_t, V] target directions -> [n_t, d] gradient at the last position's resid_post."""
-        u = (directions.to(self.W_U.dtype) @ self.W_U.T) * self.lnf_last
+        u = self.unembed(directions) * self.lnf_last
         return u - u.mean(-1, keepdim=True)
 
     def _backward(
@@ -169,14 +177,20 @@ class FrozenAdjoint:
                 inject[layer] = inj
             top = max(inject)  # the layers above the highest injection carry no gradient
         gm, g_emb = self._backward(g, inject, top)  # [B, P, L, d], [B, P, d]
+        # mlp_out gradients are zero from layer ``top`` up for feature rows (their injection is
+        # below that layer's MLP): only writes into layers <= hi carry edges
+        hi = L - 1 if g_final is not None else top - 1
         feats = []
         for layer in range(L):
             pf = rm.padded[layer]
             if len(pf.idx) == 0:
                 continue
-            tl = rm.clt.target_layers(layer)
-            g_cat = gm[:, :, tl[0] : tl[-1] + 1].reshape(B, P, -1)  # targets are consecutive
-            e = torch.einsum("qak,bqa->bqk", pf.dec_t, g_cat)
+            n_t = min(len(rm.clt.target_layers(layer)), hi - layer + 1)  # targets: layer, ...
+            if n_t <= 0:
+                feats.append(g.new_zeros(B, len(pf.idx)))
+                continue
+            g_cat = gm[:, :, layer : layer + n_t].reshape(B, P, -1)
+            e = torch.einsum("qak,bqa->bqk", pf.dec_t[:, : n_t * d], g_cat)
             feats.append(e.reshape(B, -1).index_select(1, pf.slot))
         feat = torch.cat(feats, 1) * self.acts if feats else g.new_zeros(B, 0)
         errors = (gm * rm.errors[0]).sum(-1).transpose(1, 2)  # [B, L, P]
