@@ -5,6 +5,9 @@ first the targets' rows, then the active features' rows. When a prompt has more 
 than ``max_feature_nodes``, features are attributed in order of their current influence on the
 targets (recomputed after every batch, as circuit-tracer does) and the rest are left out of the
 graph; their edges into attributed nodes are kept as ``unexplained`` mass (see ``graph.py``).
+On GPT-2-style models (every model clt-bench ships) the rows and constant terms come from the
+frozen model's hand-written transpose (``adjoint.py``), ~2x faster than circuit-tracer 0.5.0 on
+the toy (benchmarks/RESULTS.md); elsewhere from ``Attributor`` (autograd through the bridge).
 """
 
 from __future__ import annotations
