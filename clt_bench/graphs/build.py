@@ -5,6 +5,9 @@ first the targets' rows, then the active features' rows. When a prompt has more 
 than ``max_feature_nodes``, features are attributed in order of their current influence on the
 targets (recomputed after every batch, as circuit-tracer does) and the rest are left out of the
 graph; their edges into attributed nodes are kept as ``unexplained`` mass (see ``graph.py``).
+On GPT-2-style models (every model clt-bench ships) the rows and constant terms come from the
+frozen model's hand-written transpose (``adjoint.py``), ~2x faster than circuit-tracer 0.5.0 on
+the toy (benchmarks/RESULTS.md); elsewhere from ``Attributor`` (autograd through the bridge).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from transformers import PreTrainedTokenizerBase
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.config import GraphsConfig
 from clt_bench.errors import UserError
+from clt_bench.graphs.adjoint import FrozenAdjoint, supports_adjoint
 from clt_bench.graphs.attribution import (
     Attributor,
+    RowAttribution,
     TargetAttribution,
     constant_terms,
     feature_activations,
@@ -80,15 +85,38 @@ def check_context(loaded: LoadedModel, tokens: torch.Tensor) -> None:
         )
 
 
-def _attribute(att: Attributor, rows: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+class _AdjointRows:
+    """``Attributor``'s interface (``value``, ``rows_for``) on ``FrozenAdjoint``: the rows of the
+    targets (``directions`` [n_t, V]) or, without directions, of the clean active features."""
+
+    def __init__(
+        self, adj: FrozenAdjoint, value: torch.Tensor, directions: torch.Tensor | None = None
+    ) -> None:
+        self.adj, self.value = adj, value
+        self.inject = None if directions is None else adj.target_injection(directions)
+
+    def rows_for(self, idx: torch.Tensor) -> RowAttribution:
+        if self.inject is not None:
+            return self.adj.rows(self.inject[idx], None)
+        return self.adj.rows(None, idx)
+
+
+def _rows_for(att: Attributor | _AdjointRows, idx: torch.Tensor) -> RowAttribution:
+    if isinstance(att, _AdjointRows):
+        return att.rows_for(idx)
+    grad = torch.zeros(len(idx), att.value.shape[0], dtype=att.value.dtype, device=att.value.device)
+    grad[torch.arange(len(idx)), idx] = 1.0
+    return att.rows(grad)
+
+
+def _attribute(
+    att: Attributor | _AdjointRows, rows: torch.Tensor, batch_size: int
+) -> dict[str, torch.Tensor]:
     """Incoming edges of the entries ``rows`` of the 1-D ``att.value`` (one prompt), batched."""
     parts: dict[str, list[torch.Tensor]] = {"feat": [], "err": [], "tok": [], "pos": [], "bdec": []}
-    m = att.value.shape[0]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        grad = torch.zeros(len(chunk), m, dtype=att.value.dtype, device=att.value.device)
-        grad[torch.arange(len(chunk)), chunk] = 1.0
-        r = att.rows(grad)
+        r = _rows_for(att, chunk)
         parts["feat"].append(r.features)
         parts["err"].append(r.errors[:, 0].reshape(len(chunk), -1))
         parts["tok"].append(r.tokens[:, 0])
@@ -98,7 +126,7 @@ def _attribute(att: Attributor, rows: torch.Tensor, batch_size: int) -> dict[str
 
 
 def _select_features(
-    att: Attributor,
+    att: Attributor | _AdjointRows,
     target_rows: dict[str, torch.Tensor],
     w_t: torch.Tensor,
     max_nodes: int,
@@ -180,13 +208,21 @@ def build_graph(
         )
     D = directions(targets).to(rm.dtype).to(rm.logits.device)  # [n_t, V]
     n_t, L, P = len(targets), rm.n_layers, rm.n_pos
-    # two differentiated forward passes: the targets' rows never backpropagate through the
-    # features' ones (nor the features' through the unembedding)
-    att_t = Attributor(rm, lambda run: run.logits[0] @ D.T)
+    att_t: Attributor | _AdjointRows
+    att_f: Attributor | _AdjointRows
+    adj = None
+    if supports_adjoint(rm):  # GPT-2 blocks: the frozen model's transpose, no autograd
+        adj = FrozenAdjoint(rm)
+        att_t = _AdjointRows(adj, rm.logits[0] @ D.T, D)
+        att_f = _AdjointRows(adj, feature_activations(rm, "pre"))
+    else:
+        # two differentiated forward passes: the targets' rows never backpropagate through the
+        # features' ones (nor the features' through the unembedding)
+        att_t = Attributor(rm, lambda run: run.logits[0] @ D.T)
+        att_f = Attributor(rm, lambda run: torch.cat(run.pre))
     tvals = att_t.value  # [n_t]
     t_rows = _attribute(att_t, torch.arange(n_t), cfg.batch_size)
     del att_t
-    att_f = Attributor(rm, lambda run: torch.cat(run.pre))
     K = int(att_f.value.shape[0])
     w_t = torch.tensor([t.weight for t in targets], dtype=torch.float64)
     # circuit-tracer's BOS convention: BOS's features and errors are constants, not nodes
@@ -203,7 +239,8 @@ def build_graph(
     # the graph itself (adjacency, influence, pruning) is assembled on the CPU in float64
     f_rows, t_rows = ({k: v.cpu() for k, v in r.items()} for r in (f_rows, t_rows))
     bos_feat, visit = bos_feat.cpu(), torch.as_tensor(visit).cpu()
-    const_f, const_t = (c.cpu() for c in constant_terms(rm, D[None]))
+    consts = adj.constants(D) if adj is not None else constant_terms(rm, D[None])
+    const_f, const_t = (c.cpu() for c in consts)
     n_f = len(visit)
     n = n_f + L * P + P + n_t
     unvisited = ~bos_feat

@@ -129,8 +129,8 @@ def exact_answer(tpl: Template, year: int) -> int:
 def answer_token_ids(tokenizer: PreTrainedTokenizerBase, n: int = 100) -> torch.Tensor:
     """Token ids of "00".."99" (index i <-> f"{i:02d}"); [n]."""
     ids = []
-    for i in range(n):
-        enc = tokenizer.encode(f"{i:02d}")
+    # one batched call: a hundred single encodes cost ~9 ms per attribution graph
+    for i, enc in enumerate(tokenizer([f"{i:02d}" for i in range(n)])["input_ids"]):
         if len(enc) != 1:
             raise UserError(
                 f"the tokenizer splits '{i:02d}' into {len(enc)} tokens, so the greater-than task "
