@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402, F401  (re-exported: baseline.figures)
 
 from clt_bench.io import atomic_path  # noqa: E402
 
