@@ -38,10 +38,7 @@ def end_logits(
     outs = []
     for i in range(0, tokens.shape[0], batch_size):
         chunk = tokens[i : i + batch_size].to(device)
-        if hooks:
-            logits = bridge.run_with_hooks(chunk, fwd_hooks=hooks)
-        else:
-            logits = bridge(chunk)
+        logits = bridge.run_with_hooks(chunk, fwd_hooks=hooks) if hooks else bridge(chunk)
         last = logits[:, pos].float()
         if compact_ids is not None:
             last = compact_logits(last, compact_ids.to(last.device))
