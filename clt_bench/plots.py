@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
+import seaborn as sns  # noqa: E402, F401  (re-exported: baseline.figures)
 
 from clt_bench.io import atomic_path  # noqa: E402
 
@@ -54,6 +54,41 @@ def scale_matrix(matrix: np.ndarray, scale: str = "linear") -> tuple[np.ndarray,
     raise ValueError(f"unknown scale {scale!r} (linear | row | log)")
 
 
+def heatmap(
+    ax: plt.Axes,
+    matrix: np.ndarray,
+    cmap: str = "viridis",
+    center: float | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cbar_label: str | None = None,
+) -> None:
+    """A matrix as coloured cells, row 0 on top (what ``seaborn.heatmap`` draws, same colours).
+
+    seaborn's heatmap renders the whole figure on every call to decide whether tick labels
+    overlap, so a grid of n panels costs n full renders; the callers here set their own ticks, so
+    the cells and the colour bar are drawn directly. NaN cells stay blank. ``center``: a
+    diverging map centred there and cut to the data's range, as seaborn does.
+    """
+    data = np.ma.masked_invalid(np.asarray(matrix, dtype=np.float64))
+    finite = data.compressed()
+    lo = float(finite.min()) if vmin is None and finite.size else vmin
+    hi = float(finite.max()) if vmax is None and finite.size else vmax
+    cm = plt.get_cmap(cmap)
+    if center is not None and lo is not None and hi is not None:
+        vrange = max(hi - center, center - lo)
+        cut = plt.Normalize(center - vrange, center + vrange)([lo, hi])
+        cm = matplotlib.colors.ListedColormap(cm(np.linspace(cut[0], cut[1], 256)))
+    mesh = ax.pcolormesh(data, cmap=cm, vmin=lo, vmax=hi)
+    ax.set(xlim=(0, data.shape[1]), ylim=(0, data.shape[0]))
+    ax.invert_yaxis()
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if cbar_label is not None:
+        cb = ax.figure.colorbar(mesh, ax=ax, label=cbar_label)
+        cb.outline.set_linewidth(0)
+
+
 def yy_zz_heatmap(
     matrix: np.ndarray,
     path: str | os.PathLike[str],
@@ -75,23 +110,21 @@ def yy_zz_heatmap(
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    kw = dict(cmap="RdBu_r", center=0.0) if diverging else dict(cmap="viridis")
-    if scale == "row" and not diverging:
-        kw.update(vmin=0.0, vmax=1.0)
-    sns.heatmap(
+    vmin, vmax = (0.0, 1.0) if scale == "row" and not diverging else (None, None)
+    heatmap(
+        ax,
         matrix,
-        ax=ax,
-        cbar=colorbar,
-        cbar_kws={"label": cbar_label + suffix} if colorbar else None,
-        xticklabels=10,
-        yticklabels=10,
-        **kw,
+        cmap="RdBu_r" if diverging else "viridis",
+        center=0.0 if diverging else None,
+        vmin=vmin,
+        vmax=vmax,
+        cbar_label=cbar_label + suffix if colorbar else None,
     )
     ax.set_xticks(np.arange(0, 100, 10) + 0.5)
     ax.set_xticklabels([f"{z:02d}" for z in range(0, 100, 10)])
     ticks = [i for i, y in enumerate(yy_values) if y % 10 == 0]
     ax.set_yticks(np.array(ticks) + 0.5)
-    ax.set_yticklabels([f"{yy_values[i]:02d}" for i in ticks])
+    ax.set_yticklabels([f"{yy_values[i]:02d}" for i in ticks], rotation="vertical", va="center")
     ax.plot(
         [y + 0.5 for y in yy_values],
         np.arange(len(yy_values)) + 0.5,

@@ -8,6 +8,7 @@ import torch
 from helpers import tiny_bridge
 
 from clt_bench.compare.units import (
+    FRACTIONS,
     UnitBlock,
     UnitSet,
     bootstrap_needed,
@@ -215,3 +216,24 @@ def test_unit_masks_follow_the_model_device():
     assert out.device == dev and out.shape == (2, 3, 1, 5)
     with pytest.raises(RuntimeError):
         units.outs([torch.ones(4)])  # a CPU mask is refused: the check can fail
+
+
+def test_bootstrap_matches_one_resample_at_a_time():
+    """The vectorised bootstrap draws the same resamples as a loop of rng.integers(0, n, n) and
+    gives the same intervals, including curves that never reach a fraction."""
+    rng = np.random.default_rng(7)
+    ks = [0, 1, 2, 3, 5, 8, 13, 40]
+    pd = np.cumsum(rng.random((len(ks), 9)), 0) / 8 - 0.2
+    clean = pd[-1] + rng.normal(0, 0.3, 9)
+    got = bootstrap_needed(ks, pd, clean, n_boot=300, seed=3)
+    draws = {f: [] for f in FRACTIONS}
+    r = np.random.default_rng(3)
+    for _ in range(300):
+        idx = r.integers(0, 9, 9)
+        norm = normalized(pd[:, idx].mean(1), float(clean[idx].mean()))
+        for f in FRACTIONS:
+            k = units_needed(ks, norm, f)
+            draws[f].append(np.inf if k is None else k)
+    for f in FRACTIONS:
+        want = (float(np.percentile(draws[f], 2.5)), float(np.percentile(draws[f], 97.5)))
+        assert str(got[f]) == str(want), f

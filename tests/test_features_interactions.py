@@ -8,7 +8,7 @@ import pytest
 import torch
 from _graphs_helpers import tiny_loaded
 
-from clt_bench.features.ablation import free_delta_pd
+from clt_bench.features.ablation import clean_writes, decoder_rows, free_delta_pd
 from clt_bench.features.attribution import one_per_yy
 from clt_bench.features.interactions import pair_interactions, write_interactions
 from clt_bench.graphs.local_replacement import build_replacement
@@ -71,3 +71,28 @@ def test_features_on_disjoint_prompts_do_not_interact(setup):
     assert scale > 1e-8
     assert abs(out["residual"][0, 1]) < 1e-9 * scale
     assert out["pair"][0, 1] == pytest.approx(out["single"].sum(), rel=1e-9)
+
+
+def test_clean_writes_equal_the_per_row_sums_bitwise(setup):
+    """The batched decoder writes are the per-row loop's sums exactly (same products, same
+    order), for singles, pairs and features whose target layers differ."""
+    _, clt, batch, rm = setup
+    feats = [(0, 1), (1, 0), (0, 5)]
+    acts = [rm.acts[:, :, lay, f].numpy() for lay, f in feats]
+    dec = decoder_rows(clt, feats, torch.float32)
+    a_all = torch.stack([torch.as_tensor(a, dtype=torch.float32) for a in acts])
+    rows = [((0,), 2), ((1,), 0), ((0, 1), 3), ((1, 2), 5), ((2,), 1)]
+    prompt = torch.tensor([p for _, p in rows])
+    first = torch.tensor([s[0] for s, _ in rows])
+    second = torch.tensor([s[1] if len(s) > 1 else -1 for s, _ in rows])
+    got = clean_writes(a_all, dec, prompt, first, second)
+    n_pos = batch.clean.shape[1]
+    for r, (s, p) in enumerate(rows):
+        ref = torch.zeros(clt.n_layers, n_pos, clt.spec.d_model)
+        for u in s:
+            layer, fid = feats[u]
+            a = torch.as_tensor(acts[u][p], dtype=torch.float32)
+            for tgt in clt.target_layers(layer):
+                ref[tgt] += a[:, None] * clt.layer_decoder(layer, tgt)[fid].to(torch.float32)
+        assert torch.equal(got[:, r], ref), (s, p)
+    assert got[:, 2].abs().sum() > 0

@@ -86,8 +86,12 @@ def model_device(bridge: TransformerBridge) -> torch.device:
 
 
 def end_only_hook(end_pos: int) -> Hook:
-    """Unembed only END: ``unembed.hook_in`` [b, pos, d] -> [b, 1, d] (vocab matmul is costly)."""
-    return ("unembed.hook_in", lambda x, hook: x[:, end_pos : end_pos + 1])
+    """Unembed only END: ``unembed.hook_in`` [b, pos, d] -> [b, 1, d] (vocab matmul is costly).
+
+    Contiguous: on a strided slice the unembedding runs as b matrix-vector products, each reading
+    the whole [d, vocab] matrix (6x slower on the toy's 50,257-token vocabulary).
+    """
+    return ("unembed.hook_in", lambda x, hook: x[:, end_pos : end_pos + 1].contiguous())
 
 
 @torch.no_grad()

@@ -70,8 +70,10 @@ def family_batches(cfg: RunConfig, loaded: LoadedModel, n: int) -> dict[str, Tas
 def _contributions(
     loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch, keys: np.ndarray
 ) -> np.ndarray:
-    att = task_attributions(loaded.bridge, clt, batch, heatmap_mode="direct", progress=False)
-    return per_feature_sums(att, keys)["pd"]
+    att = task_attributions(
+        loaded.bridge, clt, batch, heatmap_mode="direct", progress=False, direct_effects=False
+    )
+    return per_feature_sums(att, keys)["pd"]  # total effects only
 
 
 def generalisation(

@@ -312,19 +312,21 @@ def bootstrap_needed(
 ) -> dict[float, tuple[float, float]]:
     """95 % interval of units needed per fraction, resampling prompts (``pd`` [m, n]).
 
-    A resample whose curve never reaches the fraction counts as infinity."""
+    A resample whose curve never reaches the fraction counts as infinity. All resamples at once
+    (the same draws, in the same order, as one ``rng.integers(0, n, n)`` per resample)."""
     rng = np.random.default_rng(seed)
     n = pd.shape[1]
-    draws = {f: [] for f in fractions}
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        norm = normalized(pd[:, idx].mean(1), float(clean[idx].mean()))
-        for f in fractions:
-            k = units_needed(ks, norm, f)
-            draws[f].append(np.inf if k is None else k)
-    return {
-        f: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for f, v in draws.items()
-    }
+    idx = rng.integers(0, n, (n_boot, n))  # [n_boot, n]
+    curves = pd[:, idx].mean(2)  # [m, n_boot]
+    gap = clean[idx].mean(1) - curves[0]  # [n_boot]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = np.where(gap != 0, (curves - curves[0]) / np.where(gap != 0, gap, 1.0), np.nan)
+    k_col = np.asarray(ks, dtype=np.float64)[:, None]
+    out = {}
+    for f in fractions:
+        draws = np.where(norm >= f, k_col, np.inf).min(0)  # smallest k reaching f; inf: none
+        out[f] = (float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5)))
+    return out
 
 
 def split_halves(n: int) -> tuple[list[int], list[int]]:

@@ -63,6 +63,43 @@ def end_logits_via(bridge, fn: Callable[[], object]) -> torch.Tensor:
     return out if b_U is None else out + b_U.detach()
 
 
+def decoder_rows(
+    clt: CrossLayerTranscoder,
+    features: Sequence[tuple[int, int]],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """[K, L, d] each (layer, id) feature's decoder row into every layer (0 where it does not
+    write), read once per feature instead of once per (feature, prompt) row."""
+    out = torch.zeros(len(features), clt.n_layers, clt.spec.d_model, dtype=dtype, device=device)
+    for u, (layer, fid) in enumerate(features):
+        for tgt in clt.target_layers(layer):
+            out[u, tgt] = clt.layer_decoder(layer, tgt)[fid].detach().to(dtype)
+    return out
+
+
+def clean_writes(
+    acts: torch.Tensor, dec: torch.Tensor, prompt: torch.Tensor, *features: torch.Tensor
+) -> torch.Tensor:
+    """[L, R, pos, d] the summed clean decoder writes of ``features`` (each [R] indices into
+    ``acts`` [K, n, pos] and ``dec`` [K, L, d]; -1 = none) in rows with prompts ``prompt`` [R].
+
+    Row r: sum over the features f of acts[f, prompt, :, None] x dec[f] (elementwise products
+    summed in the order given, as a per-row loop would add them).
+    """
+    out = None
+    for f in features:
+        ok = f >= 0
+        fi = f.clamp_min(0)
+        w = acts[fi, prompt][:, :, None, None] * dec[fi][:, None]  # [R, pos, L, d]
+        if out is None:
+            out = torch.where(ok[:, None, None, None], w, torch.zeros_like(w))
+        else:
+            out = torch.where(ok[:, None, None, None], out + w, out)
+    assert out is not None
+    return out.permute(2, 0, 1, 3)
+
+
 def pd_of(logits: torch.Tensor, yy: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """[n] probability difference of END logits [n, V] for start years ``yy`` [n]."""
     p = answer_probs(logits, batch.answer_ids)
@@ -215,17 +252,13 @@ def free_delta_pd(
     clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch.yy, batch)
     total = np.zeros(len(features))
     pairs = _pairs(active, 0, n)
+    L = clt.n_layers
+    dec = decoder_rows(clt, features, torch.float32, dev)
+    a_all = torch.stack([torch.as_tensor(a, dtype=torch.float32) for a in acts]).to(dev)
     for group in tqdm(_groups(pairs, rows_per_pass), desc="free ablations", disable=not progress):
         idx = torch.tensor([p for _, p in group])
         tokens = batch.clean[idx].to(dev)
-        L = clt.n_layers
-        sub = torch.zeros(L, len(group), tokens.shape[1], clt.spec.d_model, device=dev)
-        for r, (u, p) in enumerate(group):
-            layer, fid = features[u]
-            a = torch.as_tensor(acts[u][p], dtype=sub.dtype, device=dev)  # [pos]
-            for tgt in clt.target_layers(layer):
-                dec = clt.layer_decoder(layer, tgt)[fid].detach().to(sub.dtype)
-                sub[tgt, r] += a[:, None] * dec
+        sub = clean_writes(a_all, dec, idx.to(dev), torch.tensor([u for u, _ in group], device=dev))
         used = [t for t in range(L) if bool(sub[t].any())]
 
         def hook(t: int, sub: torch.Tensor = sub):

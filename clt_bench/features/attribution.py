@@ -259,6 +259,7 @@ def _chunk(
     W_U: torch.Tensor,
     b_U: torch.Tensor,
     heatmap_mode: str,
+    direct_effects: bool = True,
 ) -> dict[str, torch.Tensor]:
     L = rm.n_layers
     dirs, off, pd = _target_matrix(rm, batch, W_U, b_U)
@@ -277,9 +278,12 @@ def _chunk(
         g_ans = _mlp_grads(run, targets, list(range(N_ANSWERS)), retain=False)
         answers = feature_effects(rm, g_ans, split=False)  # [100, K]
     del run
-    # direct effects (features frozen) on every coordinate of x_END: one row per basis vector,
-    # batched with clt_bench.graphs' Attributor (functorch VJP)
-    direct, x_end = _direct_on_end(rm)
+    if direct_effects:
+        # direct effects (features frozen) on every coordinate of x_END: one row per basis
+        # vector, batched with clt_bench.graphs' Attributor (functorch VJP)
+        direct, x_end = _direct_on_end(rm)
+    else:  # not wanted (left 0): most of the cost of a chunk in "direct" heatmap mode
+        direct = torch.zeros(len(feature_table(rm)), x_end.shape[-1], device=x_end.device)
     if heatmap_mode == "direct":
         answers = (direct.double() @ W_U[:, ids].double()).T  # [100, K]
     table = feature_table(rm)  # [K, 4] (prompt, layer, pos, feature)
@@ -308,13 +312,16 @@ def task_attributions(
     prompts_per_pass: int = 16,
     heatmap_mode: str = "direct",
     progress: bool = True,
+    direct_effects: bool = True,
 ) -> TaskAttributions:
     """Attribute the answer logits, the logit difference and PD of every prompt of ``batch``.
 
     ``heatmap_mode``: "direct" (the answer-logit attributions are the graph's direct edges,
     features frozen: fast) or "total" (all paths, features linearised: ~10x slower on CPU). The
     logit difference, PD and the write split are always total effects. The direct effects on
-    the END residual (``direct_x``) come from one backward row per d_model coordinate.
+    the END residual (``direct_x``) come from one backward row per d_model coordinate;
+    ``direct_effects=False`` skips them (``direct_x``, ``pd_direct`` and, in "direct" mode, the
+    answer attributions are then 0) for callers that read only the total effects.
     """
     if heatmap_mode not in ("direct", "total"):
         raise UserError(f"unknown heatmap mode '{heatmap_mode}' (direct or total).")
@@ -327,7 +334,7 @@ def task_attributions(
     ):
         sub = batch.subset(list(range(start, min(start + prompts_per_pass, n))))
         rm = build_replacement(bridge, clt, sub.clean)
-        out = _chunk(rm, sub, clt, W_U, b_U, heatmap_mode)
+        out = _chunk(rm, sub, clt, W_U, b_U, heatmap_mode, direct_effects)
         out["table"][:, 0] += start
         parts.append(out)
         del rm

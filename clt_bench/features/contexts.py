@@ -8,11 +8,13 @@ layer's features, so TopK variants are right).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from clt_bench.activations.extract import _StopForward
 from clt_bench.activations.tokens import TokenRows
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.graphs.local_replacement import layer_activate
@@ -57,14 +59,17 @@ def top_contexts(
         def grab(layer: int, cap: dict[int, torch.Tensor] = cap):
             def fn(t: torch.Tensor, hook) -> torch.Tensor:
                 cap[layer] = t.detach()
+                if layer == layers[-1]:
+                    raise _StopForward  # nothing later is read (the logits cost the most)
                 return t
 
             return fn
 
-        bridge.run_with_hooks(
-            batch.tokens.to(dev),
-            fwd_hooks=[(f"blocks.{layer}.hook_resid_mid", grab(layer)) for layer in layers],
-        )
+        with contextlib.suppress(_StopForward):
+            bridge.run_with_hooks(
+                batch.tokens.to(dev),
+                fwd_hooks=[(f"blocks.{layer}.hook_resid_mid", grab(layer)) for layer in layers],
+            )
         mask = batch.mask.to(dev)
         for layer in layers:
             x = cap[layer].to(clt.W_enc.dtype) * clt.input_scale[layer]

@@ -25,27 +25,10 @@ import seaborn as sns
 import torch
 
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.features.ablation import end_logits_via, pd_of
+from clt_bench.features.ablation import clean_writes, decoder_rows, end_logits_via, pd_of
 from clt_bench.io import write_text
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
-
-
-def _writes(
-    clt: CrossLayerTranscoder,
-    feats: Sequence[tuple[int, int]],
-    acts: Sequence[np.ndarray],
-    prompt: int,
-    n_pos: int,
-    dev: torch.device,
-) -> torch.Tensor:
-    """[L, pos, d] the summed decoder writes of ``feats`` (clean activations) in ``prompt``."""
-    out = torch.zeros(clt.n_layers, n_pos, clt.spec.d_model, device=dev)
-    for (layer, fid), a in zip(feats, acts, strict=True):
-        a = torch.as_tensor(a[prompt], dtype=out.dtype, device=dev)  # [pos]
-        for tgt in clt.target_layers(layer):
-            out[tgt] += a[:, None] * clt.layer_decoder(layer, tgt)[fid].detach().to(out.dtype)
-    return out
 
 
 @torch.no_grad()
@@ -69,17 +52,14 @@ def pair_interactions(
     dev = next(bridge.parameters()).device
     clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch.yy, batch)
     total = {s: 0.0 for s in sets}
-    n_pos = batch.clean.shape[1]
+    dec = decoder_rows(clt, features, torch.float32, dev)  # [K, L, d]
+    a_all = torch.stack([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in acts]).to(dev)
     for start in range(0, len(rows), rows_per_pass):
         group = rows[start : start + rows_per_pass]
-        idx = torch.tensor([p for _, p in group])
-        sub = torch.stack(
-            [
-                _writes(clt, [features[u] for u in s], [acts[u] for u in s], p, n_pos, dev)
-                for s, p in group
-            ],
-            dim=1,
-        )  # [L, R, pos, d]
+        idx = torch.tensor([p for _, p in group], device=dev)
+        first = torch.tensor([s[0] for s, _ in group], device=dev)
+        second = torch.tensor([s[1] if len(s) > 1 else -1 for s, _ in group], device=dev)
+        sub = clean_writes(a_all, dec, idx, first, second)  # [L, R, pos, d]
         hooks = [
             (f"blocks.{t}.hook_mlp_out", lambda y, hook, t=t, sub=sub: y - sub[t].to(y.dtype))
             for t in range(clt.n_layers)

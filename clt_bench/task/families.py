@@ -79,8 +79,12 @@ def evaluate_families(
             log.warning("family %s skipped: %s", name, err)
             continue
         ids, bs = batch.answer_ids, cfg.task.batch_size
-        clean = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs, compact_ids=ids)
-        corrupt = end_logits(loaded.bridge, batch.corrupted, batch.end_pos, bs, compact_ids=ids)
+        clean = end_logits(
+            loaded.bridge, batch.clean, batch.end_pos, bs, compact_ids=ids, end_only=True
+        )
+        corrupt = end_logits(
+            loaded.bridge, batch.corrupted, batch.end_pos, bs, compact_ids=ids, end_only=True
+        )
         compact = torch.arange(len(ids))
         m = task_metrics(clean, batch, answer_ids=compact)
         mc = task_metrics(corrupt, batch, prefix="corrupted_", answer_ids=compact)

@@ -58,8 +58,12 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
     spec = load_task(cfg.task.task)
     batch = load_task_batch(cfg, loaded)
     bs, ids = cfg.task.batch_size, batch.answer_ids
-    clean = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs, compact_ids=ids)
-    corrupt = end_logits(loaded.bridge, batch.corrupted, batch.end_pos, bs, compact_ids=ids)
+    clean = end_logits(
+        loaded.bridge, batch.clean, batch.end_pos, bs, compact_ids=ids, end_only=True
+    )
+    corrupt = end_logits(
+        loaded.bridge, batch.corrupted, batch.end_pos, bs, compact_ids=ids, end_only=True
+    )
     compact = torch.arange(len(ids))  # columns of the compact logits
     clean_m = task_metrics(clean, batch, answer_ids=compact)
     corrupt_m = task_metrics(corrupt, batch, prefix="corrupted_", answer_ids=compact)
