@@ -142,3 +142,40 @@ def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
     assert report == (3, tmp_path, ["report"], False)
     with pytest.raises(UserError):
         mod.run_seeds(load_config("toy"), tmp_path, [1, 1])
+
+
+def test_run_seeds_with_plt_seeds_trains_one_plt_per_seed(tmp_path, monkeypatch):
+    from clt_bench.config import load_config
+    from clt_bench.stability import seeds as mod
+
+    calls = []
+
+    def fake_pipeline(cfg, run_dir, stages=None, resume=True, progress=print, model=None):
+        calls.append((cfg.clt.seed, cfg.plt.seed, Path(run_dir), list(stages)))
+        for s in stages:
+            (Path(run_dir) / s).mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(model="MODEL")
+
+    monkeypatch.setattr(mod, "run_pipeline", fake_pipeline)
+    monkeypatch.setattr(
+        mod,
+        "write_stability",
+        lambda dirs, out, threshold: {
+            "stable_mean": 0,
+            "n_top": 0,
+            "stable_influence_share_mean": 0,
+        },
+    )
+    mod.run_seeds(load_config("toy"), tmp_path, [3, 5], progress=lambda s: None, plt_seeds=True)
+    first, second, report = calls
+    assert first[:2] == (3, 3) and second[:2] == (5, 5) and report[:2] == (3, 3)
+    assert "plt" in second[3]
+    seed_dir = tmp_path / "seeds" / "clt-seed5"
+    assert not (seed_dir / "plt").is_symlink()
+    assert (seed_dir / "activations").resolve() == (tmp_path / "activations").resolve()
+
+
+def test_plt_seeds_without_clt_seeds_is_bad_input(tmp_path):
+    from clt_bench.cli import main
+
+    assert main(["run", "--plt-seeds", "--out", str(tmp_path / "r")]) == 2

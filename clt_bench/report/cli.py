@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated CLT seeds (e.g. 0,1,2): one CLT per seed on the same activations, "
         "then <out>/stability/ (features matched across seeds)",
     )
+    p.add_argument(
+        "--plt-seeds",
+        action="store_true",
+        help="with --clt-seeds: each seed also trains its own PLT (plt.seed = the seed) instead "
+        "of sharing the first run's (what a regression reference needs for PLT seed bands)",
+    )
     p.set_defaults(func=run)
 
     c = sub.add_parser(
@@ -91,8 +97,19 @@ def run(args: argparse.Namespace) -> int:
     if args.clt_seeds:
         from clt_bench.stability.seeds import run_seeds
 
-        ctx = run_seeds(cfg, out, _seeds(args.clt_seeds), stages, resume=not args.no_resume)
+        ctx = run_seeds(
+            cfg,
+            out,
+            _seeds(args.clt_seeds),
+            stages,
+            resume=not args.no_resume,
+            plt_seeds=args.plt_seeds,
+        )
     else:
+        if args.plt_seeds:
+            from clt_bench.errors import UserError
+
+            raise UserError("--plt-seeds goes with --clt-seeds (a list of seeds).")
         ctx = run_pipeline(cfg, out, stages=stages, resume=not args.no_resume)
     report = out / "report.html"
     if "report" in ctx.results:

@@ -37,17 +37,28 @@ def run_seeds(
     resume: bool = True,
     threshold: float = 0.9,
     progress: Callable[[str], None] = print,
+    plt_seeds: bool = False,
 ) -> RunContext:
-    """Run ``stages`` (default: all) once per CLT seed; write ``run_dir/stability``."""
+    """Run ``stages`` (default: all) once per CLT seed; write ``run_dir/stability``.
+
+    ``plt_seeds``: each seed's run also trains its own PLT with ``plt.seed`` = the seed (by
+    default the PLT does not depend on the CLT seed and is shared like the activations); a
+    regression reference needs this, or its PLT metrics would have no seed spread.
+    """
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise UserError("seeds must name at least two different CLT seeds.")
     run_dir = Path(run_dir)
     names = stages or list(STAGES)
     before_report = [s for s in names if s != "report"]
-    shared = seed_independent_stages()
+    shared = [s for s in seed_independent_stages() if not (plt_seeds and s == "plt")]
+
+    def seeded(seed: int) -> RunConfig:
+        c = with_section(cfg, "clt", seed=seed)
+        return with_section(c, "plt", seed=seed) if plt_seeds else c
+
     progress(f"CLT seed {seeds[0]} (reference) -> {run_dir}")
     first = run_pipeline(
-        with_section(cfg, "clt", seed=seeds[0]),
+        seeded(seeds[0]),
         run_dir,
         stages=before_report,
         resume=resume,
@@ -62,7 +73,7 @@ def run_seeds(
         # ``clt-bench check`` / ``make-reference`` / ``compare-runs``
         own = [s for s in names if s not in shared]
         run_pipeline(
-            with_section(cfg, "clt", seed=seed),
+            seeded(seed),
             d,
             stages=own,
             resume=resume,
@@ -78,7 +89,7 @@ def run_seeds(
             f"{summary['n_top']}, carrying {summary['stable_influence_share_mean']:.1%} "
             "of the top features' influence"
         )
-    cfg0 = with_section(cfg, "clt", seed=seeds[0])
+    cfg0 = seeded(seeds[0])
     if "report" in names:  # recomputed so that it shows the stability section
         return run_pipeline(
             cfg0, run_dir, stages=["report"], resume=False, progress=progress, model=first.model
