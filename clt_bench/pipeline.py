@@ -219,10 +219,13 @@ def run_pipeline(
     resume: bool = True,
     progress: Callable[[str], None] = print,
     model: LoadedModel | None = None,
+    overlap: bool = True,
 ) -> RunContext:
     """Run ``stages`` (default: all, in order) into ``run_dir``; returns the context.
 
     ``model``: an already loaded model for ``cfg.model`` (a sub-run reuses its parent's).
+    ``overlap``: where ``overlap.can_overlap`` allows it, train the PLT in a second process
+    beside the CLT (same results; ``clt-bench run --serial`` turns it off).
     """
     names = stages or list(STAGES)
     unknown = [s for s in names if s not in STAGES]
@@ -234,29 +237,66 @@ def run_pipeline(
     for stage in STAGES:  # finished stages outside ``names`` still feed the report
         if stage not in names and stage_is_current(ctx, stage):
             ctx.results[stage] = read_json(ctx.stage_dir(stage) / "stage.json").get("summary", {})
+    from clt_bench import overlap as ov
+
     stale = False
-    for i, stage in enumerate(names, 1):
-        marker = ctx.stage_dir(stage) / "stage.json"
-        if resume and not stale and stage_is_current(ctx, stage):
-            ctx.results[stage] = read_json(marker).get("summary", {})
-            progress(f"[{i}/{len(names)}] {stage}: done earlier (resumed)")
-            continue
-        stale = True  # everything after a recomputed stage is recomputed too
-        progress(f"[{i}/{len(names)}] {stage} ...")
-        _prepare_stage_dir(ctx, stage, resume)
-        t0 = time.perf_counter()
-        summary = _stage_fn(stage)(ctx) or {}
-        seconds = time.perf_counter() - t0
-        ctx.results[stage] = summary
-        write_json(
-            marker,
-            {
-                "stage": stage,
-                "config_hash": ctx.stage_hash(stage),
-                "code": code_identity(),
-                "seconds": round(seconds, 2),
-                "summary": summary,
-            },
-        )
-        progress(f"[{i}/{len(names)}] {stage}: finished in {seconds:.1f}s")
+    worker: ov.PLTWorker | None = None
+    # the plt stage goes to a worker once its inputs (task, baseline, activations) are done
+    launch_after = [s for s in names if s in ov.PLT_INPUTS]
+    parallel = overlap and ov.can_overlap(cfg, names)
+    plt_was_current = True
+
+    def launch() -> ov.PLTWorker:
+        nonlocal plt_was_current
+        # the worker recomputes the plt stage whenever this loop would (a recomputed input, or
+        # not current); its inputs are final now
+        plt_was_current = resume and not stale and stage_is_current(ctx, "plt")
+        progress("plt: training beside the CLT in a second process")
+        return ov.PLTWorker(cfg, ctx.run_dir, resume=resume and not stale)
+
+    if parallel and not launch_after:
+        worker, parallel = launch(), False
+    try:
+        for i, stage in enumerate(names, 1):
+            marker = ctx.stage_dir(stage) / "stage.json"
+            if stage == "plt" and worker is not None:
+                t0 = time.perf_counter()
+                worker.wait()
+                worker = None
+                stale = stale or not plt_was_current  # a recomputed plt reruns what follows
+                ctx.results[stage] = read_json(marker).get("summary", {})
+                waited = time.perf_counter() - t0
+                seconds = read_json(marker).get("seconds", float("nan"))
+                progress(
+                    f"[{i}/{len(names)}] {stage}: finished in {seconds:.1f}s in a second "
+                    f"process beside the CLT (waited {waited:.1f}s for it)"
+                )
+                continue
+            if resume and not stale and stage_is_current(ctx, stage):
+                ctx.results[stage] = read_json(marker).get("summary", {})
+                progress(f"[{i}/{len(names)}] {stage}: done earlier (resumed)")
+            else:
+                stale = True  # everything after a recomputed stage is recomputed too
+                progress(f"[{i}/{len(names)}] {stage} ...")
+                _prepare_stage_dir(ctx, stage, resume)
+                t0 = time.perf_counter()
+                summary = _stage_fn(stage)(ctx) or {}
+                seconds = time.perf_counter() - t0
+                ctx.results[stage] = summary
+                write_json(
+                    marker,
+                    {
+                        "stage": stage,
+                        "config_hash": ctx.stage_hash(stage),
+                        "code": code_identity(),
+                        "seconds": round(seconds, 2),
+                        "summary": summary,
+                    },
+                )
+                progress(f"[{i}/{len(names)}] {stage}: finished in {seconds:.1f}s")
+            if parallel and stage == launch_after[-1]:
+                worker, parallel = launch(), False
+    finally:
+        if worker is not None:
+            worker.stop()
     return ctx

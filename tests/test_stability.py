@@ -114,7 +114,9 @@ def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_pipeline(cfg, run_dir, stages=None, resume=True, progress=print, model=None):
+    def fake_pipeline(
+        cfg, run_dir, stages=None, resume=True, progress=print, model=None, overlap=True
+    ):
         calls.append((cfg.clt.seed, Path(run_dir), list(stages), resume))
         for s in stages:
             (Path(run_dir) / s).mkdir(parents=True, exist_ok=True)
@@ -150,7 +152,9 @@ def test_run_seeds_with_plt_seeds_trains_one_plt_per_seed(tmp_path, monkeypatch)
 
     calls = []
 
-    def fake_pipeline(cfg, run_dir, stages=None, resume=True, progress=print, model=None):
+    def fake_pipeline(
+        cfg, run_dir, stages=None, resume=True, progress=print, model=None, overlap=True
+    ):
         calls.append((cfg.clt.seed, cfg.plt.seed, Path(run_dir), list(stages)))
         for s in stages:
             (Path(run_dir) / s).mkdir(parents=True, exist_ok=True)

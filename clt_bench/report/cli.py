@@ -18,6 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-resume", action="store_true", help="recompute finished stages")
     p.add_argument(
+        "--serial",
+        action="store_true",
+        help="never train the PLT in a second process beside the CLT (by default a CPU run "
+        "does when clt.threads + plt.threads fit the cores)",
+    )
+    p.add_argument(
         "--clt-seeds",
         default=None,
         help="comma-separated CLT seeds (e.g. 0,1,2): one CLT per seed on the same activations, "
@@ -104,13 +110,16 @@ def run(args: argparse.Namespace) -> int:
             stages,
             resume=not args.no_resume,
             plt_seeds=args.plt_seeds,
+            overlap=not args.serial,
         )
     else:
         if args.plt_seeds:
             from clt_bench.errors import UserError
 
             raise UserError("--plt-seeds goes with --clt-seeds (a list of seeds).")
-        ctx = run_pipeline(cfg, out, stages=stages, resume=not args.no_resume)
+        ctx = run_pipeline(
+            cfg, out, stages=stages, resume=not args.no_resume, overlap=not args.serial
+        )
     report = out / "report.html"
     if "report" in ctx.results:
         from clt_bench.report.headline import headline_table

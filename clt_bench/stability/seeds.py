@@ -38,6 +38,7 @@ def run_seeds(
     threshold: float = 0.9,
     progress: Callable[[str], None] = print,
     plt_seeds: bool = False,
+    overlap: bool = True,
 ) -> RunContext:
     """Run ``stages`` (default: all) once per CLT seed; write ``run_dir/stability``.
 
@@ -63,6 +64,7 @@ def run_seeds(
         stages=before_report,
         resume=resume,
         progress=progress,
+        overlap=overlap,
     )
     dirs = {seeds[0]: run_dir}
     for seed in seeds[1:]:
@@ -79,6 +81,7 @@ def run_seeds(
             resume=resume,
             progress=progress,
             model=first.model,
+            overlap=overlap,
         )
         dirs[seed] = d
     if "features" in names or (run_dir / "features" / "features.csv").is_file():

@@ -1,0 +1,77 @@
+"""The plt stage in a second process beside the CLT: same results as a serial run, failures end
+the run with one sentence, and the decision rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clt_bench import overlap
+from clt_bench.cli import main
+from clt_bench.config import load_config
+
+TINY = [
+    "--set", "clt.n_steps=20", "--set", "plt.n_steps=20", "--set", "clt.n_features=32",
+    "--set", "plt.n_features=32", "--set", "activations.n_tokens=8000",
+    "--set", "activations.eval_tokens=512", "--set", "clt.batch_tokens=256",
+    "--set", "plt.batch_tokens=256", "--set", "clt.eval_tokens=128", "--set", "plt.eval_tokens=128",
+    "--set", "activations.shuffle_buffer=4096", "--set", "task.n=24", "--set", "task.family_n=4",
+    "--set", "baseline.n_examples=12", "--set", "baseline.discovery_examples=8",
+    "--set", "baseline.n_random=2", "--set", "baseline.neuron_examples=6",
+    "--set", "baseline.neuron_candidates=4", "--set", "baseline.curve_dense=3",
+    "--set", "baseline.max_steps=2", "--set", "graphs.n_prompts=2", "--set", "features.top_k=4",
+    "--set", "features.n_plots=1", "--set", "features.curve_dense=3",
+]  # fmt: skip
+STAGES = "task,baseline,activations,clt,graphs,features,plt"
+
+
+def test_overlap_rule(monkeypatch):
+    names = ["activations", "clt", "plt"]
+    monkeypatch.setattr(overlap, "available_cores", lambda: 2)
+    assert overlap.can_overlap(load_config("toy"), names)  # 1 + 1 thread on 2 cores
+    assert not overlap.can_overlap(load_config("toy"), ["activations", "plt"])
+    assert not overlap.can_overlap(load_config("toy", ["plt.enabled=false"]), names)
+    assert not overlap.can_overlap(load_config("toy", ["clt.threads=2"]), names)
+    assert not overlap.can_overlap(load_config("toy", ["clt.threads=0"]), names)
+    monkeypatch.setattr(overlap, "available_cores", lambda: 1)
+    assert not overlap.can_overlap(load_config("toy"), names)
+
+
+@pytest.mark.slow
+def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(overlap, "available_cores", lambda: 2)
+    runs = {}
+    for mode in ("serial", "overlap"):
+        out = tmp_path / mode
+        extra = ["--serial"] if mode == "serial" else []
+        assert main(["run", "--out", str(out), "--stages", STAGES, *TINY, *extra]) == 0
+        runs[mode] = out
+    assert (runs["overlap"] / overlap.LOG_NAME).is_file()
+    assert not (runs["serial"] / overlap.LOG_NAME).exists()
+    for f in ("plt/stage.json", "clt/stage.json"):
+        a, b = (json.loads((runs[m] / f).read_text())["summary"] for m in ("serial", "overlap"))
+        timing = ("seconds", "tokens_per_second")
+        a, b = ({k: v for k, v in d.items() if not k.endswith(timing)} for d in (a, b))
+        assert a == b, f
+        assert a, f
+    # resumed: nothing recomputed, the worker finds its stage current
+    assert main(["run", "--out", str(runs["overlap"]), "--stages", STAGES, *TINY]) == 0
+    log = (runs["overlap"] / overlap.LOG_NAME).read_text()
+    assert "done earlier (resumed)" in log
+
+
+def test_a_failing_worker_ends_the_run_with_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(overlap, "available_cores", lambda: 2)
+    # an existing folder that holds no transcoder passes the config check and fails in the
+    # worker, when the plt stage loads it
+    (tmp_path / "empty").mkdir()
+    rc = main(
+        [
+            "run", "--out", str(tmp_path / "r"), "--stages", "task,activations,clt,plt",
+            *TINY, "--set", f'plt.load="{tmp_path / "empty"}"',
+        ]
+    )  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "plt stage failed in its worker process" in err and overlap.LOG_NAME in err
