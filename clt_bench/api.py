@@ -211,12 +211,16 @@ def run_pipeline(
     stages: Sequence[str] | None = None,
     resume: bool = True,
     progress: Callable[[str], None] = print,
+    overlap: bool = False,
 ) -> RunContext:
     """Run the pipeline's stages (default: all) into ``run_dir``, resuming finished ones.
 
-    Stages: task, baseline, activations, clt, graphs, features, compare, report
+    Stages: task, baseline, activations, clt, graphs, features, plt, compare, report
     (``docs/architecture.md``). A finished stage whose config is unchanged is not recomputed
     unless ``resume=False``. Returns the run context (``ctx.results[stage]``: its numbers).
+    ``overlap=True`` trains the PLT in a second (spawned) process beside the CLT where the
+    thread settings fit the cores, as ``clt-bench run`` does; the calling script then needs an
+    ``if __name__ == "__main__":`` guard.
 
     >>> from clt_bench import load_config, run_pipeline
     >>> ctx = run_pipeline(load_config("quick"), "results/quick", progress=lambda line: None)
@@ -226,7 +230,12 @@ def run_pipeline(
     from clt_bench.pipeline import run_pipeline as _run_pipeline
 
     return _run_pipeline(
-        config, run_dir, list(stages) if stages else None, resume=resume, progress=progress
+        config,
+        run_dir,
+        list(stages) if stages else None,
+        resume=resume,
+        progress=progress,
+        overlap=overlap,
     )
 
 

@@ -219,13 +219,15 @@ def run_pipeline(
     resume: bool = True,
     progress: Callable[[str], None] = print,
     model: LoadedModel | None = None,
-    overlap: bool = True,
+    overlap: bool = False,
 ) -> RunContext:
     """Run ``stages`` (default: all, in order) into ``run_dir``; returns the context.
 
     ``model``: an already loaded model for ``cfg.model`` (a sub-run reuses its parent's).
     ``overlap``: where ``overlap.can_overlap`` allows it, train the PLT in a second process
-    beside the CLT (same results; ``clt-bench run --serial`` turns it off).
+    beside the CLT (same results). ``clt-bench run`` turns it on (``--serial``: off); from Python
+    it is off by default, because a spawned process re-imports the calling script, which then
+    needs an ``if __name__ == "__main__":`` guard.
     """
     names = stages or list(STAGES)
     unknown = [s for s in names if s not in STAGES]

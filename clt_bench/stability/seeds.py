@@ -38,7 +38,7 @@ def run_seeds(
     threshold: float = 0.9,
     progress: Callable[[str], None] = print,
     plt_seeds: bool = False,
-    overlap: bool = True,
+    overlap: bool = False,
 ) -> RunContext:
     """Run ``stages`` (default: all) once per CLT seed; write ``run_dir/stability``.
 
