@@ -42,27 +42,40 @@ class CLTSpec:
 
 
 class JumpReLUFn(torch.autograd.Function):
-    """a = h * 1[h > theta]; d a / d theta via a rectangle kernel of width ``bandwidth``."""
+    """a = h * 1[h > theta]; d a / d theta via a rectangle kernel of width ``bandwidth``.
+
+    The masks are float {0, 1} tensors from ``sign`` (h > theta <=> sign(h - theta) = 1, exactly
+    in IEEE arithmetic): on the CPU a comparison into a bool tensor and ``torch.where`` on it
+    take 2-4x the time of a float pass, and this runs on every [n, F] pre-activation twice a step.
+    """
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
         ctx.save_for_backward(h, theta)
         ctx.bandwidth = bandwidth
-        return torch.where(h > theta, h, 0.0)  # where: no bool -> float copy (CPU step time)
+        return active_mask(h - theta).to(h.dtype).mul_(h)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         h, theta = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_h = torch.where(h > theta, grad_out, 0.0) if ctx.needs_input_grad[0] else None
+        d = h - theta
         grad_theta = None
         if ctx.needs_input_grad[1]:
-            d = (h - theta).abs_()
-            near = torch.where(d < eps / 2, grad_out, 0.0)  # rectangle kernel window
+            # rectangle kernel window |h - theta| < eps / 2 <=> eps / 2 - |h - theta| > 0
+            near = active_mask(d.abs().neg_().add_(eps / 2)).mul_(grad_out)
             if near.dim() > theta.dim():
                 near = near.reshape(-1, *theta.shape).sum(0)
             grad_theta = -(theta / eps) * near  # sum of -theta / eps * K * grad_out
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            grad_h = active_mask(d).mul_(grad_out).to(h.dtype)
         return grad_h, grad_theta, None
+
+
+def active_mask(d: torch.Tensor) -> torch.Tensor:
+    """1.0 where d > 0, else 0.0 (NaN stays NaN), in place on ``d``: sign, then clamp."""
+    return d.sign_().clamp_(min=0.0)
 
 
 class StepFn(torch.autograd.Function):
