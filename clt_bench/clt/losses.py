@@ -97,7 +97,10 @@ class TrainObjective(nn.Module):
         if kind in PENALISED:
             mask = SD.grad_support(pre, kind, theta, spec.bandwidth)
             if self.decoder == "auto" and not SD.use_sparse(
-                "auto", int(torch.count_nonzero(mask)), n * F, pre.device  # 3x a bool sum
+                "auto",
+                int(torch.count_nonzero(mask)),
+                n * F,
+                pre.device,  # 3x a bool sum
             ):
                 return None
             rows = SD.SparseRows.from_mask(mask)
