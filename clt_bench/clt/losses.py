@@ -96,12 +96,9 @@ class TrainObjective(nn.Module):
         kind = spec.activation
         if kind in PENALISED:
             mask = SD.grad_support(pre, kind, theta, spec.bandwidth)
-            if self.decoder == "auto" and not SD.use_sparse(
-                "auto",
-                int(torch.count_nonzero(mask)),
-                n * F,
-                pre.device,  # 3x a bool sum
-            ):
+            # count_nonzero: a third of the time of a bool sum on the CPU
+            auto = self.decoder == "auto"
+            if auto and not SD.use_sparse("auto", int(mask.count_nonzero()), n * F, pre.device):
                 return None
             rows = SD.SparseRows.from_mask(mask)
             h = pre.reshape(-1)[rows.flat]
