@@ -133,3 +133,18 @@ def test_float_masks_equal_the_bool_reference():
     assert torch.equal(grads[0], ref_grads[0]) and torch.equal(grads[2], ref_grads[1])
     assert torch.allclose(grads[1], ref_theta, rtol=1e-6, atol=1e-6)
     assert bool(window[0].all()) and 0 < int(window.sum()) < n * F  # the cases are exercised
+
+
+def test_row_norm_gradient_matches_vector_norm():
+    """decoder_norms' one-pass backward equals torch's vector_norm backward, zero rows included."""
+    from clt_bench.clt.model import RowNormFn
+
+    w = torch.randn(6, 3, 4, dtype=torch.float64)
+    w[2] = 0.0  # a zero row: no gradient (vector_norm's subgradient)
+    g = torch.randn(6, dtype=torch.float64)
+    a = w.clone().requires_grad_(True)
+    b = w.clone().requires_grad_(True)
+    (RowNormFn.apply(a) * g).sum().backward()
+    (torch.linalg.vector_norm(b, dim=(1, 2)) * g).sum().backward()
+    assert torch.allclose(RowNormFn.apply(w), torch.linalg.vector_norm(w, dim=(1, 2)))
+    assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=0) and not a.grad[2].any()

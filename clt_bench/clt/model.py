@@ -101,6 +101,31 @@ class StepFn(torch.autograd.Function):
         return torch.zeros_like(h), grad_theta, None
 
 
+class RowNormFn(torch.autograd.Function):
+    """w [F, ...] -> [F] the L2 norm of each row. Backward is one pass over w (g / norm * w);
+    ``vector_norm``'s own backward makes three (divide, multiply, mask the zero norms): ~0.1 s
+    of a 2.3 s training step over the 250 MB of decoders at L12 d768 F1024 on one CPU core."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())))
+        ctx.save_for_backward(w, norm)
+        return norm
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        w, norm = ctx.saved_tensors
+        scale = torch.where(norm > 0, g / norm, 0.0)  # [F]; a zero row gets no gradient
+        return w * scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype)
+
+
+def _row_norm(w: torch.Tensor) -> torch.Tensor:
+    """[F, T, d] -> [F]; sharded (DTensor) parameters keep torch's own norm and backward."""
+    if type(w.data) is torch.Tensor:
+        return RowNormFn.apply(w)
+    return torch.linalg.vector_norm(w, dim=(1, 2))
+
+
 class CrossLayerTranscoder(nn.Module):
     """A CLT (or PLT). ``forward(x)`` maps [batch, L, d] resid_mid to [batch, L, d] mlp_out."""
 
@@ -253,8 +278,7 @@ class CrossLayerTranscoder(nn.Module):
 
     def decoder_norms(self) -> torch.Tensor:
         """[L, F] norm of each feature's decoder vectors to all its target layers, concatenated."""
-        # vector_norm: no [F, T, d] temporaries forward or backward (w.pow(2) made two per step)
-        return torch.stack([torch.linalg.vector_norm(w, dim=(1, 2)) for w in self.W_dec])
+        return torch.stack([_row_norm(w) for w in self.W_dec])
 
     def layer_decoder(self, src: int, tgt: int) -> torch.Tensor:
         """[F, d] decoder of layer ``src`` features into layer ``tgt`` (in raw output units)."""
