@@ -153,7 +153,9 @@ def _run_json(cmd: list[str], threads: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def compare_decode_clt(venv: str, rounds: int, steps: int, bandwidth: float) -> list[dict]:
+def compare_decode_clt(
+    venv: str, rounds: int, steps: int, bandwidth: float, thread_counts: tuple[int, ...] = (1, 2)
+) -> list[dict]:
     """Median step seconds of decode-clt 0.0.1 and clt-bench, alternating fresh processes."""
     py = Path(venv) / "bin" / "python"
     if not py.is_file():
@@ -165,7 +167,7 @@ def compare_decode_clt(venv: str, rounds: int, steps: int, bandwidth: float) -> 
     here = Path(__file__).resolve()
     rows = []
     for L, d, F, n in SHAPES:
-        for threads in (1, 2):
+        for threads in thread_counts:
             times: dict[str, list[float]] = {"decode-clt": [], "clt-bench": [], "sparse": []}
             for _ in range(rounds):
                 shape = [str(v) for v in (L, d, F, n, threads, steps)]
@@ -228,10 +230,16 @@ def main() -> None:
         help="venv with decode-clt 0.0.1: only run the side-by-side comparison",
     )
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--compare-threads", default="1,2", help="thread counts of the comparison (comma-separated)"
+    )
     args = ap.parse_args()
     if args.compare_decode_clt:
         bw = load_config("toy").clt.bandwidth
-        rows = compare_decode_clt(args.compare_decode_clt, args.rounds, min(args.steps, 5), bw)
+        threads = tuple(int(t) for t in args.compare_threads.split(","))
+        rows = compare_decode_clt(
+            args.compare_decode_clt, args.rounds, min(args.steps, 5), bw, threads
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
         return

@@ -93,3 +93,58 @@ def test_schedules():
     assert lr_factor(0, c) == 0.1 and lr_factor(9, c) == 1.0 and lr_factor(50, c) == 1.0
     assert math.isclose(lr_factor(90, c), 0.5) and lr_factor(99, c) > 0
     assert lambda_s_at(0, c) == 0 and lambda_s_at(25, c) == 1.0 and lambda_s_at(80, c) == 2.0
+
+
+def test_float_masks_equal_the_bool_reference():
+    """JumpReLUFn and PreactPenaltyFn build their masks from sign(); the values and gradients must
+    equal the comparison + torch.where formulation bit for bit, ties (h == theta) and window
+    edges included."""
+    from clt_bench.clt.losses import PreactPenaltyFn
+
+    g = torch.Generator().manual_seed(0)
+    n, F, eps = 64, 9, 0.25
+    theta = (torch.rand(F, generator=g) + 0.1).requires_grad_(True)
+    h = torch.randn(n, F, generator=g)
+    h[0] = theta.detach()  # ties: not active, not below, inside the window
+    h[1] = theta.detach() + 0.125  # at the window's edges (up to the rounding of h)
+    h[2] = theta.detach() - 0.125
+    h.requires_grad_(True)
+    grad_out = torch.randn(n, F, generator=g)
+    norms = torch.rand(F, generator=g).requires_grad_(True)
+
+    def reference(h, theta, norms):
+        a = torch.where(h > theta, h, 0.0)
+        p = (torch.relu(theta - h).sum(0) * norms).sum() / n
+        return a, p
+
+    a_ref, p_ref = reference(h, theta, norms)
+    ref_grads = torch.autograd.grad((a_ref * grad_out).sum() + 3 * p_ref, (h, norms))
+    # the reference threshold gradient: -theta / eps * sum over the window of grad_out, plus
+    # the pre-activation penalty's 3 / n * norms * #(h < theta)
+    window = (h.detach() - theta.detach()).abs() < eps / 2
+    below = (h.detach() < theta.detach()).sum(0)
+    ref_theta = -(theta.detach() / eps) * torch.where(window, grad_out, 0.0).sum(0)
+    ref_theta = ref_theta + 3 / n * norms.detach() * below
+
+    a = JumpReLUFn.apply(h, theta, eps)
+    p = PreactPenaltyFn.apply(h, theta, norms)
+    grads = torch.autograd.grad((a * grad_out).sum() + 3 * p, (h, theta, norms))
+    assert torch.equal(a, a_ref) and torch.equal(p, p_ref)
+    assert torch.equal(grads[0], ref_grads[0]) and torch.equal(grads[2], ref_grads[1])
+    assert torch.allclose(grads[1], ref_theta, rtol=1e-6, atol=1e-6)
+    assert bool(window[0].all()) and 0 < int(window.sum()) < n * F  # the cases are exercised
+
+
+def test_row_norm_gradient_matches_vector_norm():
+    """decoder_norms' one-pass backward equals torch's vector_norm backward, zero rows included."""
+    from clt_bench.clt.model import RowNormFn
+
+    w = torch.randn(6, 3, 4, dtype=torch.float64)
+    w[2] = 0.0  # a zero row: no gradient (vector_norm's subgradient)
+    g = torch.randn(6, dtype=torch.float64)
+    a = w.clone().requires_grad_(True)
+    b = w.clone().requires_grad_(True)
+    (RowNormFn.apply(a) * g).sum().backward()
+    (torch.linalg.vector_norm(b, dim=(1, 2)) * g).sum().backward()
+    assert torch.allclose(RowNormFn.apply(w), torch.linalg.vector_norm(w, dim=(1, 2)))
+    assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=0) and not a.grad[2].any()

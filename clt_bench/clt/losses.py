@@ -15,7 +15,7 @@ from torch import nn
 
 from clt_bench.clt import sparse_decode as SD
 from clt_bench.clt.cpu_alloc import keep_freed_memory
-from clt_bench.clt.model import CrossLayerTranscoder, JumpReLUFn
+from clt_bench.clt.model import CrossLayerTranscoder, JumpReLUFn, active_mask
 
 PENALISED = ("jumprelu", "relu")
 # order of the per-step statistics vector returned by ``TrainObjective.forward``
@@ -52,12 +52,14 @@ class PreactPenaltyFn(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         pre, theta, norms, gap = ctx.saved_tensors
         n = pre.shape[0]
-        below = pre < theta  # [n, F]
+        # -1.0 where pre < theta, else 0.0: a float mask (a bool one and torch.where took ~3x
+        # the time on the CPU)
+        below = (pre - theta).sign_().clamp_(max=0.0)  # [n, F]
         grad_pre = grad_theta = grad_norms = None
-        if ctx.needs_input_grad[0]:
-            grad_pre = torch.where(below, (-(g / n) * norms).to(pre.dtype), 0.0)
         if ctx.needs_input_grad[1]:
-            grad_theta = (g / n) * norms * below.sum(0, dtype=norms.dtype)
+            grad_theta = (g / n) * norms * -below.sum(0, dtype=norms.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_pre = below.mul_((g / n) * norms).to(pre.dtype)
         if ctx.needs_input_grad[2]:
             grad_norms = (g / n) * gap.to(norms.dtype)
         return grad_pre, grad_theta, grad_norms
@@ -94,9 +96,9 @@ class TrainObjective(nn.Module):
         kind = spec.activation
         if kind in PENALISED:
             mask = SD.grad_support(pre, kind, theta, spec.bandwidth)
-            if self.decoder == "auto" and not SD.use_sparse(
-                "auto", int(mask.sum()), n * F, pre.device
-            ):
+            # count_nonzero: a third of the time of a bool sum on the CPU
+            auto = self.decoder == "auto"
+            if auto and not SD.use_sparse("auto", int(mask.count_nonzero()), n * F, pre.device):
                 return None
             rows = SD.SparseRows.from_mask(mask)
             h = pre.reshape(-1)[rows.flat]
@@ -158,7 +160,7 @@ class TrainObjective(nn.Module):
                 contribs.append(SD.dense_contrib(acts, w))
                 if penalised and lambda_s > 0:
                     sparsity = sparsity + torch.tanh(self.tanh_c * norms[l] * acts).sum(-1).mean()
-                fired.append(torch.count_nonzero(acts > 0, dim=0))
+                fired.append(active_mask(acts.detach().clone()).sum(0).long())
             if penalised and self.lambda_p > 0:
                 t = th if th is not None else torch.zeros_like(norms[l])
                 preact = preact + PreactPenaltyFn.apply(pre, t, norms[l])

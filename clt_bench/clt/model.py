@@ -42,27 +42,40 @@ class CLTSpec:
 
 
 class JumpReLUFn(torch.autograd.Function):
-    """a = h * 1[h > theta]; d a / d theta via a rectangle kernel of width ``bandwidth``."""
+    """a = h * 1[h > theta]; d a / d theta via a rectangle kernel of width ``bandwidth``.
+
+    The masks are float {0, 1} tensors from ``sign`` (h > theta <=> sign(h - theta) = 1, exactly
+    in IEEE arithmetic): on the CPU a comparison into a bool tensor and ``torch.where`` on it
+    take 2-4x the time of a float pass, and this runs on every [n, F] pre-activation twice a step.
+    """
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
         ctx.save_for_backward(h, theta)
         ctx.bandwidth = bandwidth
-        return torch.where(h > theta, h, 0.0)  # where: no bool -> float copy (CPU step time)
+        return active_mask(h - theta).to(h.dtype).mul_(h)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         h, theta = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_h = torch.where(h > theta, grad_out, 0.0) if ctx.needs_input_grad[0] else None
+        d = h - theta
         grad_theta = None
         if ctx.needs_input_grad[1]:
-            d = (h - theta).abs_()
-            near = torch.where(d < eps / 2, grad_out, 0.0)  # rectangle kernel window
+            # rectangle kernel window |h - theta| < eps / 2 <=> eps / 2 - |h - theta| > 0
+            near = active_mask(d.abs().neg_().add_(eps / 2)).mul_(grad_out)
             if near.dim() > theta.dim():
                 near = near.reshape(-1, *theta.shape).sum(0)
             grad_theta = -(theta / eps) * near  # sum of -theta / eps * K * grad_out
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            grad_h = active_mask(d).mul_(grad_out).to(h.dtype)
         return grad_h, grad_theta, None
+
+
+def active_mask(d: torch.Tensor) -> torch.Tensor:
+    """1.0 where d > 0, else 0.0 (NaN stays NaN), in place on ``d``: sign, then clamp."""
+    return d.sign_().clamp_(min=0.0)
 
 
 class StepFn(torch.autograd.Function):
@@ -86,6 +99,31 @@ class StepFn(torch.autograd.Function):
             else grad_theta
         )
         return torch.zeros_like(h), grad_theta, None
+
+
+class RowNormFn(torch.autograd.Function):
+    """w [F, ...] -> [F] the L2 norm of each row. Backward is one pass over w (g / norm * w);
+    ``vector_norm``'s own backward makes three (divide, multiply, mask the zero norms): ~0.1 s
+    of a 2.3 s training step over the 250 MB of decoders at L12 d768 F1024 on one CPU core."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())))
+        ctx.save_for_backward(w, norm)
+        return norm
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        w, norm = ctx.saved_tensors
+        scale = torch.where(norm > 0, g / norm, 0.0)  # [F]; a zero row gets no gradient
+        return w * scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype)
+
+
+def _row_norm(w: torch.Tensor) -> torch.Tensor:
+    """[F, T, d] -> [F]; sharded (DTensor) parameters keep torch's own norm and backward."""
+    if type(w.data) is torch.Tensor:
+        return RowNormFn.apply(w)
+    return torch.linalg.vector_norm(w, dim=(1, 2))
 
 
 class CrossLayerTranscoder(nn.Module):
@@ -240,8 +278,7 @@ class CrossLayerTranscoder(nn.Module):
 
     def decoder_norms(self) -> torch.Tensor:
         """[L, F] norm of each feature's decoder vectors to all its target layers, concatenated."""
-        # vector_norm: no [F, T, d] temporaries forward or backward (w.pow(2) made two per step)
-        return torch.stack([torch.linalg.vector_norm(w, dim=(1, 2)) for w in self.W_dec])
+        return torch.stack([_row_norm(w) for w in self.W_dec])
 
     def layer_decoder(self, src: int, tgt: int) -> torch.Tensor:
         """[F, d] decoder of layer ``src`` features into layer ``tgt`` (in raw output units)."""
