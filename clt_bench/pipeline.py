@@ -256,7 +256,7 @@ def run_pipeline(
         progress("plt: training beside the CLT in a second process")
         return ov.PLTWorker(cfg, ctx.run_dir, resume=resume and not stale)
 
-    if parallel and not launch_after:
+    if parallel and not launch_after and not (resume and stage_is_current(ctx, "plt")):
         worker, parallel = launch(), False
     try:
         for i, stage in enumerate(names, 1):
@@ -297,7 +297,9 @@ def run_pipeline(
                 )
                 progress(f"[{i}/{len(names)}] {stage}: finished in {seconds:.1f}s")
             if parallel and stage == launch_after[-1]:
-                worker, parallel = launch(), False
+                parallel = False
+                if not (resume and not stale and stage_is_current(ctx, "plt")):
+                    worker = launch()  # (a current plt is resumed in order, no process needed)
     finally:
         if worker is not None:
             worker.stop()

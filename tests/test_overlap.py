@@ -55,10 +55,15 @@ def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch):
         a, b = ({k: v for k, v in d.items() if not k.endswith(timing)} for d in (a, b))
         assert a == b, f
         assert a, f
-    # resumed: nothing recomputed, the worker finds its stage current
+    # resumed: nothing recomputed, no worker started for a current plt stage
+    (runs["overlap"] / overlap.LOG_NAME).unlink()
     assert main(["run", "--out", str(runs["overlap"]), "--stages", STAGES, *TINY]) == 0
-    log = (runs["overlap"] / overlap.LOG_NAME).read_text()
-    assert "done earlier (resumed)" in log
+    assert not (runs["overlap"] / overlap.LOG_NAME).exists()
+    # a recomputed input (--no-resume) recomputes the plt stage in the worker
+    assert (
+        main(["run", "--out", str(runs["overlap"]), "--stages", STAGES, "--no-resume", *TINY]) == 0
+    )
+    assert "plt: finished" in (runs["overlap"] / overlap.LOG_NAME).read_text()
 
 
 def test_a_failing_worker_ends_the_run_with_one_sentence(tmp_path, monkeypatch, capsys):
