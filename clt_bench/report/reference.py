@@ -55,6 +55,10 @@ DETERMINISTIC = (
     "compare.model_prob_diff",
     "compare.neuron_units_*",
     "graphs.n_tokens",
+    # the PLT sub-run's model-only numbers (its features and graphs stages' clean PD and prompt)
+    "plt.clean_prob_diff",
+    "plt.n_prompts",
+    "plt.n_tokens",
 )
 
 # (pattern, absolute floor, relative floor) of the half-width of a seed-dependent metric's band
@@ -64,6 +68,11 @@ SEED_FLOORS: tuple[tuple[str, float, float], ...] = (
     ("compare.node_recall_*", 0.2, 0.0),
     ("compare.clt_all_features_fraction", 0.05, 0.0),
     ("clt.dead_fraction", 0.005, 0.0),
+    # the same for the PLT (its features stage's counts, its circuit overlap)
+    ("plt.n_*", 2.0, 0.0),
+    ("compare.plt_node_precision_*", 0.2, 0.0),
+    ("compare.plt_node_recall_*", 0.2, 0.0),
+    ("plt.dead_fraction", 0.005, 0.0),
 )
 
 # keys that may differ between the runs of a reference (seed runs: seeds; variation runs also the
