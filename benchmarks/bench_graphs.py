@@ -18,7 +18,8 @@ builds the headline prompt's graph on the toy with the same tokens, the same CLT
 folder is already in circuit-tracer's layout), the greater-than target (given to circuit-tracer as
 a custom target: its direction times the unembedding, read at the final LayerNorm's output), the
 same batch size and max_feature_nodes, in fresh processes alternating (``--rounds``) at each of
-``--thread-list``; each process warms up once and times ``--reps`` builds (median). Times are
+``--thread-list``; each process makes ``--warmup`` untimed builds, then times ``--reps``
+builds (median). Times are
 circuit-tracer's ``attribute`` call and clt-bench's whole ``build_graph`` (which also prunes and
 scores the graph). The edges must be identical: same feature nodes in the same order, and
 |A_ours - A_ct| <= 1e-5 * max|A| + 1e-6 over the whole adjacency.
@@ -158,6 +159,7 @@ def _ct_spec(args: argparse.Namespace, work: Path) -> tuple[dict, list[int]]:
         "batch_size": args.batch_size,
         "max_feature_nodes": args.max_features,
         "reps": args.reps,
+        "warmup": args.warmup,
     }
     return spec, tokens.tolist()
 
@@ -177,7 +179,8 @@ def ours_case(args: argparse.Namespace) -> dict:
 
     loaded, clt = load_model("toy"), load_clt(args.toy_clt)
     cfg = GraphsConfig(batch_size=args.batch_size, max_feature_nodes=args.max_features)
-    g = build_graph(loaded, clt, PROMPT, "greater-than", cfg)
+    for _ in range(args.warmup):  # lazy imports, allocator, caches: as on circuit-tracer's side
+        g = build_graph(loaded, clt, PROMPT, "greater-than", cfg)
     walls, cpus = [], []
     for _ in range(args.reps):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -234,7 +237,7 @@ def compare_circuit_tracer(args: argparse.Namespace) -> list[dict]:
         ours_cmd = [sys.executable, __file__, "--ct-case", "--threads", str(threads)]
         ours_cmd += ["--toy-clt", args.toy_clt, "--ct-out", str(work / "ours.st")]
         ours_cmd += ["--batch-size", str(args.batch_size), "--max-features", str(args.max_features)]
-        ours_cmd += ["--reps", str(args.reps)]
+        ours_cmd += ["--reps", str(args.reps), "--warmup", str(args.warmup)]
         t: dict[str, list[dict]] = {"ct": [], "ours": []}
         for r in range(args.rounds):
             order = (("ct", ct_cmd), ("ours", ours_cmd))
@@ -311,6 +314,9 @@ def main() -> None:
     p.add_argument("--thread-list", default="1,2", help="comparison: thread counts")
     p.add_argument("--rounds", type=int, default=3, help="comparison: alternating rounds")
     p.add_argument("--reps", type=int, default=5, help="comparison: timed builds per process")
+    p.add_argument(
+        "--warmup", type=int, default=3, help="comparison: untimed builds per process first"
+    )
     p.add_argument("--ct-case", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ct-out", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
