@@ -63,7 +63,8 @@ if [ "$DEVICE" = "cpu" ]; then  # tiny settings: only checks that every step run
     TRAIN_SETS=(--set clt.n_features=64 --set activations.shuffle_buffer=4096
                 --set clt.batch_tokens=512 --set clt.norm_batches=2
                 --set activations.eval_tokens=512 --set clt.eval_tokens=128)
-    TOY_SETS=(--set clt.n_steps=30 --set activations.n_tokens=20000 --set graphs.n_prompts=4
+    TOY_SETS=(--set clt.n_steps=30 --set plt.n_steps=30 --set plt.n_features=64
+              --set activations.n_tokens=20000 --set graphs.n_prompts=4
               --set features.top_k=4 --set features.n_plots=1 --set features.curve_dense=3
               --set baseline.n_examples=12 --set baseline.discovery_examples=8
               --set baseline.n_random=2 --set baseline.neuron_examples=6

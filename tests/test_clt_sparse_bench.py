@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,10 @@ def test_bench_gpu_tiny_on_cpu(tmp_path):
         check=True,
         timeout=600,
     ).stdout
-    for needle in ("matmul peak", "fp32 dense", "bf16 sparse", "seed scale:"):
+    for needle in ("matmul peak", "fp32 dense", "bf16 sparse", "seed scale (sparse, passes of"):
         assert needle in out
-    assert (tmp_path / "gpu.json").is_file()
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    # the seed-scale step in one pass and in micro-batches (clt.micro_batch_tokens), both timed
+    micro = {r["micro_batch_tokens"] for r in rows if r["shape"].startswith("seed")}
+    assert micro == {0, 128}
+    assert all(r["step_s"] > 0 for r in rows if "error" not in r)
