@@ -246,18 +246,19 @@ def run_pipeline(
     # the plt stage goes to a worker once its inputs (task, baseline, activations) are done
     launch_after = [s for s in names if s in ov.PLT_INPUTS]
     parallel = overlap and ov.can_overlap(cfg, names)
-    plt_was_current = True
+
+    def plt_to_run() -> bool:  # what the loop below would decide for the plt stage now
+        return not (resume and not stale and stage_is_current(ctx, "plt"))
 
     def launch() -> ov.PLTWorker:
-        nonlocal plt_was_current
-        # the worker recomputes the plt stage whenever this loop would (a recomputed input, or
-        # not current); its inputs are final now
-        plt_was_current = resume and not stale and stage_is_current(ctx, "plt")
+        # its inputs are final now; the worker recomputes the plt stage (a current one is
+        # resumed in order, without a process), keeping an interrupted attempt's checkpoints
         progress("plt: training beside the CLT in a second process")
         return ov.PLTWorker(cfg, ctx.run_dir, resume=resume and not stale)
 
-    if parallel and not launch_after and not (resume and stage_is_current(ctx, "plt")):
-        worker, parallel = launch(), False
+    if parallel and not launch_after:
+        parallel = False
+        worker = launch() if plt_to_run() else None
     try:
         for i, stage in enumerate(names, 1):
             marker = ctx.stage_dir(stage) / "stage.json"
@@ -265,10 +266,11 @@ def run_pipeline(
                 t0 = time.perf_counter()
                 worker.wait()
                 worker = None
-                stale = stale or not plt_was_current  # a recomputed plt reruns what follows
-                ctx.results[stage] = read_json(marker).get("summary", {})
+                stale = True  # the worker recomputed plt: what follows is recomputed too
+                done = read_json(marker)
+                ctx.results[stage] = done.get("summary", {})
                 waited = time.perf_counter() - t0
-                seconds = read_json(marker).get("seconds", float("nan"))
+                seconds = done.get("seconds", float("nan"))
                 progress(
                     f"[{i}/{len(names)}] {stage}: finished in {seconds:.1f}s in a second "
                     f"process beside the CLT (waited {waited:.1f}s for it)"
@@ -298,8 +300,7 @@ def run_pipeline(
                 progress(f"[{i}/{len(names)}] {stage}: finished in {seconds:.1f}s")
             if parallel and stage == launch_after[-1]:
                 parallel = False
-                if not (resume and not stale and stage_is_current(ctx, "plt")):
-                    worker = launch()  # (a current plt is resumed in order, no process needed)
+                worker = launch() if plt_to_run() else None
     finally:
         if worker is not None:
             worker.stop()

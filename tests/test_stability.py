@@ -108,16 +108,17 @@ def test_stability_flags_labels_and_influence_share(tmp_path):
     assert (tmp_path / "stability" / "heatmaps_stable.png").stat().st_size > 10_000
 
 
-def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
-    from clt_bench.config import load_config
+def _fake_seed_runs(monkeypatch, record) -> list:
+    """Replace the seed runner's pipeline and stability summary; returns the list of calls:
+    ``record(cfg, run_dir, stages, resume)`` per pipeline call, ("stability", dirs) per summary."""
     from clt_bench.stability import seeds as mod
 
-    calls = []
+    calls: list = []
 
     def fake_pipeline(
         cfg, run_dir, stages=None, resume=True, progress=print, model=None, overlap=True
     ):
-        calls.append((cfg.clt.seed, Path(run_dir), list(stages), resume))
+        calls.append(record(cfg, Path(run_dir), list(stages), resume))
         for s in stages:
             (Path(run_dir) / s).mkdir(parents=True, exist_ok=True)
         return SimpleNamespace(model="MODEL")
@@ -130,6 +131,16 @@ def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
             calls.append(("stability", dict(dirs)))
             or {"stable_mean": 0.0, "n_top": 0, "stable_influence_share_mean": 0.0}
         ),
+    )
+    return calls
+
+
+def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
+    from clt_bench.config import load_config
+    from clt_bench.stability import seeds as mod
+
+    calls = _fake_seed_runs(
+        monkeypatch, lambda cfg, run_dir, stages, resume: (cfg.clt.seed, run_dir, stages, resume)
     )
     assert mod.seed_independent_stages() == ["task", "baseline", "activations", "plt"]
     mod.run_seeds(load_config("toy"), tmp_path, [3, 5], progress=lambda s: None)
@@ -150,30 +161,13 @@ def test_run_seeds_with_plt_seeds_trains_one_plt_per_seed(tmp_path, monkeypatch)
     from clt_bench.config import load_config
     from clt_bench.stability import seeds as mod
 
-    calls = []
-
-    def fake_pipeline(
-        cfg, run_dir, stages=None, resume=True, progress=print, model=None, overlap=True
-    ):
-        calls.append((cfg.clt.seed, cfg.plt.seed, Path(run_dir), list(stages)))
-        for s in stages:
-            (Path(run_dir) / s).mkdir(parents=True, exist_ok=True)
-        return SimpleNamespace(model="MODEL")
-
-    monkeypatch.setattr(mod, "run_pipeline", fake_pipeline)
-    monkeypatch.setattr(
-        mod,
-        "write_stability",
-        lambda dirs, out, threshold: {
-            "stable_mean": 0,
-            "n_top": 0,
-            "stable_influence_share_mean": 0,
-        },
+    calls = _fake_seed_runs(
+        monkeypatch, lambda cfg, run_dir, stages, resume: (cfg.clt.seed, cfg.plt.seed, stages)
     )
     mod.run_seeds(load_config("toy"), tmp_path, [3, 5], progress=lambda s: None, plt_seeds=True)
-    first, second, report = calls
+    first, second, _stab, report = calls
     assert first[:2] == (3, 3) and second[:2] == (5, 5) and report[:2] == (3, 3)
-    assert "plt" in second[3]
+    assert "plt" in second[2]
     seed_dir = tmp_path / "seeds" / "clt-seed5"
     assert not (seed_dir / "plt").is_symlink()
     assert (seed_dir / "activations").resolve() == (tmp_path / "activations").resolve()

@@ -81,6 +81,13 @@ class Attributor:
             rm.clt.b_dec.detach().to(rm.dtype) / rm.clt.output_scale.detach().to(rm.dtype)[:, None]
         )
 
+    def rows_for(self, idx: torch.Tensor) -> RowAttribution:
+        """The rows of the entries ``idx`` of the 1-D ``value`` (one-hot output gradients)."""
+        v = self.value
+        grad = torch.zeros(len(idx), v.shape[0], dtype=v.dtype, device=v.device)
+        grad[torch.arange(len(idx)), idx] = 1.0
+        return self.rows(grad)
+
     def rows(self, grad_rows: torch.Tensor) -> RowAttribution:
         rm, L = self.rm, self.n_layers
         grads = torch.func.vmap(self._vjp)(grad_rows.to(self.value.dtype))

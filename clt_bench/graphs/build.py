@@ -101,14 +101,6 @@ class _AdjointRows:
         return self.adj.rows(None, idx)
 
 
-def _rows_for(att: Attributor | _AdjointRows, idx: torch.Tensor) -> RowAttribution:
-    if isinstance(att, _AdjointRows):
-        return att.rows_for(idx)
-    grad = torch.zeros(len(idx), att.value.shape[0], dtype=att.value.dtype, device=att.value.device)
-    grad[torch.arange(len(idx)), idx] = 1.0
-    return att.rows(grad)
-
-
 def _attribute(
     att: Attributor | _AdjointRows, rows: torch.Tensor, batch_size: int
 ) -> dict[str, torch.Tensor]:
@@ -116,7 +108,7 @@ def _attribute(
     parts: dict[str, list[torch.Tensor]] = {"feat": [], "err": [], "tok": [], "pos": [], "bdec": []}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        r = _rows_for(att, chunk)
+        r = att.rows_for(chunk)
         parts["feat"].append(r.features)
         parts["err"].append(r.errors[:, 0].reshape(len(chunk), -1))
         parts["tok"].append(r.tokens[:, 0])
