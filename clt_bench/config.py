@@ -290,7 +290,7 @@ class CLTConfig:
     seed: int = 0
     eval_tokens: int = 8192  # held-out tokens for the replacement model (top-1, KL, CE)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard, under torchrun
-    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    threads: int = 0  # training CPU threads (0: this process's share of the cores, see threads.py)
     load: str = ""  # path to an existing circuit-tracer CLT/PLT directory (skip training)
     # training arithmetic: fp32 | tf32 (fp32 weights, TF32 matmuls on CUDA) | bf16 (autocast:
     # bf16 matmuls, fp32 master weights, loss and metrics); the saved CLT is fp32 either way

@@ -1,12 +1,17 @@
-"""Run the plt stage in a second process while the main one trains and scores the CLT.
+"""Run the baseline and plt stages in a second process while the main one trains and scores the
+CLT.
 
-The PLT reads only the run's task, baseline and activations (``pipeline.STAGES``), so once those
-are finished it can train beside the CLT. On a CPU run where both trainers are pinned to a few
-threads (the toy: one each) and the machine has the cores for both, the pipeline starts the plt
-stage in a worker process right after the activations and collects it where the plt stage comes
-in the stage order; results are the same as a serial run's (each process seeds its own trainer).
-The worker is a ``spawn`` process: it loads its own model, writes ``<run>/plt-worker.log``, and
-exits within a second if the main process dies (a killed run leaves no orphan writing to it).
+The PLT reads only the run's task, baseline and activations, and the CLT's stages need the
+baseline only from the features stage on (``pipeline.STAGE_INPUTS``). So on a CPU machine with
+at least two cores, once the activations are finished, a worker process runs the baseline and
+then the plt stage while the main process trains the CLT; the main process waits for each of
+the worker's stages only where a stage of its own reads it. The cores are split between the two
+(``worker_threads``; ``clt_bench.threads``) until the worker is done. Results are those of a
+serial run at the same thread counts (each process seeds its own trainer).
+
+The worker is a ``spawn`` process: it loads its own model, writes ``<run>/plt-worker.log``,
+reports each finished stage to the main process, and exits within a second if the main process
+dies (a killed run leaves no orphan writing to it).
 """
 
 from __future__ import annotations
@@ -18,34 +23,34 @@ import threading
 import time
 from pathlib import Path
 
+from clt_bench import threads
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
 
-# the stages the plt stage's inputs come from (see pipeline.STAGES)
-PLT_INPUTS = ("task", "baseline", "activations")
+# the stages a worker may run, in the order it runs them
+WORKER_STAGES = ("baseline", "plt")
 LOG_NAME = "plt-worker.log"
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+available_cores = threads.available_cores  # (tests monkeypatch it)
 
 
 def can_overlap(cfg: RunConfig, names: list[str]) -> bool:
-    """Whether this run trains the PLT beside the CLT: both stages run, on the CPU, with explicit
-    thread counts that fit the machine's cores together."""
+    """Whether this run trains the PLT beside the CLT: both stages run, on the CPU, on a machine
+    with the cores for both (explicit ``clt.threads`` / ``plt.threads`` must fit together)."""
     c, p = cfg.clt, cfg.plt
+    cores = available_cores()
     return (
         "plt" in names
         and "clt" in names
         and p.enabled
         and not str(cfg.model.device).startswith("cuda")
-        and c.threads > 0
-        and p.threads > 0
-        and c.threads + p.threads <= available_cores()
+        and cores >= 2
+        and (c.threads or 1) + (p.threads or 1) <= cores
     )
+
+
+def worker_threads(cfg: RunConfig) -> int:
+    """The worker's share of the run's threads: ``plt.threads`` if set, else half of them."""
+    return cfg.plt.threads or max(1, threads.total() // 2)
 
 
 def _watch_parent(parent: int) -> None:
@@ -55,46 +60,91 @@ def _watch_parent(parent: int) -> None:
             os._exit(3)
 
 
-def _worker(cfg: RunConfig, run_dir: str, resume: bool, parent: int) -> None:
+def _worker(
+    cfg: RunConfig,
+    run_dir: str,
+    stages: list[str],
+    resume: bool,
+    parent: int,
+    n_threads: int,
+    done: mp.SimpleQueue,
+) -> None:
     log = open(Path(run_dir) / LOG_NAME, "w", buffering=1)  # noqa: SIM115 (lives with the process)
     sys.stdout = sys.stderr = log
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    threads.set_budget(n_threads)
     from clt_bench.pipeline import run_pipeline
 
     try:
-        run_pipeline(cfg, run_dir, stages=["plt"], resume=resume, progress=print)
+        run_pipeline(cfg, run_dir, stages=stages, resume=resume, progress=print, on_done=done.put)
     except UserError as err:
         print(f"error: {err}", flush=True)
         sys.exit(2)
 
 
-class PLTWorker:
-    """The plt stage running in a spawned process (``start``), collected with ``wait``."""
+class StageWorker:
+    """``stages`` running in a spawned process (``start`` on construction); ``wait(stage)``
+    blocks until that stage is finished there."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path, stages: list[str], resume: bool) -> None:
         self.run_dir = Path(run_dir)
+        self.stages = list(stages)
+        self.finished: set[str] = set()
+        self.threads = worker_threads(cfg)
         ctx = mp.get_context("spawn")
+        self._done = ctx.SimpleQueue()
         self.proc = ctx.Process(
-            target=_worker, args=(cfg, str(run_dir), resume, os.getpid()), name="clt-bench-plt"
+            target=_worker,
+            args=(cfg, str(run_dir), self.stages, resume, os.getpid(), self.threads, self._done),
+            name="clt-bench-" + "-".join(self.stages),
         )
         self.proc.start()
+        # the main process keeps the rest of the run's threads while the worker runs
+        threads.set_budget(max(1, threads.total() - self.threads))
 
-    def wait(self) -> None:
-        """Block until the worker ends; a failed worker ends the run with one sentence."""
+    @property
+    def all_done(self) -> bool:
+        return self.finished >= set(self.stages)
+
+    def _drain(self) -> None:
+        while not self._done.empty():
+            self.finished.add(self._done.get())
+
+    def wait(self, stage: str) -> None:
+        """Block until ``stage`` is finished in the worker; a failed worker ends the run with one
+        sentence. When every stage is done, the main process gets all the threads back."""
+        while True:
+            self._drain()
+            if stage in self.finished:
+                break
+            if not self.proc.is_alive():
+                self._drain()
+                if stage in self.finished:
+                    break
+                self._fail()
+            time.sleep(0.05)
+        if self.all_done:
+            self.proc.join()
+            if self.proc.exitcode != 0:
+                self._fail()
+            threads.set_budget(None)
+
+    def _fail(self) -> None:
         self.proc.join()
-        if self.proc.exitcode != 0:
-            log = self.run_dir / LOG_NAME
-            text = log.read_text(errors="replace") if log.is_file() else ""
-            tail = text.strip().splitlines()[-1:]
-            why = f" ({tail[0].strip()})" if tail else ""
-            raise UserError(
-                f"the plt stage failed in its worker process with exit code "
-                f"{self.proc.exitcode}{why}; its log is {log}."
-            )
+        threads.set_budget(None)
+        log = self.run_dir / LOG_NAME
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        tail = text.strip().splitlines()[-1:]
+        why = f" ({tail[0].strip()})" if tail else ""
+        raise UserError(
+            f"the {' and '.join(self.stages)} stages failed in their worker process with exit "
+            f"code {self.proc.exitcode}{why}; its log is {log}."
+        )
 
     def stop(self) -> None:
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5)
+        threads.set_budget(None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clt_bench import threads
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
 from clt_bench.io import config_hash, read_json, write_json
@@ -66,6 +67,21 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
             "report",
         ),
     ),
+}
+
+
+# the stages whose outputs each stage reads (the order above respects them; a stage run in a
+# second process is waited for where one of these needs it: clt_bench.overlap)
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "task": (),
+    "baseline": ("task",),
+    "activations": (),
+    "clt": ("activations",),
+    "graphs": ("task", "clt"),
+    "features": ("task", "baseline", "activations", "clt", "graphs"),
+    "plt": ("task", "baseline", "activations"),
+    "compare": ("task", "baseline", "clt", "graphs", "features", "plt"),
+    "report": ("task", "baseline", "activations", "clt", "graphs", "features", "plt", "compare"),
 }
 
 
@@ -220,14 +236,16 @@ def run_pipeline(
     progress: Callable[[str], None] = print,
     model: LoadedModel | None = None,
     overlap: bool = False,
+    on_done: Callable[[str], None] | None = None,
 ) -> RunContext:
     """Run ``stages`` (default: all, in order) into ``run_dir``; returns the context.
 
     ``model``: an already loaded model for ``cfg.model`` (a sub-run reuses its parent's).
-    ``overlap``: where ``overlap.can_overlap`` allows it, train the PLT in a second process
-    beside the CLT (same results). ``clt-bench run`` turns it on (``--serial``: off); from Python
-    it is off by default, because a spawned process re-imports the calling script, which then
-    needs an ``if __name__ == "__main__":`` guard.
+    ``overlap``: where ``overlap.can_overlap`` allows it, run the baseline and plt stages in a
+    second process beside the CLT's (same results at the same thread counts). ``clt-bench run``
+    turns it on (``--serial``: off); from Python it is off by default, because a spawned process
+    re-imports the calling script, which then needs an ``if __name__ == "__main__":`` guard.
+    ``on_done(stage)``: called as each stage finishes or is resumed.
     """
     names = stages or list(STAGES)
     unknown = [s for s in names if s not in STAGES]
@@ -242,40 +260,52 @@ def run_pipeline(
     from clt_bench import overlap as ov
 
     stale = False
-    worker: ov.PLTWorker | None = None
-    # the plt stage goes to a worker once its inputs (task, baseline, activations) are done
-    launch_after = [s for s in names if s in ov.PLT_INPUTS]
-    parallel = overlap and ov.can_overlap(cfg, names)
+    worker: ov.StageWorker | None = None
+    # a worker runs the baseline and plt stages when the plt stage is to be recomputed (every
+    # stage after the first recomputed one is); it starts once the main process has finished
+    # the stages they read (task, activations)
+    side: list[str] = []
+    if overlap and ov.can_overlap(cfg, names):
+        upto = names[: names.index("plt") + 1]
+        if not resume or not all(stage_is_current(ctx, s) for s in upto):
+            side = [s for s in names if s in ov.WORKER_STAGES]
+    needs = {i for s in side for i in STAGE_INPUTS[s] if i in names and i not in side}
+    launch_after = max((names.index(s) for s in needs), default=-1)
 
-    def plt_to_run() -> bool:  # what the loop below would decide for the plt stage now
-        return not (resume and not stale and stage_is_current(ctx, "plt"))
+    def launch(stale: bool) -> ov.StageWorker:
+        # their inputs are final now; the worker recomputes the stages after a recomputed one
+        # (a current one is resumed), keeping an interrupted attempt's checkpoints
+        progress(f"{' and '.join(side)}: in a second process beside the CLT")
+        return ov.StageWorker(cfg, ctx.run_dir, side, resume=resume and not stale)
 
-    def launch() -> ov.PLTWorker:
-        # its inputs are final now; the worker recomputes the plt stage (a current one is
-        # resumed in order, without a process), keeping an interrupted attempt's checkpoints
-        progress("plt: training beside the CLT in a second process")
-        return ov.PLTWorker(cfg, ctx.run_dir, resume=resume and not stale)
+    def collect(stage: str, i: int) -> None:
+        assert worker is not None
+        t0 = time.perf_counter()
+        worker.wait(stage)
+        done = read_json(ctx.stage_dir(stage) / "stage.json")
+        ctx.results[stage] = done.get("summary", {})
+        progress(
+            f"[{i}/{len(names)}] {stage}: finished in {done.get('seconds', float('nan')):.1f}s "
+            f"in a second process (waited {time.perf_counter() - t0:.1f}s for it)"
+        )
+        if on_done is not None:
+            on_done(stage)
 
-    if parallel and not launch_after:
-        parallel = False
-        worker = launch() if plt_to_run() else None
+    if side and launch_after < 0:
+        worker = launch(stale)
     try:
         for i, stage in enumerate(names, 1):
             marker = ctx.stage_dir(stage) / "stage.json"
-            if stage == "plt" and worker is not None:
-                t0 = time.perf_counter()
-                worker.wait()
-                worker = None
-                stale = True  # the worker recomputed plt: what follows is recomputed too
-                done = read_json(marker)
-                ctx.results[stage] = done.get("summary", {})
-                waited = time.perf_counter() - t0
-                seconds = done.get("seconds", float("nan"))
-                progress(
-                    f"[{i}/{len(names)}] {stage}: finished in {seconds:.1f}s in a second "
-                    f"process beside the CLT (waited {waited:.1f}s for it)"
-                )
-                continue
+            if worker is not None:
+                for s in side:  # the worker's stages that this one reads
+                    if s != stage and s in STAGE_INPUTS[stage] and s not in ctx.results:
+                        collect(s, names.index(s) + 1)
+            if stage in side:
+                if worker is not None:
+                    if stage not in ctx.results:
+                        collect(stage, i)
+                    stale = True  # the worker recomputed it: what follows is recomputed too
+                continue  # not launched yet: it runs in the worker
             if resume and not stale and stage_is_current(ctx, stage):
                 ctx.results[stage] = read_json(marker).get("summary", {})
                 progress(f"[{i}/{len(names)}] {stage}: done earlier (resumed)")
@@ -283,6 +313,7 @@ def run_pipeline(
                 stale = True  # everything after a recomputed stage is recomputed too
                 progress(f"[{i}/{len(names)}] {stage} ...")
                 _prepare_stage_dir(ctx, stage, resume)
+                threads.apply()  # this process's share of the cores (all, or the main's part)
                 t0 = time.perf_counter()
                 summary = _stage_fn(stage)(ctx) or {}
                 seconds = time.perf_counter() - t0
@@ -298,9 +329,10 @@ def run_pipeline(
                     },
                 )
                 progress(f"[{i}/{len(names)}] {stage}: finished in {seconds:.1f}s")
-            if parallel and stage == launch_after[-1]:
-                parallel = False
-                worker = launch() if plt_to_run() else None
+            if on_done is not None:
+                on_done(stage)
+            if side and worker is None and i - 1 == launch_after:
+                worker = launch(stale)
     finally:
         if worker is not None:
             worker.stop()

@@ -1,13 +1,15 @@
-"""The plt stage in a second process beside the CLT: same results as a serial run, failures end
-the run with one sentence, and the decision rule."""
+"""The baseline and plt stages in a second process beside the CLT: same results as a serial run
+at the same thread counts, the main process waits for them where it reads them, failures end the
+run with one sentence, the decision rule and the thread budget."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
-from clt_bench import overlap
+from clt_bench import overlap, threads
 from clt_bench.cli import main
 from clt_bench.config import load_config
 
@@ -29,27 +31,62 @@ STAGES = "task,baseline,activations,clt,graphs,features,plt"
 def test_overlap_rule(monkeypatch):
     names = ["activations", "clt", "plt"]
     monkeypatch.setattr(overlap, "available_cores", lambda: 2)
-    assert overlap.can_overlap(load_config("toy"), names)  # 1 + 1 thread on 2 cores
+    assert overlap.can_overlap(load_config("toy"), names)  # auto threads: 1 + 1 on 2 cores
+    assert overlap.can_overlap(load_config("toy", ["clt.threads=1", "plt.threads=1"]), names)
     assert not overlap.can_overlap(load_config("toy"), ["activations", "plt"])
     assert not overlap.can_overlap(load_config("toy", ["plt.enabled=false"]), names)
     assert not overlap.can_overlap(load_config("toy", ["clt.threads=2"]), names)
-    assert not overlap.can_overlap(load_config("toy", ["clt.threads=0"]), names)
+    assert not overlap.can_overlap(load_config("toy", ["model.device=cuda"]), names)
     monkeypatch.setattr(overlap, "available_cores", lambda: 1)
     assert not overlap.can_overlap(load_config("toy"), names)
+
+
+def test_thread_budget(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.total() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads.total() == threads.available_cores()
+    before = torch.get_num_threads()
+    try:
+        threads.set_budget(1)
+        assert threads.budget() == 1 and torch.get_num_threads() == 1
+        with threads.training(2) as n:  # an explicit setting wins for the training loop
+            assert n == 2 and torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1  # and the stages after it get the budget back
+        with threads.training(0) as n:  # auto: the budget
+            assert n == 1
+        threads.set_budget(None)
+        assert threads.budget() == threads.total()
+        monkeypatch.setattr(threads, "total", lambda: 4)
+        assert overlap.worker_threads(load_config("toy")) == 2
+        assert overlap.worker_threads(load_config("toy", ["plt.threads=3"])) == 3
+    finally:
+        threads.set_budget(None)
+        torch.set_num_threads(before)
 
 
 @pytest.mark.slow
 def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch):
     monkeypatch.setattr(overlap, "available_cores", lambda: 2)
+    # like with like: every computation at one thread in both runs (serial: a budget of 1;
+    # overlap: 2 threads split 1 + 1 between the processes)
+    pinned = ["--set", "clt.threads=1", "--set", "plt.threads=1"]
     runs = {}
-    for mode in ("serial", "overlap"):
+    for mode, total in (("serial", 1), ("overlap", 2)):
+        monkeypatch.setattr(threads, "total", lambda total=total: total)
         out = tmp_path / mode
         extra = ["--serial"] if mode == "serial" else []
-        assert main(["run", "--out", str(out), "--stages", STAGES, *TINY, *extra]) == 0
+        assert main(["run", "--out", str(out), "--stages", STAGES, *TINY, *pinned, *extra]) == 0
         runs[mode] = out
+        assert threads.budget() == total  # the main process has every thread back
     assert (runs["overlap"] / overlap.LOG_NAME).is_file()
     assert not (runs["serial"] / overlap.LOG_NAME).exists()
-    for f in ("plt/stage.json", "clt/stage.json"):
+    log = (runs["overlap"] / overlap.LOG_NAME).read_text()
+    assert "baseline: finished" in log and "plt: finished" in log  # both ran in the worker
+    # the features stage waited for the worker's baseline: it read the same circuit
+    circuits = [json.loads((runs[m] / "features/metrics.json").read_text()) for m in runs]
+    assert circuits[0]["circuit"] and circuits[0]["circuit"] == circuits[1]["circuit"]
+    for f in ("plt/stage.json", "clt/stage.json", "baseline/stage.json"):
         a, b = (json.loads((runs[m] / f).read_text())["summary"] for m in ("serial", "overlap"))
         timing = ("seconds", "tokens_per_second")
         a, b = ({k: v for k, v in d.items() if not k.endswith(timing)} for d in (a, b))
@@ -57,11 +94,23 @@ def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch):
         assert a, f
     # resumed: nothing recomputed, no worker started for a current plt stage
     (runs["overlap"] / overlap.LOG_NAME).unlink()
-    assert main(["run", "--out", str(runs["overlap"]), "--stages", STAGES, *TINY]) == 0
+    assert main(["run", "--out", str(runs["overlap"]), "--stages", STAGES, *TINY, *pinned]) == 0
     assert not (runs["overlap"] / overlap.LOG_NAME).exists()
     # a recomputed input (--no-resume) recomputes the plt stage in the worker
     assert (
-        main(["run", "--out", str(runs["overlap"]), "--stages", STAGES, "--no-resume", *TINY]) == 0
+        main(
+            [
+                "run",
+                "--out",
+                str(runs["overlap"]),
+                "--stages",
+                STAGES,
+                "--no-resume",
+                *TINY,
+                *pinned,
+            ]
+        )
+        == 0
     )
     assert "plt: finished" in (runs["overlap"] / overlap.LOG_NAME).read_text()
 
@@ -79,4 +128,4 @@ def test_a_failing_worker_ends_the_run_with_one_sentence(tmp_path, monkeypatch, 
     )  # fmt: skip
     assert rc == 2
     err = capsys.readouterr().err
-    assert "plt stage failed in its worker process" in err and overlap.LOG_NAME in err
+    assert "stages failed in their worker process" in err and overlap.LOG_NAME in err

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from clt_bench import threads
 from clt_bench.activations.store import CachedBlocks, DataPosition, StreamBlocks, iter_batches
 from clt_bench.clt import distributed as D
 from clt_bench.clt.checkpoint import (
@@ -231,10 +232,27 @@ def train_clt(
     ``loaded_at`` (``time.perf_counter()`` when the model finished loading) enables the start-up
     log line "first training step begins ... s after the model was loaded".
     """
+    # clt.threads > 0 pins the training loop's CPU threads, else the process's budget; the
+    # stages after it run at the budget again (clt_bench.threads)
+    with threads.training(cfg.clt.threads):
+        return _train_clt(
+            cfg, source, n_layers, d_model, stage_dir, device, info, stop_after, loaded_at
+        )
+
+
+def _train_clt(
+    cfg: RunConfig,
+    source: CachedBlocks | StreamBlocks,
+    n_layers: int,
+    d_model: int,
+    stage_dir: Path,
+    device: str,
+    info: D.DistInfo | None,
+    stop_after: int | None,
+    loaded_at: float | None,
+) -> TrainResult:
     c = cfg.clt
     info = info or D.DistInfo()
-    if c.threads > 0:
-        torch.set_num_threads(c.threads)
     if c.precision not in PRECISIONS:
         raise UserError(f"unknown clt.precision '{c.precision}' (known: {', '.join(PRECISIONS)}).")
     torch.manual_seed(c.seed)
