@@ -63,8 +63,7 @@ def _watch_parent(parent: int) -> None:
 def _worker(
     cfg: RunConfig,
     run_dir: str,
-    stages: list[str],
-    resume: bool,
+    plan: list[tuple[str, bool]],
     parent: int,
     n_threads: int,
     done: mp.SimpleQueue,
@@ -77,8 +76,23 @@ def _worker(
     threads.set_budget(n_threads)
     from clt_bench.pipeline import run_pipeline
 
+    forced = False  # a stage recomputed here makes the ones after it stale
+    model = None
     try:
-        run_pipeline(cfg, run_dir, stages=stages, resume=resume, progress=print, on_done=done.put)
+        for stage, may_resume in plan:
+            recomputed: list[bool] = []
+            ctx = run_pipeline(
+                cfg,
+                run_dir,
+                stages=[stage],
+                resume=may_resume and not forced,
+                progress=print,
+                model=model,
+                on_done=lambda s, r, rec=recomputed: rec.append(r),
+            )
+            model = ctx._model  # loaded once for all the worker's stages
+            forced = forced or any(recomputed)
+            done.put((stage, any(recomputed)))
     except UserError as err:
         print(f"error: {err}", flush=True)
         sys.exit(2)
@@ -88,16 +102,17 @@ class StageWorker:
     """``stages`` running in a spawned process (``start`` on construction); ``wait(stage)``
     blocks until that stage is finished there."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, stages: list[str], resume: bool) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path, plan: list[tuple[str, bool]]) -> None:
+        """``plan``: (stage, may it resume) in the order the worker runs them."""
         self.run_dir = Path(run_dir)
-        self.stages = list(stages)
-        self.finished: set[str] = set()
+        self.stages = [s for s, _ in plan]
+        self.finished: dict[str, bool] = {}  # stage -> recomputed
         self.threads = worker_threads(cfg)
         ctx = mp.get_context("spawn")
         self._done = ctx.SimpleQueue()
         self.proc = ctx.Process(
             target=_worker,
-            args=(cfg, str(run_dir), self.stages, resume, os.getpid(), self.threads, self._done),
+            args=(cfg, str(run_dir), plan, os.getpid(), self.threads, self._done),
             name="clt-bench-" + "-".join(self.stages),
         )
         self.proc.start()
@@ -106,15 +121,17 @@ class StageWorker:
 
     @property
     def all_done(self) -> bool:
-        return self.finished >= set(self.stages)
+        return set(self.finished) >= set(self.stages)
 
     def _drain(self) -> None:
         while not self._done.empty():
-            self.finished.add(self._done.get())
+            stage, recomputed = self._done.get()
+            self.finished[stage] = recomputed
 
-    def wait(self, stage: str) -> None:
-        """Block until ``stage`` is finished in the worker; a failed worker ends the run with one
-        sentence. When every stage is done, the main process gets all the threads back."""
+    def wait(self, stage: str) -> bool:
+        """Block until ``stage`` is finished in the worker; whether it was recomputed there. A
+        failed worker ends the run with one sentence. When every stage is done, the main process
+        gets all the threads back."""
         while True:
             self._drain()
             if stage in self.finished:
@@ -130,6 +147,7 @@ class StageWorker:
             if self.proc.exitcode != 0:
                 self._fail()
             threads.set_budget(None)
+        return self.finished[stage]
 
     def _fail(self) -> None:
         self.proc.join()

@@ -236,7 +236,7 @@ def run_pipeline(
     progress: Callable[[str], None] = print,
     model: LoadedModel | None = None,
     overlap: bool = False,
-    on_done: Callable[[str], None] | None = None,
+    on_done: Callable[[str, bool], None] | None = None,
 ) -> RunContext:
     """Run ``stages`` (default: all, in order) into ``run_dir``; returns the context.
 
@@ -245,7 +245,7 @@ def run_pipeline(
     second process beside the CLT's (same results at the same thread counts). ``clt-bench run``
     turns it on (``--serial``: off); from Python it is off by default, because a spawned process
     re-imports the calling script, which then needs an ``if __name__ == "__main__":`` guard.
-    ``on_done(stage)``: called as each stage finishes or is resumed.
+    ``on_done(stage, recomputed)``: called as each stage finishes (True) or is resumed (False).
     """
     names = stages or list(STAGES)
     unknown = [s for s in names if s not in STAGES]
@@ -261,9 +261,10 @@ def run_pipeline(
 
     stale = False
     worker: ov.StageWorker | None = None
-    # a worker runs the baseline and plt stages when the plt stage is to be recomputed (every
-    # stage after the first recomputed one is); it starts once the main process has finished
-    # the stages they read (task, activations)
+    # A worker runs the baseline and plt stages when the plt stage is to be recomputed. It starts
+    # once the main process has finished the stages they read (task, activations); each of its
+    # stages resumes as it would at its place in the serial order (``plan``), and one it
+    # recomputes makes what follows it stale, as in the serial loop.
     side: list[str] = []
     if overlap and ov.can_overlap(cfg, names):
         upto = names[: names.index("plt") + 1]
@@ -271,28 +272,32 @@ def run_pipeline(
             side = [s for s in names if s in ov.WORKER_STAGES]
     needs = {i for s in side for i in STAGE_INPUTS[s] if i in names and i not in side}
     launch_after = max((names.index(s) for s in needs), default=-1)
-
-    def launch(stale: bool) -> ov.StageWorker:
-        # their inputs are final now; the worker recomputes the stages after a recomputed one
-        # (a current one is resumed), keeping an interrupted attempt's checkpoints
-        progress(f"{' and '.join(side)}: in a second process beside the CLT")
-        return ov.StageWorker(cfg, ctx.run_dir, side, resume=resume and not stale)
+    plan: dict[str, bool] = {}  # side stage -> may it resume (nothing before it recomputed)
 
     def collect(stage: str, i: int) -> None:
+        nonlocal stale
         assert worker is not None
         t0 = time.perf_counter()
-        worker.wait(stage)
+        recomputed = worker.wait(stage)
         done = read_json(ctx.stage_dir(stage) / "stage.json")
         ctx.results[stage] = done.get("summary", {})
-        progress(
-            f"[{i}/{len(names)}] {stage}: finished in {done.get('seconds', float('nan')):.1f}s "
-            f"in a second process (waited {time.perf_counter() - t0:.1f}s for it)"
+        how = (
+            f"finished in {done.get('seconds', float('nan')):.1f}s in a second process"
+            if recomputed
+            else "done earlier (resumed) in a second process"
         )
+        progress(f"[{i}/{len(names)}] {stage}: {how} (waited {time.perf_counter() - t0:.1f}s)")
+        stale = stale or recomputed  # what follows a recomputed stage is recomputed too
         if on_done is not None:
-            on_done(stage)
+            on_done(stage, recomputed)
+
+    def launch() -> ov.StageWorker:
+        plan.update({s: resume and not stale for s in side if s not in plan})
+        progress(f"{' and '.join(side)}: in a second process beside the CLT")
+        return ov.StageWorker(cfg, ctx.run_dir, [(s, plan[s]) for s in side])
 
     if side and launch_after < 0:
-        worker = launch(stale)
+        worker = launch()
     try:
         for i, stage in enumerate(names, 1):
             marker = ctx.stage_dir(stage) / "stage.json"
@@ -301,12 +306,13 @@ def run_pipeline(
                     if s != stage and s in STAGE_INPUTS[stage] and s not in ctx.results:
                         collect(s, names.index(s) + 1)
             if stage in side:
-                if worker is not None:
-                    if stage not in ctx.results:
-                        collect(stage, i)
-                    stale = True  # the worker recomputed it: what follows is recomputed too
-                continue  # not launched yet: it runs in the worker
-            if resume and not stale and stage_is_current(ctx, stage):
+                if worker is None:  # runs in the worker, launched later
+                    plan[stage] = resume and not stale
+                elif stage not in ctx.results:
+                    collect(stage, i)
+                continue
+            recomputed = not (resume and not stale and stage_is_current(ctx, stage))
+            if not recomputed:
                 ctx.results[stage] = read_json(marker).get("summary", {})
                 progress(f"[{i}/{len(names)}] {stage}: done earlier (resumed)")
             else:
@@ -330,9 +336,9 @@ def run_pipeline(
                 )
                 progress(f"[{i}/{len(names)}] {stage}: finished in {seconds:.1f}s")
             if on_done is not None:
-                on_done(stage)
+                on_done(stage, recomputed)
             if side and worker is None and i - 1 == launch_after:
-                worker = launch(stale)
+                worker = launch()
     finally:
         if worker is not None:
             worker.stop()

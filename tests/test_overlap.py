@@ -66,7 +66,7 @@ def test_thread_budget(monkeypatch):
 
 
 @pytest.mark.slow
-def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch):
+def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(overlap, "available_cores", lambda: 2)
     # like with like: every computation at one thread in both runs (serial: a budget of 1;
     # overlap: 2 threads split 1 + 1 between the processes)
@@ -96,6 +96,15 @@ def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch):
     (runs["overlap"] / overlap.LOG_NAME).unlink()
     assert main(["run", "--out", str(runs["overlap"]), "--stages", STAGES, *TINY, *pinned]) == 0
     assert not (runs["overlap"] / overlap.LOG_NAME).exists()
+    # a changed [plt] section: the worker resumes the baseline and recomputes the plt stage; the
+    # main process resumes its stages (a resumed worker stage makes nothing stale)
+    capsys.readouterr()
+    args = ["run", "--out", str(runs["overlap"]), "--stages", STAGES, *TINY, *pinned]
+    assert main([*args, "--set", "plt.lr=0.002"]) == 0
+    said = capsys.readouterr().out
+    assert "baseline: done earlier (resumed) in a second process" in said
+    assert "features: done earlier (resumed)" in said and "clt: done earlier (resumed)" in said
+    assert "plt: finished in" in said
     # a recomputed input (--no-resume) recomputes the plt stage in the worker
     assert (
         main(
