@@ -4,7 +4,7 @@
         [--repeats 2] [--code OTHER_CHECKOUT ...]
 
 Each run is a fresh ``clt-bench run`` in its own folder (nothing resumed), as a user would start
-it. Modes: ``overlap`` (the default command: baseline and plt in a second process beside the
+it. Modes: ``overlap`` (the default command: the plt stage in a second process beside the
 CLT), ``serial`` (``--serial``: one process, every stage on all cores), ``no-plt``
 (``--set plt.enabled=false``: the pipeline without the per-layer transcoders). ``--code DIR``
 (repeatable) runs the same modes on another checkout of clt-bench (its package directory goes
@@ -38,7 +38,7 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def one_run(code: str | None, mode: str, out: Path) -> dict[str, float]:
+def one_run(code: str | None, mode: str, out: Path) -> tuple[dict[str, float], list[str]]:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     # this checkout's package unless another is named (not whatever clt_bench is installed)
@@ -52,14 +52,15 @@ def one_run(code: str | None, mode: str, out: Path) -> dict[str, float]:
     with log.open("w") as fh:
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
     row = {"wall": time.perf_counter() - t0, "cpu": children_cpu() - c0, "load1": load}
-    worker = (out / "plt-worker.log").is_file()
+    wlog = out / "plt-worker.log"
+    text = wlog.read_text(errors="replace") if wlog.is_file() else ""
+    side = [s for s in STAGES if f"] {s}: " in text]  # the stages the second process ran
     for s in STAGES:
         marker = out / s / "stage.json"
         if marker.is_file():
             row[s] = float(json.loads(marker.read_text()).get("seconds", float("nan")))
     row["stage_sum"] = sum(row.get(s, 0.0) for s in STAGES)
-    row["worker"] = float(worker)
-    return row
+    return row, side
 
 
 def main() -> None:
@@ -75,12 +76,14 @@ def main() -> None:
         sys.exit(f"unknown mode {unknown[0]} (modes: {', '.join(MODES)})")
     codes: list[str | None] = [None, *[str(Path(c).resolve()) for c in args.code]]
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
+    sides: dict[tuple[str, str], set[str]] = {}
     for r in range(args.repeats):
         for ci, code in enumerate(codes):
             for mode in modes:
                 tag = "this" if code is None else f"code{ci}"
-                row = one_run(code, mode, Path(args.out) / f"{tag}-{mode}-{r}")
+                row, side = one_run(code, mode, Path(args.out) / f"{tag}-{mode}-{r}")
                 rows.setdefault((tag, mode), []).append(row)
+                sides.setdefault((tag, mode), set()).update(side)
                 print(
                     f"round {r} {tag:>6} {mode:>8}: wall {row['wall']:.1f} s, cpu "
                     f"{row['cpu']:.1f} s, stages {row['stage_sum']:.1f} s "
@@ -96,8 +99,7 @@ def main() -> None:
         def med(k: str, rs=rs) -> float:
             return statistics.median(x.get(k, float("nan")) for x in rs)
 
-        side = mode == "overlap" and any(x["worker"] for x in rs)
-        cells = [f"{med(s):.1f}{'*' if side and s in ('baseline', 'plt') else ''}" for s in STAGES]
+        cells = [f"{med(s):.1f}{'*' if s in sides[(tag, mode)] else ''}" for s in STAGES]
         line = [tag, mode, str(len(rs)), f"{med('wall'):.1f}", f"{med('cpu'):.1f}"]
         print("| " + " | ".join([*line, f"{med('stage_sum'):.1f}", *cells]) + " |")
     if codes[1:]:

@@ -1,6 +1,6 @@
-"""The baseline and plt stages in a second process beside the CLT: same results as a serial run
-at the same thread counts, the main process waits for them where it reads them, failures end the
-run with one sentence, the decision rule and the thread budget."""
+"""Stages in a second process beside the CLT (the plt stage; the baseline too where asked): same
+results as a serial run at the same thread counts, the main process waits for them where it
+reads them, failures end the run with one sentence, the decision rule and the thread budget."""
 
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ def test_thread_budget(monkeypatch):
 @pytest.mark.slow
 def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(overlap, "available_cores", lambda: 2)
+    # the worker runs any stages whose inputs are met: here the baseline too (the default is
+    # the plt stage alone), so the main process must wait for it before its features stage
+    monkeypatch.setattr(overlap, "WORKER_STAGES", ("baseline", "plt"))
     # like with like: every computation at one thread in both runs (serial: a budget of 1;
     # overlap: 2 threads split 1 + 1 between the processes)
     pinned = ["--set", "clt.threads=1", "--set", "plt.threads=1"]
@@ -137,4 +140,4 @@ def test_a_failing_worker_ends_the_run_with_one_sentence(tmp_path, monkeypatch, 
     )  # fmt: skip
     assert rc == 2
     err = capsys.readouterr().err
-    assert "stages failed in their worker process" in err and overlap.LOG_NAME in err
+    assert "failed in their worker process" in err and overlap.LOG_NAME in err
