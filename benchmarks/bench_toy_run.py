@@ -1,7 +1,7 @@
 """Wall-clock time of the whole toy pipeline (`clt-bench run`), per mode, repeated and interleaved.
 
     python benchmarks/bench_toy_run.py --out /tmp/toyrun [--modes overlap,serial,no-plt]
-        [--repeats 2] [--code OTHER_CHECKOUT ...]
+        [--repeats 2] [--code OTHER_CHECKOUT ...] [--preset toy]
 
 Each run is a fresh ``clt-bench run`` in its own folder (nothing resumed), as a user would start
 it. Modes: ``overlap`` (the default command: the plt stage in a second process beside the
@@ -38,13 +38,15 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def one_run(code: str | None, mode: str, out: Path) -> tuple[dict[str, float], list[str]]:
+def one_run(
+    code: str | None, mode: str, out: Path, extra: list[str]
+) -> tuple[dict[str, float], list[str]]:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     # this checkout's package unless another is named (not whatever clt_bench is installed)
     code = code or str(ROOT)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "clt_bench", "run", "--out", str(out), *MODES[mode]]
+    cmd = [sys.executable, "-m", "clt_bench", "run", "--out", str(out), *MODES[mode], *extra]
     load = os.getloadavg()[0]
     c0, t0 = children_cpu(), time.perf_counter()
     log = out.with_suffix(".log")
@@ -69,6 +71,7 @@ def main() -> None:
     ap.add_argument("--modes", default="overlap,serial,no-plt")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--code", action="append", default=[], help="another checkout to compare")
+    ap.add_argument("--preset", default="toy", help="the preset every run uses")
     args = ap.parse_args()
     modes = args.modes.split(",")
     unknown = [m for m in modes if m not in MODES]
@@ -81,7 +84,8 @@ def main() -> None:
         for ci, code in enumerate(codes):
             for mode in modes:
                 tag = "this" if code is None else f"code{ci}"
-                row, side = one_run(code, mode, Path(args.out) / f"{tag}-{mode}-{r}")
+                out = Path(args.out) / f"{tag}-{mode}-{r}"
+                row, side = one_run(code, mode, out, ["--preset", args.preset])
                 rows.setdefault((tag, mode), []).append(row)
                 sides.setdefault((tag, mode), set()).update(side)
                 print(
