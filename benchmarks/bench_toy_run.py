@@ -27,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+from clt_bench.pipeline import STAGES as PIPELINE_STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"overlap": [], "serial": ["--serial"], "no-plt": ["--set", "plt.enabled=false"]}
-STAGES = ("task", "baseline", "activations", "clt", "graphs", "features", "plt", "compare")
-STAGES += ("report",)
+STAGES = tuple(PIPELINE_STAGES)
 
 
 def children_cpu() -> float:

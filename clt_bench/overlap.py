@@ -134,13 +134,11 @@ class StageWorker:
         failed worker ends the run with one sentence. When every stage is done, the main process
         gets all the threads back."""
         while True:
+            ended = not self.proc.is_alive()  # before draining: a last report is not missed
             self._drain()
             if stage in self.finished:
                 break
-            if not self.proc.is_alive():
-                self._drain()
-                if stage in self.finished:
-                    break
+            if ended:
                 self._fail()
             time.sleep(0.05)
         if self.all_done:

@@ -241,10 +241,11 @@ def run_pipeline(
     """Run ``stages`` (default: all, in order) into ``run_dir``; returns the context.
 
     ``model``: an already loaded model for ``cfg.model`` (a sub-run reuses its parent's).
-    ``overlap``: where ``overlap.can_overlap`` allows it, run the baseline and plt stages in a
-    second process beside the CLT's (same results at the same thread counts). ``clt-bench run``
-    turns it on (``--serial``: off); from Python it is off by default, because a spawned process
-    re-imports the calling script, which then needs an ``if __name__ == "__main__":`` guard.
+    ``overlap``: where ``overlap.can_overlap`` allows it, run ``overlap.WORKER_STAGES`` (the plt
+    stage) in a second process beside the CLT's (same results at the same thread counts).
+    ``clt-bench run`` turns it on (``--serial``: off); from Python it is off by default, because a
+    spawned process re-imports the calling script, which then needs an
+    ``if __name__ == "__main__":`` guard.
     ``on_done(stage, recomputed)``: called as each stage finishes (True) or is resumed (False).
     """
     names = stages or list(STAGES)
@@ -261,8 +262,8 @@ def run_pipeline(
 
     stale = False
     worker: ov.StageWorker | None = None
-    # A worker runs the baseline and plt stages when the plt stage is to be recomputed. It starts
-    # once the main process has finished the stages they read (task, activations); each of its
+    # A worker runs ``ov.WORKER_STAGES`` when the plt stage is to be recomputed. It starts once
+    # the main process has finished the stages they read (``STAGE_INPUTS``); each of its
     # stages resumes as it would at its place in the serial order (``plan``), and one it
     # recomputes makes what follows it stale, as in the serial loop.
     side: list[str] = []
