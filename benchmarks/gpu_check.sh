@@ -36,6 +36,9 @@ if [ "$DEVICE" != "cpu" ] && [ -f .gpu/gpu-env.sh ]; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
+# `$PY "${CLT[@]}" ARGS` runs `python -m clt_bench ARGS`, printing every thread's stack to the log
+# when `timeout` stops it (SIGTERM), so a step that runs out of time says where it was
+CLT=(-c "import faulthandler, runpy, signal; faulthandler.register(signal.SIGTERM, all_threads=True, chain=True); runpy.run_module('clt_bench', run_name='__main__', alter_sys=True)")
 T0=$SECONDS
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -57,6 +60,11 @@ import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("card", torch.cuda.get_device_name(0))
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError as err:
+    print("triton: not importable:", err)
 EOF
 
 if [ "$DEVICE" = "cpu" ]; then  # tiny settings: only checks that every step runs through
@@ -78,11 +86,11 @@ else
 fi
 
 # ---- (a) the toy pipeline on the device ---------------------------------------------------------
-step toy-run ${TOY_LIMIT:-240} $PY -m clt_bench run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
+step toy-run ${TOY_LIMIT:-240} $PY "${CLT[@]}" run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
     "${TOY_SETS[@]}"
 rc=$?
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; then  # failed, not out of time
-    step toy-run-without-baseline 120 $PY -m clt_bench run --device "$DEVICE" \
+    step toy-run-without-baseline 120 $PY "${CLT[@]}" run --device "$DEVICE" \
         --out "$OUT/toy-$DEVICE" --stages task,activations,clt,graphs,features,compare,report \
         "${TOY_SETS[@]}"
 fi
