@@ -1,31 +1,30 @@
 #!/usr/bin/env bash
-# One-shot GPU check (~6 minutes on one H100): the CUDA path end to end, start-up time and CLT
-# training speed at fp32 / tf32 / bf16, then the GPU benchmark table if it exists.
+# One-shot GPU check (~8 minutes on one H100): the GPU benchmark table, the CUDA path end to end
+# and the start-up of CLT training at the gpt2 preset's shape.
 #
 #   OUT=/some/writable/dir bash benchmarks/gpu_check.sh             # on the GPU machine
 #   OUT=/tmp/gc DEVICE=cpu bash benchmarks/gpu_check.sh             # smoke test on a CPU (tiny)
 #
 # Every step runs under `timeout` and logs to $OUT/<step>.log; a failing step does not stop the
-# others. $OUT/summary.txt collects the numbers. GPU_CHECK_BUDGET (seconds, default 360) caps the
-# whole script: the benchmark table (step c) gets whatever time is left, at least 60 s.
+# others. $OUT/summary.txt collects the numbers. BENCH_LIMIT (default 300), TOY_LIMIT (180) and
+# GPU_CHECK_PRECISIONS size the steps.
 #
-# Steps (in this order; TOY_LIMIT, GPU_CHECK_PRECISIONS and GPU_CHECK_BUDGET size them)
-#  (a) clt-bench run on the toy with --device cuda, all stages; then `clt-bench check` against
+# Steps, in this order:
+#  (a) python3 benchmarks/bench_gpu.py --profile: the graph row, the seed-scale rows (fused
+#      epilogue in passes of 2,048 tokens and in one pass, the composed ops, the sparse decoder;
+#      torch.profiler tables of the first), then the gpt2-shape rows.
+#  (b) clt-bench run on the toy with --device cuda, all stages; then `clt-bench check` against
 #      results/reference/toy.json. To compare with a CPU run of exactly the same settings:
 #        python3 -m clt_bench run --device cpu --out results/toy-cpu
 #        python3 -m clt_bench compare-runs results/toy-cpu $OUT/toy-cuda
 #      If the full run fails (e.g. in a stage outside the CLT; not when it runs out of time), the
 #      remaining stages are run without the baseline so that their CUDA path is still exercised.
-#  (b) train-clt --preset gpt2 --model gpt2-random (toy corpus), 25 steps at each precision of
+#  (c) train-clt --preset gpt2 --model gpt2-random (toy corpus), 25 steps at each precision of
 #      GPU_CHECK_PRECISIONS (default "bf16"; "bf16 tf32 fp32" for all): "first training step
 #      begins N s after the model was loaded" and steps/s.
-#  (c) python3 benchmarks/bench_gpu.py --profile with the time left of GPU_CHECK_BUDGET: the
-#      graph row first, then the training table; the seed-scale rows (one pass and passes of
-#      2,048 tokens) with their torch.profiler tables.
 set -u
 OUT=${OUT:?set OUT to a writable folder}
 DEVICE=${DEVICE:-cuda}
-BUDGET=${GPU_CHECK_BUDGET:-420}
 # step limits are multiplied by this (a CPU smoke test on a busy machine needs far longer)
 if [ "$DEVICE" = "cpu" ]; then SCALE=${TIMEOUT_SCALE:-10}; else SCALE=${TIMEOUT_SCALE:-1}; fi
 mkdir -p "$OUT"
@@ -85,8 +84,22 @@ else
     SMALL_STEPS=25
 fi
 
-# ---- (a) the toy pipeline on the device ---------------------------------------------------------
-step toy-run ${TOY_LIMIT:-240} $PY "${CLT[@]}" run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
+# ---- (a) the GPU benchmark table (first: the seed-scale rows are what the session is for) -------
+if [ -f benchmarks/bench_gpu.py ]; then
+    if [ "$DEVICE" = "cpu" ]; then
+        step bench-gpu 60 $PY benchmarks/bench_gpu.py --device cpu --tiny
+    else
+        step bench-gpu "${BENCH_LIMIT:-300}" $PY benchmarks/bench_gpu.py --profile \
+            --json "$OUT/bench_gpu.json"
+    fi
+    # the table and its verdict lines (the profiler tables stay in bench-gpu.log)
+    grep -E "^(device|matmul|graph|shape|gpt2|seed|  \()" "$OUT/bench-gpu.log" >> "$SUMMARY"
+else
+    note "[bench-gpu] benchmarks/bench_gpu.py not present: skipped"
+fi
+
+# ---- (b) the toy pipeline on the device ---------------------------------------------------------
+step toy-run ${TOY_LIMIT:-180} $PY "${CLT[@]}" run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
     "${TOY_SETS[@]}"
 rc=$?
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; then  # failed, not out of time
@@ -100,9 +113,9 @@ if [ -f "$OUT/toy-$DEVICE/metrics.json" ]; then
 fi
 grep -h "finished in" "$OUT"/toy-run*.log 2>/dev/null | tee -a "$SUMMARY"
 
-# ---- (b) start-up and training speed at the gpt2 preset's shape, per precision ------------------
+# ---- (c) start-up and training speed at the gpt2 preset's shape, per precision ------------------
 for prec in ${GPU_CHECK_PRECISIONS:-bf16}; do
-    step "train-gpt2-$prec" 110 $PY -m clt_bench -v train-clt --preset gpt2 --model gpt2-random \
+    step "train-gpt2-$prec" 100 $PY -m clt_bench -v train-clt --preset gpt2 --model gpt2-random \
         --device "$DEVICE" --out "$OUT/train-gpt2-$prec" --no-resume \
         --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
         --set clt.eval_tokens=1024 --set clt.n_steps=$SMALL_STEPS --set clt.log_every=5 \
@@ -129,19 +142,4 @@ print(f"  {prec}: start-up {m.group(1) if m else '?'} s after model load (init {
 EOF
 done
 
-# ---- (c) the GPU benchmark table ----------------------------------------------------------------
-if [ -f benchmarks/bench_gpu.py ]; then
-    left=$((BUDGET - (SECONDS - T0)))
-    [ "$left" -lt 60 ] && left=60
-    left=$((left / SCALE))
-    if [ "$DEVICE" = "cpu" ]; then
-        step bench-gpu "$left" $PY benchmarks/bench_gpu.py --device cpu --tiny
-    else
-        step bench-gpu "$left" $PY benchmarks/bench_gpu.py --profile --json "$OUT/bench_gpu.json"
-    fi
-    # the table and its verdict lines (the profiler tables stay in bench-gpu.log)
-    grep -E "^(device|matmul|graph|shape|gpt2|seed)" "$OUT/bench-gpu.log" >> "$SUMMARY"
-else
-    note "[bench-gpu] benchmarks/bench_gpu.py not present: skipped"
-fi
 note "gpu_check finished in $((SECONDS - T0)) s"

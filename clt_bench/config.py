@@ -302,6 +302,9 @@ class CLTConfig:
     # activation memory (the pre-activations and decoder gathers grow with the tokens per pass)
     # at the same step; BatchTopK's batch-wide cut is then taken per micro-batch
     micro_batch_tokens: int = 0
+    # JumpReLU's dense-layer epilogue (activation, penalties, counts) as one function: auto
+    # (compiled with torch.compile on CUDA; the composed ops on CPU) | compile | eager | off
+    fuse: Literal["auto", "compile", "eager", "off"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,7 @@ def iter_batches(
             for i in range(start.batch if first else 0, n_batches):
                 first = False
                 idx = perm[i * batch_tokens + rank * local : i * batch_tokens + (rank + 1) * local]
+                idx = idx.to(x.device)  # a store kept on the GPU: the (CPU) order goes to it
                 produced = True
                 # index_select: the same rows as x[idx] in a third of the time (CPU, fp16)
                 xb, yb = x.index_select(0, idx), y.index_select(0, idx)

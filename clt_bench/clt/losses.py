@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clt_bench.clt import fused
 from clt_bench.clt import sparse_decode as SD
 from clt_bench.clt.cpu_alloc import keep_freed_memory
 from clt_bench.clt.model import CrossLayerTranscoder, JumpReLUFn, active_mask
@@ -76,7 +77,12 @@ class TrainObjective(nn.Module):
     """
 
     def __init__(
-        self, clt: CrossLayerTranscoder, lambda_p: float, tanh_c: float, decoder: str | None = None
+        self,
+        clt: CrossLayerTranscoder,
+        lambda_p: float,
+        tanh_c: float,
+        decoder: str | None = None,
+        fuse: str = "auto",
     ) -> None:
         super().__init__()
         self.clt = clt
@@ -84,6 +90,8 @@ class TrainObjective(nn.Module):
         self.decoder = decoder or clt.spec.decoder
         if self.decoder not in SD.DECODERS:
             raise ValueError(f"unknown decoder '{self.decoder}'")
+        fused.resolve(fuse, torch.device("cpu"))  # checks the name
+        self.fuse = fuse  # clt.fuse: JumpReLU's dense-layer epilogue (clt_bench.clt.fused)
         if clt.b_dec.device.type == "cpu":
             keep_freed_memory()
 
@@ -138,6 +146,7 @@ class TrainObjective(nn.Module):
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         sparsity, preact = zero, zero
         fired, contribs = [], []
+        impl = fused.resolve(self.fuse, x.device) if kind == "jumprelu" else None
         # per-layer views by unbind: its backward stacks the layers' gradients once, where
         # indexing W_enc[l] made autograd zero-fill and add a full [L, F, d] gradient per layer
         # (12 x 37 MB per step at L12 d768 F1024)
@@ -154,6 +163,17 @@ class TrainObjective(nn.Module):
                     s_l = torch.tanh(self.tanh_c * norms[l][rows.cols] * vals).sum() / n
                     sparsity = sparsity + s_l
                 fired.append(torch.bincount(rows.cols[vals > 0], minlength=F))
+            elif impl is not None:  # JumpReLU, both penalties and the counts in one function
+                assert th is not None and norms is not None
+                acts, s_l, p_l, f_l = fused.fused_jumprelu(
+                    pre, th, norms[l], self.tanh_c, clt.spec.bandwidth, impl
+                )
+                contribs.append(SD.dense_contrib(acts, w))
+                if lambda_s > 0:
+                    sparsity = sparsity + s_l
+                if self.lambda_p > 0:
+                    preact = preact + p_l
+                fired.append(f_l.long())
             else:
                 if kind == "jumprelu":
                     acts = JumpReLUFn.apply(pre, th, clt.spec.bandwidth)
@@ -165,7 +185,7 @@ class TrainObjective(nn.Module):
                 if penalised and lambda_s > 0:
                     sparsity = sparsity + torch.tanh(self.tanh_c * norms[l] * acts).sum(-1).mean()
                 fired.append(active_mask(acts.detach().clone()).sum(0).long())
-            if penalised and self.lambda_p > 0:
+            if penalised and self.lambda_p > 0 and (impl is None or picked is not None):
                 t = th if th is not None else torch.zeros_like(norms[l])
                 preact = preact + PreactPenaltyFn.apply(pre, t, norms[l])
         y_hat = SD.scatter_targets(clt.b_dec, list(range(L)), contribs)  # [n, L, d]

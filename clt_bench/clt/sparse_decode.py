@@ -207,6 +207,10 @@ def use_sparse(mode: str, nnz: int, numel: int, device: torch.device) -> bool:
         return True
     if mode == "dense":
         return False
+    if device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        # bf16: the dense matmul beats the gather (no bf16 embedding_bag gradient kernel; at the
+        # gpt2 preset's shape 0.16 s vs 0.31 s a step on an H100, benchmarks/RESULTS.md)
+        return False
     return nnz <= AUTO_MAX_DENSITY.get(device.type, 0.01) * numel
 
 

@@ -280,7 +280,7 @@ def _train_clt(
         _truncate_log(log_path, step)
     clt.train()
     late_start = c.n_steps - max(1, math.ceil(LATE_FRACTION * c.n_steps))
-    objective = TrainObjective(clt, c.lambda_p, c.tanh_c)
+    objective = TrainObjective(clt, c.lambda_p, c.tanh_c, fuse=c.fuse)
     model = D.wrap(objective, c.parallel, info, device)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one pass per parameter, no parameter-sized temporaries (2x faster on CPU)

@@ -169,7 +169,9 @@ class FrozenAdjoint:
             assert nodes is not None
             B = len(nodes)
             g = self.enc.new_zeros(B, P, d)
-            lay, pos, rows = self.layer[nodes], self.pos[nodes], torch.arange(B)
+            nodes = nodes.to(self.enc.device)  # node ids may come from the CPU graph assembly
+            rows = torch.arange(B, device=self.enc.device)
+            lay, pos = self.layer[nodes], self.pos[nodes]
             for layer in lay.unique().tolist():
                 m = lay == layer
                 inj = self.enc.new_zeros(B, P, d)

@@ -1,0 +1,146 @@
+"""JumpReLU's per-layer training epilogue in one function: activation, both penalties and the
+firing counts, forward and backward.
+
+The composed ops (``JumpReLUFn``, the tanh sparsity, ``PreactPenaltyFn``, the counts) pass over
+each layer's [n, F] pre-activations about thirty times a step and keep an fp32 tanh output per
+layer for the backward. At the seed study's shape (8,192 tokens x 12 x 49,152 features) those
+passes, not the matmuls, are most of an H100's step (benchmarks/RESULTS.md). Here the forward
+reads ``pre`` once and the backward reads ``pre`` and the activations' gradient once; only
+``pre`` is saved. Compiled (``torch.compile``; Triton on CUDA) each direction is a couple of
+fused kernels; eager, it is the reference the tests hold against the composed ops (same loss and
+gradients to float rounding).
+
+``clt.fuse``: ``auto`` (compiled on CUDA, the composed ops elsewhere: on the CPU those are
+tuned and faster eager), ``compile``, ``eager`` or ``off``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FUSE_MODES = ("auto", "compile", "eager", "off")
+
+
+def _forward(
+    pre: torch.Tensor, theta: torch.Tensor, norms: torch.Tensor, c: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pre [n, F] (any float dtype), theta / norms [F] fp32 -> (acts [n, F] in pre's dtype,
+    sum of tanh(c * norms * acts), sum over tokens of relu(theta - pre) [F], the penalty's
+    sum (gap * norms), firing counts [F])."""
+    h = pre.float()
+    on = h > theta
+    acts = h * on  # NaN stays NaN (the trainer's guard sees it)
+    tanh_sum = torch.tanh(c * norms * acts).sum()
+    gap = (theta - h).clamp_min(0.0).sum(0)
+    fired = (acts > 0).sum(0)
+    return acts.to(pre.dtype), tanh_sum, gap, (gap * norms).sum(), fired
+
+
+def _backward(
+    pre: torch.Tensor,
+    theta: torch.Tensor,
+    norms: torch.Tensor,
+    gap: torch.Tensor,
+    g_acts: torch.Tensor,
+    g_s: torch.Tensor,
+    g_p: torch.Tensor,
+    c: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of (acts, s = tanh_sum / n, p = penalty / n) -> (pre, theta, norms).
+
+    acts: d/dpre = 1[pre > theta]; d/dtheta = -theta / eps on |pre - theta| < eps / 2 (the
+    rectangle kernel of ``JumpReLUFn``), applied to the whole gradient reaching acts (the
+    decoder's and the sparsity term's). s: d/dacts = c norms (1 - tanh^2) / n, d/dnorms =
+    c acts (1 - tanh^2) / n. p: d/dpre = -norms / n where pre < theta, d/dtheta = +norms / n
+    there, d/dnorms = gap / n.
+    """
+    n = pre.shape[0]
+    h = pre.float()
+    d = h - theta
+    on = d > 0
+    acts = h * on
+    t = torch.tanh(c * norms * acts)
+    dt = 1.0 - t * t
+    gs, gp = g_s / n, g_p / n
+    g = g_acts.float() + gs * c * norms * dt  # everything that reaches acts
+    near = d.abs() < eps / 2
+    below = d < 0
+    grad_pre = g * on - below * (gp * norms)
+    grad_theta = -(theta / eps) * (g * near).sum(0) + gp * norms * below.sum(0)
+    grad_norms = gs * c * (acts * dt).sum(0) + gp * gap
+    return grad_pre.to(pre.dtype), grad_theta, grad_norms
+
+
+class _Impl:
+    """The forward and backward functions, compiled on first use when asked."""
+
+    def __init__(self, compiled: bool) -> None:
+        self.compiled = compiled
+        self._fwd: Callable | None = None
+        self._bwd: Callable | None = None
+
+    def fwd(self) -> Callable:
+        if self._fwd is None:
+            self._fwd = torch.compile(_forward, dynamic=False) if self.compiled else _forward
+        return self._fwd
+
+    def bwd(self) -> Callable:
+        if self._bwd is None:
+            self._bwd = torch.compile(_backward, dynamic=False) if self.compiled else _backward
+        return self._bwd
+
+
+_EAGER, _COMPILED = _Impl(False), _Impl(True)
+
+
+class FusedJumpReLU(torch.autograd.Function):
+    """(pre, theta, norms) -> (acts, s, p, fired): acts = pre 1[pre > theta], s = mean over tokens
+    of sum tanh(c norms acts), p = mean over tokens of sum relu(theta - pre) norms, fired = the
+    firing counts [F] (no gradient). Saves ``pre`` and one [F] vector."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, norms, c: float, eps: float, impl: _Impl):  # type: ignore[override]
+        acts, tanh_sum, gap, pen, fired = impl.fwd()(pre, theta, norms, c)
+        ctx.save_for_backward(pre, theta, norms, gap)
+        ctx.c, ctx.eps, ctx.impl = c, eps, impl
+        ctx.mark_non_differentiable(fired)
+        n = pre.shape[0]
+        return acts, tanh_sum / n, pen / n, fired
+
+    @staticmethod
+    def backward(ctx, g_acts, g_s, g_p, _g_fired):  # type: ignore[override]
+        pre, theta, norms, gap = ctx.saved_tensors
+        grad_pre, grad_theta, grad_norms = ctx.impl.bwd()(
+            pre, theta, norms, gap, g_acts, g_s, g_p, ctx.c, ctx.eps
+        )
+        return grad_pre, grad_theta, grad_norms, None, None, None
+
+
+def resolve(mode: str, device: torch.device) -> _Impl | None:
+    """The implementation ``clt.fuse = mode`` picks on ``device`` (None: the composed ops)."""
+    if mode not in FUSE_MODES:
+        raise ValueError(f"unknown fuse mode '{mode}' (one of {', '.join(FUSE_MODES)})")
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "eager":
+        return _EAGER
+    if mode == "auto":
+        try:
+            import triton  # noqa: F401  (torch.compile's GPU code generator)
+        except ImportError:
+            log.warning("clt.fuse = 'auto': triton is not installed, so the epilogue is not fused")
+            return None
+    return _COMPILED
+
+
+def fused_jumprelu(
+    pre: torch.Tensor, theta: torch.Tensor, norms: torch.Tensor, c: float, eps: float, impl: _Impl
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``FusedJumpReLU`` on one layer: (acts [n, F], s, p, fired [F])."""
+    return FusedJumpReLU.apply(pre, theta, norms, c, eps, impl)
