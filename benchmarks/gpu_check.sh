@@ -6,7 +6,7 @@
 #   OUT=/tmp/gc DEVICE=cpu bash benchmarks/gpu_check.sh             # smoke test on a CPU (tiny)
 #
 # Every step runs under `timeout` and logs to $OUT/<step>.log; a failing step does not stop the
-# others. $OUT/summary.txt collects the numbers. BENCH_LIMIT (default 300), TOY_LIMIT (180) and
+# others. $OUT/summary.txt collects the numbers. BENCH_LIMIT (default 200), TOY_LIMIT (150), PREC_LIMIT (120), TRAIN_LIMIT (60) and
 # GPU_CHECK_PRECISIONS size the steps.
 #
 # Steps, in this order:
@@ -19,7 +19,9 @@
 #        python3 -m clt_bench compare-runs results/toy-cpu $OUT/toy-cuda
 #      If the full run fails (e.g. in a stage outside the CLT; not when it runs out of time), the
 #      remaining stages are run without the baseline so that their CUDA path is still exercised.
-#  (c) train-clt --preset gpt2 --model gpt2-random (toy corpus), 25 steps at each precision of
+#  (c) benchmarks/bench_precision.py on gpt2-random (toy corpus, 4,096 features/layer, 150 steps):
+#      fp32 and bf16, seeds 0 and 1: NMSE, L0, dead, top-1, CE recovered, and the verdict.
+#  (d) train-clt --preset gpt2 --model gpt2-random (toy corpus), 15 steps at each precision of
 #      GPU_CHECK_PRECISIONS (default "bf16"; "bf16 tf32 fp32" for all): "first training step
 #      begins N s after the model was loaded" and steps/s.
 set -u
@@ -81,7 +83,7 @@ if [ "$DEVICE" = "cpu" ]; then  # tiny settings: only checks that every step run
 else
     TRAIN_SETS=()
     TOY_SETS=()
-    SMALL_STEPS=25
+    SMALL_STEPS=15
 fi
 
 # ---- (a) the GPU benchmark table (first: the seed-scale rows are what the session is for) -------
@@ -89,7 +91,7 @@ if [ -f benchmarks/bench_gpu.py ]; then
     if [ "$DEVICE" = "cpu" ]; then
         step bench-gpu 60 $PY benchmarks/bench_gpu.py --device cpu --tiny
     else
-        step bench-gpu "${BENCH_LIMIT:-300}" $PY benchmarks/bench_gpu.py --profile \
+        step bench-gpu "${BENCH_LIMIT:-200}" $PY benchmarks/bench_gpu.py --profile \
             --json "$OUT/bench_gpu.json"
     fi
     # the table and its verdict lines (the profiler tables stay in bench-gpu.log)
@@ -99,7 +101,7 @@ else
 fi
 
 # ---- (b) the toy pipeline on the device ---------------------------------------------------------
-step toy-run ${TOY_LIMIT:-180} $PY "${CLT[@]}" run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
+step toy-run ${TOY_LIMIT:-150} $PY "${CLT[@]}" run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
     "${TOY_SETS[@]}"
 rc=$?
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; then  # failed, not out of time
@@ -113,9 +115,22 @@ if [ -f "$OUT/toy-$DEVICE/metrics.json" ]; then
 fi
 grep -h "finished in" "$OUT"/toy-run*.log 2>/dev/null | tee -a "$SUMMARY"
 
-# ---- (c) start-up and training speed at the gpt2 preset's shape, per precision ------------------
+# ---- (c) bf16 against fp32 on gpt2-random: the same CLT quality within the seed spread? -------
+if [ "$DEVICE" = "cpu" ]; then
+    PREC_SETS=(--set clt.n_steps=20 --set clt.n_features=64 --set clt.batch_tokens=512
+               --set activations.shuffle_buffer=4096 --set clt.norm_batches=2)
+else
+    PREC_SETS=(--set clt.n_steps=${PREC_STEPS:-150} --set clt.n_features=4096)
+fi
+step precision "${PREC_LIMIT:-120}" $PY benchmarks/bench_precision.py --out "$OUT/precision" \
+    --preset gpt2 --model gpt2-random --device "$DEVICE" --seeds 0 1 \
+    --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
+    --set clt.eval_tokens=2048 --set clt.log_every=25 --set clt.warmup_steps=20 "${PREC_SETS[@]}"
+grep -vE "^\s*$" "$OUT/precision.log" | tail -n 12 >> "$SUMMARY"
+
+# ---- (d) start-up and training speed at the gpt2 preset's shape, per precision ------------------
 for prec in ${GPU_CHECK_PRECISIONS:-bf16}; do
-    step "train-gpt2-$prec" 100 $PY -m clt_bench -v train-clt --preset gpt2 --model gpt2-random \
+    step "train-gpt2-$prec" "${TRAIN_LIMIT:-60}" $PY -m clt_bench -v train-clt --preset gpt2 --model gpt2-random \
         --device "$DEVICE" --out "$OUT/train-gpt2-$prec" --no-resume \
         --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
         --set clt.eval_tokens=1024 --set clt.n_steps=$SMALL_STEPS --set clt.log_every=5 \

@@ -97,3 +97,24 @@ def test_compiled_equals_eager():
     assert torch.equal(f_n, f_r)
     for k in g_r:
         _close(g_n[k], g_r[k], k)
+
+
+def test_failed_compilation_runs_eagerly(monkeypatch, caplog):
+    """No Triton / no C compiler on a GPU machine: one warning, then the eager functions."""
+
+    def broken(fn, **kw):
+        def run(*a):
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    impl = fused._Impl(compiled=True)
+    pre, theta, norms = torch.randn(6, 5), torch.rand(5), torch.rand(5)
+    with caplog.at_level("WARNING"):
+        out = fused.fused_jumprelu(pre.requires_grad_(), theta, norms, 4.0, 0.1, impl)
+    ref = fused._forward(pre.detach(), theta, norms, 4.0)
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[3], ref[4])
+    assert "runs eagerly" in caplog.text and impl.compiled is False
+    out[0].sum().backward()  # the backward too (eager now)
+    assert pre.grad is not None

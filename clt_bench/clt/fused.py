@@ -78,22 +78,36 @@ def _backward(
 
 
 class _Impl:
-    """The forward and backward functions, compiled on first use when asked."""
+    """The forward and backward functions, compiled on first use when asked. A compilation that
+    fails (no Triton, no C compiler for its launcher, ...) is logged once and the eager
+    functions run instead: the same numbers, more passes over memory."""
 
     def __init__(self, compiled: bool) -> None:
         self.compiled = compiled
-        self._fwd: Callable | None = None
-        self._bwd: Callable | None = None
+        self._fns: dict[str, Callable] = {}
+        self._ok: set[str] = set()
 
-    def fwd(self) -> Callable:
-        if self._fwd is None:
-            self._fwd = torch.compile(_forward, dynamic=False) if self.compiled else _forward
-        return self._fwd
-
-    def bwd(self) -> Callable:
-        if self._bwd is None:
-            self._bwd = torch.compile(_backward, dynamic=False) if self.compiled else _backward
-        return self._bwd
+    def __call__(self, which: str, *args):
+        eager = _forward if which == "fwd" else _backward
+        if not self.compiled:
+            return eager(*args)
+        fn = self._fns.get(which)
+        if fn is None:
+            fn = self._fns[which] = torch.compile(eager, dynamic=False)
+        if which in self._ok:
+            return fn(*args)
+        try:
+            out = fn(*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: run eagerly
+            log.warning(
+                "torch.compile of the fused JumpReLU epilogue failed (%s: %s); it runs eagerly",
+                type(err).__name__,
+                str(err).splitlines()[0][:200] if str(err) else "",
+            )
+            self.compiled = False
+            return eager(*args)
+        self._ok.add(which)
+        return out
 
 
 _EAGER, _COMPILED = _Impl(False), _Impl(True)
@@ -106,7 +120,7 @@ class FusedJumpReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre, theta, norms, c: float, eps: float, impl: _Impl):  # type: ignore[override]
-        acts, tanh_sum, gap, pen, fired = impl.fwd()(pre, theta, norms, c)
+        acts, tanh_sum, gap, pen, fired = impl("fwd", pre, theta, norms, c)
         ctx.save_for_backward(pre, theta, norms, gap)
         ctx.c, ctx.eps, ctx.impl = c, eps, impl
         ctx.mark_non_differentiable(fired)
@@ -116,8 +130,8 @@ class FusedJumpReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_acts, g_s, g_p, _g_fired):  # type: ignore[override]
         pre, theta, norms, gap = ctx.saved_tensors
-        grad_pre, grad_theta, grad_norms = ctx.impl.bwd()(
-            pre, theta, norms, gap, g_acts, g_s, g_p, ctx.c, ctx.eps
+        grad_pre, grad_theta, grad_norms = ctx.impl(
+            "bwd", pre, theta, norms, gap, g_acts, g_s, g_p, ctx.c, ctx.eps
         )
         return grad_pre, grad_theta, grad_norms, None, None, None
 
