@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# One-shot GPU check (~8 minutes on one H100): the GPU benchmark table, the CUDA path end to end
+# One-shot GPU check (~7 minutes on one H100): the GPU benchmark table, the CUDA path end to end
 # and the start-up of CLT training at the gpt2 preset's shape.
 #
 #   OUT=/some/writable/dir bash benchmarks/gpu_check.sh             # on the GPU machine
 #   OUT=/tmp/gc DEVICE=cpu bash benchmarks/gpu_check.sh             # smoke test on a CPU (tiny)
 #
 # Every step runs under `timeout` and logs to $OUT/<step>.log; a failing step does not stop the
-# others. $OUT/summary.txt collects the numbers. BENCH_LIMIT (default 200), TOY_LIMIT (150), PREC_LIMIT (120), TRAIN_LIMIT (60) and
-# GPU_CHECK_PRECISIONS size the steps.
+# others. $OUT/summary.txt collects the numbers. BENCH_LIMIT (default 200 s), TOY_LIMIT (150),
+# PREC_LIMIT (120), TRAIN_LIMIT (60) and GPU_CHECK_PRECISIONS size the steps (~9 minutes at most).
 #
 # Steps, in this order:
 #  (a) python3 benchmarks/bench_gpu.py --profile: the graph row, the seed-scale rows (fused
