@@ -56,10 +56,10 @@ def pair_interactions(
     a_all = torch.stack([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in acts]).to(dev)
     for start in range(0, len(rows), rows_per_pass):
         group = rows[start : start + rows_per_pass]
-        idx = torch.tensor([p for _, p in group], device=dev)
+        idx = torch.tensor([p for _, p in group])  # prompt rows: the batch stays on the CPU
         first = torch.tensor([s[0] for s, _ in group], device=dev)
         second = torch.tensor([s[1] if len(s) > 1 else -1 for s, _ in group], device=dev)
-        sub = clean_writes(a_all, dec, idx, first, second)  # [L, R, pos, d]
+        sub = clean_writes(a_all, dec, idx.to(dev), first, second)  # [L, R, pos, d]
         hooks = [
             (f"blocks.{t}.hook_mlp_out", lambda y, hook, t=t, sub=sub: y - sub[t].to(y.dtype))
             for t in range(clt.n_layers)
