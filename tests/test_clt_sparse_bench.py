@@ -30,10 +30,17 @@ def test_bench_gpu_tiny_on_cpu(tmp_path):
         check=True,
         timeout=600,
     ).stdout
-    for needle in ("matmul peak", "fp32 dense", "bf16 sparse", "seed scale (sparse, passes of"):
+    for needle in ("matmul peak", "fp32 dense", "bf16 sparse", "seed scale (sparse, fuse auto"):
         assert needle in out
     rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert not [r for r in rows if "error" in r]
     # the seed-scale step in one pass and in micro-batches (clt.micro_batch_tokens), both timed
     micro = {r["micro_batch_tokens"] for r in rows if r["shape"].startswith("seed")}
     assert micro == {0, 128}
-    assert all(r["step_s"] > 0 for r in rows if "error" not in r)
+    # the fused epilogue against the composed ops (clt.fuse), at the same shape
+    assert {r["fuse"] for r in rows if r["shape"] == "gpt2-like" and r["precision"] == "bf16"} == {
+        "auto",
+        "off",
+        "eager",
+    }
+    assert all(r["step_s"] > 0 for r in rows)

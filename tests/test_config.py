@@ -90,6 +90,7 @@ BAD: dict[str, str] = {
     "clt.precision": '"fp16"',
     "clt.decoder": '"csr"',
     "clt.micro_batch_tokens": "-1",
+    "clt.fuse": '"triton"',
     "clt.load": '"/no/such/clt/dir"',
     "graphs.node_threshold": "2",
     "graphs.edge_threshold": "0",

@@ -107,7 +107,9 @@ def one_per_yy(batch: TaskBatch, n_prompts: int) -> TaskBatch:
 def _unembed(bridge) -> tuple[torch.Tensor, torch.Tensor]:
     W_U = bridge.W_U.detach()
     b_U = getattr(bridge, "b_U", None)
-    b_U = torch.zeros(W_U.shape[1], dtype=W_U.dtype) if b_U is None else b_U.detach()
+    if b_U is None:
+        return W_U, torch.zeros(W_U.shape[1], dtype=W_U.dtype, device=W_U.device)
+    b_U = b_U.detach()
     return W_U, b_U
 
 

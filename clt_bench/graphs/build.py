@@ -220,7 +220,10 @@ def build_graph(
     # circuit-tracer's BOS convention: BOS's features and errors are constants, not nodes
     bos_id = loaded.tokenizer.bos_token_id
     zero_bos = bool(cfg.zero_bos and bos_id is not None and int(tokens[0]) == bos_id)
-    bos_feat = (feature_table(rm)[:, 2] == 0) if zero_bos else torch.zeros(K, dtype=torch.bool)
+    # on the CPU, with the selection's influence and visited masks (the table is on rm's device)
+    bos_feat = (
+        (feature_table(rm)[:, 2] == 0).cpu() if zero_bos else torch.zeros(K, dtype=torch.bool)
+    )
     bos_err = torch.zeros(L * P, dtype=torch.bool)
     if zero_bos:
         bos_err[torch.arange(L) * P] = True  # error columns are layer-major: l * P + pos

@@ -167,7 +167,7 @@ class TaskBatch:
         return int(self.clean.shape[0])
 
     def subset(self, idx: list[int] | torch.Tensor) -> TaskBatch:
-        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        idx_t = torch.as_tensor(idx, dtype=torch.long).cpu()  # the batch's tensors live on the CPU
         il = idx_t.tolist()
         return TaskBatch(
             clean=self.clean[idx_t],
