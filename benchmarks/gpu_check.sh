@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
-# One-shot GPU check (~7 minutes on one H100): the GPU benchmark table, the CUDA path end to end
-# and the start-up of CLT training at the gpt2 preset's shape.
+# One-shot GPU check: the CUDA path end to end, bf16 against fp32, the start-up of CLT training at
+# the gpt2 preset's shape, and the GPU benchmark table.
 #
 #   OUT=/some/writable/dir bash benchmarks/gpu_check.sh             # on the GPU machine
 #   OUT=/tmp/gc DEVICE=cpu bash benchmarks/gpu_check.sh             # smoke test on a CPU (tiny)
+#   GPU_CHECK_STEPS="bench toy" OUT=... bash benchmarks/gpu_check.sh  # some steps, in that order
 #
 # Every step runs under `timeout` and logs to $OUT/<step>.log; a failing step does not stop the
-# others. $OUT/summary.txt collects the numbers. BENCH_LIMIT (default 200 s), TOY_LIMIT (150),
-# PREC_LIMIT (120), TRAIN_LIMIT (60) and GPU_CHECK_PRECISIONS size the steps (~9 minutes at most).
+# others. $OUT/summary.txt collects the numbers. GPU_CHECK_STEPS (default "toy precision train",
+# at most ~8 minutes on an H100; add "bench" for the table, ~3 minutes) picks the steps;
+# TOY_LIMIT (150 s), PREC_LIMIT (200), TRAIN_LIMIT (90), BENCH_LIMIT (200) and
+# GPU_CHECK_PRECISIONS size them.
 #
-# Steps, in this order:
-#  (a) python3 benchmarks/bench_gpu.py --profile: the graph row, the seed-scale rows (fused
-#      epilogue in passes of 2,048 tokens and in one pass, the composed ops, the sparse decoder;
-#      torch.profiler tables of the first), then the gpt2-shape rows.
-#  (b) clt-bench run on the toy with --device cuda, all stages; then `clt-bench check` against
+# Steps:
+#  toy: clt-bench run on the toy with --device cuda, all stages; then `clt-bench check` against
 #      results/reference/toy.json. To compare with a CPU run of exactly the same settings:
 #        python3 -m clt_bench run --device cpu --out results/toy-cpu
 #        python3 -m clt_bench compare-runs results/toy-cpu $OUT/toy-cuda
 #      If the full run fails (e.g. in a stage outside the CLT; not when it runs out of time), the
 #      remaining stages are run without the baseline so that their CUDA path is still exercised.
-#  (c) benchmarks/bench_precision.py on gpt2-random (toy corpus, 4,096 features/layer, 150 steps):
-#      fp32 and bf16, seeds 0 and 1: NMSE, L0, dead, top-1, CE recovered, and the verdict.
-#  (d) train-clt --preset gpt2 --model gpt2-random (toy corpus), 15 steps at each precision of
+#  precision: benchmarks/bench_precision.py on gpt2-random (toy corpus, 2,048 features/layer,
+#      150 steps): fp32 and bf16, seeds 0 and 1: NMSE, L0, dead, top-1, CE recovered, verdict.
+#  train: train-clt --preset gpt2 --model gpt2-random (toy corpus), 15 steps at each precision of
 #      GPU_CHECK_PRECISIONS (default "bf16"; "bf16 tf32 fp32" for all): "first training step
 #      begins N s after the model was loaded" and steps/s.
+#  bench: python3 benchmarks/bench_gpu.py --profile: the graph row, the seed-scale rows (fused
+#      epilogue in passes of 2,048 tokens and in one pass, the composed ops, the sparse decoder;
+#      torch.profiler tables of the first), then the gpt2-shape rows.
 set -u
 OUT=${OUT:?set OUT to a writable folder}
 DEVICE=${DEVICE:-cuda}
@@ -86,56 +89,64 @@ else
     SMALL_STEPS=15
 fi
 
-# ---- (a) the GPU benchmark table (first: the seed-scale rows are what the session is for) -------
-if [ -f benchmarks/bench_gpu.py ]; then
-    if [ "$DEVICE" = "cpu" ]; then
-        step bench-gpu 60 $PY benchmarks/bench_gpu.py --device cpu --tiny
+# ---- bench: the GPU benchmark table --------------------------------------------------------------
+check_bench() {
+    if [ -f benchmarks/bench_gpu.py ]; then
+        if [ "$DEVICE" = "cpu" ]; then
+            step bench-gpu 60 $PY benchmarks/bench_gpu.py --device cpu --tiny
+        else
+            step bench-gpu "${BENCH_LIMIT:-200}" $PY benchmarks/bench_gpu.py --profile \
+                --json "$OUT/bench_gpu.json"
+        fi
+        # the table and its verdict lines (the profiler tables stay in bench-gpu.log)
+        grep -E "^(device|matmul|graph|shape|gpt2|seed|  \()" "$OUT/bench-gpu.log" >> "$SUMMARY"
     else
-        step bench-gpu "${BENCH_LIMIT:-200}" $PY benchmarks/bench_gpu.py --profile \
-            --json "$OUT/bench_gpu.json"
+        note "[bench-gpu] benchmarks/bench_gpu.py not present: skipped"
     fi
-    # the table and its verdict lines (the profiler tables stay in bench-gpu.log)
-    grep -E "^(device|matmul|graph|shape|gpt2|seed|  \()" "$OUT/bench-gpu.log" >> "$SUMMARY"
-else
-    note "[bench-gpu] benchmarks/bench_gpu.py not present: skipped"
-fi
+}
 
-# ---- (b) the toy pipeline on the device ---------------------------------------------------------
-step toy-run ${TOY_LIMIT:-150} $PY "${CLT[@]}" run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
-    "${TOY_SETS[@]}"
-rc=$?
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; then  # failed, not out of time
-    step toy-run-without-baseline 120 $PY "${CLT[@]}" run --device "$DEVICE" \
-        --out "$OUT/toy-$DEVICE" --stages task,activations,clt,graphs,features,compare,report \
+# ---- toy: the toy pipeline on the device --------------------------------------------------------
+check_toy() {
+    step toy-run ${TOY_LIMIT:-150} $PY "${CLT[@]}" run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
         "${TOY_SETS[@]}"
-fi
-if [ -f "$OUT/toy-$DEVICE/metrics.json" ]; then
-    step toy-check 60 $PY -m clt_bench check "$OUT/toy-$DEVICE"
-    tail -n 40 "$OUT/toy-check.log" >> "$SUMMARY"
-fi
-grep -h "finished in" "$OUT"/toy-run*.log 2>/dev/null | tee -a "$SUMMARY"
+    rc=$?
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; then  # failed, not out of time
+        step toy-run-without-baseline 120 $PY "${CLT[@]}" run --device "$DEVICE" \
+            --out "$OUT/toy-$DEVICE" --stages task,activations,clt,graphs,features,compare,report \
+            "${TOY_SETS[@]}"
+    fi
+    if [ -f "$OUT/toy-$DEVICE/metrics.json" ]; then
+        step toy-check 60 $PY -m clt_bench check "$OUT/toy-$DEVICE"
+        tail -n 40 "$OUT/toy-check.log" >> "$SUMMARY"
+    fi
+    grep -h "finished in" "$OUT"/toy-run*.log 2>/dev/null | tee -a "$SUMMARY"
+}
 
-# ---- (c) bf16 against fp32 on gpt2-random: the same CLT quality within the seed spread? -------
-if [ "$DEVICE" = "cpu" ]; then
-    PREC_SETS=(--set clt.n_steps=20 --set clt.n_features=64 --set clt.batch_tokens=512
-               --set activations.shuffle_buffer=4096 --set clt.norm_batches=2)
-else
-    PREC_SETS=(--set clt.n_steps=${PREC_STEPS:-150} --set clt.n_features=4096)
-fi
-step precision "${PREC_LIMIT:-120}" $PY benchmarks/bench_precision.py --out "$OUT/precision" \
-    --preset gpt2 --model gpt2-random --device "$DEVICE" --seeds 0 1 \
-    --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
-    --set clt.eval_tokens=2048 --set clt.log_every=25 --set clt.warmup_steps=20 "${PREC_SETS[@]}"
-grep -vE "^\s*$" "$OUT/precision.log" | tail -n 12 >> "$SUMMARY"
-
-# ---- (d) start-up and training speed at the gpt2 preset's shape, per precision ------------------
-for prec in ${GPU_CHECK_PRECISIONS:-bf16}; do
-    step "train-gpt2-$prec" "${TRAIN_LIMIT:-60}" $PY -m clt_bench -v train-clt --preset gpt2 --model gpt2-random \
-        --device "$DEVICE" --out "$OUT/train-gpt2-$prec" --no-resume \
+# ---- precision: bf16 against fp32 on gpt2-random, within the seed spread? ------------------------
+check_precision() {
+    if [ "$DEVICE" = "cpu" ]; then
+        PREC_SETS=(--set clt.n_steps=20 --set clt.n_features=64 --set clt.batch_tokens=512
+                   --set activations.shuffle_buffer=4096 --set clt.norm_batches=2)
+    else
+        # 2,048 features/layer: fp32 without TF32 runs at ~50 TFLOP/s on an H100 (~0.13 s a step)
+        PREC_SETS=(--set clt.n_steps=${PREC_STEPS:-150} --set clt.n_features=2048)
+    fi
+    step precision "${PREC_LIMIT:-200}" $PY benchmarks/bench_precision.py --out "$OUT/precision" \
+        --preset gpt2 --model gpt2-random --device "$DEVICE" --seeds 0 1 \
         --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
-        --set clt.eval_tokens=1024 --set clt.n_steps=$SMALL_STEPS --set clt.log_every=5 \
-        --set clt.warmup_steps=5 --set "clt.precision=\"$prec\"" "${TRAIN_SETS[@]}"
-    $PY - "$OUT/train-gpt2-$prec" "$prec" <<'EOF' 2>&1 | tee -a "$SUMMARY"
+        --set clt.eval_tokens=2048 --set clt.log_every=25 --set clt.warmup_steps=20 "${PREC_SETS[@]}"
+    grep -vE "^\s*$" "$OUT/precision.log" | tail -n 12 >> "$SUMMARY"
+}
+
+# ---- train: start-up and training speed at the gpt2 preset shape, per precision -----------------
+check_train() {
+    for prec in ${GPU_CHECK_PRECISIONS:-bf16}; do
+        step "train-gpt2-$prec" "${TRAIN_LIMIT:-90}" $PY -m clt_bench -v train-clt --preset gpt2 \
+            --model gpt2-random --device "$DEVICE" --out "$OUT/train-gpt2-$prec" --no-resume \
+            --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
+            --set clt.eval_tokens=1024 --set clt.n_steps=$SMALL_STEPS --set clt.log_every=5 \
+            --set clt.warmup_steps=5 --set "clt.precision=\"$prec\"" "${TRAIN_SETS[@]}"
+        $PY - "$OUT/train-gpt2-$prec" "$prec" <<'EOF' 2>&1 | tee -a "$SUMMARY"
 import json, re, sys
 from pathlib import Path
 run, prec = Path(sys.argv[1]), sys.argv[2]
@@ -155,6 +166,15 @@ print(f"  {prec}: start-up {m.group(1) if m else '?'} s after model load (init {
       f"{sps:.2f} steps/s, {tok:,.0f} tokens/s (steps {rows[0]['step'] if rows else '?'}-"
       f"{rows[-1]['step'] if rows else '?'}); nmse {nmse}")
 EOF
+    done
+}
+
+# ---- run the steps named in GPU_CHECK_STEPS, in that order ----------------------------------------
+for s in ${GPU_CHECK_STEPS:-toy precision train}; do
+    case $s in
+        bench|toy|precision|train) "check_$s" ;;
+        *) note "unknown step '$s' (bench, toy, precision, train)" ;;
+    esac
 done
 
 note "gpu_check finished in $((SECONDS - T0)) s"
