@@ -226,8 +226,10 @@ def test_cuda_without_gpu_is_one_sentence_exit_2(monkeypatch, capsys, tmp_path):
         check_device("gpu")
     for cmd in (["train-clt"], ["run"], ["attribute", "--clt", "random:16"], ["task"]):
         code = main([*cmd, "--device", "cuda", "--out", str(tmp_path / "r")])
-        err = capsys.readouterr().err.strip()
+        cap = capsys.readouterr()
+        err = cap.err.strip()
         assert code == 2 and "no CUDA GPU" in err and err.count("\n") == 0, (cmd, err)
+        assert "[1/" not in cap.out, (cmd, cap.out)  # before any stage starts
 
 
 def test_loaded_clt_goes_to_the_given_device(tmp_path):

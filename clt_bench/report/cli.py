@@ -95,9 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clt_bench.cli import config_from_args, out_dir
+    from clt_bench.models import check_device
     from clt_bench.pipeline import run_pipeline
 
     cfg = config_from_args(args)
+    check_device(cfg.model.device)  # before any stage starts
     out = Path(out_dir(args, cfg))
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     if args.clt_seeds:
