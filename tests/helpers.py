@@ -16,6 +16,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(script: str, *args: str, timeout: float = 900) -> str:
+    """``python benchmarks/<script> args...`` in a new process; its stdout (raises on exit != 0)."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+    ).stdout
+
+
 def tiny_bridge(
     n_layer: int = 2,
     n_head: int = 2,

@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import run_benchmark
 
 from clt_bench.threads import available_cores
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_bench_toy_run_on_the_quick_preset(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_toy_run.py"),
-            "--out",
-            str(tmp_path),
-            "--preset",
-            "quick",
-            "--modes",
-            "overlap,no-plt",
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=900,
-    ).stdout
+    out = run_benchmark(
+        "bench_toy_run.py",
+        *("--out", str(tmp_path), "--preset", "quick", "--modes", "overlap,no-plt"),
+        *("--repeats", "1"),
+    )
     assert "round 0   this  overlap: wall" in out and "round 0   this   no-plt: wall" in out
     rows = {line.split(" | ")[1]: line for line in out.splitlines() if line.startswith("| this")}
     assert set(rows) == {"overlap", "no-plt"}

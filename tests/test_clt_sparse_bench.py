@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import run_benchmark
 
 
 @pytest.mark.slow
 def test_bench_gpu_tiny_on_cpu(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_gpu.py"),
-            "--device",
-            "cpu",
-            "--tiny",
-            "--skip-graph",
-            "--json",
-            str(tmp_path / "gpu.json"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    ).stdout
+    gpu_json = str(tmp_path / "gpu.json")
+    out = run_benchmark(
+        "bench_gpu.py", "--device", "cpu", "--tiny", "--skip-graph", "--json", gpu_json, timeout=600
+    )
     for needle in ("matmul peak", "fp32 dense", "bf16 sparse", "seed scale (sparse, fuse auto"):
         assert needle in out
     rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]

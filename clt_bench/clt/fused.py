@@ -16,6 +16,7 @@ tuned and faster eager), ``compile``, ``eager`` or ``off``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -136,11 +137,20 @@ class FusedJumpReLU(torch.autograd.Function):
         return grad_pre, grad_theta, grad_norms, None, None, None
 
 
-def resolve(mode: str, device: torch.device) -> _Impl | None:
-    """The implementation ``clt.fuse = mode`` picks on ``device`` (None: the composed ops)."""
+def check_mode(mode: str) -> str:
     if mode not in FUSE_MODES:
         raise ValueError(f"unknown fuse mode '{mode}' (one of {', '.join(FUSE_MODES)})")
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+    return mode
+
+
+def resolve(mode: str, device: torch.device) -> _Impl | None:
+    """The implementation ``clt.fuse = mode`` picks on ``device`` (None: the composed ops)."""
+    return _resolve(mode, device.type)
+
+
+@functools.cache  # once per (mode, device type): the triton check (and its warning) per process
+def _resolve(mode: str, device_type: str) -> _Impl | None:
+    if check_mode(mode) == "off" or (mode == "auto" and device_type != "cuda"):
         return None
     if mode == "eager":
         return _EAGER

@@ -90,8 +90,7 @@ class TrainObjective(nn.Module):
         self.decoder = decoder or clt.spec.decoder
         if self.decoder not in SD.DECODERS:
             raise ValueError(f"unknown decoder '{self.decoder}'")
-        fused.resolve(fuse, torch.device("cpu"))  # checks the name
-        self.fuse = fuse  # clt.fuse: JumpReLU's dense-layer epilogue (clt_bench.clt.fused)
+        self.fuse = fused.check_mode(fuse)  # clt.fuse (clt_bench.clt.fused)
         if clt.b_dec.device.type == "cpu":
             keep_freed_memory()
 
@@ -174,6 +173,7 @@ class TrainObjective(nn.Module):
                 if self.lambda_p > 0:
                     preact = preact + p_l
                 fired.append(f_l.long())
+                continue  # the pre-activation penalty is in already
             else:
                 if kind == "jumprelu":
                     acts = JumpReLUFn.apply(pre, th, clt.spec.bandwidth)
@@ -185,7 +185,7 @@ class TrainObjective(nn.Module):
                 if penalised and lambda_s > 0:
                     sparsity = sparsity + torch.tanh(self.tanh_c * norms[l] * acts).sum(-1).mean()
                 fired.append(active_mask(acts.detach().clone()).sum(0).long())
-            if penalised and self.lambda_p > 0 and (impl is None or picked is not None):
+            if penalised and self.lambda_p > 0:
                 t = th if th is not None else torch.zeros_like(norms[l])
                 preact = preact + PreactPenaltyFn.apply(pre, t, norms[l])
         y_hat = SD.scatter_targets(clt.b_dec, list(range(L)), contribs)  # [n, L, d]
