@@ -7,7 +7,9 @@
 #   GPU_CHECK_STEPS="bench toy" OUT=... bash benchmarks/gpu_check.sh  # some steps, in that order
 #
 # Every step runs under `timeout` and logs to $OUT/<step>.log; a failing step does not stop the
-# others. $OUT/summary.txt collects the numbers. GPU_CHECK_STEPS (default "toy precision train",
+# others. $OUT/summary.txt collects the numbers. The runs themselves go to $WORK (default: a fresh
+# temporary folder), and $OUT/runs.tgz brings back their small files (metrics, logs, tables,
+# reports; no tensors), so that $OUT stays within what the device tool returns (8 files). GPU_CHECK_STEPS (default "toy precision train",
 # at most ~10 minutes on an H100; add "bench" for the table, ~3 minutes) picks the steps;
 # TOY_LIMIT (270 s), PREC_LIMIT (200), TRAIN_LIMIT (90), BENCH_LIMIT (200) and
 # GPU_CHECK_PRECISIONS size them.
@@ -16,7 +18,7 @@
 #  toy: clt-bench run on the toy with --device cuda, all stages; then `clt-bench check` against
 #      results/reference/toy.json. To compare with a CPU run of exactly the same settings:
 #        python3 -m clt_bench run --device cpu --out results/toy-cpu
-#        python3 -m clt_bench compare-runs results/toy-cpu $OUT/toy-cuda
+#        python3 -m clt_bench compare-runs results/toy-cpu $WORK/toy-cuda
 #      If the full run fails (e.g. in a stage outside the CLT; not when it runs out of time), the
 #      remaining stages are run without the baseline so that their CUDA path is still exercised.
 #  precision: benchmarks/bench_precision.py on gpt2-random (toy corpus, 2,048 features/layer,
@@ -32,7 +34,8 @@ OUT=${OUT:?set OUT to a writable folder}
 DEVICE=${DEVICE:-cuda}
 # step limits are multiplied by this (a CPU smoke test on a busy machine needs far longer)
 if [ "$DEVICE" = "cpu" ]; then SCALE=${TIMEOUT_SCALE:-10}; else SCALE=${TIMEOUT_SCALE:-1}; fi
-mkdir -p "$OUT"
+WORK=${WORK:-$(mktemp -d -t gpu_check.XXXXXX)}
+mkdir -p "$OUT" "$WORK"
 cd "$(dirname "$0")/.."
 if [ "$DEVICE" != "cpu" ] && [ -f .gpu/gpu-env.sh ]; then
     # shellcheck disable=SC1091
@@ -96,7 +99,7 @@ check_bench() {
             step bench-gpu 60 $PY benchmarks/bench_gpu.py --device cpu --tiny
         else
             step bench-gpu "${BENCH_LIMIT:-200}" $PY benchmarks/bench_gpu.py --profile \
-                --json "$OUT/bench_gpu.json"
+                --json "$WORK/bench_gpu.json"
         fi
         # the table and its verdict lines (the profiler tables stay in bench-gpu.log)
         grep -E "^(device|matmul|graph|shape|gpt2|seed|  \()" "$OUT/bench-gpu.log" >> "$SUMMARY"
@@ -107,16 +110,16 @@ check_bench() {
 
 # ---- toy: the toy pipeline on the device --------------------------------------------------------
 check_toy() {
-    step toy-run ${TOY_LIMIT:-270} $PY "${CLT[@]}" run --device "$DEVICE" --out "$OUT/toy-$DEVICE" \
+    step toy-run ${TOY_LIMIT:-270} $PY "${CLT[@]}" run --device "$DEVICE" --out "$WORK/toy-$DEVICE" \
         "${TOY_SETS[@]}"
     rc=$?
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; then  # failed, not out of time
         step toy-run-without-baseline 120 $PY "${CLT[@]}" run --device "$DEVICE" \
-            --out "$OUT/toy-$DEVICE" --stages task,activations,clt,graphs,features,compare,report \
+            --out "$WORK/toy-$DEVICE" --stages task,activations,clt,graphs,features,compare,report \
             "${TOY_SETS[@]}"
     fi
-    if [ -f "$OUT/toy-$DEVICE/metrics.json" ]; then
-        step toy-check 30 $PY -m clt_bench check "$OUT/toy-$DEVICE"
+    if [ -f "$WORK/toy-$DEVICE/metrics.json" ]; then
+        step toy-check 30 $PY -m clt_bench check "$WORK/toy-$DEVICE"
         tail -n 40 "$OUT/toy-check.log" >> "$SUMMARY"
     fi
     grep -h "finished in" "$OUT"/toy-run*.log 2>/dev/null | tee -a "$SUMMARY"
@@ -131,7 +134,7 @@ check_precision() {
         # 2,048 features/layer: fp32 without TF32 runs at ~50 TFLOP/s on an H100 (~0.13 s a step)
         PREC_SETS=(--set clt.n_steps=${PREC_STEPS:-150} --set clt.n_features=2048)
     fi
-    step precision "${PREC_LIMIT:-200}" $PY benchmarks/bench_precision.py --out "$OUT/precision" \
+    step precision "${PREC_LIMIT:-200}" $PY benchmarks/bench_precision.py --out "$WORK/precision" \
         --preset gpt2 --model gpt2-random --device "$DEVICE" --seeds 0 1 \
         --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
         --set clt.eval_tokens=2048 --set clt.log_every=25 --set clt.warmup_steps=20 "${PREC_SETS[@]}"
@@ -142,15 +145,15 @@ check_precision() {
 check_train() {
     for prec in ${GPU_CHECK_PRECISIONS:-bf16}; do
         step "train-gpt2-$prec" "${TRAIN_LIMIT:-90}" $PY -m clt_bench -v train-clt --preset gpt2 \
-            --model gpt2-random --device "$DEVICE" --out "$OUT/train-gpt2-$prec" --no-resume \
+            --model gpt2-random --device "$DEVICE" --out "$WORK/train-gpt2-$prec" --no-resume \
             --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
             --set clt.eval_tokens=1024 --set clt.n_steps=$SMALL_STEPS --set clt.log_every=5 \
             --set clt.warmup_steps=5 --set "clt.precision=\"$prec\"" "${TRAIN_SETS[@]}"
-        $PY - "$OUT/train-gpt2-$prec" "$prec" <<'EOF' 2>&1 | tee -a "$SUMMARY"
+        $PY - "$WORK/train-gpt2-$prec" "$prec" "$OUT/train-gpt2-$prec.log" <<'EOF' 2>&1 | tee -a "$SUMMARY"
 import json, re, sys
 from pathlib import Path
-run, prec = Path(sys.argv[1]), sys.argv[2]
-text = (run.parent / f"{run.name}.log").read_text() if (run.parent / f"{run.name}.log").is_file() else ""
+run, prec, log = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+text = log.read_text() if log.is_file() else ""
 m = re.search(r"first training step begins ([0-9.]+) s after the model was loaded", text)
 init = re.search(r"CLT initialised from data in ([0-9.]+) s", text)
 rows = [json.loads(r) for r in (run / "clt" / "train_log.jsonl").read_text().splitlines()
@@ -177,4 +180,8 @@ for s in ${GPU_CHECK_STEPS:-toy precision train}; do
     esac
 done
 
+# ---- bring back the runs' small files (metrics, logs, tables, reports), never their tensors -------
+(cd "$WORK" && find . -type f -size -4M ! -name '*.safetensors' ! -name '*.pt' -print0 \
+    | tar czf "$OUT/runs.tgz" --null -T -) \
+    && note "runs.tgz: $(du -h "$OUT/runs.tgz" | cut -f1) of the small files under $WORK"
 note "gpu_check finished in $((SECONDS - T0)) s"
