@@ -4,7 +4,12 @@ Each run is a fresh process (``python -m clt_bench train-clt --no-resume``) of o
 and device, differing only in ``clt.precision`` and ``clt.seed``. The table gives each run's NMSE,
 L0, dead fraction, replacement top-1 and CE loss recovered, then per precision the mean and the
 seed range, and per metric the verdict: a precision's mean lies within the reference precision's
-seed spread when |mean - mean_ref| <= the reference's range over seeds (max - min).
+seed spread when |mean - mean_ref| <= the reference's range over seeds (max - min). Where a seed
+ran at both precisions, the paired verdict also compares the same seed's difference between the
+precisions, mean |x_p(seed) - x_ref(seed)|, with that range: precision moves the metric less than
+the seed does. With two or three seeds the paired form is the sharper test, since it takes the
+seed's own effect out of the difference. precision.json is rewritten after every run, so a run
+stopped by a time limit keeps the finished rows.
 
     python benchmarks/bench_precision.py --out /tmp/prec                      # toy, CPU
     python benchmarks/bench_precision.py --out $OUT/prec --preset gpt2 --model gpt2-random \\
@@ -50,12 +55,19 @@ def run_one(args: argparse.Namespace, prec: str, seed: int) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t
     (Path(args.out) / f"{prec}-s{seed}.log").write_text(proc.stdout + proc.stderr)
-    row: dict = {"precision": prec, "seed": seed, "wall_s": wall, "rc": proc.returncode}
+    return read_row(args, prec, seed, wall, proc.returncode)
+
+
+def read_row(args: argparse.Namespace, prec: str, seed: int, wall, rc: int) -> dict:
+    """One table row from the run's metrics.json and log under --out."""
+    out = Path(args.out) / f"{prec}-s{seed}"
+    row: dict = {"precision": prec, "seed": seed, "wall_s": wall, "rc": rc}
     met = out / "clt" / "metrics.json"
-    if proc.returncode == 0 and met.is_file():
+    if rc == 0 and met.is_file():
         m = json.loads(met.read_text())
         row |= {k: m.get(k) for k in METRICS} | {"train_seconds": m.get("train_seconds")}
-    start = re.search(r"first training step begins ([0-9.]+) s", proc.stdout + proc.stderr)
+    log = Path(args.out) / f"{prec}-s{seed}.log"
+    start = re.search(r"first training step begins ([0-9.]+) s", log.read_text()) if log.is_file() else None
     row["startup_s"] = float(start.group(1)) if start else None
     return row
 
@@ -74,6 +86,11 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--reference", default="fp32", help="the precision whose spread is the bar")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--summarise",
+        action="store_true",
+        help="train nothing: tabulate the finished runs already under --out (e.g. after a time limit)",
+    )
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     rows = []
@@ -83,7 +100,12 @@ def main() -> None:
     # interleaved (seed-major), so a drift of the machine does not fall on one precision
     for seed in args.seeds:
         for prec in args.precisions:
-            r = run_one(args, prec, seed)
+            if args.summarise:
+                if not (Path(args.out) / f"{prec}-s{seed}" / "clt" / "metrics.json").is_file():
+                    continue
+                r = read_row(args, prec, seed, None, 0)
+            else:
+                r = run_one(args, prec, seed)
             rows.append(r)
             if r["rc"] != 0 or "nmse" not in r:
                 log = f"{args.out}/{prec}-s{seed}.log"
@@ -95,11 +117,24 @@ def main() -> None:
                 + f"{fmt(r['train_seconds']):>9}{fmt(r['startup_s']):>9}",
                 flush=True,
             )
+            summarise(rows, args, final=False)
+    summarise(rows, args, final=True)
+
+
+def paired_diffs(rs: list[dict], ref: list[dict], key: str) -> list[float]:
+    """|x(seed) - x_ref(seed)| for every seed that ran at both precisions."""
+    at = {r["seed"]: r[key] for r in ref if r.get(key) is not None}
+    return [abs(r[key] - at[r["seed"]]) for r in rs if r.get(key) is not None and r["seed"] in at]
+
+
+def summarise(rows: list[dict], args: argparse.Namespace, final: bool) -> None:
+    """Write precision.json (after every run); at the end also print the per-precision verdicts."""
+    say = print if final else (lambda *a, **k: None)
     ok = [r for r in rows if "nmse" in r]
     by = {p: [r for r in ok if r["precision"] == p] for p in args.precisions}
     ref = by.get(args.reference, [])
-    print(f"\nper precision: mean [min, max] over seeds; verdict against {args.reference}")
-    verdicts = {}
+    say(f"\nper precision: mean [min, max] over seeds; verdict against {args.reference}")
+    verdicts, paired = {}, {}
     for p, rs in by.items():
         if not rs:
             continue
@@ -116,14 +151,25 @@ def main() -> None:
                 within = abs(mean - statistics.fmean(rvals)) <= spread
                 verdicts[(p, k)] = within
                 text += " within" if within else " OUTSIDE"
+                diffs = paired_diffs(rs, ref, k)
+                if diffs:
+                    d = statistics.fmean(diffs)
+                    paired[(p, k)] = d <= spread
+                    text += f" (paired |d| {d:.3g} vs range {spread:.3g}:"
+                    text += " within)" if d <= spread else " OUTSIDE)"
             parts.append(text)
-        print(f"{p:<6} ({len(rs)} seeds): " + "; ".join(parts))
-    summary = {"rows": rows, "verdicts": {f"{p}:{k}": v for (p, k), v in verdicts.items()}}
+        say(f"{p:<6} ({len(rs)} seeds): " + "; ".join(parts))
+    summary = {
+        "rows": rows,
+        "verdicts": {f"{p}:{k}": v for (p, k), v in verdicts.items()},
+        "paired_verdicts": {f"{p}:{k}": v for (p, k), v in paired.items()},
+        "finished": final,
+    }
     (Path(args.out) / "precision.json").write_text(json.dumps(summary, indent=2))
-    if verdicts:
-        bad = [f"{p} {k}" for (p, k), v in verdicts.items() if not v]
-        verdict = "all within the seed spread" if not bad else "outside: " + ", ".join(bad)
-        print("verdict: " + verdict)
+    for name, vs in (("verdict", verdicts), ("paired verdict", paired)):
+        if vs:
+            bad = [f"{p} {k}" for (p, k), v in vs.items() if not v]
+            say(f"{name}: " + ("all within the seed spread" if not bad else "outside: " + ", ".join(bad)))
 
 
 if __name__ == "__main__":
