@@ -67,7 +67,8 @@ def read_row(args: argparse.Namespace, prec: str, seed: int, wall, rc: int) -> d
         m = json.loads(met.read_text())
         row |= {k: m.get(k) for k in METRICS} | {"train_seconds": m.get("train_seconds")}
     log = Path(args.out) / f"{prec}-s{seed}.log"
-    start = re.search(r"first training step begins ([0-9.]+) s", log.read_text()) if log.is_file() else None
+    text = log.read_text() if log.is_file() else ""
+    start = re.search(r"first training step begins ([0-9.]+) s", text)
     row["startup_s"] = float(start.group(1)) if start else None
     return row
 
@@ -89,7 +90,7 @@ def main() -> None:
     ap.add_argument(
         "--summarise",
         action="store_true",
-        help="train nothing: tabulate the finished runs already under --out (e.g. after a time limit)",
+        help="train nothing: tabulate the finished runs under --out (e.g. after a time limit)",
     )
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -169,7 +170,8 @@ def summarise(rows: list[dict], args: argparse.Namespace, final: bool) -> None:
     for name, vs in (("verdict", verdicts), ("paired verdict", paired)):
         if vs:
             bad = [f"{p} {k}" for (p, k), v in vs.items() if not v]
-            say(f"{name}: " + ("all within the seed spread" if not bad else "outside: " + ", ".join(bad)))
+            text = "all within the seed spread" if not bad else "outside: " + ", ".join(bad)
+            say(f"{name}: {text}")
 
 
 if __name__ == "__main__":
