@@ -37,8 +37,12 @@ SHORT = {
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_dir(args: argparse.Namespace, prec: str, seed: int) -> Path:
+    return Path(args.out) / f"{prec}-s{seed}"
+
+
 def run_one(args: argparse.Namespace, prec: str, seed: int) -> dict:
-    out = Path(args.out) / f"{prec}-s{seed}"
+    out = run_dir(args, prec, seed)
     cmd = [
         sys.executable, "-m", "clt_bench", "-v", "train-clt", "--preset", args.preset,
         "--out", str(out), "--no-resume",
@@ -60,7 +64,7 @@ def run_one(args: argparse.Namespace, prec: str, seed: int) -> dict:
 
 def read_row(args: argparse.Namespace, prec: str, seed: int, wall, rc: int) -> dict:
     """One table row from the run's metrics.json and log under --out."""
-    out = Path(args.out) / f"{prec}-s{seed}"
+    out = run_dir(args, prec, seed)
     row: dict = {"precision": prec, "seed": seed, "wall_s": wall, "rc": rc}
     met = out / "clt" / "metrics.json"
     if rc == 0 and met.is_file():
@@ -102,7 +106,7 @@ def main() -> None:
     for seed in args.seeds:
         for prec in args.precisions:
             if args.summarise:
-                if not (Path(args.out) / f"{prec}-s{seed}" / "clt" / "metrics.json").is_file():
+                if not (run_dir(args, prec, seed) / "clt" / "metrics.json").is_file():
                     continue
                 r = read_row(args, prec, seed, None, 0)
             else:
@@ -111,15 +115,17 @@ def main() -> None:
             if r["rc"] != 0 or "nmse" not in r:
                 log = f"{args.out}/{prec}-s{seed}.log"
                 print(f"{prec:<10}{seed:>5}  failed (rc {r['rc']}): see {log}")
-                continue
-            print(
-                f"{prec:<10}{seed:>5}"
-                + "".join(f"{fmt(r[k]):>10}" for k in METRICS)
-                + f"{fmt(r['train_seconds']):>9}{fmt(r['startup_s']):>9}",
-                flush=True,
-            )
-            summarise(rows, args, final=False)
-    summarise(rows, args, final=True)
+            else:
+                print(
+                    f"{prec:<10}{seed:>5}"
+                    + "".join(f"{fmt(r[k]):>10}" for k in METRICS)
+                    + f"{fmt(r['train_seconds']):>9}{fmt(r['startup_s']):>9}",
+                    flush=True,
+                )
+            write_summary(args, summarise(rows, args)[0], finished=False)
+    summary, lines = summarise(rows, args)
+    write_summary(args, summary, finished=True)
+    print("\n" + "\n".join(lines))
 
 
 def paired_diffs(rs: list[dict], ref: list[dict], key: str) -> list[float]:
@@ -128,13 +134,12 @@ def paired_diffs(rs: list[dict], ref: list[dict], key: str) -> list[float]:
     return [abs(r[key] - at[r["seed"]]) for r in rs if r.get(key) is not None and r["seed"] in at]
 
 
-def summarise(rows: list[dict], args: argparse.Namespace, final: bool) -> None:
-    """Write precision.json (after every run); at the end also print the per-precision verdicts."""
-    say = print if final else (lambda *a, **k: None)
+def summarise(rows: list[dict], args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """The rows and per-metric verdicts (unpaired and paired), and the lines that report them."""
     ok = [r for r in rows if "nmse" in r]
     by = {p: [r for r in ok if r["precision"] == p] for p in args.precisions}
     ref = by.get(args.reference, [])
-    say(f"\nper precision: mean [min, max] over seeds; verdict against {args.reference}")
+    lines = [f"per precision: mean [min, max] over seeds; verdict against {args.reference}"]
     verdicts, paired = {}, {}
     for p, rs in by.items():
         if not rs:
@@ -159,19 +164,25 @@ def summarise(rows: list[dict], args: argparse.Namespace, final: bool) -> None:
                     text += f" (paired |d| {d:.3g} vs range {spread:.3g}:"
                     text += " within)" if d <= spread else " OUTSIDE)"
             parts.append(text)
-        say(f"{p:<6} ({len(rs)} seeds): " + "; ".join(parts))
-    summary = {
-        "rows": rows,
-        "verdicts": {f"{p}:{k}": v for (p, k), v in verdicts.items()},
-        "paired_verdicts": {f"{p}:{k}": v for (p, k), v in paired.items()},
-        "finished": final,
-    }
-    (Path(args.out) / "precision.json").write_text(json.dumps(summary, indent=2))
+        lines.append(f"{p:<6} ({len(rs)} seeds): " + "; ".join(parts))
     for name, vs in (("verdict", verdicts), ("paired verdict", paired)):
         if vs:
             bad = [f"{p} {k}" for (p, k), v in vs.items() if not v]
             text = "all within the seed spread" if not bad else "outside: " + ", ".join(bad)
-            say(f"{name}: {text}")
+            lines.append(f"{name}: {text}")
+    summary = {
+        "rows": rows,
+        "verdicts": {f"{p}:{k}": v for (p, k), v in verdicts.items()},
+        "paired_verdicts": {f"{p}:{k}": v for (p, k), v in paired.items()},
+    }
+    return summary, lines
+
+
+def write_summary(args: argparse.Namespace, summary: dict, finished: bool) -> None:
+    """precision.json under --out: rewritten after every run, ``finished`` once all have run."""
+    (Path(args.out) / "precision.json").write_text(
+        json.dumps(summary | {"finished": finished}, indent=2)
+    )
 
 
 if __name__ == "__main__":

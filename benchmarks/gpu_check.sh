@@ -135,13 +135,14 @@ check_precision() {
         # 2,048 features/layer: fp32 without TF32 runs at ~50 TFLOP/s on an H100 (~0.13 s a step)
         PREC_SETS=(--set clt.n_steps=${PREC_STEPS:-150} --set clt.n_features=2048)
     fi
+    local seeds=(0 1)
     step precision "${PREC_LIMIT:-280}" $PY benchmarks/bench_precision.py --out "$WORK/precision" \
-        --preset gpt2 --model gpt2-random --device "$DEVICE" --seeds 0 1 \
+        --preset gpt2 --model gpt2-random --device "$DEVICE" --seeds "${seeds[@]}" \
         --set 'activations.corpus="toy"' --set activations.eval_tokens=4096 \
         --set clt.eval_tokens=2048 --set clt.log_every=25 --set clt.warmup_steps=20 "${PREC_SETS[@]}"
     rc=$?
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then  # out of time: the verdict on the runs that finished
-        $PY benchmarks/bench_precision.py --summarise --out "$WORK/precision" --seeds 0 1 \
+        $PY benchmarks/bench_precision.py --summarise --out "$WORK/precision" --seeds "${seeds[@]}" \
             >> "$OUT/precision.log" 2>&1
     fi
     grep -vE "^\s*$" "$OUT/precision.log" | tail -n 12 >> "$SUMMARY"
