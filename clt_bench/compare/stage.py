@@ -45,7 +45,7 @@ from clt_bench.compare.units import (
     units_needed_curve,
 )
 from clt_bench.config import RunConfig
-from clt_bench.features.scores import LABELS
+from clt_bench.features.scores import LABELS, label_key
 from clt_bench.features.stage import (
     json_safe,
     load_run_circuit,
@@ -219,7 +219,7 @@ def transcoder_table(
         add(label, {k: _stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
     feats = {k: _stage_summary(r, "features") for k, r in runs.items()}
     for lab in LABELS:
-        key = f"n_{lab.replace(' ', '_').replace('-', '_')}"
+        key = label_key(lab)
         if any(f.get(key) for f in feats.values()):
             add(f"labels: {lab}", {k: f.get(key, "") for k, f in feats.items()})
     return rows

@@ -62,6 +62,12 @@ LABELS = (
 )
 
 
+def label_key(label: str) -> str:
+    """The metric key of a label's count (``"single-YY"`` -> ``"n_single_yy"``): the one name the
+    features stage writes and the compare stage reads."""
+    return "n_" + label.lower().replace(" ", "_").replace("-", "_")
+
+
 @dataclass(frozen=True)
 class LabelRule:
     """Thresholds of the label rule (see module docstring); built from ``FeaturesConfig``."""

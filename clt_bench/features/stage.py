@@ -61,6 +61,7 @@ from clt_bench.features.scores import (
     LabelRule,
     activation_profile,
     label_feature,
+    label_key,
     shape_scores,
 )
 from clt_bench.io import read_json, run_metadata, save_tensors, write_json
@@ -165,6 +166,12 @@ def feature_rows(
             }
         )
     return rows, heat
+
+
+def label_counts(rows: list[dict[str, Any]], column: str = "label") -> dict[str, int]:
+    """``{label_key(label): count}`` for every label of ``LABELS`` (0 when absent)."""
+    counts = Counter(r[column] for r in rows)
+    return {label_key(lab): int(counts.get(lab, 0)) for lab in LABELS}
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -305,10 +312,7 @@ def run_features_stage(
         "n_active_features": int(len(keys_all)),
         "n_selected": len(rows),
         "influence_share_top_k": float(infl.sum() / infl_all.sum()) if infl_all.sum() else 0.0,
-        **{
-            f"n_{lab.lower().replace(' ', '_').replace('-', '_')}": int(counts.get(lab, 0))
-            for lab in LABELS
-        },
+        **label_counts(rows),
         "mean_gt_corr_top20": float(np.mean([r["gt_corr"] for r in top20])) if top20 else 0.0,
         "pd_contribution_top_k": float(sum(r["pd_contribution"] for r in rows)),
         "clean_prob_diff": att.clean_prob_diff,
