@@ -7,7 +7,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
@@ -117,53 +116,35 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _in_hf_cache(repo: str) -> bool:
-    if Path(repo).is_dir():
-        return True
-    try:
-        from huggingface_hub import try_to_load_from_cache
+def _boot_hub(
+    repo: str, device: str, dtype: torch.dtype
+) -> tuple[TransformerBridge, PreTrainedTokenizerBase]:
+    """Boot a hub model or local checkpoint, with the tokenizer the pipeline encodes with.
 
-        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
-    except Exception:  # an unusual cache layout: let TransformerLens decide
-        return False
+    A cached model boots from its snapshot folder, so nothing waits on the network (without
+    ``HF_HUB_OFFLINE`` a cached model otherwise loaded after minutes of DNS retries); a model not
+    cached is fetched (``hub.HUB_PATTERNS`` only). The tokenizer never adds BOS
+    (``hub.task_tokenizer``); a machine without network or cache gets one clear sentence.
+    """
+    from clt_bench.models.hub import local_snapshot, task_tokenizer
 
-
-def _boot_hub(repo: str, device: str, dtype: torch.dtype) -> TransformerBridge:
-    """Boot a hub model; a machine without network or cache gets one clear sentence."""
-    if not _in_hf_cache(repo) and not _hub_reachable():
+    folder = local_snapshot(repo)
+    if folder is None:
         raise UserError(
             f"cannot load '{repo}': the Hugging Face hub is not reachable and the model is not "
             f"in the local cache; use the model 'toy' (offline) or 'gpt2-random'."
         )
+    tokenizer = task_tokenizer(str(folder))
     try:
-        return TransformerBridge.boot_transformers(repo, device=device, dtype=dtype)
-    except Exception as err:  # HF raises OSError / LocalEntryNotFoundError / HTTP errors
-        text = f"{type(err).__name__}: {err}".lower()
-        offline = any(
-            s in text
-            for s in (
-                "connect",
-                "offline",
-                "resolve",
-                "local_files_only",
-                "cache",
-                "network",
-                "couldn't",
-                "could not",
-                "timed out",
-                "max retries",
-                "not found",
-                "huggingface",
-            )
+        bridge = TransformerBridge.boot_transformers(
+            str(folder), device=device, dtype=dtype, tokenizer=tokenizer
         )
-        if offline or os.environ.get("HF_HUB_OFFLINE"):
-            raise UserError(
-                f"cannot load '{repo}': the Hugging Face hub is not reachable and the model is not "
-                f"in the local cache; use the model 'toy' (offline) or 'gpt2-random'."
-            ) from err
+    except Exception as err:  # a folder TransformerLens cannot load (architecture, files)
         raise UserError(
-            f"cannot load '{repo}' with TransformerLens ({type(err).__name__})."
+            f"cannot load '{repo}' with TransformerLens ({type(err).__name__}: "
+            f"{(str(err).splitlines() or [''])[0][:200]})."
         ) from err
+    return bridge, tokenizer
 
 
 def load_model(
@@ -172,6 +153,7 @@ def load_model(
     """Resolve ``name`` (see module docstring) into a ``LoadedModel`` on ``device``."""
     check_device(device)
     torch_dtype = _dtype(dtype)
+    tokenizer: PreTrainedTokenizerBase | None = None  # a hub model's own (never adds BOS)
     if name == "toy":
         from clt_bench.models.toy import load_toy
 
@@ -179,20 +161,15 @@ def load_model(
     elif name == "gpt2-random":
         bridge = _gpt2_random(seed, torch_dtype)
     elif name == "gpt2":
-        bridge = _boot_hub("gpt2", device, torch_dtype)
+        bridge, tokenizer = _boot_hub("gpt2", device, torch_dtype)
     elif name.startswith("hf:") and len(name) > 3:
-        bridge = _boot_hub(name[3:], device, torch_dtype)
+        bridge, tokenizer = _boot_hub(name[3:], device, torch_dtype)
     else:
         raise UserError(
             f"unknown model '{name}' (known models: toy, gpt2, gpt2-random, hf:<name-or-path>)."
         )
     if device != "cpu":
         bridge = bridge.to(device)
-    tokenizer = (
-        bridge.tokenizer
-        if name.startswith(("gpt2", "hf:")) and name != "gpt2-random"
-        else gpt2_tokenizer()
-    )
     if tokenizer is None:
         tokenizer = gpt2_tokenizer()
     bridge.eval()
@@ -222,9 +199,14 @@ def count_parameters(bridge: TransformerBridge) -> int:
 
 
 def model_fingerprint(name: str) -> str:
-    """Identifies a model's weights where the name alone does not (the retrainable toy)."""
+    """Identifies a model's weights where the name alone does not: the retrainable toy, and a
+    hub model or local checkpoint by the content of its snapshot (``hub.hub_fingerprint``)."""
     if name == "toy":
         from clt_bench.models.toy import toy_fingerprint
 
         return toy_fingerprint()
+    if name == "gpt2" or name.startswith("hf:"):
+        from clt_bench.models.hub import hub_fingerprint
+
+        return hub_fingerprint(name)
     return name
