@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+from helpers import tiny_bridge
+
+from clt_bench.baseline.circuits import make_circuit
+from clt_bench.baseline.discovery import discover_circuit
+from clt_bench.baseline.faithfulness import evaluate_circuit, paths_undefined_reason
+from clt_bench.baseline.patching import PatchContext, Sender, all_senders
+from clt_bench.baseline.paths import EMBED, clean_input_path, hanna_paths
 from clt_bench.compare.stage import transcoder_table
-from clt_bench.config import load_config
+from clt_bench.config import BaselineConfig, load_config
 from clt_bench.features.scores import LABELS
 from clt_bench.features.stage import label_counts
+from clt_bench.task.dataset import build_dataset
 
 
 def test_every_label_count_of_features_reaches_compares_table(tmp_path):
@@ -22,3 +32,62 @@ def test_every_label_count_of_features_reaches_compares_table(tmp_path):
     for lab in LABELS:
         assert f"labels: {lab}" in measures, lab
         assert measures[f"labels: {lab}"]["clt"] == 1, lab
+
+
+# --- circuit discovery and path-level faithfulness -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_layer_ctx(tokenizer, task_spec):
+    """A one-layer model: its END heads' keys/values can read only the embedding at YY."""
+    bridge = tiny_bridge(n_layer=1, n_head=2, n_embd=32, seed=4)
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    batch = build_dataset(task_spec, tokenizer, "discovery").subset(list(range(12)))
+    bridge.unembed.original_component.bias[batch.answer_ids] += 20.0
+    with torch.no_grad():
+        for block in bridge.original_model.transformer.h:
+            block.attn.c_attn.weight.mul_(8.0)
+            block.attn.c_proj.weight.mul_(30.0)
+            block.mlp.c_proj.weight.mul_(10.0)
+    return PatchContext.build(bridge, batch, "clean", rows=256)
+
+
+def test_embedding_is_a_sender_and_its_edge_reaches_the_path_spec(one_layer_ctx):
+    ctx = one_layer_ctx
+    senders = all_senders(2, 2, [ctx.end_pos, ctx.yy_pos], embed=True)
+    assert Sender("embed", 0, ctx.yy_pos) in senders and len(senders) == 2 * (1 + 2 * 3)
+    bcfg = BaselineConfig(head_threshold=0.01, mlp_threshold=0.01, max_steps=3)
+    circuit, steps = discover_circuit(ctx, bcfg, "tiny")
+    heads = [n for n in circuit.at("END") if n.kind == "head"]
+    assert heads, "the one-layer model moves YY to END with a layer-0 head"
+    assert not circuit.at("YY"), "nothing but the embedding is upstream of a layer-0 head"
+    # the embedding carries the YY token into those heads' keys/values: discovery keeps it
+    assert any(("embed@YY", h.label) in circuit.edges for h in heads)
+    assert any(s.kept_embed == ["embed@YY"] and "YY" in s.embed_effects for s in steps)
+    assert "embed_effects_fraction_of_gap" in steps[-1].to_dict()
+    spec = hanna_paths(circuit)
+    assert any((EMBED, f"{h.label}:k") in spec.edges for h in heads)
+    assert clean_input_path(spec)
+    faith, _ = evaluate_circuit(ctx, circuit, n_random=1)
+    assert faith["faithfulness_paths_defined"] and not faith["faithfulness_paths_undefined_reason"]
+    assert faith["normalized_faithfulness_paths"] > 0.05  # the clean YY token gets through
+
+
+def test_no_clean_input_path_is_undefined_not_a_number(one_layer_ctx):
+    ctx = one_layer_ctx
+    circuit = make_circuit("end-only", {"END": ["0.0", "0.1", "mlp0"]})  # no embed edge
+    assert not clean_input_path(hanna_paths(circuit))
+    faith, _ = evaluate_circuit(ctx, circuit, n_random=1)
+    assert faith["faithfulness_paths_defined"] is False
+    assert "no clean input path" in faith["faithfulness_paths_undefined_reason"]
+    assert faith["faithfulness_paths_ratio"] is None
+    assert faith["normalized_faithfulness_paths"] is None
+    # the PD itself is still reported: the corrupted run's, exactly
+    assert faith["circuit_paths_prob_diff"] == pytest.approx(faith["corrupted_prob_diff"], abs=1e-6)
+    # a run that equals the corrupted one on every prompt is undefined even with a path
+    pd = torch.linspace(-0.5, 0.5, ctx.n, dtype=torch.float64)
+    spec = hanna_paths(make_circuit("x", {"END": ["0.0"]}, edges=[(EMBED, "a0.h0@END")]))
+    assert clean_input_path(spec)
+    assert "equals the corrupted run" in paths_undefined_reason(spec, pd + 1e-9, pd)
+    assert paths_undefined_reason(spec, pd + 1e-3, pd) == ""

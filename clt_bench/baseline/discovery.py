@@ -1,10 +1,15 @@
 """Circuit discovery by iterative path patching from the logits backwards (Hanna et al. 2023).
 
 Step 1: every head and MLP at END -> logits (direct effect). Step k > 1: every head and MLP at END
-and YY -> the inputs of the nodes kept at step k - 1 (an MLP's input at its position; a head's q at
-its own position and its k and v at YY, where the year's identity is read). A sender is kept when
-corrupting its path lowers the probability difference by at least ``threshold`` x (clean PD -
-corrupted PD); thresholds are separate for heads and MLPs and recorded in the circuit's provenance.
+and YY, and the token + position embedding at END and YY, -> the inputs of the nodes kept at step
+k - 1 (an MLP's input at its position; a head's q at its own position and its k and v at YY, where
+the year's identity is read). The embedding is a sender but never a node: when it is kept, the
+circuit gets the edge ``embed@YY -> node`` (the clean input path of a circuit whose mover head sits
+in layer 0, where no head or MLP is upstream of its keys and values), and the path-level evaluation
+(``clt_bench.baseline.paths.hanna_paths``) gives that node's keys/values the clean embedding.
+A sender is kept when corrupting its path lowers the probability difference by at least
+``threshold`` x (clean PD - corrupted PD); thresholds are separate for heads and MLPs (the
+embedding uses the smaller one) and recorded in the circuit's provenance.
 The search stops when a step keeps nothing new or after ``max_steps`` steps.
 """
 
@@ -39,12 +44,18 @@ class Step:
     receivers: list[str]
     effects: dict[str, torch.Tensor]  # position -> [n_layers, n_heads + 1] (last column: MLP)
     kept: list[Node] = field(default_factory=list)
+    embed_effects: dict[str, float] = field(default_factory=dict)  # position -> effect
+    kept_embed: list[str] = field(default_factory=list)  # e.g. ["embed@YY"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "step": self.index,
             "receivers": self.receivers,
             "kept": [n.label for n in self.kept],
+            "kept_embed": list(self.kept_embed),
+            "embed_effects_fraction_of_gap": {
+                p: None if v != v else round(float(v), 6) for p, v in self.embed_effects.items()
+            },
             "effects_fraction_of_gap": {
                 p: [[None if v != v else round(float(v), 6) for v in row] for row in e.tolist()]
                 for p, e in self.effects.items()
@@ -66,9 +77,19 @@ def receivers_of(ctx: PatchContext, node: Node) -> list[Receiver]:
     return out
 
 
+def _pos_name(ctx: PatchContext, pos: int) -> str:
+    return "END" if pos == ctx.end_pos else "YY"
+
+
 def _node_of(s: Sender, ctx: PatchContext) -> Node:
-    pos = "END" if s.pos == ctx.end_pos else "YY"
-    return Node(pos, s.layer, s.kind, s.head if s.kind == "head" else -1)
+    return Node(_pos_name(ctx, s.pos), s.layer, s.kind, s.head if s.kind == "head" else -1)
+
+
+def _label_of(s: Sender, ctx: PatchContext) -> str:
+    """``embed@YY`` for the embedding, the node label otherwise."""
+    if s.kind == "embed":
+        return f"embed@{_pos_name(ctx, s.pos)}"
+    return _node_of(s, ctx).label
 
 
 def sweep(
@@ -90,7 +111,7 @@ def _grid(ctx: PatchContext, eff: dict[Sender, float], gap: float) -> dict[str, 
     for name in ("END", "YY"):
         g = torch.full((cfg.n_layers, cfg.n_heads + 1), float("nan"))
         for s, v in eff.items():
-            if s.pos == _pos(ctx, name):
+            if s.pos == _pos(ctx, name) and s.kind != "embed":
                 g[s.layer, s.head if s.kind == "head" else cfg.n_heads] = v / gap
         out[name] = g
     return out
@@ -115,11 +136,13 @@ def discover_circuit(
         gap = max(abs(gap), 1e-9)
 
     def keep(s: Sender, v: float) -> bool:
-        thr = bcfg.head_threshold if s.kind == "head" else bcfg.mlp_threshold
+        thr = {"head": bcfg.head_threshold, "mlp": bcfg.mlp_threshold}.get(
+            s.kind, min(bcfg.head_threshold, bcfg.mlp_threshold)
+        )
         return -v >= thr * gap
 
     def candidates(positions: list[int]) -> list[Sender]:
-        return all_senders(n_layers, n_heads, positions)
+        return all_senders(n_layers, n_heads, positions, embed=True)
 
     circuit: set[Node] = set()
     steps: list[Step] = []
@@ -131,24 +154,35 @@ def discover_circuit(
     labels = ["logits@END"]
     pool = candidates([ctx.end_pos])
     for index in range(1, bcfg.max_steps + 1):
-        pool = [s for s in pool if _node_of(s, ctx) not in circuit]
+        pool = [s for s in pool if s.kind == "embed" or _node_of(s, ctx) not in circuit]
         eff = sweep(ctx, receivers, pool)
         step = Step(index, labels, _grid(ctx, eff, gap))
-        step.kept = sorted(_node_of(s, ctx) for s, v in eff.items() if keep(s, v))
+        step.embed_effects = {
+            _pos_name(ctx, s.pos): v / gap for s, v in eff.items() if s.kind == "embed"
+        }
+        step.kept = sorted(
+            _node_of(s, ctx) for s, v in eff.items() if keep(s, v) and s.kind != "embed"
+        )
+        step.kept_embed = sorted(
+            {_label_of(s, ctx) for s, v in eff.items() if keep(s, v) and s.kind == "embed"}
+        )
         steps.append(step)
         log.info(
-            "discovery step %d: %d senders, kept %s", index, len(eff), [n.label for n in step.kept]
+            "discovery step %d: %d senders, kept %s",
+            index,
+            len(eff),
+            [n.label for n in step.kept] + step.kept_embed,
         )
-        if not step.kept:
-            break
-        circuit.update(step.kept)
         for s, v in eff.items():
             if keep(s, v):
                 edges.update(
-                    (_node_of(s, ctx).label, lab)
+                    (_label_of(s, ctx), lab)
                     for lab, recv in frontier.items()
                     if any(upstream(s, r) for r in recv)
                 )
+        if not step.kept:
+            break
+        circuit.update(step.kept)
         frontier = {n.label: receivers_of(ctx, n) for n in step.kept}
         receivers = [r for recv in frontier.values() for r in recv]
         labels = list(frontier)
@@ -161,7 +195,9 @@ def discover_circuit(
         "head_threshold": bcfg.head_threshold,
         "mlp_threshold": bcfg.mlp_threshold,
         "threshold_rule": "keep a sender if patching its paths lowers PD by >= threshold x "
-        "(clean PD - corrupted PD)",
+        "(clean PD - corrupted PD); the embedding (a sender, never a node) uses the smaller "
+        "threshold",
+        "embed_edges": sorted(e for e in edges if e[0].startswith("embed@")),
         "max_steps": bcfg.max_steps,
         "steps_run": len(steps),
         "n_examples": ctx.n,

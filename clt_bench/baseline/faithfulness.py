@@ -20,8 +20,11 @@ import torch
 
 from clt_bench.baseline.circuits import Circuit, Node, all_nodes
 from clt_bench.baseline.patching import PatchContext, run_end
-from clt_bench.baseline.paths import hanna_paths, paths_readout
-from clt_bench.baseline.readout import EndReadout, metrics_of
+from clt_bench.baseline.paths import PathSpec, clean_input_path, hanna_paths, paths_readout
+from clt_bench.baseline.readout import EndReadout, metrics_of, per_example_pd
+
+# a path-level run whose PD is within this of the corrupted run's on every prompt is that run
+DEGENERATE_TOL = 1e-6
 
 
 def node_masks(
@@ -127,6 +130,29 @@ def random_circuits(
     return out
 
 
+def paths_undefined_reason(
+    spec: PathSpec, paths_pd: torch.Tensor, corrupted_pd: torch.Tensor
+) -> str:
+    """Why the path-level faithfulness of ``spec`` is undefined ("" when it is defined).
+
+    ``paths_pd`` and ``corrupted_pd`` [n]: per-prompt PD of the path-level run and of the
+    corrupted run. Undefined when no clean input reaches the logits along the circuit's paths, or
+    when the run equals the corrupted run on every prompt (MEASURING rule 10: a score that equals
+    one of its endpoints by construction is not a number)."""
+    if not clean_input_path(spec):
+        return (
+            "the circuit has no clean input path (neither the clean embedding at YY nor a clean "
+            "query above layer 0 reaches the logits along its paths), so the path-level run is "
+            "the corrupted run by construction"
+        )
+    if float((paths_pd - corrupted_pd).abs().max()) <= DEGENERATE_TOL:
+        return (
+            f"the path-level run equals the corrupted run on every prompt (|PD difference| <= "
+            f"{DEGENERATE_TOL:g})"
+        )
+    return ""
+
+
 def _spread(values: list[float]) -> dict[str, float]:
     return {
         "mean": statistics.fmean(values),
@@ -154,9 +180,14 @@ def evaluate_circuit(
     rand = [metrics_of(faithful[1 + i], yy, rel) for i in range(len(randoms))]
     necessity = metrics_of(patch_circuits(ctx, [circuit], complement=False)[0], yy, rel)
     spec = hanna_paths(circuit, circuit.paths.get("feed_only_end_heads", ()))
-    paths = metrics_of(paths_readout(ctx, spec), yy, rel)
+    paths_run = paths_readout(ctx, spec)
+    paths = metrics_of(paths_run, yy, rel)
+    undefined = paths_undefined_reason(
+        spec, per_example_pd(paths_run, yy, rel), per_example_pd(ctx.source.readout, yy, rel)
+    )
     model_pd, corr_pd = model["prob_diff"], corrupted["prob_diff"]
     gap = model_pd - corr_pd
+    nan = float("nan")
     rand_pd = _spread([r["prob_diff"] for r in rand]) if rand else {}
     rand_cs = _spread([r["cutoff_sharpness"] for r in rand]) if rand else {}
     total = 2 * cfg.n_layers * (cfg.n_heads + 1)
@@ -172,10 +203,15 @@ def evaluate_circuit(
         if gap
         else float("nan"),
         "circuit_paths_prob_diff": paths["prob_diff"],
-        "faithfulness_paths_ratio": paths["prob_diff"] / model_pd if model_pd else float("nan"),
+        "faithfulness_paths_ratio": paths["prob_diff"] / model_pd
+        if model_pd and not undefined
+        else (None if undefined else nan),
         "normalized_faithfulness_paths": (paths["prob_diff"] - corr_pd) / gap
-        if gap
-        else float("nan"),
+        if gap and not undefined
+        else (None if undefined else nan),
+        "faithfulness_paths_defined": not undefined,
+        "faithfulness_paths_undefined_reason": undefined,
+        "path_edges": sorted(list(e) for e in spec.edges),
         "circuit_paths_cutoff_sharpness": paths["cutoff_sharpness"],
         "n_path_edges": len(spec.edges),
         "necessity_prob_diff": necessity["prob_diff"],

@@ -55,6 +55,8 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
                 xy[node.label] = (x, y0 + 0.35 * (i - (len(nodes) - 1) / 2))
     xy["logits@END"] = (n_layers + 0.3, 2.0)
     edges = list(circuit.edges or [])
+    if any(a == "embed@YY" for a, _ in edges):  # the clean input path discovery kept
+        xy["embed@YY"] = (-0.6, 0.0)
     if not edges:
         for n in circuit.nodes:
             if n.position == "YY":
@@ -75,7 +77,7 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
             )
     for label, (x, y) in xy.items():
         color = "#d62728" if label.startswith("mlp") else "#1f77b4"
-        if label.startswith("logits"):
+        if label.startswith(("logits", "embed")):
             color = "0.2"
         ax.scatter([x], [y], s=140, color=color, zorder=3)
         ax.text(x, y + 0.17, label.split("@")[0], ha="center", fontsize=6.5, zorder=4)

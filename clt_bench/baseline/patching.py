@@ -418,10 +418,15 @@ def _repeat(r: EndReadout, c: int) -> EndReadout:
     return EndReadout(r.answer_logits.repeat(c, 1), r.lse.repeat(c))
 
 
-def all_senders(n_layers: int, n_heads: int, positions: Sequence[int]) -> list[Sender]:
-    """Every head and MLP at each position (layer-major; heads before the layer's MLP)."""
+def all_senders(
+    n_layers: int, n_heads: int, positions: Sequence[int], embed: bool = False
+) -> list[Sender]:
+    """Every head and MLP at each position (layer-major; heads before the layer's MLP), with
+    ``embed`` the token + position embedding of each position first."""
     out = []
     for pos in positions:
+        if embed:
+            out.append(Sender("embed", 0, pos))
         for layer in range(n_layers):
             out.extend(Sender("head", layer, pos, h) for h in range(n_heads))
             out.append(Sender("mlp", layer, pos))

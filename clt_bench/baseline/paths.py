@@ -11,6 +11,12 @@ Hanna et al.'s release code (hannamw/gpt2-greater-than, ``circuit_discovery.py``
   each YY node also reading the clean token embedding at YY;
 - the END heads' queries are kept clean entirely.
 
+clt-bench's addition: an END head whose keys/values read the clean embedding at YY directly (an
+edge ``embed@YY -> head`` that discovery kept, ``clt_bench.baseline.discovery``; a mover head in
+layer 0 has no head or MLP upstream of its keys) gets the clean embedding in its keys and values.
+Without such an edge or a YY node, a circuit has no clean input path and scores the corrupted run
+by construction (``clean_input_path``).
+
 ``paths_readout`` computes that in one forward pass of the corrupted prompts: every head and MLP
 output in the residual stream is reset to its corrupted value (so every reader outside the circuit
 sees the corrupted run), the circuit nodes' own outputs are recorded, and each circuit receiver's
@@ -65,6 +71,10 @@ def hanna_paths(circuit: Circuit, feed_only_end_heads: Sequence[str] = ()) -> Pa
         spec.edges |= {
             (s.label, f"{h.label}:{ch}") for s in yy if s.order < h.order for ch in ("k", "v")
         }
+    kept_embed = {b for a, b in circuit.edges or () if a == EMBED}
+    for h in end_heads:
+        if h.label in kept_embed:
+            spec.edges |= {(EMBED, f"{h.label}:{ch}") for ch in ("k", "v")}
     for r in yy:
         recv = f"{r.label}:qkv" if r.kind == "head" else r.label
         spec.edges.add((EMBED, recv))
@@ -74,6 +84,24 @@ def hanna_paths(circuit: Circuit, feed_only_end_heads: Sequence[str] = ()) -> Pa
             if s.order < r.order and s.component not in only and not (s.kind == r.kind == "head")
         }
     return spec
+
+
+def clean_input_path(spec: PathSpec) -> bool:
+    """Whether any clean input reaches the logits along ``spec``'s edges: the clean embedding at
+    YY, or a clean query of an END head above layer 0 (the clean residual at END, which holds YY's
+    identity once an earlier head has moved it). Without one, the path-level run is the corrupted
+    run by construction."""
+    layer = {n.label: n.layer for n in spec.nodes}
+    starts = [EMBED] + [q for q in spec.clean_queries if layer.get(q, 0) > 0]
+    reach, frontier = set(starts), list(starts)
+    while frontier:
+        s = frontier.pop()
+        for a, b in spec.edges:
+            node = b.split(":")[0]
+            if a == s and node not in reach:
+                reach.add(node)
+                frontier.append(node)
+    return LOGITS in reach
 
 
 def _write(cache: RunCache, bridge, node: Node, pos: int) -> torch.Tensor:

@@ -43,6 +43,8 @@ SUMMARY_KEYS = (
     "circuit_paths_prob_diff",
     "faithfulness_paths_ratio",
     "normalized_faithfulness_paths",
+    "faithfulness_paths_defined",
+    "faithfulness_paths_undefined_reason",
     "necessity_prob_diff",
     "random_control_prob_diff",
     "random_control_ratio",
@@ -195,7 +197,12 @@ def format_baseline_table(s: dict[str, Any]) -> str:
         ("circuit_prob_diff", f"{s['circuit_prob_diff']:.3f}"),
         ("faithfulness_components_ratio", f"{s['faithfulness_components_ratio']:.3f}"),
         ("circuit_paths_prob_diff", f"{s['circuit_paths_prob_diff']:.3f}"),
-        ("faithfulness_paths_ratio", f"{s['faithfulness_paths_ratio']:.3f}"),
+        (
+            "faithfulness_paths_ratio",
+            f"{s['faithfulness_paths_ratio']:.3f}"
+            if s.get("faithfulness_paths_ratio") is not None
+            else f"undefined: {s.get('faithfulness_paths_undefined_reason', '')}",
+        ),
         ("necessity_prob_diff", f"{s['necessity_prob_diff']:.3f}"),
         (
             "random_control_prob_diff",
