@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clt_bench.errors import UserError
@@ -33,6 +35,36 @@ def os_error_message(err: OSError, path: str | os.PathLike[str] | None = None) -
     return f"cannot write {where}: {reason}."
 
 
+# temporary files of an interrupted write: ours (``atomic_path``) and safetensors' own
+TEMP_GLOBS = (".*.tmp", ".tmp*")
+
+
+def remove_temp_files(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """Delete the temporary files an interrupted write left in ``folder`` (a killed process
+    cannot clean up after itself); returns them. Call it only on a folder no other process is
+    writing (the run lock, :mod:`clt_bench.runlock`, guarantees that for a run folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = {
+        p
+        for g in TEMP_GLOBS
+        for p in (folder.rglob(g) if recursive else folder.glob(g))
+        if p.is_file() and not p.is_symlink()
+    }
+    for p in found:
+        p.unlink(missing_ok=True)
+    return sorted(found)
+
+
+def _file_mode() -> int:
+    """0o666 minus the process's umask: what ``open()`` would give a new file (``mkstemp``
+    always gives 0o600, which would keep reports and CLTs from the other users of a machine)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
@@ -45,9 +77,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         tmp_path = Path(tmp)
+        try:
+            os.fchmod(fd, _file_mode())
+        finally:
+            os.close(fd)
         yield tmp_path
+        if tmp_path.exists():  # a writer that replaces the file keeps the umask's mode too
+            os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)
     except OSError as err:
         raise UserError(os_error_message(err, path)) from err
@@ -94,6 +131,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}).") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text, so not a JSON file.") from err
 
 
 def save_tensors(
@@ -104,8 +143,22 @@ def save_tensors(
     """Save tensors as safetensors, atomically (never pickles)."""
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
+        try:
+            save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
+        except SafetensorError as err:  # a full disk or an I/O error, raised as its own type
+            raise UserError(_safetensors_write_error(err, path)) from err
     return Path(path)
+
+
+def _safetensors_write_error(err: Exception, path: str | os.PathLike[str]) -> str:
+    """safetensors reports ``I/O error: No space left on device (os error 28) at path ...``:
+    the same sentence as an ``OSError`` from any other writer."""
+    text = str(err)
+    m = re.search(r"os error (\d+)", text)
+    if m:
+        code = int(m.group(1))
+        return os_error_message(OSError(code, os.strerror(code)), path)
+    return f"cannot write {path}: {text.splitlines()[0] if text else type(err).__name__}."
 
 
 def load_tensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, torch.Tensor]:

@@ -90,6 +90,7 @@ def _worker(
                 progress=print,
                 model=model,
                 on_done=lambda s, r, rec=recomputed: rec.append(r),
+                lock=False,  # the parent holds the run's lock
             )
             model = ctx._model  # loaded once for all the worker's stages
             forced = forced or any(recomputed)

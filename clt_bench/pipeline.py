@@ -26,7 +26,7 @@ from typing import Any
 from clt_bench import threads
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
-from clt_bench.io import config_hash, read_json, write_json
+from clt_bench.io import config_hash, read_json, remove_temp_files, write_json
 from clt_bench.models import LoadedModel, load_model, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,19 @@ def stage_is_current(ctx: RunContext, stage: str) -> bool:
         return False
 
 
+def _check_loaded_clt(ctx: RunContext, names: list[str], resume: bool) -> None:
+    """A bad ``clt.load`` (unreadable, wrong shape for the model, non-finite) fails before the
+    first stage rather than after the task, baseline and activations stages."""
+    if not ctx.cfg.clt.load or "clt" not in names:
+        return
+    if resume and stage_is_current(ctx, "clt"):
+        return
+    from clt_bench.clt.io import check_fits, load_clt
+
+    clt = load_clt(ctx.cfg.clt.load)
+    check_fits(clt, ctx.model.n_layers, ctx.model.d_model, ctx.cfg.clt.load)
+
+
 STARTED = ".stage-hash"  # written when a stage starts: the hash its partial outputs belong to
 
 
@@ -224,6 +237,8 @@ def _prepare_stage_dir(ctx: RunContext, stage: str, resume: bool) -> None:
                     "rewrites; copy the CLT elsewhere or use another --out."
                 )
             shutil.rmtree(d)
+        else:  # kept for its checkpoints; the temp files of a killed write are not outputs
+            remove_temp_files(d)
     d.mkdir(parents=True, exist_ok=True)
     (d / STARTED).write_text(key + "\n", encoding="utf-8")
 
@@ -237,6 +252,7 @@ def run_pipeline(
     model: LoadedModel | None = None,
     overlap: bool = False,
     on_done: Callable[[str, bool], None] | None = None,
+    lock: bool = True,
 ) -> RunContext:
     """Run ``stages`` (default: all, in order) into ``run_dir``; returns the context.
 
@@ -247,7 +263,26 @@ def run_pipeline(
     spawned process re-imports the calling script, which then needs an
     ``if __name__ == "__main__":`` guard.
     ``on_done(stage, recomputed)``: called as each stage finishes (True) or is resumed (False).
+    ``lock``: hold ``run_dir``'s exclusive lock for the run (:mod:`clt_bench.runlock`; a second
+    run of the same folder raises ``UserError`` naming this process); off only in a process that
+    the lock holder started to write into the folder.
     """
+    if lock:
+        from clt_bench.runlock import run_lock
+
+        with run_lock(run_dir):
+            remove_temp_files(run_dir, recursive=False)  # of a killed run's report, config.json
+            return run_pipeline(
+                cfg,
+                run_dir,
+                stages=stages,
+                resume=resume,
+                progress=progress,
+                model=model,
+                overlap=overlap,
+                on_done=on_done,
+                lock=False,
+            )
     names = stages or list(STAGES)
     unknown = [s for s in names if s not in STAGES]
     if unknown:
@@ -258,6 +293,7 @@ def run_pipeline(
     for stage in STAGES:  # finished stages outside ``names`` still feed the report
         if stage not in names and stage_is_current(ctx, stage):
             ctx.results[stage] = read_json(ctx.stage_dir(stage) / "stage.json").get("summary", {})
+    _check_loaded_clt(ctx, names, resume)
     from clt_bench import overlap as ov
 
     stale = False

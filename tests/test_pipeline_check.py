@@ -189,13 +189,14 @@ def test_check_cli_exit_codes(tmp_path, capsys):
     good.write_text(json.dumps({"metrics": {"task.prob_diff": {"value": 0.5, "abs_tol": 0.01}}}))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"metrics": {"task.prob_diff": {"value": 0.9, "abs_tol": 0.01}}}))
-    assert main(["check", str(tmp_path), "--reference", str(good)]) == 0
-    assert main(["check", str(tmp_path), "--reference", str(bad)]) == 1
+    numbers = ["--numbers-only"]  # a bare metrics.json: no stages to verify (test_reliability)
+    assert main(["check", str(tmp_path), "--reference", str(good), *numbers]) == 0
+    assert main(["check", str(tmp_path), "--reference", str(bad), *numbers]) == 1
     out = capsys.readouterr().out
     assert "task.prob_diff" in out and "1 of 1 metrics outside their band" in out
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    assert main(["check", str(tmp_path), "--reference", str(broken)]) == 2
+    assert main(["check", str(tmp_path), "--reference", str(broken), *numbers]) == 2
     assert main(["check", str(tmp_path / "nope"), "--reference", str(good)]) == 2
 
 
@@ -372,7 +373,7 @@ def test_make_reference_needs_five_seeds_and_same_config(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["make-reference", *runs, ok, "--out", str(out)]) == 0
     assert "seed t-interval" in capsys.readouterr().out
-    assert main(["check", runs[0], "--reference", str(out)]) == 0
+    assert main(["check", runs[0], "--reference", str(out), "--numbers-only"]) == 0
     table = capsys.readouterr().out
     header = table.splitlines()[0].split()
     assert header == ["metric", "value", "reference", "band", "policy"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 
 
@@ -24,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from clt_bench.cli import config_from_args, out_dir
     from clt_bench.clt import distributed as D
     from clt_bench.clt.stage import format_clt_table, run_clt_stage, set_threads
+    from clt_bench.io import remove_temp_files
     from clt_bench.models import check_device, load_model
+    from clt_bench.runlock import run_lock
 
     if args.load:
         args.overrides = [*args.overrides, f'clt.load="{args.load}"']
@@ -37,7 +40,12 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(cfg.model.name, device, cfg.model.dtype, cfg.model.seed)
     out = Path(out_dir(args, cfg))
     try:
-        metrics = run_clt_stage(cfg, loaded, out, resume=not args.no_resume)
+        # one run per results folder (rank 0 holds the lock under torchrun); the temp files of
+        # a killed earlier attempt are removed under it
+        with run_lock(out) if info.is_main else nullcontext():
+            if info.is_main:
+                remove_temp_files(out / "clt")
+            metrics = run_clt_stage(cfg, loaded, out, resume=not args.no_resume)
     finally:
         D.teardown(info)
     if info.is_main:

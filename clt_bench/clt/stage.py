@@ -25,8 +25,17 @@ log = logging.getLogger(__name__)
 
 
 def stage_hash(cfg: RunConfig) -> str:
-    sections = cfg.section_hash("model", "activations", "clt", "task")
-    return config_hash([sections, model_fingerprint(cfg.model.name)])
+    """What ``<out>/clt/metrics.json`` depends on: the config, the model and, for ``clt.load``,
+    the loaded files' content (replacing them in place recomputes, as in ``clt-bench run``)."""
+    from clt_bench.pipeline import content_hash
+
+    parts = [
+        cfg.section_hash("model", "activations", "clt", "task"),
+        model_fingerprint(cfg.model.name),
+    ]
+    if cfg.clt.load:
+        parts.append(content_hash(cfg.clt.load))
+    return config_hash(parts)
 
 
 def run_clt_stage(

@@ -11,6 +11,13 @@ explained in :mod:`clt_bench.report.reference`). Hand-written entries may instea
 with ``abs_tol`` / ``rel_tol`` (``|run - value| <= abs_tol + rel_tol * |value|``) or one-sided
 ``min`` / ``max`` bounds. A metric missing from the run fails. Exit 1 when any metric is outside
 its band, 0 otherwise; either way the table of every metric is printed.
+
+Before comparing, the gate makes sure the numbers are the run's own (``stale_stage``):
+``metrics.json`` records the hash of every stage the report was made from, and each stage's
+``stage.json`` must still carry that hash. A stage recomputed since (``--stages clt`` with another
+config), a stage left unfinished by a killed run, a report killed before it finished, or a run
+still writing the folder ends the check with one sentence naming the stage (exit 2), rather than
+passing on the previous run's numbers.
 """
 
 from __future__ import annotations
@@ -94,9 +101,16 @@ def band_of(name: str, spec: Any) -> tuple[float | None, float, float, str]:
 
 
 def check_metrics(run_metrics: dict[str, Any], reference: dict[str, Any]) -> list[CheckRow]:
-    if not isinstance(reference.get("metrics"), dict) or not reference["metrics"]:
+    if not isinstance(reference, dict) or not isinstance(reference.get("metrics"), dict):
         raise UserError("the reference file has no 'metrics' table.")
-    flat = flatten(run_metrics.get("headline", run_metrics))
+    if not reference["metrics"]:
+        raise UserError("the reference file's 'metrics' table is empty.")
+    if not isinstance(run_metrics, dict):
+        raise UserError("the run's metrics.json is not a table of metrics.")
+    headline = run_metrics.get("headline", run_metrics)
+    if not isinstance(headline, dict):
+        raise UserError("the run's metrics.json has no 'headline' table.")
+    flat = flatten(headline)
     rows = []
     for name, spec in reference["metrics"].items():
         value, lo, hi, policy = band_of(name, spec)
@@ -123,13 +137,63 @@ def format_rows(rows: list[CheckRow]) -> str:
     return "\n".join(lines)
 
 
-def run_check(run_dir: str | Path, reference_path: str | Path) -> tuple[int, str]:
-    """Return (exit code, text): 1 if any metric is outside its band; the table either way."""
+def stale_stage(run_dir: Path, metrics: Any) -> None:
+    """Raise ``UserError`` naming the first stage of ``run_dir`` whose finished record is not the
+    one ``metrics.json`` was made from (recomputed since, unfinished, missing), or when a run is
+    writing the folder now."""
+    from clt_bench.runlock import holder, is_locked
+
+    if is_locked(run_dir):
+        raise UserError(
+            f"{run_dir} is being written by a clt-bench run ({holder(run_dir) or 'another process'}"
+            "); check it once that run has finished."
+        )
+    records = metrics.get("stages") if isinstance(metrics, dict) else None
+    if not isinstance(records, dict) or not records:
+        raise UserError(
+            f"{run_dir / 'metrics.json'} does not record the stages it was made from (written by "
+            "an older clt-bench or by hand), so its numbers may not be the run's; rerun "
+            f"`clt-bench run --out {run_dir}`, or pass --numbers-only to compare them as they are."
+        )
+    rerun = f"rerun `clt-bench run --out {run_dir}` to bring the report up to date"
+    for stage, want in records.items():
+        folder = run_dir / str(stage)
+        marker = folder / "stage.json"
+        if not marker.is_file():
+            how = (
+                "is unfinished (interrupted, or started after"
+                if folder.is_dir()
+                else ("is missing (deleted after")
+            )
+            raise UserError(
+                f"stage '{stage}' of {run_dir} {how} metrics.json was written), so metrics.json "
+                f"does not describe this run; {rerun}."
+            )
+        got = read_json(marker)
+        if not isinstance(got, dict) or got.get("config_hash") != want:
+            raise UserError(
+                f"stage '{stage}' of {run_dir} was recomputed under another config or code after "
+                f"metrics.json was written, so metrics.json holds stale numbers; {rerun}."
+            )
+
+
+def run_check(
+    run_dir: str | Path, reference_path: str | Path, verify_stages: bool = True
+) -> tuple[int, str]:
+    """Return (exit code, text): 1 if any metric is outside its band; the table either way.
+
+    ``verify_stages``: first make sure ``metrics.json`` belongs to the run's finished stages
+    (``stale_stage``); off compares the numbers of a ``metrics.json`` as they are.
+    """
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json" if run_dir.is_dir() else run_dir
     if not metrics_path.is_file():
         raise UserError(f"{metrics_path} does not exist; run `clt-bench run` first.")
-    rows = check_metrics(read_json(metrics_path), read_json(reference_path))
+    reference = read_json(reference_path)
+    metrics = read_json(metrics_path)
+    if verify_stages:
+        stale_stage(metrics_path.parent, metrics)
+    rows = check_metrics(metrics, reference)
     failed = [r for r in rows if not r.ok]
     table = format_rows(rows)
     if failed:

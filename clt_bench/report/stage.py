@@ -283,8 +283,33 @@ def render_summary_md(
     return "\n".join(lines)
 
 
+OUTPUTS = ("metrics.json", "summary.md", "report.html")
+
+
+def stage_records(ctx: RunContext) -> dict[str, str]:
+    """stage -> the ``config_hash`` of its ``stage.json`` for every finished stage the report
+    reads, and the report's own hash (its ``stage.json`` is written once the report is done)."""
+    from clt_bench.pipeline import stage_hash
+
+    records = {}
+    for stage in ctx.results:
+        marker = Path(ctx.run_dir) / stage / "stage.json"
+        if stage != "report" and marker.is_file():
+            records[stage] = str(read_json(marker).get("config_hash"))
+    records["report"] = stage_hash(ctx.cfg, "report")
+    return records
+
+
 def write_report(ctx: RunContext) -> dict[str, Any]:
-    """Write report.html, summary.md and metrics.json into ``ctx.run_dir``; returns the headline."""
+    """Write report.html, summary.md and metrics.json into ``ctx.run_dir``; returns the headline.
+
+    The outputs of an earlier report are removed first and ``metrics.json`` (what
+    ``clt-bench check`` reads) is written last, so a report killed half-way never leaves new
+    numbers beside an old page; ``metrics.json`` records the hash of every stage it was made from
+    (``stages``), which the gate compares with the stages' own records (``report.check``).
+    """
+    for name in OUTPUTS:
+        (ctx.run_dir / name).unlink(missing_ok=True)
     headline = headline_metrics(ctx.results)
     meta = run_metadata(
         config=ctx.cfg,
@@ -303,9 +328,12 @@ def write_report(ctx: RunContext) -> dict[str, Any]:
         "headline_ci": intervals,
         "headline_ci_method": f"95 % percentile bootstrap over prompts, 2000 resamples, seed "
         f"{ctx.cfg.seed}",
+        "stages": stage_records(ctx),
     }
-    write_json(ctx.run_dir / "metrics.json", metrics)
-    write_text(ctx.run_dir / "summary.md", render_summary_md(ctx, headline, intervals))
-    write_text(ctx.run_dir / "report.html", render_html(ctx, headline, meta, intervals))
+    summary_md = render_summary_md(ctx, headline, intervals)
+    page = render_html(ctx, headline, meta, intervals)
+    write_text(ctx.run_dir / "summary.md", summary_md)
+    write_text(ctx.run_dir / "report.html", page)
+    write_json(ctx.run_dir / "metrics.json", metrics)  # last: the gate's input
     (ctx.run_dir / "report").mkdir(exist_ok=True)
     return {"headline": headline, "report": str(ctx.run_dir / "report.html")}
