@@ -15,9 +15,18 @@ from clt_bench.baseline.faithfulness import evaluate_circuit, paths_undefined_re
 from clt_bench.baseline.patching import PatchContext, Sender, all_senders
 from clt_bench.baseline.paths import EMBED, clean_input_path, hanna_paths
 from clt_bench.compare.stage import transcoder_table
+from clt_bench.compare.units import (
+    feature_units,
+    neuron_units,
+    split_halves,
+    units_needed_curve,
+)
 from clt_bench.config import BaselineConfig, load_config
+from clt_bench.features.ablation import pd_of
+from clt_bench.features.attribution import one_per_yy
 from clt_bench.features.scores import LABELS
 from clt_bench.features.stage import label_counts
+from clt_bench.graphs.random_clt import random_clt
 from clt_bench.task.dataset import build_dataset
 
 
@@ -91,3 +100,60 @@ def test_no_clean_input_path_is_undefined_not_a_number(one_layer_ctx):
     assert clean_input_path(spec)
     assert "equals the corrupted run" in paths_undefined_reason(spec, pd + 1e-9, pd)
     assert paths_undefined_reason(spec, pd + 1e-3, pd) == ""
+
+
+# --- units needed: the error term clean or corrupted ---------------------------------------
+
+
+def test_units_needed_error_corrupted_endpoints(tokenizer, task_spec):
+    """error_corrupted: k = 0 is every MLP output corrupted (the neurons' PD_0, like for like);
+    k = all is the clean run with only the transcoder's error term corrupted."""
+    batch = one_per_yy(build_dataset(task_spec, tokenizer, "discovery"), 12)
+    bridge = tiny_bridge(n_layer=2, n_embd=32, seed=2)
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    bridge.unembed.original_component.bias[batch.answer_ids] += 20.0
+    _, cache = bridge.run_with_cache(batch.clean)
+    mid = torch.stack([cache[f"blocks.{i}.hook_resid_mid"] for i in range(2)], 2)
+    clt = random_clt(
+        2, 32, 24, activation="relu", seed=3, rate=0.2, decoder_scale=1.0, skip=True,
+        calibrate_on=mid.reshape(-1, 2, 32),
+    )  # fmt: skip
+    eb = batch.subset(split_halves(len(batch))[1])
+    c = bridge.run_with_cache(eb.clean)[1]
+    x = bridge.run_with_cache(eb.corrupted)[1]
+
+    def pd_with(outs):
+        hooks = [(f"blocks.{i}.hook_mlp_out", lambda y, hook, i=i: outs[i]) for i in range(2)]
+        with torch.no_grad():
+            logits = bridge.run_with_hooks(eb.clean, fwd_hooks=hooks)[:, -1]
+        return float(pd_of(logits, eb.yy, eb).mean())
+
+    mlp_x = [x[f"blocks.{i}.hook_mlp_out"] for i in range(2)]
+    stack = lambda cache: torch.stack(  # noqa: E731
+        [cache[f"blocks.{i}.hook_resid_mid"] for i in range(2)], 2
+    )
+    recon = clt.decode(clt.encode(stack(c))) - clt.decode(clt.encode(stack(x)))
+    all_clean_error_corrupted = pd_with([mlp_x[i] + recon[:, :, i] for i in range(2)])
+
+    curves = {
+        e: units_needed_curve(
+            bridge,
+            lambda cl, co, e=e: feature_units(bridge, clt, cl, co, "clt_features", e),
+            batch,
+            dense=3,
+            candidates=3,
+        )
+        for e in ("clean", "corrupted")
+    }
+    neurons = units_needed_curve(
+        bridge, lambda cl, co: neuron_units(bridge, cl, co), batch, dense=3, candidates=3
+    )
+    err = curves["corrupted"]
+    assert err.kind == "clt_features_error_corrupted" and curves["clean"].kind == "clt_features"
+    assert err.prob_diff[0] == pytest.approx(pd_with(mlp_x), abs=1e-5)
+    assert err.prob_diff[0] == pytest.approx(neurons.prob_diff[0], abs=1e-5)
+    assert err.prob_diff[-1] == pytest.approx(all_clean_error_corrupted, abs=1e-5)
+    # the error-clean variant keeps its own endpoints: k = all is the clean run
+    assert curves["clean"].prob_diff[-1] == pytest.approx(float(err.clean.mean()), abs=1e-5)
+    assert abs(curves["clean"].prob_diff[0] - err.prob_diff[0]) > 1e-6

@@ -65,8 +65,10 @@ UNITS_DEFINITION = (
     "unit's write, at every position; the top k units by clean-minus-corrupt effect (linear "
     "estimate, exact for the best candidates) are kept clean. Ranked on the even-indexed prompts, "
     "evaluated on the odd-indexed ones. normalized = (PD_k - PD_0) / (PD_clean - PD_0); a "
-    "transcoder's error, skip and bias terms are not units and stay clean, so PD_0 is per kind. "
-    "Intervals: 95 % bootstrap over evaluation prompts (ranking fixed)."
+    "transcoder's error, skip and bias terms are not units and stay clean, so PD_0 is per kind "
+    "(error_clean); the *_error_corrupted rows put the error term at its corrupted value too, so "
+    "k = 0 is the corrupted MLP outputs, as for neurons, and k = all is the clean run with only "
+    "the error corrupted. Intervals: 95 % bootstrap over evaluation prompts (ranking fixed)."
 )
 
 
@@ -157,13 +159,18 @@ def units_results(
 
             def make(c, x):
                 return neuron_units(bridge, c, x)
+
+            variants = [make]
         else:
-
-            def make(c, x, clt=clt, kind=kind):
-                return feature_units(bridge, clt, c, x, kind)
-
+            variants = [
+                lambda c, x, clt=clt, kind=kind, e=e: feature_units(bridge, clt, c, x, kind, e)
+                for e in ("clean", "corrupted")
+            ]
             repl[kind] = replacement_pd(bridge, clt, batch, cfg.activations.exclude_bos)
-        results.append(units_needed_curve(bridge, make, batch, fc.curve_dense, fc.curve_candidates))
+        for make in variants:
+            results.append(
+                units_needed_curve(bridge, make, batch, fc.curve_dense, fc.curve_candidates)
+            )
     return results, repl
 
 
@@ -204,6 +211,32 @@ def transcoder_table(
             f"units for {int(f * 100)} % of PD (held-out prompts)",
             {c: units.get(u, {}).get(key, "") for c, u in cols.items()},
         )
+    for f in FRACTIONS:
+        key = f"k_{int(f * 100)}"
+        add(
+            f"units for {int(f * 100)} % of PD, 95 % CI (bootstrap over prompts)",
+            {c: _ci_cell(units.get(u, {}).get(f"{key}_ci")) for c, u in cols.items()},
+        )
+    # the error term corrupted too (neurons have none: the same curve as above)
+    corrupted = {c: (u if u == "mlp_neurons" else f"{u}_error_corrupted") for c, u in cols.items()}
+    for f in FRACTIONS:
+        key = f"k_{int(f * 100)}"
+        add(
+            f"units for {int(f * 100)} % of PD, error term corrupted [95 % CI]",
+            {c: _k_ci_cell(units.get(u, {}), key) for c, u in corrupted.items()},
+        )
+    add(
+        "PD_0 (every unit corrupted, error term clean)",
+        {c: units.get(u, {}).get("pd_0", "") for c, u in cols.items()},
+    )
+    add(
+        "PD_0 (every unit and the error term corrupted)",
+        {c: units.get(u, {}).get("pd_0", "") for c, u in corrupted.items()},
+    )
+    add(
+        "PD with every unit clean, error term corrupted",
+        {c: units.get(u, {}).get("pd_all", "") for c, u in corrupted.items()},
+    )
     add(
         "replacement PD / model PD",
         {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl},
@@ -223,6 +256,20 @@ def transcoder_table(
         if any(f.get(key) for f in feats.values()):
             add(f"labels: {lab}", {k: f.get(key, "") for k, f in feats.items()})
     return rows
+
+
+def _ci_cell(ci: Any) -> str:
+    if not ci:
+        return ""
+    lo, hi = (math.inf if v is None else v for v in ci)
+    return f"[{_k(lo)}, {_k(hi)}]"
+
+
+def _k_ci_cell(row: dict[str, Any], key: str) -> str:
+    if key not in row:
+        return ""
+    k = row[key]
+    return f"{'never' if k is None else k} {_ci_cell(row.get(f'{key}_ci'))}"
 
 
 def units_rows(results: list[UnitsResult]) -> list[dict[str, Any]]:
@@ -256,6 +303,7 @@ def units_table(
             "unit_kind": r.kind,
             "n_units": r.n_units,
             "pd_0": float(r.prob_diff[0]),
+            "pd_all": float(r.prob_diff[-1]),
             "pd_clean": float(r.clean.mean()),
         }
         cells = [r.kind, str(r.n_units), f"{row['pd_0']:.3f}", f"{row['pd_clean']:.3f}"]
@@ -379,9 +427,19 @@ def run_compare_stage(
         "replacement_pd_ratio": main["replacement_pd_ratio"],
     }
     prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt", "plt_features": "plt"}
+    units_ci: dict[str, list[float]] = {}
     for kind, row in by_kind.items():
+        base = kind.removesuffix("_error_corrupted")
+        variant = "_error_corrupted" if base != kind else ""
         for f in FRACTIONS:
-            summary[f"{prefix[kind]}_units_{int(f * 100)}"] = row[f"k_{int(f * 100)}"]
+            name = f"{prefix[base]}_units_{int(f * 100)}{variant}"
+            summary[name] = row[f"k_{int(f * 100)}"]
+            units_ci[name] = row[f"k_{int(f * 100)}_ci"]
+        if variant:
+            summary[f"{prefix[base]}_units_pd_0{variant}"] = row["pd_0"]
+            summary[f"{prefix[base]}_units_pd_all{variant}"] = row["pd_all"]
+    # nested, so not a headline number of its own: the report sets each beside its k
+    summary["units_ci"] = units_ci
     if "plt_features" in repl and cfg.clt.kind != "plt":
         summary["plt_replacement_prob_diff"] = repl["plt_features"]["replacement_prob_diff"]
         plt_primary = overlaps["plt"][0] if overlaps.get("plt") else {}

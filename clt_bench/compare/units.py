@@ -18,7 +18,16 @@ replaced by
 S = every unit is the clean run exactly. S = {} puts every unit at its corrupted value: for
 neurons every MLP output is the corrupted run's; for a transcoder every feature is corrupted and
 its error, skip and bias terms stay clean (they are not units), so PD_0 differs by kind and is
-reported per kind.
+reported per kind (variant ``error_clean``, the kind's plain name). Variant ``error_corrupted``
+(kind ``<kind>_error_corrupted``, transcoders only) also puts the error term -- everything of the
+MLP output that is not a unit's write, ``err = mlp_out - sum_u a_u W_u`` -- at its corrupted value
+in every run of the curve:
+
+    out_L(S) = mlp_out_L(clean) - sum_{u not in S} delta_u * W_{u -> L}
+               - (err_L(clean) - err_L(corrupted)),
+
+so S = {} is the corrupted MLP outputs exactly (the neurons' PD_0) and S = all is the clean run
+with only the error term corrupted (below PD_clean when the error carries task information).
 
 Ranking (the same criterion for every kind, estimated on the *ranking* half of the prompts): the
 clean-minus-corrupt effect of unit u. A linear estimate for every unit -- sum over positions of
@@ -70,11 +79,14 @@ class UnitBlock:
 
 @dataclass
 class UnitSet:
-    """Every unit of one kind on a set of prompts, with the clean MLP outputs [n, pos, L, d]."""
+    """Every unit of one kind on a set of prompts, with the clean MLP outputs [n, pos, L, d];
+    ``err_delta`` [n, pos, L, d]: clean minus corrupted error term, subtracted in every run
+    (variant ``error_corrupted``), or None (``error_clean``)."""
 
     kind: str
     blocks: list[UnitBlock]
     mlp_clean: torch.Tensor
+    err_delta: torch.Tensor | None = None
 
     @property
     def n_units(self) -> int:
@@ -94,11 +106,19 @@ class UnitSet:
     def outs(self, keep: list[torch.Tensor]) -> torch.Tensor:
         """[n, pos, L, d] MLP outputs with the units where ``keep`` (per block [U]) is 1 clean."""
         out = self.mlp_clean.clone()
+        if self.err_delta is not None:
+            out -= self.err_delta
         for b, m in zip(self.blocks, keep, strict=True):
             drop = (1.0 - m).to(b.delta.dtype)
             w = torch.einsum("npu,utd->nptd", b.delta * drop, b.write)
             out[:, :, b.targets] -= w
         return out
+
+    def all_clean(self) -> torch.Tensor:
+        """[n, pos, L, d] MLP outputs with every unit clean (the clean run for ``error_clean``)."""
+        if self.err_delta is None:
+            return self.mlp_clean
+        return self.mlp_clean - self.err_delta
 
 
 def _capture(bridge, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -128,13 +148,17 @@ def feature_units(
     clean: torch.Tensor,
     corrupted: torch.Tensor,
     kind: str = "clt_features",
+    error: str = "clean",
 ) -> UnitSet:
-    """Every feature of the transcoder ``clt`` on [n, pos] clean / corrupted tokens."""
+    """Every feature of the transcoder ``clt`` on [n, pos] clean / corrupted tokens; ``error``
+    "clean" or "corrupted": the variant of the error term (module docstring)."""
+    if error not in ("clean", "corrupted"):
+        raise UserError(f"units-needed error variant must be clean or corrupted, not {error!r}.")
     L = int(bridge.cfg.n_layers)
     mid = [f"blocks.{i}.hook_resid_mid" for i in range(L)]
     outs = [f"blocks.{i}.hook_mlp_out" for i in range(L)]
     c = _capture(bridge, clean, mid + outs)
-    x = _capture(bridge, corrupted, mid)
+    x = _capture(bridge, corrupted, mid + (outs if error == "corrupted" else []))
     _, a_c = encode_prompts(clt, torch.stack([c[m] for m in mid], dim=2))  # [n, pos, L, F]
     _, a_x = encode_prompts(clt, torch.stack([x[m] for m in mid], dim=2))
     mlp = torch.stack([c[o] for o in outs], dim=2)
@@ -143,7 +167,13 @@ def feature_units(
         tg = clt.target_layers(src)
         w = torch.stack([clt.layer_decoder(src, t).detach() for t in tg], dim=1).to(mlp.dtype)
         blocks.append(UnitBlock(src, (a_c - a_x)[:, :, src], w, tg))
-    return UnitSet(kind, blocks, mlp)
+    if error == "clean":
+        return UnitSet(kind, blocks, mlp)
+    # err(clean) - err(corrupted) = (mlp clean - mlp corrupted) - sum_u delta_u W_u
+    err = mlp - torch.stack([x[o] for o in outs], dim=2)
+    for b in blocks:
+        err[:, :, b.targets] -= torch.einsum("npu,utd->nptd", b.delta, b.write)
+    return UnitSet(f"{kind}_error_corrupted", blocks, mlp, err)
 
 
 def _pd(logits: torch.Tensor, yy: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
@@ -208,7 +238,7 @@ def exact_effects(
     tokens = batch.clean.to(dev)
     base0 = units.outs([torch.zeros(b.n_units, device=dev) for b in units.blocks])
     pd0 = _pd_rows(bridge, tokens, base0, batch, batch.yy)
-    pd_all = _pd_rows(bridge, tokens, units.mlp_clean, batch, batch.yy)
+    pd_all = _pd_rows(bridge, tokens, units.all_clean(), batch, batch.yy)
     offs = units.offsets()
     per = max(1, rows // (2 * n))
     out = []
@@ -219,7 +249,7 @@ def exact_effects(
             bi = max(j for j, o in enumerate(offs) if o <= g)
             b, u = units.blocks[bi], g - offs[bi]
             w = torch.einsum("np,td->nptd", b.delta[:, :, u], b.write[u])  # [n, pos, T, d]
-            up, down = base0.clone(), units.mlp_clean.clone()
+            up, down = base0.clone(), units.all_clean().clone()
             up[:, :, b.targets] += w
             down[:, :, b.targets] -= w
             xs += [up, down]
