@@ -77,6 +77,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides.append(f"task.task={json.dumps(args.task if named else str(path.resolve()))}")
     if getattr(args, "template", None):
         overrides.append(f"task.template={json.dumps(args.template)}")
+    if getattr(args, "circuit", None):  # run and baseline: --circuit NAME
+        overrides.append(f"baseline.circuit={json.dumps(args.circuit)}")
     return load_config(args.preset, overrides)
 
 

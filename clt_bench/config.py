@@ -11,6 +11,7 @@ recomputes it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -41,6 +42,24 @@ def _fail_range(key: str, value: Any, lo: float, hi: float, lo_open: bool, hi_op
     raise UserError(f"config key '{key}' must be {rule} (got {value!r}).")
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_number(value: Any, key: str) -> None:
+    """NaN passes every range comparison, and an integer beyond int64 overflows in torch or
+    numpy deep inside a stage: both are refused when the config is built."""
+    if isinstance(value, float) and math.isnan(value):
+        raise UserError(f"config key '{key}' must be a number (got nan).")
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not (INT64[0] <= value <= INT64[1])
+    ):
+        raise UserError(
+            f"config key '{key}' must fit in 64 bits, between -2**63 and 2**63 - 1 (got {value})."
+        )
+
+
 def _parse_interval(text: str) -> tuple[float, float, bool, bool]:
     """``"(0, 1]"`` -> (0, 1, lo_open=True, hi_open=False); ``inf`` allowed at either end."""
     lo, hi = (float(v) for v in text[1:-1].split(","))
@@ -65,6 +84,7 @@ def _checked(section: str, ranges: dict[str, str], extra: Any = None) -> Any:
     def post_init(self: Any) -> None:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
+            _check_number(getattr(self, f.name), f"{section}.{f.name}")
             if typing.get_origin(hints[f.name]) is Literal:
                 _check_choice(getattr(self, f.name), hints[f.name], f"{section}.{f.name}")
         for name, interval in ranges.items():
@@ -425,6 +445,9 @@ class RunConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
+    def __post_init__(self) -> None:
+        _check_number(self.seed, "seed")
+
     def section_hash(self, *names: str) -> str:
         return config_hash({n: to_jsonable(getattr(self, n)) for n in names})
 
@@ -539,7 +562,23 @@ def load_config(preset: str = "toy", overrides: list[str] | tuple[str, ...] = ()
     for text in overrides:
         path, value = parse_override(text)
         _deep_set(data, path, value)
+    _default_circuit(data)
     return from_dict(RunConfig, data)
+
+
+def _default_circuit(data: dict[str, Any]) -> None:
+    """Where neither the preset nor an override names ``baseline.circuit``, GPT-2 small (by name,
+    or a local checkpoint recognised by architecture and tokenizer) gets Hanna et al.'s published
+    circuit, so the published faithfulness sits beside the circuit it was measured on; every
+    other model gets the circuit rediscovered by path patching (the field's default)."""
+    model = data.get("model")
+    baseline = data.setdefault("baseline", {})
+    if not isinstance(model, dict) or not isinstance(baseline, dict) or "circuit" in baseline:
+        return
+    from clt_bench.models.hub import is_gpt2
+
+    if isinstance(model.get("name"), str) and is_gpt2(model["name"]):
+        baseline["circuit"] = "hanna2023"
 
 
 def with_section(cfg: RunConfig, name: str, **changes: Any) -> RunConfig:

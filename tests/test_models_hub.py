@@ -75,3 +75,38 @@ def test_other_weights_change_the_stage_hash(hub_gpt2, isolated_hf_cache):
     after = {s: stage_hash(cfg, s) for s in ("task", "clt")}
     assert all(after[s] != before[s] for s in before)
     assert stage_hash(by_path, "task") != before_path
+
+
+def test_gpt2_defaults_to_hannas_circuit(hub_gpt2):
+    assert load_config("toy", ['model.name="gpt2"']).baseline.circuit == "hanna2023"
+    assert load_config("gpt2").baseline.circuit == "hanna2023"
+    explicit = load_config("gpt2", ['baseline.circuit="discovered"'])
+    assert explicit.baseline.circuit == "discovered"  # discovery stays one override away
+    for other in ("toy", "gpt2-random", f"hf:{hub_gpt2}"):  # not GPT-2 small
+        assert load_config("toy", [f'model.name="{other}"']).baseline.circuit == "discovered"
+
+
+def test_run_circuit_flag(tmp_path):
+    from clt_bench.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["run", "--circuit", "acdc", "--out", str(tmp_path)])
+    assert config_from_args(args).baseline.circuit == "acdc"
+
+
+@pytest.mark.slow
+def test_full_size_local_snapshot_is_gpt2(isolated_hf_cache):
+    """A local snapshot of GPT-2 small's shape and tokenizer is GPT-2: Hanna's circuit is the
+    default and the published circuits are compared (~500 MB in a temporary folder)."""
+    from clt_bench.baseline.circuits import load_circuit
+    from clt_bench.compare.overlap import model_identity, published_applies
+
+    snap = write_hub_gpt2(
+        isolated_hf_cache, n_layer=12, n_head=12, n_embd=768, n_positions=1024, repo="local/gpt2"
+    )
+    name = f"hf:{snap}"
+    assert is_gpt2(name) and model_identity(name) == "gpt2"
+    assert published_applies(load_circuit("hanna2023"), name)
+    assert load_config("toy", [f'model.name="{name}"']).baseline.circuit == "hanna2023"
+    loaded = load_model(name)
+    assert loaded.tokenizer.encode(" 1711") == [1596, 1157]
+    assert not is_gpt2("gpt2-random")

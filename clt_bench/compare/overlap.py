@@ -115,7 +115,12 @@ def per_component_share(
 
 def model_identity(name: str) -> str:
     """A model name reduced to its identity: ``hf:openai-community/gpt2`` and ``gpt2`` are the same
-    weights; ``gpt2-random`` (random weights of GPT-2's shape) is not GPT-2."""
+    weights, and so is ``hf:<local folder>`` of GPT-2 small's architecture and tokenizer
+    (``models.hub.is_gpt2``); ``gpt2-random`` (random weights of GPT-2's shape) is not GPT-2."""
+    from clt_bench.models.hub import is_gpt2
+
+    if is_gpt2(name.strip()):
+        return "gpt2"
     n = name.strip().lower()
     n = n[3:] if n.startswith("hf:") else n
     return n.removeprefix("openai-community/")

@@ -14,6 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_common(p)
     p.add_argument(
+        "--circuit",
+        default=None,
+        help="baseline circuit: discovered | hanna2023 | acdc | eap_ig | a circuit file "
+        "(default: hanna2023 on GPT-2 small, discovered on other models)",
+    )
+    p.add_argument(
         "--stages", default=None, help="comma-separated subset of stages to run (default: all)"
     )
     p.add_argument("--no-resume", action="store_true", help="recompute finished stages")

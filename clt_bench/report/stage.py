@@ -17,6 +17,7 @@ import pandas as pd
 from clt_bench.io import read_json, run_metadata, write_json, write_text
 from clt_bench.report.headline import PUBLISHED, headline_metrics, headline_rows
 from clt_bench.report.links import definition_html, methods_anchor
+from clt_bench.report.sanity import banner_html, check_task, displayed
 
 if TYPE_CHECKING:  # the pipeline imports the stages lazily; no import cycle at run time
     from clt_bench.pipeline import RunContext
@@ -204,7 +205,8 @@ def render_html(
 ) -> str:
     cfg = ctx.cfg
     intervals = intervals or {}
-    rows = headline_rows(headline)
+    sanity = check_task(headline)
+    rows = headline_rows(displayed(headline, sanity))
     head = "".join(
         f"<tr><td><a href='#def-{methods_anchor(m)}'>{html.escape(PUBLISHED.get(m, (m,))[0])}</a>"
         f"<br><span class='meta'>{m}</span></td>"
@@ -224,6 +226,7 @@ def render_html(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.report.title)}"
         f"</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(cfg.report.title)}</h1>",
+        banner_html(sanity),
         f"<p class='meta'>model <b>{html.escape(cfg.model.name)}</b> · preset "
         f"<b>{html.escape(cfg.preset)}</b> · seed {cfg.seed} · git "
         f"{html.escape(str(meta.get('git_commit')))} · torch "
@@ -262,17 +265,19 @@ def render_summary_md(
     ctx: RunContext, headline: dict[str, Any], intervals: dict[str, list[float]] | None = None
 ) -> str:
     intervals = intervals or {}
+    sanity = check_task(headline)
     lines = [
         f"# {ctx.cfg.report.title}",
         "",
         f"model `{ctx.cfg.model.name}`, preset `{ctx.cfg.preset}`, seed {ctx.cfg.seed}",
         "",
+        *([] if sanity.ok else [f"**Warning: {sanity.message}**", ""]),
         "| metric | measured | 95 % CI (prompts) | published | source |",
         "|---|---:|---:|---:|---|",
     ]
     lines += [
         f"| {m} | {v} | {_ci(intervals.get(m))} | {p} | {s} |"
-        for m, v, p, s in headline_rows(headline)
+        for m, v, p, s in headline_rows(displayed(headline, sanity))
     ]
     lines += [
         "",
