@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_bridge
@@ -23,9 +24,18 @@ from clt_bench.compare.units import (
 )
 from clt_bench.config import BaselineConfig, load_config
 from clt_bench.features.ablation import pd_of
-from clt_bench.features.attribution import one_per_yy
-from clt_bench.features.scores import LABELS
-from clt_bench.features.stage import label_counts
+from clt_bench.features.attribution import TaskAttributions, influence_ranking, one_per_yy
+from clt_bench.features.scores import (
+    LABELS,
+    YY_VALUES,
+    ZZ_VALUES,
+    LabelRule,
+    label_decision,
+    label_feature,
+    labels_testable,
+    shape_scores,
+)
+from clt_bench.features.stage import ALL_ACTIVE, all_feature_labels, label_counts
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.task.dataset import build_dataset
 
@@ -34,13 +44,20 @@ def test_every_label_count_of_features_reaches_compares_table(tmp_path):
     """The features stage's label counts (``n_single_yy`` ...) are the keys compare reads."""
     cfg = load_config("quick")
     rows = [{"label": lab} for lab in LABELS]
+    every = [{"label": lab} for lab in LABELS for _ in range(2)]
+    summary = {**label_counts(rows), **label_counts(every, suffix=ALL_ACTIVE)}
+    summary["not_testable"] = ["parity"]
     (tmp_path / "features").mkdir()
-    (tmp_path / "features" / "stage.json").write_text(json.dumps({"summary": label_counts(rows)}))
+    (tmp_path / "features" / "stage.json").write_text(json.dumps({"summary": summary}))
     side = transcoder_table(cfg, tmp_path, {"clt": []}, [], {})
     measures = {r["measure"]: r for r in side}
     for lab in LABELS:
-        assert f"labels: {lab}" in measures, lab
-        assert measures[f"labels: {lab}"]["clt"] == 1, lab
+        top, every = f"labels (top-K by influence): {lab}", f"labels (all active features): {lab}"
+        assert top in measures and every in measures, lab
+        if lab == "parity":  # a label the model's own output gives nothing to find
+            assert measures[top]["clt"] == measures[every]["clt"] == "not testable on this model"
+        else:
+            assert (measures[top]["clt"], measures[every]["clt"]) == (1, 2), lab
 
 
 # --- circuit discovery and path-level faithfulness -------------------------------------------
@@ -157,3 +174,84 @@ def test_units_needed_error_corrupted_endpoints(tokenizer, task_spec):
     # the error-clean variant keeps its own endpoints: k = all is the clean run
     assert curves["clean"].prob_diff[-1] == pytest.approx(float(err.clean.mean()), abs=1e-5)
     assert abs(curves["clean"].prob_diff[0] - err.prob_diff[0]) > 1e-6
+
+
+# --- feature labels ---------------------------------------------------------------------------
+
+Y, Z = YY_VALUES[:, None], ZZ_VALUES[None, :]
+
+
+def test_comparator_and_large_zz_are_told_apart_by_partial_correlations():
+    """The two templates correlate at ~0.72: each pure pattern clears both raw thresholds, and the
+    partial correlation says which one it is; the runner-up is reported with its scores."""
+    comp = shape_scores((Z > Y).astype(float))
+    ramp = shape_scores(np.broadcast_to(Z, (97, 100)).astype(float))
+    assert comp.large_zz_corr > 0.7 and ramp.gt_corr > 0.7  # both clear 0.5
+    assert comp.gt_partial == pytest.approx(1.0) and abs(comp.large_zz_partial) < 1e-3
+    assert ramp.large_zz_partial == pytest.approx(1.0) and abs(ramp.gt_partial) < 1e-3
+    d = label_decision(comp, 1.0)
+    assert (d.label, d.secondary, d.runner_up) == ("comparator", "", "large-number promoter")
+    assert d.runner_up_score == pytest.approx(comp.large_zz_corr)
+    assert abs(d.runner_up_partial) < 1e-3 and d.margin == pytest.approx(1 - comp.large_zz_corr)
+    d = label_decision(ramp, 1.0)
+    assert (d.label, d.secondary, d.runner_up) == ("large-number promoter", "", "comparator")
+
+
+def test_gated_feature_is_a_range_comparator():
+    """Fires for YY 37-98 and promotes ZZ 51-96 (the toy's L0/373): not a constant promoter."""
+    h = np.zeros((97, 100))
+    rows = YY_VALUES >= 37
+    h[rows] = ((Z >= 51) & (Z <= 96)).astype(float)[0]
+    s = shape_scores(h)
+    assert label_decision(s, float(rows.mean())).label == "range comparator"
+    assert label_feature(s, 1.0) == "large-number promoter"  # the same rows, ungated
+    assert label_feature(s, 0.1) == "narrow comparator"
+    assert "range comparator" in LABELS
+
+
+def test_secondary_label_is_kept():
+    s = shape_scores((Z > Y) + 0.8 * (Z % 5 == 0))
+    d = label_decision(s, 1.0)
+    assert d.label == "comparator" and d.secondary == "multiple-of-5 promoter"
+    assert label_decision(shape_scores((Z > Y).astype(float)), 1.0).secondary == ""
+
+
+def test_multiple_of_5_and_parity_testable_only_where_the_model_shows_them():
+    logp = np.log(np.where(Z > Y, 0.018, 0.0005))  # a comparator model, no round-number bias
+    assert labels_testable(shape_scores(logp)) == {
+        "multiple-of-5 promoter": False,
+        "parity": False,
+    }
+    biased = shape_scores(logp + 0.5 * (Z % 5 == 0))
+    assert labels_testable(biased)["multiple-of-5 promoter"]
+    assert not labels_testable(biased)["parity"]
+
+
+def _attributions(n_prompts: int) -> TaskAttributions:
+    """Two features on prompts YY = 2..: key 0 a comparator on every prompt, key 1 active on one
+    prompt only (strong there, but far less influence summed over prompts)."""
+    yy = np.arange(2, 2 + n_prompts)
+    pairs = [(p, 0, np.where(yy[p] < ZZ_VALUES, 1.0, -1.0)) for p in range(n_prompts)]
+    pairs.append((3, 1, np.where(yy[3] < ZZ_VALUES, 2.0, -2.0)))
+    pp = np.array([p for p, _, _ in pairs])
+    pk = np.array([k for _, k, _ in pairs])
+    ans = np.stack([a for _, _, a in pairs])
+    r = len(pairs)
+    return TaskAttributions(
+        n_features=10, n_layers=1, yy=yy, yy_pos=1, end_pos=2,
+        pair_prompt=pp, pair_key=pk, answer=ans, logit_diff=ans.sum(1) / 100,
+        pd=np.zeros(r), pos_logit_diff=np.zeros((r, 3)), write_effects=np.zeros((r, 1)),
+        act_sum=np.ones(r), act_prompt=pp, act_pos=np.full(r, 2), act_key=pk,
+        act_value=np.ones(r), direct_x=np.zeros((r, 4), np.float32),
+        x_end=np.zeros((n_prompts, 4)), clean_prob_diff=0.0, clean_logit_diff=0.0,
+    )  # fmt: skip
+
+
+def test_labels_are_counted_over_all_active_features():
+    att = _attributions(20)
+    keys, _ = influence_ranking(att)
+    assert keys.tolist() == [0, 1]  # the single-YY feature never makes a top-1
+    labels = all_feature_labels(att, keys, LabelRule())
+    assert labels[1] == "single-YY" and labels[0] != "single-YY"
+    counts = label_counts([{"label": lab} for lab in labels], suffix=ALL_ACTIVE)
+    assert counts["n_single_yy_all_active"] == 1

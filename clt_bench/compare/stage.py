@@ -47,6 +47,7 @@ from clt_bench.compare.units import (
 from clt_bench.config import RunConfig
 from clt_bench.features.scores import LABELS, label_key
 from clt_bench.features.stage import (
+    ALL_ACTIVE,
     json_safe,
     load_run_circuit,
     load_run_clt,
@@ -251,10 +252,18 @@ def transcoder_table(
     for key, label in (("nmse", "NMSE (held out)"), ("l0", "L0 (all layers)")):
         add(label, {k: _stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
     feats = {k: _stage_summary(r, "features") for k, r in runs.items()}
-    for lab in LABELS:
-        key = label_key(lab)
-        if any(f.get(key) for f in feats.values()):
-            add(f"labels: {lab}", {k: f.get(key, "") for k, f in feats.items()})
+    for scope, suffix in (("top-K by influence", ""), ("all active features", ALL_ACTIVE)):
+        for lab in LABELS:
+            key = label_key(lab) + suffix
+            untestable = {k for k, f in feats.items() if lab in f.get("not_testable", [])}
+            if any(f.get(key) for f in feats.values()) or untestable:
+                add(
+                    f"labels ({scope}): {lab}",
+                    {
+                        k: "not testable on this model" if k in untestable else f.get(key, "")
+                        for k, f in feats.items()
+                    },
+                )
     return rows
 
 

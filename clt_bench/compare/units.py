@@ -45,6 +45,7 @@ Shapes: n prompts, pos positions, L layers, d = d_model, U_b units of block b, T
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -355,7 +356,9 @@ def bootstrap_needed(
     out = {}
     for f in fractions:
         draws = np.where(norm >= f, k_col, np.inf).min(0)  # smallest k reaching f; inf: none
-        out[f] = (float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5)))
+        with np.errstate(invalid="ignore"):  # between two infs numpy's lerp gives NaN: never
+            lo, hi = (float(np.percentile(draws, q)) for q in (2.5, 97.5))
+        out[f] = (np.inf if math.isnan(lo) else lo, np.inf if math.isnan(hi) else hi)
     return out
 
 

@@ -21,21 +21,37 @@ scores 0 whatever its size, however it varies with YY):
 - ``mult5_corr``: template 1[ZZ mod 5 = 0] (promotes multiples of 5);
 - ``yy_independence``: share of the active rows' variance explained by their column means;
 - ``zz_lo``, ``zz_hi``, ``zz_peak``: the ZZ range promoted = the 10th..90th percentile of the
-  positive part of the column-mean profile, and its arg-max.
+  positive part of the column-mean profile, and its arg-max;
+- ``gt_partial``, ``large_zz_partial``, ``parity_partial``, ``mult5_partial``: *partial*
+  (residualised) correlations: the heatmap and the class's template both lose their least-squares
+  fit on the other classes' templates (all row-centred) before correlating. The comparator and
+  large-ZZ templates correlate at ~0.72, so a pure pattern of either kind clears both raw
+  thresholds; their partial correlations separate them (a pure comparator: gt_partial ~0.69,
+  large_zz_partial 0; a pure ramp the reverse).
 
 Label rule (thresholds in ``FeaturesConfig``), first match wins:
 
 1. no active row -> ``inactive``;
 2. active (non-zero heatmap row) on exactly one YY value -> ``single-YY`` (its scores are still
    reported: ``gt_corr`` says whether it is a comparator for that one YY);
-3. among {comparator: gt_corr >= gt_corr_thr and gt_corr >= large_zz_corr,
-   large-number promoter: large_zz_corr >= large_zz_thr and large_zz_corr > gt_corr,
-   parity: parity_corr >= parity_thr, multiple-of-5 promoter: mult5_corr >= mult5_thr} the one
-   with the largest score; a comparator active on fewer than ``narrow_yy_fraction`` of the YY
-   values is a ``narrow comparator``;
+3. the classes {comparator, large-number promoter, parity, multiple-of-5 promoter} whose raw
+   correlation clears its threshold (``gt_corr``, ``large_zz_corr``, ``parity_corr``,
+   ``mult5_corr``) *and* whose partial correlation clears ``partial_corr`` (a component beyond
+   what the other templates explain) are candidates; the one with the largest raw correlation
+   wins. A winning comparator or large-number promoter is
+   *gated* when it fires on only part of the YY values (the activation profile, over all prompts:
+   conditioning the scores on active rows hides the gating): active on fewer than
+   ``narrow_yy_fraction`` of them -> ``narrow comparator``, on fewer than ``gated_yy_fraction``
+   -> ``range comparator`` (fires for YY in yy_lo..yy_hi, promotes ZZ in zz_lo..zz_hi);
 4. ``anti-task`` if gt_corr <= anti_corr_thr (promotes ZZ <= YY) or
    large_zz_corr <= -large_zz_thr (promotes small ZZ whatever YY is);
 5. ``other``.
+
+``label_decision`` also returns the ``secondary`` label (the next candidate of step 3, e.g. a
+comparator with a multiple-of-5 bump that clears that class's thresholds too), the ``runner_up``
+class (the next class by raw correlation, candidate or not) with its raw and partial correlation,
+and the ``margin`` (winner's raw correlation minus the runner-up's): how close the call was. A
+pure comparator's runner-up is large-number promoter at raw 0.72 but partial 0: not a contender.
 """
 
 from __future__ import annotations
@@ -52,6 +68,7 @@ ZZ_VALUES = np.arange(100)  # heatmap columns
 LABELS = (
     "comparator",
     "narrow comparator",
+    "range comparator",
     "large-number promoter",
     "parity",
     "multiple-of-5 promoter",
@@ -78,10 +95,12 @@ class LabelRule:
     parity_corr: float = 0.5
     narrow_yy_fraction: float = 0.25
     mult5_corr: float = 0.5
+    partial_corr: float = 0.2
+    gated_yy_fraction: float = 0.9
 
     @classmethod
     def from_config(cls, cfg: object) -> LabelRule:
-        return cls(**{k: float(getattr(cfg, k)) for k in asdict(cls())})
+        return cls(**{k: float(getattr(cfg, k, v)) for k, v in asdict(cls()).items()})
 
 
 @dataclass(frozen=True)
@@ -96,6 +115,10 @@ class ShapeScores:
     zz_peak: int
     n_active_rows: int
     mult5_corr: float = 0.0
+    gt_partial: float = 0.0
+    large_zz_partial: float = 0.0
+    parity_partial: float = 0.0
+    mult5_partial: float = 0.0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -110,6 +133,51 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     b = (b - b.mean(axis=-1, keepdims=True)).ravel()
     den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
     return float((a * b).sum() / den) if den > 1e-30 else 0.0
+
+
+def _centred(a: np.ndarray) -> np.ndarray:
+    """Row-centred and flattened (each row loses its mean over ZZ)."""
+    a = np.asarray(a, dtype=np.float64)
+    return (a - a.mean(axis=-1, keepdims=True)).ravel()
+
+
+def _partial(h: np.ndarray, t: np.ndarray, controls: list[np.ndarray]) -> float:
+    """Correlation of ``h`` and ``t`` (row-centred, flattened) after both lose their least-squares
+    fit on ``controls``; 0 when either residual is ~0."""
+    if controls:
+        c = np.stack(controls, axis=1)
+        h = h - c @ np.linalg.lstsq(c, h, rcond=None)[0]
+        t = t - c @ np.linalg.lstsq(c, t, rcond=None)[0]
+    den = math.sqrt(float(h @ h) * float(t @ t))
+    return float(h @ t / den) if den > 1e-30 * max(1.0, float(len(h))) else 0.0
+
+
+def partial_scores(h: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Partial correlations of the rows ``h`` [rows, 100] (YY values ``y`` [rows, 1]) with each
+    class's template, controlling for the other classes' templates (module docstring)."""
+    z = ZZ_VALUES[None, :]
+    shape = h.shape
+    t = {
+        "gt": _centred(np.broadcast_to((z > y).astype(np.float64), shape)),
+        "large": _centred(np.broadcast_to(z.astype(np.float64), shape)),
+        "par_z": _centred(np.broadcast_to(np.where(z % 2 == 0, 1.0, -1.0), shape)),
+        "par_zy": _centred(np.broadcast_to(np.where((z + y) % 2 == 0, 1.0, -1.0), shape)),
+        "mult5": _centred(np.broadcast_to((z % 5 == 0).astype(np.float64), shape)),
+    }
+    hc = _centred(h)
+
+    def others(*names: str) -> list[np.ndarray]:
+        return [v for k, v in t.items() if k not in names]
+
+    return {
+        "gt": _partial(hc, t["gt"], others("gt")),
+        "large": _partial(hc, t["large"], others("large")),
+        "parity": max(
+            abs(_partial(hc, t["par_z"], others("par_z", "par_zy"))),
+            abs(_partial(hc, t["par_zy"], others("par_z", "par_zy"))),
+        ),
+        "mult5": _partial(hc, t["mult5"], others("mult5")),
+    }
 
 
 def _check(heat: np.ndarray, yy_values: np.ndarray) -> None:
@@ -156,8 +224,22 @@ def shape_scores(heat: np.ndarray, yy_values: np.ndarray = YY_VALUES) -> ShapeSc
         zz_peak = int(np.argmax(col))
     else:
         zz_lo = zz_hi = zz_peak = -1
+    part = partial_scores(h, y)
     return ShapeScores(
-        gt_corr, anti_corr, large, parity, yy_indep, zz_lo, zz_hi, zz_peak, int(rows.sum()), mult5
+        gt_corr,
+        anti_corr,
+        large,
+        parity,
+        yy_indep,
+        zz_lo,
+        zz_hi,
+        zz_peak,
+        int(rows.sum()),
+        mult5,
+        part["gt"],
+        part["large"],
+        part["parity"],
+        part["mult5"],
     )
 
 
@@ -218,26 +300,87 @@ def activation_profile(
     )
 
 
+@dataclass(frozen=True)
+class LabelDecision:
+    """A feature's label, its secondary label ("" if none), the runner-up class with its raw and
+    partial correlation, and the margin of the call (winner's raw correlation minus the
+    runner-up's)."""
+
+    label: str
+    secondary: str = ""
+    runner_up: str = ""
+    runner_up_score: float = float("nan")
+    runner_up_partial: float = float("nan")
+    margin: float = float("nan")
+
+    def to_dict(self) -> dict[str, str | float]:
+        return asdict(self)
+
+
+CLASSES = ("comparator", "large-number promoter", "parity", "multiple-of-5 promoter")
+
+
+def _gated(label: str, yy_fraction: float, rule: LabelRule) -> str:
+    if label not in ("comparator", "large-number promoter"):
+        return label
+    if yy_fraction < rule.narrow_yy_fraction:
+        return "narrow comparator"
+    if yy_fraction < rule.gated_yy_fraction:
+        return "range comparator"
+    return label
+
+
+def label_decision(
+    scores: ShapeScores, yy_fraction: float, rule: LabelRule = LabelRule()
+) -> LabelDecision:
+    """The label rule of the module docstring, with the secondary label and the runner-up."""
+    if scores.n_active_rows == 0:
+        return LabelDecision("inactive")
+    if scores.n_active_rows == 1:
+        return LabelDecision("single-YY")
+    c, lg, par, m5 = CLASSES
+    raw = {c: scores.gt_corr, lg: scores.large_zz_corr, par: scores.parity_corr}
+    raw[m5] = scores.mult5_corr
+    part = {c: scores.gt_partial, lg: scores.large_zz_partial, par: scores.parity_partial}
+    part[m5] = scores.mult5_partial
+    thr = {c: rule.gt_corr, lg: rule.large_zz_corr, par: rule.parity_corr, m5: rule.mult5_corr}
+    ranked = sorted(CLASSES, key=lambda k: -raw[k])
+    cands = [k for k in ranked if raw[k] >= thr[k] and part[k] >= rule.partial_corr]
+    if cands:
+        best = cands[0]
+        second = cands[1] if len(cands) > 1 else ""
+        label = _gated(best, yy_fraction, rule)
+    else:
+        best, second = ranked[0], ""
+        label = "other"
+        if scores.gt_corr <= rule.anti_corr or scores.large_zz_corr <= -rule.large_zz_corr:
+            label = "anti-task"
+    runner = next(k for k in ranked if k != best)
+    return LabelDecision(
+        label,
+        _gated(second, yy_fraction, rule) if second else "",
+        runner,
+        float(raw[runner]),
+        float(part[runner]),
+        float(raw[best] - raw[runner]),
+    )
+
+
+# a label class is testable on a model when the model's own output shows that structure: the
+# |partial correlation| of its mean log p(ZZ | YY) heatmap with the class's template
+TESTABLE_PARTIAL = 0.1
+
+
+def labels_testable(model: ShapeScores, tol: float = TESTABLE_PARTIAL) -> dict[str, bool]:
+    """Whether "multiple-of-5 promoter" and "parity" can be found on a model whose own output
+    heatmap (``model``: its shape scores) has these partial correlations: a model without a
+    round-number bias has no such feature to find, so 0 of them is no finding."""
+    return {
+        "multiple-of-5 promoter": abs(model.mult5_partial) >= tol,
+        "parity": abs(model.parity_partial) >= tol,
+    }
+
+
 def label_feature(scores: ShapeScores, yy_fraction: float, rule: LabelRule = LabelRule()) -> str:
     """The label rule of the module docstring."""
-    if scores.n_active_rows == 0:
-        return "inactive"
-    if scores.n_active_rows == 1:
-        return "single-YY"
-    cands: dict[str, float] = {}
-    if scores.gt_corr >= rule.gt_corr and scores.gt_corr >= scores.large_zz_corr:
-        cands["comparator"] = scores.gt_corr
-    if scores.large_zz_corr >= rule.large_zz_corr and scores.large_zz_corr > scores.gt_corr:
-        cands["large-number promoter"] = scores.large_zz_corr
-    if scores.parity_corr >= rule.parity_corr:
-        cands["parity"] = scores.parity_corr
-    if scores.mult5_corr >= rule.mult5_corr:
-        cands["multiple-of-5 promoter"] = scores.mult5_corr
-    if cands:
-        best = max(cands, key=cands.get)
-        if best == "comparator" and yy_fraction < rule.narrow_yy_fraction:
-            return "narrow comparator"
-        return best
-    if scores.gt_corr <= rule.anti_corr or scores.large_zz_corr <= -rule.large_zz_corr:
-        return "anti-task"
-    return "other"
+    return label_decision(scores, yy_fraction, rule).label

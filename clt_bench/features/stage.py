@@ -60,8 +60,9 @@ from clt_bench.features.scores import (
     YY_VALUES,
     LabelRule,
     activation_profile,
-    label_feature,
+    label_decision,
     label_key,
+    labels_testable,
     shape_scores,
 )
 from clt_bench.io import read_json, run_metadata, save_tensors, write_json
@@ -122,6 +123,7 @@ def feature_rows(
         prof = activation_profile(
             feature_activations_matrix(att, int(key)), att.yy, att.yy_pos, att.end_pos
         )
+        decision = label_decision(sc, prof.yy_fraction, rule)
         pos_mass = np.abs(sums["pos"][i])
         position = POS_CLASSES[int(pos_mass.argmax())] if pos_mass.sum() > 0 else "none"
         write = sums["write"][i]
@@ -133,7 +135,12 @@ def feature_rows(
                 "feature": f"L{layer}/{fid}",
                 "layer": layer,
                 "feature_id": fid,
-                "label": label_feature(sc, prof.yy_fraction, rule),
+                "label": decision.label,
+                "secondary_label": decision.secondary,
+                "runner_up": decision.runner_up,
+                "runner_up_score": decision.runner_up_score,
+                "runner_up_partial": decision.runner_up_partial,
+                "label_margin": decision.margin,
                 "influence": float(influence[i]),
                 "logit_diff_contribution": float(sums["logit_diff"][i]),
                 "pd_contribution": float(sums["pd"][i]),
@@ -168,10 +175,48 @@ def feature_rows(
     return rows, heat
 
 
-def label_counts(rows: list[dict[str, Any]], column: str = "label") -> dict[str, int]:
-    """``{label_key(label): count}`` for every label of ``LABELS`` (0 when absent)."""
+def label_counts(
+    rows: list[dict[str, Any]], column: str = "label", suffix: str = ""
+) -> dict[str, int]:
+    """``{label_key(label) + suffix: count}`` for every label of ``LABELS`` (0 when absent)."""
     counts = Counter(r[column] for r in rows)
-    return {label_key(lab): int(counts.get(lab, 0)) for lab in LABELS}
+    return {label_key(lab) + suffix: int(counts.get(lab, 0)) for lab in LABELS}
+
+
+ALL_ACTIVE = "_all_active"  # suffix of the label counts over every active feature
+
+
+def all_feature_labels(att: TaskAttributions, keys: np.ndarray, rule: LabelRule) -> list[str]:
+    """The label of every feature in ``keys`` (all active ones, not only the top K by influence:
+    features that fire on one prompt never reach the top K by summed influence)."""
+    return [
+        label_decision(
+            shape_scores(feature_heatmap(att, int(k), YY_VALUES)),
+            activation_profile(
+                feature_activations_matrix(att, int(k)), att.yy, att.yy_pos, att.end_pos
+            ).yy_fraction,
+            rule,
+        ).label
+        for k in keys
+    ]
+
+
+@torch.no_grad()
+def model_heatmap(loaded: LoadedModel, batch: TaskBatch) -> np.ndarray:
+    """[97, 100] the model's own mean log p(ZZ) per YY (full-vocabulary softmax; NaN rows for a
+    YY without a prompt): where labels_testable looks for round-number and parity structure."""
+    from clt_bench.features.ablation import end_logits_via
+
+    bridge = loaded.bridge
+    logits = end_logits_via(bridge, lambda: bridge(batch.clean.to(loaded.device)))
+    logp = torch.log_softmax(logits.double(), -1)[:, batch.answer_ids.to(logits.device)]
+    logp = logp.cpu().numpy()
+    yy = batch.yy.cpu().numpy()
+    heat = np.full((len(YY_VALUES), 100), np.nan)
+    for r, y in enumerate(YY_VALUES):
+        if (yy == y).any():
+            heat[r] = logp[yy == y].mean(0)
+    return heat
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -229,7 +274,11 @@ def run_features_stage(
     t_attr = time.perf_counter() - t0
     keys_all, infl_all = influence_ranking(att)
     keys, infl = keys_all[: fc.top_k], infl_all[: fc.top_k]
-    rows, heat = feature_rows(att, keys, infl, clt, circuit, LabelRule.from_config(fc))
+    rule = LabelRule.from_config(fc)
+    rows, heat = feature_rows(att, keys, infl, clt, circuit, rule)
+    labels_all = all_feature_labels(att, keys_all, rule)
+    model_scores = shape_scores(model_heatmap(loaded, batch))
+    testable = labels_testable(model_scores)
     feats = [att.split_key(int(k)) for k in keys]
     active = [np.unique(att.pair_prompt[att.pair_key == k]) for k in keys]
     t1 = time.perf_counter()
@@ -274,15 +323,19 @@ def run_features_stage(
         for r, c in zip(rows, ctxs, strict=True):
             r["contexts"] = " || ".join(f"{s} ({v:.2f})" for v, s in c)
     yy_list = [int(y) for y in YY_VALUES]
+    summary_not_testable = [lab for lab, ok in testable.items() if not ok]
     table.write_csv(rows, out / "features.csv")
     header = (
         f"# Top {len(rows)} CLT features by influence on the greater-than logit difference"
         f"\n\n{len(batch)} prompts (one per YY), heatmaps: {fc.heatmap_mode} attribution; "
         f"labels by the rule in clt_bench/features/scores.py (thresholds: gt {fc.gt_corr}, "
         f"anti {fc.anti_corr}, large-ZZ {fc.large_zz_corr}, parity {fc.parity_corr}, "
-        f"multiple-of-5 {fc.mult5_corr}, narrow < {fc.narrow_yy_fraction} of YY). Shape "
+        f"multiple-of-5 {fc.mult5_corr}, narrow < {fc.narrow_yy_fraction} of YY, partial "
+        f"{rule.partial_corr}, range < {rule.gated_yy_fraction} of YY). Shape "
         f"scores are row-centred: each YY row of the heatmap and of the template loses its "
-        f"mean over ZZ before correlating, so a shift of every ZZ of a row scores 0."
+        f"mean over ZZ before correlating, so a shift of every ZZ of a row scores 0. Not "
+        f"testable on this model (its own log p(ZZ|YY) shows no such structure): "
+        f"{', '.join(summary_not_testable) or 'none'}."
     )
     table.write_markdown(rows, out / "features.md", header)
     save_tensors(
@@ -313,6 +366,11 @@ def run_features_stage(
         "n_selected": len(rows),
         "influence_share_top_k": float(infl.sum() / infl_all.sum()) if infl_all.sum() else 0.0,
         **label_counts(rows),
+        **label_counts([{"label": lab} for lab in labels_all], suffix=ALL_ACTIVE),
+        # the model's own log p(ZZ | YY): is there round-number / parity structure to find?
+        "model_mult5_partial": model_scores.mult5_partial,
+        "model_parity_partial": model_scores.parity_partial,
+        "not_testable": summary_not_testable,
         "mean_gt_corr_top20": float(np.mean([r["gt_corr"] for r in top20])) if top20 else 0.0,
         "pd_contribution_top_k": float(sum(r["pd_contribution"] for r in rows)),
         "clean_prob_diff": att.clean_prob_diff,
@@ -340,6 +398,7 @@ def run_features_stage(
         **summary,
         "heatmap_mode": fc.heatmap_mode,
         "label_counts": dict(counts),
+        "label_counts_all_active": dict(Counter(labels_all)),
         "circuit": circuit.name if circuit is not None else None,
         "heatmap_pngs": pngs,
         "heatmap_grid": grid.name if grid is not None else None,
