@@ -5,6 +5,7 @@ respect the umask, and a full disk ends in one sentence."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -236,9 +237,10 @@ def test_the_lock_of_a_killed_run_is_not_in_the_way(tmp_path):
 def test_two_real_runs_of_one_folder(tmp_path):
     """Two ``clt-bench run --preset quick --out qd`` at once (the second with other CLT steps):
     the second says which process holds the folder and exits 2; the first's outputs are its
-    own."""
+    own (the stages up to the CLT, where the two runs' outputs used to mix)."""
     run = tmp_path / "qd"
-    cmd = [sys.executable, "-m", "clt_bench", "run", "--preset", "quick", "--serial"]
+    cmd = [sys.executable, "-m", "clt_bench", "run", "--preset", "quick", "--stages"]
+    cmd.append("activations,clt")
     first = subprocess.Popen(
         [*cmd, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -261,7 +263,8 @@ def test_two_real_runs_of_one_folder(tmp_path):
     finally:
         first.kill()
     assert read_json(run / "config.json")["clt"]["n_steps"] == 50
-    assert read_json(run / "metrics.json")["config"]["clt"]["n_steps"] == 50
+    assert read_json(run / "clt" / "metrics.json")["config"]["clt"]["n_steps"] == 50
+    assert len((run / "clt" / "train_log.jsonl").read_text().splitlines()) <= 50 // 10 + 1
     marker = read_json(run / "clt" / "stage.json")["config_hash"]
     assert (run / "clt" / ".stage-hash").read_text().strip() == marker
 
@@ -403,3 +406,187 @@ def test_check_with_a_non_utf8_reference_is_one_sentence(tmp_path, capsys):
     ref.write_bytes(b'{"metrics": {"\xff\xfe": 1}}')
     assert _check(tmp_path, ref, "--numbers-only") == 2
     _one_sentence(capsys, "ref.json", "not UTF-8")
+
+
+# --- task files ----------------------------------------------------------------------------
+
+
+def _task_copy(tmp_path: Path, edit) -> Path:
+    import shutil
+
+    from clt_bench.paths import tasks_dir
+
+    dst = tmp_path / "greater_than"
+    shutil.copytree(tasks_dir() / "greater_than", dst)
+    toml = dst / "task.toml"
+    toml.write_text(edit(toml.read_text()))
+    return dst
+
+
+HANNA = 'text = "The {noun} lasted from the year {XX}{YY} to the year {XX}"\nbos = true'
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace(HANNA, HANNA.replace("{noun}", "{foo}")), "unknown slot '{foo}'"),
+        (lambda t: t.replace(HANNA, HANNA.replace("{noun}", "{noun")), "unbalanced braces"),
+        (lambda t: t.replace("count = 100", "count = 0"), "answers.count must be an integer"),
+        (lambda t: t.replace("count = 100", 'count = "all"'), "answers.count must be an integer"),
+    ],
+    ids=["unknown_slot", "unbalanced_brace", "no_answers", "answers_not_a_number"],
+)
+def test_malformed_task_templates_are_one_sentence(tmp_path, capsys, edit, message):
+    task = _task_copy(tmp_path, edit)
+    args = ["task", "--model", "toy", "--task", str(task), "--set", "task.n=8"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    _one_sentence(capsys, message)
+
+
+def test_a_template_longer_than_the_context_is_one_sentence(tmp_path, capsys):
+    long = "and then " * 200
+    task = _task_copy(tmp_path, lambda t: t.replace(HANNA, HANNA.replace("The ", long, 1)))
+    args = ["task", "--model", "toy", "--task", str(task), "--set", "task.n=8"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    _one_sentence(capsys, "template 'hanna'", "longer than the model's context")
+
+
+# --- CLT folders ---------------------------------------------------------------------------
+
+
+def _clt_dir(tmp_path: Path, n_layers: int = 4, d_model: int = 128) -> Path:
+    from clt_bench.clt.io import save_clt
+    from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
+
+    torch.manual_seed(0)
+    clt = CrossLayerTranscoder(CLTSpec(n_layers, d_model, 8, "jumprelu"))
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return save_clt(clt, tmp_path / "clt")
+
+
+def _edit_yaml(d: Path, **changes) -> None:
+    import yaml
+
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    for k, v in changes.items():
+        if k.startswith("clt_bench."):
+            cfg["clt_bench"][k.split(".", 1)[1]] = v
+        else:
+            cfg[k] = v
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"clt_bench.k": "abc"}, "k as a positive integer (got 'abc')"),
+        ({"clt_bench": 3}, "config.yaml: its 'clt_bench' entry must be a mapping"),
+        ({"clt_bench.bandwidth": [1]}, "bandwidth as a positive number (got [1])"),
+        ({"d_transcoder": "8"}, "d_transcoder as an integer (got '8')"),
+    ],
+    ids=["k_abc", "clt_bench_scalar", "bandwidth_list", "d_transcoder_string"],
+)
+def test_clt_config_yaml_with_wrong_types(tmp_path, changes, message):
+    from clt_bench.clt.io import load_clt
+
+    d = _clt_dir(tmp_path)
+    _edit_yaml(d, **changes)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_clt(d)
+
+
+def test_clt_with_integer_weights(tmp_path):
+    from clt_bench.clt.io import load_clt
+    from clt_bench.io import load_tensors
+
+    d = _clt_dir(tmp_path)
+    for f in d.glob("*.safetensors"):
+        save_tensors(f, {k: (v * 100).long() for k, v in load_tensors(f).items()})
+    with pytest.raises(UserError, match="as int64; a transcoder's weights must be floating"):
+        load_clt(d)
+
+
+def test_a_missing_encoder_file_is_named(tmp_path):
+    from clt_bench.clt.io import load_clt
+
+    d = _clt_dir(tmp_path)
+    (d / "W_enc_3.safetensors").unlink()
+    with pytest.raises(UserError, match=r"has no W_enc_3\.safetensors \(config.yaml states n_l"):
+        load_clt(d)
+    _edit_yaml(d, n_layers=None)  # without n_layers: the highest layer with files
+    import yaml
+
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    del cfg["n_layers"]
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match=r"has no W_enc_3\.safetensors \(layer 3 has weight"):
+        load_clt(d)
+
+
+def test_a_decoder_scaled_far_too_large_is_named_at_load(tmp_path):
+    from clt_bench.clt.io import load_clt
+    from clt_bench.io import load_tensors
+
+    d = _clt_dir(tmp_path)
+    f = d / "W_dec_1.safetensors"
+    save_tensors(f, {k: v * 1e37 for k, v in load_tensors(f).items()})
+    with pytest.raises(UserError, match=r"magnitude .*e\+36 in 'W_dec.1'.*overflow float32"):
+        load_clt(d)
+
+
+def test_non_finite_graph_weights_are_not_called_a_cycle():
+    from clt_bench.graphs.influence import influence
+
+    A = torch.tensor([[0.0, 0.0], [float("nan"), 0.0]])
+    with pytest.raises(UserError, match="edge weights are not finite"):
+        influence(A, torch.tensor([0.0, 1.0]))
+
+
+def test_a_transcoder_set_reads_only_its_own_folder(tmp_path):
+    import yaml
+
+    from clt_bench.clt.io import load_clt, save_clt
+    from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
+
+    plt = save_clt(
+        CrossLayerTranscoder(CLTSpec(2, 4, 3, "relu", cross_layer=False)), tmp_path / "plt"
+    )
+    load_clt(plt)  # the set as saved loads
+    cfg = yaml.safe_load((plt / "config.yaml").read_text())
+    outside = tmp_path / "elsewhere.safetensors"
+    (plt / "layer_1.safetensors").rename(outside)
+    for listed in (str(outside), "../elsewhere.safetensors"):
+        cfg["transcoders"][1] = listed
+        (plt / "config.yaml").write_text(yaml.safe_dump(cfg))
+        with pytest.raises(UserError, match="outside the folder"):
+            load_clt(plt)
+
+
+# --- config values -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("clt.lr=nan", "'clt.lr' must be a number (got nan)"),
+        ("clt.decay_start=nan", "'clt.decay_start' must be a number"),
+        ("features.gt_corr=nan", "'features.gt_corr' must be a number"),
+        ("graphs.node_threshold=nan", "'graphs.node_threshold' must be a number"),
+        ("clt.seed=9223372036854775808", "'clt.seed' must fit in 64 bits"),
+        ("seed=18446744073709551616", "'seed' must fit in 64 bits"),
+    ],
+)
+def test_nan_and_oversized_config_values(override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config("toy", [override])
+
+
+def test_a_bad_loaded_clt_fails_before_the_first_stage(tmp_path, capsys):
+    bad = _clt_dir(tmp_path, n_layers=3, d_model=16)
+    run = tmp_path / "run"
+    args = ["run", "--preset", "quick", "--set", f"clt.load='{bad}'", "--out", str(run)]
+    assert main(args) == 2
+    _one_sentence(capsys, "3 layers x d_model 16", "the model has 4 x 128")
+    assert not (run / "task").exists()

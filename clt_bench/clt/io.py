@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,11 @@ def _expect(
 ) -> torch.Tensor:
     if key not in t:
         raise UserError(f"checkpoint {where} has no tensor '{key}'.")
+    if not t[key].is_floating_point():
+        raise UserError(
+            f"checkpoint {where} holds '{key}' as {str(t[key].dtype).removeprefix('torch.')}; "
+            "a transcoder's weights must be floating point."
+        )
     if tuple(t[key].shape) != shape:
         raise UserError(
             f"checkpoint {where} has the wrong shape for '{key}': "
@@ -109,8 +115,27 @@ def _expect(
     return t[key]
 
 
-def _spec(cfg: dict[str, Any], n_layers: int, d: int, f: int, cross: bool, skip: bool) -> CLTSpec:
+def _yaml_number(table: dict[str, Any], key: str, default: Any, kind: type, where: str) -> Any:
+    """``table[key]`` as ``kind`` (int or float), or one sentence naming the key in config.yaml."""
+    value = table.get(key, default)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok or (kind is float and not math.isfinite(value)) or value <= 0:
+        what = "a positive integer" if kind is int else "a positive number"
+        raise UserError(f"{where} must give {key} as {what} (got {value!r}).")
+    return kind(value)
+
+
+def _spec(
+    cfg: dict[str, Any], n_layers: int, d: int, f: int, cross: bool, skip: bool, path: Path
+) -> CLTSpec:
     ours = cfg.get("clt_bench") or {}
+    where = f"{path / 'config.yaml'}: its 'clt_bench' entry"
+    if not isinstance(ours, dict):
+        raise UserError(
+            f"{where} must be a mapping of keys (k, bandwidth, ...), not a {type(ours).__name__}."
+        )
     act = FROM_CT.get(str(cfg.get("activation_function", ours.get("activation", "relu"))))
     if act not in ACTIVATIONS:
         raise UserError(f"unsupported activation_function '{cfg.get('activation_function')}'.")
@@ -119,10 +144,10 @@ def _spec(cfg: dict[str, Any], n_layers: int, d: int, f: int, cross: bool, skip:
         d,
         f,
         act,
-        int(ours.get("k", 32)),
+        _yaml_number(ours, "k", 32, int, where),
         cross_layer=cross,
         skip=skip,
-        bandwidth=float(ours.get("bandwidth", 1.0)),
+        bandwidth=_yaml_number(ours, "bandwidth", 1.0, float, where),
     )
 
 
@@ -143,16 +168,45 @@ def _set_threshold(
         clt.log_threshold[i] = math.log(1e-30)
 
 
+def _layer_count(path: Path, cfg: dict[str, Any]) -> int:
+    """The number of layers: config.yaml's ``n_layers`` or, without it, the highest layer index of
+    the weight files + 1; every W_enc_i / W_dec_i below it must be there (a missing file named,
+    rather than a shape error in another layer's decoder)."""
+    found = {
+        (kind, int(m.group(1)))
+        for kind in ("W_enc", "W_dec")
+        for f in path.glob(f"{kind}_*.safetensors")
+        if (m := re.fullmatch(rf"{kind}_(\d+)\.safetensors", f.name))
+    }
+    if not any(kind == "W_enc" for kind, _ in found):
+        raise UserError(f"{path} holds no W_enc_*.safetensors files.")
+    stated = cfg.get("n_layers")
+    if stated is not None and (not isinstance(stated, int) or isinstance(stated, bool)):
+        raise UserError(
+            f"{path / 'config.yaml'} must give n_layers as an integer (got {stated!r})."
+        )
+    n = stated if stated is not None else 1 + max(i for _, i in found)
+    for i in range(n):
+        for kind in ("W_enc", "W_dec"):
+            if (kind, i) not in found:
+                said = (
+                    f"config.yaml states n_layers = {n}"
+                    if stated is not None
+                    else (f"layer {n - 1} has weight files")
+                )
+                raise UserError(f"{path} has no {kind}_{i}.safetensors ({said}).")
+    return n
+
+
 @torch.no_grad()
 def _load_clt_dir(path: Path, cfg: dict[str, Any]) -> CrossLayerTranscoder:
-    n_layers = len(list(path.glob("W_enc_*.safetensors")))
-    if n_layers == 0:
-        raise UserError(f"{path} holds no W_enc_*.safetensors files.")
+    n_layers = _layer_count(path, cfg)
     first = load_tensors(path / "W_enc_0.safetensors")
     if "W_enc_0" not in first or first["W_enc_0"].dim() != 2:
         raise UserError(f"checkpoint {path / 'W_enc_0.safetensors'} has no 2-d 'W_enc_0'.")
+    _expect(first, "W_enc_0", tuple(first["W_enc_0"].shape), path / "W_enc_0.safetensors")
     F, d = first["W_enc_0"].shape
-    spec = _spec(cfg, n_layers, d, F, cross=True, skip="W_skip_0" in first)
+    spec = _spec(cfg, n_layers, d, F, cross=True, skip="W_skip_0" in first, path=path)
     clt = CrossLayerTranscoder(spec, dtype=first["W_enc_0"].dtype)
     for i in range(n_layers):
         f_enc, f_dec = path / f"W_enc_{i}.safetensors", path / f"W_dec_{i}.safetensors"
@@ -172,12 +226,20 @@ def _load_set(path: Path, cfg: dict[str, Any]) -> CrossLayerTranscoder:
     files = cfg.get("transcoders")
     if not isinstance(files, list) or not files:
         raise UserError(f"{path / 'config.yaml'} lists no 'transcoders' files.")
-    paths = [p if Path(p).is_absolute() else path / p for p in map(str, files)]
+    root = path.resolve()
+    paths = [path / p for p in map(str, files)]  # an absolute p stays absolute
+    for p in paths:
+        if not p.resolve().is_relative_to(root):
+            raise UserError(
+                f"{path / 'config.yaml'} lists the transcoder file {p}, outside the folder; "
+                "a transcoder set reads only files inside its own folder."
+            )
     first = load_tensors(paths[0])
     if "W_enc" not in first or first["W_enc"].dim() != 2:
         raise UserError(f"checkpoint {paths[0]} has no 2-d 'W_enc'.")
+    _expect(first, "W_enc", tuple(first["W_enc"].shape), paths[0])
     d, F = first["W_enc"].shape
-    spec = _spec(cfg, len(paths), d, F, cross=False, skip="W_skip" in first)
+    spec = _spec(cfg, len(paths), d, F, cross=False, skip="W_skip" in first, path=path)
     clt = CrossLayerTranscoder(spec, dtype=first["W_enc"].dtype)
     for i, p in enumerate(paths):
         t = load_tensors(p)
@@ -234,6 +296,11 @@ def _validate(clt: CrossLayerTranscoder, cfg: dict[str, Any], path: Path) -> Non
         ("d_transcoder", spec.n_features),
     ):
         want = cfg.get(key)
+        if want is not None and (not isinstance(want, int) or isinstance(want, bool)):
+            raise UserError(
+                f"{path / 'config.yaml'} must give {key} as an integer (got {want!r}); "
+                f"the weight files hold {got}."
+            )
         if want is not None and want != got:
             raise UserError(
                 f"{path / 'config.yaml'} states {key} = {want} but the weight files hold {got}."
@@ -244,6 +311,20 @@ def _validate(clt: CrossLayerTranscoder, cfg: dict[str, Any], path: Path) -> Non
         bad = ~torch.isfinite(p)
         if bad.any():
             raise UserError(f"the CLT at {path} has {int(bad.sum())} NaN/Inf values in '{name}'.")
+        if name == "log_threshold":
+            continue
+        big = float(p.detach().abs().max()) if p.numel() else 0.0
+        if big > MAX_WEIGHT:
+            raise UserError(
+                f"the CLT at {path} has a weight of magnitude {big:.3g} in '{name}', beyond "
+                f"{MAX_WEIGHT:.0e}: products of such weights overflow float32 (a scaling bug?)."
+            )
+
+
+# no trained transcoder has weights near this size (raw model units: GPT-2's residual norms are
+# in the hundreds to thousands); a few products of such weights overflow float32 (max 3.4e38),
+# which would surface as non-finite attribution graphs far from the cause
+MAX_WEIGHT = 1e10
 
 
 def check_fits(clt: CrossLayerTranscoder, n_layers: int, d_model: int, where: str | Path) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from clt_bench.errors import UserError
+
 
 def normalize_abs(A: torch.Tensor, extra_abs: torch.Tensor | None = None) -> torch.Tensor:
     """[n, n] -> |A| row-normalised; rows with no mass stay zero."""
@@ -31,6 +33,12 @@ def propagate(
     N columns); ``w_rows`` [R]: the starting weight on each row node (the targets' weights).
     Returns [N]: the flow that reaches every node. Exact for a DAG (stops when the flow dies out).
     """
+    if not bool(torch.isfinite(rows).all()) or not bool(torch.isfinite(w_rows).all()):
+        # NaN never dies out, so it would read as a cycle below
+        raise UserError(
+            "the attribution graph's edge weights are not finite (an overflow: are the "
+            "transcoder's or the model's weights scaled far too large?)."
+        )
     N = rows.shape[1]
     infl = torch.zeros(N, dtype=rows.dtype, device=rows.device)
     cur = w_rows.to(rows.dtype)

@@ -12,6 +12,7 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -138,6 +139,19 @@ def answer_token_ids(tokenizer: PreTrainedTokenizerBase, n: int = 100) -> torch.
             )
         ids.append(enc[0])
     return torch.tensor(ids, dtype=torch.long)
+
+
+def check_context(batch: TaskBatch, bridge: Any, template: str) -> TaskBatch:
+    """A template whose prompts are longer than the model's context is bad input (the model would
+    fail with an index error on its position embeddings)."""
+    n_ctx = getattr(getattr(bridge, "cfg", None), "n_ctx", None)
+    longest = max(batch.clean.shape[-1], batch.corrupted.shape[-1])
+    if isinstance(n_ctx, int) and longest > n_ctx:
+        raise UserError(
+            f"the prompts of template '{template}' are {longest} tokens long, longer than the "
+            f"model's context of {n_ctx} tokens."
+        )
+    return batch
 
 
 @dataclass

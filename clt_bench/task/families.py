@@ -22,7 +22,7 @@ from clt_bench.errors import UserError
 from clt_bench.io import atomic_path
 from clt_bench.models import LoadedModel
 from clt_bench.plots import yy_zz_grid
-from clt_bench.task.dataset import build_dataset
+from clt_bench.task.dataset import build_dataset, check_context
 from clt_bench.task.evaluate import end_logits, task_metrics
 from clt_bench.task.metrics import answer_probs, yy_heatmap
 from clt_bench.task.spec import TaskSpec
@@ -71,6 +71,7 @@ def evaluate_families(
         )
         try:
             batch = build_dataset(spec, tok, "discovery", name, n=max(n, FULL), seed=cfg.task.seed)
+            check_context(batch, loaded.bridge, name)
             if n < FULL:  # the balanced set cycles YY = 2..98: keep evenly spaced YY, not 2..n+1
                 batch = batch.subset(np.linspace(0, FULL - 1, n).round().astype(int).tolist())
         except UserError as err:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -132,10 +133,31 @@ def default_metric(relation: str) -> str:
     return f"PD = sum of p(ZZ) over {good} minus the sum over the other ZZ; CS = {cs}"
 
 
+def _check_slots(name: str, where: str, key: str, text: str, known: set[str]) -> None:
+    """Every ``{slot}`` of a template is one the prompt builder fills, and the braces balance
+    (``str.format`` would fail on each prompt otherwise)."""
+    if not isinstance(text, str):
+        raise UserError(f"template '{name}' in {where}: {key} must be a string.")
+    try:
+        slots = [f for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+    except ValueError as err:
+        raise UserError(
+            f"template '{name}' in {where}: {key} has unbalanced braces ({err}); write a literal "
+            "brace as '{{' or '}}'."
+        ) from None
+    for slot in slots:
+        if slot not in known and not _PREV.fullmatch("{" + slot + "}"):
+            raise UserError(
+                f"template '{name}' in {where}: {key} has the unknown slot '{{{slot}}}' (slots: "
+                f"{', '.join('{' + k + '}' for k in sorted(known))}, {{prev1}}..{{prevK}})."
+            )
+
+
 def _template(
     name: str, t: dict[str, Any], where: str, base: Path, corrupt_default: str
 ) -> Template:
     text = _req(t, "text", where)
+    _check_slots(name, where, "text", text, {"noun", "XX", "YY"})
     if text.count("{XX}{YY}") != 1 or not text.endswith("{XX}"):
         raise UserError(
             f"template '{name}' in {where} must contain '{{XX}}{{YY}}' once and end with '{{XX}}'."
@@ -175,6 +197,7 @@ def _template(
         raise UserError(f"template '{name}' in {where} lists no nouns.")
     cf = str(t.get("counterfactual", corrupt_default))
     cf_text = str(t.get("counterfactual_text", ""))
+    _check_slots(name, where, "counterfactual_text", cf_text, {"noun", "XX"})
     if cf_text and not cf_text.endswith("{XX}"):
         raise UserError(
             f"template '{name}' in {where}: counterfactual_text must end with '{{XX}}'."
@@ -196,6 +219,16 @@ def _template(
         n_prev=len(slots),
         metric=str(t.get("metric", default_metric(relation))),
     )
+
+
+def _answer_count(value: Any, where: str) -> int:
+    """``answers.count``: the answers are the two-digit tokens "00".. (index = ZZ), 1 to 100."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
+        raise UserError(
+            f"task file {where}: answers.count must be an integer from 1 to 100 (the answer "
+            f'tokens "00".."99"), got {value!r}.'
+        )
+    return value
 
 
 def resolve_task_path(name: str | Path, root: Path | None = None) -> Path:
@@ -256,7 +289,7 @@ def load_task(name: str | Path = "greater_than", root: Path | None = None) -> Ta
             suffix_chars=int(yf.get("suffix_chars", 2)),
             drop_century_ends=bool(yf.get("drop_century_ends", True)),
             corrupt_yy=corrupt,
-            n_answers=int(_req(_req(data, "answers", where), "count", where)),
+            n_answers=_answer_count(_req(_req(data, "answers", where), "count", where), where),
             templates=templates,
             families=families,
             datasets=datasets,

@@ -13,7 +13,7 @@ from clt_bench.config import RunConfig
 from clt_bench.io import run_metadata, save_tensors, write_json
 from clt_bench.models import LoadedModel
 from clt_bench.plots import SCALE_CAPTIONS, yy_zz_heatmap
-from clt_bench.task.dataset import TaskBatch, build_dataset
+from clt_bench.task.dataset import TaskBatch, build_dataset, check_context
 from clt_bench.task.evaluate import end_logits, task_metrics
 from clt_bench.task.families import format_families_table, write_families
 from clt_bench.task.metrics import (
@@ -41,14 +41,16 @@ FAMILY_KEYS = (
 def load_task_batch(cfg: RunConfig, loaded: LoadedModel, dataset: str | None = None) -> TaskBatch:
     """The run's task batch: ``task.template`` (empty: the task file's default_template)."""
     spec = load_task(cfg.task.task)
-    return build_dataset(
+    template = cfg.task.template or spec.default_template
+    batch = build_dataset(
         spec,
         loaded.tokenizer,
         dataset or cfg.task.dataset,
-        cfg.task.template or spec.default_template,
+        template,
         n=cfg.task.n or None,
         seed=cfg.task.seed,
     )
+    return check_context(batch, loaded.bridge, template)
 
 
 def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[str, Any]:
