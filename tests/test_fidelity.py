@@ -23,8 +23,9 @@ from clt_bench.compare.units import (
     units_needed_curve,
 )
 from clt_bench.config import BaselineConfig, load_config
-from clt_bench.features.ablation import pd_of
+from clt_bench.features.ablation import free_delta_pd, pd_of
 from clt_bench.features.attribution import TaskAttributions, influence_ranking, one_per_yy
+from clt_bench.features.interactions import joint_ablation, set_interactions, set_sizes
 from clt_bench.features.scores import (
     LABELS,
     YY_VALUES,
@@ -255,3 +256,115 @@ def test_labels_are_counted_over_all_active_features():
     assert labels[1] == "single-YY" and labels[0] != "single-YY"
     counts = label_counts([{"label": lab} for lab in labels], suffix=ALL_ACTIVE)
     assert counts["n_single_yy_all_active"] == 1
+
+
+# --- interactions as a set, and the free ablation's exactness ----------------------------------
+
+
+def test_set_ratio_and_its_interval():
+    rng = np.random.default_rng(0)
+    single = rng.normal(-0.02, 0.01, (20, 40))  # [K, n] single dPD per prompt
+    joint = np.stack([2.5 * single[:k].sum(0) for k in (5, 10, 20)])
+    sets = set_interactions(single, joint, [5, 10, 20], n_boot=200, seed=1)
+    assert [s["k"] for s in sets] == [5, 10, 20]
+    for s in sets:
+        assert s["joint_sum_ratio"] == pytest.approx(2.5)
+        assert s["ci_lo"] == pytest.approx(2.5) and s["ci_hi"] == pytest.approx(2.5)
+        assert s["joint_dpd"] == pytest.approx(2.5 * s["sum_single_dpd"])
+    noisy = set_interactions(single, joint + rng.normal(0, 0.05, joint.shape), [5, 10, 20], 200)
+    assert all(s["ci_lo"] < s["joint_sum_ratio"] < s["ci_hi"] for s in noisy)
+    assert set_sizes(20) == [5, 10, 20] and set_sizes(7) == [5] and set_sizes(4) == [4]
+
+
+@pytest.fixture(scope="module")
+def exact_model(tokenizer, task_spec):
+    """A tiny model whose MLPs *are* a CLT: each MLP's output is replaced by the CLT's
+    reconstruction from the live residual stream. ``zero`` lists features forced to 0."""
+    batch = one_per_yy(build_dataset(task_spec, tokenizer, "discovery"), 8)
+    bridge = tiny_bridge(n_layer=3, n_embd=32, seed=5)
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    bridge.unembed.original_component.bias[batch.answer_ids] += 20.0
+    bridge.original_model.transformer.ln_f.weight.mul_(10.0)  # the writes decide among answers
+    _, cache = bridge.run_with_cache(batch.clean)
+    mid = torch.stack([cache[f"blocks.{i}.hook_resid_mid"] for i in range(3)], 2)
+    clt = random_clt(
+        3, 32, 16, activation="relu", seed=6, rate=0.3, decoder_scale=30.0,
+        calibrate_on=mid.reshape(-1, 3, 32),
+    )  # fmt: skip
+    for p in clt.parameters():
+        p.requires_grad_(False)
+    state = {"zero": [], "acts": {}}
+
+    def at_mid(layer):
+        def fn(module, args, x):  # resid_mid [b, pos, d]
+            a = clt.activate(clt.pre_activations(x[..., None, :].expand(*x.shape[:2], 3, 32)))
+            a = a[..., layer, :].clone()
+            for lay, fid in state["zero"]:
+                if lay == layer:
+                    a[..., fid] = 0.0
+            state["acts"][layer] = a
+
+        return fn
+
+    def at_out(layer):
+        def fn(module, args, out):
+            y = clt.b_dec[layer] / clt.output_scale[layer]
+            for src in range(layer + 1):
+                y = y + state["acts"][src] @ clt.layer_decoder(src, layer)
+            return y.to(out.dtype)
+
+        return fn
+
+    # torch hooks on the hook points, registered first: they run before every TransformerLens
+    # hook a later run adds (the free ablation's subtraction included) and are never removed
+    for i in range(3):
+        bridge.hook_dict[f"blocks.{i}.hook_resid_mid"].register_forward_hook(at_mid(i))
+        bridge.hook_dict[f"blocks.{i}.hook_mlp_out"].register_forward_hook(at_out(i))
+    return bridge, clt, batch, state
+
+
+def _clean_acts(bridge, clt, batch, features):
+    _, cache = bridge.run_with_cache(batch.clean)
+    mid = torch.stack([cache[f"blocks.{i}.hook_resid_mid"] for i in range(3)], 2)
+    a = clt.encode(mid)  # [n, pos, L, F]
+    return [a[:, :, lay, fid].numpy() for lay, fid in features]
+
+
+def test_free_ablation_does_not_double_count_on_an_exact_model(exact_model):
+    """Removing a feature's decoder writes from the real model (whose downstream MLPs recompute)
+    equals ablating it in the replacement model (every feature recomputed): no double counting
+    of its cross-layer writes, for single features and for sets."""
+    bridge, clt, batch, state = exact_model
+    with torch.no_grad():  # the hooks are live: every MLP output is the CLT's reconstruction
+        _, cache = bridge.run_with_cache(batch.clean)
+        mid = torch.stack([cache[f"blocks.{i}.hook_resid_mid"] for i in range(3)], 2)
+        out = torch.stack([cache[f"blocks.{i}.hook_mlp_out"] for i in range(3)], 2)
+        assert torch.allclose(out, clt.decode(clt.encode(mid)), atol=1e-5)
+    features = [(0, f) for f in range(16)]
+    acts = _clean_acts(bridge, clt, batch, features)
+    at_end = [float(acts[u][:, -1].sum()) for u in range(len(features))]
+    live = [(u, features[u]) for u in np.argsort(at_end)[::-1][:3]]
+    assert min(at_end[u] for u, _ in live) > 0  # layer-0 features at END: they write 3 layers
+    feats = [f for _, f in live]
+    fa = [acts[u] for u, _ in live]
+    active = [np.nonzero(a.any(axis=1))[0] for a in fa]
+
+    def replacement_dpd(zero):
+        with torch.no_grad():
+            base = pd_of(bridge(batch.clean)[:, -1], batch.yy, batch)
+            state["zero"] = zero
+            try:
+                abl = pd_of(bridge(batch.clean)[:, -1], batch.yy, batch)
+            finally:
+                state["zero"] = []
+        return (abl - base).numpy()  # [n]
+
+    free = free_delta_pd(bridge, clt, batch, feats, fa, active, progress=False)
+    for u, f in enumerate(feats):
+        ref = replacement_dpd([f])
+        assert np.abs(ref).max() > 1e-4, "setup: the feature matters"
+        assert free[u] == pytest.approx(ref.mean(), rel=1e-3, abs=1e-7)
+    joint = joint_ablation(bridge, clt, batch, feats, fa, [1, 3])
+    assert np.allclose(joint[1], replacement_dpd(feats), rtol=1e-3, atol=1e-7)
+    assert np.allclose(joint[0], replacement_dpd(feats[:1]), rtol=1e-3, atol=1e-7)

@@ -10,6 +10,12 @@ their clean decoder writes subtracted from ``hook_mlp_out`` at every position):
 pair is additive, around 1 when pairs' joint effect differs from the sum by as much as the single
 effects themselves. The seed study suggested that attributions of isolated features mislead
 because features interact; this makes that a number.
+
+Pairwise additivity says nothing about a whole set (MEASURING rule 12), so the top-k sets
+(k = 5, 10, 20 of the same features) are also ablated jointly: ``joint_sum_ratio_top{k}`` =
+mean over prompts of dPD(the k removed together) / mean over prompts of the sum of their single
+dPDs (1 = additive, > 1 super-additive), with a seeded percentile bootstrap 95 % interval over
+prompts (``set_interactions``).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ def pair_interactions(
     dev = next(bridge.parameters()).device
     clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch.yy, batch)
     total = {s: 0.0 for s in sets}
+    row_delta: list[float] = []
     dec = decoder_rows(clt, features, torch.float32, dev)  # [K, L, d]
     a_all = torch.stack([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in acts]).to(dev)
     for start in range(0, len(rows), rows_per_pass):
@@ -73,7 +80,12 @@ def pair_interactions(
         delta = (pd_of(logits, batch.yy[idx], batch) - clean_pd[idx]).cpu().numpy()
         for (s, _), d in zip(group, delta, strict=True):
             total[s] += float(d)
+            row_delta.append(float(d))
     single = np.array([total[(u,)] for u in range(K)]) / max(n, 1)
+    per_prompt = np.zeros((K, n))  # single dPD per prompt (0 where the feature is inactive)
+    for (s, p), d in zip(rows, row_delta, strict=True):
+        if len(s) == 1:
+            per_prompt[s[0], p] = d
     pair = np.diag(single)
     for i, j in combinations(range(K), 2):
         pair[i, j] = pair[j, i] = total[(i, j)] / max(n, 1)
@@ -82,7 +94,104 @@ def pair_interactions(
     iu = np.triu_indices(K, 1)
     denom = float((np.abs(single)[:, None] + np.abs(single)[None, :])[iu].sum())
     share = float(np.abs(residual[iu]).sum() / denom) if denom > 0 else float("nan")
-    return {"single": single, "pair": pair, "residual": residual, "interaction_share": share}
+    return {
+        "single": single,
+        "pair": pair,
+        "residual": residual,
+        "interaction_share": share,
+        "single_per_prompt": per_prompt,
+    }
+
+
+SET_SIZES = (5, 10, 20)
+
+
+def set_sizes(n_features: int) -> list[int]:
+    """The top-k sets measured: k = 5, 10, 20 as far as ``n_features`` allow (else all of them)."""
+    return [k for k in SET_SIZES if k <= n_features] or ([n_features] if n_features > 1 else [])
+
+
+@torch.no_grad()
+def joint_ablation(
+    bridge,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    features: Sequence[tuple[int, int]],
+    acts: Sequence[np.ndarray],
+    ks: Sequence[int],
+    rows_per_pass: int = 64,
+) -> np.ndarray:
+    """[len(ks), n] per-prompt dPD of removing the first k of ``features`` together (the same
+    free ablation as the singles: their clean decoder writes subtracted from ``hook_mlp_out``;
+    0 on prompts where none of them is active)."""
+    n = len(batch)
+    active = [set(np.nonzero(np.asarray(a).any(axis=1))[0].tolist()) for a in acts]
+    rows = [(i, p) for i, k in enumerate(ks) for p in sorted(set().union(*active[:k]))]
+    dev = next(bridge.parameters()).device
+    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch.yy, batch)
+    dec = decoder_rows(clt, features, torch.float32, dev)
+    a_all = torch.stack([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in acts]).to(dev)
+    out = np.zeros((len(ks), n))
+    kmax = max(ks, default=0)
+    for start in range(0, len(rows), rows_per_pass):
+        group = rows[start : start + rows_per_pass]
+        idx = torch.tensor([p for _, p in group])
+        members = torch.tensor(
+            [[u if u < ks[i] else -1 for u in range(kmax)] for i, _ in group], device=dev
+        )  # [R, kmax]: row r removes features members[r, j] >= 0
+        sub = clean_writes(a_all, dec, idx.to(dev), *members.T)
+        hooks = [
+            (f"blocks.{t}.hook_mlp_out", lambda y, hook, t=t, sub=sub: y - sub[t].to(y.dtype))
+            for t in range(clt.n_layers)
+            if bool(sub[t].any())
+        ]
+        tokens = batch.clean[idx].to(dev)
+        logits = end_logits_via(
+            bridge,
+            lambda tokens=tokens, hooks=hooks: bridge.run_with_hooks(tokens, fwd_hooks=hooks),
+        )
+        delta = (pd_of(logits, batch.yy[idx], batch) - clean_pd[idx]).cpu().numpy()
+        for (i, p), d in zip(group, delta, strict=True):
+            out[i, p] = float(d)
+    return out
+
+
+def set_interactions(
+    single_per_prompt: np.ndarray,
+    joint_per_prompt: np.ndarray,
+    ks: Sequence[int],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Per k: the joint dPD of the top-k set and the sum of its single dPDs (means over prompts),
+    their ratio, and the ratio's 95 % percentile bootstrap interval over prompts (paired: both
+    sums resampled with the same prompts; seeded)."""
+    n = single_per_prompt.shape[1]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, (n_boot, n)) if n_boot > 0 and n > 0 else None
+    out = []
+    for i, k in enumerate(ks):
+        joint, summed = joint_per_prompt[i], single_per_prompt[:k].sum(0)  # [n] each
+        ratio = float(joint.mean() / summed.mean()) if summed.mean() != 0 else float("nan")
+        lo = hi = float("nan")
+        if idx is not None:
+            den = summed[idx].mean(1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                boot = joint[idx].mean(1) / den
+            boot = boot[np.isfinite(boot)]
+            if len(boot):
+                lo, hi = (float(np.percentile(boot, q)) for q in (2.5, 97.5))
+        out.append(
+            {
+                "k": int(k),
+                "joint_dpd": float(joint.mean()),
+                "sum_single_dpd": float(summed.mean()),
+                "joint_sum_ratio": ratio,
+                "ci_lo": lo,
+                "ci_hi": hi,
+            }
+        )
+    return out
 
 
 def write_interactions(

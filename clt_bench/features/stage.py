@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from clt_bench.activations.stage import heldout_rows, load_heldout
@@ -54,7 +55,13 @@ from clt_bench.features.attribution import (
     task_attributions,
 )
 from clt_bench.features.contexts import top_contexts
-from clt_bench.features.interactions import pair_interactions, write_interactions
+from clt_bench.features.interactions import (
+    joint_ablation,
+    pair_interactions,
+    set_interactions,
+    set_sizes,
+    write_interactions,
+)
 from clt_bench.features.scores import (
     LABELS,
     YY_VALUES,
@@ -65,7 +72,7 @@ from clt_bench.features.scores import (
     labels_testable,
     shape_scores,
 )
-from clt_bench.io import read_json, run_metadata, save_tensors, write_json
+from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.stage import load_task_batch
@@ -303,17 +310,19 @@ def run_features_stage(
             r["delta_pd_constrained"], r["delta_pd_free"] = float(c), float(f)
     t_abl = time.perf_counter() - t1
     interaction_share = float("nan")
+    sets: list[dict[str, float]] = []
     n_int = min(fc.interaction_top, len(feats))
     if n_int > 1:  # do the top features act additively? (clt_bench.features.interactions)
-        inter = pair_interactions(
-            loaded.bridge,
-            clt,
-            batch,
-            feats[:n_int],
-            [feature_activations_matrix(att, int(k)) for k in keys[:n_int]],
-        )
+        int_acts = [feature_activations_matrix(att, int(k)) for k in keys[:n_int]]
+        inter = pair_interactions(loaded.bridge, clt, batch, feats[:n_int], int_acts)
         write_interactions(inter, [r["feature"] for r in rows[:n_int]], out)
         interaction_share = float(inter["interaction_share"])
+        ks = set_sizes(n_int)  # ... and as whole sets (pairwise additivity says nothing of sets)
+        joint = joint_ablation(loaded.bridge, clt, batch, feats[:n_int], int_acts, ks)
+        sets = set_interactions(
+            inter["single_per_prompt"], joint, ks, fc.curve_bootstrap, fc.curve_seed
+        )
+        write_text(out / "interaction_sets.csv", pd.DataFrame(sets).to_csv(index=False))
     if fc.n_contexts > 0 and feats:
         try:
             held = [load_heldout(run_dir)]
@@ -391,6 +400,14 @@ def run_features_stage(
         ),
         # pair ablations of the top features vs the sum of their single ablations
         "interaction_share": interaction_share,
+        # the top-k set removed together vs the sum of its single removals (1 = additive)
+        **{f"joint_sum_ratio_top{s['k']}": s["joint_sum_ratio"] for s in sets},
+        **{f"joint_dpd_top{s['k']}": s["joint_dpd"] for s in sets},
+        **{f"sum_single_dpd_top{s['k']}": s["sum_single_dpd"] for s in sets},
+        # nested (not headline numbers): the report sets each interval beside its ratio
+        "joint_sum_ratio_ci": {
+            f"joint_sum_ratio_top{s['k']}": [s["ci_lo"], s["ci_hi"]] for s in sets
+        },
         "top_feature": rows[0]["feature"] if rows else "",
         "top_feature_label": rows[0]["label"] if rows else "",
     }
