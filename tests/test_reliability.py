@@ -4,6 +4,7 @@ respect the umask, and a full disk ends in one sentence."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -590,3 +591,60 @@ def test_a_bad_loaded_clt_fails_before_the_first_stage(tmp_path, capsys):
     assert main(args) == 2
     _one_sentence(capsys, "3 layers x d_model 16", "the model has 4 x 128")
     assert not (run / "task").exists()
+
+
+# --- fault injection: kill -9 anywhere, rerun, same numbers ----------------------------------
+
+TIMING = ("seconds", "per_second")  # wall-clock fields differ between any two runs
+
+
+def _numbers(run: Path) -> dict[str, float]:
+    head = read_json(run / "metrics.json")["headline"]
+    return {k: v for k, v in head.items() if not any(t in k for t in TIMING)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_anywhere_then_rerun_gives_the_uninterrupted_numbers(tmp_path_factory, seed):
+    """The quick preset killed with SIGKILL at a random moment (seeded), then rerun: the same
+    headline numbers as an uninterrupted run (up to wall-clock fields), no temp files left."""
+    import random
+    import signal
+
+    root = tmp_path_factory.getbasetemp() / "kill-anywhere"
+    cmd = [sys.executable, "-m", "clt_bench", "run", "--preset", "quick", "--serial"]
+    clean = root / "clean"
+    if not (clean / "metrics.json").is_file():
+        t0 = time.time()
+        subprocess.run([*cmd, "--out", str(clean)], capture_output=True, check=True, timeout=900)
+        (root / "seconds").write_text(str(time.time() - t0))
+    total = float((root / "seconds").read_text())
+    run = root / f"killed-{seed}"
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(random.Random(seed).uniform(0.1, 0.9) * total)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run([*cmd, "--out", str(run)], capture_output=True, check=True, timeout=900)
+    same = json.dumps(_numbers(run), sort_keys=True) == json.dumps(_numbers(clean), sort_keys=True)
+    assert same, {k: (v, _numbers(clean).get(k)) for k, v in _numbers(run).items()}
+    left = [
+        p
+        for p in run.rglob("*")
+        if p.is_file() and (p.name.endswith(".tmp") or p.name.startswith(".tmp"))
+    ]
+    assert left == []
+    assert main(["check", str(run), "--reference", str(_own_reference(clean, root))]) == 0
+
+
+def _own_reference(run: Path, root: Path) -> Path:
+    ref = root / "own-reference.json"
+    numeric = {
+        k: v
+        for k, v in _numbers(run).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and v == v
+    }
+    bands = {k: {"value": v, "abs_tol": 0.0} for k, v in numeric.items()}
+    write_json(ref, {"metrics": bands})
+    return ref
