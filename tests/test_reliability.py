@@ -207,8 +207,9 @@ def test_a_second_run_of_a_folder_names_the_holder_and_exits_2(tmp_path, capsys)
         args = ["run", "--preset", "quick", "--stages", "task", "--out", str(run)]
         assert main(args) == 2
         _one_sentence(capsys, str(run), "in use by another clt-bench run", f"pid {proc.pid}")
-        assert main(["train-clt", "--preset", "quick", "--out", str(run)]) == 2
-        _one_sentence(capsys, f"pid {proc.pid}")
+        for command in ("train-clt", "task", "baseline"):
+            assert main([command, "--preset", "quick", "--out", str(run)]) == 2
+            _one_sentence(capsys, f"pid {proc.pid}")
         assert not (run / "config.json").exists()  # nothing was written
     finally:
         proc.kill()

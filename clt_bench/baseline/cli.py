@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
         load_circuit(cfg.baseline.circuit)  # bad names fail before the model loads
     loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
     out = Path(out_dir(args, cfg))
-    summary = run_baseline_stage(cfg, loaded, out, resume=args.resume)
+    from clt_bench.runlock import run_lock
+
+    with run_lock(out):  # one run per results folder
+        summary = run_baseline_stage(cfg, loaded, out, resume=args.resume)
     print(format_baseline_table(summary))
     print(f"wrote {out / 'baseline'}")
     return 0

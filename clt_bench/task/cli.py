@@ -28,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
     spec.template(cfg.task.template or spec.default_template)
     loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
     out = Path(out_dir(args, cfg))
-    metrics = run_task_stage(cfg, loaded, out)
+    from clt_bench.runlock import run_lock
+
+    with run_lock(out):  # one run per results folder
+        metrics = run_task_stage(cfg, loaded, out)
     print(format_task_table(metrics))
     if cfg.task.family_n > 0:
         print(
