@@ -88,6 +88,8 @@ def graphs(ctx: RunContext) -> dict[str, Any]:
         for cls in ("YY", "END", "rest"):
             if isinstance(shares, dict) and cls in shares:
                 summary[f"influence_share_{cls.lower()}_{where}"] = shares[cls]
+    # graph prompts outside the training distribution (a flag for the report, not a number)
+    summary["out_of_distribution"] = out.get("out_of_distribution", {})
     return summary
 
 

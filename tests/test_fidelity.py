@@ -4,6 +4,7 @@ features do, interactions measured as a set. One test (or more) per item."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,6 +39,16 @@ from clt_bench.features.scores import (
 )
 from clt_bench.features.stage import ALL_ACTIVE, all_feature_labels, label_counts
 from clt_bench.graphs.random_clt import random_clt
+from clt_bench.graphs.stage import prompt_distribution_issue
+from clt_bench.report.headline import (
+    beside,
+    context_header,
+    context_note,
+    headline_rows,
+    metric_notes,
+    stage_intervals,
+    with_undefined,
+)
 from clt_bench.task.dataset import build_dataset
 
 
@@ -368,3 +379,75 @@ def test_free_ablation_does_not_double_count_on_an_exact_model(exact_model):
     joint = joint_ablation(bridge, clt, batch, feats, fa, [1, 3])
     assert np.allclose(joint[1], replacement_dpd(feats), rtol=1e-3, atol=1e-7)
     assert np.allclose(joint[0], replacement_dpd(feats[:1]), rtol=1e-3, atol=1e-7)
+
+
+# --- the headline table -----------------------------------------------------------------------
+
+
+def test_undefined_path_faithfulness_is_shown_as_such_never_beside_a_published_figure():
+    flat = {"baseline.circuit_paths_prob_diff": -0.414, "baseline.corrupted_prob_diff": -0.414}
+    results = {
+        "baseline": {
+            "faithfulness_paths_defined": False,
+            "faithfulness_paths_undefined_reason": "the circuit has no clean input path",
+        }
+    }
+    notes = metric_notes(results)
+    rows = {m: (v, p) for m, v, p, _ in headline_rows(with_undefined(flat, notes))}
+    assert rows["baseline.faithfulness_paths_ratio"] == ("undefined", "0.89")  # not a number
+    assert rows["baseline.normalized_faithfulness_paths"] == ("undefined", "")
+    # the degenerate PD is reported (it is the corrupted run's) but not beside Hanna's 0.727
+    assert rows["baseline.circuit_paths_prob_diff"] == ("-0.414 (degenerate)", "")
+    assert "no clean input path" in beside("baseline.faithfulness_paths_ratio", flat, {}, notes)
+    # defined: the number, its published figure, and its partners from the same prompts
+    flat["baseline.faithfulness_paths_ratio"] = 0.96
+    rows = {m: (v, p) for m, v, p, _ in headline_rows(with_undefined(flat, metric_notes({})))}
+    assert rows["baseline.faithfulness_paths_ratio"] == ("0.96", "0.89")
+    text = beside("baseline.circuit_paths_prob_diff", flat | {"baseline.model_prob_diff": 0.8})
+    assert text == "corrupted, same prompts -0.414; model, same prompts 0.8"
+
+
+def test_natural_partners_are_shown_with_their_intervals():
+    flat = {
+        "graphs.influence_share_yy_task_prompts": 0.02,
+        "graphs.influence_share_end_task_prompts": 0.88,
+        "graphs.influence_share_rest_task_prompts": 0.1,
+        "features.interaction_share": 0.148,
+        "features.joint_sum_ratio_top5": 1.5,
+        "features.joint_sum_ratio_top20": 2.5,
+        "features.joint_sum_ratio_top10": 2.0,
+        "compare.clt_units_80": 25,
+    }
+    results = {
+        "compare": {
+            "units_ci": {"clt_units_80": [14.0, 62.0], "clt_units_80_error_corrupted": [30, None]}
+        },
+        "features": {"joint_sum_ratio_ci": {"joint_sum_ratio_top20": [2.1, 2.9]}},
+    }
+    ci = stage_intervals(results)
+    assert ci["compare.clt_units_80"] == [14.0, 62.0]
+    assert beside("graphs.influence_share_yy_task_prompts", flat) == "END 0.88; rest 0.1"
+    assert beside("features.interaction_share", flat, ci) == (
+        "joint/sum top-5 1.5; joint/sum top-10 2; joint/sum top-20 2.5 [2.1, 2.9]"
+    )
+    assert beside("compare.clt_units_80", flat, ci) == "error corrupted never [30, never]"
+
+
+def test_published_column_is_context_for_other_models():
+    assert context_header("gpt2") == "published (GPT-2 small)"
+    for model in ("toy", "planted", "gpt2-random"):
+        assert context_header(model) == "context: GPT-2 small / other models"
+        assert "not numbers that" in context_note(model) and "GPT-2 small" in context_note(model)
+
+
+def test_graph_prompt_without_bos_is_flagged_for_a_bos_trained_model(tokenizer):
+    cfg = load_config("quick")
+    toy = SimpleNamespace(name="toy", tokenizer=tokenizer)
+    bos = tokenizer.bos_token_id
+    assert "no BOS" in prompt_distribution_issue(cfg, toy, [464, 1175])
+    assert prompt_distribution_issue(cfg, toy, [bos, 383, 1175]) == ""
+    real = load_config("quick", ["activations.corpus=fineweb"])
+    gpt2 = SimpleNamespace(name="gpt2", tokenizer=tokenizer)
+    assert prompt_distribution_issue(real, gpt2, [464, 1175]) == ""  # GPT-2: no BOS is normal
+    notes = metric_notes({"graphs": {"out_of_distribution": {"seed_prompt": "no BOS"}}})
+    assert "outside the training distribution" in notes["graphs.influence_share_yy_seed_prompt"]

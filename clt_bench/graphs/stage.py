@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.config import RunConfig
@@ -114,6 +115,34 @@ def influence_share_by_position(graph: Graph, yy_pos: int | None = None) -> dict
     return {"YY": yy / total, "END": at_end / total, "rest": 1.0 - (yy + at_end) / total}
 
 
+# models trained only on documents that start with BOS (clt_bench.models.corpus: the toy corpus)
+BOS_TRAINED_MODELS = ("toy",)
+
+
+def prompt_distribution_issue(
+    cfg: RunConfig, loaded: LoadedModel, tokens: list[int] | torch.Tensor
+) -> str:
+    """Why a graph prompt lies outside the training distribution of the model or of the
+    transcoder ("" when it does not): no BOS at position 0 where every training document of the
+    model (the toy's corpus) or of the transcoder (``activations.corpus = "toy"``) starts with
+    one. Such a prompt's graph describes the model off its distribution (MEASURING rule 6)."""
+    bos = loaded.tokenizer.bos_token_id
+    first = int(tokens[0]) if len(tokens) else None
+    if bos is None or first == bos:
+        return ""
+    who = []
+    if loaded.name in BOS_TRAINED_MODELS:
+        who.append(f"the {loaded.name} model")
+    if cfg.activations.corpus == "toy":
+        who.append("the transcoder (activations.corpus = toy)")
+    if not who:
+        return ""
+    return (
+        f"no BOS at position 0 (the prompt starts with token {first}), but every document "
+        f"{' and '.join(who)} was trained on starts with BOS"
+    )
+
+
 def seed_prompt_shares(
     cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder
 ) -> dict[str, Any] | None:
@@ -123,9 +152,12 @@ def seed_prompt_shares(
         return None
     b = build_batch(spec, loaded.tokenizer, spec.template(SEED_TEMPLATE), [SEED_YEAR], [SEED_NOUN])
     graph = build_graph(loaded, clt, b.clean[0], cfg.graphs.target, cfg.graphs)
+    issue = prompt_distribution_issue(cfg, loaded, b.clean[0].tolist())
     return {
         "prompt": b.prompts[0],
         "tokens": b.clean[0].tolist(),
+        "in_distribution": not issue,
+        "out_of_distribution_reason": issue,
         **influence_share_by_position(graph, b.yy_pos),
         **graph.scores,
     }
@@ -169,6 +201,7 @@ def run_graphs_stage(
         "at the YY token, at END and elsewhere (before pruning)",
         "graph": influence_share_by_position(graph),
     }
+    graph_issue = prompt_distribution_issue(cfg, loaded, graph.tokens.tolist())
     seed = seed_prompt_shares(cfg, loaded, clt)
     if seed is not None:
         shares["seed_prompt"] = seed
@@ -181,6 +214,16 @@ def run_graphs_stage(
         "task_template": batch.template if batch is not None else None,
         **graph.summary(),
         "influence_share": shares,
+        # graph prompts outside the model's / transcoder's training distribution (the report
+        # flags them): prompt name -> reason
+        "out_of_distribution": {
+            k: v
+            for k, v in (
+                ("graph", graph_issue),
+                ("seed_prompt", (seed or {}).get("out_of_distribution_reason", "")),
+            )
+            if v
+        },
         "target_definition": TARGET_DEFINITION,
         "config_hash": cfg.section_hash("model", "clt", "graphs"),
         **run_metadata(config=cfg.graphs, seeds={"clt": cfg.clt.seed}),

@@ -58,9 +58,13 @@ HEADLINE_ORDER = [
     "task.prob_diff",
     "task.cutoff_sharpness",
     "task.corrupted_prob_diff",
+    "baseline.model_prob_diff",
+    "baseline.corrupted_prob_diff",
     "baseline.faithfulness_components_ratio",
+    "baseline.normalized_faithfulness_components",
     "baseline.circuit_paths_prob_diff",
     "baseline.faithfulness_paths_ratio",
+    "baseline.normalized_faithfulness_paths",
     "baseline.necessity_prob_diff",
     "clt.nmse",
     "clt.l0",
@@ -73,9 +77,12 @@ HEADLINE_ORDER = [
     "graphs.influence_share_yy_task_prompts",
     "features.mean_gt_corr_top20",
     "features.interaction_share",
+    "features.joint_sum_ratio_top20",
     "compare.replacement_pd_ratio",
     "compare.clt_units_80",
+    "compare.clt_units_80_error_corrupted",
     "compare.plt_units_80",
+    "compare.plt_units_80_error_corrupted",
     "compare.neuron_units_80",
     "compare.plt_replacement_prob_diff",
     "plt.nmse",
@@ -99,15 +106,154 @@ def headline_metrics(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def headline_rows(flat: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, measured, published, source) rows: the ordered headline first, then the rest."""
+    """(metric, measured, published, source) rows: the ordered headline first, then the rest.
+
+    A degenerate value (``"-0.414 (degenerate)"``, ``with_undefined``) gets no published figure
+    beside it (MEASURING rule 10); the source column still names it."""
     keys = [k for k in HEADLINE_ORDER if k in flat] + sorted(
         k for k in flat if k in PUBLISHED and k not in HEADLINE_ORDER
     )
     rows = []
     for k in keys:
         label, pub, src = PUBLISHED.get(k, (k, None, ""))
+        if isinstance(flat[k], str) and "degenerate" in flat[k]:
+            pub = None
         rows.append((k, _fmt(flat[k]), "" if pub is None else _fmt(pub), src))
     return rows
+
+
+# each headline number's natural partners, shown beside it: (metric, label); a trailing "*"
+# matches every metric with that prefix (the top-k set sizes a run measured)
+PARTNERS: dict[str, list[tuple[str, str]]] = {
+    "baseline.circuit_paths_prob_diff": [
+        ("baseline.corrupted_prob_diff", "corrupted, same prompts"),
+        ("baseline.model_prob_diff", "model, same prompts"),
+    ],
+    "baseline.faithfulness_paths_ratio": [
+        ("baseline.normalized_faithfulness_paths", "normalised"),
+    ],
+    "baseline.faithfulness_components_ratio": [
+        ("baseline.normalized_faithfulness_components", "normalised"),
+    ],
+    **{
+        f"{st}.influence_share_yy_{w}": [
+            (f"{st}.influence_share_end_{w}", "END"),
+            (f"{st}.influence_share_rest_{w}", "rest"),
+        ]
+        for st in ("graphs", "plt")
+        for w in ("graph", "seed_prompt", "task_prompts")
+    },
+    **{
+        f"{st}.interaction_share": [(f"{st}.joint_sum_ratio_top*", "joint/sum top-")]
+        for st in ("features", "plt")
+    },
+    **{
+        f"compare.{u}_units_{f}": [(f"compare.{u}_units_{f}_error_corrupted", "error corrupted")]
+        for u in ("clt", "plt")
+        for f in (50, 80, 90)
+    },
+}
+
+
+def _fmt_ci(interval: Any) -> str:
+    if not interval:
+        return ""
+    lo, hi = ("never" if v is None or v == float("inf") else _fmt(v) for v in interval)
+    return f" [{lo}, {hi}]"
+
+
+def beside(
+    metric: str,
+    flat: dict[str, Any],
+    intervals: dict[str, Any] | None = None,
+    notes: dict[str, str] | None = None,
+) -> str:
+    """What the report sets beside ``metric``: its partners (``PARTNERS``) with their intervals,
+    then its notes (why it is undefined, a prompt outside the training distribution)."""
+    intervals = intervals or {}
+    parts = []
+    for key, label in PARTNERS.get(metric, []):
+        if key.endswith("*"):
+            stem = key[:-1]
+            found = sorted(
+                (k for k in flat if k.startswith(stem)), key=lambda k: int(k[len(stem) :])
+            )
+            parts += [
+                f"{label}{k[len(stem) :]} {_fmt(flat[k])}{_fmt_ci(intervals.get(k))}" for k in found
+            ]
+        elif key in flat:
+            parts.append(f"{label} {_fmt(flat[key])}{_fmt_ci(intervals.get(key))}")
+        elif key in intervals:  # a units-needed count that no k reaches is null, not a number
+            parts.append(f"{label} never{_fmt_ci(intervals[key])}")
+    if notes and notes.get(metric):
+        parts.append(notes[metric])
+    return "; ".join(parts)
+
+
+def metric_notes(results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """metric -> a note the report prints beside it: the reason a path-level number is undefined
+    (``baseline/faithfulness.json``) and graph prompts outside the training distribution."""
+    notes: dict[str, str] = {}
+    base = results.get("baseline") or {}
+    if base.get("faithfulness_paths_defined") is False:
+        why = str(base.get("faithfulness_paths_undefined_reason", ""))
+        for m in ("faithfulness_paths_ratio", "normalized_faithfulness_paths"):
+            notes[f"baseline.{m}"] = f"undefined: {why}"
+        notes["baseline.circuit_paths_prob_diff"] = f"degenerate: {why}"
+    for stage in ("graphs", "plt"):
+        for where, why in ((results.get(stage) or {}).get("out_of_distribution") or {}).items():
+            for cls in ("yy", "end", "rest"):
+                notes[f"{stage}.influence_share_{cls}_{where}"] = (
+                    f"prompt outside the training distribution: {why}"
+                )
+    return notes
+
+
+def with_undefined(flat: dict[str, Any], notes: dict[str, str]) -> dict[str, Any]:
+    """The headline as the report shows it: the metrics a note calls undefined or degenerate
+    become ``"undefined"`` (shown with their reason, never beside a published figure)."""
+    out = dict(flat)
+    for m, note in notes.items():
+        if note.startswith("undefined"):
+            out[m] = "undefined"
+        elif note.startswith("degenerate") and m in out:
+            out[m] = f"{_fmt(out[m])} (degenerate)"
+    return out
+
+
+def stage_intervals(results: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
+    """Bootstrap intervals the stages computed themselves (units needed; the top-k sets'
+    joint/sum ratio), keyed by headline metric; ``None`` bounds mean "never"."""
+    out: dict[str, list[Any]] = {}
+    for stage, key in (("compare", "units_ci"), ("features", "joint_sum_ratio_ci")):
+        for m, ci in ((results.get(stage) or {}).get(key) or {}).items():
+            out[f"{stage}.{m}"] = list(ci)
+    return out
+
+
+def context_header(model: str) -> str:
+    """The header of the column of published numbers: they are a replication target only for
+    GPT-2 small itself; for any other model they are context from other models."""
+    from clt_bench.models.hub import is_gpt2
+
+    return "published (GPT-2 small)" if is_gpt2(model) else "context: GPT-2 small / other models"
+
+
+def context_note(model: str) -> str:
+    from clt_bench.models.hub import is_gpt2
+
+    if is_gpt2(model):
+        return (
+            "Published numbers are GPT-2 small's (Hanna et al. 2023 and later work) where the "
+            "definition is the same; figures from other models (Anthropic's and Goodfire's "
+            "transcoders) are context, the source column names them."
+        )
+    return (
+        f"The context column holds figures from other models -- GPT-2 small (Hanna et al. 2023, "
+        f"EAP-IG) and Anthropic's and Goodfire's transcoders on real text, named in the source "
+        f"column -- not numbers that {model} should reproduce: it is a different model (for the "
+        f"toy and planted models, one trained to show the task on a synthetic corpus)."
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -123,6 +269,6 @@ def headline_table(report_summary: dict[str, Any]) -> str:
     if not rows:
         return "(no headline metrics)"
     w = max(len(r[0]) for r in rows)
-    lines = [f"{'metric':<{w}}  {'measured':>10}  {'published':>10}  source"]
+    lines = [f"{'metric':<{w}}  {'measured':>10}  {'context':>10}  source (model)"]
     lines += [f"{m:<{w}}  {v:>10}  {p:>10}  {s}" for m, v, p, s in rows]
     return "\n".join(lines)

@@ -15,7 +15,17 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from clt_bench.io import read_json, run_metadata, write_json, write_text
-from clt_bench.report.headline import PUBLISHED, headline_metrics, headline_rows
+from clt_bench.report.headline import (
+    PUBLISHED,
+    beside,
+    context_header,
+    context_note,
+    headline_metrics,
+    headline_rows,
+    metric_notes,
+    stage_intervals,
+    with_undefined,
+)
 from clt_bench.report.links import definition_html, methods_anchor
 from clt_bench.report.sanity import banner_html, check_task, displayed
 
@@ -189,7 +199,20 @@ def headline_intervals(
 
 
 def _ci(interval: list[float] | None) -> str:
-    return "" if not interval else f"[{interval[0]:.4g}, {interval[1]:.4g}]"
+    if not interval:
+        return ""
+    lo, hi = ("never" if v is None or v == float("inf") else f"{v:.4g}" for v in interval)
+    return f"[{lo}, {hi}]"
+
+
+def _ood_note(results: dict[str, Any]) -> str:
+    """One sentence naming the graph prompts outside the training distribution ("" if none)."""
+    items = [
+        f"{stage} {where}: {why}"
+        for stage in ("graphs", "plt")
+        for where, why in ((results.get(stage) or {}).get("out_of_distribution") or {}).items()
+    ]
+    return "Graph prompts outside the training distribution: " + "; ".join(items) if items else ""
 
 
 def _toc(entries: list[tuple[str, str]]) -> str:
@@ -206,14 +229,17 @@ def render_html(
     cfg = ctx.cfg
     intervals = intervals or {}
     sanity = check_task(headline)
-    rows = headline_rows(displayed(headline, sanity))
+    notes = metric_notes(ctx.results)  # undefined path-level numbers, out-of-distribution prompts
+    rows = headline_rows(displayed(with_undefined(headline, notes), sanity))
     head = "".join(
         f"<tr><td><a href='#def-{methods_anchor(m)}'>{html.escape(PUBLISHED.get(m, (m,))[0])}</a>"
         f"<br><span class='meta'>{m}</span></td>"
         f"<td>{v}</td><td class='meta'>{_ci(intervals.get(m))}</td><td>{p}</td>"
-        f"<td class='meta'>{html.escape(s)}</td></tr>"
+        f"<td class='meta'>{html.escape(s)}</td>"
+        f"<td class='meta'>{html.escape(beside(m, headline, intervals, notes))}</td></tr>"
         for m, v, p, s in rows
     )
+    ood = _ood_note(ctx.results)
     present = [(stage, title) for stage, title, *_ in SECTIONS if (ctx.run_dir / stage).is_dir()]
     defined: dict[str, list[str]] = {}  # each definition once, in order, with its metrics
     for m, *_ in rows:
@@ -232,8 +258,8 @@ def render_html(
         f"{html.escape(str(meta.get('git_commit')))} · torch "
         f"{html.escape(meta['versions'].get('torch', '?'))} · transformer-lens "
         f"{html.escape(meta['versions'].get('transformer-lens', '?'))}</p>",
-        "<p class='note'>Published numbers are for GPT-2 small (or the named research models) and "
-        "are shown for context; the toy model is a different, much smaller model.</p>",
+        f"<p class='note'>{html.escape(context_note(cfg.model.name))}</p>",
+        f"<p class='note' id='ood'>{html.escape(ood)}</p>" if ood else "",
         _toc(
             [("headline", "Headline")]
             + [(f"sec-{st}", t) for st, t in present]
@@ -241,7 +267,8 @@ def render_html(
         ),
         "<h2 id='headline'>Headline</h2><div class='scroll'><table class='headline'><tr>"
         "<th>metric</th><th>measured</th><th>95 % CI (bootstrap over prompts)</th>"
-        f"<th>published</th><th>source</th></tr>{head}</table></div>",
+        f"<th>{html.escape(context_header(cfg.model.name))}</th><th>source</th>"
+        f"<th>beside it</th></tr>{head}</table></div>",
     ]
     for stage, title, globs, tables, intro in SECTIONS:
         folder = ctx.run_dir / stage
@@ -266,18 +293,25 @@ def render_summary_md(
 ) -> str:
     intervals = intervals or {}
     sanity = check_task(headline)
+    notes = metric_notes(ctx.results)
+    ood = _ood_note(ctx.results)
+    model = ctx.cfg.model.name
     lines = [
         f"# {ctx.cfg.report.title}",
         "",
-        f"model `{ctx.cfg.model.name}`, preset `{ctx.cfg.preset}`, seed {ctx.cfg.seed}",
+        f"model `{model}`, preset `{ctx.cfg.preset}`, seed {ctx.cfg.seed}",
         "",
         *([] if sanity.ok else [f"**Warning: {sanity.message}**", ""]),
-        "| metric | measured | 95 % CI (prompts) | published | source |",
-        "|---|---:|---:|---:|---|",
+        context_note(model),
+        "",
+        *([ood, ""] if ood else []),
+        f"| metric | measured | 95 % CI (prompts) | {context_header(model)} | source | beside it |",
+        "|---|---:|---:|---:|---|---|",
     ]
     lines += [
-        f"| {m} | {v} | {_ci(intervals.get(m))} | {p} | {s} |"
-        for m, v, p, s in headline_rows(displayed(headline, sanity))
+        f"| {m} | {v} | {_ci(intervals.get(m))} | {p} | {s} "
+        f"| {beside(m, headline, intervals, notes)} |"
+        for m, v, p, s in headline_rows(displayed(with_undefined(headline, notes), sanity))
     ]
     lines += [
         "",
@@ -325,6 +359,7 @@ def write_report(ctx: RunContext) -> dict[str, Any]:
         },
     )
     intervals = headline_intervals(ctx.run_dir, headline, seed=ctx.cfg.seed)
+    intervals.update(stage_intervals(ctx.results))  # units needed, top-k set ratios
     metrics = {
         **meta,
         "model": ctx.cfg.model.name,
