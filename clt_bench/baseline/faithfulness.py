@@ -137,7 +137,7 @@ def paths_undefined_reason(
 
     ``paths_pd`` and ``corrupted_pd`` [n]: per-prompt PD of the path-level run and of the
     corrupted run. Undefined when no clean input reaches the logits along the circuit's paths, or
-    when the run equals the corrupted run on every prompt (MEASURING rule 10: a score that equals
+    when the run equals the corrupted run on every prompt (a score that equals
     one of its endpoints by construction is not a number)."""
     if not clean_input_path(spec):
         return (

@@ -11,7 +11,7 @@ pair is additive, around 1 when pairs' joint effect differs from the sum by as m
 effects themselves. The seed study suggested that attributions of isolated features mislead
 because features interact; this makes that a number.
 
-Pairwise additivity says nothing about a whole set (MEASURING rule 12), so the top-k sets
+Pairwise additivity says nothing about a whole set, so the top-k sets
 (k = 5, 10, 20 of the same features) are also ablated jointly: ``joint_sum_ratio_top{k}`` =
 mean over prompts of dPD(the k removed together) / mean over prompts of the sum of their single
 dPDs (1 = additive, > 1 super-additive), with a seeded percentile bootstrap 95 % interval over

@@ -125,7 +125,7 @@ def prompt_distribution_issue(
     """Why a graph prompt lies outside the training distribution of the model or of the
     transcoder ("" when it does not): no BOS at position 0 where every training document of the
     model (the toy's corpus) or of the transcoder (``activations.corpus = "toy"``) starts with
-    one. Such a prompt's graph describes the model off its distribution (MEASURING rule 6)."""
+    one. Such a prompt's graph describes the model off its distribution."""
     bos = loaded.tokenizer.bos_token_id
     first = int(tokens[0]) if len(tokens) else None
     if bos is None or first == bos:

@@ -109,7 +109,7 @@ def headline_rows(flat: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(metric, measured, published, source) rows: the ordered headline first, then the rest.
 
     A degenerate value (``"-0.414 (degenerate)"``, ``with_undefined``) gets no published figure
-    beside it (MEASURING rule 10); the source column still names it."""
+    beside it; the source column still names it."""
     keys = [k for k in HEADLINE_ORDER if k in flat] + sorted(
         k for k in flat if k in PUBLISHED and k not in HEADLINE_ORDER
     )
