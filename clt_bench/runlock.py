@@ -14,6 +14,8 @@ without taking it.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import socket
 import time
@@ -27,6 +29,8 @@ try:  # POSIX; elsewhere runs are not locked
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 
@@ -91,6 +95,13 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
             f"{run_dir} is in use by another clt-bench run ({who}); wait for it to finish or "
             "write to another --out."
         ) from None
+    except OSError as err:  # a file system without locks (some network mounts): run unlocked
+        os.close(fd)
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        log.warning("cannot lock %s (%s); two runs of this folder would not be stopped", key, err)
+        yield run_dir
+        return
     except BaseException:
         os.close(fd)
         raise

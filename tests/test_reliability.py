@@ -649,3 +649,17 @@ def _own_reference(run: Path, root: Path) -> Path:
     bands = {k: {"value": v, "abs_tol": 0.0} for k, v in numeric.items()}
     write_json(ref, {"metrics": bands})
     return ref
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from clt_bench import runlock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    with runlock.run_lock(tmp_path / "run"):
+        pass
+    assert "cannot lock" in caplog.text
