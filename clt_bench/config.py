@@ -391,6 +391,8 @@ class GraphsConfig:
         "parity_corr": "[-1, 1]",
         "narrow_yy_fraction": "[0, 1]",
         "mult5_corr": "[-1, 1]",
+        "partial_corr": "[-1, 1]",
+        "gated_yy_fraction": "[0, 1]",
         "interaction_top": "[0, inf)",
         "curve_candidates": "[0, inf)",
         "curve_bootstrap": "[0, inf)",
@@ -418,6 +420,12 @@ class FeaturesConfig:
     parity_corr: float = 0.5
     narrow_yy_fraction: float = 0.25
     mult5_corr: float = 0.5  # multiple-of-5 promoter: row-centred corr with 1[ZZ mod 5 = 0]
+    # a label class also needs this partial correlation (its template and the heatmap residualised
+    # on the other classes' templates): tells a comparator from a large-ZZ ramp (they correlate .72)
+    partial_corr: float = 0.2
+    # a comparator / large-ZZ feature active on fewer than this share of YY values is gated: a
+    # range comparator (below narrow_yy_fraction: a narrow comparator)
+    gated_yy_fraction: float = 0.9
     interaction_top: int = 20  # pair-ablation interactions among this many top features (0: off)
     # units-needed curves (clt_bench.compare.units): exact effects for this many best candidates
     curve_candidates: int = 32

@@ -37,6 +37,8 @@ BAD: dict[str, str] = {
     "task.family_n": "-1",
     "graphs.share_prompts": "-1",
     "features.mult5_corr": "1.5",
+    "features.partial_corr": "-1.5",
+    "features.gated_yy_fraction": "1.2",
     "features.interaction_top": "-1",
     "features.curve_candidates": "-1",
     "features.curve_bootstrap": "-1",

@@ -219,6 +219,9 @@ def test_gated_feature_is_a_range_comparator():
     assert label_feature(s, 1.0) == "large-number promoter"  # the same rows, ungated
     assert label_feature(s, 0.1) == "narrow comparator"
     assert "range comparator" in LABELS
+    # the gating threshold is the config's
+    rule = LabelRule.from_config(load_config("quick", ["features.gated_yy_fraction=0.5"]).features)
+    assert label_decision(s, float(rows.mean()), rule).label == "large-number promoter"
 
 
 def test_secondary_label_is_kept():
