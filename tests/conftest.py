@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `clt-bench run`'s pre-flight without its calibration (seconds per run); tests/test_preflight.py
+# calibrates
+os.environ.setdefault("CLT_BENCH_PREFLIGHT", "estimate")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 # Loaded here, before any test module builds its own ``settings(...)``: those inherit every field

@@ -24,6 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-resume", action="store_true", help="recompute finished stages")
     p.add_argument(
+        "--yes",
+        "--force",
+        dest="force",
+        action="store_true",
+        help="run even when the pre-flight estimate exceeds this machine's memory",
+    )
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the pre-flight (memory and time estimate with a short calibration, before any "
+        "stage; also CLT_BENCH_PREFLIGHT=off, or =estimate for no calibration)",
+    )
+    p.add_argument(
         "--serial",
         action="store_true",
         help="never train the PLT in a second process beside the CLT (by default a CPU run "
@@ -119,8 +132,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, cfg, out: Path) -> int:
     from clt_bench.pipeline import run_pipeline
+    from clt_bench.preflight import run_preflight
 
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    loaded = run_preflight(  # refuses a run that does not fit (exit 2), unless --yes
+        cfg,
+        out,
+        stages,
+        resume=not args.no_resume,
+        overlap=not args.serial,
+        force=args.force,
+        mode="off" if args.no_preflight else None,
+    )
     if args.clt_seeds:
         from clt_bench.stability.seeds import run_seeds
 
@@ -139,7 +162,12 @@ def _run(args: argparse.Namespace, cfg, out: Path) -> int:
 
             raise UserError("--plt-seeds goes with --clt-seeds (a list of seeds).")
         ctx = run_pipeline(
-            cfg, out, stages=stages, resume=not args.no_resume, overlap=not args.serial
+            cfg,
+            out,
+            stages=stages,
+            resume=not args.no_resume,
+            overlap=not args.serial,
+            model=loaded,
         )
     report = out / "report.html"
     if "report" in ctx.results:

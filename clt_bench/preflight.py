@@ -1,0 +1,518 @@
+"""Pre-flight: peak memory and time per stage, estimated before any stage runs.
+
+``clt-bench run`` loads the model, measures a short calibration on it (a few seconds: one
+activation-extraction forward, one task-batch forward with logits, two CLT training steps at a
+small width) and scales those measurements to the config's sizes:
+
+- host memory = the process's resident memory with the model loaded (measured) + the largest
+  stage's own peak; with the PLT trained in a second process, that process's model and PLT too;
+- GPU memory (``--device cuda``) the same from ``torch.cuda.max_memory_allocated``;
+- each stage's peak: forward passes scale with their rows (measured per row), activation blocks
+  and held-out rows with their tokens x layers x 2 hooks x d_model x dtype bytes, a transcoder's
+  training state is 16 bytes a parameter (fp32 weight, gradient, two AdamW moments) plus its step
+  activations (measured per token x feature x layer);
+- time: the measured seconds per extracted token, per task row and per CLT token x feature,
+  times the work each stage does (rows, tokens, steps). Time is a rough guide (within ~2x);
+  memory is tested within 30 % of measured peaks (tests/test_preflight.py).
+
+A run whose estimated peak exceeds the machine's memory (RAM, or the cgroup limit of a container;
+the GPU's memory) is refused with one sentence and exit code 2 before any stage starts;
+``--yes`` runs it anyway. Peaks are measured through Linux's resettable high-water mark
+(``/proc/self/clear_refs``); elsewhere the calibration falls back to fixed coefficients.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from clt_bench.config import CLTConfig, RunConfig
+from clt_bench.errors import UserError
+from clt_bench.models.sources import LoadedModel
+
+GB = 1e9
+TASK_TOKENS = 16  # a task prompt's length in tokens (BOS + 14-15 words)
+# fallback coefficients (measured on a 2-core x86 CPU, torch 2.13, GPT-2 small and the toy)
+DEFAULT_FWD_BYTES_PER_TOKEN_PER_LAYER = 0.08e6  # per d_model 768; scaled by d_model
+DEFAULT_STEP_BYTES = 24.0  # CLT step activations, bytes per token x feature x layer
+
+
+@dataclass
+class Calibration:
+    """Measured on the loaded model (or the fallback coefficients, ``measured=False``)."""
+
+    base_bytes: float  # host RSS (or GPU memory allocated) with the model loaded
+    fwd_bytes_per_row: float  # activation extraction: peak bytes per row of seq_len tokens
+    fwd_seconds_per_row: float
+    task_bytes_per_row: float  # a full forward with logits: peak bytes per task prompt
+    task_seconds_per_row: float
+    step_bytes_per_tfl: float  # CLT step activations per token x feature x layer
+    step_seconds_per_tfl: float  # CLT step time per token x feature x (encoder+decoder) layer
+    measured: bool = True
+    seconds: float = 0.0  # how long the calibration took
+
+
+@dataclass
+class Estimate:
+    """Peaks in bytes and seconds per stage for one config and stage list."""
+
+    host_bytes: float
+    gpu_bytes: float | None
+    stage_host_bytes: dict[str, float] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    parallel_plt: bool = False
+    calibration: Calibration | None = None
+
+    def table(self) -> str:
+        lines = [
+            "pre-flight estimate"
+            + ("" if self.calibration and self.calibration.measured else " (not calibrated)")
+            + f": peak host memory {self.host_bytes / GB:.1f} GB"
+            + ("" if self.gpu_bytes is None else f", GPU memory {self.gpu_bytes / GB:.1f} GB")
+            + (", PLT in a second process" if self.parallel_plt else "")
+        ]
+        total = 0.0
+        for stage, sec in self.stage_seconds.items():
+            total += sec
+            mem = self.stage_host_bytes.get(stage, 0.0) / GB
+            lines.append(f"  {stage:<12} ~{_duration(sec):>8}   stage peak +{mem:.2f} GB")
+        lines.append(f"  {'total':<12} ~{_duration(total):>8}   (time: a rough guide, +-2x)")
+        return "\n".join(lines)
+
+
+def _duration(sec: float) -> str:
+    if sec < 90:
+        return f"{sec:.0f} s"
+    if sec < 5400:
+        return f"{sec / 60:.0f} min"
+    if sec < 3 * 86400:
+        return f"{sec / 3600:.1f} h"
+    return f"{sec / 86400:.1f} d"
+
+
+# ----- measuring ------------------------------------------------------------------------------
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def rss_bytes() -> float:
+    """This process's resident memory now (Linux; elsewhere the peak so far)."""
+    kb = _status_kb("VmRSS")
+    if kb is not None:
+        return kb * 1024.0
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def measure_peak(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(peak bytes above the memory in use before ``fn``, seconds) of one call of ``fn``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before, time.perf_counter() - t0
+    _trim()  # freed memory back to the system: ``fn`` allocates on fresh pages
+    if not _reset_peak():
+        raise OSError("no resettable high-water mark")
+    before = rss_bytes()
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
+    return (_status_kb("VmHWM") or 0) * 1024.0 - before, seconds
+
+
+def _rows(loaded: LoadedModel, n: int, width: int):
+    from clt_bench.activations.tokens import TokenRows
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, int(loaded.bridge.cfg.d_vocab), (n, width), generator=g)
+    return TokenRows(tokens=tokens, mask=torch.ones(n, width, dtype=torch.bool))
+
+
+def calibrate(cfg: RunConfig, loaded: LoadedModel, stages: list[str] | None = None) -> Calibration:
+    """Measure the coefficients on ``loaded`` (a few seconds; see the module docstring); the
+    extraction and CLT-step measurements only where ``stages`` (default: all) need them."""
+    from clt_bench.activations.extract import extract_activations
+    from clt_bench.activations.stage import store_dtype
+
+    t_start = time.perf_counter()
+    device = loaded.device
+    L, d = loaded.n_layers, loaded.d_model
+    try:
+        gpu = device.type == "cuda"
+        base = float(torch.cuda.memory_allocated(device)) if gpu else rss_bytes()
+        a = cfg.activations
+        n_fwd = max(1, min(a.batch_size, 1024 // a.seq_len, 8))
+        rows = _rows(loaded, n_fwd, a.seq_len)
+
+        def extract() -> object:
+            return extract_activations(loaded.bridge, rows, store_dtype(cfg), a.exclude_bos)
+
+        # memory from the first call (fresh pages), time from a second (warm) one
+        fwd_bytes, _ = measure_peak(extract, device)
+        fwd_sec = measure_peak(extract, device)[1]
+        n_task = 8
+        task_rows = _rows(loaded, n_task, TASK_TOKENS).tokens.to(device)
+
+        @torch.no_grad()
+        def task() -> object:
+            return loaded.bridge(task_rows).float().log_softmax(-1)
+
+        task_bytes, _ = measure_peak(task, device)
+        task_sec = measure_peak(task, device)[1]
+        fallback = default_calibration(cfg, loaded)
+        if stages is None or {"clt", "plt"} & set(stages):
+            step_bytes, step_sec, tfl = _calibrate_step(cfg.clt, L, d, device)
+        else:
+            step_bytes, step_sec, tfl = (
+                fallback.step_bytes_per_tfl,
+                fallback.step_seconds_per_tfl,
+                1.0,
+            )
+    except OSError:
+        return default_calibration(cfg, loaded)
+    return Calibration(
+        base_bytes=base,
+        fwd_bytes_per_row=max(fwd_bytes, 0.0) / n_fwd,
+        fwd_seconds_per_row=fwd_sec / n_fwd,
+        task_bytes_per_row=max(task_bytes, 0.0) / n_task,
+        task_seconds_per_row=task_sec / n_task,
+        step_bytes_per_tfl=step_bytes,
+        step_seconds_per_tfl=step_sec / tfl,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _calibrate_step(
+    c: CLTConfig, n_layers: int, d_model: int, device: torch.device
+) -> tuple[float, float, float]:
+    """Two training steps of a narrow transcoder on random data: (activation bytes per token x
+    feature x layer, seconds per step, the step's token x feature x layer-pair count)."""
+    from dataclasses import replace
+
+    from clt_bench.clt.losses import TrainObjective
+    from clt_bench.clt.train import build_clt, precision_context
+
+    F = min(c.n_features, 512)
+    n = min(c.micro_batch_tokens or c.batch_tokens, c.batch_tokens, 512)
+    small = replace(c, n_features=F)
+    clt = build_clt(small, n_layers, d_model).to(device)
+    clt.train()
+    objective = TrainObjective(clt, c.lambda_p, c.tanh_c, fuse=c.fuse)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, n_layers, d_model, generator=g).to(device)
+    y = torch.randn(n, n_layers, d_model, generator=g).to(device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=False)
+        with precision_context(c.precision, str(device)):
+            loss, _, _ = objective(x, y, 1e-3)
+        loss.backward()
+        opt.step()
+
+    step()  # allocates gradients and AdamW state: what remains is the step's own activations
+    peak, sec = measure_peak(step, device)
+    pairs = n_layers + _decoder_pairs(c.kind, n_layers)
+    return max(peak, 0.0) / (n * F * n_layers), sec, float(n * F * pairs)
+
+
+def default_calibration(cfg: RunConfig, loaded: LoadedModel | None = None) -> Calibration:
+    """Fixed coefficients (no measurement): for tests, and where peaks cannot be measured."""
+    d = loaded.d_model if loaded is not None else 768
+    L = loaded.n_layers if loaded is not None else 12
+    fwd_row = DEFAULT_FWD_BYTES_PER_TOKEN_PER_LAYER * d / 768 * L * cfg.activations.seq_len
+    return Calibration(
+        base_bytes=rss_bytes(),
+        fwd_bytes_per_row=fwd_row,
+        fwd_seconds_per_row=2e-4 * L * cfg.activations.seq_len * d / 768,
+        task_bytes_per_row=TASK_TOKENS * 50257 * 4 * 3.0,
+        task_seconds_per_row=2e-3 * L / 12,
+        step_bytes_per_tfl=DEFAULT_STEP_BYTES,
+        step_seconds_per_tfl=1e-10,
+        measured=False,
+    )
+
+
+# ----- the estimate ---------------------------------------------------------------------------
+
+
+def _decoder_pairs(kind: str, n_layers: int) -> int:
+    return n_layers * (n_layers + 1) // 2 if kind == "clt" else n_layers
+
+
+def transcoder_parameters(c: CLTConfig, n_layers: int, d_model: int) -> int:
+    """Parameters of a CLT/PLT: encoders, decoders (every later layer for a CLT), biases."""
+    F = c.n_features
+    enc = n_layers * F * d_model + 2 * n_layers * F
+    dec = F * d_model * _decoder_pairs(c.kind, n_layers) + n_layers * d_model
+    skip = n_layers * d_model * d_model if c.skip else 0
+    return enc + dec + skip
+
+
+def _training(
+    c: CLTConfig, cfg: RunConfig, cal: Calibration, L: int, d: int, act_bytes: float
+) -> tuple[float, float]:
+    """(peak bytes, seconds) of one transcoder's training stage beyond the base."""
+    a = cfg.activations
+    n_pass = min(c.micro_batch_tokens or c.batch_tokens, c.batch_tokens)
+    state = 16.0 * transcoder_parameters(c, L, d)
+    step = cal.step_bytes_per_tfl * n_pass * c.n_features * L
+    if a.mode == "stream":
+        block = 2.0 * a.shuffle_buffer * act_bytes + cal.fwd_bytes_per_row * a.batch_size
+    else:
+        window = math.ceil(a.shuffle_buffer / a.shard_tokens) * a.shard_tokens
+        block = 2.0 * min(window, a.n_tokens) * act_bytes
+    batch = c.batch_tokens * L * 2 * d * 4.0 * (1 + max(1, c.norm_batches))  # norm batches
+    train = state + step + block + batch
+    # evaluation: every held-out token's activations in fp32 (whole batches of rows), the
+    # transcoder on 2,048 of them at a time, and the replacement model's log-probabilities over
+    # the vocabulary for 8 rows (original, replacement, zero-ablated: clt.evaluate)
+    heldout = (a.eval_tokens + a.batch_size * a.seq_len) * L * 2 * d * 4.0
+    recon = 2048 * L * c.n_features * 4.0 * 3
+    agree = 8 * a.seq_len * cal.task_bytes_per_row / TASK_TOKENS * 4
+    evaluate = 4.0 * transcoder_parameters(c, L, d) + heldout + max(recon, agree)
+    peak = max(train, evaluate)
+    pairs = L + _decoder_pairs(c.kind, L)
+    seconds = c.n_steps * c.batch_tokens * c.n_features * pairs * cal.step_seconds_per_tfl
+    if a.mode == "stream":
+        epochs = max(1, math.ceil(c.n_steps * c.batch_tokens / a.n_tokens))
+        seconds += epochs * a.n_tokens / a.seq_len * cal.fwd_seconds_per_row
+    seconds += 3 * c.eval_tokens / TASK_TOKENS * cal.task_seconds_per_row  # evaluation
+    return peak, seconds
+
+
+def estimate(
+    cfg: RunConfig,
+    stages: list[str],
+    cal: Calibration,
+    n_layers: int,
+    d_model: int,
+    n_heads: int = 12,
+    parallel_plt: bool = False,
+) -> Estimate:
+    """Peaks and times of ``stages`` for ``cfg`` from the calibration ``cal``."""
+    from clt_bench.activations.stage import STORE_DTYPES
+
+    L, d = n_layers, d_model
+    a, t, b, g, f = cfg.activations, cfg.task, cfg.baseline, cfg.graphs, cfg.features
+    act_bytes = L * 2 * d * STORE_DTYPES[a.dtype].itemsize  # one token's activations
+    row_b, row_s = cal.task_bytes_per_row, cal.task_seconds_per_row
+    n_task = t.n or 490
+    mem: dict[str, float] = {}
+    sec: dict[str, float] = {}
+    plt_on = cfg.plt.enabled
+    clt_params = 4.0 * transcoder_parameters(cfg.clt, L, d)
+    plt_params = 4.0 * transcoder_parameters(cfg.plt, L, d) if plt_on else 0.0
+    for stage in stages:
+        if stage == "task":
+            mem[stage] = row_b * min(t.batch_size, n_task)
+            sec[stage] = row_s * 2 * (n_task + 12 * t.family_n * 2)
+        elif stage == "baseline":
+            # patched runs read the logits at END only: the model's activations of each row
+            per_token = cal.fwd_bytes_per_row / a.seq_len
+            mem[stage] = per_token * TASK_TOKENS * min(b.batch_size, 2 * b.n_examples)
+            senders = L * (n_heads + 1)
+            rows = 2 * (3 + b.n_random) * b.n_examples + b.neuron_candidates * b.neuron_examples
+            if b.circuit == "discovered":
+                rows += b.max_steps * senders * b.discovery_examples
+            sec[stage] = row_s * rows
+        elif stage == "activations":
+            heldout = (a.eval_tokens + a.batch_size * a.seq_len) * act_bytes
+            shard = 2.0 * min(a.shard_tokens, a.n_tokens) * act_bytes if a.mode == "cache" else 0.0
+            mem[stage] = cal.fwd_bytes_per_row * a.batch_size + heldout + shard
+            tokens = a.eval_tokens + (a.n_tokens if a.mode == "cache" else 0)
+            sec[stage] = tokens / a.seq_len * cal.fwd_seconds_per_row
+        elif stage in ("clt", "plt"):
+            c = cfg.clt if stage == "clt" else cfg.plt
+            if stage == "plt" and not plt_on:
+                mem[stage], sec[stage] = 0.0, 0.0
+                continue
+            peak, seconds = _training(c, cfg, cal, L, d, act_bytes)
+            mem[stage], sec[stage] = peak, seconds
+            if stage == "plt":  # and its own graphs and features
+                sec[stage] += _graph_seconds(cfg, row_s) + _feature_seconds(cfg, row_s)
+        elif stage == "graphs":
+            mem[stage] = clt_params + row_b * g.batch_size
+            sec[stage] = _graph_seconds(cfg, row_s)
+        elif stage == "features":
+            mem[stage] = clt_params + row_b * f.prompts_per_pass * 2
+            sec[stage] = _feature_seconds(cfg, row_s)
+        elif stage == "compare":
+            mem[stage] = clt_params + plt_params + row_b * f.prompts_per_pass * 2
+            sec[stage] = row_s * g.n_prompts * (3 * f.curve_candidates + 40)
+        else:  # report
+            mem[stage], sec[stage] = 0.0, 5.0
+    # memory a stage frees is not always returned to the system (glibc keeps freed blocks of up
+    # to 32 MB for reuse), so half of the second-largest stage's peak is added to the largest
+    peaks = sorted(mem.values(), reverse=True) + [0.0, 0.0]
+    host = cal.base_bytes + peaks[0] + 0.5 * peaks[1]
+    if parallel_plt and "plt" in mem and "clt" in mem:
+        # the PLT's process (its own model and PLT) beside the CLT's training
+        host = max(host, 2 * cal.base_bytes + mem["clt"] + mem["plt"] + 0.5 * peaks[1])
+    gpu = None
+    if str(cfg.model.device).startswith("cuda"):  # the stages' tensors live on the GPU
+        gpu, host = host, rss_bytes()
+    return Estimate(
+        host_bytes=host,
+        gpu_bytes=gpu,
+        stage_host_bytes=mem,
+        stage_seconds=sec,
+        parallel_plt=parallel_plt,
+        calibration=cal,
+    )
+
+
+def _graph_seconds(cfg: RunConfig, row_s: float) -> float:
+    g = cfg.graphs
+    backward_rows = g.max_feature_nodes * 0.25 + 64  # rows of injected gradients per graph
+    return (g.n_prompts + g.share_prompts + 1) * backward_rows * row_s * 3
+
+
+def _feature_seconds(cfg: RunConfig, row_s: float) -> float:
+    f, g = cfg.features, cfg.graphs
+    rows = f.top_k * (g.n_prompts + 2 * max(f.ablation_prompts, 1)) / max(f.prompts_per_pass, 1)
+    rows += f.interaction_top**2 / 2 * 8 + f.family_features * 12 * 8
+    return rows * row_s * 4
+
+
+# ----- the machine ----------------------------------------------------------------------------
+
+
+def host_memory() -> float:
+    """The machine's memory in bytes: RAM, or the cgroup's limit where a container sets one."""
+    total = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, float(text))
+    return total
+
+
+def gpu_memory(device: str) -> float | None:
+    dev = torch.device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return float(torch.cuda.get_device_properties(dev.index or 0).total_memory)
+
+
+def check_fits(est: Estimate, device: str, force: bool = False) -> None:
+    """UserError (one sentence) when the estimate exceeds the machine, unless ``force``."""
+    if force:
+        return
+    host = host_memory()
+    if est.host_bytes > host:
+        raise UserError(
+            f"this run needs an estimated {est.host_bytes / GB:.1f} GB of memory at its peak but "
+            f"this machine has {host / GB:.1f} GB; lower the sizes (clt.n_features, "
+            f"activations.shuffle_buffer, activations.batch_size), use --serial, or pass --yes to "
+            f"run it anyway."
+        )
+    gpu = gpu_memory(device)
+    if est.gpu_bytes is not None and gpu is not None and est.gpu_bytes > gpu:
+        raise UserError(
+            f"this run needs an estimated {est.gpu_bytes / GB:.1f} GB of GPU memory at its peak "
+            f"but the GPU has {gpu / GB:.1f} GB; lower the sizes (clt.n_features, "
+            f"clt.micro_batch_tokens, activations.shuffle_buffer) or pass --yes to run it anyway."
+        )
+
+
+def preflight(
+    cfg: RunConfig,
+    stages: list[str],
+    loaded: LoadedModel,
+    parallel_plt: bool,
+    measure: bool = True,
+) -> Estimate:
+    """Calibrate on ``loaded`` (``measure``) and estimate ``stages`` of ``cfg``."""
+    cal = calibrate(cfg, loaded, stages) if measure else default_calibration(cfg, loaded)
+    return estimate(
+        cfg,
+        stages,
+        cal,
+        loaded.n_layers,
+        loaded.d_model,
+        int(loaded.bridge.cfg.n_heads),
+        parallel_plt=parallel_plt,
+    )
+
+
+MODES = ("measure", "estimate", "off")
+
+
+def run_preflight(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    stages: list[str] | None,
+    resume: bool = True,
+    overlap: bool = False,
+    force: bool = False,
+    mode: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> LoadedModel | None:
+    """``clt-bench run``'s pre-flight: print the estimate of the stages still to run and refuse
+    (UserError) a run that does not fit, unless ``force``. Returns the loaded model (the pipeline
+    reuses it), or None when nothing is to run or the pre-flight is off.
+
+    ``mode`` (default: ``$CLT_BENCH_PREFLIGHT`` or ``measure``): ``measure`` calibrates on the
+    model (seconds), ``estimate`` uses fixed coefficients, ``off`` skips the pre-flight.
+    """
+    from clt_bench import overlap as ov
+    from clt_bench.models import load_model
+    from clt_bench.pipeline import STAGES, RunContext, stage_is_current
+
+    mode = mode or os.environ.get("CLT_BENCH_PREFLIGHT", "measure")
+    if mode not in MODES:
+        raise UserError(f"CLT_BENCH_PREFLIGHT must be one of {', '.join(MODES)} (got {mode!r}).")
+    if mode == "off":
+        return None
+    names = stages or list(STAGES)
+    ctx = RunContext(cfg=cfg, run_dir=Path(run_dir))
+    todo = [s for s in names if s in STAGES and not (resume and stage_is_current(ctx, s))]
+    if not todo:
+        return None
+    m = cfg.model
+    loaded = load_model(m.name, m.device, m.dtype, m.seed)
+    parallel = overlap and ov.can_overlap(cfg, names) and "plt" in todo
+    est = preflight(cfg, todo, loaded, parallel_plt=parallel, measure=mode == "measure")
+    progress(est.table())
+    check_fits(est, m.device, force=force)
+    return loaded
