@@ -449,6 +449,8 @@ def test_graph_prompt_without_bos_is_flagged_for_a_bos_trained_model(tokenizer):
     bos = tokenizer.bos_token_id
     assert "no BOS" in prompt_distribution_issue(cfg, toy, [464, 1175])
     assert prompt_distribution_issue(cfg, toy, [bos, 383, 1175]) == ""
+    planted = SimpleNamespace(name="planted", tokenizer=tokenizer)  # the same corpus
+    assert "the planted model" in prompt_distribution_issue(cfg, planted, [464, 1175])
     real = load_config("quick", ["activations.corpus=fineweb"])
     gpt2 = SimpleNamespace(name="gpt2", tokenizer=tokenizer)
     assert prompt_distribution_issue(real, gpt2, [464, 1175]) == ""  # GPT-2: no BOS is normal

@@ -115,8 +115,9 @@ def influence_share_by_position(graph: Graph, yy_pos: int | None = None) -> dict
     return {"YY": yy / total, "END": at_end / total, "rest": 1.0 - (yy + at_end) / total}
 
 
-# models trained only on documents that start with BOS (clt_bench.models.corpus: the toy corpus)
-BOS_TRAINED_MODELS = ("toy",)
+# models trained only on documents that start with BOS (clt_bench.models.corpus, the synthetic
+# corpus of the toy and of the planted model)
+BOS_TRAINED_MODELS = ("toy", "planted")
 
 
 def prompt_distribution_issue(
