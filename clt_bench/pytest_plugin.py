@@ -47,6 +47,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="reconstruction bar: held-out NMSE at most this (default 0.3)",
     )
     g.addoption(
+        "--clt-bench-scale-band",
+        type=_band,
+        default=None,
+        metavar="LO,HI",
+        help="reconstruction-scale bar: per layer, the best scalar on the transcoder's output "
+        "in [LO, HI] (default 0.97,1.25)",
+    )
+    g.addoption(
         "--clt-bench-min-pd-ratio",
         type=float,
         default=0.75,
@@ -65,6 +73,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=32,
         help="circuit recovery: how many top features (default 32)",
     )
+
+
+def _band(text: str) -> tuple[float, float]:
+    import argparse
+
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"expected LO < HI, got {text!r}")
+    return lo, hi
 
 
 def _asked_for(config: pytest.Config) -> bool:

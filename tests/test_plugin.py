@@ -38,7 +38,12 @@ EXACTNESS = [
     "test_single_source_exactness",
     "test_frozen_linearity",
 ]
-QUALITY = ["test_reconstruction", "test_replacement", "test_circuit_recovery"]
+QUALITY = [
+    "test_reconstruction",
+    "test_reconstruction_scale",
+    "test_replacement",
+    "test_circuit_recovery",
+]
 
 
 def test_entry_point_declared():
@@ -111,6 +116,35 @@ def test_conformance_shuffled_decoder_fails_the_quality_tests(pytester, trained)
     res.stdout.fnmatch_lines(["*NMSE * is above the bar 0.3*"])
 
 
+def _variant(trained, name: str, edit) -> Path:
+    good, _ = trained
+    clt = load_clt(good)
+    with torch.no_grad():
+        for w in clt.W_dec:
+            edit(w)
+    return save_clt(clt, good.parent.parent / name)
+
+
+@pytest.mark.slow
+def test_conformance_decoder_scaled_by_1_1_fails_only_the_scale_test(pytester, trained):
+    """x1.1 on every decoder passes NMSE, replacement and recovery; the scale test names it."""
+    scaled = _variant(trained, "scaled", lambda w: w.mul_(1.1))
+    res = pytester.runpytest("-p", plugin.NAME, "--clt-bench-transcoder", str(scaled))
+    expected = dict.fromkeys(EXACTNESS + QUALITY, "passed") | {
+        "test_reconstruction_scale": "failed"
+    }
+    assert _outcomes(res) == expected, res.stdout.str()
+    res.stdout.fnmatch_lines(["*best scalar on the reconstruction of layer*outside [0.97, 1.25]*"])
+
+
+@pytest.mark.slow
+def test_conformance_zero_decoder_says_so_first(pytester, trained):
+    zero = _variant(trained, "zero", lambda w: w.zero_())
+    res = pytester.runpytest("-p", plugin.NAME, "--clt-bench-transcoder", str(zero))
+    assert _outcomes(res)["test_loads"] == "failed", res.stdout.str()
+    res.stdout.fnmatch_lines(["*the decoder is zero: every W_dec entry is 0*"])
+
+
 @pytest.mark.slow
 def test_reference_fixture_loads_a_run_dir(pytester, trained):
     good, _ = trained
@@ -126,3 +160,57 @@ def test_reference_fixture_loads_a_run_dir(pytester, trained):
         "--clt-bench", "--clt-bench-reference", str(good.parent), plugins=[plugin]
     )
     res.assert_outcomes(passed=1)
+
+
+# --- reconstruction scale and a zero decoder (issue 25) ---------------------------------------
+
+
+def test_a_zero_decoder_is_named_as_such():
+    from types import SimpleNamespace
+
+    from clt_bench import testing as T
+    from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
+
+    clt = CrossLayerTranscoder(CLTSpec(3, 8, 4, "jumprelu"))
+    fits = SimpleNamespace(n_layers=3, d_model=8)
+    with torch.no_grad():
+        for w in clt.W_dec:
+            w.normal_()
+        T.assert_fits_model(clt, fits)
+        clt.W_dec[0][:, 1].zero_()  # layer 1 still gets layer 1's own features
+        T.assert_fits_model(clt, fits)
+        clt.W_dec[1][:, 0].zero_()  # now nothing writes to layer 1
+        with pytest.raises(AssertionError, match=r"decoder is zero into layer\(s\) 1:"):
+            T.assert_fits_model(clt, fits)
+        for w in clt.W_dec:
+            w.zero_()
+    with pytest.raises(AssertionError, match="the decoder is zero: every W_dec entry is 0"):
+        T.assert_fits_model(clt, fits)
+
+
+def test_reconstruction_scale_is_the_inverse_of_an_output_factor():
+    """Scaling a transcoder's whole output (decoder and b_dec) by c divides the fitted scalar by
+    c on every layer; the assertion fails a factor of 1.1 that NMSE's bar lets through."""
+    from clt_bench import testing as T
+    from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
+    from clt_bench.models import load_model
+
+    loaded = load_model("toy")
+    torch.manual_seed(0)
+    clt = CrossLayerTranscoder(CLTSpec(loaded.n_layers, loaded.d_model, 16, "relu"))
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.normal_(std=0.05)
+    base = T.measure_reconstruction_scale(loaded, clt, n_tokens=512)["scale"]
+    with torch.no_grad():
+        for w in clt.W_dec:
+            w.mul_(1.1)
+        clt.b_dec.mul_(1.1)
+    scaled = T.measure_reconstruction_scale(loaded, clt, n_tokens=512)["scale"]
+    assert scaled == pytest.approx([a / 1.1 for a in base], rel=1e-4)
+    with torch.no_grad():
+        for w in clt.W_dec:
+            w.zero_()
+        clt.b_dec.zero_()
+    with pytest.raises(AssertionError, match="output is zero at layer"):
+        T.assert_reconstruction_scale(loaded, clt, n_tokens=512)

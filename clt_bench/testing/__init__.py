@@ -7,7 +7,8 @@ Exactness (hold for any transcoder; run in float64)::
 
 Quality bars (``measure_*`` give the numbers)::
 
-    assert_reconstruction, assert_replacement, assert_circuit_recovery
+    assert_reconstruction, assert_reconstruction_scale, assert_replacement,
+    assert_circuit_recovery
 
 Example, with the plugin's fixtures (``pytest -p clt_bench.pytest_plugin``)::
 
@@ -34,9 +35,11 @@ from clt_bench.testing.attribution import (
 from clt_bench.testing.bars import (
     assert_circuit_recovery,
     assert_reconstruction,
+    assert_reconstruction_scale,
     assert_replacement,
     measure_circuit_recovery,
     measure_reconstruction,
+    measure_reconstruction_scale,
     measure_replacement,
 )
 
@@ -50,12 +53,34 @@ def assert_fits_model(clt: CrossLayerTranscoder, loaded: LoadedModel) -> None:
     )
     bad = [n for n, p in clt.named_parameters() if not torch.isfinite(p).all()]
     assert not bad, f"non-finite values in {', '.join(bad)}"
+    silent = zero_decoder_layers(clt)
+    if len(silent) == clt.n_layers:
+        raise AssertionError(
+            "the decoder is zero: every W_dec entry is 0, so no feature writes anything and the "
+            "transcoder outputs only b_dec"
+        )
+    assert not silent, (
+        f"the decoder is zero into layer(s) {', '.join(map(str, silent))}: no feature writes "
+        "to their MLP output"
+    )
+
+
+def zero_decoder_layers(clt: CrossLayerTranscoder) -> list[int]:
+    """The output layers that no feature's decoder writes to (every W_dec entry into them 0)."""
+    written = [False] * clt.n_layers
+    with torch.no_grad():
+        for source in range(clt.n_layers):
+            for target in clt.target_layers(source):
+                if bool(clt.layer_decoder(source, target).ne(0).any()):
+                    written[target] = True
+    return [i for i, w in enumerate(written) if not w]
 
 
 __all__ = [
     "assert_circuit_recovery",
     "assert_fits_model",
     "assert_reconstruction",
+    "assert_reconstruction_scale",
     "assert_replacement",
     "check_capped_exactness",
     "check_completeness",
@@ -63,5 +88,7 @@ __all__ = [
     "check_single_source_exactness",
     "measure_circuit_recovery",
     "measure_reconstruction",
+    "measure_reconstruction_scale",
     "measure_replacement",
+    "zero_decoder_layers",
 ]

@@ -6,6 +6,8 @@ One test per property, on the model of ``--clt-bench-model`` (default: the toy):
 - ``test_completeness`` / ``test_capped_exactness`` / ``test_single_source_exactness`` /
   ``test_frozen_linearity``: attribution-graph exactness on one task prompt (float64);
 - ``test_reconstruction``: NMSE on held-out text below ``--clt-bench-max-nmse``;
+- ``test_reconstruction_scale``: per layer, the least-squares scalar on the transcoder's output
+  within ``--clt-bench-scale-band`` (a decoder off by a factor, which NMSE misses at x1.1);
 - ``test_replacement``: replacement-model PD at least ``--clt-bench-min-pd-ratio`` of the model's;
 - ``test_circuit_recovery``: the top features by influence recover at least
   ``--clt-bench-min-recovery`` of PD on their own (toy only: the bar is calibrated there).
@@ -62,6 +64,12 @@ def test_frozen_linearity(clt_bench_model64, clt64, prompt):
 def test_reconstruction(clt_bench_model, clt_bench_transcoder, clt_bench_bars):
     T.assert_reconstruction(
         clt_bench_model, clt_bench_transcoder, max_nmse=clt_bench_bars["max_nmse"]
+    )
+
+
+def test_reconstruction_scale(clt_bench_model, clt_bench_transcoder, clt_bench_bars):
+    T.assert_reconstruction_scale(
+        clt_bench_model, clt_bench_transcoder, band=clt_bench_bars["scale_band"]
     )
 
 

@@ -85,11 +85,18 @@ def clt_bench_transcoder(clt_bench_transcoder_path: Path):
         pytest.fail(f"the transcoder does not load: {err}", pytrace=False)
 
 
+def _or_default(value: Any, name: str) -> Any:
+    from clt_bench.testing import bars
+
+    return getattr(bars, name) if value is None else value
+
+
 @pytest.fixture(scope="session")
 def clt_bench_bars(pytestconfig: pytest.Config) -> dict[str, Any]:
     opt = pytestconfig.getoption
     return {
         "max_nmse": opt("clt_bench_max_nmse"),
+        "scale_band": _or_default(opt("clt_bench_scale_band"), "SCALE_BAND"),
         "min_pd_ratio": opt("clt_bench_min_pd_ratio"),
         "min_recovery": opt("clt_bench_min_recovery"),
         "top_k": opt("clt_bench_top_k"),
