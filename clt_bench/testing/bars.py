@@ -81,9 +81,9 @@ def assert_reconstruction(
 # The band for the least-squares scalar a on each layer's reconstruction (README, "In your own
 # test suite"). A transcoder trained on MSE with a sparsity penalty shrinks its output, so a >= 1:
 # the toy reference CLT (clt_bench.testing.reference) gives a = 1.011-1.042 per layer over CLT
-# seeds 0 and 1, which differ by at most 0.002. Below the band the output overshoots (its decoder x1.1
-# gives 0.926-0.953); the upper end is loose because under-training also raises a (the 50-step
-# `quick` CLT, NMSE 0.44: 1.03-1.19), which the NMSE bar judges.
+# seeds 0 and 1, which differ by at most 0.002. Below the band the output overshoots (its
+# decoder x1.1 gives 0.926-0.953); the upper end is loose because under-training also raises a
+# (the 50-step `quick` CLT, NMSE 0.44: 1.03-1.19), which the NMSE bar judges.
 SCALE_BAND = (0.97, 1.25)
 
 
