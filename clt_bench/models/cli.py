@@ -12,12 +12,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("toy-model", help="train or evaluate the embedded toy model")
     toy_sub = p.add_subparsers(dest="toy_command", required=True)
     tr = toy_sub.add_parser("train", help="train the toy on the synthetic corpus (a few minutes)")
+    tr.add_argument(
+        "--model",
+        choices=("toy", "planted"),
+        default="toy",
+        help="toy, or planted: the SIIT-trained model with a known circuit (baselines/planted.toml)",
+    )
     tr.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     tr.add_argument("--steps", type=int, default=None, help="optimizer steps")
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate")
     tr.add_argument("--batch-size", type=int, default=None, help="sequences per step")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
-    tr.add_argument("--out", default=str(TOY_DIR), help=f"output folder (default {TOY_DIR})")
+    tr.add_argument("--out", default=None, help=f"output folder (default {TOY_DIR} or planted's)")
     tr.add_argument(
         "--keep-checkpoint",
         action="store_true",
@@ -25,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     tr.set_defaults(func=run_train)
     ev = toy_sub.add_parser("eval", help="PD / CS / corrupted PD of a trained toy (discovery set)")
-    ev.add_argument("--dir", default=str(TOY_DIR), help=f"folder of the toy (default {TOY_DIR})")
+    ev.add_argument("--model", choices=("toy", "planted"), default="toy", help="which model")
+    ev.add_argument("--dir", default=None, help=f"folder of the model (default {TOY_DIR})")
     ev.set_defaults(func=run_eval)
 
 
@@ -37,6 +44,9 @@ def _format(metrics: dict[str, float]) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    if args.model == "planted":
+        return _train_planted(args)
+
     from clt_bench.errors import UserError
     from clt_bench.models.toy_train import ToyTrainConfig, train_toy
 
@@ -47,7 +57,7 @@ def run_train(args: argparse.Namespace) -> int:
             cfg = replace(cfg, **{key: value})
     if cfg.threads < 1:
         raise UserError(f"--threads must be >= 1 (got {cfg.threads}).")
-    out = Path(args.out)
+    out = Path(args.out or TOY_DIR_DEFAULT())
     info = train_toy(cfg, out, keep_checkpoint=args.keep_checkpoint)
     final = {k: v for k, v in info["final_metrics"].items() if isinstance(v, float)}
     print(_format(final))
@@ -59,10 +69,66 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.model == "planted":
+        return _eval_planted(args)
     from clt_bench.models.toy_train import evaluate_toy_module, load_trained
 
-    print(_format(evaluate_toy_module(load_trained(Path(args.dir)))))
+    print(_format(evaluate_toy_module(load_trained(Path(args.dir or TOY_DIR_DEFAULT())))))
     return 0
+
+
+def TOY_DIR_DEFAULT() -> Path:  # noqa: N802 - reads like the constant it resolves
+    from clt_bench.models.toy import TOY_DIR
+
+    return TOY_DIR
+
+
+def _train_planted(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from clt_bench.errors import UserError
+    from clt_bench.models.planted import PLANTED_DIR
+    from clt_bench.models.planted_train import PlantedTrainConfig, train_planted
+
+    cfg = replace(PlantedTrainConfig(), seed=args.seed)
+    for key in ("steps", "lr", "batch_size", "threads"):
+        value = getattr(args, key)
+        if value is not None:
+            cfg = replace(cfg, **{key: value})
+    if cfg.threads < 1:
+        raise UserError(f"--threads must be >= 1 (got {cfg.threads}).")
+    out = Path(args.out or PLANTED_DIR)
+    info = train_planted(cfg, out, keep_checkpoint=args.keep_checkpoint)
+    print(_format_acceptance(info["acceptance"]))
+    print(
+        f"trained for {info['train_seconds']:.0f} s; wrote {out / 'planted.safetensors'} and "
+        f"{out / 'config.json'}"
+    )
+    return 0
+
+
+def _format_acceptance(acc: dict) -> str:
+    rows = {
+        **{k: v for k, v in acc["task"].items() if isinstance(v, float)},
+        **{f"iia.{k}": v["accuracy"] for k, v in acc["interchange"].items()},
+        "strictness.mean": acc["strictness"]["mean"],
+        "strictness.worst": acc["strictness"]["worst"],
+        "corpus_loss": acc["corpus_loss"],
+        "toy_corpus_loss": acc["toy_corpus_loss"],
+    }
+    failed = [k for k, ok in acc["passed"].items() if not ok]
+    verdict = "all acceptance bars met" if not failed else "bars NOT met: " + ", ".join(failed)
+    return _format(rows) + f"\nworst strictness node: {acc['strictness']['worst_node']}\n{verdict}"
+
+
+def _eval_planted(args: argparse.Namespace) -> int:
+    from clt_bench.models.planted import PLANTED_DIR, load_planted_module, load_planted_spec
+    from clt_bench.models.planted_train import acceptance_numbers
+
+    model = load_planted_module(Path(args.dir or PLANTED_DIR))
+    acc = acceptance_numbers(model, load_planted_spec())
+    print(_format_acceptance(acc))
+    return 0 if all(acc["passed"].values()) else 1
 
 
 __all__ = ["register"]
