@@ -41,7 +41,8 @@ GB = 1e9
 TASK_TOKENS = 16  # a task prompt's length in tokens (BOS + 14-15 words)
 # fallback coefficients (measured on a 2-core x86 CPU, torch 2.13, GPT-2 small and the toy)
 DEFAULT_FWD_BYTES_PER_TOKEN_PER_LAYER = 0.08e6  # per d_model 768; scaled by d_model
-DEFAULT_STEP_BYTES = 24.0  # CLT step activations, bytes per token x feature x layer
+DEFAULT_STEP_BYTES = 35.0  # CLT step activations, bytes per token x feature x layer
+DEFAULT_STEP_TOKEN_BYTES_PER_PAIR = 8.0  # per token x layer pair x d_model
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Calibration:
     task_bytes_per_row: float  # a full forward with logits: peak bytes per task prompt
     task_seconds_per_row: float
     step_bytes_per_tfl: float  # CLT step activations per token x feature x layer
+    step_bytes_per_token: float  # CLT step activations per token that do not grow with width
     step_seconds_per_tfl: float  # CLT step time per token x feature x (encoder+decoder) layer
     measured: bool = True
     seconds: float = 0.0  # how long the calibration took
@@ -196,13 +198,10 @@ def calibrate(cfg: RunConfig, loaded: LoadedModel, stages: list[str] | None = No
         task_sec = measure_peak(task, device)[1]
         fallback = default_calibration(cfg, loaded)
         if stages is None or {"clt", "plt"} & set(stages):
-            step_bytes, step_sec, tfl = _calibrate_step(cfg.clt, L, d, device)
+            step_bytes, step_token, step_sec, tfl = _calibrate_step(cfg.clt, L, d, device)
         else:
-            step_bytes, step_sec, tfl = (
-                fallback.step_bytes_per_tfl,
-                fallback.step_seconds_per_tfl,
-                1.0,
-            )
+            step_bytes, step_token = fallback.step_bytes_per_tfl, fallback.step_bytes_per_token
+            step_sec, tfl = fallback.step_seconds_per_tfl, 1.0
     except OSError:
         return default_calibration(cfg, loaded)
     return Calibration(
@@ -212,6 +211,7 @@ def calibrate(cfg: RunConfig, loaded: LoadedModel, stages: list[str] | None = No
         task_bytes_per_row=max(task_bytes, 0.0) / n_task,
         task_seconds_per_row=task_sec / n_task,
         step_bytes_per_tfl=step_bytes,
+        step_bytes_per_token=step_token,
         step_seconds_per_tfl=step_sec / tfl,
         seconds=time.perf_counter() - t_start,
     )
@@ -219,18 +219,36 @@ def calibrate(cfg: RunConfig, loaded: LoadedModel, stages: list[str] | None = No
 
 def _calibrate_step(
     c: CLTConfig, n_layers: int, d_model: int, device: torch.device
-) -> tuple[float, float, float]:
-    """Two training steps of a narrow transcoder on random data: (activation bytes per token x
-    feature x layer, seconds per step, the step's token x feature x layer-pair count)."""
+) -> tuple[float, float, float, float]:
+    """Training steps of two narrow transcoders on random data: (activation bytes per token x
+    feature x layer, bytes per token that do not grow with the width -- inputs, targets, one
+    decoder output per layer pair --, seconds of the wider step, its token x feature x
+    layer-pair count). Two widths separate the two terms."""
+    n = min(c.micro_batch_tokens or c.batch_tokens, c.batch_tokens, 512)
+    wide = min(c.n_features, 512)
+    narrow = min(c.n_features, 128)
+    peak_w, sec = _one_step(c, wide, n, n_layers, d_model, device)
+    if narrow < wide:
+        peak_n, _ = _one_step(c, narrow, n, n_layers, d_model, device)
+        alpha = max(peak_w - peak_n, 0.0) / (n * (wide - narrow) * n_layers)
+    else:
+        alpha = DEFAULT_STEP_BYTES
+    beta = max(peak_w - alpha * n * wide * n_layers, 0.0) / n
+    pairs = n_layers + _decoder_pairs(c.kind, n_layers)
+    return alpha, beta, sec, float(n * wide * pairs)
+
+
+def _one_step(
+    c: CLTConfig, width: int, n: int, n_layers: int, d_model: int, device: torch.device
+) -> tuple[float, float]:
+    """(peak bytes, seconds) of one training step of ``n`` tokens at ``width`` features, after a
+    first step that allocates the gradients and AdamW state."""
     from dataclasses import replace
 
     from clt_bench.clt.losses import TrainObjective
     from clt_bench.clt.train import build_clt, precision_context
 
-    F = min(c.n_features, 512)
-    n = min(c.micro_batch_tokens or c.batch_tokens, c.batch_tokens, 512)
-    small = replace(c, n_features=F)
-    clt = build_clt(small, n_layers, d_model).to(device)
+    clt = build_clt(replace(c, n_features=width), n_layers, d_model).to(device)
     clt.train()
     objective = TrainObjective(clt, c.lambda_p, c.tanh_c, fuse=c.fuse)
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -246,10 +264,8 @@ def _calibrate_step(
         loss.backward()
         opt.step()
 
-    step()  # allocates gradients and AdamW state: what remains is the step's own activations
-    peak, sec = measure_peak(step, device)
-    pairs = n_layers + _decoder_pairs(c.kind, n_layers)
-    return max(peak, 0.0) / (n * F * n_layers), sec, float(n * F * pairs)
+    step()
+    return measure_peak(step, device)
 
 
 def default_calibration(cfg: RunConfig, loaded: LoadedModel | None = None) -> Calibration:
@@ -264,7 +280,8 @@ def default_calibration(cfg: RunConfig, loaded: LoadedModel | None = None) -> Ca
         task_bytes_per_row=TASK_TOKENS * 50257 * 4 * 3.0,
         task_seconds_per_row=2e-3 * L / 12,
         step_bytes_per_tfl=DEFAULT_STEP_BYTES,
-        step_seconds_per_tfl=1e-10,
+        step_bytes_per_token=DEFAULT_STEP_TOKEN_BYTES_PER_PAIR * L * (L + 1) / 2 * d,
+        step_seconds_per_tfl=1e-8,
         measured=False,
     )
 
@@ -292,7 +309,7 @@ def _training(
     a = cfg.activations
     n_pass = min(c.micro_batch_tokens or c.batch_tokens, c.batch_tokens)
     state = 16.0 * transcoder_parameters(c, L, d)
-    step = cal.step_bytes_per_tfl * n_pass * c.n_features * L
+    step = (cal.step_bytes_per_tfl * c.n_features * L + cal.step_bytes_per_token) * n_pass
     if a.mode == "stream":
         block = 2.0 * a.shuffle_buffer * act_bytes + cal.fwd_bytes_per_row * a.batch_size
     else:
@@ -351,7 +368,7 @@ def estimate(
             rows = 2 * (3 + b.n_random) * b.n_examples + b.neuron_candidates * b.neuron_examples
             if b.circuit == "discovered":
                 rows += b.max_steps * senders * b.discovery_examples
-            sec[stage] = row_s * rows
+            sec[stage] = 0.08 * row_s * rows  # path patching reads END only (fitted on the toy)
         elif stage == "activations":
             heldout = (a.eval_tokens + a.batch_size * a.seq_len) * act_bytes
             shard = 2.0 * min(a.shard_tokens, a.n_tokens) * act_bytes if a.mode == "cache" else 0.0
@@ -375,7 +392,7 @@ def estimate(
             sec[stage] = _feature_seconds(cfg, row_s)
         elif stage == "compare":
             mem[stage] = clt_params + plt_params + row_b * f.prompts_per_pass * 2
-            sec[stage] = row_s * g.n_prompts * (3 * f.curve_candidates + 40)
+            sec[stage] = row_s * g.n_prompts * (2 * f.curve_candidates + 25)
         else:  # report
             mem[stage], sec[stage] = 0.0, 5.0
     # memory a stage frees is not always returned to the system (glibc keeps freed blocks of up
@@ -400,15 +417,15 @@ def estimate(
 
 def _graph_seconds(cfg: RunConfig, row_s: float) -> float:
     g = cfg.graphs
-    backward_rows = g.max_feature_nodes * 0.25 + 64  # rows of injected gradients per graph
-    return (g.n_prompts + g.share_prompts + 1) * backward_rows * row_s * 3
+    per_graph = 8 + g.max_feature_nodes / 128  # in task-row forwards (fitted on the toy)
+    return (g.n_prompts + g.share_prompts + 1) * per_graph * row_s
 
 
 def _feature_seconds(cfg: RunConfig, row_s: float) -> float:
     f, g = cfg.features, cfg.graphs
     rows = f.top_k * (g.n_prompts + 2 * max(f.ablation_prompts, 1)) / max(f.prompts_per_pass, 1)
     rows += f.interaction_top**2 / 2 * 8 + f.family_features * 12 * 8
-    return rows * row_s * 4
+    return rows * row_s * 0.3
 
 
 # ----- the machine ----------------------------------------------------------------------------

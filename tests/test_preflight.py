@@ -94,6 +94,7 @@ def _cal(base: float = 1e9) -> Calibration:
         task_bytes_per_row=1e6,
         task_seconds_per_row=1e-3,
         step_bytes_per_tfl=10.0,
+        step_bytes_per_token=1e5,
         step_seconds_per_tfl=1e-10,
     )
 
