@@ -229,6 +229,12 @@ def test_secondary_label_is_kept():
     d = label_decision(s, 1.0)
     assert d.label == "comparator" and d.secondary == "multiple-of-5 promoter"
     assert label_decision(shape_scores((Z > Y).astype(float)), 1.0).secondary == ""
+    # a gated mixture of comparator and ramp is one thing: no secondary of the same name
+    h = np.where(Y >= 37, (Z > Y) + 0.02 * Z, 0.0)
+    d = label_decision(shape_scores(h), float((YY_VALUES >= 37).mean()))
+    assert d.label == "range comparator" and d.secondary == ""
+    d = label_decision(shape_scores(h), 1.0)  # ungated: both names, the larger raw score first
+    assert {d.label, d.secondary} == {"comparator", "large-number promoter"}
 
 
 def test_multiple_of_5_and_parity_testable_only_where_the_model_shows_them():

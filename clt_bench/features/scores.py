@@ -348,8 +348,10 @@ def label_decision(
     cands = [k for k in ranked if raw[k] >= thr[k] and part[k] >= rule.partial_corr]
     if cands:
         best = cands[0]
-        second = cands[1] if len(cands) > 1 else ""
         label = _gated(best, yy_fraction, rule)
+        # the next candidate that names something else (a gated comparator and a gated large-ZZ
+        # ramp are both "range comparator": one label)
+        second = next((c for c in cands[1:] if _gated(c, yy_fraction, rule) != label), "")
     else:
         best, second = ranked[0], ""
         label = "other"
