@@ -86,8 +86,14 @@ def check_capped_exactness(
         targets,
         GraphsConfig(batch_size=2, max_feature_nodes=cap, zero_bos=False),
     )
+    zero = (
+        ""
+        if g.n_features
+        else " (a feature that writes nothing has no influence: is the decoder zero?)"
+    )
     assert g.n_features == min(cap, full.n_active), (
-        f"{g.n_features} feature nodes with a cap of {cap} and {full.n_active} active features"
+        f"{g.n_features} feature nodes with a cap of {cap} and {full.n_active} active "
+        f"features{zero}"
     )
     _rows_match_values(g, atol, f"capped at {cap} features")
     bad = {k: v for k, v in g.scores.items() if not 0.0 <= v <= 1.0}
