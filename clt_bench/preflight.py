@@ -308,15 +308,21 @@ def _training(
     """(peak bytes, seconds) of one transcoder's training stage beyond the base."""
     a = cfg.activations
     n_pass = min(c.micro_batch_tokens or c.batch_tokens, c.batch_tokens)
-    state = 16.0 * transcoder_parameters(c, L, d)
+    params = transcoder_parameters(c, L, d)
+    # fp32 weights, gradients and two AdamW moments (+ bf16 copies of the weights under autocast)
+    state = (18.0 if c.precision == "bf16" else 16.0) * params
     step = (cal.step_bytes_per_tfl * c.n_features * L + cal.step_bytes_per_token) * n_pass
-    if a.mode == "stream":
-        block = 2.0 * a.shuffle_buffer * act_bytes + cal.fwd_bytes_per_row * a.batch_size
+    if a.mode == "stream":  # one block of activations (its copy while the next is assembled)
+        block = a.shuffle_buffer * act_bytes
+        extract = cal.fwd_bytes_per_row * a.batch_size
     else:
         window = math.ceil(a.shuffle_buffer / a.shard_tokens) * a.shard_tokens
-        block = 2.0 * min(window, a.n_tokens) * act_bytes
-    batch = c.batch_tokens * L * 2 * d * 4.0 * (1 + max(1, c.norm_batches))  # norm batches
-    train = state + step + block + batch
+        block, extract = min(window, a.n_tokens) * act_bytes, 0.0
+    # at the start (AdamW state not yet allocated): the normalisation batches and the first block
+    norm = c.batch_tokens * L * 2 * d * 4.0 * (1 + max(1, c.norm_batches))
+    start = 4.0 * params + 2 * block + norm
+    # while training: a step, or the next block assembled beside the current one
+    train = max(start, state + block + max(step, block + extract))
     # evaluation: every held-out token's activations in fp32 (whole batches of rows), the
     # transcoder on 2,048 of them at a time, and the replacement model's log-probabilities over
     # the vocabulary for 8 rows (original, replacement, zero-ablated: clt.evaluate)
@@ -395,15 +401,17 @@ def estimate(
             sec[stage] = row_s * g.n_prompts * (2 * f.curve_candidates + 25)
         else:  # report
             mem[stage], sec[stage] = 0.0, 5.0
-    # memory a stage frees is not always returned to the system (glibc keeps freed blocks of up
-    # to 32 MB for reuse), so half of the second-largest stage's peak is added to the largest
+    # on the CPU, memory a stage frees is not always returned to the system (glibc keeps freed
+    # blocks of up to 32 MB for reuse), so half of the second-largest stage's peak is added to
+    # the largest; CUDA's caching allocator reuses its blocks
+    cuda = str(cfg.model.device).startswith("cuda")
     peaks = sorted(mem.values(), reverse=True) + [0.0, 0.0]
-    host = cal.base_bytes + peaks[0] + 0.5 * peaks[1]
+    host = cal.base_bytes + peaks[0] + (0.0 if cuda else 0.5 * peaks[1])
     if parallel_plt and "plt" in mem and "clt" in mem:
         # the PLT's process (its own model and PLT) beside the CLT's training
         host = max(host, 2 * cal.base_bytes + mem["clt"] + mem["plt"] + 0.5 * peaks[1])
     gpu = None
-    if str(cfg.model.device).startswith("cuda"):  # the stages' tensors live on the GPU
+    if cuda:  # the stages' tensors live on the GPU
         gpu, host = host, rss_bytes()
     return Estimate(
         host_bytes=host,
