@@ -9,7 +9,7 @@ published 0.89). The flag is raised when
     task.prob_diff < MIN_PROB_DIFF   or   |task.prob_diff - task.corrupted_prob_diff| < MIN_GAP
 
 and then the report says so at the top (report.html and summary.md) and shows those metrics as
-``undefined`` (MEASURING.md rule 10: degenerate is not a number); ``metrics.json`` keeps their
+``undefined`` (a degenerate measurement is not a number); ``metrics.json`` keeps their
 values for the record. GPT-2 small has PD 0.817 and corrupted PD -0.457, the toy 0.81 / -0.43.
 """
 
