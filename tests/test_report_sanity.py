@@ -4,6 +4,7 @@ report, and its ratios to the model's effect are not printed beside published fi
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -57,6 +58,9 @@ def test_shuffled_model_is_flagged(tmp_path):
     assert page.index("does not do the task") < page.index("id='headline'")
     row = next(line for line in md.splitlines() if "| baseline.faithfulness_paths_ratio |" in line)
     assert row.split("|")[2].strip() == UNDEFINED and row.split("|")[4].strip() == "0.89"
+    metrics = json.loads((tmp_path / "shuffled" / "metrics.json").read_text())
+    assert metrics["sanity"]["model_does_task"] is False
+    assert isinstance(metrics["headline"]["baseline.faithfulness_components_ratio"], float)
     # control: the toy itself does the task, and its ratios are numbers
     md, page = _run(tmp_path, "toy", load_model("toy"))
     assert "does not do the task" not in md and "does not do the task" not in page

@@ -174,6 +174,11 @@ def _run(args: argparse.Namespace, cfg, out: Path) -> int:
         from clt_bench.report.headline import headline_table
 
         print(headline_table(ctx.results["report"]))
+        from clt_bench.report.sanity import check_task
+
+        sanity = check_task(ctx.results["report"].get("headline", {}))
+        if not sanity.ok:
+            print(f"warning: {sanity.message}")
     if report.is_file():
         print(f"report: {report}")
     print(f"results: {out}")

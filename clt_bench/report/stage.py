@@ -28,6 +28,7 @@ from clt_bench.report.headline import (
 )
 from clt_bench.report.links import definition_html, methods_anchor
 from clt_bench.report.sanity import banner_html, check_task, displayed
+from clt_bench.report.sanity import to_json as sanity_json
 
 if TYPE_CHECKING:  # the pipeline imports the stages lazily; no import cycle at run time
     from clt_bench.pipeline import RunContext
@@ -369,6 +370,7 @@ def write_report(ctx: RunContext) -> dict[str, Any]:
         "headline_ci_method": f"95 % percentile bootstrap over prompts, 2000 resamples, seed "
         f"{ctx.cfg.seed}",
         "stages": stage_records(ctx),
+        "sanity": sanity_json(check_task(headline)),  # does the model do the task at all
     }
     summary_md = render_summary_md(ctx, headline, intervals)
     page = render_html(ctx, headline, meta, intervals)
