@@ -4,7 +4,6 @@ respect the umask, and a full disk ends in one sentence."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -608,7 +607,8 @@ def _numbers(run: Path) -> dict[str, float]:
 @pytest.mark.parametrize("seed", [1, 2])
 def test_kill_anywhere_then_rerun_gives_the_uninterrupted_numbers(tmp_path_factory, seed):
     """The quick preset killed with SIGKILL at a random moment (seeded), then rerun: the same
-    headline numbers as an uninterrupted run (up to wall-clock fields), no temp files left."""
+    headline numbers as an uninterrupted run (up to wall-clock fields, to 1e-6 relative), no
+    temp files left, and the gate passes it."""
     import random
     import signal
 
@@ -628,8 +628,12 @@ def test_kill_anywhere_then_rerun_gives_the_uninterrupted_numbers(tmp_path_facto
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     subprocess.run([*cmd, "--out", str(run)], capture_output=True, check=True, timeout=900)
-    same = json.dumps(_numbers(run), sort_keys=True) == json.dumps(_numbers(clean), sort_keys=True)
-    assert same, {k: (v, _numbers(clean).get(k)) for k, v in _numbers(run).items()}
+    got, want = _numbers(run), _numbers(clean)
+    assert got.keys() == want.keys()
+    # the float floor of the reference's deterministic bands: path-level faithfulness has been
+    # seen to move by ~4e-8 (relative) between two processes of the same code
+    off = {k: (got[k], want[k]) for k in got if not _same(got[k], want[k], 1e-6)}
+    assert not off, off
     left = [
         p
         for p in run.rglob("*")
@@ -639,6 +643,12 @@ def test_kill_anywhere_then_rerun_gives_the_uninterrupted_numbers(tmp_path_facto
     assert main(["check", str(run), "--reference", str(_own_reference(clean, root))]) == 0
 
 
+def _same(a, b, rel: float) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (a != a and b != b) or abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
+    return a == b
+
+
 def _own_reference(run: Path, root: Path) -> Path:
     ref = root / "own-reference.json"
     numeric = {
@@ -646,7 +656,7 @@ def _own_reference(run: Path, root: Path) -> Path:
         for k, v in _numbers(run).items()
         if isinstance(v, int | float) and not isinstance(v, bool) and v == v
     }
-    bands = {k: {"value": v, "abs_tol": 0.0} for k, v in numeric.items()}
+    bands = {k: {"value": v, "abs_tol": 1e-12, "rel_tol": 1e-6} for k, v in numeric.items()}
     write_json(ref, {"metrics": bands})
     return ref
 
