@@ -91,7 +91,7 @@ def test_missing_decoder_file(tmp_path, capsys):
     d = _clt_dir(tmp_path)
     (d / "W_dec_3.safetensors").unlink()
     assert _attribute(d, tmp_path) == 2
-    _one_sentence(capsys, "W_dec_3.safetensors", "does not exist")
+    _one_sentence(capsys, "has no W_dec_3.safetensors", "states n_layers = 4")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
