@@ -103,11 +103,12 @@ def _checked(section: str, ranges: dict[str, str], extra: Any = None) -> Any:
 def _check_model(m: ModelConfig) -> None:
     import torch
 
-    if m.name not in ("toy", "gpt2", "gpt2-random") and not (
+    if m.name not in ("toy", "planted", "gpt2", "gpt2-random") and not (
         m.name.startswith("hf:") and len(m.name) > 3
     ):
         raise UserError(
-            f"unknown model '{m.name}' (known models: toy, gpt2, gpt2-random, hf:<name-or-path>)."
+            f"unknown model '{m.name}' (known models: toy, planted, gpt2, gpt2-random, "
+            f"hf:<name-or-path>)."
         )
     try:
         torch.device(m.device)

@@ -85,7 +85,7 @@ def graphs(ctx: RunContext) -> dict[str, Any]:
     for name, value in out.get("scores", {}).items():  # completeness, replacement, pruned_*
         summary[f"{name}_score"] = value
     for where, shares in out.get("influence_share", {}).items():  # YY / END / rest shares
-        for cls in ("YY", "END", "rest"):
+        for cls in ("YY", "END", "rest", "planted_sites"):
             if isinstance(shares, dict) and cls in shares:
                 summary[f"influence_share_{cls.lower()}_{where}"] = shares[cls]
     # graph prompts outside the training distribution (a flag for the report, not a number)

@@ -24,6 +24,7 @@ from clt_bench.baseline.figures import (
     step_heatmap,
     units_curve,
 )
+from clt_bench.baseline.ground_truth import discovery_scores, known_circuit
 from clt_bench.baseline.neurons import analyse_neurons, pick_layer
 from clt_bench.baseline.patching import PatchContext
 from clt_bench.config import BaselineConfig, RunConfig, with_section
@@ -53,6 +54,10 @@ SUMMARY_KEYS = (
     "necessity_cutoff_sharpness",
     "random_control_cutoff_sharpness",
     "circuit_size",
+    "discovery_node_precision",
+    "discovery_node_recall",
+    "discovery_edge_precision",
+    "discovery_edge_recall",
 )
 
 
@@ -118,6 +123,13 @@ def run_baseline_stage(
     times["discovery"] = time.perf_counter() - t0 - sum(times.values())
     faith, circ_readout = evaluate_circuit(ctx, circuit, bcfg.n_random, bcfg.seed)
     times["evaluation"] = time.perf_counter() - t0 - sum(times.values())
+    truth = known_circuit(loaded.name)
+    if truth is not None and circuit.name != truth.name:  # graded against the planted circuit
+        gt = discovery_scores(circuit, truth)
+        faith["ground_truth"] = gt
+        for k in ("node_precision", "node_recall", "edge_precision", "edge_recall"):
+            if gt[k] is not None:
+                faith[f"discovery_{k}"] = round(gt[k], 4)
 
     n_heads = int(loaded.bridge.cfg.n_heads)
     figures = [

@@ -27,9 +27,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit
+from clt_bench.baseline.ground_truth import KNOWN, known_circuit, yy_probe_scores
 from clt_bench.baseline.patching import model_device
 from clt_bench.compare.curve import replacement_pd
 from clt_bench.compare.generalisation import generalisation, write_generalisation
+from clt_bench.compare.ground_truth_figure import ground_truth_grid, influence_grid
 from clt_bench.compare.overlap import (
     FeatureSite,
     influence_share,
@@ -58,6 +60,7 @@ from clt_bench.io import read_json, run_metadata, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
+from clt_bench.task.stage import load_task_batch
 
 log = logging.getLogger(__name__)
 UNITS_DEFINITION = (
@@ -82,7 +85,7 @@ def circuits_to_compare(run_dir: Path, model_name: str) -> list[Circuit]:
     if own is not None:
         out.append(own)
     names = {c.name for c in out}
-    for n in PUBLISHED:
+    for n in (*PUBLISHED, *KNOWN):  # published circuits and planted ones, in their own model
         if n not in names and published_applies(c := load_circuit(n), model_name):
             out.append(c)
     return out
@@ -333,6 +336,41 @@ def units_table(
     return rows, text
 
 
+def ground_truth_probe(
+    cfg: RunConfig, loaded: LoadedModel, run_dir: Path, batch: TaskBatch, out: Path
+) -> dict[str, Any]:
+    """On a model with a planted circuit (``batch`` unused: the probe needs more prompts than the
+    units curves): the YY probe of every transcoder and of MLP neurons
+    (``baseline.ground_truth``), written to compare/ground_truth.json; {} for other models."""
+    truth = known_circuit(loaded.name)
+    if truth is None:
+        return {}
+    tcs = {
+        k: load_run_clt(r, device=loaded.device) for k, r in transcoder_runs(cfg, run_dir).items()
+    }
+    # the whole discovery set (490 prompts, YY balanced): enough rows for a 97-value probe
+    probe = yy_probe_scores(loaded.bridge, tcs, load_task_batch(cfg, loaded, "discovery"), truth)
+    write_json(out / "ground_truth.json", json_safe({"truth": truth.name, "yy_probe": probe}))
+    grids = {}
+    for kind, r in transcoder_runs(cfg, run_dir).items():
+        rk = read_ranking(r)
+        sites = [
+            FeatureSite(int(a), p)
+            for (a, _), p in zip(rk["features"], rk["positions"], strict=True)
+        ]
+        grids[kind.upper()] = influence_grid(sites, rk["influence"], loaded.n_layers)
+    ground_truth_grid(
+        grids, truth, load_run_circuit(run_dir), out / "ground_truth_grid.png", loaded.name
+    )
+    prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt", "plt_features": "plt"}
+    flat: dict[str, Any] = {}
+    for kind, scores in probe.items():
+        if isinstance(scores, dict) and kind in prefix:
+            flat[f"yy_probe_r2_{prefix[kind]}"] = scores["r2"]
+            flat[f"yy_probe_within5_{prefix[kind]}"] = scores["within_tolerance"]
+    return flat
+
+
 def run_compare_stage(
     cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
@@ -455,6 +493,7 @@ def run_compare_stage(
         summary["plt_influence_share_in_circuit"] = plt_primary.get("influence_share", math.nan)
         summary["plt_node_recall_mlp"] = plt_primary.get("mlp_recall", math.nan)
     summary.update(fam_summary)
+    summary.update(ground_truth_probe(cfg, loaded, run_dir, batch, out))
     write_json(
         out / "metrics.json",
         json_safe(

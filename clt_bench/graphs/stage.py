@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from clt_bench.baseline.circuits import Circuit
+from clt_bench.baseline.ground_truth import known_circuit, mlp_sites, site_share
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
@@ -100,9 +102,12 @@ def yy_position(graph: Graph) -> int:
     return hits[-1] if hits else -1
 
 
-def influence_share_by_position(graph: Graph, yy_pos: int | None = None) -> dict[str, float]:
+def influence_share_by_position(
+    graph: Graph, yy_pos: int | None = None, truth: Circuit | None = None
+) -> dict[str, float]:
     """Share of the feature nodes' total influence on the targets (``graph.influence``, before
-    pruning) at the YY token, at END (the last position) and at every other position."""
+    pruning) at the YY token, at END (the last position) and at every other position; with a
+    planted ``truth`` circuit also the share at its MLP sites (``baseline.ground_truth``)."""
     yy_pos = yy_position(graph) if yy_pos is None else yy_pos
     infl = graph.influence[: graph.n_features].double()
     pos = graph.features[:, 1]
@@ -112,7 +117,11 @@ def influence_share_by_position(graph: Graph, yy_pos: int | None = None) -> dict
         return dict.fromkeys(POSITION_CLASSES, float("nan"))
     yy = float(infl[pos == yy_pos].sum()) if yy_pos != end else 0.0
     at_end = float(infl[pos == end].sum())
-    return {"YY": yy / total, "END": at_end / total, "rest": 1.0 - (yy + at_end) / total}
+    out = {"YY": yy / total, "END": at_end / total, "rest": 1.0 - (yy + at_end) / total}
+    if truth is not None and yy_pos >= 0:
+        sites = mlp_sites(truth, yy_pos, end)
+        out["planted_sites"] = site_share(graph.features[:, 0], pos, infl, sites)
+    return out
 
 
 # models trained only on documents that start with BOS (clt_bench.models.corpus, the synthetic
@@ -159,7 +168,7 @@ def seed_prompt_shares(
         "tokens": b.clean[0].tolist(),
         "in_distribution": not issue,
         "out_of_distribution_reason": issue,
-        **influence_share_by_position(graph, b.yy_pos),
+        **influence_share_by_position(graph, b.yy_pos, known_circuit(loaded.name)),
         **graph.scores,
     }
 
@@ -171,10 +180,11 @@ def task_prompt_shares(
     from clt_bench.features.attribution import one_per_yy
 
     sub = one_per_yy(batch, cfg.graphs.share_prompts)
+    truth = known_circuit(loaded.name)
     rows = []
     for i in range(len(sub)):
         graph = build_graph(loaded, clt, sub.clean[i], cfg.graphs.target, cfg.graphs)
-        rows.append({**influence_share_by_position(graph, sub.yy_pos), **graph.scores})
+        rows.append({**influence_share_by_position(graph, sub.yy_pos, truth), **graph.scores})
     keys = rows[0].keys() if rows else ()
     return {
         "n_prompts": len(rows),
@@ -200,7 +210,7 @@ def run_graphs_stage(
     shares: dict[str, Any] = {
         "definition": "share of the feature nodes' influence on the target "
         "at the YY token, at END and elsewhere (before pruning)",
-        "graph": influence_share_by_position(graph),
+        "graph": influence_share_by_position(graph, truth=known_circuit(loaded.name)),
     }
     graph_issue = prompt_distribution_issue(cfg, loaded, graph.tokens.tolist())
     seed = seed_prompt_shares(cfg, loaded, clt)

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model",
         choices=("toy", "planted"),
         default="toy",
-        help="toy, or planted: the SIIT-trained model with a known circuit (baselines/planted.toml)",
+        help="toy, or planted: the SIIT-trained model whose circuit is baselines/planted.toml",
     )
     tr.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     tr.add_argument("--steps", type=int, default=None, help="optimizer steps")

@@ -1,4 +1,4 @@
-"""The embedded ``planted`` model: GPT-2 architecture, 6 layers, a greater-than circuit by construction.
+"""The embedded ``planted`` model: GPT-2 architecture, 6 layers, a known greater-than circuit.
 
 Trained by ``clt-bench toy-model train --model planted`` (``clt_bench.models.planted_train``) with
 strict interchange intervention training, so that the high-level causal model and alignment of

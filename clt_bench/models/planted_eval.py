@@ -120,6 +120,7 @@ def strictness(
     }
     gap = float((pd["clean"] - pd["corrupted"]).mean())
     scores: dict[str, float] = {}
+    raw: dict[str, float] = {}
     for label, comp, positions in strict_nodes(spec, pairs, n_layers, n_heads, single):
         mask = PatchMask(len(pairs), pairs.base.shape[1], n_layers, n_heads)
         mask.set(slice(None), comp, positions)
@@ -127,6 +128,7 @@ def strictness(
             model, patched(model, pairs.base, src, mask), pairs.end_pos, pairs.answer_ids
         )
         moved = (prob_diff_per_example(p.double(), pairs.base_yy) - pd["clean"]).abs().mean()
+        raw[label] = float(moved)
         scores[label] = float(moved) / gap if gap > 0 else float("inf")
     worst = max(scores, key=scores.get)
     out: dict[str, Any] = {
@@ -140,6 +142,7 @@ def strictness(
     }
     if per_node:
         out["per_node"] = {k: round(v, 5) for k, v in scores.items()}
+        out["per_node_abs_pd_moved"] = raw
     return out
 
 

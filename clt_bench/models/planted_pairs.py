@@ -84,12 +84,18 @@ def prompt_pool(n: int, seed: int) -> TaskBatch:
 
 
 def make_pairs(
-    pool: TaskBatch, idx: torch.Tensor, gen: torch.Generator, corrupt_fraction: float = 0.25
+    pool: TaskBatch,
+    idx: torch.Tensor,
+    gen: torch.Generator,
+    corrupt_fraction: float = 0.25,
+    corrupt_base_fraction: float = 0.0,
 ) -> Pairs:
     """Pairs with bases ``pool[idx]`` and sources that swap YY for another YY of the same century.
 
     A ``corrupt_fraction`` of the sources use YY = 01 (Hanna's counterfactual) where the century
-    has it, so the interventions the baseline's path patching makes were trained for.
+    has it, so the interventions the baseline's path patching makes were trained for; of those,
+    a ``corrupt_base_fraction`` swap roles (the 01 prompt is the base), so the corrupted run's
+    own output is trained too (01 is rare in the corpus).
     """
     base = pool.clean[idx]
     century = torch.tensor([pool.years[i] // 100 for i in idx.tolist()])
@@ -106,4 +112,16 @@ def make_pairs(
     answer_ids = answer_token_ids(gpt2_tokenizer())
     source = base.clone()
     source[:, pool.yy_pos] = answer_ids[source_yy]
+    if corrupt_base_fraction > 0:
+        flip = (source_yy == CORRUPT_YY) & (
+            torch.rand(len(source_yy), generator=gen) < corrupt_base_fraction
+        )
+        base, source = (
+            torch.where(flip[:, None], source, base),
+            torch.where(flip[:, None], base, source),
+        )
+        base_yy, source_yy = (
+            torch.where(flip, source_yy, base_yy),
+            torch.where(flip, base_yy, source_yy),
+        )
     return Pairs(base, source, century, base_yy, source_yy, pool.yy_pos, pool.end_pos, answer_ids)

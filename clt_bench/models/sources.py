@@ -19,7 +19,7 @@ from clt_bench.models.tokenizer import gpt2_tokenizer
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("toy", "gpt2", "gpt2-random", "hf:<name-or-path>")
+MODEL_NAMES = ("toy", "planted", "gpt2", "gpt2-random", "hf:<name-or-path>")
 DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -158,6 +158,10 @@ def load_model(
         from clt_bench.models.toy import load_toy
 
         bridge = load_toy(dtype=torch_dtype)
+    elif name == "planted":
+        from clt_bench.models.planted import load_planted
+
+        bridge = load_planted(dtype=torch_dtype)
     elif name == "gpt2-random":
         bridge = _gpt2_random(seed, torch_dtype)
     elif name == "gpt2":
@@ -166,7 +170,8 @@ def load_model(
         bridge, tokenizer = _boot_hub(name[3:], device, torch_dtype)
     else:
         raise UserError(
-            f"unknown model '{name}' (known models: toy, gpt2, gpt2-random, hf:<name-or-path>)."
+            f"unknown model '{name}' (known models: toy, planted, gpt2, gpt2-random, "
+            f"hf:<name-or-path>)."
         )
     if device != "cpu":
         bridge = bridge.to(device)
@@ -205,6 +210,10 @@ def model_fingerprint(name: str) -> str:
         from clt_bench.models.toy import toy_fingerprint
 
         return toy_fingerprint()
+    if name == "planted":
+        from clt_bench.models.planted import planted_fingerprint
+
+        return planted_fingerprint()
     if name == "gpt2" or name.startswith("hf:"):
         from clt_bench.models.hub import hub_fingerprint
 
