@@ -81,7 +81,7 @@ class PlantedTrainConfig:
     seed: int = 0
     steps: int = 1500
     batch_size: int = 32  # corpus documents per step (behaviour loss)
-    pair_batch: int = 96  # task pairs per step: half IIT, half strictness
+    pair_batch: int = 64  # task pairs per step: half IIT, half strictness
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -89,20 +89,20 @@ class PlantedTrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
     iit_weight: float = 1.0
-    strict_weight: float = 1.5
+    strict_weight: float = 1.0
     all_positions_fraction: float = 0.5  # strictness examples patching a node everywhere at once
     corrupt_fraction: float = 0.25  # sources with YY = 01 (Hanna's counterfactual)
-    corrupt_base_fraction: float = 0.5  # of those, pairs whose base is the 01 prompt
+    corrupt_base_fraction: float = 0.0  # of those, pairs whose base is the 01 prompt
     n_documents: int = 32_000
     corpus_seed: int = 1_000  # the toy's corpus
-    sample_positions: int = 4
+    sample_positions: int = 2
     n_pair_prompts: int = 4_096
     pair_seed: int = 2_024  # training prompts; evaluation uses other seeds
     threads: int = (
         1  # fixed so a rerun gives the same weights (and no OpenMP stalls on a busy machine)
     )
     checkpoint_every: int = 250
-    eval_every: int = 500
+    eval_every: int = 250
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.pair_batch < 2:
