@@ -41,22 +41,30 @@ def _format(metrics: dict[str, float]) -> str:
     return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items())
 
 
-def run_train(args: argparse.Namespace) -> int:
+def _with_args(cfg, args: argparse.Namespace):  # noqa: ANN001, ANN202 - either train config
+    """The training config with the seed and the flags the user gave."""
     from dataclasses import replace
 
-    if args.model == "planted":
-        return _train_planted(args)
-
     from clt_bench.errors import UserError
-    from clt_bench.models.toy_train import ToyTrainConfig, train_toy
 
-    cfg = replace(ToyTrainConfig(), seed=args.seed)
+    cfg = replace(cfg, seed=args.seed)
     for key in ("steps", "lr", "batch_size", "threads"):
         value = getattr(args, key)
         if value is not None:
             cfg = replace(cfg, **{key: value})
     if cfg.threads < 1:
         raise UserError(f"--threads must be >= 1 (got {cfg.threads}).")
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+
+    if args.model == "planted":
+        return _train_planted(args)
+
+    from clt_bench.models.toy_train import ToyTrainConfig, train_toy
+
+    cfg = _with_args(ToyTrainConfig(), args)
     out = Path(args.out or TOY_DIR_DEFAULT())
     info = train_toy(cfg, out, keep_checkpoint=args.keep_checkpoint)
     final = {k: v for k, v in info["final_metrics"].items() if isinstance(v, float)}
@@ -84,19 +92,11 @@ def TOY_DIR_DEFAULT() -> Path:  # noqa: N802 - reads like the constant it resolv
 
 
 def _train_planted(args: argparse.Namespace) -> int:
-    from dataclasses import replace
 
-    from clt_bench.errors import UserError
     from clt_bench.models.planted import PLANTED_DIR
     from clt_bench.models.planted_train import PlantedTrainConfig, train_planted
 
-    cfg = replace(PlantedTrainConfig(), seed=args.seed)
-    for key in ("steps", "lr", "batch_size", "threads"):
-        value = getattr(args, key)
-        if value is not None:
-            cfg = replace(cfg, **{key: value})
-    if cfg.threads < 1:
-        raise UserError(f"--threads must be >= 1 (got {cfg.threads}).")
+    cfg = _with_args(PlantedTrainConfig(), args)
     out = Path(args.out or PLANTED_DIR)
     info = train_planted(cfg, out, keep_checkpoint=args.keep_checkpoint)
     print(_format_acceptance(info["acceptance"]))
