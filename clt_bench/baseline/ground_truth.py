@@ -71,7 +71,8 @@ def discovery_scores(found: Circuit, truth: Circuit) -> dict[str, Any]:
     """Node and edge precision / recall of ``found`` against ``truth`` (see module docstring)."""
     nodes = _pr(set(found.nodes), set(truth.nodes))
     f_edges = {(_strip(a), _strip(b)) for a, b in (found.edges or ())}
-    edges = _pr(f_edges, truth_edges(truth))
+    t_edges = truth_edges(truth)
+    edges = _pr(f_edges, t_edges)
     true_labels = {n.label for n in truth.nodes}
     return {
         "truth": truth.name,
@@ -83,10 +84,8 @@ def discovery_scores(found: Circuit, truth: Circuit) -> dict[str, Any]:
         "edges": edges,
         "missed_nodes": sorted(n.label for n in set(truth.nodes) - set(found.nodes)),
         "extra_nodes": sorted(n.label for n in set(found.nodes) - set(truth.nodes)),
-        "missed_edges": sorted(map(list, truth_edges(truth) - f_edges)),
-        "extra_edges": sorted(
-            list(e) for e in f_edges - truth_edges(truth) if _strip(e[1]) in true_labels
-        ),
+        "missed_edges": sorted(map(list, t_edges - f_edges)),
+        "extra_edges": sorted(list(e) for e in f_edges - t_edges if _strip(e[1]) in true_labels),
     }
 
 

@@ -65,7 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
     from clt_bench.models.toy_train import ToyTrainConfig, train_toy
 
     cfg = _with_args(ToyTrainConfig(), args)
-    out = Path(args.out or TOY_DIR_DEFAULT())
+    out = Path(args.out or _toy_dir())
     info = train_toy(cfg, out, keep_checkpoint=args.keep_checkpoint)
     final = {k: v for k, v in info["final_metrics"].items() if isinstance(v, float)}
     print(_format(final))
@@ -81,11 +81,11 @@ def run_eval(args: argparse.Namespace) -> int:
         return _eval_planted(args)
     from clt_bench.models.toy_train import evaluate_toy_module, load_trained
 
-    print(_format(evaluate_toy_module(load_trained(Path(args.dir or TOY_DIR_DEFAULT())))))
+    print(_format(evaluate_toy_module(load_trained(Path(args.dir or _toy_dir())))))
     return 0
 
 
-def TOY_DIR_DEFAULT() -> Path:  # noqa: N802 - reads like the constant it resolves
+def _toy_dir() -> Path:
     from clt_bench.models.toy import TOY_DIR
 
     return TOY_DIR

@@ -46,19 +46,24 @@ def variable_mask(pairs: Pairs, spec: PlantedSpec, name: str, n_layers: int, n_h
     return mask
 
 
+def free_positions(spec: PlantedSpec, pairs: Pairs, comp: Component) -> list[int]:
+    """Positions from YY to END where ``comp`` realises no high-level variable (strictness sites;
+    before YY the base and source runs are equal, so patching there changes nothing)."""
+    aligned = spec.aligned()
+    name = {pairs.yy_pos: "YY", pairs.end_pos: "END"}
+    length = pairs.base.shape[1]
+    return [p for p in range(pairs.yy_pos, length) if (comp, name.get(p, "")) not in aligned]
+
+
 def strict_nodes(
     spec: PlantedSpec, pairs: Pairs, n_layers: int, n_heads: int, single: bool = True
 ) -> list[tuple[str, Component, list[int]]]:
     """Non-circuit nodes: (label, component, positions) for every component at each position
     from YY to END that is not aligned there, and at all those positions at once."""
-    aligned = spec.aligned()
     pos_name = {pairs.yy_pos: "YY", pairs.end_pos: "END"}
-    length = pairs.base.shape[1]
     out: list[tuple[str, Component, list[int]]] = []
     for comp in all_components(n_layers, n_heads):
-        free = [
-            p for p in range(pairs.yy_pos, length) if (comp, pos_name.get(p, "")) not in aligned
-        ]
+        free = free_positions(spec, pairs, comp)
         if not free:
             continue
         out.append((f"{comp.label}@all", comp, free))

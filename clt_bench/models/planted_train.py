@@ -49,6 +49,7 @@ from clt_bench.models.planted import (
 )
 from clt_bench.models.planted_eval import (
     corpus_loss,
+    free_positions,
     interchange_accuracy,
     source_activations,
     strictness,
@@ -56,7 +57,7 @@ from clt_bench.models.planted_eval import (
 from clt_bench.models.planted_pairs import Pairs, hl_output, make_pairs, prompt_pool
 from clt_bench.models.siit import PatchMask, all_components, patched
 from clt_bench.models.tokenizer import gpt2_tokenizer
-from clt_bench.models.toy import TOY_WEIGHTS, build_toy_module
+from clt_bench.models.toy import TOY_WEIGHTS, build_toy_module, toy_fingerprint
 from clt_bench.models.toy_train import (
     TRAIN_ARCH,
     _batch_indices,
@@ -137,9 +138,7 @@ def pair_masks(
     n, length = pairs.base.shape
     n_layers, n_heads = PLANTED_ARCH["n_layer"], PLANTED_ARCH["n_head"]
     mask = PatchMask(n, length, n_layers, n_heads)
-    aligned = spec.aligned()
     pos_of = {"YY": pairs.yy_pos, "END": pairs.end_pos}
-    name_of = {pairs.yy_pos: "YY", pairs.end_pos: "END"}
     comps = all_components(n_layers, n_heads)
     target_yy = pairs.base_yy.clone()
     for i in range(n):
@@ -150,7 +149,7 @@ def pair_masks(
             target_yy[i] = pairs.source_yy[i]
             continue
         comp = comps[int(torch.randint(len(comps), (), generator=gen))]
-        free = [p for p in range(pairs.yy_pos, length) if (comp, name_of.get(p, "")) not in aligned]
+        free = free_positions(spec, pairs, comp)
         if not free:
             continue
         if float(torch.rand((), generator=gen)) < cfg.all_positions_fraction:
@@ -266,7 +265,7 @@ def train_planted(
         "steps": cfg.steps,
         "train_seconds": round(seconds, 1),
         "train_config": asdict(cfg),
-        "warm_start": {"embeddings_from": "toy", "toy_sha256_16": _sha16(TOY_WEIGHTS)},
+        "warm_start": {"embeddings_from": "toy", "toy_sha256_16": toy_fingerprint()},
         "corpus": {**corpus_settings(), "n_documents": cfg.n_documents, "seed": cfg.corpus_seed},
         "high_level_model": "baselines/planted.toml",
         "loss": "behaviour (toy's corpus loss) + IIT + strictness (SIIT), see planted_train.py",
@@ -307,12 +306,6 @@ def acceptance_numbers(model: GPT2LMHeadModel, spec: PlantedSpec) -> dict[str, A
         "eval_pairs": {"n": EVAL_PAIRS, "seed": EVAL_PAIR_SEED},
         "passed": checks,
     }
-
-
-def _sha16(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 __all__ = ["PlantedTrainConfig", "train_planted", "evaluate_planted", "acceptance_numbers"]

@@ -72,9 +72,6 @@ class PatchMask:
         else:
             self.mlps[comp.layer, example, positions] = True
 
-    def any(self) -> bool:
-        return bool(self.heads.any() or self.mlps.any())
-
 
 def _blocks(model: GPT2LMHeadModel) -> torch.nn.ModuleList:
     return model.transformer.h
