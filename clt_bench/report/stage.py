@@ -176,6 +176,7 @@ table{border-collapse:collapse;font-size:.88em;margin:.6em 0}
 td,th{border-bottom:1px solid #e4e4e4;padding:.25em .7em;text-align:right}
 td:first-child,th:first-child{text-align:left}
 table.headline th{background:#f3f3f3}
+table.headline td:nth-child(n+2):nth-child(-n+4){white-space:nowrap}
 figure{display:inline-block;margin:.4em;vertical-align:top;max-width:100%}
 figure img{max-width:min(520px,100%);width:100%;border:1px solid #eee}
 img{max-width:100%;height:auto} td,th{overflow-wrap:anywhere}
