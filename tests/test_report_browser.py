@@ -1,5 +1,7 @@
 """The report as a reader sees it: headless Chromium loads it, every image decodes, nothing
-sticks out past the page, there is a table of contents; plus the bootstrap intervals it shows."""
+sticks out past the page, there is a table of contents, and it is readable at a laptop's and a
+desktop's width (no word broken inside, no row taller than three lines, text >= 14 px, figure
+text >= 10 px as displayed); plus the bootstrap intervals it shows."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 
 from clt_bench.config import load_config
 from clt_bench.io import save_tensors
-from clt_bench.plots import yy_zz_heatmap
+from clt_bench.plots import yy_zz_grid, yy_zz_heatmap
 from clt_bench.report.browser import check_report, find_chromium
 from clt_bench.report.stage import write_report
 
@@ -27,6 +29,16 @@ def report(tmp_path_factory):
     rng = np.random.default_rng(0)
     (run / "task").mkdir()
     yy_zz_heatmap(rng.random((97, 100)), run / "task" / "heatmap.png", "p(ZZ | YY)")
+    grid = {f"family {i}": rng.random((97, 100)) for i in range(8)}
+    yy_zz_grid(grid, run / "task" / "families_heatmap.png", "p(ZZ | YY) per family")
+    pd.DataFrame(
+        {
+            "family": [f"family {i}" for i in range(17)],
+            "template": ["The {noun} lasted from the year {XX}{YY} to the year {XX}"] * 17,
+            "example_prompt": ["The war lasted from the year 1732 to the year 17"] * 17,
+            **{f"metric_{i}": rng.random(17) for i in range(12)},
+        }
+    ).to_csv(run / "task" / "families.csv", index=False)
     pd_values = rng.normal(0.8, 0.2, size=200)
     save_tensors(
         run / "task" / "per_prompt.safetensors", {"prob_diff": torch.from_numpy(pd_values)}
@@ -65,6 +77,16 @@ def test_report_renders_in_chromium(report):
 
 
 @needs_chromium
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_report_is_readable_at_laptop_and_desktop_width(report, width):
+    result = check_report(report / "report.html", width=width)
+    assert result["figures"] >= 2
+    problems = {k: result[k] for k in ("broken_words", "tall_rows", "small_text", "small_figures")}
+    counts = f"{result['n_broken_words']} words broken, {result['n_tall_rows']} rows too tall"
+    assert problems == dict.fromkeys(problems, []), counts
+
+
+@needs_chromium
 def test_browser_check_catches_broken_images_and_overflow(tmp_path):
     page = tmp_path / "bad.html"
     page.write_text(
@@ -73,3 +95,24 @@ def test_browser_check_catches_broken_images_and_overflow(tmp_path):
     )
     result = check_report(page)
     assert result["broken"] == ["gone"] and result["overflow"] and result["toc"] == 0
+
+
+@needs_chromium
+def test_readability_check_catches_broken_words_tall_rows_small_text_and_figures(tmp_path):
+    fig = tmp_path / "fig.png"
+    yy_zz_heatmap(np.random.default_rng(0).random((97, 100)), fig, "p(ZZ | YY)")
+    page = tmp_path / "bad.html"
+    page.write_text(
+        "<html><body style='font-size:16px'><table style='width:600px;table-layout:fixed'><tr><td "
+        "style='width:40px;overflow-wrap:anywhere'>"
+        "unbreakable_metric_name</td><td>" + "many words " * 60 + "</td></tr></table>"
+        "<p style='font-size:11px'>tiny</p><img src='fig.png' alt='fig' style='width:150px'>"
+        "<img src='fig.png' alt='big' style='width:700px'></body></html>"
+    )
+    result = check_report(page, width=1280)
+    assert any("unbreakable_metric_name" in w for w in result["broken_words"])
+    assert not any("many" in w for w in result["broken_words"])  # wrapped between words: fine
+    assert len(result["tall_rows"]) == 1
+    assert result["small_text"] == ["p 11px"]
+    assert result["figures"] == 2 and len(result["small_figures"]) == 1
+    assert result["small_figures"][0].startswith("fig ")
