@@ -63,7 +63,7 @@ def test_headline_gets_a_seeded_bootstrap_interval_over_prompts(report):
     assert lo < mean < hi and 0.01 < hi - lo < 0.1  # ~ 2 x 1.96 x 0.2 / sqrt(200) = 0.055
     assert "features.n_comparator" not in metrics["headline_ci"]  # no per-prompt values: none
     assert "bootstrap" in metrics["headline_ci_method"]
-    assert f"[{lo:.4g}, {hi:.4g}]" in (report / "report.html").read_text()
+    assert f"[{lo:.3g}, {hi:.3g}]" in (report / "report.html").read_text()  # 3 digits
 
 
 @needs_chromium

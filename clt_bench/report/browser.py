@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import re
 import shutil
@@ -30,11 +29,10 @@ import tempfile
 from pathlib import Path
 
 from clt_bench.errors import UserError
+from clt_bench.report.figures import text_px
 
 MIN_TEXT_PX = 14.0  # computed font size of any displayed text
 MIN_FIGURE_TEXT_PX = 10.0  # a figure's smallest text at its displayed size
-DEFAULT_FIGURE_TEXT_PT = 10.0  # matplotlib's default tick label size (rcParams 'medium')
-TEXT_CHUNK = "clt-bench:min-text-pt"  # PNG text chunk: the figure's smallest font size in points
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 # flags for a closed network and a root user (see Chromium's headless docs)
@@ -111,27 +109,11 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-def png_text_px(data: bytes) -> float | None:
-    """A PNG figure's smallest text height in its own pixels (see the module doc); ``None`` for an
-    image that is not a PNG."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != "PNG":
-                return None
-            dpi = float((im.info.get("dpi") or (72.0, 72.0))[0])
-            pt = float(getattr(im, "text", {}).get(TEXT_CHUNK, DEFAULT_FIGURE_TEXT_PT))
-    except (OSError, ValueError):
-        return None
-    return pt * dpi / 72.0
-
-
 IMG = re.compile(r"<img\b[^>]*?\bsrc=(['\"])(.*?)\1", re.S)
 
 
 def annotate_figures(page: str, folder: Path) -> str:
-    """``page`` with ``data-text-px`` (``png_text_px``) on every ``<img>`` whose PNG it can read
+    """``page`` with ``data-text-px`` (``figures.text_px``) on every ``<img>`` whose PNG it can read
     (inline ``data:`` or a file relative to ``folder``)."""
 
     def one(m: re.Match[str]) -> str:
@@ -143,7 +125,7 @@ def annotate_figures(page: str, folder: Path) -> str:
                 data = (folder / src).read_bytes()
         except (OSError, ValueError):
             return m.group(0)
-        px = png_text_px(data)
+        px = text_px(data)
         return m.group(0) if px is None else f'<img data-text-px="{px:.2f}"' + m.group(0)[4:]
 
     return IMG.sub(one, page)

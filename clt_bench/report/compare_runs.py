@@ -31,6 +31,7 @@ PER_PROMPT: dict[str, tuple[str, str]] = {
     "task.corrupted_prob_diff": ("task/per_prompt.safetensors", "corrupted_prob_diff"),
     "task.logit_diff": ("task/per_prompt.safetensors", "logit_diff"),
     "clt.replacement_prob_diff": ("clt/per_prompt.safetensors", "replacement_prob_diff"),
+    "plt.replacement_prob_diff": ("plt/clt/per_prompt.safetensors", "replacement_prob_diff"),
 }
 # config sections that fix which prompts a per-prompt file holds (paired comparison needs equal)
 PROMPT_SECTIONS = ("model", "task")
