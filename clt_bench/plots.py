@@ -15,7 +15,6 @@ import seaborn as sns  # noqa: E402, F401  (re-exported: baseline.figures)
 
 from clt_bench.io import atomic_path  # noqa: E402
 
-
 MIN_TEXT_CHUNK = "clt-bench:min-text-pt"  # PNG text chunk: the figure's smallest font (points)
 
 
