@@ -150,27 +150,21 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         )
 
 
-def check_report(
-    html_path: str | Path,
-    screenshot: str | Path | None = None,
-    width: int = 1280,
-    timeout: float = 60.0,
-) -> dict:
-    """Load ``html_path`` in headless Chromium; returns the probe's result (see module doc)."""
+def _probe(page: Path, script: str, attr: str, width: int, timeout: float, height: int = 1000):
+    """Load a copy of ``page`` with ``script`` appended to its body; ``script`` sets the body's
+    ``attr`` attribute to a JSON value, which is returned."""
     exe = find_chromium()
     if exe is None:
         raise UserError("no Chromium found (install Debian's 'chromium' package).")
-    page = Path(html_path).resolve()
     # the probed copy sits beside the page, so that images it links load as they do for a reader
     probe = page.with_name(f".{page.stem}.probe.html")
-    script = f"<script>const MIN_TEXT = {MIN_TEXT_PX}, MIN_FIG = {MIN_FIGURE_TEXT_PX};</script>"
     text = annotate_figures(page.read_text(encoding="utf-8"), page.parent)
-    probe.write_text(text.replace("</body>", script + PROBE + "</body>"), encoding="utf-8")
+    probe.write_text(text.replace("</body>", script + "</body>"), encoding="utf-8")
     try:
         out = _run(
             [
                 exe,
-                f"--window-size={width},1000",
+                f"--window-size={width},{height}",
                 "--virtual-time-budget=10000",
                 "--dump-dom",
                 probe.as_uri(),
@@ -179,12 +173,85 @@ def check_report(
         )
     finally:
         probe.unlink(missing_ok=True)
-    m = re.search(r"data-check=\"([^\"]*)\"", out.stdout)
+    m = re.search(rf"{attr}=\"([^\"]*)\"", out.stdout)
     if not m:
         raise UserError(f"Chromium did not load {page} ({out.stderr.strip()[-200:]}).")
-    result = json.loads(html.unescape(m.group(1)))
+    return json.loads(html.unescape(m.group(1)))
+
+
+def check_report(
+    html_path: str | Path,
+    screenshot: str | Path | None = None,
+    width: int = 1280,
+    timeout: float = 60.0,
+) -> dict:
+    """Load ``html_path`` in headless Chromium; returns the probe's result (see module doc)."""
+    page = Path(html_path).resolve()
+    limits = f"<script>const MIN_TEXT = {MIN_TEXT_PX}, MIN_FIG = {MIN_FIGURE_TEXT_PX};</script>"
+    result = _probe(page, limits + PROBE, "data-check", width, timeout)
     if screenshot is not None:
+        exe = find_chromium()
         shot = Path(screenshot).resolve()
         _run([exe, f"--window-size={width},1000", f"--screenshot={shot}", page.as_uri()], timeout)
         result["screenshot"] = str(shot) if shot.is_file() else None
     return result
+
+
+DRIVE = """<script>
+window.addEventListener('load', () => {
+  let out;
+  try { out = (function () { %s })(); } catch (e) { out = {error: String(e)}; }
+  document.body.setAttribute('data-drive', JSON.stringify(out === undefined ? null : out));
+});
+</script>"""
+
+
+def drive_report(html_path: str | Path, body: str, width: int = 1280, timeout: float = 60.0):
+    """Run the JavaScript function body ``body`` in the loaded page (after the page's own
+    scripts) and return what it returns (JSON); an exception comes back as ``{"error": ...}``.
+    Clicks dispatched there run the page's own handlers, as a reader's would."""
+    return _probe(Path(html_path).resolve(), DRIVE % body, "data-drive", width, timeout)
+
+
+MAX_SHOT_HEIGHT = 16000  # px: a section taller than this is cut off in its screenshot
+
+
+def screenshot_sections(
+    html_path: str | Path, out_dir: str | Path, width: int = 1280, timeout: float = 60.0
+) -> list[Path]:
+    """One PNG per ``<section id=...>`` of the page at ``width`` px (``<id>.png`` in
+    ``out_dir``): each from a copy of the page that shows that section alone, the window as tall
+    as the section (at most ``MAX_SHOT_HEIGHT``)."""
+    page = Path(html_path).resolve()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = drive_report(
+        page,
+        "return [...document.querySelectorAll('body > section[id]')].map(s => "
+        "[s.id, Math.ceil(s.getBoundingClientRect().height)]);",
+        width,
+        timeout,
+    )
+    text = page.read_text(encoding="utf-8")
+    paths = []
+    for sid, h in sections:
+        alone = page.with_name(f".{page.stem}.{sid}.html")
+        style = f"<style>body > :not(#{sid}){{display:none !important}}</style>"
+        alone.write_text(text.replace("</head>", style + "</head>", 1), encoding="utf-8")
+        shot = out / f"{sid}.png"
+        try:
+            _run(
+                [
+                    find_chromium() or "chromium",
+                    f"--window-size={width},{min(int(h) + 60, MAX_SHOT_HEIGHT)}",
+                    "--virtual-time-budget=5000",
+                    f"--screenshot={shot}",
+                    alone.as_uri(),
+                ],
+                timeout,
+            )
+        finally:
+            alone.unlink(missing_ok=True)
+        if shot.is_file():
+            paths.append(shot)
+    return paths

@@ -152,6 +152,8 @@ def graph_data(path: Path, labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The explorer's data from one graph JSON file; ``labels``: feature id -> its features.csv
     fields (label and scores shown on hover)."""
     g = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(g, dict) or "nodes" not in g or "links" not in g:
+        raise ValueError("not a graph file: no nodes and links")
     meta = g.get("metadata", {})
     extra = meta.get("clt_bench", {})
     tokens = [str(t) for t in meta.get("prompt_tokens", [])]
@@ -216,11 +218,13 @@ def graph_data(path: Path, labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def graph_html(folder: Path, features_folder: Path, run_dir: Path) -> str:
     """The explorer for the first graph of ``folder`` (a graphs stage); "" without a graph."""
     files = sorted(p for p in folder.glob("*.json") if p.name not in ("scores.json", "stage.json"))
-    files = [p for p in files if '"links"' in p.read_text(encoding="utf-8")[:200_000]]
     if not files:
         return ""
     feats = features_data(features_folder) or {"features": {}}
-    data = graph_data(files[0], feats["features"])
+    try:
+        data = graph_data(files[0], feats["features"])
+    except (KeyError, TypeError, ValueError) as e:
+        return f"<p class='why'>The graph explorer could not read {files[0].name} ({e}).</p>"
     top = data["node_threshold"] or 1.0
     rel = files[0].relative_to(run_dir).as_posix()
     others = (

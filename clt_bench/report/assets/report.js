@@ -107,8 +107,24 @@
     };
     const nodeT = $('#node-threshold'), edgeT = $('#edge-threshold'), info = $('#graph-info');
     const rows = g.n_layers + 2;  // embeddings, layers, logits
-    const W = Math.max(box.clientWidth, 110 * g.tokens.length + 90), rowH = 78;
-    const H = rows * rowH + 110, left = 80, colW = (W - left - 10) / g.tokens.length;
+    const rowOf = n => n.kind === 'token' ? 0 : n.kind === 'logit' ? rows - 1 : n.layer + 1;
+    // nodes of one (layer, position) cell side by side, most influential in the middle; a
+    // position's column is as wide as its fullest cell needs
+    const cells = {}, need = g.tokens.map(() => 1);
+    g.nodes.forEach((n, i) => { (cells[rowOf(n) + ',' + n.pos] ||= []).push(i); });
+    const PER_LINE = 14;  // a fuller cell wraps onto more lines within its row
+    const lines = n => Math.ceil(n / PER_LINE), perLine = n => Math.ceil(n / lines(n));
+    Object.entries(cells).forEach(([k, ids]) => {
+      const pos = +k.split(',')[1];
+      need[pos] = Math.max(need[pos], perLine(ids.length));
+    });
+    const STEP = 22, left = 60;
+    const base = need.map(c => Math.max(56, c * STEP + 16));
+    const avail = Math.max(box.clientWidth, 600) - left - 10;
+    const sum = base.reduce((a, b) => a + b, 0);
+    const colW = base.map(w => sum < avail ? w * avail / sum : w);
+    const x0 = colW.map((w, i) => left + colW.slice(0, i).reduce((a, b) => a + b, 0));
+    const W = left + 10 + colW.reduce((a, b) => a + b, 0), rowH = 70, H = rows * rowH + 90;
     const maxRaw = Math.max(1e-12, ...g.nodes.map(n => n.raw));
     const maxW = Math.max(1e-12, ...g.links.map(l => Math.abs(l[2])));
     const labels = [...new Set(g.nodes.filter(n => n.kind === 'feature').map(n => n.label))].sort();
@@ -118,31 +134,28 @@
       ? palette[labels.indexOf(n.label) % palette.length]
       : ({error: '#bbbbbb', token: '#555555', logit: '#000000'}[n.kind] || '#999999');
     const svg = el('svg', {width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: 'img'}, box);
-    const rowOf = n => n.kind === 'token' ? 0 : n.kind === 'logit' ? rows - 1 : n.layer + 1;
-    const y = r => H - 90 - r * rowH;
+    const y = r => H - 70 - r * rowH;
     for (let r = 0; r < rows; r++) {
       el('line', {x1: left, x2: W - 5, y1: y(r), y2: y(r), class: 'grid'}, svg);
-      const t = el('text', {x: 8, y: y(r) + 5, class: 'axis'}, svg);
+      const t = el('text', {x: 6, y: y(r) + 5, class: 'axis'}, svg);
       t.textContent = r === 0 ? 'emb' : r === rows - 1 ? 'out' : 'L' + (r - 1);
     }
     g.tokens.forEach((tok, i) => {
-      const t = el('text', {x: left + (i + 0.5) * colW, y: H - 50, class: 'axis tok',
-        'text-anchor': 'middle'}, svg);
-      t.textContent = tok.length > 9 ? tok.slice(0, 8) + '…' : tok;
-      const p = el('text', {x: left + (i + 0.5) * colW, y: H - 28, class: 'axis',
-        'text-anchor': 'middle'}, svg);
+      const cx = x0[i] + colW[i] / 2, chars = Math.max(3, Math.floor(colW[i] / 9));
+      const t = el('text', {x: cx, y: H - 36, class: 'axis tok', 'text-anchor': 'middle'}, svg);
+      t.textContent = tok.length > chars ? tok.slice(0, chars - 1) + '…' : tok;
+      el('title', {}, t).textContent = JSON.stringify(tok);
+      const p = el('text', {x: cx, y: H - 14, class: 'axis', 'text-anchor': 'middle'}, svg);
       p.textContent = i;
     });
-    // nodes in one (layer, position) cell side by side, most influential in the middle
-    const cells = {};
-    g.nodes.forEach((n, i) => { (cells[rowOf(n) + ',' + n.pos] ||= []).push(i); });
     const xy = [];
     Object.values(cells).forEach(ids => {
       ids.sort((a, b) => g.nodes[b].raw - g.nodes[a].raw);
-      const step = Math.min(24, (colW - 16) / Math.max(1, ids.length - 1));
+      const nl = lines(ids.length);
       ids.forEach((i, k) => {
-        const n = g.nodes[i], off = (k % 2 ? 1 : -1) * Math.ceil(k / 2) * step;
-        xy[i] = [left + (n.pos + 0.5) * colW + off, y(rowOf(n))];
+        const n = g.nodes[i], line = k % nl, j = Math.floor(k / nl);
+        const off = (j % 2 ? 1 : -1) * Math.ceil(j / 2) * STEP;
+        xy[i] = [x0[n.pos] + colW[n.pos] / 2 + off, y(rowOf(n)) + (line - (nl - 1) / 2) * 20];
       });
     });
     const edgeLayer = el('g', {}, svg), nodeLayer = el('g', {}, svg);
@@ -151,7 +164,7 @@
       'stroke-width': 0.6 + 4 * Math.abs(w) / maxW, class: 'edge'}, edgeLayer));
     let selected = -1;
     const circles = g.nodes.map((n, i) => {
-      const c = el('circle', {cx: xy[i][0], cy: xy[i][1], r: 5 + 13 * Math.sqrt(n.raw / maxRaw),
+      const c = el('circle', {cx: xy[i][0], cy: xy[i][1], r: 4 + 8 * Math.sqrt(n.raw / maxRaw),
         fill: colour(n), class: 'node', 'data-node': n.id, 'data-feature': n.feature || ''},
         nodeLayer);
       el('title', {}, c).textContent = describe(n);
