@@ -82,8 +82,10 @@ def _cell(v: Any, more: bool = False) -> str:
         classes.append("long")
         title = f" title='{html.escape(text, quote=True)}'"
         text = text[: LONG_TEXT - 1] + "…"
-    cls = f" class='{' '.join(classes)}'" if classes else ""
     number = isinstance(v, numbers.Real) and not isinstance(v, bool) and fmt3(v) != ""
+    if not number:
+        classes.append("t")  # text reads from the left
+    cls = f" class='{' '.join(classes)}'" if classes else ""
     sort = f" data-v='{float(v)!r}'" if number else ""
     return f"<td{cls}{sort}{title}>{html.escape(text)}</td>"
 
