@@ -75,6 +75,7 @@ NAMES: dict[str, str] = {
     "compare.plt_units_80_error_corrupted": "PLT features for 80 % of PD, error corrupted",
     "compare.neuron_units_80": "MLP neurons for 80 % of PD",
     "compare.plt_replacement_prob_diff": "prob. difference, PLT replacement model",
+    "plt.replacement_prob_diff": "prob. difference, PLT replacement model (all prompts)",
     "plt.nmse": "PLT NMSE (all layers)",
     "plt.l0": "PLT L0 (active features per token)",
     "compare.families_median_feature_pd_kept": "median feature PD kept across prompt families",

@@ -8,11 +8,11 @@ reference.
 from __future__ import annotations
 
 import html
-from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clt_bench.io import read_json, run_metadata, write_json, write_text
+from clt_bench.report.assets import read as _asset
 from clt_bench.report.explore import features_html, graph_html
 from clt_bench.report.figures import figure_html
 from clt_bench.report.headline import (
@@ -147,10 +147,6 @@ def _scalars(path: Path) -> dict[str, Any]:
         return {}
     data = read_json(path)
     return {k: v for k, v in data.items() if isinstance(v, int | float | str)}
-
-
-def _asset(name: str) -> str:
-    return (files("clt_bench.report") / "assets" / name).read_text(encoding="utf-8")
 
 
 def headline_intervals(
