@@ -333,7 +333,7 @@ def context_phrase(metric: str, measured: Any, model: str) -> str:
     way = "higher" if diff > 0 else "lower"
     if same:
         return f"published {_fmt(pub)} ({src}); measured {abs(diff):.3g} {way}"
-    return f"{src}: {_fmt(pub)}; {model} is {abs(diff):.3g} {way} (another model)"
+    return f"{src}: {_fmt(pub)}; {model} is {abs(diff):.3g} {way}"
 
 
 def headline_table(report_summary: dict[str, Any]) -> str:

@@ -176,7 +176,7 @@ def _ci_cell(metric: str, interval: list[float] | None) -> str:
     return "not stored per prompt" if metric in MEANS_OVER_PROMPTS else ""
 
 
-LONG = 80  # characters of a context or note cell shown before it is cut (full text on hover)
+LONG = 72  # characters of a context or note cell shown before it is cut (full text on hover)
 
 
 def _text_cell(text: str) -> str:
@@ -233,17 +233,17 @@ def _headline_html(ctx: RunContext, headline: dict[str, Any], intervals: dict) -
     body = "".join(
         f"<tr><td><a href='#def-{methods_anchor(m)}'>{html.escape(metric_name(m))}</a>"
         f"<br><span class='key'>{m}</span></td>"
-        f"<td class='num'>{html.escape(v)}</td><td class='num meta'>"
-        f"{html.escape(_ci_cell(m, intervals.get(m)))}</td>"
+        f"<td class='num'>{html.escape(v)}<br><span class='meta'>"
+        f"{html.escape(_ci_cell(m, intervals.get(m)))}</span></td>"
         + _text_cell(context_phrase(m, shown[m], model))
         + _text_cell(beside(m, headline, intervals, notes))
         + "</tr>"
         for m, v, _, _ in headline_rows(shown)
     )
     return (
-        "<div class='scroll'><table class='headline'><thead><tr><th>metric</th><th>measured</th>"
-        "<th>95 % CI<br>(bootstrap, prompts)</th><th class='wrap'>context</th>"
-        "<th class='wrap'>beside it</th></tr></thead>"
+        "<div class='scroll'><table class='headline'><thead><tr><th>metric</th><th>measured"
+        "<br><span class='meta'>95 % CI, bootstrap over prompts</span></th>"
+        "<th class='wrap'>context</th><th class='wrap'>beside it</th></tr></thead>"
         f"<tbody>{body}</tbody></table></div>"
     )
 
