@@ -32,6 +32,16 @@ PER_PROMPT: dict[str, tuple[str, str]] = {
     "task.logit_diff": ("task/per_prompt.safetensors", "logit_diff"),
     "clt.replacement_prob_diff": ("clt/per_prompt.safetensors", "replacement_prob_diff"),
     "plt.replacement_prob_diff": ("plt/clt/per_prompt.safetensors", "replacement_prob_diff"),
+    **{
+        f"baseline.{k}": ("baseline/per_prompt.safetensors", k)
+        for k in (
+            "model_prob_diff",
+            "corrupted_prob_diff",
+            "circuit_prob_diff",
+            "circuit_paths_prob_diff",
+            "necessity_prob_diff",
+        )
+    },
 }
 # config sections that fix which prompts a per-prompt file holds (paired comparison needs equal)
 PROMPT_SECTIONS = ("model", "task")

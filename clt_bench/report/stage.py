@@ -168,9 +168,11 @@ def _ci(interval: list[float] | None) -> str:
     return f"[{lo}, {hi}]"
 
 
-def _ci_cell(metric: str, interval: list[float] | None) -> str:
+def _ci_cell(metric: str, value: Any, interval: list[float] | None) -> str:
     """The interval, or for a mean over prompts whose per-prompt values no stage stored, why it
-    has none."""
+    has none; nothing for an undefined or degenerate value (not a number)."""
+    if isinstance(value, str):
+        return ""
     if interval:
         return _ci(interval)
     return "not stored per prompt" if metric in MEANS_OVER_PROMPTS else ""
@@ -234,7 +236,7 @@ def _headline_html(ctx: RunContext, headline: dict[str, Any], intervals: dict) -
         f"<tr><td><a href='#def-{methods_anchor(m)}'>{html.escape(metric_name(m))}</a>"
         f"<br><span class='key'>{m}</span></td>"
         f"<td class='num'>{html.escape(v)}<br><span class='meta'>"
-        f"{html.escape(_ci_cell(m, intervals.get(m)))}</span></td>"
+        f"{html.escape(_ci_cell(m, shown[m], intervals.get(m)))}</span></td>"
         + _text_cell(context_phrase(m, shown[m], model))
         + _text_cell(beside(m, headline, intervals, notes))
         + "</tr>"
