@@ -3,10 +3,12 @@
 Each run contributes its flat headline (``metrics.json``'s ``headline``, or, for a run without
 the report stage, the summaries in ``<stage>/stage.json``). A metric that is a mean over task
 prompts gets a percentile bootstrap 95 % interval over prompts (seeded) from the per-prompt values
-its stage stores (``task/per_prompt.safetensors``, ``clt/per_prompt.safetensors``); when two runs
-scored the same prompts (same model and task config) the difference to the first run gets a
-paired bootstrap interval. Every other metric (NMSE, L0, graph scores, counts) is shown without
-an interval: its uncertainty is a spread over transcoder seeds, which one run cannot give.
+its stage stores (``PER_PROMPT``: the task, baseline, clt and plt/clt ``per_prompt.safetensors``);
+when two runs scored the same prompts (same model and task config) the difference to the first
+run gets a paired bootstrap interval. Every other metric (NMSE, L0, graph scores, counts) is
+shown without an interval: its uncertainty is a spread over transcoder seeds, which one run
+cannot give. ``--out`` writes a page (or markdown) and a forest plot of the paired
+differences beside it.
 """
 
 from __future__ import annotations
