@@ -72,9 +72,21 @@ def fmt3(v: Any) -> str:
     return str(v)
 
 
+def _number(v: Any) -> Any:
+    """A text cell that holds one number (a CSV column mixing numbers and words is read as text)
+    as that number; anything else as it is."""
+    if isinstance(v, str):
+        try:
+            return float(v) if v.strip().lower() not in ("nan", "inf", "-inf", "") else v
+        except ValueError:
+            return v
+    return v
+
+
 def _cell(v: Any, more: bool = False) -> str:
     """One ``<td>``: ``more`` marks a column hidden until "show all columns"; a number keeps its
     full value in ``data-v`` (what sorting compares)."""
+    v = _number(v)
     text = fmt3(v)
     classes = ["more"] if more else []
     title = ""
