@@ -278,3 +278,24 @@ def test_section_screenshots_at_laptop_width(report):
     for p in shots:
         with Image.open(p) as im:
             assert im.width == 1280 and im.height > 100, p
+
+
+def test_table_cells_three_digits_long_text_on_hover_and_curated_columns():
+    from clt_bench.report.tables import LONG_TEXT, shown_columns, table_html
+
+    df = pd.DataFrame(
+        {
+            "feature": ["L0/1", "L0/2"],
+            "influence": [78.652253, 0.000123456],
+            "mixed": ["0.695068", "never [191, never]"],
+            "contexts": ["x " * LONG_TEXT, "short"],
+        }
+    )
+    page = table_html(df, "tbl-x", shown=["feature", "influence"])
+    assert ">78.7<" in page and ">0.000123<" in page and ">0.695<" in page
+    assert "data-v='78.652253'" in page  # sorting compares the full value
+    assert f"title='{'x ' * LONG_TEXT}'" in page and "…" in page
+    assert page.count("class='more") == 4 and "show all 4 columns" in page  # 2 hidden x 2 rows
+    cols = ["rank", "feature", "label", "influence", "secret"]
+    assert shown_columns("features.csv", cols) == ["rank", "feature", "label", "influence"]
+    assert shown_columns("other.csv", [f"c{i}" for i in range(30)]) == [f"c{i}" for i in range(10)]
