@@ -295,7 +295,8 @@ def test_table_cells_three_digits_long_text_on_hover_and_curated_columns():
     assert ">78.7<" in page and ">0.000123<" in page and ">0.695<" in page
     assert "data-v='78.652253'" in page  # sorting compares the full value
     assert f"title='{'x ' * LONG_TEXT}'" in page and "…" in page
-    assert page.count("class='more") == 4 and "show all 4 columns" in page  # 2 hidden x 2 rows
+    # 2 hidden columns: their 2 headers and 2 x 2 cells
+    assert page.count("class='more") == 6 and "show all 4 columns" in page
     cols = ["rank", "feature", "label", "influence", "secret"]
     assert shown_columns("features.csv", cols) == ["rank", "feature", "label", "influence"]
     assert shown_columns("other.csv", [f"c{i}" for i in range(30)]) == [f"c{i}" for i in range(10)]

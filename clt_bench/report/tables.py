@@ -120,9 +120,14 @@ def table_html(
     cols = list(df.columns)
     shown = cols if shown is None else shown
     hidden = {c for c in cols if c not in shown}
-    head = "".join(
-        f"<th{' class=more' if c in hidden else ''}>{html.escape(str(c))}</th>" for c in cols
-    )
+    text_cols = {c for c in cols if not pd.api.types.is_numeric_dtype(df[c])}
+
+    def th(c: str) -> str:
+        classes = [k for k, on in (("more", c in hidden), ("t", c in text_cols)) if on]
+        attr = f" class='{' '.join(classes)}'" if classes else ""
+        return f"<th{attr}>{html.escape(str(c))}</th>"
+
+    head = "".join(th(c) for c in cols)
     body = []
     for i, row in enumerate(df.itertuples(index=False)):
         rid = f" data-id='{html.escape(row_ids[i], quote=True)}'" if row_ids else ""
