@@ -91,7 +91,11 @@ def test_strictness_is_zero_when_the_non_circuit_nodes_are_zeroed(pairs):
     model = tiny_module()
     _zero_outside_circuit(model)
     moved = strictness(model, SPEC, pairs, per_node=True)["per_node_abs_pd_moved"]
-    assert len(moved) > 100 and max(moved.values()) == 0.0
+    # a component aligned at one position (the layer-0 heads at YY) still acts at the others, so
+    # zeroing weights silences exactly the components aligned nowhere
+    aligned = {c.label for c, _ in SPEC.aligned()}
+    silent = {k: v for k, v in moved.items() if k.split("@")[0] not in aligned}
+    assert len(silent) > 100 and max(silent.values()) == 0.0
     control = strictness(tiny_module(), SPEC, pairs, per_node=True)["per_node_abs_pd_moved"]
     assert max(control.values()) > 0.0  # without the zeroing some node moves PD
 
@@ -133,24 +137,15 @@ def test_planted_strictness_mean_and_task(strict_scores):
     assert strict_scores["prob_diff"] >= SPEC.acceptance["prob_diff_min"]
 
 
-# The shipped weights miss these two bars (measured: worst node mlp0@all 1.01, mlp0@YY 0.70;
-# corrupted PD -0.13 on the model card's pairs): MLP0 at the YY position carries YY although
-# it is not aligned. Strict xfail: a retrain that meets them turns these into failures to update.
-@pytest.mark.xfail(strict=True, reason="shipped planted weights: MLP0@YY is not inert (issue 20)")
 def test_planted_strictness_worst_node(strict_scores):
     worst = strict_scores["worst"]
     assert worst <= SPEC.acceptance["strictness_worst_max"], (strict_scores["worst_node"], worst)
 
 
-@pytest.mark.xfail(strict=True, reason="shipped planted weights: corrupted PD -0.13 (issue 20)")
 def test_planted_corrupted_prob_diff(strict_scores):
     assert strict_scores["corrupted_prob_diff"] <= SPEC.acceptance["corrupted_prob_diff_max"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shipped planted weights: with MLP0@YY corrupted the circuit fails (issue 20)",
-)
 def test_planted_circuit_faithfulness(planted):
     from clt_bench.baseline.faithfulness import evaluate_circuit
     from clt_bench.baseline.patching import PatchContext
@@ -174,10 +169,9 @@ def test_model_card_records_the_acceptance_numbers():
     assert card["arch"]["n_layer"] >= 6
     assert set(acc["passed"]) == {k for k in SPEC.acceptance if not k.startswith("faithfulness")}
     assert acc["corpus_loss"] > 0 and acc["toy_corpus_loss"] > 0
-    # what the card says the shipped weights miss (see the xfail tests above); a retrain that
-    # changes this list must update the tests and the model card together
+    # the shipped weights meet every bar of the card (the tests above re-measure them)
     missed = sorted(k for k, ok in acc["passed"].items() if not ok)
-    assert missed == ["corpus_loss_ratio_max", "corrupted_prob_diff_max", "strictness_worst_max"]
+    assert missed == []
 
 
 # ---- training is deterministic from its seed ---------------------------------------------------
@@ -260,7 +254,8 @@ def test_discovery_scores_count_nodes_and_edges():
     extra = Node("END", 0, "head", 1)
     more = Circuit("found", (*truth.nodes, extra), edges=(("a0.h1@END", "logits@END"),))
     s = discovery_scores(more, truth)
-    assert s["node_recall"] == 1.0 and s["node_precision"] == pytest.approx(5 / 6)
+    n = len(truth.nodes)
+    assert s["node_recall"] == 1.0 and s["node_precision"] == pytest.approx(n / (n + 1))
     assert s["edge_precision"] == 0.0 and s["extra_nodes"] == ["a0.h1@END"]
 
 

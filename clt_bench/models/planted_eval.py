@@ -151,6 +151,41 @@ def strictness(
     return out
 
 
+def complement_mask(spec: PlantedSpec, pairs: Pairs, n_layers: int, n_heads: int) -> PatchMask:
+    """Every non-circuit node at once: each component at every position from YY to END where it
+    realises no high-level variable (the baseline's component-level faithfulness run)."""
+    mask = PatchMask(len(pairs), pairs.base.shape[1], n_layers, n_heads)
+    for comp in all_components(n_layers, n_heads):
+        free = free_positions(spec, pairs, comp)
+        if free:
+            mask.set(slice(None), comp, free)
+    return mask
+
+
+@torch.no_grad()
+def circuit_only(model: GPT2LMHeadModel, spec: PlantedSpec, pairs: Pairs) -> dict[str, float]:
+    """The circuit alone: every non-circuit node patched from the corrupted (01) run at once.
+    ``faithfulness_components`` = its PD / the clean PD (the baseline stage's component-level
+    ratio, on these pairs' bases)."""
+    model.eval()
+    n_layers, n_heads = model.config.n_layer, model.config.n_head
+    corrupted = pairs.base.clone()
+    corrupted[:, pairs.yy_pos] = pairs.answer_ids[CORRUPT_YY]
+    hid_clean, _ = record(model, pairs.base)
+    _, src = record(model, corrupted)
+    mask = complement_mask(spec, pairs, n_layers, n_heads)
+    pd = {
+        k: float(
+            prob_diff_per_example(
+                answer_dist(model, h, pairs.end_pos, pairs.answer_ids).double(), pairs.base_yy
+            ).mean()
+        )
+        for k, h in (("clean", hid_clean), ("circuit", patched(model, pairs.base, src, mask)))
+    }
+    ratio = pd["circuit"] / pd["clean"] if pd["clean"] else float("nan")
+    return {"prob_diff": round(pd["circuit"], 4), "faithfulness_components": round(ratio, 4)}
+
+
 @torch.no_grad()
 def corpus_loss(model: GPT2LMHeadModel, tokens: torch.Tensor, batch: int = 64) -> float:
     """Mean next-token cross-entropy over every position with a target; tokens [n, pos], -1 pad."""

@@ -48,6 +48,8 @@ from clt_bench.models.planted import (
     load_planted_spec,
 )
 from clt_bench.models.planted_eval import (
+    circuit_only,
+    complement_mask,
     corpus_loss,
     free_positions,
     interchange_accuracy,
@@ -92,6 +94,9 @@ class PlantedTrainConfig:
     iit_weight: float = 1.0
     strict_weight: float = 1.0
     all_positions_fraction: float = 0.5  # strictness examples patching a node everywhere at once
+    # strictness examples patching every non-circuit node at once (the circuit alone must give
+    # H(base): Hanna's component-level faithfulness, which single-node strictness does not imply)
+    joint_fraction: float = 0.25
     corrupt_fraction: float = 0.25  # sources with YY = 01 (Hanna's counterfactual)
     corrupt_base_fraction: float = 0.5  # of those, pairs whose base is the 01 prompt
     n_documents: int = 32_000
@@ -173,12 +178,18 @@ def pair_masks(
     pos_of = {"YY": pairs.yy_pos, "END": pairs.end_pos}
     comps = all_components(n_layers, n_heads)
     target_yy = pairs.base_yy.clone()
+    joint = None
     for i in range(n):
         if i < n_iit:
             var = spec.variables[int(torch.randint(len(spec.variables), (), generator=gen))]
             for comp in var.components:
                 mask.set(i, comp, [pos_of[var.position]])
             target_yy[i] = pairs.source_yy[i]
+            continue
+        if cfg.joint_fraction > 0 and float(torch.rand((), generator=gen)) < cfg.joint_fraction:
+            joint = complement_mask(spec, pairs, n_layers, n_heads) if joint is None else joint
+            mask.heads[:, i] |= joint.heads[:, i]
+            mask.mlps[:, i] |= joint.mlps[:, i]
             continue
         if weights is None:
             comp = comps[int(torch.randint(len(comps), (), generator=gen))]
@@ -215,6 +226,7 @@ def evaluate_planted(
         "task": evaluate_toy_module(model, n=None if full else 98),
         "interchange": interchange_accuracy(model, spec, pairs if full else few),
         "strictness": strictness(model, spec, pairs if full else few, True, single=full),
+        "circuit_only": circuit_only(model, spec, pairs if full else few),
     }
     if full:
         tok = gpt2_tokenizer()
