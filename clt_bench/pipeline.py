@@ -200,6 +200,18 @@ def stage_is_current(ctx: RunContext, stage: str) -> bool:
         return False
 
 
+def _check_task_tokens(ctx: RunContext, names: list[str], resume: bool) -> None:
+    """Task data that is bad only for this model's tokenizer (nouns of several tokens) fails
+    before the first stage, not in the middle of the run."""
+    reads_task = [s for s in names if "task" in STAGES[s][1]]
+    if not reads_task or (resume and all(stage_is_current(ctx, s) for s in reads_task)):
+        return
+    from clt_bench.task.dataset import check_task_tokens
+    from clt_bench.task.spec import load_task
+
+    check_task_tokens(load_task(ctx.cfg.task.task), ctx.model.tokenizer)
+
+
 def _check_loaded_clt(ctx: RunContext, names: list[str], resume: bool) -> None:
     """A bad ``clt.load`` (unreadable, wrong shape for the model, non-finite) fails before the
     first stage rather than after the task, baseline and activations stages."""
@@ -293,6 +305,7 @@ def run_pipeline(
     for stage in STAGES:  # finished stages outside ``names`` still feed the report
         if stage not in names and stage_is_current(ctx, stage):
             ctx.results[stage] = read_json(ctx.stage_dir(stage) / "stage.json").get("summary", {})
+    _check_task_tokens(ctx, names, resume)
     _check_loaded_clt(ctx, names, resume)
     from clt_bench import overlap as ov
 
