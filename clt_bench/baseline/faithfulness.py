@@ -188,6 +188,14 @@ def evaluate_circuit(
     model_pd, corr_pd = model["prob_diff"], corrupted["prob_diff"]
     gap = model_pd - corr_pd
     nan = float("nan")
+    # a ratio of PDs reads as "share of the model's task performance" only when the model's PD is
+    # positive; for a model below chance on the task (e.g. both PDs negative) it is undefined
+    ratio_undefined = (
+        f"the model's probability difference is {model_pd:.4f}, not positive: a ratio to it is "
+        "no share of the model's performance"
+        if not model_pd > 0
+        else ""
+    )
     rand_pd = _spread([r["prob_diff"] for r in rand]) if rand else {}
     rand_cs = _spread([r["cutoff_sharpness"] for r in rand]) if rand else {}
     total = 2 * cfg.n_layers * (cfg.n_heads + 1)
@@ -198,14 +206,17 @@ def evaluate_circuit(
         "corrupted_prob_diff": corr_pd,
         "circuit_prob_diff": circ["prob_diff"],
         "circuit_prob_diff_std": circ["prob_diff_std"],
-        "faithfulness_components_ratio": circ["prob_diff"] / model_pd if model_pd else float("nan"),
+        "faithfulness_components_ratio": circ["prob_diff"] / model_pd
+        if not ratio_undefined
+        else None,
+        "faithfulness_ratio_undefined_reason": ratio_undefined,
         "normalized_faithfulness_components": (circ["prob_diff"] - corr_pd) / gap
         if gap
         else float("nan"),
         "circuit_paths_prob_diff": paths["prob_diff"],
         "faithfulness_paths_ratio": paths["prob_diff"] / model_pd
-        if model_pd and not undefined
-        else (None if undefined else nan),
+        if not (undefined or ratio_undefined)
+        else None,
         "normalized_faithfulness_paths": (paths["prob_diff"] - corr_pd) / gap
         if gap and not undefined
         else (None if undefined else nan),
@@ -216,7 +227,9 @@ def evaluate_circuit(
         "n_path_edges": len(spec.edges),
         "necessity_prob_diff": necessity["prob_diff"],
         "random_control_prob_diff": rand_pd,
-        "random_control_ratio": rand_pd["mean"] / model_pd if rand and model_pd else float("nan"),
+        "random_control_ratio": rand_pd["mean"] / model_pd
+        if rand and not ratio_undefined
+        else (None if ratio_undefined else nan),
         "n_random": len(randoms),
         "random_seeds": [seed + i for i in range(len(randoms))],
         "model_cutoff_sharpness": model["cutoff_sharpness"],
@@ -234,7 +247,8 @@ def evaluate_circuit(
             "fraction_kept": len(circuit.nodes) / total,
         },
         "definition": "components: circuit = clean input; every (component, position) output "
-        "outside the circuit replaced by its 01-corrupted value; necessity = the "
+        "outside the circuit replaced by its value on the corrupted prompt (the template's "
+        "counterfactual); necessity = the "
         "circuit's own outputs replaced; random = same head/MLP counts over "
         "(component, END|YY). paths (Hanna et al. 2023): corrupted input, clean "
         "only along the circuit's paths -- END heads' queries clean, YY nodes -> "

@@ -46,6 +46,7 @@ SUMMARY_KEYS = (
     "normalized_faithfulness_paths",
     "faithfulness_paths_defined",
     "faithfulness_paths_undefined_reason",
+    "faithfulness_ratio_undefined_reason",
     "necessity_prob_diff",
     "random_control_prob_diff",
     "random_control_ratio",
@@ -193,6 +194,16 @@ def run_baseline_stage(
     return _summary(faith_out, circuit, round(wall, 3))
 
 
+def _ratio(s: dict[str, Any], key: str) -> str:
+    """A ratio to the model's PD, or why it is undefined (the model's PD is not positive)."""
+    v = s.get(key)
+    return (
+        f"{v:.3f}"
+        if v is not None
+        else f"undefined: {s.get('faithfulness_ratio_undefined_reason')}"
+    )
+
+
 def format_baseline_table(s: dict[str, Any]) -> str:
     rand = s.get("random_control_prob_diff") or {}
     size = s.get("circuit_size", {})
@@ -207,20 +218,24 @@ def format_baseline_table(s: dict[str, Any]) -> str:
         ("model_prob_diff", f"{s['model_prob_diff']:.3f}"),
         ("corrupted_prob_diff", f"{s['corrupted_prob_diff']:.3f}"),
         ("circuit_prob_diff", f"{s['circuit_prob_diff']:.3f}"),
-        ("faithfulness_components_ratio", f"{s['faithfulness_components_ratio']:.3f}"),
+        ("faithfulness_components_ratio", _ratio(s, "faithfulness_components_ratio")),
         ("circuit_paths_prob_diff", f"{s['circuit_paths_prob_diff']:.3f}"),
         (
             "faithfulness_paths_ratio",
             f"{s['faithfulness_paths_ratio']:.3f}"
             if s.get("faithfulness_paths_ratio") is not None
-            else f"undefined: {s.get('faithfulness_paths_undefined_reason', '')}",
+            else "undefined: "
+            + (
+                s.get("faithfulness_ratio_undefined_reason")
+                or s.get("faithfulness_paths_undefined_reason", "")
+            ),
         ),
         ("necessity_prob_diff", f"{s['necessity_prob_diff']:.3f}"),
         (
             "random_control_prob_diff",
             f"{rand.get('mean', float('nan')):.3f} ± {rand.get('std', float('nan')):.3f}",
         ),
-        ("random_control_ratio", f"{s['random_control_ratio']:.3f}"),
+        ("random_control_ratio", _ratio(s, "random_control_ratio")),
         ("wall_seconds", f"{s['wall_seconds']:.1f}"),
     ]
     width = max(len(k) for k, _ in rows)

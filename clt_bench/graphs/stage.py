@@ -21,11 +21,11 @@ from clt_bench.graphs.draw import draw_graph
 from clt_bench.graphs.export import write_graph_json
 from clt_bench.graphs.graph import Graph
 from clt_bench.graphs.prompt import task_graph_prompt
-from clt_bench.graphs.targets import RELATION_NAMES, TaskTarget, parse_yy
+from clt_bench.graphs.targets import TaskTarget, parse_yy
 from clt_bench.io import run_metadata, write_json
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import TaskBatch, build_batch
-from clt_bench.task.spec import load_task
+from clt_bench.task.spec import RELATION_NAMES, load_task
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from transformers import PreTrainedTokenizerBase
 from clt_bench.errors import UserError
 from clt_bench.task.dataset import answer_token_ids
 from clt_bench.task.metrics import correct_mask
+from clt_bench.task.spec import RELATION_NAMES
 
 TARGET_KINDS = ("task", "greater-than", "logits", "answers", "<token strings>")
-RELATION_NAMES = {"gt": "greater-than", "lt": "less-than", "exact": "exact-answer"}
 
 
 @dataclass

@@ -200,6 +200,14 @@ def metric_notes(results: dict[str, dict[str, Any]]) -> dict[str, str]:
         for m in ("faithfulness_paths_ratio", "normalized_faithfulness_paths"):
             notes[f"baseline.{m}"] = f"undefined: {why}"
         notes["baseline.circuit_paths_prob_diff"] = f"degenerate: {why}"
+    if base.get("faithfulness_ratio_undefined_reason"):  # the model's PD is not positive
+        why = str(base["faithfulness_ratio_undefined_reason"])
+        for m in ("faithfulness_paths_ratio", "faithfulness_components_ratio"):
+            notes[f"baseline.{m}"] = f"undefined: {why}"
+        notes["baseline.random_control_ratio"] = f"undefined: {why}"
+    fam_why = (results.get("compare") or {}).get("families_undefined_reason")
+    if fam_why:
+        notes["compare.families_median_feature_pd_kept"] = f"undefined: {fam_why}"
     for stage in ("graphs", "plt"):
         for where, why in ((results.get(stage) or {}).get("out_of_distribution") or {}).items():
             for cls in ("yy", "end", "rest"):

@@ -26,6 +26,9 @@ from clt_bench.errors import UserError
 from clt_bench.paths import tasks_dir
 
 RELATIONS = ("gt", "lt", "exact")
+# each relation in words: its name (titles, target labels) and its correct answers
+RELATION_NAMES = {"gt": "greater-than", "lt": "less-than", "exact": "exact-answer"}
+RELATION_WORDS = {"gt": "ZZ > YY", "lt": "ZZ < YY", "exact": "ZZ = the answer"}
 # how {prev1}..{prevK} are filled:
 #   random_same_century: K random valid years of the start year's century (Hanna's variant 9);
 #   arithmetic: prevK = year - K * step, step = the smallest integer >= 2 that does not divide YY,
