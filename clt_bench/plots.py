@@ -89,6 +89,10 @@ def heatmap(
         cb.outline.set_linewidth(0)
 
 
+# the greater-than task's axis names (tasks/greater_than: [answers] question_label, label)
+YY_ZZ_AXES = ("start year YY", "predicted end year ZZ")
+
+
 def yy_zz_heatmap(
     matrix: np.ndarray,
     path: str | os.PathLike[str],
@@ -99,8 +103,10 @@ def yy_zz_heatmap(
     yy_values: list[int] | None = None,
     scale: str = "linear",
     colorbar: bool = True,
+    axes: tuple[str, str] = YY_ZZ_AXES,
 ) -> Path | None:
-    """Draw a [97, 100] YY x ZZ matrix (rows YY = 2..98) with the ZZ = YY diagonal marked.
+    """Draw a [97, 100] YY x ZZ matrix (rows YY = 2..98) with the ZZ = YY diagonal marked;
+    ``axes``: the (rows, columns) axis names, the task file's ``[answers]`` labels.
 
     ``scale`` (probability matrices only): linear | row | log, see ``scale_matrix``; the colour-bar
     label gets the scale's suffix and the caller states it in the title.
@@ -132,8 +138,8 @@ def yy_zz_heatmap(
         lw=0.8,
         ls="--",
     )
-    ax.set_xlabel("predicted end year ZZ")
-    ax.set_ylabel("start year YY")
+    ax.set_ylabel(axes[0])
+    ax.set_xlabel(axes[1])
     ax.set_title(title, fontsize=10)
     if own:
         return save_figure(fig, path)

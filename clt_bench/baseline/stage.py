@@ -31,6 +31,7 @@ from clt_bench.config import BaselineConfig, RunConfig, with_section
 from clt_bench.io import read_json, run_metadata, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.task.metrics import yy_heatmap
+from clt_bench.task.spec import load_task
 from clt_bench.task.stage import load_task_batch
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def run_baseline_stage(
             load_circuit(bcfg.circuit), loaded.n_layers, int(loaded.bridge.cfg.n_heads)
         )
     batch = load_task_batch(cfg, loaded)
+    spec = load_task(cfg.task.task)
     batch = batch.subset(list(range(min(bcfg.n_examples, len(batch)))))
     ctx = PatchContext.build(loaded.bridge, batch, "clean", bcfg.batch_size)
     times["caches"] = time.perf_counter() - t0
@@ -144,6 +146,7 @@ def run_baseline_stage(
             heat,
             stage / "circuit_heatmap.png",
             f"{loaded.name}: circuit '{circuit.name}' only, mean p(ZZ|YY)",
+            (spec.question_label, spec.answer_label),
         )
     )
 

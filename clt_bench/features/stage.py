@@ -76,7 +76,7 @@ from clt_bench.features.scores import (
 from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import TaskBatch
-from clt_bench.task.spec import RELATION_NAMES, RELATION_WORDS
+from clt_bench.task.spec import RELATION_NAMES, RELATION_WORDS, load_task
 from clt_bench.task.stage import load_task_batch
 
 log = logging.getLogger(__name__)
@@ -392,7 +392,9 @@ def run_features_stage(
         {"heatmaps": torch.from_numpy(heat).float()},
         metadata={"rows": "YY 2..98", "cols": "ZZ 0..99", "mode": fc.heatmap_mode},
     )
-    pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list)
+    spec = load_task(cfg.task.task)
+    axes = (spec.question_label, spec.answer_label)
+    pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list, axes)
     grid = table.heatmap_grid(heat, rows, out / "heatmap_grid.png", min(fc.n_plots, 16), yy_list)
     write_json(
         out / "ranking.json",

@@ -57,7 +57,7 @@ TOP_KEYS = (
 )
 YEAR_FILTER_KEYS = ("start", "stop", "tokens", "suffix_chars", "drop_century_ends")
 CORRUPTION_KEYS = ("yy",)
-ANSWERS_KEYS = ("count", "name", "question_name")
+ANSWERS_KEYS = ("count", "label", "question_label")
 DATASET_KEYS = ("n", "sampling", "seed")
 TEMPLATE_KEYS = (
     "text",
@@ -129,8 +129,8 @@ class TaskSpec:
     graph_template: str = ""
     graph_noun: str = ""
     graph_year: int = 0
-    answer_name: str = "ZZ"  # what the answer tokens are called (axes, definitions)
-    question_name: str = "YY"  # what the start value's two digits are called
+    answer_label: str = "answer ZZ"  # the answers' axis name ([answers] label)
+    question_label: str = "start YY"  # the start value's axis name ([answers] question_label)
 
     def template(self, name: str) -> Template:
         if name in self.templates:
@@ -416,8 +416,8 @@ def load_task(name: str | Path = "greater_than", root: Path | None = None) -> Ta
             graph_template=str(graph.get("template", "")),
             graph_noun=str(graph.get("noun", "")),
             graph_year=int(graph.get("year", 0)),
-            answer_name=str(answers.get("name", "ZZ")),
-            question_name=str(answers.get("question_name", "YY")),
+            answer_label=str(answers.get("label", "answer ZZ")),
+            question_label=str(answers.get("question_label", "start YY")),
         )
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"task file {path} is not valid TOML ({err}).") from err

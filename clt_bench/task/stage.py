@@ -76,6 +76,7 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
         f"{loaded.name}: mean p(ZZ | YY), {batch.template} template, n={len(batch)}\n"
         f"({SCALE_CAPTIONS['row']})",
         scale="row",
+        axes=(spec.question_label, spec.answer_label),
     )
     families = write_families(cfg, loaded, spec, stage_dir)
     metrics: dict[str, Any] = {
