@@ -200,6 +200,10 @@ def stage_is_current(ctx: RunContext, stage: str) -> bool:
         return False
 
 
+# the stages that score a task whose template has the ``exact`` relation (one correct answer)
+EXACT_STAGES = ("task",)
+
+
 def _check_task_tokens(ctx: RunContext, names: list[str], resume: bool) -> None:
     """Task data that is bad only for this model's tokenizer (nouns of several tokens) fails
     before the first stage, not in the middle of the run."""
@@ -209,7 +213,16 @@ def _check_task_tokens(ctx: RunContext, names: list[str], resume: bool) -> None:
     from clt_bench.task.dataset import check_task_tokens
     from clt_bench.task.spec import load_task
 
-    check_task_tokens(load_task(ctx.cfg.task.task), ctx.model.tokenizer)
+    spec = load_task(ctx.cfg.task.task)
+    tpl = spec.template(ctx.cfg.task.template or spec.default_template)
+    beyond = [s for s in reads_task if s not in EXACT_STAGES]
+    if tpl.relation == "exact" and beyond:
+        raise UserError(
+            f"template '{tpl.name}' of {spec.path} has relation 'exact', which the task stage "
+            f"scores but the {', '.join(beyond)} stage(s) do not yet (they score gt / lt "
+            f"templates); run --stages task, or choose a gt or lt template with --template."
+        )
+    check_task_tokens(spec, ctx.model.tokenizer)
 
 
 def _check_loaded_clt(ctx: RunContext, names: list[str], resume: bool) -> None:

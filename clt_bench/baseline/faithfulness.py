@@ -27,6 +27,18 @@ from clt_bench.baseline.readout import EndReadout, metrics_of, per_example_pd
 DEGENERATE_TOL = 1e-6
 
 
+def ratio_undefined_reason(model_pd: float) -> str:
+    """Why a ratio to the model's PD is undefined ("" when it is defined): it reads as a share of
+    the model's task performance only when that PD is positive; for a model at or below chance on
+    the task (e.g. both PDs negative, a ratio of two negatives) it is no such share."""
+    if model_pd > 0:
+        return ""
+    return (
+        f"the model's probability difference is {model_pd:.4f}, not positive: a ratio to it is "
+        "no share of the model's performance"
+    )
+
+
 def node_masks(
     ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,14 +200,7 @@ def evaluate_circuit(
     model_pd, corr_pd = model["prob_diff"], corrupted["prob_diff"]
     gap = model_pd - corr_pd
     nan = float("nan")
-    # a ratio of PDs reads as "share of the model's task performance" only when the model's PD is
-    # positive; for a model below chance on the task (e.g. both PDs negative) it is undefined
-    ratio_undefined = (
-        f"the model's probability difference is {model_pd:.4f}, not positive: a ratio to it is "
-        "no share of the model's performance"
-        if not model_pd > 0
-        else ""
-    )
+    ratio_undefined = ratio_undefined_reason(model_pd)
     rand_pd = _spread([r["prob_diff"] for r in rand]) if rand else {}
     rand_cs = _spread([r["cutoff_sharpness"] for r in rand]) if rand else {}
     total = 2 * cfg.n_layers * (cfg.n_heads + 1)

@@ -255,7 +255,8 @@ def render_html(
     for m, *_ in rows:
         defined.setdefault(methods_anchor(m), []).append(m)
     defs = "".join(
-        f"<dt id='def-{a}'>{html.escape(', '.join(ms))}</dt><dd>{definition_html(a)}</dd>"
+        f"<dt id='def-{a}'>{html.escape(', '.join(ms))}</dt>"
+        f"<dd>{words.metric_label(definition_html(a))}</dd>"
         for a, ms in defined.items()
     )
     parts = [
