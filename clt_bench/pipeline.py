@@ -200,7 +200,8 @@ def stage_is_current(ctx: RunContext, stage: str) -> bool:
         return False
 
 
-# the stages that score a task whose template has the ``exact`` relation (one correct answer)
+# the stages that score a task whose template has the ``exact`` relation (one correct answer) or
+# fewer than 100 answers
 EXACT_STAGES = ("task",)
 
 
@@ -221,6 +222,13 @@ def _check_task_tokens(ctx: RunContext, names: list[str], resume: bool) -> None:
             f"template '{tpl.name}' of {spec.path} has relation 'exact', which the task stage "
             f"scores but the {', '.join(beyond)} stage(s) do not yet (they score gt / lt "
             f"templates); run --stages task, or choose a gt or lt template with --template."
+        )
+    if spec.n_answers != 100 and beyond:
+        raise UserError(
+            f"task file {spec.path}: answers.count = {spec.n_answers}, which the task stage "
+            f"scores but the {', '.join(beyond)} stage(s) do not yet (their attributions and "
+            f'heatmaps use the 100 answers "00".."99"); run --stages task, or set '
+            f"answers.count = 100."
         )
     check_task_tokens(spec, ctx.model.tokenizer)
 

@@ -126,8 +126,9 @@ def yy_zz_heatmap(
         vmax=vmax,
         cbar_label=cbar_label + suffix if colorbar else None,
     )
-    ax.set_xticks(np.arange(0, 100, 10) + 0.5)
-    ax.set_xticklabels([f"{z:02d}" for z in range(0, 100, 10)])
+    n_answers = matrix.shape[1]  # the task's answer count (columns ZZ = 0..n-1)
+    ax.set_xticks(np.arange(0, n_answers, 10) + 0.5)
+    ax.set_xticklabels([f"{z:02d}" for z in range(0, n_answers, 10)])
     ticks = [i for i, y in enumerate(yy_values) if y % 10 == 0]
     ax.set_yticks(np.array(ticks) + 0.5)
     ax.set_yticklabels([f"{yy_values[i]:02d}" for i in ticks], rotation="vertical", va="center")

@@ -147,6 +147,27 @@ def test_an_exact_task_stops_before_stages_that_score_gt_lt_only(tmp_path, capsy
     assert not (tmp_path / "run" / "task").exists()
 
 
+def test_a_smaller_answer_space_stops_before_stages_that_use_100_answers(tmp_path, capsys):
+    task = write_task(tmp_path, GT)
+    toml = task / "task.toml"
+    toml.write_text(toml.read_text().replace("count = 100", "count = 60"))
+    assert run_cli(task, tmp_path, "run") == 2
+    one_sentence(capsys, str(toml), "answers.count = 60", "baseline")
+    assert not (tmp_path / "run" / "task").exists()
+
+
+def test_the_task_stage_heatmap_follows_the_answer_space(tmp_path):
+    import json
+
+    task = write_task(tmp_path, GT)
+    toml = task / "task.toml"
+    toml.write_text(toml.read_text().replace("count = 100", "count = 60"))
+    assert run_cli(task, tmp_path, "task") == 0
+    m = json.loads((tmp_path / "run" / "task" / "metrics.json").read_text())
+    heat = m["heatmap_matrix"]
+    assert len(heat) == len(range(2, 60)) and {len(r) for r in heat} == {60}
+
+
 # ---- expressiveness: derived years, consecutive and stepped sequences, exact answers ---------
 
 
