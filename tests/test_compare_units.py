@@ -240,3 +240,41 @@ def test_bootstrap_matches_one_resample_at_a_time():
         # numpy interpolates between two infinities as NaN: that bound is "never" (inf)
         want = tuple(np.inf if np.isnan(v) else v for v in want)
         assert str(got[f]) == str(want), f
+
+
+def test_comparator_scope_starts_every_kind_at_the_comparator_patch(planted, batch):
+    """Scoped to MLP1 at END (a stand-in comparator, where the planted unit writes): k = 0 is the
+    run with exactly that output corrupted, for neurons and for a transcoder's error_corrupted
+    variant alike; k = all is the clean run for neurons, whose one writing unit explains it all;
+    writes outside the scope stay clean."""
+    from clt_bench.baseline.circuits import Circuit, Node
+    from clt_bench.compare.comparator import comparator_explained, comparator_layers
+    from clt_bench.compare.units import scoped
+
+    bridge, clt, fid = planted
+    truth = Circuit("t", (Node("END", LAYER, "mlp"), Node("YY", 0, "mlp")))
+    assert comparator_layers(truth) == [LAYER]
+    _, ev = split_halves(len(batch))
+    eb = batch.subset(ev)
+    _, cache = bridge.run_with_cache(eb.corrupted)
+    end = eb.end_pos
+    name = f"blocks.{LAYER}.hook_mlp_out"
+
+    def corrupt_end(y, hook):
+        y = y.clone()
+        y[:, end] = cache[name][:, end]
+        return y
+
+    expected = _pd(bridge, eb.clean, eb, [(name, corrupt_end)])
+    clean = _pd(bridge, eb.clean, eb)
+    assert clean - expected > 0.05, "setup: the scoped output carries the task"
+    out = comparator_explained(bridge, {"neuron": None, "clt": clt}, batch, truth, 3, 3)
+    for kind in ("neuron", "clt"):
+        assert out[kind]["prob_diff_comparator_corrupted"] == pytest.approx(expected, abs=1e-6)
+        assert out[kind]["prob_diff_clean"] == pytest.approx(clean, abs=1e-6)
+    assert out["neuron"]["top"][0] == [LAYER, NEURON]
+    assert out["neuron"]["explained"][1] == pytest.approx(1.0, abs=1e-5)
+    assert out["clt"]["top"][0] == [LAYER, fid]
+    units = scoped(neuron_units(bridge, eb.clean, eb.corrupted), [LAYER], end)
+    assert [b.layer for b in units.blocks] == [LAYER]
+    assert float(units.blocks[0].delta[:, :end].abs().sum()) == 0.0

@@ -29,6 +29,7 @@ import numpy as np
 from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit
 from clt_bench.baseline.ground_truth import KNOWN, known_circuit, yy_probe_scores
 from clt_bench.baseline.patching import model_device
+from clt_bench.compare.comparator import comparator_explained
 from clt_bench.compare.curve import replacement_pd
 from clt_bench.compare.generalisation import generalisation, write_generalisation
 from clt_bench.compare.ground_truth_figure import ground_truth_grid, influence_grid
@@ -339,9 +340,11 @@ def units_table(
 def ground_truth_probe(
     cfg: RunConfig, loaded: LoadedModel, run_dir: Path, batch: TaskBatch, out: Path
 ) -> dict[str, Any]:
-    """On a model with a planted circuit (``batch`` unused: the probe needs more prompts than the
-    units curves): the YY probe of every transcoder and of MLP neurons
-    (``baseline.ground_truth``), written to compare/ground_truth.json; {} for other models."""
+    """On a model with a planted circuit: the YY probe of every transcoder and of MLP neurons
+    (``baseline.ground_truth``; on the discovery set, as the probe needs more prompts than the
+    units curves) and the share of the planted comparator's effect their top units at END explain
+    (``compare.comparator``, on ``batch``), written to compare/ground_truth.json; {} for other
+    models."""
     truth = known_circuit(loaded.name)
     if truth is None:
         return {}
@@ -350,7 +353,14 @@ def ground_truth_probe(
     }
     # the whole discovery set (490 prompts, YY balanced): enough rows for a 97-value probe
     probe = yy_probe_scores(loaded.bridge, tcs, load_task_batch(cfg, loaded, "discovery"), truth)
-    write_json(out / "ground_truth.json", json_safe({"truth": truth.name, "yy_probe": probe}))
+    units: dict[str, Any] = {"neuron": None, **tcs}  # keys: "neuron", "clt", "plt"
+    cmp = comparator_explained(
+        loaded.bridge, units, batch, truth, cfg.features.curve_candidates, cfg.features.curve_dense
+    )
+    write_json(
+        out / "ground_truth.json",
+        json_safe({"truth": truth.name, "yy_probe": probe, "comparator_explained": cmp}),
+    )
     grids = {}
     for kind, r in transcoder_runs(cfg, run_dir).items():
         rk = read_ranking(r)
@@ -368,6 +378,10 @@ def ground_truth_probe(
         if isinstance(scores, dict) and kind in prefix:
             flat[f"yy_probe_r2_{prefix[kind]}"] = scores["r2"]
             flat[f"yy_probe_within5_{prefix[kind]}"] = scores["within_tolerance"]
+    for name in units:
+        flat[f"cmp_explained_top5_{name}"] = cmp[name]["explained"].get(5, math.nan)
+        flat[f"cmp_explained_top20_{name}"] = cmp[name]["explained"].get(20, math.nan)
+        flat[f"cmp_units_80_{name}"] = cmp[name]["units_80"]
     return flat
 
 

@@ -122,6 +122,28 @@ class UnitSet:
         return self.mlp_clean - self.err_delta
 
 
+def scoped(units: UnitSet, layers: Sequence[int], pos: int) -> UnitSet:
+    """``units`` restricted to their writes into the MLP outputs of ``layers`` at position
+    ``pos`` (e.g. a planted comparator: MLP4 and MLP5 at END). Every other write, and the error
+    term elsewhere, stays clean in every run, so S = {} corrupts exactly those outputs -- for
+    neurons and for a transcoder's ``error_corrupted`` variant alike."""
+    keep = set(int(t) for t in layers)
+    blocks = []
+    for b in units.blocks:
+        idx = [i for i, t in enumerate(b.targets) if t in keep]
+        if not idx:
+            continue
+        delta = torch.zeros_like(b.delta)
+        delta[:, pos] = b.delta[:, pos]
+        blocks.append(UnitBlock(b.layer, delta, b.write[:, idx], [b.targets[i] for i in idx]))
+    err = None
+    if units.err_delta is not None:
+        err = torch.zeros_like(units.err_delta)
+        sel = sorted(keep)
+        err[:, pos, sel] = units.err_delta[:, pos, sel]
+    return UnitSet(units.kind, blocks, units.mlp_clean, err)
+
+
 def _capture(bridge, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
     _, cache = bridge.run_with_cache(
         tokens.to(model_device(bridge)), names_filter=lambda n: n in set(names)
@@ -403,10 +425,13 @@ def units_needed_curve(
     candidates: int = 32,
     ks: Sequence[int] | None = None,
     top_names: int = 20,
+    extra_ks: Sequence[int] = (),
 ) -> UnitsResult:
     """Rank one kind's units on the ranking half of ``batch``; its curve on the other half.
 
-    ``make_units(clean_tokens, corrupted_tokens)`` builds the UnitSet on given prompts."""
+    ``make_units(clean_tokens, corrupted_tokens)`` builds the UnitSet on given prompts; the curve's
+    points are ``ks`` or, without it, ``dense`` log-spaced ones plus those of ``extra_ks`` that
+    do not exceed the number of units."""
     rank_idx, eval_idx = split_halves(len(batch))
     rb, eb = batch.subset(rank_idx), batch.subset(eval_idx)
     ranking_units = make_units(rb.clean, rb.corrupted)
@@ -414,7 +439,8 @@ def units_needed_curve(
     del ranking_units
     units = make_units(eb.clean, eb.corrupted)
     K = units.n_units
-    ks = sorted({0, K, *curve_ks(K, dense)} if ks is None else {0, K, *ks})
+    extra = [k for k in extra_ks if k <= K]
+    ks = sorted({0, K, *curve_ks(K, dense), *extra} if ks is None else {0, K, *ks})
     if ks[0] < 0 or ks[-1] > K:
         raise UserError(f"curve points must lie in 0..{K} (the number of units).")
     pd, clean = curve_pd(bridge, units, eb, order, ks)
