@@ -55,7 +55,7 @@ def parse_yy(prompt: str) -> int:
     years = re.findall(r"(?<!\d)(\d{4})(?!\d)", prompt)
     if not years:
         raise UserError(
-            "the greater-than target needs a four-digit year (e.g. 1711) in the prompt."
+            "the task target needs a four-digit year (e.g. 1711) in the prompt."
         )
     return int(years[-1]) % 100
 
