@@ -64,6 +64,15 @@ def test_stage_outputs_on_tiny_model(tmp_path, tokenizer):
         faith["circuit_prob_diff"] / faith["model_prob_diff"]
     )
     assert set(faith["random_control_prob_diff"]) == {"mean", "std", "min", "max"}
+    # the per-prompt PD behind each mean (the report's bootstrap intervals), and its SVG figures
+    from clt_bench.io import load_tensors
+
+    per_prompt = load_tensors(d / "per_prompt.safetensors")
+    for key, values in per_prompt.items():
+        assert values.shape == (faith["n_examples"],), key
+        assert float(values.mean()) == pytest.approx(faith[key], rel=1e-6, abs=1e-9), key
+    assert set(per_prompt) >= {"model_prob_diff", "circuit_paths_prob_diff", "necessity_prob_diff"}
+    assert (d / "circuit_graph.svg").is_file() and (d / "units_needed.svg").is_file()
     rows = list(csv.reader((d / "units_needed.csv").open()))
     assert rows[0] == ["k", "prob_diff", "fraction_of_model_pd"]
     ks = [int(r[0]) for r in rows[1:]]

@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from clt_bench.cli import main
 from clt_bench.io import save_tensors, write_json
-from clt_bench.report.compare_runs import bootstrap_ci, compare_runs
+from clt_bench.report.browser import check_report, find_chromium
+from clt_bench.report.compare_runs import bootstrap_ci, compare_runs, write_report
 
 
 def _run(
@@ -62,7 +64,28 @@ def test_table_intervals_and_paired_differences(tmp_path, capsys):
     assert "| metric | a | b |" in text and "Paired differences" in text
     assert "only for metrics that are a mean over task prompts" in text
     assert "task.prob_diff" in text.split("only for metrics")[1]
-    assert "<table>" in out.read_text()
+    page = out.read_text()
+    assert "<table class='data' id='tbl-runs'>" in page and "model prob. difference" in page
+    forest = tmp_path / "cmp_forest.png"
+    assert forest.stat().st_size > 5_000 and forest.with_suffix(".svg").is_file()
+    assert "cmp_forest.png" in page and "tbl-paired" in page
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed")
+def test_compare_page_is_readable_with_a_forest_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    pd_a = rng.uniform(0.5, 1.0, 200)
+    runs = [_run(tmp_path, "run_a", pd_a, 0.1)]
+    runs += [_run(tmp_path, f"run_{c}", pd_a - d, 0.2) for c, d in (("b", 0.05), ("c", -0.02))]
+    out = write_report(compare_runs(runs), tmp_path / "cmp.html")
+    for width in (1280, 1920):
+        result = check_report(out, width=width)
+        assert result["broken"] == [] and result["overflow"] == []
+        assert result["figures"] == 1, "the forest plot"
+        problems = {
+            k: result[k] for k in ("broken_words", "tall_rows", "small_text", "small_figures")
+        }
+        assert problems == dict.fromkeys(problems, [])
 
 
 def test_different_prompts_are_not_paired_and_stale_files_get_no_interval(tmp_path):

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 from _graphs_helpers import make_clt, tiny_loaded
+from circuit_tracer_schema import FEATURE_TYPES
+from circuit_tracer_schema import Metadata as ViewerMetadata
+from circuit_tracer_schema import Model as ViewerGraph
 
 from clt_bench.cli import main
 from clt_bench.config import GraphsConfig
@@ -106,6 +109,27 @@ def test_free_patch(setup):
         r = free_patch(loaded.bridge, clt, TOKENS, [Intervention(lyr, p, f, scale=0.0)], D)
         edge = -g.adjacency[g.offsets()["target"] :, last[0]]
         assert (r.delta - edge).abs().max() <= 0.5 * edge.abs().max()
+
+
+def test_graph_json_validates_against_circuit_tracers_viewer_schema(setup, tmp_path):
+    _, _, g = setup
+    data = json.loads(write_graph_json(g, tmp_path / "g.json", scan="tiny-clt").read_text())
+    graph = ViewerGraph.model_validate(data)
+    ViewerMetadata.model_validate(data["metadata"])  # what graph-metadata.json lists
+    assert {n.feature_type for n in graph.nodes} <= FEATURE_TYPES
+    ids = [n.node_id for n in graph.nodes]
+    assert len(set(ids)) == len(ids) and len({n.jsNodeId for n in graph.nodes}) == len(ids)
+    assert all(e.source in ids and e.target in ids for e in graph.links)
+    assert sum(n.is_target_logit for n in graph.nodes) >= 1
+    # the check can fail: a layer written as a number, a link without weight
+    bad = json.loads(json.dumps(data))
+    bad["nodes"][0]["layer"] = 0
+    with pytest.raises(ValueError):
+        ViewerGraph.model_validate(bad)
+    bad = json.loads(json.dumps(data))
+    del bad["links"][0]["weight"]
+    with pytest.raises(ValueError):
+        ViewerGraph.model_validate(bad)
 
 
 def test_json_round_trip_and_png(setup, tmp_path):

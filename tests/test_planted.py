@@ -21,6 +21,7 @@ from clt_bench.baseline.ground_truth import (
     site_share,
     truth_edges,
 )
+from clt_bench.errors import UserError
 from clt_bench.models.planted import PLANTED_DIR, load_planted_module, load_planted_spec
 from clt_bench.models.planted_eval import interchange_accuracy, strictness
 from clt_bench.models.planted_pairs import hl_output, make_pairs, prompt_pool
@@ -194,6 +195,52 @@ def test_planted_training_is_deterministic(tmp_path):
         train_planted(cfg, tmp_path / run, acceptance=False)
         digests.append(hashlib.sha256((tmp_path / run / "planted.safetensors").read_bytes()))
     assert digests[0].hexdigest() == digests[1].hexdigest()
+
+
+def test_adaptive_strictness_weights_follow_the_last_evaluation():
+    from clt_bench.models.planted_train import PlantedTrainConfig, strict_weights
+    from clt_bench.models.siit import all_components
+
+    comps = all_components(6, 4)
+    hist = [{"strictness": {"per_node": {"mlp0@all": 0.9, "a0.h2@all": 0.01, "a0.h2@END": 5.0}}}]
+    assert strict_weights(PlantedTrainConfig(strict_sampling="uniform"), hist) is None
+    assert strict_weights(PlantedTrainConfig(), []) is None  # before the first evaluation
+    w = strict_weights(PlantedTrainConfig(strict_floor=0.02), hist)
+    by = dict(zip([c.label for c in comps], w.tolist(), strict=True))
+    assert by["mlp0"] == 0.9 and by["a0.h2"] == 0.02 and by["mlp3"] == 0.02  # floored
+    no_gap = [{"strictness": {"per_node": {"mlp0@all": float("inf")}}}]
+    assert strict_weights(PlantedTrainConfig(), no_gap) is None
+    with pytest.raises(UserError):
+        PlantedTrainConfig(strict_sampling="greedy").validate()
+
+
+@pytest.mark.slow
+def test_planted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Adaptive strictness sampling reads the checkpointed history: a run killed after its step-2
+    checkpoint resumes to the weights of an uninterrupted run."""
+    import clt_bench.models.planted_train as pt
+
+    cfg = pt.PlantedTrainConfig(
+        steps=4, n_documents=64, n_pair_prompts=64, pair_batch=8, eval_every=2, checkpoint_every=2
+    )
+    pt.train_planted(cfg, tmp_path / "whole", acceptance=False)
+    save = pt._save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pt, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pt.train_planted(cfg, tmp_path / "killed", acceptance=False)
+    monkeypatch.setattr(pt, "_save_checkpoint", save)
+    info = pt.train_planted(cfg, tmp_path / "killed", acceptance=False)
+    assert [h["step"] for h in info["history"]] == [2, 4]
+    digest = [
+        hashlib.sha256((tmp_path / r / "planted.safetensors").read_bytes()).hexdigest()
+        for r in ("whole", "killed")
+    ]
+    assert digest[0] == digest[1]
 
 
 # ---- grading against the planted circuit -------------------------------------------------------

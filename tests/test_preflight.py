@@ -42,14 +42,17 @@ GPT2_TINY = [
     "plt.enabled=false",
 ]
 
-# both in a fresh interpreter, so the estimate's measured base is that of a real run's process
+# both in a fresh interpreter, so the estimate's measured base is that of a real run's process.
+# The peak is the process's own VmHWM: Linux's ru_maxrss carries over the RSS the forking parent
+# had at exec (the whole pytest process, GBs after the slow tests), so it measured the test run.
 MEASURE = """
-import json, resource, sys
+import json, sys
 from clt_bench.config import load_config
 from clt_bench.pipeline import run_pipeline
+from clt_bench.preflight import _status_kb
 preset, stages, out, *ov = sys.argv[1:]
 run_pipeline(load_config(preset, ov), out, stages=stages.split(","), progress=lambda l: None)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+print(json.dumps(_status_kb("VmHWM") * 1024))
 """
 ESTIMATE = """
 import json, sys

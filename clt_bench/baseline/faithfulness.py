@@ -175,12 +175,18 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_circuit(
-    ctx: PatchContext, circuit: Circuit, n_random: int = 10, seed: int = 0
+    ctx: PatchContext,
+    circuit: Circuit,
+    n_random: int = 10,
+    seed: int = 0,
+    per_prompt: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], EndReadout]:
     """Faithfulness, necessity and random-control numbers (PD and CS of each) for ``circuit``,
     and the circuit run's readout [n] (for its YY x ZZ heatmap).
 
-    ``ctx`` must have the clean run as base and the corrupted run as source.
+    ``ctx`` must have the clean run as base and the corrupted run as source. ``per_prompt``, when
+    given, receives the per-prompt PD [n] behind each mean PD (model, corrupted, circuit, path-level
+    circuit, necessity), keyed like the numbers (what the report's intervals resample).
     """
     yy, rel = ctx.batch.yy, ctx.batch.relation
     model = metrics_of(ctx.base.readout, yy, rel)
@@ -190,13 +196,23 @@ def evaluate_circuit(
     faithful = patch_circuits(ctx, [circuit, *randoms], complement=True)
     circ = metrics_of(faithful[0], yy, rel)
     rand = [metrics_of(faithful[1 + i], yy, rel) for i in range(len(randoms))]
-    necessity = metrics_of(patch_circuits(ctx, [circuit], complement=False)[0], yy, rel)
+    necessity_run = patch_circuits(ctx, [circuit], complement=False)[0]
+    necessity = metrics_of(necessity_run, yy, rel)
     spec = hanna_paths(circuit, circuit.paths.get("feed_only_end_heads", ()))
     paths_run = paths_readout(ctx, spec)
     paths = metrics_of(paths_run, yy, rel)
     undefined = paths_undefined_reason(
         spec, per_example_pd(paths_run, yy, rel), per_example_pd(ctx.source.readout, yy, rel)
     )
+    if per_prompt is not None:
+        runs = {
+            "model_prob_diff": ctx.base.readout,
+            "corrupted_prob_diff": ctx.source.readout,
+            "circuit_prob_diff": faithful[0],
+            "circuit_paths_prob_diff": paths_run,
+            "necessity_prob_diff": necessity_run,
+        }
+        per_prompt.update({k: per_example_pd(r, yy, rel).double() for k, r in runs.items()})
     model_pd, corr_pd = model["prob_diff"], corrupted["prob_diff"]
     gap = model_pd - corr_pd
     nan = float("nan")

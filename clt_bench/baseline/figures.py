@@ -19,7 +19,21 @@ def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
     vals = torch.cat([e.flatten() for e in step.effects.values()])
     vmax = float(np.nanmax(np.abs(vals.numpy()))) if torch.isfinite(vals).any() else 1.0
     cols = [f"h{h}" for h in range(n_heads)] + ["MLP"]
+    recv = ", ".join(step.receivers[:6]) + (" ..." if len(step.receivers) > 6 else "")
     for ax, (pos, grid) in zip(axes[0], step.effects.items(), strict=True):
+        ax.set_title(f"senders at {pos}", fontsize=9)
+        if not torch.isfinite(grid).any():  # an empty frame would not say why it is empty
+            ax.set(xticks=[], yticks=[])
+            ax.text(
+                0.5,
+                0.5,
+                f"no sender at {pos}:\nno component at {pos} lies\nupstream of the receivers",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=9,
+            )
+            continue
         sns.heatmap(
             grid.numpy(),
             ax=ax,
@@ -33,8 +47,6 @@ def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
         )
         ax.set_xlabel("head / MLP")
         ax.set_ylabel("layer")
-        ax.set_title(f"senders at {pos}", fontsize=9)
-    recv = ", ".join(step.receivers[:6]) + (" ..." if len(step.receivers) > 6 else "")
     fig.suptitle(f"{model}: path patching step {step.index} -> {recv}", fontsize=9)
     fig.subplots_adjust(wspace=0.45)
     return save_figure(fig, path)
@@ -80,7 +92,7 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
         if label.startswith(("logits", "embed")):
             color = "0.2"
         ax.scatter([x], [y], s=140, color=color, zorder=3)
-        ax.text(x, y + 0.17, label.split("@")[0], ha="center", fontsize=6.5, zorder=4)
+        ax.text(x, y + 0.17, label.split("@")[0], ha="center", fontsize=8, zorder=4)
     ax.set_yticks([0, 2])
     ax.set_yticklabels(["YY", "END"])
     ax.set_xticks(range(n_layers))

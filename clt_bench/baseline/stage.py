@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from clt_bench.baseline.circuits import Circuit, load_circuit, validate_circuit
 from clt_bench.baseline.discovery import Step, discover_circuit
 from clt_bench.baseline.faithfulness import evaluate_circuit
@@ -28,7 +30,7 @@ from clt_bench.baseline.ground_truth import discovery_scores, known_circuit
 from clt_bench.baseline.neurons import analyse_neurons, pick_layer
 from clt_bench.baseline.patching import PatchContext
 from clt_bench.config import BaselineConfig, RunConfig, with_section
-from clt_bench.io import read_json, run_metadata, write_json, write_text
+from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.task.metrics import yy_heatmap
 from clt_bench.task.spec import load_task
@@ -124,7 +126,9 @@ def run_baseline_stage(
     circuit, steps = _circuit(cfg, ctx, loaded)
     validate_circuit(circuit, loaded.n_layers, int(loaded.bridge.cfg.n_heads))
     times["discovery"] = time.perf_counter() - t0 - sum(times.values())
-    faith, circ_readout = evaluate_circuit(ctx, circuit, bcfg.n_random, bcfg.seed)
+    per_prompt: dict[str, torch.Tensor] = {}
+    faith, circ_readout = evaluate_circuit(ctx, circuit, bcfg.n_random, bcfg.seed, per_prompt)
+    save_tensors(stage / "per_prompt.safetensors", per_prompt)  # the report's intervals
     times["evaluation"] = time.perf_counter() - t0 - sum(times.values())
     truth = known_circuit(loaded.name)
     if truth is not None and circuit.name != truth.name:  # graded against the planted circuit

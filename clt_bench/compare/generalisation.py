@@ -146,6 +146,6 @@ def write_generalisation(
             cbar_kws={"label": "PD contribution on the family / on the main template"},
         )
         ax.set_title(title, fontsize=9)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=8)
         paths.append(save_figure(fig, out / "feature_generalisation.png"))
     return paths

@@ -220,7 +220,7 @@ def write_interactions(
         yticklabels=list(names),
         cbar_kws={"label": "dPD(pair) - dPD(a) - dPD(b)"},
     )
-    ax.tick_params(labelsize=6)
+    ax.tick_params(labelsize=8)
     ax.set_title(
         f"Pair-ablation interactions of the top {len(names)} features\n"
         f"interaction share {result['interaction_share']:.3f} (0 = additive)"

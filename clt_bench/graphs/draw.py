@@ -68,9 +68,9 @@ def _place_labels(ax, items: list[tuple[float, float, str]], char_w: float) -> i
                 ax.annotate(
                     text,
                     (x, y),
-                    xytext=(0, 7 + 8 * level),
+                    xytext=(0, 7 + 10 * level),
                     textcoords="offset points",
-                    fontsize=6,
+                    fontsize=8,
                     ha="center",
                     va="bottom",
                     zorder=4,
@@ -161,7 +161,7 @@ def draw_graph(
         key=lambda i: float(infl[i]) if infl is not None else 0.0,
         reverse=True,
     )
-    char_w = x_max / (fig_w * 72 / 4.2)  # x units per character at fontsize 6
+    char_w = x_max / (fig_w * 72 / 5.6)  # x units per character at fontsize 8
     labels = []
     for i in feats[:n_labels]:
         d = graph.describe(i)
@@ -172,13 +172,13 @@ def draw_graph(
             ax.annotate(
                 graph.describe(i)["label"],
                 xy[i],
-                fontsize=7,
+                fontsize=8,
                 xytext=(6, 4),
                 textcoords="offset points",
             )
     ax.set_xticks(centre)
     ax.set_xticklabels(
-        [repr(s)[1:-1] for s in graph.token_strings], rotation=60, ha="right", fontsize=7
+        [repr(s)[1:-1] for s in graph.token_strings], rotation=60, ha="right", fontsize=8
     )
     ax.set_yticks(range(-1, graph.n_layers + 1))
     ax.set_yticklabels(["emb"] + [f"L{i}" for i in range(graph.n_layers)] + ["out"])
@@ -216,14 +216,14 @@ def draw_graph(
     ax.legend(
         handles=handles,
         loc="upper left",
-        fontsize=6,
+        fontsize=8,
         ncol=6,
         frameon=True,
         title="node size and colour: influence on the target",
-        title_fontsize=6,
+        title_fontsize=8,
     )
     if sc is not None:
         cb = fig.colorbar(sc, ax=ax, fraction=0.025, pad=0.01)
-        cb.set_label("influence / max influence", fontsize=7)
-        cb.ax.tick_params(labelsize=6)
+        cb.set_label("influence / max influence", fontsize=8)
+        cb.ax.tick_params(labelsize=8)
     return save_figure(fig, path)

@@ -80,7 +80,7 @@ PLANTED_ARCH: dict[str, Any] = {**TRAIN_ARCH, "n_layer": 6}
 @dataclass(frozen=True)
 class PlantedTrainConfig:
     seed: int = 0
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 32  # corpus documents per step (behaviour loss)
     pair_batch: int = 64  # task pairs per step: half IIT, half strictness
     lr: float = 2e-3
@@ -93,23 +93,33 @@ class PlantedTrainConfig:
     strict_weight: float = 1.0
     all_positions_fraction: float = 0.5  # strictness examples patching a node everywhere at once
     corrupt_fraction: float = 0.25  # sources with YY = 01 (Hanna's counterfactual)
-    corrupt_base_fraction: float = 0.0  # of those, pairs whose base is the 01 prompt
+    corrupt_base_fraction: float = 0.5  # of those, pairs whose base is the 01 prompt
     n_documents: int = 32_000
     corpus_seed: int = 1_000  # the toy's corpus
     sample_positions: int = 2
+    # strictness examples: each non-circuit component drawn uniformly ("uniform", InterpBench's
+    # rule) or in proportion to its strictness at the last evaluation, floored at
+    # ``strict_floor`` ("adaptive": the components the model still uses get the examples)
+    strict_sampling: str = "adaptive"
+    strict_floor: float = 0.02
     n_pair_prompts: int = 4_096
     pair_seed: int = 2_024  # training prompts; evaluation uses other seeds
     threads: int = (
         1  # fixed so a rerun gives the same weights (and no OpenMP stalls on a busy machine)
     )
     checkpoint_every: int = 250
-    eval_every: int = 250
+    eval_every: int = 100
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.pair_batch < 2:
             raise UserError("planted training needs steps >= 1, batch_size >= 1, pair_batch >= 2.")
         if not (0 < self.lr < 1) or self.threads < 1 or self.checkpoint_every < 1:
             raise UserError("planted training needs 0 < lr < 1, threads >= 1, checkpoint >= 1.")
+        if self.strict_sampling not in ("uniform", "adaptive") or self.strict_floor <= 0:
+            raise UserError(
+                "planted training's strict_sampling is 'uniform' or 'adaptive' and its "
+                "strict_floor > 0."
+            )
 
 
 # held-out evaluation sets (other seeds than training's pair_seed)
@@ -131,10 +141,32 @@ def build_planted_module(seed: int, toy_weights: Path = TOY_WEIGHTS) -> GPT2LMHe
     return model
 
 
+def strict_weights(cfg: PlantedTrainConfig, history: list[dict[str, Any]]) -> torch.Tensor | None:
+    """Sampling weights of the strictness components (``all_components`` order), or None for
+    uniform: with ``strict_sampling = "adaptive"``, each component's strictness (all free
+    positions at once) at the last evaluation in ``history``, floored at ``strict_floor``
+    (uniform while the model has no clean-corrupted PD gap to measure strictness against); the
+    history is checkpointed, so a resumed run draws the same components."""
+    if cfg.strict_sampling == "uniform" or not history:
+        return None
+    per = history[-1].get("strictness", {}).get("per_node", {})
+    comps = all_components(PLANTED_ARCH["n_layer"], PLANTED_ARCH["n_head"])
+    w = torch.tensor([float(per.get(f"{c.label}@all", 0.0)) for c in comps], dtype=torch.float64)
+    if not bool(torch.isfinite(w).all()):  # no clean-corrupted gap yet: nothing to weigh by
+        return None
+    return w.clamp(min=cfg.strict_floor)
+
+
 def pair_masks(
-    pairs: Pairs, spec: PlantedSpec, n_iit: int, cfg: PlantedTrainConfig, gen: torch.Generator
+    pairs: Pairs,
+    spec: PlantedSpec,
+    n_iit: int,
+    cfg: PlantedTrainConfig,
+    gen: torch.Generator,
+    weights: torch.Tensor | None = None,
 ) -> tuple[PatchMask, torch.Tensor]:
-    """Masks for one step: the first ``n_iit`` rows IIT, the rest strictness; and the target YY."""
+    """Masks for one step: the first ``n_iit`` rows IIT, the rest strictness (components drawn
+    uniformly, or by ``weights``); and the target YY."""
     n, length = pairs.base.shape
     n_layers, n_heads = PLANTED_ARCH["n_layer"], PLANTED_ARCH["n_head"]
     mask = PatchMask(n, length, n_layers, n_heads)
@@ -148,7 +180,10 @@ def pair_masks(
                 mask.set(i, comp, [pos_of[var.position]])
             target_yy[i] = pairs.source_yy[i]
             continue
-        comp = comps[int(torch.randint(len(comps), (), generator=gen))]
+        if weights is None:
+            comp = comps[int(torch.randint(len(comps), (), generator=gen))]
+        else:
+            comp = comps[int(torch.multinomial(weights, 1, generator=gen))]
         free = free_positions(spec, pairs, comp)
         if not free:
             continue
@@ -179,7 +214,7 @@ def evaluate_planted(
     out: dict[str, Any] = {
         "task": evaluate_toy_module(model, n=None if full else 98),
         "interchange": interchange_accuracy(model, spec, pairs if full else few),
-        "strictness": strictness(model, spec, pairs if full else few, full, single=full),
+        "strictness": strictness(model, spec, pairs if full else few, True, single=full),
     }
     if full:
         tok = gpt2_tokenizer()
@@ -224,7 +259,7 @@ def train_planted(
         where = loss_positions(batch, centuries, cfg.sample_positions, gen)
         idx = torch.randint(len(pool), (cfg.pair_batch,), generator=gen)
         pairs = make_pairs(pool, idx, gen, cfg.corrupt_fraction, cfg.corrupt_base_fraction)
-        mask, target_yy = pair_masks(pairs, spec, n_iit, cfg, gen)
+        mask, target_yy = pair_masks(pairs, spec, n_iit, cfg, gen, strict_weights(cfg, history))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)  # type: ignore[arg-type]
         behaviour = loss_fn(model, batch, where)

@@ -5,10 +5,22 @@ many images there are and which failed to decode, which elements stick out past 
 (content inside ``.scroll`` boxes scrolls and is allowed), the page's scroll width, and whether
 it has a table of contents; Chromium's ``--dump-dom`` returns the result. ``--screenshot`` saves
 the top of the page. Needs Debian's ``chromium`` (or any Chromium/Chrome on PATH).
+
+It also measures readability, on what is displayed (elements hidden by ``display:none`` are not
+read): ``broken_words`` (a word the layout split across lines: a cell narrower than its longest
+word; breaks after a hyphen are allowed), ``tall_rows`` (a table row whose text takes more than
+three lines), ``small_text`` (text whose computed font size is under ``MIN_TEXT_PX``) and
+``small_figures`` (a figure whose smallest text -- tick labels, titles, colour-bar labels -- is
+displayed under ``MIN_FIGURE_TEXT_PX``). A figure's smallest text in its PNG's pixels is its
+smallest font size in points (the ``clt-bench:min-text-pt`` text chunk ``save_figure`` writes;
+matplotlib's default tick label size, 10 pt, when the chunk is missing) times the PNG's DPI / 72;
+the displayed size scales that by the displayed width over the PNG's width.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import re
 import shutil
@@ -17,6 +29,10 @@ import tempfile
 from pathlib import Path
 
 from clt_bench.errors import UserError
+from clt_bench.report.figures import text_px
+
+MIN_TEXT_PX = 14.0  # computed font size of any displayed text
+MIN_FIGURE_TEXT_PX = 10.0  # a figure's smallest text at its displayed size
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 # flags for a closed network and a root user (see Chromium's headless docs)
@@ -41,11 +57,78 @@ window.addEventListener('load', () => {
     .filter(e => !e.closest('.scroll') && e.getBoundingClientRect().right > W + 1)
     .map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : ''));
   const toc = document.querySelectorAll('nav#toc a[href^="#"]').length;
+  const shown = e => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden';
+  const name = e => {
+    const sec = e.closest('section[id],h2[id]');
+    const tag = e.tagName.toLowerCase() + (typeof e.className === 'string' && e.className
+      ? '.' + e.className.split(' ')[0] : '');
+    return (sec ? '#' + sec.id + ' ' : '') + tag;
+  };
+  const words = [], small = new Map(), range = document.createRange();
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+    const p = n.parentElement;
+    if (!p || !n.textContent.trim() || p.closest('script,style') || !shown(p)) continue;
+    const fs = parseFloat(getComputedStyle(p).fontSize);
+    if (fs < MIN_TEXT) small.set(name(p) + ' ' + fs + 'px', 1);
+    const re = /[^\\s\\-\\u2010-\\u2014]+/g;
+    for (let m = re.exec(n.textContent); m; m = re.exec(n.textContent)) {
+      range.setStart(n, m.index);
+      range.setEnd(n, m.index + m[0].length);
+      const tops = new Set([...range.getClientRects()].filter(r => r.width > 0)
+        .map(r => Math.round(r.top)));
+      if (tops.size > 1) words.push(name(p) + ': ' + m[0].slice(0, 40));
+    }
+  }
+  const px = (s, v) => v === 'normal' ? 1.2 * parseFloat(s.fontSize) : parseFloat(v);
+  const tall = [];
+  for (const tr of document.querySelectorAll('tr')) {
+    if (!shown(tr) || tr.querySelector('img,svg,canvas')) continue;
+    let lines = 0;
+    for (const c of tr.cells) {
+      const s = getComputedStyle(c);
+      const h = c.clientHeight - parseFloat(s.paddingTop) - parseFloat(s.paddingBottom);
+      lines = Math.max(lines, h / px(s, s.lineHeight));
+    }
+    if (lines > 3.2) tall.push(name(tr) + ' ' + tr.innerText.slice(0, 40).replace(/\\s+/g, ' ')
+      + ' (' + lines.toFixed(1) + ' lines)');
+  }
+  const figs = imgs.filter(i => i.dataset.textPx && shown(i) && i.naturalWidth > 0).map(i => ({
+    name: i.alt || '?', px: parseFloat(i.dataset.textPx) * i.clientWidth / i.naturalWidth,
+    width: i.clientWidth}));
   const result = {images: imgs.length, broken: broken, overflow: over.slice(0, 20),
-                  scroll_width: document.documentElement.scrollWidth, client_width: W, toc: toc};
+                  scroll_width: document.documentElement.scrollWidth, client_width: W, toc: toc,
+                  n_broken_words: words.length, broken_words: words.slice(0, 20),
+                  n_tall_rows: tall.length, tall_rows: tall.slice(0, 20),
+                  small_text: [...small.keys()].slice(0, 20),
+                  figures: figs.length,
+                  small_figures: figs.filter(f => f.px < MIN_FIG).map(
+                    f => f.name + ' ' + f.px.toFixed(1) + 'px at ' + f.width + 'px wide')};
   document.body.setAttribute('data-check', JSON.stringify(result));
 });
 </script>"""
+
+
+IMG = re.compile(r"<img\b[^>]*?\bsrc=(['\"])(.*?)\1", re.S)
+
+
+def annotate_figures(page: str, folder: Path) -> str:
+    """``page`` with ``data-text-px`` (``figures.text_px``) on every ``<img>`` whose PNG it can read
+    (inline ``data:`` or a file relative to ``folder``)."""
+
+    def one(m: re.Match[str]) -> str:
+        src = m.group(2)
+        try:
+            if src.startswith("data:"):
+                data = base64.b64decode(src.split(",", 1)[1])
+            else:
+                data = (folder / src).read_bytes()
+        except (OSError, ValueError):
+            return m.group(0)
+        px = text_px(data)
+        return m.group(0) if px is None else f'<img data-text-px="{px:.2f}"' + m.group(0)[4:]
+
+    return IMG.sub(one, page)
 
 
 def find_chromium() -> str | None:
@@ -67,6 +150,35 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         )
 
 
+def _probe(page: Path, script: str, attr: str, width: int, timeout: float, height: int = 1000):
+    """Load a copy of ``page`` with ``script`` appended to its body; ``script`` sets the body's
+    ``attr`` attribute to a JSON value, which is returned."""
+    exe = find_chromium()
+    if exe is None:
+        raise UserError("no Chromium found (install Debian's 'chromium' package).")
+    # the probed copy sits beside the page, so that images it links load as they do for a reader
+    probe = page.with_name(f".{page.stem}.probe.html")
+    text = annotate_figures(page.read_text(encoding="utf-8"), page.parent)
+    probe.write_text(text.replace("</body>", script + "</body>"), encoding="utf-8")
+    try:
+        out = _run(
+            [
+                exe,
+                f"--window-size={width},{height}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                probe.as_uri(),
+            ],
+            timeout,
+        )
+    finally:
+        probe.unlink(missing_ok=True)
+    m = re.search(rf"{attr}=\"([^\"]*)\"", out.stdout)
+    if not m:
+        raise UserError(f"Chromium did not load {page} ({out.stderr.strip()[-200:]}).")
+    return json.loads(html.unescape(m.group(1)))
+
+
 def check_report(
     html_path: str | Path,
     screenshot: str | Path | None = None,
@@ -74,29 +186,72 @@ def check_report(
     timeout: float = 60.0,
 ) -> dict:
     """Load ``html_path`` in headless Chromium; returns the probe's result (see module doc)."""
-    exe = find_chromium()
-    if exe is None:
-        raise UserError("no Chromium found (install Debian's 'chromium' package).")
     page = Path(html_path).resolve()
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp) / page.name
-        probe.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"))
-        out = _run(
-            [
-                exe,
-                f"--window-size={width},1000",
-                "--virtual-time-budget=10000",
-                "--dump-dom",
-                probe.as_uri(),
-            ],
-            timeout,
-        )
-    m = re.search(r"data-check=\"([^\"]*)\"", out.stdout)
-    if not m:
-        raise UserError(f"Chromium did not load {page} ({out.stderr.strip()[-200:]}).")
-    result = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    limits = f"<script>const MIN_TEXT = {MIN_TEXT_PX}, MIN_FIG = {MIN_FIGURE_TEXT_PX};</script>"
+    result = _probe(page, limits + PROBE, "data-check", width, timeout)
     if screenshot is not None:
+        exe = find_chromium()
         shot = Path(screenshot).resolve()
         _run([exe, f"--window-size={width},1000", f"--screenshot={shot}", page.as_uri()], timeout)
         result["screenshot"] = str(shot) if shot.is_file() else None
     return result
+
+
+DRIVE = """<script>
+window.addEventListener('load', () => {
+  let out;
+  try { out = (function () { %s })(); } catch (e) { out = {error: String(e)}; }
+  document.body.setAttribute('data-drive', JSON.stringify(out === undefined ? null : out));
+});
+</script>"""
+
+
+def drive_report(html_path: str | Path, body: str, width: int = 1280, timeout: float = 60.0):
+    """Run the JavaScript function body ``body`` in the loaded page (after the page's own
+    scripts) and return what it returns (JSON); an exception comes back as ``{"error": ...}``.
+    Clicks dispatched there run the page's own handlers, as a reader's would."""
+    return _probe(Path(html_path).resolve(), DRIVE % body, "data-drive", width, timeout)
+
+
+MAX_SHOT_HEIGHT = 16000  # px: a section taller than this is cut off in its screenshot
+
+
+def screenshot_sections(
+    html_path: str | Path, out_dir: str | Path, width: int = 1280, timeout: float = 60.0
+) -> list[Path]:
+    """One PNG per ``<section id=...>`` of the page at ``width`` px (``<id>.png`` in
+    ``out_dir``): each from a copy of the page that shows that section alone, the window as tall
+    as the section (at most ``MAX_SHOT_HEIGHT``)."""
+    page = Path(html_path).resolve()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = drive_report(
+        page,
+        "return [...document.querySelectorAll('body > section[id]')].map(s => "
+        "[s.id, Math.ceil(s.getBoundingClientRect().height)]);",
+        width,
+        timeout,
+    )
+    text = page.read_text(encoding="utf-8")
+    paths = []
+    for sid, h in sections:
+        alone = page.with_name(f".{page.stem}.{sid}.html")
+        style = f"<style>body > :not(#{sid}){{display:none !important}}</style>"
+        alone.write_text(text.replace("</head>", style + "</head>", 1), encoding="utf-8")
+        shot = out / f"{sid}.png"
+        try:
+            _run(
+                [
+                    find_chromium() or "chromium",
+                    f"--window-size={width},{min(int(h) + 60, MAX_SHOT_HEIGHT)}",
+                    "--virtual-time-budget=5000",
+                    f"--screenshot={shot}",
+                    alone.as_uri(),
+                ],
+                timeout,
+            )
+        finally:
+            alone.unlink(missing_ok=True)
+        if shot.is_file():
+            paths.append(shot)
+    return paths

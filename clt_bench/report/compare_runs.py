@@ -3,10 +3,12 @@
 Each run contributes its flat headline (``metrics.json``'s ``headline``, or, for a run without
 the report stage, the summaries in ``<stage>/stage.json``). A metric that is a mean over task
 prompts gets a percentile bootstrap 95 % interval over prompts (seeded) from the per-prompt values
-its stage stores (``task/per_prompt.safetensors``, ``clt/per_prompt.safetensors``); when two runs
-scored the same prompts (same model and task config) the difference to the first run gets a
-paired bootstrap interval. Every other metric (NMSE, L0, graph scores, counts) is shown without
-an interval: its uncertainty is a spread over transcoder seeds, which one run cannot give.
+its stage stores (``PER_PROMPT``: the task, baseline, clt and plt/clt ``per_prompt.safetensors``);
+when two runs scored the same prompts (same model and task config) the difference to the first
+run gets a paired bootstrap interval. Every other metric (NMSE, L0, graph scores, counts) is
+shown without an interval: its uncertainty is a spread over transcoder seeds, which one run
+cannot give. ``--out`` writes a page (or markdown) and a forest plot of the paired
+differences beside it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ PER_PROMPT: dict[str, tuple[str, str]] = {
     "task.corrupted_prob_diff": ("task/per_prompt.safetensors", "corrupted_prob_diff"),
     "task.logit_diff": ("task/per_prompt.safetensors", "logit_diff"),
     "clt.replacement_prob_diff": ("clt/per_prompt.safetensors", "replacement_prob_diff"),
+    "plt.replacement_prob_diff": ("plt/clt/per_prompt.safetensors", "replacement_prob_diff"),
+    **{
+        f"baseline.{k}": ("baseline/per_prompt.safetensors", k)
+        for k in (
+            "model_prob_diff",
+            "corrupted_prob_diff",
+            "circuit_prob_diff",
+            "circuit_paths_prob_diff",
+            "necessity_prob_diff",
+        )
+    },
 }
 # config sections that fix which prompts a per-prompt file holds (paired comparison needs equal)
 PROMPT_SECTIONS = ("model", "task")
@@ -132,7 +145,7 @@ def load_run(path: str | Path) -> RunMetrics:
 def _fmt(v: float) -> str:
     if math.isnan(v):
         return "nan"
-    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return f"{v:.3g}"  # 3 significant digits, as in the run report
 
 
 @dataclass(frozen=True)
@@ -265,39 +278,126 @@ def format_markdown(cmp: Comparison) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def forest_plot(cmp: Comparison, path: str | Path) -> Path | None:
+    """The paired differences to the first run with their 95 % intervals, one panel per metric
+    (each on its own scale), a line at 0; PNG and SVG. ``None`` when no metric was paired."""
+    from clt_bench.plots import plt, save_figure
+    from clt_bench.report.headline import metric_name
+
+    paired = [m for m in cmp.metrics if any(d is not None for d in cmp.deltas[m])]
+    if not paired:
+        return None
+    n_rows = len(cmp.runs) - 1
+    fig, axes = plt.subplots(
+        len(paired), 1, figsize=(7.0, 0.9 + (0.45 * n_rows + 0.75) * len(paired)), squeeze=False
+    )
+    for ax, m in zip(axes[:, 0], paired, strict=True):
+        ys, labels = [], []
+        for i, (r, d) in enumerate(zip(cmp.runs[1:], cmp.deltas[m], strict=True)):
+            labels.append(r.name)
+            ys.append(-i)
+            if d is None:
+                ax.text(0, -i, "prompts differ: not paired", va="center", ha="center", fontsize=9)
+                continue
+            lo, hi = d.ci if d.ci else (d.value, d.value)
+            ax.errorbar(
+                [d.value],
+                [-i],
+                xerr=[[d.value - lo], [hi - d.value]],
+                fmt="o",
+                color="#1f77b4",
+                capsize=4,
+            )
+        ax.axvline(0, color="0.5", lw=0.8, ls="--")
+        ax.set_yticks(ys)
+        ax.set_yticklabels(labels, fontsize=9)
+        ax.set_ylim(min(ys) - 0.6, 0.6)
+        ax.set_title(f"{metric_name(m)} ({m})", fontsize=10, loc="left")
+        ax.tick_params(axis="x", labelsize=9)
+    axes[-1, 0].set_xlabel(f"run − {cmp.runs[0].name} (paired, 95 % bootstrap interval)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _html_cell(cell: Cell | None, missing: str = "–") -> str:
+    if cell is None or cell.value is None:
+        return f"<td class='meta'>{html.escape(missing)}</td>"
+    ci = (
+        f"<br><span class='meta'>[{_fmt(cell.ci[0])}, {_fmt(cell.ci[1])}]</span>" if cell.ci else ""
+    )
+    return f"<td class='num' data-v='{cell.value!r}'>{_fmt(cell.value)}{ci}</td>"
+
+
+def _html_table(table_id: str, header: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    from clt_bench.report.headline import metric_name
+
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        f"<tr><td>{html.escape(metric_name(m))}<br><span class='key'>{html.escape(m)}</span></td>"
+        + "".join(cells)
+        + "</tr>"
+        for m, cells in rows
     )
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f"<div class='tools'><input type='search' class='filter' data-for='{table_id}' "
+        "placeholder='filter metrics' aria-label='filter metrics'></div>"
+        f"<div class='scroll tbl'><table class='data' id='{table_id}'><thead><tr>{th}</tr>"
+        f"</thead><tbody>{body}</tbody></table></div>"
+    )
 
 
-def format_html(cmp: Comparison) -> str:
-    header, rows = _rows(cmp)
-    dh, drows = _delta_rows(cmp)
-    style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}"
-    )
+def format_html(cmp: Comparison, figure: Path | None = None) -> str:
+    from clt_bench.report.assets import read as asset
+    from clt_bench.report.figures import figure_html
+
+    header = ["metric", *[r.name for r in cmp.runs]]
+    rows = [(m, [_html_cell(c) for c in cmp.cells[m]]) for m in cmp.metrics]
+    paired = [m for m in cmp.metrics if any(d is not None for d in cmp.deltas[m])]
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style>"
-        "<title>clt-bench: runs compared</title></head><body>",
-        "<h1>clt-bench: runs compared</h1>",
-        _html_table(header, rows),
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>clt-bench: runs compared</title><style>{asset('report.css')}</style></head>"
+        "<body><h1>clt-bench: runs compared</h1>",
+        "<p class='meta'>runs: "
+        + ", ".join(f"<b>{html.escape(r.name)}</b> ({html.escape(str(r.path))})" for r in cmp.runs)
+        + "</p>",
+        "<section id='sec-table'><h2>Metrics</h2><p class='meta'>Value, and under it the 95 % "
+        "bootstrap interval over prompts where the metric is a mean over prompts. Click a "
+        "header to sort.</p>",
+        _html_table("tbl-runs", header, rows),
+        "</section>",
     ]
-    if drows:
+    if paired:
+        dh = ["metric", *[f"{r.name} − {cmp.runs[0].name}" for r in cmp.runs[1:]]]
+        drows = [(m, [_html_cell(d, "– (prompts differ)") for d in cmp.deltas[m]]) for m in paired]
         parts += [
-            "<h2>Paired differences (same prompts; bootstrap over prompts)</h2>",
-            _html_table(dh, drows),
+            "<section id='sec-paired'><h2>Paired differences (same prompts; bootstrap over "
+            "prompts)</h2>",
+            figure_html(figure, figure.parent) if figure is not None else "",
+            _html_table("tbl-paired", dh, drows),
+            "</section>",
         ]
-    parts += ["<ul>", *[f"<li>{html.escape(n)}</li>" for n in _notes(cmp)], "</ul></body></html>"]
+    else:
+        parts.append(
+            "<section id='sec-paired'><h2>Paired differences</h2><p class='why'>No paired "
+            "difference: no metric with per-prompt values was measured on the same prompts "
+            "(same model and task config) in two of these runs.</p></section>"
+        )
+    parts += [
+        "<section id='sec-notes'><h2>Notes</h2><ul>",
+        *[f"<li>{html.escape(n)}</li>" for n in _notes(cmp)],
+        f"</ul></section><script>{asset('report.js')}</script></body></html>",
+    ]
     return "\n".join(parts) + "\n"
 
 
 def write_report(cmp: Comparison, out: str | Path) -> Path:
-    """``out`` ending in .html gets the HTML page, anything else the markdown."""
+    """``out`` ending in .html gets the HTML page, anything else the markdown; the forest plot of
+    the paired differences goes beside it (``<out stem>_forest.png`` and ``.svg``)."""
     out = Path(out)
-    text = format_html(cmp) if out.suffix.lower() in (".html", ".htm") else format_markdown(cmp)
+    figure = forest_plot(cmp, out.with_name(f"{out.stem}_forest.png"))
+    if out.suffix.lower() in (".html", ".htm"):
+        return write_text(out, format_html(cmp, figure))
+    text = format_markdown(cmp)
+    if figure is not None:
+        text += f"\n![paired differences]({figure.name})\n"
     return write_text(out, text)

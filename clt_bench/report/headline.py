@@ -54,6 +54,39 @@ PUBLISHED: dict[str, tuple[str, float | None, str]] = {
     "graphs.replacement_score": ("graph replacement score", 0.61, "Anthropic example prompt, CLT"),
 }
 
+# readable names of the headline metrics that PUBLISHED does not name
+NAMES: dict[str, str] = {
+    "baseline.model_prob_diff": "model prob. difference (baseline prompts)",
+    "baseline.corrupted_prob_diff": "01-corrupted prob. difference (baseline prompts)",
+    "baseline.normalized_faithfulness_components": "normalised faithfulness, component-level",
+    "baseline.normalized_faithfulness_paths": "normalised faithfulness, path-level",
+    "clt.l0": "CLT L0 (active features per token)",
+    "clt.dead_fraction": "CLT dead-feature fraction",
+    "clt.replacement_prob_diff": "prob. difference, CLT replacement model",
+    "clt.ce_loss_recovered": "CLT cross-entropy loss recovered",
+    "graphs.influence_share_yy_task_prompts": "feature influence share at YY (task prompts)",
+    "features.mean_gt_corr_top20": "mean task-relation shape score, top 20 features",
+    "features.interaction_share": "pair-interaction share, top features",
+    "features.joint_sum_ratio_top20": "joint / summed ablation effect, top 20",
+    "compare.replacement_pd_ratio": "replacement PD / model PD (held-out prompts)",
+    "compare.clt_units_80": "CLT features for 80 % of PD",
+    "compare.clt_units_80_error_corrupted": "CLT features for 80 % of PD, error corrupted",
+    "compare.plt_units_80": "PLT features for 80 % of PD",
+    "compare.plt_units_80_error_corrupted": "PLT features for 80 % of PD, error corrupted",
+    "compare.neuron_units_80": "MLP neurons for 80 % of PD",
+    "compare.plt_replacement_prob_diff": "prob. difference, PLT replacement model",
+    "plt.replacement_prob_diff": "prob. difference, PLT replacement model (all prompts)",
+    "plt.nmse": "PLT NMSE (all layers)",
+    "plt.l0": "PLT L0 (active features per token)",
+    "compare.families_median_feature_pd_kept": "median feature PD kept across prompt families",
+}
+
+
+def metric_name(metric: str) -> str:
+    """The readable name of a headline metric (its key when it has none)."""
+    return PUBLISHED[metric][0] if metric in PUBLISHED else NAMES.get(metric, metric)
+
+
 HEADLINE_ORDER = [
     "task.prob_diff",
     "task.cutoff_sharpness",
@@ -265,9 +298,50 @@ def context_note(model: str) -> str:
 
 
 def _fmt(v: Any) -> str:
+    """3 significant digits (what the report shows; metrics.json keeps full precision)."""
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+        return f"{v:.3g}"
     return str(v)
+
+
+# headline metrics that are a mean over task prompts: each gets a 95 % bootstrap interval over
+# prompts where its stage stores the per-prompt values, else the report says they are not stored
+MEANS_OVER_PROMPTS = {
+    "task.prob_diff",
+    "task.cutoff_sharpness",
+    "task.corrupted_prob_diff",
+    "task.logit_diff",
+    "baseline.model_prob_diff",
+    "baseline.corrupted_prob_diff",
+    "baseline.circuit_prob_diff",
+    "baseline.circuit_paths_prob_diff",
+    "baseline.necessity_prob_diff",
+    "clt.replacement_prob_diff",
+    "plt.replacement_prob_diff",
+    "compare.model_prob_diff",
+    "compare.replacement_prob_diff",
+    "compare.plt_replacement_prob_diff",
+    "graphs.influence_share_yy_task_prompts",
+    "plt.influence_share_yy_task_prompts",
+}
+
+
+def context_phrase(metric: str, measured: Any, model: str) -> str:
+    """One phrase for the headline's context column: the figure set beside ``metric``, the model
+    it is from and how far the measurement is from it ("" when nothing is set beside it)."""
+    from clt_bench.models.hub import is_gpt2
+
+    if metric not in PUBLISHED:
+        return ""
+    _, pub, src = PUBLISHED[metric]
+    if pub is None or isinstance(measured, str):
+        return src  # why nothing is set beside it
+    same = is_gpt2(model) and src.startswith("GPT-2 small")
+    diff = float(measured) - pub
+    way = "higher" if diff > 0 else "lower"
+    if same:
+        return f"published {_fmt(pub)} ({src}); measured {abs(diff):.3g} {way}"
+    return f"{src}: {_fmt(pub)}; {model} is {abs(diff):.3g} {way}"
 
 
 def headline_table(report_summary: dict[str, Any]) -> str:

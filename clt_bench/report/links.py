@@ -68,5 +68,6 @@ def methods_anchor(metric: str) -> str:
 def definition_html(anchor: str) -> str:
     """The paragraph under ``anchor`` as HTML (escaped; ``code`` spans and **bold** kept)."""
     text = html.escape(definitions().get(anchor, ""))
+    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)  # a markdown link: its words
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)

@@ -7,21 +7,23 @@ reference.
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from clt_bench.io import read_json, run_metadata, write_json, write_text
+from clt_bench.report.assets import read as _asset
+from clt_bench.report.explore import features_html, graph_html
+from clt_bench.report.figures import figure_html
 from clt_bench.report.headline import (
-    PUBLISHED,
+    MEANS_OVER_PROMPTS,
     beside,
     context_header,
     context_note,
+    context_phrase,
     headline_metrics,
     headline_rows,
+    metric_name,
     metric_notes,
     stage_intervals,
     with_undefined,
@@ -29,7 +31,13 @@ from clt_bench.report.headline import (
 from clt_bench.report.links import definition_html, methods_anchor
 from clt_bench.report.sanity import banner_html, check_task, displayed
 from clt_bench.report.sanity import to_json as sanity_json
-from clt_bench.report.task_words import task_rows, task_words_or_default, words_json
+from clt_bench.report.tables import csv_table, fmt3
+from clt_bench.report.task_words import (
+    task_context,
+    task_rows,
+    task_words_or_default,
+    words_json,
+)
 
 if TYPE_CHECKING:  # the pipeline imports the stages lazily; no import cycle at run time
     from clt_bench.pipeline import RunContext
@@ -118,15 +126,6 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
 ]
 
 MAX_IMAGES = 8
-MAX_ROWS = 40
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
-        f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
-    )
 
 
 def _images(folder: Path, globs: list[str]) -> list[Path]:
@@ -138,24 +137,15 @@ def _images(folder: Path, globs: list[str]) -> list[Path]:
     return seen[:MAX_IMAGES]
 
 
-def _csv_table(path: Path) -> str:
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return ""
-    note = f" (first {MAX_ROWS} of {len(df)} rows)" if len(df) > MAX_ROWS else ""
-    table = df.head(MAX_ROWS).to_html(
-        index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="data"
-    )
-    return f"<h4>{html.escape(path.name)}{note}</h4><div class='scroll'>{table}</div>"
-
-
 def _summary_table(summary: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+    """A stage's scalar summary as key/value pairs in columns (each pair on one line)."""
+    cells = "".join(
+        f"<div title='{html.escape(str(k), quote=True)} {html.escape(fmt3(v), quote=True)}'>"
+        f"<span class='k'>{html.escape(str(k))}</span> <b>{html.escape(fmt3(v))}</b></div>"
         for k, v in summary.items()
+        if isinstance(v, int | float | str) and len(fmt3(v)) <= 40
     )
-    return f"<table class='kv'>{rows}</table>" if rows else ""
+    return f"<div class='kvgrid'>{cells}</div>" if cells else ""
 
 
 def _scalars(path: Path) -> dict[str, Any]:
@@ -164,30 +154,6 @@ def _scalars(path: Path) -> dict[str, Any]:
         return {}
     data = read_json(path)
     return {k: v for k, v in data.items() if isinstance(v, int | float | str)}
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:.88em;margin:.6em 0}
-td,th{border-bottom:1px solid #e4e4e4;padding:.25em .7em;text-align:right}
-td:first-child,th:first-child{text-align:left}
-table.headline th{background:#f3f3f3}
-table.headline td:nth-child(n+2):nth-child(-n+4){white-space:nowrap}
-figure{display:inline-block;margin:.4em;vertical-align:top;max-width:100%}
-figure img{max-width:min(520px,100%);width:100%;border:1px solid #eee}
-img{max-width:100%;height:auto} td,th{overflow-wrap:anywhere}
-nav#toc{background:#f7f7f7;padding:.4em 1.2em;border-radius:4px;font-size:.9em}
-nav#toc ol{margin:.2em 0;padding-left:1.4em;columns:2}
-figcaption{font-size:.75em;color:#777;text-align:center}
-.scroll{overflow-x:auto} .meta{color:#666;font-size:.85em} .note{background:#fffbe6;
-padding:.6em 1em;border-left:4px solid #f0c000;font-size:.9em}
-"""
 
 
 def headline_intervals(
@@ -205,8 +171,29 @@ def headline_intervals(
 def _ci(interval: list[float] | None) -> str:
     if not interval:
         return ""
-    lo, hi = ("never" if v is None or v == float("inf") else f"{v:.4g}" for v in interval)
+    lo, hi = ("never" if v is None or v == float("inf") else f"{v:.3g}" for v in interval)
     return f"[{lo}, {hi}]"
+
+
+def _ci_cell(metric: str, value: Any, interval: list[float] | None) -> str:
+    """The interval, or for a mean over prompts whose per-prompt values no stage stored, why it
+    has none; nothing for an undefined or degenerate value (not a number)."""
+    if isinstance(value, str):
+        return ""
+    if interval:
+        return _ci(interval)
+    return "not stored per prompt" if metric in MEANS_OVER_PROMPTS else ""
+
+
+LONG = 72  # characters of a context or note cell shown before it is cut (full text on hover)
+
+
+def _text_cell(text: str) -> str:
+    if len(text) <= LONG:
+        return f"<td class='meta wrap'>{html.escape(text)}</td>"
+    cut = text[: LONG - 1].rsplit(" ", 1)[0] + " …"
+    full = html.escape(text, quote=True)
+    return f"<td class='meta wrap' title='{full}'>{html.escape(cut)}</td>"
 
 
 def _ood_note(results: dict[str, Any]) -> str:
@@ -224,6 +211,54 @@ def _toc(entries: list[tuple[str, str]]) -> str:
     return f"<nav id='toc'><b>Contents</b><ol>{items}</ol></nav>"
 
 
+def _section(ctx: RunContext, stage: str, globs: list[str], tables: list[str]) -> str:
+    """A stage's figures, tables and (graphs, features) explorers; says why when it has none."""
+    folder = ctx.run_dir / stage
+    parts = [_summary_table(ctx.results.get(stage) or _scalars(folder / f"{stage}.json"))]
+    if stage == "graphs":
+        parts.append(graph_html(folder, ctx.run_dir / "features", ctx.run_dir))
+    figures = [figure_html(p, ctx.run_dir) for p in _images(folder, globs)]
+    parts.append(f"<div class='figs'>{''.join(figures)}</div>" if figures else "")
+    n = 0
+    for g in tables:
+        for p in sorted(folder.glob(g))[:4]:
+            n += 1
+            parts.append(csv_table(p, ctx.run_dir, "tbl-" + p.stem.replace("_", "-")))
+    if stage == "features":
+        parts.append(features_html(folder))
+    if not figures and not n:
+        parts.append(
+            f"<p class='why'>No figure or table: the {stage} stage wrote none into {stage}/ "
+            "(its numbers are above and in metrics.json).</p>"
+        )
+    return "".join(parts)
+
+
+def _headline_html(ctx: RunContext, headline: dict[str, Any], intervals: dict) -> str:
+    sanity = check_task(headline)
+    notes = metric_notes(ctx.results)  # undefined path-level numbers, out-of-distribution prompts
+    shown = displayed(with_undefined(headline, notes), sanity)
+    model = ctx.cfg.model.name
+    words = task_words_or_default(ctx.cfg)  # the run's task: labels, published figures or not
+    body = "".join(
+        f"<tr><td><a href='#def-{methods_anchor(m)}'>"
+        f"{html.escape(words.metric_label(metric_name(m)))}</a>"
+        f"<br><span class='key'>{m}</span></td>"
+        f"<td class='num'>{html.escape(v)}<br><span class='meta'>"
+        f"{html.escape(_ci_cell(m, shown[m], intervals.get(m)))}</span></td>"
+        + _text_cell(task_context(m, context_phrase(m, shown[m], model), words))
+        + _text_cell(beside(m, headline, intervals, notes))
+        + "</tr>"
+        for m, v, _, _ in headline_rows(shown)
+    )
+    return (
+        "<div class='scroll'><table class='headline'><thead><tr><th>metric</th><th>measured"
+        "<br><span class='meta'>95 % CI, bootstrap over prompts</span></th>"
+        "<th class='wrap'>context</th><th class='wrap'>beside it</th></tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
+    )
+
+
 def render_html(
     ctx: RunContext,
     headline: dict[str, Any],
@@ -233,18 +268,9 @@ def render_html(
     cfg = ctx.cfg
     intervals = intervals or {}
     sanity = check_task(headline)
-    notes = metric_notes(ctx.results)  # undefined path-level numbers, out-of-distribution prompts
+    notes = metric_notes(ctx.results)
     words = task_words_or_default(cfg)
     rows = task_rows(headline_rows(displayed(with_undefined(headline, notes), sanity)), words)
-    head = "".join(
-        f"<tr><td><a href='#def-{methods_anchor(m)}'>"
-        f"{html.escape(words.metric_label(PUBLISHED.get(m, (m,))[0]))}</a>"
-        f"<br><span class='meta'>{m}</span></td>"
-        f"<td>{v}</td><td class='meta'>{_ci(intervals.get(m))}</td><td>{p}</td>"
-        f"<td class='meta'>{html.escape(s)}</td>"
-        f"<td class='meta'>{html.escape(beside(m, headline, intervals, notes))}</td></tr>"
-        for m, v, p, s in rows
-    )
     ood = _ood_note(ctx.results)
     present = [
         (stage, words.fill(title))
@@ -260,8 +286,10 @@ def render_html(
         for a, ms in defined.items()
     )
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.report.title)}"
-        f"</title><style>{CSS}</style></head><body>",
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(cfg.report.title)}</title><style>{_asset('report.css')}</style>"
+        "</head><body>",
         f"<h1>{html.escape(cfg.report.title)}</h1>",
         banner_html(sanity),
         f"<p class='meta'>model <b>{html.escape(cfg.model.name)}</b> · preset "
@@ -277,29 +305,25 @@ def render_html(
             + [(f"sec-{st}", t) for st, t in present]
             + ([("definitions", "Definitions")] if defs else [])
         ),
-        "<h2 id='headline'>Headline</h2><div class='scroll'><table class='headline'><tr>"
-        "<th>metric</th><th>measured</th><th>95 % CI (bootstrap over prompts)</th>"
-        f"<th>{html.escape(context_header(cfg.model.name))}</th><th>source</th>"
-        f"<th>beside it</th></tr>{head}</table></div>",
+        "<section id='sec-headline'><h2 id='headline'>Headline</h2>",
+        _headline_html(ctx, headline, intervals),
+        "</section>",
     ]
     for stage, title, globs, tables, intro in SECTIONS:
-        folder = ctx.run_dir / stage
-        if not folder.is_dir():
+        if not (ctx.run_dir / stage).is_dir():
             continue
         parts.append(
-            f"<h2 id='sec-{stage}'>{html.escape(words.fill(title))}</h2>"
-            f"<p>{html.escape(words.fill(intro))}</p>"
+            f"<section id='sec-{stage}'><h2>{html.escape(words.fill(title))}</h2>"
+            f"<p class='intro'>{html.escape(words.fill(intro))}</p>"
+            f"{_section(ctx, stage, globs, tables)}</section>"
         )
-        parts.append(_summary_table(ctx.results.get(stage) or _scalars(folder / f"{stage}.json")))
-        parts.extend(_img(p) for p in _images(folder, globs))
-        for g in tables:
-            parts.extend(_csv_table(p) for p in sorted(folder.glob(g))[:4])
     if defs:
         parts.append(
-            "<h2 id='definitions'>Definitions</h2><p class='meta'>From docs/methods.md (formula, "
-            f"source paper and where clt-bench differs, per metric).</p><dl>{defs}</dl>"
+            "<section id='sec-definitions'><h2 id='definitions'>Definitions</h2><p class='meta'>"
+            "From docs/methods.md (formula, source paper and where clt-bench differs, per "
+            f"metric).</p><dl>{defs}</dl></section>"
         )
-    parts.append("</body></html>")
+    parts.append(f"<script>{_asset('report.js')}</script></body></html>")
     return "\n".join(parts)
 
 

@@ -115,5 +115,13 @@ def task_rows(
     ]
 
 
+def task_context(metric: str, phrase: str, words: TaskWords) -> str:
+    """The headline's context phrase for ``metric``, without a published task / baseline figure
+    when the run's task is not the one it was measured on."""
+    if words.published_defined or not phrase or not metric.startswith(("task.", "baseline.")):
+        return phrase
+    return f"no published figure for task {words.task} (template {words.template})"
+
+
 def words_json(words: TaskWords) -> dict[str, Any]:
     return asdict(words)
