@@ -40,8 +40,10 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 110) -
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt, metadata=meta)
     if fmt == "png":
-        with atomic_path(path.with_suffix(".svg")) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="svg")
+        # no date and fixed element ids: the same figure gives the same bytes (resume tests)
+        svg_rc = matplotlib.rc_context({"svg.hashsalt": "clt-bench"})
+        with atomic_path(path.with_suffix(".svg")) as tmp, svg_rc:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="svg", metadata={"Date": None})
     plt.close(fig)
     return path
 
