@@ -54,9 +54,7 @@ def parse_yy(prompt: str) -> int:
     """YY of the last four-digit year in ``prompt`` ("... year 1711 to the year 17" -> 11)."""
     years = re.findall(r"(?<!\d)(\d{4})(?!\d)", prompt)
     if not years:
-        raise UserError(
-            "the task target needs a four-digit year (e.g. 1711) in the prompt."
-        )
+        raise UserError("the task target needs a four-digit year (e.g. 1711) in the prompt.")
     return int(years[-1]) % 100
 
 
