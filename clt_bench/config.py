@@ -360,8 +360,11 @@ class GraphsConfig:
     n_prompts: int = 97  # one per YY of the balanced set
     max_feature_nodes: int = 4096  # attribute at most this many active features (by influence)
     batch_size: int = 64  # rows (injected gradients) per batched backward pass
-    prompt: str = "The war lasted from the year 1711 to the year 17"
-    target: str = "greater-than"  # greater-than | logits | answers | a token string
+    # the graph prompt; empty: the task's own ([graph] of task.toml, else its default template's
+    # example, BOS included: clt_bench.graphs.prompt)
+    prompt: str = ""
+    # task (the task's relation: gt / lt / exact) | greater-than | logits | answers | a token string
+    target: str = "task"
     prepend_bos: bool = True  # text prompts start with BOS, as the task prompts do
     demean: bool = True  # subtract each target direction's mean over the vocabulary
     logit_probability: float = 0.95  # `logits` target: top tokens up to this probability

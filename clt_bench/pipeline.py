@@ -200,6 +200,39 @@ def stage_is_current(ctx: RunContext, stage: str) -> bool:
         return False
 
 
+# the stages that score a task whose template has the ``exact`` relation (one correct answer) or
+# fewer than 100 answers
+EXACT_STAGES = ("task",)
+
+
+def _check_task_tokens(ctx: RunContext, names: list[str], resume: bool) -> None:
+    """Task data that is bad only for this model's tokenizer (nouns of several tokens) fails
+    before the first stage, not in the middle of the run."""
+    reads_task = [s for s in names if "task" in STAGES[s][1]]
+    if not reads_task or (resume and all(stage_is_current(ctx, s) for s in reads_task)):
+        return
+    from clt_bench.task.dataset import check_task_tokens
+    from clt_bench.task.spec import load_task
+
+    spec = load_task(ctx.cfg.task.task)
+    tpl = spec.template(ctx.cfg.task.template or spec.default_template)
+    beyond = [s for s in reads_task if s not in EXACT_STAGES]
+    if tpl.relation == "exact" and beyond:
+        raise UserError(
+            f"template '{tpl.name}' of {spec.path} has relation 'exact', which the task stage "
+            f"scores but the {', '.join(beyond)} stage(s) do not yet (they score gt / lt "
+            f"templates); run --stages task, or choose a gt or lt template with --template."
+        )
+    if spec.n_answers != 100 and beyond:
+        raise UserError(
+            f"task file {spec.path}: answers.count = {spec.n_answers}, which the task stage "
+            f"scores but the {', '.join(beyond)} stage(s) do not yet (their attributions and "
+            f'heatmaps use the 100 answers "00".."99"); run --stages task, or set '
+            f"answers.count = 100."
+        )
+    check_task_tokens(spec, ctx.model.tokenizer)
+
+
 def _check_loaded_clt(ctx: RunContext, names: list[str], resume: bool) -> None:
     """A bad ``clt.load`` (unreadable, wrong shape for the model, non-finite) fails before the
     first stage rather than after the task, baseline and activations stages."""
@@ -293,6 +326,7 @@ def run_pipeline(
     for stage in STAGES:  # finished stages outside ``names`` still feed the report
         if stage not in names and stage_is_current(ctx, stage):
             ctx.results[stage] = read_json(ctx.stage_dir(stage) / "stage.json").get("summary", {})
+    _check_task_tokens(ctx, names, resume)
     _check_loaded_clt(ctx, names, resume)
     from clt_bench import overlap as ov
 

@@ -40,8 +40,10 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 110) -
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt, metadata=meta)
     if fmt == "png":
-        with atomic_path(path.with_suffix(".svg")) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="svg")
+        # no date and fixed element ids: the same figure gives the same bytes (resume tests)
+        svg_rc = matplotlib.rc_context({"svg.hashsalt": "clt-bench"})
+        with atomic_path(path.with_suffix(".svg")) as tmp, svg_rc:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="svg", metadata={"Date": None})
     plt.close(fig)
     return path
 
@@ -111,6 +113,10 @@ def heatmap(
         cb.outline.set_linewidth(0)
 
 
+# the greater-than task's axis names (tasks/greater_than: [answers] question_label, label)
+YY_ZZ_AXES = ("start year YY", "predicted end year ZZ")
+
+
 def yy_zz_heatmap(
     matrix: np.ndarray,
     path: str | os.PathLike[str],
@@ -121,8 +127,10 @@ def yy_zz_heatmap(
     yy_values: list[int] | None = None,
     scale: str = "linear",
     colorbar: bool = True,
+    axes: tuple[str, str] = YY_ZZ_AXES,
 ) -> Path | None:
-    """Draw a [97, 100] YY x ZZ matrix (rows YY = 2..98) with the ZZ = YY diagonal marked.
+    """Draw a [97, 100] YY x ZZ matrix (rows YY = 2..98) with the ZZ = YY diagonal marked;
+    ``axes``: the (rows, columns) axis names, the task file's ``[answers]`` labels.
 
     ``scale`` (probability matrices only): linear | row | log, see ``scale_matrix``; the colour-bar
     label gets the scale's suffix and the caller states it in the title.
@@ -142,8 +150,9 @@ def yy_zz_heatmap(
         vmax=vmax,
         cbar_label=cbar_label + suffix if colorbar else None,
     )
-    ax.set_xticks(np.arange(0, 100, 10) + 0.5)
-    ax.set_xticklabels([f"{z:02d}" for z in range(0, 100, 10)])
+    n_answers = matrix.shape[1]  # the task's answer count (columns ZZ = 0..n-1)
+    ax.set_xticks(np.arange(0, n_answers, 10) + 0.5)
+    ax.set_xticklabels([f"{z:02d}" for z in range(0, n_answers, 10)])
     ticks = [i for i, y in enumerate(yy_values) if y % 10 == 0]
     ax.set_yticks(np.array(ticks) + 0.5)
     ax.set_yticklabels([f"{yy_values[i]:02d}" for i in ticks], rotation="vertical", va="center")
@@ -154,8 +163,8 @@ def yy_zz_heatmap(
         lw=0.8,
         ls="--",
     )
-    ax.set_xlabel("predicted end year ZZ")
-    ax.set_ylabel("start year YY")
+    ax.set_ylabel(axes[0])
+    ax.set_xlabel(axes[1])
     ax.set_title(title, fontsize=10)
     if own:
         return save_figure(fig, path)

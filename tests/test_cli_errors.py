@@ -55,7 +55,7 @@ def test_gpt2_offline_exit_2(capsys, tmp_path, isolated_hf_cache):
     "mutation, message",
     [
         (lambda t: t.replace('name = "greater_than"', ""), "missing the key 'name'"),
-        (lambda t: t.replace("[year_filter]", "[year_filterz]"), "missing the key 'year_filter'"),
+        (lambda t: t.replace("[year_filter]", "[year_filterz]"), "unknown key 'year_filterz'"),
         (lambda t: t + "\n[[broken", "not valid TOML"),
         (lambda t: t.replace('relation = "lt"', 'relation = "sideways"', 1), "relation"),
     ],

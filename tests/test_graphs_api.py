@@ -263,5 +263,5 @@ def test_run_graphs_stage_writes_outputs(setup, tmp_path):
     assert abs(scores["targets"][0]["residual"]) < 1e-6
     g = read_graph_json(tmp_path / "graphs" / result["graph"])
     assert "greater-than" in g.targets[0].label
-    text = format_graph_report(build_graph(loaded, clt, cfg.graphs.prompt))
+    text = format_graph_report(build_graph(loaded, clt, g.prompt))
     assert "completeness score" in text and "top features" in text

@@ -54,13 +54,13 @@ def task_dir(tmp_path: Path) -> Path:
     d = tmp_path / "mytask"
     d.mkdir()
     (d / "task.toml").write_text(TASK_TOML)
-    (d / "rulers.txt").write_text("king\nqueen\nduke\n")
+    (d / "rulers.txt").write_text("king\nqueen\nprince\n")
     return d
 
 
 def test_task_path_forms(task_dir, tmp_path, monkeypatch):
     by_dir, by_file = load_task(task_dir), load_task(task_dir / "task.toml")
-    assert by_dir.nouns == by_file.nouns == ("king", "queen", "duke")  # resolved beside the file
+    assert by_dir.nouns == by_file.nouns == ("king", "queen", "prince")  # resolved beside the file
     assert by_dir.default_template == "reign"
     monkeypatch.chdir(tmp_path)
     assert load_task("./mytask").path == (task_dir / "task.toml").relative_to(tmp_path)

@@ -32,6 +32,7 @@ from clt_bench.baseline.patching import (
 )
 from clt_bench.baseline.readout import per_example_pd
 from clt_bench.config import BaselineConfig
+from clt_bench.task.spec import RELATION_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,9 @@ def discover_circuit(
     provenance = {
         "source": "discovered",
         "method": "iterative path patching from the logits backwards (Hanna et al. 2023), "
-        "clean base, 01-corrupted senders, metric = probability difference",
+        "clean base, corrupted senders (the template's counterfactual), metric = probability "
+        "difference",
+        "relation": ctx.batch.relation,
         "model": model_name,
         "head_threshold": bcfg.head_threshold,
         "mlp_threshold": bcfg.mlp_threshold,
@@ -207,7 +210,8 @@ def discover_circuit(
         "corrupted_prob_diff": corr_pd,
     }
     nodes = tuple(sorted(circuit))
-    desc = f"greater-than circuit of {model_name or 'the model'} found by path patching"
+    relation = RELATION_NAMES.get(ctx.batch.relation, ctx.batch.relation)
+    desc = f"{relation} circuit of {model_name or 'the model'} found by path patching"
     return Circuit(
         "discovered",
         nodes,

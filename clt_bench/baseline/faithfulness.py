@@ -27,6 +27,18 @@ from clt_bench.baseline.readout import EndReadout, metrics_of, per_example_pd
 DEGENERATE_TOL = 1e-6
 
 
+def ratio_undefined_reason(model_pd: float) -> str:
+    """Why a ratio to the model's PD is undefined ("" when it is defined): it reads as a share of
+    the model's task performance only when that PD is positive; for a model at or below chance on
+    the task (e.g. both PDs negative, a ratio of two negatives) it is no such share."""
+    if model_pd > 0:
+        return ""
+    return (
+        f"the model's probability difference is {model_pd:.4f}, not positive: a ratio to it is "
+        "no share of the model's performance"
+    )
+
+
 def node_masks(
     ctx: PatchContext, circuits: Sequence[Circuit], complement: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +216,7 @@ def evaluate_circuit(
     model_pd, corr_pd = model["prob_diff"], corrupted["prob_diff"]
     gap = model_pd - corr_pd
     nan = float("nan")
+    ratio_undefined = ratio_undefined_reason(model_pd)
     rand_pd = _spread([r["prob_diff"] for r in rand]) if rand else {}
     rand_cs = _spread([r["cutoff_sharpness"] for r in rand]) if rand else {}
     total = 2 * cfg.n_layers * (cfg.n_heads + 1)
@@ -214,14 +227,17 @@ def evaluate_circuit(
         "corrupted_prob_diff": corr_pd,
         "circuit_prob_diff": circ["prob_diff"],
         "circuit_prob_diff_std": circ["prob_diff_std"],
-        "faithfulness_components_ratio": circ["prob_diff"] / model_pd if model_pd else float("nan"),
+        "faithfulness_components_ratio": circ["prob_diff"] / model_pd
+        if not ratio_undefined
+        else None,
+        "faithfulness_ratio_undefined_reason": ratio_undefined,
         "normalized_faithfulness_components": (circ["prob_diff"] - corr_pd) / gap
         if gap
         else float("nan"),
         "circuit_paths_prob_diff": paths["prob_diff"],
         "faithfulness_paths_ratio": paths["prob_diff"] / model_pd
-        if model_pd and not undefined
-        else (None if undefined else nan),
+        if not (undefined or ratio_undefined)
+        else None,
         "normalized_faithfulness_paths": (paths["prob_diff"] - corr_pd) / gap
         if gap and not undefined
         else (None if undefined else nan),
@@ -232,7 +248,9 @@ def evaluate_circuit(
         "n_path_edges": len(spec.edges),
         "necessity_prob_diff": necessity["prob_diff"],
         "random_control_prob_diff": rand_pd,
-        "random_control_ratio": rand_pd["mean"] / model_pd if rand and model_pd else float("nan"),
+        "random_control_ratio": rand_pd["mean"] / model_pd
+        if rand and not ratio_undefined
+        else (None if ratio_undefined else nan),
         "n_random": len(randoms),
         "random_seeds": [seed + i for i in range(len(randoms))],
         "model_cutoff_sharpness": model["cutoff_sharpness"],
@@ -250,7 +268,8 @@ def evaluate_circuit(
             "fraction_kept": len(circuit.nodes) / total,
         },
         "definition": "components: circuit = clean input; every (component, position) output "
-        "outside the circuit replaced by its 01-corrupted value; necessity = the "
+        "outside the circuit replaced by its value on the corrupted prompt (the template's "
+        "counterfactual); necessity = the "
         "circuit's own outputs replaced; random = same head/MLP counts over "
         "(component, END|YY). paths (Hanna et al. 2023): corrupted input, clean "
         "only along the circuit's paths -- END heads' queries clean, YY nodes -> "

@@ -10,7 +10,7 @@ import torch
 from clt_bench.baseline.circuits import Circuit
 from clt_bench.baseline.discovery import Step
 from clt_bench.baseline.neurons import NeuronAnalysis
-from clt_bench.plots import plt, save_figure, sns, yy_zz_heatmap
+from clt_bench.plots import YY_ZZ_AXES, plt, save_figure, sns, yy_zz_heatmap
 
 
 def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
@@ -106,8 +106,10 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def circuit_heatmap(probs_by_yy: np.ndarray, path: Path, title: str) -> Path | None:
-    return yy_zz_heatmap(probs_by_yy, path, title)
+def circuit_heatmap(
+    probs_by_yy: np.ndarray, path: Path, title: str, axes: tuple[str, str] = YY_ZZ_AXES
+) -> Path | None:
+    return yy_zz_heatmap(probs_by_yy, path, title, axes=axes)
 
 
 def neuron_panels(na: NeuronAnalysis, top: int, path: Path, model: str) -> Path:

@@ -33,6 +33,7 @@ from clt_bench.config import BaselineConfig, RunConfig, with_section
 from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.task.metrics import yy_heatmap
+from clt_bench.task.spec import load_task
 from clt_bench.task.stage import load_task_batch
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ SUMMARY_KEYS = (
     "normalized_faithfulness_paths",
     "faithfulness_paths_defined",
     "faithfulness_paths_undefined_reason",
+    "faithfulness_ratio_undefined_reason",
     "necessity_prob_diff",
     "random_control_prob_diff",
     "random_control_ratio",
@@ -117,6 +119,7 @@ def run_baseline_stage(
             load_circuit(bcfg.circuit), loaded.n_layers, int(loaded.bridge.cfg.n_heads)
         )
     batch = load_task_batch(cfg, loaded)
+    spec = load_task(cfg.task.task)
     batch = batch.subset(list(range(min(bcfg.n_examples, len(batch)))))
     ctx = PatchContext.build(loaded.bridge, batch, "clean", bcfg.batch_size)
     times["caches"] = time.perf_counter() - t0
@@ -147,6 +150,7 @@ def run_baseline_stage(
             heat,
             stage / "circuit_heatmap.png",
             f"{loaded.name}: circuit '{circuit.name}' only, mean p(ZZ|YY)",
+            (spec.question_label, spec.answer_label),
         )
     )
 
@@ -197,6 +201,16 @@ def run_baseline_stage(
     return _summary(faith_out, circuit, round(wall, 3))
 
 
+def _ratio(s: dict[str, Any], key: str) -> str:
+    """A ratio to the model's PD, or why it is undefined (the model's PD is not positive)."""
+    v = s.get(key)
+    return (
+        f"{v:.3f}"
+        if v is not None
+        else f"undefined: {s.get('faithfulness_ratio_undefined_reason')}"
+    )
+
+
 def format_baseline_table(s: dict[str, Any]) -> str:
     rand = s.get("random_control_prob_diff") or {}
     size = s.get("circuit_size", {})
@@ -211,20 +225,24 @@ def format_baseline_table(s: dict[str, Any]) -> str:
         ("model_prob_diff", f"{s['model_prob_diff']:.3f}"),
         ("corrupted_prob_diff", f"{s['corrupted_prob_diff']:.3f}"),
         ("circuit_prob_diff", f"{s['circuit_prob_diff']:.3f}"),
-        ("faithfulness_components_ratio", f"{s['faithfulness_components_ratio']:.3f}"),
+        ("faithfulness_components_ratio", _ratio(s, "faithfulness_components_ratio")),
         ("circuit_paths_prob_diff", f"{s['circuit_paths_prob_diff']:.3f}"),
         (
             "faithfulness_paths_ratio",
             f"{s['faithfulness_paths_ratio']:.3f}"
             if s.get("faithfulness_paths_ratio") is not None
-            else f"undefined: {s.get('faithfulness_paths_undefined_reason', '')}",
+            else "undefined: "
+            + (
+                s.get("faithfulness_ratio_undefined_reason")
+                or s.get("faithfulness_paths_undefined_reason", "")
+            ),
         ),
         ("necessity_prob_diff", f"{s['necessity_prob_diff']:.3f}"),
         (
             "random_control_prob_diff",
             f"{rand.get('mean', float('nan')):.3f} ± {rand.get('std', float('nan')):.3f}",
         ),
-        ("random_control_ratio", f"{s['random_control_ratio']:.3f}"),
+        ("random_control_ratio", _ratio(s, "random_control_ratio")),
         ("wall_seconds", f"{s['wall_seconds']:.1f}"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -463,9 +463,15 @@ def run_compare_stage(
             out,
             f"{loaded.name}: share of each top feature's PD contribution kept on each family",
         )
+        others = [c for c in kept.columns if c != batch.template]
         fam_summary["families_median_feature_pd_kept"] = (
-            float(np.nanmedian(kept.to_numpy())) if kept.size else math.nan
+            float(np.nanmedian(kept.to_numpy())) if kept.size and others else None
         )
+        if kept.size and not others:  # one template: it would be compared with itself
+            fam_summary["families_undefined_reason"] = (
+                f"the task has no template or family other than the run's own "
+                f"('{batch.template}'), so the median would compare it with itself"
+            )
     side = transcoder_table(cfg, run_dir, overlaps, table, repl)
     write_text(out / "transcoders.csv", _csv(side))
     write_text(

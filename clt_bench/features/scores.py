@@ -12,9 +12,11 @@ both *row-centred*: each YY row of the heatmap and of the template has its mean 
 first, so an effect that shifts every ZZ of a row equally -- which never changes which ZZ wins --
 scores 0 whatever its size, however it varies with YY):
 
-- ``gt_corr``: template 1[ZZ > YY] (the task's correct answers);
-- ``anti_corr``: template 1[ZZ <= YY] (works against the task). For Pearson this is exactly
-  ``-gt_corr``; it is reported for readability;
+- ``gt_corr``: template of the task's correct answers, relative to the task's relation
+  (``relation_template``): 1[ZZ > YY] for ``gt``, 1[ZZ < YY] for ``lt``, 1[ZZ = answer] for
+  ``exact`` (the name is kept from the greater-than task: read it as "task correlation");
+- ``anti_corr``: the complement template (works against the task's relation). For Pearson this is
+  exactly ``-gt_corr``; it is reported for readability;
 - ``large_zz_corr``: template ZZ (a YY-independent ramp: promotes large ZZ whatever YY is);
 - ``parity_corr``: the larger |correlation| with (-1)^ZZ (even vs odd ZZ) and with (-1)^(ZZ+YY)
   (parity relative to YY's parity);
@@ -43,8 +45,9 @@ Label rule (thresholds in ``FeaturesConfig``), first match wins:
    conditioning the scores on active rows hides the gating): active on fewer than
    ``narrow_yy_fraction`` of them -> ``narrow comparator``, on fewer than ``gated_yy_fraction``
    -> ``range comparator`` (fires for YY in yy_lo..yy_hi, promotes ZZ in zz_lo..zz_hi);
-4. ``anti-task`` if gt_corr <= anti_corr_thr (promotes ZZ <= YY) or
-   large_zz_corr <= -large_zz_thr (promotes small ZZ whatever YY is);
+4. ``anti-task`` if gt_corr <= anti_corr_thr (promotes the answers the task's relation calls
+   wrong: ZZ <= YY for ``gt``, ZZ >= YY for ``lt``) or, for ``gt``, large_zz_corr <= -large_zz_thr
+   (promotes small ZZ whatever YY is; for ``lt``, large_zz_corr >= large_zz_thr);
 5. ``other``.
 
 ``label_decision`` also returns the ``secondary`` label (the next candidate of step 3, e.g. a
@@ -152,13 +155,37 @@ def _partial(h: np.ndarray, t: np.ndarray, controls: list[np.ndarray]) -> float:
     return float(h @ t / den) if den > 1e-30 * max(1.0, float(len(h))) else 0.0
 
 
-def partial_scores(h: np.ndarray, y: np.ndarray) -> dict[str, float]:
+RELATIONS = ("gt", "lt", "exact")
+
+
+def relation_template(
+    y: np.ndarray, relation: str = "gt", answers: np.ndarray | None = None
+) -> np.ndarray:
+    """[rows, 100] 1.0 on the answers the task's relation calls correct for rows of YY ``y``
+    [rows, 1]: ZZ > YY (gt), ZZ < YY (lt), ZZ = the row's answer (exact; ``answers`` [rows])."""
+    z = ZZ_VALUES[None, :]
+    if relation == "gt":
+        return np.broadcast_to(z > y, (len(y), len(ZZ_VALUES))).astype(np.float64)
+    if relation == "lt":
+        return np.broadcast_to(z < y, (len(y), len(ZZ_VALUES))).astype(np.float64)
+    if relation == "exact":
+        if answers is None:
+            raise UserError("the exact relation's label template needs each row's answer.")
+        return (z == np.asarray(answers).reshape(-1, 1)).astype(np.float64)
+    raise UserError(f"unknown relation '{relation}' (use gt, lt or exact).")
+
+
+def partial_scores(
+    h: np.ndarray, y: np.ndarray, task: np.ndarray | None = None
+) -> dict[str, float]:
     """Partial correlations of the rows ``h`` [rows, 100] (YY values ``y`` [rows, 1]) with each
-    class's template, controlling for the other classes' templates (module docstring)."""
+    class's template, controlling for the other classes' templates (module docstring); ``task``
+    the relation's template (default 1[ZZ > YY])."""
     z = ZZ_VALUES[None, :]
     shape = h.shape
+    task = relation_template(y) if task is None else task
     t = {
-        "gt": _centred(np.broadcast_to((z > y).astype(np.float64), shape)),
+        "gt": _centred(np.broadcast_to(task, shape)),
         "large": _centred(np.broadcast_to(z.astype(np.float64), shape)),
         "par_z": _centred(np.broadcast_to(np.where(z % 2 == 0, 1.0, -1.0), shape)),
         "par_zy": _centred(np.broadcast_to(np.where((z + y) % 2 == 0, 1.0, -1.0), shape)),
@@ -193,8 +220,15 @@ def active_rows(heat: np.ndarray, tol: float = 0.0) -> np.ndarray:
     return finite & (np.abs(np.nan_to_num(heat)).max(axis=1) > tol)
 
 
-def shape_scores(heat: np.ndarray, yy_values: np.ndarray = YY_VALUES) -> ShapeScores:
-    """Scores of one [97, 100] heatmap (rows ``yy_values``); see the module docstring."""
+def shape_scores(
+    heat: np.ndarray,
+    yy_values: np.ndarray = YY_VALUES,
+    relation: str = "gt",
+    answers: np.ndarray | None = None,
+) -> ShapeScores:
+    """Scores of one [97, 100] heatmap (rows ``yy_values``; ``answers`` [rows]: each row's exact
+    answer for the ``exact`` relation); the task template follows ``relation`` (module
+    docstring)."""
     heat = np.asarray(heat, dtype=np.float64)
     yy_values = np.asarray(yy_values)
     _check(heat, yy_values)
@@ -204,7 +238,7 @@ def shape_scores(heat: np.ndarray, yy_values: np.ndarray = YY_VALUES) -> ShapeSc
     h = heat[rows]
     y = yy_values[rows][:, None]
     z = ZZ_VALUES[None, :]
-    gt = (z > y).astype(np.float64)
+    gt = relation_template(y, relation, None if answers is None else np.asarray(answers)[rows])
     gt_corr = _corr(h, gt)
     anti_corr = _corr(h, 1.0 - gt)
     large = _corr(h, np.broadcast_to(z, h.shape).astype(np.float64))
@@ -224,7 +258,7 @@ def shape_scores(heat: np.ndarray, yy_values: np.ndarray = YY_VALUES) -> ShapeSc
         zz_peak = int(np.argmax(col))
     else:
         zz_lo = zz_hi = zz_peak = -1
-    part = partial_scores(h, y)
+    part = partial_scores(h, y, gt)
     return ShapeScores(
         gt_corr,
         anti_corr,
@@ -331,9 +365,11 @@ def _gated(label: str, yy_fraction: float, rule: LabelRule) -> str:
 
 
 def label_decision(
-    scores: ShapeScores, yy_fraction: float, rule: LabelRule = LabelRule()
+    scores: ShapeScores, yy_fraction: float, rule: LabelRule = LabelRule(), relation: str = "gt"
 ) -> LabelDecision:
-    """The label rule of the module docstring, with the secondary label and the runner-up."""
+    """The label rule of the module docstring, with the secondary label and the runner-up;
+    ``relation``: the task's (the scores' task template already follows it; here it orients the
+    large-ZZ ramp of the anti-task rule)."""
     if scores.n_active_rows == 0:
         return LabelDecision("inactive")
     if scores.n_active_rows == 1:
@@ -355,7 +391,8 @@ def label_decision(
     else:
         best, second = ranked[0], ""
         label = "other"
-        if scores.gt_corr <= rule.anti_corr or scores.large_zz_corr <= -rule.large_zz_corr:
+        ramp = {"gt": -scores.large_zz_corr, "lt": scores.large_zz_corr}.get(relation, 0.0)
+        if scores.gt_corr <= rule.anti_corr or ramp >= rule.large_zz_corr:
             label = "anti-task"
     runner = next(k for k in ranked if k != best)
     return LabelDecision(
@@ -383,6 +420,8 @@ def labels_testable(model: ShapeScores, tol: float = TESTABLE_PARTIAL) -> dict[s
     }
 
 
-def label_feature(scores: ShapeScores, yy_fraction: float, rule: LabelRule = LabelRule()) -> str:
+def label_feature(
+    scores: ShapeScores, yy_fraction: float, rule: LabelRule = LabelRule(), relation: str = "gt"
+) -> str:
     """The label rule of the module docstring."""
-    return label_decision(scores, yy_fraction, rule).label
+    return label_decision(scores, yy_fraction, rule, relation).label

@@ -28,6 +28,7 @@ import logging
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ from clt_bench.features.scores import (
 from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import TaskBatch
+from clt_bench.task.spec import RELATION_NAMES, RELATION_WORDS, load_task
 from clt_bench.task.stage import load_task_batch
 
 log = logging.getLogger(__name__)
@@ -115,8 +117,11 @@ def feature_rows(
     clt: CrossLayerTranscoder,
     circuit: Circuit | None,
     rule: LabelRule,
+    relation: TaskRelation | None = None,
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """The table rows (without ablations and contexts) and the heatmaps [K, 97, 100]."""
+    """The table rows (without ablations and contexts) and the heatmaps [K, 97, 100]; labels
+    relative to the task's ``relation`` (default gt)."""
+    relation = relation or TaskRelation()
     sums = per_feature_sums(att, keys)
     heat = (
         np.stack([feature_heatmap(att, int(k), YY_VALUES) for k in keys])
@@ -126,11 +131,11 @@ def feature_rows(
     rows = []
     for i, key in enumerate(keys):
         layer, fid = att.split_key(int(key))
-        sc = shape_scores(heat[i])
+        sc = shape_scores(heat[i], YY_VALUES, relation.relation, relation.answers)
         prof = activation_profile(
             feature_activations_matrix(att, int(key)), att.yy, att.yy_pos, att.end_pos
         )
-        decision = label_decision(sc, prof.yy_fraction, rule)
+        decision = label_decision(sc, prof.yy_fraction, rule, relation.relation)
         pos_mass = np.abs(sums["pos"][i])
         position = POS_CLASSES[int(pos_mass.argmax())] if pos_mass.sum() > 0 else "none"
         write = sums["write"][i]
@@ -193,19 +198,50 @@ def label_counts(
 ALL_ACTIVE = "_all_active"  # suffix of the label counts over every active feature
 
 
-def all_feature_labels(att: TaskAttributions, keys: np.ndarray, rule: LabelRule) -> list[str]:
+def all_feature_labels(
+    att: TaskAttributions,
+    keys: np.ndarray,
+    rule: LabelRule,
+    relation: TaskRelation | None = None,
+) -> list[str]:
     """The label of every feature in ``keys`` (all active ones, not only the top K by influence:
     features that fire on one prompt never reach the top K by summed influence)."""
+    rel = relation or TaskRelation()
     return [
         label_decision(
-            shape_scores(feature_heatmap(att, int(k), YY_VALUES)),
+            shape_scores(feature_heatmap(att, int(k), YY_VALUES), YY_VALUES, *rel.args),
             activation_profile(
                 feature_activations_matrix(att, int(k)), att.yy, att.yy_pos, att.end_pos
             ).yy_fraction,
             rule,
+            rel.relation,
         ).label
         for k in keys
     ]
+
+
+@dataclass(frozen=True)
+class TaskRelation:
+    """The task's relation and, for ``exact``, each heatmap row's answer ([97], -1 where no
+    prompt has that YY): what the label templates are relative to."""
+
+    relation: str = "gt"
+    answers: np.ndarray | None = None
+
+    @property
+    def args(self) -> tuple[str, np.ndarray | None]:
+        return self.relation, self.answers
+
+    @classmethod
+    def of(cls, batch: TaskBatch) -> TaskRelation:
+        if batch.relation != "exact":
+            return cls(batch.relation)
+        yy, ans = batch.yy.numpy(), batch.answer.numpy()
+        rows = np.full(len(YY_VALUES), -1)
+        for r, y in enumerate(YY_VALUES):
+            if (yy == y).any():
+                rows[r] = int(ans[yy == y][0])  # the answer is a function of YY
+        return cls("exact", rows)
 
 
 @torch.no_grad()
@@ -282,9 +318,10 @@ def run_features_stage(
     keys_all, infl_all = influence_ranking(att)
     keys, infl = keys_all[: fc.top_k], infl_all[: fc.top_k]
     rule = LabelRule.from_config(fc)
-    rows, heat = feature_rows(att, keys, infl, clt, circuit, rule)
-    labels_all = all_feature_labels(att, keys_all, rule)
-    model_scores = shape_scores(model_heatmap(loaded, batch))
+    relation = TaskRelation.of(batch)
+    rows, heat = feature_rows(att, keys, infl, clt, circuit, rule, relation)
+    labels_all = all_feature_labels(att, keys_all, rule, relation)
+    model_scores = shape_scores(model_heatmap(loaded, batch), YY_VALUES, *relation.args)
     testable = labels_testable(model_scores)
     feats = [att.split_key(int(k)) for k in keys]
     active = [np.unique(att.pair_prompt[att.pair_key == k]) for k in keys]
@@ -335,9 +372,12 @@ def run_features_stage(
     summary_not_testable = [lab for lab, ok in testable.items() if not ok]
     table.write_csv(rows, out / "features.csv")
     header = (
-        f"# Top {len(rows)} CLT features by influence on the greater-than logit difference"
+        f"# Top {len(rows)} CLT features by influence on the "
+        f"{RELATION_NAMES[batch.relation]} logit difference (template '{batch.template}')"
         f"\n\n{len(batch)} prompts (one per YY), heatmaps: {fc.heatmap_mode} attribution; "
-        f"labels by the rule in clt_bench/features/scores.py (thresholds: gt {fc.gt_corr}, "
+        f"labels relative to the task's relation {RELATION_WORDS[batch.relation]} "
+        f"(column gt = correlation with it; anti-task = against it), by the rule in "
+        f"clt_bench/features/scores.py (thresholds: gt {fc.gt_corr}, "
         f"anti {fc.anti_corr}, large-ZZ {fc.large_zz_corr}, parity {fc.parity_corr}, "
         f"multiple-of-5 {fc.mult5_corr}, narrow < {fc.narrow_yy_fraction} of YY, partial "
         f"{rule.partial_corr}, range < {rule.gated_yy_fraction} of YY). Shape "
@@ -352,7 +392,9 @@ def run_features_stage(
         {"heatmaps": torch.from_numpy(heat).float()},
         metadata={"rows": "YY 2..98", "cols": "ZZ 0..99", "mode": fc.heatmap_mode},
     )
-    pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list)
+    spec = load_task(cfg.task.task)
+    axes = (spec.question_label, spec.answer_label)
+    pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list, axes)
     grid = table.heatmap_grid(heat, rows, out / "heatmap_grid.png", min(fc.n_plots, 16), yy_list)
     write_json(
         out / "ranking.json",

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from clt_bench.io import write_text
-from clt_bench.plots import save_figure, yy_zz_heatmap
+from clt_bench.plots import YY_ZZ_AXES, save_figure, yy_zz_heatmap
 
 # (column, Markdown header, format) -- the Markdown table shows these; the CSV has every column
 MD_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -86,8 +86,10 @@ def heatmap_pngs(
     out_dir: Path,
     n_plots: int,
     yy_values: list[int],
+    axes: tuple[str, str] = YY_ZZ_AXES,
 ) -> list[str]:
-    """One PNG per feature for the first ``n_plots`` rows; returns the file names."""
+    """One PNG per feature for the first ``n_plots`` rows (``axes``: the task's axis names);
+    returns the file names."""
     names = []
     for i, r in enumerate(rows[:n_plots]):
         name = f"heatmap_{i + 1:03d}_L{r['layer']}_F{r['feature_id']}.png"
@@ -98,6 +100,7 @@ def heatmap_pngs(
             cbar_label="attributed effect on logit ZZ",
             diverging=True,
             yy_values=yy_values,
+            axes=axes,
         )
         names.append(name)
     return names

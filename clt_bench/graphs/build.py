@@ -35,7 +35,7 @@ from clt_bench.graphs.graph import Graph
 from clt_bench.graphs.influence import normalize_abs, propagate, prune
 from clt_bench.graphs.local_replacement import build_replacement
 from clt_bench.graphs.scores import FEATURE, graph_scores, pruned_scores
-from clt_bench.graphs.targets import Target, directions, make_targets
+from clt_bench.graphs.targets import Target, TaskTarget, directions, make_targets
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import format_prompt
 from clt_bench.task.spec import Template
@@ -179,8 +179,10 @@ def build_graph(
     prompt_or_tokens: str | torch.Tensor | Sequence[int],
     target: str | Sequence[str] | Sequence[Target] = "greater-than",
     cfg: GraphsConfig | None = None,
+    task: TaskTarget | None = None,
 ) -> Graph:
-    """The attribution graph of one prompt, pruned and scored (see ``clt_bench.graphs``)."""
+    """The attribution graph of one prompt, pruned and scored (see ``clt_bench.graphs``);
+    ``task``: the relation, YY and answer of the ``task`` target."""
     cfg = cfg or GraphsConfig()
     t0 = time.perf_counter()
     tokens, prompt = prompt_tokens(loaded.tokenizer, prompt_or_tokens, cfg.prepend_bos)
@@ -197,6 +199,7 @@ def build_graph(
             cfg.demean,
             cfg.logit_probability,
             cfg.max_logits,
+            task,
         )
     D = directions(targets).to(rm.dtype).to(rm.logits.device)  # [n_t, V]
     n_t, L, P = len(targets), rm.n_layers, rm.n_pos

@@ -22,12 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="circuit-tracer CLT directory, or random[:FEATURES] for a seeded random "
         "CLT baseline calibrated on the prompt",
     )
-    p.add_argument("--prompt", default=None, help="prompt text (default: graphs.prompt)")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="prompt text (default: graphs.prompt, else the task's graph prompt)",
+    )
     p.add_argument(
         "--target",
         nargs="+",
         default=None,
-        help="greater-than | logits | answers | one or more token strings",
+        help="task (the task's relation) | greater-than | logits | answers | one or more token "
+        "strings",
     )
     p.add_argument(
         "--out", default=None, help="graph JSON path (default: results/<preset>/graphs/<slug>.json)"
@@ -80,17 +85,22 @@ def load_clt_arg(spec: str, loaded, prompt_tokens, seed: int = 0):
     return clt
 
 
+TASK_TARGETS = ("task", "greater-than")
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from clt_bench.cli import config_from_args
     from clt_bench.errors import UserError
-    from clt_bench.graphs.build import build_graph, check_context, prompt_tokens
+    from clt_bench.graphs.build import build_graph, check_context
     from clt_bench.graphs.interventions import constrained_patch, free_patch, parse_intervention
     from clt_bench.graphs.local_replacement import build_replacement
+    from clt_bench.graphs.prompt import task_graph_prompt
     from clt_bench.graphs.stage import format_graph_report, slugify, write_graph_outputs
     from clt_bench.graphs.targets import directions, parse_yy
     from clt_bench.models import load_model
+    from clt_bench.task.spec import load_task
 
     cfg = config_from_args(args)
     changes = {
@@ -112,17 +122,22 @@ def run(args: argparse.Namespace) -> int:
     gcfg = replace(cfg.graphs, **changes)
     interventions = [parse_intervention(t) for t in args.intervene]
     target = list(args.target) if args.target else gcfg.target
-    if not gcfg.prompt.strip():
+    if args.prompt is not None and not args.prompt.strip():
         raise UserError("the prompt is empty.")
-    if target in ("greater-than", ["greater-than"]):
-        parse_yy(gcfg.prompt)  # the greater-than target needs a year in the prompt
+    if target in (*TASK_TARGETS, *([t] for t in TASK_TARGETS)) and gcfg.prompt.strip():
+        parse_yy(gcfg.prompt)  # the task's target needs a year in the prompt
+    spec = load_task(cfg.task.task)
     loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
-    tokens, prompt = prompt_tokens(loaded.tokenizer, gcfg.prompt, gcfg.prepend_bos)
+    # no --prompt / graphs.prompt: the task's own graph prompt (clt_bench.graphs.prompt)
+    gp = task_graph_prompt(spec, loaded.tokenizer, gcfg.prompt, gcfg.prepend_bos)
+    tokens, prompt = gp.tokens, gp.text
     check_context(loaded, tokens)
     clt = load_clt_arg(args.clt, loaded, tokens, seed=cfg.clt.seed).to(loaded.device)
-    graph = build_graph(loaded, clt, tokens, target, gcfg)
+    graph = build_graph(loaded, clt, tokens, target, gcfg, gp.target)
     graph.prompt = prompt
-    out = Path(args.out or f"results/{cfg.preset}/graphs/{slugify(prompt)}.json")
+    bos = loaded.tokenizer.bos_token or ""
+    name = slugify(prompt[len(bos) :].lstrip() if bos and prompt.startswith(bos) else prompt)
+    out = Path(args.out or f"results/{cfg.preset}/graphs/{name}.json")
     paths = write_graph_outputs(graph, out, scan=f"{loaded.name}-clt")
     print(format_graph_report(graph, gcfg.top_features))
     print(

@@ -20,11 +20,12 @@ from clt_bench.graphs.build import build_graph
 from clt_bench.graphs.draw import draw_graph
 from clt_bench.graphs.export import write_graph_json
 from clt_bench.graphs.graph import Graph
-from clt_bench.graphs.targets import parse_yy
+from clt_bench.graphs.prompt import task_graph_prompt
+from clt_bench.graphs.targets import TaskTarget, parse_yy
 from clt_bench.io import run_metadata, write_json
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import TaskBatch, build_batch
-from clt_bench.task.spec import load_task
+from clt_bench.task.spec import RELATION_NAMES, load_task
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,30 @@ def format_graph_report(graph: Graph, top: int = 10) -> str:
 
 
 POSITION_CLASSES = ("YY", "END", "rest")
-TARGET_DEFINITION = (
-    "greater-than target: mean logit of the answers ZZ > YY minus mean logit of the answers "
-    "ZZ <= YY (coefficients +1/n_gt and -1/n_le, summing to zero, so a shift of every logit or of "
-    "the 100 answer logits leaves it unchanged); every target direction is demeaned over the "
-    "vocabulary (graphs.demean)"
-)
+
+
+def target_definition(relation: str, target: str = "task", n_answers: int = 100) -> str:
+    """The graph target in words, for the task's relation (scores.json and the report)."""
+    if target not in ("task", "greater-than"):
+        return (
+            f"target '{target}' (graphs.target); every target direction is demeaned over the "
+            "vocabulary (graphs.demean)"
+        )
+    relation = "gt" if target == "greater-than" else relation
+    good, bad = {
+        "gt": ("ZZ > YY", "ZZ <= YY"),
+        "lt": ("ZZ < YY", "ZZ >= YY"),
+        "exact": ("ZZ = the answer", "ZZ != the answer"),
+    }[relation]
+    return (
+        f"{RELATION_NAMES[relation]} target: mean logit of the answers {good} minus mean logit of "
+        f"the answers {bad} (coefficients +1/n_correct and -1/n_other, summing to zero, so a shift "
+        f"of every logit or of the {n_answers} answer logits leaves it unchanged); every target "
+        "direction is demeaned over the vocabulary (graphs.demean)"
+    )
+
+
+TARGET_DEFINITION = target_definition("gt")
 SEED_TEMPLATE, SEED_NOUN, SEED_YEAR = "goodfire", "war", 1711  # "The war lasted ... 1711 to 17"
 
 
@@ -156,12 +175,15 @@ def prompt_distribution_issue(
 def seed_prompt_shares(
     cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder
 ) -> dict[str, Any] | None:
-    """Influence shares of the seed study's prompt, built with the task's goodfire template."""
+    """Influence shares of the seed study's prompt, built with the task's goodfire template
+    (None when the task has no such template: the report says so)."""
     spec = load_task(cfg.task.task)
     if SEED_TEMPLATE not in spec.templates:
         return None
-    b = build_batch(spec, loaded.tokenizer, spec.template(SEED_TEMPLATE), [SEED_YEAR], [SEED_NOUN])
-    graph = build_graph(loaded, clt, b.clean[0], cfg.graphs.target, cfg.graphs)
+    tpl = spec.template(SEED_TEMPLATE)
+    b = build_batch(spec, loaded.tokenizer, tpl, [SEED_YEAR], [SEED_NOUN])
+    task = TaskTarget(tpl.relation, int(b.yy[0]), int(b.answer[0]), spec.n_answers)
+    graph = build_graph(loaded, clt, b.clean[0], cfg.graphs.target, cfg.graphs, task)
     issue = prompt_distribution_issue(cfg, loaded, b.clean[0].tolist())
     return {
         "prompt": b.prompts[0],
@@ -181,9 +203,12 @@ def task_prompt_shares(
 
     sub = one_per_yy(batch, cfg.graphs.share_prompts)
     truth = known_circuit(loaded.name)
+    n_answers = len(batch.answer_ids)
     rows = []
     for i in range(len(sub)):
-        graph = build_graph(loaded, clt, sub.clean[i], cfg.graphs.target, cfg.graphs)
+        ans = int(sub.answer[i]) if len(sub.answer) else -1
+        task = TaskTarget(batch.relation, int(sub.yy[i]), ans, n_answers)
+        graph = build_graph(loaded, clt, sub.clean[i], cfg.graphs.target, cfg.graphs, task)
         rows.append({**influence_share_by_position(graph, sub.yy_pos, truth), **graph.scores})
     keys = rows[0].keys() if rows else ()
     return {
@@ -200,29 +225,44 @@ def run_graphs_stage(
     batch: TaskBatch | None,
     out_dir: str | Path,
 ) -> dict[str, Any]:
-    """Graph of ``cfg.graphs.prompt``: writes <out>/graphs/<slug>.json, .png and scores.json,
-    with the influence share by position (YY / END / rest) of that graph, of the seed study's
-    prompt (goodfire template) and averaged over ``graphs.share_prompts`` task prompts."""
+    """Graph of the run's graph prompt (``graphs.prompt``, else the task's: ``graphs.prompt``
+    module) for the task's target: writes <out>/graphs/<slug>.json, .png and scores.json, with
+    the influence share by position (YY / END / rest) of that graph, of the seed study's prompt
+    (goodfire template) and averaged over ``graphs.share_prompts`` task prompts."""
     stage_dir = Path(out_dir) / "graphs"
-    graph = build_graph(loaded, clt, cfg.graphs.prompt, cfg.graphs.target, cfg.graphs)
-    slug = slugify(cfg.graphs.prompt)
+    spec = load_task(cfg.task.task)
+    gp = task_graph_prompt(spec, loaded.tokenizer, cfg.graphs.prompt, cfg.graphs.prepend_bos)
+    graph = build_graph(loaded, clt, gp.tokens, cfg.graphs.target, cfg.graphs, gp.target)
+    graph.prompt = gp.text
+    bos_text = loaded.tokenizer.bos_token or ""
+    slug = slugify(gp.text[len(bos_text) :].lstrip() if gp.text.startswith(bos_text) else gp.text)
     paths = write_graph_outputs(graph, stage_dir / f"{slug}.json", scan=f"{loaded.name}-clt")
+    yy_pos = gp.yy_pos if gp.yy_pos >= 0 else None
     shares: dict[str, Any] = {
         "definition": "share of the feature nodes' influence on the target "
         "at the YY token, at END and elsewhere (before pruning)",
-        "graph": influence_share_by_position(graph, truth=known_circuit(loaded.name)),
+        "graph": influence_share_by_position(graph, yy_pos, truth=known_circuit(loaded.name)),
     }
     graph_issue = prompt_distribution_issue(cfg, loaded, graph.tokens.tolist())
     seed = seed_prompt_shares(cfg, loaded, clt)
     if seed is not None:
         shares["seed_prompt"] = seed
+    else:
+        shares["seed_prompt_skipped"] = (
+            f"the task has no '{SEED_TEMPLATE}' template, so the seed study's prompt "
+            f"(Goodfire's 'The war lasted from the year 1711 to 17') is not built"
+        )
     if batch is not None and cfg.graphs.share_prompts > 0:
         shares["task_prompts"] = task_prompt_shares(cfg, loaded, clt, batch)
     result: dict[str, Any] = {
         "model": loaded.name,
         "graph": paths["json"].name,
         "drawing": paths["png"].name,
+        "task": spec.name,
         "task_template": batch.template if batch is not None else None,
+        "prompt_source": gp.source,
+        "prompt_template": gp.template,
+        "relation": gp.target.relation,
         **graph.summary(),
         "influence_share": shares,
         # graph prompts outside the model's / transcoder's training distribution (the report
@@ -235,7 +275,9 @@ def run_graphs_stage(
             )
             if v
         },
-        "target_definition": TARGET_DEFINITION,
+        "target_definition": target_definition(
+            gp.target.relation, cfg.graphs.target, spec.n_answers
+        ),
         "config_hash": cfg.section_hash("model", "clt", "graphs"),
         **run_metadata(config=cfg.graphs, seeds={"clt": cfg.clt.seed}),
     }

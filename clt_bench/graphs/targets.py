@@ -1,5 +1,8 @@
 """Attribution targets: directions over the vocabulary read at the prompt's last position.
 
+- ``task`` (the default): the task's own relation on the graph prompt: ``gt`` is the greater-than
+  target below, ``lt`` the same with the correct answers ZZ < YY, ``exact`` the answer's logit minus
+  the mean of the other answers' logits (``relation_coefficients``; zero-sum, shift-invariant).
 - ``greater-than``: mean_{z>YY} l_z − mean_{z<=YY} l_z over the 100 answer tokens "00".."99" (the
   mean-difference form, EAP-IG's "mean" logit difference), YY read from the last four-digit year in
   the prompt. Its coefficients (+1/n_gt on the correct answers, −1/n_le on the others, 0 off the
@@ -27,8 +30,9 @@ from transformers import PreTrainedTokenizerBase
 from clt_bench.errors import UserError
 from clt_bench.task.dataset import answer_token_ids
 from clt_bench.task.metrics import correct_mask
+from clt_bench.task.spec import RELATION_NAMES
 
-TARGET_KINDS = ("greater-than", "logits", "<token strings>")
+TARGET_KINDS = ("task", "greater-than", "logits", "answers", "<token strings>")
 
 
 @dataclass
@@ -50,43 +54,69 @@ def parse_yy(prompt: str) -> int:
     """YY of the last four-digit year in ``prompt`` ("... year 1711 to the year 17" -> 11)."""
     years = re.findall(r"(?<!\d)(\d{4})(?!\d)", prompt)
     if not years:
-        raise UserError(
-            "the greater-than target needs a four-digit year (e.g. 1711) in the prompt."
-        )
+        raise UserError("the task target needs a four-digit year (e.g. 1711) in the prompt.")
     return int(years[-1]) % 100
 
 
 def greater_than_coefficients(
-    yy: torch.Tensor | int, relation: str = "gt", n: int = 100
+    yy: torch.Tensor | int,
+    relation: str = "gt",
+    n: int = 100,
+    answer: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
-    """[n_prompts, n] (or [n] for an int ``yy``) shift-invariant greater-than coefficients.
+    """[n_prompts, n] (or [n] for an int ``yy``) shift-invariant coefficients of the relation.
 
-    ``c_z = +1/n_correct`` for the correct answers (ZZ > YY for ``gt``, ZZ < YY for ``lt``) and
-    ``-1/n_other`` for the rest, so ``c @ answer_logits`` = mean correct logit − mean other logit
-    and ``c.sum() == 0``: a constant added to every answer logit cancels.
+    ``c_z = +1/n_correct`` for the correct answers (ZZ > YY for ``gt``, ZZ < YY for ``lt``, ZZ =
+    ``answer`` for ``exact``) and ``-1/n_other`` for the rest, so ``c @ answer_logits`` = mean
+    correct logit − mean other logit and ``c.sum() == 0``: a constant added to every answer logit
+    cancels.
     """
     scalar = not isinstance(yy, torch.Tensor)
     yy_t = torch.as_tensor([yy] if scalar else yy, dtype=torch.long).reshape(-1)
-    good = correct_mask(yy_t, relation, n).double()
+    ans = None if answer is None else torch.as_tensor(answer, dtype=torch.long).reshape(-1)
+    good = correct_mask(yy_t, relation, n, ans).double()
     n_good, n_bad = good.sum(-1, keepdim=True), (1 - good).sum(-1, keepdim=True)
     if bool((n_good == 0).any() or (n_bad == 0).any()):
         raise UserError(
-            f"the greater-than target is undefined for YY = {int(yy_t[0]):02d}: every "
-            f"answer is on one side of it."
+            f"the {RELATION_NAMES.get(relation, relation)} target is undefined for YY = "
+            f"{int(yy_t[0]):02d}: every answer is on one side of it."
         )
     c = good / n_good - (1 - good) / n_bad
     return c[0] if scalar else c
 
 
+relation_coefficients = greater_than_coefficients
+
+
 def greater_than_target(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, vocab_size: int, relation: str = "gt"
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    vocab_size: int,
+    relation: str = "gt",
+    yy: int | None = None,
+    answer: int = -1,
+    n_answers: int = 100,
 ) -> Target:
-    """The mean-difference greater-than logit difference of ``prompt``'s YY (zero-sum, see top)."""
-    yy = parse_yy(prompt)
-    ids = answer_token_ids(tokenizer)
+    """The mean-difference logit difference of the relation for ``prompt``'s YY (zero-sum, see
+    top); ``yy`` defaults to the prompt's last four-digit year, ``answer`` is the exact answer."""
+    yy = parse_yy(prompt) if yy is None else int(yy)
+    ids = answer_token_ids(tokenizer, n_answers)
     direction = torch.zeros(vocab_size, dtype=torch.float64)
-    direction[ids] = greater_than_coefficients(yy, relation, len(ids))
-    return Target(label=f"greater-than logit diff (YY={yy:02d})", direction=direction, weight=1.0)
+    exact = relation == "exact"
+    direction[ids] = greater_than_coefficients(yy, relation, len(ids), answer if exact else None)
+    what = f"answer={answer:02d}" if exact else f"YY={yy:02d}"
+    name = RELATION_NAMES.get(relation, relation)
+    return Target(label=f"{name} logit diff ({what})", direction=direction, weight=1.0)
+
+
+@dataclass(frozen=True)
+class TaskTarget:
+    """What the ``task`` target needs of the graph prompt: relation, YY, exact answer."""
+
+    relation: str = "gt"
+    yy: int | None = None  # None: the prompt's last four-digit year
+    answer: int = -1
+    n_answers: int = 100
 
 
 def answer_targets(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[Target]:
@@ -158,13 +188,20 @@ def make_targets(
     demean: bool = True,
     cumulative: float = 0.95,
     max_logits: int = 10,
+    task: TaskTarget | None = None,
 ) -> list[Target]:
-    """Targets from a CLI/config spec: "greater-than", "logits", or token strings."""
+    """Targets from a CLI/config spec: "task", "greater-than", "logits", "answers" or token
+    strings; ``task`` the relation (and YY, answer) of the ``task`` target (default: gt)."""
     items = [spec] if isinstance(spec, str) else list(spec)
     if not items or any(not s for s in items):
-        raise UserError("the target spec needs 'greater-than', 'logits' or token strings.")
+        raise UserError("the target spec needs 'task', 'greater-than', 'logits' or token strings.")
     V = int(logits.shape[-1])
-    if items == ["greater-than"]:
+    if items == ["task"]:
+        t = task or TaskTarget()
+        targets = [
+            greater_than_target(tokenizer, prompt, V, t.relation, t.yy, t.answer, t.n_answers)
+        ]
+    elif items == ["greater-than"]:
         targets = [greater_than_target(tokenizer, prompt, V)]
     elif items == ["logits"]:
         targets = logit_targets(tokenizer, logits, cumulative, max_logits)

@@ -65,7 +65,7 @@ NAMES: dict[str, str] = {
     "clt.replacement_prob_diff": "prob. difference, CLT replacement model",
     "clt.ce_loss_recovered": "CLT cross-entropy loss recovered",
     "graphs.influence_share_yy_task_prompts": "feature influence share at YY (task prompts)",
-    "features.mean_gt_corr_top20": "mean greater-than shape score, top 20 features",
+    "features.mean_gt_corr_top20": "mean task-relation shape score, top 20 features",
     "features.interaction_share": "pair-interaction share, top features",
     "features.joint_sum_ratio_top20": "joint / summed ablation effect, top 20",
     "compare.replacement_pd_ratio": "replacement PD / model PD (held-out prompts)",
@@ -233,6 +233,14 @@ def metric_notes(results: dict[str, dict[str, Any]]) -> dict[str, str]:
         for m in ("faithfulness_paths_ratio", "normalized_faithfulness_paths"):
             notes[f"baseline.{m}"] = f"undefined: {why}"
         notes["baseline.circuit_paths_prob_diff"] = f"degenerate: {why}"
+    if base.get("faithfulness_ratio_undefined_reason"):  # the model's PD is not positive
+        why = str(base["faithfulness_ratio_undefined_reason"])
+        for m in ("faithfulness_paths_ratio", "faithfulness_components_ratio"):
+            notes[f"baseline.{m}"] = f"undefined: {why}"
+        notes["baseline.random_control_ratio"] = f"undefined: {why}"
+    fam_why = (results.get("compare") or {}).get("families_undefined_reason")
+    if fam_why:
+        notes["compare.families_median_feature_pd_kept"] = f"undefined: {fam_why}"
     for stage in ("graphs", "plt"):
         for where, why in ((results.get(stage) or {}).get("out_of_distribution") or {}).items():
             for cls in ("yy", "end", "rest"):

@@ -51,7 +51,7 @@ def check_task(headline: dict[str, Any]) -> Sanity:
         reasons.append(f"its probability difference is {pd:.3g} (below {MIN_PROB_DIFF:g})")
     if not math.isfinite(pd - cpd) or abs(pd - cpd) < MIN_GAP:
         reasons.append(
-            f"clean and 01-corrupted prompts give nearly the same probability difference "
+            f"clean and corrupted prompts give nearly the same probability difference "
             f"({pd:.3g} vs {cpd:.3g}, gap below {MIN_GAP:g})"
         )
     if not reasons:

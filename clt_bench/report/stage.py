@@ -32,22 +32,29 @@ from clt_bench.report.links import definition_html, methods_anchor
 from clt_bench.report.sanity import banner_html, check_task, displayed
 from clt_bench.report.sanity import to_json as sanity_json
 from clt_bench.report.tables import csv_table, fmt3
+from clt_bench.report.task_words import (
+    task_context,
+    task_rows,
+    task_words_or_default,
+    words_json,
+)
 
 if TYPE_CHECKING:  # the pipeline imports the stages lazily; no import cycle at run time
     from clt_bench.pipeline import RunContext
 
-# stage folder -> (title, PNG globs to embed in order, CSV tables to show, intro text)
+# stage folder -> (title, PNG globs to embed in order, CSV tables to show, intro text); titles and
+# intros name the run's task through {placeholders} (``report.task_words.TaskWords``)
 SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
     (
         "task",
-        "The task: greater-than on the model",
+        "The task: {task} ({relation_name}, template {template}) on the model",
         ["heatmap.png", "families_heatmap.png"],
         ["families.csv"],
-        "Mean probability of each end year ZZ for each start year YY (full-vocabulary softmax, "
-        "not renormalised; each YY row drawn divided by its maximum so the triangle shows). "
-        "Correct answers lie right of the dashed diagonal. The families table scores the same "
-        "model on every prompt family and template of the task file (Hanna et al.'s "
-        "generalisation variants), each with its own counterfactual and relation.",
+        "Mean probability of each answer ({answer_label}) for each {question_label} "
+        "(full-vocabulary softmax, not renormalised; each row drawn divided by its maximum). "
+        "Correct answers ({correct}) lie {correct_side}. The families table scores the same "
+        "model on every prompt family and template of the task file, each with its own "
+        "counterfactual and relation.",
     ),
     (
         "baseline",
@@ -62,7 +69,7 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
         ],
         ["*units*.csv"],
         "Hanna et al.'s procedure rebuilt: iterative path patching from the logits with the "
-        "01-corrupted prompts, then faithfulness (clean only along the circuit), necessity "
+        "{corrupted} prompts, then faithfulness (clean only along the circuit), necessity "
         "(corrupted only along the circuit) and random circuits of the same size.",
     ),
     (
@@ -83,7 +90,7 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
     ),
     (
         "features",
-        "Top features by influence on the greater-than target",
+        "Top features by influence on the {relation_name} target",
         ["*grid*.png", "*summary*.png", "*labels*.png", "interactions.png"],
         ["features.csv"],
         "Each feature's YY x ZZ logit-attribution heatmap, specificity scores, ablation effects "
@@ -232,12 +239,14 @@ def _headline_html(ctx: RunContext, headline: dict[str, Any], intervals: dict) -
     notes = metric_notes(ctx.results)  # undefined path-level numbers, out-of-distribution prompts
     shown = displayed(with_undefined(headline, notes), sanity)
     model = ctx.cfg.model.name
+    words = task_words_or_default(ctx.cfg)  # the run's task: labels, published figures or not
     body = "".join(
-        f"<tr><td><a href='#def-{methods_anchor(m)}'>{html.escape(metric_name(m))}</a>"
+        f"<tr><td><a href='#def-{methods_anchor(m)}'>"
+        f"{html.escape(words.metric_label(metric_name(m)))}</a>"
         f"<br><span class='key'>{m}</span></td>"
         f"<td class='num'>{html.escape(v)}<br><span class='meta'>"
         f"{html.escape(_ci_cell(m, shown[m], intervals.get(m)))}</span></td>"
-        + _text_cell(context_phrase(m, shown[m], model))
+        + _text_cell(task_context(m, context_phrase(m, shown[m], model), words))
         + _text_cell(beside(m, headline, intervals, notes))
         + "</tr>"
         for m, v, _, _ in headline_rows(shown)
@@ -260,14 +269,20 @@ def render_html(
     intervals = intervals or {}
     sanity = check_task(headline)
     notes = metric_notes(ctx.results)
-    rows = headline_rows(displayed(with_undefined(headline, notes), sanity))
+    words = task_words_or_default(cfg)
+    rows = task_rows(headline_rows(displayed(with_undefined(headline, notes), sanity)), words)
     ood = _ood_note(ctx.results)
-    present = [(stage, title) for stage, title, *_ in SECTIONS if (ctx.run_dir / stage).is_dir()]
+    present = [
+        (stage, words.fill(title))
+        for stage, title, *_ in SECTIONS
+        if (ctx.run_dir / stage).is_dir()
+    ]
     defined: dict[str, list[str]] = {}  # each definition once, in order, with its metrics
     for m, *_ in rows:
         defined.setdefault(methods_anchor(m), []).append(m)
     defs = "".join(
-        f"<dt id='def-{a}'>{html.escape(', '.join(ms))}</dt><dd>{definition_html(a)}</dd>"
+        f"<dt id='def-{a}'>{html.escape(', '.join(ms))}</dt>"
+        f"<dd>{words.metric_label(definition_html(a))}</dd>"
         for a, ms in defined.items()
     )
     parts = [
@@ -282,6 +297,7 @@ def render_html(
         f"{html.escape(str(meta.get('git_commit')))} · torch "
         f"{html.escape(meta['versions'].get('torch', '?'))} · transformer-lens "
         f"{html.escape(meta['versions'].get('transformer-lens', '?'))}</p>",
+        f"<p class='meta' id='task'>{html.escape(words.header())}</p>",
         f"<p class='note'>{html.escape(context_note(cfg.model.name))}</p>",
         f"<p class='note' id='ood'>{html.escape(ood)}</p>" if ood else "",
         _toc(
@@ -297,8 +313,8 @@ def render_html(
         if not (ctx.run_dir / stage).is_dir():
             continue
         parts.append(
-            f"<section id='sec-{stage}'><h2>{html.escape(title)}</h2>"
-            f"<p class='intro'>{html.escape(intro)}</p>"
+            f"<section id='sec-{stage}'><h2>{html.escape(words.fill(title))}</h2>"
+            f"<p class='intro'>{html.escape(words.fill(intro))}</p>"
             f"{_section(ctx, stage, globs, tables)}</section>"
         )
     if defs:
@@ -319,10 +335,13 @@ def render_summary_md(
     notes = metric_notes(ctx.results)
     ood = _ood_note(ctx.results)
     model = ctx.cfg.model.name
+    words = task_words_or_default(ctx.cfg)
     lines = [
         f"# {ctx.cfg.report.title}",
         "",
         f"model `{model}`, preset `{ctx.cfg.preset}`, seed {ctx.cfg.seed}",
+        "",
+        words.header(),
         "",
         *([] if sanity.ok else [f"**Warning: {sanity.message}**", ""]),
         context_note(model),
@@ -334,7 +353,9 @@ def render_summary_md(
     lines += [
         f"| {m} | {v} | {_ci(intervals.get(m))} | {p} | {s} "
         f"| {beside(m, headline, intervals, notes)} |"
-        for m, v, p, s in headline_rows(displayed(with_undefined(headline, notes), sanity))
+        for m, v, p, s in task_rows(
+            headline_rows(displayed(with_undefined(headline, notes), sanity)), words
+        )
     ]
     lines += [
         "",
@@ -393,6 +414,7 @@ def write_report(ctx: RunContext) -> dict[str, Any]:
         f"{ctx.cfg.seed}",
         "stages": stage_records(ctx),
         "sanity": sanity_json(check_task(headline)),  # does the model do the task at all
+        "task": words_json(task_words_or_default(ctx.cfg)),  # which task and template ran
     }
     summary_md = render_summary_md(ctx, headline, intervals)
     page = render_html(ctx, headline, meta, intervals)

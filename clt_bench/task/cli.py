@@ -1,4 +1,4 @@
-"""``clt-bench task``: evaluate a model on the greater-than task."""
+"""``clt-bench task``: evaluate a model on the run's task (``--task``, default greater_than)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from clt_bench.cli import config_from_args, out_dir
     from clt_bench.models import load_model
+    from clt_bench.task.dataset import check_task_tokens
     from clt_bench.task.spec import load_task
     from clt_bench.task.stage import format_task_table, run_task_stage
 
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_task(cfg.task.task)  # bad task or template names fail before the model loads
     spec.template(cfg.task.template or spec.default_template)
     loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
+    check_task_tokens(spec, loaded.tokenizer)  # multi-token nouns: one sentence, before the stage
     out = Path(out_dir(args, cfg))
     from clt_bench.runlock import run_lock
 

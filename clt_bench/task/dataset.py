@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from clt_bench.errors import UserError
 from clt_bench.task.spec import TaskSpec, Template
 
+_DERIVED = re.compile(r"\{(YY([+-]\d+))\}")
 # redraws of a random sequence's other years until the prompt has the batch's token length
 MAX_REDRAWS = 200
 
@@ -71,19 +73,48 @@ def spec_years(
     )
     if template is not None and template.year_range is not None:
         years = [y for y in years if template.year_range[0] <= y < template.year_range[1]]
-    if template is not None and template.sequence == "arithmetic":
+    if template is not None and template.sequence in ("arithmetic", "consecutive"):
         splitting = _splitting_years(
             spec, tokenizer, min(years, default=100) - 100, max(years, default=0)
         )
         years = [
             y
             for y in years
-            if y % 100 + arithmetic_step(y) <= 99
+            if y % 100 + arithmetic_step(y, template.step) <= 99
             and all(p in splitting for p in sequence_years(template, y))
+        ]
+    if template is not None and template.offsets:  # {YY+k}: the derived years split too
+        splitting = _splitting_years(
+            spec, tokenizer, min(years, default=100) - 100, max(years, default=0) + 100
+        )
+        years = [
+            y
+            for y in years
+            if all(0 <= y % 100 + k <= 99 and y + k in splitting for k in template.offsets)
         ]
     if not years:
         raise UserError("the year filter keeps no years with this tokenizer.")
+    if template is not None:
+        years = _with_answers(spec, template, years)
     return years
+
+
+def _with_answers(spec: TaskSpec, tpl: Template, years: list[int]) -> list[int]:
+    """The years whose prompt has a correct and an incorrect answer among the task's answers
+    (``answers.count``); none left is bad input naming the key."""
+    n = spec.n_answers
+    if tpl.relation == "exact":
+        kept = [y for y in years if 0 <= exact_answer(tpl, y) < n]
+    elif tpl.relation == "gt":
+        kept = [y for y in years if y % 100 < n - 1]
+    else:
+        kept = [y for y in years if 1 <= y % 100 <= n]
+    if not kept:
+        raise UserError(
+            f"task file {spec.path}: answers.count = {n} leaves no start year of template "
+            f"'{tpl.name}' with a correct answer (an empty answer space)."
+        )
+    return kept
 
 
 def _splitting_years(
@@ -93,8 +124,11 @@ def _splitting_years(
     return frozenset(valid_years(tokenizer, lo, hi, spec.year_tokens, spec.suffix_chars, False))
 
 
-def arithmetic_step(year: int) -> int:
-    """Hanna et al.'s step for the exact-answer sequence: the smallest i >= 2 not dividing YY."""
+def arithmetic_step(year: int, step: int = 0) -> int:
+    """Hanna et al.'s step for the exact-answer sequence: the smallest i >= 2 not dividing YY
+    (``step`` > 0: that fixed step instead, e.g. 1 for consecutive years)."""
+    if step:
+        return step
     yy, i = year % 100, 2
     while yy % i == 0 and i < 100:  # YY = 00 gives 100: no answer in the century
         i += 1
@@ -109,8 +143,8 @@ def sequence_years(
     ``arithmetic``: prevK = year - K * step. ``random_same_century``: K draws (with replacement,
     as Hanna's torch.randint) from ``pool`` restricted to the year's century.
     """
-    if tpl.sequence == "arithmetic":
-        step = arithmetic_step(year)
+    if tpl.sequence in ("arithmetic", "consecutive"):
+        step = arithmetic_step(year, tpl.step)
         return tuple(year - k * step for k in range(1, tpl.n_prev + 1))
     if tpl.sequence == "random_same_century":
         if rng is None or pool is None:
@@ -121,10 +155,13 @@ def sequence_years(
 
 
 def exact_answer(tpl: Template, year: int) -> int:
-    """The one correct ZZ of an ``exact`` family (-1 for gt/lt families)."""
+    """The one correct ZZ of an ``exact`` family (-1 for gt/lt families): YY + k for
+    ``answer = "YY+k"``, else the sequence's next term YY + step."""
     if tpl.relation != "exact":
         return -1
-    return year % 100 + arithmetic_step(year)
+    if tpl.answer_offset is not None:
+        return year % 100 + tpl.answer_offset
+    return year % 100 + arithmetic_step(year, tpl.step)
 
 
 def answer_token_ids(tokenizer: PreTrainedTokenizerBase, n: int = 100) -> torch.Tensor:
@@ -208,6 +245,8 @@ def _bos(template: Template, tokenizer: PreTrainedTokenizerBase) -> str:
 def _fill(text: str, noun: str, year: int, prev: tuple[int, ...]) -> str:
     xx, yy = divmod(year, 100)
     slots = {f"prev{k}": str(p) for k, p in enumerate(prev, 1)}
+    for m in _DERIVED.finditer(text):  # {YY+k}: two digits, YY + k
+        slots[m.group(1)] = f"{yy + int(m.group(2)):02d}"
     return text.format(noun=noun, XX=f"{xx}", YY=f"{yy:02d}", **slots)
 
 
@@ -250,9 +289,31 @@ def encode_prompt(
 def template_nouns(
     spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, template: Template | None = None
 ) -> list[str]:
-    """The template's nouns (its own list, else the task's) that are one token after a space."""
+    """The template's nouns (its own list, else the task's): each one token after a space
+    (``check_task_tokens`` rejects a task with any other before a stage runs)."""
     nouns = template.nouns if template is not None and template.nouns else spec.nouns
     return [n for n in nouns if len(tokenizer.encode(f" {n}")) == 1]
+
+
+def check_task_tokens(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Bad task data that needs the tokenizer: a noun list with nouns that are not one token after
+    a space (the prompts would change length), named with how many and which; the answer tokens
+    "00".. must each be one token."""
+    lists = [("nouns_file", spec.nouns)]
+    for name, (kind, tpl) in spec.all_templates().items():
+        if tpl.nouns:
+            lists.append(
+                (f"{'templates' if kind == 'template' else 'families'}.{name}.nouns", tpl.nouns)
+            )
+    for key, nouns in lists:
+        bad = [n for n in nouns if len(tokenizer.encode(f" {n}")) != 1]
+        if bad:
+            shown = ", ".join(repr(n) for n in bad[:10]) + (", ..." if len(bad) > 10 else "")
+            raise UserError(
+                f"task file {spec.path}: {key} has {len(bad)} of {len(nouns)} nouns that are not "
+                f"one token after a space for this tokenizer ({shown}); remove them."
+            )
+    answer_token_ids(tokenizer, spec.n_answers)
 
 
 def single_token_nouns(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -375,6 +436,8 @@ def _corrupted_ids(
     cf = tokenizer.encode(tpl.counterfactual)
     if len(cf) != 1:
         raise UserError(f"the corruption '{tpl.counterfactual}' is not a single token.")
+    if tpl.offsets:  # {YY+k} slots follow the counterfactual YY: no clean year survives
+        return _derived_corrupted(tokenizer, tpl, enc, noun, year, prev), True
     ids = list(enc.ids)
     ids[enc.yy_pos] = cf[0]
     # the token swap is what is run; record whether the swapped text would tokenise the same
@@ -388,6 +451,34 @@ def _corrupted_ids(
     )
     text = head[: -len(yy_text)] + tpl.counterfactual + enc.text[len(head) :]
     return ids, len(tokenizer.encode(text)) == len(ids)
+
+
+def _derived_corrupted(
+    tokenizer: PreTrainedTokenizerBase,
+    tpl: Template,
+    enc: EncodedPrompt,
+    noun: str,
+    year: int,
+    prev: tuple[int, ...],
+) -> list[int]:
+    """The counterfactual of a template with ``{YY+k}`` slots: the whole text filled with the
+    counterfactual YY (its derived years too), so the clean YY appears nowhere."""
+    cf_yy = int(tpl.counterfactual) if tpl.counterfactual.isdigit() else -1
+    bad = [k for k in tpl.offsets if not 0 <= cf_yy + k <= 99]
+    if bad or cf_yy < 0:
+        raise UserError(
+            f"template '{tpl.name}': the counterfactual '{tpl.counterfactual}' gives the slot "
+            f"{{YY{bad[0] if bad else 0:+d}}} no two-digit value; set counterfactual (or "
+            f"counterfactual_text) on the template."
+        )
+    text = format_prompt(tpl, noun, (year // 100) * 100 + cf_yy, tokenizer, prev)
+    ids = tokenizer.encode(text)
+    if len(ids) != len(enc.ids):
+        raise UserError(
+            f"template '{tpl.name}': the counterfactual '{text}' does not have the clean "
+            f"prompt's token length."
+        )
+    return ids
 
 
 def build_batch(

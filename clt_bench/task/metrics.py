@@ -105,10 +105,18 @@ def logit_diff_direction(yy: int, relation: str = "gt", n: int = N_ANSWERS) -> t
     return good.double() * 2 - 1
 
 
-def yy_heatmap(p: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-    """Mean p_z per YY: [97, 100] (rows YY = 2..98, columns ZZ = 0..99); NaN for absent YY."""
-    out = torch.full((len(YY_ROWS), p.shape[1]), float("nan"), dtype=torch.float64)
-    for row, y in enumerate(YY_ROWS):
+def heatmap_rows(n_answers: int = N_ANSWERS) -> list[int]:
+    """The YY rows of a heatmap over ``n_answers`` answers (the task's ``answers.count``): YY =
+    2..98 below the answer count."""
+    return [y for y in YY_ROWS if y < n_answers]
+
+
+def yy_heatmap(p: torch.Tensor, yy: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+    """Mean p_z per YY: [97, 100] (rows YY = 2..98, columns ZZ = 0..99; ``rows``: other YY rows,
+    ``heatmap_rows`` of the task's answer count); NaN for absent YY."""
+    rows = YY_ROWS if rows is None else rows
+    out = torch.full((len(rows), p.shape[1]), float("nan"), dtype=torch.float64)
+    for row, y in enumerate(rows):
         sel = yy == y
         if sel.any():
             out[row] = p[sel].double().mean(0)

@@ -5,8 +5,11 @@ holds ``task.toml``, or the ``.toml`` file itself; its nouns files are resolved 
 
 Prompt slots a template may use: ``{noun}``; ``{XX}{YY}`` (the start year, once; its last two digits
 are the YY token); ``{XX}`` (the century, last); ``{prev1}``..``{prevK}`` (further years of a
-sequence, see ``sequence``). Relations: ``gt`` (correct ZZ > YY), ``lt`` (correct ZZ < YY) and
-``exact`` (one correct ZZ, given by the sequence rule).
+sequence, see ``sequence``); ``{YY+k}`` / ``{YY-k}`` (two digits derived from YY, e.g.
+``{XX}{YY+1}``: the next year). Relations: ``gt`` (correct ZZ > YY), ``lt`` (correct ZZ < YY) and
+``exact`` (one correct ZZ: ``answer = "YY+k"`` or the sequence rule's next term).
+
+Unknown keys anywhere in the file are bad input (one sentence naming the key and the allowed ones).
 """
 
 from __future__ import annotations
@@ -23,12 +26,55 @@ from clt_bench.errors import UserError
 from clt_bench.paths import tasks_dir
 
 RELATIONS = ("gt", "lt", "exact")
+# each relation in words: its name (titles, target labels) and its correct answers
+RELATION_NAMES = {"gt": "greater-than", "lt": "less-than", "exact": "exact-answer"}
+RELATION_WORDS = {"gt": "ZZ > YY", "lt": "ZZ < YY", "exact": "ZZ = the answer"}
 # how {prev1}..{prevK} are filled:
 #   random_same_century: K random valid years of the start year's century (Hanna's variant 9);
 #   arithmetic: prevK = year - K * step, step = the smallest integer >= 2 that does not divide YY,
 #               and the one correct answer is YY + step (Hanna's exact-answer variant 4).
-SEQUENCES = ("", "random_same_century", "arithmetic")
+#   consecutive: prevK = year - K (step 1), the one correct answer is YY + 1;
+#   ``step = N`` on a template fixes the arithmetic step instead of Hanna's rule.
+SEQUENCES = ("", "random_same_century", "arithmetic", "consecutive")
 _PREV = re.compile(r"\{prev(\d+)\}")
+_DERIVED = re.compile(r"YY([+-]\d+)")  # a derived-year slot's field name: YY+1, YY-3
+_ANSWER = re.compile(r"\s*YY\s*([+-]\s*\d+)?\s*")  # answer = "YY+1"
+
+# the keys each table of task.toml may hold (anything else is bad input)
+TOP_KEYS = (
+    "name",
+    "description",
+    "nouns_file",
+    "default_template",
+    "default_family",
+    "year_filter",
+    "corruption",
+    "answers",
+    "datasets",
+    "templates",
+    "families",
+    "graph",
+)
+YEAR_FILTER_KEYS = ("start", "stop", "tokens", "suffix_chars", "drop_century_ends")
+CORRUPTION_KEYS = ("yy",)
+ANSWERS_KEYS = ("count", "label", "question_label")
+DATASET_KEYS = ("n", "sampling", "seed")
+TEMPLATE_KEYS = (
+    "text",
+    "bos",
+    "relation",
+    "year_range",
+    "source",
+    "counterfactual",
+    "counterfactual_text",
+    "nouns",
+    "nouns_file",
+    "sequence",
+    "step",
+    "answer",
+    "metric",
+)
+GRAPH_KEYS = ("prompt", "template", "noun", "year")
 
 
 @dataclass(frozen=True)
@@ -45,6 +91,9 @@ class Template:
     sequence: str = ""  # how {prevK} slots are filled (SEQUENCES)
     n_prev: int = 0  # number of {prevK} slots
     metric: str = ""  # the PD / CS definition, in words (written to families.csv)
+    step: int = 0  # arithmetic sequence step (0: Hanna's rule; consecutive: 1)
+    offsets: tuple[int, ...] = ()  # the k of each {YY+k} slot
+    answer_offset: int | None = None  # exact relation: the answer is YY + this (answer = "YY+k")
 
 
 @dataclass(frozen=True)
@@ -73,6 +122,15 @@ class TaskSpec:
     default_template: str
     default_family: str
     path: Path = field(default=Path())
+    # the graph prompt: a fixed text (tokenised with graphs.prepend_bos, as graphs.prompt is), or
+    # empty for the example of ``graph_template`` (default: the default template) with
+    # ``graph_noun`` / ``graph_year`` (defaults: the first usable noun, the middle valid year)
+    graph_prompt: str = ""
+    graph_template: str = ""
+    graph_noun: str = ""
+    graph_year: int = 0
+    answer_label: str = "answer ZZ"  # the answers' axis name ([answers] label)
+    question_label: str = "start YY"  # the start value's axis name ([answers] question_label)
 
     def template(self, name: str) -> Template:
         if name in self.templates:
@@ -98,6 +156,19 @@ class TaskSpec:
 
 def task_names() -> list[str]:
     return sorted(p.parent.name for p in tasks_dir().glob("*/task.toml"))
+
+
+def check_keys(table: Any, allowed: tuple[str, ...], where: str, section: str) -> None:
+    """Reject a key of ``table`` that is not in ``allowed``: one sentence naming file, key and the
+    allowed keys (as the config does)."""
+    if not isinstance(table, dict):
+        raise UserError(f"task file {where}: {section or 'the file'} must be a table.")
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        name = f"{section}.{unknown[0]}" if section else unknown[0]
+        raise UserError(
+            f"task file {where} has the unknown key '{name}' (allowed: {', '.join(allowed)})."
+        )
 
 
 def _req(table: dict[str, Any], key: str, where: str) -> Any:
@@ -133,6 +204,10 @@ def default_metric(relation: str) -> str:
     return f"PD = sum of p(ZZ) over {good} minus the sum over the other ZZ; CS = {cs}"
 
 
+def _slots(text: str) -> list[str]:
+    return [f for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+
+
 def _check_slots(name: str, where: str, key: str, text: str, known: set[str]) -> None:
     """Every ``{slot}`` of a template is one the prompt builder fills, and the braces balance
     (``str.format`` would fail on each prompt otherwise)."""
@@ -145,19 +220,25 @@ def _check_slots(name: str, where: str, key: str, text: str, known: set[str]) ->
             f"template '{name}' in {where}: {key} has unbalanced braces ({err}); write a literal "
             "brace as '{{' or '}}'."
         ) from None
+    derived = "YY" in known
     for slot in slots:
-        if slot not in known and not _PREV.fullmatch("{" + slot + "}"):
+        ok = _PREV.fullmatch("{" + slot + "}") or (derived and _DERIVED.fullmatch(slot))
+        if slot not in known and not ok:
             raise UserError(
                 f"template '{name}' in {where}: {key} has the unknown slot '{{{slot}}}' (slots: "
-                f"{', '.join('{' + k + '}' for k in sorted(known))}, {{prev1}}..{{prevK}})."
+                f"{', '.join('{' + k + '}' for k in sorted(known))}, {{prev1}}..{{prevK}}"
+                f"{', {YY+k}, {YY-k}' if derived else ''})."
             )
 
 
 def _template(
-    name: str, t: dict[str, Any], where: str, base: Path, corrupt_default: str
+    name: str, t: dict[str, Any], where: str, base: Path, corrupt_default: str, kind: str
 ) -> Template:
+    section = f"{kind}.{name}"
+    check_keys(t, TEMPLATE_KEYS, where, section)
     text = _req(t, "text", where)
     _check_slots(name, where, "text", text, {"noun", "XX", "YY"})
+    offsets = tuple(sorted({int(m.group(1)) for f in _slots(text) if (m := _DERIVED.fullmatch(f))}))
     if text.count("{XX}{YY}") != 1 or not text.endswith("{XX}"):
         raise UserError(
             f"template '{name}' in {where} must contain '{{XX}}{{YY}}' once and end with '{{XX}}'."
@@ -181,10 +262,29 @@ def _template(
             f"template '{name}' in {where} needs both {{prevK}} slots and a 'sequence' rule, "
             f"or neither."
         )
-    if relation == "exact" and sequence != "arithmetic":
+    step = t.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0 or step > 99:
+        raise UserError(f"task file {where}: {section}.step must be an integer from 1 to 99.")
+    if step and sequence != "arithmetic":
         raise UserError(
-            f"template '{name}' in {where} has relation 'exact', which needs "
-            f'sequence = "arithmetic" (the rule that gives the answer).'
+            f'task file {where}: {section}.step needs sequence = "arithmetic" (got {sequence!r}).'
+        )
+    if sequence == "consecutive":
+        step = 1
+    answer_offset: int | None = None
+    if "answer" in t:
+        m = _ANSWER.fullmatch(str(t["answer"]))
+        if relation != "exact" or m is None:
+            raise UserError(
+                f'task file {where}: {section}.answer must be "YY+k" (or "YY-k") on a '
+                f'template with relation = "exact", got {t["answer"]!r}.'
+            )
+        answer_offset = int((m.group(1) or "0").replace(" ", ""))
+    exact_rule = sequence in ("arithmetic", "consecutive") or answer_offset is not None
+    if relation == "exact" and not exact_rule:
+        raise UserError(
+            f"template '{name}' in {where} has relation 'exact', which needs sequence = "
+            f'"arithmetic" or "consecutive", or answer = "YY+k" (the rule that gives the answer).'
         )
     if "nouns" in t and "nouns_file" in t:
         raise UserError(f"template '{name}' in {where} sets both 'nouns' and 'nouns_file'.")
@@ -218,6 +318,9 @@ def _template(
         sequence=sequence,
         n_prev=len(slots),
         metric=str(t.get("metric", default_metric(relation))),
+        step=int(step),
+        offsets=offsets,
+        answer_offset=answer_offset,
     )
 
 
@@ -257,15 +360,28 @@ def load_task(name: str | Path = "greater_than", root: Path | None = None) -> Ta
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         where = str(path)
+        check_keys(data, TOP_KEYS, where, "")
         nouns = _read_nouns(base / _req(data, "nouns_file", where), where)
         yf = _req(data, "year_filter", where)
+        check_keys(yf, YEAR_FILTER_KEYS, where, "year_filter")
+        check_keys(_req(data, "corruption", where), CORRUPTION_KEYS, where, "corruption")
+        answers = _req(data, "answers", where)
+        check_keys(answers, ANSWERS_KEYS, where, "answers")
+        graph = data.get("graph", {})
+        check_keys(graph, GRAPH_KEYS, where, "graph")
         corrupt = str(_req(_req(data, "corruption", where), "yy", where))
+        for kind in ("templates", "families"):
+            for k, v in data.get(kind, {}).items():
+                check_keys(v, TEMPLATE_KEYS, where, f"{kind}.{k}")
+        for k, v in _req(data, "datasets", where).items():
+            check_keys(v, DATASET_KEYS, where, f"datasets.{k}")
         templates = {
-            k: _template(k, v, where, base, corrupt)
+            k: _template(k, v, where, base, corrupt, "templates")
             for k, v in _req(data, "templates", where).items()
         }
         families = {
-            k: _template(k, v, where, base, corrupt) for k, v in data.get("families", {}).items()
+            k: _template(k, v, where, base, corrupt, "families")
+            for k, v in data.get("families", {}).items()
         }
         datasets = {
             k: DatasetSpec(
@@ -296,6 +412,12 @@ def load_task(name: str | Path = "greater_than", root: Path | None = None) -> Ta
             default_template=str(data.get("default_template", next(iter(templates), ""))),
             default_family=str(data.get("default_family", "")),
             path=path,
+            graph_prompt=str(graph.get("prompt", "")),
+            graph_template=str(graph.get("template", "")),
+            graph_noun=str(graph.get("noun", "")),
+            graph_year=int(graph.get("year", 0)),
+            answer_label=str(answers.get("label", "answer ZZ")),
+            question_label=str(answers.get("question_label", "start YY")),
         )
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"task file {path} is not valid TOML ({err}).") from err
@@ -307,6 +429,21 @@ def load_task(name: str | Path = "greater_than", root: Path | None = None) -> Ta
         raise UserError(f"task file {path} lists no nouns.")
     if spec.default_template not in spec.templates:
         raise UserError(f"task file {path} names an unknown default template.")
+    if spec.default_family and spec.default_family not in spec.all_templates():
+        raise UserError(
+            f"task file {path}: default_family names the unknown template or family "
+            f"'{spec.default_family}'."
+        )
+    if spec.graph_template and spec.graph_template not in spec.all_templates():
+        raise UserError(
+            f"task file {path}: graph.template names the unknown template or family "
+            f"'{spec.graph_template}'."
+        )
+    if spec.graph_prompt and (spec.graph_template or spec.graph_noun or spec.graph_year):
+        raise UserError(
+            f"task file {path}: graph.prompt is a fixed text; give it or graph.template / noun / "
+            f"year, not both."
+        )
     return spec
 
 

@@ -19,6 +19,7 @@ from clt_bench.task.families import format_families_table, write_families
 from clt_bench.task.metrics import (
     answer_probs,
     cutoff_sharpness_per_example,
+    heatmap_rows,
     logit_diff_per_example,
     prob_diff_per_example,
     yy_heatmap,
@@ -69,13 +70,16 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
     compact = torch.arange(len(ids))  # columns of the compact logits
     clean_m = task_metrics(clean, batch, answer_ids=compact)
     corrupt_m = task_metrics(corrupt, batch, prefix="corrupted_", answer_ids=compact)
-    heat = yy_heatmap(answer_probs(clean, compact), batch.yy)
+    rows = heatmap_rows(len(ids))  # the task's answer space: [answers] count
+    heat = yy_heatmap(answer_probs(clean, compact), batch.yy, rows)
     heat_path = yy_zz_heatmap(
         heat.numpy(),
         stage_dir / "heatmap.png",
         f"{loaded.name}: mean p(ZZ | YY), {batch.template} template, n={len(batch)}\n"
         f"({SCALE_CAPTIONS['row']})",
         scale="row",
+        axes=(spec.question_label, spec.answer_label),
+        yy_values=rows,
     )
     families = write_families(cfg, loaded, spec, stage_dir)
     metrics: dict[str, Any] = {
