@@ -236,14 +236,20 @@ def test_the_lock_of_a_killed_run_is_not_in_the_way(tmp_path):
 
 @pytest.mark.slow
 def test_two_real_runs_of_one_folder(tmp_path):
+    steps = 1500
     """Two ``clt-bench run --preset quick --out qd`` at once (the second with other CLT steps):
     the second says which process holds the folder and exits 2; the first's outputs are its
-    own (the stages up to the CLT, where the two runs' outputs used to mix)."""
+    own (the stages up to the CLT, where the two runs' outputs used to mix). The first trains
+    1,500 CLT steps (~30 s), so it still holds the folder when the second has started up on an
+    idle machine (with the quick preset's 50 it finished first there, and the second ran)."""
     run = tmp_path / "qd"
     cmd = [sys.executable, "-m", "clt_bench", "run", "--preset", "quick", "--stages"]
     cmd.append("activations,clt")
     first = subprocess.Popen(
-        [*cmd, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*cmd, "--out", str(run), "--set", f"clt.n_steps={steps}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.time() + 60
@@ -263,9 +269,9 @@ def test_two_real_runs_of_one_folder(tmp_path):
         assert first.returncode == 0, err[-2000:]
     finally:
         first.kill()
-    assert read_json(run / "config.json")["clt"]["n_steps"] == 50
-    assert read_json(run / "clt" / "metrics.json")["config"]["clt"]["n_steps"] == 50
-    assert len((run / "clt" / "train_log.jsonl").read_text().splitlines()) <= 50 // 10 + 1
+    assert read_json(run / "config.json")["clt"]["n_steps"] == steps
+    assert read_json(run / "clt" / "metrics.json")["config"]["clt"]["n_steps"] == steps
+    assert len((run / "clt" / "train_log.jsonl").read_text().splitlines()) <= steps // 10 + 1
     marker = read_json(run / "clt" / "stage.json")["config_hash"]
     assert (run / "clt" / ".stage-hash").read_text().strip() == marker
 
