@@ -72,6 +72,22 @@ def strict_nodes(
     return out
 
 
+def clean_and_corrupted(model: GPT2LMHeadModel, pairs: Pairs):
+    """Final hidden states of the bases and of their 01-corrupted prompts, and the corrupted
+    run's activations (the source of strictness and circuit-alone patches)."""
+    corrupted = pairs.base.clone()
+    corrupted[:, pairs.yy_pos] = pairs.answer_ids[CORRUPT_YY]
+    hid_clean, _ = record(model, pairs.base)
+    hid_corr, src = record(model, corrupted)
+    return hid_clean, hid_corr, src
+
+
+def base_pd(model: GPT2LMHeadModel, hidden: torch.Tensor, pairs: Pairs) -> torch.Tensor:
+    """[n] PD of final hidden states ``hidden`` against each base's YY."""
+    p = answer_dist(model, hidden, pairs.end_pos, pairs.answer_ids)
+    return prob_diff_per_example(p.double(), pairs.base_yy)
+
+
 @torch.no_grad()
 def interchange_accuracy(
     model: GPT2LMHeadModel, spec: PlantedSpec, pairs: Pairs
@@ -113,16 +129,8 @@ def strictness(
     each position on its own as well as all at once)."""
     model.eval()
     n_layers, n_heads = model.config.n_layer, model.config.n_head
-    corrupted = pairs.base.clone()
-    corrupted[:, pairs.yy_pos] = pairs.answer_ids[CORRUPT_YY]
-    hid_clean, _ = record(model, pairs.base)
-    hid_corr, src = record(model, corrupted)
-    pd = {
-        k: prob_diff_per_example(
-            answer_dist(model, h, pairs.end_pos, pairs.answer_ids).double(), pairs.base_yy
-        )
-        for k, h in (("clean", hid_clean), ("corrupted", hid_corr))
-    }
+    hid_clean, hid_corr, src = clean_and_corrupted(model, pairs)
+    pd = {k: base_pd(model, h, pairs) for k, h in (("clean", hid_clean), ("corrupted", hid_corr))}
     gap = float((pd["clean"] - pd["corrupted"]).mean())
     scores: dict[str, float] = {}
     raw: dict[str, float] = {}
@@ -169,18 +177,12 @@ def circuit_only(model: GPT2LMHeadModel, spec: PlantedSpec, pairs: Pairs) -> dic
     ratio, on these pairs' bases)."""
     model.eval()
     n_layers, n_heads = model.config.n_layer, model.config.n_head
-    corrupted = pairs.base.clone()
-    corrupted[:, pairs.yy_pos] = pairs.answer_ids[CORRUPT_YY]
-    hid_clean, _ = record(model, pairs.base)
-    _, src = record(model, corrupted)
+    hid_clean, _, src = clean_and_corrupted(model, pairs)
     mask = complement_mask(spec, pairs, n_layers, n_heads)
+    circuit = patched(model, pairs.base, src, mask)
     pd = {
-        k: float(
-            prob_diff_per_example(
-                answer_dist(model, h, pairs.end_pos, pairs.answer_ids).double(), pairs.base_yy
-            ).mean()
-        )
-        for k, h in (("clean", hid_clean), ("circuit", patched(model, pairs.base, src, mask)))
+        k: float(base_pd(model, h, pairs).mean())
+        for k, h in (("clean", hid_clean), ("circuit", circuit))
     }
     ratio = pd["circuit"] / pd["clean"] if pd["clean"] else float("nan")
     return {"prob_diff": round(pd["circuit"], 4), "faithfulness_components": round(ratio, 4)}
