@@ -173,7 +173,9 @@ def units_results(
                 lambda c, x, clt=clt, kind=kind, e=e: feature_units(bridge, clt, c, x, kind, e)
                 for e in ("clean", "corrupted")
             ]
-            repl[kind] = replacement_pd(bridge, clt, batch, cfg.activations.exclude_bos)
+            per: dict[str, Any] = {}
+            repl[kind] = replacement_pd(bridge, clt, batch, cfg.activations.exclude_bos, per)
+            repl[kind]["per_prompt"] = per  # for compare/per_prompt.safetensors
         for make in variants:
             results.append(
                 units_needed_curve(bridge, make, batch, fc.curve_dense, fc.curve_candidates)
@@ -395,13 +397,19 @@ def ground_truth_rows(
 
 
 def ground_truth_probe(
-    cfg: RunConfig, loaded: LoadedModel, run_dir: Path, batch: TaskBatch, out: Path
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    run_dir: Path,
+    batch: TaskBatch,
+    out: Path,
+    per_prompt: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
     """On a model with a planted circuit: the YY probe of every transcoder and of MLP neurons
     (``baseline.ground_truth``; on the discovery set, as the probe needs more prompts than the
     units curves) and the share of the planted comparator's effect their top units at END explain
-    (``compare.comparator``, on ``batch``), written to compare/ground_truth.json; {} for other
-    models."""
+    (``compare.comparator``, on ``batch``), written to compare/ground_truth.json, and where each
+    kind acts (``compare.effect_shares``; all of it in compare/ground_truth.csv, the per-prompt
+    shares added to ``per_prompt``); {} for other models."""
     truth = known_circuit(loaded.name)
     if truth is None:
         return {}
@@ -453,13 +461,12 @@ def ground_truth_probe(
         out / "ground_truth.csv",
         _csv(ground_truth_rows(cfg, run_dir, probe, cmp, shares, list(units))),
     )
-    save_tensors(
-        out / "per_prompt.safetensors",
+    per_prompt.update(
         {
             f"effect_share_{key.lower()}_{name}": torch.from_numpy(v)
             for name, per in shares["per_prompt"].items()
             for key, v in per.items()
-        },
+        }
     )
     prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt", "plt_features": "plt"}
     flat: dict[str, Any] = {}
@@ -524,6 +531,11 @@ def run_compare_stage(
         ),
     )
     results, repl = units_results(cfg, loaded, run_dir, batch)
+    # the per-prompt values behind the held-out means (compare/per_prompt.safetensors)
+    per = {kind: r.pop("per_prompt") for kind, r in repl.items()}
+    per_prompt = dict(per[f"{cfg.clt.kind}_features"])  # model_ and replacement_prob_diff
+    if "plt_features" in per and cfg.clt.kind != "plt":
+        per_prompt["plt_replacement_prob_diff"] = per["plt_features"]["replacement_prob_diff"]
     write_text(out / "units_needed.csv", _csv(units_rows(results)))
     plot_curves(
         results,
@@ -604,7 +616,8 @@ def run_compare_stage(
         summary["plt_influence_share_in_circuit"] = plt_primary.get("influence_share", math.nan)
         summary["plt_node_recall_mlp"] = plt_primary.get("mlp_recall", math.nan)
     summary.update(fam_summary)
-    summary.update(ground_truth_probe(cfg, loaded, run_dir, batch, out))
+    summary.update(ground_truth_probe(cfg, loaded, run_dir, batch, out, per_prompt))
+    save_tensors(out / "per_prompt.safetensors", per_prompt)
     write_json(
         out / "metrics.json",
         json_safe(

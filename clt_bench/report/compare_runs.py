@@ -51,6 +51,11 @@ PER_PROMPT: dict[str, tuple[str, str]] = {
         for stage, folder in (("graphs", "graphs"), ("plt", "plt/graphs"))
         for key in ("yy", "end", "rest", "planted_sites")
     },
+    # the held-out PDs of the compare stage
+    **{
+        f"compare.{k}": ("compare/per_prompt.safetensors", k)
+        for k in ("model_prob_diff", "replacement_prob_diff", "plt_replacement_prob_diff")
+    },
     # where each unit kind acts, on a model with a planted circuit (compare.effect_shares)
     **{
         f"compare.effect_share_{key}_{kind}": (
