@@ -2,7 +2,7 @@
 
 Runs ``clt-bench run`` (every stage) into a fresh temporary directory, so no output of an earlier
 run or of other code can be resumed, and then ``clt-bench check`` against
-results/reference/toy.json (bands per metric kind, see clt_bench/report/reference.py). A change to
+results/reference/toy.json (bands per metric kind: clt_bench/report/reference_bands.py). A change to
 the transcoder, attribution or scoring code that moves a headline number outside its band fails
 here with the table of offending metrics. The same finished run, perturbed the way real regressions
 look, must fail the gate.

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clt_bench.baseline.circuits import load_circuit
-    from clt_bench.baseline.stage import format_baseline_table, run_baseline_stage
+    from clt_bench.baseline.stage import format_baseline_table
     from clt_bench.cli import config_from_args, out_dir
     from clt_bench.models import load_model
 
@@ -45,10 +45,19 @@ def run(args: argparse.Namespace) -> int:
     from clt_bench.runlock import run_lock
 
     with run_lock(out):  # one run per results folder
-        summary = run_baseline_stage(cfg, loaded, out, resume=args.resume)
+        summary = _run_stages(cfg, loaded, out, args.resume)
     print(format_baseline_table(summary))
     print(f"wrote {out / 'baseline'}")
     return 0
+
+
+def _run_stages(cfg, loaded, out: Path, resume: bool) -> dict:
+    """The baseline stage through the runner (resumed when finished); its full summary."""
+    from clt_bench.baseline.stage import load_baseline_summary
+    from clt_bench.pipeline import run_pipeline
+
+    run_pipeline(cfg, out, ["baseline"], resume=resume, model=loaded, lock=False)
+    return load_baseline_summary(out)
 
 
 __all__ = ["register"]

@@ -24,13 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from clt_bench.cli import config_from_args, out_dir
     from clt_bench.clt import distributed as D
-    from clt_bench.clt.stage import format_clt_table, run_clt_stage, set_threads
-    from clt_bench.io import remove_temp_files
+    from clt_bench.clt.stage import format_clt_table, set_threads
     from clt_bench.models import check_device, load_model
     from clt_bench.runlock import run_lock
 
-    if args.load:
-        args.overrides = [*args.overrides, f'clt.load="{args.load}"']
+    if args.load:  # scoring a loaded CLT needs only the held-out rows: no training shards
+        args.overrides = [*args.overrides, f'clt.load="{args.load}"', 'activations.mode="stream"']
     cfg = config_from_args(args)
     check_device(cfg.model.device)
     preflight(cfg)
@@ -43,9 +42,7 @@ def run(args: argparse.Namespace) -> int:
         # one run per results folder (rank 0 holds the lock under torchrun); the temp files of
         # a killed earlier attempt are removed under it
         with run_lock(out) if info.is_main else nullcontext():
-            if info.is_main:
-                remove_temp_files(out / "clt")
-            metrics = run_clt_stage(cfg, loaded, out, resume=not args.no_resume)
+            metrics = _train(cfg, loaded, out, info, resume=not args.no_resume)
     finally:
         D.teardown(info)
     if info.is_main:
@@ -54,10 +51,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(cfg, loaded, out: Path, info, resume: bool) -> dict:
+    """The activations and clt stages into ``out``: through the runner (resumed when finished);
+    under torchrun every rank computes its share of both, without resume."""
+    from clt_bench.activations.stage import run_activations_stage
+    from clt_bench.clt.stage import run_clt_stage
+    from clt_bench.io import read_json
+    from clt_bench.pipeline import run_pipeline
+
+    if info.enabled:
+        run_activations_stage(cfg, loaded, out)
+        return run_clt_stage(cfg, loaded, out)
+    stages = ["activations", "clt"]
+    run_pipeline(cfg, out, stages, resume=resume, model=loaded, lock=False)
+    return read_json(out / "clt" / "metrics.json")
+
+
 def preflight(cfg) -> None:
     """Fail fast, before loading the model: a bad CLT checkpoint or an empty corpus."""
     from clt_bench.activations.corpus import iter_documents
-    from clt_bench.clt.io import load_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt
     from clt_bench.errors import UserError
 
     if cfg.clt.load:

@@ -26,19 +26,21 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit
-from clt_bench.baseline.ground_truth import KNOWN, known_circuit, yy_probe_scores
-from clt_bench.baseline.patching import model_device
-from clt_bench.compare.comparator import comparator_explained
-from clt_bench.compare.curve import replacement_pd
-from clt_bench.compare.generalisation import generalisation, write_generalisation
-from clt_bench.compare.ground_truth_figure import ground_truth_grid, influence_grid
-from clt_bench.compare.overlap import (
+from clt_bench.artifacts import load_ranking, stage_summary
+from clt_bench.baseline.circuit_overlap import (
     FeatureSite,
     influence_share,
     node_overlap,
     published_applies,
 )
+from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit, load_run_circuit
+from clt_bench.baseline.ground_truth import KNOWN, known_circuit, yy_probe_scores
+from clt_bench.baseline.patching import model_device
+from clt_bench.clt.circuit_tracer_io import load_run_clt
+from clt_bench.compare.comparator import comparator_explained
+from clt_bench.compare.curve import replacement_pd
+from clt_bench.compare.generalisation import generalisation, write_generalisation
+from clt_bench.compare.ground_truth_figure import ground_truth_grid, influence_grid
 from clt_bench.compare.units import (
     FRACTIONS,
     UnitsResult,
@@ -48,16 +50,9 @@ from clt_bench.compare.units import (
     units_needed_curve,
 )
 from clt_bench.config import RunConfig
-from clt_bench.features.scores import LABELS, label_key
-from clt_bench.features.stage import (
-    ALL_ACTIVE,
-    json_safe,
-    load_run_circuit,
-    load_run_clt,
-    read_ranking,
-    task_prompts,
-)
-from clt_bench.io import read_json, run_metadata, write_json, write_text
+from clt_bench.features.shape_scores import LABELS, label_key
+from clt_bench.features.stage import ALL_ACTIVE, task_prompts
+from clt_bench.io import json_safe, run_metadata, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
@@ -189,11 +184,6 @@ def transcoder_runs(cfg: RunConfig, run_dir: Path) -> dict[str, Path]:
     return runs
 
 
-def _stage_summary(run: Path, stage: str) -> dict[str, Any]:
-    marker = run / stage / "stage.json"
-    return read_json(marker).get("summary", {}) if marker.is_file() else {}
-
-
 def transcoder_table(
     cfg: RunConfig,
     run_dir: Path,
@@ -254,8 +244,8 @@ def transcoder_table(
     )
     add("circuit MLP node recall", {k: p.get("mlp_recall", "") for k, p in primary.items()})
     for key, label in (("nmse", "NMSE (held out)"), ("l0", "L0 (all layers)")):
-        add(label, {k: _stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
-    feats = {k: _stage_summary(r, "features") for k, r in runs.items()}
+        add(label, {k: stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
+    feats = {k: stage_summary(r, "features") for k, r in runs.items()}
     for scope, suffix in (("top-K by influence", ""), ("all active features", ALL_ACTIVE)):
         for lab in LABELS:
             key = label_key(lab) + suffix
@@ -363,7 +353,7 @@ def ground_truth_probe(
     )
     grids = {}
     for kind, r in transcoder_runs(cfg, run_dir).items():
-        rk = read_ranking(r)
+        rk = load_ranking(r)
         sites = [
             FeatureSite(int(a), p)
             for (a, _), p in zip(rk["features"], rk["positions"], strict=True)
@@ -392,7 +382,7 @@ def run_compare_stage(
     run_dir = Path(run_dir)
     out = run_dir / "compare"
     fc = cfg.features
-    rank = read_ranking(run_dir)
+    rank = load_ranking(run_dir)
     sites = [
         FeatureSite(int(a), p)
         for (a, _), p in zip(rank["features"], rank["positions"], strict=True)
@@ -403,7 +393,7 @@ def run_compare_stage(
     overlaps = {cfg.clt.kind: ov}
     for kind, sub in transcoder_runs(cfg, run_dir).items():
         if kind != cfg.clt.kind:
-            r = read_ranking(sub)
+            r = load_ranking(sub)
             overlaps[kind] = overlap_rows(
                 [
                     FeatureSite(int(a), p)

@@ -8,7 +8,7 @@ Writes ``<run>/features/``: features.csv (every column), features.md (the main c
 ranking.json (the selected features in order, with their influence), heatmaps.safetensors
 ([K, 97, 100]), heatmap_*.png for the top ``n_plots`` and heatmap_grid.png, metrics.json.
 
-Per-feature columns (see ``clt_bench.features.scores`` for the shape scores and the label rule):
+Per-feature columns (``clt_bench.features.shape_scores`` has the shape scores and the label rule):
 influence (sum over prompts of |total attribution to the shift-invariant greater-than logit
 difference of ``clt_bench.graphs.targets``|), logit_diff_contribution and pd_contribution (mean over
 prompts of its total attribution to the logit difference / its first-order contribution to PD),
@@ -25,7 +25,6 @@ above its layer, the only circuit route from its position to END), contexts (top
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -37,24 +36,15 @@ import pandas as pd
 import torch
 
 from clt_bench.activations.stage import heldout_rows, load_heldout
-from clt_bench.baseline.circuits import Circuit, load_circuit
-from clt_bench.clt.io import load_clt
+from clt_bench.artifacts import FeatureRanking, save_ranking
+from clt_bench.baseline.circuit_overlap import per_component_share
+from clt_bench.baseline.circuits import Circuit, load_run_circuit
+from clt_bench.clt.circuit_tracer_io import load_run_clt
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.compare.overlap import per_component_share
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
 from clt_bench.features import table
 from clt_bench.features.ablation import constrained_delta_pd_frozen, free_delta_pd
-from clt_bench.features.attribution import (
-    POS_CLASSES,
-    TaskAttributions,
-    feature_activations_matrix,
-    feature_heatmap,
-    influence_ranking,
-    one_per_yy,
-    per_feature_sums,
-    task_attributions,
-)
 from clt_bench.features.contexts import top_contexts
 from clt_bench.features.interactions import (
     joint_ablation,
@@ -63,7 +53,7 @@ from clt_bench.features.interactions import (
     set_sizes,
     write_interactions,
 )
-from clt_bench.features.scores import (
+from clt_bench.features.shape_scores import (
     LABELS,
     YY_VALUES,
     LabelRule,
@@ -73,7 +63,17 @@ from clt_bench.features.scores import (
     labels_testable,
     shape_scores,
 )
-from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
+from clt_bench.features.task_attributions import (
+    POS_CLASSES,
+    TaskAttributions,
+    feature_activations_matrix,
+    feature_heatmap,
+    influence_ranking,
+    one_per_yy,
+    per_feature_sums,
+    task_attributions,
+)
+from clt_bench.io import json_safe, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.spec import RELATION_NAMES, RELATION_WORDS, load_task
@@ -85,20 +85,6 @@ log = logging.getLogger(__name__)
 def task_prompts(cfg: RunConfig, loaded: LoadedModel) -> TaskBatch:
     """One balanced discovery-set prompt per YY (``graphs.n_prompts`` of them)."""
     return one_per_yy(load_task_batch(cfg, loaded, "discovery"), cfg.graphs.n_prompts)
-
-
-def load_run_clt(
-    run_dir: Path, name: str = "clt", device: str | torch.device = "cpu"
-) -> CrossLayerTranscoder:
-    path = Path(run_dir) / name
-    if not (path / "config.yaml").is_file():
-        raise UserError(f"no trained CLT in {path}; run the clt stage first.")
-    return load_clt(path, device)
-
-
-def load_run_circuit(run_dir: Path) -> Circuit | None:
-    path = Path(run_dir) / "baseline" / "circuit.json"
-    return load_circuit(str(path)) if path.is_file() else None
 
 
 def _via(position: str, layer: int, shares: dict[str, float], circuit: Circuit | None) -> str:
@@ -273,17 +259,6 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def json_safe(obj: Any) -> Any:
-    """NaN / inf floats -> None, recursively (metrics.json stays strict JSON)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
 def run_features_stage(
     cfg: RunConfig,
     loaded: LoadedModel,
@@ -377,7 +352,7 @@ def run_features_stage(
         f"\n\n{len(batch)} prompts (one per YY), heatmaps: {fc.heatmap_mode} attribution; "
         f"labels relative to the task's relation {RELATION_WORDS[batch.relation]} "
         f"(column gt = correlation with it; anti-task = against it), by the rule in "
-        f"clt_bench/features/scores.py (thresholds: gt {fc.gt_corr}, "
+        f"clt_bench/features/shape_scores.py (thresholds: gt {fc.gt_corr}, "
         f"anti {fc.anti_corr}, large-ZZ {fc.large_zz_corr}, parity {fc.parity_corr}, "
         f"multiple-of-5 {fc.mult5_corr}, narrow < {fc.narrow_yy_fraction} of YY, partial "
         f"{rule.partial_corr}, range < {rule.gated_yy_fraction} of YY). Shape "
@@ -396,18 +371,18 @@ def run_features_stage(
     axes = (spec.question_label, spec.answer_label)
     pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list, axes)
     grid = table.heatmap_grid(heat, rows, out / "heatmap_grid.png", min(fc.n_plots, 16), yy_list)
-    write_json(
-        out / "ranking.json",
-        {
-            "features": [[int(a), int(b)] for a, b in feats],
-            "influence": infl.tolist(),
-            "extended": [list(att.split_key(int(k))) for k in keys_all[: 4 * fc.top_k]],
-            "extended_influence": infl_all[: 4 * fc.top_k].tolist(),
-            "write_effects": [[float(x) for x in w] for w in per_feature_sums(att, keys)["write"]],
-            "positions": [r["position"] for r in rows],
-            "n_prompts": len(batch),
-            "n_active_features": int(len(keys_all)),
-        },
+    save_ranking(
+        run_dir,
+        FeatureRanking(
+            features=[[int(a), int(b)] for a, b in feats],
+            influence=infl.tolist(),
+            extended=[list(att.split_key(int(k))) for k in keys_all[: 4 * fc.top_k]],
+            extended_influence=infl_all[: 4 * fc.top_k].tolist(),
+            write_effects=[[float(x) for x in w] for w in per_feature_sums(att, keys)["write"]],
+            positions=[r["position"] for r in rows],
+            n_prompts=len(batch),
+            n_active_features=int(len(keys_all)),
+        ),
     )
     counts = Counter(r["label"] for r in rows)
     top20 = rows[:20]
@@ -471,8 +446,3 @@ def run_features_stage(
     write_json(out / "metrics.json", json_safe(metrics))
     log.info("features stage wrote %s", out)
     return json_safe(summary)
-
-
-def read_ranking(run_dir: Path) -> dict[str, Any]:
-    """The features stage's ranking.json (selected features, influence, write effects)."""
-    return read_json(Path(run_dir) / "features" / "ranking.json")

@@ -73,7 +73,7 @@ def load_clt_arg(spec: str, loaded, prompt_tokens, seed: int = 0):
         return random_clt(
             L, loaded.d_model, n_feat, seed=seed, calibrate_on=x, rate=0.05, dtype=x.dtype
         )
-    from clt_bench.clt.io import check_fits, load_clt
+    from clt_bench.clt.circuit_tracer_io import check_fits, load_clt
 
     if not Path(spec).exists():
         raise UserError(

@@ -143,8 +143,8 @@ def influence_share_by_position(
     return out
 
 
-# models trained only on documents that start with BOS (clt_bench.models.corpus, the synthetic
-# corpus of the toy and of the planted model)
+# models trained only on documents that start with BOS (the synthetic corpus of the toy and of the
+# planted model: clt_bench.model_training.synthetic_corpus)
 BOS_TRAINED_MODELS = ("toy", "planted")
 
 
@@ -199,7 +199,7 @@ def task_prompt_shares(
     cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch
 ) -> dict[str, Any]:
     """Mean influence shares (and graph scores) over ``graphs.share_prompts`` task prompts."""
-    from clt_bench.features.attribution import one_per_yy
+    from clt_bench.task.dataset import one_per_yy
 
     sub = one_per_yy(batch, cfg.graphs.share_prompts)
     truth = known_circuit(loaded.name)

@@ -62,7 +62,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.model == "planted":
         return _train_planted(args)
 
-    from clt_bench.models.toy_train import ToyTrainConfig, train_toy
+    from clt_bench.model_training.toy_train import ToyTrainConfig, train_toy
 
     cfg = _with_args(ToyTrainConfig(), args)
     out = Path(args.out or _toy_dir())
@@ -79,7 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     if args.model == "planted":
         return _eval_planted(args)
-    from clt_bench.models.toy_train import evaluate_toy_module, load_trained
+    from clt_bench.model_training.toy_train import evaluate_toy_module, load_trained
 
     print(_format(evaluate_toy_module(load_trained(Path(args.dir or _toy_dir())))))
     return 0
@@ -93,8 +93,8 @@ def _toy_dir() -> Path:
 
 def _train_planted(args: argparse.Namespace) -> int:
 
+    from clt_bench.model_training.planted_train import PlantedTrainConfig, train_planted
     from clt_bench.models.planted import PLANTED_DIR
-    from clt_bench.models.planted_train import PlantedTrainConfig, train_planted
 
     cfg = _with_args(PlantedTrainConfig(), args)
     out = Path(args.out or PLANTED_DIR)
@@ -122,8 +122,8 @@ def _format_acceptance(acc: dict) -> str:
 
 
 def _eval_planted(args: argparse.Namespace) -> int:
+    from clt_bench.model_training.planted_train import acceptance_numbers
     from clt_bench.models.planted import PLANTED_DIR, load_planted_module, load_planted_spec
-    from clt_bench.models.planted_train import acceptance_numbers
 
     model = load_planted_module(Path(args.dir or PLANTED_DIR))
     acc = acceptance_numbers(model, load_planted_spec())

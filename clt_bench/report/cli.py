@@ -135,6 +135,14 @@ def _run(args: argparse.Namespace, cfg, out: Path) -> int:
     from clt_bench.preflight import run_preflight
 
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    if args.clt_seeds:  # the stability stage trains the further seeds
+        from clt_bench.stability.seeds import seeds_config
+
+        cfg = seeds_config(cfg, _seeds(args.clt_seeds), plt_seeds=args.plt_seeds)
+    elif args.plt_seeds:
+        from clt_bench.errors import UserError
+
+        raise UserError("--plt-seeds goes with --clt-seeds (a list of seeds).")
     loaded = run_preflight(  # refuses a run that does not fit (exit 2), unless --yes
         cfg,
         out,
@@ -144,31 +152,14 @@ def _run(args: argparse.Namespace, cfg, out: Path) -> int:
         force=args.force,
         mode="off" if args.no_preflight else None,
     )
-    if args.clt_seeds:
-        from clt_bench.stability.seeds import run_seeds
-
-        ctx = run_seeds(
-            cfg,
-            out,
-            _seeds(args.clt_seeds),
-            stages,
-            resume=not args.no_resume,
-            plt_seeds=args.plt_seeds,
-            overlap=not args.serial,
-        )
-    else:
-        if args.plt_seeds:
-            from clt_bench.errors import UserError
-
-            raise UserError("--plt-seeds goes with --clt-seeds (a list of seeds).")
-        ctx = run_pipeline(
-            cfg,
-            out,
-            stages=stages,
-            resume=not args.no_resume,
-            overlap=not args.serial,
-            model=loaded,
-        )
+    ctx = run_pipeline(
+        cfg,
+        out,
+        stages=stages,
+        resume=not args.no_resume,
+        overlap=not args.serial,
+        model=loaded,
+    )
     report = out / "report.html"
     if "report" in ctx.results:
         from clt_bench.report.headline import headline_table
@@ -205,7 +196,7 @@ def check(args: argparse.Namespace) -> int:
 def make_ref(args: argparse.Namespace) -> int:
     from clt_bench.io import read_json
     from clt_bench.report.check import check_metrics
-    from clt_bench.report.reference import make_reference
+    from clt_bench.report.reference_bands import make_reference
 
     ref = make_reference(
         args.run_dirs,
