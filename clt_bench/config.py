@@ -479,7 +479,8 @@ class RunConfig:
         return config_hash({n: to_jsonable(getattr(self, n)) for n in names})
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
+        out: dict[str, Any] = to_jsonable(self)
+        return out
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -530,7 +531,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
             continue
         key = f"{where}.{f.name}" if where else f.name
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[f.name] = from_dict(tp, data[f.name], key)
         else:
             kwargs[f.name] = _check_type(data[f.name], tp, key)
@@ -569,7 +570,8 @@ def load_preset_dict(preset: str) -> dict[str, Any]:
     """A preset's TOML as a dict; ``preset`` may also be a run directory (its ``config.json``)."""
     path = Path(preset)
     if (path / "config.json").is_file():
-        return read_json(path / "config.json")
+        saved: dict[str, Any] = read_json(path / "config.json")
+        return saved
     if not (path.suffix == ".toml" and path.is_file()):
         path = PRESETS_DIR / f"{preset}.toml"
     if not path.is_file():
@@ -590,7 +592,8 @@ def load_config(preset: str = "toy", overrides: list[str] | tuple[str, ...] = ()
         path, value = parse_override(text)
         _deep_set(data, path, value)
     _default_circuit(data)
-    return from_dict(RunConfig, data)
+    cfg: RunConfig = from_dict(RunConfig, data)
+    return cfg
 
 
 def _default_circuit(data: dict[str, Any]) -> None:

@@ -102,7 +102,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def _json_default(obj: Any) -> Any:
-    if is_dataclass(obj):
+    if is_dataclass(obj) and not isinstance(obj, type):
         return asdict(obj)
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
@@ -232,7 +232,7 @@ def hash_files(root: Path, files: list[Path], digest: Any) -> None:
     for f in files:
         digest.update(f.relative_to(root).as_posix().encode() + b"\0")
         with f.open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+            while block := fh.read(1 << 20):
                 digest.update(block)
         digest.update(b"\0")
 

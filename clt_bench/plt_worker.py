@@ -78,7 +78,7 @@ def _worker(
     plan: list[tuple[str, bool]],
     parent: int,
     n_threads: int,
-    done: mp.SimpleQueue,
+    done: mp.SimpleQueue[tuple[str, bool]],
     run_subrun: RunStages,
 ) -> None:
     log = open(Path(run_dir) / LOG_NAME, "w", buffering=1)  # noqa: SIM115 (lives with the process)

@@ -30,12 +30,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from clt_bench.config import CLTConfig, RunConfig
 from clt_bench.errors import UserError
 from clt_bench.models.sources import LoadedModel
+
+if TYPE_CHECKING:
+    from clt_bench.activations.tokens import TokenRows
 
 GB = 1e9
 TASK_TOKENS = 16  # a task prompt's length in tokens (BOS + 14-15 words)
@@ -142,7 +146,7 @@ def measure_peak(fn: Callable[[], object], device: torch.device) -> tuple[float,
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
+        before: float = torch.cuda.memory_allocated(device)
         t0 = time.perf_counter()
         fn()
         torch.cuda.synchronize(device)
@@ -157,7 +161,7 @@ def measure_peak(fn: Callable[[], object], device: torch.device) -> tuple[float,
     return (_status_kb("VmHWM") or 0) * 1024.0 - before, seconds
 
 
-def _rows(loaded: LoadedModel, n: int, width: int):
+def _rows(loaded: LoadedModel, n: int, width: int) -> TokenRows:
     from clt_bench.activations.tokens import TokenRows
 
     g = torch.Generator().manual_seed(0)

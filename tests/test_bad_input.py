@@ -145,7 +145,7 @@ def test_oserror_outside_our_writers_is_one_sentence(monkeypatch, capsys):
     def fail(args):
         raise PermissionError(errno.EACCES, "Permission denied", "/results/x")
 
-    monkeypatch.setattr("clt_bench.report.cli.check", fail)
+    monkeypatch.setattr("clt_bench.cli.gate.check", fail)
     parser_main = main(["check", "whatever"])
     assert parser_main == 2
     _one_sentence(capsys, "/results/x", "Permission denied")

@@ -136,7 +136,7 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> di
                 faith[f"discovery_{k}"] = round(gt[k], 4)
 
     n_heads = int(loaded.bridge.cfg.n_heads)
-    figures = [
+    figures: list[Path | None] = [
         step_heatmap(s, n_heads, stage / f"path_patching_step{s.index}.png", loaded.name)
         for s in steps
     ]

@@ -240,7 +240,7 @@ def _section(ctx: RunContext, stage: str, globs: list[str], tables: list[str]) -
     return "".join(parts)
 
 
-def _headline_html(ctx: RunContext, headline: dict[str, Any], intervals: dict) -> str:
+def _headline_html(ctx: RunContext, headline: dict[str, Any], intervals: dict[str, Any]) -> str:
     sanity = check_task(headline)
     notes = metric_notes(ctx.results)  # undefined path-level numbers, out-of-distribution prompts
     shown = displayed(with_undefined(headline, notes), sanity)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
+
+from clt_bench.cli.common import add_common, command_config, load_run_model, locked
+from clt_bench.config import RunConfig
+from clt_bench.models import LoadedModel
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from clt_bench.cli import add_common
-
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train-clt", help="train a cross-layer transcoder (or PLT) and score it")
     add_common(p)
     p.add_argument("--load", default=None, help="score an existing circuit-tracer CLT directory")
@@ -22,26 +24,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clt_bench.cli import config_from_args, out_dir
     from clt_bench.clt import distributed as D
     from clt_bench.clt.stage import format_clt_table, set_threads
-    from clt_bench.models import check_device, load_model
-    from clt_bench.runlock import run_lock
+    from clt_bench.models import check_device
 
-    if args.load:  # scoring a loaded CLT needs only the held-out rows: no training shards
-        args.overrides = [*args.overrides, f'clt.load="{args.load}"', 'activations.mode="stream"']
-    cfg = config_from_args(args)
+    # scoring a loaded CLT needs only the held-out rows: no training shards
+    load = [f'clt.load="{args.load}"', 'activations.mode="stream"'] if args.load else []
+    cfg, out = command_config(args, *load)
     check_device(cfg.model.device)
     preflight(cfg)
     set_threads(cfg.clt.threads)
     info = D.setup(cfg.model.device)
     device = D.local_device(cfg.model.device, info)
-    loaded = load_model(cfg.model.name, device, cfg.model.dtype, cfg.model.seed)
-    out = Path(out_dir(args, cfg))
+    loaded = load_run_model(cfg, device)
     try:
         # one run per results folder (rank 0 holds the lock under torchrun); the temp files of
         # a killed earlier attempt are removed under it
-        with run_lock(out) if info.is_main else nullcontext():
+        with locked(out, hold=info.is_main):
             metrics = _train(cfg, loaded, out, info, resume=not args.no_resume)
     finally:
         D.teardown(info)
@@ -51,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(cfg, loaded, out: Path, info, resume: bool) -> dict:
+def _train(
+    cfg: RunConfig, loaded: LoadedModel, out: Path, info: Any, resume: bool
+) -> dict[str, Any]:
     """The activations and clt stages into ``out``: through the runner (resumed when finished);
     under torchrun every rank computes its share of both, without resume."""
     from clt_bench.activations.stage import run_activations_stage
@@ -64,10 +65,11 @@ def _train(cfg, loaded, out: Path, info, resume: bool) -> dict:
         return run_clt_stage(cfg, loaded, out)
     stages = ["activations", "clt"]
     run_pipeline(cfg, out, stages, resume=resume, model=loaded, lock=False)
-    return read_json(out / "clt" / "metrics.json")
+    metrics: dict[str, Any] = read_json(out / "clt" / "metrics.json")
+    return metrics
 
 
-def preflight(cfg) -> None:
+def preflight(cfg: RunConfig) -> None:
     """Fail fast, before loading the model: a bad CLT checkpoint or an empty corpus."""
     from clt_bench.activations.corpus import iter_documents
     from clt_bench.clt.circuit_tracer_io import load_clt

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from clt_bench.models.toy import TOY_DIR
 
     p = sub.add_parser("toy-model", help="train or evaluate the embedded toy model")
@@ -41,7 +42,7 @@ def _format(metrics: dict[str, float]) -> str:
     return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items())
 
 
-def _with_args(cfg, args: argparse.Namespace):  # noqa: ANN001, ANN202 - either train config
+def _with_args(cfg: Any, args: argparse.Namespace) -> Any:  # the toy's or the planted's config
     """The training config with the seed and the flags the user gave."""
     from dataclasses import replace
 
@@ -107,7 +108,7 @@ def _train_planted(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_acceptance(acc: dict) -> str:
+def _format_acceptance(acc: dict[str, Any]) -> str:
     rows = {
         **{k: v for k, v in acc["task"].items() if isinstance(v, float)},
         **{f"iia.{k}": v["accuracy"] for k, v in acc["interchange"].items()},
