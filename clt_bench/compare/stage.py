@@ -26,7 +26,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from clt_bench.artifacts import load_ranking, stage_summary
+from clt_bench.artifacts import FeatureRanking, load_ranking, stage_summary
 from clt_bench.baseline.circuit_overlap import (
     FeatureSite,
     influence_share,
@@ -375,101 +375,85 @@ def ground_truth_probe(
     return flat
 
 
-def run_compare_stage(
-    cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progress: bool = True
-) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    out = run_dir / "compare"
-    fc = cfg.features
-    rank = load_ranking(run_dir)
-    sites = [
+def ranked_sites(rank: FeatureRanking) -> list[FeatureSite]:
+    """The ranked features as (layer, position) sites."""
+    return [
         FeatureSite(int(a), p)
         for (a, _), p in zip(rank["features"], rank["positions"], strict=True)
     ]
-    batch = task_prompts(cfg, loaded)
-    circuits = circuits_to_compare(run_dir, loaded.name)
-    ov = overlap_rows(sites, rank["write_effects"], circuits)
-    overlaps = {cfg.clt.kind: ov}
+
+
+def write_overlaps(
+    cfg: RunConfig, run_dir: Path, rank: FeatureRanking, circuits: list[Circuit], out: Path
+) -> dict[str, list[dict[str, Any]]]:
+    """Each transcoder's features vs each circuit: ``overlap.csv`` (all) and ``overlap.md`` (the
+    run's own transcoder); returns transcoder kind -> rows, the run's own first."""
+    overlaps = {cfg.clt.kind: overlap_rows(ranked_sites(rank), rank["write_effects"], circuits)}
     for kind, sub in transcoder_runs(cfg, run_dir).items():
         if kind != cfg.clt.kind:
             r = load_ranking(sub)
-            overlaps[kind] = overlap_rows(
-                [
-                    FeatureSite(int(a), p)
-                    for (a, _), p in zip(r["features"], r["positions"], strict=True)
-                ],
-                r["write_effects"],
-                circuits,
-            )
+            overlaps[kind] = overlap_rows(ranked_sites(r), r["write_effects"], circuits)
     write_text(
         out / "overlap.csv",
         _csv([{"transcoder": k, **row} for k, rows in overlaps.items() for row in rows]),
     )
-    write_text(
-        out / "overlap.md",
-        _md(
-            ov,
-            [
-                "circuit",
-                "n_nodes",
-                "influence_share",
-                "all_precision",
-                "all_recall",
-                "mlp_precision",
-                "mlp_recall",
-                "mlp_f1",
-            ],
-        ),
+    cols = ["circuit", "n_nodes", "influence_share", "all_precision", "all_recall"]
+    cols += ["mlp_precision", "mlp_recall", "mlp_f1"]
+    write_text(out / "overlap.md", _md(overlaps[cfg.clt.kind], cols))
+    return overlaps
+
+
+def family_generalisation(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    run_dir: Path,
+    rank: FeatureRanking,
+    batch: TaskBatch,
+    out: Path,
+) -> dict[str, Any]:
+    """How much of each top feature's PD contribution each prompt family keeps (written to
+    ``out``); the median, or why it is undefined."""
+    fc = cfg.features
+    tcs = {
+        k: load_run_clt(r, device=loaded.device) for k, r in transcoder_runs(cfg, run_dir).items()
+    }
+    fam_rows, kept = generalisation(
+        cfg,
+        loaded,
+        tcs,
+        load_run_circuit(run_dir),
+        [tuple(f) for f in rank["features"][: fc.family_features]],
+        cfg.task.family_n,
+        batch,
     )
-    results, repl = units_results(cfg, loaded, run_dir, batch)
-    write_text(out / "units_needed.csv", _csv(units_rows(results)))
-    plot_curves(
-        results,
-        out / "units_needed.png",
-        f"{loaded.name}: PD recovered with the top-k units (held-out prompts)",
+    write_generalisation(
+        fam_rows,
+        kept,
+        out,
+        f"{loaded.name}: share of each top feature's PD contribution kept on each family",
     )
-    table, text = units_table(results, fc.curve_bootstrap, fc.curve_seed)
-    write_text(out / "units_table.md", text)
-    by_kind = {r["unit_kind"]: r for r in table}
     fam_summary: dict[str, Any] = {}
-    if cfg.task.family_n > 0 and fc.family_features > 0:  # generalisation across prompt families
-        tcs = {
-            k: load_run_clt(r, device=loaded.device)
-            for k, r in transcoder_runs(cfg, run_dir).items()
-        }
-        fam_rows, kept = generalisation(
-            cfg,
-            loaded,
-            tcs,
-            load_run_circuit(run_dir),
-            [tuple(f) for f in rank["features"][: fc.family_features]],
-            cfg.task.family_n,
-            batch,
-        )
-        write_generalisation(
-            fam_rows,
-            kept,
-            out,
-            f"{loaded.name}: share of each top feature's PD contribution kept on each family",
-        )
-        others = [c for c in kept.columns if c != batch.template]
-        fam_summary["families_median_feature_pd_kept"] = (
-            float(np.nanmedian(kept.to_numpy())) if kept.size and others else None
-        )
-        if kept.size and not others:  # one template: it would be compared with itself
-            fam_summary["families_undefined_reason"] = (
-                f"the task has no template or family other than the run's own "
-                f"('{batch.template}'), so the median would compare it with itself"
-            )
-    side = transcoder_table(cfg, run_dir, overlaps, table, repl)
-    write_text(out / "transcoders.csv", _csv(side))
-    write_text(
-        out / "transcoders.md",
-        "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "
-        "definitions for every column (docs/methods.md); transcoders matched in features "
-        "per layer (the [plt] section), not in L0.\n\n" + _md(side, list(side[0])) + "\n",
+    others = [c for c in kept.columns if c != batch.template]
+    fam_summary["families_median_feature_pd_kept"] = (
+        float(np.nanmedian(kept.to_numpy())) if kept.size and others else None
     )
+    if kept.size and not others:  # one template: it would be compared with itself
+        fam_summary["families_undefined_reason"] = (
+            f"the task has no template or family other than the run's own "
+            f"('{batch.template}'), so the median would compare it with itself"
+        )
+    return fam_summary
+
+
+def compare_summary(
+    cfg: RunConfig,
+    overlaps: dict[str, list[dict[str, Any]]],
+    by_kind: dict[str, dict[str, Any]],
+    repl: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The compare stage's headline numbers: overlap with the primary circuit, replacement PD,
+    units needed per unit kind (with their intervals under ``units_ci``), the PLT's beside."""
+    ov = overlaps[cfg.clt.kind]
     main = repl[f"{cfg.clt.kind}_features"]
     primary = ov[0] if ov else {}
     summary: dict[str, Any] = {
@@ -502,6 +486,43 @@ def run_compare_stage(
         plt_primary = overlaps["plt"][0] if overlaps.get("plt") else {}
         summary["plt_influence_share_in_circuit"] = plt_primary.get("influence_share", math.nan)
         summary["plt_node_recall_mlp"] = plt_primary.get("mlp_recall", math.nan)
+    return summary
+
+
+def run_compare_stage(
+    cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    out = run_dir / "compare"
+    fc = cfg.features
+    rank = load_ranking(run_dir)
+    batch = task_prompts(cfg, loaded)
+    circuits = circuits_to_compare(run_dir, loaded.name)
+    overlaps = write_overlaps(cfg, run_dir, rank, circuits, out)
+    ov = overlaps[cfg.clt.kind]
+    results, repl = units_results(cfg, loaded, run_dir, batch)
+    write_text(out / "units_needed.csv", _csv(units_rows(results)))
+    plot_curves(
+        results,
+        out / "units_needed.png",
+        f"{loaded.name}: PD recovered with the top-k units (held-out prompts)",
+    )
+    table, text = units_table(results, fc.curve_bootstrap, fc.curve_seed)
+    write_text(out / "units_table.md", text)
+    by_kind = {r["unit_kind"]: r for r in table}
+    fam_summary: dict[str, Any] = {}
+    if cfg.task.family_n > 0 and fc.family_features > 0:  # generalisation across prompt families
+        fam_summary = family_generalisation(cfg, loaded, run_dir, rank, batch, out)
+    side = transcoder_table(cfg, run_dir, overlaps, table, repl)
+    write_text(out / "transcoders.csv", _csv(side))
+    write_text(
+        out / "transcoders.md",
+        "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "
+        "definitions for every column (docs/methods.md); transcoders matched in features "
+        "per layer (the [plt] section), not in L0.\n\n" + _md(side, list(side[0])) + "\n",
+    )
+    summary = compare_summary(cfg, overlaps, by_kind, repl)
     summary.update(fam_summary)
     summary.update(ground_truth_probe(cfg, loaded, run_dir, batch, out))
     write_json(
