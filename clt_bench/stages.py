@@ -178,89 +178,56 @@ def run_report(ctx: RunContext) -> dict[str, Any]:
 
 _UP_TO_FEATURES = ("model", "task", "activations", "clt", "graphs")
 _UP_TO_COMPARE = ("model", "task", "baseline", "activations", "clt", "plt", "graphs", "features")
+_UP_TO_REPORT = (*_UP_TO_COMPARE, "report", "stability")
+_ALL_BEFORE_REPORT = (
+    "task", "baseline", "activations", "clt", "graphs", "features", "plt", "compare", "stability"
+)  # fmt: skip
+_CLT_FILES = ("metrics.json", "config.yaml")
 
 STAGES: tuple[Stage, ...] = (
-    Stage(
-        "task",
-        sections=("model", "task"),
-        inputs=(),
-        outputs=("metrics.json", "per_prompt.safetensors"),
-        run=run_task,
-    ),
+    Stage("task", ("model", "task"), (), ("metrics.json", "per_prompt.safetensors"), run_task),
     Stage(
         "baseline",
-        sections=("model", "task", "baseline"),
-        inputs=(),  # the task's prompts come from the config (task.stage.load_task_batch)
-        outputs=("circuit.json", "faithfulness.json", "neurons.json", "units_needed.csv"),
-        run=run_baseline,
+        ("model", "task", "baseline"),
+        (),  # the task's prompts come from the config (task.stage.load_task_batch)
+        ("circuit.json", "faithfulness.json", "neurons.json", "units_needed.csv"),
+        run_baseline,
     ),
     Stage(
         "activations",
-        sections=("model", "activations"),
-        inputs=(),
-        outputs=("manifest.json", "heldout.safetensors"),
-        run=run_activations,
+        ("model", "activations"),
+        (),
+        ("manifest.json", "heldout.safetensors"),
+        run_activations,
     ),
-    Stage(
-        # the task too: the CLT is scored on the task's prompts (replacement_prob_diff)
-        "clt",
-        sections=("model", "task", "activations", "clt"),
-        inputs=("activations",),
-        outputs=("metrics.json", "config.yaml"),
-        run=run_clt,
-    ),
-    Stage(
-        "graphs",
-        sections=_UP_TO_FEATURES,
-        inputs=("task", "clt"),
-        outputs=("scores.json",),
-        run=run_graphs,
-    ),
+    # the task too: the CLT is scored on the task's prompts (replacement_prob_diff)
+    Stage("clt", ("model", "task", "activations", "clt"), ("activations",), _CLT_FILES, run_clt),
+    Stage("graphs", _UP_TO_FEATURES, ("task", "clt"), ("scores.json",), run_graphs),
     Stage(
         "features",
-        sections=(*_UP_TO_FEATURES, "features"),
-        inputs=("task", "baseline", "activations", "clt", "graphs"),
-        outputs=("metrics.json", "features.csv", "ranking.json"),
-        run=run_features,
+        (*_UP_TO_FEATURES, "features"),
+        ("task", "baseline", "activations", "clt", "graphs"),
+        ("metrics.json", "features.csv", "ranking.json"),
+        run_features,
     ),
-    Stage(
+    Stage(  # writes its sub-run's folders: <run>/plt/{clt,graphs,features}/
         "plt",
-        sections=("model", "task", "baseline", "activations", "plt", "graphs", "features"),
-        inputs=("task", "baseline", "activations"),
-        outputs=(),  # its sub-run's folders: <run>/plt/{clt,graphs,features}/
-        run=run_plt,
+        ("model", "task", "baseline", "activations", "plt", "graphs", "features"),
+        ("task", "baseline", "activations"),
+        (),
+        run_plt,
     ),
     Stage(
         "compare",
-        sections=_UP_TO_COMPARE,
-        inputs=("task", "baseline", "clt", "graphs", "features", "plt"),
-        outputs=("metrics.json", "overlap.csv", "units_needed.csv", "transcoders.csv"),
-        run=run_compare,
+        _UP_TO_COMPARE,
+        ("task", "baseline", "clt", "graphs", "features", "plt"),
+        ("metrics.json", "overlap.csv", "units_needed.csv", "transcoders.csv"),
+        run_compare,
     ),
-    Stage(
-        "stability",
-        sections=(*_UP_TO_COMPARE, "report", "stability"),  # its sub-runs' reports too
-        inputs=("features", "compare"),
-        outputs=(),  # with seeds: seeds.csv, labels.csv, ... and <run>/seeds/clt-seed<s>/
-        run=run_stability,
-    ),
-    Stage(
-        "report",
-        sections=(*_UP_TO_COMPARE, "report", "stability"),
-        inputs=(
-            "task",
-            "baseline",
-            "activations",
-            "clt",
-            "graphs",
-            "features",
-            "plt",
-            "compare",
-            "stability",
-        ),
-        outputs=(),  # <run>/metrics.json, summary.md, report.html (beside the stage folders)
-        run=run_report,
-    ),
+    # with seeds: seeds.csv, labels.csv, ... and <run>/seeds/clt-seed<s>/ (their reports too)
+    Stage("stability", _UP_TO_REPORT, ("features", "compare"), (), run_stability),
+    # writes <run>/metrics.json, summary.md and report.html (beside the stage folders)
+    Stage("report", _UP_TO_REPORT, (*_ALL_BEFORE_REPORT,), (), run_report),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
