@@ -90,3 +90,14 @@ def test_run_writes_report_and_provenance(toy_run):
     assert (toy_run / "summary.md").is_file()
     for stage in ("task", "baseline", "activations", "clt", "graphs", "features", "compare"):
         assert (toy_run / stage / "stage.json").is_file(), stage
+
+
+def test_every_stage_writes_what_it_declares(toy_run):
+    """``clt_bench/stages.py`` is the one place to read what a stage writes: it must be true."""
+    from clt_bench.stages import STAGES
+
+    for stage in STAGES:
+        assert (toy_run / stage.name / "stage.json").is_file(), stage.name
+        for name in stage.outputs:
+            assert (toy_run / stage.name / name).is_file(), (stage.name, name)
+    assert not (toy_run / "stability" / "seeds.csv").exists()  # no seeds: the stage does nothing
