@@ -221,7 +221,13 @@ STAGES: tuple[Stage, ...] = (
         "compare",
         _UP_TO_COMPARE,
         ("task", "baseline", "clt", "graphs", "features", "plt"),
-        ("metrics.json", "overlap.csv", "units_needed.csv", "transcoders.csv"),
+        (
+            "metrics.json",
+            "overlap.csv",
+            "units_needed.csv",
+            "transcoders.csv",
+            "per_prompt.safetensors",
+        ),
         run_compare,
     ),
     # with seeds: seeds.csv, labels.csv, ... and <run>/seeds/clt-seed<s>/ (their reports too)

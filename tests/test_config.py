@@ -227,3 +227,14 @@ def test_model_flag_and_set_model_name_must_agree(tmp_path, capsys):
         config_from_args(_args("--device", "cpu", "--set", 'model.device="cuda"'))
     # the same value twice is not a conflict
     assert config_from_args(_args("--model", "toy", "--set", "model.name=toy")).model.name == "toy"
+
+
+def test_a_model_with_its_own_preset_runs_it_unless_a_preset_is_named():
+    planted = config_from_args(_args("--model", "planted"))
+    assert (planted.preset, planted.model.name) == ("planted", "planted")
+    assert planted.features.interaction_top == 10 and planted.task.family_n == 24
+    named = config_from_args(_args("--model", "planted", "--preset", "toy"))
+    assert (named.preset, named.model.name) == ("toy", "planted")
+    other = config_from_args(_args("--model", "gpt2-random"))
+    assert (other.preset, other.model.name) == ("toy", "gpt2-random")
+    assert config_from_args(_args()).preset == "toy"

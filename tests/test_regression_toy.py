@@ -92,6 +92,7 @@ def test_run_writes_report_and_provenance(toy_run):
         assert (toy_run / stage / "stage.json").is_file(), stage
 
 
+@pytest.mark.slow
 def test_every_stage_writes_what_it_declares(toy_run):
     """``clt_bench/stages.py`` is the one place to read what a stage writes: it must be true."""
     from clt_bench.stages import STAGES
@@ -101,3 +102,16 @@ def test_every_stage_writes_what_it_declares(toy_run):
         for name in stage.outputs:
             assert (toy_run / stage.name / name).is_file(), (stage.name, name)
     assert not (toy_run / "stability" / "seeds.csv").exists()  # no seeds: the stage does nothing
+
+
+@pytest.mark.slow
+def test_every_mean_over_prompts_gets_its_interval(toy_run):
+    """Each headline mean over prompts has its per-prompt values stored, so the report gives it a
+    bootstrap interval (none of them says "not stored per prompt")."""
+    from clt_bench.report.headline import MEANS_OVER_PROMPTS
+
+    metrics = json.loads((toy_run / "metrics.json").read_text())
+    numbers = {k for k, v in metrics["headline"].items() if isinstance(v, int | float)}
+    missing = sorted((MEANS_OVER_PROMPTS & numbers) - set(metrics["headline_ci"]))
+    assert missing == []
+    assert "not stored per prompt" not in (toy_run / "report.html").read_text()

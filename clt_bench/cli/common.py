@@ -10,14 +10,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from clt_bench.config import RunConfig, load_config, parse_override
+from clt_bench.config import RunConfig, load_config, parse_override, preset_names
 from clt_bench.errors import UserError
 from clt_bench.models import LoadedModel
 
 
 def add_common(p: argparse.ArgumentParser, model: bool = True, out: bool = True) -> None:
     """Options every stage command shares: preset, overrides, model, device, output folder."""
-    p.add_argument("--preset", default="toy", help="preset name or path to a .toml (default: toy)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="preset name or path to a .toml (default: the --model's own preset where there is "
+        "one, e.g. planted, else toy)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -69,7 +74,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides.append(f"task.template={json.dumps(args.template)}")
     if getattr(args, "circuit", None):  # run and baseline: --circuit NAME
         overrides.append(f"baseline.circuit={json.dumps(args.circuit)}")
-    return load_config(args.preset, overrides)
+    return load_config(default_preset(args), overrides)
+
+
+def default_preset(args: argparse.Namespace) -> str:
+    """``--preset``, else the preset named after ``--model`` where one exists (``--model
+    planted`` runs the planted preset, sized for the planted model), else ``toy``."""
+    preset = getattr(args, "preset", None)
+    if preset:
+        return preset
+    model = getattr(args, "model", None)
+    return model if model and model in preset_names() else "toy"
 
 
 def out_dir(args: argparse.Namespace, cfg: RunConfig) -> str:

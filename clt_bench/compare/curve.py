@@ -15,12 +15,18 @@ from clt_bench.task.dataset import TaskBatch
 
 @torch.no_grad()
 def replacement_pd(
-    bridge, clt: CrossLayerTranscoder, batch: TaskBatch, keep_first: bool = False
+    bridge,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    keep_first: bool = False,
+    per_prompt: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """PD of the model and of its replacement model (every MLP -> CLT, no errors) on ``batch``.
 
     ``keep_first``: position 0 keeps the model's MLP outputs (a transcoder trained with
     ``activations.exclude_bos`` never saw it; ``clt.replacement_hooks.replacement_hooks``).
+    ``per_prompt``: filled with the per-prompt PDs (``model_prob_diff``,
+    ``replacement_prob_diff``) whose means are returned.
     """
     dev = next(bridge.parameters()).device
     tokens = batch.clean.to(dev)
@@ -31,8 +37,11 @@ def replacement_pd(
             tokens, fwd_hooks=replacement_hooks(clt, keep_first=keep_first)
         ),
     )
-    pd_m = float(pd_of(model, batch.yy, batch).mean())
-    pd_r = float(pd_of(repl, batch.yy, batch).mean())
+    per_m, per_r = pd_of(model, batch.yy, batch), pd_of(repl, batch.yy, batch)
+    if per_prompt is not None:
+        per_prompt.update(model_prob_diff=per_m.cpu(), replacement_prob_diff=per_r.cpu())
+    pd_m = float(per_m.mean())
+    pd_r = float(per_r.mean())
     agree = float((model.argmax(-1) == repl.argmax(-1)).double().mean())
     return {
         "model_prob_diff": pd_m,

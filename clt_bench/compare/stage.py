@@ -25,6 +25,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from clt_bench.artifacts import FeatureRanking, load_ranking, stage_summary
 from clt_bench.baseline.circuit_overlap import (
@@ -39,6 +40,7 @@ from clt_bench.baseline.patching import model_device
 from clt_bench.clt.circuit_tracer_io import load_run_clt
 from clt_bench.compare.comparator import comparator_explained
 from clt_bench.compare.curve import replacement_pd
+from clt_bench.compare.effect_shares import SHARES, effect_shares
 from clt_bench.compare.generalisation import generalisation, write_generalisation
 from clt_bench.compare.ground_truth_figure import ground_truth_grid, influence_grid
 from clt_bench.compare.units import (
@@ -52,7 +54,7 @@ from clt_bench.compare.units import (
 from clt_bench.config import RunConfig
 from clt_bench.features.shape_scores import LABELS, label_key
 from clt_bench.features.stage import ALL_ACTIVE, task_prompts
-from clt_bench.io import json_safe, run_metadata, write_json, write_text
+from clt_bench.io import json_safe, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
@@ -166,7 +168,9 @@ def units_results(
                 lambda c, x, clt=clt, kind=kind, e=e: feature_units(bridge, clt, c, x, kind, e)
                 for e in ("clean", "corrupted")
             ]
-            repl[kind] = replacement_pd(bridge, clt, batch, cfg.activations.exclude_bos)
+            per: dict[str, Any] = {}
+            repl[kind] = replacement_pd(bridge, clt, batch, cfg.activations.exclude_bos, per)
+            repl[kind]["per_prompt"] = per  # for compare/per_prompt.safetensors
         for make in variants:
             results.append(
                 units_needed_curve(bridge, make, batch, fc.curve_dense, fc.curve_candidates)
@@ -327,14 +331,75 @@ def units_table(
     return rows, text
 
 
+def _share_cell(row: dict[str, Any], key: str) -> str:
+    v, ci = row.get(key), row.get(f"{key}_ci")
+    if v is None or not math.isfinite(v):
+        return ""
+    inside = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and all(map(math.isfinite, ci)) else ""
+    return f"{v:.3f}{inside}"
+
+
+def ground_truth_rows(
+    cfg: RunConfig,
+    run_dir: Path,
+    probe: dict[str, Any],
+    cmp: dict[str, Any],
+    shares: dict[str, Any],
+    names: list[str],
+) -> list[dict[str, Any]]:
+    """CLT vs PLT vs MLP neurons against the planted circuit, one row per measure (the report's
+    table): the YY probe, the comparator's effect explained, where the units act (one estimate
+    for every kind) and, for the transcoders, where their graph influence lies."""
+    cols = {"clt": f"{cfg.clt.kind}_features", "plt": "plt_features", "neuron": "mlp_neurons"}
+    cols = {k: v for k, v in cols.items() if k in names}
+    rows: list[dict[str, Any]] = []
+
+    def add(measure: str, values: dict[str, Any]) -> None:
+        rows.append({"measure": measure, **{cols[k]: values.get(k, "") for k in cols}})
+
+    def probe_of(k: str) -> dict[str, Any]:
+        p = probe.get(cols[k])
+        return p if isinstance(p, dict) else {}
+
+    add("YY probe held-out R^2 (YY-position units)", {k: probe_of(k).get("r2", "") for k in cols})
+    add(
+        "YY probe: share within +-5 years",
+        {k: probe_of(k).get("within_tolerance", "") for k in cols},
+    )
+    for top in (5, 20):
+        add(
+            f"comparator effect explained by the top {top} END units",
+            {k: cmp[k]["explained"].get(top, "") for k in cols},
+        )
+    add("END units for 80 % of the comparator's effect", {k: cmp[k]["units_80"] for k in cols})
+    where = (("YY", "at YY"), ("END", "at END"), ("planted_sites", "at planted MLP sites"))
+    for key, label in where:
+        add(f"effect share {label} [95 % CI]", {k: _share_cell(shares[k], key) for k in cols})
+    runs = transcoder_runs(cfg, run_dir)
+    graph = {k: stage_summary(runs[k], "graphs") for k in ("clt", "plt") if k in runs}
+    graph = {("clt" if k == cfg.clt.kind else k): v for k, v in graph.items()}
+    for key, label in (("yy", "at YY"), ("end", "at END"), ("planted_sites", "at planted sites")):
+        add(
+            f"graph influence share {label} (task prompts; no graph for neurons)",
+            {k: g.get(f"influence_share_{key}_task_prompts", "") for k, g in graph.items()},
+        )
+    return rows
+
+
 def ground_truth_probe(
-    cfg: RunConfig, loaded: LoadedModel, run_dir: Path, batch: TaskBatch, out: Path
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    run_dir: Path,
+    batch: TaskBatch,
+    out: Path,
+    per_prompt: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
     """On a model with a planted circuit: the YY probe of every transcoder and of MLP neurons
     (``baseline.ground_truth``; on the discovery set, as the probe needs more prompts than the
     units curves) and the share of the planted comparator's effect their top units at END explain
-    (``compare.comparator``, on ``batch``), written to compare/ground_truth.json; {} for other
-    models."""
+    (``compare.comparator``, on ``batch``), written to compare/ground_truth.json, and where each
+    kind acts (``compare.effect_shares``; all of it in compare/ground_truth.csv, the per-prompt
+    shares added to ``per_prompt``); {} for other models."""
     truth = known_circuit(loaded.name)
     if truth is None:
         return {}
@@ -347,9 +412,29 @@ def ground_truth_probe(
     cmp = comparator_explained(
         loaded.bridge, units, batch, truth, cfg.features.curve_candidates, cfg.features.curve_dense
     )
+    dev = model_device(loaded.bridge)
+    clean, corrupted = batch.clean.to(dev), batch.corrupted.to(dev)
+    unit_sets = {
+        name: neuron_units(loaded.bridge, clean, corrupted)
+        if tc is None
+        else feature_units(loaded.bridge, tc, clean, corrupted, f"{name}_features")
+        for name, tc in units.items()
+    }
+    fc = cfg.features
+    shares = effect_shares(
+        loaded.bridge, unit_sets, batch, truth, fc.curve_bootstrap, fc.curve_seed
+    )
+    del unit_sets
     write_json(
         out / "ground_truth.json",
-        json_safe({"truth": truth.name, "yy_probe": probe, "comparator_explained": cmp}),
+        json_safe(
+            {
+                "truth": truth.name,
+                "yy_probe": probe,
+                "comparator_explained": cmp,
+                "effect_shares": {k: v for k, v in shares.items() if k != "per_prompt"},
+            }
+        ),
     )
     grids = {}
     for kind, r in transcoder_runs(cfg, run_dir).items():
@@ -362,6 +447,17 @@ def ground_truth_probe(
     ground_truth_grid(
         grids, truth, load_run_circuit(run_dir), out / "ground_truth_grid.png", loaded.name
     )
+    write_text(
+        out / "ground_truth.csv",
+        _csv(ground_truth_rows(cfg, run_dir, probe, cmp, shares, list(units))),
+    )
+    per_prompt.update(
+        {
+            f"effect_share_{key.lower()}_{name}": torch.from_numpy(v)
+            for name, per in shares["per_prompt"].items()
+            for key, v in per.items()
+        }
+    )
     prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt", "plt_features": "plt"}
     flat: dict[str, Any] = {}
     for kind, scores in probe.items():
@@ -372,6 +468,8 @@ def ground_truth_probe(
         flat[f"cmp_explained_top5_{name}"] = cmp[name]["explained"].get(5, math.nan)
         flat[f"cmp_explained_top20_{name}"] = cmp[name]["explained"].get(20, math.nan)
         flat[f"cmp_units_80_{name}"] = cmp[name]["units_80"]
+        for key in SHARES:
+            flat[f"effect_share_{key.lower()}_{name}"] = shares[name][key]
     return flat
 
 
@@ -502,6 +600,11 @@ def run_compare_stage(
     overlaps = write_overlaps(cfg, run_dir, rank, circuits, out)
     ov = overlaps[cfg.clt.kind]
     results, repl = units_results(cfg, loaded, run_dir, batch)
+    # the per-prompt values behind the held-out means (compare/per_prompt.safetensors)
+    per = {kind: r.pop("per_prompt") for kind, r in repl.items()}
+    per_prompt = dict(per[f"{cfg.clt.kind}_features"])  # model_ and replacement_prob_diff
+    if "plt_features" in per and cfg.clt.kind != "plt":
+        per_prompt["plt_replacement_prob_diff"] = per["plt_features"]["replacement_prob_diff"]
     write_text(out / "units_needed.csv", _csv(units_rows(results)))
     plot_curves(
         results,
@@ -524,7 +627,8 @@ def run_compare_stage(
     )
     summary = compare_summary(cfg, overlaps, by_kind, repl)
     summary.update(fam_summary)
-    summary.update(ground_truth_probe(cfg, loaded, run_dir, batch, out))
+    summary.update(ground_truth_probe(cfg, loaded, run_dir, batch, out, per_prompt))
+    save_tensors(out / "per_prompt.safetensors", per_prompt)
     write_json(
         out / "metrics.json",
         json_safe(

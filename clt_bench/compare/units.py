@@ -230,15 +230,22 @@ def _endpoint_grads(
     return grad
 
 
-def linear_effects(bridge, units: UnitSet, batch: TaskBatch) -> torch.Tensor:
-    """[n_units] mean over prompts of the two-point linear estimate of each unit's effect."""
+def linear_effects_per_position(bridge, units: UnitSet, batch: TaskBatch) -> list[torch.Tensor]:
+    """Per block [n, pos, U]: the two-point linear estimate of each unit's effect on each prompt's
+    PD at each position, ``delta_u * W_{u->T} . dPD/d out_T`` (gradients averaged over S = {}
+    and S = all)."""
     tokens = batch.clean.to(model_device(bridge))
     g = sum(_endpoint_grads(bridge, units, tokens, batch, k) for k in (False, True)) / 2
-    parts = []
-    for b in units.blocks:
-        # the gradient w.r.t. a_u is W_{u->T} . dPD/d out_T; times delta_u, summed over positions
-        proj = torch.einsum("nptd,utd->npu", g[:, :, b.targets], b.write)
-        parts.append((proj * b.delta).sum(1).mean(0))
+    # the gradient w.r.t. a_u is W_{u->T} . dPD/d out_T
+    return [
+        torch.einsum("nptd,utd->npu", g[:, :, b.targets], b.write) * b.delta for b in units.blocks
+    ]
+
+
+def linear_effects(bridge, units: UnitSet, batch: TaskBatch) -> torch.Tensor:
+    """[n_units] mean over prompts of the two-point linear estimate of each unit's effect (summed
+    over positions)."""
+    parts = [e.sum(1).mean(0) for e in linear_effects_per_position(bridge, units, batch)]
     return torch.cat(parts).double().cpu()
 
 

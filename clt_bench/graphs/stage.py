@@ -22,8 +22,9 @@ from clt_bench.graphs.export import write_graph_json
 from clt_bench.graphs.graph import Graph
 from clt_bench.graphs.prompt import task_graph_prompt
 from clt_bench.graphs.targets import TaskTarget, parse_yy
-from clt_bench.io import run_metadata, write_json
+from clt_bench.io import run_metadata, save_tensors, write_json
 from clt_bench.models import LoadedModel
+from clt_bench.stats import mean_ci
 from clt_bench.task.dataset import TaskBatch, build_batch
 from clt_bench.task.spec import RELATION_NAMES, load_task
 
@@ -197,8 +198,9 @@ def seed_prompt_shares(
 
 def task_prompt_shares(
     cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch
-) -> dict[str, Any]:
-    """Mean influence shares (and graph scores) over ``graphs.share_prompts`` task prompts."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Mean influence shares (and graph scores) over ``graphs.share_prompts`` task prompts, with
+    95 % bootstrap intervals over the prompts; and the per-prompt shares behind them."""
     from clt_bench.task.dataset import one_per_yy
 
     sub = one_per_yy(batch, cfg.graphs.share_prompts)
@@ -211,11 +213,26 @@ def task_prompt_shares(
         graph = build_graph(loaded, clt, sub.clean[i], cfg.graphs.target, cfg.graphs, task)
         rows.append({**influence_share_by_position(graph, sub.yy_pos, truth), **graph.scores})
     keys = rows[0].keys() if rows else ()
-    return {
+    out: dict[str, Any] = {
         "n_prompts": len(rows),
         "template": batch.template,
         **{k: float(np.nanmean([r[k] for r in rows])) for k in keys},
     }
+    values: dict[str, np.ndarray] = {}
+    for k in (*POSITION_CLASSES, "planted_sites"):
+        if k in keys:
+            values[k] = np.array([r[k] for r in rows], dtype=np.float64)
+            out[f"{k}_ci"] = list(mean_ci(values[k])[1:])
+    return out, values
+
+
+def write_share_values(rows_by_class: dict[str, np.ndarray], path: Path) -> None:
+    """The finite per-prompt influence shares (their mean is the reported share) as
+    ``<stage>/per_prompt.safetensors``: ``yy``, ``end``, ``rest``, ``planted_sites``."""
+    save_tensors(
+        path,
+        {k.lower(): torch.from_numpy(v[np.isfinite(v)]) for k, v in rows_by_class.items()},
+    )
 
 
 def run_graphs_stage(
@@ -253,7 +270,8 @@ def run_graphs_stage(
             f"(Goodfire's 'The war lasted from the year 1711 to 17') is not built"
         )
     if batch is not None and cfg.graphs.share_prompts > 0:
-        shares["task_prompts"] = task_prompt_shares(cfg, loaded, clt, batch)
+        shares["task_prompts"], values = task_prompt_shares(cfg, loaded, clt, batch)
+        write_share_values(values, stage_dir / "per_prompt.safetensors")
     result: dict[str, Any] = {
         "model": loaded.name,
         "graph": paths["json"].name,

@@ -24,6 +24,7 @@ import numpy as np
 from clt_bench.errors import UserError
 from clt_bench.io import read_json, write_text
 from clt_bench.report.headline import HEADLINE_ORDER, headline_metrics
+from clt_bench.stats import bootstrap_ci
 
 # headline metric -> (per-prompt file inside the run, tensor name); the mean of that tensor is the
 # headline value
@@ -44,6 +45,26 @@ PER_PROMPT: dict[str, tuple[str, str]] = {
             "necessity_prob_diff",
         )
     },
+    # the influence shares by position over the task prompts (graphs stage; the PLT sub-run's)
+    **{
+        f"{stage}.influence_share_{key}_task_prompts": (f"{folder}/per_prompt.safetensors", key)
+        for stage, folder in (("graphs", "graphs"), ("plt", "plt/graphs"))
+        for key in ("yy", "end", "rest", "planted_sites")
+    },
+    # the held-out PDs of the compare stage
+    **{
+        f"compare.{k}": ("compare/per_prompt.safetensors", k)
+        for k in ("model_prob_diff", "replacement_prob_diff", "plt_replacement_prob_diff")
+    },
+    # where each unit kind acts, on a model with a planted circuit (compare.effect_shares)
+    **{
+        f"compare.effect_share_{key}_{kind}": (
+            "compare/per_prompt.safetensors",
+            f"effect_share_{key}_{kind}",
+        )
+        for key in ("yy", "end", "rest", "planted_sites")
+        for kind in ("clt", "plt", "neuron")
+    },
 }
 # config sections that fix which prompts a per-prompt file holds (paired comparison needs equal)
 PROMPT_SECTIONS = ("model", "task")
@@ -59,17 +80,6 @@ class RunMetrics:
     per_prompt: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     prompt_key: Any = None  # the config sections that fix the prompts (None: unknown)
-
-
-def bootstrap_ci(
-    values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` [n] (resampling prompts)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(axis=1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
 def _stage_summaries(run: Path) -> dict[str, dict[str, Any]]:

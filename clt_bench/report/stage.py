@@ -108,9 +108,17 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
         "compare",
         "Transcoder features vs the circuit",
         ["*.png"],
-        ["transcoders.csv", "overlap.csv", "families.csv", "feature_generalisation.csv"],
+        [
+            "ground_truth.csv",
+            "transcoders.csv",
+            "overlap.csv",
+            "families.csv",
+            "feature_generalisation.csv",
+        ],
         "How much of the features' influence lies inside the circuit's components, node overlap, "
-        "and how many units (features vs neurons) recover the probability difference.",
+        "and how many units (features vs neurons) recover the probability difference. On a model "
+        "with a planted circuit, the first table grades CLT features, PLT features and MLP "
+        "neurons against it like for like (definitions: docs/methods.md).",
     ),
     (
         "stability",
