@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parent.parent / "clt_bench"
 
 # lowest first; a module's layer is that of its longest matching prefix (``clt_bench.`` omitted)
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "paths", "threads", "runlock", "io", "plots"),
+    ("errors", "paths", "threads", "runlock", "io", "plots", "stats"),
     ("config", "artifacts"),
     ("models",),
     ("task",),

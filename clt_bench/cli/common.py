@@ -80,10 +80,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def default_preset(args: argparse.Namespace) -> str:
     """``--preset``, else the preset named after ``--model`` where one exists (``--model
     planted`` runs the planted preset, sized for the planted model), else ``toy``."""
-    preset = getattr(args, "preset", None)
+    preset: str | None = getattr(args, "preset", None)
     if preset:
         return preset
-    model = getattr(args, "model", None)
+    model: str | None = getattr(args, "model", None)
     return model if model and model in preset_names() else "toy"
 
 

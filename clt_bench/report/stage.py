@@ -175,7 +175,8 @@ def headline_intervals(
 ) -> dict[str, list[float]]:
     """95 % percentile bootstrap intervals over prompts (seeded) for the headline metrics that are
     means over prompts and whose per-prompt values the stages stored."""
-    from clt_bench.report.compare_runs import bootstrap_ci, per_prompt_values
+    from clt_bench.report.compare_runs import per_prompt_values
+    from clt_bench.stats import bootstrap_ci
 
     numbers = {k: float(v) for k, v in headline.items() if isinstance(v, int | float)}
     values, _ = per_prompt_values(run_dir, numbers)
