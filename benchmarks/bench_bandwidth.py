@@ -21,7 +21,7 @@ import torch
 
 
 def kept_density(run: Path, eps: float, n: int = 8192) -> dict[str, float]:
-    from clt_bench.clt.io import load_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt
     from clt_bench.io import load_tensors
 
     clt = load_clt(run / "clt")

@@ -85,7 +85,7 @@ def run_case(args: argparse.Namespace) -> dict:
     loaded, random_weights = _load(args.model)
     n_feat = args.features or load_config("toy").clt.n_features
     if args.clt:
-        from clt_bench.clt.io import load_clt
+        from clt_bench.clt.circuit_tracer_io import load_clt
 
         clt, clt_kind = load_clt(args.clt), f"trained ({args.clt})"
     else:
@@ -171,7 +171,7 @@ def ours_case(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from clt_bench.clt.io import load_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt
     from clt_bench.config import GraphsConfig
     from clt_bench.graphs import build_graph
     from clt_bench.io import save_tensors

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from clt_bench.pipeline import STAGES as PIPELINE_STAGES
+from clt_bench.stages import STAGE_NAMES as PIPELINE_STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"overlap": [], "serial": ["--serial"], "no-plt": ["--set", "plt.enabled=false"]}

@@ -1,6 +1,6 @@
 """What the conformance suite (``pytest --clt-bench-transcoder``) detects: the README's table.
 
-Trains the plugin's small reference CLT (``clt_bench.testing.reference``) for CLT seeds 0 and 1
+Trains the plugin's small reference CLT (``clt_bench.testing.reference_run``) for CLT seeds 0 and 1
 on the toy model, saves copies of seed 0 broken one way each, runs the suite on every copy in a
 fresh pytest process and prints one markdown row per copy: the tests that fail and the first
 failure's message. Also the per-layer reconstruction scalar of both seeds, which sets the lower
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from clt_bench.clt.io import load_clt, save_clt
+from clt_bench.clt.circuit_tracer_io import load_clt, save_clt
 from clt_bench.config import load_config
 from clt_bench.pipeline import run_pipeline
-from clt_bench.testing.reference import REFERENCE_OVERRIDES
+from clt_bench.testing.reference_run import REFERENCE_OVERRIDES
 
 
 def train(out: Path, seed: int) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from clt_bench import load_config, run_pipeline
-from clt_bench.pipeline import STAGES
+from clt_bench.stages import STAGE_NAMES as STAGES
 
 
 def main(out: str, stages: list[str]) -> None:

@@ -87,7 +87,7 @@ def load_clt(path: str | Path) -> CrossLayerTranscoder:
     >>> clt.n_layers, clt.spec.n_features
     (4, 64)
     """
-    from clt_bench.clt.io import load_clt as _load_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt as _load_clt
 
     return _load_clt(path)
 
@@ -180,9 +180,13 @@ def score_features(
     import pandas as pd
 
     from clt_bench.config import RunConfig
-    from clt_bench.features.attribution import influence_ranking, one_per_yy, task_attributions
-    from clt_bench.features.scores import YY_VALUES, LabelRule
+    from clt_bench.features.shape_scores import YY_VALUES, LabelRule
     from clt_bench.features.stage import feature_rows
+    from clt_bench.features.task_attributions import (
+        influence_ranking,
+        one_per_yy,
+        task_attributions,
+    )
 
     if top_k < 1:
         raise UserError(f"top_k must be >= 1 (got {top_k}).")

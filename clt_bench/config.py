@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from clt_bench.errors import UserError
 from clt_bench.io import config_hash, read_json, to_jsonable
-from clt_bench.paths import PACKAGE_DIR
+from clt_bench.paths import PACKAGE_DIR, published_circuit_names
 
 PRESETS_DIR = PACKAGE_DIR / "presets"
 
@@ -125,16 +125,14 @@ def _check_task(t: TaskConfig) -> None:
 
 
 def _check_baseline(b: BaselineConfig) -> None:
-    from clt_bench.baseline.circuits import published_names
-
-    if b.circuit == "discovered" or b.circuit in published_names():
+    if b.circuit == "discovered" or b.circuit in published_circuit_names():
         return
     if Path(b.circuit).suffix and not Path(b.circuit).is_file():
         raise UserError(f"circuit file {b.circuit} does not exist.")
     if not Path(b.circuit).is_file():
         raise UserError(
-            f"unknown circuit '{b.circuit}' (known: discovered, {', '.join(published_names())}, "
-            f"or a path to a circuit .json/.toml)."
+            f"unknown circuit '{b.circuit}' (known: discovered, "
+            f"{', '.join(published_circuit_names())}, or a path to a circuit .json/.toml)."
         )
 
 
@@ -443,6 +441,22 @@ class ReportConfig:
     title: str = "clt-bench report"
 
 
+def _check_stability(s: StabilityConfig) -> None:
+    if s.clt_seeds and (len(s.clt_seeds) < 2 or len(set(s.clt_seeds)) != len(s.clt_seeds)):
+        raise UserError("stability.clt_seeds must name at least two different CLT seeds.")
+
+
+@dataclass(frozen=True)
+@_checked("stability", {"threshold": "[0, 1]"}, _check_stability)
+class StabilityConfig:
+    """``clt-bench run --clt-seeds 0,1,2``: the stability stage trains one CLT per further seed
+    in ``<run>/seeds/clt-seed<s>/`` and matches their features (empty: no stability stage)."""
+
+    clt_seeds: tuple[int, ...] = ()  # the first is the run's own ``clt.seed``
+    plt_seeds: bool = False  # each seed also trains its own PLT (plt.seed = the seed)
+    threshold: float = 0.9  # decoder cosine a stable feature's matches reach
+
+
 @dataclass(frozen=True)
 class RunConfig:
     preset: str = "toy"
@@ -456,6 +470,7 @@ class RunConfig:
     graphs: GraphsConfig = field(default_factory=GraphsConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
 
     def __post_init__(self) -> None:
         _check_number(self.seed, "seed")
@@ -464,7 +479,8 @@ class RunConfig:
         return config_hash({n: to_jsonable(getattr(self, n)) for n in names})
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
+        out: dict[str, Any] = to_jsonable(self)
+        return out
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -515,7 +531,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
             continue
         key = f"{where}.{f.name}" if where else f.name
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[f.name] = from_dict(tp, data[f.name], key)
         else:
             kwargs[f.name] = _check_type(data[f.name], tp, key)
@@ -554,7 +570,8 @@ def load_preset_dict(preset: str) -> dict[str, Any]:
     """A preset's TOML as a dict; ``preset`` may also be a run directory (its ``config.json``)."""
     path = Path(preset)
     if (path / "config.json").is_file():
-        return read_json(path / "config.json")
+        saved: dict[str, Any] = read_json(path / "config.json")
+        return saved
     if not (path.suffix == ".toml" and path.is_file()):
         path = PRESETS_DIR / f"{preset}.toml"
     if not path.is_file():
@@ -575,7 +592,8 @@ def load_config(preset: str = "toy", overrides: list[str] | tuple[str, ...] = ()
         path, value = parse_override(text)
         _deep_set(data, path, value)
     _default_circuit(data)
-    return from_dict(RunConfig, data)
+    cfg: RunConfig = from_dict(RunConfig, data)
+    return cfg
 
 
 def _default_circuit(data: dict[str, Any]) -> None:

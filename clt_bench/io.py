@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -100,7 +102,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def _json_default(obj: Any) -> Any:
-    if is_dataclass(obj):
+    if is_dataclass(obj) and not isinstance(obj, type):
         return asdict(obj)
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
@@ -214,3 +216,53 @@ def config_hash(obj: Any) -> str:
     """Stable short hash of a config (used to decide whether a finished stage is stale)."""
     text = json.dumps(to_jsonable(obj), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tree_files(root: Path) -> list[Path]:
+    """Every file under ``root`` except bytecode caches, in a stable order."""
+    return sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".pyo")
+    )
+
+
+def hash_files(root: Path, files: list[Path], digest: Any) -> None:
+    """Feed each file's path (relative to ``root``) and bytes into ``digest``."""
+    for f in files:
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with f.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        digest.update(b"\0")
+
+
+def content_hash(path: str | Path) -> str:
+    """Hash of a file's or a directory's contents (names and bytes), e.g. a loaded CLT.
+
+    Cached on the files' names, sizes and modification times, so a run hashes a large CLT once.
+    """
+    p = Path(path).resolve()
+    if not p.exists():
+        raise UserError(f"{path} does not exist.")
+    files = [p] if p.is_file() else tree_files(p)
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _content_hash(p, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_hash(p: Path, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    hash_files(p.parent if p.is_file() else p, [Path(f) for f, _, _ in stamp], digest)
+    return digest.hexdigest()[:16]
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN / inf floats -> None, recursively (metrics.json stays strict JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj

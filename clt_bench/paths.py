@@ -30,3 +30,8 @@ def baselines_dir() -> Path:
 def package_data(*parts: str) -> Path:
     """A file shipped inside the package (tokenizer, toy weights, presets)."""
     return PACKAGE_DIR.joinpath("data", *parts)
+
+
+def published_circuit_names(root: Path | None = None) -> list[str]:
+    """The circuits shipped as ``baselines/<name>.toml`` (``baseline.circuit`` accepts them)."""
+    return sorted(p.stem for p in (root or baselines_dir()).glob("*.toml"))

@@ -30,12 +30,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from clt_bench.config import CLTConfig, RunConfig
 from clt_bench.errors import UserError
 from clt_bench.models.sources import LoadedModel
+
+if TYPE_CHECKING:
+    from clt_bench.activations.tokens import TokenRows
 
 GB = 1e9
 TASK_TOKENS = 16  # a task prompt's length in tokens (BOS + 14-15 words)
@@ -142,7 +146,7 @@ def measure_peak(fn: Callable[[], object], device: torch.device) -> tuple[float,
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
+        before: float = torch.cuda.memory_allocated(device)
         t0 = time.perf_counter()
         fn()
         torch.cuda.synchronize(device)
@@ -157,7 +161,7 @@ def measure_peak(fn: Callable[[], object], device: torch.device) -> tuple[float,
     return (_status_kb("VmHWM") or 0) * 1024.0 - before, seconds
 
 
-def _rows(loaded: LoadedModel, n: int, width: int):
+def _rows(loaded: LoadedModel, n: int, width: int) -> TokenRows:
     from clt_bench.activations.tokens import TokenRows
 
     g = torch.Generator().manual_seed(0)
@@ -399,6 +403,8 @@ def estimate(
         elif stage == "compare":
             mem[stage] = clt_params + plt_params + row_b * f.prompts_per_pass * 2
             sec[stage] = row_s * g.n_prompts * (2 * f.curve_candidates + 25)
+        elif stage == "stability":  # its seeds' sub-runs are not estimated
+            mem[stage], sec[stage] = 0.0, 0.0
         else:  # report
             mem[stage], sec[stage] = 0.0, 5.0
     # on the CPU, memory a stage frees is not always returned to the system (glibc keeps freed
@@ -520,23 +526,25 @@ def run_preflight(
     ``mode`` (default: ``$CLT_BENCH_PREFLIGHT`` or ``measure``): ``measure`` calibrates on the
     model (seconds), ``estimate`` uses fixed coefficients, ``off`` skips the pre-flight.
     """
-    from clt_bench import overlap as ov
     from clt_bench.models import load_model
-    from clt_bench.pipeline import STAGES, RunContext, stage_is_current
+    from clt_bench.pipeline import stage_is_current, stage_table
+    from clt_bench.plt_worker import can_overlap
+    from clt_bench.run_context import RunContext
 
     mode = mode or os.environ.get("CLT_BENCH_PREFLIGHT", "measure")
     if mode not in MODES:
         raise UserError(f"CLT_BENCH_PREFLIGHT must be one of {', '.join(MODES)} (got {mode!r}).")
     if mode == "off":
         return None
-    names = stages or list(STAGES)
+    table = stage_table()
+    names = stages or list(table)
     ctx = RunContext(cfg=cfg, run_dir=Path(run_dir))
-    todo = [s for s in names if s in STAGES and not (resume and stage_is_current(ctx, s))]
+    todo = [s for s in names if s in table and not (resume and stage_is_current(ctx, s))]
     if not todo:
         return None
     m = cfg.model
     loaded = load_model(m.name, m.device, m.dtype, m.seed)
-    parallel = overlap and ov.can_overlap(cfg, names) and "plt" in todo
+    parallel = overlap and can_overlap(cfg, names) and "plt" in todo
     est = preflight(cfg, todo, loaded, parallel_plt=parallel, measure=mode == "measure")
     progress(est.table())
     check_fits(est, m.device, force=force)

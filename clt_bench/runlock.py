@@ -8,7 +8,7 @@ into it; a second run fails at once with one sentence naming that process. The k
 never in the way: the file is left behind and the next run simply takes it over.
 
 The lock is re-entrant within one process (a sub-run of the same folder), and a process that the
-lock holder starts to write into the same folder (the plt worker, :mod:`clt_bench.overlap`) runs
+lock holder starts to write into the same folder (the plt worker, :mod:`clt_bench.plt_worker`) runs
 without taking it.
 """
 

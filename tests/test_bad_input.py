@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from clt_bench.cli import main
-from clt_bench.clt.io import load_clt, save_clt
+from clt_bench.clt.circuit_tracer_io import load_clt, save_clt
 from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.io import load_tensors, read_json, save_tensors, write_json
@@ -145,7 +145,7 @@ def test_oserror_outside_our_writers_is_one_sentence(monkeypatch, capsys):
     def fail(args):
         raise PermissionError(errno.EACCES, "Permission denied", "/results/x")
 
-    monkeypatch.setattr("clt_bench.report.cli.check", fail)
+    monkeypatch.setattr("clt_bench.cli.gate.check", fail)
     parser_main = main(["check", "whatever"])
     assert parser_main == 2
     _one_sentence(capsys, "/results/x", "Permission denied")

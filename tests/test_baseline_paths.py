@@ -8,7 +8,7 @@ from helpers import tiny_bridge
 
 from clt_bench.baseline.circuits import load_circuit, make_circuit
 from clt_bench.baseline.patching import PatchContext, split_qkv
-from clt_bench.baseline.paths import EMBED, LOGITS, hanna_paths, paths_readout
+from clt_bench.baseline.path_faithfulness import EMBED, LOGITS, hanna_paths, paths_readout
 from clt_bench.baseline.readout import per_example_pd, readout_from_logits
 from clt_bench.task.dataset import build_dataset
 

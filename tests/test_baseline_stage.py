@@ -82,18 +82,27 @@ def test_stage_outputs_on_tiny_model(tmp_path, tokenizer):
     circ = json.loads((d / "circuit.json").read_text())
     assert circ["schema"] == "clt-bench/circuit/v1" and circ["provenance"]["source"] == "discovered"
     assert circ["provenance"]["head_threshold"] == 0.0
-    # resume: the same config reads the finished stage back (file untouched, same wall time);
-    # resume off or a changed config recomputes it
+    # resume (the runner's): the same config reads the finished stage back (file untouched,
+    # same numbers); resume off or a changed config recomputes it
+    from clt_bench.baseline.stage import load_baseline_summary
+    from clt_bench.pipeline import run_pipeline
+
+    def run(c, resume=True):
+        quiet = {"progress": lambda line: None, "model": loaded}
+        run_pipeline(c, tmp_path / "r", ["baseline"], resume=resume, **quiet)
+        return load_baseline_summary(tmp_path / "r")
+
+    d = tmp_path / "r" / "baseline"
+    first = run(cfg)
     stamp = (d / "faithfulness.json").stat().st_mtime_ns
-    again = run_baseline_stage(cfg, loaded, tmp_path)
+    again = run(cfg)
     assert (d / "faithfulness.json").stat().st_mtime_ns == stamp
-    assert again["circuit_prob_diff"] == out["circuit_prob_diff"]
-    assert again["wall_seconds"] == out["wall_seconds"]
-    fresh = run_baseline_stage(cfg, loaded, tmp_path, resume=False)
+    assert again == first and first["circuit_prob_diff"] == pytest.approx(out["circuit_prob_diff"])
+    fresh = run(cfg, resume=False)
     assert (d / "faithfulness.json").stat().st_mtime_ns != stamp
     assert fresh["circuit_prob_diff"] == pytest.approx(out["circuit_prob_diff"], abs=1e-9)
     stamp = (d / "faithfulness.json").stat().st_mtime_ns
-    run_baseline_stage(load_config("toy", [*SMALL, "baseline.n_random=3"]), loaded, tmp_path)
+    run(load_config("toy", [*SMALL, "baseline.n_random=3"]))
     assert (d / "faithfulness.json").stat().st_mtime_ns != stamp
     assert json.loads((d / "faithfulness.json").read_text())["n_random"] == 3
 

@@ -14,9 +14,9 @@ from clt_bench.activations.store import CachedBlocks, StreamBlocks, iter_batches
 from clt_bench.activations.tokens import TokenRows
 from clt_bench.cli import main
 from clt_bench.clt import train as train_mod
-from clt_bench.clt.evaluate import reconstruction_metrics
-from clt_bench.clt.io import load_clt, save_clt
+from clt_bench.clt.circuit_tracer_io import load_clt, save_clt
 from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
+from clt_bench.clt.quality import reconstruction_metrics
 from clt_bench.clt.replacement_hooks import _activate_layer, replacement_hooks, zero_mlp_hooks
 from clt_bench.clt.train import precision_context, train_clt
 from clt_bench.errors import UserError
@@ -255,7 +255,7 @@ def test_cuda_training_and_replacement_match_cpu(tmp_path):
 @pytest.mark.slow
 def test_bf16_toy_clt_matches_the_fp32_reference_within_its_seed_tolerance(tmp_path):
     """The toy default CLT trained with bf16 autocast (~5 min on 2 cores) lands within the
-    bands of the fp32 reference (seed prediction intervals, clt_bench/report/reference.py)."""
+    bands of the fp32 reference (seed prediction intervals, clt_bench/report/reference_bands.py)."""
     import json
     from pathlib import Path
 

@@ -156,8 +156,14 @@ def tiny_loaded(n_layer: int = 2):
 
 @pytest.mark.parametrize("suffix,mode", [(".jsonl", "cache"), (".txt", "stream")])
 def test_local_file_corpus_end_to_end(tmp_path, suffix, mode):
-    from clt_bench.clt.io import load_clt
-    from clt_bench.clt.stage import run_clt_stage
+    from clt_bench.clt.circuit_tracer_io import load_clt
+    from clt_bench.io import read_json
+    from clt_bench.pipeline import run_pipeline
+
+    def run_clt_stage(cfg, loaded, out):  # the activations and clt stages, through the runner
+        quiet = {"progress": lambda line: None, "model": loaded}
+        run_pipeline(cfg, out, ["activations", "clt"], **quiet)
+        return read_json(out / "clt" / "metrics.json")
 
     corpus = tmp_path / f"corpus{suffix}"
     _write_corpus(corpus)
@@ -199,11 +205,15 @@ def test_local_file_corpus_end_to_end(tmp_path, suffix, mode):
     assert m["activations"]["heldout_tokens"] >= 200
     clt = load_clt(tmp_path / "run" / "clt")
     assert clt.n_layers == 2 and (tmp_path / "run" / "clt" / "training_curves.png").is_file()
-    assert run_clt_stage(cfg, loaded, tmp_path / "run")["config_hash"] == m["config_hash"]
+    stamp = (tmp_path / "run" / "clt" / "metrics.json").stat().st_mtime_ns
+    assert run_clt_stage(cfg, loaded, tmp_path / "run") == m  # resumed
+    assert (tmp_path / "run" / "clt" / "metrics.json").stat().st_mtime_ns == stamp
     if mode == "cache":  # score the saved CLT without training: same held-out numbers
         from clt_bench.config import with_section
 
         loaded_cfg = with_section(cfg, "clt", load=str(tmp_path / "run" / "clt"))
+        # (as ``train-clt --load`` does) the held-out rows are all it needs: no shards
+        loaded_cfg = with_section(loaded_cfg, "activations", mode="stream")
         m2 = run_clt_stage(loaded_cfg, loaded, tmp_path / "scored")
         assert abs(m2["nmse"] - m["nmse"]) < 1e-5 and m2["train_tokens"] == 0
         assert not list((tmp_path / "scored" / "activations").glob("shard_*"))

@@ -15,13 +15,13 @@ from clt_bench.features.ablation import (
     free_delta_pd,
     pd_of,
 )
-from clt_bench.features.attribution import (
+from clt_bench.features.task_attributions import (
     feature_effects,
     influence_ranking,
     one_per_yy,
     task_attributions,
 )
-from clt_bench.graphs.attribution import Attributor
+from clt_bench.graphs.edge_weights import Attributor
 from clt_bench.graphs.local_replacement import build_replacement, run_frozen
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.task.dataset import build_dataset

@@ -102,9 +102,8 @@ def test_planted_neurons_act_at_the_planted_sites(tokenizer, task_spec):
     """By construction (SIIT strictness) only the planted MLPs move PD: most of the neurons'
     effect must lie at the planted MLP sites (measured 0.85 on the shipped weights), and almost
     none away from YY and END."""
-    from clt_bench.features.attribution import one_per_yy
     from clt_bench.models import load_model
-    from clt_bench.task.dataset import build_dataset
+    from clt_bench.task.dataset import build_dataset, one_per_yy
 
     loaded = load_model("planted")
     b = one_per_yy(build_dataset(task_spec, loaded.tokenizer, "discovery"), 48)

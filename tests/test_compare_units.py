@@ -20,7 +20,7 @@ from clt_bench.compare.units import (
     units_needed_curve,
 )
 from clt_bench.features.ablation import pd_of
-from clt_bench.features.attribution import one_per_yy
+from clt_bench.features.task_attributions import one_per_yy
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.task.dataset import build_dataset
 

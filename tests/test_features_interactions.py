@@ -9,8 +9,8 @@ import torch
 from _graphs_helpers import tiny_loaded
 
 from clt_bench.features.ablation import clean_writes, decoder_rows, free_delta_pd
-from clt_bench.features.attribution import one_per_yy
 from clt_bench.features.interactions import pair_interactions, write_interactions
+from clt_bench.features.task_attributions import one_per_yy
 from clt_bench.graphs.local_replacement import build_replacement
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.task.dataset import build_dataset

@@ -9,14 +9,14 @@ import math
 import pytest
 from helpers import tiny_bridge
 
-from clt_bench.clt.io import save_clt
+from clt_bench.clt.circuit_tracer_io import save_clt
 from clt_bench.compare.stage import run_compare_stage
 from clt_bench.config import load_config
 from clt_bench.features.stage import run_features_stage, task_prompts
 from clt_bench.graphs.local_replacement import build_replacement
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.models.sources import LoadedModel
-from clt_bench.subrun import link_shared
+from clt_bench.pipeline import link_shared
 
 
 @pytest.mark.slow

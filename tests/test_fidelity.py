@@ -15,7 +15,7 @@ from clt_bench.baseline.circuits import make_circuit
 from clt_bench.baseline.discovery import discover_circuit
 from clt_bench.baseline.faithfulness import evaluate_circuit, paths_undefined_reason
 from clt_bench.baseline.patching import PatchContext, Sender, all_senders
-from clt_bench.baseline.paths import EMBED, clean_input_path, hanna_paths
+from clt_bench.baseline.path_faithfulness import EMBED, clean_input_path, hanna_paths
 from clt_bench.compare.stage import transcoder_table
 from clt_bench.compare.units import (
     feature_units,
@@ -25,9 +25,8 @@ from clt_bench.compare.units import (
 )
 from clt_bench.config import BaselineConfig, load_config
 from clt_bench.features.ablation import free_delta_pd, pd_of
-from clt_bench.features.attribution import TaskAttributions, influence_ranking, one_per_yy
 from clt_bench.features.interactions import joint_ablation, set_interactions, set_sizes
-from clt_bench.features.scores import (
+from clt_bench.features.shape_scores import (
     LABELS,
     YY_VALUES,
     ZZ_VALUES,
@@ -38,6 +37,7 @@ from clt_bench.features.scores import (
     shape_scores,
 )
 from clt_bench.features.stage import ALL_ACTIVE, all_feature_labels, label_counts
+from clt_bench.features.task_attributions import TaskAttributions, influence_ranking, one_per_yy
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.graphs.stage import prompt_distribution_issue
 from clt_bench.report.headline import (

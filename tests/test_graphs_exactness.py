@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from clt_bench.graphs import build_replacement, run_frozen
 from clt_bench.graphs.targets import answer_targets
-from clt_bench.testing.attribution import (
+from clt_bench.testing.graph_exactness import (
     check_capped_exactness,
     check_completeness,
     check_frozen_linearity,
@@ -114,7 +114,7 @@ def test_exactness_checks_can_fail():
     targets = answer_targets(loaded.tokenizer, 50257)[::25]
     from unittest import mock
 
-    import clt_bench.testing.attribution as A
+    import clt_bench.testing.graph_exactness as A
 
     real = A.build_graph
 

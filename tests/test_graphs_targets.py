@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clt_bench.config import GraphsConfig
-from clt_bench.features.attribution import influence_ranking, task_attributions
+from clt_bench.features.task_attributions import influence_ranking, task_attributions
 from clt_bench.graphs import build_graph
 from clt_bench.graphs.build import prompt_tokens
 from clt_bench.graphs.export import write_graph_json

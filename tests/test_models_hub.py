@@ -97,8 +97,8 @@ def test_run_circuit_flag(tmp_path):
 def test_full_size_local_snapshot_is_gpt2(isolated_hf_cache):
     """A local snapshot of GPT-2 small's shape and tokenizer is GPT-2: Hanna's circuit is the
     default and the published circuits are compared (~500 MB in a temporary folder)."""
+    from clt_bench.baseline.circuit_overlap import model_identity, published_applies
     from clt_bench.baseline.circuits import load_circuit
-    from clt_bench.compare.overlap import model_identity, published_applies
 
     snap = write_hub_gpt2(
         isolated_hf_cache, n_layer=12, n_head=12, n_embd=768, n_positions=1024, repo="local/gpt2"

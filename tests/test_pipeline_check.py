@@ -13,6 +13,7 @@ from clt_bench.cli import main
 from clt_bench.config import load_config
 from clt_bench.errors import UserError
 from clt_bench.report.check import check_metrics
+from clt_bench.stages import Stage
 
 CALLS: list[str] = []
 
@@ -28,9 +29,12 @@ def _stage(name):
 @pytest.fixture
 def fake_stages(monkeypatch):
     CALLS.clear()
-    stages = {"a": ("x:a", ("task",)), "b": ("x:b", ("clt",)), "c": ("x:c", ("report",))}
+    stages = (
+        Stage("a", ("task",), (), (), _stage("a")),
+        Stage("b", ("clt",), (), (), _stage("b")),
+        Stage("c", ("report",), (), (), _stage("c")),
+    )
     monkeypatch.setattr(pipeline, "STAGES", stages)
-    monkeypatch.setattr(pipeline, "_stage_fn", lambda s: _stage(s))
 
 
 def test_resume_skips_finished_stages(fake_stages, tmp_path):
@@ -107,8 +111,7 @@ def test_recompute_clears_stale_inner_caches(monkeypatch, package_copy, tmp_path
             cache.write_text(str(len(calls)))
         return {"value": int(cache.read_text())}
 
-    monkeypatch.setattr(pipeline, "STAGES", {"a": ("x:a", ("task",))})
-    monkeypatch.setattr(pipeline, "_stage_fn", lambda s: cached_stage)
+    monkeypatch.setattr(pipeline, "STAGES", (Stage("a", ("task",), (), (), cached_stage),))
     cfg = load_config("toy")
     pipeline.run_pipeline(cfg, tmp_path, progress=lambda s: None)
     (package_copy / "errors.py").write_text((package_copy / "errors.py").read_text() + "\n# x\n")
@@ -131,8 +134,7 @@ def test_interrupted_stage_keeps_its_checkpoints(monkeypatch, tmp_path):
             raise KeyboardInterrupt
         return {"value": 1}
 
-    monkeypatch.setattr(pipeline, "STAGES", {"a": ("x:a", ("task",))})
-    monkeypatch.setattr(pipeline, "_stage_fn", lambda s: flaky)
+    monkeypatch.setattr(pipeline, "STAGES", (Stage("a", ("task",), (), (), flaky),))
     cfg = load_config("toy")
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_pipeline(cfg, tmp_path, progress=lambda s: None)
@@ -250,7 +252,7 @@ def _write_run(path, headline) -> str:
 
 @pytest.fixture
 def toy_like_reference(tmp_path):
-    from clt_bench.report.reference import make_reference
+    from clt_bench.report.reference_bands import make_reference
 
     seeds = [_write_run(tmp_path / f"seed{i}", h) for i, h in enumerate(_seed_heads())]
     threads = dict(_seed_heads()[0])  # seed 0 under another thread count: float noise only
@@ -340,7 +342,7 @@ def test_whole_gate_false_alarm_rate_is_at_most_alpha():
     """Monte Carlo: 5 seeds of 20 independent normal metrics, then one fresh seed, 3000 times."""
     import numpy as np
 
-    from clt_bench.report.reference import build_reference
+    from clt_bench.report.reference_bands import build_reference
 
     rng = np.random.default_rng(0)
     names = [f"clt.m{i}" for i in range(20)]
@@ -356,7 +358,7 @@ def test_whole_gate_false_alarm_rate_is_at_most_alpha():
 
 
 def test_make_reference_needs_five_seeds_and_same_config(tmp_path, capsys):
-    from clt_bench.report.reference import make_reference
+    from clt_bench.report.reference_bands import make_reference
 
     heads = _seed_heads()
     runs = [_write_run(tmp_path / f"s{i}", h) for i, h in enumerate(heads[:4])]

@@ -22,9 +22,9 @@ from clt_bench.baseline.ground_truth import (
     truth_edges,
 )
 from clt_bench.errors import UserError
+from clt_bench.model_training.planted_eval import interchange_accuracy, strictness
+from clt_bench.model_training.planted_pairs import hl_output, make_pairs, prompt_pool
 from clt_bench.models.planted import PLANTED_DIR, load_planted_module, load_planted_spec
-from clt_bench.models.planted_eval import interchange_accuracy, strictness
-from clt_bench.models.planted_pairs import hl_output, make_pairs, prompt_pool
 from clt_bench.models.siit import Component, PatchMask, patched, record
 from clt_bench.paths import baselines_dir
 
@@ -179,7 +179,7 @@ def test_model_card_records_the_acceptance_numbers():
 
 @pytest.mark.slow
 def test_planted_training_is_deterministic(tmp_path):
-    from clt_bench.models.planted_train import PlantedTrainConfig, train_planted
+    from clt_bench.model_training.planted_train import PlantedTrainConfig, train_planted
 
     cfg = PlantedTrainConfig(
         steps=3, n_documents=64, n_pair_prompts=64, pair_batch=8, eval_every=1000
@@ -192,7 +192,7 @@ def test_planted_training_is_deterministic(tmp_path):
 
 
 def test_adaptive_strictness_weights_follow_the_last_evaluation():
-    from clt_bench.models.planted_train import PlantedTrainConfig, strict_weights
+    from clt_bench.model_training.planted_train import PlantedTrainConfig, strict_weights
     from clt_bench.models.siit import all_components
 
     comps = all_components(6, 4)
@@ -212,7 +212,7 @@ def test_adaptive_strictness_weights_follow_the_last_evaluation():
 def test_planted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """Adaptive strictness sampling reads the checkpointed history: a run killed after its step-2
     checkpoint resumes to the weights of an uninterrupted run."""
-    import clt_bench.models.planted_train as pt
+    import clt_bench.model_training.planted_train as pt
 
     cfg = pt.PlantedTrainConfig(
         steps=4, n_documents=64, n_pair_prompts=64, pair_batch=8, eval_every=2, checkpoint_every=2

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import clt_bench.pytest_plugin as plugin
-from clt_bench.clt.io import load_clt, save_clt
+from clt_bench.clt.circuit_tracer_io import load_clt, save_clt
 
 # pytester's in-process runs drop modules first imported inside them; `datasets` cannot be
 # imported twice in one process (pyarrow extension types), so import what the suite uses here
@@ -20,10 +20,10 @@ for _name in (
     "clt_bench.activations.stage",
     "clt_bench.testing.conformance",
     "clt_bench.testing.fixtures",
-    "clt_bench.testing.reference",
+    "clt_bench.testing.reference_run",
     "clt_bench.models",
     "clt_bench.pipeline",
-    "clt_bench.features.attribution",
+    "clt_bench.features.task_attributions",
     "clt_bench.compare.curve",
 ):
     importlib.import_module(_name)
@@ -79,7 +79,7 @@ def test_missing_transcoder_folder_is_a_usage_error(pytester, tmp_path):
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(good, broken): the plugin's small reference CLT and a copy with each layer's decoder
     rows permuted (encoders and everything else unchanged)."""
-    from clt_bench.testing.reference import train_reference_clt
+    from clt_bench.testing.reference_run import train_reference_clt
 
     root = tmp_path_factory.mktemp("plugin")
     good = train_reference_clt(root / "run")

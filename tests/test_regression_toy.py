@@ -2,7 +2,7 @@
 
 Runs ``clt-bench run`` (every stage) into a fresh temporary directory, so no output of an earlier
 run or of other code can be resumed, and then ``clt-bench check`` against
-results/reference/toy.json (bands per metric kind, see clt_bench/report/reference.py). A change to
+results/reference/toy.json (bands per metric kind: clt_bench/report/reference_bands.py). A change to
 the transcoder, attribution or scoring code that moves a headline number outside its band fails
 here with the table of offending metrics. The same finished run, perturbed the way real regressions
 look, must fail the gate.
@@ -90,6 +90,18 @@ def test_run_writes_report_and_provenance(toy_run):
     assert (toy_run / "summary.md").is_file()
     for stage in ("task", "baseline", "activations", "clt", "graphs", "features", "compare"):
         assert (toy_run / stage / "stage.json").is_file(), stage
+
+
+@pytest.mark.slow
+def test_every_stage_writes_what_it_declares(toy_run):
+    """``clt_bench/stages.py`` is the one place to read what a stage writes: it must be true."""
+    from clt_bench.stages import STAGES
+
+    for stage in STAGES:
+        assert (toy_run / stage.name / "stage.json").is_file(), stage.name
+        for name in stage.outputs:
+            assert (toy_run / stage.name / name).is_file(), (stage.name, name)
+    assert not (toy_run / "stability" / "seeds.csv").exists()  # no seeds: the stage does nothing
 
 
 @pytest.mark.slow

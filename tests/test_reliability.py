@@ -20,6 +20,7 @@ from clt_bench.cli import main
 from clt_bench.config import load_config
 from clt_bench.errors import UserError
 from clt_bench.io import read_json, save_tensors, write_json, write_text
+from clt_bench.stages import Stage, run_report
 
 QUIET = {"progress": lambda _m: None}
 
@@ -53,16 +54,12 @@ def mini_pipeline(monkeypatch):
 
         return fn
 
-    stages = {
-        "task": ("x:task", ("model", "task")),
-        "clt": ("x:clt", ("model", "clt")),
-        "report": ("clt_bench.pipeline_stages:report", ("model", "task", "clt", "report")),
-    }
-    real = pipeline._stage_fn
-    monkeypatch.setattr(pipeline, "STAGES", stages)
-    monkeypatch.setattr(
-        pipeline, "_stage_fn", lambda s: real("report") if s == "report" else fake(s)
+    stages = (
+        Stage("task", ("model", "task"), (), (), fake("task")),
+        Stage("clt", ("model", "clt"), (), (), fake("clt")),
+        Stage("report", ("model", "task", "clt", "report"), ("task", "clt"), (), run_report),
     )
+    monkeypatch.setattr(pipeline, "STAGES", stages)
     monkeypatch.setattr(pipeline, "model_fingerprint", lambda name: "fake-model")
     return calls, boom
 
@@ -163,14 +160,16 @@ def test_a_report_killed_after_metrics_json_is_refused_by_the_gate(
     """metrics.json is written, the report's stage.json is not (killed in between)."""
     run = tmp_path / "run"
     pipeline.run_pipeline(load_config("toy"), run, **QUIET)
-    real_write = pipeline.write_json
+    from clt_bench import artifacts
+
+    real_write = artifacts.write_json
 
     def write(path, obj):
         if Path(path).name == "stage.json" and Path(path).parent.name == "report":
             raise KeyboardInterrupt
         return real_write(path, obj)
 
-    monkeypatch.setattr(pipeline, "write_json", write)
+    monkeypatch.setattr(artifacts, "write_json", write)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_pipeline(load_config("toy"), run, stages=["report"], resume=False, **QUIET)
     assert (run / "metrics.json").is_file()
@@ -280,17 +279,17 @@ def test_two_real_runs_of_one_folder(tmp_path):
 
 
 def test_train_clt_load_resume_key_follows_the_loaded_files(tmp_path):
-    from clt_bench.clt.stage import stage_hash
+    from clt_bench.pipeline import stage_hash
 
     clt = tmp_path / "their-clt"
     clt.mkdir()
     (clt / "config.yaml").write_text("model_kind: cross_layer_transcoder\n")
     (clt / "W_dec_0.safetensors").write_bytes(b"good decoder")
     cfg = load_config("quick", [f"clt.load='{clt}'"])
-    before = stage_hash(cfg)
-    assert stage_hash(cfg) == before
+    before = stage_hash(cfg, "clt")
+    assert stage_hash(cfg, "clt") == before
     (clt / "W_dec_0.safetensors").write_bytes(b"broken decoder")
-    assert stage_hash(cfg) != before
+    assert stage_hash(cfg, "clt") != before
 
 
 # --- leftovers and permissions -------------------------------------------------------------
@@ -313,8 +312,7 @@ def test_temp_files_of_a_killed_write_are_removed_when_the_stage_restarts(monkey
             raise KeyboardInterrupt
         return {"value": 1}
 
-    monkeypatch.setattr(pipeline, "STAGES", {"a": ("x:a", ("task",))})
-    monkeypatch.setattr(pipeline, "_stage_fn", lambda s: stage)
+    monkeypatch.setattr(pipeline, "STAGES", (Stage("a", ("task",), (), (), stage),))
     cfg = load_config("toy")
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_pipeline(cfg, tmp_path, **QUIET)
@@ -326,7 +324,7 @@ def test_temp_files_of_a_killed_write_are_removed_when_the_stage_restarts(monkey
 
 
 def test_written_files_respect_the_umask(tmp_path):
-    from clt_bench.clt.io import save_clt
+    from clt_bench.clt.circuit_tracer_io import save_clt
     from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
 
     old = os.umask(0o022)
@@ -462,7 +460,7 @@ def test_a_template_longer_than_the_context_is_one_sentence(tmp_path, capsys):
 
 
 def _clt_dir(tmp_path: Path, n_layers: int = 4, d_model: int = 128) -> Path:
-    from clt_bench.clt.io import save_clt
+    from clt_bench.clt.circuit_tracer_io import save_clt
     from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
 
     torch.manual_seed(0)
@@ -496,7 +494,7 @@ def _edit_yaml(d: Path, **changes) -> None:
     ids=["k_abc", "clt_bench_scalar", "bandwidth_list", "d_transcoder_string"],
 )
 def test_clt_config_yaml_with_wrong_types(tmp_path, changes, message):
-    from clt_bench.clt.io import load_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt
 
     d = _clt_dir(tmp_path)
     _edit_yaml(d, **changes)
@@ -505,7 +503,7 @@ def test_clt_config_yaml_with_wrong_types(tmp_path, changes, message):
 
 
 def test_clt_with_integer_weights(tmp_path):
-    from clt_bench.clt.io import load_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt
     from clt_bench.io import load_tensors
 
     d = _clt_dir(tmp_path)
@@ -516,7 +514,7 @@ def test_clt_with_integer_weights(tmp_path):
 
 
 def test_a_missing_encoder_file_is_named(tmp_path):
-    from clt_bench.clt.io import load_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt
 
     d = _clt_dir(tmp_path)
     (d / "W_enc_3.safetensors").unlink()
@@ -533,7 +531,7 @@ def test_a_missing_encoder_file_is_named(tmp_path):
 
 
 def test_a_decoder_scaled_far_too_large_is_named_at_load(tmp_path):
-    from clt_bench.clt.io import load_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt
     from clt_bench.io import load_tensors
 
     d = _clt_dir(tmp_path)
@@ -554,7 +552,7 @@ def test_non_finite_graph_weights_are_not_called_a_cycle():
 def test_a_transcoder_set_reads_only_its_own_folder(tmp_path):
     import yaml
 
-    from clt_bench.clt.io import load_clt, save_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt, save_clt
     from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
 
     plt = save_clt(

@@ -15,6 +15,7 @@ import torch
 
 from clt_bench.config import load_config
 from clt_bench.io import save_tensors
+from clt_bench.pipeline import stage_hash
 from clt_bench.plots import yy_zz_grid, yy_zz_heatmap
 from clt_bench.report.browser import (
     check_report,
@@ -152,7 +153,9 @@ def report(tmp_path_factory):
         "task": {"prob_diff": float(pd_values.mean()), "n_examples": 200},
         "features": {"n_comparator": 3},
     }
-    ctx = SimpleNamespace(cfg=load_config("toy"), run_dir=run, results=results)
+    cfg = load_config("toy")
+    hashes = {"report": stage_hash(cfg, "report")}  # the runner's, as the report starts
+    ctx = SimpleNamespace(cfg=cfg, run_dir=run, results=results, hashes=hashes)
     write_report(ctx)
     return run
 

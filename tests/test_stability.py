@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from clt_bench.clt.io import save_clt
+from clt_bench.clt.circuit_tracer_io import save_clt
 from clt_bench.errors import UserError
 from clt_bench.graphs.random_clt import random_clt
 from clt_bench.io import save_tensors, write_json
@@ -108,22 +108,22 @@ def test_stability_flags_labels_and_influence_share(tmp_path):
     assert (tmp_path / "stability" / "heatmaps_stable.png").stat().st_size > 10_000
 
 
-def _fake_seed_runs(monkeypatch, record) -> list:
-    """Replace the seed runner's pipeline and stability summary; returns the list of calls:
-    ``record(cfg, run_dir, stages, resume)`` per pipeline call, ("stability", dirs) per summary."""
+def _fake_seed_runs(monkeypatch, tmp_path, plt_seeds=False, seeds=(3, 5)) -> list:
+    """Run the stability stage with a fake ``run_subrun`` and stability summary; returns the
+    calls: (cfg, run_dir, stages, shared) per sub-run, ("stability", dirs) per summary."""
+    from clt_bench import stages
+    from clt_bench.config import load_config
+    from clt_bench.pipeline import link_shared
+    from clt_bench.run_context import RunContext
     from clt_bench.stability import seeds as mod
 
     calls: list = []
 
-    def fake_pipeline(
-        cfg, run_dir, stages=None, resume=True, progress=print, model=None, overlap=True
-    ):
-        calls.append(record(cfg, Path(run_dir), list(stages), resume))
-        for s in stages:
-            (Path(run_dir) / s).mkdir(parents=True, exist_ok=True)
-        return SimpleNamespace(model="MODEL")
+    def fake_subrun(cfg, run_dir, names, *, share_from=None, shared=(), **kw):
+        calls.append((cfg, Path(run_dir), list(names), list(shared)))
+        link_shared(share_from, run_dir, shared)
+        return SimpleNamespace(results={})
 
-    monkeypatch.setattr(mod, "run_pipeline", fake_pipeline)
     monkeypatch.setattr(
         mod,
         "write_stability",
@@ -132,45 +132,51 @@ def _fake_seed_runs(monkeypatch, record) -> list:
             or {"stable_mean": 0.0, "n_top": 0, "stable_influence_share_mean": 0.0}
         ),
     )
+    for s in ("task", "baseline", "activations", "plt"):
+        (tmp_path / s).mkdir()
+    cfg = mod.seeds_config(load_config("toy"), list(seeds), plt_seeds=plt_seeds)
+    ctx = RunContext(cfg, tmp_path, _model="MODEL", run_subrun=fake_subrun, progress=str)
+    assert stages.run_stability(ctx) == {"enabled": True}
     return calls
 
 
-def test_run_seeds_shares_seed_independent_stages(tmp_path, monkeypatch):
+def test_stability_stage_shares_seed_independent_stages(tmp_path, monkeypatch):
     from clt_bench.config import load_config
     from clt_bench.stability import seeds as mod
 
-    calls = _fake_seed_runs(
-        monkeypatch, lambda cfg, run_dir, stages, resume: (cfg.clt.seed, run_dir, stages, resume)
-    )
-    assert mod.seed_independent_stages() == ["task", "baseline", "activations", "plt"]
-    mod.run_seeds(load_config("toy"), tmp_path, [3, 5], progress=lambda s: None)
-    first, second, stab, report = calls
-    assert first[0] == 3 and first[1] == tmp_path and "clt" in first[2] and "report" not in first[2]
-    assert second[0] == 5 and second[2] == ["clt", "graphs", "features", "compare", "report"]
+    (sub, stab) = _fake_seed_runs(monkeypatch, tmp_path)
+    cfg, run_dir, names, shared = sub
+    assert cfg.clt.seed == 5 and cfg.stability.clt_seeds == ()
+    assert cfg.plt.seed == load_config("toy").plt.seed  # shared: not the seed's
+    assert names == ["clt", "graphs", "features", "compare", "stability", "report"]
+    assert shared == ["task", "baseline", "activations", "plt"]
     seed_dir = tmp_path / "seeds" / "clt-seed5"
-    assert second[1] == seed_dir
-    for shared in ("task", "baseline", "activations", "plt"):
-        assert (seed_dir / shared).resolve() == (tmp_path / shared).resolve()
+    assert run_dir == seed_dir
+    for s in shared:
+        assert (seed_dir / s).resolve() == (tmp_path / s).resolve()
     assert stab == ("stability", {3: tmp_path, 5: seed_dir})
-    assert report == (3, tmp_path, ["report"], False)
+    first = mod.seeds_config(load_config("toy"), [3, 5])
+    assert first.clt.seed == 3 and first.stability.clt_seeds == (3, 5)
     with pytest.raises(UserError):
-        mod.run_seeds(load_config("toy"), tmp_path, [1, 1])
+        mod.seeds_config(load_config("toy"), [1, 1])
+    with pytest.raises(UserError):
+        load_config("toy", ["stability.clt_seeds=[4]"])
 
 
-def test_run_seeds_with_plt_seeds_trains_one_plt_per_seed(tmp_path, monkeypatch):
+def test_stability_stage_with_plt_seeds_trains_one_plt_per_seed(tmp_path, monkeypatch):
+    (sub, _stab) = _fake_seed_runs(monkeypatch, tmp_path, plt_seeds=True)
+    cfg, run_dir, names, shared = sub
+    assert (cfg.clt.seed, cfg.plt.seed) == (5, 5) and "plt" in names and "plt" not in shared
+    assert not (run_dir / "plt").exists()
+    assert (run_dir / "activations").resolve() == (tmp_path / "activations").resolve()
+
+
+def test_without_seeds_the_stability_stage_does_nothing(tmp_path):
+    from clt_bench import stages
     from clt_bench.config import load_config
-    from clt_bench.stability import seeds as mod
+    from clt_bench.run_context import RunContext
 
-    calls = _fake_seed_runs(
-        monkeypatch, lambda cfg, run_dir, stages, resume: (cfg.clt.seed, cfg.plt.seed, stages)
-    )
-    mod.run_seeds(load_config("toy"), tmp_path, [3, 5], progress=lambda s: None, plt_seeds=True)
-    first, second, _stab, report = calls
-    assert first[:2] == (3, 3) and second[:2] == (5, 5) and report[:2] == (3, 3)
-    assert "plt" in second[2]
-    seed_dir = tmp_path / "seeds" / "clt-seed5"
-    assert not (seed_dir / "plt").is_symlink()
-    assert (seed_dir / "activations").resolve() == (tmp_path / "activations").resolve()
+    assert stages.run_stability(RunContext(load_config("toy"), tmp_path)) == {"enabled": False}
 
 
 def test_plt_seeds_without_clt_seeds_is_bad_input(tmp_path):

@@ -110,4 +110,5 @@ def test_edited_task_data_changes_the_stage_hash(task_dir):
     (task_dir / "rulers.txt").write_text("king\nqueen\n")
     after = {s: stage_hash(cfg, s) for s in ("task", "baseline", "clt")}
     assert before["task"] != after["task"] and before["baseline"] != after["baseline"]
-    assert before["clt"] == after["clt"]  # the CLT does not depend on the task
+    # the clt stage scores its CLT on the task's prompts (replacement_prob_diff): stale too
+    assert before["clt"] != after["clt"]

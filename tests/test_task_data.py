@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from clt_bench.baseline.faithfulness import ratio_undefined_reason
 from clt_bench.cli import main
 from clt_bench.errors import UserError
-from clt_bench.features.scores import YY_VALUES, ZZ_VALUES, label_decision, shape_scores
+from clt_bench.features.shape_scores import YY_VALUES, ZZ_VALUES, label_decision, shape_scores
 from clt_bench.graphs.prompt import task_graph_prompt
 from clt_bench.graphs.targets import greater_than_coefficients
 from clt_bench.models.tokenizer import gpt2_tokenizer

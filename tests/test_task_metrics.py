@@ -74,7 +74,7 @@ def test_heatmap_rows_and_summary():
 
 
 def test_compact_logits_give_the_full_vocab_probabilities():
-    from clt_bench.task.evaluate import compact_logits
+    from clt_bench.task.end_logits import compact_logits
 
     torch.manual_seed(0)
     logits = torch.randn(4, 500) * 3

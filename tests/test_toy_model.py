@@ -10,19 +10,20 @@ import torch
 
 from clt_bench.cli import main
 from clt_bench.io import load_tensors, read_json
-from clt_bench.models import LoadedModel, load_model, toy_train
-from clt_bench.models.corpus import BOS_PREFIX, MAX_TOKENS, generate_corpus
-from clt_bench.models.tokenizer import gpt2_tokenizer
-from clt_bench.models.toy import TOY_CONFIG, TOY_WEIGHTS
-from clt_bench.models.toy_train import (
+from clt_bench.model_training import toy_train
+from clt_bench.model_training.synthetic_corpus import BOS_PREFIX, MAX_TOKENS, generate_corpus
+from clt_bench.model_training.toy_train import (
     ToyTrainConfig,
     century_token_ids,
     load_trained,
     loss_positions,
     train_toy,
 )
+from clt_bench.models import LoadedModel, load_model
+from clt_bench.models.tokenizer import gpt2_tokenizer
+from clt_bench.models.toy import TOY_CONFIG, TOY_WEIGHTS
 from clt_bench.task.dataset import TaskBatch, build_dataset
-from clt_bench.task.evaluate import end_logits, task_metrics
+from clt_bench.task.end_logits import end_logits, task_metrics
 from clt_bench.task.metrics import answer_probs, yy_heatmap
 from clt_bench.task.spec import load_task
 

@@ -24,7 +24,7 @@ FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": 
 
 def _toy_documents(seed: int) -> Iterator[str]:
     """Endless stream: chunk i is ``generate_corpus(TOY_CHUNK, seed + i)``."""
-    from clt_bench.models.corpus import generate_corpus
+    from clt_bench.model_training.synthetic_corpus import generate_corpus
 
     for i in itertools.count():
         yield from generate_corpus(TOY_CHUNK, seed + i)

@@ -21,17 +21,15 @@ from clt_bench.activations.corpus import iter_documents
 from clt_bench.activations.extract import extract_activations
 from clt_bench.activations.store import CachedBlocks, StreamBlocks
 from clt_bench.activations.tokens import TokenRows, iter_token_rows, take_tokens
+from clt_bench.artifacts import ActivationsManifest, save_manifest
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
 from clt_bench.io import (
-    config_hash,
     load_tensors,
-    read_json,
     run_metadata,
     save_tensors,
-    write_json,
 )
-from clt_bench.models import LoadedModel, model_fingerprint
+from clt_bench.models import LoadedModel
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -79,11 +77,6 @@ def training_rows(cfg: RunConfig, loaded: LoadedModel) -> Iterator[TokenRows]:
     return take_tokens(it, cfg.activations.n_tokens)
 
 
-def _stage_hash(cfg: RunConfig) -> str:
-    sections = cfg.section_hash("activations", "model")
-    return config_hash([sections, model_fingerprint(cfg.model.name)])
-
-
 def _shards(rows: Iterator[TokenRows], shard_tokens: int) -> Iterator[list[TokenRows]]:
     pending, count = [], 0
     for r in rows:
@@ -104,12 +97,6 @@ def run_activations_stage(
     if a.mode not in MODES:
         raise UserError(f"unknown activations.mode '{a.mode}' (known: {', '.join(MODES)}).")
     stage = Path(out_dir) / "activations"
-    manifest_path = stage / "manifest.json"
-    key = _stage_hash(cfg)
-    if manifest_path.is_file():
-        manifest = read_json(manifest_path)
-        if manifest.get("config_hash") == key:
-            return manifest
     rank, world = _rank_world()
     t0 = time.perf_counter()
     dtype = store_dtype(cfg)
@@ -124,7 +111,7 @@ def run_activations_stage(
         )
         save_tensors(stage / "heldout.safetensors", {"tokens": tokens, "mask": mask})
         for old in stage.glob("shard_*.safetensors"):
-            old.unlink()  # a different config's shards (the manifest did not match)
+            old.unlink()  # of an interrupted attempt (it rewrites them all)
     _barrier()
     n_shards, n_train = 0, 0
     if a.mode == "cache":
@@ -148,25 +135,24 @@ def run_activations_stage(
                 f"corpus '{a.corpus}' yields no training tokens after the "
                 f"{a.eval_tokens} held-out tokens."
             )
-    manifest = {
-        "config_hash": key,
-        "mode": a.mode,
-        "corpus": a.corpus,
-        "n_shards": n_shards,
-        "train_tokens": n_train,
-        "heldout_tokens": sum(r.n_tokens for r in held),
-        "n_layers": loaded.n_layers,
-        "d_model": loaded.d_model,
-        "dtype": a.dtype,
-        "seconds": round(time.perf_counter() - t0, 2),
-        **run_metadata(config=a, seeds={"corpus": a.seed}),
-    }
+    manifest = ActivationsManifest(
+        mode=a.mode,
+        corpus=a.corpus,
+        n_shards=n_shards,
+        train_tokens=n_train,
+        heldout_tokens=sum(r.n_tokens for r in held),
+        n_layers=loaded.n_layers,
+        d_model=loaded.d_model,
+        dtype=a.dtype,
+        seconds=round(time.perf_counter() - t0, 2),
+    )
+    meta = run_metadata(config=a, seeds={"corpus": a.seed})
     _barrier()
     if rank == 0:
-        write_json(manifest_path, manifest)
+        save_manifest(out_dir, manifest, **meta)
     _barrier()
     log.info("activations stage wrote %s", stage)
-    return manifest
+    return {**manifest, **meta}
 
 
 def load_heldout(out_dir: str | Path) -> TokenRows:

@@ -15,7 +15,7 @@ from typing import Any
 
 from clt_bench.errors import UserError
 from clt_bench.io import read_json
-from clt_bench.paths import baselines_dir
+from clt_bench.paths import baselines_dir, published_circuit_names
 
 POSITIONS = ("END", "YY")
 PUBLISHED = ("hanna2023", "acdc", "eap_ig")
@@ -89,7 +89,7 @@ class Circuit:
     edges: tuple[tuple[str, str], ...] | None = None
     model: str = ""
     description: str = ""
-    # path structure for the path-level evaluation (``clt_bench.baseline.paths``), e.g.
+    # path structure for the path-level evaluation (``clt_bench.baseline.path_faithfulness``), e.g.
     # {"rule": "hanna2023", "feed_only_end_heads": ["0.3", "0.5"]}
     paths: dict[str, Any] = field(default_factory=dict)
 
@@ -165,7 +165,7 @@ def circuit_from_dict(data: dict[str, Any], where: str) -> Circuit:
 
 
 def published_names(root: Path | None = None) -> list[str]:
-    return sorted(p.stem for p in (root or baselines_dir()).glob("*.toml"))
+    return published_circuit_names(root)
 
 
 def load_circuit(name_or_path: str, root: Path | None = None) -> Circuit:
@@ -214,3 +214,9 @@ def all_nodes(n_layers: int, n_heads: int, positions: tuple[str, ...] = POSITION
             out.extend(Node(pos, layer, "head", h) for h in range(n_heads))
             out.append(Node(pos, layer, "mlp"))
     return out
+
+
+def load_run_circuit(run_dir: str | Path) -> Circuit | None:
+    """A run's baseline circuit (``<run>/baseline/circuit.json``; None without a baseline)."""
+    path = Path(run_dir) / "baseline" / "circuit.json"
+    return load_circuit(str(path)) if path.is_file() else None

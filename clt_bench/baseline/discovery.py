@@ -6,7 +6,8 @@ k - 1 (an MLP's input at its position; a head's q at its own position and its k 
 the year's identity is read). The embedding is a sender but never a node: when it is kept, the
 circuit gets the edge ``embed@YY -> node`` (the clean input path of a circuit whose mover head sits
 in layer 0, where no head or MLP is upstream of its keys and values), and the path-level evaluation
-(``clt_bench.baseline.paths.hanna_paths``) gives that node's keys/values the clean embedding.
+(``clt_bench.baseline.path_faithfulness.hanna_paths``) gives that node's keys/values the clean
+embedding.
 A sender is kept when corrupting its path lowers the probability difference by at least
 ``threshold`` x (clean PD - corrupted PD); thresholds are separate for heads and MLPs (the
 embedding uses the smaller one) and recorded in the circuit's provenance.

@@ -20,7 +20,12 @@ import torch
 
 from clt_bench.baseline.circuits import Circuit, Node, all_nodes
 from clt_bench.baseline.patching import PatchContext, run_end
-from clt_bench.baseline.paths import PathSpec, clean_input_path, hanna_paths, paths_readout
+from clt_bench.baseline.path_faithfulness import (
+    PathSpec,
+    clean_input_path,
+    hanna_paths,
+    paths_readout,
+)
 from clt_bench.baseline.readout import EndReadout, metrics_of, per_example_pd
 
 # a path-level run whose PD is within this of the corrupted run's on every prompt is that run
@@ -274,5 +279,5 @@ def evaluate_circuit(
         "(component, END|YY). paths (Hanna et al. 2023): corrupted input, clean "
         "only along the circuit's paths -- END heads' queries clean, YY nodes -> "
         "END heads' keys/values, END heads -> END MLPs -> logits, no head -> head "
-        "paths (clt_bench.baseline.paths)",
+        "paths (clt_bench.baseline.path_faithfulness)",
     }, faithful[0]

@@ -29,6 +29,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.baseline.readout import EndReadout, readout_from_logits, readout_from_resid
 from clt_bench.task.dataset import TaskBatch
+from clt_bench.task.end_logits import end_only_hook
 
 Hook = tuple[str, Callable[..., torch.Tensor]]
 
@@ -83,15 +84,6 @@ class RunCache:
 def model_device(bridge: TransformerBridge) -> torch.device:
     """The device the model's weights live on: every tensor a patched forward reads goes there."""
     return next(bridge.parameters()).device
-
-
-def end_only_hook(end_pos: int) -> Hook:
-    """Unembed only END: ``unembed.hook_in`` [b, pos, d] -> [b, 1, d] (vocab matmul is costly).
-
-    Contiguous: on a strided slice the unembedding runs as b matrix-vector products, each reading
-    the whole [d, vocab] matrix (6x slower on the toy's 50,257-token vocabulary).
-    """
-    return ("unembed.hook_in", lambda x, hook: x[:, end_pos : end_pos + 1].contiguous())
 
 
 @torch.no_grad()

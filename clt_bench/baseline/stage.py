@@ -15,10 +15,7 @@ from typing import Any
 
 import torch
 
-from clt_bench.baseline.circuits import Circuit, load_circuit, validate_circuit
-from clt_bench.baseline.discovery import Step, discover_circuit
-from clt_bench.baseline.faithfulness import evaluate_circuit
-from clt_bench.baseline.figures import (
+from clt_bench.baseline.circuit_figures import (
     circuit_graph,
     circuit_heatmap,
     neuron_panels,
@@ -26,6 +23,9 @@ from clt_bench.baseline.figures import (
     step_heatmap,
     units_curve,
 )
+from clt_bench.baseline.circuits import Circuit, load_circuit, validate_circuit
+from clt_bench.baseline.discovery import Step, discover_circuit
+from clt_bench.baseline.faithfulness import evaluate_circuit
 from clt_bench.baseline.ground_truth import discovery_scores, known_circuit
 from clt_bench.baseline.neurons import analyse_neurons, pick_layer
 from clt_bench.baseline.patching import PatchContext
@@ -94,23 +94,20 @@ def _summary(faith: dict[str, Any], circuit: Circuit, wall: float) -> dict[str, 
     return out
 
 
-def run_baseline_stage(
-    cfg: RunConfig, loaded: LoadedModel, out_dir: Path, resume: bool = True
-) -> dict[str, Any]:
+def load_baseline_summary(out_dir: Path) -> dict[str, Any]:
+    """A finished baseline stage's faithfulness numbers and circuit summary."""
+    stage = Path(out_dir) / "baseline"
+    done = read_json(stage / "faithfulness.json")
+    circuit = load_circuit(str(stage / "circuit.json"))
+    return _summary(done, circuit, done.get("wall_seconds", 0.0))
+
+
+def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[str, Any]:
     """Evaluate (and, for ``baseline.circuit = "discovered"``, find) the circuit; write baseline/.
 
-    Returns the faithfulness numbers and a circuit summary. A finished stage with the same
-    model/task/baseline config is read back instead of recomputed when ``resume`` is set.
+    Returns the faithfulness numbers and a circuit summary.
     """
     stage = Path(out_dir) / "baseline"
-    key = cfg.section_hash("model", "task", "baseline")
-    if resume and all((stage / f).is_file() for f in OUTPUTS):
-        done = read_json(stage / "faithfulness.json")
-        if done.get("config_hash") == key:
-            log.info("baseline stage up to date in %s", stage)
-            return _summary(
-                done, load_circuit(str(stage / "circuit.json")), done.get("wall_seconds", 0.0)
-            )
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     bcfg: BaselineConfig = cfg.baseline
@@ -139,7 +136,7 @@ def run_baseline_stage(
                 faith[f"discovery_{k}"] = round(gt[k], 4)
 
     n_heads = int(loaded.bridge.cfg.n_heads)
-    figures = [
+    figures: list[Path | None] = [
         step_heatmap(s, n_heads, stage / f"path_patching_step{s.index}.png", loaded.name)
         for s in steps
     ]
@@ -187,7 +184,6 @@ def run_baseline_stage(
         "model": loaded.name,
         "circuit": circuit.name,
         "template": batch.template,
-        "config_hash": key,
         **faith,
         "published": circuit.published,
         "neuron_mlp": f"mlp{layer}",

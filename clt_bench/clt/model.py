@@ -78,29 +78,6 @@ def active_mask(d: torch.Tensor) -> torch.Tensor:
     return d.sign_().clamp_(min=0.0)
 
 
-class StepFn(torch.autograd.Function):
-    """1[h > theta] with the same straight-through gradient for theta (for the L0 penalties)."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
-        ctx.save_for_backward(h, theta)
-        ctx.bandwidth = bandwidth
-        return (h > theta).to(h.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        h, theta = ctx.saved_tensors
-        eps = ctx.bandwidth
-        kernel = ((h - theta).abs() < eps / 2).to(h.dtype) / eps
-        grad_theta = -(kernel * grad_out)
-        grad_theta = (
-            grad_theta.reshape(-1, *theta.shape).sum(0)
-            if grad_theta.dim() > theta.dim()
-            else grad_theta
-        )
-        return torch.zeros_like(h), grad_theta, None
-
-
 class RowNormFn(torch.autograd.Function):
     """w [F, ...] -> [F] the L2 norm of each row. Backward is one pass over w (g / norm * w);
     ``vector_norm``'s own backward makes three (divide, multiply, mask the zero norms): ~0.1 s

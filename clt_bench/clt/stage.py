@@ -1,4 +1,4 @@
-"""The clt stage: activations -> train (or load) -> <out>/clt/ in circuit-tracer format +
+"""The clt stage: <out>/activations/ -> train (or load) -> <out>/clt/ in circuit-tracer format +
 metrics.json + training curves. Under torchrun every rank trains; rank 0 writes and evaluates.
 """
 
@@ -11,51 +11,30 @@ from typing import Any
 
 import torch
 
-from clt_bench.activations.stage import load_heldout, run_activations_stage, training_source
+from clt_bench.activations.stage import load_heldout, training_source
+from clt_bench.artifacts import load_manifest
 from clt_bench.clt import distributed as D
-from clt_bench.clt.evaluate import PER_PROMPT, evaluate_clt
-from clt_bench.clt.io import load_clt, save_clt
+from clt_bench.clt.circuit_tracer_io import load_clt, save_clt
+from clt_bench.clt.quality import PER_PROMPT, evaluate_clt
 from clt_bench.clt.train import plot_curves, train_clt
-from clt_bench.config import RunConfig, with_section
+from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
-from clt_bench.io import config_hash, read_json, run_metadata, save_tensors, write_json
-from clt_bench.models import LoadedModel, model_fingerprint
+from clt_bench.io import run_metadata, save_tensors, write_json
+from clt_bench.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
 
-def stage_hash(cfg: RunConfig) -> str:
-    """What ``<out>/clt/metrics.json`` depends on: the config, the model and, for ``clt.load``,
-    the loaded files' content (replacing them in place recomputes, as in ``clt-bench run``)."""
-    from clt_bench.pipeline import content_hash
-
-    parts = [
-        cfg.section_hash("model", "activations", "clt", "task"),
-        model_fingerprint(cfg.model.name),
-    ]
-    if cfg.clt.load:
-        parts.append(content_hash(cfg.clt.load))
-    return config_hash(parts)
-
-
-def run_clt_stage(
-    cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path, resume: bool = True
-) -> dict[str, Any]:
-    """Train (or load ``clt.load``) a CLT; write ``<out>/clt/`` and return its metrics."""
+def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path) -> dict[str, Any]:
+    """Train (or load ``clt.load``) a CLT on ``<out>/activations/`` (the activations stage's
+    outputs); write ``<out>/clt/`` and return its metrics. A killed training resumes from its
+    last checkpoint in ``<out>/clt/`` (the runner keeps the folder of an interrupted attempt)."""
     stage = Path(out_dir) / "clt"
     metrics_path = stage / "metrics.json"
-    key = stage_hash(cfg)
-    if resume and metrics_path.is_file():
-        done = read_json(metrics_path)
-        if done.get("config_hash") == key:
-            log.info("clt stage already done (%s)", metrics_path)
-            return done
     device = cfg.model.device
     info = D.setup(device)
     device = D.local_device(device, info)
-    # scoring a loaded CLT needs only the held-out rows: no training shards
-    data_cfg = with_section(cfg, "activations", mode="stream") if cfg.clt.load else cfg
-    manifest = run_activations_stage(data_cfg, loaded, out_dir)
+    manifest = load_manifest(out_dir)
     if cfg.clt.load:
         clt = load_clt(cfg.clt.load, device)
         if (clt.n_layers, clt.spec.d_model) != (loaded.n_layers, loaded.d_model):
@@ -105,7 +84,6 @@ def run_clt_stage(
         t0 = time.perf_counter()
         rows = load_heldout(out_dir)
         metrics = {
-            "config_hash": key,
             "model": loaded.name,
             "kind": cfg.clt.kind,
             "activation": cfg.clt.activation,

@@ -240,6 +240,78 @@ def train_clt(
         )
 
 
+def _start(
+    clt: CrossLayerTranscoder,
+    source: CachedBlocks | StreamBlocks,
+    cfg: RunConfig,
+    ckpt: Path,
+    key: str,
+    log_path: Path,
+    info: D.DistInfo,
+) -> tuple[int, DataPosition, float, dict[str, torch.Tensor] | None, torch.Tensor]:
+    """Where training starts: the checkpoint of an interrupted run with the same ``key`` (step,
+    data position, seconds so far, its tensors, firing counts), else step 0 after the
+    data-dependent initialisation (and an empty log)."""
+    c = cfg.clt
+    step, pos, seconds, tensors = 0, DataPosition(), 0.0, None
+    fired = torch.zeros(clt.n_layers, c.n_features, dtype=torch.long)
+    if ckpt.is_file() and read_meta(ckpt).get("key") == key:
+        tensors, meta = load_checkpoint(ckpt, clt)
+        step, pos, seconds = meta["step"], position_from(meta), meta["seconds"]
+        fired = tensors["fired"].clone()
+        log.info("resuming CLT training from step %d (%s)", step, ckpt)
+    else:
+        t_init = time.perf_counter()
+        _initial_state(clt, source, c, cfg.activations.seed)
+        log.info("CLT initialised from data in %.1f s", time.perf_counter() - t_init)
+        if info.is_main:
+            write_text(log_path, "")
+    if info.is_main:
+        _truncate_log(log_path, step)
+    return step, pos, seconds, tensors, fired
+
+
+def _log_row(
+    log_path: Path,
+    c: CLTConfig,
+    step: int,
+    lam: float,
+    grad_norm: torch.Tensor,
+    stats: torch.Tensor,
+    t_start: float,
+) -> dict[str, Any]:
+    """Append one row of the JSONL training log (after ``step`` steps); returns it."""
+    row: dict[str, Any] = {
+        "step": step,
+        "tokens": step * c.batch_tokens,
+        "lr": c.lr * lr_factor(step - 1, c),
+        "lambda_s": lam,
+        "grad_norm": float(D.full(grad_norm)),
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+    row.update({k: float(v) for k, v in zip(STAT_NAMES, stats.tolist(), strict=True)})
+    with log_path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def _plain_clt(
+    model: torch.nn.Module,
+    clt: CrossLayerTranscoder,
+    c: CLTConfig,
+    info: D.DistInfo,
+    n_layers: int,
+    d_model: int,
+    device: str,
+) -> CrossLayerTranscoder:
+    """The trained CLT as a plain module (FSDP2: its full weights gathered into a new one)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or not info.enabled:
+        return clt
+    out = build_clt(c, n_layers, d_model)
+    out.load_state_dict({k: D.full(v).detach().cpu() for k, v in clt.state_dict().items()})
+    return out.to(device)
+
+
 def _train_clt(
     cfg: RunConfig,
     source: CachedBlocks | StreamBlocks,
@@ -263,21 +335,7 @@ def _train_clt(
     ckpt = stage_dir / "checkpoint.safetensors"
     log_path = stage_dir / "train_log.jsonl"
     key = train_key(cfg)
-    step, pos, seconds, tensors = 0, DataPosition(), 0.0, None
-    fired = torch.zeros(n_layers, c.n_features, dtype=torch.long)
-    if ckpt.is_file() and read_meta(ckpt).get("key") == key:
-        tensors, meta = load_checkpoint(ckpt, clt)
-        step, pos, seconds = meta["step"], position_from(meta), meta["seconds"]
-        fired = tensors["fired"].clone()
-        log.info("resuming CLT training from step %d (%s)", step, ckpt)
-    else:
-        t_init = time.perf_counter()
-        _initial_state(clt, source, c, data_seed)
-        log.info("CLT initialised from data in %.1f s", time.perf_counter() - t_init)
-        if info.is_main:
-            write_text(log_path, "")
-    if info.is_main:
-        _truncate_log(log_path, step)
+    step, pos, seconds, tensors, fired = _start(clt, source, cfg, ckpt, key, log_path, info)
     clt.train()
     late_start = c.n_steps - max(1, math.ceil(LATE_FRACTION * c.n_steps))
     objective = TrainObjective(clt, c.lambda_p, c.tanh_c, fuse=c.fuse)
@@ -330,17 +388,7 @@ def _train_clt(
         step += 1
         bar.update(1)
         if info.is_main and (step % c.log_every == 0 or step == c.n_steps):
-            row: dict[str, Any] = {
-                "step": step,
-                "tokens": step * c.batch_tokens,
-                "lr": c.lr * lr_factor(step - 1, c),
-                "lambda_s": lam,
-                "grad_norm": float(D.full(grad_norm)),
-                "seconds": round(time.perf_counter() - t_start, 3),
-            }
-            row.update({k: float(v) for k, v in zip(STAT_NAMES, stats.tolist(), strict=True)})
-            with log_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            row = _log_row(log_path, c, step, lam, grad_norm, stats, t_start)
             bar.set_postfix(nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}")
         if step % c.checkpoint_every == 0 or step == end:
             meta = {
@@ -353,12 +401,7 @@ def _train_clt(
             D.barrier(info)
     bar.close()
     seconds = time.perf_counter() - t_start
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or not info.enabled:
-        out = clt
-    else:  # FSDP2: gather the full weights into a plain CLT
-        out = build_clt(c, n_layers, d_model)
-        out.load_state_dict({k: D.full(v).detach().cpu() for k, v in clt.state_dict().items()})
-        out = out.to(device)
+    out = _plain_clt(model, clt, c, info, n_layers, d_model, device)
     out.eval()
     late_tokens = max(0, step - late_start) * c.batch_tokens
     return TrainResult(

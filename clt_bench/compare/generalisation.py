@@ -37,7 +37,7 @@ from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.compare.curve import replacement_pd
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
-from clt_bench.features.attribution import per_feature_sums, task_attributions
+from clt_bench.features.task_attributions import per_feature_sums, task_attributions
 from clt_bench.io import write_text
 from clt_bench.models import LoadedModel
 from clt_bench.plots import plt, save_figure

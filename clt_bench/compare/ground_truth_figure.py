@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
+from clt_bench.baseline.circuit_overlap import FeatureSite
 from clt_bench.baseline.circuits import Circuit
-from clt_bench.compare.overlap import FeatureSite
 from clt_bench.plots import save_figure
 
 COLUMNS = ("YY", "END", "other")

@@ -27,20 +27,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit
-from clt_bench.baseline.ground_truth import KNOWN, known_circuit, yy_probe_scores
-from clt_bench.baseline.patching import model_device
-from clt_bench.compare.comparator import comparator_explained
-from clt_bench.compare.curve import replacement_pd
-from clt_bench.compare.effect_shares import SHARES, effect_shares
-from clt_bench.compare.generalisation import generalisation, write_generalisation
-from clt_bench.compare.ground_truth_figure import ground_truth_grid, influence_grid
-from clt_bench.compare.overlap import (
+from clt_bench.artifacts import FeatureRanking, load_ranking, stage_summary
+from clt_bench.baseline.circuit_overlap import (
     FeatureSite,
     influence_share,
     node_overlap,
     published_applies,
 )
+from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit, load_run_circuit
+from clt_bench.baseline.ground_truth import KNOWN, known_circuit, yy_probe_scores
+from clt_bench.baseline.patching import model_device
+from clt_bench.clt.circuit_tracer_io import load_run_clt
+from clt_bench.compare.comparator import comparator_explained
+from clt_bench.compare.curve import replacement_pd
+from clt_bench.compare.effect_shares import SHARES, effect_shares
+from clt_bench.compare.generalisation import generalisation, write_generalisation
+from clt_bench.compare.ground_truth_figure import ground_truth_grid, influence_grid
 from clt_bench.compare.units import (
     FRACTIONS,
     UnitsResult,
@@ -50,16 +52,9 @@ from clt_bench.compare.units import (
     units_needed_curve,
 )
 from clt_bench.config import RunConfig
-from clt_bench.features.scores import LABELS, label_key
-from clt_bench.features.stage import (
-    ALL_ACTIVE,
-    json_safe,
-    load_run_circuit,
-    load_run_clt,
-    read_ranking,
-    task_prompts,
-)
-from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
+from clt_bench.features.shape_scores import LABELS, label_key
+from clt_bench.features.stage import ALL_ACTIVE, task_prompts
+from clt_bench.io import json_safe, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
@@ -193,11 +188,6 @@ def transcoder_runs(cfg: RunConfig, run_dir: Path) -> dict[str, Path]:
     return runs
 
 
-def _stage_summary(run: Path, stage: str) -> dict[str, Any]:
-    marker = run / stage / "stage.json"
-    return read_json(marker).get("summary", {}) if marker.is_file() else {}
-
-
 def transcoder_table(
     cfg: RunConfig,
     run_dir: Path,
@@ -258,8 +248,8 @@ def transcoder_table(
     )
     add("circuit MLP node recall", {k: p.get("mlp_recall", "") for k, p in primary.items()})
     for key, label in (("nmse", "NMSE (held out)"), ("l0", "L0 (all layers)")):
-        add(label, {k: _stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
-    feats = {k: _stage_summary(r, "features") for k, r in runs.items()}
+        add(label, {k: stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
+    feats = {k: stage_summary(r, "features") for k, r in runs.items()}
     for scope, suffix in (("top-K by influence", ""), ("all active features", ALL_ACTIVE)):
         for lab in LABELS:
             key = label_key(lab) + suffix
@@ -386,7 +376,7 @@ def ground_truth_rows(
     for key, label in where:
         add(f"effect share {label} [95 % CI]", {k: _share_cell(shares[k], key) for k in cols})
     runs = transcoder_runs(cfg, run_dir)
-    graph = {k: _stage_summary(runs[k], "graphs") for k in ("clt", "plt") if k in runs}
+    graph = {k: stage_summary(runs[k], "graphs") for k in ("clt", "plt") if k in runs}
     graph = {("clt" if k == cfg.clt.kind else k): v for k, v in graph.items()}
     for key, label in (("yy", "at YY"), ("end", "at END"), ("planted_sites", "at planted sites")):
         add(
@@ -448,7 +438,7 @@ def ground_truth_probe(
     )
     grids = {}
     for kind, r in transcoder_runs(cfg, run_dir).items():
-        rk = read_ranking(r)
+        rk = load_ranking(r)
         sites = [
             FeatureSite(int(a), p)
             for (a, _), p in zip(rk["features"], rk["positions"], strict=True)
@@ -483,106 +473,85 @@ def ground_truth_probe(
     return flat
 
 
-def run_compare_stage(
-    cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progress: bool = True
-) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    out = run_dir / "compare"
-    fc = cfg.features
-    rank = read_ranking(run_dir)
-    sites = [
+def ranked_sites(rank: FeatureRanking) -> list[FeatureSite]:
+    """The ranked features as (layer, position) sites."""
+    return [
         FeatureSite(int(a), p)
         for (a, _), p in zip(rank["features"], rank["positions"], strict=True)
     ]
-    batch = task_prompts(cfg, loaded)
-    circuits = circuits_to_compare(run_dir, loaded.name)
-    ov = overlap_rows(sites, rank["write_effects"], circuits)
-    overlaps = {cfg.clt.kind: ov}
+
+
+def write_overlaps(
+    cfg: RunConfig, run_dir: Path, rank: FeatureRanking, circuits: list[Circuit], out: Path
+) -> dict[str, list[dict[str, Any]]]:
+    """Each transcoder's features vs each circuit: ``overlap.csv`` (all) and ``overlap.md`` (the
+    run's own transcoder); returns transcoder kind -> rows, the run's own first."""
+    overlaps = {cfg.clt.kind: overlap_rows(ranked_sites(rank), rank["write_effects"], circuits)}
     for kind, sub in transcoder_runs(cfg, run_dir).items():
         if kind != cfg.clt.kind:
-            r = read_ranking(sub)
-            overlaps[kind] = overlap_rows(
-                [
-                    FeatureSite(int(a), p)
-                    for (a, _), p in zip(r["features"], r["positions"], strict=True)
-                ],
-                r["write_effects"],
-                circuits,
-            )
+            r = load_ranking(sub)
+            overlaps[kind] = overlap_rows(ranked_sites(r), r["write_effects"], circuits)
     write_text(
         out / "overlap.csv",
         _csv([{"transcoder": k, **row} for k, rows in overlaps.items() for row in rows]),
     )
-    write_text(
-        out / "overlap.md",
-        _md(
-            ov,
-            [
-                "circuit",
-                "n_nodes",
-                "influence_share",
-                "all_precision",
-                "all_recall",
-                "mlp_precision",
-                "mlp_recall",
-                "mlp_f1",
-            ],
-        ),
+    cols = ["circuit", "n_nodes", "influence_share", "all_precision", "all_recall"]
+    cols += ["mlp_precision", "mlp_recall", "mlp_f1"]
+    write_text(out / "overlap.md", _md(overlaps[cfg.clt.kind], cols))
+    return overlaps
+
+
+def family_generalisation(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    run_dir: Path,
+    rank: FeatureRanking,
+    batch: TaskBatch,
+    out: Path,
+) -> dict[str, Any]:
+    """How much of each top feature's PD contribution each prompt family keeps (written to
+    ``out``); the median, or why it is undefined."""
+    fc = cfg.features
+    tcs = {
+        k: load_run_clt(r, device=loaded.device) for k, r in transcoder_runs(cfg, run_dir).items()
+    }
+    fam_rows, kept = generalisation(
+        cfg,
+        loaded,
+        tcs,
+        load_run_circuit(run_dir),
+        [tuple(f) for f in rank["features"][: fc.family_features]],
+        cfg.task.family_n,
+        batch,
     )
-    results, repl = units_results(cfg, loaded, run_dir, batch)
-    # the per-prompt values behind the held-out means (compare/per_prompt.safetensors)
-    per = {kind: r.pop("per_prompt") for kind, r in repl.items()}
-    per_prompt = dict(per[f"{cfg.clt.kind}_features"])  # model_ and replacement_prob_diff
-    if "plt_features" in per and cfg.clt.kind != "plt":
-        per_prompt["plt_replacement_prob_diff"] = per["plt_features"]["replacement_prob_diff"]
-    write_text(out / "units_needed.csv", _csv(units_rows(results)))
-    plot_curves(
-        results,
-        out / "units_needed.png",
-        f"{loaded.name}: PD recovered with the top-k units (held-out prompts)",
+    write_generalisation(
+        fam_rows,
+        kept,
+        out,
+        f"{loaded.name}: share of each top feature's PD contribution kept on each family",
     )
-    table, text = units_table(results, fc.curve_bootstrap, fc.curve_seed)
-    write_text(out / "units_table.md", text)
-    by_kind = {r["unit_kind"]: r for r in table}
     fam_summary: dict[str, Any] = {}
-    if cfg.task.family_n > 0 and fc.family_features > 0:  # generalisation across prompt families
-        tcs = {
-            k: load_run_clt(r, device=loaded.device)
-            for k, r in transcoder_runs(cfg, run_dir).items()
-        }
-        fam_rows, kept = generalisation(
-            cfg,
-            loaded,
-            tcs,
-            load_run_circuit(run_dir),
-            [tuple(f) for f in rank["features"][: fc.family_features]],
-            cfg.task.family_n,
-            batch,
-        )
-        write_generalisation(
-            fam_rows,
-            kept,
-            out,
-            f"{loaded.name}: share of each top feature's PD contribution kept on each family",
-        )
-        others = [c for c in kept.columns if c != batch.template]
-        fam_summary["families_median_feature_pd_kept"] = (
-            float(np.nanmedian(kept.to_numpy())) if kept.size and others else None
-        )
-        if kept.size and not others:  # one template: it would be compared with itself
-            fam_summary["families_undefined_reason"] = (
-                f"the task has no template or family other than the run's own "
-                f"('{batch.template}'), so the median would compare it with itself"
-            )
-    side = transcoder_table(cfg, run_dir, overlaps, table, repl)
-    write_text(out / "transcoders.csv", _csv(side))
-    write_text(
-        out / "transcoders.md",
-        "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "
-        "definitions for every column (docs/methods.md); transcoders matched in features "
-        "per layer (the [plt] section), not in L0.\n\n" + _md(side, list(side[0])) + "\n",
+    others = [c for c in kept.columns if c != batch.template]
+    fam_summary["families_median_feature_pd_kept"] = (
+        float(np.nanmedian(kept.to_numpy())) if kept.size and others else None
     )
+    if kept.size and not others:  # one template: it would be compared with itself
+        fam_summary["families_undefined_reason"] = (
+            f"the task has no template or family other than the run's own "
+            f"('{batch.template}'), so the median would compare it with itself"
+        )
+    return fam_summary
+
+
+def compare_summary(
+    cfg: RunConfig,
+    overlaps: dict[str, list[dict[str, Any]]],
+    by_kind: dict[str, dict[str, Any]],
+    repl: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The compare stage's headline numbers: overlap with the primary circuit, replacement PD,
+    units needed per unit kind (with their intervals under ``units_ci``), the PLT's beside."""
+    ov = overlaps[cfg.clt.kind]
     main = repl[f"{cfg.clt.kind}_features"]
     primary = ov[0] if ov else {}
     summary: dict[str, Any] = {
@@ -615,6 +584,48 @@ def run_compare_stage(
         plt_primary = overlaps["plt"][0] if overlaps.get("plt") else {}
         summary["plt_influence_share_in_circuit"] = plt_primary.get("influence_share", math.nan)
         summary["plt_node_recall_mlp"] = plt_primary.get("mlp_recall", math.nan)
+    return summary
+
+
+def run_compare_stage(
+    cfg: RunConfig, loaded: LoadedModel, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    out = run_dir / "compare"
+    fc = cfg.features
+    rank = load_ranking(run_dir)
+    batch = task_prompts(cfg, loaded)
+    circuits = circuits_to_compare(run_dir, loaded.name)
+    overlaps = write_overlaps(cfg, run_dir, rank, circuits, out)
+    ov = overlaps[cfg.clt.kind]
+    results, repl = units_results(cfg, loaded, run_dir, batch)
+    # the per-prompt values behind the held-out means (compare/per_prompt.safetensors)
+    per = {kind: r.pop("per_prompt") for kind, r in repl.items()}
+    per_prompt = dict(per[f"{cfg.clt.kind}_features"])  # model_ and replacement_prob_diff
+    if "plt_features" in per and cfg.clt.kind != "plt":
+        per_prompt["plt_replacement_prob_diff"] = per["plt_features"]["replacement_prob_diff"]
+    write_text(out / "units_needed.csv", _csv(units_rows(results)))
+    plot_curves(
+        results,
+        out / "units_needed.png",
+        f"{loaded.name}: PD recovered with the top-k units (held-out prompts)",
+    )
+    table, text = units_table(results, fc.curve_bootstrap, fc.curve_seed)
+    write_text(out / "units_table.md", text)
+    by_kind = {r["unit_kind"]: r for r in table}
+    fam_summary: dict[str, Any] = {}
+    if cfg.task.family_n > 0 and fc.family_features > 0:  # generalisation across prompt families
+        fam_summary = family_generalisation(cfg, loaded, run_dir, rank, batch, out)
+    side = transcoder_table(cfg, run_dir, overlaps, table, repl)
+    write_text(out / "transcoders.csv", _csv(side))
+    write_text(
+        out / "transcoders.md",
+        "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "
+        "definitions for every column (docs/methods.md); transcoders matched in features "
+        "per layer (the [plt] section), not in L0.\n\n" + _md(side, list(side[0])) + "\n",
+    )
+    summary = compare_summary(cfg, overlaps, by_kind, repl)
     summary.update(fam_summary)
     summary.update(ground_truth_probe(cfg, loaded, run_dir, batch, out, per_prompt))
     save_tensors(out / "per_prompt.safetensors", per_prompt)

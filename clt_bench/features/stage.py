@@ -8,7 +8,7 @@ Writes ``<run>/features/``: features.csv (every column), features.md (the main c
 ranking.json (the selected features in order, with their influence), heatmaps.safetensors
 ([K, 97, 100]), heatmap_*.png for the top ``n_plots`` and heatmap_grid.png, metrics.json.
 
-Per-feature columns (see ``clt_bench.features.scores`` for the shape scores and the label rule):
+Per-feature columns (``clt_bench.features.shape_scores`` has the shape scores and the label rule):
 influence (sum over prompts of |total attribution to the shift-invariant greater-than logit
 difference of ``clt_bench.graphs.targets``|), logit_diff_contribution and pd_contribution (mean over
 prompts of its total attribution to the logit difference / its first-order contribution to PD),
@@ -25,7 +25,6 @@ above its layer, the only circuit route from its position to END), contexts (top
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -37,24 +36,15 @@ import pandas as pd
 import torch
 
 from clt_bench.activations.stage import heldout_rows, load_heldout
-from clt_bench.baseline.circuits import Circuit, load_circuit
-from clt_bench.clt.io import load_clt
+from clt_bench.artifacts import FeatureRanking, save_ranking
+from clt_bench.baseline.circuit_overlap import per_component_share
+from clt_bench.baseline.circuits import Circuit, load_run_circuit
+from clt_bench.clt.circuit_tracer_io import load_run_clt
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.compare.overlap import per_component_share
-from clt_bench.config import RunConfig
+from clt_bench.config import FeaturesConfig, RunConfig
 from clt_bench.errors import UserError
 from clt_bench.features import table
 from clt_bench.features.ablation import constrained_delta_pd_frozen, free_delta_pd
-from clt_bench.features.attribution import (
-    POS_CLASSES,
-    TaskAttributions,
-    feature_activations_matrix,
-    feature_heatmap,
-    influence_ranking,
-    one_per_yy,
-    per_feature_sums,
-    task_attributions,
-)
 from clt_bench.features.contexts import top_contexts
 from clt_bench.features.interactions import (
     joint_ablation,
@@ -63,7 +53,7 @@ from clt_bench.features.interactions import (
     set_sizes,
     write_interactions,
 )
-from clt_bench.features.scores import (
+from clt_bench.features.shape_scores import (
     LABELS,
     YY_VALUES,
     LabelRule,
@@ -73,7 +63,17 @@ from clt_bench.features.scores import (
     labels_testable,
     shape_scores,
 )
-from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
+from clt_bench.features.task_attributions import (
+    POS_CLASSES,
+    TaskAttributions,
+    feature_activations_matrix,
+    feature_heatmap,
+    influence_ranking,
+    one_per_yy,
+    per_feature_sums,
+    task_attributions,
+)
+from clt_bench.io import json_safe, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.spec import RELATION_NAMES, RELATION_WORDS, load_task
@@ -85,20 +85,6 @@ log = logging.getLogger(__name__)
 def task_prompts(cfg: RunConfig, loaded: LoadedModel) -> TaskBatch:
     """One balanced discovery-set prompt per YY (``graphs.n_prompts`` of them)."""
     return one_per_yy(load_task_batch(cfg, loaded, "discovery"), cfg.graphs.n_prompts)
-
-
-def load_run_clt(
-    run_dir: Path, name: str = "clt", device: str | torch.device = "cpu"
-) -> CrossLayerTranscoder:
-    path = Path(run_dir) / name
-    if not (path / "config.yaml").is_file():
-        raise UserError(f"no trained CLT in {path}; run the clt stage first.")
-    return load_clt(path, device)
-
-
-def load_run_circuit(run_dir: Path) -> Circuit | None:
-    path = Path(run_dir) / "baseline" / "circuit.json"
-    return load_circuit(str(path)) if path.is_file() else None
 
 
 def _via(position: str, layer: int, shares: dict[str, float], circuit: Circuit | None) -> str:
@@ -273,15 +259,178 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def json_safe(obj: Any) -> Any:
-    """NaN / inf floats -> None, recursively (metrics.json stays strict JSON)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
+def ablate(
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    att: TaskAttributions,
+    keys: np.ndarray,
+    batch: TaskBatch,
+    rows: list[dict[str, Any]],
+    max_prompts: int,
+    progress: bool,
+) -> None:
+    """Each selected feature zeroed with everything else frozen (constrained) and removed from
+    the real model (free): ``delta_pd_constrained`` and ``delta_pd_free`` of its row."""
+    feats = [att.split_key(int(k)) for k in keys]
+    active = [np.unique(att.pair_prompt[att.pair_key == k]) for k in keys]
+    W_U = loaded.bridge.W_U.detach()
+    b_U = getattr(loaded.bridge, "b_U", None)
+    d_c = constrained_delta_pd_frozen(
+        att, [int(k) for k in keys], W_U, None if b_U is None else b_U.detach(), batch
+    )
+    acts = [feature_activations_matrix(att, int(k)) for k in keys]
+    d_f = free_delta_pd(
+        loaded.bridge, clt, batch, feats, acts, active, max_prompts=max_prompts, progress=progress
+    )
+    for r, c, f in zip(rows, d_c, d_f, strict=True):
+        r["delta_pd_constrained"], r["delta_pd_free"] = float(c), float(f)
+
+
+def interactions(
+    fc: FeaturesConfig,
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    att: TaskAttributions,
+    keys: np.ndarray,
+    batch: TaskBatch,
+    rows: list[dict[str, Any]],
+    out: Path,
+) -> tuple[float, list[dict[str, float]]]:
+    """Do the top ``features.interaction_top`` features act additively, in pairs and as whole
+    sets (``clt_bench.features.interactions``)? (interaction share, per-set rows); NaN and no
+    rows for fewer than two features."""
+    feats = [att.split_key(int(k)) for k in keys]
+    n_int = min(fc.interaction_top, len(feats))
+    if n_int <= 1:
+        return float("nan"), []
+    int_acts = [feature_activations_matrix(att, int(k)) for k in keys[:n_int]]
+    inter = pair_interactions(loaded.bridge, clt, batch, feats[:n_int], int_acts)
+    write_interactions(inter, [r["feature"] for r in rows[:n_int]], out)
+    ks = set_sizes(n_int)  # ... and as whole sets (pairwise additivity says nothing of sets)
+    joint = joint_ablation(loaded.bridge, clt, batch, feats[:n_int], int_acts, ks)
+    sets = set_interactions(
+        inter["single_per_prompt"], joint, ks, fc.curve_bootstrap, fc.curve_seed
+    )
+    write_text(out / "interaction_sets.csv", pd.DataFrame(sets).to_csv(index=False))
+    return float(inter["interaction_share"]), sets
+
+
+def add_contexts(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    clt: CrossLayerTranscoder,
+    run_dir: Path,
+    feats: list[tuple[int, int]],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Each feature's top held-out corpus snippets, in its row's ``contexts``."""
+    try:
+        held = [load_heldout(run_dir)]
+    except UserError:
+        held = heldout_rows(cfg, loaded)
+    ctxs = top_contexts(loaded.bridge, clt, loaded.tokenizer, held, feats, cfg.features.n_contexts)
+    for r, c in zip(rows, ctxs, strict=True):
+        r["contexts"] = " || ".join(f"{s} ({v:.2f})" for v, s in c)
+
+
+def features_md_header(
+    fc: FeaturesConfig, rule: LabelRule, batch: TaskBatch, n_rows: int, not_testable: list[str]
+) -> str:
+    """The title and explanation above ``features.md``'s table."""
+    return (
+        f"# Top {n_rows} CLT features by influence on the "
+        f"{RELATION_NAMES[batch.relation]} logit difference (template '{batch.template}')"
+        f"\n\n{len(batch)} prompts (one per YY), heatmaps: {fc.heatmap_mode} attribution; "
+        f"labels relative to the task's relation {RELATION_WORDS[batch.relation]} "
+        f"(column gt = correlation with it; anti-task = against it), by the rule in "
+        f"clt_bench/features/shape_scores.py (thresholds: gt {fc.gt_corr}, "
+        f"anti {fc.anti_corr}, large-ZZ {fc.large_zz_corr}, parity {fc.parity_corr}, "
+        f"multiple-of-5 {fc.mult5_corr}, narrow < {fc.narrow_yy_fraction} of YY, partial "
+        f"{rule.partial_corr}, range < {rule.gated_yy_fraction} of YY). Shape "
+        f"scores are row-centred: each YY row of the heatmap and of the template loses its "
+        f"mean over ZZ before correlating, so a shift of every ZZ of a row scores 0. Not "
+        f"testable on this model (its own log p(ZZ|YY) shows no such structure): "
+        f"{', '.join(not_testable) or 'none'}."
+    )
+
+
+def features_summary(
+    rows: list[dict[str, Any]],
+    n_prompts: int,
+    n_active: int,
+    att: TaskAttributions,
+    labels_all: list[str],
+    infl: np.ndarray,
+    infl_all: np.ndarray,
+    model_scores: Any,
+    not_testable: list[str],
+    sets: list[dict[str, float]],
+    interaction_share: float,
+) -> dict[str, Any]:
+    """The features stage's headline numbers (the report's ``features.*``)."""
+    top20 = rows[:20]
+    summary: dict[str, Any] = {
+        "n_prompts": n_prompts,
+        "n_active_features": n_active,
+        "n_selected": len(rows),
+        "influence_share_top_k": float(infl.sum() / infl_all.sum()) if infl_all.sum() else 0.0,
+        **label_counts(rows),
+        **label_counts([{"label": lab} for lab in labels_all], suffix=ALL_ACTIVE),
+        # the model's own log p(ZZ | YY): is there round-number / parity structure to find?
+        "model_mult5_partial": model_scores.mult5_partial,
+        "model_parity_partial": model_scores.parity_partial,
+        "not_testable": not_testable,
+        "mean_gt_corr_top20": float(np.mean([r["gt_corr"] for r in top20])) if top20 else 0.0,
+        "pd_contribution_top_k": float(sum(r["pd_contribution"] for r in rows)),
+        "clean_prob_diff": att.clean_prob_diff,
+        # agreement of attribution and intervention, like with like: the direct first-order
+        # contribution vs the constrained ablation (everything else frozen: a direct effect),
+        # the total (linearised) contribution vs the free ablation (the real model: total)
+        "spearman_direct_contribution_vs_constrained_ablation": _spearman(
+            np.array([r["pd_direct_contribution"] for r in rows]),
+            -np.array([r["delta_pd_constrained"] for r in rows]),
+        ),
+        "spearman_total_contribution_vs_free_ablation": _spearman(
+            np.array([r["pd_contribution"] for r in rows]),
+            -np.array([r["delta_pd_free"] for r in rows]),
+        ),
+        "spearman_constrained_vs_free": _spearman(
+            np.array([r["delta_pd_constrained"] for r in rows]),
+            np.array([r["delta_pd_free"] for r in rows]),
+        ),
+        # pair ablations of the top features vs the sum of their single ablations
+        "interaction_share": interaction_share,
+        # the top-k set removed together vs the sum of its single removals (1 = additive)
+        **{f"joint_sum_ratio_top{s['k']}": s["joint_sum_ratio"] for s in sets},
+        **{f"joint_dpd_top{s['k']}": s["joint_dpd"] for s in sets},
+        **{f"sum_single_dpd_top{s['k']}": s["sum_single_dpd"] for s in sets},
+        # nested (not headline numbers): the report sets each interval beside its ratio
+        "joint_sum_ratio_ci": {
+            f"joint_sum_ratio_top{s['k']}": [s["ci_lo"], s["ci_hi"]] for s in sets
+        },
+        "top_feature": rows[0]["feature"] if rows else "",
+        "top_feature_label": rows[0]["label"] if rows else "",
+    }
+    return summary
+
+
+def write_heatmaps(
+    cfg: RunConfig, heat: np.ndarray, rows: list[dict[str, Any]], out: Path
+) -> tuple[list[str], Path | None]:
+    """``heatmaps.safetensors`` (every selected feature), a PNG per top ``features.n_plots``
+    feature and their grid; (the PNGs' names, the grid's path)."""
+    fc = cfg.features
+    save_tensors(
+        out / "heatmaps.safetensors",
+        {"heatmaps": torch.from_numpy(heat).float()},
+        metadata={"rows": "YY 2..98", "cols": "ZZ 0..99", "mode": fc.heatmap_mode},
+    )
+    yy_list = [int(y) for y in YY_VALUES]
+    spec = load_task(cfg.task.task)
+    axes = (spec.question_label, spec.answer_label)
+    pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list, axes)
+    grid = table.heatmap_grid(heat, rows, out / "heatmap_grid.png", min(fc.n_plots, 16), yy_list)
+    return pngs, grid
 
 
 def run_features_stage(
@@ -324,135 +473,45 @@ def run_features_stage(
     model_scores = shape_scores(model_heatmap(loaded, batch), YY_VALUES, *relation.args)
     testable = labels_testable(model_scores)
     feats = [att.split_key(int(k)) for k in keys]
-    active = [np.unique(att.pair_prompt[att.pair_key == k]) for k in keys]
     t1 = time.perf_counter()
     if fc.ablations and feats:
-        W_U = loaded.bridge.W_U.detach()
-        b_U = getattr(loaded.bridge, "b_U", None)
-        d_c = constrained_delta_pd_frozen(
-            att, [int(k) for k in keys], W_U, None if b_U is None else b_U.detach(), batch
-        )
-        acts = [feature_activations_matrix(att, int(k)) for k in keys]
-        d_f = free_delta_pd(
-            loaded.bridge,
-            clt,
-            batch,
-            feats,
-            acts,
-            active,
-            max_prompts=fc.ablation_prompts,
-            progress=progress,
-        )
-        for r, c, f in zip(rows, d_c, d_f, strict=True):
-            r["delta_pd_constrained"], r["delta_pd_free"] = float(c), float(f)
+        ablate(loaded, clt, att, keys, batch, rows, fc.ablation_prompts, progress)
     t_abl = time.perf_counter() - t1
-    interaction_share = float("nan")
-    sets: list[dict[str, float]] = []
-    n_int = min(fc.interaction_top, len(feats))
-    if n_int > 1:  # do the top features act additively? (clt_bench.features.interactions)
-        int_acts = [feature_activations_matrix(att, int(k)) for k in keys[:n_int]]
-        inter = pair_interactions(loaded.bridge, clt, batch, feats[:n_int], int_acts)
-        write_interactions(inter, [r["feature"] for r in rows[:n_int]], out)
-        interaction_share = float(inter["interaction_share"])
-        ks = set_sizes(n_int)  # ... and as whole sets (pairwise additivity says nothing of sets)
-        joint = joint_ablation(loaded.bridge, clt, batch, feats[:n_int], int_acts, ks)
-        sets = set_interactions(
-            inter["single_per_prompt"], joint, ks, fc.curve_bootstrap, fc.curve_seed
-        )
-        write_text(out / "interaction_sets.csv", pd.DataFrame(sets).to_csv(index=False))
+    interaction_share, sets = interactions(fc, loaded, clt, att, keys, batch, rows, out)
     if fc.n_contexts > 0 and feats:
-        try:
-            held = [load_heldout(run_dir)]
-        except UserError:
-            held = heldout_rows(cfg, loaded)
-        ctxs = top_contexts(loaded.bridge, clt, loaded.tokenizer, held, feats, fc.n_contexts)
-        for r, c in zip(rows, ctxs, strict=True):
-            r["contexts"] = " || ".join(f"{s} ({v:.2f})" for v, s in c)
-    yy_list = [int(y) for y in YY_VALUES]
+        add_contexts(cfg, loaded, clt, run_dir, feats, rows)
     summary_not_testable = [lab for lab, ok in testable.items() if not ok]
     table.write_csv(rows, out / "features.csv")
-    header = (
-        f"# Top {len(rows)} CLT features by influence on the "
-        f"{RELATION_NAMES[batch.relation]} logit difference (template '{batch.template}')"
-        f"\n\n{len(batch)} prompts (one per YY), heatmaps: {fc.heatmap_mode} attribution; "
-        f"labels relative to the task's relation {RELATION_WORDS[batch.relation]} "
-        f"(column gt = correlation with it; anti-task = against it), by the rule in "
-        f"clt_bench/features/scores.py (thresholds: gt {fc.gt_corr}, "
-        f"anti {fc.anti_corr}, large-ZZ {fc.large_zz_corr}, parity {fc.parity_corr}, "
-        f"multiple-of-5 {fc.mult5_corr}, narrow < {fc.narrow_yy_fraction} of YY, partial "
-        f"{rule.partial_corr}, range < {rule.gated_yy_fraction} of YY). Shape "
-        f"scores are row-centred: each YY row of the heatmap and of the template loses its "
-        f"mean over ZZ before correlating, so a shift of every ZZ of a row scores 0. Not "
-        f"testable on this model (its own log p(ZZ|YY) shows no such structure): "
-        f"{', '.join(summary_not_testable) or 'none'}."
-    )
+    header = features_md_header(fc, rule, batch, len(rows), summary_not_testable)
     table.write_markdown(rows, out / "features.md", header)
-    save_tensors(
-        out / "heatmaps.safetensors",
-        {"heatmaps": torch.from_numpy(heat).float()},
-        metadata={"rows": "YY 2..98", "cols": "ZZ 0..99", "mode": fc.heatmap_mode},
-    )
-    spec = load_task(cfg.task.task)
-    axes = (spec.question_label, spec.answer_label)
-    pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list, axes)
-    grid = table.heatmap_grid(heat, rows, out / "heatmap_grid.png", min(fc.n_plots, 16), yy_list)
-    write_json(
-        out / "ranking.json",
-        {
-            "features": [[int(a), int(b)] for a, b in feats],
-            "influence": infl.tolist(),
-            "extended": [list(att.split_key(int(k))) for k in keys_all[: 4 * fc.top_k]],
-            "extended_influence": infl_all[: 4 * fc.top_k].tolist(),
-            "write_effects": [[float(x) for x in w] for w in per_feature_sums(att, keys)["write"]],
-            "positions": [r["position"] for r in rows],
-            "n_prompts": len(batch),
-            "n_active_features": int(len(keys_all)),
-        },
+    pngs, grid = write_heatmaps(cfg, heat, rows, out)
+    save_ranking(
+        run_dir,
+        FeatureRanking(
+            features=[[int(a), int(b)] for a, b in feats],
+            influence=infl.tolist(),
+            extended=[list(att.split_key(int(k))) for k in keys_all[: 4 * fc.top_k]],
+            extended_influence=infl_all[: 4 * fc.top_k].tolist(),
+            write_effects=[[float(x) for x in w] for w in per_feature_sums(att, keys)["write"]],
+            positions=[r["position"] for r in rows],
+            n_prompts=len(batch),
+            n_active_features=int(len(keys_all)),
+        ),
     )
     counts = Counter(r["label"] for r in rows)
-    top20 = rows[:20]
-    summary: dict[str, Any] = {
-        "n_prompts": len(batch),
-        "n_active_features": int(len(keys_all)),
-        "n_selected": len(rows),
-        "influence_share_top_k": float(infl.sum() / infl_all.sum()) if infl_all.sum() else 0.0,
-        **label_counts(rows),
-        **label_counts([{"label": lab} for lab in labels_all], suffix=ALL_ACTIVE),
-        # the model's own log p(ZZ | YY): is there round-number / parity structure to find?
-        "model_mult5_partial": model_scores.mult5_partial,
-        "model_parity_partial": model_scores.parity_partial,
-        "not_testable": summary_not_testable,
-        "mean_gt_corr_top20": float(np.mean([r["gt_corr"] for r in top20])) if top20 else 0.0,
-        "pd_contribution_top_k": float(sum(r["pd_contribution"] for r in rows)),
-        "clean_prob_diff": att.clean_prob_diff,
-        # agreement of attribution and intervention, like with like: the direct first-order
-        # contribution vs the constrained ablation (everything else frozen: a direct effect),
-        # the total (linearised) contribution vs the free ablation (the real model: total)
-        "spearman_direct_contribution_vs_constrained_ablation": _spearman(
-            np.array([r["pd_direct_contribution"] for r in rows]),
-            -np.array([r["delta_pd_constrained"] for r in rows]),
-        ),
-        "spearman_total_contribution_vs_free_ablation": _spearman(
-            np.array([r["pd_contribution"] for r in rows]),
-            -np.array([r["delta_pd_free"] for r in rows]),
-        ),
-        "spearman_constrained_vs_free": _spearman(
-            np.array([r["delta_pd_constrained"] for r in rows]),
-            np.array([r["delta_pd_free"] for r in rows]),
-        ),
-        # pair ablations of the top features vs the sum of their single ablations
-        "interaction_share": interaction_share,
-        # the top-k set removed together vs the sum of its single removals (1 = additive)
-        **{f"joint_sum_ratio_top{s['k']}": s["joint_sum_ratio"] for s in sets},
-        **{f"joint_dpd_top{s['k']}": s["joint_dpd"] for s in sets},
-        **{f"sum_single_dpd_top{s['k']}": s["sum_single_dpd"] for s in sets},
-        # nested (not headline numbers): the report sets each interval beside its ratio
-        "joint_sum_ratio_ci": {
-            f"joint_sum_ratio_top{s['k']}": [s["ci_lo"], s["ci_hi"]] for s in sets
-        },
-        "top_feature": rows[0]["feature"] if rows else "",
-        "top_feature_label": rows[0]["label"] if rows else "",
-    }
+    summary = features_summary(
+        rows,
+        len(batch),
+        int(len(keys_all)),
+        att,
+        labels_all,
+        infl,
+        infl_all,
+        model_scores,
+        summary_not_testable,
+        sets,
+        interaction_share,
+    )
     metrics = {
         **summary,
         "heatmap_mode": fc.heatmap_mode,
@@ -471,8 +530,3 @@ def run_features_stage(
     write_json(out / "metrics.json", json_safe(metrics))
     log.info("features stage wrote %s", out)
     return json_safe(summary)
-
-
-def read_ranking(run_dir: Path) -> dict[str, Any]:
-    """The features stage's ranking.json (selected features, influence, write effects)."""
-    return read_json(Path(run_dir) / "features" / "ranking.json")

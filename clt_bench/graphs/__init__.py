@@ -9,7 +9,6 @@ Public API (used by the feature-scoring stage):
 - ``write_graph_json`` / ``read_graph_json`` / ``draw_graph``
 """
 
-from clt_bench.graphs.attribution import TargetAttribution
 from clt_bench.graphs.build import (
     build_graph,
     prompt_tokens,
@@ -18,6 +17,7 @@ from clt_bench.graphs.build import (
     target_attributions_many,
 )
 from clt_bench.graphs.draw import draw_graph
+from clt_bench.graphs.edge_weights import TargetAttribution
 from clt_bench.graphs.export import read_graph_json, write_graph_json
 from clt_bench.graphs.graph import Graph
 from clt_bench.graphs.interventions import (

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from clt_bench.graphs.attribution import RowAttribution, feature_activations
+from clt_bench.graphs.edge_weights import RowAttribution, feature_activations
 from clt_bench.graphs.local_replacement import ReplacementModel
 
 

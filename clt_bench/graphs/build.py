@@ -22,7 +22,7 @@ from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.config import GraphsConfig
 from clt_bench.errors import UserError
 from clt_bench.graphs.adjoint import FrozenAdjoint, supports_adjoint
-from clt_bench.graphs.attribution import (
+from clt_bench.graphs.edge_weights import (
     Attributor,
     RowAttribution,
     TargetAttribution,
@@ -32,9 +32,9 @@ from clt_bench.graphs.attribution import (
     target_attributions_batch,
 )
 from clt_bench.graphs.graph import Graph
+from clt_bench.graphs.graph_scores import FEATURE, graph_scores, pruned_scores
 from clt_bench.graphs.influence import normalize_abs, propagate, prune
 from clt_bench.graphs.local_replacement import build_replacement
-from clt_bench.graphs.scores import FEATURE, graph_scores, pruned_scores
 from clt_bench.graphs.targets import Target, TaskTarget, directions, make_targets
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import format_prompt

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from clt_bench.graphs.scores import ERROR, FEATURE, TARGET, TOKEN
+from clt_bench.graphs.graph_scores import ERROR, FEATURE, TARGET, TOKEN
 from clt_bench.graphs.targets import Target
 
 

@@ -144,8 +144,8 @@ def influence_share_by_position(
     return out
 
 
-# models trained only on documents that start with BOS (clt_bench.models.corpus, the synthetic
-# corpus of the toy and of the planted model)
+# models trained only on documents that start with BOS (the synthetic corpus of the toy and of the
+# planted model: clt_bench.model_training.synthetic_corpus)
 BOS_TRAINED_MODELS = ("toy", "planted")
 
 
@@ -201,7 +201,7 @@ def task_prompt_shares(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Mean influence shares (and graph scores) over ``graphs.share_prompts`` task prompts, with
     95 % bootstrap intervals over the prompts; and the per-prompt shares behind them."""
-    from clt_bench.features.attribution import one_per_yy
+    from clt_bench.task.dataset import one_per_yy
 
     sub = one_per_yy(batch, cfg.graphs.share_prompts)
     truth = known_circuit(loaded.name)

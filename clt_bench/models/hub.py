@@ -21,8 +21,10 @@ import hashlib
 import json
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from transformers import PreTrainedTokenizerBase
 
@@ -61,15 +63,25 @@ def cached_snapshot(repo: str) -> Path | None:
         return None
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connect within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def local_snapshot(repo: str, fetch: bool = True) -> Path | None:
     """``cached_snapshot``, or (``fetch``, hub reachable) the files of ``HUB_PATTERNS`` downloaded
     into the cache first; None when neither works (the model loader then says why)."""
     found = cached_snapshot(repo)
     if found is not None or not fetch:
         return found
-    from clt_bench.models.sources import _hub_reachable
-
-    if not _hub_reachable():
+    if not hub_reachable():
         return None
     try:
         from huggingface_hub import snapshot_download
@@ -94,7 +106,7 @@ def _file_identity(path: Path) -> str:
     target = path.resolve()
     if path.is_symlink() and _BLOB.match(target.name) and target.parent.name == "blobs":
         return target.name
-    from clt_bench.pipeline import content_hash
+    from clt_bench.io import content_hash
 
     return content_hash(target)
 

@@ -1,10 +1,10 @@
 """The embedded ``planted`` model: GPT-2 architecture, 6 layers, a known greater-than circuit.
 
-Trained by ``clt-bench toy-model train --model planted`` (``clt_bench.models.planted_train``) with
-strict interchange intervention training, so that the high-level causal model and alignment of
-``baselines/planted.toml`` are its mechanism on the task. The weights ship as
-``clt_bench/data/planted/planted.safetensors`` beside a model card (``config.json``: architecture,
-training settings and the measured acceptance numbers).
+Trained by ``clt-bench toy-model train --model planted``
+(``clt_bench.model_training.planted_train``) with strict interchange intervention training, so
+that the high-level causal model and alignment of ``baselines/planted.toml`` are its mechanism on
+the task. The weights ship as ``clt_bench/data/planted/planted.safetensors`` beside a model card
+(``config.json``: architecture, training settings and the measured acceptance numbers).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.errors import UserError
+from clt_bench.models.bridge import wrap_hf_gpt2
 from clt_bench.models.siit import Component
-from clt_bench.models.sources import wrap_hf_gpt2
 from clt_bench.models.tokenizer import gpt2_tokenizer
 from clt_bench.paths import baselines_dir, package_data
 

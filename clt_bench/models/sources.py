@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.model_bridge.sources import build_bridge_from_module
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
+__all__ = ["LoadedModel", "load_model", "model_fingerprint", "wrap_hf_gpt2"]
+
 from clt_bench.errors import UserError
+from clt_bench.models.bridge import wrap_hf_gpt2
 from clt_bench.models.tokenizer import gpt2_tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,16 +56,6 @@ def _dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def wrap_hf_gpt2(
-    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, name: str
-) -> TransformerBridge:
-    """Wrap a locally built Hugging Face GPT-2 module in a TransformerLens bridge."""
-    model.eval()
-    return build_bridge_from_module(
-        model, "GPT2LMHeadModel", hf_config=model.config, tokenizer=tokenizer, model_name=name
-    )
-
-
 def check_device(device: str) -> torch.device:
     """``device`` as a torch device; a CUDA device that this machine lacks is a UserError.
 
@@ -102,18 +91,6 @@ def _gpt2_random(seed: int, dtype: torch.dtype) -> TransformerBridge:
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(gpt2_small_config()).to(dtype)
     return wrap_hf_gpt2(model, gpt2_tokenizer(), "gpt2-random")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers a TCP connect within ``timeout`` seconds."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _boot_hub(

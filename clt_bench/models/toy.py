@@ -1,7 +1,8 @@
 """The embedded toy model: a small GPT-2-architecture model with the real GPT-2 tokenizer.
 
-Trained by ``clt-bench toy-model train`` (``clt_bench.models.toy_train``) on the synthetic corpus of
-``clt_bench.models.corpus``; the weights ship as ``clt_bench/data/toy/toy.safetensors`` (fp16).
+Trained by ``clt-bench toy-model train`` (``clt_bench.model_training.toy_train``) on the synthetic
+corpus of ``clt_bench.model_training.synthetic_corpus``; the weights ship as
+``clt_bench/data/toy/toy.safetensors`` (fp16).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from clt_bench.errors import UserError
 from clt_bench.io import load_tensors
-from clt_bench.models.sources import wrap_hf_gpt2
+from clt_bench.models.bridge import wrap_hf_gpt2
 from clt_bench.models.tokenizer import gpt2_tokenizer
 from clt_bench.paths import package_data
 

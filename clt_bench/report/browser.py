@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from clt_bench.errors import UserError
-from clt_bench.report.figures import text_px
+from clt_bench.report.figure_html import text_px
 
 MIN_TEXT_PX = 14.0  # computed font size of any displayed text
 MIN_FIGURE_TEXT_PX = 10.0  # a figure's smallest text at its displayed size

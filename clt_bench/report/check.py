@@ -7,10 +7,10 @@ Reference file (JSON, written by ``clt-bench make-reference``)::
                                     "lo": 0.809999, "hi": 0.810001}, ...}}
 
 A metric passes when ``lo <= run <= hi`` (bounds inclusive; the band and the policy that set it are
-explained in :mod:`clt_bench.report.reference`). Hand-written entries may instead give ``value``
-with ``abs_tol`` / ``rel_tol`` (``|run - value| <= abs_tol + rel_tol * |value|``) or one-sided
-``min`` / ``max`` bounds. A metric missing from the run fails. Exit 1 when any metric is outside
-its band, 0 otherwise; either way the table of every metric is printed.
+explained in :mod:`clt_bench.report.reference_bands`). Hand-written entries may instead give
+``value`` with ``abs_tol`` / ``rel_tol`` (``|run - value| <= abs_tol + rel_tol * |value|``) or
+one-sided ``min`` / ``max`` bounds. A metric missing from the run fails. Exit 1 when any metric is
+outside its band, 0 otherwise; either way the table of every metric is printed.
 
 Before comparing, the gate makes sure the numbers are the run's own (``stale_stage``):
 ``metrics.json`` records the hash of every stage the report was made from, and each stage's

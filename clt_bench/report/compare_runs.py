@@ -358,7 +358,7 @@ def _html_table(table_id: str, header: list[str], rows: list[tuple[str, list[str
 
 def format_html(cmp: Comparison, figure: Path | None = None) -> str:
     from clt_bench.report.assets import read as asset
-    from clt_bench.report.figures import figure_html
+    from clt_bench.report.figure_html import figure_html
 
     header = ["metric", *[r.name for r in cmp.runs]]
     rows = [(m, [_html_cell(c) for c in cmp.cells[m]]) for m in cmp.metrics]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from clt_bench.report.figures import display_width, png_info
+from clt_bench.report.figure_html import display_width, png_info
 
 # features.csv columns the detail pane lists, in order (those a file lacks are skipped)
 DETAIL_FIELDS = [

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from clt_bench.artifacts import load_stage_record
 from clt_bench.io import read_json, run_metadata, write_json, write_text
 from clt_bench.report.assets import read as _asset
 from clt_bench.report.explore import features_html, graph_html
-from clt_bench.report.figures import figure_html
+from clt_bench.report.figure_html import figure_html
 from clt_bench.report.headline import (
     MEANS_OVER_PROMPTS,
     beside,
@@ -38,9 +39,7 @@ from clt_bench.report.task_words import (
     task_words_or_default,
     words_json,
 )
-
-if TYPE_CHECKING:  # the pipeline imports the stages lazily; no import cycle at run time
-    from clt_bench.pipeline import RunContext
+from clt_bench.run_context import RunContext
 
 # stage folder -> (title, PNG globs to embed in order, CSV tables to show, intro text); titles and
 # intros name the run's task through {placeholders} (``report.task_words.TaskWords``)
@@ -136,6 +135,13 @@ SECTIONS: list[tuple[str, str, list[str], list[str], str]] = [
 MAX_IMAGES = 8
 
 
+def _has_section(ctx: RunContext, stage: str) -> bool:
+    """The run has ``stage``'s folder (the stability stage's only with seeds)."""
+    if stage == "stability" and not ctx.results.get(stage, {}).get("enabled", True):
+        return False
+    return (ctx.run_dir / stage).is_dir()
+
+
 def _images(folder: Path, globs: list[str]) -> list[Path]:
     seen: list[Path] = []
     for g in globs:
@@ -169,7 +175,8 @@ def headline_intervals(
 ) -> dict[str, list[float]]:
     """95 % percentile bootstrap intervals over prompts (seeded) for the headline metrics that are
     means over prompts and whose per-prompt values the stages stored."""
-    from clt_bench.report.compare_runs import bootstrap_ci, per_prompt_values
+    from clt_bench.report.compare_runs import per_prompt_values
+    from clt_bench.stats import bootstrap_ci
 
     numbers = {k: float(v) for k, v in headline.items() if isinstance(v, int | float)}
     values, _ = per_prompt_values(run_dir, numbers)
@@ -242,7 +249,7 @@ def _section(ctx: RunContext, stage: str, globs: list[str], tables: list[str]) -
     return "".join(parts)
 
 
-def _headline_html(ctx: RunContext, headline: dict[str, Any], intervals: dict) -> str:
+def _headline_html(ctx: RunContext, headline: dict[str, Any], intervals: dict[str, Any]) -> str:
     sanity = check_task(headline)
     notes = metric_notes(ctx.results)  # undefined path-level numbers, out-of-distribution prompts
     shown = displayed(with_undefined(headline, notes), sanity)
@@ -281,9 +288,7 @@ def render_html(
     rows = task_rows(headline_rows(displayed(with_undefined(headline, notes), sanity)), words)
     ood = _ood_note(ctx.results)
     present = [
-        (stage, words.fill(title))
-        for stage, title, *_ in SECTIONS
-        if (ctx.run_dir / stage).is_dir()
+        (stage, words.fill(title)) for stage, title, *_ in SECTIONS if _has_section(ctx, stage)
     ]
     defined: dict[str, list[str]] = {}  # each definition once, in order, with its metrics
     for m, *_ in rows:
@@ -318,7 +323,7 @@ def render_html(
         "</section>",
     ]
     for stage, title, globs, tables, intro in SECTIONS:
-        if not (ctx.run_dir / stage).is_dir():
+        if not _has_section(ctx, stage):
             continue
         parts.append(
             f"<section id='sec-{stage}'><h2>{html.escape(words.fill(title))}</h2>"
@@ -380,14 +385,12 @@ OUTPUTS = ("metrics.json", "summary.md", "report.html")
 def stage_records(ctx: RunContext) -> dict[str, str]:
     """stage -> the ``config_hash`` of its ``stage.json`` for every finished stage the report
     reads, and the report's own hash (its ``stage.json`` is written once the report is done)."""
-    from clt_bench.pipeline import stage_hash
-
     records = {}
     for stage in ctx.results:
-        marker = Path(ctx.run_dir) / stage / "stage.json"
-        if stage != "report" and marker.is_file():
-            records[stage] = str(read_json(marker).get("config_hash"))
-    records["report"] = stage_hash(ctx.cfg, "report")
+        record = load_stage_record(ctx.run_dir, stage) if stage != "report" else None
+        if record is not None:
+            records[stage] = str(record.get("config_hash"))
+    records["report"] = ctx.hashes["report"]  # the runner's, computed as the report started
     return records
 
 

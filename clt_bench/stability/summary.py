@@ -35,11 +35,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from clt_bench.clt.io import load_clt  # noqa: E402
+from clt_bench.artifacts import stage_summary  # noqa: E402
+from clt_bench.clt.circuit_tracer_io import load_clt  # noqa: E402
 from clt_bench.errors import UserError  # noqa: E402
-from clt_bench.features.scores import LABELS  # noqa: E402
-from clt_bench.features.stage import json_safe  # noqa: E402
-from clt_bench.io import load_tensors, read_json, write_json, write_text  # noqa: E402
+from clt_bench.features.shape_scores import LABELS  # noqa: E402
+from clt_bench.io import json_safe, load_tensors, write_json, write_text  # noqa: E402
 from clt_bench.plots import save_figure, yy_zz_heatmap  # noqa: E402
 from clt_bench.stability.match import LayerMatch, match_transcoders  # noqa: E402
 
@@ -66,11 +66,9 @@ class SeedRun:
     def summaries(self) -> dict[str, Any]:
         flat: dict[str, Any] = {}
         for stage in SEED_STAGES:
-            marker = self.run_dir / stage / "stage.json"
-            if marker.is_file():
-                for k, v in read_json(marker).get("summary", {}).items():
-                    if isinstance(v, int | float) and not isinstance(v, bool):
-                        flat[f"{stage}.{k}"] = float(v)
+            for k, v in stage_summary(self.run_dir, stage).items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    flat[f"{stage}.{k}"] = float(v)
         return flat
 
 

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -528,3 +529,17 @@ def build_batch(
         canonical_corrupted=torch.tensor(canonical),
         answer=torch.tensor([exact_answer(tpl, y) for y in years], dtype=torch.long),
     )
+
+
+def one_per_yy(batch: TaskBatch, n_prompts: int) -> TaskBatch:
+    """The first prompt of each YY in the batch, for ``n_prompts`` YY values spread over 2..98."""
+    values = sorted(set(batch.yy.tolist()))
+    if n_prompts <= 0:
+        raise UserError("graphs.n_prompts must be positive.")
+    if n_prompts < len(values):
+        pick = np.linspace(0, len(values) - 1, n_prompts).round().astype(int)
+        values = [values[i] for i in sorted(set(pick.tolist()))]
+    first = {}
+    for i, y in enumerate(batch.yy.tolist()):
+        first.setdefault(y, i)
+    return batch.subset([first[y] for y in values])

@@ -23,7 +23,7 @@ from clt_bench.io import atomic_path
 from clt_bench.models import LoadedModel
 from clt_bench.plots import yy_zz_grid
 from clt_bench.task.dataset import build_dataset, check_context
-from clt_bench.task.evaluate import end_logits, task_metrics
+from clt_bench.task.end_logits import end_logits, task_metrics
 from clt_bench.task.metrics import answer_probs, yy_heatmap
 from clt_bench.task.spec import TaskSpec
 

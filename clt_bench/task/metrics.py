@@ -44,13 +44,6 @@ def correct_mask(
     return z > y if relation == "gt" else z < y
 
 
-def incorrect_mask(
-    yy: torch.Tensor, relation: str = "gt", n: int = N_ANSWERS, answer: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Complement used by PD: z <= y for ``gt`` (and z >= y for ``lt``)."""
-    return ~correct_mask(yy, relation, n, answer)
-
-
 def prob_diff_per_example(
     p: torch.Tensor, yy: torch.Tensor, relation: str = "gt", answer: torch.Tensor | None = None
 ) -> torch.Tensor:

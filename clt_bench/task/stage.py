@@ -14,7 +14,7 @@ from clt_bench.io import run_metadata, save_tensors, write_json
 from clt_bench.models import LoadedModel
 from clt_bench.plots import SCALE_CAPTIONS, yy_zz_heatmap
 from clt_bench.task.dataset import TaskBatch, build_dataset, check_context
-from clt_bench.task.evaluate import end_logits, task_metrics
+from clt_bench.task.end_logits import end_logits, task_metrics
 from clt_bench.task.families import format_families_table, write_families
 from clt_bench.task.metrics import (
     answer_probs,

@@ -26,12 +26,6 @@ import torch
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.models.sources import LoadedModel
-from clt_bench.testing.attribution import (
-    check_capped_exactness,
-    check_completeness,
-    check_frozen_linearity,
-    check_single_source_exactness,
-)
 from clt_bench.testing.bars import (
     assert_circuit_recovery,
     assert_reconstruction,
@@ -41,6 +35,12 @@ from clt_bench.testing.bars import (
     measure_reconstruction,
     measure_reconstruction_scale,
     measure_replacement,
+)
+from clt_bench.testing.graph_exactness import (
+    check_capped_exactness,
+    check_completeness,
+    check_frozen_linearity,
+    check_single_source_exactness,
 )
 
 

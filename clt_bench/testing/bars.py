@@ -1,7 +1,7 @@
 """Quality bars a transcoder must clear on a model: reconstruction, replacement, circuit recovery.
 
 ``measure_*`` return the numbers; ``assert_*`` raise ``AssertionError`` naming the number and the
-bar. The measurements are the pipeline's own (``clt_bench.clt.evaluate``,
+bar. The measurements are the pipeline's own (``clt_bench.clt.quality``,
 ``clt_bench.compare.curve``) on a small, fixed sample so that they fit in a test:
 
 - reconstruction: NMSE, L0 and dead fraction on the first ``n_tokens`` held-out tokens of the
@@ -34,7 +34,7 @@ def heldout_sample(
     """(x, y) [n, L, d] resid_mid and mlp_out on ~``n_tokens`` held-out corpus tokens."""
     from clt_bench.activations.stage import heldout_rows
     from clt_bench.activations.tokens import TokenRows
-    from clt_bench.clt.evaluate import heldout_activations
+    from clt_bench.clt.quality import heldout_activations
     from clt_bench.config import RunConfig, with_section
 
     cfg = with_section(cfg or RunConfig(), "activations", eval_tokens=n_tokens)
@@ -55,7 +55,7 @@ def measure_reconstruction(
     loaded: LoadedModel, clt: CrossLayerTranscoder, n_tokens: int = 4096
 ) -> dict[str, Any]:
     """NMSE (pooled over layers), L0 (summed over layers) and dead fraction on held-out text."""
-    from clt_bench.clt.evaluate import reconstruction_metrics
+    from clt_bench.clt.quality import reconstruction_metrics
 
     x, y = heldout_sample(loaded, n_tokens)
     return reconstruction_metrics(clt, x, y)
@@ -80,7 +80,7 @@ def assert_reconstruction(
 
 # The band for the least-squares scalar a on each layer's reconstruction (README, "In your own
 # test suite"). A transcoder trained on MSE with a sparsity penalty shrinks its output, so a >= 1:
-# the toy reference CLT (clt_bench.testing.reference) gives a = 1.011-1.042 per layer over CLT
+# the toy reference CLT (clt_bench.testing.reference_run) gives a = 1.011-1.042 per layer over CLT
 # seeds 0 and 1, which differ by at most 0.002. Below the band the output overshoots (its
 # decoder x1.1 gives 0.926-0.953); the upper end is loose because under-training also raises a
 # (the 50-step `quick` CLT, NMSE 0.44: 1.03-1.19), which the NMSE bar judges.
@@ -174,7 +174,7 @@ def measure_circuit_recovery(
 ) -> dict[str, float]:
     """Share of the model's PD kept when only the ``top_k`` most influential features stay
     clean (the rest at their corrupted activations); also the k = 0 and k = all shares."""
-    from clt_bench.features.attribution import influence_ranking, task_attributions
+    from clt_bench.features.task_attributions import influence_ranking, task_attributions
 
     att = task_attributions(loaded.bridge, clt, batch, prompts_per_pass=16, progress=False)
     keys, _ = influence_ranking(att)

@@ -5,7 +5,7 @@ is asked for). All are session-scoped: the model loads and the reference CLT tra
   in float32 / float64 (float64 for the exactness properties);
 - ``clt_bench_task_batch``: 16 greater-than prompts, one per YY spread over 2..98 (discovery set);
 - ``clt_bench_reference_clt``: ``--clt-bench-reference PATH`` (a CLT folder or a run folder with
-  ``clt/``), else a small CLT trained for this session (``clt_bench.testing.reference``);
+  ``clt/``), else a small CLT trained for this session (``clt_bench.testing.reference_run``);
 - ``clt_bench_transcoder``: the transcoder under test (``--clt-bench-transcoder PATH``);
 - ``clt_bench_bars``: the pass bars (``--clt-bench-max-nmse`` ...).
 """
@@ -25,7 +25,7 @@ def _model_name(config: pytest.Config) -> str:
 
 
 def _load(path: str | Path):
-    from clt_bench.clt.io import load_clt
+    from clt_bench.clt.circuit_tracer_io import load_clt
 
     path = Path(path)
     if not (path / "config.yaml").is_file() and (path / "clt" / "config.yaml").is_file():
@@ -50,7 +50,7 @@ def clt_bench_model64(pytestconfig: pytest.Config):
 @pytest.fixture(scope="session")
 def clt_bench_task_batch(clt_bench_model):
     from clt_bench.config import RunConfig
-    from clt_bench.features.attribution import one_per_yy
+    from clt_bench.features.task_attributions import one_per_yy
     from clt_bench.task.stage import load_task_batch
 
     return one_per_yy(load_task_batch(RunConfig(), clt_bench_model, "discovery"), N_PROMPTS)
@@ -61,7 +61,7 @@ def clt_bench_reference_clt(pytestconfig: pytest.Config, tmp_path_factory):
     given = pytestconfig.getoption("clt_bench_reference")
     if given:
         return _load(given)
-    from clt_bench.testing.reference import train_reference_clt
+    from clt_bench.testing.reference_run import train_reference_clt
 
     run = tmp_path_factory.mktemp("clt-bench-reference")
     return _load(train_reference_clt(run, _model_name(pytestconfig)))

@@ -34,11 +34,11 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from clt_bench.errors import UserError
 from clt_bench.io import load_tensors, read_json, run_metadata, save_tensors, write_json
-from clt_bench.models.corpus import MAX_TOKENS, corpus_settings, generate_corpus
+from clt_bench.model_training.synthetic_corpus import MAX_TOKENS, corpus_settings, generate_corpus
 from clt_bench.models.tokenizer import gpt2_tokenizer
 from clt_bench.models.toy import DEFAULT_TOY_ARCH, TOY_DIR, build_toy_module, load_toy_module
 from clt_bench.task.dataset import TaskBatch, build_dataset
-from clt_bench.task.evaluate import task_metrics
+from clt_bench.task.end_logits import task_metrics
 from clt_bench.task.spec import load_task
 
 log = logging.getLogger(__name__)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from clt_bench.models.toy import TOY_DIR
 
     p = sub.add_parser("toy-model", help="train or evaluate the embedded toy model")
@@ -41,7 +42,7 @@ def _format(metrics: dict[str, float]) -> str:
     return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items())
 
 
-def _with_args(cfg, args: argparse.Namespace):  # noqa: ANN001, ANN202 - either train config
+def _with_args(cfg: Any, args: argparse.Namespace) -> Any:  # the toy's or the planted's config
     """The training config with the seed and the flags the user gave."""
     from dataclasses import replace
 
@@ -62,7 +63,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.model == "planted":
         return _train_planted(args)
 
-    from clt_bench.models.toy_train import ToyTrainConfig, train_toy
+    from clt_bench.model_training.toy_train import ToyTrainConfig, train_toy
 
     cfg = _with_args(ToyTrainConfig(), args)
     out = Path(args.out or _toy_dir())
@@ -79,7 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     if args.model == "planted":
         return _eval_planted(args)
-    from clt_bench.models.toy_train import evaluate_toy_module, load_trained
+    from clt_bench.model_training.toy_train import evaluate_toy_module, load_trained
 
     print(_format(evaluate_toy_module(load_trained(Path(args.dir or _toy_dir())))))
     return 0
@@ -93,8 +94,8 @@ def _toy_dir() -> Path:
 
 def _train_planted(args: argparse.Namespace) -> int:
 
+    from clt_bench.model_training.planted_train import PlantedTrainConfig, train_planted
     from clt_bench.models.planted import PLANTED_DIR
-    from clt_bench.models.planted_train import PlantedTrainConfig, train_planted
 
     cfg = _with_args(PlantedTrainConfig(), args)
     out = Path(args.out or PLANTED_DIR)
@@ -107,7 +108,7 @@ def _train_planted(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_acceptance(acc: dict) -> str:
+def _format_acceptance(acc: dict[str, Any]) -> str:
     rows = {
         **{k: v for k, v in acc["task"].items() if isinstance(v, float)},
         **{f"iia.{k}": v["accuracy"] for k, v in acc["interchange"].items()},
@@ -122,8 +123,8 @@ def _format_acceptance(acc: dict) -> str:
 
 
 def _eval_planted(args: argparse.Namespace) -> int:
+    from clt_bench.model_training.planted_train import acceptance_numbers
     from clt_bench.models.planted import PLANTED_DIR, load_planted_module, load_planted_spec
-    from clt_bench.models.planted_train import acceptance_numbers
 
     model = load_planted_module(Path(args.dir or PLANTED_DIR))
     acc = acceptance_numbers(model, load_planted_spec())

@@ -3,8 +3,8 @@
 Loss per step = behaviour + ``iit_weight`` * IIT + ``strict_weight`` * strictness (Gupta et al.
 2024's SIIT, on the high-level model of ``baselines/planted.toml``):
 
-- behaviour: the toy's loss (``clt_bench.models.toy_train``) on the same synthetic corpus, so the
-  model keeps modelling all of it and its activations stay varied enough for a CLT;
+- behaviour: the toy's loss (``clt_bench.model_training.toy_train``) on the same synthetic corpus,
+  so the model keeps modelling all of it and its activations stay varied enough for a CLT;
 - IIT: ``pair_batch // 2`` (base, source) pairs of task prompts that differ in YY; each example
   patches one high-level variable (drawn uniformly) at its aligned components and position from
   the source run; the target is the high-level output for the source's YY, p(ZZ | XX, YY_source);
@@ -39,15 +39,7 @@ from transformers import GPT2LMHeadModel
 
 from clt_bench.errors import UserError
 from clt_bench.io import load_tensors, run_metadata, save_tensors, write_json
-from clt_bench.models.corpus import corpus_settings, generate_corpus
-from clt_bench.models.planted import (
-    PLANTED_DIR,
-    PLANTED_WEIGHTS_NAME,
-    PlantedSpec,
-    load_planted_module,
-    load_planted_spec,
-)
-from clt_bench.models.planted_eval import (
+from clt_bench.model_training.planted_eval import (
     circuit_only,
     complement_mask,
     corpus_loss,
@@ -56,11 +48,9 @@ from clt_bench.models.planted_eval import (
     source_activations,
     strictness,
 )
-from clt_bench.models.planted_pairs import Pairs, hl_output, make_pairs, prompt_pool
-from clt_bench.models.siit import PatchMask, all_components, patched
-from clt_bench.models.tokenizer import gpt2_tokenizer
-from clt_bench.models.toy import TOY_WEIGHTS, build_toy_module, toy_fingerprint
-from clt_bench.models.toy_train import (
+from clt_bench.model_training.planted_pairs import Pairs, hl_output, make_pairs, prompt_pool
+from clt_bench.model_training.synthetic_corpus import corpus_settings, generate_corpus
+from clt_bench.model_training.toy_train import (
     TRAIN_ARCH,
     _batch_indices,
     _load_checkpoint,
@@ -73,6 +63,16 @@ from clt_bench.models.toy_train import (
     lr_at,
     tokenize_corpus,
 )
+from clt_bench.models.planted import (
+    PLANTED_DIR,
+    PLANTED_WEIGHTS_NAME,
+    PlantedSpec,
+    load_planted_module,
+    load_planted_spec,
+)
+from clt_bench.models.siit import PatchMask, all_components, patched
+from clt_bench.models.tokenizer import gpt2_tokenizer
+from clt_bench.models.toy import TOY_WEIGHTS, build_toy_module, toy_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from clt_bench.cli.common import add_common, command_config, load_run_model, locked
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from clt_bench.cli import add_common
-
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "baseline",
         help="the known circuit: discover or load it; faithfulness, "
@@ -31,22 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clt_bench.baseline.circuits import load_circuit
-    from clt_bench.baseline.stage import format_baseline_table, run_baseline_stage
-    from clt_bench.cli import config_from_args, out_dir
-    from clt_bench.models import load_model
+    from clt_bench.baseline.stage import format_baseline_table, load_baseline_summary
+    from clt_bench.pipeline import run_pipeline
 
-    if args.circuit:
-        args.overrides = [*args.overrides, f'baseline.circuit="{args.circuit}"']
-    cfg = config_from_args(args)
+    cfg, out = command_config(args)  # --circuit: baseline.circuit
     if cfg.baseline.circuit != "discovered":
         load_circuit(cfg.baseline.circuit)  # bad names fail before the model loads
-    loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
-    out = Path(out_dir(args, cfg))
-    from clt_bench.runlock import run_lock
-
-    with run_lock(out):  # one run per results folder
-        summary = run_baseline_stage(cfg, loaded, out, resume=args.resume)
-    print(format_baseline_table(summary))
+    loaded = load_run_model(cfg)
+    with locked(out):  # the baseline stage through the runner (resumed when finished)
+        run_pipeline(cfg, out, ["baseline"], resume=args.resume, model=loaded, lock=False)
+    print(format_baseline_table(load_baseline_summary(out)))
     print(f"wrote {out / 'baseline'}")
     return 0
 

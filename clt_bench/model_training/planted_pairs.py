@@ -2,9 +2,9 @@
 
 A pair shares the template, noun and century XX and differs in the start year's digits YY (the
 only input the high-level model reads besides XX). The high-level output is the synthetic corpus's
-law of the end year: ``p(ZZ | XX, YY)`` (``clt_bench.models.corpus``: ZZ = YY + gap, the gap
-geometric with probability GAP_GEOMETRIC_FRACTION, else uniform, and XXZZ a year the corpus uses),
-so the targets are exact, not estimated from samples.
+law of the end year: ``p(ZZ | XX, YY)`` (``clt_bench.model_training.synthetic_corpus``: ZZ = YY +
+gap, the gap geometric with probability GAP_GEOMETRIC_FRACTION, else uniform, and XXZZ a year the
+corpus uses), so the targets are exact, not estimated from samples.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clt_bench.models.corpus import GAP_GEOMETRIC_FRACTION, GAP_P, year_tables
+from clt_bench.model_training.synthetic_corpus import GAP_GEOMETRIC_FRACTION, GAP_P, year_tables
 from clt_bench.models.tokenizer import gpt2_tokenizer
 from clt_bench.task.dataset import TaskBatch, answer_token_ids, build_dataset
 from clt_bench.task.spec import load_task

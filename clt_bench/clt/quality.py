@@ -117,7 +117,7 @@ def task_metrics_with_clt(
     cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder
 ) -> dict[str, float]:
     """Greater-than PD of the original and of the replacement model on the task dataset."""
-    from clt_bench.task.evaluate import end_logits, task_metrics
+    from clt_bench.task.end_logits import end_logits, task_metrics
     from clt_bench.task.metrics import answer_probs, prob_diff_per_example
     from clt_bench.task.stage import load_task_batch
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
+from clt_bench.model_training.planted_pairs import CORRUPT_YY, Pairs, hl_output
 from clt_bench.models.planted import PlantedSpec
-from clt_bench.models.planted_pairs import CORRUPT_YY, Pairs, hl_output
 from clt_bench.models.siit import Activations, Component, PatchMask, all_components, patched, record
 from clt_bench.task.metrics import prob_diff_per_example
 

@@ -1,6 +1,7 @@
 """Run the plt stage in a second process while the main one trains and scores the CLT.
 
-The PLT reads only the run's task, baseline and activations (``pipeline.STAGE_INPUTS``). So on a
+The PLT reads only the run's task, baseline and activations (its ``inputs`` in
+:mod:`clt_bench.stages`). So on a
 CPU machine with at least two cores, once those are finished, a worker process runs the plt
 stage (``WORKER_STAGES``) while the main process trains the CLT; the main process waits for each
 of the worker's stages only where a stage of its own reads it. The cores are split between the two
@@ -19,7 +20,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from clt_bench import threads
 from clt_bench.config import RunConfig
@@ -32,6 +35,14 @@ from clt_bench.errors import UserError
 WORKER_STAGES: tuple[str, ...] = ("plt",)
 LOG_NAME = "plt-worker.log"
 available_cores = threads.available_cores  # (tests monkeypatch it)
+
+# the runner's ``run_subrun`` (passed in: this module does not import the runner)
+RunStages = Callable[..., Any]
+
+
+def worker_stages() -> tuple[str, ...]:
+    """``WORKER_STAGES``, read when a run starts (tests swap it)."""
+    return WORKER_STAGES
 
 
 def can_overlap(cfg: RunConfig, names: list[str]) -> bool:
@@ -67,7 +78,8 @@ def _worker(
     plan: list[tuple[str, bool]],
     parent: int,
     n_threads: int,
-    done: mp.SimpleQueue,
+    done: mp.SimpleQueue[tuple[str, bool]],
+    run_subrun: RunStages,
 ) -> None:
     log = open(Path(run_dir) / LOG_NAME, "w", buffering=1)  # noqa: SIM115 (lives with the process)
     sys.stdout = sys.stderr = log
@@ -75,17 +87,15 @@ def _worker(
     os.dup2(log.fileno(), 2)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     threads.set_budget(n_threads)
-    from clt_bench.pipeline import run_pipeline
-
     forced = False  # a stage recomputed here makes the ones after it stale
     model = None
     try:
         for stage, may_resume in plan:
             recomputed: list[bool] = []
-            ctx = run_pipeline(
+            ctx = run_subrun(
                 cfg,
                 run_dir,
-                stages=[stage],
+                [stage],
                 resume=may_resume and not forced,
                 progress=print,
                 model=model,
@@ -104,8 +114,15 @@ class StageWorker:
     """``stages`` running in a spawned process (``start`` on construction); ``wait(stage)``
     blocks until that stage is finished there."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, plan: list[tuple[str, bool]]) -> None:
-        """``plan``: (stage, may it resume) in the order the worker runs them."""
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        plan: list[tuple[str, bool]],
+        run_subrun: RunStages,
+    ) -> None:
+        """``plan``: (stage, may it resume) in the order the worker runs them; ``run_subrun``:
+        the runner's entry point, which the worker calls for each stage."""
         self.run_dir = Path(run_dir)
         self.stages = [s for s, _ in plan]
         self.finished: dict[str, bool] = {}  # stage -> recomputed
@@ -114,7 +131,7 @@ class StageWorker:
         self._done = ctx.SimpleQueue()
         self.proc = ctx.Process(
             target=_worker,
-            args=(cfg, str(run_dir), plan, os.getpid(), self.threads, self._done),
+            args=(cfg, str(run_dir), plan, os.getpid(), self.threads, self._done, run_subrun),
             name="clt-bench-" + "-".join(self.stages),
         )
         self.proc.start()

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.metrics import answer_probs, logit_diff_per_example, summarize
+
+
+def end_only_hook(end_pos: int) -> tuple[str, Callable[..., torch.Tensor]]:
+    """Unembed only END: ``unembed.hook_in`` [b, pos, d] -> [b, 1, d] (vocab matmul is costly).
+
+    Contiguous: on a strided slice the unembedding runs as b matrix-vector products, each reading
+    the whole [d, vocab] matrix (6x slower on the toy's 50,257-token vocabulary).
+    """
+    return ("unembed.hook_in", lambda x, hook: x[:, end_pos : end_pos + 1].contiguous())
 
 
 @torch.no_grad()
@@ -26,12 +35,10 @@ def end_logits(
     With ``compact_ids`` [k] it returns [n, k + 1] instead: the logits of those tokens and, last,
     the logsumexp of every other token — a softmax over it equals the full-vocabulary softmax at
     those tokens, without holding n x vocab logits (the 10,000-example set needs this).
-    ``end_only``: unembed only ``end_pos`` (``baseline.patching.end_only_hook``), several times
+    ``end_only``: unembed only ``end_pos`` (``end_only_hook``), several times
     faster on a large vocabulary; float32 rounding of the logits differs from the full unembed's
     by ~1e-7 relative (a different matmul shape).
     """
-    from clt_bench.baseline.patching import end_only_hook
-
     device = next(bridge.parameters()).device
     hooks = [*fwd_hooks, end_only_hook(end_pos)] if end_only else list(fwd_hooks)
     pos = -1 if end_only else end_pos

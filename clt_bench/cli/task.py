@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from clt_bench.cli.common import add_common, command_config, load_run_model, locked
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from clt_bench.cli import add_common
-
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("task", help="evaluate a model on the task: PD, CS, corrupted PD, heatmap")
     add_common(p)
     p.add_argument("--dataset", default=None, help="discovery (490) | headline (10,000)")
@@ -16,23 +15,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clt_bench.cli import config_from_args, out_dir
-    from clt_bench.models import load_model
     from clt_bench.task.dataset import check_task_tokens
     from clt_bench.task.spec import load_task
     from clt_bench.task.stage import format_task_table, run_task_stage
 
-    if args.dataset:
-        args.overrides = [*args.overrides, f'task.dataset="{args.dataset}"']
-    cfg = config_from_args(args)
+    cfg, out = command_config(args, *([f'task.dataset="{args.dataset}"'] if args.dataset else []))
     spec = load_task(cfg.task.task)  # bad task or template names fail before the model loads
     spec.template(cfg.task.template or spec.default_template)
-    loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
+    loaded = load_run_model(cfg)
     check_task_tokens(spec, loaded.tokenizer)  # multi-token nouns: one sentence, before the stage
-    out = Path(out_dir(args, cfg))
-    from clt_bench.runlock import run_lock
-
-    with run_lock(out):  # one run per results folder
+    with locked(out):
         metrics = run_task_stage(cfg, loaded, out)
     print(format_task_table(metrics))
     if cfg.task.family_n > 0:

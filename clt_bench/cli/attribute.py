@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+from clt_bench.cli.common import add_common, config_from_args, load_run_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from clt_bench.clt.model import CrossLayerTranscoder
+    from clt_bench.models import LoadedModel
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from clt_bench.cli import add_common
-
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "attribute",
         help="attribution graph of one prompt: completeness and "
@@ -51,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_clt_arg(spec: str, loaded, prompt_tokens, seed: int = 0):
+def load_clt_arg(
+    spec: str, loaded: LoadedModel, prompt_tokens: torch.Tensor, seed: int = 0
+) -> CrossLayerTranscoder:
     """A CLT from a directory, or ``random[:F]`` (calibrated on the prompt's activations)."""
     from clt_bench.errors import UserError
 
@@ -73,7 +82,7 @@ def load_clt_arg(spec: str, loaded, prompt_tokens, seed: int = 0):
         return random_clt(
             L, loaded.d_model, n_feat, seed=seed, calibrate_on=x, rate=0.05, dtype=x.dtype
         )
-    from clt_bench.clt.io import check_fits, load_clt
+    from clt_bench.clt.circuit_tracer_io import check_fits, load_clt
 
     if not Path(spec).exists():
         raise UserError(
@@ -91,7 +100,6 @@ TASK_TARGETS = ("task", "greater-than")
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from clt_bench.cli import config_from_args
     from clt_bench.errors import UserError
     from clt_bench.graphs.build import build_graph, check_context
     from clt_bench.graphs.interventions import constrained_patch, free_patch, parse_intervention
@@ -99,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     from clt_bench.graphs.prompt import task_graph_prompt
     from clt_bench.graphs.stage import format_graph_report, slugify, write_graph_outputs
     from clt_bench.graphs.targets import directions, parse_yy
-    from clt_bench.models import load_model
     from clt_bench.task.spec import load_task
 
     cfg = config_from_args(args)
@@ -114,10 +121,10 @@ def run(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    gcfg = SimpleNamespace(**{**vars(cfg.graphs), **changes})  # flags checked by name first
-    if not 0.0 < gcfg.node_threshold <= 1.0 or not 0.0 < gcfg.edge_threshold <= 1.0:
+    flags = SimpleNamespace(**{**vars(cfg.graphs), **changes})  # flags checked by name first
+    if not 0.0 < flags.node_threshold <= 1.0 or not 0.0 < flags.edge_threshold <= 1.0:
         raise UserError("--node-threshold and --edge-threshold must be in (0, 1].")
-    if gcfg.batch_size < 1 or gcfg.max_feature_nodes < 0:
+    if flags.batch_size < 1 or flags.max_feature_nodes < 0:
         raise UserError("--batch-size must be >= 1 and --max-features >= 0.")
     gcfg = replace(cfg.graphs, **changes)
     interventions = [parse_intervention(t) for t in args.intervene]
@@ -127,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     if target in (*TASK_TARGETS, *([t] for t in TASK_TARGETS)) and gcfg.prompt.strip():
         parse_yy(gcfg.prompt)  # the task's target needs a year in the prompt
     spec = load_task(cfg.task.task)
-    loaded = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.seed)
+    loaded = load_run_model(cfg)
     # no --prompt / graphs.prompt: the task's own graph prompt (clt_bench.graphs.prompt)
     gp = task_graph_prompt(spec, loaded.tokenizer, gcfg.prompt, gcfg.prepend_bos)
     tokens, prompt = gp.tokens, gp.text

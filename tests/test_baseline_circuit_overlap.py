@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from clt_bench.baseline.circuits import make_circuit
-from clt_bench.compare.overlap import (
+from clt_bench.baseline.circuit_overlap import (
     FeatureSite,
     circuit_cells,
     influence_share,
@@ -18,6 +17,7 @@ from clt_bench.compare.overlap import (
     precision_recall,
     published_applies,
 )
+from clt_bench.baseline.circuits import make_circuit
 
 CIRCUIT = make_circuit("hand", {"END": ["mlp2", "mlp3", "1.0"], "YY": ["mlp0", "0.1"]})
 

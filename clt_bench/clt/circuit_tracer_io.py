@@ -343,3 +343,13 @@ def _has_threshold(path: Path, cfg: dict[str, Any], cross: bool) -> bool:
     with safe_open(str(first), framework="pt") as f:
         keys = set(f.keys())
     return bool(keys & {"threshold_0", "log_threshold_0", "threshold", "log_threshold"})
+
+
+def load_run_clt(
+    run_dir: str | Path, name: str = "clt", device: str | torch.device = "cpu"
+) -> CrossLayerTranscoder:
+    """The transcoder a run's clt stage wrote (``<run>/<name>/``)."""
+    path = Path(run_dir) / name
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"no trained CLT in {path}; run the clt stage first.")
+    return load_clt(path, device)

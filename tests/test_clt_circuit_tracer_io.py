@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from clt_bench.cli import main
-from clt_bench.clt.io import load_clt, save_clt
+from clt_bench.clt.circuit_tracer_io import load_clt, save_clt
 from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.io import load_tensors, save_tensors

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from clt_bench.config import GraphsConfig
 from clt_bench.graphs import build_graph
+from clt_bench.graphs.graph_scores import ERROR, FEATURE, TARGET, TOKEN, graph_scores, pruned_scores
 from clt_bench.graphs.influence import influence, normalize_abs, prune
-from clt_bench.graphs.scores import ERROR, FEATURE, TARGET, TOKEN, graph_scores, pruned_scores
 
 TOKENS = torch.tensor([50256, 464, 1175, 15436, 422, 262, 614, 1596])
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from clt_bench import overlap, threads
+from clt_bench import plt_worker, threads
 from clt_bench.cli import main
 from clt_bench.config import load_config
 
@@ -30,15 +30,15 @@ STAGES = "task,baseline,activations,clt,graphs,features,plt"
 
 def test_overlap_rule(monkeypatch):
     names = ["activations", "clt", "plt"]
-    monkeypatch.setattr(overlap, "available_cores", lambda: 2)
-    assert overlap.can_overlap(load_config("toy"), names)  # auto threads: 1 + 1 on 2 cores
-    assert overlap.can_overlap(load_config("toy", ["clt.threads=1", "plt.threads=1"]), names)
-    assert not overlap.can_overlap(load_config("toy"), ["activations", "plt"])
-    assert not overlap.can_overlap(load_config("toy", ["plt.enabled=false"]), names)
-    assert not overlap.can_overlap(load_config("toy", ["clt.threads=2"]), names)
-    assert not overlap.can_overlap(load_config("toy", ["model.device=cuda"]), names)
-    monkeypatch.setattr(overlap, "available_cores", lambda: 1)
-    assert not overlap.can_overlap(load_config("toy"), names)
+    monkeypatch.setattr(plt_worker, "available_cores", lambda: 2)
+    assert plt_worker.can_overlap(load_config("toy"), names)  # auto threads: 1 + 1 on 2 cores
+    assert plt_worker.can_overlap(load_config("toy", ["clt.threads=1", "plt.threads=1"]), names)
+    assert not plt_worker.can_overlap(load_config("toy"), ["activations", "plt"])
+    assert not plt_worker.can_overlap(load_config("toy", ["plt.enabled=false"]), names)
+    assert not plt_worker.can_overlap(load_config("toy", ["clt.threads=2"]), names)
+    assert not plt_worker.can_overlap(load_config("toy", ["model.device=cuda"]), names)
+    monkeypatch.setattr(plt_worker, "available_cores", lambda: 1)
+    assert not plt_worker.can_overlap(load_config("toy"), names)
 
 
 def test_thread_budget(monkeypatch):
@@ -58,8 +58,8 @@ def test_thread_budget(monkeypatch):
         threads.set_budget(None)
         assert threads.budget() == threads.total()
         monkeypatch.setattr(threads, "total", lambda: 4)
-        assert overlap.worker_threads(load_config("toy")) == 2
-        assert overlap.worker_threads(load_config("toy", ["plt.threads=3"])) == 3
+        assert plt_worker.worker_threads(load_config("toy")) == 2
+        assert plt_worker.worker_threads(load_config("toy", ["plt.threads=3"])) == 3
     finally:
         threads.set_budget(None)
         torch.set_num_threads(before)
@@ -67,10 +67,10 @@ def test_thread_budget(monkeypatch):
 
 @pytest.mark.slow
 def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(overlap, "available_cores", lambda: 2)
+    monkeypatch.setattr(plt_worker, "available_cores", lambda: 2)
     # the worker runs any stages whose inputs are met: here the baseline too (the default is
     # the plt stage alone), so the main process must wait for it before its features stage
-    monkeypatch.setattr(overlap, "WORKER_STAGES", ("baseline", "plt"))
+    monkeypatch.setattr(plt_worker, "WORKER_STAGES", ("baseline", "plt"))
     # like with like: every computation at one thread in both runs (serial: a budget of 1;
     # overlap: 2 threads split 1 + 1 between the processes)
     pinned = ["--set", "clt.threads=1", "--set", "plt.threads=1"]
@@ -82,9 +82,9 @@ def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch, caps
         assert main(["run", "--out", str(out), "--stages", STAGES, *TINY, *pinned, *extra]) == 0
         runs[mode] = out
         assert threads.budget() == total  # the main process has every thread back
-    assert (runs["overlap"] / overlap.LOG_NAME).is_file()
-    assert not (runs["serial"] / overlap.LOG_NAME).exists()
-    log = (runs["overlap"] / overlap.LOG_NAME).read_text()
+    assert (runs["overlap"] / plt_worker.LOG_NAME).is_file()
+    assert not (runs["serial"] / plt_worker.LOG_NAME).exists()
+    log = (runs["overlap"] / plt_worker.LOG_NAME).read_text()
     assert "baseline: finished" in log and "plt: finished" in log  # both ran in the worker
     # the features stage waited for the worker's baseline: it read the same circuit
     circuits = [json.loads((runs[m] / "features/metrics.json").read_text()) for m in runs]
@@ -96,9 +96,9 @@ def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch, caps
         assert a == b, f
         assert a, f
     # resumed: nothing recomputed, no worker started for a current plt stage
-    (runs["overlap"] / overlap.LOG_NAME).unlink()
+    (runs["overlap"] / plt_worker.LOG_NAME).unlink()
     assert main(["run", "--out", str(runs["overlap"]), "--stages", STAGES, *TINY, *pinned]) == 0
-    assert not (runs["overlap"] / overlap.LOG_NAME).exists()
+    assert not (runs["overlap"] / plt_worker.LOG_NAME).exists()
     # a changed [plt] section: the worker resumes the baseline and recomputes the plt stage; the
     # main process resumes its stages (a resumed worker stage makes nothing stale)
     capsys.readouterr()
@@ -124,11 +124,11 @@ def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch, caps
         )
         == 0
     )
-    assert "plt: finished" in (runs["overlap"] / overlap.LOG_NAME).read_text()
+    assert "plt: finished" in (runs["overlap"] / plt_worker.LOG_NAME).read_text()
 
 
 def test_a_failing_worker_ends_the_run_with_one_sentence(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(overlap, "available_cores", lambda: 2)
+    monkeypatch.setattr(plt_worker, "available_cores", lambda: 2)
     # an existing folder that holds no transcoder passes the config check and fails in the
     # worker, when the plt stage loads it
     (tmp_path / "empty").mkdir()
@@ -140,4 +140,4 @@ def test_a_failing_worker_ends_the_run_with_one_sentence(tmp_path, monkeypatch, 
     )  # fmt: skip
     assert rc == 2
     err = capsys.readouterr().err
-    assert "failed in their worker process" in err and overlap.LOG_NAME in err
+    assert "failed in their worker process" in err and plt_worker.LOG_NAME in err

@@ -7,7 +7,7 @@ import pytest
 
 from clt_bench.config import FeaturesConfig
 from clt_bench.errors import UserError
-from clt_bench.features.scores import (
+from clt_bench.features.shape_scores import (
     YY_VALUES,
     ZZ_VALUES,
     LabelRule,

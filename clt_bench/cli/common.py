@@ -1,29 +1,18 @@
-"""The ``clt-bench`` command line. Each stage registers its own sub-command (see COMMANDS).
-
-Bad input raises ``UserError``: printed as one sentence, exit code 2, no traceback.
-"""
+"""Argument handling every ``clt-bench`` command shares, written once: the config (preset,
+``--set`` overrides, model, device, task, template), the run folder, the model and the folder's
+lock."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import logging
-import sys
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from clt_bench.config import RunConfig, load_config, parse_override, preset_names
 from clt_bench.errors import UserError
-
-# modules with ``register(subparsers)``; each adds one or more sub-commands
-COMMANDS = [
-    "clt_bench.task.cli",
-    "clt_bench.baseline.cli",
-    "clt_bench.clt.cli",
-    "clt_bench.models.cli",
-    "clt_bench.graphs.cli",
-    "clt_bench.report.cli",
-]
+from clt_bench.models import LoadedModel
 
 
 def add_common(p: argparse.ArgumentParser, model: bool = True, out: bool = True) -> None:
@@ -77,9 +66,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         from clt_bench.task.spec import load_task
 
         # a task given as a path is stored absolute, so a resumed run finds it from anywhere
-        path = load_task(args.task).path
-        named = path.parent == tasks_dir() / args.task
-        overrides.append(f"task.task={json.dumps(args.task if named else str(path.resolve()))}")
+        task_path = load_task(args.task).path
+        named = task_path.parent == tasks_dir() / args.task
+        where = args.task if named else str(task_path.resolve())
+        overrides.append(f"task.task={json.dumps(where)}")
     if getattr(args, "template", None):
         overrides.append(f"task.template={json.dumps(args.template)}")
     if getattr(args, "circuit", None):  # run and baseline: --circuit NAME
@@ -90,10 +80,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def default_preset(args: argparse.Namespace) -> str:
     """``--preset``, else the preset named after ``--model`` where one exists (``--model
     planted`` runs the planted preset, sized for the planted model), else ``toy``."""
-    preset = getattr(args, "preset", None)
+    preset: str | None = getattr(args, "preset", None)
     if preset:
         return preset
-    model = getattr(args, "model", None)
+    model: str | None = getattr(args, "model", None)
     return model if model and model in preset_names() else "toy"
 
 
@@ -101,39 +91,29 @@ def out_dir(args: argparse.Namespace, cfg: RunConfig) -> str:
     return args.out or f"results/{cfg.preset}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clt-bench",
-        description="Do cross-layer transcoders find the greater-than circuit? Train, attribute, "
-        "compare, report.",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
-    return parser
+def command_config(args: argparse.Namespace, *extra: str) -> tuple[RunConfig, Path]:
+    """The command's config (``extra``: overrides its own flags add) and run folder."""
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    cfg = config_from_args(args)
+    return cfg, Path(out_dir(args, cfg))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except OSError as err:  # read-only or full results folder, unreadable input, ...
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}.", file=sys.stderr)
-        return UserError.exit_code
-    except KeyboardInterrupt:
-        print(
-            "interrupted; finished checkpoints are kept and the next run resumes.", file=sys.stderr
-        )
-        return 130
+def load_run_model(cfg: RunConfig, device: str | None = None) -> LoadedModel:
+    """The config's model (on ``device``, default ``model.device``)."""
+    from clt_bench.models import load_model
+
+    m = cfg.model
+    return load_model(m.name, device or m.device, m.dtype, m.seed)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+@contextmanager
+def locked(out: Path, hold: bool = True) -> Iterator[None]:
+    """One run per results folder (``runlock``): a second one ends with one sentence."""
+    from clt_bench.runlock import run_lock
+
+    if not hold:
+        yield
+        return
+    with run_lock(out):
+        yield

@@ -35,10 +35,13 @@ from tqdm import tqdm
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
-from clt_bench.graphs.attribution import Attributor, feature_table
+from clt_bench.graphs.edge_weights import Attributor, feature_table
 from clt_bench.graphs.local_replacement import ReplacementModel, build_replacement, run_frozen
 from clt_bench.graphs.targets import greater_than_coefficients
-from clt_bench.task.dataset import TaskBatch
+from clt_bench.task.dataset import (
+    TaskBatch,
+    one_per_yy,  # noqa: F401  (re-exported)
+)
 from clt_bench.task.metrics import correct_mask
 
 N_ANSWERS = 100
@@ -88,20 +91,6 @@ class TaskAttributions:
 
     def split_key(self, key: int) -> tuple[int, int]:
         return divmod(int(key), self.n_features)
-
-
-def one_per_yy(batch: TaskBatch, n_prompts: int) -> TaskBatch:
-    """The first prompt of each YY in the batch, for ``n_prompts`` YY values spread over 2..98."""
-    values = sorted(set(batch.yy.tolist()))
-    if n_prompts <= 0:
-        raise UserError("graphs.n_prompts must be positive.")
-    if n_prompts < len(values):
-        pick = np.linspace(0, len(values) - 1, n_prompts).round().astype(int)
-        values = [values[i] for i in sorted(set(pick.tolist()))]
-    first = {}
-    for i, y in enumerate(batch.yy.tolist()):
-        first.setdefault(y, i)
-    return batch.subset([first[y] for y in values])
 
 
 def _unembed(bridge) -> tuple[torch.Tensor, torch.Tensor]:

@@ -307,7 +307,7 @@ def generate_corpus(n_sequences: int, seed: int) -> list[str]:
 def corpus_settings() -> dict[str, object]:
     """The corpus knobs, for provenance in the toy's config.json."""
     return {
-        "generator": "clt_bench.models.corpus.generate_corpus",
+        "generator": "clt_bench.model_training.synthetic_corpus.generate_corpus",
         "bos_prefix": BOS_PREFIX,
         "max_tokens": MAX_TOKENS,
         "task_first_fraction": TASK_FIRST_FRACTION,
