@@ -332,7 +332,7 @@ def _training(
     # the vocabulary for 8 rows (original, replacement, zero-ablated: clt.evaluate)
     heldout = (a.eval_tokens + a.batch_size * a.seq_len) * L * 2 * d * 4.0
     recon = 2048 * L * c.n_features * 4.0 * 3
-    agree = 8 * a.seq_len * cal.task_bytes_per_row / TASK_TOKENS * 4
+    agree = 8 * a.seq_len * cal.task_bytes_per_row / TASK_TOKENS * 3  # the three runs at once
     evaluate = 4.0 * transcoder_parameters(c, L, d) + heldout + max(recon, agree)
     peak = max(train, evaluate)
     pairs = L + _decoder_pairs(c.kind, L)
