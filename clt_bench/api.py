@@ -144,8 +144,9 @@ class FeatureScores:
     """The top features of a transcoder on the task, ranked by influence.
 
     ``table``: one row per feature (rank, ``L{layer}/{id}``, label, influence, contributions,
-    shape scores; columns as in a run's ``features/features.csv``); ``heatmaps`` ``[K, 97, 100]``:
-    each feature's YY x ZZ logit attribution (rows YY = ``yy_values``, columns ZZ = 0..99).
+    shape scores; columns as in a run's ``features/features.csv``); ``heatmaps`` ``[K, 97, A]``:
+    each feature's YY x ZZ logit attribution (rows YY = ``yy_values``, columns ZZ = 0..A-1, A the
+    task's answer count: 100 for greater-than). Labels are relative to the batch's relation.
     """
 
     table: pd.DataFrame
@@ -180,8 +181,8 @@ def score_features(
     import pandas as pd
 
     from clt_bench.config import RunConfig
-    from clt_bench.features.shape_scores import YY_VALUES, LabelRule
-    from clt_bench.features.stage import feature_rows
+    from clt_bench.features.shape_scores import LabelRule
+    from clt_bench.features.stage import TaskRelation, feature_rows
     from clt_bench.features.task_attributions import (
         influence_ranking,
         one_per_yy,
@@ -202,11 +203,12 @@ def score_features(
         progress=False,
     )
     keys, influence = influence_ranking(att)
+    relation = TaskRelation.of(batch)
     rows, heat = feature_rows(
-        att, keys[:top_k], influence[:top_k], clt, None, LabelRule.from_config(fc)
+        att, keys[:top_k], influence[:top_k], clt, None, LabelRule.from_config(fc), relation
     )
     table = pd.DataFrame(rows).drop(columns=["contexts"], errors="ignore")
-    return FeatureScores(table=table, heatmaps=heat, yy_values=np.asarray(YY_VALUES))
+    return FeatureScores(table=table, heatmaps=heat, yy_values=np.asarray(relation.rows))
 
 
 def run_pipeline(

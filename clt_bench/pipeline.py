@@ -110,11 +110,6 @@ def stage_is_current(ctx: RunContext, stage: str) -> bool:
     return record is not None and record.get("config_hash") == _ctx_hash(ctx, stage)
 
 
-# the stages that score a task whose template has the ``exact`` relation (one correct answer) or
-# fewer than 100 answers
-EXACT_STAGES = ("task",)
-
-
 def _check_task_tokens(ctx: RunContext, names: list[str], resume: bool) -> None:
     """Task data that is bad only for this model's tokenizer (nouns of several tokens) fails
     before the first stage, not in the middle of the run."""
@@ -126,21 +121,6 @@ def _check_task_tokens(ctx: RunContext, names: list[str], resume: bool) -> None:
     from clt_bench.task.spec import load_task
 
     spec = load_task(ctx.cfg.task.task)
-    tpl = spec.template(ctx.cfg.task.template or spec.default_template)
-    beyond = [s for s in reads_task if s not in EXACT_STAGES]
-    if tpl.relation == "exact" and beyond:
-        raise UserError(
-            f"template '{tpl.name}' of {spec.path} has relation 'exact', which the task stage "
-            f"scores but the {', '.join(beyond)} stage(s) do not yet (they score gt / lt "
-            f"templates); run --stages task, or choose a gt or lt template with --template."
-        )
-    if spec.n_answers != 100 and beyond:
-        raise UserError(
-            f"task file {spec.path}: answers.count = {spec.n_answers}, which the task stage "
-            f"scores but the {', '.join(beyond)} stage(s) do not yet (their attributions and "
-            f'heatmaps use the 100 answers "00".."99"); run --stages task, or set '
-            f"answers.count = 100."
-        )
     check_task_tokens(spec, ctx.model.tokenizer)
 
 

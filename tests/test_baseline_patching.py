@@ -116,15 +116,15 @@ def test_direct_paths_add_up_to_linear_decomposition(ctx):
     end = ctx.end_pos
     senders = [Sender("embed", 0, end), *all_senders(N_LAYERS, N_HEADS, [end])]
     r = path_patch(ctx, senders, [Receiver("logits", N_LAYERS, end)], freeze_ln=True)
-    yy = ctx.batch.yy
-    base = per_example_logit_diff(ctx.base.readout, yy)
-    parts = per_example_logit_diff(r, yy) - base  # [S, n]
+    base = per_example_logit_diff(ctx.base.readout, ctx.batch)
+    parts = per_example_logit_diff(r, ctx.batch) - base  # [S, n]
     ln = ctx.bridge.ln_final.original_component
     x = ctx.source.final[:, end]
     x = (x - x.mean(-1, keepdim=True)) / ctx.base.final_scale[:, end] * ln.weight + ln.bias
     total = (
         per_example_logit_diff(
-            readout_from_resid(x, ctx.bridge.W_U, ctx.bridge.b_U, ctx.batch.answer_ids), yy
+            readout_from_resid(x, ctx.bridge.W_U, ctx.bridge.b_U, ctx.batch.answer_ids),
+            ctx.batch,
         )
         - base
     )

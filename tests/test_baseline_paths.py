@@ -30,7 +30,7 @@ def ctx(tokenizer, task_spec):
 
 
 def _pd(ctx, readout):
-    return per_example_pd(readout, ctx.batch.yy, ctx.batch.relation)
+    return per_example_pd(readout, ctx.batch)
 
 
 def test_hanna_structure():

@@ -82,7 +82,7 @@ def test_task_attributions_and_ablations(setup):
     d_f = free_delta_pd(bridge, clt, batch, feats, acts, active, progress=False)
     # hand-computed: remove the feature's decoder writes from every MLP output it feeds, at every
     # position of every prompt (prompts where it is silent change nothing), real model live
-    clean_pd = pd_of(bridge(batch.clean)[:, -1], batch.yy, batch)
+    clean_pd = pd_of(bridge(batch.clean)[:, -1], batch)
     for u, (lay, f) in enumerate(feats):
         a = torch.as_tensor(acts[u])  # [n, pos]
         writes = {
@@ -91,7 +91,7 @@ def test_task_attributions_and_ablations(setup):
         hooks = [
             (f"blocks.{t}.hook_mlp_out", lambda y, hook, w=w: y - w) for t, w in writes.items()
         ]
-        ref = pd_of(bridge.run_with_hooks(batch.clean, fwd_hooks=hooks)[:, -1], batch.yy, batch)
+        ref = pd_of(bridge.run_with_hooks(batch.clean, fwd_hooks=hooks)[:, -1], batch)
         assert d_f[u] == pytest.approx(float((ref - clean_pd).mean()), abs=1e-6)
     assert np.abs(d_f).max() > 1e-6  # the case is not trivially zero
     # ablating a feature via scale=1 changes nothing
@@ -105,12 +105,66 @@ def test_task_attributions_and_ablations(setup):
         att, [int(k) for k in keys[:3]], bridge.W_U, bridge.b_U, batch
     )
     rm_all = build_replacement(bridge, clt, batch.clean)
-    clean_pd = pd_of(rm_all.logits, batch.yy, batch)
+    clean_pd = pd_of(rm_all.logits, batch)
     for u, (lay, f) in enumerate(feats):
         acts = rm_all.acts.clone()
         acts[:, :, lay, f] = 0.0
         logits = run_frozen(rm_all, modes="frozen", acts=acts).logits
-        ref = float((pd_of(logits, batch.yy, batch) - clean_pd).mean())
+        ref = float((pd_of(logits, batch) - clean_pd).mean())
         assert fast[u] == pytest.approx(ref, abs=1e-6)
     r = replacement_pd(bridge, clt, batch)
     assert set(r) >= {"model_prob_diff", "replacement_prob_diff"}
+
+
+EXACT = '[templates.t]\ntext = "{XX}{YY}, {XX}"\nrelation = "exact"\nanswer = "YY+1"\n'
+GT = '[templates.t]\ntext = "The {noun} lasted from the year {XX}{YY} to the year {XX}"\n'
+TASK = """
+name = "mine"
+nouns_file = "nouns.txt"
+
+[year_filter]
+start = 1100
+stop = 1900
+
+[corruption]
+yy = "01"
+
+[answers]
+count = {count}
+
+[datasets.discovery]
+n = 40
+sampling = "balanced"
+seed = 0
+"""
+
+
+@pytest.mark.parametrize("body, count", [(EXACT, 100), (GT, 50)], ids=["exact", "answers_50"])
+def test_attributions_and_ablations_follow_the_answer_space(
+    setup, tmp_path, tokenizer, body, count
+):
+    """Exact answers and a smaller answer space: A answer columns, the task's own PD, and the
+    first-order PD attribution (its gradient, exact PD included) matches a small ablation."""
+    from clt_bench.features.task_attributions import per_feature_sums
+    from clt_bench.task.spec import load_task
+
+    bridge, clt, _ = setup
+    (tmp_path / "task.toml").write_text(TASK.format(count=count) + body)
+    (tmp_path / "nouns.txt").write_text("war\npeace\n")
+    spec = load_task(tmp_path)
+    batch = one_per_yy(build_dataset(spec, tokenizer, "discovery"), 6)
+    assert batch.n_answers == count
+    att = task_attributions(bridge, clt, batch, prompts_per_pass=3, progress=False)
+    assert att.answer.shape[1] == count and att.relation == batch.relation
+    clean = pd_of(build_replacement(bridge, clt, batch.clean).logits, batch)
+    assert att.clean_prob_diff == pytest.approx(float(clean.mean()), abs=1e-9)
+    keys, _ = influence_ranking(att)
+    keys = keys[:4]
+    eps = 1e-3
+    fast = constrained_delta_pd_frozen(
+        att, [int(k) for k in keys], bridge.W_U, bridge.b_U, batch, scale=1.0 - eps
+    )
+    first_order = per_feature_sums(att, keys)["pd_direct"]
+    scale = np.abs(first_order).max()
+    assert scale > 0  # not trivially zero (the tiny model puts little mass on the answers)
+    assert np.allclose(fast / -eps, first_order, rtol=1e-2, atol=1e-3 * scale)

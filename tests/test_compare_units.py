@@ -53,7 +53,7 @@ def _resid_mid(bridge, tokens):
 
 def _pd(bridge, tokens, batch, hooks=()):
     logits = bridge.run_with_hooks(tokens, fwd_hooks=list(hooks))[:, -1]
-    return float(pd_of(logits, batch.yy, batch).mean())
+    return float(pd_of(logits, batch).mean())
 
 
 def _plant_directions(bridge, batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -156,7 +156,7 @@ def test_units_needed_error_corrupted_endpoints(tokenizer, task_spec):
         hooks = [(f"blocks.{i}.hook_mlp_out", lambda y, hook, i=i: outs[i]) for i in range(2)]
         with torch.no_grad():
             logits = bridge.run_with_hooks(eb.clean, fwd_hooks=hooks)[:, -1]
-        return float(pd_of(logits, eb.yy, eb).mean())
+        return float(pd_of(logits, eb).mean())
 
     mlp_x = [x[f"blocks.{i}.hook_mlp_out"] for i in range(2)]
     stack = lambda cache: torch.stack(  # noqa: E731
@@ -372,10 +372,10 @@ def test_free_ablation_does_not_double_count_on_an_exact_model(exact_model):
 
     def replacement_dpd(zero):
         with torch.no_grad():
-            base = pd_of(bridge(batch.clean)[:, -1], batch.yy, batch)
+            base = pd_of(bridge(batch.clean)[:, -1], batch)
             state["zero"] = zero
             try:
-                abl = pd_of(bridge(batch.clean)[:, -1], batch.yy, batch)
+                abl = pd_of(bridge(batch.clean)[:, -1], batch)
             finally:
                 state["zero"] = []
         return (abl - base).numpy()  # [n]

@@ -139,21 +139,52 @@ def test_an_empty_answer_space_is_one_sentence(tmp_path, capsys):
     one_sentence(capsys, str(toml), "answers.count = 2", "empty answer space")
 
 
-def test_an_exact_task_stops_before_stages_that_score_gt_lt_only(tmp_path, capsys):
-    body = '[templates.t]\ntext = "{XX}{YY}, {XX}"\nrelation = "exact"\nanswer = "YY+1"\n'
+SHRINK = [
+    "task.family_n=0",
+    "baseline.n_examples=24",
+    "baseline.discovery_examples=12",
+    "baseline.n_random=1",
+    "baseline.neuron_examples=12",
+    "baseline.neuron_candidates=2",
+    "baseline.max_steps=1",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body, count, relation",
+    [
+        (
+            '[templates.t]\ntext = "{XX}{YY}, {XX}"\nrelation = "exact"\nanswer = "YY+1"\n',
+            100,
+            "exact",
+        ),
+        (GT, 60, "gt"),
+    ],
+    ids=["exact", "answers_60"],
+)
+def test_exact_and_smaller_answer_spaces_run_the_stages_after_task(tmp_path, body, count, relation):
+    """The stages after ``task`` score an exact template and a smaller answer space (they used
+    to stop before them); the baseline's numbers follow the task's relation and answer count."""
+    import json
+
     task = write_task(tmp_path, body)
-    assert run_cli(task, tmp_path, "run") == 2
-    one_sentence(capsys, "relation 'exact'", "baseline")
-    assert not (tmp_path / "run" / "task").exists()
-
-
-def test_a_smaller_answer_space_stops_before_stages_that_use_100_answers(tmp_path, capsys):
-    task = write_task(tmp_path, GT)
     toml = task / "task.toml"
-    toml.write_text(toml.read_text().replace("count = 100", "count = 60"))
-    assert run_cli(task, tmp_path, "run") == 2
-    one_sentence(capsys, str(toml), "answers.count = 60", "baseline")
-    assert not (tmp_path / "run" / "task").exists()
+    toml.write_text(toml.read_text().replace("count = 100", f"count = {count}"))
+    out = tmp_path / "run"
+    argv = ["run", "--model", "toy", "--task", str(task), "--out", str(out)]
+    argv += ["--stages", "task,baseline"] + [a for s in SHRINK for a in ("--set", s)]
+    assert main(argv) == 0
+    circuit = json.loads((out / "baseline" / "circuit.json").read_text())
+    assert circuit["provenance"]["relation"] == relation
+    faith = json.loads((out / "baseline" / "faithfulness.json").read_text())
+    assert np.isfinite(faith["model_prob_diff"]) and np.isfinite(faith["model_logit_diff"])
+    if faith["model_prob_diff"] <= 0:  # a ratio to a non-positive PD is undefined, not a number
+        assert faith["faithfulness_components_ratio"] is None
+        assert "not positive" in faith["faithfulness_ratio_undefined_reason"]
+    outer = json.loads((out / "baseline" / "neurons.json").read_text())["outer_products"]
+    for m in outer.values():  # rows YY = 2..98 below the answer count, one column per answer
+        assert len(m) == len(range(2, min(99, count))) and {len(r) for r in m} == {count}
 
 
 def test_the_task_stage_heatmap_follows_the_answer_space(tmp_path):
@@ -273,6 +304,47 @@ def test_a_perfect_comparator_of_each_relation_and_the_swap(relation, shift, sca
         s2 = shape_scores(heat, YY_VALUES, SWAP[relation])
         assert s2.gt_corr < -0.9
         assert label_decision(s2, 1.0, relation=SWAP[relation]).label == "anti-task"
+
+
+@given(
+    row=st.integers(0, 200),
+    shift=st.integers(1, 3),
+    n_answers=st.sampled_from([50, 100]),
+    scale=st.floats(0.01, 100.0),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None)
+def test_a_perfect_exact_answer_feature_is_a_comparator_with_a_positive_task_score(
+    row, shift, n_answers, scale, seed
+):
+    """A feature that promotes each prompt's one answer (and nothing else) on an exact task of
+    any answer count: comparator label, a positive score on the task's target (logit difference
+    and first-order PD); with the answer moved to the other side of YY it is neither."""
+    from clt_bench.task.metrics import prob_diff_per_example
+
+    rows = np.array([y for y in range(2, min(99, n_answers)) if y + shift < n_answers])
+    answers = rows + shift
+    z = np.arange(n_answers)[None, :]
+    heat = scale * np.where(z == answers[:, None], 1.0, -0.3)  # [rows, A]
+    s = shape_scores(heat, rows, "exact", answers)
+    assert s.gt_corr > 0.99
+    assert label_decision(s, 1.0, relation="exact").label == "comparator"
+    r = row % len(rows)
+    y, a, e = int(rows[r]), int(answers[r]), torch.from_numpy(heat[r])
+    assert float(greater_than_coefficients(y, "exact", n_answers, a) @ e) > 0
+    # first-order PD: d/dt PD(logits + t * e) at t = 0, on any logits (answers then 20 others)
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n_answers + 20, generator=gen, dtype=torch.float64) * 3
+    t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    moved = logits + t * torch.cat([e, torch.zeros(20, dtype=torch.float64)])
+    p = torch.softmax(moved, -1)[None, :n_answers]
+    pd = prob_diff_per_example(p, torch.tensor([y]), "exact", torch.tensor([a]))
+    (grad,) = torch.autograd.grad(pd.sum(), t)
+    assert float(grad) > 0
+    wrong = np.clip(rows - shift, 0, None)  # the answer on the other side of YY
+    s2 = shape_scores(heat, rows, "exact", wrong)
+    assert s2.gt_corr < 0.1 and label_decision(s2, 1.0, relation="exact").label != "comparator"
+    assert float(greater_than_coefficients(y, "exact", n_answers, int(wrong[r])) @ e) < 0
 
 
 def test_a_less_than_comparator_on_a_less_than_task_is_not_anti_task():

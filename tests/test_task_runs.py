@@ -1,7 +1,8 @@
-"""Every stage follows the task file (issue 22): the quick preset on three task directories
-written here -- greater-than years, less-than years, and a price task that is not about years --
-and each stage's outputs carry the task's own prompt, relation and labels, while the report and
-summary.md name the task and template and hold none of the other tasks' words."""
+"""Every stage follows the task file (issue 22): the quick preset on task directories written
+here -- greater-than years, less-than years, a price task that is not about years, Hanna's
+consecutive-years sequence with one exact answer, and greater-than years over 50 answers -- and
+each stage's outputs carry the task's own prompt, relation, answer count and labels, while the
+report and summary.md name the task and template and hold none of the other tasks' words."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from clt_bench.cli import main
+from clt_bench.features.shape_scores import LABELS, shape_scores
+from clt_bench.io import load_tensors
 
 BASE = """
 name = "{name}"
@@ -25,7 +30,7 @@ stop = 1900
 yy = "{corrupt}"
 
 [answers]
-count = 100
+count = {count}
 {labels}
 
 [datasets.discovery]
@@ -36,7 +41,7 @@ seed = 0
 [templates.{template}]
 text = "{text}"
 relation = "{relation}"
-"""
+{extra}"""
 
 TASKS = {
     "gt_years": dict(
@@ -76,6 +81,32 @@ TASKS = {
         own=("greater-than", "lowest price YY", "highest price ZZ"),
         foreign=("less-than", "99-corrupted", "start year", "end year"),
     ),
+    "exact_years": dict(
+        name="five_years",
+        corrupt="05",
+        labels='label = "next year ZZ"\nquestion_label = "last year YY"',
+        template="five",
+        text="The {noun} lasted {XX}{YY-3}, {XX}{YY-2}, {XX}{YY-1}, {XX}{YY}, {XX}",
+        relation="exact",
+        extra='answer = "YY+1"\n',
+        nouns="war\npeace\nking\n",
+        correct="ZZ = the answer",
+        own=("exact-answer", "05-corrupted", "last year YY", "next year ZZ"),
+        foreign=("greater-than", "less-than", "01-corrupted", "start year", "ZZ > YY"),
+    ),
+    "gt_years_50": dict(
+        name="reigns50",
+        corrupt="01",
+        count=50,
+        labels='label = "end year ZZ"\nquestion_label = "start year YY"',
+        template="reign",
+        text="The {noun} reigned from the year {XX}{YY} to the year {XX}",
+        relation="gt",
+        nouns="king\nqueen\nprince\n",
+        correct="ZZ > YY",
+        own=("greater-than", "01-corrupted", "start year YY"),
+        foreign=("less-than", "99-corrupted", "price", "exact-answer"),
+    ),
 }
 
 
@@ -92,7 +123,7 @@ def test_every_stage_follows_the_task_file(tmp_path, which):
     t = TASKS[which]
     d = tmp_path / which
     d.mkdir()
-    (d / "task.toml").write_text(BASE.format(**t))
+    (d / "task.toml").write_text(BASE.format(**{"count": 100, "extra": "", **t}))
     (d / "nouns.txt").write_text(t["nouns"])
     run = tmp_path / "run"
     argv = ["run", "--preset", "quick", "--task", str(d), "--out", str(run), "--serial"]
@@ -115,6 +146,21 @@ def test_every_stage_follows_the_task_file(tmp_path, which):
     assert t["own"][0] in json.dumps(circuit)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"]["task"] == t["name"] and metrics["task"]["template"] == t["template"]
+
+    # every answer axis has the task's answer count, heatmap rows YY = 2..98 below it
+    count = t.get("count", 100)
+    yy_rows = np.arange(2, min(99, count))
+    assert np.array(task["heatmap_matrix"], dtype=float).shape == (len(yy_rows), count)
+    heat = load_tensors(run / "features" / "heatmaps.safetensors")["heatmaps"].numpy()
+    assert heat.shape[1:] == (len(yy_rows), count)
+    outer = json.loads((run / "baseline" / "neurons.json").read_text())["outer_products"]
+    assert outer and all(np.array(m).shape == (len(yy_rows), count) for m in outer.values())
+    # labels relative to the task's relation (exact: 1[ZZ = YY + 1]) over its answers
+    table = pd.read_csv(run / "features" / "features.csv")
+    assert set(table["label"]) <= set(LABELS)
+    answers = yy_rows + 1 if t["relation"] == "exact" else None
+    scores = shape_scores(heat[0].astype(float), yy_rows, t["relation"], answers)
+    assert scores.gt_corr == pytest.approx(table["gt_corr"][0], abs=1e-4)
 
     text = _text(run)
     header = f"task {t['name']} ({(d / 'task.toml').resolve()}) · template {t['template']}: "

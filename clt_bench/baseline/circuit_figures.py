@@ -122,12 +122,13 @@ def neuron_panels(na: NeuronAnalysis, top: int, path: Path, model: str) -> Path:
         m = na.outer[n].numpy()
         v = float(np.nanmax(np.abs(m))) or 1.0
         ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v, aspect="auto", origin="upper")
-        ax.plot(np.arange(2, 99), np.arange(97), color="k", lw=0.5, ls="--")
+        r, w = m.shape  # rows YY = 2.., columns ZZ = 0..(the task's answer count - 1)
+        ax.plot(np.arange(2, 2 + r), np.arange(r), color="k", lw=0.5, ls="--")
         eff = na.exact_effect.get(n)
         ax.set_title(f"n{n}: ΔPD {eff:+.3f}" if eff is not None else f"n{n}", fontsize=8)
-        ax.set_xticks([0, 50, 99])
-        ax.set_yticks([0, 48, 96])
-        ax.set_yticklabels(["02", "50", "98"])
+        ax.set_xticks([0, w // 2, w - 1])
+        ax.set_yticks([0, r // 2, r - 1])
+        ax.set_yticklabels([f"{2 + t:02d}" for t in (0, r // 2, r - 1)])
     for ax in list(axes.flat)[len(ns) :]:
         ax.axis("off")
     fig.suptitle(

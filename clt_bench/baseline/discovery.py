@@ -102,8 +102,8 @@ def sweep(
     if not senders:
         return {}
     readout = path_patch(ctx, senders, receivers)
-    pd = per_example_pd(readout, ctx.batch.yy, ctx.batch.relation).mean(-1)  # [S]
-    base = float(per_example_pd(ctx.base.readout, ctx.batch.yy, ctx.batch.relation).mean())
+    pd = per_example_pd(readout, ctx.batch).mean(-1)  # [S]
+    base = float(per_example_pd(ctx.base.readout, ctx.batch).mean())
     return {s: float(v) - base for s, v in zip(senders, pd.tolist(), strict=True)}
 
 
@@ -125,9 +125,8 @@ def discover_circuit(
     """Run the iterative search; ``ctx`` has the clean run as base and the 01 run as source."""
     cfg = ctx.bridge.cfg
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
-    yy, rel = ctx.batch.yy, ctx.batch.relation
-    clean_pd = float(per_example_pd(ctx.base.readout, yy, rel).mean())
-    corr_pd = float(per_example_pd(ctx.source.readout, yy, rel).mean())
+    clean_pd = float(per_example_pd(ctx.base.readout, ctx.batch).mean())
+    corr_pd = float(per_example_pd(ctx.source.readout, ctx.batch).mean())
     gap = clean_pd - corr_pd
     if gap <= 0:
         log.warning(

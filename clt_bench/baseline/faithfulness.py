@@ -193,21 +193,21 @@ def evaluate_circuit(
     given, receives the per-prompt PD [n] behind each mean PD (model, corrupted, circuit, path-level
     circuit, necessity), keyed like the numbers (what the report's intervals resample).
     """
-    yy, rel = ctx.batch.yy, ctx.batch.relation
-    model = metrics_of(ctx.base.readout, yy, rel)
-    corrupted = metrics_of(ctx.source.readout, yy, rel)
+    b = ctx.batch
+    model = metrics_of(ctx.base.readout, b)
+    corrupted = metrics_of(ctx.source.readout, b)
     cfg = ctx.bridge.cfg
     randoms = random_circuits(circuit, cfg.n_layers, cfg.n_heads, n_random, seed)
     faithful = patch_circuits(ctx, [circuit, *randoms], complement=True)
-    circ = metrics_of(faithful[0], yy, rel)
-    rand = [metrics_of(faithful[1 + i], yy, rel) for i in range(len(randoms))]
+    circ = metrics_of(faithful[0], b)
+    rand = [metrics_of(faithful[1 + i], b) for i in range(len(randoms))]
     necessity_run = patch_circuits(ctx, [circuit], complement=False)[0]
-    necessity = metrics_of(necessity_run, yy, rel)
+    necessity = metrics_of(necessity_run, b)
     spec = hanna_paths(circuit, circuit.paths.get("feed_only_end_heads", ()))
     paths_run = paths_readout(ctx, spec)
-    paths = metrics_of(paths_run, yy, rel)
+    paths = metrics_of(paths_run, b)
     undefined = paths_undefined_reason(
-        spec, per_example_pd(paths_run, yy, rel), per_example_pd(ctx.source.readout, yy, rel)
+        spec, per_example_pd(paths_run, b), per_example_pd(ctx.source.readout, b)
     )
     if per_prompt is not None:
         runs = {
@@ -217,7 +217,7 @@ def evaluate_circuit(
             "circuit_paths_prob_diff": paths_run,
             "necessity_prob_diff": necessity_run,
         }
-        per_prompt.update({k: per_example_pd(r, yy, rel).double() for k, r in runs.items()})
+        per_prompt.update({k: per_example_pd(r, b).double() for k, r in runs.items()})
     model_pd, corr_pd = model["prob_diff"], corrupted["prob_diff"]
     gap = model_pd - corr_pd
     nan = float("nan")

@@ -3,7 +3,8 @@
 - rank the MLP's neurons at END by their direct effect on the logits: a frozen-LayerNorm linear
   estimate for all neurons, then exact path patching (neuron -> logits, PD) for the best candidates;
 - each top neuron's logit-lens outer product: mean clean activation per YY x
-  (W_out[n] @ W_U[:, ZZ]), a [97, 100] YY x ZZ matrix, beside its path-patched direct effect;
+  (W_out[n] @ W_U[:, ZZ]), a [97, A] YY x ZZ matrix (A = the task's answer count; rows YY 2..98
+  below it), beside its path-patched direct effect;
 - the "units needed" curve: PD when only the top-k neurons keep their clean activations and the
   rest take corrupted values (k = 0..all; one MLP at END, ranked in-sample: a Hanna-style
   analysis, not the like-for-like comparison of ``clt_bench.compare.units``), as CSV columns
@@ -27,7 +28,7 @@ from clt_bench.baseline.patching import (
     run_end,
 )
 from clt_bench.baseline.readout import per_example_pd
-from clt_bench.task.metrics import YY_ROWS, correct_mask
+from clt_bench.task.metrics import heatmap_rows
 
 
 @dataclass
@@ -37,7 +38,7 @@ class NeuronAnalysis:
     exact_effect: dict[int, float]  # neuron -> path-patched direct PD change (candidates)
     linear_effect: torch.Tensor  # [d_mlp] frozen-LN logit-diff change (all neurons)
     lens_effect: torch.Tensor  # [d_mlp] logit-lens (no LN) logit-diff change
-    outer: dict[int, torch.Tensor]  # top neuron -> [97, 100] outer product
+    outer: dict[int, torch.Tensor]  # top neuron -> [rows, A] outer product
     curve: list[tuple[int, float, float]]  # (k, prob_diff, fraction_of_model_pd)
     model_pd: float
 
@@ -103,8 +104,8 @@ def pick_layer(ctx: PatchContext, circuit: Circuit | None) -> tuple[int, dict[in
     layers = layers or list(range(n_layers))
     senders = [Sender("mlp", layer, ctx.end_pos) for layer in layers]
     r = path_patch(ctx, senders, [Receiver("logits", n_layers, ctx.end_pos)])
-    pd = per_example_pd(r, ctx.batch.yy, ctx.batch.relation).mean(-1)
-    base = float(per_example_pd(ctx.base.readout, ctx.batch.yy, ctx.batch.relation).mean())
+    pd = per_example_pd(r, ctx.batch).mean(-1)
+    base = float(per_example_pd(ctx.base.readout, ctx.batch).mean())
     eff = {layer: float(v) - base for layer, v in zip(layers, pd.tolist(), strict=True)}
     return min(eff, key=lambda k: eff[k]), eff
 
@@ -126,14 +127,14 @@ def analyse_neurons(
     """Run the neuron analysis of MLP ``layer`` at END (``ctx``: clean base, corrupted source)."""
     b = ctx.bridge
     end = ctx.end_pos
-    yy, rel = ctx.batch.yy, ctx.batch.relation
+    yy = ctx.batch.yy
     post_c = mlp_post_at(ctx, layer, ctx.base_tokens)  # [n, d_mlp]
     post_x = mlp_post_at(ctx, layer, ctx.source_tokens)
     dpost = post_x - post_c  # [n, d_mlp]
     w_out = b.W_out[layer]  # [d_mlp, d_model]
-    w_ans = b.W_U[:, ctx.batch.answer_ids]  # [d_model, 100]
+    w_ans = b.W_U[:, ctx.batch.answer_ids]  # [d_model, A]
     dev = w_ans.device
-    coef = correct_mask(yy, rel, w_ans.shape[1]).to(dev, w_ans.dtype) * 2 - 1  # [n, 100]
+    coef = ctx.batch.logit_diff_coefficients().to(dev, w_ans.dtype)  # [n, A]
     u = coef @ w_ans.T  # [n, d_model]: logit-difference direction per example
     ln = b.ln_final.original_component
     g = u * ln.weight / ctx.base.final_scale[:, end]  # [n, d_model]
@@ -145,23 +146,23 @@ def analyse_neurons(
     deltas = [dpost[:, n : n + 1] * w_out[n] for n in cand]
     senders = [Sender("mlp", layer, end)] * len(cand)
     r = path_patch(ctx, senders, [Receiver("logits", b.cfg.n_layers, end)], deltas=deltas)
-    base_pd = float(per_example_pd(ctx.base.readout, yy, rel).mean())
-    pd = per_example_pd(r, yy, rel).mean(-1)
+    base_pd = float(per_example_pd(ctx.base.readout, ctx.batch).mean())
+    pd = per_example_pd(r, ctx.batch).mean(-1)
     exact = {n: float(v) - base_pd for n, v in zip(cand, pd.tolist(), strict=True)}
     rest = [n for n in torch.argsort(linear).tolist() if n not in exact]
     order = sorted(exact, key=lambda n: exact[n]) + rest
     outer = {}
     for n in order[:top]:
-        lens_row = w_out[n] @ w_ans  # [100]
+        lens_row = w_out[n] @ w_ans  # [A]
         yy_dev = yy.to(dev)
         act = torch.stack(
             [
                 post_c[yy_dev == y, n].mean()
                 if (yy == y).any()
                 else torch.tensor(float("nan"), device=dev)
-                for y in YY_ROWS
+                for y in heatmap_rows(w_ans.shape[1])
             ]
-        )  # [97]
+        )  # [rows]: YY 2..98 below the answer count
         outer[n] = (act[:, None] * lens_row[None, :]).cpu()
     ks = [0, *curve_ks(d_mlp, dense)]  # k = 0: every neuron of the MLP corrupted
     perm = torch.tensor(order, device=dev)
@@ -171,7 +172,7 @@ def analyse_neurons(
         corrupt[perm[:k]] = 0.0
         curve_d.append((dpost * corrupt) @ w_out)  # [n, d_model]: change of the MLP output
     readout = resid_patch(ctx, layer, end, torch.stack(curve_d))
-    curve_pd = per_example_pd(readout, yy, rel).mean(-1).tolist()
+    curve_pd = per_example_pd(readout, ctx.batch).mean(-1).tolist()
     curve = [
         (k, float(p), float(p) / base_pd if base_pd else float("nan"))
         for k, p in zip(ks, curve_pd, strict=True)

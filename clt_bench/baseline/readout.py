@@ -1,6 +1,6 @@
 """What a patched forward leaves behind: END answer logits and the full-vocab log-normaliser.
 
-Keeping only ``[.., 100]`` answer logits and ``[..]`` logsumexp (instead of ``[.., vocab]``) makes
+Keeping only ``[.., A]`` answer logits and ``[..]`` logsumexp (instead of ``[.., vocab]``) makes
 thousands of patched runs cheap to hold while the task metrics stay exact (full-vocab softmax).
 """
 
@@ -10,19 +10,21 @@ from dataclasses import dataclass
 
 import torch
 
-from clt_bench.task.metrics import logit_diff_per_example, summarize
+from clt_bench.task.dataset import TaskBatch
+from clt_bench.task.metrics import summarize
 
 
 @dataclass
 class EndReadout:
-    """``answer_logits`` [..., 100] and ``lse`` [...] (logsumexp over the full vocab), float64."""
+    """``answer_logits`` [..., A] (the task's A answers) and ``lse`` [...] (logsumexp over the
+    full vocab), float64."""
 
     answer_logits: torch.Tensor
     lse: torch.Tensor
 
     @property
     def probs(self) -> torch.Tensor:
-        """p_z over the full vocabulary, restricted to the answers: [..., 100]."""
+        """p_z over the full vocabulary, restricted to the answers: [..., A]."""
         return torch.exp(self.answer_logits - self.lse[..., None])
 
     def __getitem__(self, idx: int | slice | torch.Tensor) -> EndReadout:
@@ -62,27 +64,22 @@ def readout_from_resid(
     return EndReadout.cat(parts)
 
 
-def metrics_of(readout: EndReadout, yy: torch.Tensor, relation: str = "gt") -> dict[str, float]:
-    """PD, CS (with spreads over examples) and logit difference of a readout over [n] examples."""
-    out = summarize(readout.probs, yy, relation)
-    out["logit_diff"] = float(logit_diff_per_example(readout.answer_logits, yy, relation).mean())
+def metrics_of(readout: EndReadout, batch: TaskBatch) -> dict[str, float]:
+    """PD, CS (with spreads over examples) and logit difference of a readout over the [n]
+    prompts of ``batch`` (its relation and, for ``exact``, its answers)."""
+    out = summarize(readout.probs, batch.yy, batch.relation, batch.exact_answers())
+    out["logit_diff"] = float(batch.logit_diff(readout.answer_logits).mean())
     return out
 
 
-def per_example_pd(readout: EndReadout, yy: torch.Tensor, relation: str = "gt") -> torch.Tensor:
-    """[..., n] probability difference per example (leading dims kept)."""
-    from clt_bench.task.metrics import correct_mask
-
-    good = correct_mask(yy, relation, readout.answer_logits.shape[-1]).double()
-    p = readout.probs
-    return (p * good).sum(-1) - (p * (1 - good)).sum(-1)
+def per_example_pd(readout: EndReadout, batch: TaskBatch) -> torch.Tensor:
+    """[..., n] probability difference per prompt of ``batch`` (leading dims kept)."""
+    return batch.prob_diff(readout.probs)
 
 
-def per_example_logit_diff(
-    readout: EndReadout, yy: torch.Tensor, relation: str = "gt"
-) -> torch.Tensor:
-    """[..., n] logit difference (sum variant) per example."""
-    from clt_bench.task.metrics import correct_mask
-
-    good = correct_mask(yy, relation, readout.answer_logits.shape[-1]).double()
+def per_example_logit_diff(readout: EndReadout, batch: TaskBatch) -> torch.Tensor:
+    """[..., n] logit difference (sum variant) per prompt of ``batch``."""
+    if batch.relation == "exact":
+        return batch.logit_diff(readout.answer_logits)
+    good = batch.correct().double()
     return (readout.answer_logits * (2 * good - 1)).sum(-1)

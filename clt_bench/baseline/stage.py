@@ -32,7 +32,7 @@ from clt_bench.baseline.patching import PatchContext
 from clt_bench.config import BaselineConfig, RunConfig, with_section
 from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
-from clt_bench.task.metrics import yy_heatmap
+from clt_bench.task.metrics import heatmap_rows, yy_heatmap
 from clt_bench.task.spec import load_task
 from clt_bench.task.stage import load_task_batch
 
@@ -141,7 +141,7 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> di
         for s in steps
     ]
     figures.append(circuit_graph(circuit, loaded.n_layers, stage / "circuit_graph.png"))
-    heat = yy_heatmap(circ_readout.probs, batch.yy).numpy()
+    heat = yy_heatmap(circ_readout.probs, batch.yy, heatmap_rows(batch.n_answers)).numpy()
     figures.append(
         circuit_heatmap(
             heat,

@@ -116,9 +116,10 @@ def heldout_activations(
 def task_metrics_with_clt(
     cfg: RunConfig, loaded: LoadedModel, clt: CrossLayerTranscoder
 ) -> dict[str, float]:
-    """Greater-than PD of the original and of the replacement model on the task dataset."""
+    """The task's PD (its relation, answer count and answers) of the original and of the
+    replacement model on the task dataset."""
     from clt_bench.task.end_logits import end_logits, task_metrics
-    from clt_bench.task.metrics import answer_probs, prob_diff_per_example
+    from clt_bench.task.metrics import answer_probs
     from clt_bench.task.stage import load_task_batch
 
     batch = load_task_batch(cfg, loaded)
@@ -134,9 +135,7 @@ def task_metrics_with_clt(
     orig, rep = task_metrics(logits_o, batch), task_metrics(logits_r, batch)
     pd_o, pd_r = orig["prob_diff"], rep["prob_diff"]
     per_prompt = {
-        f"{name}_prob_diff": prob_diff_per_example(
-            answer_probs(logits, batch.answer_ids), batch.yy, batch.relation
-        )
+        f"{name}_prob_diff": batch.prob_diff(answer_probs(logits, batch.answer_ids))
         for name, logits in (("model", logits_o), ("replacement", logits_r))
     }
     return {

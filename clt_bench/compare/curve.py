@@ -37,7 +37,7 @@ def replacement_pd(
             tokens, fwd_hooks=replacement_hooks(clt, keep_first=keep_first)
         ),
     )
-    per_m, per_r = pd_of(model, batch.yy, batch), pd_of(repl, batch.yy, batch)
+    per_m, per_r = pd_of(model, batch), pd_of(repl, batch)
     if per_prompt is not None:
         per_prompt.update(model_prob_diff=per_m.cpu(), replacement_prob_diff=per_r.cpu())
     pd_m = float(per_m.mean())

@@ -14,8 +14,11 @@ its own counterfactual and relation; ``clt_bench.task.families``), on ``task.fam
   family's PD (its own relation: for an ``lt`` family a greater-than feature's contribution is
   negative) over their contribution on the main template.
 
-Families with the ``exact`` relation are listed with a note: the feature attributions and the
-patching readout score ``gt``/``lt`` relations only.
+A family is scored when its PD is the same quantity as the run's template's: an ``exact`` PD
+(p(answer) minus the largest other p) and a ``gt``/``lt`` PD (the correct side's mass minus the
+other side's) are different quantities, so in a run of a ``gt``/``lt`` template the ``exact``
+families are listed with a note (and the ``gt``/``lt`` families in a run of an ``exact``
+template); ``gt`` and ``lt`` are one quantity with the correct side mirrored.
 """
 
 from __future__ import annotations
@@ -67,6 +70,15 @@ def family_batches(cfg: RunConfig, loaded: LoadedModel, n: int) -> dict[str, Tas
     return out
 
 
+def _other_quantity(family: str, template: str) -> str:
+    """Why a family of another kind of relation than the run's template is not scored."""
+    return (
+        f"{family} relation: its PD is another quantity than the {template} PD of the run's "
+        f"template (exact: p(answer) - the largest other p; gt/lt: the correct side's mass - "
+        f"the other side's), so fractions of it are not comparable"
+    )
+
+
 def _contributions(
     loaded: LoadedModel, clt: CrossLayerTranscoder, batch: TaskBatch, keys: np.ndarray
 ) -> np.ndarray:
@@ -98,8 +110,8 @@ def generalisation(
             rows.append({**row, "note": batch})
             continue
         row.update(relation=batch.relation, n=len(batch))
-        if batch.relation == "exact":
-            rows.append({**row, "note": "exact relation: not scored by attributions/patching"})
+        if (batch.relation == "exact") != (reference.relation == "exact"):
+            rows.append({**row, "note": _other_quantity(batch.relation, reference.relation)})
             continue
         keep = cfg.activations.exclude_bos
         repl = {k: replacement_pd(loaded.bridge, t, batch, keep) for k, t in transcoders.items()}
@@ -109,9 +121,7 @@ def generalisation(
             row[f"{kind}_replacement_pd_ratio"] = r["replacement_pd_ratio"]
         if circuit is not None:
             ctx = PatchContext.build(loaded.bridge, batch, "clean", cfg.baseline.batch_size)
-            circ = metrics_of(
-                patch_circuits(ctx, [circuit], complement=True)[0], batch.yy, batch.relation
-            )
+            circ = metrics_of(patch_circuits(ctx, [circuit], complement=True)[0], batch)
             row["circuit_prob_diff"] = circ["prob_diff"]
             row["faithfulness_components_ratio"] = (
                 circ["prob_diff"] / model_pd if model_pd else math.nan

@@ -57,9 +57,9 @@ from clt_bench.baseline.patching import end_only_hook, model_device, run_end
 from clt_bench.baseline.readout import per_example_pd
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
+from clt_bench.features.ablation import pd_of
 from clt_bench.graphs.local_replacement import encode_prompts
 from clt_bench.task.dataset import TaskBatch
-from clt_bench.task.metrics import answer_probs, prob_diff_per_example
 
 FRACTIONS = (0.5, 0.8, 0.9)
 
@@ -199,12 +199,6 @@ def feature_units(
     return UnitSet(f"{kind}_error_corrupted", blocks, mlp, err)
 
 
-def _pd(logits: torch.Tensor, yy: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-    """[n] differentiable PD of END logits [n, V] (full-vocabulary softmax)."""
-    p = answer_probs(logits, batch.answer_ids.to(logits.device))
-    return prob_diff_per_example(p, yy.to(p.device), batch.relation)
-
-
 def _mlp_hooks(outs: torch.Tensor) -> list[tuple[str, Callable[..., torch.Tensor]]]:
     def hook(t: int):
         return lambda y, hook: outs[:, :, t].to(y.dtype)
@@ -225,7 +219,7 @@ def _endpoint_grads(
         logits = bridge.run_with_hooks(
             tokens, fwd_hooks=[*_mlp_hooks(outs), end_only_hook(batch.end_pos)]
         )[:, -1]
-        pd = _pd(logits, batch.yy, batch)
+        pd = pd_of(logits, batch)  # differentiable (full-vocabulary softmax)
         (grad,) = torch.autograd.grad(pd.sum(), outs)
     return grad
 
@@ -251,11 +245,12 @@ def linear_effects(bridge, units: UnitSet, batch: TaskBatch) -> torch.Tensor:
 
 @torch.no_grad()
 def _pd_rows(
-    bridge, tokens: torch.Tensor, outs: torch.Tensor, batch: TaskBatch, yy: torch.Tensor
+    bridge, tokens: torch.Tensor, outs: torch.Tensor, batch: TaskBatch, reps: int = 1
 ) -> torch.Tensor:
-    """[rows] PD of clean-prompt rows ``tokens`` [rows, pos] with MLP outputs ``outs``."""
+    """[reps, n] PD of clean-prompt rows ``tokens`` [reps * n, pos] (``batch``'s prompts
+    repeated ``reps`` times) with MLP outputs ``outs``."""
     r = run_end(bridge, tokens, batch.end_pos, batch.answer_ids, _mlp_hooks(outs))
-    return per_example_pd(r, yy, batch.relation)
+    return per_example_pd(r.reshape(reps, len(batch)), batch)
 
 
 @torch.no_grad()
@@ -267,8 +262,8 @@ def exact_effects(
     dev = units.mlp_clean.device
     tokens = batch.clean.to(dev)
     base0 = units.outs([torch.zeros(b.n_units, device=dev) for b in units.blocks])
-    pd0 = _pd_rows(bridge, tokens, base0, batch, batch.yy)
-    pd_all = _pd_rows(bridge, tokens, units.all_clean(), batch, batch.yy)
+    pd0 = _pd_rows(bridge, tokens, base0, batch)[0]
+    pd_all = _pd_rows(bridge, tokens, units.all_clean(), batch)[0]
     offs = units.offsets()
     per = max(1, rows // (2 * n))
     out = []
@@ -283,9 +278,9 @@ def exact_effects(
             up[:, :, b.targets] += w
             down[:, :, b.targets] -= w
             xs += [up, down]
-        pd = _pd_rows(
-            bridge, tokens.repeat(len(xs), 1), torch.cat(xs), batch, batch.yy.repeat(len(xs))
-        ).reshape(len(chunk), 2, n)
+        pd = _pd_rows(bridge, tokens.repeat(len(xs), 1), torch.cat(xs), batch, len(xs)).reshape(
+            len(chunk), 2, n
+        )
         eff = ((pd[:, 0] - pd0) + (pd_all - pd[:, 1])) / 2
         out.append(eff.mean(-1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
@@ -338,16 +333,10 @@ def curve_pd(
     for i in range(0, len(outs), per):
         chunk = outs[i : i + per]
         pd.append(
-            _pd_rows(
-                bridge,
-                tokens.repeat(len(chunk), 1),
-                torch.cat(chunk),
-                batch,
-                batch.yy.repeat(len(chunk)),
-            ).reshape(len(chunk), n)
+            _pd_rows(bridge, tokens.repeat(len(chunk), 1), torch.cat(chunk), batch, len(chunk))
         )
     clean = run_end(bridge, tokens, batch.end_pos, batch.answer_ids)
-    return (torch.cat(pd).numpy(), per_example_pd(clean, batch.yy, batch.relation).numpy())
+    return (torch.cat(pd).numpy(), per_example_pd(clean, batch).numpy())
 
 
 def normalized(pd_k: np.ndarray, pd_clean: float) -> np.ndarray:

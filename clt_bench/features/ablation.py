@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.graphs.local_replacement import ReplacementModel, build_replacement, run_frozen
-from clt_bench.task.dataset import TaskBatch
-from clt_bench.task.metrics import answer_probs, prob_diff_per_example
+from clt_bench.task.dataset import Rows, TaskBatch
+from clt_bench.task.metrics import answer_probs
 
 
 class _Stop(Exception):
@@ -100,10 +100,10 @@ def clean_writes(
     return out.permute(2, 0, 1, 3)
 
 
-def pd_of(logits: torch.Tensor, yy: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-    """[n] probability difference of END logits [n, V] for start years ``yy`` [n]."""
-    p = answer_probs(logits, batch.answer_ids)
-    return prob_diff_per_example(p, yy.to(p.device), batch.relation)
+def pd_of(logits: torch.Tensor, batch: TaskBatch, idx: Rows = None) -> torch.Tensor:
+    """[n] probability difference of END logits [n, V] of ``batch``'s prompts ``idx`` (all when
+    None; repeats allowed): the task's relation, answer count and (``exact``) answers."""
+    return batch.prob_diff(answer_probs(logits, batch.answer_ids), idx)
 
 
 def replicate(rm: ReplacementModel, idx: torch.Tensor) -> ReplacementModel:
@@ -150,13 +150,12 @@ def constrained_delta_pd_frozen(
     of ``batch`` (its ``direct_x`` and ``x_end``); W_U [d, V], b_U [V]."""
     dev = W_U.device
     x_end = torch.as_tensor(att.x_end, dtype=W_U.dtype, device=dev)
-    yy = torch.as_tensor(att.yy, device=dev)
 
     def logits_of(x: torch.Tensor) -> torch.Tensor:
         out = x @ W_U
         return out if b_U is None else out + b_U
 
-    clean_pd = pd_of(logits_of(x_end), yy, batch)
+    clean_pd = pd_of(logits_of(x_end), batch)
     index = {int(k): i for i, k in enumerate(keys)}
     rows = np.nonzero(np.isin(att.pair_key, np.asarray(keys)))[0]
     total = np.zeros(len(keys))
@@ -164,7 +163,7 @@ def constrained_delta_pd_frozen(
         r = rows[start : start + rows_per_pass]
         prompt = torch.as_tensor(att.pair_prompt[r], device=dev)
         dx = torch.as_tensor(att.direct_x[r], dtype=W_U.dtype, device=dev)
-        pd = pd_of(logits_of(x_end[prompt] + (scale - 1.0) * dx), yy[prompt], batch)
+        pd = pd_of(logits_of(x_end[prompt] + (scale - 1.0) * dx), batch, prompt)
         delta = (pd - clean_pd[prompt]).cpu().numpy()
         np.add.at(total, [index[int(k)] for k in att.pair_key[r]], delta)
     return total / max(att.n_prompts, 1)
@@ -203,8 +202,7 @@ def constrained_delta_pd(
         if not pairs:
             continue
         rm = build_replacement(bridge, clt, batch.clean[start:stop])
-        yy = batch.yy[start:stop]
-        clean_pd = pd_of(rm.logits, yy, batch)
+        clean_pd = pd_of(rm.logits, batch, slice(start, stop))
         for group in _groups(pairs, rows_per_pass):
             idx = torch.tensor([p - start for _, p in group])
             rep = replicate(rm, idx)
@@ -222,7 +220,7 @@ def constrained_delta_pd(
                     rep, modes=modes, acts=acts, clamp=clamp
                 ),
             )
-            delta = pd_of(logits, yy[idx], batch) - clean_pd[idx]
+            delta = pd_of(logits, batch, start + idx) - clean_pd[idx]
             for r, (u, _) in enumerate(group):
                 total[u] += float(delta[r])
     return total / max(n, 1)
@@ -249,7 +247,7 @@ def free_delta_pd(
     weight = np.array([len(a) / max(len(sample_prompts(a, max_prompts)), 1) for a in active])
     active = [sample_prompts(a, max_prompts) for a in active]
     dev = next(bridge.parameters()).device
-    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch.yy, batch)
+    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch)
     total = np.zeros(len(features))
     pairs = _pairs(active, 0, n)
     L = clt.n_layers
@@ -269,7 +267,7 @@ def free_delta_pd(
             bridge,
             lambda tokens=tokens, hooks=hooks: bridge.run_with_hooks(tokens, fwd_hooks=hooks),
         )
-        delta = pd_of(logits, batch.yy[idx], batch) - clean_pd[idx]
+        delta = pd_of(logits, batch, idx) - clean_pd[idx]
         for r, (u, _) in enumerate(group):
             total[u] += float(delta[r])
     return total * weight / max(n, 1)

@@ -56,7 +56,7 @@ def pair_interactions(
     sets = [(u,) for u in range(K)] + list(combinations(range(K), 2))
     rows = [(s, p) for s in sets for p in sorted(set().union(*(active[u] for u in s)))]
     dev = next(bridge.parameters()).device
-    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch.yy, batch)
+    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch)
     total = {s: 0.0 for s in sets}
     row_delta: list[float] = []
     dec = decoder_rows(clt, features, torch.float32, dev)  # [K, L, d]
@@ -106,7 +106,7 @@ def _delta_without(
     ]
     tokens = batch.clean[idx].to(dev)
     logits = end_logits_via(bridge, lambda: bridge.run_with_hooks(tokens, fwd_hooks=hooks))
-    return (pd_of(logits, batch.yy[idx], batch) - clean_pd[idx]).cpu().numpy()
+    return (pd_of(logits, batch, idx) - clean_pd[idx]).cpu().numpy()
 
 
 SET_SIZES = (5, 10, 20)
@@ -134,7 +134,7 @@ def joint_ablation(
     active = [set(np.nonzero(np.asarray(a).any(axis=1))[0].tolist()) for a in acts]
     rows = [(i, p) for i, k in enumerate(ks) for p in sorted(set().union(*active[:k]))]
     dev = next(bridge.parameters()).device
-    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch.yy, batch)
+    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch)
     dec = decoder_rows(clt, features, torch.float32, dev)
     a_all = torch.stack([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in acts]).to(dev)
     out = np.zeros((len(ks), n))

@@ -1,11 +1,12 @@
 """Shape scores of a feature's YY x ZZ logit-attribution heatmap, its YY activation profile, and
 the label rule.
 
-Heatmap ``H`` [97, 100]: rows YY = 2..98, columns ZZ = 0..99; ``H[y, z]`` is the feature's
-attributed effect on answer logit ZZ=z in the prompt whose start year ends in YY=y (0 where the
-feature is inactive, NaN for a YY without a prompt). Scores are computed over the feature's
-*active rows* only (rows with a non-zero attribution), so a narrow comparator that fires for
-YY 6..14 and promotes ZZ > YY there still scores gt ~ 1; how narrow it is, is a separate score.
+Heatmap ``H`` [97, A]: rows YY = 2..98, columns ZZ = 0..A-1 (A = the task's ``answers.count``:
+100 for the greater-than task; every template below has the heatmap's width); ``H[y, z]`` is the
+feature's attributed effect on answer logit ZZ=z in the prompt whose start year ends in YY=y (0
+where the feature is inactive, NaN for a YY without a prompt). Scores are computed over the
+feature's *active rows* only (rows with a non-zero attribution), so a narrow comparator that fires
+for YY 6..14 and promotes ZZ > YY there still scores gt ~ 1; how narrow it is, is a separate score.
 
 Scores (Pearson correlations between the active rows of H and a template over the same cells,
 both *row-centred*: each YY row of the heatmap and of the template has its mean over ZZ removed
@@ -66,8 +67,8 @@ import numpy as np
 
 from clt_bench.errors import UserError
 
-YY_VALUES = np.arange(2, 99)  # heatmap rows
-ZZ_VALUES = np.arange(100)  # heatmap columns
+YY_VALUES = np.arange(2, 99)  # heatmap rows (the greater-than task's; ``heatmap_rows`` in general)
+ZZ_VALUES = np.arange(100)  # heatmap columns of 100 answers (a heatmap's own width in general)
 LABELS = (
     "comparator",
     "narrow comparator",
@@ -159,15 +160,16 @@ RELATIONS = ("gt", "lt", "exact")
 
 
 def relation_template(
-    y: np.ndarray, relation: str = "gt", answers: np.ndarray | None = None
+    y: np.ndarray, relation: str = "gt", answers: np.ndarray | None = None, n_answers: int = 100
 ) -> np.ndarray:
-    """[rows, 100] 1.0 on the answers the task's relation calls correct for rows of YY ``y``
-    [rows, 1]: ZZ > YY (gt), ZZ < YY (lt), ZZ = the row's answer (exact; ``answers`` [rows])."""
-    z = ZZ_VALUES[None, :]
+    """[rows, A] 1.0 on the answers the task's relation calls correct for rows of YY ``y``
+    [rows, 1]: ZZ > YY (gt), ZZ < YY (lt), ZZ = the row's answer (exact; ``answers`` [rows]);
+    A = ``n_answers``."""
+    z = np.arange(n_answers)[None, :]
     if relation == "gt":
-        return np.broadcast_to(z > y, (len(y), len(ZZ_VALUES))).astype(np.float64)
+        return np.broadcast_to(z > y, (len(y), n_answers)).astype(np.float64)
     if relation == "lt":
-        return np.broadcast_to(z < y, (len(y), len(ZZ_VALUES))).astype(np.float64)
+        return np.broadcast_to(z < y, (len(y), n_answers)).astype(np.float64)
     if relation == "exact":
         if answers is None:
             raise UserError("the exact relation's label template needs each row's answer.")
@@ -178,12 +180,12 @@ def relation_template(
 def partial_scores(
     h: np.ndarray, y: np.ndarray, task: np.ndarray | None = None
 ) -> dict[str, float]:
-    """Partial correlations of the rows ``h`` [rows, 100] (YY values ``y`` [rows, 1]) with each
+    """Partial correlations of the rows ``h`` [rows, A] (YY values ``y`` [rows, 1]) with each
     class's template, controlling for the other classes' templates (module docstring); ``task``
     the relation's template (default 1[ZZ > YY])."""
-    z = ZZ_VALUES[None, :]
+    z = np.arange(h.shape[1])[None, :]
     shape = h.shape
-    task = relation_template(y) if task is None else task
+    task = relation_template(y, n_answers=h.shape[1]) if task is None else task
     t = {
         "gt": _centred(np.broadcast_to(task, shape)),
         "large": _centred(np.broadcast_to(z.astype(np.float64), shape)),
@@ -208,9 +210,10 @@ def partial_scores(
 
 
 def _check(heat: np.ndarray, yy_values: np.ndarray) -> None:
-    if heat.ndim != 2 or heat.shape[1] != len(ZZ_VALUES) or heat.shape[0] != len(yy_values):
+    if heat.ndim != 2 or heat.shape[1] < 2 or heat.shape[0] != len(yy_values):
         raise UserError(
-            f"a YY x ZZ heatmap must be [{len(yy_values)}, 100], got {list(heat.shape)}."
+            f"a YY x ZZ heatmap must be [{len(yy_values)}, answers] (at least 2 answers), got "
+            f"{list(heat.shape)}."
         )
 
 
@@ -226,9 +229,9 @@ def shape_scores(
     relation: str = "gt",
     answers: np.ndarray | None = None,
 ) -> ShapeScores:
-    """Scores of one [97, 100] heatmap (rows ``yy_values``; ``answers`` [rows]: each row's exact
-    answer for the ``exact`` relation); the task template follows ``relation`` (module
-    docstring)."""
+    """Scores of one [97, A] heatmap (rows ``yy_values``, columns the task's A answers;
+    ``answers`` [rows]: each row's exact answer for the ``exact`` relation); the task template
+    follows ``relation`` (module docstring)."""
     heat = np.asarray(heat, dtype=np.float64)
     yy_values = np.asarray(yy_values)
     _check(heat, yy_values)
@@ -237,8 +240,10 @@ def shape_scores(
         return ShapeScores(0.0, 0.0, 0.0, 0.0, 0.0, -1, -1, -1, 0, 0.0)
     h = heat[rows]
     y = yy_values[rows][:, None]
-    z = ZZ_VALUES[None, :]
-    gt = relation_template(y, relation, None if answers is None else np.asarray(answers)[rows])
+    width = heat.shape[1]
+    z = np.arange(width)[None, :]
+    ans = None if answers is None else np.asarray(answers)[rows]
+    gt = relation_template(y, relation, ans, width)
     gt_corr = _corr(h, gt)
     anti_corr = _corr(h, 1.0 - gt)
     large = _corr(h, np.broadcast_to(z, h.shape).astype(np.float64))
@@ -254,7 +259,7 @@ def shape_scores(
     if pos.sum() > 0:
         cdf = np.cumsum(pos) / pos.sum()
         zz_lo = int(np.searchsorted(cdf, 0.1))
-        zz_hi = int(min(np.searchsorted(cdf, 0.9), 99))
+        zz_hi = int(min(np.searchsorted(cdf, 0.9), width - 1))
         zz_peak = int(np.argmax(col))
     else:
         zz_lo = zz_hi = zz_peak = -1

@@ -1,4 +1,4 @@
-"""The features stage: the top-K CLT features by influence on the greater-than target, scored.
+"""The features stage: the top-K CLT features by influence on the task's target, scored.
 
 Inputs: the CLT (``<run>/clt``), the baseline circuit (``<run>/baseline/circuit.json``, optional:
 without it the circuit columns are empty), the held-out corpus rows (``<run>/activations``).
@@ -6,12 +6,13 @@ Prompts: one balanced discovery-set prompt per YY (``graphs.n_prompts``).
 
 Writes ``<run>/features/``: features.csv (every column), features.md (the main columns),
 ranking.json (the selected features in order, with their influence), heatmaps.safetensors
-([K, 97, 100]), heatmap_*.png for the top ``n_plots`` and heatmap_grid.png, metrics.json.
+([K, rows, A]: rows YY = 2..98 below the task's answer count A, columns its A answers),
+heatmap_*.png for the top ``n_plots`` and heatmap_grid.png, metrics.json.
 
 Per-feature columns (``clt_bench.features.shape_scores`` has the shape scores and the label rule):
-influence (sum over prompts of |total attribution to the shift-invariant greater-than logit
-difference of ``clt_bench.graphs.targets``|), logit_diff_contribution and pd_contribution (mean over
-prompts of its total attribution to the logit difference / its first-order contribution to PD),
+influence (sum over prompts of |total attribution to the shift-invariant logit difference of the
+task's relation, ``clt_bench.graphs.targets``|), logit_diff_contribution and pd_contribution (mean
+over prompts of its total attribution to the logit difference / its first-order contribution to PD),
 pd_direct_contribution (the same through its direct effect on the END residual only: the
 first-order counterpart of the constrained ablation), delta_pd_constrained (zeroed, everything
 else frozen) / delta_pd_free (removed from the real model) (``ablation``), position
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ from clt_bench.features.task_attributions import (
 from clt_bench.io import json_safe, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
 from clt_bench.task.dataset import TaskBatch
+from clt_bench.task.metrics import heatmap_rows
 from clt_bench.task.spec import RELATION_NAMES, RELATION_WORDS, load_task
 from clt_bench.task.stage import load_task_batch
 
@@ -105,19 +107,19 @@ def feature_rows(
     rule: LabelRule,
     relation: TaskRelation | None = None,
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """The table rows (without ablations and contexts) and the heatmaps [K, 97, 100]; labels
-    relative to the task's ``relation`` (default gt)."""
+    """The table rows (without ablations and contexts) and the heatmaps [K, rows, A] (YY rows and
+    answers of ``relation``); labels relative to the task's ``relation`` (default gt)."""
     relation = relation or TaskRelation()
     sums = per_feature_sums(att, keys)
     heat = (
-        np.stack([feature_heatmap(att, int(k), YY_VALUES) for k in keys])
+        np.stack([feature_heatmap(att, int(k), relation.rows) for k in keys])
         if len(keys)
-        else np.zeros((0, len(YY_VALUES), 100))
+        else np.zeros((0, len(relation.rows), att.n_answers))
     )
     rows = []
     for i, key in enumerate(keys):
         layer, fid = att.split_key(int(key))
-        sc = shape_scores(heat[i], YY_VALUES, relation.relation, relation.answers)
+        sc = shape_scores(heat[i], relation.rows, *relation.args)
         prof = activation_profile(
             feature_activations_matrix(att, int(key)), att.yy, att.yy_pos, att.end_pos
         )
@@ -195,7 +197,7 @@ def all_feature_labels(
     rel = relation or TaskRelation()
     return [
         label_decision(
-            shape_scores(feature_heatmap(att, int(k), YY_VALUES), YY_VALUES, *rel.args),
+            shape_scores(feature_heatmap(att, int(k), rel.rows), rel.rows, *rel.args),
             activation_profile(
                 feature_activations_matrix(att, int(k)), att.yy, att.yy_pos, att.end_pos
             ).yy_fraction,
@@ -208,11 +210,13 @@ def all_feature_labels(
 
 @dataclass(frozen=True)
 class TaskRelation:
-    """The task's relation and, for ``exact``, each heatmap row's answer ([97], -1 where no
-    prompt has that YY): what the label templates are relative to."""
+    """The task's relation, the heatmaps' YY rows (``rows``: 2..98 below the answer count) and,
+    for ``exact``, each row's answer (``answers``, -1 where no prompt has that YY): what the label
+    templates are relative to."""
 
     relation: str = "gt"
     answers: np.ndarray | None = None
+    rows: np.ndarray = field(default_factory=lambda: YY_VALUES)
 
     @property
     def args(self) -> tuple[str, np.ndarray | None]:
@@ -220,19 +224,22 @@ class TaskRelation:
 
     @classmethod
     def of(cls, batch: TaskBatch) -> TaskRelation:
+        rows = np.asarray(heatmap_rows(batch.n_answers))
         if batch.relation != "exact":
-            return cls(batch.relation)
+            return cls(batch.relation, rows=rows)
         yy, ans = batch.yy.numpy(), batch.answer.numpy()
-        rows = np.full(len(YY_VALUES), -1)
-        for r, y in enumerate(YY_VALUES):
+        answers = np.full(len(rows), -1)
+        for r, y in enumerate(rows):
             if (yy == y).any():
-                rows[r] = int(ans[yy == y][0])  # the answer is a function of YY
-        return cls("exact", rows)
+                answers[r] = int(ans[yy == y][0])  # the answer is a function of YY
+        return cls("exact", answers, rows)
 
 
 @torch.no_grad()
-def model_heatmap(loaded: LoadedModel, batch: TaskBatch) -> np.ndarray:
-    """[97, 100] the model's own mean log p(ZZ) per YY (full-vocabulary softmax; NaN rows for a
+def model_heatmap(
+    loaded: LoadedModel, batch: TaskBatch, rows: np.ndarray = YY_VALUES
+) -> np.ndarray:
+    """[rows, A] the model's own mean log p(ZZ) per YY (full-vocabulary softmax; NaN rows for a
     YY without a prompt): where labels_testable looks for round-number and parity structure."""
     from clt_bench.features.ablation import end_logits_via
 
@@ -241,8 +248,8 @@ def model_heatmap(loaded: LoadedModel, batch: TaskBatch) -> np.ndarray:
     logp = torch.log_softmax(logits.double(), -1)[:, batch.answer_ids.to(logits.device)]
     logp = logp.cpu().numpy()
     yy = batch.yy.cpu().numpy()
-    heat = np.full((len(YY_VALUES), 100), np.nan)
-    for r, y in enumerate(YY_VALUES):
+    heat = np.full((len(rows), batch.n_answers), np.nan)
+    for r, y in enumerate(rows):
         if (yy == y).any():
             heat[r] = logp[yy == y].mean(0)
     return heat
@@ -415,17 +422,23 @@ def features_summary(
 
 
 def write_heatmaps(
-    cfg: RunConfig, heat: np.ndarray, rows: list[dict[str, Any]], out: Path
+    cfg: RunConfig,
+    heat: np.ndarray,
+    rows: list[dict[str, Any]],
+    out: Path,
+    yy_rows: np.ndarray = YY_VALUES,
 ) -> tuple[list[str], Path | None]:
     """``heatmaps.safetensors`` (every selected feature), a PNG per top ``features.n_plots``
-    feature and their grid; (the PNGs' names, the grid's path)."""
+    feature and their grid; (the PNGs' names, the grid's path). ``yy_rows``: the heatmaps' YY
+    rows; their width is the task's answer count."""
     fc = cfg.features
+    yy_list = [int(y) for y in yy_rows]
+    meta = {"rows": f"YY {yy_list[0]}..{yy_list[-1]}", "cols": f"ZZ 0..{heat.shape[-1] - 1:02d}"}
     save_tensors(
         out / "heatmaps.safetensors",
         {"heatmaps": torch.from_numpy(heat).float()},
-        metadata={"rows": "YY 2..98", "cols": "ZZ 0..99", "mode": fc.heatmap_mode},
+        metadata={**meta, "mode": fc.heatmap_mode},
     )
-    yy_list = [int(y) for y in YY_VALUES]
     spec = load_task(cfg.task.task)
     axes = (spec.question_label, spec.answer_label)
     pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list, axes)
@@ -470,7 +483,9 @@ def run_features_stage(
     relation = TaskRelation.of(batch)
     rows, heat = feature_rows(att, keys, infl, clt, circuit, rule, relation)
     labels_all = all_feature_labels(att, keys_all, rule, relation)
-    model_scores = shape_scores(model_heatmap(loaded, batch), YY_VALUES, *relation.args)
+    model_scores = shape_scores(
+        model_heatmap(loaded, batch, relation.rows), relation.rows, *relation.args
+    )
     testable = labels_testable(model_scores)
     feats = [att.split_key(int(k)) for k in keys]
     t1 = time.perf_counter()
@@ -484,7 +499,7 @@ def run_features_stage(
     table.write_csv(rows, out / "features.csv")
     header = features_md_header(fc, rule, batch, len(rows), summary_not_testable)
     table.write_markdown(rows, out / "features.md", header)
-    pngs, grid = write_heatmaps(cfg, heat, rows, out)
+    pngs, grid = write_heatmaps(cfg, heat, rows, out, relation.rows)
     save_ranking(
         run_dir,
         FeatureRanking(

@@ -1,16 +1,20 @@
-"""Attributions of every active CLT feature to the answer logits, the greater-than logit
-difference and the probability difference, over the task prompts (one per YY).
+"""Attributions of every active CLT feature to the answer logits, the task's logit difference and
+its probability difference, over the task prompts (one per YY).
 
 All targets here are linear in the residual stream at END that enters the unembedding
 (``unembed.hook_in``; the final LayerNorm is frozen in the local replacement model):
 
-- answer logit z (100 targets): ``x_END . W_U[:, id_z] + b_U[id_z]``;
-- greater-than logit difference: ``sum_z c_z(YY) * logit_z`` with the graphs' shift-invariant
-  coefficients (``clt_bench.graphs.targets.greater_than_coefficients``: +1/n_gt for ZZ > YY,
-  -1/n_le otherwise, summing to zero), the target the features are ranked by;
+- answer logit z (A targets, A = the task's ``answers.count``):
+  ``x_END . W_U[:, id_z] + b_U[id_z]``;
+- the task's logit difference: ``sum_z c_z(YY) * logit_z`` with the graphs' shift-invariant
+  coefficients of the task's relation (``clt_bench.graphs.targets.relation_coefficients``:
+  +1/n_correct on the answers the relation calls correct -- ZZ > YY, ZZ < YY or ZZ = the answer --
+  and -1/n_other on the rest, summing to zero), the target the features are ranked by;
 - first-order probability difference: ``x_END . (W_U g)`` with ``g = dPD/dlogits`` at the clean
-  logits (``g_v = p_v (c_v - PD)``, c_v = 0 off the answers), i.e. a feature's attribution to it
-  is its first-order contribution to PD.
+  logits (``g_v = p_v (c_v - PD)``, c_v = 0 off the answers; ``c`` from
+  ``task.metrics.pd_coefficients``: +-1 by side for gt/lt, +1 on the answer and -1 on the most
+  likely other answer for exact), i.e. a feature's attribution to it is its first-order
+  contribution to PD.
 
 Reading the targets before the unembedding (instead of through the [pos, vocab] logits) makes a
 backward row cost a pass through the frozen layers only. Attributions are a_s * d target / d a_s in
@@ -37,23 +41,26 @@ from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.graphs.edge_weights import Attributor, feature_table
 from clt_bench.graphs.local_replacement import ReplacementModel, build_replacement, run_frozen
-from clt_bench.graphs.targets import greater_than_coefficients
+from clt_bench.graphs.targets import relation_coefficients
 from clt_bench.task.dataset import (
     TaskBatch,
     one_per_yy,  # noqa: F401  (re-exported)
 )
-from clt_bench.task.metrics import correct_mask
 
-N_ANSWERS = 100
-T_LOGIT_DIFF, T_PD = N_ANSWERS, N_ANSWERS + 1  # target rows after the 100 answer logits
 POS_CLASSES = ("YY", "END", "other")
+
+
+def target_rows(n_answers: int) -> tuple[int, int]:
+    """The rows of the logit difference and of PD among the targets: after the answer logits."""
+    return n_answers, n_answers + 1
 
 
 @dataclass
 class TaskAttributions:
     """Sparse per-(prompt, feature) attributions; ``key = layer * F + feature``.
 
-    ``pair_prompt`` [R], ``pair_key`` [R]; ``answer`` [R, 100] effect on each answer logit;
+    ``pair_prompt`` [R], ``pair_key`` [R]; ``answer`` [R, A] effect on each of the task's A answer
+    logits;
     ``logit_diff`` [R] and ``pd`` [R] effects on the two task targets; ``pos_logit_diff`` [R, 3]
     the logit-diff effect split by position class (YY, END, other); ``write_effects`` [R, L] split
     by written layer; ``act_sum`` [R] activation summed over positions. ``act_prompt``/``act_pos``/
@@ -84,10 +91,17 @@ class TaskAttributions:
     clean_prob_diff: float
     clean_logit_diff: float
     pd_direct: np.ndarray | None = None  # [R] direct first-order PD contribution per pair
+    relation: str = "gt"  # the task's relation (what the two task targets score)
+    exact_answers: np.ndarray | None = None  # [n] each prompt's answer (``exact`` only)
 
     @property
     def n_prompts(self) -> int:
         return len(self.yy)
+
+    @property
+    def n_answers(self) -> int:
+        """The task's answer count A (the width of ``answer``)."""
+        return int(self.answer.shape[1])
 
     def split_key(self, key: int) -> tuple[int, int]:
         return divmod(int(key), self.n_features)
@@ -210,19 +224,20 @@ def _direct_on_end(
 def _target_matrix(
     rm: ReplacementModel, batch: TaskBatch, W_U: torch.Tensor, b_U: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per prompt the [d, 102] target directions on x_END, the [102] offsets and PD [n]."""
+    """Per prompt the [d, A + 2] target directions on x_END, the [A + 2] offsets and PD [n]."""
     ids = batch.answer_ids.to(W_U.device)
     dt = rm.dtype
     logits = rm.logits.double()  # [n, V]
     p = torch.softmax(logits, -1)
-    yy = batch.yy.to(logits.device)
-    c = correct_mask(yy, batch.relation, N_ANSWERS).double() * 2 - 1  # [n, 100]
-    # the graphs' greater-than target (zero-sum coefficients: shift-invariant)
-    c_ld = greater_than_coefficients(yy, batch.relation, N_ANSWERS).to(logits.device)
+    c = batch.pd_coefficients(p[:, ids])  # [n, A]: PD = (c * p).sum(-1) at the clean logits
+    # the graphs' task target (zero-sum coefficients: shift-invariant)
+    ans = batch.exact_answers()
+    c_ld = relation_coefficients(batch.yy, batch.relation, batch.n_answers, ans)
+    c_ld = c_ld.to(logits.device)
     pd = (p[:, ids] * c).sum(-1)  # [n]
     g = -p * pd[:, None]
     g[:, ids] = p[:, ids] * (c - pd[:, None])
-    Wa = W_U[:, ids].to(dt)  # [d, 100]
+    Wa = W_U[:, ids].to(dt)  # [d, A]
     dirs = torch.cat(
         [
             Wa[None].expand(len(pd), -1, -1),
@@ -230,7 +245,7 @@ def _target_matrix(
             (g @ W_U.double().T)[:, :, None].to(dt),  # [n, d, 1] first-order PD
         ],
         dim=2,
-    )  # [n, d, 102]
+    )  # [n, d, A + 2]
     ba = b_U[ids].double()
     off = torch.cat(
         [
@@ -239,7 +254,7 @@ def _target_matrix(
             (g @ b_U.double())[:, None],
         ],
         dim=1,
-    ).to(dt)  # [n, 102]
+    ).to(dt)  # [n, A + 2]
     return dirs, off, pd
 
 
@@ -253,21 +268,23 @@ def _chunk(
     direct_effects: bool = True,
 ) -> dict[str, torch.Tensor]:
     L = rm.n_layers
+    n_ans = batch.n_answers
+    t_ld, t_pd = target_rows(n_ans)
     dirs, off, pd = _target_matrix(rm, batch, W_U, b_U)
     ids = batch.answer_ids.to(rm.logits.device)
     # total effects (linearised features) on the logit difference and first-order PD
     run, x_end = _run_with_final(rm, "linear")
-    targets = torch.einsum("nd,ndt->nt", x_end, dirs) + off  # [n, 102]
-    if not torch.allclose(targets[:, :N_ANSWERS].detach(), rm.logits[:, ids], atol=1e-3, rtol=1e-3):
+    targets = torch.einsum("nd,ndt->nt", x_end, dirs) + off  # [n, A + 2]
+    if not torch.allclose(targets[:, :n_ans].detach(), rm.logits[:, ids], atol=1e-3, rtol=1e-3):
         raise UserError(
             "the unembedding input does not reproduce the model's answer logits; "
             "this model's unembedding is not x @ W_U + b_U."
         )
-    g_task = _mlp_grads(run, targets, [T_LOGIT_DIFF, T_PD], retain=heatmap_mode == "total")
+    g_task = _mlp_grads(run, targets, [t_ld, t_pd], retain=heatmap_mode == "total")
     task = feature_effects(rm, g_task)  # [2, K, L]
     if heatmap_mode == "total":
-        g_ans = _mlp_grads(run, targets, list(range(N_ANSWERS)), retain=False)
-        answers = feature_effects(rm, g_ans, split=False)  # [100, K]
+        g_ans = _mlp_grads(run, targets, list(range(n_ans)), retain=False)
+        answers = feature_effects(rm, g_ans, split=False)  # [A, K]
     del run
     if direct_effects:
         # direct effects (features frozen) on every coordinate of x_END: one row per basis
@@ -276,13 +293,13 @@ def _chunk(
     else:  # not wanted (left 0): most of the cost of a chunk in "direct" heatmap mode
         direct = torch.zeros(len(feature_table(rm)), x_end.shape[-1], device=x_end.device)
     if heatmap_mode == "direct":
-        answers = (direct.double() @ W_U[:, ids].double()).T  # [100, K]
+        answers = (direct.double() @ W_U[:, ids].double()).T  # [A, K]
     table = feature_table(rm)  # [K, 4] (prompt, layer, pos, feature)
     acts = torch.cat([rm.active_values(layer) for layer in range(L)]).detach()
     write = task[0]  # [K, L]
-    feat = torch.cat([answers.double(), task.sum(-1)])  # [102, K]
+    feat = torch.cat([answers.double(), task.sum(-1)])  # [A + 2, K]
     # direct first-order PD contribution: direct effect on x_END . the prompt's PD direction
-    pd_direct = (direct.double() * dirs[table[:, 0], :, T_PD].double()).sum(-1)  # [K]
+    pd_direct = (direct.double() * dirs[table[:, 0], :, t_pd].double()).sum(-1)  # [K]
     return {
         "table": table.cpu(),
         "acts": acts.detach().cpu(),
@@ -292,7 +309,7 @@ def _chunk(
         "direct": direct.cpu(),
         "x_end": x_end.detach().cpu(),
         "pd": pd.cpu(),
-        "ld": targets[:, T_LOGIT_DIFF].detach().cpu(),
+        "ld": targets[:, t_ld].detach().cpu(),
     }
 
 
@@ -330,7 +347,9 @@ def task_attributions(
         parts.append(out)
         del rm
     table = torch.cat([p["table"] for p in parts])
-    feat = torch.cat([p["feat"] for p in parts], dim=1).double()  # [102, K]
+    feat = torch.cat([p["feat"] for p in parts], dim=1).double()  # [A + 2, K]
+    n_ans = batch.n_answers
+    t_ld, t_pd = target_rows(n_ans)
     acts = torch.cat([p["acts"] for p in parts]).double()
     write = torch.cat([p["write"] for p in parts])
     direct = torch.cat([p["direct"] for p in parts])
@@ -346,7 +365,8 @@ def task_attributions(
 
     pclass = torch.where(pos == batch.yy_pos, 0, torch.where(pos == batch.end_pos, 1, 2))
     pos_ld = torch.zeros(len(table), 3, dtype=torch.float64)
-    pos_ld[torch.arange(len(table)), pclass] = feat[T_LOGIT_DIFF]
+    pos_ld[torch.arange(len(table)), pclass] = feat[t_ld]
+    ans = batch.exact_answers()
     pd_all = torch.cat([p["pd"] for p in parts])
     ld_all = torch.cat([p["ld"] for p in parts])
     return TaskAttributions(
@@ -357,9 +377,9 @@ def task_attributions(
         end_pos=batch.end_pos,
         pair_prompt=(uniq // (L * F)).numpy(),
         pair_key=(uniq % (L * F)).numpy(),
-        answer=agg(feat[:N_ANSWERS].T).numpy(),
-        logit_diff=agg(feat[T_LOGIT_DIFF]).numpy(),
-        pd=agg(feat[T_PD]).numpy(),
+        answer=agg(feat[:n_ans].T).numpy(),
+        logit_diff=agg(feat[t_ld]).numpy(),
+        pd=agg(feat[t_pd]).numpy(),
         pos_logit_diff=agg(pos_ld).numpy(),
         write_effects=agg(write).numpy(),
         act_sum=agg(acts).numpy(),
@@ -372,6 +392,8 @@ def task_attributions(
         clean_prob_diff=float(pd_all.mean()),
         clean_logit_diff=float(ld_all.mean()),
         pd_direct=agg(torch.cat([p["pd_direct"] for p in parts])).numpy(),
+        relation=batch.relation,
+        exact_answers=None if ans is None else ans.numpy().copy(),
     )
 
 
@@ -386,9 +408,9 @@ def influence_ranking(att: TaskAttributions) -> tuple[np.ndarray, np.ndarray]:
 
 
 def feature_heatmap(att: TaskAttributions, key: int, yy_values: np.ndarray) -> np.ndarray:
-    """[len(yy_values), 100] mean attributed effect on each answer logit per YY (0 where inactive
-    in that YY's prompts, NaN where no prompt has that YY)."""
-    heat = np.zeros((len(yy_values), N_ANSWERS))
+    """[len(yy_values), A] mean attributed effect on each of the task's A answer logits per YY (0
+    where inactive in that YY's prompts, NaN where no prompt has that YY)."""
+    heat = np.zeros((len(yy_values), att.n_answers))
     count = np.zeros(len(yy_values))
     row_of = {int(y): r for r, y in enumerate(yy_values)}
     for y in att.yy:

@@ -3,11 +3,12 @@
 - ``task`` (the default): the task's own relation on the graph prompt: ``gt`` is the greater-than
   target below, ``lt`` the same with the correct answers ZZ < YY, ``exact`` the answer's logit minus
   the mean of the other answers' logits (``relation_coefficients``; zero-sum, shift-invariant).
-- ``greater-than``: mean_{z>YY} l_z − mean_{z<=YY} l_z over the 100 answer tokens "00".."99" (the
-  mean-difference form, EAP-IG's "mean" logit difference), YY read from the last four-digit year in
-  the prompt. Its coefficients (+1/n_gt on the correct answers, −1/n_le on the others, 0 off the
-  answers) sum to zero over the answers, hence over the vocabulary: adding one constant to every
-  logit, or to the 100 answer logits only, leaves it unchanged (``greater_than_coefficients``).
+- ``greater-than``: mean_{z>YY} l_z − mean_{z<=YY} l_z over the task's answer tokens "00".."99"
+  (``answers.count`` of them; the mean-difference form, EAP-IG's "mean" logit difference), YY read
+  from the last four-digit year in the prompt. Its coefficients (+1/n_gt on the correct answers,
+  −1/n_le on the others, 0 off the answers) sum to zero over the answers, hence over the
+  vocabulary: adding one constant to every logit, or to the answer logits only, leaves it
+  unchanged (``greater_than_coefficients``).
   The features stage ranks features by the same target.
 - ``logits``: the most likely next tokens up to 95% cumulative probability, at most 10, weighted
   by their probabilities.
@@ -119,9 +120,12 @@ class TaskTarget:
     n_answers: int = 100
 
 
-def answer_targets(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[Target]:
-    """The 100 answer-token logits "00".."99" as separate targets (equal weights)."""
-    ids = answer_token_ids(tokenizer).tolist()
+def answer_targets(
+    tokenizer: PreTrainedTokenizerBase, vocab_size: int, n_answers: int = 100
+) -> list[Target]:
+    """The task's answer-token logits "00".. (``n_answers`` of them) as separate targets (equal
+    weights)."""
+    ids = answer_token_ids(tokenizer, n_answers).tolist()
     eye = torch.zeros(len(ids), vocab_size, dtype=torch.float64)
     eye[torch.arange(len(ids)), ids] = 1.0
     return [
@@ -196,17 +200,17 @@ def make_targets(
     if not items or any(not s for s in items):
         raise UserError("the target spec needs 'task', 'greater-than', 'logits' or token strings.")
     V = int(logits.shape[-1])
+    t = task or TaskTarget()
     if items == ["task"]:
-        t = task or TaskTarget()
         targets = [
             greater_than_target(tokenizer, prompt, V, t.relation, t.yy, t.answer, t.n_answers)
         ]
     elif items == ["greater-than"]:
-        targets = [greater_than_target(tokenizer, prompt, V)]
+        targets = [greater_than_target(tokenizer, prompt, V, n_answers=t.n_answers)]
     elif items == ["logits"]:
         targets = logit_targets(tokenizer, logits, cumulative, max_logits)
     elif items == ["answers"]:
-        targets = answer_targets(tokenizer, V)
+        targets = answer_targets(tokenizer, V, t.n_answers)
     else:
         targets = token_targets(tokenizer, items, V, logits)
     if demean:

@@ -20,7 +20,18 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from clt_bench.errors import UserError
+from clt_bench.task.metrics import (
+    correct_mask,
+    cutoff_sharpness_per_example,
+    logit_diff_coefficients,
+    logit_diff_per_example,
+    pd_coefficients,
+    prob_diff_per_example,
+)
 from clt_bench.task.spec import TaskSpec, Template
+
+# rows of a batch: all (None), a slice, or indices (a list, array or tensor on any device)
+Rows = slice | list[int] | np.ndarray | torch.Tensor | None
 
 _DERIVED = re.compile(r"\{(YY([+-]\d+))\}")
 # redraws of a random sequence's other years until the prompt has the batch's token length
@@ -108,8 +119,8 @@ def _with_answers(spec: TaskSpec, tpl: Template, years: list[int]) -> list[int]:
         kept = [y for y in years if 0 <= exact_answer(tpl, y) < n]
     elif tpl.relation == "gt":
         kept = [y for y in years if y % 100 < n - 1]
-    else:
-        kept = [y for y in years if 1 <= y % 100 <= n]
+    else:  # lt: 00 is correct, and YY itself (below the answer count) is not
+        kept = [y for y in years if 1 <= y % 100 <= n - 1]
     if not kept:
         raise UserError(
             f"task file {spec.path}: answers.count = {n} leaves no start year of template "
@@ -204,7 +215,7 @@ class TaskBatch:
     prompts: list[str]
     yy_pos: int
     end_pos: int
-    answer_ids: torch.Tensor  # [100]
+    answer_ids: torch.Tensor  # [A]: the task's answers.count answers "00".."A-1"
     template: str
     relation: str  # gt | lt | exact
     seed: int
@@ -217,6 +228,61 @@ class TaskBatch:
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
+
+    @property
+    def n_answers(self) -> int:
+        """The task's answer count (``answers.count``): the width of every answer axis."""
+        return int(len(self.answer_ids))
+
+    def _rows(self, t: torch.Tensor, idx: Rows) -> torch.Tensor:
+        if idx is None:
+            return t
+        if isinstance(idx, slice):
+            return t[idx]
+        return t[torch.as_tensor(idx).long().to(t.device)]
+
+    def exact_answers(self, idx: Rows = None) -> torch.Tensor | None:
+        """Each prompt's one correct answer (of the prompts ``idx``) for the ``exact`` relation;
+        None for ``gt`` / ``lt`` (their correct answers follow from YY)."""
+        return self._rows(self.answer, idx) if self.relation == "exact" else None
+
+    def _scoring(self, idx: Rows, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ans = self.exact_answers(idx)
+        return self._rows(self.yy, idx).to(device), None if ans is None else ans.to(device)
+
+    def correct(self, idx: Rows = None) -> torch.Tensor:
+        """[n, A] bool: the answers the task's relation calls correct for each prompt."""
+        yy, ans = self._scoring(idx, self.yy.device)
+        return correct_mask(yy, self.relation, self.n_answers, ans)
+
+    def prob_diff(self, p: torch.Tensor, idx: Rows = None) -> torch.Tensor:
+        """PD per prompt of answer probabilities ``p`` [..., n, A] of the prompts ``idx`` (all
+        when None): the task's relation and, for ``exact``, each prompt's answer
+        (``task.metrics``); [..., n]."""
+        yy, ans = self._scoring(idx, p.device)
+        return prob_diff_per_example(p, yy, self.relation, ans)
+
+    def cutoff_sharpness(self, p: torch.Tensor, idx: Rows = None) -> torch.Tensor:
+        """CS per prompt of answer probabilities ``p`` [n, A] (``task.metrics``); [n]."""
+        yy, ans = self._scoring(idx, p.device)
+        return cutoff_sharpness_per_example(p, yy, self.relation, ans)
+
+    def logit_diff(
+        self, answer_logits: torch.Tensor, idx: Rows = None, reduce: str = "sum"
+    ) -> torch.Tensor:
+        """Logit difference per prompt of answer logits [..., n, A] (``task.metrics``)."""
+        yy, ans = self._scoring(idx, answer_logits.device)
+        return logit_diff_per_example(answer_logits, yy, self.relation, reduce, ans)
+
+    def logit_diff_coefficients(self, idx: Rows = None) -> torch.Tensor:
+        """[n, A] float64 c with logit difference = (c * answer_logits).sum(-1)."""
+        yy, ans = self._scoring(idx, self.yy.device)
+        return logit_diff_coefficients(yy, self.relation, self.n_answers, ans)
+
+    def pd_coefficients(self, p: torch.Tensor, idx: Rows = None) -> torch.Tensor:
+        """[..., n, A] c with PD = (c * p).sum(-1) at ``p`` (``task.metrics.pd_coefficients``)."""
+        yy, ans = self._scoring(idx, p.device)
+        return pd_coefficients(p, yy, self.relation, ans)
 
     def subset(self, idx: list[int] | torch.Tensor) -> TaskBatch:
         idx_t = torch.as_tensor(idx, dtype=torch.long).cpu()  # the batch's tensors live on the CPU

@@ -8,7 +8,12 @@ PD = sum of p over the correct z minus the sum over the other z, and CS = p(y+1)
 Relation ``exact`` (one correct answer a, e.g. the next term of an arithmetic sequence):
 PD = p(a) - max over the other 99 answers of p(z), positive exactly when a is the most likely answer
 (summing the other 99 would make PD ~ -1 for any model that spreads its mass); CS = p(a) -
-(p(a-1) + p(a+1)) / 2, how sharply the mass peaks at a.
+(p(a-1) + p(a+1)) / 2, how sharply the mass peaks at a; logit difference = l_a - the mean of
+the other answers' logits (one definition for both variants, and the graphs' ``exact`` target: a
+sum over the other answers would be dominated by them).
+
+``answers.count`` (n answers "00".."n-1") sets every width: the metrics read it from the shape of
+``p`` / the logits, never from ``N_ANSWERS`` (the greater-than task's 100).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ YY_ROWS = list(range(2, 99))  # heatmap rows YY = 2..98
 
 
 def answer_probs(end_logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
-    """[n, vocab] logits at END -> [n, 100] probabilities of "00".."99" (full-vocab softmax)."""
+    """[n, vocab] logits at END -> [n, A] probabilities of the A answers "00".. (full-vocab
+    softmax)."""
     return torch.softmax(end_logits.double(), dim=-1)[:, answer_ids.to(end_logits.device)]
 
 
@@ -36,7 +42,7 @@ def correct_mask(
     n: int = N_ANSWERS,
     answer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[n_examples, 100] bool: which ZZ are correct for each example's YY (or answer)."""
+    """[n_examples, n] bool: which ZZ are correct for each example's YY (or answer)."""
     z = torch.arange(n, device=yy.device)[None, :]
     if relation == "exact":
         return z == _need_answer(answer).to(yy.device)[:, None]
@@ -47,8 +53,11 @@ def correct_mask(
 def prob_diff_per_example(
     p: torch.Tensor, yy: torch.Tensor, relation: str = "gt", answer: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """PD_i = sum_{correct z} p_z - sum_{other z} p_z; ``exact``: p_a - max_{z != a} p_z; [n]."""
-    good = correct_mask(yy, relation, p.shape[1], answer)
+    """PD_i = sum_{correct z} p_z - sum_{other z} p_z; ``exact``: p_a - max_{z != a} p_z.
+
+    ``p`` [..., n, A] (leading dims kept, e.g. patched runs [S, n, A]) -> [..., n].
+    """
+    good = correct_mask(yy, relation, p.shape[-1], answer)
     if relation == "exact":
         p_a = (p * good).sum(-1)
         return p_a - p.masked_fill(good, float("-inf")).max(-1).values
@@ -82,18 +91,47 @@ def logit_diff_per_example(
     reduce: str = "sum",
     answer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """sum_{correct} l_z - sum_{other} l_z over the 100 answer logits ("mean": EAP-IG's variant)."""
-    good = correct_mask(yy, relation, answer_logits.shape[1], answer).to(answer_logits.dtype)
+    """sum_{correct} l_z - sum_{other} l_z over the answer logits [..., n, A] ("mean": EAP-IG's
+    variant, means instead of sums); ``exact``: l_a - mean_{z != a} l_z whatever ``reduce``
+    (module docstring)."""
+    good = correct_mask(yy, relation, answer_logits.shape[-1], answer).to(answer_logits.dtype)
     bad = 1 - good
-    if reduce == "mean":
+    if reduce == "mean" or relation == "exact":
         return (answer_logits * good).sum(-1) / good.sum(-1).clamp(min=1) - (
             answer_logits * bad
         ).sum(-1) / bad.sum(-1).clamp(min=1)
     return (answer_logits * good).sum(-1) - (answer_logits * bad).sum(-1)
 
 
+def logit_diff_coefficients(
+    yy: torch.Tensor, relation: str = "gt", n: int = N_ANSWERS, answer: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[n_examples, n] c with ``logit_diff_per_example = (c * answer_logits).sum(-1)`` (the
+    "sum" variant): +1 on the correct answers, -1 on the others; ``exact``: +1 on the answer,
+    -1/(n-1) on the others."""
+    good = correct_mask(yy, relation, n, answer).double()
+    if relation == "exact":
+        return good - (1 - good) / max(n - 1, 1)
+    return good * 2 - 1
+
+
+def pd_coefficients(
+    p: torch.Tensor, yy: torch.Tensor, relation: str = "gt", answer: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[..., n, A] c with ``prob_diff_per_example = (c * p).sum(-1)`` at these probabilities:
+    +1 on the correct answers, -1 on the others; ``exact``: +1 on the answer, -1 on the most
+    likely other answer, 0 elsewhere. PD's gradient with respect to the logits is then
+    ``p_v (c_v - PD)`` (c_v = 0 off the answers), exact almost everywhere for ``exact`` too."""
+    good = correct_mask(yy, relation, p.shape[-1], answer)
+    if relation != "exact":
+        return good.to(p.dtype) * 2 - 1
+    rival = p.masked_fill(good, float("-inf")).argmax(-1, keepdim=True)
+    c = torch.zeros_like(p).masked_fill(good, 1.0)
+    return c.scatter(-1, rival, -1.0)
+
+
 def logit_diff_direction(yy: int, relation: str = "gt", n: int = N_ANSWERS) -> torch.Tensor:
-    """[100] coefficients c with logit_diff = c @ answer_logits (+1 correct, -1 otherwise)."""
+    """[n] coefficients c with logit_diff = c @ answer_logits (+1 correct, -1 otherwise)."""
     good = correct_mask(torch.tensor([yy]), relation, n)[0]
     return good.double() * 2 - 1
 
@@ -105,7 +143,7 @@ def heatmap_rows(n_answers: int = N_ANSWERS) -> list[int]:
 
 
 def yy_heatmap(p: torch.Tensor, yy: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
-    """Mean p_z per YY: [97, 100] (rows YY = 2..98, columns ZZ = 0..99; ``rows``: other YY rows,
+    """Mean p_z per YY: [97, A] (rows YY = 2..98, columns ZZ = 0..A-1; ``rows``: other YY rows,
     ``heatmap_rows`` of the task's answer count); NaN for absent YY."""
     rows = YY_ROWS if rows is None else rows
     out = torch.full((len(rows), p.shape[1]), float("nan"), dtype=torch.float64)

@@ -208,7 +208,7 @@ def _recovery(
     base = rm_x.mlp_out - rm_x.errors + bg.errors  # [n, pos, L, d]
     diff = rm_c.acts - rm_x.acts  # [n, pos, L, F]
     tokens = bg.tokens.to(next(bridge.parameters()).device)
-    clean_pd = float(pd_of(rm_c.logits, batch.yy, batch).mean())
+    clean_pd = float(pd_of(rm_c.logits, batch).mean())
 
     def share(outs: torch.Tensor) -> float:
         hooks = [
@@ -216,7 +216,7 @@ def _recovery(
             for t in range(clt.n_layers)
         ]
         logits = end_logits_via(bridge, lambda: bridge.run_with_hooks(tokens, fwd_hooks=hooks))
-        return float(pd_of(logits, batch.yy, batch).mean()) / clean_pd
+        return float(pd_of(logits, batch).mean()) / clean_pd
 
     kept = base.clone()
     for layer, fid in ranking:
