@@ -155,6 +155,11 @@ def test_every_stage_follows_the_task_file(tmp_path, which):
     assert heat.shape[1:] == (len(yy_rows), count)
     outer = json.loads((run / "baseline" / "neurons.json").read_text())["outer_products"]
     assert outer and all(np.array(m).shape == (len(yy_rows), count) for m in outer.values())
+    # a ratio to a model PD that is not positive is undefined, with its reason
+    compare = json.loads((run / "compare" / "metrics.json").read_text())
+    if compare["model_prob_diff"] <= 0:
+        assert compare["replacement_pd_ratio"] is None
+        assert "not positive" in compare["replacement_pd_ratio_undefined_reason"]
     # labels relative to the task's relation (exact: 1[ZZ = YY + 1]) over its answers
     table = pd.read_csv(run / "features" / "features.csv")
     assert set(table["label"]) <= set(LABELS)

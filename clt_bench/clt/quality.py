@@ -141,7 +141,8 @@ def task_metrics_with_clt(
     return {
         "model_prob_diff": pd_o,
         "replacement_prob_diff": pd_r,
-        "replacement_prob_diff_ratio": pd_r / pd_o if pd_o else float("nan"),
+        # a ratio to a model PD that is not positive is no share of it (baseline's rule)
+        "replacement_prob_diff_ratio": pd_r / pd_o if pd_o > 0 else None,
         "replacement_cutoff_sharpness": rep["cutoff_sharpness"],
         "task_examples": len(batch),
         PER_PROMPT: per_prompt,  # [n] tensors; the stage saves them as safetensors

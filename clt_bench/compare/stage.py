@@ -35,6 +35,7 @@ from clt_bench.baseline.circuit_overlap import (
     published_applies,
 )
 from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit, load_run_circuit
+from clt_bench.baseline.faithfulness import ratio_undefined_reason
 from clt_bench.baseline.ground_truth import KNOWN, known_circuit, yy_probe_scores
 from clt_bench.baseline.patching import model_device
 from clt_bench.clt.circuit_tracer_io import load_run_clt
@@ -565,6 +566,10 @@ def compare_summary(
         "replacement_prob_diff": main["replacement_prob_diff"],
         "replacement_pd_ratio": main["replacement_pd_ratio"],
     }
+    why = ratio_undefined_reason(main["model_prob_diff"])
+    if why:  # a ratio to a non-positive model PD (e.g. an exact task the model does not do)
+        summary["replacement_pd_ratio"] = None
+        summary["replacement_pd_ratio_undefined_reason"] = why
     prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt", "plt_features": "plt"}
     units_ci: dict[str, list[float]] = {}
     for kind, row in by_kind.items():

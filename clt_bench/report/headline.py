@@ -238,6 +238,9 @@ def metric_notes(results: dict[str, dict[str, Any]]) -> dict[str, str]:
         for m in ("faithfulness_paths_ratio", "faithfulness_components_ratio"):
             notes[f"baseline.{m}"] = f"undefined: {why}"
         notes["baseline.random_control_ratio"] = f"undefined: {why}"
+    repl_why = (results.get("compare") or {}).get("replacement_pd_ratio_undefined_reason")
+    if repl_why:
+        notes["compare.replacement_pd_ratio"] = f"undefined: {repl_why}"
     fam_why = (results.get("compare") or {}).get("families_undefined_reason")
     if fam_why:
         notes["compare.families_median_feature_pd_kept"] = f"undefined: {fam_why}"
