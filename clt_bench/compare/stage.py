@@ -38,6 +38,7 @@ from clt_bench.baseline.circuits import PUBLISHED, Circuit, load_circuit, load_r
 from clt_bench.baseline.ground_truth import KNOWN, known_circuit, yy_probe_scores
 from clt_bench.baseline.patching import model_device
 from clt_bench.clt.circuit_tracer_io import load_run_clt
+from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.compare.comparator import comparator_explained
 from clt_bench.compare.curve import replacement_pd
 from clt_bench.compare.effect_shares import SHARES, effect_shares
@@ -188,6 +189,9 @@ def transcoder_runs(cfg: RunConfig, run_dir: Path) -> dict[str, Path]:
     return runs
 
 
+Measures = list[tuple[str, dict[str, Any]]]  # (measure, column -> value) rows of a table
+
+
 def transcoder_table(
     cfg: RunConfig,
     run_dir: Path,
@@ -197,72 +201,97 @@ def transcoder_table(
 ) -> list[dict[str, Any]]:
     """CLT vs PLT vs MLP neurons, one row per measure (same prompts, circuit, definitions)."""
     runs = transcoder_runs(cfg, run_dir)
-    units = {r["unit_kind"]: r for r in table}
     cols = {kind: f"{kind}_features" for kind in runs} | {"neurons": "mlp_neurons"}
-    rows: list[dict[str, Any]] = []
+    measures = [
+        *_units_measures({r["unit_kind"]: r for r in table}, cols, repl),
+        *_circuit_measures(overlap),
+        *_transcoder_measures(runs),
+    ]
+    return [{"measure": m, **{c: values.get(c, "") for c in cols}} for m, values in measures]
 
-    def add(measure: str, values: dict[str, Any]) -> None:
-        rows.append({"measure": measure, **{c: values.get(c, "") for c in cols}})
 
-    for f in FRACTIONS:
-        key = f"k_{int(f * 100)}"
-        add(
-            f"units for {int(f * 100)} % of PD (held-out prompts)",
-            {c: units.get(u, {}).get(key, "") for c, u in cols.items()},
-        )
-    for f in FRACTIONS:
-        key = f"k_{int(f * 100)}"
-        add(
-            f"units for {int(f * 100)} % of PD, 95 % CI (bootstrap over prompts)",
-            {c: _ci_cell(units.get(u, {}).get(f"{key}_ci")) for c, u in cols.items()},
-        )
-    # the error term corrupted too (neurons have none: the same curve as above)
+def _units_measures(
+    units: dict[str, dict[str, Any]], cols: dict[str, str], repl: dict[str, Any]
+) -> Measures:
+    """Units needed per column (of unit kind ``cols[column]``), their PDs, the replacement PD."""
+    # the error term corrupted too (neurons have none: the same curve as with it clean)
     corrupted = {c: (u if u == "mlp_neurons" else f"{u}_error_corrupted") for c, u in cols.items()}
-    for f in FRACTIONS:
-        key = f"k_{int(f * 100)}"
-        add(
-            f"units for {int(f * 100)} % of PD, error term corrupted [95 % CI]",
-            {c: _k_ci_cell(units.get(u, {}), key) for c, u in corrupted.items()},
-        )
-    add(
-        "PD_0 (every unit corrupted, error term clean)",
-        {c: units.get(u, {}).get("pd_0", "") for c, u in cols.items()},
-    )
-    add(
-        "PD_0 (every unit and the error term corrupted)",
-        {c: units.get(u, {}).get("pd_0", "") for c, u in corrupted.items()},
-    )
-    add(
-        "PD with every unit clean, error term corrupted",
-        {c: units.get(u, {}).get("pd_all", "") for c, u in corrupted.items()},
-    )
-    add(
-        "replacement PD / model PD",
-        {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl},
-    )
+    clean_rows = {c: units.get(u, {}) for c, u in cols.items()}
+    corrupted_rows = {c: units.get(u, {}) for c, u in corrupted.items()}
+    pcts = [int(f * 100) for f in FRACTIONS]
+    return [
+        *(
+            (
+                f"units for {p} % of PD (held-out prompts)",
+                {c: r.get(f"k_{p}", "") for c, r in clean_rows.items()},
+            )
+            for p in pcts
+        ),
+        *(
+            (
+                f"units for {p} % of PD, 95 % CI (bootstrap over prompts)",
+                {c: _ci_cell(r.get(f"k_{p}_ci")) for c, r in clean_rows.items()},
+            )
+            for p in pcts
+        ),
+        *(
+            (
+                f"units for {p} % of PD, error term corrupted [95 % CI]",
+                {c: _k_ci_cell(r, f"k_{p}") for c, r in corrupted_rows.items()},
+            )
+            for p in pcts
+        ),
+        (
+            "PD_0 (every unit corrupted, error term clean)",
+            {c: r.get("pd_0", "") for c, r in clean_rows.items()},
+        ),
+        (
+            "PD_0 (every unit and the error term corrupted)",
+            {c: r.get("pd_0", "") for c, r in corrupted_rows.items()},
+        ),
+        (
+            "PD with every unit clean, error term corrupted",
+            {c: r.get("pd_all", "") for c, r in corrupted_rows.items()},
+        ),
+        (
+            "replacement PD / model PD",
+            {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl},
+        ),
+    ]
+
+
+def _circuit_measures(overlap: dict[str, list[dict[str, Any]]]) -> Measures:
+    """Each transcoder's top features against its primary circuit."""
     primary = {k: (ov[0] if ov else {}) for k, ov in overlap.items()}
     circuit = next(iter(primary.values()), {}).get("circuit", "-")
-    add(
-        f"top-feature influence inside the circuit ({circuit})",
-        {k: p.get("influence_share", "") for k, p in primary.items()},
-    )
-    add("circuit MLP node recall", {k: p.get("mlp_recall", "") for k, p in primary.items()})
-    for key, label in (("nmse", "NMSE (held out)"), ("l0", "L0 (all layers)")):
-        add(label, {k: stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
+    return [
+        (
+            f"top-feature influence inside the circuit ({circuit})",
+            {k: p.get("influence_share", "") for k, p in primary.items()},
+        ),
+        ("circuit MLP node recall", {k: p.get("mlp_recall", "") for k, p in primary.items()}),
+    ]
+
+
+def _transcoder_measures(runs: dict[str, Path]) -> Measures:
+    """Each transcoder's reconstruction and its feature labels (only labels some run found, or
+    that some run cannot test)."""
+    out: Measures = [
+        (label, {k: stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
+        for key, label in (("nmse", "NMSE (held out)"), ("l0", "L0 (all layers)"))
+    ]
     feats = {k: stage_summary(r, "features") for k, r in runs.items()}
     for scope, suffix in (("top-K by influence", ""), ("all active features", ALL_ACTIVE)):
         for lab in LABELS:
             key = label_key(lab) + suffix
             untestable = {k for k, f in feats.items() if lab in f.get("not_testable", [])}
             if any(f.get(key) for f in feats.values()) or untestable:
-                add(
-                    f"labels ({scope}): {lab}",
-                    {
-                        k: "not testable on this model" if k in untestable else f.get(key, "")
-                        for k, f in feats.items()
-                    },
-                )
-    return rows
+                values = {
+                    k: "not testable on this model" if k in untestable else f.get(key, "")
+                    for k, f in feats.items()
+                }
+                out.append((f"labels ({scope}): {lab}", values))
+    return out
 
 
 def _ci_cell(ci: Any) -> str:
@@ -403,28 +432,14 @@ def ground_truth_probe(
     truth = known_circuit(loaded.name)
     if truth is None:
         return {}
-    tcs = {
-        k: load_run_clt(r, device=loaded.device) for k, r in transcoder_runs(cfg, run_dir).items()
-    }
+    tcs = load_transcoders(cfg, run_dir, loaded.device)
     # the whole discovery set (490 prompts, YY balanced): enough rows for a 97-value probe
     probe = yy_probe_scores(loaded.bridge, tcs, load_task_batch(cfg, loaded, "discovery"), truth)
     units: dict[str, Any] = {"neuron": None, **tcs}  # keys: "neuron", "clt", "plt"
     cmp = comparator_explained(
         loaded.bridge, units, batch, truth, cfg.features.curve_candidates, cfg.features.curve_dense
     )
-    dev = model_device(loaded.bridge)
-    clean, corrupted = batch.clean.to(dev), batch.corrupted.to(dev)
-    unit_sets = {
-        name: neuron_units(loaded.bridge, clean, corrupted)
-        if tc is None
-        else feature_units(loaded.bridge, tc, clean, corrupted, f"{name}_features")
-        for name, tc in units.items()
-    }
-    fc = cfg.features
-    shares = effect_shares(
-        loaded.bridge, unit_sets, batch, truth, fc.curve_bootstrap, fc.curve_seed
-    )
-    del unit_sets
+    shares = _effect_shares(cfg, loaded, units, batch, truth)
     write_json(
         out / "ground_truth.json",
         json_safe(
@@ -439,11 +454,7 @@ def ground_truth_probe(
     grids = {}
     for kind, r in transcoder_runs(cfg, run_dir).items():
         rk = load_ranking(r)
-        sites = [
-            FeatureSite(int(a), p)
-            for (a, _), p in zip(rk["features"], rk["positions"], strict=True)
-        ]
-        grids[kind.upper()] = influence_grid(sites, rk["influence"], loaded.n_layers)
+        grids[kind.upper()] = influence_grid(ranked_sites(rk), rk["influence"], loaded.n_layers)
     ground_truth_grid(
         grids, truth, load_run_circuit(run_dir), out / "ground_truth_grid.png", loaded.name
     )
@@ -458,13 +469,51 @@ def ground_truth_probe(
             for key, v in per.items()
         }
     )
+    return _ground_truth_metrics(cfg, probe, cmp, shares, list(units))
+
+
+def load_transcoders(
+    cfg: RunConfig, run_dir: Path, device: torch.device | str
+) -> dict[str, CrossLayerTranscoder]:
+    """Every transcoder of ``transcoder_runs``, by kind."""
+    return {k: load_run_clt(r, device=device) for k, r in transcoder_runs(cfg, run_dir).items()}
+
+
+def _effect_shares(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    units: dict[str, CrossLayerTranscoder | None],
+    batch: TaskBatch,
+    truth: Circuit,
+) -> dict[str, Any]:
+    """``compare.effect_shares`` of each unit kind (None: MLP neurons)."""
+    dev = model_device(loaded.bridge)
+    clean, corrupted = batch.clean.to(dev), batch.corrupted.to(dev)
+    unit_sets = {
+        name: neuron_units(loaded.bridge, clean, corrupted)
+        if tc is None
+        else feature_units(loaded.bridge, tc, clean, corrupted, f"{name}_features")
+        for name, tc in units.items()
+    }
+    fc = cfg.features
+    return effect_shares(loaded.bridge, unit_sets, batch, truth, fc.curve_bootstrap, fc.curve_seed)
+
+
+def _ground_truth_metrics(
+    cfg: RunConfig,
+    probe: dict[str, Any],
+    cmp: dict[str, Any],
+    shares: dict[str, Any],
+    names: list[str],
+) -> dict[str, Any]:
+    """The ground-truth headline numbers, flat, per unit kind in ``names``."""
     prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt", "plt_features": "plt"}
     flat: dict[str, Any] = {}
     for kind, scores in probe.items():
         if isinstance(scores, dict) and kind in prefix:
             flat[f"yy_probe_r2_{prefix[kind]}"] = scores["r2"]
             flat[f"yy_probe_within5_{prefix[kind]}"] = scores["within_tolerance"]
-    for name in units:
+    for name in names:
         flat[f"cmp_explained_top5_{name}"] = cmp[name]["explained"].get(5, math.nan)
         flat[f"cmp_explained_top20_{name}"] = cmp[name]["explained"].get(20, math.nan)
         flat[f"cmp_units_80_{name}"] = cmp[name]["units_80"]
@@ -512,13 +561,10 @@ def family_generalisation(
     """How much of each top feature's PD contribution each prompt family keeps (written to
     ``out``); the median, or why it is undefined."""
     fc = cfg.features
-    tcs = {
-        k: load_run_clt(r, device=loaded.device) for k, r in transcoder_runs(cfg, run_dir).items()
-    }
     fam_rows, kept = generalisation(
         cfg,
         loaded,
-        tcs,
+        load_transcoders(cfg, run_dir, loaded.device),
         load_run_circuit(run_dir),
         [tuple(f) for f in rank["features"][: fc.family_features]],
         cfg.task.family_n,
