@@ -67,3 +67,18 @@ def take_tokens(batches: Iterator[TokenRows], n_tokens: int) -> Iterator[TokenRo
             return
         seen += rows.n_tokens
         yield rows
+
+
+def group_tokens(rows: Iterable[TokenRows], n_tokens: int) -> Iterator[list[TokenRows]]:
+    """Consecutive batches grouped until each group holds at least ``n_tokens`` real tokens (the
+    last group: what is left)."""
+    pending: list[TokenRows] = []
+    count = 0
+    for r in rows:
+        pending.append(r)
+        count += r.n_tokens
+        if count >= n_tokens:
+            yield pending
+            pending, count = [], 0
+    if pending:
+        yield pending
