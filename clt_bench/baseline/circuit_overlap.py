@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from clt_bench.baseline.circuits import Circuit
 from clt_bench.errors import UserError
@@ -74,7 +75,7 @@ def node_overlap(sites: Sequence[FeatureSite], circuit: Circuit) -> dict[str, fl
 
 
 def influence_share(
-    sites: Sequence[FeatureSite], write_effects: np.ndarray, circuit: Circuit
+    sites: Sequence[FeatureSite], write_effects: npt.ArrayLike, circuit: Circuit
 ) -> float:
     """Share of the features' |effect| that is written into the circuit's MLP cells.
 
@@ -95,7 +96,7 @@ def influence_share(
 
 
 def per_component_share(
-    position: str, write_effects: np.ndarray, circuit: Circuit
+    position: str, write_effects: npt.ArrayLike, circuit: Circuit
 ) -> dict[str, float]:
     """One feature: share of its |effect| written into each circuit MLP at its position.
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.baseline.circuits import Circuit
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.compare.units import (
+    UnitSet,
     UnitsResult,
     feature_units,
     neuron_units,
@@ -47,7 +49,7 @@ def comparator_layers(truth: Circuit) -> list[int]:
 
 
 def comparator_curve(
-    bridge,
+    bridge: TransformerBridge,
     transcoder: CrossLayerTranscoder | None,
     batch: TaskBatch,
     layers: list[int],
@@ -56,7 +58,7 @@ def comparator_curve(
 ) -> UnitsResult:
     """One unit kind's curve in the comparator's scope (``transcoder`` None: MLP neurons)."""
 
-    def make(clean: torch.Tensor, corrupted: torch.Tensor):
+    def make(clean: torch.Tensor, corrupted: torch.Tensor) -> UnitSet:
         if transcoder is None:
             units = neuron_units(bridge, clean, corrupted)
         else:
@@ -67,7 +69,7 @@ def comparator_curve(
 
 
 def comparator_explained(
-    bridge,
+    bridge: TransformerBridge,
     transcoders: dict[str, CrossLayerTranscoder | None],
     batch: TaskBatch,
     truth: Circuit,

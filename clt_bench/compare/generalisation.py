@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -40,7 +41,7 @@ from clt_bench.errors import UserError
 from clt_bench.features.task_attributions import per_feature_sums, task_attributions
 from clt_bench.io import write_text
 from clt_bench.models import LoadedModel
-from clt_bench.plots import plt, save_figure
+from clt_bench.plots import save_figure  # (sets matplotlib's headless backend)
 from clt_bench.task.dataset import TaskBatch, build_dataset
 from clt_bench.task.families import FULL
 from clt_bench.task.spec import load_task

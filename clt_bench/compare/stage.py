@@ -3,14 +3,10 @@
 Reads ``<run>/features/ranking.json`` (the top-K features, their influence and write split),
 the CLT (``<run>/clt``; a PLT in ``<run>/plt`` adds a PLT row), the baseline's ``circuit.json``;
 for GPT-2 itself (by model identity, not shape) also the published circuits of ``baselines/``.
-Writes ``<run>/compare/``:
-
-- overlap.csv / overlap.md: per circuit, the share of the top-K influence written into its MLP
-  cells and node precision/recall/F1 at layer x position granularity (all nodes; MLPs only);
-- units_needed.csv (``unit_kind, k, prob_diff, normalized``; one definition for MLP neurons and
-  transcoder features, see ``clt_bench.compare.units``; k = 0 and k = all rows for every kind),
-  units_needed.png, units_table.md (k for 50 / 80 / 90 % with bootstrap 95 % intervals);
-- metrics.json (with the model's and the replacement model's PD).
+Writes ``<run>/compare/`` (the files: docs/architecture.md): the overlap of the top-K features
+with each circuit, the units needed by each unit kind (``clt_bench.compare.units``), CLT vs PLT
+vs MLP neurons, the generalisation across prompt families and, on a planted model, the grading
+against the planted circuit.
 """
 
 from __future__ import annotations
@@ -20,6 +16,8 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from clt_bench.compare.generalisation import generalisation, write_generalisatio
 from clt_bench.compare.ground_truth_figure import ground_truth_grid, influence_grid
 from clt_bench.compare.units import (
     FRACTIONS,
+    UnitSet,
     UnitsResult,
     bootstrap_needed,
     feature_units,
@@ -150,23 +149,21 @@ def units_results(
     fc = cfg.features
     bridge = loaded.bridge
     dev = model_device(bridge)
-    kinds: list[tuple[str, Any]] = [
+    kinds: list[tuple[str, CrossLayerTranscoder | None]] = [
         ("mlp_neurons", None),
         (f"{cfg.clt.kind}_features", load_run_clt(run_dir, device=dev)),
     ]
     if "plt" in transcoder_runs(cfg, run_dir):
         kinds.append(("plt_features", load_run_clt(run_dir / "plt", device=dev)))
-    results, repl = [], {}
+    results: list[UnitsResult] = []
+    repl: dict[str, dict[str, Any]] = {}
     for kind, clt in kinds:
+        variants: list[Callable[[torch.Tensor, torch.Tensor], UnitSet]]
         if clt is None:
-
-            def make(c, x):
-                return neuron_units(bridge, c, x)
-
-            variants = [make]
+            variants = [partial(neuron_units, bridge)]
         else:
             variants = [
-                lambda c, x, clt=clt, kind=kind, e=e: feature_units(bridge, clt, c, x, kind, e)
+                partial(feature_units, bridge, clt, kind=kind, error=e)
                 for e in ("clean", "corrupted")
             ]
             per: dict[str, Any] = {}
@@ -182,7 +179,7 @@ def units_results(
 def transcoder_runs(cfg: RunConfig, run_dir: Path) -> dict[str, Path]:
     """The run folders whose features stage scored a transcoder: the run's own, and the PLT
     sub-run ``<run>/plt`` of the plt stage (``clt_bench.plt.stage``) when it finished."""
-    runs = {cfg.clt.kind: Path(run_dir)}
+    runs: dict[str, Path] = {cfg.clt.kind: Path(run_dir)}
     sub = Path(run_dir) / "plt"
     if cfg.clt.kind != "plt" and (sub / "features" / "ranking.json").is_file():
         runs["plt"] = sub
@@ -535,7 +532,9 @@ def write_overlaps(
 ) -> dict[str, list[dict[str, Any]]]:
     """Each transcoder's features vs each circuit: ``overlap.csv`` (all) and ``overlap.md`` (the
     run's own transcoder); returns transcoder kind -> rows, the run's own first."""
-    overlaps = {cfg.clt.kind: overlap_rows(ranked_sites(rank), rank["write_effects"], circuits)}
+    overlaps: dict[str, list[dict[str, Any]]] = {
+        cfg.clt.kind: overlap_rows(ranked_sites(rank), rank["write_effects"], circuits)
+    }
     for kind, sub in transcoder_runs(cfg, run_dir).items():
         if kind != cfg.clt.kind:
             r = load_ranking(sub)
@@ -566,7 +565,7 @@ def family_generalisation(
         loaded,
         load_transcoders(cfg, run_dir, loaded.device),
         load_run_circuit(run_dir),
-        [tuple(f) for f in rank["features"][: fc.family_features]],
+        [(int(a), int(b)) for a, b in rank["features"][: fc.family_features]],
         cfg.task.family_n,
         batch,
     )
@@ -696,4 +695,5 @@ def run_compare_stage(
         ),
     )
     log.info("compare stage wrote %s", out)
-    return json_safe(summary)
+    safe: dict[str, Any] = json_safe(summary)
+    return safe

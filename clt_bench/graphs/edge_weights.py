@@ -74,8 +74,8 @@ class Attributor:
         def f(*leaves: torch.Tensor) -> torch.Tensor:
             return output_fn(run_frozen(rm, modes=modes, leaves=leaves))
 
-        self.value, self._vjp = torch.func.vjp(f, *zero_leaves(rm))
-        self.value = self.value.detach()
+        value, self._vjp = torch.func.vjp(f, *zero_leaves(rm))[:2]
+        self.value: torch.Tensor = value.detach()
         self._acts = feature_activations(rm)
         self._b_dec = (
             rm.clt.b_dec.detach().to(rm.dtype) / rm.clt.output_scale.detach().to(rm.dtype)[:, None]
@@ -92,7 +92,7 @@ class Attributor:
         rm, L = self.rm, self.n_layers
         grads = torch.func.vmap(self._vjp)(grad_rows.to(self.value.dtype))
         feat = torch.cat(grads[:L], dim=1) * self._acts
-        errs, bdec = [], 0.0
+        errs, bdec = [], grads[L].new_zeros(())
         for layer in range(L):
             gm = grads[L + layer]  # [B, n, pos, d]
             errs.append((gm * rm.errors[:, :, layer]).sum(-1))

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.graphs.local_replacement import ReplacementModel, layer_activate, run_frozen
+from clt_bench.models.bridge import FwdHooks, HookFn
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,11 @@ class Intervention:
     scale: float | None = None
 
     def new(self, current: torch.Tensor) -> torch.Tensor:
-        if (self.value is None) == (self.scale is None):
-            raise UserError("an intervention sets exactly one of a value or a scale (x0, x-1).")
-        return (
-            torch.full_like(current, self.value) if self.value is not None else current * self.scale
-        )
+        if self.value is not None and self.scale is None:
+            return torch.full_like(current, self.value)
+        if self.scale is not None and self.value is None:
+            return current * self.scale
+        raise UserError("an intervention sets exactly one of a value or a scale (x0, x-1).")
 
 
 def parse_intervention(text: str) -> Intervention:
@@ -121,7 +124,7 @@ def constrained_patch(
 
 @torch.no_grad()
 def free_patch(
-    bridge,
+    bridge: TransformerBridge,
     clt: CrossLayerTranscoder,
     tokens: torch.Tensor,
     interventions: Sequence[Intervention],
@@ -137,8 +140,8 @@ def free_patch(
     before = bridge(tokens)[0, -1]
     delta: dict[Intervention, torch.Tensor] = {}
 
-    def read(layer: int):
-        def fn(x: torch.Tensor, hook) -> torch.Tensor:
+    def read(layer: int) -> HookFn:
+        def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
             xs = x.to(clt.W_enc.dtype) * clt.input_scale[layer]
             h = xs @ clt.W_enc[layer].T + clt.b_enc[layer]
             a = layer_activate(clt, layer, h[0])  # [pos, F] (this prompt's BatchTopK batch)
@@ -150,8 +153,8 @@ def free_patch(
 
         return fn
 
-    def write(layer: int):
-        def fn(y: torch.Tensor, hook) -> torch.Tensor:
+    def write(layer: int) -> HookFn:
+        def fn(y: torch.Tensor, hook: Any) -> torch.Tensor:
             y = y.clone()
             for iv in interventions:
                 if layer in clt.target_layers(iv.layer):
@@ -162,7 +165,7 @@ def free_patch(
         return fn
 
     src_layers = sorted({iv.layer for iv in interventions})
-    hooks = [(f"blocks.{layer}.hook_resid_mid", read(layer)) for layer in src_layers]
+    hooks: FwdHooks = [(f"blocks.{layer}.hook_resid_mid", read(layer)) for layer in src_layers]
     tgt_layers = sorted({t for iv in interventions for t in clt.target_layers(iv.layer)})
     hooks += [(f"blocks.{layer}.hook_mlp_out", write(layer)) for layer in tgt_layers]
     after = bridge.run_with_hooks(tokens, fwd_hooks=hooks)[0, -1]

@@ -26,7 +26,7 @@ k_l active features of layer l over all prompts (index rows (prompt, pos, featur
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
@@ -37,6 +37,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.graphs.padded import PaddedFeatures, pad_features
+from clt_bench.models.bridge import FwdHooks, HookFn
 
 MODES = ("frozen", "linear", "live")
 
@@ -224,10 +225,6 @@ def layer_activate(clt: CrossLayerTranscoder, layer: int, h: torch.Tensor) -> to
     return clt.activate(full)[..., layer, :].to(h.dtype)
 
 
-Hook = Callable[[torch.Tensor, Any], torch.Tensor]
-HookList = list[tuple[str | Callable[..., Any], Callable[..., Any]]]  # TransformerLens' type
-
-
 @dataclass
 class _FrozenPass:
     """One ``run_frozen`` pass: its inputs, and the state its hooks share (the decoder writes
@@ -300,10 +297,10 @@ class _FrozenPass:
             out = out + self.leaves[self.rm.n_layers + layer]
         return out
 
-    def hooks(self) -> HookList:
+    def hooks(self) -> FwdHooks:
         rm, L = self.rm, self.rm.n_layers
 
-        def const(name: str) -> Hook:
+        def const(name: str) -> HookFn:
             return lambda t, hook: rm.frozen[name]
 
         def embed(t: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -312,7 +309,7 @@ class _FrozenPass:
         def pos_embed(t: torch.Tensor, hook: Any) -> torch.Tensor:
             return rm.pos_embed + self.leaves[2 * L + 1] if self.leaves else rm.pos_embed
 
-        hooks: HookList = [(name, const(name)) for name in rm.frozen]
+        hooks: FwdHooks = [(name, const(name)) for name in rm.frozen]
         hooks += [("hook_embed", embed), ("hook_pos_embed", pos_embed)]
         for layer in range(L):
             hooks.append((f"blocks.{layer}.hook_resid_mid", partial(self.resid_mid, layer)))
