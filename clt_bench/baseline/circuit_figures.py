@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
 import torch
 
-from clt_bench.baseline.circuits import Circuit
+from clt_bench.baseline.circuits import Circuit, Node
 from clt_bench.baseline.discovery import Step
 from clt_bench.baseline.neurons import NeuronAnalysis
-from clt_bench.plots import YY_ZZ_AXES, plt, save_figure, sns, yy_zz_heatmap
+from clt_bench.plots import YY_ZZ_AXES, save_figure, yy_zz_heatmap  # (headless backend set)
 
 
 def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
@@ -58,7 +60,7 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * n_layers, 4.0))
     xy: dict[str, tuple[float, float]] = {}
     for pos, y0 in (("YY", 0.0), ("END", 2.0)):
-        by_layer: dict[int, list] = {}
+        by_layer: dict[int, list[Node]] = {}
         for node in circuit.at(pos):
             by_layer.setdefault(node.layer, []).append(node)
         for layer, nodes in by_layer.items():

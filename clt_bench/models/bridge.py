@@ -11,7 +11,8 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
 HookFn = Callable[..., Any]  # (activation, hook) -> the activation to use
-FwdHooks = list[tuple[str | HookFn, HookFn]]  # ``run_with_hooks``' fwd_hooks, as it is typed
+FwdHook = tuple[str | HookFn, HookFn]  # (hook name, fn), as ``run_with_hooks`` types it
+FwdHooks = list[FwdHook]
 
 
 def wrap_hf_gpt2(

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from clt_bench.errors import UserError
 from clt_bench.report.figure_html import text_px
@@ -150,7 +151,9 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         )
 
 
-def _probe(page: Path, script: str, attr: str, width: int, timeout: float, height: int = 1000):
+def _probe(
+    page: Path, script: str, attr: str, width: int, timeout: float, height: int = 1000
+) -> Any:
     """Load a copy of ``page`` with ``script`` appended to its body; ``script`` sets the body's
     ``attr`` attribute to a JSON value, which is returned."""
     exe = find_chromium()
@@ -184,13 +187,13 @@ def check_report(
     screenshot: str | Path | None = None,
     width: int = 1280,
     timeout: float = 60.0,
-) -> dict:
+) -> dict[str, Any]:
     """Load ``html_path`` in headless Chromium; returns the probe's result (see module doc)."""
     page = Path(html_path).resolve()
     limits = f"<script>const MIN_TEXT = {MIN_TEXT_PX}, MIN_FIG = {MIN_FIGURE_TEXT_PX};</script>"
-    result = _probe(page, limits + PROBE, "data-check", width, timeout)
+    result: dict[str, Any] = _probe(page, limits + PROBE, "data-check", width, timeout)
     if screenshot is not None:
-        exe = find_chromium()
+        exe = find_chromium() or "chromium"  # found: the probe ran
         shot = Path(screenshot).resolve()
         _run([exe, f"--window-size={width},1000", f"--screenshot={shot}", page.as_uri()], timeout)
         result["screenshot"] = str(shot) if shot.is_file() else None
@@ -206,7 +209,7 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-def drive_report(html_path: str | Path, body: str, width: int = 1280, timeout: float = 60.0):
+def drive_report(html_path: str | Path, body: str, width: int = 1280, timeout: float = 60.0) -> Any:
     """Run the JavaScript function body ``body`` in the loaded page (after the page's own
     scripts) and return what it returns (JSON); an exception comes back as ``{"error": ...}``.
     Clicks dispatched there run the page's own handlers, as a reader's would."""

@@ -216,14 +216,8 @@ def compare_runs(
         drow: list[Cell | None] = []
         for r in runs[1:]:
             a, b = base.per_prompt.get(m), r.per_prompt.get(m)
-            paired = (
-                a is not None
-                and b is not None
-                and len(a) == len(b)
-                and base.prompt_key is not None
-                and base.prompt_key == r.prompt_key
-            )
-            if paired:
+            same_prompts = base.prompt_key is not None and base.prompt_key == r.prompt_key
+            if a is not None and b is not None and len(a) == len(b) and same_prompts:
                 d = b - a
                 drow.append(Cell(float(d.mean()), bootstrap_ci(d, n_boot, seed)))
             else:
@@ -291,7 +285,9 @@ def format_markdown(cmp: Comparison) -> str:
 def forest_plot(cmp: Comparison, path: str | Path) -> Path | None:
     """The paired differences to the first run with their 95 % intervals, one panel per metric
     (each on its own scale), a line at 0; PNG and SVG. ``None`` when no metric was paired."""
-    from clt_bench.plots import plt, save_figure
+    import matplotlib.pyplot as plt
+
+    from clt_bench.plots import save_figure
     from clt_bench.report.headline import metric_name
 
     paired = [m for m in cmp.metrics if any(d is not None for d in cmp.deltas[m])]
@@ -306,7 +302,7 @@ def forest_plot(cmp: Comparison, path: str | Path) -> Path | None:
         for i, (r, d) in enumerate(zip(cmp.runs[1:], cmp.deltas[m], strict=True)):
             labels.append(r.name)
             ys.append(-i)
-            if d is None:
+            if d is None or d.value is None:
                 ax.text(0, -i, "prompts differ: not paired", va="center", ha="center", fontsize=9)
                 continue
             lo, hi = d.ci if d.ci else (d.value, d.value)

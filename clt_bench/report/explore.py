@@ -143,7 +143,7 @@ def features_html(folder: Path) -> str:
 def _feature_id(node: dict[str, Any]) -> str | None:
     """``L<layer>/<feature>`` of a transcoder node (``node_id`` is ``<layer>_<feature>_<pos>``)."""
     parts = str(node.get("node_id", "")).split("_")
-    if KINDS.get(node.get("feature_type")) != "feature" or len(parts) != 3:
+    if KINDS.get(str(node.get("feature_type"))) != "feature" or len(parts) != 3:
         return None
     return f"L{parts[0]}/{parts[1]}"
 
@@ -161,7 +161,8 @@ def graph_data(path: Path, labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if not n_layers:
         layers = [int(n["layer"]) for n in g["nodes"] if str(n.get("layer", "")).isdigit()]
         n_layers = max(layers, default=0)  # the logit row is n_layers + 1
-    nodes, index = [], {}
+    nodes: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
     for n in g["nodes"]:
         kind = KINDS.get(n.get("feature_type"), "other")
         fid = _feature_id(n)
