@@ -78,14 +78,8 @@ def run_activations_stage(
     dtype = store_dtype(cfg)
     held = heldout_rows(cfg, loaded)
     if rank == 0:
-        width = a.seq_len
-        tokens = torch.cat(
-            [torch.nn.functional.pad(r.tokens, (0, width - r.tokens.shape[1])) for r in held]
-        )
-        mask = torch.cat(
-            [torch.nn.functional.pad(r.mask, (0, width - r.mask.shape[1])) for r in held]
-        )
-        save_tensors(stage / "heldout.safetensors", {"tokens": tokens, "mask": mask})
+        joined = TokenRows.cat(held, a.seq_len)
+        save_tensors(stage / "heldout.safetensors", {"tokens": joined.tokens, "mask": joined.mask})
         for old in stage.glob("shard_*.safetensors"):
             old.unlink()  # of an interrupted attempt (it rewrites them all)
     _barrier()

@@ -11,8 +11,6 @@ against the planted circuit.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
@@ -54,7 +52,15 @@ from clt_bench.compare.units import (
 from clt_bench.config import RunConfig
 from clt_bench.features.shape_scores import LABELS, label_key
 from clt_bench.features.stage import ALL_ACTIVE, task_prompts
-from clt_bench.io import json_safe, run_metadata, save_tensors, write_json, write_text
+from clt_bench.io import (
+    csv_text,
+    json_safe,
+    markdown_table,
+    run_metadata,
+    save_tensors,
+    write_json,
+    write_text,
+)
 from clt_bench.models import LoadedModel
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
@@ -105,25 +111,13 @@ def overlap_rows(
     return rows
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()})
-    return buf.getvalue()
-
-
 def _md(rows: list[dict[str, Any]], cols: list[str]) -> str:
     def f(v: Any) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "–"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(f(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(cols, ([f(r.get(c)) for c in cols] for r in rows)) + "\n"
 
 
 def plot_curves(results: list[UnitsResult], path: Path, title: str) -> Path:
@@ -322,14 +316,6 @@ def units_table(
 ) -> tuple[list[dict[str, Any]], str]:
     """One row per unit kind: k for each fraction with its bootstrap interval, PD_0, PD_clean."""
     rows, lines = [], []
-    head = [
-        "unit kind",
-        "units",
-        "PD_0",
-        "PD_clean",
-        *[f"k for {int(f * 100)}% [95% CI]" for f in FRACTIONS],
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results:
         ci = bootstrap_needed(r.ks, r.pd, r.clean, FRACTIONS, n_boot, seed)
         row: dict[str, Any] = {
@@ -346,10 +332,12 @@ def units_table(
             row[f"k_{int(f * 100)}_ci"] = [lo, hi]
             cells.append(f"{'never' if k is None else k} [{_k(lo)}, {_k(hi)}]")
         rows.append(row)
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(cells)
+    head = ["unit kind", "units", "PD_0", "PD_clean"]
+    head += [f"k for {int(f * 100)}% [95% CI]" for f in FRACTIONS]
     text = (
         "# Units needed\n\n"
-        + "\n".join(lines)
+        + markdown_table(head, lines)
         + "\n\n"
         + UNITS_DEFINITION
         + f" Bootstrap: {n_boot} resamples, seed {seed}.\n"
@@ -457,7 +445,7 @@ def ground_truth_probe(
     )
     write_text(
         out / "ground_truth.csv",
-        _csv(ground_truth_rows(cfg, run_dir, probe, cmp, shares, list(units))),
+        csv_text(ground_truth_rows(cfg, run_dir, probe, cmp, shares, list(units))),
     )
     per_prompt.update(
         {
@@ -541,7 +529,7 @@ def write_overlaps(
             overlaps[kind] = overlap_rows(ranked_sites(r), r["write_effects"], circuits)
     write_text(
         out / "overlap.csv",
-        _csv([{"transcoder": k, **row} for k, rows in overlaps.items() for row in rows]),
+        csv_text([{"transcoder": k, **row} for k, rows in overlaps.items() for row in rows]),
     )
     cols = ["circuit", "n_nodes", "influence_share", "all_precision", "all_recall"]
     cols += ["mlp_precision", "mlp_recall", "mlp_f1"]
@@ -650,7 +638,7 @@ def run_compare_stage(
     per_prompt = dict(per[f"{cfg.clt.kind}_features"])  # model_ and replacement_prob_diff
     if "plt_features" in per and cfg.clt.kind != "plt":
         per_prompt["plt_replacement_prob_diff"] = per["plt_features"]["replacement_prob_diff"]
-    write_text(out / "units_needed.csv", _csv(units_rows(results)))
+    write_text(out / "units_needed.csv", csv_text(units_rows(results)))
     plot_curves(
         results,
         out / "units_needed.png",
@@ -663,7 +651,7 @@ def run_compare_stage(
     if cfg.task.family_n > 0 and fc.family_features > 0:  # generalisation across prompt families
         fam_summary = family_generalisation(cfg, loaded, run_dir, rank, batch, out)
     side = transcoder_table(cfg, run_dir, overlaps, table, repl)
-    write_text(out / "transcoders.csv", _csv(side))
+    write_text(out / "transcoders.csv", csv_text(side))
     write_text(
         out / "transcoders.md",
         "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "

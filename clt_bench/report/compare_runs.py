@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from clt_bench.errors import UserError
-from clt_bench.io import read_json, write_text
+from clt_bench.io import markdown_table, read_json, write_text
 from clt_bench.report.headline import HEADLINE_ORDER, headline_metrics
 from clt_bench.stats import bootstrap_ci
 
@@ -227,9 +227,7 @@ def compare_runs(
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, ([c.replace("|", "\\|") for c in row] for row in rows))
 
 
 def _rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:

@@ -26,7 +26,13 @@ from clt_bench.artifacts import stage_summary  # noqa: E402
 from clt_bench.clt.circuit_tracer_io import load_clt  # noqa: E402
 from clt_bench.errors import UserError  # noqa: E402
 from clt_bench.features.shape_scores import LABELS  # noqa: E402
-from clt_bench.io import json_safe, load_tensors, write_json, write_text  # noqa: E402
+from clt_bench.io import (  # noqa: E402
+    json_safe,
+    load_tensors,
+    markdown_table,
+    write_json,
+    write_text,
+)
 from clt_bench.plots import save_figure, yy_zz_heatmap  # noqa: E402
 from clt_bench.stability.match import LayerMatch, match_transcoders  # noqa: E402
 
@@ -277,6 +283,5 @@ def _md(df: pd.DataFrame) -> str:
     def cell(v: Any) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    rows = ([cell(v) for v in row] for row in df.itertuples(index=False))
+    return markdown_table([str(c) for c in df.columns], rows)

@@ -38,15 +38,7 @@ def heldout_sample(
     from clt_bench.config import RunConfig, with_section
 
     cfg = with_section(cfg or RunConfig(), "activations", eval_tokens=n_tokens)
-    parts = heldout_rows(cfg, loaded)
-    width = max(p.tokens.shape[1] for p in parts)
-
-    def pad(t: torch.Tensor, value: int) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
-
-    rows = TokenRows(
-        torch.cat([pad(p.tokens, 0) for p in parts]), torch.cat([pad(p.mask, False) for p in parts])
-    )
+    rows = TokenRows.cat(heldout_rows(cfg, loaded))
     x, y = heldout_activations(loaded, rows, n_tokens, cfg.activations.batch_size)[:2]
     return x, y
 
