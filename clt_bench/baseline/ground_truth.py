@@ -1,22 +1,12 @@
 """Grading against a circuit known by construction (the planted model: baselines/planted.toml).
 
 Only a model whose circuit was planted has a truth to grade against; for every other model these
-functions return nothing. Definitions (docs/methods.md, "ground truth"):
-
-- **Discovery precision / recall**: the path-patching rediscovery's (component, position) nodes
-  and its sender -> receiver edges against the planted ones. Edges are compared without the
-  key/value channel (``a3.h0@END:k`` -> ``a3.h0@END``); the planted edges are the high-level
-  model's edges between aligned components (``[high_level.edges].components``), including the
-  clean token embedding into the YY node.
-- **Planted-site influence share**: the share of the attribution graph's feature influence on
-  the target carried by transcoder features whose (encoder layer, position) is a planted MLP site
-  (for ``planted``: MLP1 at YY, MLP4 and MLP5 at END). Transcoder features live at MLP sites, so
-  the planted heads are not sites a feature can occupy; the YY / END / rest shares stand beside it.
-- **YY probe**: how well the planted YY variable (the start year's digits) can be read from the
-  units at the YY position of the layers up to the planted YY node's layer: ridge regression of
-  YY on the units' activations, fitted on the even-indexed prompts and scored on the odd ones
-  (held-out R^2, and the share of held-out prompts predicted within +-5 years). Features of the
-  CLT, of the PLT and MLP neurons are probed on the same prompts, layers and split.
+functions return nothing. Definitions: docs/methods.md, "planted" -- discovery precision and
+recall of nodes and edges (edges compared without the key/value channel; the planted edges are
+the high-level model's, the clean token embedding into the YY node included), the planted-site
+influence share (features whose encoder layer and position is a planted MLP site) and the YY
+probe (ridge regression of YY on the units at the YY position up to the planted YY node's layer,
+fitted on the even-indexed prompts and scored on the odd ones, the same for every unit kind).
 """
 
 from __future__ import annotations

@@ -1,27 +1,18 @@
-"""Path-level faithfulness, as Hanna et al. 2023 evaluated their circuit.
+"""Path-level faithfulness, as Hanna et al. 2023 evaluated their circuit (docs/methods.md,
+``baseline.faithfulness_paths_ratio``).
 
-Hanna et al.'s release code (hannamw/gpt2-greater-than, ``circuit_discovery.py`` and
-``big_ds_experiments.py``: the ``lms`` matcher passed to ``path_patching``) runs the corrupted
-(01) input everywhere and gives the clean input only along these paths:
+As in Hanna et al.'s release code (hannamw/gpt2-greater-than), the corrupted (01) input runs
+everywhere and the clean input only along the circuit's paths: END heads' queries clean; YY nodes
+(YY MLPs and layer-0 heads, chained in layer order; ``feed_only_end_heads`` feed the END heads
+only) -> END heads' keys/values; END heads -> END MLPs (chained) -> logits; no head -> head paths.
+clt-bench adds the edge ``embed@YY -> head`` that discovery may keep (a layer-0 mover head reads
+the clean embedding in its keys and values); without such an edge or a YY node a circuit has no
+clean input path and scores the corrupted run by construction (``clean_input_path``).
 
-- logits <- (END MLPs, chained in layer order) <- END heads ("mid heads"): heads write into the
-  END MLPs and the logits; there are no head -> head paths;
-- END heads' keys/values at YY <- the YY nodes: YY MLPs and layer-0 heads, chained in layer order
-  (``feed_only_end_heads`` YY nodes -- a0.h3 and a0.h5 in GPT-2 -- feed the END heads only),
-  each YY node also reading the clean token embedding at YY;
-- the END heads' queries are kept clean entirely.
-
-clt-bench's addition: an END head whose keys/values read the clean embedding at YY directly (an
-edge ``embed@YY -> head`` that discovery kept, ``clt_bench.baseline.discovery``; a mover head in
-layer 0 has no head or MLP upstream of its keys) gets the clean embedding in its keys and values.
-Without such an edge or a YY node, a circuit has no clean input path and scores the corrupted run
-by construction (``clean_input_path``).
-
-``paths_readout`` computes that in one forward pass of the corrupted prompts: every head and MLP
-output in the residual stream is reset to its corrupted value (so every reader outside the circuit
-sees the corrupted run), the circuit nodes' own outputs are recorded, and each circuit receiver's
-input gets ``corrupted + sum over its circuit senders of (patched - corrupted) output``.
-Receivers' LayerNorms are recomputed. Shapes: n prompts, pos positions, d = d_model.
+``paths_readout`` does that in one forward pass of the corrupted prompts: every head and MLP
+output is reset to its corrupted value, the circuit nodes' own outputs are recorded, and each
+circuit receiver's input gets ``corrupted + sum over its circuit senders of (patched -
+corrupted) output``; receivers' LayerNorms are recomputed. Shapes: n prompts, d = d_model.
 """
 
 from __future__ import annotations

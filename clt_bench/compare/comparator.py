@@ -1,19 +1,12 @@
 """How much of a planted comparator's effect the top units at END explain (ground truth only).
 
-On a model whose circuit was planted (``baselines/planted.toml``: CMP = the MLPs at END), the
-comparator's PD contribution is ``PD_clean - PD_cmp``, with ``PD_cmp`` the PD when those MLP
-outputs at END take their 01-corrupted values. Each unit kind -- MLP neurons, the CLT's features,
-the PLT's features -- is restricted to its writes into those outputs at END
-(``compare.units.scoped``; transcoders in the ``error_corrupted`` variant), so every kind starts
-from the same ``PD_0 = PD_cmp`` and ends, with every unit clean, at the clean run (neurons) or the
-clean run with the error term corrupted (transcoders). The units are ranked on the ranking half of
-the prompts by the units-needed criterion (``compare.units``) and, on the evaluation half,
-
-    explained_k = (PD_k - PD_cmp) / (PD_clean - PD_cmp),
-
-PD_k the mean PD with the top k units clean: the share of the comparator's effect the top k units
-carry. Same prompts, positions, layers, ranking and denominator for every kind (MEASURING's
-like-for-like rule); the kinds differ in how many units they have (reported).
+On a model whose circuit was planted (CMP = the MLPs at END), ``explained_k = (PD_k - PD_cmp) /
+(PD_clean - PD_cmp)``: ``PD_cmp`` is the PD with those MLP outputs at their 01-corrupted values,
+``PD_k`` the PD with the top k units' writes into them clean (docs/methods.md, "planted"). Each
+unit kind -- MLP neurons, CLT and PLT features (transcoders in the ``error_corrupted`` variant) --
+is restricted to its writes into those outputs (``compare.units.scoped``), ranked on the ranking
+half of the prompts by the units-needed criterion and scored on the evaluation half: same
+prompts, positions, layers and denominator for every kind.
 """
 
 from __future__ import annotations

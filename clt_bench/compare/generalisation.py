@@ -1,21 +1,12 @@
 """Does the picture generalise across prompt families? (``compare/families.csv`` and
-``compare/feature_generalisation.csv``)
+``compare/feature_generalisation.csv``; docs/methods.md, "compare")
 
-For every template and family of the task file (Hanna et al.'s generalisation variants, each with
-its own counterfactual and relation; ``clt_bench.task.families``), on ``task.family_n`` prompts:
-
-- the model's PD (as in ``task/families.csv``) and the run's circuit's **component-level
-  faithfulness** on the family: PD with every node outside the circuit patched from the family's
-  own counterfactual prompts, over the model's PD (the circuit's positions are the family's YY
-  and END tokens);
-- each transcoder's **replacement PD** (every MLP replaced, no error terms) over the model's PD;
-- for the top ``n_features`` features of the run (by influence on the main template), the
-  **fraction of their PD contribution they keep**: their mean first-order contribution to the
-  family's PD (its own relation: for an ``lt`` family a greater-than feature's contribution is
-  negative) over their contribution on the main template.
-
-Families with the ``exact`` relation are listed with a note: the feature attributions and the
-patching readout score ``gt``/``lt`` relations only.
+For every template and family of the task file (each with its own counterfactual and relation;
+``clt_bench.task.families``), on ``task.family_n`` prompts: the model's PD and the run's circuit's
+component-level faithfulness on the family, each transcoder's replacement PD ratio, and the share
+of each top feature's first-order PD contribution (under the family's own relation) the family
+keeps. ``exact`` families are listed with a note: the attributions and the patching readout score
+``gt`` / ``lt`` relations only.
 """
 
 from __future__ import annotations

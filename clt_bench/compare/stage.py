@@ -181,6 +181,7 @@ def transcoder_runs(cfg: RunConfig, run_dir: Path) -> dict[str, Path]:
 
 
 Measures = list[tuple[str, dict[str, Any]]]  # (measure, column -> value) rows of a table
+RowCell = Callable[[dict[str, Any], str], Any]  # (a unit kind's row, key) -> its table cell
 
 
 def transcoder_table(
@@ -205,50 +206,33 @@ def _units_measures(
     units: dict[str, dict[str, Any]], cols: dict[str, str], repl: dict[str, Any]
 ) -> Measures:
     """Units needed per column (of unit kind ``cols[column]``), their PDs, the replacement PD."""
+    clean = {c: units.get(u, {}) for c, u in cols.items()}
     # the error term corrupted too (neurons have none: the same curve as with it clean)
-    corrupted = {c: (u if u == "mlp_neurons" else f"{u}_error_corrupted") for c, u in cols.items()}
-    clean_rows = {c: units.get(u, {}) for c, u in cols.items()}
-    corrupted_rows = {c: units.get(u, {}) for c, u in corrupted.items()}
-    pcts = [int(f * 100) for f in FRACTIONS]
-    return [
-        *(
-            (
-                f"units for {p} % of PD (held-out prompts)",
-                {c: r.get(f"k_{p}", "") for c, r in clean_rows.items()},
-            )
-            for p in pcts
-        ),
-        *(
-            (
-                f"units for {p} % of PD, 95 % CI (bootstrap over prompts)",
-                {c: _ci_cell(r.get(f"k_{p}_ci")) for c, r in clean_rows.items()},
-            )
-            for p in pcts
-        ),
-        *(
-            (
-                f"units for {p} % of PD, error term corrupted [95 % CI]",
-                {c: _k_ci_cell(r, f"k_{p}") for c, r in corrupted_rows.items()},
-            )
-            for p in pcts
-        ),
+    corr = {
+        c: units.get(u if u == "mlp_neurons" else f"{u}_error_corrupted", {})
+        for c, u in cols.items()
+    }
+    per_fraction: list[tuple[str, dict[str, dict[str, Any]], RowCell]] = [
+        ("units for {} % of PD (held-out prompts)", clean, lambda r, k: r.get(k, "")),
         (
-            "PD_0 (every unit corrupted, error term clean)",
-            {c: r.get("pd_0", "") for c, r in clean_rows.items()},
+            "units for {} % of PD, 95 % CI (bootstrap over prompts)",
+            clean,
+            lambda r, k: _ci_cell(r.get(f"{k}_ci")),
         ),
-        (
-            "PD_0 (every unit and the error term corrupted)",
-            {c: r.get("pd_0", "") for c, r in corrupted_rows.items()},
-        ),
-        (
-            "PD with every unit clean, error term corrupted",
-            {c: r.get("pd_all", "") for c, r in corrupted_rows.items()},
-        ),
-        (
-            "replacement PD / model PD",
-            {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl},
-        ),
+        ("units for {} % of PD, error term corrupted [95 % CI]", corr, _k_ci_cell),
     ]
+    out: Measures = []
+    for label, rows, cell in per_fraction:
+        for p in (int(f * 100) for f in FRACTIONS):
+            out.append((label.format(p), {c: cell(r, f"k_{p}") for c, r in rows.items()}))
+    for label, rows, key in (
+        ("PD_0 (every unit corrupted, error term clean)", clean, "pd_0"),
+        ("PD_0 (every unit and the error term corrupted)", corr, "pd_0"),
+        ("PD with every unit clean, error term corrupted", corr, "pd_all"),
+    ):
+        out.append((label, {c: r.get(key, "") for c, r in rows.items()}))
+    ratio = {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl}
+    return [*out, ("replacement PD / model PD", ratio)]
 
 
 def _circuit_measures(overlap: dict[str, list[dict[str, Any]]]) -> Measures:

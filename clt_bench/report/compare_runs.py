@@ -1,14 +1,11 @@
 """``clt-bench compare-runs``: any finished runs side by side, with bootstrap intervals.
 
-Each run contributes its flat headline (``metrics.json``'s ``headline``, or, for a run without
-the report stage, the summaries in ``<stage>/stage.json``). A metric that is a mean over task
-prompts gets a percentile bootstrap 95 % interval over prompts (seeded) from the per-prompt values
-its stage stores (``PER_PROMPT``: the task, baseline, clt and plt/clt ``per_prompt.safetensors``);
-when two runs scored the same prompts (same model and task config) the difference to the first
-run gets a paired bootstrap interval. Every other metric (NMSE, L0, graph scores, counts) is
-shown without an interval: its uncertainty is a spread over transcoder seeds, which one run
-cannot give. ``--out`` writes a page (or markdown) and a forest plot of the paired
-differences beside it.
+Each run contributes its flat headline (``metrics.json``, or the ``<stage>/stage.json``
+summaries of a run without the report stage). A mean over task prompts gets a seeded percentile
+bootstrap 95 % interval from the per-prompt values its stage stores (``PER_PROMPT``), and, where
+two runs scored the same prompts (same model and task config), a paired interval of the
+difference to the first run; other metrics are single values (their spread is over transcoder
+seeds, which one run cannot give). ``--out`` writes a page or markdown and a forest plot.
 """
 
 from __future__ import annotations

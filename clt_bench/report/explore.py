@@ -1,15 +1,9 @@
-"""The report's interactive parts: the feature detail pane and the attribution-graph explorer.
-
-Both are data in the page (``<script type="application/json">``) read by ``assets/report.js``:
-
-* ``features_data``: per feature of ``features/features.csv`` (by its ``feature`` id, e.g.
-  ``L0/373``) the fields ``DETAIL_FIELDS`` it has, its heatmap PNG from the features stage
-  (``heatmap_<rank>_L<layer>_F<id>.png``, inlined at a readable width) and its rows of
-  ``interactions.csv``;
-* ``graph_data``: a pruned graph of ``graphs/`` in the circuit-tracer JSON format, reduced to
-  what the explorer draws: per node its layer, position, kind, influence (``raw_influence``, the
-  node size), cumulative influence (``influence``, what the node threshold prunes) and, for a
-  feature, its id and label; per edge (source, target, weight).
+"""The report's interactive parts: the feature detail pane and the attribution-graph explorer,
+both data in the page (``<script type="application/json">``) that ``assets/report.js`` reads:
+``features_data`` (per feature of ``features.csv``: its ``DETAIL_FIELDS``, its heatmap PNG inlined
+at a readable width, its rows of ``interactions.csv``) and ``graph_data`` (a graph JSON reduced to
+what the explorer draws: per node its layer, position, kind, influence, cumulative influence and
+label; per edge source, target and weight).
 """
 
 from __future__ import annotations
