@@ -1,24 +1,15 @@
 """Pre-flight: peak memory and time per stage, estimated before any stage runs.
 
-``clt-bench run`` loads the model, measures a short calibration on it (a few seconds: one
-activation-extraction forward, one task-batch forward with logits, two CLT training steps at a
-small width) and scales those measurements to the config's sizes:
-
-- host memory = the process's resident memory with the model loaded (measured) + the largest
-  stage's own peak; with the PLT trained in a second process, that process's model and PLT too;
-- GPU memory (``--device cuda``) the same from ``torch.cuda.max_memory_allocated``;
-- each stage's peak: forward passes scale with their rows (measured per row), activation blocks
-  and held-out rows with their tokens x layers x 2 hooks x d_model x dtype bytes, a transcoder's
-  training state is 16 bytes a parameter (fp32 weight, gradient, two AdamW moments) plus its step
-  activations (measured per token x feature x layer);
-- time: the measured seconds per extracted token, per task row and per CLT token x feature,
-  times the work each stage does (rows, tokens, steps). Time is a rough guide (within ~2x);
-  memory is tested within 30 % of measured peaks (tests/test_preflight.py).
-
-A run whose estimated peak exceeds the machine's memory (RAM, or the cgroup limit of a container;
-the GPU's memory) is refused with one sentence and exit code 2 before any stage starts;
-``--yes`` runs it anyway. Peaks are measured through Linux's resettable high-water mark
-(``/proc/self/clear_refs``); elsewhere the calibration falls back to fixed coefficients.
+``clt-bench run`` loads the model and measures a short calibration on it (one extraction
+forward, one task forward with logits, training steps of two narrow transcoders; a few seconds),
+then scales it to the config's sizes (``estimate``): host memory = the resident memory with the
+model loaded + the largest stage's own peak (with the PLT in a second process, that process too);
+GPU memory the same from ``torch.cuda.max_memory_allocated``; time from the measured seconds per
+row, token and token x feature. Time is a rough guide (within ~2x); memory is tested within 30 %
+of measured peaks (tests/test_preflight.py). A run whose peak exceeds the machine's memory (RAM
+or the container's cgroup limit; the GPU's) is refused with one sentence and exit code 2 unless
+``--yes``. Peaks are measured through Linux's resettable high-water mark
+(``/proc/self/clear_refs``); elsewhere fixed coefficients stand in.
 """
 
 from __future__ import annotations

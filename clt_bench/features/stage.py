@@ -2,11 +2,8 @@
 
 Inputs: the CLT (``<run>/clt``), the baseline circuit (``<run>/baseline/circuit.json``, optional:
 without it the circuit columns are empty), the held-out corpus rows (``<run>/activations``).
-Prompts: one balanced discovery-set prompt per YY (``graphs.n_prompts``).
-
-Writes ``<run>/features/``: features.csv (every column), features.md (the main columns),
-ranking.json (the selected features in order, with their influence), heatmaps.safetensors
-([K, 97, 100]), heatmap_*.png for the top ``n_plots`` and heatmap_grid.png, metrics.json.
+Prompts: one balanced discovery-set prompt per YY (``graphs.n_prompts``). Writes
+``<run>/features/`` (docs/architecture.md).
 
 Per-feature columns (``clt_bench.features.shape_scores`` has the shape scores and the label rule):
 influence (sum over prompts of |total attribution to the shift-invariant greater-than logit

@@ -1,13 +1,9 @@
 """PNG drawing of a pruned attribution graph: prompt positions on x, layers on y.
 
-Each prompt position gets a column as wide as its most crowded (position, layer) cell, so the
-nodes of a crowded cell (typically END) do not sit on top of each other. Feature and error nodes
-are sized and coloured by their influence on the targets (colour bar); edges are blue (positive)
-or red (negative), thicker and darker the closer they are to the strongest kept input of their
-receiving node; all kept edges into the targets are drawn, then the strongest others.
-The most influential features are labelled "L<layer>/<feature>"; a label that would overlap
-another one in its row is moved up a level, and left out when three levels are taken (the
-top-features list of the graphs stage has them all).
+Each position's column is as wide as its most crowded (position, layer) cell; feature and error
+nodes are sized and coloured by influence, edges blue (+) or red (-) and as strong as their share
+of the receiving node's strongest kept input; the most influential features are labelled
+``L<layer>/<feature>`` where a label fits (``_place_labels``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""Interventions on CLT features, each returning the change in any target.
-
-- ``constrained_patch``: in the local replacement model (attention patterns and LayerNorm
-  denominators frozen, error nodes held at their clean values), clamp chosen features. In the
-  ``constrained`` layers every other feature keeps its clean activation; in the remaining layers
-  features are recomputed from the patched residual stream by the CLT's encoder and activation
-  function (the intervened ones stay clamped). Anthropic's "constrained patching" (SPEC §4).
-- ``free_patch``: the real model runs unfrozen; a feature's activation is read from the live
-  residual stream and its decoder writes are changed in every layer it writes to (``hook_mlp_out``);
-  ``value=0`` removes them.
-
-An ``Intervention`` either sets the activation to ``value`` or multiplies the clean one by
-``scale`` (x0 ablates, x-1 flips).
+"""Interventions on CLT features, each returning the change in any target: ``constrained_patch``
+clamps features in the local replacement model (other features of the ``constrained`` layers
+keep their clean activations, the rest are recomputed by the CLT; Anthropic's "constrained
+patching"), ``free_patch`` changes their decoder writes in the real, unfrozen model. An
+``Intervention`` sets an activation to ``value`` or scales the clean one by ``scale`` (x0
+ablates, x-1 flips).
 """
 
 from __future__ import annotations
