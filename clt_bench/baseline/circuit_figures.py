@@ -54,6 +54,24 @@ def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
     return save_figure(fig, path)
 
 
+def _default_edges(circuit: Circuit) -> list[tuple[str, str]]:
+    """Edges for a circuit given by its nodes only: YY -> END heads -> END MLPs -> logits."""
+    edges: list[tuple[str, str]] = []
+    for n in circuit.nodes:
+        if n.position == "YY":
+            edges += [
+                (n.label, m.label)
+                for m in circuit.at("END")
+                if m.kind == "head" and m.order > n.order
+            ]
+        elif n.kind == "head":
+            mlps = [m for m in circuit.at("END") if m.kind == "mlp" and m.order > n.order]
+            edges += [(n.label, m.label) for m in mlps] or [(n.label, "logits@END")]
+        else:
+            edges.append((n.label, "logits@END"))
+    return edges
+
+
 def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
     """Nodes by layer (x) and position (y band), with the circuit's edges (or, without edges,
     YY -> END heads -> END MLPs -> logits)."""
@@ -71,20 +89,7 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
     edges = list(circuit.edges or [])
     if any(a == "embed@YY" for a, _ in edges):  # the clean input path discovery kept
         xy["embed@YY"] = (-0.6, 0.0)
-    if not edges:
-        for n in circuit.nodes:
-            if n.position == "YY":
-                edges += [
-                    (n.label, m.label)
-                    for m in circuit.at("END")
-                    if m.kind == "head" and m.order > n.order
-                ]
-            elif n.kind == "head":
-                mlps = [m for m in circuit.at("END") if m.kind == "mlp" and m.order > n.order]
-                edges += [(n.label, m.label) for m in mlps] or [(n.label, "logits@END")]
-            else:
-                edges.append((n.label, "logits@END"))
-    for a, b in edges:
+    for a, b in edges or _default_edges(circuit):
         if a in xy and b in xy:
             ax.annotate(
                 "", xy=xy[b], xytext=xy[a], arrowprops=dict(arrowstyle="->", color="0.6", lw=0.6)
