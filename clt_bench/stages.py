@@ -233,11 +233,3 @@ STAGES: tuple[Stage, ...] = (
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
-
-
-def stage_named(name: str) -> Stage:
-    """The stage called ``name`` (KeyError for another name)."""
-    for s in STAGES:
-        if s.name == name:
-            return s
-    raise KeyError(name)
