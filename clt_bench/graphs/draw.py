@@ -114,12 +114,12 @@ def _draw_nodes(
     """Tokens and targets in their colour, features and errors sized and coloured by influence
     (relative to the largest); the latter's scatter, for the colour bar."""
     infl = graph.influence.double() if len(graph.influence) else None
-    ranked = [i for i in xy if kinds[i] in ("feature", "error")]
+    ranked = [i for i in kinds if kinds[i] in ("feature", "error")]
     imax = max((float(infl[i]) for i in ranked), default=0.0) if infl is not None else 0.0
     imax = imax or 1.0
     sc = None
     for kind, (marker, colour) in STYLE.items():
-        nodes = [i for i in xy if kinds[i] == kind]
+        nodes = [i for i in kinds if kinds[i] == kind]  # kept nodes in graph order
         if not nodes:
             continue
         pts = np.array([xy[i] for i in nodes])
@@ -127,7 +127,6 @@ def _draw_nodes(
             "marker": marker,
             "zorder": 3,
             "edgecolors": "black",
-            "linewidths": 0.4,
         }
         if kind in ("feature", "error") and infl is not None:
             val = np.array([float(infl[i]) for i in nodes]) / imax
