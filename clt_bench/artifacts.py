@@ -1,15 +1,8 @@
 """The files one stage writes and another reads, typed, with their load / save beside them.
 
-A stage reads another stage's outputs only through this module, so that a renamed field is a type
-error (mypy checks this module strictly) or a failing test, not a silently missing number.
-
-- ``<run>/<stage>/stage.json``: :class:`StageRecord` (the runner's record of a finished stage)
-- ``<run>/activations/manifest.json``: :class:`ActivationsManifest`
-- ``<run>/features/ranking.json``: :class:`FeatureRanking`
-
-The transcoder and the circuit are typed objects with their own loaders beside them:
-``clt.io.load_run_clt`` (``<run>/clt/``) and ``baseline.circuits.load_run_circuit``
-(``<run>/baseline/circuit.json``).
+A stage reads another stage's outputs only through this module (or the typed loaders
+``clt.circuit_tracer_io.load_run_clt`` and ``baseline.circuits.load_run_circuit``), so a renamed
+field is a type error (mypy checks this module strictly) or a failing test, not a missing number.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -12,7 +14,7 @@ import platform
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from importlib import metadata
@@ -99,6 +101,27 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """``rows`` as CSV (floats rounded to 6 decimals) under ``columns`` (default: the first row's
+    keys; no rows and no columns: "")."""
+    cols = list(columns if columns is not None else rows[0] if rows else [])
+    if not cols:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()})
+    return buf.getvalue()
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown pipe table of formatted cells (no trailing newline)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,16 +1,10 @@
 """Run the plt stage in a second process while the main one trains and scores the CLT.
 
-The PLT reads only the run's task, baseline and activations (its ``inputs`` in
-:mod:`clt_bench.stages`). So on a
-CPU machine with at least two cores, once those are finished, a worker process runs the plt
-stage (``WORKER_STAGES``) while the main process trains the CLT; the main process waits for each
-of the worker's stages only where a stage of its own reads it. The cores are split between the two
-(``worker_threads``; ``clt_bench.threads``) until the worker is done. Results are those of a
-serial run at the same thread counts (each process seeds its own trainer).
-
-The worker is a ``spawn`` process: it loads its own model, writes ``<run>/plt-worker.log``,
-reports each finished stage to the main process, and exits within a second if the main process
-dies (a killed run leaves no orphan writing to it).
+The PLT reads only the run's task, baseline and activations, so on a CPU machine with two or more
+cores a ``spawn`` worker runs it (``WORKER_STAGES``) beside the CLT's training, with its share of
+the cores (``worker_threads``), as docs/architecture.md ("Sub-runs") describes. The worker loads
+its own model, logs to ``<run>/plt-worker.log``, reports each finished stage to the main process
+and exits within a second of the main process's death.
 """
 
 from __future__ import annotations

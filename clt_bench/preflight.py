@@ -1,24 +1,15 @@
 """Pre-flight: peak memory and time per stage, estimated before any stage runs.
 
-``clt-bench run`` loads the model, measures a short calibration on it (a few seconds: one
-activation-extraction forward, one task-batch forward with logits, two CLT training steps at a
-small width) and scales those measurements to the config's sizes:
-
-- host memory = the process's resident memory with the model loaded (measured) + the largest
-  stage's own peak; with the PLT trained in a second process, that process's model and PLT too;
-- GPU memory (``--device cuda``) the same from ``torch.cuda.max_memory_allocated``;
-- each stage's peak: forward passes scale with their rows (measured per row), activation blocks
-  and held-out rows with their tokens x layers x 2 hooks x d_model x dtype bytes, a transcoder's
-  training state is 16 bytes a parameter (fp32 weight, gradient, two AdamW moments) plus its step
-  activations (measured per token x feature x layer);
-- time: the measured seconds per extracted token, per task row and per CLT token x feature,
-  times the work each stage does (rows, tokens, steps). Time is a rough guide (within ~2x);
-  memory is tested within 30 % of measured peaks (tests/test_preflight.py).
-
-A run whose estimated peak exceeds the machine's memory (RAM, or the cgroup limit of a container;
-the GPU's memory) is refused with one sentence and exit code 2 before any stage starts;
-``--yes`` runs it anyway. Peaks are measured through Linux's resettable high-water mark
-(``/proc/self/clear_refs``); elsewhere the calibration falls back to fixed coefficients.
+``clt-bench run`` loads the model and measures a short calibration on it (one extraction
+forward, one task forward with logits, training steps of two narrow transcoders; a few seconds),
+then scales it to the config's sizes (``estimate``): host memory = the resident memory with the
+model loaded + the largest stage's own peak (with the PLT in a second process, that process too);
+GPU memory the same from ``torch.cuda.max_memory_allocated``; time from the measured seconds per
+row, token and token x feature. Time is a rough guide (within ~2x); memory is tested within 30 %
+of measured peaks (tests/test_preflight.py). A run whose peak exceeds the machine's memory (RAM
+or the container's cgroup limit; the GPU's) is refused with one sentence and exit code 2 unless
+``--yes``. Peaks are measured through Linux's resettable high-water mark
+(``/proc/self/clear_refs``); elsewhere fixed coefficients stand in.
 """
 
 from __future__ import annotations
@@ -344,6 +335,63 @@ def _training(
     return peak, seconds
 
 
+def _input_stage_cost(
+    stage: str, cfg: RunConfig, cal: Calibration, L: int, n_heads: int, act_bytes: float
+) -> tuple[float, float]:
+    """(peak bytes beyond the base, seconds) of the task, baseline or activations stage."""
+    a, t, b = cfg.activations, cfg.task, cfg.baseline
+    row_b, row_s = cal.task_bytes_per_row, cal.task_seconds_per_row
+    if stage == "task":
+        n_task = t.n or 490
+        return row_b * min(t.batch_size, n_task), row_s * 2 * (n_task + 12 * t.family_n * 2)
+    if stage == "baseline":
+        # patched runs read the logits at END only: the model's activations of each row
+        per_token = cal.fwd_bytes_per_row / a.seq_len
+        mem = per_token * TASK_TOKENS * min(b.batch_size, 2 * b.n_examples)
+        senders = L * (n_heads + 1)
+        rows = 2 * (3 + b.n_random) * b.n_examples + b.neuron_candidates * b.neuron_examples
+        if b.circuit == "discovered":
+            rows += b.max_steps * senders * b.discovery_examples
+        return mem, 0.08 * row_s * rows  # path patching reads END only (fitted on the toy)
+    heldout = (a.eval_tokens + a.batch_size * a.seq_len) * act_bytes
+    shard = 2.0 * min(a.shard_tokens, a.n_tokens) * act_bytes if a.mode == "cache" else 0.0
+    tokens = a.eval_tokens + (a.n_tokens if a.mode == "cache" else 0)
+    return (
+        cal.fwd_bytes_per_row * a.batch_size + heldout + shard,
+        tokens / a.seq_len * cal.fwd_seconds_per_row,
+    )
+
+
+def _stage_cost(
+    stage: str, cfg: RunConfig, cal: Calibration, L: int, d: int, n_heads: int, act_bytes: float
+) -> tuple[float, float]:
+    """(peak bytes beyond the base, seconds) of one stage."""
+    if stage in ("task", "baseline", "activations"):
+        return _input_stage_cost(stage, cfg, cal, L, n_heads, act_bytes)
+    g, f = cfg.graphs, cfg.features
+    row_b, row_s = cal.task_bytes_per_row, cal.task_seconds_per_row
+    clt_params = 4.0 * transcoder_parameters(cfg.clt, L, d)
+    if stage == "clt":
+        return _training(cfg.clt, cfg, cal, L, d, act_bytes)
+    if stage == "plt":
+        if not cfg.plt.enabled:
+            return 0.0, 0.0
+        peak, seconds = _training(cfg.plt, cfg, cal, L, d, act_bytes)
+        # and its own graphs and features
+        return peak, seconds + (_graph_seconds(cfg, row_s) + _feature_seconds(cfg, row_s))
+    if stage == "graphs":
+        return clt_params + row_b * g.batch_size, _graph_seconds(cfg, row_s)
+    if stage == "features":
+        return clt_params + row_b * f.prompts_per_pass * 2, _feature_seconds(cfg, row_s)
+    if stage == "compare":
+        plt_params = 4.0 * transcoder_parameters(cfg.plt, L, d) if cfg.plt.enabled else 0.0
+        mem = clt_params + plt_params + row_b * f.prompts_per_pass * 2
+        return mem, row_s * g.n_prompts * (2 * f.curve_candidates + 25)
+    if stage == "stability":  # its seeds' sub-runs are not estimated
+        return 0.0, 0.0
+    return 0.0, 5.0  # report
+
+
 def estimate(
     cfg: RunConfig,
     stages: list[str],
@@ -356,57 +404,11 @@ def estimate(
     """Peaks and times of ``stages`` for ``cfg`` from the calibration ``cal``."""
     from clt_bench.activations.stage import STORE_DTYPES
 
-    L, d = n_layers, d_model
-    a, t, b, g, f = cfg.activations, cfg.task, cfg.baseline, cfg.graphs, cfg.features
-    act_bytes = L * 2 * d * STORE_DTYPES[a.dtype].itemsize  # one token's activations
-    row_b, row_s = cal.task_bytes_per_row, cal.task_seconds_per_row
-    n_task = t.n or 490
+    act_bytes = n_layers * 2 * d_model * STORE_DTYPES[cfg.activations.dtype].itemsize  # a token's
     mem: dict[str, float] = {}
     sec: dict[str, float] = {}
-    plt_on = cfg.plt.enabled
-    clt_params = 4.0 * transcoder_parameters(cfg.clt, L, d)
-    plt_params = 4.0 * transcoder_parameters(cfg.plt, L, d) if plt_on else 0.0
     for stage in stages:
-        if stage == "task":
-            mem[stage] = row_b * min(t.batch_size, n_task)
-            sec[stage] = row_s * 2 * (n_task + 12 * t.family_n * 2)
-        elif stage == "baseline":
-            # patched runs read the logits at END only: the model's activations of each row
-            per_token = cal.fwd_bytes_per_row / a.seq_len
-            mem[stage] = per_token * TASK_TOKENS * min(b.batch_size, 2 * b.n_examples)
-            senders = L * (n_heads + 1)
-            rows = 2 * (3 + b.n_random) * b.n_examples + b.neuron_candidates * b.neuron_examples
-            if b.circuit == "discovered":
-                rows += b.max_steps * senders * b.discovery_examples
-            sec[stage] = 0.08 * row_s * rows  # path patching reads END only (fitted on the toy)
-        elif stage == "activations":
-            heldout = (a.eval_tokens + a.batch_size * a.seq_len) * act_bytes
-            shard = 2.0 * min(a.shard_tokens, a.n_tokens) * act_bytes if a.mode == "cache" else 0.0
-            mem[stage] = cal.fwd_bytes_per_row * a.batch_size + heldout + shard
-            tokens = a.eval_tokens + (a.n_tokens if a.mode == "cache" else 0)
-            sec[stage] = tokens / a.seq_len * cal.fwd_seconds_per_row
-        elif stage in ("clt", "plt"):
-            c = cfg.clt if stage == "clt" else cfg.plt
-            if stage == "plt" and not plt_on:
-                mem[stage], sec[stage] = 0.0, 0.0
-                continue
-            peak, seconds = _training(c, cfg, cal, L, d, act_bytes)
-            mem[stage], sec[stage] = peak, seconds
-            if stage == "plt":  # and its own graphs and features
-                sec[stage] += _graph_seconds(cfg, row_s) + _feature_seconds(cfg, row_s)
-        elif stage == "graphs":
-            mem[stage] = clt_params + row_b * g.batch_size
-            sec[stage] = _graph_seconds(cfg, row_s)
-        elif stage == "features":
-            mem[stage] = clt_params + row_b * f.prompts_per_pass * 2
-            sec[stage] = _feature_seconds(cfg, row_s)
-        elif stage == "compare":
-            mem[stage] = clt_params + plt_params + row_b * f.prompts_per_pass * 2
-            sec[stage] = row_s * g.n_prompts * (2 * f.curve_candidates + 25)
-        elif stage == "stability":  # its seeds' sub-runs are not estimated
-            mem[stage], sec[stage] = 0.0, 0.0
-        else:  # report
-            mem[stage], sec[stage] = 0.0, 5.0
+        mem[stage], sec[stage] = _stage_cost(stage, cfg, cal, n_layers, d_model, n_heads, act_bytes)
     # on the CPU, memory a stage frees is not always returned to the system (glibc keeps freed
     # blocks of up to 32 MB for reuse), so half of the second-largest stage's peak is added to
     # the largest; CUDA's caching allocator reuses its blocks

@@ -1,15 +1,10 @@
-"""One run per results folder: an exclusive lock on ``<run>/.lock`` while a run writes it.
+"""One run per results folder: an exclusive ``flock`` on ``<run>/.lock`` while a run writes it.
 
-Two runs writing one folder mix their outputs (one's CLT scored with the other's config, a
-``stage.json`` that disagrees with its ``.stage-hash``, interleaved training logs). ``run_lock``
-takes an exclusive ``flock`` on ``<run>/.lock`` and writes the holder's pid, host and start time
-into it; a second run fails at once with one sentence naming that process. The kernel releases a
-``flock`` when its process dies, however it dies (kill -9 included), so the lock of a dead run is
-never in the way: the file is left behind and the next run simply takes it over.
-
-The lock is re-entrant within one process (a sub-run of the same folder), and a process that the
-lock holder starts to write into the same folder (the plt worker, :mod:`clt_bench.plt_worker`) runs
-without taking it.
+Two runs writing one folder would mix their outputs. ``run_lock`` takes the lock and writes the
+holder's pid, host and start time into the file; a second run fails at once with one sentence
+naming that process. The kernel drops a ``flock`` when its process dies (kill -9 included), so a
+dead run's lock is never in the way. The lock is re-entrant within one process (a sub-run of the
+same folder); the plt worker (:mod:`clt_bench.plt_worker`) writes under its parent's lock.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Every stage of the pipeline, declared once: what it depends on, reads, writes and runs.
 
-``STAGES`` lists them in the order they run. Each is a :class:`Stage`: its ``name`` (and folder
-``<run>/<name>/``), the config ``sections`` its result depends on (its resume hash), the stages
-whose outputs it reads (``inputs``), the files it writes there (``outputs``) and its ``run``
-function. A ``run`` function gets the :class:`RunContext` and returns the flat dict of headline
-numbers that the runner (:mod:`clt_bench.pipeline`) records in ``<run>/<name>/stage.json`` and the
-report reads. Resume, hashing and timing are the runner's alone; a stage only computes.
-
-A stage that runs other stages in a folder of its own (the PLT's ``clt``/``graphs``/``features``
-in ``<run>/plt/``) calls ``ctx.run_subrun``: the runner's :func:`clt_bench.pipeline.run_subrun`.
+``STAGES`` lists them in run order, each a :class:`Stage` (docs/architecture.md, "Stages"). A
+``run`` function gets the :class:`RunContext` and returns the flat dict of headline numbers that
+the runner (:mod:`clt_bench.pipeline`) records in ``<run>/<name>/stage.json``; resume, hashing
+and timing are the runner's alone. A stage that runs other stages in a folder of its own calls
+``ctx.run_subrun`` (:func:`clt_bench.pipeline.run_subrun`).
 """
 
 from __future__ import annotations
@@ -237,11 +233,3 @@ STAGES: tuple[Stage, ...] = (
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
-
-
-def stage_named(name: str) -> Stage:
-    """The stage called ``name`` (KeyError for another name)."""
-    for s in STAGES:
-        if s.name == name:
-            return s
-    raise KeyError(name)

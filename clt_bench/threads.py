@@ -1,11 +1,9 @@
 """How many CPU threads this process's stages use: its share of the machine's cores.
 
-A run owns ``total()`` threads: ``OMP_NUM_THREADS`` when set, else the cores this process may run
-on. Alone, a process's budget is all of them. When the pipeline runs stages in a second process
-(``clt_bench.plt_worker``), the cores are split: the worker gets its share and the main process the
-rest until the worker is done, then all of them again. Every stage runs at its process's budget
-(``apply``); a trainer's explicit ``threads`` setting (``clt.threads`` / ``plt.threads`` > 0)
-overrides it for the training loop only (``training``).
+A run owns ``total()`` threads (``OMP_NUM_THREADS``, else the cores it may run on), all of them
+unless the plt worker (``clt_bench.plt_worker``) runs beside it and takes its share; every stage
+runs at its process's budget (``apply``), and ``clt.threads`` / ``plt.threads`` > 0 overrides it
+for the training loop only (``training``).
 """
 
 from __future__ import annotations

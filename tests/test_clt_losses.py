@@ -6,10 +6,26 @@ import math
 
 import torch
 
-from clt_bench.clt.losses import TrainObjective, mse_per_layer, preact_penalty, sparsity_penalty
+from clt_bench.clt.losses import TrainObjective
 from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder, JumpReLUFn
 from clt_bench.clt.train import lambda_s_at, lr_factor
 from clt_bench.config import CLTConfig
+
+
+# the objective's terms written out (reference formulas for the tests)
+def sparsity_penalty(acts: torch.Tensor, dec_norms: torch.Tensor, c: float) -> torch.Tensor:
+    """acts [n, L, F], dec_norms [L, F] -> mean over n of sum tanh(c * ||W_dec|| * a); scalar."""
+    return torch.tanh(c * dec_norms * acts).sum(dim=(-2, -1)).mean()
+
+
+def preact_penalty(pre: torch.Tensor, theta: torch.Tensor, dec_norms: torch.Tensor) -> torch.Tensor:
+    """pre [n, L, F], theta [L, F] (or scalar 0), dec_norms [L, F] -> mean over n; scalar."""
+    return (torch.relu(theta - pre) * dec_norms).sum(dim=(-2, -1)).mean()
+
+
+def mse_per_layer(y_hat_norm: torch.Tensor, y_norm: torch.Tensor) -> torch.Tensor:
+    """[n, L, d] x2 -> [L] mean squared error per layer (mean over tokens and d_model)."""
+    return (y_hat_norm - y_norm).pow(2).mean(dim=(0, 2))
 
 
 def test_penalties_by_hand():

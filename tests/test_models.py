@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.errors import UserError
 from clt_bench.models import load_model
-from clt_bench.models.sources import count_parameters
+
+
+def count_parameters(bridge: TransformerBridge) -> int:
+    """Parameters of the underlying model, counted once.
+
+    The bridge keeps GPT-2's fused ``c_attn`` and also split q/k/v copies of it; the copies are
+    not counted (tied embeddings are shared tensors and count once as well).
+    """
+    seen: set[int] = set()
+    total = 0
+    for name, p in bridge.original_model.named_parameters():
+        if any(f".attn.{x}._original_component" in name for x in "qkv"):
+            continue
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel()
+    return total
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,15 @@ from types import SimpleNamespace
 from clt_bench import stages
 from clt_bench.config import RunConfig, load_config
 from clt_bench.run_context import RunContext
-from clt_bench.stages import STAGE_NAMES, STAGES, stage_named
+from clt_bench.stages import STAGE_NAMES, STAGES
+
+NAMED = {s.name: s for s in STAGES}
 
 
 def test_every_stage_is_declared_once_with_a_run_function():
     assert len(set(STAGE_NAMES)) == len(STAGES)
     known = set(typing.get_type_hints(RunConfig))
     for i, stage in enumerate(STAGES):
-        assert stage_named(stage.name) is stage
         assert set(stage.sections) <= known, stage.name
         for need in stage.inputs:  # what a stage reads runs before it
             assert STAGE_NAMES.index(need) < i, (stage.name, need)
@@ -29,13 +30,13 @@ def test_every_stage_is_declared_once_with_a_run_function():
 def test_plt_runs_after_features_and_feeds_compare_and_the_report():
     order = list(STAGE_NAMES)
     assert order.index("features") < order.index("plt") < order.index("compare")
-    assert "plt" in stage_named("compare").sections and "clt" not in stage_named("plt").sections
+    assert "plt" in NAMED["compare"].sections and "clt" not in NAMED["plt"].sections
     assert order.index("compare") < order.index("stability") < order.index("report")
-    assert "stability" in stage_named("report").inputs
+    assert "stability" in NAMED["report"].inputs
 
 
 def test_clt_hash_covers_the_task_it_is_scored_on():
-    assert "task" in stage_named("clt").sections and "activations" in stage_named("clt").inputs
+    assert "task" in NAMED["clt"].sections and "activations" in NAMED["clt"].inputs
 
 
 def test_plt_sub_run_links_shared_stages(tmp_path):

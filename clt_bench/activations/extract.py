@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.activations.tokens import TokenRows
+from clt_bench.models.bridge import HookFn
 
 
 class _StopForward(Exception):
@@ -22,6 +24,27 @@ def hook_names(n_layers: int) -> tuple[list[str], list[str]]:
     )
 
 
+def capture(
+    bridge: TransformerBridge, tokens: torch.Tensor, names: list[str]
+) -> dict[str, torch.Tensor]:
+    """The activations (detached) at the hook points ``names`` of one forward pass of ``tokens``,
+    which stops at the last of them: nothing after it is computed."""
+    store: dict[str, torch.Tensor] = {}
+
+    def saver(name: str) -> HookFn:
+        def hook(t: torch.Tensor, hook: Any = None) -> torch.Tensor:
+            store[name] = t.detach()
+            if name == names[-1]:
+                raise _StopForward
+            return t
+
+        return hook
+
+    with contextlib.suppress(_StopForward):
+        bridge.run_with_hooks(tokens, fwd_hooks=[(n, saver(n)) for n in names])
+    return store
+
+
 @torch.no_grad()
 def extract_activations(
     bridge: TransformerBridge,
@@ -33,24 +56,9 @@ def extract_activations(
 
     ``exclude_bos`` leaves out position 0 of every row (``activations.exclude_bos``).
     """
-    n_layers = int(bridge.cfg.n_layers)
-    ins, outs = hook_names(n_layers)
-    store: dict[str, torch.Tensor] = {}
-    last = outs[-1]
-
-    def capture(name: str):
-        def hook(t: torch.Tensor, hook=None) -> torch.Tensor:
-            store[name] = t.detach()
-            if name == last:
-                raise _StopForward
-            return t
-
-        return hook
-
+    ins, outs = hook_names(int(bridge.cfg.n_layers))
     device = next(bridge.parameters()).device
-    with contextlib.suppress(_StopForward):
-        hooks = [(n, capture(n)) for n in ins + outs]
-        bridge.run_with_hooks(rows.tokens.to(device), fwd_hooks=hooks)
+    store = capture(bridge, rows.tokens.to(device), ins + outs)
     mask = rows.mask.to(device)
     if exclude_bos:
         mask = mask.clone()

@@ -20,20 +20,15 @@ from tqdm import tqdm
 from clt_bench.activations.corpus import iter_documents
 from clt_bench.activations.extract import extract_activations
 from clt_bench.activations.store import CachedBlocks, StreamBlocks
-from clt_bench.activations.tokens import TokenRows, iter_token_rows, take_tokens
+from clt_bench.activations.tokens import TokenRows, group_tokens, iter_token_rows, take_tokens
 from clt_bench.artifacts import ActivationsManifest, save_manifest
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
-from clt_bench.io import (
-    load_tensors,
-    run_metadata,
-    save_tensors,
-)
+from clt_bench.io import load_tensors, run_metadata, save_tensors
 from clt_bench.models import LoadedModel
 
 log = logging.getLogger(__name__)
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-MODES = ("cache", "stream")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -48,12 +43,7 @@ def _barrier() -> None:
 
 
 def store_dtype(cfg: RunConfig) -> torch.dtype:
-    if cfg.activations.dtype not in STORE_DTYPES:
-        raise UserError(
-            f"unknown activations.dtype '{cfg.activations.dtype}' "
-            f"(known: {', '.join(STORE_DTYPES)})."
-        )
-    return STORE_DTYPES[cfg.activations.dtype]
+    return STORE_DTYPES[cfg.activations.dtype]  # a choice the config checked
 
 
 def corpus_rows(cfg: RunConfig, loaded: LoadedModel) -> Iterator[TokenRows]:
@@ -77,46 +67,26 @@ def training_rows(cfg: RunConfig, loaded: LoadedModel) -> Iterator[TokenRows]:
     return take_tokens(it, cfg.activations.n_tokens)
 
 
-def _shards(rows: Iterator[TokenRows], shard_tokens: int) -> Iterator[list[TokenRows]]:
-    pending, count = [], 0
-    for r in rows:
-        pending.append(r)
-        count += r.n_tokens
-        if count >= shard_tokens:
-            yield pending
-            pending, count = [], 0
-    if pending:
-        yield pending
-
-
 def run_activations_stage(
     cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path
 ) -> dict[str, Any]:
     """Write ``<out>/activations/``: heldout.safetensors, shards (cache mode), manifest.json."""
     a = cfg.activations
-    if a.mode not in MODES:
-        raise UserError(f"unknown activations.mode '{a.mode}' (known: {', '.join(MODES)}).")
     stage = Path(out_dir) / "activations"
     rank, world = _rank_world()
     t0 = time.perf_counter()
     dtype = store_dtype(cfg)
     held = heldout_rows(cfg, loaded)
     if rank == 0:
-        width = a.seq_len
-        tokens = torch.cat(
-            [torch.nn.functional.pad(r.tokens, (0, width - r.tokens.shape[1])) for r in held]
-        )
-        mask = torch.cat(
-            [torch.nn.functional.pad(r.mask, (0, width - r.mask.shape[1])) for r in held]
-        )
-        save_tensors(stage / "heldout.safetensors", {"tokens": tokens, "mask": mask})
+        joined = TokenRows.cat(held, a.seq_len)
+        save_tensors(stage / "heldout.safetensors", {"tokens": joined.tokens, "mask": joined.mask})
         for old in stage.glob("shard_*.safetensors"):
             old.unlink()  # of an interrupted attempt (it rewrites them all)
     _barrier()
     n_shards, n_train = 0, 0
     if a.mode == "cache":
         bar = tqdm(total=a.n_tokens, desc="activations", unit="tok", disable=rank != 0)
-        for s, rows in enumerate(_shards(training_rows(cfg, loaded), a.shard_tokens)):
+        for s, rows in enumerate(group_tokens(training_rows(cfg, loaded), a.shard_tokens)):
             n = sum(r.n_tokens for r in rows)
             n_shards, n_train = s + 1, n_train + n
             if s % world == rank:

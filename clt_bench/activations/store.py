@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from clt_bench.activations.tokens import TokenRows, take_tokens
+from clt_bench.activations.tokens import TokenRows, group_tokens, take_tokens
 from clt_bench.errors import UserError
 from clt_bench.io import load_tensors
 
@@ -87,17 +87,10 @@ class StreamBlocks:
         self._last: tuple[int, Block] | None = None
 
     def blocks(self, epoch: int, start: int = 0) -> Iterator[tuple[int, Block]]:
-        rows = take_tokens(self.rows_fn(), self.n_tokens)
-        b, pending, count = 0, [], 0
-        for r in rows:
-            pending.append(r)
-            count += r.n_tokens
-            if count >= self.buffer:
-                if b >= start:
-                    yield b, self._compute(b, pending)
-                b, pending, count = b + 1, [], 0
-        if pending and b >= start:
-            yield b, self._compute(b, pending)
+        groups = group_tokens(take_tokens(self.rows_fn(), self.n_tokens), self.buffer)
+        for b, rows in enumerate(groups):
+            if b >= start:
+                yield b, self._compute(b, rows)
 
     def _compute(self, b: int, rows: list[TokenRows]) -> Block:
         if self._last is not None and self._last[0] == b:

@@ -6,7 +6,7 @@ padding never reaches the CLT and right padding never changes a causal model's r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +23,18 @@ class TokenRows:
     @property
     def n_tokens(self) -> int:
         return int(self.mask.sum())
+
+    @classmethod
+    def cat(cls, parts: Sequence[TokenRows], width: int | None = None) -> TokenRows:
+        """The batches ``parts`` as one, right-padded to ``width`` (default: the widest)."""
+        w = width if width is not None else max(p.tokens.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, w - t.shape[1]))
+
+        return cls(
+            torch.cat([pad(p.tokens) for p in parts]), torch.cat([pad(p.mask) for p in parts])
+        )
 
 
 def document_pieces(ids: list[int], bos_id: int, seq_len: int) -> list[list[int]]:
@@ -67,3 +79,18 @@ def take_tokens(batches: Iterator[TokenRows], n_tokens: int) -> Iterator[TokenRo
             return
         seen += rows.n_tokens
         yield rows
+
+
+def group_tokens(rows: Iterable[TokenRows], n_tokens: int) -> Iterator[list[TokenRows]]:
+    """Consecutive batches grouped until each group holds at least ``n_tokens`` real tokens (the
+    last group: what is left)."""
+    pending: list[TokenRows] = []
+    count = 0
+    for r in rows:
+        pending.append(r)
+        count += r.n_tokens
+        if count >= n_tokens:
+            yield pending
+            pending, count = [], 0
+    if pending:
+        yield pending

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
 import torch
 
-from clt_bench.baseline.circuits import Circuit
+from clt_bench.baseline.circuits import Circuit, Node
 from clt_bench.baseline.discovery import Step
 from clt_bench.baseline.neurons import NeuronAnalysis
-from clt_bench.plots import YY_ZZ_AXES, plt, save_figure, sns, yy_zz_heatmap
+from clt_bench.plots import YY_ZZ_AXES, save_figure, yy_zz_heatmap  # (headless backend set)
 
 
 def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
@@ -52,13 +54,31 @@ def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
     return save_figure(fig, path)
 
 
+def _default_edges(circuit: Circuit) -> list[tuple[str, str]]:
+    """Edges for a circuit given by its nodes only: YY -> END heads -> END MLPs -> logits."""
+    edges: list[tuple[str, str]] = []
+    for n in circuit.nodes:
+        if n.position == "YY":
+            edges += [
+                (n.label, m.label)
+                for m in circuit.at("END")
+                if m.kind == "head" and m.order > n.order
+            ]
+        elif n.kind == "head":
+            mlps = [m for m in circuit.at("END") if m.kind == "mlp" and m.order > n.order]
+            edges += [(n.label, m.label) for m in mlps] or [(n.label, "logits@END")]
+        else:
+            edges.append((n.label, "logits@END"))
+    return edges
+
+
 def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
     """Nodes by layer (x) and position (y band), with the circuit's edges (or, without edges,
     YY -> END heads -> END MLPs -> logits)."""
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * n_layers, 4.0))
     xy: dict[str, tuple[float, float]] = {}
     for pos, y0 in (("YY", 0.0), ("END", 2.0)):
-        by_layer: dict[int, list] = {}
+        by_layer: dict[int, list[Node]] = {}
         for node in circuit.at(pos):
             by_layer.setdefault(node.layer, []).append(node)
         for layer, nodes in by_layer.items():
@@ -69,20 +89,7 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
     edges = list(circuit.edges or [])
     if any(a == "embed@YY" for a, _ in edges):  # the clean input path discovery kept
         xy["embed@YY"] = (-0.6, 0.0)
-    if not edges:
-        for n in circuit.nodes:
-            if n.position == "YY":
-                edges += [
-                    (n.label, m.label)
-                    for m in circuit.at("END")
-                    if m.kind == "head" and m.order > n.order
-                ]
-            elif n.kind == "head":
-                mlps = [m for m in circuit.at("END") if m.kind == "mlp" and m.order > n.order]
-                edges += [(n.label, m.label) for m in mlps] or [(n.label, "logits@END")]
-            else:
-                edges.append((n.label, "logits@END"))
-    for a, b in edges:
+    for a, b in edges or _default_edges(circuit):
         if a in xy and b in xy:
             ax.annotate(
                 "", xy=xy[b], xytext=xy[a], arrowprops=dict(arrowstyle="->", color="0.6", lw=0.6)

@@ -1,18 +1,11 @@
-"""CLT features vs a circuit at layer x position granularity.
+"""CLT features vs a circuit (heads and MLPs at END or YY) at layer x position granularity.
 
-A circuit (``clt_bench.baseline.circuits.Circuit``) is a set of heads and MLPs at END or YY. A CLT
-feature lives at (read layer, position); it writes into the MLP outputs of its target layers at the
-same position. Two comparisons:
-
-- **Node overlap.** The CLT's cells are the (layer, position) pairs of the top-K features whose
-  position is END or YY (features at other positions have no counterpart in the circuit's schema
-  and are left out). The circuit's cells are (layer, position) of its nodes -- all of them
-  (``kind="all"``) or only its MLPs (``kind="mlp"``, the components a transcoder replaces).
-  precision = |CLT cells & circuit cells| / |CLT cells|, recall = |...| / |circuit cells|.
-- **Influence share.** Each feature's attribution to the target is split exactly over the layers
-  it writes (``write_effects`` [K, L]: the part of its effect carried by its write into MLP
-  output l). The share inside the circuit is sum |effect| over writes into the circuit's MLP
-  cells / sum |effect| over all writes of the top-K features.
+A feature lives at (read layer, position) and writes into the MLP outputs of its target layers at
+that position. **Node overlap**: precision and recall of the top-K features' (layer, position)
+cells at END or YY against the circuit's cells (all nodes, or MLPs only: what a transcoder
+replaces). **Influence share**: of the features' |effect| split over the layers they write
+(``write_effects`` [K, L]), the share written into the circuit's MLP cells. Definitions:
+docs/methods.md, "compare".
 """
 
 from __future__ import annotations
@@ -21,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from clt_bench.baseline.circuits import Circuit
 from clt_bench.errors import UserError
@@ -74,7 +68,7 @@ def node_overlap(sites: Sequence[FeatureSite], circuit: Circuit) -> dict[str, fl
 
 
 def influence_share(
-    sites: Sequence[FeatureSite], write_effects: np.ndarray, circuit: Circuit
+    sites: Sequence[FeatureSite], write_effects: npt.ArrayLike, circuit: Circuit
 ) -> float:
     """Share of the features' |effect| that is written into the circuit's MLP cells.
 
@@ -95,7 +89,7 @@ def influence_share(
 
 
 def per_component_share(
-    position: str, write_effects: np.ndarray, circuit: Circuit
+    position: str, write_effects: npt.ArrayLike, circuit: Circuit
 ) -> dict[str, float]:
     """One feature: share of its |effect| written into each circuit MLP at its position.
 

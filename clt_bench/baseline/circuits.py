@@ -208,7 +208,7 @@ def validate_circuit(circuit: Circuit, n_layers: int, n_heads: int) -> Circuit:
 
 def all_nodes(n_layers: int, n_heads: int, positions: tuple[str, ...] = POSITIONS) -> list[Node]:
     """Every head and MLP at every position: the candidate set of discovery and random controls."""
-    out = []
+    out: list[Node] = []
     for pos in positions:
         for layer in range(n_layers):
             out.extend(Node(pos, layer, "head", h) for h in range(n_heads))

@@ -13,7 +13,7 @@ Many circuits (random controls) share one batched forward: masks are [circuits, 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from clt_bench.baseline.path_faithfulness import (
     paths_readout,
 )
 from clt_bench.baseline.readout import EndReadout, metrics_of, per_example_pd
+from clt_bench.models.bridge import FwdHooks
 
 # a path-level run whose PD is within this of the corrupted run's on every prompt is that run
 DEGENERATE_TOL = 1e-6
@@ -72,13 +73,11 @@ def node_masks(
     return heads, mlps
 
 
-def _patch_hooks(
-    ctx: PatchContext, heads: torch.Tensor, mlps: torch.Tensor
-) -> list[tuple[str, Callable[..., torch.Tensor]]]:
+def _patch_hooks(ctx: PatchContext, heads: torch.Tensor, mlps: torch.Tensor) -> FwdHooks:
     """Hooks replacing marked outputs by the source run's (rows = circuit-major x examples)."""
     c = heads.shape[0]
     n = ctx.n
-    hooks = []
+    hooks: FwdHooks = []
     for layer in range(ctx.bridge.cfg.n_layers):
         hm = heads[:, layer].repeat_interleave(n, 0)[..., None]  # [c*n, pos, H, 1]
         mm = mlps[:, layer].repeat_interleave(n, 0)[..., None]  # [c*n, pos, 1]

@@ -1,34 +1,29 @@
 """Grading against a circuit known by construction (the planted model: baselines/planted.toml).
 
 Only a model whose circuit was planted has a truth to grade against; for every other model these
-functions return nothing. Definitions (docs/methods.md, "ground truth"):
-
-- **Discovery precision / recall**: the path-patching rediscovery's (component, position) nodes
-  and its sender -> receiver edges against the planted ones. Edges are compared without the
-  key/value channel (``a3.h0@END:k`` -> ``a3.h0@END``); the planted edges are the high-level
-  model's edges between aligned components (``[high_level.edges].components``), including the
-  clean token embedding into the YY node.
-- **Planted-site influence share**: the share of the attribution graph's feature influence on
-  the target carried by transcoder features whose (encoder layer, position) is a planted MLP site
-  (for ``planted``: MLP1 at YY, MLP4 and MLP5 at END). Transcoder features live at MLP sites, so
-  the planted heads are not sites a feature can occupy; the YY / END / rest shares stand beside it.
-- **YY probe**: how well the planted YY variable (the start year's digits) can be read from the
-  units at the YY position of the layers up to the planted YY node's layer: ridge regression of
-  YY on the units' activations, fitted on the even-indexed prompts and scored on the odd ones
-  (held-out R^2, and the share of held-out prompts predicted within +-5 years). Features of the
-  CLT, of the PLT and MLP neurons are probed on the same prompts, layers and split.
+functions return nothing. Definitions: docs/methods.md, "planted" -- discovery precision and
+recall of nodes and edges (edges compared without the key/value channel; the planted edges are
+the high-level model's, the clean token embedding into the YY node included), the planted-site
+influence share (features whose encoder layer and position is a planted MLP site) and the YY
+probe (ridge regression of YY on the units at the YY position up to the planted YY node's layer,
+fitted on the even-indexed prompts and scored on the odd ones, the same for every unit kind).
 """
 
 from __future__ import annotations
 
 import math
 import tomllib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.baseline.circuits import Circuit, load_circuit
 from clt_bench.paths import baselines_dir
+from clt_bench.task.dataset import TaskBatch
+
+if TYPE_CHECKING:
+    from clt_bench.clt.model import CrossLayerTranscoder
 
 KNOWN = ("planted",)  # circuits known by construction, each tied to its own model
 PROBE_TOLERANCE = 5  # years
@@ -96,7 +91,10 @@ def mlp_sites(truth: Circuit, yy_pos: int, end_pos: int) -> set[tuple[int, int]]
 
 
 def site_share(
-    layers: torch.Tensor, positions: torch.Tensor, influence: torch.Tensor, sites: set
+    layers: torch.Tensor,
+    positions: torch.Tensor,
+    influence: torch.Tensor,
+    sites: set[tuple[int, int]],
 ) -> float:
     """Share of ``influence`` [n] of features at (layer, position) in ``sites``."""
     total = float(influence.double().sum())
@@ -144,7 +142,9 @@ def ridge_probe(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def yy_probe_inputs(bridge, tokens: torch.Tensor, yy_pos: int, up_to: int) -> dict[str, Any]:
+def yy_probe_inputs(
+    bridge: TransformerBridge, tokens: torch.Tensor, yy_pos: int, up_to: int
+) -> dict[str, Any]:
     """resid_mid and MLP neuron activations at YY for layers 0..``up_to``: [n, L', d] and
     [n, L' * d_mlp]."""
     names = [f"blocks.{i}.hook_resid_mid" for i in range(up_to + 1)]
@@ -157,7 +157,7 @@ def yy_probe_inputs(bridge, tokens: torch.Tensor, yy_pos: int, up_to: int) -> di
 
 
 @torch.no_grad()
-def transcoder_yy_units(clt, resid: torch.Tensor) -> torch.Tensor:
+def transcoder_yy_units(clt: CrossLayerTranscoder, resid: torch.Tensor) -> torch.Tensor:
     """Feature activations of a transcoder's layers 0..L'-1 at YY: resid [n, L', d] -> [n, L'*F].
 
     The transcoder's encoder reads every layer; the layers beyond L' get zeros and are cut off.
@@ -170,7 +170,12 @@ def transcoder_yy_units(clt, resid: torch.Tensor) -> torch.Tensor:
     return acts[:, :lp].reshape(n, -1)
 
 
-def yy_probe_scores(bridge, transcoders: dict[str, Any], batch, truth: Circuit) -> dict[str, Any]:
+def yy_probe_scores(
+    bridge: TransformerBridge,
+    transcoders: dict[str, CrossLayerTranscoder],
+    batch: TaskBatch,
+    truth: Circuit,
+) -> dict[str, Any]:
     """The YY probe (module docstring) for each transcoder in ``transcoders`` (kind -> model) and
     for MLP neurons, on ``batch``'s clean prompts, at the layers up to the planted YY node's."""
     up_to = max(n.layer for n in truth.at("YY"))

@@ -28,10 +28,9 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.baseline.readout import EndReadout, readout_from_logits, readout_from_resid
+from clt_bench.models.bridge import FwdHook, FwdHooks
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.end_logits import end_only_hook
-
-Hook = tuple[str, Callable[..., torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def run_end(
     inp: torch.Tensor,
     end_pos: int,
     answer_ids: torch.Tensor,
-    hooks: Sequence[Hook] = (),
+    hooks: Sequence[FwdHook] = (),
     start_at_layer: int | None = None,
 ) -> EndReadout:
     """One forward ([b, pos] tokens, or [b, pos, d_model] residual with ``start_at_layer``)."""
@@ -112,7 +111,7 @@ def capture_run(
     answer_ids: torch.Tensor,
     rows: int = 256,
     extra: Sequence[str] = (),
-    hooks: Sequence[Hook] = (),
+    hooks: Sequence[FwdHook] = (),
 ) -> RunCache:
     """Run [n, pos] tokens (``rows`` at a time) and keep what path patching needs.
 
@@ -299,7 +298,7 @@ def _logits_only(
     return readout_from_resid(x, b.W_U, getattr(b, "b_U", None), ctx.batch.answer_ids)
 
 
-def _hooks_for(receivers: Sequence[Receiver], add: list[torch.Tensor]) -> list[Hook]:
+def _hooks_for(receivers: Sequence[Receiver], add: list[torch.Tensor]) -> FwdHooks:
     groups: dict[str, list[tuple[Receiver, torch.Tensor]]] = defaultdict(list)
     for r, d in zip(receivers, add, strict=True):
         if r.kind == "mlp":

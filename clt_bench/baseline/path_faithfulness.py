@@ -1,40 +1,34 @@
-"""Path-level faithfulness, as Hanna et al. 2023 evaluated their circuit.
+"""Path-level faithfulness, as Hanna et al. 2023 evaluated their circuit (docs/methods.md,
+``baseline.faithfulness_paths_ratio``).
 
-Hanna et al.'s release code (hannamw/gpt2-greater-than, ``circuit_discovery.py`` and
-``big_ds_experiments.py``: the ``lms`` matcher passed to ``path_patching``) runs the corrupted
-(01) input everywhere and gives the clean input only along these paths:
+As in Hanna et al.'s release code (hannamw/gpt2-greater-than), the corrupted (01) input runs
+everywhere and the clean input only along the circuit's paths: END heads' queries clean; YY nodes
+(YY MLPs and layer-0 heads, chained in layer order; ``feed_only_end_heads`` feed the END heads
+only) -> END heads' keys/values; END heads -> END MLPs (chained) -> logits; no head -> head paths.
+clt-bench adds the edge ``embed@YY -> head`` that discovery may keep (a layer-0 mover head reads
+the clean embedding in its keys and values); without such an edge or a YY node a circuit has no
+clean input path and scores the corrupted run by construction (``clean_input_path``).
 
-- logits <- (END MLPs, chained in layer order) <- END heads ("mid heads"): heads write into the
-  END MLPs and the logits; there are no head -> head paths;
-- END heads' keys/values at YY <- the YY nodes: YY MLPs and layer-0 heads, chained in layer order
-  (``feed_only_end_heads`` YY nodes -- a0.h3 and a0.h5 in GPT-2 -- feed the END heads only),
-  each YY node also reading the clean token embedding at YY;
-- the END heads' queries are kept clean entirely.
-
-clt-bench's addition: an END head whose keys/values read the clean embedding at YY directly (an
-edge ``embed@YY -> head`` that discovery kept, ``clt_bench.baseline.discovery``; a mover head in
-layer 0 has no head or MLP upstream of its keys) gets the clean embedding in its keys and values.
-Without such an edge or a YY node, a circuit has no clean input path and scores the corrupted run
-by construction (``clean_input_path``).
-
-``paths_readout`` computes that in one forward pass of the corrupted prompts: every head and MLP
-output in the residual stream is reset to its corrupted value (so every reader outside the circuit
-sees the corrupted run), the circuit nodes' own outputs are recorded, and each circuit receiver's
-input gets ``corrupted + sum over its circuit senders of (patched - corrupted) output``.
-Receivers' LayerNorms are recomputed. Shapes: n prompts, pos positions, d = d_model.
+``paths_readout`` does that in one forward pass of the corrupted prompts: every head and MLP
+output is reset to its corrupted value, the circuit nodes' own outputs are recorded, and each
+circuit receiver's input gets ``corrupted + sum over its circuit senders of (patched -
+corrupted) output``; receivers' LayerNorms are recomputed. Shapes: n prompts, d = d_model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.baseline.circuits import Circuit, Node
 from clt_bench.baseline.patching import PatchContext, RunCache, run_end, split_qkv
 from clt_bench.baseline.readout import EndReadout
+from clt_bench.models.bridge import FwdHooks
 
 EMBED = "embed@YY"
 LOGITS = "logits@END"
@@ -104,11 +98,101 @@ def clean_input_path(spec: PathSpec) -> bool:
     return LOGITS in reach
 
 
-def _write(cache: RunCache, bridge, node: Node, pos: int) -> torch.Tensor:
+def _write(cache: RunCache, bridge: TransformerBridge, node: Node, pos: int) -> torch.Tensor:
     """[n, d] the node's residual write at ``pos`` in ``cache``."""
     if node.kind == "head":
-        return cache.z[node.layer][:, pos, node.head] @ bridge.W_O[node.layer, node.head]
+        w: torch.Tensor = cache.z[node.layer][:, pos, node.head] @ bridge.W_O[node.layer, node.head]
+        return w
     return cache.mlp_out[node.layer][:, pos]
+
+
+@dataclass
+class _PathRun:
+    """One ``paths_readout`` pass: the hooks, and the circuit nodes' patched writes they record
+    (label -> [n, d] at the node's position) as the forward pass reaches them."""
+
+    ctx: PatchContext
+    spec: PathSpec
+    patched: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ctx = self.ctx
+        self.pos = {"END": ctx.end_pos, "YY": ctx.yy_pos}
+        self.by_label = {n.label: n for n in self.spec.nodes}
+        yy = ctx.yy_pos
+        self.embed_delta = ctx.base.resid_pre[0][:, yy] - ctx.source.resid_pre[0][:, yy]
+
+    def delta(self, sender: str) -> torch.Tensor:
+        if sender == EMBED:
+            return self.embed_delta
+        node = self.by_label[sender]
+        corr = _write(self.ctx.source, self.ctx.bridge, node, self.pos[node.position])
+        return self.patched[sender] - corr
+
+    def incoming(self, receiver: str) -> torch.Tensor | None:
+        """The summed patched - corrupted writes of ``receiver``'s circuit senders."""
+        ds = [self.delta(s) for s, r in self.spec.edges if r == receiver]
+        return torch.stack(ds).sum(0) if ds else None
+
+    def qkv(
+        self, ch: str, heads: list[Node], layer: int, x: torch.Tensor, hook: Any
+    ) -> torch.Tensor:
+        x = x.clone()
+        for h in heads:
+            p = self.pos[h.position]
+            if ch == "q" and h.label in self.spec.clean_queries:
+                x[:, p, h.head] = self.ctx.base.resid_pre[layer][:, p]
+                continue
+            if h.position == "YY":
+                add = self.incoming(f"{h.label}:qkv")
+            else:
+                add = self.incoming(f"{h.label}:{ch}") if ch in "kv" else None
+            if add is not None:
+                x[:, self.ctx.yy_pos, h.head] += add
+        return x
+
+    def z(self, heads: list[Node], layer: int, x: torch.Tensor, hook: Any) -> torch.Tensor:
+        for h in heads:
+            p = self.pos[h.position]
+            self.patched[h.label] = x[:, p, h.head] @ self.ctx.bridge.W_O[layer, h.head]
+        return self.ctx.source.z[layer]  # the residual stream stays the corrupted run's
+
+    def mlp_in(self, mlps: list[Node], x: torch.Tensor, hook: Any) -> torch.Tensor:
+        x = x.clone()
+        for m in mlps:
+            add = self.incoming(m.label)
+            if add is not None:
+                x[:, self.pos[m.position]] += add
+        return x
+
+    def mlp_out(self, mlps: list[Node], layer: int, y: torch.Tensor, hook: Any) -> torch.Tensor:
+        for m in mlps:
+            self.patched[m.label] = y[:, self.pos[m.position]].clone()
+        return self.ctx.source.mlp_out[layer]
+
+    def final(self, x: torch.Tensor, hook: Any) -> torch.Tensor:
+        add = self.incoming(LOGITS)
+        if add is None:
+            return x
+        x = x.clone()
+        x[:, self.ctx.end_pos] += add
+        return x
+
+    def hooks(self) -> FwdHooks:
+        hooks: FwdHooks = []
+        for layer in range(int(self.ctx.bridge.cfg.n_layers)):
+            heads = [n for n in self.spec.nodes if n.kind == "head" and n.layer == layer]
+            mlps = [n for n in self.spec.nodes if n.kind == "mlp" and n.layer == layer]
+            if heads:
+                hooks += [
+                    (f"blocks.{layer}.attn.hook_{c}_input", partial(self.qkv, c, heads, layer))
+                    for c in "qkv"
+                ]
+            hooks.append((f"blocks.{layer}.attn.hook_z", partial(self.z, heads, layer)))
+            if mlps:
+                hooks.append((f"blocks.{layer}.ln2.hook_in", partial(self.mlp_in, mlps)))
+            hooks.append((f"blocks.{layer}.hook_mlp_out", partial(self.mlp_out, mlps, layer)))
+        return [*hooks, ("ln_final.hook_in", self.final)]
 
 
 @torch.no_grad()
@@ -116,85 +200,6 @@ def paths_readout(ctx: PatchContext, spec: PathSpec) -> EndReadout:
     """Readout [n] of the corrupted prompts with the clean input only along ``spec``'s paths.
 
     ``ctx`` must have the clean run as base and the corrupted run as source."""
-    b = ctx.bridge
-    clean, corr = ctx.base, ctx.source
-    pos = {"END": ctx.end_pos, "YY": ctx.yy_pos}
-    by_label = {n.label: n for n in spec.nodes}
-    patched: dict[str, torch.Tensor] = {}  # node label -> [n, d] patched write at its position
-    embed_delta = clean.resid_pre[0][:, ctx.yy_pos] - corr.resid_pre[0][:, ctx.yy_pos]
-
-    def delta(sender: str) -> torch.Tensor:
-        if sender == EMBED:
-            return embed_delta
-        node = by_label[sender]
-        return patched[sender] - _write(corr, b, node, pos[node.position])
-
-    def incoming(receiver: str) -> torch.Tensor | None:
-        ds = [delta(s) for s, r in spec.edges if r == receiver]
-        return torch.stack(ds).sum(0) if ds else None
-
-    hooks: list[tuple[str, Callable[..., torch.Tensor]]] = []
-    L = int(b.cfg.n_layers)
-    for layer in range(L):
-        heads = [n for n in spec.nodes if n.kind == "head" and n.layer == layer]
-        mlps = [n for n in spec.nodes if n.kind == "mlp" and n.layer == layer]
-
-        def qkv_hook(ch: str, heads: list[Node] = heads, layer: int = layer):
-            def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
-                x = x.clone()
-                for h in heads:
-                    p = pos[h.position]
-                    if ch == "q" and h.label in spec.clean_queries:
-                        x[:, p, h.head] = clean.resid_pre[layer][:, p]
-                        continue
-                    if h.position == "YY":
-                        add = incoming(f"{h.label}:qkv")
-                    else:
-                        add = incoming(f"{h.label}:{ch}") if ch in "kv" else None
-                    if add is not None:
-                        x[:, ctx.yy_pos, h.head] += add
-                return x
-
-            return fn
-
-        def z_hook(
-            x: torch.Tensor, hook: Any, heads: list[Node] = heads, layer: int = layer
-        ) -> torch.Tensor:
-            for h in heads:
-                p = pos[h.position]
-                patched[h.label] = x[:, p, h.head] @ b.W_O[layer, h.head]
-            return corr.z[layer]  # the residual stream stays the corrupted run's
-
-        def mlp_in_hook(x: torch.Tensor, hook: Any, mlps: list[Node] = mlps) -> torch.Tensor:
-            x = x.clone()
-            for m in mlps:
-                add = incoming(m.label)
-                if add is not None:
-                    x[:, pos[m.position]] += add
-            return x
-
-        def mlp_out_hook(
-            y: torch.Tensor, hook: Any, mlps: list[Node] = mlps, layer: int = layer
-        ) -> torch.Tensor:
-            for m in mlps:
-                patched[m.label] = y[:, pos[m.position]].clone()
-            return corr.mlp_out[layer]
-
-        if heads:
-            hooks += [(f"blocks.{layer}.attn.hook_{c}_input", qkv_hook(c)) for c in "qkv"]
-        hooks.append((f"blocks.{layer}.attn.hook_z", z_hook))
-        if mlps:
-            hooks.append((f"blocks.{layer}.ln2.hook_in", mlp_in_hook))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", mlp_out_hook))
-
-    def final_hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        add = incoming(LOGITS)
-        if add is None:
-            return x
-        x = x.clone()
-        x[:, ctx.end_pos] += add
-        return x
-
-    hooks.append(("ln_final.hook_in", final_hook))
-    with split_qkv(b, any(n.kind == "head" for n in spec.nodes)):
-        return run_end(b, ctx.source_tokens, ctx.end_pos, ctx.batch.answer_ids, hooks)
+    hooks = _PathRun(ctx, spec).hooks()
+    with split_qkv(ctx.bridge, any(n.kind == "head" for n in spec.nodes)):
+        return run_end(ctx.bridge, ctx.source_tokens, ctx.end_pos, ctx.batch.answer_ids, hooks)

@@ -1,15 +1,7 @@
-"""circuit-tracer's on-disk formats: save / load CLTs and per-layer transcoder sets.
-
-CLT directory (``model_kind: cross_layer_transcoder``): ``config.yaml`` and per layer i
-``W_enc_{i}.safetensors`` holding W_enc_i [F, d], b_enc_i [F], b_dec_i [d], threshold_i [F]
-(JumpReLU, and BatchTopK's learned inference threshold; we also keep log_threshold_i so a round
-trip is bit-exact, and W_skip_i [d, d] if there is a skip connection) and
-``W_dec_{i}.safetensors`` holding W_dec_i [F, L - i, d].
-
-Transcoder set (``model_kind: transcoder_set``): ``config.yaml`` with a ``transcoders`` list of
-per-layer files (relative paths), each holding W_enc [d, F], W_dec [F, d], b_enc [F], b_dec [d],
-optional threshold [F] and W_skip [d, d] (circuit-tracer's SingleLayerTranscoder layout).
-Saved weights are always in raw model units (normalisation folded).
+"""circuit-tracer's on-disk formats: save and load CLTs (``model_kind: cross_layer_transcoder``)
+and per-layer transcoder sets (``transcoder_set``), laid out as docs/architecture.md ("CLT
+directory") describes. Saved weights are in raw model units (normalisation folded); a CLT also
+keeps ``log_threshold_i`` beside ``threshold_i``, so a round trip is bit-exact.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """JumpReLU's per-layer training epilogue in one function: activation, both penalties and the
 firing counts, forward and backward.
 
-The composed ops (``JumpReLUFn``, the tanh sparsity, ``PreactPenaltyFn``, the counts) pass over
-each layer's [n, F] pre-activations about thirty times a step and keep an fp32 tanh output per
-layer for the backward. At the seed study's shape (8,192 tokens x 12 x 49,152 features) those
-passes, not the matmuls, are most of an H100's step (benchmarks/RESULTS.md). Here the forward
-reads ``pre`` once and the backward reads ``pre`` and the activations' gradient once; only
-``pre`` is saved. Compiled (``torch.compile``; Triton on CUDA) each direction is a couple of
-fused kernels; eager, it is the reference the tests hold against the composed ops (same loss and
-gradients to float rounding).
-
-``clt.fuse``: ``auto`` (compiled on CUDA, the composed ops elsewhere: on the CPU those are
-tuned and faster eager), ``compile``, ``eager`` or ``off``.
+The composed ops pass over each layer's [n, F] pre-activations about thirty times a step and keep
+an fp32 tanh output per layer; at the seed study's shape those passes, not the matmuls, are most
+of an H100's step (benchmarks/RESULTS.md). Here each direction reads ``pre`` once and saves only
+``pre``: compiled (``torch.compile``), a couple of fused kernels; eager, the reference the tests
+hold against the composed ops. ``clt.fuse``: ``auto`` (compiled on CUDA, the composed ops
+elsewhere), ``compile``, ``eager`` or ``off``.
 """
 
 from __future__ import annotations

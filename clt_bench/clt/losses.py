@@ -23,21 +23,6 @@ PENALISED = ("jumprelu", "relu")
 STAT_NAMES = ("loss", "mse", "sparsity", "preact", "l0", "nmse")
 
 
-def sparsity_penalty(acts: torch.Tensor, dec_norms: torch.Tensor, c: float) -> torch.Tensor:
-    """acts [n, L, F], dec_norms [L, F] -> mean over n of sum tanh(c * ||W_dec|| * a); scalar."""
-    return torch.tanh(c * dec_norms * acts).sum(dim=(-2, -1)).mean()
-
-
-def preact_penalty(pre: torch.Tensor, theta: torch.Tensor, dec_norms: torch.Tensor) -> torch.Tensor:
-    """pre [n, L, F], theta [L, F] (or scalar 0), dec_norms [L, F] -> mean over n; scalar."""
-    return (torch.relu(theta - pre) * dec_norms).sum(dim=(-2, -1)).mean()
-
-
-def mse_per_layer(y_hat_norm: torch.Tensor, y_norm: torch.Tensor) -> torch.Tensor:
-    """[n, L, d] x2 -> [L] mean squared error per layer (mean over tokens and d_model)."""
-    return (y_hat_norm - y_norm).pow(2).mean(dim=(0, 2))
-
-
 class PreactPenaltyFn(torch.autograd.Function):
     """mean over n of sum_f relu(theta_f - pre_nf) * norm_f, saving only ``pre`` (one [n, F]
     tensor; the composed ops kept a second, fp32 one per layer: ~19 GB at seed scale) and doing

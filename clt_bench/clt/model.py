@@ -106,6 +106,9 @@ def _row_norm(w: torch.Tensor) -> torch.Tensor:
 class CrossLayerTranscoder(nn.Module):
     """A CLT (or PLT). ``forward(x)`` maps [batch, L, d] resid_mid to [batch, L, d] mlp_out."""
 
+    input_scale: torch.Tensor  # [L] buffers (registered in __init__)
+    output_scale: torch.Tensor
+
     def __init__(self, spec: CLTSpec, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if spec.activation not in ACTIVATIONS:

@@ -15,11 +15,10 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.activations.tokens import TokenRows
 from clt_bench.clt.model import CrossLayerTranscoder
+from clt_bench.models.bridge import FwdHooks
 
-Hook = tuple[str, Callable]
 
-
-def replacement_hooks(clt: CrossLayerTranscoder, keep_first: bool = False) -> list[Hook]:
+def replacement_hooks(clt: CrossLayerTranscoder, keep_first: bool = False) -> FwdHooks:
     """Forward hooks [(hook name, fn)] that swap every MLP output for the CLT's reconstruction.
 
     ``keep_first``: position 0 keeps the model's own MLP outputs (a CLT trained with
@@ -60,7 +59,7 @@ def replacement_hooks(clt: CrossLayerTranscoder, keep_first: bool = False) -> li
 
         return hook
 
-    hooks: list[Hook] = []
+    hooks: FwdHooks = []
     for layer in range(L):
         hooks.append((f"blocks.{layer}.hook_resid_mid", read(layer)))
         hooks.append((f"blocks.{layer}.hook_mlp_out", write(layer)))
@@ -80,7 +79,7 @@ def _activate_layer(clt: CrossLayerTranscoder, pre: torch.Tensor, layer: int) ->
     return torch.zeros_like(pre).scatter(-1, idx, vals)
 
 
-def zero_mlp_hooks(n_layers: int, keep_first: bool = False) -> list[Hook]:
+def zero_mlp_hooks(n_layers: int, keep_first: bool = False) -> FwdHooks:
     """Hooks that zero-ablate every MLP output (the CE-loss-recovered baseline); ``keep_first``
     leaves position 0 alone, like ``replacement_hooks``."""
 

@@ -1,24 +1,16 @@
 """CLT decoding that touches only the active feature rows, and the slab layout both paths share.
 
-A CLT's decoder output for target layer t is ``b_dec[t] + sum_{s <= t} a_s @ W_dec[s][:, t - s]``.
-With L0 of ~100 per layer out of tens of thousands of features the dense product multiplies
-mostly zeros, so the sparse path gathers the decoder rows of the (token, feature) pairs that
-matter and sums them per token with ``F.embedding_bag(mode="sum", per_sample_weights=...)``:
-forward, the weight gradient (a sorted segment reduction) and the per-entry gradient are all
-fused kernels on CPU and CUDA, and nothing of size [n, F, T * d] is materialised. (A
-``torch.sparse.mm`` on COO activations was slower than the dense bf16 step on an H100.)
+Target layer t's output is ``b_dec[t] + sum_{s <= t} a_s @ W_dec[s][:, t - s]``; with L0 ~100 of
+tens of thousands of features the dense product multiplies mostly zeros, so the sparse path
+gathers the decoder rows of the (token, feature) entries that matter and sums them per token with
+``F.embedding_bag`` (forward and both gradients are fused kernels; nothing [n, F, T * d] is
+materialised). An entry matters where its gradient is non-zero: the feature is active (h > theta)
+or, for JumpReLU's threshold, inside the straight-through window |h - theta| < bandwidth / 2
+(Rajamanoharan et al. 2024, eq. 11): ``grad_support``. Loss and gradients equal the dense path's.
 
-Which entries "matter": the gradient of the loss with respect to a pre-activation h is non-zero
-only where the feature is active (h > theta), or, for JumpReLU's threshold, inside the
-straight-through window |h - theta| < bandwidth / 2 (Rajamanoharan et al. 2024, "Jumping Ahead",
-eq. 11). Together that is h > theta - bandwidth / 2: ``grad_support``. The decoder's gradient is
-exact at those entries and not computed elsewhere, so loss and gradients equal the dense path's.
-
-Layout: ``y`` is [n, L, d] and source layer s writes the contiguous slab ``y[:, s:s + T]``
-(T targets), which is a [n, T * d] matrix with row stride L * d. ``ScatterTargets`` adds each
-source's [n, T * d] contribution into its slab; its backward hands each source a *view* of the
-output gradient, where slicing ``contrib[:, j]`` made autograd zero-fill a full [n, T, d] gradient
-per target.
+Layout: source layer s writes the contiguous slab ``y[:, s:s + T]`` of ``y`` [n, L, d];
+``ScatterTargets`` adds each source's [n, T * d] contribution there and hands each source a
+*view* of the output gradient (slicing made autograd zero-fill a [n, T, d] gradient per target).
 """
 
 from __future__ import annotations

@@ -14,11 +14,10 @@ import torch
 from clt_bench.activations.stage import load_heldout, training_source
 from clt_bench.artifacts import load_manifest
 from clt_bench.clt import distributed as D
-from clt_bench.clt.circuit_tracer_io import load_clt, save_clt
+from clt_bench.clt.circuit_tracer_io import check_fits, load_clt, save_clt
 from clt_bench.clt.quality import PER_PROMPT, evaluate_clt
 from clt_bench.clt.train import plot_curves, train_clt
 from clt_bench.config import RunConfig
-from clt_bench.errors import UserError
 from clt_bench.io import run_metadata, save_tensors, write_json
 from clt_bench.models import LoadedModel
 
@@ -37,12 +36,7 @@ def run_clt_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: str | Path) -> d
     manifest = load_manifest(out_dir)
     if cfg.clt.load:
         clt = load_clt(cfg.clt.load, device)
-        if (clt.n_layers, clt.spec.d_model) != (loaded.n_layers, loaded.d_model):
-            raise UserError(
-                f"the CLT at {cfg.clt.load} has {clt.n_layers} layers x "
-                f"d_model {clt.spec.d_model}; the model has {loaded.n_layers} x "
-                f"{loaded.d_model}."
-            )
+        check_fits(clt, loaded.n_layers, loaded.d_model, cfg.clt.load)
         train: dict[str, Any] = {
             "train_tokens": 0,
             "train_seconds": 0.0,

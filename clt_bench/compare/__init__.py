@@ -1,6 +1,3 @@
-"""CLT features vs the baseline circuit: overlap, influence share, units-needed curves, tables.
-
-- ``overlap``: node precision/recall at layer x position granularity, influence inside the circuit
-- ``curve``: PD recovered with the top-k CLT features (the rest corrupted)
-- ``stage``: the pipeline stage (compare/ tables, PNG, metrics.json)
-"""
+"""Transcoder features vs the baseline circuit (the compare stage, ``stage``): overlap and
+influence share, units needed by every unit kind (``units``), generalisation across prompt
+families and, on a planted model, the grading against the planted circuit."""

@@ -1,19 +1,12 @@
 """How much of a planted comparator's effect the top units at END explain (ground truth only).
 
-On a model whose circuit was planted (``baselines/planted.toml``: CMP = the MLPs at END), the
-comparator's PD contribution is ``PD_clean - PD_cmp``, with ``PD_cmp`` the PD when those MLP
-outputs at END take their 01-corrupted values. Each unit kind -- MLP neurons, the CLT's features,
-the PLT's features -- is restricted to its writes into those outputs at END
-(``compare.units.scoped``; transcoders in the ``error_corrupted`` variant), so every kind starts
-from the same ``PD_0 = PD_cmp`` and ends, with every unit clean, at the clean run (neurons) or the
-clean run with the error term corrupted (transcoders). The units are ranked on the ranking half of
-the prompts by the units-needed criterion (``compare.units``) and, on the evaluation half,
-
-    explained_k = (PD_k - PD_cmp) / (PD_clean - PD_cmp),
-
-PD_k the mean PD with the top k units clean: the share of the comparator's effect the top k units
-carry. Same prompts, positions, layers, ranking and denominator for every kind (MEASURING's
-like-for-like rule); the kinds differ in how many units they have (reported).
+On a model whose circuit was planted (CMP = the MLPs at END), ``explained_k = (PD_k - PD_cmp) /
+(PD_clean - PD_cmp)``: ``PD_cmp`` is the PD with those MLP outputs at their 01-corrupted values,
+``PD_k`` the PD with the top k units' writes into them clean (docs/methods.md, "planted"). Each
+unit kind -- MLP neurons, CLT and PLT features (transcoders in the ``error_corrupted`` variant) --
+is restricted to its writes into those outputs (``compare.units.scoped``), ranked on the ranking
+half of the prompts by the units-needed criterion and scored on the evaluation half: same
+prompts, positions, layers and denominator for every kind.
 """
 
 from __future__ import annotations
@@ -21,10 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.baseline.circuits import Circuit
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.compare.units import (
+    UnitSet,
     UnitsResult,
     feature_units,
     neuron_units,
@@ -47,7 +42,7 @@ def comparator_layers(truth: Circuit) -> list[int]:
 
 
 def comparator_curve(
-    bridge,
+    bridge: TransformerBridge,
     transcoder: CrossLayerTranscoder | None,
     batch: TaskBatch,
     layers: list[int],
@@ -56,7 +51,7 @@ def comparator_curve(
 ) -> UnitsResult:
     """One unit kind's curve in the comparator's scope (``transcoder`` None: MLP neurons)."""
 
-    def make(clean: torch.Tensor, corrupted: torch.Tensor):
+    def make(clean: torch.Tensor, corrupted: torch.Tensor) -> UnitSet:
         if transcoder is None:
             units = neuron_units(bridge, clean, corrupted)
         else:
@@ -67,7 +62,7 @@ def comparator_curve(
 
 
 def comparator_explained(
-    bridge,
+    bridge: TransformerBridge,
     transcoders: dict[str, CrossLayerTranscoder | None],
     batch: TaskBatch,
     truth: Circuit,

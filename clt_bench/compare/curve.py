@@ -6,6 +6,7 @@ error nodes) beside the model's, on the task prompts. The units-needed curves li
 from __future__ import annotations
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.clt.replacement_hooks import replacement_hooks
@@ -15,7 +16,7 @@ from clt_bench.task.dataset import TaskBatch
 
 @torch.no_grad()
 def replacement_pd(
-    bridge,
+    bridge: TransformerBridge,
     clt: CrossLayerTranscoder,
     batch: TaskBatch,
     keep_first: bool = False,

@@ -1,24 +1,13 @@
 """Does the picture generalise across prompt families? (``compare/families.csv`` and
-``compare/feature_generalisation.csv``)
+``compare/feature_generalisation.csv``; docs/methods.md, "compare")
 
-For every template and family of the task file (Hanna et al.'s generalisation variants, each with
-its own counterfactual and relation; ``clt_bench.task.families``), on ``task.family_n`` prompts:
-
-- the model's PD (as in ``task/families.csv``) and the run's circuit's **component-level
-  faithfulness** on the family: PD with every node outside the circuit patched from the family's
-  own counterfactual prompts, over the model's PD (the circuit's positions are the family's YY
-  and END tokens);
-- each transcoder's **replacement PD** (every MLP replaced, no error terms) over the model's PD;
-- for the top ``n_features`` features of the run (by influence on the main template), the
-  **fraction of their PD contribution they keep**: their mean first-order contribution to the
-  family's PD (its own relation: for an ``lt`` family a greater-than feature's contribution is
-  negative) over their contribution on the main template.
-
-A family is scored when its PD is the same quantity as the run's template's: an ``exact`` PD
-(p(answer) minus the largest other p) and a ``gt``/``lt`` PD (the correct side's mass minus the
-other side's) are different quantities, so in a run of a ``gt``/``lt`` template the ``exact``
-families are listed with a note (and the ``gt``/``lt`` families in a run of an ``exact``
-template); ``gt`` and ``lt`` are one quantity with the correct side mirrored.
+For every template and family of the task file (each with its own counterfactual and relation;
+``clt_bench.task.families``), on ``task.family_n`` prompts: the model's PD and the run's circuit's
+component-level faithfulness on the family, each transcoder's replacement PD ratio, and the share
+of each top feature's first-order PD contribution (under the family's own relation) the family
+keeps. A family is scored when its PD is the same quantity as the run's template's (``gt`` and
+``lt`` are one quantity mirrored; an ``exact`` PD, p(answer) minus the largest other p, is
+another): the others are listed with a note.
 """
 
 from __future__ import annotations
@@ -28,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -43,7 +33,7 @@ from clt_bench.errors import UserError
 from clt_bench.features.task_attributions import per_feature_sums, task_attributions
 from clt_bench.io import write_text
 from clt_bench.models import LoadedModel
-from clt_bench.plots import plt, save_figure
+from clt_bench.plots import save_figure  # (sets matplotlib's headless backend)
 from clt_bench.task.dataset import TaskBatch, build_dataset
 from clt_bench.task.families import FULL
 from clt_bench.task.spec import load_task

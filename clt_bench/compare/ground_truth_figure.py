@@ -12,6 +12,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
 from clt_bench.baseline.circuit_overlap import FeatureSite
@@ -31,7 +32,7 @@ def influence_grid(sites: list[FeatureSite], influence: list[float], n_layers: i
     return grid / total if total > 0 else grid
 
 
-def _outline(ax, circuit: Circuit, style: str, colour: str) -> None:
+def _outline(ax: Axes, circuit: Circuit, style: str, colour: str) -> None:
     for n in circuit.nodes:
         if n.kind == "mlp" and n.position in COLUMNS:
             col = COLUMNS.index(n.position)

@@ -3,23 +3,19 @@
 Reads ``<run>/features/ranking.json`` (the top-K features, their influence and write split),
 the CLT (``<run>/clt``; a PLT in ``<run>/plt`` adds a PLT row), the baseline's ``circuit.json``;
 for GPT-2 itself (by model identity, not shape) also the published circuits of ``baselines/``.
-Writes ``<run>/compare/``:
-
-- overlap.csv / overlap.md: per circuit, the share of the top-K influence written into its MLP
-  cells and node precision/recall/F1 at layer x position granularity (all nodes; MLPs only);
-- units_needed.csv (``unit_kind, k, prob_diff, normalized``; one definition for MLP neurons and
-  transcoder features, see ``clt_bench.compare.units``; k = 0 and k = all rows for every kind),
-  units_needed.png, units_table.md (k for 50 / 80 / 90 % with bootstrap 95 % intervals);
-- metrics.json (with the model's and the replacement model's PD).
+Writes ``<run>/compare/`` (the files: docs/architecture.md): the overlap of the top-K features
+with each circuit, the units needed by each unit kind (``clt_bench.compare.units``), CLT vs PLT
+vs MLP neurons, the generalisation across prompt families and, on a planted model, the grading
+against the planted circuit.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +35,7 @@ from clt_bench.baseline.faithfulness import ratio_undefined_reason
 from clt_bench.baseline.ground_truth import KNOWN, known_circuit, yy_probe_scores
 from clt_bench.baseline.patching import model_device
 from clt_bench.clt.circuit_tracer_io import load_run_clt
+from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.compare.comparator import comparator_explained
 from clt_bench.compare.curve import replacement_pd
 from clt_bench.compare.effect_shares import SHARES, effect_shares
@@ -46,6 +43,7 @@ from clt_bench.compare.generalisation import generalisation, write_generalisatio
 from clt_bench.compare.ground_truth_figure import ground_truth_grid, influence_grid
 from clt_bench.compare.units import (
     FRACTIONS,
+    UnitSet,
     UnitsResult,
     bootstrap_needed,
     feature_units,
@@ -55,7 +53,15 @@ from clt_bench.compare.units import (
 from clt_bench.config import RunConfig
 from clt_bench.features.shape_scores import LABELS, label_key
 from clt_bench.features.stage import ALL_ACTIVE, task_prompts
-from clt_bench.io import json_safe, run_metadata, save_tensors, write_json, write_text
+from clt_bench.io import (
+    csv_text,
+    json_safe,
+    markdown_table,
+    run_metadata,
+    save_tensors,
+    write_json,
+    write_text,
+)
 from clt_bench.models import LoadedModel
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
@@ -106,25 +112,13 @@ def overlap_rows(
     return rows
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()})
-    return buf.getvalue()
-
-
 def _md(rows: list[dict[str, Any]], cols: list[str]) -> str:
     def f(v: Any) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "–"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(f(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(cols, ([f(r.get(c)) for c in cols] for r in rows)) + "\n"
 
 
 def plot_curves(results: list[UnitsResult], path: Path, title: str) -> Path:
@@ -150,23 +144,21 @@ def units_results(
     fc = cfg.features
     bridge = loaded.bridge
     dev = model_device(bridge)
-    kinds: list[tuple[str, Any]] = [
+    kinds: list[tuple[str, CrossLayerTranscoder | None]] = [
         ("mlp_neurons", None),
         (f"{cfg.clt.kind}_features", load_run_clt(run_dir, device=dev)),
     ]
     if "plt" in transcoder_runs(cfg, run_dir):
         kinds.append(("plt_features", load_run_clt(run_dir / "plt", device=dev)))
-    results, repl = [], {}
+    results: list[UnitsResult] = []
+    repl: dict[str, dict[str, Any]] = {}
     for kind, clt in kinds:
+        variants: list[Callable[[torch.Tensor, torch.Tensor], UnitSet]]
         if clt is None:
-
-            def make(c, x):
-                return neuron_units(bridge, c, x)
-
-            variants = [make]
+            variants = [partial(neuron_units, bridge)]
         else:
             variants = [
-                lambda c, x, clt=clt, kind=kind, e=e: feature_units(bridge, clt, c, x, kind, e)
+                partial(feature_units, bridge, clt, kind=kind, error=e)
                 for e in ("clean", "corrupted")
             ]
             per: dict[str, Any] = {}
@@ -182,11 +174,15 @@ def units_results(
 def transcoder_runs(cfg: RunConfig, run_dir: Path) -> dict[str, Path]:
     """The run folders whose features stage scored a transcoder: the run's own, and the PLT
     sub-run ``<run>/plt`` of the plt stage (``clt_bench.plt.stage``) when it finished."""
-    runs = {cfg.clt.kind: Path(run_dir)}
+    runs: dict[str, Path] = {cfg.clt.kind: Path(run_dir)}
     sub = Path(run_dir) / "plt"
     if cfg.clt.kind != "plt" and (sub / "features" / "ranking.json").is_file():
         runs["plt"] = sub
     return runs
+
+
+Measures = list[tuple[str, dict[str, Any]]]  # (measure, column -> value) rows of a table
+RowCell = Callable[[dict[str, Any], str], Any]  # (a unit kind's row, key) -> its table cell
 
 
 def transcoder_table(
@@ -198,72 +194,80 @@ def transcoder_table(
 ) -> list[dict[str, Any]]:
     """CLT vs PLT vs MLP neurons, one row per measure (same prompts, circuit, definitions)."""
     runs = transcoder_runs(cfg, run_dir)
-    units = {r["unit_kind"]: r for r in table}
     cols = {kind: f"{kind}_features" for kind in runs} | {"neurons": "mlp_neurons"}
-    rows: list[dict[str, Any]] = []
+    measures = [
+        *_units_measures({r["unit_kind"]: r for r in table}, cols, repl),
+        *_circuit_measures(overlap),
+        *_transcoder_measures(runs),
+    ]
+    return [{"measure": m, **{c: values.get(c, "") for c in cols}} for m, values in measures]
 
-    def add(measure: str, values: dict[str, Any]) -> None:
-        rows.append({"measure": measure, **{c: values.get(c, "") for c in cols}})
 
-    for f in FRACTIONS:
-        key = f"k_{int(f * 100)}"
-        add(
-            f"units for {int(f * 100)} % of PD (held-out prompts)",
-            {c: units.get(u, {}).get(key, "") for c, u in cols.items()},
-        )
-    for f in FRACTIONS:
-        key = f"k_{int(f * 100)}"
-        add(
-            f"units for {int(f * 100)} % of PD, 95 % CI (bootstrap over prompts)",
-            {c: _ci_cell(units.get(u, {}).get(f"{key}_ci")) for c, u in cols.items()},
-        )
-    # the error term corrupted too (neurons have none: the same curve as above)
-    corrupted = {c: (u if u == "mlp_neurons" else f"{u}_error_corrupted") for c, u in cols.items()}
-    for f in FRACTIONS:
-        key = f"k_{int(f * 100)}"
-        add(
-            f"units for {int(f * 100)} % of PD, error term corrupted [95 % CI]",
-            {c: _k_ci_cell(units.get(u, {}), key) for c, u in corrupted.items()},
-        )
-    add(
-        "PD_0 (every unit corrupted, error term clean)",
-        {c: units.get(u, {}).get("pd_0", "") for c, u in cols.items()},
-    )
-    add(
-        "PD_0 (every unit and the error term corrupted)",
-        {c: units.get(u, {}).get("pd_0", "") for c, u in corrupted.items()},
-    )
-    add(
-        "PD with every unit clean, error term corrupted",
-        {c: units.get(u, {}).get("pd_all", "") for c, u in corrupted.items()},
-    )
-    add(
-        "replacement PD / model PD",
-        {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl},
-    )
+def _units_measures(
+    units: dict[str, dict[str, Any]], cols: dict[str, str], repl: dict[str, Any]
+) -> Measures:
+    """Units needed per column (of unit kind ``cols[column]``), their PDs, the replacement PD."""
+    clean = {c: units.get(u, {}) for c, u in cols.items()}
+    # the error term corrupted too (neurons have none: the same curve as with it clean)
+    corr = {
+        c: units.get(u if u == "mlp_neurons" else f"{u}_error_corrupted", {})
+        for c, u in cols.items()
+    }
+    per_fraction: list[tuple[str, dict[str, dict[str, Any]], RowCell]] = [
+        ("units for {} % of PD (held-out prompts)", clean, lambda r, k: r.get(k, "")),
+        (
+            "units for {} % of PD, 95 % CI (bootstrap over prompts)",
+            clean,
+            lambda r, k: _ci_cell(r.get(f"{k}_ci")),
+        ),
+        ("units for {} % of PD, error term corrupted [95 % CI]", corr, _k_ci_cell),
+    ]
+    out: Measures = []
+    for label, rows, cell in per_fraction:
+        for p in (int(f * 100) for f in FRACTIONS):
+            out.append((label.format(p), {c: cell(r, f"k_{p}") for c, r in rows.items()}))
+    for label, rows, key in (
+        ("PD_0 (every unit corrupted, error term clean)", clean, "pd_0"),
+        ("PD_0 (every unit and the error term corrupted)", corr, "pd_0"),
+        ("PD with every unit clean, error term corrupted", corr, "pd_all"),
+    ):
+        out.append((label, {c: r.get(key, "") for c, r in rows.items()}))
+    ratio = {c: repl[u]["replacement_pd_ratio"] for c, u in cols.items() if u in repl}
+    return [*out, ("replacement PD / model PD", ratio)]
+
+
+def _circuit_measures(overlap: dict[str, list[dict[str, Any]]]) -> Measures:
+    """Each transcoder's top features against its primary circuit."""
     primary = {k: (ov[0] if ov else {}) for k, ov in overlap.items()}
     circuit = next(iter(primary.values()), {}).get("circuit", "-")
-    add(
-        f"top-feature influence inside the circuit ({circuit})",
-        {k: p.get("influence_share", "") for k, p in primary.items()},
-    )
-    add("circuit MLP node recall", {k: p.get("mlp_recall", "") for k, p in primary.items()})
-    for key, label in (("nmse", "NMSE (held out)"), ("l0", "L0 (all layers)")):
-        add(label, {k: stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
+    return [
+        (
+            f"top-feature influence inside the circuit ({circuit})",
+            {k: p.get("influence_share", "") for k, p in primary.items()},
+        ),
+        ("circuit MLP node recall", {k: p.get("mlp_recall", "") for k, p in primary.items()}),
+    ]
+
+
+def _transcoder_measures(runs: dict[str, Path]) -> Measures:
+    """Each transcoder's reconstruction and its feature labels (only labels some run found, or
+    that some run cannot test)."""
+    out: Measures = [
+        (label, {k: stage_summary(r, "clt").get(key, "") for k, r in runs.items()})
+        for key, label in (("nmse", "NMSE (held out)"), ("l0", "L0 (all layers)"))
+    ]
     feats = {k: stage_summary(r, "features") for k, r in runs.items()}
     for scope, suffix in (("top-K by influence", ""), ("all active features", ALL_ACTIVE)):
         for lab in LABELS:
             key = label_key(lab) + suffix
             untestable = {k for k, f in feats.items() if lab in f.get("not_testable", [])}
             if any(f.get(key) for f in feats.values()) or untestable:
-                add(
-                    f"labels ({scope}): {lab}",
-                    {
-                        k: "not testable on this model" if k in untestable else f.get(key, "")
-                        for k, f in feats.items()
-                    },
-                )
-    return rows
+                values = {
+                    k: "not testable on this model" if k in untestable else f.get(key, "")
+                    for k, f in feats.items()
+                }
+                out.append((f"labels ({scope}): {lab}", values))
+    return out
 
 
 def _ci_cell(ci: Any) -> str:
@@ -297,14 +301,6 @@ def units_table(
 ) -> tuple[list[dict[str, Any]], str]:
     """One row per unit kind: k for each fraction with its bootstrap interval, PD_0, PD_clean."""
     rows, lines = [], []
-    head = [
-        "unit kind",
-        "units",
-        "PD_0",
-        "PD_clean",
-        *[f"k for {int(f * 100)}% [95% CI]" for f in FRACTIONS],
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results:
         ci = bootstrap_needed(r.ks, r.pd, r.clean, FRACTIONS, n_boot, seed)
         row: dict[str, Any] = {
@@ -321,10 +317,12 @@ def units_table(
             row[f"k_{int(f * 100)}_ci"] = [lo, hi]
             cells.append(f"{'never' if k is None else k} [{_k(lo)}, {_k(hi)}]")
         rows.append(row)
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(cells)
+    head = ["unit kind", "units", "PD_0", "PD_clean"]
+    head += [f"k for {int(f * 100)}% [95% CI]" for f in FRACTIONS]
     text = (
         "# Units needed\n\n"
-        + "\n".join(lines)
+        + markdown_table(head, lines)
         + "\n\n"
         + UNITS_DEFINITION
         + f" Bootstrap: {n_boot} resamples, seed {seed}.\n"
@@ -404,28 +402,14 @@ def ground_truth_probe(
     truth = known_circuit(loaded.name)
     if truth is None:
         return {}
-    tcs = {
-        k: load_run_clt(r, device=loaded.device) for k, r in transcoder_runs(cfg, run_dir).items()
-    }
+    tcs = load_transcoders(cfg, run_dir, loaded.device)
     # the whole discovery set (490 prompts, YY balanced): enough rows for a 97-value probe
     probe = yy_probe_scores(loaded.bridge, tcs, load_task_batch(cfg, loaded, "discovery"), truth)
     units: dict[str, Any] = {"neuron": None, **tcs}  # keys: "neuron", "clt", "plt"
     cmp = comparator_explained(
         loaded.bridge, units, batch, truth, cfg.features.curve_candidates, cfg.features.curve_dense
     )
-    dev = model_device(loaded.bridge)
-    clean, corrupted = batch.clean.to(dev), batch.corrupted.to(dev)
-    unit_sets = {
-        name: neuron_units(loaded.bridge, clean, corrupted)
-        if tc is None
-        else feature_units(loaded.bridge, tc, clean, corrupted, f"{name}_features")
-        for name, tc in units.items()
-    }
-    fc = cfg.features
-    shares = effect_shares(
-        loaded.bridge, unit_sets, batch, truth, fc.curve_bootstrap, fc.curve_seed
-    )
-    del unit_sets
+    shares = _effect_shares(cfg, loaded, units, batch, truth)
     write_json(
         out / "ground_truth.json",
         json_safe(
@@ -440,17 +424,13 @@ def ground_truth_probe(
     grids = {}
     for kind, r in transcoder_runs(cfg, run_dir).items():
         rk = load_ranking(r)
-        sites = [
-            FeatureSite(int(a), p)
-            for (a, _), p in zip(rk["features"], rk["positions"], strict=True)
-        ]
-        grids[kind.upper()] = influence_grid(sites, rk["influence"], loaded.n_layers)
+        grids[kind.upper()] = influence_grid(ranked_sites(rk), rk["influence"], loaded.n_layers)
     ground_truth_grid(
         grids, truth, load_run_circuit(run_dir), out / "ground_truth_grid.png", loaded.name
     )
     write_text(
         out / "ground_truth.csv",
-        _csv(ground_truth_rows(cfg, run_dir, probe, cmp, shares, list(units))),
+        csv_text(ground_truth_rows(cfg, run_dir, probe, cmp, shares, list(units))),
     )
     per_prompt.update(
         {
@@ -459,13 +439,51 @@ def ground_truth_probe(
             for key, v in per.items()
         }
     )
+    return _ground_truth_metrics(cfg, probe, cmp, shares, list(units))
+
+
+def load_transcoders(
+    cfg: RunConfig, run_dir: Path, device: torch.device | str
+) -> dict[str, CrossLayerTranscoder]:
+    """Every transcoder of ``transcoder_runs``, by kind."""
+    return {k: load_run_clt(r, device=device) for k, r in transcoder_runs(cfg, run_dir).items()}
+
+
+def _effect_shares(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    units: dict[str, CrossLayerTranscoder | None],
+    batch: TaskBatch,
+    truth: Circuit,
+) -> dict[str, Any]:
+    """``compare.effect_shares`` of each unit kind (None: MLP neurons)."""
+    dev = model_device(loaded.bridge)
+    clean, corrupted = batch.clean.to(dev), batch.corrupted.to(dev)
+    unit_sets = {
+        name: neuron_units(loaded.bridge, clean, corrupted)
+        if tc is None
+        else feature_units(loaded.bridge, tc, clean, corrupted, f"{name}_features")
+        for name, tc in units.items()
+    }
+    fc = cfg.features
+    return effect_shares(loaded.bridge, unit_sets, batch, truth, fc.curve_bootstrap, fc.curve_seed)
+
+
+def _ground_truth_metrics(
+    cfg: RunConfig,
+    probe: dict[str, Any],
+    cmp: dict[str, Any],
+    shares: dict[str, Any],
+    names: list[str],
+) -> dict[str, Any]:
+    """The ground-truth headline numbers, flat, per unit kind in ``names``."""
     prefix = {"mlp_neurons": "neuron", f"{cfg.clt.kind}_features": "clt", "plt_features": "plt"}
     flat: dict[str, Any] = {}
     for kind, scores in probe.items():
         if isinstance(scores, dict) and kind in prefix:
             flat[f"yy_probe_r2_{prefix[kind]}"] = scores["r2"]
             flat[f"yy_probe_within5_{prefix[kind]}"] = scores["within_tolerance"]
-    for name in units:
+    for name in names:
         flat[f"cmp_explained_top5_{name}"] = cmp[name]["explained"].get(5, math.nan)
         flat[f"cmp_explained_top20_{name}"] = cmp[name]["explained"].get(20, math.nan)
         flat[f"cmp_units_80_{name}"] = cmp[name]["units_80"]
@@ -487,14 +505,16 @@ def write_overlaps(
 ) -> dict[str, list[dict[str, Any]]]:
     """Each transcoder's features vs each circuit: ``overlap.csv`` (all) and ``overlap.md`` (the
     run's own transcoder); returns transcoder kind -> rows, the run's own first."""
-    overlaps = {cfg.clt.kind: overlap_rows(ranked_sites(rank), rank["write_effects"], circuits)}
+    overlaps: dict[str, list[dict[str, Any]]] = {
+        cfg.clt.kind: overlap_rows(ranked_sites(rank), rank["write_effects"], circuits)
+    }
     for kind, sub in transcoder_runs(cfg, run_dir).items():
         if kind != cfg.clt.kind:
             r = load_ranking(sub)
             overlaps[kind] = overlap_rows(ranked_sites(r), r["write_effects"], circuits)
     write_text(
         out / "overlap.csv",
-        _csv([{"transcoder": k, **row} for k, rows in overlaps.items() for row in rows]),
+        csv_text([{"transcoder": k, **row} for k, rows in overlaps.items() for row in rows]),
     )
     cols = ["circuit", "n_nodes", "influence_share", "all_precision", "all_recall"]
     cols += ["mlp_precision", "mlp_recall", "mlp_f1"]
@@ -513,15 +533,12 @@ def family_generalisation(
     """How much of each top feature's PD contribution each prompt family keeps (written to
     ``out``); the median, or why it is undefined."""
     fc = cfg.features
-    tcs = {
-        k: load_run_clt(r, device=loaded.device) for k, r in transcoder_runs(cfg, run_dir).items()
-    }
     fam_rows, kept = generalisation(
         cfg,
         loaded,
-        tcs,
+        load_transcoders(cfg, run_dir, loaded.device),
         load_run_circuit(run_dir),
-        [tuple(f) for f in rank["features"][: fc.family_features]],
+        [(int(a), int(b)) for a, b in rank["features"][: fc.family_features]],
         cfg.task.family_n,
         batch,
     )
@@ -610,7 +627,7 @@ def run_compare_stage(
     per_prompt = dict(per[f"{cfg.clt.kind}_features"])  # model_ and replacement_prob_diff
     if "plt_features" in per and cfg.clt.kind != "plt":
         per_prompt["plt_replacement_prob_diff"] = per["plt_features"]["replacement_prob_diff"]
-    write_text(out / "units_needed.csv", _csv(units_rows(results)))
+    write_text(out / "units_needed.csv", csv_text(units_rows(results)))
     plot_curves(
         results,
         out / "units_needed.png",
@@ -623,7 +640,7 @@ def run_compare_stage(
     if cfg.task.family_n > 0 and fc.family_features > 0:  # generalisation across prompt families
         fam_summary = family_generalisation(cfg, loaded, run_dir, rank, batch, out)
     side = transcoder_table(cfg, run_dir, overlaps, table, repl)
-    write_text(out / "transcoders.csv", _csv(side))
+    write_text(out / "transcoders.csv", csv_text(side))
     write_text(
         out / "transcoders.md",
         "# CLT vs PLT vs MLP neurons\n\nSame prompts, circuit and "
@@ -655,4 +672,5 @@ def run_compare_stage(
         ),
     )
     log.info("compare stage wrote %s", out)
-    return json_safe(summary)
+    safe: dict[str, Any] = json_safe(summary)
+    return safe

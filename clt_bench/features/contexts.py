@@ -8,13 +8,13 @@ layer's features, so TopK variants are right).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from clt_bench.activations.extract import _StopForward
+from clt_bench.activations.extract import capture
 from clt_bench.activations.tokens import TokenRows
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.graphs.local_replacement import layer_activate
@@ -34,7 +34,7 @@ def snippet(
 
 @torch.no_grad()
 def top_contexts(
-    bridge,
+    bridge: TransformerBridge,
     clt: CrossLayerTranscoder,
     tokenizer: PreTrainedTokenizerBase,
     rows: Iterable[TokenRows],
@@ -53,26 +53,12 @@ def top_contexts(
     kept: list[torch.Tensor] = []
     dev = next(bridge.parameters()).device
     row0 = 0
+    names = [f"blocks.{layer}.hook_resid_mid" for layer in layers]
     for batch in rows:
-        cap: dict[int, torch.Tensor] = {}
-
-        def grab(layer: int, cap: dict[int, torch.Tensor] = cap):
-            def fn(t: torch.Tensor, hook) -> torch.Tensor:
-                cap[layer] = t.detach()
-                if layer == layers[-1]:
-                    raise _StopForward  # nothing later is read (the logits cost the most)
-                return t
-
-            return fn
-
-        with contextlib.suppress(_StopForward):
-            bridge.run_with_hooks(
-                batch.tokens.to(dev),
-                fwd_hooks=[(f"blocks.{layer}.hook_resid_mid", grab(layer)) for layer in layers],
-            )
+        cap = capture(bridge, batch.tokens.to(dev), names)  # up to the last layer read
         mask = batch.mask.to(dev)
-        for layer in layers:
-            x = cap[layer].to(clt.W_enc.dtype) * clt.input_scale[layer]
+        for layer, name in zip(layers, names, strict=True):
+            x = cap[name].to(clt.W_enc.dtype) * clt.input_scale[layer]
             h = x @ clt.W_enc[layer].T + clt.b_enc[layer]  # [rows, pos, F]
             a = layer_activate(clt, layer, h)[..., fids[layer]]  # [rows, pos, k]
             a = torch.where(mask[..., None], a, torch.zeros_like(a)).double().cpu()

@@ -1,21 +1,12 @@
-"""Do the top features act additively? Pair ablations against the sum of single ablations.
+"""Do the top features act additively? Pair and set ablations against single ablations.
 
-For features i and j (removed from the real, unfrozen model as ``ablation.free_delta_pd`` does:
-their clean decoder writes subtracted from ``hook_mlp_out`` at every position):
-
-    residual(i, j) = dPD(i and j removed) - dPD(i removed) - dPD(j removed)
-
-(mean over the same prompts; prompts where neither is active contribute 0). The summary number
-``interaction_share`` = sum |residual| / sum (|dPD(i)| + |dPD(j)|) over all pairs: 0 when every
-pair is additive, around 1 when pairs' joint effect differs from the sum by as much as the single
-effects themselves. The seed study suggested that attributions of isolated features mislead
-because features interact; this makes that a number.
-
-Pairwise additivity says nothing about a whole set, so the top-k sets
-(k = 5, 10, 20 of the same features) are also ablated jointly: ``joint_sum_ratio_top{k}`` =
-mean over prompts of dPD(the k removed together) / mean over prompts of the sum of their single
-dPDs (1 = additive, > 1 super-additive), with a seeded percentile bootstrap 95 % interval over
-prompts (``set_interactions``).
+Features are removed from the real, unfrozen model as ``ablation.free_delta_pd`` does (their clean
+decoder writes subtracted from ``hook_mlp_out`` at every position). Per pair,
+``residual(i, j) = dPD(i and j) - dPD(i) - dPD(j)`` (mean over prompts) and
+``interaction_share = sum |residual| / sum (|dPD(i)| + |dPD(j)|)`` over the pairs (0: additive).
+The top-k sets (k = 5, 10, 20) are also removed jointly: ``joint_sum_ratio_top{k}`` = mean dPD of
+the set / mean of the sum of its single dPDs (1: additive), with a seeded percentile bootstrap
+95 % interval over prompts. Definitions: docs/methods.md, "features".
 """
 
 from __future__ import annotations

@@ -2,12 +2,9 @@
 
 Inputs: the CLT (``<run>/clt``), the baseline circuit (``<run>/baseline/circuit.json``, optional:
 without it the circuit columns are empty), the held-out corpus rows (``<run>/activations``).
-Prompts: one balanced discovery-set prompt per YY (``graphs.n_prompts``).
-
-Writes ``<run>/features/``: features.csv (every column), features.md (the main columns),
-ranking.json (the selected features in order, with their influence), heatmaps.safetensors
-([K, rows, A]: rows YY = 2..98 below the task's answer count A, columns its A answers),
-heatmap_*.png for the top ``n_plots`` and heatmap_grid.png, metrics.json.
+Prompts: one balanced discovery-set prompt per YY (``graphs.n_prompts``). Writes
+``<run>/features/`` (docs/architecture.md); heatmaps are [K, rows, A]: rows YY = 2..98 below the
+task's answer count A, columns its A answers.
 
 Per-feature columns (``clt_bench.features.shape_scores`` has the shape scores and the label rule):
 influence (sum over prompts of |total attribution to the shift-invariant logit difference of the
@@ -57,6 +54,7 @@ from clt_bench.features.interactions import (
 from clt_bench.features.shape_scores import (
     LABELS,
     YY_VALUES,
+    ActivationProfile,
     LabelRule,
     activation_profile,
     label_decision,
@@ -124,11 +122,6 @@ def feature_rows(
             feature_activations_matrix(att, int(key)), att.yy, att.yy_pos, att.end_pos
         )
         decision = label_decision(sc, prof.yy_fraction, rule, relation.relation)
-        pos_mass = np.abs(sums["pos"][i])
-        position = POS_CLASSES[int(pos_mass.argmax())] if pos_mass.sum() > 0 else "none"
-        write = sums["write"][i]
-        shares = per_component_share(position, write, circuit) if circuit is not None else {}
-        written = clt.target_layers(layer)
         rows.append(
             {
                 "rank": i + 1,
@@ -147,32 +140,55 @@ def feature_rows(
                 "pd_direct_contribution": float(sums["pd_direct"][i]),
                 "delta_pd_constrained": float("nan"),
                 "delta_pd_free": float("nan"),
-                **{k: v for k, v in sc.to_dict().items()},
+                **sc.to_dict(),
                 "zz_range": f"{sc.zz_lo:02d}-{sc.zz_hi:02d}" if sc.zz_lo >= 0 else "",
-                "yy_fraction": prof.yy_fraction,
-                "yy_lo": prof.yy_lo,
-                "yy_hi": prof.yy_hi,
-                "yy_range": f"{prof.yy_lo:02d}-{prof.yy_hi:02d}" if prof.yy_lo >= 0 else "",
-                "yy_entropy": prof.yy_entropy,
-                "act_share_yy": prof.share_yy,
-                "act_share_end": prof.share_end,
-                "act_share_other": prof.share_other,
-                "act_position": prof.position,
-                "position": position,
-                "share_yy": float(pos_mass[0] / pos_mass.sum()) if pos_mass.sum() else 0.0,
-                "share_end": float(pos_mass[1] / pos_mass.sum()) if pos_mass.sum() else 0.0,
-                "layer_read": layer,
-                "layers_written": f"{written[0]}-{written[-1]}",
-                "main_write_layer": int(np.abs(write).argmax()),
-                "circuit_mlp_share": float(sum(shares.values()))
-                if circuit is not None
-                else float("nan"),
-                "via": _via(position, layer, shares, circuit),
+                **_activation_columns(prof),
+                **_write_columns(layer, sums["pos"][i], sums["write"][i], clt, circuit),
                 "n_prompts_active": int(sums["n_prompts"][i]),
                 "contexts": "",
             }
         )
     return rows, heat
+
+
+def _activation_columns(prof: ActivationProfile) -> dict[str, Any]:
+    """Where the feature fires: over YY values and over positions."""
+    return {
+        "yy_fraction": prof.yy_fraction,
+        "yy_lo": prof.yy_lo,
+        "yy_hi": prof.yy_hi,
+        "yy_range": f"{prof.yy_lo:02d}-{prof.yy_hi:02d}" if prof.yy_lo >= 0 else "",
+        "yy_entropy": prof.yy_entropy,
+        "act_share_yy": prof.share_yy,
+        "act_share_end": prof.share_end,
+        "act_share_other": prof.share_other,
+        "act_position": prof.position,
+    }
+
+
+def _write_columns(
+    layer: int,
+    pos: np.ndarray,
+    write: np.ndarray,
+    clt: CrossLayerTranscoder,
+    circuit: Circuit | None,
+) -> dict[str, Any]:
+    """Where the feature's attribution sits (``pos``: per position class) and where it writes
+    (``write``: per layer), and through which circuit nodes."""
+    pos_mass = np.abs(pos)
+    position = POS_CLASSES[int(pos_mass.argmax())] if pos_mass.sum() > 0 else "none"
+    shares = per_component_share(position, write, circuit) if circuit is not None else {}
+    written = clt.target_layers(layer)
+    return {
+        "position": position,
+        "share_yy": float(pos_mass[0] / pos_mass.sum()) if pos_mass.sum() else 0.0,
+        "share_end": float(pos_mass[1] / pos_mass.sum()) if pos_mass.sum() else 0.0,
+        "layer_read": layer,
+        "layers_written": f"{written[0]}-{written[-1]}",
+        "main_write_layer": int(np.abs(write).argmax()),
+        "circuit_mlp_share": float(sum(shares.values())) if circuit is not None else float("nan"),
+        "via": _via(position, layer, shares, circuit),
+    }
 
 
 def label_counts(

@@ -3,8 +3,6 @@ and the heatmap figures (one PNG per feature for the top ones, plus a grid)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from clt_bench.io import write_text
+from clt_bench.io import csv_text, markdown_table, write_text
 from clt_bench.plots import YY_ZZ_AXES, save_figure, yy_zz_heatmap
 
 # (column, Markdown header, format) -- the Markdown table shows these; the CSV has every column
@@ -52,19 +50,12 @@ def _fmt(value: Any, fmt: str) -> str:
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    buf = io.StringIO()
     cols = list(rows[0]) if rows else [c for c, _, _ in MD_COLUMNS]
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
-    return write_text(path, buf.getvalue())
+    return write_text(path, csv_text(rows, cols))
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], max_context: int = 60) -> str:
-    head = "| " + " | ".join(h for _, h, _ in MD_COLUMNS) + " |"
-    sep = "|" + "|".join("---" for _ in MD_COLUMNS) + "|"
-    lines = [head, sep]
+def feature_markdown(rows: Sequence[dict[str, Any]], max_context: int = 60) -> str:
+    lines = []
     for r in rows:
         cells = []
         for col, _, fmt in MD_COLUMNS:
@@ -72,12 +63,12 @@ def markdown_table(rows: Sequence[dict[str, Any]], max_context: int = 60) -> str
             if col == "contexts":
                 v = str(v or "").split(" || ")[0][:max_context]
             cells.append(_fmt(v, fmt).replace("|", "/"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(cells)
+    return markdown_table([h for _, h, _ in MD_COLUMNS], lines) + "\n"
 
 
 def write_markdown(rows: Sequence[dict[str, Any]], path: Path, header: str) -> Path:
-    return write_text(path, f"{header}\n\n{markdown_table(rows)}")
+    return write_text(path, f"{header}\n\n{feature_markdown(rows)}")
 
 
 def heatmap_pngs(

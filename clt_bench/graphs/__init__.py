@@ -1,13 +1,6 @@
-"""Attribution graphs on the local replacement model (docs/methods.md#graphs).
-
-Public API (used by the feature-scoring stage):
-
-- ``build_graph(loaded, clt, prompt_or_tokens, target, cfg) -> Graph``
-- ``target_attributions(loaded, clt, prompt_or_tokens, directions) -> TargetAttribution``
-- ``target_attributions_many(loaded, clt, tokens, directions) -> list[TargetAttribution]``
-- ``constrained_patch(...)`` / ``free_patch(...)`` -> ``PatchResult``
-- ``write_graph_json`` / ``read_graph_json`` / ``draw_graph``
-"""
+"""Attribution graphs on the local replacement model (docs/methods.md#graphs): graphs of one
+prompt (``build_graph``), target attributions of one or many prompts, interventions, graph files
+and drawings; ``__all__`` is the public API."""
 
 from clt_bench.graphs.build import (
     build_graph,

@@ -21,6 +21,8 @@ Shapes: B rows, P positions (one prompt), d = d_model, H heads, dh = d_head, L l
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from clt_bench.graphs.edge_weights import RowAttribution, feature_activations
@@ -43,8 +45,9 @@ def supports_adjoint(rm: ReplacementModel) -> bool:
 
 
 def _ln_weight(module: torch.nn.Module) -> torch.Tensor:
-    inner = getattr(module, "_original_component", module)
-    return inner.weight.detach()
+    inner: Any = getattr(module, "_original_component", module)
+    weight: torch.Tensor = inner.weight
+    return weight.detach()
 
 
 class FrozenAdjoint:
@@ -102,7 +105,6 @@ class FrozenAdjoint:
         attention / LayerNorm / encoder / unembedding biases carry.
         """
         rm, b, dt = self.rm, self.rm.bridge, self.rm.dtype
-        clt = rm.clt
         x = rm.pos_embed[0]  # [P, d]
         pre = []
         for layer in range(self.L):
@@ -114,7 +116,7 @@ class FrozenAdjoint:
             pf = rm.padded[layer]
             pre.append(pf.pre(x[None]) if len(pf.idx) else x.new_zeros(0))
             out = self.b_dec[layer]
-            if clt.W_skip is not None:
+            if self.skip_t is not None:
                 out = out + x @ self.skip_t[layer].T
             x = x + out
         lnf = getattr(b.ln_final, "_original_component", b.ln_final)
@@ -172,7 +174,7 @@ class FrozenAdjoint:
             nodes = nodes.to(self.enc.device)  # node ids may come from the CPU graph assembly
             rows = torch.arange(B, device=self.enc.device)
             lay, pos = self.layer[nodes], self.pos[nodes]
-            for layer in lay.unique().tolist():
+            for layer in sorted(set(lay.tolist())):
                 m = lay == layer
                 inj = self.enc.new_zeros(B, P, d)
                 inj[rows[m], pos[m]] = self.enc[nodes[m]]

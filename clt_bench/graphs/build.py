@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -72,7 +73,7 @@ def prompt_tokens(
     toks = torch.as_tensor(prompt_or_tokens, dtype=torch.long).reshape(-1)
     if toks.numel() == 0:
         raise UserError("the prompt has no tokens.")
-    return toks, tokenizer.decode(toks.tolist())
+    return toks, str(tokenizer.decode(toks.tolist()))
 
 
 def check_context(loaded: LoadedModel, tokens: torch.Tensor) -> None:
@@ -188,11 +189,12 @@ def build_graph(
     tokens, prompt = prompt_tokens(loaded.tokenizer, prompt_or_tokens, cfg.prepend_bos)
     check_context(loaded, tokens)
     rm = build_replacement(loaded.bridge, clt, tokens)
-    if target and all(isinstance(t, Target) for t in target) and not isinstance(target, str):
-        targets = list(target)
+    targets: list[Target]
+    if not isinstance(target, str) and target and all(isinstance(t, Target) for t in target):
+        targets = [t for t in target if isinstance(t, Target)]
     else:
         targets = make_targets(
-            target,
+            cast("str | Sequence[str]", target),
             loaded.tokenizer,
             prompt,
             rm.logits[0],
@@ -271,7 +273,7 @@ def build_graph(
     graph = Graph(
         prompt=prompt,
         tokens=tokens.cpu(),
-        token_strings=[loaded.tokenizer.decode([t]) for t in tokens.tolist()],
+        token_strings=[str(loaded.tokenizer.decode([t])) for t in tokens.tolist()],
         n_layers=L,
         features=table.cpu(),
         activations=feature_activations(rm)[visit].detach().cpu(),

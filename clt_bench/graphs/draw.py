@@ -1,26 +1,26 @@
 """PNG drawing of a pruned attribution graph: prompt positions on x, layers on y.
 
-Each prompt position gets a column as wide as its most crowded (position, layer) cell, so the
-nodes of a crowded cell (typically END) do not sit on top of each other. Feature and error nodes
-are sized and coloured by their influence on the targets (colour bar); edges are blue (positive)
-or red (negative), thicker and darker the closer they are to the strongest kept input of their
-receiving node; all kept edges into the targets are drawn, then the strongest others.
-The most influential features are labelled "L<layer>/<feature>"; a label that would overlap
-another one in its row is moved up a level, and left out when three levels are taken (the
-top-features list of the graphs stage has them all).
+Each position's column is as wide as its most crowded (position, layer) cell; feature and error
+nodes are sized and coloured by influence, edges blue (+) or red (-) and as strong as their share
+of the receiving node's strongest kept input; the most influential features are labelled
+``L<layer>/<feature>`` where a label fits (``_place_labels``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
 from matplotlib.lines import Line2D
 
 from clt_bench.graphs.graph import Graph
-from clt_bench.plots import plt, save_figure
+from clt_bench.plots import save_figure  # (sets matplotlib's headless backend)
 
 STYLE = {  # kind -> (marker, colour)
     "feature": ("o", "#4c72b0"),
@@ -56,7 +56,7 @@ def _positions(graph: Graph, kept: list[int]) -> tuple[dict[int, tuple[float, fl
     return xy, edges
 
 
-def _place_labels(ax, items: list[tuple[float, float, str]], char_w: float) -> int:
+def _place_labels(ax: Axes, items: list[tuple[float, float, str]], char_w: float) -> int:
     """Label (x, y, text) points without overlaps: per row, greedy over LABEL_LEVELS levels."""
     placed = 0
     ends: dict[tuple[float, int], float] = {}
@@ -81,120 +81,72 @@ def _place_labels(ax, items: list[tuple[float, float, str]], char_w: float) -> i
     return placed
 
 
-def draw_graph(
-    graph: Graph,
-    path: str | os.PathLike[str],
-    title: str | None = None,
-    max_edges: int = 400,
-    n_labels: int = 16,
-) -> Path:
-    """Draw the kept nodes and the ``max_edges`` strongest kept edges (blue +, red -)."""
-    kept = graph.node_mask.nonzero()[:, 0].tolist()
-    xy, edges = _positions(graph, kept)
-    centre = (edges[:-1] + edges[1:]) / 2
-    x_max = float(edges[-1])
-    fig_w = float(np.clip(0.55 * x_max + 3, 7.0, 30.0))
-    fig, ax = plt.subplots(figsize=(fig_w, 1.2 * graph.n_layers + 3.5))
+def _draw_edges(ax: Axes, graph: Graph, xy: dict[int, tuple[float, float]], max_edges: int) -> None:
+    """Every kept edge into a target, then the strongest others, each as strong (wide, dark) as
+    its share of the receiving node's strongest kept input: targets and features have different
+    scales, so raw weights would hide every edge into the target."""
     dst, src = graph.edge_mask.nonzero(as_tuple=True)
-    if len(dst):
-        w = graph.adjacency[dst, src]
-        # strength relative to the receiving node's strongest kept input: targets and features
-        # have different scales, so raw weights would hide every edge into the target
-        row_max = torch.zeros(graph.n_nodes, dtype=torch.float64).scatter_reduce_(
-            0, dst, w.abs().double(), "amax"
-        )
-        share = w.abs().double() / row_max[dst].clamp_min(1e-30)
-        # every kept edge into a target first, then the strongest of the rest
-        into_target = (dst >= graph.offsets()["target"]).double()
-        order = (share + 2.0 * into_target).argsort(descending=True)[:max_edges]
-        for e in order.flip(0).tolist():  # strongest drawn last (on top)
-            s, t, wt, sh = int(src[e]), int(dst[e]), float(w[e]), float(share[e])
-            if s in xy and t in xy:
-                ax.plot(
-                    [xy[s][0], xy[t][0]],
-                    [xy[s][1], xy[t][1]],
-                    lw=0.3 + 2.2 * sh,
-                    color="#2166ac" if wt > 0 else "#b2182b",
-                    alpha=0.15 + 0.6 * sh,
-                    zorder=1,
-                )
-    kinds = {i: graph.describe(i)["kind"] for i in kept}
+    if not len(dst):
+        return
+    w = graph.adjacency[dst, src]
+    row_max = torch.zeros(graph.n_nodes, dtype=torch.float64).scatter_reduce_(
+        0, dst, w.abs().double(), "amax"
+    )
+    share = w.abs().double() / row_max[dst].clamp_min(1e-30)
+    into_target = (dst >= graph.offsets()["target"]).double()
+    order = (share + 2.0 * into_target).argsort(descending=True)[:max_edges]
+    for e in order.flip(0).tolist():  # strongest drawn last (on top)
+        s, t, wt, sh = int(src[e]), int(dst[e]), float(w[e]), float(share[e])
+        if s in xy and t in xy:
+            ax.plot(
+                [xy[s][0], xy[t][0]],
+                [xy[s][1], xy[t][1]],
+                lw=0.3 + 2.2 * sh,
+                color="#2166ac" if wt > 0 else "#b2182b",
+                alpha=0.15 + 0.6 * sh,
+                zorder=1,
+            )
+
+
+def _draw_nodes(
+    ax: Axes, graph: Graph, xy: dict[int, tuple[float, float]], kinds: dict[int, str]
+) -> PathCollection | None:
+    """Tokens and targets in their colour, features and errors sized and coloured by influence
+    (relative to the largest); the latter's scatter, for the colour bar."""
     infl = graph.influence.double() if len(graph.influence) else None
-    ranked = [i for i in kept if kinds[i] in ("feature", "error")]
+    ranked = [i for i in kinds if kinds[i] in ("feature", "error")]
     imax = max((float(infl[i]) for i in ranked), default=0.0) if infl is not None else 0.0
     imax = imax or 1.0
-    cmap = plt.get_cmap("viridis_r")
     sc = None
     for kind, (marker, colour) in STYLE.items():
-        nodes = [i for i in kept if kinds[i] == kind]
+        nodes = [i for i in kinds if kinds[i] == kind]  # kept nodes in graph order
         if not nodes:
             continue
         pts = np.array([xy[i] for i in nodes])
+        common: dict[str, Any] = {
+            "marker": marker,
+            "zorder": 3,
+            "edgecolors": "black",
+        }
         if kind in ("feature", "error") and infl is not None:
             val = np.array([float(infl[i]) for i in nodes]) / imax
             sc = ax.scatter(
                 pts[:, 0],
                 pts[:, 1],
-                marker=marker,
                 c=val,
-                cmap=cmap,
+                cmap=plt.get_cmap("viridis_r"),
                 vmin=0,
                 vmax=1,
                 s=14 + 160 * np.sqrt(np.clip(val, 0, 1)),
-                zorder=3,
-                edgecolors="black",
                 linewidths=0.4,
+                **common,
             )
         else:
-            ax.scatter(
-                pts[:, 0],
-                pts[:, 1],
-                marker=marker,
-                c=colour,
-                s=50,
-                zorder=3,
-                edgecolors="black",
-                linewidths=0.4,
-            )
-    feats = sorted(
-        (i for i in kept if kinds[i] == "feature"),
-        key=lambda i: float(infl[i]) if infl is not None else 0.0,
-        reverse=True,
-    )
-    char_w = x_max / (fig_w * 72 / 5.6)  # x units per character at fontsize 8
-    labels = []
-    for i in feats[:n_labels]:
-        d = graph.describe(i)
-        labels.append((xy[i][0], xy[i][1], f"L{d['layer']}/{d['feature']}"))
-    _place_labels(ax, labels, char_w)
-    for i in kept:
-        if kinds[i] == "target":
-            ax.annotate(
-                graph.describe(i)["label"],
-                xy[i],
-                fontsize=8,
-                xytext=(6, 4),
-                textcoords="offset points",
-            )
-    ax.set_xticks(centre)
-    ax.set_xticklabels(
-        [repr(s)[1:-1] for s in graph.token_strings], rotation=60, ha="right", fontsize=8
-    )
-    ax.set_yticks(range(-1, graph.n_layers + 1))
-    ax.set_yticklabels(["emb"] + [f"L{i}" for i in range(graph.n_layers)] + ["out"])
-    ax.set_xlim(-0.2, x_max + 0.2)
-    ax.set_ylim(-1.6, graph.n_layers + 0.9)
-    s = graph.scores
-    ax.set_title(
-        title
-        or (
-            f"{graph.prompt!r}\ncompleteness {s.get('completeness', 0):.3f}  "
-            f"replacement {s.get('replacement', 0):.3f}  (pruned "
-            f"{s.get('pruned_completeness', 0):.3f} / "
-            f"{s.get('pruned_replacement', 0):.3f})"
-        ),
-        fontsize=8,
-    )
+            ax.scatter(pts[:, 0], pts[:, 1], c=colour, s=50, linewidths=0.4, **common)
+    return sc
+
+
+def _legend(ax: Axes) -> None:
     handles = [
         Line2D(
             [],
@@ -222,6 +174,65 @@ def draw_graph(
         title="node size and colour: influence on the target",
         title_fontsize=8,
     )
+
+
+def draw_graph(
+    graph: Graph,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    max_edges: int = 400,
+    n_labels: int = 16,
+) -> Path:
+    """Draw the kept nodes and the ``max_edges`` strongest kept edges (blue +, red -)."""
+    kept = graph.node_mask.nonzero()[:, 0].tolist()
+    xy, edges = _positions(graph, kept)
+    x_max = float(edges[-1])
+    fig_w = float(np.clip(0.55 * x_max + 3, 7.0, 30.0))
+    fig, ax = plt.subplots(figsize=(fig_w, 1.2 * graph.n_layers + 3.5))
+    _draw_edges(ax, graph, xy, max_edges)
+    kinds = {i: graph.describe(i)["kind"] for i in kept}
+    sc = _draw_nodes(ax, graph, xy, kinds)
+    infl = graph.influence.double() if len(graph.influence) else None
+    feats = sorted(
+        (i for i in kept if kinds[i] == "feature"),
+        key=lambda i: float(infl[i]) if infl is not None else 0.0,
+        reverse=True,
+    )
+    char_w = x_max / (fig_w * 72 / 5.6)  # x units per character at fontsize 8
+    labels = []
+    for i in feats[:n_labels]:
+        d = graph.describe(i)
+        labels.append((xy[i][0], xy[i][1], f"L{d['layer']}/{d['feature']}"))
+    _place_labels(ax, labels, char_w)
+    for i in kept:
+        if kinds[i] == "target":
+            ax.annotate(
+                graph.describe(i)["label"],
+                xy[i],
+                fontsize=8,
+                xytext=(6, 4),
+                textcoords="offset points",
+            )
+    ax.set_xticks((edges[:-1] + edges[1:]) / 2)
+    ax.set_xticklabels(
+        [repr(s)[1:-1] for s in graph.token_strings], rotation=60, ha="right", fontsize=8
+    )
+    ax.set_yticks(range(-1, graph.n_layers + 1))
+    ax.set_yticklabels(["emb"] + [f"L{i}" for i in range(graph.n_layers)] + ["out"])
+    ax.set_xlim(-0.2, x_max + 0.2)
+    ax.set_ylim(-1.6, graph.n_layers + 0.9)
+    s = graph.scores
+    ax.set_title(
+        title
+        or (
+            f"{graph.prompt!r}\ncompleteness {s.get('completeness', 0):.3f}  "
+            f"replacement {s.get('replacement', 0):.3f}  (pruned "
+            f"{s.get('pruned_completeness', 0):.3f} / "
+            f"{s.get('pruned_replacement', 0):.3f})"
+        ),
+        fontsize=8,
+    )
+    _legend(ax)
     if sc is not None:
         cb = fig.colorbar(sc, ax=ax, fraction=0.025, pad=0.01)
         cb.set_label("influence / max influence", fontsize=8)

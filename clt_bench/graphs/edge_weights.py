@@ -1,20 +1,13 @@
-"""Edge weights by batched backward passes through the frozen replacement model.
+"""Edge weights by batched backward passes through the frozen replacement model
+(docs/methods.md#graphs).
 
-Definitions: docs/methods.md#graphs.
-
-One forward pass is differentiated once (``torch.func.vjp``); each call of ``Attributor.rows`` then
-injects one gradient per batch row (``torch.func.vmap`` over the vector-Jacobian product): row b
-selects one node value (a feature pre-activation or a target), and the gradients at the leaves
-give that node's incoming edge weight from every source at once:
-
-    A[b, s] = a_s * d value_b / d a_s        (features; a_s = clean activation)
-    A[b, (l, p)] = e_{l,p} . d value_b / d mlp_out_{l,p}     (error nodes)
-    A[b, p] = embed_p . d value_b / d embed_p                 (tokens)
-
-Constant inputs are accounted for separately: ``constant_terms`` runs the frozen model with every
-source set to zero, which (the model being affine in its sources) gives each node's constant term
-exactly; ``RowAttribution.pos_embed`` / ``b_dec`` split off the positional embeddings and b_dec,
-so the remainder is attention/LayerNorm/unembedding biases and frozen-LN offsets (and b_enc).
+One forward pass is differentiated once (``torch.func.vjp``); ``Attributor.rows`` injects one
+gradient per batch row (``torch.func.vmap``): row b selects one node value (a feature
+pre-activation or a target) and the gradients at the leaves give its incoming edge from every
+source: ``a_s * d value / d a_s`` (features), ``e . d value / d mlp_out`` (error nodes),
+``embed . d value / d embed`` (tokens). ``constant_terms`` runs the frozen model with every source
+at zero, which (the model being affine in its sources) gives each node's constant term exactly;
+``RowAttribution.pos_embed`` / ``b_dec`` split off the positional embeddings and b_dec.
 """
 
 from __future__ import annotations
@@ -74,8 +67,8 @@ class Attributor:
         def f(*leaves: torch.Tensor) -> torch.Tensor:
             return output_fn(run_frozen(rm, modes=modes, leaves=leaves))
 
-        self.value, self._vjp = torch.func.vjp(f, *zero_leaves(rm))
-        self.value = self.value.detach()
+        value, self._vjp = torch.func.vjp(f, *zero_leaves(rm))[:2]
+        self.value: torch.Tensor = value.detach()
         self._acts = feature_activations(rm)
         self._b_dec = (
             rm.clt.b_dec.detach().to(rm.dtype) / rm.clt.output_scale.detach().to(rm.dtype)[:, None]
@@ -92,7 +85,7 @@ class Attributor:
         rm, L = self.rm, self.n_layers
         grads = torch.func.vmap(self._vjp)(grad_rows.to(self.value.dtype))
         feat = torch.cat(grads[:L], dim=1) * self._acts
-        errs, bdec = [], 0.0
+        errs, bdec = [], grads[L].new_zeros(())
         for layer in range(L):
             gm = grads[L + layer]  # [B, n, pos, d]
             errs.append((gm * rm.errors[:, :, layer]).sum(-1))

@@ -1,13 +1,7 @@
-"""Graph files in the circuit-tracer / Neuronpedia graph JSON format.
-
-``{"metadata", "qParams", "nodes", "links"}`` with circuit-tracer's node conventions:
-features ``"{layer}_{feature}_{pos}"`` (feature_type "cross layer transcoder"), error nodes
-``"{layer}_-1_{pos}"`` ("mlp reconstruction error"), tokens ``"E_{token}_{pos}"`` ("embedding"),
-targets ``"{L+1}_{vocab}_{pos}"`` ("logit"; a direction that is not one token gets the virtual
-index vocab_size + i). ``influence`` is the node's cumulative influence share (as the front end
-expects); clt-bench extras (raw influence, node values, constant terms, the scores and target
-splits) ride along as extra keys and under ``metadata["clt_bench"]``, which the front end ignores.
-Only the pruned graph is written; ``read_graph_json`` rebuilds it as a ``Graph``.
+"""Graph files in the circuit-tracer / Neuronpedia graph JSON format (docs/architecture.md,
+"Graph JSON"): circuit-tracer's node ids and feature types; clt-bench's extras ride along as extra
+node keys and under ``metadata["clt_bench"]``, which the front end ignores. Only the pruned graph
+is written; ``read_graph_json`` rebuilds it as a ``Graph``.
 """
 
 from __future__ import annotations

@@ -2,19 +2,12 @@
 
 Both are computed on the influence flow ``f = w + w^T Σ_k Â^k`` (``clt_bench.graphs.influence``):
 flow starts at the targets (weights ``w``) and splits over each node's incoming edges by |A|.
-
-- replacement score = flow that ends on token nodes / flow that ends on token nodes, error nodes
-  or outside the graph (``unexplained``): the influence-weighted share of token -> target paths that
-  run through features rather than errors.
-- completeness score = Σ_n f_n · (incoming |A| from features and tokens) / (all incoming mass of n)
-  over the nodes that HAVE incoming mass (features and targets), divided by Σ f_n over those nodes.
-
-Differences from circuit-tracer 0.5 (the pitfalls in docs/methods.md): token and error nodes have no
-incoming edges and are not scored at all (instead of counting as complete, which gives an
-all-error graph 0.5); mass from active features that are not in the graph (never attributed, or
-pruned away) stays in every normalisation as unexplained instead of dropping out. So a graph whose
-every edge comes from error nodes scores 0 on both, and a CLT whose error nodes are zero scores 1.
-Degenerate graphs with no flow at all score 0.
+Replacement: the flow that ends on token nodes over the flow that ends on token nodes, error
+nodes or outside the graph (``unexplained``). Completeness: over the nodes with incoming mass
+(features and targets), the flow-weighted share of incoming |A| from features and tokens.
+Unlike circuit-tracer 0.5, token and error nodes are not scored and the mass of active features
+left out of the graph stays in every normalisation (docs/methods.md lists the pitfalls); a graph
+with no flow at all scores 0.
 """
 
 from __future__ import annotations

@@ -1,28 +1,24 @@
-"""Interventions on CLT features, each returning the change in any target.
-
-- ``constrained_patch``: in the local replacement model (attention patterns and LayerNorm
-  denominators frozen, error nodes held at their clean values), clamp chosen features. In the
-  ``constrained`` layers every other feature keeps its clean activation; in the remaining layers
-  features are recomputed from the patched residual stream by the CLT's encoder and activation
-  function (the intervened ones stay clamped). Anthropic's "constrained patching" (SPEC §4).
-- ``free_patch``: the real model runs unfrozen; a feature's activation is read from the live
-  residual stream and its decoder writes are changed in every layer it writes to (``hook_mlp_out``);
-  ``value=0`` removes them.
-
-An ``Intervention`` either sets the activation to ``value`` or multiplies the clean one by
-``scale`` (x0 ablates, x-1 flips).
+"""Interventions on CLT features, each returning the change in any target: ``constrained_patch``
+clamps features in the local replacement model (other features of the ``constrained`` layers
+keep their clean activations, the rest are recomputed by the CLT; Anthropic's "constrained
+patching"), ``free_patch`` changes their decoder writes in the real, unfrozen model. An
+``Intervention`` sets an activation to ``value`` or scales the clean one by ``scale`` (x0
+ablates, x-1 flips).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.graphs.local_replacement import ReplacementModel, layer_activate, run_frozen
+from clt_bench.models.bridge import FwdHooks, HookFn
 
 
 @dataclass(frozen=True)
@@ -36,11 +32,11 @@ class Intervention:
     scale: float | None = None
 
     def new(self, current: torch.Tensor) -> torch.Tensor:
-        if (self.value is None) == (self.scale is None):
-            raise UserError("an intervention sets exactly one of a value or a scale (x0, x-1).")
-        return (
-            torch.full_like(current, self.value) if self.value is not None else current * self.scale
-        )
+        if self.value is not None and self.scale is None:
+            return torch.full_like(current, self.value)
+        if self.scale is not None and self.value is None:
+            return current * self.scale
+        raise UserError("an intervention sets exactly one of a value or a scale (x0, x-1).")
 
 
 def parse_intervention(text: str) -> Intervention:
@@ -121,7 +117,7 @@ def constrained_patch(
 
 @torch.no_grad()
 def free_patch(
-    bridge,
+    bridge: TransformerBridge,
     clt: CrossLayerTranscoder,
     tokens: torch.Tensor,
     interventions: Sequence[Intervention],
@@ -137,8 +133,8 @@ def free_patch(
     before = bridge(tokens)[0, -1]
     delta: dict[Intervention, torch.Tensor] = {}
 
-    def read(layer: int):
-        def fn(x: torch.Tensor, hook) -> torch.Tensor:
+    def read(layer: int) -> HookFn:
+        def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
             xs = x.to(clt.W_enc.dtype) * clt.input_scale[layer]
             h = xs @ clt.W_enc[layer].T + clt.b_enc[layer]
             a = layer_activate(clt, layer, h[0])  # [pos, F] (this prompt's BatchTopK batch)
@@ -150,8 +146,8 @@ def free_patch(
 
         return fn
 
-    def write(layer: int):
-        def fn(y: torch.Tensor, hook) -> torch.Tensor:
+    def write(layer: int) -> HookFn:
+        def fn(y: torch.Tensor, hook: Any) -> torch.Tensor:
             y = y.clone()
             for iv in interventions:
                 if layer in clt.target_layers(iv.layer):
@@ -162,7 +158,7 @@ def free_patch(
         return fn
 
     src_layers = sorted({iv.layer for iv in interventions})
-    hooks = [(f"blocks.{layer}.hook_resid_mid", read(layer)) for layer in src_layers]
+    hooks: FwdHooks = [(f"blocks.{layer}.hook_resid_mid", read(layer)) for layer in src_layers]
     tgt_layers = sorted({t for iv in interventions for t in clt.target_layers(iv.layer)})
     hooks += [(f"blocks.{layer}.hook_mlp_out", write(layer)) for layer in tgt_layers]
     after = bridge.run_with_hooks(tokens, fwd_hooks=hooks)[0, -1]

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -35,6 +37,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.graphs.padded import PaddedFeatures, pad_features
+from clt_bench.models.bridge import FwdHooks, HookFn
 
 MODES = ("frozen", "linear", "live")
 
@@ -91,11 +94,7 @@ class FrozenRun:
     embed_leaf: torch.Tensor | None = None  # [n, pos, d]
     pos_leaf: torch.Tensor | None = None  # [n, pos, d]
     mlp_leaves: list[torch.Tensor] = field(default_factory=list)  # per layer [n, pos, d]
-    feat_leaves: list[torch.Tensor | None] = field(default_factory=list)  # per layer [k_l]
-
-    def leaves(self) -> list[torch.Tensor]:
-        out = [t for t in self.feat_leaves if t is not None]
-        return out + list(self.mlp_leaves) + [self.embed_leaf, self.pos_leaf]
+    feat_leaves: list[torch.Tensor] = field(default_factory=list)  # per layer [k_l]
 
 
 def _hook_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -194,20 +193,27 @@ def zero_leaves(rm: ReplacementModel) -> list[torch.Tensor]:
     return feats + [z.clone() for _ in range(rm.n_layers)] + [z.clone(), z.clone()]
 
 
-def _weights(clt: CrossLayerTranscoder, dtype: torch.dtype) -> dict:
-    """CLT weights in the model's dtype (a view when the dtypes agree)."""
+class _Weights(NamedTuple):
+    """CLT weights in the model's dtype (views when the dtypes agree)."""
 
-    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.detach().to(dtype)
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    b_dec: torch.Tensor
+    W_skip: torch.Tensor | None
+    in_scale: torch.Tensor
+    out_scale: torch.Tensor
 
-    return {
-        "W_enc": cast(clt.W_enc),
-        "b_enc": cast(clt.b_enc),
-        "b_dec": cast(clt.b_dec),
-        "W_skip": cast(clt.W_skip),
-        "in_scale": cast(clt.input_scale),
-        "out_scale": cast(clt.output_scale),
-    }
+    @classmethod
+    def of(cls, clt: CrossLayerTranscoder, dtype: torch.dtype) -> _Weights:
+        skip = None if clt.W_skip is None else clt.W_skip.detach().to(dtype)
+        return cls(
+            clt.W_enc.detach().to(dtype),
+            clt.b_enc.detach().to(dtype),
+            clt.b_dec.detach().to(dtype),
+            skip,
+            clt.input_scale.detach().to(dtype),
+            clt.output_scale.detach().to(dtype),
+        )
 
 
 def layer_activate(clt: CrossLayerTranscoder, layer: int, h: torch.Tensor) -> torch.Tensor:
@@ -217,6 +223,98 @@ def layer_activate(clt: CrossLayerTranscoder, layer: int, h: torch.Tensor) -> to
     )
     full[..., layer, :] = h.to(full.dtype)
     return clt.activate(full)[..., layer, :].to(h.dtype)
+
+
+@dataclass
+class _FrozenPass:
+    """One ``run_frozen`` pass: its inputs, and the state its hooks share (the decoder writes
+    pending for each later MLP output, each layer's resid_mid)."""
+
+    rm: ReplacementModel
+    modes: list[str]
+    acts: torch.Tensor  # [n, pos, L, F]
+    clamp: torch.Tensor | None  # [n, pos, L, F] bool
+    embed: torch.Tensor  # [n, pos, d]
+    errors: torch.Tensor  # [n, pos, L, d]
+    leaves: list[torch.Tensor]  # ``zero_leaves`` order, or none
+    run: FrozenRun
+    w: _Weights
+    pending: list[torch.Tensor] = field(default_factory=list)  # per layer [n, pos, d]
+    resid: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer [n, pos, d]
+
+    def padded(self, layer: int, idx: torch.Tensor) -> PaddedFeatures:
+        rm = self.rm
+        if idx is rm.active_idx[layer] and layer in rm.padded:  # the clean set: built once
+            return rm.padded[layer]
+        return pad_features(rm.clt, layer, idx, rm.n_prompts, rm.n_pos, rm.dtype)
+
+    def active(
+        self, layer: int, x: torch.Tensor, pre: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index [k, 3], values [k]) of the features ``layer`` writes with, by its mode."""
+        rm, mode = self.rm, self.modes[layer]
+        if mode == "linear":
+            return rm.active_idx[layer], pre
+        if mode == "frozen":
+            if self.acts is rm.acts:
+                return rm.active_idx[layer], rm.active_values(layer)
+            a = self.acts[:, :, layer]
+        else:  # live
+            w = self.w
+            h = torch.einsum("npd,fd->npf", x * w.in_scale[layer], w.W_enc[layer])
+            a = layer_activate(rm.clt, layer, h + w.b_enc[layer])
+            if self.clamp is not None:
+                a = torch.where(self.clamp[:, :, layer], self.acts[:, :, layer], a)
+        widx = a.nonzero()
+        return widx, a[widx[:, 0], widx[:, 1], widx[:, 2]]
+
+    def resid_mid(self, layer: int, x: torch.Tensor, hook: Any) -> torch.Tensor:
+        """Read the features of ``layer`` off resid_mid and add their writes to ``pending``."""
+        rm, run = self.rm, self.run
+        self.resid[layer] = x
+        idx = rm.active_idx[layer]
+        pre = run.pre[layer] = self.padded(layer, idx).pre(x)
+        widx, base = self.active(layer, x, pre)
+        dense = torch.zeros(
+            rm.n_prompts, rm.n_pos, rm.pre_acts.shape[-1], dtype=rm.dtype, device=x.device
+        )
+        run.acts[layer] = dense.index_put(tuple(widx.unbind(-1)), base.detach())
+        vals = base
+        if self.leaves and self.modes[layer] != "live" and widx is idx:
+            vals = base + self.leaves[layer]
+        out = self.padded(layer, widx).writes(vals).reshape(rm.n_prompts, rm.n_pos, -1, x.shape[-1])
+        for j, tgt in enumerate(rm.clt.target_layers(layer)):
+            self.pending[tgt] = self.pending[tgt] + out[:, :, j]
+        return x
+
+    def mlp_out(self, layer: int, y: torch.Tensor, hook: Any) -> torch.Tensor:
+        """The MLP output: pending feature writes + b_dec + skip + error (+ its leaf)."""
+        w, x = self.w, self.resid[layer]
+        out = self.pending[layer] + w.b_dec[layer] / w.out_scale[layer] + self.errors[:, :, layer]
+        if w.W_skip is not None:
+            out = out + (x * w.in_scale[layer]) @ w.W_skip[layer] / w.out_scale[layer]
+        if self.leaves:
+            out = out + self.leaves[self.rm.n_layers + layer]
+        return out
+
+    def hooks(self) -> FwdHooks:
+        rm, L = self.rm, self.rm.n_layers
+
+        def const(name: str) -> HookFn:
+            return lambda t, hook: rm.frozen[name]
+
+        def embed(t: torch.Tensor, hook: Any) -> torch.Tensor:
+            return self.embed + self.leaves[2 * L] if self.leaves else self.embed
+
+        def pos_embed(t: torch.Tensor, hook: Any) -> torch.Tensor:
+            return rm.pos_embed + self.leaves[2 * L + 1] if self.leaves else rm.pos_embed
+
+        hooks: FwdHooks = [(name, const(name)) for name in rm.frozen]
+        hooks += [("hook_embed", embed), ("hook_pos_embed", pos_embed)]
+        for layer in range(L):
+            hooks.append((f"blocks.{layer}.hook_resid_mid", partial(self.resid_mid, layer)))
+            hooks.append((f"blocks.{layer}.hook_mlp_out", partial(self.mlp_out, layer)))
+        return hooks
 
 
 def run_frozen(
@@ -238,106 +336,37 @@ def run_frozen(
     order: one [k_l] per layer for the clean active features, one [n, pos, d] per MLP output, the
     token and the positional embeddings), or True for fresh zero leaves that require grad.
     """
-    L, n, P = rm.n_layers, rm.n_prompts, rm.n_pos
+    L = rm.n_layers
     modes = [modes] * L if isinstance(modes, str) else list(modes)
     if len(modes) != L or any(m not in MODES for m in modes):
         raise ValueError(f"modes must be one of {MODES} per layer ({L} layers)")
-    dt, d = rm.dtype, rm.resid_mid.shape[-1]
-    w = _weights(rm.clt, dt)
-    acts = rm.acts if acts is None else acts.to(dt)
-    errors = rm.errors if errors is None else errors.to(dt)
-    embed = rm.embed if embed is None else embed.to(dt)
-    run = FrozenRun(logits=torch.empty(0), pre=[None] * L, acts=[None] * L, feat_leaves=[None] * L)
+    dt = rm.dtype
     if leaves is True:
         leaves = [t.requires_grad_(True) for t in zero_leaves(rm)]
+    leaves = list(leaves or [])
+    if leaves and len(leaves) != 2 * L + 2:
+        raise ValueError("leaves must hold 2 * n_layers + 2 tensors (see zero_leaves)")
+    run = FrozenRun(logits=torch.empty(0), pre=[torch.empty(0)] * L, acts=[torch.empty(0)] * L)
     if leaves:
-        if len(leaves) != 2 * L + 2:
-            raise ValueError("leaves must hold 2 * n_layers + 2 tensors (see zero_leaves)")
-        run.feat_leaves = list(leaves[:L])
-        run.mlp_leaves = list(leaves[L : 2 * L])
+        run.feat_leaves, run.mlp_leaves = leaves[:L], leaves[L : 2 * L]
         run.embed_leaf, run.pos_leaf = leaves[2 * L], leaves[2 * L + 1]
-    pending: list[torch.Tensor] = [
-        torch.zeros(n, P, d, dtype=dt, device=embed.device) for _ in range(L)
-    ]
-    clt = rm.clt
-
-    def padded(layer: int, idx: torch.Tensor) -> PaddedFeatures:
-        if idx is rm.active_idx[layer] and layer in rm.padded:  # the clean set: built once
-            return rm.padded[layer]
-        return pad_features(clt, layer, idx, n, P, dt)
-
-    def write(layer: int, pf: PaddedFeatures, vals: torch.Tensor) -> None:
-        out = pf.writes(vals).reshape(n, P, -1, d)
-        for j, tgt in enumerate(clt.target_layers(layer)):
-            pending[tgt] = pending[tgt] + out[:, :, j]
-
-    def resid_mid_hook(layer: int):
-        def fn(x: torch.Tensor, hook) -> torch.Tensor:
-            idx = rm.active_idx[layer]
-            run.pre[layer] = padded(layer, idx).pre(x)
-            mode = modes[layer]
-            if mode == "frozen":
-                if acts is rm.acts:
-                    widx, base = idx, rm.active_values(layer)
-                else:
-                    widx = acts[:, :, layer].nonzero()
-                    a = acts[:, :, layer]
-                    base = a[widx[:, 0], widx[:, 1], widx[:, 2]]
-            elif mode == "linear":
-                widx, base = idx, run.pre[layer]
-            else:
-                h = torch.einsum("npd,fd->npf", x * w["in_scale"][layer], w["W_enc"][layer])
-                a = layer_activate(clt, layer, h + w["b_enc"][layer])
-                if clamp is not None:
-                    cl = clamp[:, :, layer]
-                    a = torch.where(cl, acts[:, :, layer], a)
-                widx = a.nonzero()
-                base = a[widx[:, 0], widx[:, 1], widx[:, 2]]
-            dense = torch.zeros(n, P, rm.pre_acts.shape[-1], dtype=dt, device=x.device)
-            run.acts[layer] = dense.index_put(tuple(widx.unbind(-1)), base.detach())
-            vals = base
-            if leaves and mode != "live" and widx is idx:
-                vals = base + run.feat_leaves[layer]
-            write(layer, padded(layer, widx), vals)
-            return x
-
-        return fn
-
-    def mlp_out_hook(layer: int):
-        def fn(y: torch.Tensor, hook) -> torch.Tensor:
-            x = resid[layer]
-            out = pending[layer] + w["b_dec"][layer] / w["out_scale"][layer] + errors[:, :, layer]
-            if w["W_skip"] is not None:
-                out = out + (x * w["in_scale"][layer]) @ w["W_skip"][layer] / w["out_scale"][layer]
-            if leaves:
-                out = out + run.mlp_leaves[layer]
-            return out
-
-        return fn
-
-    resid: dict[int, torch.Tensor] = {}
-
-    def keep_resid(layer: int, inner):
-        def fn(x: torch.Tensor, hook) -> torch.Tensor:
-            resid[layer] = x
-            return inner(x, hook)
-
-        return fn
-
-    def const(name: str):
-        return lambda t, hook: rm.frozen[name]
-
-    def embed_hook(t: torch.Tensor, hook) -> torch.Tensor:
-        return embed + run.embed_leaf if leaves else embed
-
-    def pos_hook(t: torch.Tensor, hook) -> torch.Tensor:
-        return rm.pos_embed + run.pos_leaf if leaves else rm.pos_embed
-
-    hooks = [(name, const(name)) for name in rm.frozen]
-    hooks += [("hook_embed", embed_hook), ("hook_pos_embed", pos_hook)]
-    for layer in range(L):
-        hooks.append((f"blocks.{layer}.hook_resid_mid", keep_resid(layer, resid_mid_hook(layer))))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", mlp_out_hook(layer)))
-    logits = rm.bridge.run_with_hooks(rm.tokens, fwd_hooks=hooks)
-    run.logits = logits[:, -1]
+    embed = rm.embed if embed is None else embed.to(dt)
+    frozen_pass = _FrozenPass(
+        rm=rm,
+        modes=modes,
+        acts=rm.acts if acts is None else acts.to(dt),
+        clamp=clamp,
+        embed=embed,
+        errors=rm.errors if errors is None else errors.to(dt),
+        leaves=leaves,
+        run=run,
+        w=_Weights.of(rm.clt, dt),
+        pending=[
+            torch.zeros(
+                rm.n_prompts, rm.n_pos, rm.resid_mid.shape[-1], dtype=dt, device=embed.device
+            )
+            for _ in range(L)
+        ],
+    )
+    run.logits = rm.bridge.run_with_hooks(rm.tokens, fwd_hooks=frozen_pass.hooks())[:, -1]
     return run

@@ -13,6 +13,7 @@ T = number of layers the layer's features write to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,26 +33,40 @@ class CellMV(torch.autograd.Function):
         return torch.einsum("qba,qb->qa" if transpose else "qab,qb->qa", M, v)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(
+        ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor, bool], output: Any
+    ) -> None:
         M, _, transpose = inputs
         ctx.save_for_backward(M)
         ctx.transpose = transpose
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         (M,) = ctx.saved_tensors
-        return None, CellMV.apply(M, grad, not ctx.transpose), None
+        return None, cell_mv(M, grad, not ctx.transpose), None
 
     @staticmethod
-    def vmap(info, in_dims, M: torch.Tensor, v: torch.Tensor, transpose: bool):
+    def vmap(
+        info: Any,
+        in_dims: tuple[int | None, ...],
+        M: torch.Tensor,
+        v: torch.Tensor,
+        transpose: bool,
+    ) -> tuple[torch.Tensor, int]:
         m_dim, v_dim, _ = in_dims
         if m_dim is not None:
             M = M.movedim(m_dim, 0)
             v = v.movedim(v_dim, 0) if v_dim is not None else v.expand(M.shape[0], *v.shape)
             eq = "Bqba,Bqb->Bqa" if transpose else "Bqab,Bqb->Bqa"
             return torch.einsum(eq, M, v), 0
-        v = v.movedim(v_dim, 0)
+        v = v.movedim(v_dim, 0)  # type: ignore[arg-type]  # vmap batches M or v (or both)
         return torch.einsum("qba,Bqb->Bqa" if transpose else "qab,Bqb->Bqa", M, v), 0
+
+
+def cell_mv(M: torch.Tensor, v: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """``CellMV`` with a type: autograd's ``apply`` has none."""
+    out: torch.Tensor = CellMV.apply(M, v, transpose)  # type: ignore[no-untyped-call]
+    return out
 
 
 @dataclass
@@ -70,7 +85,7 @@ class PaddedFeatures:
         q = self.n * self.pos
         if len(self.idx) == 0:
             return x.new_zeros(0)
-        h = CellMV.apply(self.enc, x.reshape(q, -1), False) + self.b_enc  # [q, kmax]
+        h = cell_mv(self.enc, x.reshape(q, -1), False) + self.b_enc  # [q, kmax]
         return h.reshape(-1).index_select(0, self.slot)
 
     def writes(self, vals: torch.Tensor) -> torch.Tensor:
@@ -80,7 +95,7 @@ class PaddedFeatures:
         if len(self.idx) == 0:
             return vals.new_zeros(self.n, self.pos, T_d)
         padded = vals.new_zeros(q * self.kmax).index_add(0, self.slot, vals)
-        out = CellMV.apply(self.dec_t, padded.reshape(q, self.kmax), False)  # [q, T * d]
+        out = cell_mv(self.dec_t, padded.reshape(q, self.kmax), False)  # [q, T * d]
         return out.reshape(self.n, self.pos, T_d)
 
 

@@ -1,10 +1,7 @@
-"""The run's graph prompt and its ``task`` target: ``graphs.prompt`` when set, else the task's.
-
-The task file's ``[graph]`` table names it: ``prompt`` (a fixed text, tokenised like
-``graphs.prompt``) or ``template`` / ``noun`` / ``year`` (defaults: the task's default template,
-its first noun that is one token, the middle one of its valid start years), built exactly as the
-task's prompts are (BOS text included when the template has ``bos = true``). The ``task`` target
-takes the template's relation, the prompt's YY and (``exact``) its answer.
+"""The run's graph prompt and its ``task`` target: ``graphs.prompt`` when set, else the one the
+task file's ``[graph]`` table names, built exactly as the task's prompts are (docs/methods.md,
+"Graph prompt"). The ``task`` target takes the template's relation, the prompt's YY and
+(``exact``) its answer.
 """
 
 from __future__ import annotations

@@ -152,7 +152,11 @@ def logit_targets(
         d[ti] = 1.0
         out.append(
             Target(
-                label=tokenizer.decode([ti]), direction=d, weight=pi / total, token_id=ti, prob=pi
+                label=str(tokenizer.decode([ti])),
+                direction=d,
+                weight=pi / total,
+                token_id=ti,
+                prob=pi,
             )
         )
     return out
@@ -214,8 +218,8 @@ def make_targets(
     else:
         targets = token_targets(tokenizer, items, V, logits)
     if demean:
-        for t in targets:
-            t.direction = t.direction - t.direction.mean()
+        for tg in targets:
+            tg.direction = tg.direction - tg.direction.mean()
     return targets
 
 

@@ -1,19 +1,7 @@
-"""The planted model's acceptance numbers: interchange accuracy, strictness, corpus loss.
-
-Definitions (also in docs/methods.md, "planted model"):
-
-- **Interchange-intervention accuracy (IIA)** of a high-level variable: over held-out (base,
-  source) pairs that differ in YY (same template, noun and century), patch the variable's aligned
-  components at their position from the source run into the base run. A pair counts as correct
-  when the patched output follows the source, as the high-level model says it must: its answer
-  distribution (the 100 ZZ tokens, renormalised) is closer in total variation to H(XX, YY_source)
-  than to H(XX, YY_base), and its probability difference taken against YY_source is positive.
-- **Strictness** of a non-circuit node (a head or an MLP at one position from YY to END, or at
-  every position at once): patch it from the corrupted (01) run, as path patching does, and take
-  mean_i |PD_patched,i - PD_clean,i| / (PD_clean - PD_corrupted); positions before YY are equal in
-  the two runs, so patching there changes nothing by construction. Reported: the mean over nodes
-  and the worst node.
-- **Corpus loss**: next-token cross-entropy over every position of held-out corpus documents.
+"""The planted model's acceptance numbers: interchange-intervention accuracy (IIA) per
+high-level variable, strictness of the non-circuit nodes, the circuit alone, and held-out corpus
+loss (definitions and bars: docs/methods.md, "planted"). A node's strictness patches it from the
+corrupted (01) run; positions before YY are equal in the two runs, so only YY..END are patched.
 """
 
 from __future__ import annotations

@@ -1,26 +1,17 @@
 """Train the planted model with strict interchange intervention training (``--model planted``).
 
 Loss per step = behaviour + ``iit_weight`` * IIT + ``strict_weight`` * strictness (Gupta et al.
-2024's SIIT, on the high-level model of ``baselines/planted.toml``):
+2024's SIIT on the high-level model of ``baselines/planted.toml``; docs/methods.md, "planted"):
+the toy's corpus loss (``toy_train``); ``pair_batch // 2`` (base, source) pairs that each patch one
+high-level variable from the source, targeting H's output for the source's YY; and as many that
+each patch one non-circuit component (drawn by ``strict_sampling``), at one or all free positions
+or, for ``joint_fraction`` of them, every non-circuit component at once, targeting H's output for
+the base's YY. Both pair losses are cross-entropies against H's distribution over the 100 answer
+tokens at END, computed in one patched forward pass (per-example masks, ``models.siit``).
 
-- behaviour: the toy's loss (``clt_bench.model_training.toy_train``) on the same synthetic corpus,
-  so the model keeps modelling all of it and its activations stay varied enough for a CLT;
-- IIT: ``pair_batch // 2`` (base, source) pairs of task prompts that differ in YY; each example
-  patches one high-level variable (drawn uniformly) at its aligned components and position from
-  the source run; the target is the high-level output for the source's YY, p(ZZ | XX, YY_source);
-- strictness: the other ``pair_batch // 2`` pairs each patch one non-circuit component (drawn
-  uniformly), at one random position from YY to END or at all of them at once; the target is the
-  high-level output for the base's YY.
-
-Both pair losses are full-vocabulary cross-entropies against the high-level distribution over the
-100 answer tokens, read at END; IIT and strictness examples share one patched forward pass
-(per-example masks, ``clt_bench.models.siit``). Source runs carry no gradient.
-
-Warm start: the token and position embeddings are copied from the shipped ``toy`` (the token
-embedding, tied to the unembedding, stays frozen; it is 87 % of the parameters), the rest is
-initialised from ``seed``. Batches, pairs and nodes are drawn from generators seeded by
-``(seed, step)``; checkpoints (weights + AdamW state, safetensors) every ``checkpoint_every`` steps
-make a killed run resume to the same weights.
+The embeddings are copied from the shipped ``toy`` (the token embedding frozen); everything is
+drawn from generators seeded by ``(seed, step)`` and checkpointed every ``checkpoint_every``
+steps, so a killed run resumes to the same weights.
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
 """Train the embedded toy model on the synthetic corpus (``clt-bench toy-model train``).
 
-A Hugging Face ``GPT2LMHeadModel`` with the toy architecture (``clt_bench.models.toy``), AdamW with
-warmup and cosine decay, deterministic from one seed. The full-vocabulary unembedding dominates the
-cost of so small a model, so the loss is an honest full-vocabulary cross-entropy computed at a
-subset of positions only: every year-suffix position (after a century token " 10".." 18", which
-includes the task's answer ZZ) plus ``sample_positions`` random other positions per sequence. The
-hidden states at those positions are gathered *before* the tied ``lm_head`` matmul.
-
-Checkpoints (weights and the AdamW state as safetensors, the step in JSON) are written every
-``checkpoint_every`` steps under ``<out>/checkpoint/``; a killed run started again with the same
-settings resumes from the last one and ends with the same weights. Batches and loss positions are
-drawn from generators seeded by ``(seed, step)``, so they do not depend on where a run resumed.
-The result is ``<out>/toy.safetensors`` (the token embedding in fp16 -- it is 90% of the weights --
-the rest in fp32; the tied ``lm_head`` duplicate dropped) and
-``<out>/config.json`` (arch, seed, steps, training seconds, corpus settings, final metrics).
+A ``GPT2LMHeadModel`` of the toy architecture, AdamW with warm-up and cosine decay, deterministic
+from one seed. The full-vocabulary unembedding dominates the cost of so small a model, so the
+full-vocabulary cross-entropy is taken at a subset of positions only, gathered before the tied
+``lm_head``: every year suffix (after a century token " 10".." 18") plus ``sample_positions``
+random others per sequence. Batches and positions come from generators seeded by ``(seed,
+step)`` and checkpoints every ``checkpoint_every`` steps let a killed run resume to the same
+weights. Writes ``<out>/toy.safetensors`` (the token embedding in fp16, the rest in fp32, no
+``lm_head`` copy) and ``<out>/config.json`` (arch, seed, settings, history, final metrics).
 """
 
 from __future__ import annotations

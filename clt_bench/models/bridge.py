@@ -3,9 +3,16 @@ GPT-2's random-weights variant)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+
+HookFn = Callable[..., Any]  # (activation, hook) -> the activation to use
+FwdHook = tuple[str | HookFn, HookFn]  # (hook name, fn), as ``run_with_hooks`` types it
+FwdHooks = list[FwdHook]
 
 
 def wrap_hf_gpt2(

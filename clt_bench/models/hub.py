@@ -1,17 +1,8 @@
-"""Hub and local checkpoints: the snapshot on disk, its content fingerprint, its tokenizer.
-
-- ``local_snapshot``: the folder a hub name (``gpt2``) or a local path resolves to, fetching only
-  the config, tokenizer and safetensors files when the model is not cached yet.
-- ``snapshot_fingerprint``: the stage hash's identity of the weights (config, tokenizer and weight
-  files by content; a hub cache's blob names are already sha256 digests, so a cached GPT-2 costs
-  no hashing), so other weights under the same name recompute every stage.
-- ``task_tokenizer``: the tokenizer the pipeline encodes with. It never adds BOS: the task adds
-  its own BOS text (TransformerLens loads hub tokenizers with ``add_bos_token=True``, which made
-  every year two tokens longer and the year filter keep nothing). GPT-2's own tokenizer is
-  replaced by the vendored one (the same vocabulary and merges).
-- ``is_gpt2``: whether a model name is GPT-2 small, by name or, for ``hf:<path>``, by architecture
-  and tokenizer (so Hanna et al.'s circuit is the default baseline and the published circuits are
-  compared).
+"""Hub and local checkpoints: the snapshot on disk (``local_snapshot``, fetching only config,
+tokenizer and safetensors files), its content fingerprint (``snapshot_fingerprint``: other weights
+under the same name recompute every stage), the tokenizer the pipeline encodes with
+(``task_tokenizer``: it never adds BOS, the task adds its own BOS text) and whether a model is
+GPT-2 small (``is_gpt2``: by name or, for ``hf:<path>``, by architecture and tokenizer).
 """
 
 from __future__ import annotations

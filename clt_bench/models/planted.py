@@ -1,10 +1,7 @@
-"""The embedded ``planted`` model: GPT-2 architecture, 6 layers, a known greater-than circuit.
-
-Trained by ``clt-bench toy-model train --model planted``
-(``clt_bench.model_training.planted_train``) with strict interchange intervention training, so
-that the high-level causal model and alignment of ``baselines/planted.toml`` are its mechanism on
-the task. The weights ship as ``clt_bench/data/planted/planted.safetensors`` beside a model card
-(``config.json``: architecture, training settings and the measured acceptance numbers).
+"""The embedded ``planted`` model (docs/methods.md, "planted"): GPT-2 architecture, 6 layers,
+trained (``clt_bench.model_training.planted_train``) so that the high-level model of
+``baselines/planted.toml`` is its mechanism on the task. The weights ship in
+``clt_bench/data/planted/`` beside a model card (``config.json``).
 """
 
 from __future__ import annotations

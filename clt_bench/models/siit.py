@@ -1,23 +1,15 @@
 """Interchange interventions on a Hugging Face GPT-2 module, for (strict) interchange training.
 
-Strict Interchange Intervention Training (SIIT; Gupta et al. 2024, "InterpBench", building on
-Geiger et al. 2022's IIT) trains a network N so that a chosen high-level causal model H is its
-mechanism: patching the components aligned with an H variable from a *source* run into a *base*
-run must give H's output with that variable set to its source value (the IIT loss), and patching
-any other component must leave H's base output (the strictness loss).
-
-This module holds the low-level machinery only, on ``transformers``' ``GPT2LMHeadModel`` (the
-module the embedded models are trained as, before TransformerLens wraps them):
-
-- a component is an attention head's output before the output projection (``z``, the input of
-  ``attn.c_proj``: [batch, pos, n_head, d_head]) or an MLP's output ([batch, pos, d_model]);
-- ``record`` runs the model and keeps every component's activation;
-- ``patched`` runs it with a per-example, per-position mask of components whose activations are
-  taken from a recorded source run (``PatchMask``: one boolean tensor per layer and kind).
-
-Per-example masks let one forward pass carry IIT and strictness examples side by side, each with
-its own intervened node. Exactness (an intervention gives exactly the source's activation at the
-node, and nothing else changes upstream) is tested in ``tests/test_planted.py``.
+SIIT (Gupta et al. 2024, "InterpBench"; IIT: Geiger et al. 2022) trains a network so that a
+high-level causal model is its mechanism: patching the components aligned with a variable from a
+*source* run into a *base* run must give the high-level output with that variable from the source,
+and patching any other component must change nothing. This module holds the machinery, on
+``transformers``' ``GPT2LMHeadModel`` (before TransformerLens wraps it): a component is a head's
+output before ``attn.c_proj`` (``z``: [batch, pos, n_head, d_head]) or an MLP's output
+([batch, pos, d_model]); ``record`` keeps every component's activation, and ``patched`` runs the
+model with a per-example, per-position ``PatchMask`` of components taken from a recorded source,
+so one forward pass carries examples with different intervened nodes (tests/test_planted.py
+tests their exactness).
 """
 
 from __future__ import annotations

@@ -163,23 +163,6 @@ def load_model(
     return LoadedModel(name=name, bridge=bridge, tokenizer=tokenizer, loaded_at=time.perf_counter())
 
 
-def count_parameters(bridge: TransformerBridge) -> int:
-    """Parameters of the underlying model, counted once.
-
-    The bridge keeps GPT-2's fused ``c_attn`` and also split q/k/v copies of it; the copies are
-    not counted (tied embeddings are shared tensors and count once as well).
-    """
-    seen: set[int] = set()
-    total = 0
-    for name, p in bridge.original_model.named_parameters():
-        if any(f".attn.{x}._original_component" in name for x in "qkv"):
-            continue
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel()
-    return total
-
-
 def model_fingerprint(name: str) -> str:
     """Identifies a model's weights where the name alone does not: the retrainable toy, and a
     hub model or local checkpoint by the content of its snapshot (``hub.hub_fingerprint``)."""

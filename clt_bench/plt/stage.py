@@ -1,15 +1,9 @@
 """The plt stage: per-layer transcoders trained on the run's activations, scored like the CLT.
 
-``<run>/plt/`` is a sub-run (``clt_bench.stages.run_plt``): its ``task``, ``baseline`` and
-``activations`` are links to the run's own, and the ``clt``, ``graphs`` and ``features`` stages
-run there with the
-``[plt]`` config section in place of ``[clt]`` (so the PLT can have its own size and sparsity).
-The PLT weights land in ``<run>/plt/clt/`` (circuit-tracer's transcoder-set layout), its graph in
-``<run>/plt/graphs/`` and its top features in ``<run>/plt/features/``; the compare stage then sets
-CLT, PLT and neurons side by side.
-
-By default the toy's CLT and PLT have the same number of features per layer (so the same total
-number of features), not the same L0: the comparison is "equal dictionary size".
+``<run>/plt/`` is a sub-run (docs/architecture.md, "Sub-runs") that runs the ``clt``, ``graphs``
+and ``features`` stages with the ``[plt]`` section in place of ``[clt]``. By default the CLT and
+the PLT have the same number of features per layer, not the same L0: the comparison is "equal
+dictionary size".
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
 """Look at a report as a reader would: headless Chromium loads it, checks it, screenshots it.
 
-``check_report`` injects a small script into a copy of the page that, after load, records how
-many images there are and which failed to decode, which elements stick out past the page width
-(content inside ``.scroll`` boxes scrolls and is allowed), the page's scroll width, and whether
-it has a table of contents; Chromium's ``--dump-dom`` returns the result. ``--screenshot`` saves
-the top of the page. Needs Debian's ``chromium`` (or any Chromium/Chrome on PATH).
-
-It also measures readability, on what is displayed (elements hidden by ``display:none`` are not
-read): ``broken_words`` (a word the layout split across lines: a cell narrower than its longest
-word; breaks after a hyphen are allowed), ``tall_rows`` (a table row whose text takes more than
-three lines), ``small_text`` (text whose computed font size is under ``MIN_TEXT_PX``) and
-``small_figures`` (a figure whose smallest text -- tick labels, titles, colour-bar labels -- is
-displayed under ``MIN_FIGURE_TEXT_PX``). A figure's smallest text in its PNG's pixels is its
-smallest font size in points (the ``clt-bench:min-text-pt`` text chunk ``save_figure`` writes;
-matplotlib's default tick label size, 10 pt, when the chunk is missing) times the PNG's DPI / 72;
-the displayed size scales that by the displayed width over the PNG's width.
+``check_report`` injects ``PROBE`` into a copy of the page; after load it records the images and
+which failed to decode, elements sticking out past the page width (outside ``.scroll`` boxes),
+the table of contents, and readability on what is displayed: words the layout split across lines,
+table rows over three lines, text under ``MIN_TEXT_PX`` and figures whose smallest text is
+displayed under ``MIN_FIGURE_TEXT_PX``. A figure's smallest text is its smallest font size (the
+PNG text chunk ``save_figure`` writes; 10 pt without it) times its DPI / 72, scaled by its
+displayed over its natural width. Needs Chromium (Debian's ``chromium``) on PATH.
 """
 
 from __future__ import annotations
@@ -27,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from clt_bench.errors import UserError
 from clt_bench.report.figure_html import text_px
@@ -150,7 +143,9 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         )
 
 
-def _probe(page: Path, script: str, attr: str, width: int, timeout: float, height: int = 1000):
+def _probe(
+    page: Path, script: str, attr: str, width: int, timeout: float, height: int = 1000
+) -> Any:
     """Load a copy of ``page`` with ``script`` appended to its body; ``script`` sets the body's
     ``attr`` attribute to a JSON value, which is returned."""
     exe = find_chromium()
@@ -184,13 +179,13 @@ def check_report(
     screenshot: str | Path | None = None,
     width: int = 1280,
     timeout: float = 60.0,
-) -> dict:
+) -> dict[str, Any]:
     """Load ``html_path`` in headless Chromium; returns the probe's result (see module doc)."""
     page = Path(html_path).resolve()
     limits = f"<script>const MIN_TEXT = {MIN_TEXT_PX}, MIN_FIG = {MIN_FIGURE_TEXT_PX};</script>"
-    result = _probe(page, limits + PROBE, "data-check", width, timeout)
+    result: dict[str, Any] = _probe(page, limits + PROBE, "data-check", width, timeout)
     if screenshot is not None:
-        exe = find_chromium()
+        exe = find_chromium() or "chromium"  # found: the probe ran
         shot = Path(screenshot).resolve()
         _run([exe, f"--window-size={width},1000", f"--screenshot={shot}", page.as_uri()], timeout)
         result["screenshot"] = str(shot) if shot.is_file() else None
@@ -206,7 +201,7 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-def drive_report(html_path: str | Path, body: str, width: int = 1280, timeout: float = 60.0):
+def drive_report(html_path: str | Path, body: str, width: int = 1280, timeout: float = 60.0) -> Any:
     """Run the JavaScript function body ``body`` in the loaded page (after the page's own
     scripts) and return what it returns (JSON); an exception comes back as ``{"error": ...}``.
     Clicks dispatched there run the page's own handlers, as a reader's would."""

@@ -1,23 +1,14 @@
 """``clt-bench check``: compare a run's headline metrics with a committed reference.
 
-Reference file (JSON, written by ``clt-bench make-reference``)::
+The reference (written by ``clt-bench make-reference``, :mod:`clt_bench.report.reference_bands`)
+holds ``metrics``: per headline metric a band ``lo <= run <= hi`` (inclusive) and the policy that
+set it; hand-written entries may instead give ``value`` with ``abs_tol`` / ``rel_tol`` or one-sided
+``min`` / ``max`` bounds. A metric missing from the run fails. Exit 1 when any metric is outside
+its band, 0 otherwise; either way the table of every metric is printed.
 
-    {"reference_schema": 2, "description": "...", "policy": {...},
-     "metrics": {"task.prob_diff": {"policy": "deterministic", "value": 0.81,
-                                    "lo": 0.809999, "hi": 0.810001}, ...}}
-
-A metric passes when ``lo <= run <= hi`` (bounds inclusive; the band and the policy that set it are
-explained in :mod:`clt_bench.report.reference_bands`). Hand-written entries may instead give
-``value`` with ``abs_tol`` / ``rel_tol`` (``|run - value| <= abs_tol + rel_tol * |value|``) or
-one-sided ``min`` / ``max`` bounds. A metric missing from the run fails. Exit 1 when any metric is
-outside its band, 0 otherwise; either way the table of every metric is printed.
-
-Before comparing, the gate makes sure the numbers are the run's own (``stale_stage``):
-``metrics.json`` records the hash of every stage the report was made from, and each stage's
-``stage.json`` must still carry that hash. A stage recomputed since (``--stages clt`` with another
-config), a stage left unfinished by a killed run, a report killed before it finished, or a run
-still writing the folder ends the check with one sentence naming the stage (exit 2), rather than
-passing on the previous run's numbers.
+First the gate makes sure the numbers are the run's own (``stale_stage``): each stage's
+``stage.json`` must still carry the hash ``metrics.json`` recorded for it, else the check ends
+with one sentence naming the stage (exit 2) instead of passing on a previous run's numbers.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """``clt-bench compare-runs``: any finished runs side by side, with bootstrap intervals.
 
-Each run contributes its flat headline (``metrics.json``'s ``headline``, or, for a run without
-the report stage, the summaries in ``<stage>/stage.json``). A metric that is a mean over task
-prompts gets a percentile bootstrap 95 % interval over prompts (seeded) from the per-prompt values
-its stage stores (``PER_PROMPT``: the task, baseline, clt and plt/clt ``per_prompt.safetensors``);
-when two runs scored the same prompts (same model and task config) the difference to the first
-run gets a paired bootstrap interval. Every other metric (NMSE, L0, graph scores, counts) is
-shown without an interval: its uncertainty is a spread over transcoder seeds, which one run
-cannot give. ``--out`` writes a page (or markdown) and a forest plot of the paired
-differences beside it.
+Each run contributes its flat headline (``metrics.json``, or the ``<stage>/stage.json``
+summaries of a run without the report stage). A mean over task prompts gets a seeded percentile
+bootstrap 95 % interval from the per-prompt values its stage stores (``PER_PROMPT``), and, where
+two runs scored the same prompts (same model and task config), a paired interval of the
+difference to the first run; other metrics are single values (their spread is over transcoder
+seeds, which one run cannot give). ``--out`` writes a page or markdown and a forest plot.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from clt_bench.errors import UserError
-from clt_bench.io import read_json, write_text
+from clt_bench.io import markdown_table, read_json, write_text
 from clt_bench.report.headline import HEADLINE_ORDER, headline_metrics
 from clt_bench.stats import bootstrap_ci
 
@@ -216,14 +213,8 @@ def compare_runs(
         drow: list[Cell | None] = []
         for r in runs[1:]:
             a, b = base.per_prompt.get(m), r.per_prompt.get(m)
-            paired = (
-                a is not None
-                and b is not None
-                and len(a) == len(b)
-                and base.prompt_key is not None
-                and base.prompt_key == r.prompt_key
-            )
-            if paired:
+            same_prompts = base.prompt_key is not None and base.prompt_key == r.prompt_key
+            if a is not None and b is not None and len(a) == len(b) and same_prompts:
                 d = b - a
                 drow.append(Cell(float(d.mean()), bootstrap_ci(d, n_boot, seed)))
             else:
@@ -233,9 +224,7 @@ def compare_runs(
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, ([c.replace("|", "\\|") for c in row] for row in rows))
 
 
 def _rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -291,7 +280,9 @@ def format_markdown(cmp: Comparison) -> str:
 def forest_plot(cmp: Comparison, path: str | Path) -> Path | None:
     """The paired differences to the first run with their 95 % intervals, one panel per metric
     (each on its own scale), a line at 0; PNG and SVG. ``None`` when no metric was paired."""
-    from clt_bench.plots import plt, save_figure
+    import matplotlib.pyplot as plt
+
+    from clt_bench.plots import save_figure
     from clt_bench.report.headline import metric_name
 
     paired = [m for m in cmp.metrics if any(d is not None for d in cmp.deltas[m])]
@@ -306,7 +297,7 @@ def forest_plot(cmp: Comparison, path: str | Path) -> Path | None:
         for i, (r, d) in enumerate(zip(cmp.runs[1:], cmp.deltas[m], strict=True)):
             labels.append(r.name)
             ys.append(-i)
-            if d is None:
+            if d is None or d.value is None:
                 ax.text(0, -i, "prompts differ: not paired", va="center", ha="center", fontsize=9)
                 continue
             lo, hi = d.ci if d.ci else (d.value, d.value)

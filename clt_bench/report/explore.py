@@ -1,15 +1,9 @@
-"""The report's interactive parts: the feature detail pane and the attribution-graph explorer.
-
-Both are data in the page (``<script type="application/json">``) read by ``assets/report.js``:
-
-* ``features_data``: per feature of ``features/features.csv`` (by its ``feature`` id, e.g.
-  ``L0/373``) the fields ``DETAIL_FIELDS`` it has, its heatmap PNG from the features stage
-  (``heatmap_<rank>_L<layer>_F<id>.png``, inlined at a readable width) and its rows of
-  ``interactions.csv``;
-* ``graph_data``: a pruned graph of ``graphs/`` in the circuit-tracer JSON format, reduced to
-  what the explorer draws: per node its layer, position, kind, influence (``raw_influence``, the
-  node size), cumulative influence (``influence``, what the node threshold prunes) and, for a
-  feature, its id and label; per edge (source, target, weight).
+"""The report's interactive parts: the feature detail pane and the attribution-graph explorer,
+both data in the page (``<script type="application/json">``) that ``assets/report.js`` reads:
+``features_data`` (per feature of ``features.csv``: its ``DETAIL_FIELDS``, its heatmap PNG inlined
+at a readable width, its rows of ``interactions.csv``) and ``graph_data`` (a graph JSON reduced to
+what the explorer draws: per node its layer, position, kind, influence, cumulative influence and
+label; per edge source, target and weight).
 """
 
 from __future__ import annotations
@@ -143,7 +137,7 @@ def features_html(folder: Path) -> str:
 def _feature_id(node: dict[str, Any]) -> str | None:
     """``L<layer>/<feature>`` of a transcoder node (``node_id`` is ``<layer>_<feature>_<pos>``)."""
     parts = str(node.get("node_id", "")).split("_")
-    if KINDS.get(node.get("feature_type")) != "feature" or len(parts) != 3:
+    if KINDS.get(str(node.get("feature_type"))) != "feature" or len(parts) != 3:
         return None
     return f"L{parts[0]}/{parts[1]}"
 
@@ -161,7 +155,8 @@ def graph_data(path: Path, labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if not n_layers:
         layers = [int(n["layer"]) for n in g["nodes"] if str(n.get("layer", "")).isdigit()]
         n_layers = max(layers, default=0)  # the logit row is n_layers + 1
-    nodes, index = [], {}
+    nodes: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
     for n in g["nodes"]:
         kind = KINDS.get(n.get("feature_type"), "other")
         fid = _feature_id(n)

@@ -1,12 +1,9 @@
 """A stage's figure in the report, displayed at a width where its text is readable.
 
-A PNG written by ``save_figure`` records its smallest font size (points) and its DPI, so its
-smallest text measures ``pt * dpi / 72`` of its own pixels (``text_px``). The page shows it at
-``display_width``: wide enough that this text is at least ``MIN_DISPLAY_TEXT_PX`` on screen (a
-little over the readability check's 10 px), never narrower than it would be by default; a figure
-wider than the column scrolls sideways in its box. Small PNGs are inlined (the page stays one
-file); one over ``INLINE_MAX_BYTES`` is linked from its stage folder to keep the page small. The
-caption links the PNG and the SVG ``save_figure`` writes beside it.
+A PNG written by ``save_figure`` records its smallest font size and its DPI, so its smallest text
+measures ``pt * dpi / 72`` of its pixels (``text_px``); ``display_width`` shows it wide enough
+that this is at least ``MIN_DISPLAY_TEXT_PX`` on screen. PNGs up to ``INLINE_MAX_BYTES`` are
+inlined, larger ones linked; the caption links the PNG and its SVG.
 """
 
 from __future__ import annotations

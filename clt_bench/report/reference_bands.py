@@ -1,27 +1,18 @@
-"""Make a regression reference: one band per headline metric, set by a stated policy.
+"""Make a regression reference: one band per headline metric, set by a stated policy (each
+metric's ``policy`` field names it):
 
-Policies (each metric's ``policy`` field says which one set its band):
-
-``exact``
-    A count (integer in every run) that does not depend on the CLT seed: no tolerance at all.
-``deterministic``
-    A metric that does not depend on the CLT seed (the task, the baseline circuit, the
-    activations, and the model-only numbers of later stages, see ``DETERMINISTIC``). Its value is
-    the median over all runs and its tolerance ``max(det_factor * max|run - median|, det_abs_tol,
-    det_rel_tol * |median|)``: the deviation is measured across the seed runs *and* the variation
-    runs (same seed, another thread count, CPU vs GPU), so float noise from those is allowed and
-    nothing else.
-``seed t-interval``
-    A metric that depends on the CLT seed, from ``n >= min_seeds`` seeds: a prediction interval for
-    one new draw, ``mean ± t(1 - alpha / (2 m), n - 1) * s * sqrt(1 + 1/n)``, with ``m`` the number
-    of such metrics (Bonferroni). Under normal seed-to-seed variation a run with a fresh seed fails
-    the whole gate with probability at most ``alpha`` (default 1 %), however the metrics correlate.
-``exact (constant over seeds)``
-    A seed-dependent metric without a floor that did not move over the seeds.
-``seed floor``
-    As above, but the interval was narrower than the metric's floor (``SEED_FLOORS``: a metric that
-    moves in steps, such as a category count or a fraction of a 5-node circuit, can sit still over
-    a handful of seeds and still move by one step with the next); the floor sets the band.
+- ``exact``: a count (integer in every run) that does not depend on the CLT seed: no tolerance.
+- ``deterministic``: a metric that does not depend on the CLT seed (``DETERMINISTIC``): the median
+  over all runs, tolerance ``max(det_factor * max|run - median|, det_abs_tol, det_rel_tol *
+  |median|)``, the deviation measured across the seed runs *and* the variation runs (another
+  thread count, CPU vs GPU), so their float noise is allowed and nothing else.
+- ``seed t-interval``: a seed-dependent metric, from ``n >= min_seeds`` seeds: the prediction
+  interval for one new draw ``mean ± t(1 - alpha / (2 m), n - 1) * s * sqrt(1 + 1/n)``, ``m`` the
+  number of such metrics (Bonferroni): a run with a fresh seed fails the whole gate with
+  probability at most ``alpha`` under normal seed variation, however the metrics correlate.
+- ``exact (constant over seeds)``: a seed-dependent metric without a floor that did not move.
+- ``seed floor``: the interval was narrower than the metric's floor (``SEED_FLOORS``: a metric
+  that moves in steps can sit still over a handful of seeds), which sets the band.
 
 Counts that depend on the seed get their band widened outward to whole numbers.
 """

@@ -1,16 +1,11 @@
-"""Does the model do the task at all? The report's sanity flag.
+"""Does the model do the task at all? The report's sanity flag (docs/methods.md, "report").
 
 Every faithfulness ratio, replacement PD ratio and units-needed count divides by the model's own
-effect (its probability difference, or clean minus corrupted PD). When the model does not do the
-task -- a mis-loaded checkpoint, random or shuffled weights -- that denominator is noise near zero
-and those numbers are meaningless (a random GPT-2 showed a paths ratio of 0.988 beside the
-published 0.89). The flag is raised when
-
-    task.prob_diff < MIN_PROB_DIFF   or   |task.prob_diff - task.corrupted_prob_diff| < MIN_GAP
-
-and then the report says so at the top (report.html and summary.md) and shows those metrics as
-``undefined`` (a degenerate measurement is not a number); ``metrics.json`` keeps their
-values for the record. GPT-2 small has PD 0.817 and corrupted PD -0.457, the toy 0.81 / -0.43.
+effect, which is noise near zero for a model that does not do the task (a mis-loaded checkpoint,
+random weights: a random GPT-2 showed a paths ratio of 0.988). The flag is raised when
+``task.prob_diff < MIN_PROB_DIFF`` or ``|task.prob_diff - task.corrupted_prob_diff| < MIN_GAP``;
+the report then says so at the top and shows those metrics as ``undefined``, while
+``metrics.json`` keeps their values for the record.
 """
 
 from __future__ import annotations

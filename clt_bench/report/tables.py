@@ -1,11 +1,7 @@
-"""A stage's CSV as a readable table in the report.
-
-Every cell stays on one line (numbers to 3 significant digits; a text longer than ``LONG_TEXT``
-characters is cut with an ellipsis and its full text in the hover title); the table lives in a box
-that scrolls sideways with its first column sticky and vertically with its header sticky. A wide
-table shows a curated set of columns (``CURATED`` for the known files, else the first
-``DEFAULT_COLUMNS``); a button shows the rest, and the CSV link has them all. Header clicks sort
-and a filter box narrows the rows (``report.js``).
+"""A stage's CSV as a readable table in the report (docs/methods.md, "The page"): cells on one
+line (3 significant digits; long text cut, in full on hover), a curated set of columns
+(``CURATED``, else the first ``DEFAULT_COLUMNS``) with a button for the rest, sticky first column
+and header; ``report.js`` sorts and filters.
 """
 
 from __future__ import annotations

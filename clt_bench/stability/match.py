@@ -55,7 +55,7 @@ def match_transcoders(a: CrossLayerTranscoder, b: CrossLayerTranscoder) -> list[
     out = []
     for da, db in zip(decoder_directions(a), decoder_directions(b), strict=True):
         if max(da.shape[0], db.shape[0]) > MAX_ASSIGNMENT:
-            vals, idx = zip(*[(c @ db.T).max(dim=1) for c in da.split(4096)], strict=True)
+            vals, idx = zip(*[(c @ db.T).max(dim=1) for c in torch.split(da, 4096)], strict=True)
             out.append(LayerMatch(partner=torch.cat(idx).numpy(), cosine=torch.cat(vals).numpy()))
             continue
         cos = (da @ db.T).numpy()  # [F_a, F_b]

@@ -1,12 +1,9 @@
 """The stability stage: the run's CLT seed and further ones, sharing the seed-independent stages.
 
 ``stability.clt_seeds`` (``clt-bench run --clt-seeds 0,1,2``) names them; the first is the run's
-own ``clt.seed`` (``seeds_config``). Seed s runs as a sub-run in ``run_dir/seeds/clt-seed<s>/`` (a
-complete run with its own report), whose seed-independent stage folders (those whose config
-sections exclude ``clt``: task, baseline, activations and, unless ``stability.plt_seeds``, plt)
-are relative symlinks to the run's own, so they are computed once and every seed's CLT is trained
-on the same activations. Then ``summary.write_stability`` writes ``run_dir/stability/``; the
-report stage, which reads it, follows in the same run.
+own ``clt.seed`` (``seeds_config``). Each further seed runs as a sub-run in
+``<run>/seeds/clt-seed<s>/`` (docs/architecture.md, "Sub-runs"); then ``summary.write_stability``
+writes ``<run>/stability/``.
 """
 
 from __future__ import annotations

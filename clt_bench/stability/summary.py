@@ -1,24 +1,11 @@
 """``<run>/stability/``: how much of a run's feature picture survives another CLT seed.
 
 Inputs: finished runs that differ only in the CLT seed (the first is the reference seed), each
-with ``clt/`` and ``features/`` (features.csv, heatmaps.safetensors).
-
-A top-K feature of seed s is **stable** when its decoder-direction match (``match``) in every
-other seed has cosine >= ``threshold`` (0.9 by default; stated in the outputs). Writes:
-
-- ``stable_features.csv``: every seed's top-K features with their match in each other seed
-  (partner id, cosine, the partner's rank and label when it is in that seed's top-K), ``stable``;
-- ``labels.csv``: per label, the count in each seed, mean and sd over seeds, and the mean number
-  of stable features with that label;
-- ``seeds.csv``: per seed, how many of its top-K are stable and their share of its top-K influence;
-- ``metrics_over_seeds.csv``: every numeric headline metric of the seed-dependent stages as
-  mean +- sd over seeds (a spread over transcoder seeds, not a bootstrap over prompts);
-- ``feature_generalisation_stable.csv``: the rows of the reference seed's
-  ``compare/feature_generalisation.csv`` (its top features' PD contribution kept on each prompt
-  family) for the features that are stable;
-- ``heatmaps_stable.png``: the most influential stable features of the reference seed, each row
-  one feature, each column its match in one seed;
-- ``stability.json`` (all of the above) and ``stability.md``.
+with ``clt/`` and ``features/`` (features.csv, heatmaps.safetensors). A top-K feature of seed s
+is **stable** when its decoder-direction match (``match``) in every other seed has cosine >=
+``threshold`` (0.9 by default; stated in the outputs). The files written: docs/architecture.md
+("Sub-runs"); the spread over seeds they give is one over transcoder seeds, not a bootstrap
+over prompts.
 """
 
 from __future__ import annotations
@@ -39,7 +26,13 @@ from clt_bench.artifacts import stage_summary  # noqa: E402
 from clt_bench.clt.circuit_tracer_io import load_clt  # noqa: E402
 from clt_bench.errors import UserError  # noqa: E402
 from clt_bench.features.shape_scores import LABELS  # noqa: E402
-from clt_bench.io import json_safe, load_tensors, write_json, write_text  # noqa: E402
+from clt_bench.io import (  # noqa: E402
+    json_safe,
+    load_tensors,
+    markdown_table,
+    write_json,
+    write_text,
+)
 from clt_bench.plots import save_figure, yy_zz_heatmap  # noqa: E402
 from clt_bench.stability.match import LayerMatch, match_transcoders  # noqa: E402
 
@@ -290,6 +283,5 @@ def _md(df: pd.DataFrame) -> str:
     def cell(v: Any) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    rows = ([cell(v) for v in row] for row in df.itertuples(index=False))
+    return markdown_table([str(c) for c in df.columns], rows)

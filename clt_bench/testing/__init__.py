@@ -1,16 +1,8 @@
 """Assertions a transcoder author can put in their own tests (and the pytest plugin runs).
 
-Exactness (hold for any transcoder; run in float64)::
-
-    check_completeness, check_capped_exactness, check_single_source_exactness,
-    check_frozen_linearity
-
-Quality bars (``measure_*`` give the numbers)::
-
-    assert_reconstruction, assert_reconstruction_scale, assert_replacement,
-    assert_circuit_recovery
-
-Example, with the plugin's fixtures (``pytest -p clt_bench.pytest_plugin``)::
+Exactness (``check_*``; hold for any transcoder; run in float64) and quality bars (``assert_*``,
+with ``measure_*`` for the numbers). With the plugin's fixtures (``pytest -p
+clt_bench.pytest_plugin``; README, "In your own test suite")::
 
     from clt_bench import testing as T
 

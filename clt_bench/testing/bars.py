@@ -1,19 +1,10 @@
 """Quality bars a transcoder must clear on a model: reconstruction, replacement, circuit recovery.
 
-``measure_*`` return the numbers; ``assert_*`` raise ``AssertionError`` naming the number and the
-bar. The measurements are the pipeline's own (``clt_bench.clt.quality``,
-``clt_bench.compare.curve``) on a small, fixed sample so that they fit in a test:
-
-- reconstruction: NMSE, L0 and dead fraction on the first ``n_tokens`` held-out tokens of the
-  corpus (the toy corpus by default; the tokens the pipeline holds out, never trained on);
-- replacement: the task's probability difference (PD) of the model and of its replacement model
-  (every MLP replaced by the transcoder, no error terms) on a task batch, and their ratio;
-- circuit recovery: rank features by influence on the logit difference (attribution graphs over
-  the batch), keep the top ``top_k`` at their clean activations on the corrupted prompts (every
-  other feature and the error terms corrupted: the features must carry the task on their own)
-  and report the share of the model's PD that comes back (``compare.curve.units_curve``). The
-  clean background is no test here: with clean error terms a transcoder with a shuffled decoder
-  keeps ~90 % of PD at k = 0.
+``measure_*`` return the numbers, ``assert_*`` raise ``AssertionError`` naming the number and the
+bar. The measurements are the pipeline's own (``clt.quality``, ``compare.curve``) on a small fixed
+sample: held-out corpus tokens (never trained on) and a task batch. Circuit recovery keeps the
+top features at their clean activations with every other feature *and* the error terms corrupted:
+with clean error terms even a transcoder with a shuffled decoder keeps ~90 % of PD at k = 0.
 """
 
 from __future__ import annotations
@@ -38,15 +29,7 @@ def heldout_sample(
     from clt_bench.config import RunConfig, with_section
 
     cfg = with_section(cfg or RunConfig(), "activations", eval_tokens=n_tokens)
-    parts = heldout_rows(cfg, loaded)
-    width = max(p.tokens.shape[1] for p in parts)
-
-    def pad(t: torch.Tensor, value: int) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
-
-    rows = TokenRows(
-        torch.cat([pad(p.tokens, 0) for p in parts]), torch.cat([pad(p.mask, False) for p in parts])
-    )
+    rows = TokenRows.cat(heldout_rows(cfg, loaded))
     x, y = heldout_activations(loaded, rows, n_tokens, cfg.activations.batch_size)[:2]
     return x, y
 

@@ -1,16 +1,6 @@
-"""The conformance suite ``pytest --clt-bench-transcoder PATH`` runs on a transcoder.
-
-One test per property, on the model of ``--clt-bench-model`` (default: the toy):
-
-- ``test_loads``: the folder loads in circuit-tracer's layout, fits the model, weights finite;
-- ``test_completeness`` / ``test_capped_exactness`` / ``test_single_source_exactness`` /
-  ``test_frozen_linearity``: attribution-graph exactness on one task prompt (float64);
-- ``test_reconstruction``: NMSE on held-out text below ``--clt-bench-max-nmse``;
-- ``test_reconstruction_scale``: per layer, the least-squares scalar on the transcoder's output
-  within ``--clt-bench-scale-band`` (a decoder off by a factor, which NMSE misses at x1.1);
-- ``test_replacement``: replacement-model PD at least ``--clt-bench-min-pd-ratio`` of the model's;
-- ``test_circuit_recovery``: the top features by influence recover at least
-  ``--clt-bench-min-recovery`` of PD on their own (toy only: the bar is calibrated there).
+"""The conformance suite ``pytest --clt-bench-transcoder PATH`` runs on a transcoder: one test per
+property (README, "In your own test suite"), on the model of ``--clt-bench-model`` (default: the
+toy), with the bars of the plugin's options.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
-"""Exactness properties of attribution graphs on any transcoder (SPEC: local replacement model).
-
-These are the checks behind ``tests/test_graphs_exactness.py``, in the library so that a CLT
-author can run them on their own transcoder (``clt_bench.testing``, the pytest plugin). Each
-raises ``AssertionError`` with the offending values; each holds for *any* transcoder in an exact
-implementation (error nodes absorb what the transcoder misses), so a failure points at the
-transcoder's file (NaN, a wrong activation, thresholds in the wrong units) or at our graph code.
-
-Run them in float64 (``load_model(..., dtype="float64")`` and ``clt.double()``) for tight
-tolerances; ``tokens`` is one prompt [pos].
+"""Exactness properties of attribution graphs that hold for *any* transcoder in an exact
+implementation (error nodes absorb what it misses): the checks behind
+tests/test_graphs_exactness.py, for a CLT author's own transcoder. Each raises ``AssertionError``
+with the offending values, pointing at the transcoder's file (NaN, a wrong activation, thresholds
+in the wrong units) or at the graph code. Run them in float64 (``load_model(..., dtype="float64")``,
+``clt.double()``); ``tokens`` is one prompt [pos].
 """
 
 from __future__ import annotations
