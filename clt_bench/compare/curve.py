@@ -47,6 +47,7 @@ def replacement_pd(
     return {
         "model_prob_diff": pd_m,
         "replacement_prob_diff": pd_r,
-        "replacement_pd_ratio": pd_r / pd_m if pd_m else float("nan"),
+        # a ratio to a PD that is not positive is undefined (docs/methods.md)
+        "replacement_pd_ratio": pd_r / pd_m if pd_m > 0 else float("nan"),
         "replacement_top1_agreement_end": agree,
     }

@@ -114,8 +114,10 @@ def generalisation(
             circ = metrics_of(patch_circuits(ctx, [circuit], complement=True)[0], batch)
             row["circuit_prob_diff"] = circ["prob_diff"]
             row["faithfulness_components_ratio"] = (
-                circ["prob_diff"] / model_pd if model_pd else math.nan
+                circ["prob_diff"] / model_pd if model_pd > 0 else math.nan
             )
+        if not model_pd > 0:
+            row["note"] = "ratios undefined: the model's PD on this family is not positive"
         if len(keys):
             frac = _contributions(loaded, main, batch, keys) / np.where(ref == 0, np.nan, ref)
             kept[name] = frac
