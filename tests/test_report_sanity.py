@@ -96,3 +96,20 @@ def test_flag_rule():
     assert shown["clt.nmse"] == 0.2 and shown["task.prob_diff"] == 1e-4
     assert all(shown[k] == UNDEFINED for k in ratio_metrics(headline))
     assert displayed(headline, ok) is headline
+
+
+def test_terminal_headline_has_published_figures_only_for_their_task():
+    from dataclasses import replace
+
+    from clt_bench.report.headline import PUBLISHED, headline_table
+    from clt_bench.report.task_words import UNKNOWN
+
+    metric = next(k for k in PUBLISHED if k.startswith("task.") and PUBLISHED[k][1] is not None)
+    summary = {"headline": {metric: 0.5}}
+    published = f"{PUBLISHED[metric][1]:.3g}"
+    assert published in headline_table(summary)  # no task words: as before
+    assert published in headline_table(summary, replace(UNKNOWN, published_defined=True))
+    other = replace(UNKNOWN, task="prices", template="t", published_defined=False)
+    table = headline_table(summary, other)
+    assert published not in table.split(metric)[1]
+    assert "no published figure for task prices" in table

@@ -101,8 +101,9 @@ def _run(args: argparse.Namespace, cfg: RunConfig, out: Path) -> int:
     report = out / "report.html"
     if "report" in ctx.results:
         from clt_bench.report.headline import headline_table
+        from clt_bench.report.task_words import task_words_or_default
 
-        print(headline_table(ctx.results["report"]))
+        print(headline_table(ctx.results["report"], task_words_or_default(ctx.cfg)))
         from clt_bench.report.sanity import check_task
 
         sanity = check_task(ctx.results["report"].get("headline", {}))

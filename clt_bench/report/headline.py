@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from clt_bench.report.task_words import TaskWords, task_rows
+
 # headline metric -> (label, published value, where it comes from)
 PUBLISHED: dict[str, tuple[str, float | None, str]] = {
     "task.prob_diff": ("model prob. difference", 0.817, "GPT-2 small, Hanna et al. 2023"),
@@ -347,10 +349,13 @@ def context_phrase(metric: str, measured: Any, model: str) -> str:
     return f"{src}: {_fmt(pub)}; {model} is {abs(diff):.3g} {way}"
 
 
-def headline_table(report_summary: dict[str, Any]) -> str:
-    """Plain-text table of a finished run's headline (for the terminal)."""
+def headline_table(report_summary: dict[str, Any], words: TaskWords | None = None) -> str:
+    """Plain-text table of a finished run's headline (for the terminal); with the run's task
+    ``words``, no published task / baseline figure beside a task they were not measured on."""
     flat = report_summary.get("headline", report_summary)
     rows = headline_rows(flat)
+    if words is not None:
+        rows = task_rows(rows, words)
     if not rows:
         return "(no headline metrics)"
     w = max(len(r[0]) for r in rows)
