@@ -23,7 +23,7 @@ import pandas as pd
 import seaborn as sns
 
 from clt_bench.baseline.circuits import Circuit
-from clt_bench.baseline.faithfulness import patch_circuits
+from clt_bench.baseline.faithfulness import patch_circuits, ratio_undefined_reason
 from clt_bench.baseline.patching import PatchContext
 from clt_bench.baseline.readout import metrics_of
 from clt_bench.clt.model import CrossLayerTranscoder
@@ -116,8 +116,9 @@ def generalisation(
             row["faithfulness_components_ratio"] = (
                 circ["prob_diff"] / model_pd if model_pd > 0 else math.nan
             )
-        if not model_pd > 0:
-            row["note"] = "ratios undefined: the model's PD on this family is not positive"
+        why = ratio_undefined_reason(model_pd)
+        if why:
+            row["note"] = f"ratios undefined: {why}"
         if len(keys):
             frac = _contributions(loaded, main, batch, keys) / np.where(ref == 0, np.nan, ref)
             kept[name] = frac
