@@ -8,7 +8,7 @@ field is a type error (mypy checks this module strictly) or a failing test, not 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 from clt_bench.errors import UserError
 from clt_bench.io import read_json, write_json
@@ -88,6 +88,9 @@ class FeatureRanking(TypedDict):
     extended: list[list[int]]  # the next features too (4 x top_k), for the curves
     extended_influence: list[float]
     write_effects: list[list[float]]  # per feature: its effect written into each layer
+    # per feature: mean first-order (total) PD contribution on the task prompts, the features
+    # table's pd_contribution (absent in runs made before round 11: compare recomputes it)
+    pd_contributions: NotRequired[list[float]]
     positions: list[str]  # YY, END or other
     n_prompts: int
     n_active_features: int

@@ -9,8 +9,10 @@ import math
 import pytest
 from helpers import tiny_bridge
 
+from clt_bench.artifacts import load_ranking
 from clt_bench.clt.circuit_tracer_io import save_clt
-from clt_bench.compare.stage import run_compare_stage
+from clt_bench.compare.generalisation import generalisation
+from clt_bench.compare.stage import load_transcoders, run_compare_stage
 from clt_bench.config import load_config
 from clt_bench.features.stage import run_features_stage, task_prompts
 from clt_bench.graphs.local_replacement import build_replacement
@@ -125,7 +127,11 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
     assert "exact relation" in fams["arithmetic_exact"]["note"]
     hanna = fams["hanna"]
     assert math.isfinite(float(hanna["median_feature_pd_kept"]))
-    ratios = ("clt_replacement_pd_ratio", "plt_replacement_pd_ratio", "faithfulness_components_ratio")
+    ratios = (
+        "clt_replacement_pd_ratio",
+        "plt_replacement_pd_ratio",
+        "faithfulness_components_ratio",
+    )
     if float(hanna["model_prob_diff"]) > 0:
         for key in ratios:
             assert math.isfinite(float(hanna[key])), key
@@ -133,6 +139,26 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
         assert all(hanna[key] == "" for key in ratios)
         assert hanna["note"].startswith("ratios undefined:")
     kept = list(csv.DictReader((tmp_path / "compare" / "feature_generalisation.csv").open()))
+    # compare reuses the features stage's PD contributions on the main template; recomputing
+    # them gives the same table
+    rank = load_ranking(tmp_path)
+    assert rank["pd_contributions"] == pytest.approx(  # features.csv rounds to 6 places
+        [float(r["pd_contribution"]) for r in rows], abs=1e-6
+    )
+    _, recomputed = generalisation(
+        cfg,
+        loaded,
+        load_transcoders(cfg, tmp_path, loaded.device),
+        None,
+        [(int(a), int(b)) for a, b in rank["features"][: cfg.features.family_features]],
+        cfg.task.family_n,
+        batch,
+    )
+    for r in kept:
+        for fam, value in r.items():
+            if fam != "feature":
+                want = recomputed.loc[r["feature"], fam]
+                assert float(value) == pytest.approx(want, rel=1e-6, nan_ok=True), (r, fam)
     assert len(kept) == 5 and "hanna" in kept[0] and "arithmetic_exact" not in kept[0]
     overlap = list(csv.DictReader((tmp_path / "compare" / "overlap.csv").open()))
     assert {r["transcoder"] for r in overlap} == {"clt", "plt"}

@@ -86,12 +86,20 @@ def generalisation(
     features: list[tuple[int, int]],
     n: int,
     reference: TaskBatch,
+    reference_pd: list[float] | None = None,
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """(one row per family, [features x families] fraction of PD contribution kept)."""
+    """(one row per family, [features x families] fraction of PD contribution kept).
+
+    ``reference_pd``: each feature's PD contribution on ``reference`` when the caller has it
+    (the features stage's ``pd_contributions``, same prompts and attributions); else computed.
+    """
     main = transcoders[cfg.clt.kind]
     F = main.spec.n_features
     keys = np.array([layer * F + fid for layer, fid in features], dtype=np.int64)
-    ref = _contributions(loaded, main, reference, keys) if len(keys) else np.zeros(0)
+    if reference_pd is not None and len(reference_pd) >= len(keys):
+        ref = np.asarray(reference_pd[: len(keys)], dtype=np.float64)
+    else:
+        ref = _contributions(loaded, main, reference, keys) if len(keys) else np.zeros(0)
     rows: list[dict[str, Any]] = []
     kept: dict[str, np.ndarray] = {}
     for name, batch in family_batches(cfg, loaded, n).items():

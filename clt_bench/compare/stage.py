@@ -541,6 +541,7 @@ def family_generalisation(
         [(int(a), int(b)) for a, b in rank["features"][: fc.family_features]],
         cfg.task.family_n,
         batch,
+        rank.get("pd_contributions"),
     )
     write_generalisation(
         fam_rows,

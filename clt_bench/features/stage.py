@@ -524,6 +524,7 @@ def run_features_stage(
             extended=[list(att.split_key(int(k))) for k in keys_all[: 4 * fc.top_k]],
             extended_influence=infl_all[: 4 * fc.top_k].tolist(),
             write_effects=[[float(x) for x in w] for w in per_feature_sums(att, keys)["write"]],
+            pd_contributions=[float(r["pd_contribution"]) for r in rows],
             positions=[r["position"] for r in rows],
             n_prompts=len(batch),
             n_active_features=int(len(keys_all)),
