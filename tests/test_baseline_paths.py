@@ -132,3 +132,13 @@ def test_yy_chain_matches_a_hand_built_run(ctx):
     ref = readout_from_logits(b.ln_final(x) @ b.W_U + b.b_U, ctx.batch.answer_ids)
     assert torch.allclose(got, _pd(ctx, ref), atol=1e-6)
     assert (got - _pd(ctx, ctx.source.readout)).abs().max() > 1e-4
+
+
+def test_paths_readout_never_formats_a_tensor(ctx, monkeypatch):
+    """TransformerLens names every hook by its repr (a bound method's includes its object's)."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a tensor was formatted")
+
+    monkeypatch.setattr(torch.Tensor, "__repr__", refuse)
+    paths_readout(ctx, hanna_paths(make_circuit("chain", {"END": ["1.1"], "YY": ["mlp0"]})))

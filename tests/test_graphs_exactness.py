@@ -145,3 +145,17 @@ def test_unfrozen_model_is_not_linear():
         )[0, -1, 7]
         grads.append(torch.autograd.grad(out, leaf)[0])
     assert (grads[0] - grads[1]).abs().max() > 1e-4
+
+
+def test_frozen_pass_never_formats_a_tensor(monkeypatch):
+    """TransformerLens names every hook by its repr (a bound method's repr includes its object's):
+    a frozen pass must not format its tensors for that (it once took half the compare stage)."""
+    loaded = tiny_loaded(2, 16, 0, torch.float32)
+    tokens = torch.tensor([50256, 464, 1175, 15436, 422])
+    rm = build_replacement(loaded.bridge, make_clt(loaded, tokens, "relu", True, False), tokens)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a tensor was formatted")
+
+    monkeypatch.setattr(torch.Tensor, "__repr__", refuse)
+    run_frozen(rm, modes="frozen", leaves=True)

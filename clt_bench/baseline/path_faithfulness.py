@@ -106,7 +106,7 @@ def _write(cache: RunCache, bridge: TransformerBridge, node: Node, pos: int) -> 
     return cache.mlp_out[node.layer][:, pos]
 
 
-@dataclass
+@dataclass(repr=False)  # TransformerLens names each hook by its repr: never format the tensors
 class _PathRun:
     """One ``paths_readout`` pass: the hooks, and the circuit nodes' patched writes they record
     (label -> [n, d] at the node's position) as the forward pass reaches them."""

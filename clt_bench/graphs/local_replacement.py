@@ -225,7 +225,7 @@ def layer_activate(clt: CrossLayerTranscoder, layer: int, h: torch.Tensor) -> to
     return clt.activate(full)[..., layer, :].to(h.dtype)
 
 
-@dataclass
+@dataclass(repr=False)  # TransformerLens names each hook by its repr: never format the tensors
 class _FrozenPass:
     """One ``run_frozen`` pass: its inputs, and the state its hooks share (the decoder writes
     pending for each later MLP output, each layer's resid_mid)."""
