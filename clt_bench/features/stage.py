@@ -240,15 +240,9 @@ class TaskRelation:
 
     @classmethod
     def of(cls, batch: TaskBatch) -> TaskRelation:
-        rows = np.asarray(heatmap_rows(batch.n_answers))
-        if batch.relation != "exact":
-            return cls(batch.relation, rows=rows)
-        yy, ans = batch.yy.numpy(), batch.answer.numpy()
-        answers = np.full(len(rows), -1)
-        for r, y in enumerate(rows):
-            if (yy == y).any():
-                answers[r] = int(ans[yy == y][0])  # the answer is a function of YY
-        return cls("exact", answers, rows)
+        rows = heatmap_rows(batch.n_answers)
+        answers = batch.row_answers(rows)
+        return cls(batch.relation, None if answers is None else np.array(answers), np.array(rows))
 
 
 @torch.no_grad()
