@@ -163,7 +163,7 @@ def yy_zz_heatmap(
     ticks = [i for i, y in enumerate(yy_values) if y % 10 == 0]
     ax.set_yticks(np.array(ticks) + 0.5)
     ax.set_yticklabels([f"{yy_values[i]:02d}" for i in ticks], rotation="vertical", va="center")
-    mark_answers(ax, yy_values, n_answers, answers)
+    mark_answers(ax, yy_values, n_answers, answers, "black" if diverging else "white")
     ax.set_ylabel(axes[0])
     ax.set_xlabel(axes[1])
     ax.set_title(title, fontsize=10)
@@ -175,16 +175,21 @@ def yy_zz_heatmap(
 
 def mark_caption(answers: Answers | None) -> str:
     """What ``mark_answers`` draws, in words (for a caption)."""
-    return "dashed line: ZZ = YY" if answers is None else "white squares: the correct ZZ of each YY"
+    return "dashed line: ZZ = YY" if answers is None else "squares: the correct ZZ of each YY"
 
 
 def mark_answers(
-    ax: plt.Axes, yy_values: Sequence[int], n_answers: int, answers: Answers | None = None
+    ax: plt.Axes,
+    yy_values: Sequence[int],
+    n_answers: int,
+    answers: Answers | None = None,
+    color: str = "white",
 ) -> None:
     """Mark the cell (YY, ZZ = ``answers``' entry) of each row: an exact task's one correct answer
-    per YY, as white squares; ``None`` (gt / lt): the ZZ = YY diagonal, a dashed line (the
-    boundary between right and wrong answers). A mark outside the ``n_answers`` columns (e.g.
-    -1: no prompt has that YY) leaves its row bare."""
+    per YY, as squares; ``None`` (gt / lt): the ZZ = YY diagonal, a dashed line (the boundary
+    between right and wrong answers). A mark outside the ``n_answers`` columns (e.g. -1: no
+    prompt has that YY) leaves its row bare. ``color``: one the colour map's cells do not take
+    (white on viridis; black on a diverging map, whose zero is white)."""
     cols = list(yy_values) if answers is None else [int(z) for z in answers]
     if len(cols) != len(yy_values):
         raise ValueError(f"{len(cols)} answers for {len(yy_values)} heatmap rows")
@@ -202,7 +207,7 @@ def mark_answers(
         }
     )
     xs, ys = [cols[i] + 0.5 for i in rows], [i + 0.5 for i in rows]
-    ax.plot(xs, ys, color="white", label=mark_caption(answers), **style)
+    ax.plot(xs, ys, color=color, label=mark_caption(answers), **style)
 
 
 def _cell_points(ax: plt.Axes, n_rows: int, n_cols: int) -> float:

@@ -43,8 +43,11 @@ def test_gt_heatmap_marks_the_diagonal():
     ax = _draw(np.random.default_rng(0).random((97, 100)))
     xs, ys = _marks(ax)
     assert xs == list(range(2, 99)) and ys == list(range(97))
-    assert ax.lines[0].get_linestyle() == "--"
-    plt.close(ax.figure)
+    assert ax.lines[0].get_linestyle() == "--" and ax.lines[0].get_color() == "white"
+    diverging = _draw(np.random.default_rng(0).normal(size=(97, 100)), diverging=True)
+    assert _marks(diverging) == (xs, ys)  # on white zero cells the mark is black
+    assert diverging.lines[0].get_color() == "black"
+    plt.close("all")
 
 
 def test_marks_stay_inside_a_smaller_answer_space():
@@ -75,7 +78,7 @@ def test_the_caption_says_what_the_mark_is(monkeypatch):
     gt = _caption(monkeypatch, lambda: yy_zz_heatmap(m, "x.png", "t"))
     exact = _caption(monkeypatch, lambda: yy_zz_heatmap(m, "x.png", "t", answers=[5] * 97))
     assert gt == "dashed line: ZZ = YY"
-    assert exact == "white squares: the correct ZZ of each YY"
+    assert exact == "squares: the correct ZZ of each YY"
     grid = {"gt": m, "exact": m}
     both = _caption(
         monkeypatch, lambda: yy_zz_grid(grid, "x.png", "t", answers={"exact": [5] * 97})

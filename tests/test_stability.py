@@ -130,7 +130,7 @@ def test_stable_heatmaps_mark_an_exact_tasks_answers(tmp_path, monkeypatch):
     for ax in panels:
         (line,) = ax.lines
         assert list(line.get_xdata()) == [z + 0.5 for z in answers]
-    assert "the correct ZZ of each YY" in saved[0].texts[-1].get_text()
+    assert saved[0].texts[-1].get_text() == "squares: the correct ZZ of each YY"
 
 
 def _fake_seed_runs(monkeypatch, tmp_path, plt_seeds=False, seeds=(3, 5)) -> list:
