@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import matplotlib.text
@@ -113,6 +115,9 @@ def heatmap(
         cb.outline.set_linewidth(0)
 
 
+# each heatmap row's correct answer ZZ (an exact task's; -1: none), in the order of its YY rows
+Answers = Sequence[int] | np.ndarray
+
 # the greater-than task's axis names (tasks/greater_than: [answers] question_label, label)
 YY_ZZ_AXES = ("start year YY", "predicted end year ZZ")
 
@@ -128,9 +133,11 @@ def yy_zz_heatmap(
     scale: str = "linear",
     colorbar: bool = True,
     axes: tuple[str, str] = YY_ZZ_AXES,
+    answers: Answers | None = None,
 ) -> Path | None:
-    """Draw a [97, 100] YY x ZZ matrix (rows YY = 2..98) with the ZZ = YY diagonal marked;
-    ``axes``: the (rows, columns) axis names, the task file's ``[answers]`` labels.
+    """Draw a [97, 100] YY x ZZ matrix (rows YY = 2..98) with each row's correct answer marked
+    (``mark_answers``; a figure of its own says what the mark is under it); ``axes``: the (rows,
+    columns) axis names, the task file's ``[answers]`` labels.
 
     ``scale`` (probability matrices only): linear | row | log, see ``scale_matrix``; the colour-bar
     label gets the scale's suffix and the caller states it in the title.
@@ -156,19 +163,64 @@ def yy_zz_heatmap(
     ticks = [i for i, y in enumerate(yy_values) if y % 10 == 0]
     ax.set_yticks(np.array(ticks) + 0.5)
     ax.set_yticklabels([f"{yy_values[i]:02d}" for i in ticks], rotation="vertical", va="center")
-    ax.plot(
-        [y + 0.5 for y in yy_values],
-        np.arange(len(yy_values)) + 0.5,
-        color="white",
-        lw=0.8,
-        ls="--",
-    )
+    mark_answers(ax, yy_values, n_answers, answers, "black" if diverging else "white")
     ax.set_ylabel(axes[0])
     ax.set_xlabel(axes[1])
     ax.set_title(title, fontsize=10)
     if own:
+        caption_below(fig, mark_caption(answers))
         return save_figure(fig, path)
     return None
+
+
+def mark_caption(answers: Answers | None) -> str:
+    """What ``mark_answers`` draws, in words (for a caption)."""
+    return "dashed line: ZZ = YY" if answers is None else "squares: the correct ZZ of each YY"
+
+
+def mark_answers(
+    ax: plt.Axes,
+    yy_values: Sequence[int],
+    n_answers: int,
+    answers: Answers | None = None,
+    color: str = "white",
+) -> None:
+    """Mark the cell (YY, ZZ = ``answers``' entry) of each row: an exact task's one correct answer
+    per YY, as squares; ``None`` (gt / lt): the ZZ = YY diagonal, a dashed line (the boundary
+    between right and wrong answers). A mark outside the ``n_answers`` columns (e.g. -1: no
+    prompt has that YY) leaves its row bare. ``color``: one the colour map's cells do not take
+    (white on viridis; black on a diverging map, whose zero is white)."""
+    cols = list(yy_values) if answers is None else [int(z) for z in answers]
+    if len(cols) != len(yy_values):
+        raise ValueError(f"{len(cols)} answers for {len(yy_values)} heatmap rows")
+    rows = [i for i, z in enumerate(cols) if 0 <= z < n_answers]
+    cell = _cell_points(ax, len(yy_values), n_answers)
+    style: dict[str, Any] = (
+        {"ls": "--", "lw": 0.8}
+        if answers is None
+        else {
+            "ls": "none",
+            "marker": "s",
+            "ms": 1.5 * cell,
+            "mfc": "none",
+            "mew": min(0.6, cell / 4),
+        }
+    )
+    xs, ys = [cols[i] + 0.5 for i in rows], [i + 0.5 for i in rows]
+    ax.plot(xs, ys, color=color, label=mark_caption(answers), **style)
+
+
+def _cell_points(ax: plt.Axes, n_rows: int, n_cols: int) -> float:
+    """The side (points) of one heatmap cell as the axes are placed now: a mark that size
+    outlines its cell, in a figure of its own as in a small panel of a grid."""
+    box = ax.get_position()
+    width, height = ax.figure.get_size_inches()
+    return 72.0 * min(box.width * width / max(n_cols, 1), box.height * height / max(n_rows, 1))
+
+
+def caption_below(fig: plt.Figure, text: str) -> None:
+    """``text`` centred under the figure (``save_figure``'s tight bounding box takes it in)."""
+    fig.text(0.5, 0.0, text, ha="center", va="top", fontsize=10)
 
 
 def yy_zz_grid(
@@ -177,9 +229,12 @@ def yy_zz_grid(
     title: str,
     scale: str = "row",
     ncols: int = 4,
+    answers: Mapping[str, Answers | None] | None = None,
 ) -> Path:
     """Small multiples of [97, 100] YY x ZZ probability heatmaps (rows YY = 2..98; one panel per
-    name; rows without prompts left out), one colour scale."""
+    name; rows without prompts left out), one colour scale; ``answers``: each panel's correct
+    answer per row (exact tasks; others: the ZZ = YY diagonal), what the caption under it says."""
+    answers = answers or {}
     names = list(matrices)
     nrows = max(1, -(-len(names) // ncols))
     fig, axes = plt.subplots(
@@ -188,8 +243,16 @@ def yy_zz_grid(
     for ax, name in zip(axes.flat, names, strict=False):
         m = np.asarray(matrices[name])
         rows = [i for i in range(m.shape[0]) if not np.isnan(m[i]).all()]  # YY rows with prompts
+        ans = answers.get(name)
         yy_zz_heatmap(
-            m[rows], path, name, ax=ax, scale=scale, colorbar=False, yy_values=[2 + i for i in rows]
+            m[rows],
+            path,
+            name,
+            ax=ax,
+            scale=scale,
+            colorbar=False,
+            yy_values=[2 + i for i in rows],
+            answers=None if ans is None else [ans[i] for i in rows],
         )
         ax.set_xlabel("ZZ", fontsize=8, labelpad=1)
         ax.set_ylabel("YY", fontsize=8, labelpad=1)
@@ -201,4 +264,6 @@ def yy_zz_grid(
         fig.colorbar(mappable, ax=axes, shrink=0.5, label="mean p(ZZ) / row max")
     caption = SCALE_CAPTIONS.get(scale, "")
     fig.suptitle(f"{title}" + (f" ({caption})" if caption else ""), fontsize=11)
+    marks = dict.fromkeys(mark_caption(answers.get(name)) for name in names)
+    caption_below(fig, "; ".join(marks))
     return save_figure(fig, path)

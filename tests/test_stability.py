@@ -47,14 +47,15 @@ def test_matching_recovers_a_permutation_and_rejects_unrelated_features():
     assert max(float(m.cosine.max()) for m in unrelated) < 0.9
 
 
-def _fake_run(tmp, name, clt, rows, heat):
+def _fake_run(tmp, name, clt, rows, heat, answers=None):
     run = tmp / name
     save_clt(clt, run / "clt")
     (run / "features").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(run / "features" / "features.csv", index=False)
-    save_tensors(
-        run / "features" / "heatmaps.safetensors", {"heatmaps": torch.from_numpy(heat).float()}
-    )
+    tensors = {"heatmaps": torch.from_numpy(heat).float()}
+    if answers is not None:  # an exact task's answer per heatmap row (the features stage's)
+        tensors["answers"] = torch.tensor(answers)
+    save_tensors(run / "features" / "heatmaps.safetensors", tensors)
     write_json(run / "clt" / "stage.json", {"summary": {"nmse": 0.1 + 0.01 * len(name)}})
     return run
 
@@ -106,6 +107,30 @@ def test_stability_flags_labels_and_influence_share(tmp_path):
     metrics = pd.read_csv(tmp_path / "stability" / "metrics_over_seeds.csv").set_index("metric")
     assert metrics.loc["clt.nmse", "mean"] == pytest.approx(0.115)
     assert (tmp_path / "stability" / "heatmaps_stable.png").stat().st_size > 10_000
+
+
+def test_stable_heatmaps_mark_an_exact_tasks_answers(tmp_path, monkeypatch):
+    from clt_bench.stability import summary as mod
+
+    a = random_clt(L, D, F, seed=0)
+    row = {"rank": 1, "feature": "L0/2", "layer": 0, "feature_id": 2, "label": "parity"}
+    heat = np.random.default_rng(0).normal(size=(1, 97, 100))
+    answers = [y + 1 for y in range(2, 99)]
+    runs = [
+        mod.SeedRun.load(s, _fake_run(tmp_path, f"s{s}", a, [row], heat, answers)) for s in (0, 1)
+    ]
+    stable = pd.DataFrame(
+        [{**row, "seed": 0, "stable": True, "rank_seed1": 1, "match_seed1": "L0/2"}]
+    ).assign(cosine_seed1=1.0)
+    saved: list = []
+    monkeypatch.setattr(mod, "save_figure", lambda fig, path: saved.append(fig))
+    mod.stable_heatmaps(runs, stable, tmp_path / "heatmaps_stable.png")
+    panels = [ax for ax in saved[0].axes if ax.get_title()]  # not the colour bars
+    assert len(panels) == 2  # one per seed, each marking the answer cells
+    for ax in panels:
+        (line,) = ax.lines
+        assert list(line.get_xdata()) == [z + 0.5 for z in answers]
+    assert saved[0].texts[-1].get_text() == "squares: the correct ZZ of each YY"
 
 
 def _fake_seed_runs(monkeypatch, tmp_path, plt_seeds=False, seeds=(3, 5)) -> list:

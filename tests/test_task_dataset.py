@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from clt_bench.task.dataset import (
     answer_token_ids,
+    arithmetic_step,
     build_batch,
     build_dataset,
     valid_years,
@@ -103,3 +104,16 @@ def test_generalisation_families_build(task_spec, tokenizer):
         tpl = task_spec.template(name)
         if tpl.year_range:
             assert all(tpl.year_range[0] <= y < tpl.year_range[1] for y in batch.years)
+
+
+def test_row_answers_of_an_exact_family(task_spec, tokenizer):
+    """Each heatmap row's answer (what the YY x ZZ heatmaps mark): YY + step where a prompt has
+    that YY, -1 elsewhere; None for a gt template (the heatmaps mark ZZ = YY there)."""
+    batch = build_dataset(task_spec, tokenizer, "discovery", template="arithmetic_exact", n=40)
+    rows = list(range(2, 99))
+    answers = batch.row_answers(rows)
+    assert answers is not None
+    seen = set(batch.yy.tolist())
+    for y, a in zip(rows, answers, strict=True):
+        assert a == (y + arithmetic_step(y) if y in seen else -1), y
+    assert build_dataset(task_spec, tokenizer, "discovery", n=8).row_answers(rows) is None

@@ -143,7 +143,7 @@ def toy_rows():
     from clt_bench.models import load_model
     from clt_bench.task.families import evaluate_families
 
-    rows, heat = evaluate_families(load_config("toy"), load_model("toy"), load_task(), 12)
+    rows, heat, _ = evaluate_families(load_config("toy"), load_model("toy"), load_task(), 12)
     return {r["name"]: r for r in rows}, heat
 
 

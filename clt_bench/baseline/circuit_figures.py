@@ -12,7 +12,12 @@ import torch
 from clt_bench.baseline.circuits import Circuit, Node
 from clt_bench.baseline.discovery import Step
 from clt_bench.baseline.neurons import NeuronAnalysis
-from clt_bench.plots import YY_ZZ_AXES, save_figure, yy_zz_heatmap  # (headless backend set)
+from clt_bench.plots import (  # (headless backend set)
+    YY_ZZ_AXES,
+    Answers,
+    save_figure,
+    yy_zz_heatmap,
+)
 
 
 def step_heatmap(step: Step, n_heads: int, path: Path, model: str) -> Path:
@@ -114,9 +119,15 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
 
 
 def circuit_heatmap(
-    probs_by_yy: np.ndarray, path: Path, title: str, axes: tuple[str, str] = YY_ZZ_AXES
+    probs_by_yy: np.ndarray,
+    path: Path,
+    title: str,
+    axes: tuple[str, str] = YY_ZZ_AXES,
+    answers: Answers | None = None,
 ) -> Path | None:
-    return yy_zz_heatmap(probs_by_yy, path, title, axes=axes)
+    """The circuit's mean p(ZZ | YY), rows YY = 2.. (``answers``: an exact task's answer per row,
+    marked; else the ZZ = YY diagonal)."""
+    return yy_zz_heatmap(probs_by_yy, path, title, axes=axes, answers=answers)
 
 
 def neuron_panels(na: NeuronAnalysis, top: int, path: Path, model: str) -> Path:

@@ -141,13 +141,15 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> di
         for s in steps
     ]
     figures.append(circuit_graph(circuit, loaded.n_layers, stage / "circuit_graph.png"))
-    heat = yy_heatmap(circ_readout.probs, batch.yy, heatmap_rows(batch.n_answers)).numpy()
+    rows = heatmap_rows(batch.n_answers)
+    heat = yy_heatmap(circ_readout.probs, batch.yy, rows).numpy()
     figures.append(
         circuit_heatmap(
             heat,
             stage / "circuit_heatmap.png",
             f"{loaded.name}: circuit '{circuit.name}' only, mean p(ZZ|YY)",
             (spec.question_label, spec.answer_label),
+            batch.row_answers(rows),
         )
     )
 

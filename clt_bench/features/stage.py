@@ -240,15 +240,9 @@ class TaskRelation:
 
     @classmethod
     def of(cls, batch: TaskBatch) -> TaskRelation:
-        rows = np.asarray(heatmap_rows(batch.n_answers))
-        if batch.relation != "exact":
-            return cls(batch.relation, rows=rows)
-        yy, ans = batch.yy.numpy(), batch.answer.numpy()
-        answers = np.full(len(rows), -1)
-        for r, y in enumerate(rows):
-            if (yy == y).any():
-                answers[r] = int(ans[yy == y][0])  # the answer is a function of YY
-        return cls("exact", answers, rows)
+        rows = heatmap_rows(batch.n_answers)
+        answers = batch.row_answers(rows)
+        return cls(batch.relation, None if answers is None else np.array(answers), np.array(rows))
 
 
 @torch.no_grad()
@@ -442,23 +436,24 @@ def write_heatmaps(
     heat: np.ndarray,
     rows: list[dict[str, Any]],
     out: Path,
-    yy_rows: np.ndarray = YY_VALUES,
+    relation: TaskRelation | None = None,
 ) -> tuple[list[str], Path | None]:
-    """``heatmaps.safetensors`` (every selected feature), a PNG per top ``features.n_plots``
-    feature and their grid; (the PNGs' names, the grid's path). ``yy_rows``: the heatmaps' YY
-    rows; their width is the task's answer count."""
-    fc = cfg.features
-    yy_list = [int(y) for y in yy_rows]
+    """``heatmaps.safetensors`` (every selected feature; an exact task's answer per row beside
+    them, ``answers``), a PNG per top ``features.n_plots`` feature and their grid; (the PNGs'
+    names, the grid's path). ``relation.rows``: the heatmaps' YY rows; their width is the task's
+    answer count; ``relation.answers``: what the heatmaps mark (else the ZZ = YY diagonal)."""
+    fc, rel = cfg.features, relation or TaskRelation()
+    yy_list = [int(y) for y in rel.rows]
     meta = {"rows": f"YY {yy_list[0]}..{yy_list[-1]}", "cols": f"ZZ 0..{heat.shape[-1] - 1:02d}"}
-    save_tensors(
-        out / "heatmaps.safetensors",
-        {"heatmaps": torch.from_numpy(heat).float()},
-        metadata={**meta, "mode": fc.heatmap_mode},
-    )
+    tensors = {"heatmaps": torch.from_numpy(heat).float()}
+    if rel.answers is not None:
+        tensors["answers"] = torch.from_numpy(rel.answers).long()
+    save_tensors(out / "heatmaps.safetensors", tensors, metadata={**meta, "mode": fc.heatmap_mode})
     spec = load_task(cfg.task.task)
     axes = (spec.question_label, spec.answer_label)
-    pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list, axes)
-    grid = table.heatmap_grid(heat, rows, out / "heatmap_grid.png", min(fc.n_plots, 16), yy_list)
+    pngs = table.heatmap_pngs(heat, rows, out, fc.n_plots, yy_list, axes, rel.answers)
+    n_grid = min(fc.n_plots, 16)
+    grid = table.heatmap_grid(heat, rows, out / "heatmap_grid.png", n_grid, yy_list, rel.answers)
     return pngs, grid
 
 
@@ -515,7 +510,7 @@ def run_features_stage(
     table.write_csv(rows, out / "features.csv")
     header = features_md_header(fc, rule, batch, len(rows), summary_not_testable)
     table.write_markdown(rows, out / "features.md", header)
-    pngs, grid = write_heatmaps(cfg, heat, rows, out, relation.rows)
+    pngs, grid = write_heatmaps(cfg, heat, rows, out, relation)
     save_ranking(
         run_dir,
         FeatureRanking(

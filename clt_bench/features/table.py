@@ -12,7 +12,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from clt_bench.io import csv_text, markdown_table, write_text
-from clt_bench.plots import YY_ZZ_AXES, save_figure, yy_zz_heatmap
+from clt_bench.plots import (
+    YY_ZZ_AXES,
+    Answers,
+    caption_below,
+    mark_caption,
+    save_figure,
+    yy_zz_heatmap,
+)
 
 # (column, Markdown header, format) -- the Markdown table shows these; the CSV has every column
 MD_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -78,9 +85,10 @@ def heatmap_pngs(
     n_plots: int,
     yy_values: list[int],
     axes: tuple[str, str] = YY_ZZ_AXES,
+    answers: Answers | None = None,
 ) -> list[str]:
-    """One PNG per feature for the first ``n_plots`` rows (``axes``: the task's axis names);
-    returns the file names."""
+    """One PNG per feature for the first ``n_plots`` rows (``axes``: the task's axis names;
+    ``answers``: an exact task's answer per row, ``yy_zz_heatmap``); returns the file names."""
     names = []
     for i, r in enumerate(rows[:n_plots]):
         name = f"heatmap_{i + 1:03d}_L{r['layer']}_F{r['feature_id']}.png"
@@ -92,6 +100,7 @@ def heatmap_pngs(
             diverging=True,
             yy_values=yy_values,
             axes=axes,
+            answers=answers,
         )
         names.append(name)
     return names
@@ -103,9 +112,11 @@ def heatmap_grid(
     path: Path,
     n: int,
     yy_values: list[int],
+    answers: Answers | None = None,
     cols: int = 4,
 ) -> Path | None:
-    """A grid of the first ``n`` features' heatmaps (each with its own diverging colour scale)."""
+    """A grid of the first ``n`` features' heatmaps (each with its own diverging colour scale;
+    ``answers``: an exact task's answer per row, ``yy_zz_heatmap``)."""
     n = min(n, len(rows))
     if n == 0:
         return None
@@ -124,9 +135,11 @@ def heatmap_grid(
             diverging=True,
             ax=ax,
             yy_values=yy_values,
+            answers=answers,
         )
         ax.set_xlabel("")
         ax.set_ylabel("")
     fig.suptitle("YY x ZZ logit attribution of the top features (rows YY, columns ZZ)")
     fig.tight_layout()
+    caption_below(fig, mark_caption(answers))
     return save_figure(fig, path)

@@ -19,7 +19,7 @@ from clt_bench.task.spec import RELATION_NAMES, RELATION_WORDS, load_task
 CORRECT_SIDE = {
     "gt": "right of the dashed diagonal",
     "lt": "left of the dashed diagonal",
-    "exact": "on one cell per row (the answer)",
+    "exact": "on one cell per row (the answer, marked by a square)",
 }
 # the task file and template whose published figures (Hanna et al. 2023, EAP-IG) are defined
 PUBLISHED_TASK = ("greater_than", "gt", "01")

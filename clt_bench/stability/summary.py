@@ -33,7 +33,7 @@ from clt_bench.io import (  # noqa: E402
     write_json,
     write_text,
 )
-from clt_bench.plots import save_figure, yy_zz_heatmap  # noqa: E402
+from clt_bench.plots import caption_below, mark_caption, save_figure, yy_zz_heatmap  # noqa: E402
 from clt_bench.stability.match import LayerMatch, match_transcoders  # noqa: E402
 
 # stages whose numbers depend on the CLT seed (their summaries are compared across seeds)
@@ -46,6 +46,7 @@ class SeedRun:
     run_dir: Path
     features: pd.DataFrame  # features.csv (rank order)
     heatmaps: np.ndarray  # [K, 97, 100]
+    answers: list[int] | None = None  # an exact task's answer per heatmap row (else None)
 
     @classmethod
     def load(cls, seed: int, run_dir: Path) -> SeedRun:
@@ -53,8 +54,10 @@ class SeedRun:
         if not (fdir / "features.csv").is_file():
             raise UserError(f"no features stage output in {run_dir}; run the pipeline first.")
         df = pd.read_csv(fdir / "features.csv")
-        heat = load_tensors(fdir / "heatmaps.safetensors")["heatmaps"].numpy()
-        return cls(seed=seed, run_dir=Path(run_dir), features=df, heatmaps=heat)
+        tensors = load_tensors(fdir / "heatmaps.safetensors")
+        answers = tensors["answers"].tolist() if "answers" in tensors else None
+        heat = tensors["heatmaps"].numpy()
+        return cls(seed=seed, run_dir=Path(run_dir), features=df, heatmaps=heat, answers=answers)
 
     def summaries(self) -> dict[str, Any]:
         flat: dict[str, Any] = {}
@@ -213,11 +216,13 @@ def stable_heatmaps(
                 cbar_label="",
                 diverging=True,
                 ax=ax,
+                answers=r.answers,
             )
             ax.set_xlabel("")
             ax.set_ylabel("")
     fig.suptitle("Most influential stable features across CLT seeds (rows YY, columns ZZ)")
     fig.tight_layout()
+    caption_below(fig, mark_caption(ref.answers))
     return save_figure(fig, path)
 
 

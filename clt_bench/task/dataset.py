@@ -246,6 +246,14 @@ class TaskBatch:
         None for ``gt`` / ``lt`` (their correct answers follow from YY)."""
         return self._rows(self.answer, idx) if self.relation == "exact" else None
 
+    def row_answers(self, rows: list[int]) -> list[int] | None:
+        """The one correct answer of each heatmap row YY ``rows`` for the ``exact`` relation (a
+        function of YY; -1 where no prompt has that YY); None for ``gt`` / ``lt``."""
+        if self.relation != "exact":
+            return None
+        by_yy = dict(zip(self.yy.tolist(), self.answer.tolist(), strict=True))
+        return [by_yy.get(y, -1) for y in rows]
+
     def _scoring(self, idx: Rows, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         ans = self.exact_answers(idx)
         return self._rows(self.yy, idx).to(device), None if ans is None else ans.to(device)

@@ -24,7 +24,7 @@ from clt_bench.models import LoadedModel
 from clt_bench.plots import yy_zz_grid
 from clt_bench.task.dataset import build_dataset, check_context
 from clt_bench.task.end_logits import end_logits, task_metrics
-from clt_bench.task.metrics import answer_probs, yy_heatmap
+from clt_bench.task.metrics import YY_ROWS, answer_probs, yy_heatmap
 from clt_bench.task.spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,12 @@ COLUMNS = [
 
 def evaluate_families(
     cfg: RunConfig, loaded: LoadedModel, spec: TaskSpec, n: int
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Score every template and family on ``n`` prompts; (rows, name -> [97, 100] p heatmap)."""
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, list[int] | None]]:
+    """Score every template and family on ``n`` prompts; (rows, name -> [97, 100] p heatmap,
+    name -> each heatmap row's answer for an exact family, else None)."""
     rows: list[dict[str, Any]] = []
     heatmaps: dict[str, np.ndarray] = {}
+    answers: dict[str, list[int] | None] = {}
     tok = loaded.tokenizer
     for name, (kind, tpl) in spec.all_templates().items():
         row: dict[str, Any] = {c: "" for c in COLUMNS}
@@ -101,7 +103,8 @@ def evaluate_families(
         )
         rows.append(row)
         heatmaps[name] = yy_heatmap(answer_probs(clean, compact), batch.yy).numpy()
-    return rows, heatmaps
+        answers[name] = batch.row_answers(YY_ROWS)
+    return rows, heatmaps, answers
 
 
 def write_families(
@@ -111,7 +114,7 @@ def write_families(
     n = cfg.task.family_n
     if n <= 0:
         return []
-    rows, heatmaps = evaluate_families(cfg, loaded, spec, n)
+    rows, heatmaps, answers = evaluate_families(cfg, loaded, spec, n)
     path = Path(stage_dir) / "families.csv"
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
@@ -123,6 +126,7 @@ def write_families(
             Path(stage_dir) / "families_heatmap.png",
             f"{loaded.name}: mean p(ZZ | YY) per template and family, n={n} each",
             scale="row",
+            answers=answers,
         )
     return rows
 

@@ -80,6 +80,7 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
         scale="row",
         axes=(spec.question_label, spec.answer_label),
         yy_values=rows,
+        answers=batch.row_answers(rows),
     )
     families = write_families(cfg, loaded, spec, stage_dir)
     metrics: dict[str, Any] = {
