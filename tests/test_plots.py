@@ -96,3 +96,25 @@ def test_grid_panels_keep_their_answers_on_the_rows_with_prompts(monkeypatch):
     xs, ys = _marks(saved[0].axes[0])
     assert (xs, ys) == ([5, 9, 13], [0, 1, 2])
     plt.close("all")
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_neuron_panels_mark_the_answers(tmp_path, monkeypatch, exact):
+    """The baseline's neuron outer-product panels (imshow, not seaborn) mark the same cells."""
+    import torch
+
+    from clt_bench.baseline import circuit_figures
+    from clt_bench.baseline.neurons import NeuronAnalysis
+
+    rows = list(range(2, 2 + 48))  # a 50-answer task
+    outer = {n: torch.randn(len(rows), 50) for n in (3, 7)}
+    na = NeuronAnalysis(1, [3, 7], {3: -0.1}, torch.zeros(8), torch.zeros(8), outer, [], 0.5)
+    answers = [(y + 1) % 50 for y in rows] if exact else None
+    figs: list[plt.Figure] = []
+    monkeypatch.setattr(circuit_figures, "save_figure", lambda fig, path: figs.append(fig) or path)
+    circuit_figures.neuron_panels(na, 2, tmp_path / "n.png", "m", answers)
+    for ax in figs[0].axes[:2]:
+        xs, ys = _marks(ax)
+        assert ys == list(range(len(rows)))
+        assert xs == ([float(z) for z in answers] if answers else [float(y) for y in rows])
+    plt.close(figs[0])

@@ -15,6 +15,9 @@ from clt_bench.baseline.neurons import NeuronAnalysis
 from clt_bench.plots import (  # (headless backend set)
     YY_ZZ_AXES,
     Answers,
+    caption_below,
+    mark_answers,
+    mark_caption,
     save_figure,
     yy_zz_heatmap,
 )
@@ -130,22 +133,29 @@ def circuit_heatmap(
     return yy_zz_heatmap(probs_by_yy, path, title, axes=axes, answers=answers)
 
 
-def neuron_panels(na: NeuronAnalysis, top: int, path: Path, model: str) -> Path:
-    """Each top neuron's logit-lens outer product (YY x ZZ) titled with its direct effect."""
+def neuron_panels(
+    na: NeuronAnalysis, top: int, path: Path, model: str, answers: Answers | None = None
+) -> Path:
+    """Each top neuron's logit-lens outer product (YY x ZZ) titled with its direct effect;
+    ``answers``: an exact task's answer per row (``TaskBatch.row_answers``), else the diagonal."""
     ns = na.top(top)
     cols = min(5, len(ns))
     rows = (len(ns) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False, layout="constrained"
+    )
     for ax, n in zip(axes.flat, ns, strict=False):
         m = na.outer[n].numpy()
         v = float(np.nanmax(np.abs(m))) or 1.0
-        ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v, aspect="auto", origin="upper")
         r, w = m.shape  # rows YY = 2.., columns ZZ = 0..(the task's answer count - 1)
-        ax.plot(np.arange(2, 2 + r), np.arange(r), color="k", lw=0.5, ls="--")
+        # cell (i, j) spans [j, j + 1] x [i, i + 1], as in a seaborn heatmap (mark_answers)
+        ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v, aspect="auto", extent=(0, w, r, 0))
+        mark_answers(ax, range(2, 2 + r), w, answers, color="k")
         eff = na.exact_effect.get(n)
         ax.set_title(f"n{n}: ΔPD {eff:+.3f}" if eff is not None else f"n{n}", fontsize=8)
-        ax.set_xticks([0, w // 2, w - 1])
-        ax.set_yticks([0, r // 2, r - 1])
+        ax.set_xticks([t + 0.5 for t in (0, w // 2, w - 1)])
+        ax.set_xticklabels([str(t) for t in (0, w // 2, w - 1)])
+        ax.set_yticks([t + 0.5 for t in (0, r // 2, r - 1)])
         ax.set_yticklabels([f"{2 + t:02d}" for t in (0, r // 2, r - 1)])
     for ax in list(axes.flat)[len(ns) :]:
         ax.axis("off")
@@ -153,6 +163,7 @@ def neuron_panels(na: NeuronAnalysis, top: int, path: Path, model: str) -> Path:
         f"{model}: mlp{na.layer} top neurons — logit-lens outer product (rows YY, cols ZZ)",
         fontsize=9,
     )
+    caption_below(fig, mark_caption(answers))
     return save_figure(fig, path)
 
 

@@ -161,7 +161,13 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> di
     write_text(stage / "units_needed.csv", units_csv(na.curve))
     figures += [
         units_curve(na, stage / "units_needed.png", loaded.name),
-        neuron_panels(na, bcfg.top_neurons, stage / "neurons_outer_product.png", loaded.name),
+        neuron_panels(
+            na,
+            bcfg.top_neurons,
+            stage / "neurons_outer_product.png",
+            loaded.name,
+            batch.row_answers(rows),
+        ),
         neuron_scatter(na, stage / "neurons_lens_vs_patching.png", loaded.name),
     ]
     neurons = {
