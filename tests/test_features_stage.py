@@ -125,7 +125,11 @@ def test_features_and_compare_stages(tmp_path, tokenizer):
     assert "exact relation" in fams["arithmetic_exact"]["note"]
     hanna = fams["hanna"]
     assert math.isfinite(float(hanna["median_feature_pd_kept"]))
-    ratios = ("clt_replacement_pd_ratio", "plt_replacement_pd_ratio", "faithfulness_components_ratio")
+    ratios = (
+        "clt_replacement_pd_ratio",
+        "plt_replacement_pd_ratio",
+        "faithfulness_components_ratio",
+    )
     if float(hanna["model_prob_diff"]) > 0:
         for key in ratios:
             assert math.isfinite(float(hanna[key])), key
