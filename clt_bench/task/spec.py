@@ -214,7 +214,7 @@ def _check_slots(name: str, where: str, key: str, text: str, known: set[str]) ->
     if not isinstance(text, str):
         raise UserError(f"template '{name}' in {where}: {key} must be a string.")
     try:
-        slots = [f for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+        slots = _slots(text)
     except ValueError as err:
         raise UserError(
             f"template '{name}' in {where}: {key} has unbalanced braces ({err}); write a literal "
