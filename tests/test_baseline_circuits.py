@@ -11,10 +11,10 @@ from clt_bench.baseline.circuits import (
     circuit_from_dict,
     load_circuit,
     parse_component,
-    published_names,
     validate_circuit,
 )
 from clt_bench.errors import UserError
+from clt_bench.paths import published_circuit_names
 
 # spec section 5: Hanna release code 7 mid heads, ACDC 6, EAP-IG 8; all three share
 # a0.h1 a0.h3 a0.h5 + MLP0-3 at YY and MLP8-11 at END (EAP-IG: 19 nodes)
@@ -42,7 +42,7 @@ def test_published_counts(name):
 
 
 def test_published_numbers():
-    assert set(PUBLISHED) <= set(published_names())
+    assert set(PUBLISHED) <= set(published_circuit_names())
     h = load_circuit("hanna2023").published
     assert (h["model_prob_diff"], h["model_cutoff_sharpness"]) == (0.817, 0.059)
     assert (

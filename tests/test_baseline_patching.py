@@ -18,13 +18,21 @@ from clt_bench.baseline.patching import (
     resid_patch,
     upstream,
 )
-from clt_bench.baseline.readout import per_example_logit_diff, readout_from_resid
-from clt_bench.task.dataset import build_dataset
+from clt_bench.baseline.readout import EndReadout, readout_from_resid
+from clt_bench.task.dataset import TaskBatch, build_dataset
 
 N_LAYERS, N_HEADS = 3, 2
 SETTINGS = settings(
     max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+
+
+def per_example_logit_diff(readout: EndReadout, batch: TaskBatch) -> torch.Tensor:
+    """[..., n] logit difference (sum variant) per prompt of ``batch``."""
+    if batch.relation == "exact":
+        return batch.logit_diff(readout.answer_logits)
+    good = batch.correct().double()
+    return (readout.answer_logits * (2 * good - 1)).sum(-1)
 
 
 @pytest.fixture(scope="module")

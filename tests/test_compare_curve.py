@@ -10,7 +10,6 @@ from helpers import tiny_bridge
 
 from clt_bench.compare.curve import replacement_pd
 from clt_bench.features.ablation import (
-    constrained_delta_pd,
     constrained_delta_pd_frozen,
     free_delta_pd,
     pd_of,
@@ -75,8 +74,6 @@ def test_task_attributions_and_ablations(setup):
     assert np.all(np.diff(scores) <= 0)
     feats = [att.split_key(k) for k in keys[:3]]
     active = [np.unique(att.pair_prompt[att.pair_key == k]) for k in keys[:3]]
-    d_c = constrained_delta_pd(bridge, clt, batch, feats, active, progress=False)
-    assert d_c.shape == (3,) and np.isfinite(d_c).all()
     rm = build_replacement(bridge, clt, batch.clean)
     acts = [rm.acts[:, :, lay, f].numpy() for lay, f in feats]
     d_f = free_delta_pd(bridge, clt, batch, feats, acts, active, progress=False)
@@ -94,12 +91,6 @@ def test_task_attributions_and_ablations(setup):
         ref = pd_of(bridge.run_with_hooks(batch.clean, fwd_hooks=hooks)[:, -1], batch)
         assert d_f[u] == pytest.approx(float((ref - clean_pd).mean()), abs=1e-6)
     assert np.abs(d_f).max() > 1e-6  # the case is not trivially zero
-    # ablating a feature via scale=1 changes nothing
-    assert np.allclose(
-        constrained_delta_pd(bridge, clt, batch, feats, active, scale=1.0, progress=False),
-        0.0,
-        atol=1e-6,
-    )
     # the fully frozen ablation from direct effects == run_frozen with the feature zeroed
     fast = constrained_delta_pd_frozen(
         att, [int(k) for k in keys[:3]], bridge.W_U, bridge.b_U, batch

@@ -14,7 +14,6 @@ from clt_bench.task.dataset import (
     arithmetic_step,
     build_dataset,
     encode_prompt,
-    prompt_token_ids,
 )
 from clt_bench.task.metrics import (
     cutoff_sharpness_per_example,
@@ -83,15 +82,6 @@ def test_arithmetic_sequence_and_exact_answer(task_spec, tokenizer):
         assert a == y % 100 + arithmetic_step(y) <= 99  # the answer stays in the century
     assert tokenizer.decode(batch.corrupted[0]).endswith("1693, 1695, 1697, 1699, 1701, 17")
     assert 1798 not in batch.years  # 1798 + 3 leaves the century
-
-
-def test_prompt_token_ids_matches_batches(task_spec, tokenizer):
-    batch = build_dataset(task_spec, tokenizer, "discovery", "hanna", n=5)
-    for i in range(5):
-        ids = prompt_token_ids(task_spec, tokenizer, "hanna", batch.years[i], batch.nouns[i])
-        assert ids == batch.clean[i].tolist()
-    ids = prompt_token_ids(task_spec, tokenizer, "goodfire", 1711, "war")
-    assert tokenizer.decode(ids) == "The war lasted from the year 1711 to 17"
 
 
 def test_exact_metrics_hand_values():

@@ -9,7 +9,6 @@ import torch
 from clt_bench.task.metrics import (
     answer_probs,
     cutoff_sharpness_per_example,
-    logit_diff_direction,
     logit_diff_per_example,
     prob_diff_per_example,
     summarize,
@@ -46,8 +45,6 @@ def test_logit_diff_sum_and_mean():
     yy = torch.tensor([49])  # correct: 50..99 (50 tokens); other: 0..49 (50 tokens)
     assert float(logit_diff_per_example(logits, yy)) == 50.0
     assert float(logit_diff_per_example(logits, yy, reduce="mean")) == 1.0
-    c = logit_diff_direction(49)
-    assert float(c @ logits[0]) == 50.0
 
 
 def test_answer_probs_full_vocab_not_renormalised():

@@ -164,17 +164,13 @@ def circuit_from_dict(data: dict[str, Any], where: str) -> Circuit:
         raise UserError(f"circuit file {where} is malformed ({err}).") from err
 
 
-def published_names(root: Path | None = None) -> list[str]:
-    return published_circuit_names(root)
-
-
 def load_circuit(name_or_path: str, root: Path | None = None) -> Circuit:
     """A published circuit by name (``baselines/<name>.toml``) or a circuit JSON/TOML file."""
     path = Path(name_or_path)
     if not path.suffix:
         path = (root or baselines_dir()) / f"{name_or_path}.toml"
         if not path.is_file():
-            known = ", ".join(published_names(root)) or "none"
+            known = ", ".join(published_circuit_names(root)) or "none"
             raise UserError(
                 f"unknown circuit '{name_or_path}' (known: discovered, {known}, or a path to a "
                 f"circuit .json/.toml)."

@@ -75,11 +75,3 @@ def metrics_of(readout: EndReadout, batch: TaskBatch) -> dict[str, float]:
 def per_example_pd(readout: EndReadout, batch: TaskBatch) -> torch.Tensor:
     """[..., n] probability difference per prompt of ``batch`` (leading dims kept)."""
     return batch.prob_diff(readout.probs)
-
-
-def per_example_logit_diff(readout: EndReadout, batch: TaskBatch) -> torch.Tensor:
-    """[..., n] logit difference (sum variant) per prompt of ``batch``."""
-    if batch.relation == "exact":
-        return batch.logit_diff(readout.answer_logits)
-    good = batch.correct().double()
-    return (readout.answer_logits * (2 * good - 1)).sum(-1)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.baseline.circuits import Circuit
 from clt_bench.baseline.ground_truth import mlp_sites
@@ -38,7 +39,7 @@ DEFINITION = (
 )
 
 
-def site_effects(bridge, units: UnitSet, batch: TaskBatch) -> torch.Tensor:
+def site_effects(bridge: TransformerBridge, units: UnitSet, batch: TaskBatch) -> torch.Tensor:
     """[n, L, pos] sum over the units of source layer L of |e[i, u, p]| (module docstring)."""
     per = linear_effects_per_position(bridge, units, batch)
     n, pos = per[0].shape[:2] if per else (len(batch), 0)
@@ -72,7 +73,7 @@ def per_prompt_shares(
 
 
 def effect_shares(
-    bridge,
+    bridge: TransformerBridge,
     units: dict[str, UnitSet],
     batch: TaskBatch,
     truth: Circuit | None,

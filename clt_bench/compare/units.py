@@ -51,15 +51,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.baseline.neurons import curve_ks
-from clt_bench.baseline.patching import end_only_hook, model_device, run_end
+from clt_bench.baseline.patching import model_device, run_end
 from clt_bench.baseline.readout import per_example_pd
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.features.ablation import pd_of
 from clt_bench.graphs.local_replacement import encode_prompts
 from clt_bench.task.dataset import TaskBatch
+from clt_bench.task.end_logits import end_only_hook
 
 FRACTIONS = (0.5, 0.8, 0.9)
 
@@ -144,7 +146,9 @@ def scoped(units: UnitSet, layers: Sequence[int], pos: int) -> UnitSet:
     return UnitSet(units.kind, blocks, units.mlp_clean, err)
 
 
-def _capture(bridge, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+def _capture(
+    bridge: TransformerBridge, tokens: torch.Tensor, names: Sequence[str]
+) -> dict[str, torch.Tensor]:
     _, cache = bridge.run_with_cache(
         tokens.to(model_device(bridge)), names_filter=lambda n: n in set(names)
     )
@@ -152,7 +156,9 @@ def _capture(bridge, tokens: torch.Tensor, names: Sequence[str]) -> dict[str, to
 
 
 @torch.no_grad()
-def neuron_units(bridge, clean: torch.Tensor, corrupted: torch.Tensor) -> UnitSet:
+def neuron_units(
+    bridge: TransformerBridge, clean: torch.Tensor, corrupted: torch.Tensor
+) -> UnitSet:
     """Every MLP neuron of ``bridge`` on [n, pos] clean / corrupted tokens."""
     L = int(bridge.cfg.n_layers)
     post = [f"blocks.{i}.mlp.hook_post" for i in range(L)]
@@ -166,7 +172,7 @@ def neuron_units(bridge, clean: torch.Tensor, corrupted: torch.Tensor) -> UnitSe
 
 @torch.no_grad()
 def feature_units(
-    bridge,
+    bridge: TransformerBridge,
     clt: CrossLayerTranscoder,
     clean: torch.Tensor,
     corrupted: torch.Tensor,
@@ -200,14 +206,18 @@ def feature_units(
 
 
 def _mlp_hooks(outs: torch.Tensor) -> list[tuple[str, Callable[..., torch.Tensor]]]:
-    def hook(t: int):
+    def hook(t: int) -> Callable[..., torch.Tensor]:
         return lambda y, hook: outs[:, :, t].to(y.dtype)
 
     return [(f"blocks.{t}.hook_mlp_out", hook(t)) for t in range(outs.shape[2])]
 
 
 def _endpoint_grads(
-    bridge, units: UnitSet, tokens: torch.Tensor, batch: TaskBatch, keep_all: bool
+    bridge: TransformerBridge,
+    units: UnitSet,
+    tokens: torch.Tensor,
+    batch: TaskBatch,
+    keep_all: bool,
 ) -> torch.Tensor:
     """dPD/d(MLP outputs) [n, pos, L, d] at S = all (``keep_all``) or S = {}, summed over prompts
     (each prompt's PD only depends on its own row)."""
@@ -224,19 +234,22 @@ def _endpoint_grads(
     return grad
 
 
-def linear_effects_per_position(bridge, units: UnitSet, batch: TaskBatch) -> list[torch.Tensor]:
+def linear_effects_per_position(
+    bridge: TransformerBridge, units: UnitSet, batch: TaskBatch
+) -> list[torch.Tensor]:
     """Per block [n, pos, U]: the two-point linear estimate of each unit's effect on each prompt's
     PD at each position, ``delta_u * W_{u->T} . dPD/d out_T`` (gradients averaged over S = {}
     and S = all)."""
     tokens = batch.clean.to(model_device(bridge))
-    g = sum(_endpoint_grads(bridge, units, tokens, batch, k) for k in (False, True)) / 2
+    g0 = _endpoint_grads(bridge, units, tokens, batch, False)
+    g = (g0 + _endpoint_grads(bridge, units, tokens, batch, True)) / 2
     # the gradient w.r.t. a_u is W_{u->T} . dPD/d out_T
     return [
         torch.einsum("nptd,utd->npu", g[:, :, b.targets], b.write) * b.delta for b in units.blocks
     ]
 
 
-def linear_effects(bridge, units: UnitSet, batch: TaskBatch) -> torch.Tensor:
+def linear_effects(bridge: TransformerBridge, units: UnitSet, batch: TaskBatch) -> torch.Tensor:
     """[n_units] mean over prompts of the two-point linear estimate of each unit's effect (summed
     over positions)."""
     parts = [e.sum(1).mean(0) for e in linear_effects_per_position(bridge, units, batch)]
@@ -245,7 +258,11 @@ def linear_effects(bridge, units: UnitSet, batch: TaskBatch) -> torch.Tensor:
 
 @torch.no_grad()
 def _pd_rows(
-    bridge, tokens: torch.Tensor, outs: torch.Tensor, batch: TaskBatch, reps: int = 1
+    bridge: TransformerBridge,
+    tokens: torch.Tensor,
+    outs: torch.Tensor,
+    batch: TaskBatch,
+    reps: int = 1,
 ) -> torch.Tensor:
     """[reps, n] PD of clean-prompt rows ``tokens`` [reps * n, pos] (``batch``'s prompts
     repeated ``reps`` times) with MLP outputs ``outs``."""
@@ -255,7 +272,11 @@ def _pd_rows(
 
 @torch.no_grad()
 def exact_effects(
-    bridge, units: UnitSet, batch: TaskBatch, cand: Sequence[int], rows: int = 512
+    bridge: TransformerBridge,
+    units: UnitSet,
+    batch: TaskBatch,
+    cand: Sequence[int],
+    rows: int = 512,
 ) -> torch.Tensor:
     """[len(cand)] mean over prompts of ((PD({u}) - PD({})) + (PD(all) - PD(all - u))) / 2."""
     n = len(batch)
@@ -287,7 +308,7 @@ def exact_effects(
 
 
 def rank_units(
-    bridge, units: UnitSet, batch: TaskBatch, candidates: int = 32
+    bridge: TransformerBridge, units: UnitSet, batch: TaskBatch, candidates: int = 32
 ) -> tuple[list[int], np.ndarray]:
     """Global unit indices, most clean-minus-corrupt effect first, and each unit's score."""
     lin = linear_effects(bridge, units, batch)
@@ -307,7 +328,7 @@ def rank_units(
 
 @torch.no_grad()
 def curve_pd(
-    bridge,
+    bridge: TransformerBridge,
     units: UnitSet,
     batch: TaskBatch,
     order: Sequence[int],
@@ -321,10 +342,10 @@ def curve_pd(
     offs = units.offsets()
     keep = [torch.zeros(b.n_units, device=dev) for b in units.blocks]
     block_of = np.searchsorted(np.asarray(offs), np.arange(units.n_units), side="right") - 1
-    order = np.asarray(order, dtype=np.int64)
+    ranked = np.asarray(order, dtype=np.int64)
     outs, done = [], 0
     for k in ks:
-        for g in order[done:k]:
+        for g in ranked[done:k]:
             keep[block_of[g]][g - offs[block_of[g]]] = 1.0
         done = k
         outs.append(units.outs(keep))
@@ -403,7 +424,8 @@ class UnitsResult:
 
     @property
     def prob_diff(self) -> np.ndarray:
-        return self.pd.mean(1)
+        mean: np.ndarray = self.pd.mean(1)
+        return mean
 
     @property
     def normalized(self) -> np.ndarray:
@@ -414,7 +436,7 @@ class UnitsResult:
 
 
 def units_needed_curve(
-    bridge,
+    bridge: TransformerBridge,
     make_units: Callable[[torch.Tensor, torch.Tensor], UnitSet],
     batch: TaskBatch,
     dense: int = 32,

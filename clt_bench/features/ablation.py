@@ -6,8 +6,7 @@
   clean values, the feature is set to ``scale`` x its activation (0 = zeroed) at every position.
   That model is affine in the feature, so the END residual moves by exactly (scale - 1) x the
   feature's direct effect on it (``TaskAttributions.direct_x``); the full-vocabulary softmax is then
-  recomputed. ``constrained_delta_pd`` is the variant where the features of the feature's own and
-  later layers are recomputed by the CLT (``run_frozen`` ``live`` mode; slower).
+  recomputed.
 - **free** (``free_delta_pd``): the real model runs unfrozen; the feature's decoder writes
   (clean activation x W_dec to every layer it writes) are removed from ``hook_mlp_out`` at every
   position, and everything downstream (attention, real MLPs) responds.
@@ -29,7 +28,6 @@ import torch
 from tqdm import tqdm
 
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.graphs.local_replacement import ReplacementModel, build_replacement, run_frozen
 from clt_bench.task.dataset import Rows, TaskBatch
 from clt_bench.task.metrics import answer_probs
 
@@ -106,26 +104,6 @@ def pd_of(logits: torch.Tensor, batch: TaskBatch, idx: Rows = None) -> torch.Ten
     return batch.prob_diff(answer_probs(logits, batch.answer_ids), idx)
 
 
-def replicate(rm: ReplacementModel, idx: torch.Tensor) -> ReplacementModel:
-    """A replacement model whose prompts are ``rm``'s prompts ``idx`` [R] (repeats allowed)."""
-    out = ReplacementModel(
-        bridge=rm.bridge,
-        clt=rm.clt,
-        tokens=rm.tokens[idx],
-        frozen={k: v[idx] for k, v in rm.frozen.items()},
-        embed=rm.embed[idx],
-        pos_embed=rm.pos_embed[idx],
-        resid_mid=rm.resid_mid[idx],
-        mlp_out=rm.mlp_out[idx],
-        pre_acts=rm.pre_acts[idx],
-        acts=rm.acts[idx],
-        errors=rm.errors[idx],
-        logits=rm.logits[idx],
-    )
-    out.active_idx = [out.acts[:, :, layer].nonzero() for layer in range(out.n_layers)]
-    return out
-
-
 def _pairs(active: Sequence[np.ndarray], lo: int, hi: int) -> list[tuple[int, int]]:
     """(feature index, prompt) pairs with the prompt in [lo, hi) among each feature's prompts."""
     return [(u, int(p)) for u, ps in enumerate(active) for p in ps if lo <= p < hi]
@@ -174,56 +152,6 @@ def sample_prompts(active: np.ndarray, max_prompts: int) -> np.ndarray:
     if max_prompts <= 0 or len(active) <= max_prompts:
         return active
     return active[np.linspace(0, len(active) - 1, max_prompts).round().astype(int)]
-
-
-@torch.no_grad()
-def constrained_delta_pd(
-    bridge,
-    clt: CrossLayerTranscoder,
-    batch: TaskBatch,
-    features: Sequence[tuple[int, int]],
-    active: Sequence[np.ndarray],
-    scale: float = 0.0,
-    prompts_per_pass: int = 16,
-    rows_per_pass: int = 128,
-    progress: bool = True,
-) -> np.ndarray:
-    """[K] mean Delta PD of clamping each feature (layer, id) to ``scale`` x its activation.
-
-    ``active[u]``: the prompts (indices into ``batch``) where feature u is active.
-    """
-    n = len(batch)
-    total = np.zeros(len(features))
-    for start in tqdm(
-        range(0, n, prompts_per_pass), desc="constrained ablations", disable=not progress
-    ):
-        stop = min(start + prompts_per_pass, n)
-        pairs = _pairs(active, start, stop)
-        if not pairs:
-            continue
-        rm = build_replacement(bridge, clt, batch.clean[start:stop])
-        clean_pd = pd_of(rm.logits, batch, slice(start, stop))
-        for group in _groups(pairs, rows_per_pass):
-            idx = torch.tensor([p - start for _, p in group])
-            rep = replicate(rm, idx)
-            acts, clamp = rep.acts.clone(), torch.zeros_like(rep.acts, dtype=torch.bool)
-            rows = torch.arange(len(group))
-            lay = torch.tensor([features[u][0] for u, _ in group])
-            fid = torch.tensor([features[u][1] for u, _ in group])
-            acts[rows, :, lay, fid] = acts[rows, :, lay, fid] * scale
-            clamp[rows, :, lay, fid] = True
-            first = int(lay.min())
-            modes = ["frozen" if layer < first else "live" for layer in range(rep.n_layers)]
-            logits = end_logits_via(
-                bridge,
-                lambda rep=rep, acts=acts, clamp=clamp, modes=modes: run_frozen(
-                    rep, modes=modes, acts=acts, clamp=clamp
-                ),
-            )
-            delta = pd_of(logits, batch, start + idx) - clean_pd[idx]
-            for r, (u, _) in enumerate(group):
-                total[u] += float(delta[r])
-    return total / max(n, 1)
 
 
 @torch.no_grad()

@@ -261,7 +261,6 @@ def _target_matrix(
 def _chunk(
     rm: ReplacementModel,
     batch: TaskBatch,
-    clt: CrossLayerTranscoder,
     W_U: torch.Tensor,
     b_U: torch.Tensor,
     heatmap_mode: str,
@@ -342,7 +341,7 @@ def task_attributions(
     ):
         sub = batch.subset(list(range(start, min(start + prompts_per_pass, n))))
         rm = build_replacement(bridge, clt, sub.clean)
-        out = _chunk(rm, sub, clt, W_U, b_U, heatmap_mode, direct_effects)
+        out = _chunk(rm, sub, W_U, b_U, heatmap_mode, direct_effects)
         out["table"][:, 0] += start
         parts.append(out)
         del rm

@@ -108,7 +108,6 @@ def target_definition(relation: str, target: str = "task", n_answers: int = 100)
     )
 
 
-TARGET_DEFINITION = target_definition("gt")
 SEED_TEMPLATE, SEED_NOUN, SEED_YEAR = "goodfire", "war", 1711  # "The war lasted ... 1711 to 17"
 
 

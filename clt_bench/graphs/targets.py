@@ -33,8 +33,6 @@ from clt_bench.task.dataset import answer_token_ids
 from clt_bench.task.metrics import correct_mask
 from clt_bench.task.spec import RELATION_NAMES
 
-TARGET_KINDS = ("task", "greater-than", "logits", "answers", "<token strings>")
-
 
 @dataclass
 class Target:

@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from clt_bench.errors import UserError
 from clt_bench.models.tokenizer import gpt2_tokenizer
-from clt_bench.task.dataset import single_token_nouns, valid_years
+from clt_bench.task.dataset import template_nouns, valid_years
 from clt_bench.task.spec import load_task
 
 BOS_PREFIX = "<|endoftext|> "
@@ -125,7 +125,7 @@ def year_tables() -> YearTables:
         spec.suffix_chars,
         drop_century_ends=False,
     )
-    return YearTables(tuple(years), frozenset(years), tuple(single_token_nouns(spec, tok)))
+    return YearTables(tuple(years), frozenset(years), tuple(template_nouns(spec, tok)))
 
 
 def sample_gap(rng: random.Random, max_gap: int) -> int:

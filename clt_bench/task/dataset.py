@@ -2,8 +2,7 @@
 
 Hanna et al.'s construction: the year filter of ``tasks/greater_than/task.toml``, the 01
 corruption (or a family's own counterfactual), the balanced 490-example discovery set and the
-uniform 10,000-example set, every draw seeded. ``prompt_token_ids`` tokenises one prompt exactly as
-the task batches do (for graph prompts).
+uniform 10,000-example set, every draw seeded.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from transformers import PreTrainedTokenizerBase
 from clt_bench.errors import UserError
 from clt_bench.task.metrics import (
     correct_mask,
-    cutoff_sharpness_per_example,
     logit_diff_coefficients,
     logit_diff_per_example,
     pd_coefficients,
@@ -270,11 +268,6 @@ class TaskBatch:
         yy, ans = self._scoring(idx, p.device)
         return prob_diff_per_example(p, yy, self.relation, ans)
 
-    def cutoff_sharpness(self, p: torch.Tensor, idx: Rows = None) -> torch.Tensor:
-        """CS per prompt of answer probabilities ``p`` [n, A] (``task.metrics``); [n]."""
-        yy, ans = self._scoring(idx, p.device)
-        return cutoff_sharpness_per_example(p, yy, self.relation, ans)
-
     def logit_diff(
         self, answer_logits: torch.Tensor, idx: Rows = None, reduce: str = "sum"
     ) -> torch.Tensor:
@@ -391,31 +384,6 @@ def check_task_tokens(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> Non
     answer_token_ids(tokenizer, spec.n_answers)
 
 
-def single_token_nouns(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    return template_nouns(spec, tokenizer)
-
-
-def prompt_token_ids(
-    spec: TaskSpec,
-    tokenizer: PreTrainedTokenizerBase,
-    template: str | Template,
-    year: int,
-    noun: str | None = None,
-    prev: tuple[int, ...] | None = None,
-) -> list[int]:
-    """Token ids of one task prompt, exactly as the task batches tokenise it.
-
-    ``template``: a template or family name (or a Template); ``noun`` defaults to the first usable
-    noun; ``prev`` (sequence families) defaults to the rule's years (random ones seeded by year).
-    """
-    tpl = spec.template(template) if isinstance(template, str) else template
-    noun = noun if noun is not None else template_nouns(spec, tokenizer, tpl)[0]
-    if prev is None:
-        pool = spec_years(spec, tokenizer, tpl) if tpl.sequence == "random_same_century" else None
-        prev = sequence_years(tpl, year, random.Random(year), pool)
-    return encode_prompt(tpl, noun, year, tokenizer, prev).ids
-
-
 def sample_years(spec_n: int, sampling: str, years: list[int], rng: random.Random) -> list[int]:
     """``balanced``: cycle YY = 2..98 and pick a valid year with that YY; ``uniform``: any year."""
     if sampling == "uniform":
@@ -490,7 +458,6 @@ def _redraw_to_one_length(
 
 
 def _corrupted_ids(
-    spec: TaskSpec,
     tokenizer: PreTrainedTokenizerBase,
     tpl: Template,
     enc: EncodedPrompt,
@@ -577,7 +544,7 @@ def build_batch(
         prompts.append(enc.text)
         clean_rows.append(enc.ids)
         yy_positions.append(enc.yy_pos)
-        ids, ok = _corrupted_ids(spec, tokenizer, tpl, enc, noun, year, pv)
+        ids, ok = _corrupted_ids(tokenizer, tpl, enc, noun, year, pv)
         corrupt_rows.append(ids)
         canonical.append(ok)
     lengths = {len(r) for r in clean_rows}

@@ -130,12 +130,6 @@ def pd_coefficients(
     return c.scatter(-1, rival, -1.0)
 
 
-def logit_diff_direction(yy: int, relation: str = "gt", n: int = N_ANSWERS) -> torch.Tensor:
-    """[n] coefficients c with logit_diff = c @ answer_logits (+1 correct, -1 otherwise)."""
-    good = correct_mask(torch.tensor([yy]), relation, n)[0]
-    return good.double() * 2 - 1
-
-
 def heatmap_rows(n_answers: int = N_ANSWERS) -> list[int]:
     """The YY rows of a heatmap over ``n_answers`` answers (the task's ``answers.count``): YY =
     2..98 below the answer count."""

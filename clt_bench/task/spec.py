@@ -214,7 +214,7 @@ def _check_slots(name: str, where: str, key: str, text: str, known: set[str]) ->
     if not isinstance(text, str):
         raise UserError(f"template '{name}' in {where}: {key} must be a string.")
     try:
-        slots = [f for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+        slots = _slots(text)
     except ValueError as err:
         raise UserError(
             f"template '{name}' in {where}: {key} has unbalanced braces ({err}); write a literal "
@@ -231,11 +231,8 @@ def _check_slots(name: str, where: str, key: str, text: str, known: set[str]) ->
             )
 
 
-def _template(
-    name: str, t: dict[str, Any], where: str, base: Path, corrupt_default: str, kind: str
-) -> Template:
-    section = f"{kind}.{name}"
-    check_keys(t, TEMPLATE_KEYS, where, section)
+def _template_text(name: str, t: dict[str, Any], where: str) -> tuple[str, tuple[int, ...]]:
+    """The template's text and the k of each of its ``{YY+k}`` slots."""
     text = _req(t, "text", where)
     _check_slots(name, where, "text", text, {"noun", "XX", "YY"})
     offsets = tuple(sorted({int(m.group(1)) for f in _slots(text) if (m := _DERIVED.fullmatch(f))}))
@@ -243,11 +240,20 @@ def _template(
         raise UserError(
             f"template '{name}' in {where} must contain '{{XX}}{{YY}}' once and end with '{{XX}}'."
         )
+    return text, offsets
+
+
+def _relation(name: str, t: dict[str, Any], where: str) -> str:
     relation = t.get("relation", "gt")
     if relation not in RELATIONS:
         raise UserError(
             f"template '{name}' in {where} has relation '{relation}' (use gt, lt or exact)."
         )
+    return str(relation)
+
+
+def _sequence(name: str, t: dict[str, Any], where: str, text: str) -> tuple[str, int]:
+    """The ``sequence`` rule and the number of ``{prevK}`` slots it fills."""
     sequence = str(t.get("sequence", ""))
     if sequence not in SEQUENCES:
         raise UserError(
@@ -262,6 +268,11 @@ def _template(
             f"template '{name}' in {where} needs both {{prevK}} slots and a 'sequence' rule, "
             f"or neither."
         )
+    return sequence, len(slots)
+
+
+def _step(t: dict[str, Any], where: str, section: str, sequence: str) -> int:
+    """The arithmetic step (0: Hanna's rule; 1 for a consecutive sequence)."""
     step = t.get("step", 0)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0 or step > 99:
         raise UserError(f"task file {where}: {section}.step must be an integer from 1 to 99.")
@@ -269,8 +280,13 @@ def _template(
         raise UserError(
             f'task file {where}: {section}.step needs sequence = "arithmetic" (got {sequence!r}).'
         )
-    if sequence == "consecutive":
-        step = 1
+    return 1 if sequence == "consecutive" else step
+
+
+def _answer_offset(
+    name: str, t: dict[str, Any], where: str, section: str, relation: str, sequence: str
+) -> int | None:
+    """k of ``answer = "YY+k"``; an exact relation needs it or a sequence rule giving the answer."""
     answer_offset: int | None = None
     if "answer" in t:
         m = _ANSWER.fullmatch(str(t["answer"]))
@@ -286,6 +302,11 @@ def _template(
             f"template '{name}' in {where} has relation 'exact', which needs sequence = "
             f'"arithmetic" or "consecutive", or answer = "YY+k" (the rule that gives the answer).'
         )
+    return answer_offset
+
+
+def _template_nouns(name: str, t: dict[str, Any], where: str, base: Path) -> tuple[str, ...]:
+    """The template's own nouns (``nouns`` or ``nouns_file``); empty: the task's."""
     if "nouns" in t and "nouns_file" in t:
         raise UserError(f"template '{name}' in {where} sets both 'nouns' and 'nouns_file'.")
     nouns: tuple[str, ...] = ()
@@ -295,28 +316,54 @@ def _template(
         nouns = _read_nouns(base / str(t["nouns_file"]), where)
     if ("nouns" in t or "nouns_file" in t) and not nouns:
         raise UserError(f"template '{name}' in {where} lists no nouns.")
-    cf = str(t.get("counterfactual", corrupt_default))
+    return nouns
+
+
+def _counterfactual_text(name: str, t: dict[str, Any], where: str) -> str:
     cf_text = str(t.get("counterfactual_text", ""))
     _check_slots(name, where, "counterfactual_text", cf_text, {"noun", "XX"})
     if cf_text and not cf_text.endswith("{XX}"):
         raise UserError(
             f"template '{name}' in {where}: counterfactual_text must end with '{{XX}}'."
         )
+    return cf_text
+
+
+def _year_range(name: str, t: dict[str, Any], where: str) -> tuple[int, int] | None:
     yr = t.get("year_range")
     if yr is not None and (len(yr) != 2 or int(yr[0]) >= int(yr[1])):
         raise UserError(f"template '{name}' in {where} needs year_range = [start, stop).")
+    return (int(yr[0]), int(yr[1])) if yr else None
+
+
+def _template(
+    name: str, t: dict[str, Any], where: str, base: Path, corrupt_default: str, kind: str
+) -> Template:
+    """One ``[templates.<name>]`` or ``[families.<name>]`` table, checked in file order of its
+    rules (the first broken one is the error)."""
+    section = f"{kind}.{name}"
+    check_keys(t, TEMPLATE_KEYS, where, section)
+    text, offsets = _template_text(name, t, where)
+    relation = _relation(name, t, where)
+    sequence, n_prev = _sequence(name, t, where, text)
+    step = _step(t, where, section, sequence)
+    answer_offset = _answer_offset(name, t, where, section, relation, sequence)
+    nouns = _template_nouns(name, t, where, base)
+    cf = str(t.get("counterfactual", corrupt_default))
+    cf_text = _counterfactual_text(name, t, where)
+    year_range = _year_range(name, t, where)
     return Template(
         name=name,
         text=text,
         bos=bool(t.get("bos", True)),
         relation=relation,
-        year_range=(int(yr[0]), int(yr[1])) if yr else None,
+        year_range=year_range,
         source=str(t.get("source", "")),
         counterfactual=cf,
         counterfactual_text=cf_text,
         nouns=nouns,
         sequence=sequence,
-        n_prev=len(slots),
+        n_prev=n_prev,
         metric=str(t.get("metric", default_metric(relation))),
         step=int(step),
         offsets=offsets,
@@ -353,78 +400,84 @@ def resolve_task_path(name: str | Path, root: Path | None = None) -> Path:
     return path
 
 
-def load_task(name: str | Path = "greater_than", root: Path | None = None) -> TaskSpec:
-    """Read and validate a task: a name under ``root`` (default tasks/), a directory, or a file."""
-    path = resolve_task_path(name, root)
-    base = path.parent
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        where = str(path)
-        check_keys(data, TOP_KEYS, where, "")
-        nouns = _read_nouns(base / _req(data, "nouns_file", where), where)
-        yf = _req(data, "year_filter", where)
-        check_keys(yf, YEAR_FILTER_KEYS, where, "year_filter")
-        check_keys(_req(data, "corruption", where), CORRUPTION_KEYS, where, "corruption")
-        answers = _req(data, "answers", where)
-        check_keys(answers, ANSWERS_KEYS, where, "answers")
-        graph = data.get("graph", {})
-        check_keys(graph, GRAPH_KEYS, where, "graph")
-        corrupt = str(_req(_req(data, "corruption", where), "yy", where))
-        for kind in ("templates", "families"):
-            for k, v in data.get(kind, {}).items():
-                check_keys(v, TEMPLATE_KEYS, where, f"{kind}.{k}")
-        for k, v in _req(data, "datasets", where).items():
-            check_keys(v, DATASET_KEYS, where, f"datasets.{k}")
-        templates = {
-            k: _template(k, v, where, base, corrupt, "templates")
-            for k, v in _req(data, "templates", where).items()
-        }
-        families = {
-            k: _template(k, v, where, base, corrupt, "families")
-            for k, v in data.get("families", {}).items()
-        }
-        datasets = {
-            k: DatasetSpec(
-                k,
-                int(_req(v, "n", where)),
-                str(_req(v, "sampling", where)),
-                int(_req(v, "seed", where)),
-            )
-            for k, v in _req(data, "datasets", where).items()
-        }
-        for ds in datasets.values():
-            if ds.sampling not in ("balanced", "uniform") or ds.n <= 0:
-                raise UserError(f"dataset '{ds.name}' in {where} needs n > 0 and a known sampling.")
-        spec = TaskSpec(
-            name=str(_req(data, "name", where)),
-            description=str(data.get("description", "")),
-            nouns=nouns,
-            year_start=int(_req(yf, "start", where)),
-            year_stop=int(_req(yf, "stop", where)),
-            year_tokens=int(yf.get("tokens", 2)),
-            suffix_chars=int(yf.get("suffix_chars", 2)),
-            drop_century_ends=bool(yf.get("drop_century_ends", True)),
-            corrupt_yy=corrupt,
-            n_answers=_answer_count(_req(_req(data, "answers", where), "count", where), where),
-            templates=templates,
-            families=families,
-            datasets=datasets,
-            default_template=str(data.get("default_template", next(iter(templates), ""))),
-            default_family=str(data.get("default_family", "")),
-            path=path,
-            graph_prompt=str(graph.get("prompt", "")),
-            graph_template=str(graph.get("template", "")),
-            graph_noun=str(graph.get("noun", "")),
-            graph_year=int(graph.get("year", 0)),
-            answer_label=str(answers.get("label", "answer ZZ")),
-            question_label=str(answers.get("question_label", "start YY")),
+def _check_tables(data: dict[str, Any], where: str) -> None:
+    """Every table of the file holds only its allowed keys (the required ones are present)."""
+    check_keys(_req(data, "year_filter", where), YEAR_FILTER_KEYS, where, "year_filter")
+    check_keys(_req(data, "corruption", where), CORRUPTION_KEYS, where, "corruption")
+    check_keys(_req(data, "answers", where), ANSWERS_KEYS, where, "answers")
+    check_keys(data.get("graph", {}), GRAPH_KEYS, where, "graph")
+    _req(_req(data, "corruption", where), "yy", where)  # required, read by _parse_task
+    for kind in ("templates", "families"):
+        for k, v in data.get(kind, {}).items():
+            check_keys(v, TEMPLATE_KEYS, where, f"{kind}.{k}")
+    for k, v in _req(data, "datasets", where).items():
+        check_keys(v, DATASET_KEYS, where, f"datasets.{k}")
+
+
+def _datasets(data: dict[str, Any], where: str) -> dict[str, DatasetSpec]:
+    datasets = {
+        k: DatasetSpec(
+            k,
+            int(_req(v, "n", where)),
+            str(_req(v, "sampling", where)),
+            int(_req(v, "seed", where)),
         )
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"task file {path} is not valid TOML ({err}).") from err
-    except UserError:  # a ValueError, but already one clear sentence
-        raise
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
-        raise UserError(f"task file {path} is malformed ({err}).") from err
+        for k, v in _req(data, "datasets", where).items()
+    }
+    for ds in datasets.values():
+        if ds.sampling not in ("balanced", "uniform") or ds.n <= 0:
+            raise UserError(f"dataset '{ds.name}' in {where} needs n > 0 and a known sampling.")
+    return datasets
+
+
+def _parse_task(path: Path) -> TaskSpec:
+    """The task file at ``path`` as a TaskSpec; each table checked (``_check_tables``) before any
+    is read."""
+    base = path.parent
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    where = str(path)
+    check_keys(data, TOP_KEYS, where, "")
+    nouns = _read_nouns(base / _req(data, "nouns_file", where), where)
+    _check_tables(data, where)
+    yf, answers, graph = data["year_filter"], data["answers"], data.get("graph", {})
+    corrupt = str(data["corruption"]["yy"])
+    templates = {
+        k: _template(k, v, where, base, corrupt, "templates")
+        for k, v in _req(data, "templates", where).items()
+    }
+    families = {
+        k: _template(k, v, where, base, corrupt, "families")
+        for k, v in data.get("families", {}).items()
+    }
+    datasets = _datasets(data, where)
+    return TaskSpec(
+        name=str(_req(data, "name", where)),
+        description=str(data.get("description", "")),
+        nouns=nouns,
+        year_start=int(_req(yf, "start", where)),
+        year_stop=int(_req(yf, "stop", where)),
+        year_tokens=int(yf.get("tokens", 2)),
+        suffix_chars=int(yf.get("suffix_chars", 2)),
+        drop_century_ends=bool(yf.get("drop_century_ends", True)),
+        corrupt_yy=corrupt,
+        n_answers=_answer_count(_req(answers, "count", where), where),
+        templates=templates,
+        families=families,
+        datasets=datasets,
+        default_template=str(data.get("default_template", next(iter(templates), ""))),
+        default_family=str(data.get("default_family", "")),
+        path=path,
+        graph_prompt=str(graph.get("prompt", "")),
+        graph_template=str(graph.get("template", "")),
+        graph_noun=str(graph.get("noun", "")),
+        graph_year=int(graph.get("year", 0)),
+        answer_label=str(answers.get("label", "answer ZZ")),
+        question_label=str(answers.get("question_label", "start YY")),
+    )
+
+
+def _check_references(spec: TaskSpec, path: Path) -> None:
+    """The task's nouns exist, and its defaults and graph prompt name templates it has."""
     if not spec.nouns:
         raise UserError(f"task file {path} lists no nouns.")
     if spec.default_template not in spec.templates:
@@ -444,6 +497,20 @@ def load_task(name: str | Path = "greater_than", root: Path | None = None) -> Ta
             f"task file {path}: graph.prompt is a fixed text; give it or graph.template / noun / "
             f"year, not both."
         )
+
+
+def load_task(name: str | Path = "greater_than", root: Path | None = None) -> TaskSpec:
+    """Read and validate a task: a name under ``root`` (default tasks/), a directory, or a file."""
+    path = resolve_task_path(name, root)
+    try:
+        spec = _parse_task(path)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"task file {path} is not valid TOML ({err}).") from err
+    except UserError:  # a ValueError, but already one clear sentence
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
+        raise UserError(f"task file {path} is malformed ({err}).") from err
+    _check_references(spec, path)
     return spec
 
 
