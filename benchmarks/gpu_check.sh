@@ -18,7 +18,7 @@
 # Steps:
 #  toy: clt-bench run on the toy with --device cuda, all stages; then `clt-bench check` against
 #      results/reference/toy.json. To compare with a CPU run of exactly the same settings:
-#        python3 -m clt_bench run --device cpu --out results/toy-cpu
+#        python3 -m clt_bench run --model toy --device cpu --out results/toy-cpu
 #        python3 -m clt_bench compare-runs results/toy-cpu $WORK/toy-cuda
 #      If the full run fails (e.g. in a stage outside the CLT; not when it runs out of time), the
 #      remaining stages are run without the baseline so that their CUDA path is still exercised.
@@ -111,11 +111,11 @@ check_bench() {
 
 # ---- toy: the toy pipeline on the device --------------------------------------------------------
 check_toy() {
-    step toy-run ${TOY_LIMIT:-270} $PY "${CLT[@]}" run --device "$DEVICE" --out "$WORK/toy-$DEVICE" \
-        "${TOY_SETS[@]}"
+    step toy-run ${TOY_LIMIT:-270} $PY "${CLT[@]}" run --model toy --device "$DEVICE" \
+        --out "$WORK/toy-$DEVICE" "${TOY_SETS[@]}"
     rc=$?
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; then  # failed, not out of time
-        step toy-run-without-baseline 120 $PY "${CLT[@]}" run --device "$DEVICE" \
+        step toy-run-without-baseline 120 $PY "${CLT[@]}" run --model toy --device "$DEVICE" \
             --out "$WORK/toy-$DEVICE" --stages task,activations,clt,graphs,features,compare,report \
             "${TOY_SETS[@]}"
     fi

@@ -260,7 +260,9 @@ def test_bf16_toy_clt_matches_the_fp32_reference_within_its_seed_tolerance(tmp_p
     from pathlib import Path
 
     ref = json.loads((Path(__file__).parents[1] / "results/reference/toy.json").read_text())
-    code = main(["train-clt", "--set", 'clt.precision="bf16"', "--out", str(tmp_path)])
+    code = main(
+        ["train-clt", "--model", "toy", "--set", 'clt.precision="bf16"', "--out", str(tmp_path)]
+    )
     assert code == 0
     m = json.loads((tmp_path / "clt" / "metrics.json").read_text())
     assert m["precision"] == "bf16"

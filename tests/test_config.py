@@ -237,4 +237,7 @@ def test_a_model_with_its_own_preset_runs_it_unless_a_preset_is_named():
     assert (named.preset, named.model.name) == ("toy", "planted")
     other = config_from_args(_args("--model", "gpt2-random"))
     assert (other.preset, other.model.name) == ("toy", "gpt2-random")
-    assert config_from_args(_args()).preset == "toy"
+    default = config_from_args(_args())  # neither flag: the planted model, known circuit
+    assert (default.preset, default.model.name) == ("planted", "planted")
+    toy = config_from_args(_args("--model", "toy"))
+    assert (toy.preset, toy.model.name) == ("toy", "toy")

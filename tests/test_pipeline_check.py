@@ -202,6 +202,22 @@ def test_check_cli_exit_codes(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nope"), "--reference", str(good)]) == 2
 
 
+def test_check_defaults_to_the_runs_models_reference(tmp_path, monkeypatch, capsys):
+    """Without --reference: results/reference/<model>.json of the run's config (planted, the
+    default model, and toy each have one); one sentence when the run has no config to tell."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"headline": {"t.x": 0.5}}))
+    assert main(["check", "run", "--numbers-only"]) == 2
+    assert "no config.json beside run" in capsys.readouterr().err
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": {"name": "planted"}}))
+    ref = tmp_path / "results" / "reference" / "planted.json"
+    ref.parent.mkdir(parents=True)
+    ref.write_text(json.dumps({"metrics": {"t.x": {"value": 0.5, "abs_tol": 0.01}}}))
+    assert main(["check", "run", "--numbers-only"]) == 0
+    assert "results/reference/planted.json" in capsys.readouterr().out
+
+
 def test_partial_run_still_sees_finished_stages(fake_stages, tmp_path):
     cfg = load_config("toy")
     pipeline.run_pipeline(cfg, tmp_path, progress=lambda s: None)

@@ -14,6 +14,7 @@ from clt_bench.cli import main
 from clt_bench.config import load_config
 
 TINY = [
+    "--model", "toy",
     "--set", "clt.n_steps=20", "--set", "plt.n_steps=20", "--set", "clt.n_features=32",
     "--set", "plt.n_features=32", "--set", "activations.n_tokens=8000",
     "--set", "activations.eval_tokens=512", "--set", "clt.batch_tokens=256",

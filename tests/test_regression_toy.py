@@ -1,7 +1,7 @@
-"""The CI regression gate: the toy default, end to end, against the committed reference.
+"""The CI regression gate on the toy model, end to end, against the committed reference.
 
-Runs ``clt-bench run`` (every stage) into a fresh temporary directory, so no output of an earlier
-run or of other code can be resumed, and then ``clt-bench check`` against
+Runs ``clt-bench run --model toy`` (every stage) into a fresh temporary directory, so no output of
+an earlier run or of other code can be resumed, and then ``clt-bench check`` against
 results/reference/toy.json (bands per metric kind: clt_bench/report/reference_bands.py). A change to
 the transcoder, attribution or scoring code that moves a headline number outside its band fails
 here with the table of offending metrics. The same finished run, perturbed the way real regressions
@@ -24,7 +24,7 @@ REFERENCE = REPO / "results" / "reference" / "toy.json"
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("ci-toy") / "run"
-    assert main(["run", "--out", str(run_dir)]) == 0
+    assert main(["run", "--model", "toy", "--out", str(run_dir)]) == 0
     return run_dir
 
 

@@ -92,7 +92,15 @@ def test_cli_task_on_own_task_dir(task_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_run_task_and_baseline_on_own_task_dir(task_dir, tmp_path):
     out = tmp_path / "run"
-    argv = ["run", "--stages", "task,baseline", "--task", str(task_dir / "task.toml")]
+    argv = [
+        "run",
+        "--model",
+        "toy",
+        "--stages",
+        "task,baseline",
+        "--task",
+        str(task_dir / "task.toml"),
+    ]
     argv += ["--out", str(out)] + [a for s in SHRINK for a in ("--set", s)]
     assert main(argv) == 0
     for stage in ("task", "baseline"):

@@ -20,8 +20,8 @@ def add_common(p: argparse.ArgumentParser, model: bool = True, out: bool = True)
     p.add_argument(
         "--preset",
         default=None,
-        help="preset name or path to a .toml (default: the --model's own preset where there is "
-        "one, e.g. planted, else toy)",
+        help="preset name or path to a .toml (default: planted; with --model, the model's own "
+        "preset where there is one, else toy)",
     )
     p.add_argument(
         "--set",
@@ -32,7 +32,11 @@ def add_common(p: argparse.ArgumentParser, model: bool = True, out: bool = True)
         help="override a config key, e.g. --set clt.n_features=2048 (repeatable)",
     )
     if model:
-        p.add_argument("--model", default=None, help="toy | gpt2 | gpt2-random | hf:<name>")
+        p.add_argument(
+            "--model",
+            default=None,
+            help="planted | toy | gpt2 | gpt2-random | hf:<name> (default: the preset's)",
+        )
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
     p.add_argument(
         "--task",
@@ -81,15 +85,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 # (GPT-2 keeps the toy preset's sizes unless ``--preset gpt2`` / ``gpt2-cpu`` is asked for: which
 # one depends on the machine, so it is never chosen for the user)
 MODEL_PRESETS = ("toy", "planted")
+# with neither --preset nor --model: the planted model, whose greater-than circuit is known by
+# construction (README, "The planted model": why it is the default)
+DEFAULT_PRESET = "planted"
 
 
 def default_preset(args: argparse.Namespace) -> str:
-    """``--preset``, else the preset of an embedded ``--model`` (``MODEL_PRESETS``), else
-    ``toy``."""
+    """``--preset``, else the preset of an embedded ``--model`` (``MODEL_PRESETS``), else ``toy``
+    for any other model (its sizes), else ``DEFAULT_PRESET``."""
     preset: str | None = getattr(args, "preset", None)
     if preset:
         return preset
     model: str | None = getattr(args, "model", None)
+    if not model:
+        return DEFAULT_PRESET
     return model if model in MODEL_PRESETS else "toy"
 
 

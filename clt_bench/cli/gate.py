@@ -11,7 +11,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "check", help="compare a run's metrics.json with a reference (exit 1 if off)"
     )
     c.add_argument("run_dir", help="results/<run> (or its metrics.json)")
-    c.add_argument("--reference", default="results/reference/toy.json")
+    c.add_argument(
+        "--reference",
+        default=None,
+        help="reference file (default: results/reference/<the run's model>.json)",
+    )
     c.add_argument(
         "--numbers-only",
         action="store_true",
@@ -35,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="runs of one of those seeds under another thread count or device: they measure the "
         "float tolerance of the deterministic metrics",
     )
-    r.add_argument("--out", default="results/reference/toy.json")
+    r.add_argument("--out", default=None, help="default: results/reference/<the runs' model>.json")
     r.add_argument(
         "--alpha",
         type=float,
@@ -69,10 +73,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cr.set_defaults(func=compare_runs_cmd)
 
 
+def reference_for(run: str) -> str:
+    """``results/reference/<model>.json`` for the model of ``run`` (a run folder or its
+    metrics.json), the committed references' naming."""
+    from clt_bench.errors import UserError
+    from clt_bench.io import read_json
+
+    path = Path(run)
+    config = (path.parent if path.suffix == ".json" else path) / "config.json"
+    if not config.is_file():
+        raise UserError(f"no config.json beside {run} to tell its model from; pass --reference.")
+    model = str(read_json(config)["model"]["name"])
+    return f"results/reference/{model}.json"
+
+
 def check(args: argparse.Namespace) -> int:
     from clt_bench.report.check import run_check
 
-    code, text = run_check(args.run_dir, args.reference, verify_stages=not args.numbers_only)
+    reference = args.reference or reference_for(args.run_dir)
+    code, text = run_check(args.run_dir, reference, verify_stages=not args.numbers_only)
     print(text)
     return code
 
@@ -82,6 +101,7 @@ def make_ref(args: argparse.Namespace) -> int:
     from clt_bench.report.check import check_metrics
     from clt_bench.report.reference_bands import make_reference
 
+    args.out = args.out or reference_for(args.run_dirs[0])
     ref = make_reference(
         args.run_dirs,
         args.out,
