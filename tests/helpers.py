@@ -64,3 +64,32 @@ def build_wheel(out_dir: Path) -> Path:
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = out_dir.glob("clt_bench-*.whl")
     return wheel
+
+
+# the small task file several task tests write: a task named "mine" over nouns.txt, 40 balanced
+# discovery prompts; a [templates.*] body goes after it
+TASK_HEAD = """
+name = "mine"
+nouns_file = "nouns.txt"
+
+[year_filter]
+start = 1100
+stop = 1900
+
+[corruption]
+yy = "01"
+
+[answers]
+count = {count}
+
+[datasets.discovery]
+n = 40
+sampling = "balanced"
+seed = 0
+"""
+GT_TEMPLATE = '[templates.t]\ntext = "The {noun} lasted from the year {XX}{YY} to the year {XX}"\n'
+
+
+def task_head(count: int = 100) -> str:
+    """``TASK_HEAD`` with ``count`` answers."""
+    return TASK_HEAD.format(count=count)

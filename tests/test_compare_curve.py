@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_bridge
+from helpers import GT_TEMPLATE, task_head, tiny_bridge
 
 from clt_bench.compare.curve import replacement_pd
 from clt_bench.features.ablation import (
@@ -108,29 +108,11 @@ def test_task_attributions_and_ablations(setup):
 
 
 EXACT = '[templates.t]\ntext = "{XX}{YY}, {XX}"\nrelation = "exact"\nanswer = "YY+1"\n'
-GT = '[templates.t]\ntext = "The {noun} lasted from the year {XX}{YY} to the year {XX}"\n'
-TASK = """
-name = "mine"
-nouns_file = "nouns.txt"
-
-[year_filter]
-start = 1100
-stop = 1900
-
-[corruption]
-yy = "01"
-
-[answers]
-count = {count}
-
-[datasets.discovery]
-n = 40
-sampling = "balanced"
-seed = 0
-"""
 
 
-@pytest.mark.parametrize("body, count", [(EXACT, 100), (GT, 50)], ids=["exact", "answers_50"])
+@pytest.mark.parametrize(
+    "body, count", [(EXACT, 100), (GT_TEMPLATE, 50)], ids=["exact", "answers_50"]
+)
 def test_attributions_and_ablations_follow_the_answer_space(
     setup, tmp_path, tokenizer, body, count
 ):
@@ -140,7 +122,7 @@ def test_attributions_and_ablations_follow_the_answer_space(
     from clt_bench.task.spec import load_task
 
     bridge, clt, _ = setup
-    (tmp_path / "task.toml").write_text(TASK.format(count=count) + body)
+    (tmp_path / "task.toml").write_text(task_head(count) + body)
     (tmp_path / "nouns.txt").write_text("war\npeace\n")
     spec = load_task(tmp_path)
     batch = one_per_yy(build_dataset(spec, tokenizer, "discovery"), 6)

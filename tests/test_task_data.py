@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import GT_TEMPLATE, task_head
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,34 +25,13 @@ from clt_bench.paths import tasks_dir
 from clt_bench.task.dataset import build_dataset, check_task_tokens
 from clt_bench.task.spec import load_task
 
-BASE = """
-name = "mine"
-nouns_file = "nouns.txt"
-
-[year_filter]
-start = 1100
-stop = 1900
-
-[corruption]
-yy = "01"
-
-[answers]
-count = 100
-
-[datasets.discovery]
-n = 40
-sampling = "balanced"
-seed = 0
-"""
-GT = '[templates.t]\ntext = "The {noun} lasted from the year {XX}{YY} to the year {XX}"\n'
-
 
 def write_task(
     tmp_path: Path, body: str, nouns: str = "war\npeace\nking\n", head: str = ""
 ) -> Path:
     d = tmp_path / "task"
     d.mkdir(exist_ok=True)
-    (d / "task.toml").write_text(head + BASE + body)
+    (d / "task.toml").write_text(head + task_head() + body)
     (d / "nouns.txt").write_text(nouns)
     return d
 
@@ -77,13 +57,13 @@ def run_cli(task: Path, tmp_path: Path, command: str = "task") -> int:
 @pytest.mark.parametrize(
     "head, body, key",
     [
-        ("", GT + "colour = 'red'\n", "'templates.t.colour'"),
-        ("speed = 3\n", GT, "'speed'"),
-        ("", GT.replace("[templates.t]", "[templates.t]\nstep = 1"), "templates.t.step"),
-        ("", GT + "[graph]\nprompt = 'x 1711 to 17'\nsize = 3\n", "'graph.size'"),
+        ("", GT_TEMPLATE + "colour = 'red'\n", "'templates.t.colour'"),
+        ("speed = 3\n", GT_TEMPLATE, "'speed'"),
+        ("", GT_TEMPLATE.replace("[templates.t]", "[templates.t]\nstep = 1"), "templates.t.step"),
+        ("", GT_TEMPLATE + "[graph]\nprompt = 'x 1711 to 17'\nsize = 3\n", "'graph.size'"),
         (
             "",
-            "[datasets.h]\nn = 5\nsampling = 'uniform'\nseed = 1\nsize = 3\n" + GT,
+            "[datasets.h]\nn = 5\nsampling = 'uniform'\nseed = 1\nsize = 3\n" + GT_TEMPLATE,
             "datasets.h.size",
         ),
     ],
@@ -99,7 +79,7 @@ def test_unknown_task_keys_are_one_sentence(tmp_path, capsys, head, body, key):
 
 
 def test_unknown_answers_key_names_the_allowed_ones(tmp_path, capsys):
-    task = write_task(tmp_path, GT)
+    task = write_task(tmp_path, GT_TEMPLATE)
     toml = task / "task.toml"
     toml.write_text(toml.read_text().replace("count = 100", "count = 100\nunits = 'cents'"))
     assert run_cli(task, tmp_path) == 2
@@ -107,14 +87,14 @@ def test_unknown_answers_key_names_the_allowed_ones(tmp_path, capsys):
 
 
 def test_unknown_slot_is_one_sentence(tmp_path, capsys):
-    task = write_task(tmp_path, GT.replace("{XX}{YY} to", "{XX}{YY1} to"))
+    task = write_task(tmp_path, GT_TEMPLATE.replace("{XX}{YY} to", "{XX}{YY1} to"))
     assert run_cli(task, tmp_path, "run") == 2
     one_sentence(capsys, str(task / "task.toml"), "text has the unknown slot '{YY1}'")
     assert not (tmp_path / "run" / "task").exists()
 
 
 def test_multi_token_nouns_are_counted_and_named_before_any_stage(tmp_path, capsys):
-    task = write_task(tmp_path, GT, nouns="war\nduke\npeace\nxylophonist\n")
+    task = write_task(tmp_path, GT_TEMPLATE, nouns="war\nduke\npeace\nxylophonist\n")
     assert run_cli(task, tmp_path, "run") == 2
     one_sentence(
         capsys, str(task / "task.toml"), "nouns_file has 2 of 4", "'duke'", "'xylophonist'"
@@ -126,13 +106,13 @@ def test_multi_token_nouns_are_counted_and_named_before_any_stage(tmp_path, caps
 
 def test_a_familys_own_multi_token_nouns_name_its_key(tmp_path):
     fam = '[families.f]\ntext = "The {noun} costs $ {XX}{YY} to $ {XX}"\nnouns = ["gem", "duke"]\n'
-    spec = load_task(write_task(tmp_path, GT + fam))
+    spec = load_task(write_task(tmp_path, GT_TEMPLATE + fam))
     with pytest.raises(UserError, match=r"families\.f\.nouns has 1 of 2 .*'duke'"):
         check_task_tokens(spec, gpt2_tokenizer())
 
 
 def test_an_empty_answer_space_is_one_sentence(tmp_path, capsys):
-    task = write_task(tmp_path, GT)
+    task = write_task(tmp_path, GT_TEMPLATE)
     toml = task / "task.toml"
     toml.write_text(toml.read_text().replace("count = 100", "count = 2"))
     assert run_cli(task, tmp_path) == 2
@@ -159,7 +139,7 @@ SHRINK = [
             100,
             "exact",
         ),
-        (GT, 60, "gt"),
+        (GT_TEMPLATE, 60, "gt"),
     ],
     ids=["exact", "answers_60"],
 )
@@ -190,7 +170,7 @@ def test_exact_and_smaller_answer_spaces_run_the_stages_after_task(tmp_path, bod
 def test_the_task_stage_heatmap_follows_the_answer_space(tmp_path):
     import json
 
-    task = write_task(tmp_path, GT)
+    task = write_task(tmp_path, GT_TEMPLATE)
     toml = task / "task.toml"
     toml.write_text(toml.read_text().replace("count = 100", "count = 60"))
     assert run_cli(task, tmp_path, "task") == 0
@@ -240,7 +220,7 @@ def test_consecutive_and_stepped_sequences(tmp_path):
 
 
 def test_graph_prompt_is_the_tasks_own_example_with_bos(tmp_path):
-    body = GT.replace("[templates.t]", '[templates.t]\nrelation = "lt"')
+    body = GT_TEMPLATE.replace("[templates.t]", '[templates.t]\nrelation = "lt"')
     spec = load_task(write_task(tmp_path, body))
     gp = task_graph_prompt(spec, gpt2_tokenizer())
     assert gp.text.startswith("<|endoftext|> The war lasted from the year ")

@@ -94,19 +94,13 @@ TASKS = {
         own=("exact-answer", "05-corrupted", "last year YY", "next year ZZ"),
         foreign=("greater-than", "less-than", "01-corrupted", "start year", "ZZ > YY"),
     ),
-    "gt_years_50": dict(
-        name="reigns50",
-        corrupt="01",
-        count=50,
-        labels='label = "end year ZZ"\nquestion_label = "start year YY"',
-        template="reign",
-        text="The {noun} reigned from the year {XX}{YY} to the year {XX}",
-        relation="gt",
-        nouns="king\nqueen\nprince\n",
-        correct="ZZ > YY",
-        own=("greater-than", "01-corrupted", "start year YY"),
-        foreign=("less-than", "99-corrupted", "price", "exact-answer"),
-    ),
+}
+# the reigns task with 50 answers (ZZ = 00..49)
+TASKS["gt_years_50"] = {
+    **TASKS["gt_years"],
+    "name": "reigns50",
+    "count": 50,
+    "foreign": ("less-than", "99-corrupted", "price", "exact-answer"),
 }
 
 
