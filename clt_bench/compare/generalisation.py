@@ -96,7 +96,7 @@ def generalisation(
     main = transcoders[cfg.clt.kind]
     F = main.spec.n_features
     keys = np.array([layer * F + fid for layer, fid in features], dtype=np.int64)
-    if reference_pd is not None and len(reference_pd) >= len(keys):
+    if reference_pd is not None:  # one entry per ranked feature: ``features`` is a prefix
         ref = np.asarray(reference_pd[: len(keys)], dtype=np.float64)
     else:
         ref = _contributions(loaded, main, reference, keys) if len(keys) else np.zeros(0)
