@@ -39,13 +39,19 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 110) -
     fmt = path.suffix.lstrip(".") or "png"
     pt = min_text_pt(fig)
     meta = {MIN_TEXT_CHUNK: f"{pt:g}"} if fmt == "png" and pt is not None else None
+    # the layout (a layout engine's too) and the tight box, once for both files: each savefig
+    # with bbox_inches="tight" lays the figure out again before it renders it
+    fig.set_dpi(dpi)
+    fig.draw_without_rendering()
+    bbox = fig.get_tightbbox().padded(plt.rcParams["savefig.pad_inches"])
+    fig.set_layout_engine("none")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt, metadata=meta)
+        fig.savefig(tmp, dpi=dpi, bbox_inches=bbox, format=fmt, metadata=meta)
     if fmt == "png":
         # no date and fixed element ids: the same figure gives the same bytes (resume tests)
         svg_rc = matplotlib.rc_context({"svg.hashsalt": "clt-bench"})
         with atomic_path(path.with_suffix(".svg")) as tmp, svg_rc:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="svg", metadata={"Date": None})
+            fig.savefig(tmp, dpi=dpi, bbox_inches=bbox, format="svg", metadata={"Date": None})
     plt.close(fig)
     return path
 

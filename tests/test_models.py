@@ -79,3 +79,32 @@ def test_gpt2_without_network_is_one_clear_error(isolated_hf_cache):
 def test_unknown_model():
     with pytest.raises(UserError, match="unknown model"):
         load_model("gpt5")
+
+
+def test_mlps_replaced_gives_the_same_bits_and_restores_the_mlps():
+    """Skipping the MLPs whose outputs every hook replaces changes nothing downstream (logits,
+    gradients with respect to the replaced outputs), and the MLPs compute again afterwards."""
+    from helpers import tiny_bridge
+
+    from clt_bench.models.bridge import mlps_replaced
+
+    bridge = tiny_bridge(n_layer=3, n_embd=32, seed=4)
+    tokens = torch.randint(0, 200, (5, 7))
+    outs = torch.randn(5, 7, 3, 32, requires_grad=True)
+    hooks = [(f"blocks.{t}.hook_mlp_out", lambda y, hook, t=t: outs[:, :, t]) for t in range(3)]
+
+    def logits_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
+        logits = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        (grad,) = torch.autograd.grad(logits[:, -1].logsumexp(-1).sum(), outs)
+        return logits.detach(), grad
+
+    plain = logits_and_grad()
+    with mlps_replaced(bridge):
+        skipped = logits_and_grad()
+        posts: list[torch.Tensor] = []
+        post_hook = [("blocks.0.mlp.hook_post", lambda t, hook: posts.append(t))]
+        bridge.run_with_hooks(tokens, fwd_hooks=post_hook)
+    assert torch.equal(plain[0], skipped[0]) and torch.equal(plain[1], skipped[1])
+    assert not posts  # inside, the MLPs do not run
+    bridge.run_with_hooks(tokens, fwd_hooks=post_hook)
+    assert len(posts) == 1  # restored

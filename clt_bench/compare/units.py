@@ -60,6 +60,7 @@ from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.features.ablation import pd_of
 from clt_bench.graphs.local_replacement import encode_prompts
+from clt_bench.models.bridge import mlps_replaced
 from clt_bench.task.dataset import TaskBatch
 from clt_bench.task.end_logits import end_only_hook
 
@@ -225,7 +226,7 @@ def _endpoint_grads(
     with torch.no_grad():
         outs = units.outs(keep)
     outs.requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), mlps_replaced(bridge):
         logits = bridge.run_with_hooks(
             tokens, fwd_hooks=[*_mlp_hooks(outs), end_only_hook(batch.end_pos)]
         )[:, -1]
@@ -266,7 +267,8 @@ def _pd_rows(
 ) -> torch.Tensor:
     """[reps, n] PD of clean-prompt rows ``tokens`` [reps * n, pos] (``batch``'s prompts
     repeated ``reps`` times) with MLP outputs ``outs``."""
-    r = run_end(bridge, tokens, batch.end_pos, batch.answer_ids, _mlp_hooks(outs))
+    with mlps_replaced(bridge):  # every MLP output comes from ``outs``
+        r = run_end(bridge, tokens, batch.end_pos, batch.answer_ids, _mlp_hooks(outs))
     return per_example_pd(r.reshape(reps, len(batch)), batch)
 
 

@@ -128,32 +128,17 @@ class ShapeScores:
         return asdict(self)
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    """Row-centred correlation of two same-shaped [rows, ZZ] arrays: each row of both loses its
-    mean over ZZ, then the Pearson correlation of all cells (0 when either is then zero)."""
-    a = np.broadcast_to(a, np.broadcast_shapes(a.shape, b.shape)).astype(np.float64)
-    b = np.broadcast_to(b, a.shape).astype(np.float64)
-    a = (a - a.mean(axis=-1, keepdims=True)).ravel()
-    b = (b - b.mean(axis=-1, keepdims=True)).ravel()
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / den) if den > 1e-30 else 0.0
-
-
 def _centred(a: np.ndarray) -> np.ndarray:
     """Row-centred and flattened (each row loses its mean over ZZ)."""
     a = np.asarray(a, dtype=np.float64)
     return (a - a.mean(axis=-1, keepdims=True)).ravel()
 
 
-def _partial(h: np.ndarray, t: np.ndarray, controls: list[np.ndarray]) -> float:
-    """Correlation of ``h`` and ``t`` (row-centred, flattened) after both lose their least-squares
-    fit on ``controls``; 0 when either residual is ~0."""
-    if controls:
-        c = np.stack(controls, axis=1)
-        h = h - c @ np.linalg.lstsq(c, h, rcond=None)[0]
-        t = t - c @ np.linalg.lstsq(c, t, rcond=None)[0]
-    den = math.sqrt(float(h @ h) * float(t @ t))
-    return float(h @ t / den) if den > 1e-30 * max(1.0, float(len(h))) else 0.0
+def _corr(hc: np.ndarray, hh: float, b: np.ndarray, bb: float) -> float:
+    """Pearson correlation of a row-centred heatmap ``hc`` (squared norm ``hh``) and a row-centred
+    template ``b`` (``bb``); 0 when either is zero."""
+    den = math.sqrt(hh * bb)
+    return float((hc * b).sum() / den) if den > 1e-30 else 0.0
 
 
 RELATIONS = ("gt", "lt", "exact")
@@ -177,35 +162,86 @@ def relation_template(
     raise UserError(f"unknown relation '{relation}' (use gt, lt or exact).")
 
 
-def partial_scores(
-    h: np.ndarray, y: np.ndarray, task: np.ndarray | None = None
-) -> dict[str, float]:
-    """Partial correlations of the rows ``h`` [rows, A] (YY values ``y`` [rows, 1]) with each
-    class's template, controlling for the other classes' templates (module docstring); ``task``
-    the relation's template (default 1[ZZ > YY])."""
-    z = np.arange(h.shape[1])[None, :]
-    shape = h.shape
-    task = relation_template(y, n_answers=h.shape[1]) if task is None else task
-    t = {
-        "gt": _centred(np.broadcast_to(task, shape)),
-        "large": _centred(np.broadcast_to(z.astype(np.float64), shape)),
-        "par_z": _centred(np.broadcast_to(np.where(z % 2 == 0, 1.0, -1.0), shape)),
-        "par_zy": _centred(np.broadcast_to(np.where((z + y) % 2 == 0, 1.0, -1.0), shape)),
-        "mult5": _centred(np.broadcast_to((z % 5 == 0).astype(np.float64), shape)),
+# each partial correlation: (its template, the templates it controls for); parity's two templates
+# (ZZ's and ZZ + YY's) do not control for each other
+PARTIALS = {
+    "gt": ("gt", ("large", "par_z", "par_zy", "mult5")),
+    "large": ("large", ("gt", "par_z", "par_zy", "mult5")),
+    "par_z": ("par_z", ("gt", "large", "mult5")),
+    "par_zy": ("par_zy", ("gt", "large", "mult5")),
+    "mult5": ("mult5", ("gt", "large", "par_z", "par_zy")),
+}
+
+
+@dataclass(frozen=True)
+class Templates:
+    """The templates over one set of active rows, row-centred and flattened, with their squared
+    norms (``corr``), and per partial correlation its template's residual on the controls, the
+    controls ``C`` and their pseudo-inverse (``partial``): the same for every feature active on
+    those rows, so built once for them (``templates``)."""
+
+    corr: dict[str, tuple[np.ndarray, float]]
+    partial: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+_TEMPLATES: dict[tuple[bytes, int, str, bytes], Templates] = {}
+
+
+def templates(
+    y: np.ndarray, width: int, relation: str = "gt", answers: np.ndarray | None = None
+) -> Templates:
+    """The templates of rows with YY values ``y`` [rows, 1] and ``width`` answers (``answers``
+    [rows]: an exact task's answer per row), from a small cache."""
+    ans = b"" if answers is None else np.asarray(answers, dtype=np.int64).tobytes()
+    key = (np.asarray(y, dtype=np.int64).tobytes(), width, relation, ans)
+    if key not in _TEMPLATES:
+        if len(_TEMPLATES) >= 256:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = _build_templates(y, width, relation, answers)
+    return _TEMPLATES[key]
+
+
+def _build_templates(
+    y: np.ndarray, width: int, relation: str, answers: np.ndarray | None
+) -> Templates:
+    z = np.arange(width)[None, :]
+    shape = (len(y), width)
+    task = relation_template(y, relation, answers, width)
+    raw = {
+        "gt": task,
+        "anti": 1.0 - task,
+        "large": np.broadcast_to(z, shape),
+        "par_z": np.broadcast_to(np.where(z % 2 == 0, 1.0, -1.0), shape),
+        "par_zy": np.where((z + y) % 2 == 0, 1.0, -1.0),
+        "mult5": np.broadcast_to((z % 5 == 0).astype(np.float64), shape),
     }
-    hc = _centred(h)
+    centred = {k: _centred(v) for k, v in raw.items()}
+    corr = {k: (v, float((v * v).sum())) for k, v in centred.items()}
+    partial = {}
+    for name, (target, controls) in PARTIALS.items():
+        c = np.stack([centred[k] for k in controls], axis=1)
+        t = centred[target]
+        partial[name] = (t - c @ np.linalg.lstsq(c, t, rcond=None)[0], c, np.linalg.pinv(c))
+    return Templates(corr, partial)
 
-    def others(*names: str) -> list[np.ndarray]:
-        return [v for k, v in t.items() if k not in names]
 
+def _partial(hc: np.ndarray, tp: Templates, name: str) -> float:
+    """Correlation of the row-centred heatmap ``hc`` and the template of ``PARTIALS[name]`` after
+    both lose their least-squares fit on its controls; 0 when either residual is ~0."""
+    t, c, pinv = tp.partial[name]
+    h = hc - c @ (pinv @ hc)
+    den = math.sqrt(float(h @ h) * float(t @ t))
+    return float(h @ t / den) if den > 1e-30 * max(1.0, float(len(h))) else 0.0
+
+
+def partial_scores(hc: np.ndarray, tp: Templates) -> dict[str, float]:
+    """Partial correlations of the row-centred heatmap ``hc`` with each class's template,
+    controlling for the other classes' templates (module docstring)."""
     return {
-        "gt": _partial(hc, t["gt"], others("gt")),
-        "large": _partial(hc, t["large"], others("large")),
-        "parity": max(
-            abs(_partial(hc, t["par_z"], others("par_z", "par_zy"))),
-            abs(_partial(hc, t["par_zy"], others("par_z", "par_zy"))),
-        ),
-        "mult5": _partial(hc, t["mult5"], others("mult5")),
+        "gt": _partial(hc, tp, "gt"),
+        "large": _partial(hc, tp, "large"),
+        "parity": max(abs(_partial(hc, tp, "par_z")), abs(_partial(hc, tp, "par_zy"))),
+        "mult5": _partial(hc, tp, "mult5"),
     }
 
 
@@ -241,16 +277,14 @@ def shape_scores(
     h = heat[rows]
     y = yy_values[rows][:, None]
     width = heat.shape[1]
-    z = np.arange(width)[None, :]
     ans = None if answers is None else np.asarray(answers)[rows]
-    gt = relation_template(y, relation, ans, width)
-    gt_corr = _corr(h, gt)
-    anti_corr = _corr(h, 1.0 - gt)
-    large = _corr(h, np.broadcast_to(z, h.shape).astype(np.float64))
-    par_z = np.broadcast_to(np.where(z % 2 == 0, 1.0, -1.0), h.shape)
-    par_zy = np.where((z + y) % 2 == 0, 1.0, -1.0)
-    parity = max(abs(_corr(h, par_z)), abs(_corr(h, par_zy)))
-    mult5 = _corr(h, np.broadcast_to((z % 5 == 0).astype(np.float64), h.shape))
+    tp = templates(y, width, relation, ans)
+    hc = _centred(h)
+    hh = float((hc * hc).sum())
+    gt_corr, anti_corr, large, par_z, par_zy, mult5 = (
+        _corr(hc, hh, *tp.corr[k]) for k in ("gt", "anti", "large", "par_z", "par_zy", "mult5")
+    )
+    parity = max(abs(par_z), abs(par_zy))
     col = h.mean(axis=0)
     total_var = float(((h - h.mean()) ** 2).sum())
     resid_var = float(((h - col[None, :]) ** 2).sum())
@@ -263,7 +297,7 @@ def shape_scores(
         zz_peak = int(np.argmax(col))
     else:
         zz_lo = zz_hi = zz_peak = -1
-    part = partial_scores(h, y, gt)
+    part = partial_scores(hc, tp)
     return ShapeScores(
         gt_corr,
         anti_corr,

@@ -37,7 +37,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
 from clt_bench.graphs.padded import PaddedFeatures, pad_features
-from clt_bench.models.bridge import FwdHooks, HookFn
+from clt_bench.models.bridge import FwdHooks, HookFn, mlps_replaced
 
 MODES = ("frozen", "linear", "live")
 
@@ -368,5 +368,6 @@ def run_frozen(
             for _ in range(L)
         ],
     )
-    run.logits = rm.bridge.run_with_hooks(rm.tokens, fwd_hooks=frozen_pass.hooks())[:, -1]
+    with mlps_replaced(rm.bridge):  # every MLP output is the pass's own (``mlp_out``)
+        run.logits = rm.bridge.run_with_hooks(rm.tokens, fwd_hooks=frozen_pass.hooks())[:, -1]
     return run
