@@ -147,3 +147,36 @@ def test_single_yy():
     assert label_feature(s, 1 / 97) == "single-YY"
     h[row + 1] = np.where(ZZ_VALUES > 12, 1.0, -1.0)  # two YY: a narrow comparator
     assert label_feature(shape_scores(h), 2 / 97) == "narrow comparator"
+
+
+def _residual_partial(h: np.ndarray, t: np.ndarray, controls: list[np.ndarray]) -> float:
+    """The definition: correlate h and t after each loses its least-squares fit on controls."""
+    c = np.stack(controls, axis=1)
+    rh = h - c @ np.linalg.lstsq(c, h, rcond=None)[0]
+    rt = t - c @ np.linalg.lstsq(c, t, rcond=None)[0]
+    return float(rh @ rt / np.sqrt((rh @ rh) * (rt @ rt)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_partial_scores_equal_the_residual_definition(seed):
+    """The partials come from inner products (one Gram matrix per set of active rows); they equal
+    correlating the explicit least-squares residuals, on random heatmaps and active rows."""
+    from clt_bench.features.shape_scores import TEMPLATE_NAMES, _centred, partial_scores, templates
+
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(YY_VALUES), size=int(rng.integers(3, 97)), replace=False))
+    h = rng.standard_normal((len(rows), 100)) + (YY_VALUES[rows, None] < Z) * rng.normal()
+    y = YY_VALUES[rows][:, None]
+    tp = templates(y, 100)
+    hc = _centred(h)
+    t = dict(zip(TEMPLATE_NAMES, tp.T, strict=True))
+
+    def ref(name: str, *skip: str) -> float:
+        return _residual_partial(hc, t[name], [v for k, v in t.items() if k not in (name, *skip)])
+
+    got = partial_scores(hc, tp)
+    assert got["gt"] == pytest.approx(ref("gt"), abs=1e-9)
+    assert got["large"] == pytest.approx(ref("large"), abs=1e-9)
+    assert got["mult5"] == pytest.approx(ref("mult5"), abs=1e-9)
+    parity = max(abs(ref("par_z", "par_zy")), abs(ref("par_zy", "par_z")))
+    assert got["parity"] == pytest.approx(parity, abs=1e-9)

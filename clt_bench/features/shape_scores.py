@@ -173,15 +173,22 @@ PARTIALS = {
 }
 
 
+TEMPLATE_NAMES = ("gt", "large", "par_z", "par_zy", "mult5")  # the partials' templates, in order
+
+
 @dataclass(frozen=True)
 class Templates:
     """The templates over one set of active rows, row-centred and flattened, with their squared
-    norms (``corr``), and per partial correlation its template's residual on the controls, the
-    controls ``C`` and their pseudo-inverse (``partial``): the same for every feature active on
-    those rows, so built once for them (``templates``)."""
+    norms (``corr``); for the partial correlations the templates ``T`` [5, N] (``TEMPLATE_NAMES``)
+    and their Gram matrix ``gram`` [5, 5]: the same for every feature active on those rows, so
+    built once for them (``templates``)."""
 
     corr: dict[str, tuple[np.ndarray, float]]
-    partial: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    T: np.ndarray
+    gram: np.ndarray
+    # per partial (``PARTIALS``): the pseudo-inverse of its controls' Gram matrix and its
+    # template's squared residual on them
+    solve: dict[str, tuple[np.ndarray, float]]
 
 
 _TEMPLATES: dict[tuple[bytes, int, str, bytes], Templates] = {}
@@ -216,33 +223,46 @@ def _build_templates(
         "mult5": np.broadcast_to((z % 5 == 0).astype(np.float64), shape),
     }
     centred = {k: _centred(v) for k, v in raw.items()}
+    T = np.stack([centred[k] for k in TEMPLATE_NAMES])
+    gram = T @ T.T
+    solve = {}
+    for name, (j, ctrl) in PARTIALS.items():
+        s = list(ctrl)
+        inv = np.linalg.pinv(gram[np.ix_(s, s)])
+        solve[name] = (inv, max(float(gram[j, j] - gram[j, s] @ inv @ gram[s, j]), 0.0))
     corr = {k: (v, float((v * v).sum())) for k, v in centred.items()}
-    partial = {}
-    for name, (target, controls) in PARTIALS.items():
-        c = np.stack([centred[k] for k in controls], axis=1)
-        t = centred[target]
-        partial[name] = (t - c @ np.linalg.lstsq(c, t, rcond=None)[0], c, np.linalg.pinv(c))
-    return Templates(corr, partial)
+    return Templates(corr, T, gram, solve)
 
 
-def _partial(hc: np.ndarray, tp: Templates, name: str) -> float:
-    """Correlation of the row-centred heatmap ``hc`` and the template of ``PARTIALS[name]`` after
-    both lose their least-squares fit on its controls; 0 when either residual is ~0."""
-    t, c, pinv = tp.partial[name]
-    h = hc - c @ (pinv @ hc)
-    den = math.sqrt(float(h @ h) * float(t @ t))
-    return float(h @ t / den) if den > 1e-30 * max(1.0, float(len(h))) else 0.0
+# each partial correlation: (its template, the templates it controls for), as indices into
+# ``TEMPLATE_NAMES``; parity's two templates (ZZ's and ZZ + YY's) do not control for each other
+PARTIALS = {
+    "gt": (0, (1, 2, 3, 4)),
+    "large": (1, (0, 2, 3, 4)),
+    "par_z": (2, (0, 1, 4)),
+    "par_zy": (3, (0, 1, 4)),
+    "mult5": (4, (0, 1, 2, 3)),
+}
 
 
 def partial_scores(hc: np.ndarray, tp: Templates) -> dict[str, float]:
-    """Partial correlations of the row-centred heatmap ``hc`` with each class's template,
-    controlling for the other classes' templates (module docstring)."""
-    return {
-        "gt": _partial(hc, tp, "gt"),
-        "large": _partial(hc, tp, "large"),
-        "parity": max(abs(_partial(hc, tp, "par_z")), abs(_partial(hc, tp, "par_zy"))),
-        "mult5": _partial(hc, tp, "mult5"),
-    }
+    """Partial correlations of the row-centred heatmap ``hc`` [N] with each class's template,
+    controlling for the other classes' templates (module docstring): the correlation of the two
+    after both lose their least-squares fit on the controls, from inner products (the residuals'
+    ``r_a . r_b = a . b - a . C (C^T C)^+ C^T . b``); 0 when either residual is ~0."""
+    th = tp.T @ hc  # [5] each template . h
+    hh = float(hc @ hc)
+    out = {}
+    for name, (j, ctrl) in PARTIALS.items():
+        s = list(ctrl)
+        inv, r_tt = tp.solve[name]
+        ch = inv @ th[s]
+        r_ht = float(th[j] - tp.gram[j, s] @ ch)
+        r_hh = max(hh - float(th[s] @ ch), 0.0)
+        den = math.sqrt(r_hh * r_tt)
+        out[name] = r_ht / den if den > 1e-30 * max(1.0, float(len(hc))) else 0.0
+    parity = max(abs(out.pop("par_z")), abs(out.pop("par_zy")))
+    return {"gt": out["gt"], "large": out["large"], "parity": parity, "mult5": out["mult5"]}
 
 
 def _check(heat: np.ndarray, yy_values: np.ndarray) -> None:
