@@ -1,7 +1,8 @@
-"""Run the plt stage in a second process while the main one trains and scores the CLT.
+"""Run the baseline and plt stages in a second process while the main one trains the CLT.
 
 The PLT reads only the run's task, baseline and activations, so on a CPU machine with two or more
-cores a ``spawn`` worker runs it (``WORKER_STAGES``) beside the CLT's training, with its share of
+cores a ``spawn`` worker runs the baseline and then the PLT (``WORKER_STAGES``) beside the CLT's
+training, with its share of
 the cores (``worker_threads``), as docs/architecture.md ("Sub-runs") describes. The worker loads
 its own model, logs to ``<run>/plt-worker.log``, reports each finished stage to the main process
 and exits within a second of the main process's death.
@@ -22,11 +23,11 @@ from clt_bench import threads
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
 
-# The stages a worker runs, in order. The mechanism runs any stages whose inputs are met (the
-# baseline too), but on 2 cores the baseline beside the CLT took 15-19 s on 1 thread (9 s on 2
-# before the activations) and slowed the CLT's training by ~10 %: it stays in the main process
-# (benchmarks/RESULTS.md, "Threads follow the free cores").
-WORKER_STAGES: tuple[str, ...] = ("plt",)
+# The stages a worker runs, in order (any stages whose inputs are met). The baseline is one: on the
+# planted model (the default) the CLT branch (clt, graphs, features) is ~25 s longer than the PLT
+# worker's, so the baseline (~18 s on 1 thread) fits beside it and leaves the critical path; the
+# main process waits for it before the features stage (benchmarks/RESULTS.md, "Round 12").
+WORKER_STAGES: tuple[str, ...] = ("baseline", "plt")
 LOG_NAME = "plt-worker.log"
 available_cores = threads.available_cores  # (tests monkeypatch it)
 

@@ -1,4 +1,4 @@
-"""Stages in a second process beside the CLT (the plt stage; the baseline too where asked): same
+"""Stages in a second process beside the CLT (the baseline, then the plt stage): same
 results as a serial run at the same thread counts, the main process waits for them where it
 reads them, failures end the run with one sentence, the decision rule and the thread budget."""
 
@@ -69,8 +69,8 @@ def test_thread_budget(monkeypatch):
 @pytest.mark.slow
 def test_plt_beside_the_clt_gives_the_serial_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(plt_worker, "available_cores", lambda: 2)
-    # the worker runs any stages whose inputs are met: here the baseline too (the default is
-    # the plt stage alone), so the main process must wait for it before its features stage
+    # the worker runs the baseline too (the default, set here so the test says it), so the main
+    # process must wait for it before its features stage
     monkeypatch.setattr(plt_worker, "WORKER_STAGES", ("baseline", "plt"))
     # like with like: every computation at one thread in both runs (serial: a budget of 1;
     # overlap: 2 threads split 1 + 1 between the processes)
