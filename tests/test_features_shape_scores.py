@@ -159,8 +159,9 @@ def _residual_partial(h: np.ndarray, t: np.ndarray, controls: list[np.ndarray]) 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_partial_scores_equal_the_residual_definition(seed):
-    """The partials come from inner products (one Gram matrix per set of active rows); they equal
-    correlating the explicit least-squares residuals, on random heatmaps and active rows."""
+    """The fast partials come from inner products (one Gram matrix per set of active rows); they
+    equal correlating the explicit least-squares residuals (the default path, to the bit), on
+    random heatmaps and active rows."""
     from clt_bench.features.shape_scores import TEMPLATE_NAMES, _centred, partial_scores, templates
 
     rng = np.random.default_rng(seed)
@@ -174,7 +175,8 @@ def test_partial_scores_equal_the_residual_definition(seed):
     def ref(name: str, *skip: str) -> float:
         return _residual_partial(hc, t[name], [v for k, v in t.items() if k not in (name, *skip)])
 
-    got = partial_scores(hc, tp)
+    assert partial_scores(hc, tp)["gt"] == ref("gt")  # the default: the definition itself
+    got = partial_scores(hc, tp, fast=True)
     assert got["gt"] == pytest.approx(ref("gt"), abs=1e-9)
     assert got["large"] == pytest.approx(ref("large"), abs=1e-9)
     assert got["mult5"] == pytest.approx(ref("mult5"), abs=1e-9)

@@ -209,11 +209,12 @@ def all_feature_labels(
     relation: TaskRelation | None = None,
 ) -> list[str]:
     """The label of every feature in ``keys`` (all active ones, not only the top K by influence:
-    features that fire on one prompt never reach the top K by summed influence)."""
+    features that fire on one prompt never reach the top K by summed influence); their partial
+    correlations come from inner products (``shape_scores(fast=True)``: ~5x faster here)."""
     rel = relation or TaskRelation()
     return [
         label_decision(
-            shape_scores(feature_heatmap(att, int(k), rel.rows), rel.rows, *rel.args),
+            shape_scores(feature_heatmap(att, int(k), rel.rows), rel.rows, *rel.args, fast=True),
             activation_profile(
                 feature_activations_matrix(att, int(k)), att.yy, att.yy_pos, att.end_pos
             ).yy_fraction,
