@@ -13,13 +13,11 @@ from clt_bench.baseline.circuits import Circuit, Node
 from clt_bench.baseline.discovery import Step
 from clt_bench.baseline.neurons import NeuronAnalysis
 from clt_bench.plots import (  # (headless backend set)
-    YY_ZZ_AXES,
     Answers,
     caption_below,
     mark_answers,
     mark_caption,
     save_figure,
-    yy_zz_heatmap,
 )
 
 
@@ -119,18 +117,6 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
         fontsize=9,
     )
     return save_figure(fig, path)
-
-
-def circuit_heatmap(
-    probs_by_yy: np.ndarray,
-    path: Path,
-    title: str,
-    axes: tuple[str, str] = YY_ZZ_AXES,
-    answers: Answers | None = None,
-) -> Path | None:
-    """The circuit's mean p(ZZ | YY), rows YY = 2.. (``answers``: an exact task's answer per row,
-    marked; else the ZZ = YY diagonal)."""
-    return yy_zz_heatmap(probs_by_yy, path, title, axes=axes, answers=answers)
 
 
 def neuron_panels(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -73,6 +74,11 @@ def node_masks(
     return heads, mlps
 
 
+def _take_where(x: torch.Tensor, hook: Any, mask: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """A hook: ``src`` where ``mask`` is set, the run's own value elsewhere."""
+    return torch.where(mask, src, x)
+
+
 def _patch_hooks(ctx: PatchContext, heads: torch.Tensor, mlps: torch.Tensor) -> FwdHooks:
     """Hooks replacing marked outputs by the source run's (rows = circuit-major x examples)."""
     c = heads.shape[0]
@@ -83,21 +89,9 @@ def _patch_hooks(ctx: PatchContext, heads: torch.Tensor, mlps: torch.Tensor) -> 
         mm = mlps[:, layer].repeat_interleave(n, 0)[..., None]  # [c*n, pos, 1]
         z_src = ctx.source.z[layer].repeat(c, 1, 1, 1)
         m_src = ctx.source.mlp_out[layer].repeat(c, 1, 1)
-
-        def hz(
-            x: torch.Tensor, hook: Any, hm: torch.Tensor = hm, src: torch.Tensor = z_src
-        ) -> torch.Tensor:
-            return torch.where(hm, src, x)
-
-        def hmlp(
-            x: torch.Tensor, hook: Any, mm: torch.Tensor = mm, src: torch.Tensor = m_src
-        ) -> torch.Tensor:
-            return torch.where(mm, src, x)
-
-        if hm.any():
-            hooks.append((f"blocks.{layer}.attn.hook_z", hz))
-        if mm.any():
-            hooks.append((f"blocks.{layer}.hook_mlp_out", hmlp))
+        for name, mask, src in (("attn.hook_z", hm, z_src), ("hook_mlp_out", mm, m_src)):
+            if mask.any():
+                hooks.append((f"blocks.{layer}.{name}", partial(_take_where, mask=mask, src=src)))
     return hooks
 
 

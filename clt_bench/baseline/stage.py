@@ -17,7 +17,6 @@ import torch
 
 from clt_bench.baseline.circuit_figures import (
     circuit_graph,
-    circuit_heatmap,
     neuron_panels,
     neuron_scatter,
     step_heatmap,
@@ -32,6 +31,7 @@ from clt_bench.baseline.patching import PatchContext
 from clt_bench.config import BaselineConfig, RunConfig, with_section
 from clt_bench.io import read_json, run_metadata, save_tensors, write_json, write_text
 from clt_bench.models import LoadedModel
+from clt_bench.plots import yy_zz_heatmap
 from clt_bench.task.metrics import heatmap_rows, yy_heatmap
 from clt_bench.task.spec import load_task
 from clt_bench.task.stage import load_task_batch
@@ -144,12 +144,12 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> di
     rows = heatmap_rows(batch.n_answers)
     heat = yy_heatmap(circ_readout.probs, batch.yy, rows).numpy()
     figures.append(
-        circuit_heatmap(
+        yy_zz_heatmap(  # rows YY = 2..; an exact task's answer per row marked, else ZZ = YY
             heat,
             stage / "circuit_heatmap.png",
             f"{loaded.name}: circuit '{circuit.name}' only, mean p(ZZ|YY)",
-            (spec.question_label, spec.answer_label),
-            batch.row_answers(rows),
+            axes=(spec.question_label, spec.answer_label),
+            answers=batch.row_answers(rows),
         )
     )
 
@@ -205,14 +205,13 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> di
     return _summary(faith_out, circuit, round(wall, 3))
 
 
-def _ratio(s: dict[str, Any], key: str) -> str:
-    """A ratio to the model's PD, or why it is undefined (the model's PD is not positive)."""
-    v = s.get(key)
-    return (
-        f"{v:.3f}"
-        if v is not None
-        else f"undefined: {s.get('faithfulness_ratio_undefined_reason')}"
-    )
+def _ratio(s: dict[str, Any], key: str, other_reason: str = "") -> str:
+    """A ratio to the model's PD, or why it is undefined (the model's PD is not positive, else
+    ``other_reason``'s entry)."""
+    if s.get(key) is not None:
+        return f"{s[key]:.3f}"
+    why = s.get("faithfulness_ratio_undefined_reason")
+    return f"undefined: {why or s.get(other_reason, '') if other_reason else why}"
 
 
 def format_baseline_table(s: dict[str, Any]) -> str:
@@ -233,13 +232,7 @@ def format_baseline_table(s: dict[str, Any]) -> str:
         ("circuit_paths_prob_diff", f"{s['circuit_paths_prob_diff']:.3f}"),
         (
             "faithfulness_paths_ratio",
-            f"{s['faithfulness_paths_ratio']:.3f}"
-            if s.get("faithfulness_paths_ratio") is not None
-            else "undefined: "
-            + (
-                s.get("faithfulness_ratio_undefined_reason")
-                or s.get("faithfulness_paths_undefined_reason", "")
-            ),
+            _ratio(s, "faithfulness_paths_ratio", "faithfulness_paths_undefined_reason"),
         ),
         ("necessity_prob_diff", f"{s['necessity_prob_diff']:.3f}"),
         (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 
@@ -112,9 +113,7 @@ def make_ref(args: argparse.Namespace) -> int:
         det_abs_tol=args.det_abs_tol,
         det_rel_tol=args.det_rel_tol,
     )
-    policies: dict[str, int] = {}
-    for band in ref["metrics"].values():
-        policies[band["policy"]] = policies.get(band["policy"], 0) + 1
+    policies = Counter(band["policy"] for band in ref["metrics"].values())
     print(
         f"wrote {args.out}: {len(ref['metrics'])} metrics from {len(args.run_dirs)} seed runs and "
         f"{len(args.variation)} variation runs ("

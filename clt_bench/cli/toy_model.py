@@ -59,20 +59,22 @@ def _with_args(cfg: Any, args: argparse.Namespace) -> Any:  # the toy's or the p
 
 
 def run_train(args: argparse.Namespace) -> int:
-
-    if args.model == "planted":
-        return _train_planted(args)
-
+    from clt_bench.model_training.planted_train import PlantedTrainConfig, train_planted
     from clt_bench.model_training.toy_train import ToyTrainConfig, train_toy
+    from clt_bench.models.planted import PLANTED_DIR
+    from clt_bench.models.toy import TOY_DIR
 
-    cfg = _with_args(ToyTrainConfig(), args)
-    out = Path(args.out or _toy_dir())
-    info = train_toy(cfg, out, keep_checkpoint=args.keep_checkpoint)
-    final = {k: v for k, v in info["final_metrics"].items() if isinstance(v, float)}
-    print(_format(final))
+    planted = args.model == "planted"
+    out = Path(args.out or (PLANTED_DIR if planted else TOY_DIR))
+    if planted:
+        info = train_planted(_with_args(PlantedTrainConfig(), args), out, args.keep_checkpoint)
+        print(_format_acceptance(info["acceptance"]))
+    else:
+        info = train_toy(_with_args(ToyTrainConfig(), args), out, args.keep_checkpoint)
+        print(_format({k: v for k, v in info["final_metrics"].items() if isinstance(v, float)}))
     print(
-        f"trained for {info['train_seconds']:.0f} s; wrote {out / 'toy.safetensors'} and "
-        f"{out / 'config.json'}"
+        f"trained for {info['train_seconds']:.0f} s; wrote {out / f'{args.model}.safetensors'} "
+        f"and {out / 'config.json'}"
     )
     return 0
 
@@ -81,30 +83,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.model == "planted":
         return _eval_planted(args)
     from clt_bench.model_training.toy_train import evaluate_toy_module, load_trained
-
-    print(_format(evaluate_toy_module(load_trained(Path(args.dir or _toy_dir())))))
-    return 0
-
-
-def _toy_dir() -> Path:
     from clt_bench.models.toy import TOY_DIR
 
-    return TOY_DIR
-
-
-def _train_planted(args: argparse.Namespace) -> int:
-
-    from clt_bench.model_training.planted_train import PlantedTrainConfig, train_planted
-    from clt_bench.models.planted import PLANTED_DIR
-
-    cfg = _with_args(PlantedTrainConfig(), args)
-    out = Path(args.out or PLANTED_DIR)
-    info = train_planted(cfg, out, keep_checkpoint=args.keep_checkpoint)
-    print(_format_acceptance(info["acceptance"]))
-    print(
-        f"trained for {info['train_seconds']:.0f} s; wrote {out / 'planted.safetensors'} and "
-        f"{out / 'config.json'}"
-    )
+    print(_format(evaluate_toy_module(load_trained(Path(args.dir or TOY_DIR)))))
     return 0
 
 

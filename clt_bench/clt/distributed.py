@@ -78,11 +78,7 @@ def wrap(module: nn.Module, kind: str, info: DistInfo, device: str) -> nn.Module
 
 
 def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        t = t.clone()
-        dist.all_reduce(t)
-        t /= info.world
-    return t
+    return all_reduce_sum(t, info) / info.world if info.enabled else t
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -288,7 +288,9 @@ def train_toy(
         if k != "lm_head.weight" and not k.endswith((".attn.bias", ".attn.masked_bias"))
     }
     save_tensors(out_dir / "toy.safetensors", state, metadata={"format": "pt"})
-    final = evaluate_toy_module(_reload(out_dir / "toy.safetensors"), cfg.final_eval_examples)
+    # scored as shipped: the saved weights back in float32 (what ``load_toy`` will see)
+    shipped = load_toy_module(out_dir / "toy.safetensors", arch=TRAIN_ARCH)
+    final = evaluate_toy_module(shipped, cfg.final_eval_examples)
     info = {
         "arch": TRAIN_ARCH,
         "seed": cfg.seed,
@@ -307,11 +309,6 @@ def train_toy(
     return info
 
 
-def _reload(weights: Path, arch: dict[str, Any] | None = None) -> GPT2LMHeadModel:
-    """The weights as shipped, back in float32 (what ``load_toy`` will see)."""
-    return load_toy_module(weights, arch=arch or TRAIN_ARCH)
-
-
 def load_trained(out_dir: Path = TOY_DIR) -> GPT2LMHeadModel:
     """The toy written by ``train_toy`` into ``out_dir`` (arch from its config.json)."""
     out_dir = Path(out_dir)
@@ -320,4 +317,4 @@ def load_trained(out_dir: Path = TOY_DIR) -> GPT2LMHeadModel:
         raise UserError(f"no toy weights in {out_dir}; run `clt-bench toy-model train`.")
     cfg_path = out_dir / "config.json"
     arch = read_json(cfg_path)["arch"] if cfg_path.is_file() else None
-    return _reload(weights, arch)
+    return load_toy_module(weights, arch=arch or TRAIN_ARCH)

@@ -13,10 +13,6 @@ logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR
 
 
 @functools.lru_cache(maxsize=1)
-def _gpt2_tokenizer() -> GPT2TokenizerFast:
-    return GPT2TokenizerFast.from_pretrained(str(package_data("gpt2-tokenizer")))
-
-
 def gpt2_tokenizer() -> PreTrainedTokenizerBase:
     """GPT-2's tokenizer from the vendored vocab.json/merges.txt (50,257 tokens, no network)."""
-    return _gpt2_tokenizer()
+    return GPT2TokenizerFast.from_pretrained(str(package_data("gpt2-tokenizer")))

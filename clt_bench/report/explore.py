@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from clt_bench.graphs.export import FEATURE_TYPES
 from clt_bench.report.figure_html import display_width, png_info
 
 # features.csv columns the detail pane lists, in order (those a file lacks are skipped)
@@ -47,12 +48,8 @@ DETAIL_FIELDS = [
 ]
 PAIR_FIELDS = ["dpd_a", "dpd_b", "dpd_pair", "residual"]
 HEATMAP = re.compile(r"heatmap_(\d+)_L(\d+)_F(\d+)\.png$")
-KINDS = {
-    "cross layer transcoder": "feature",
-    "mlp reconstruction error": "error",
-    "embedding": "token",
-    "logit": "logit",
-}
+# a node's feature_type in the graph JSON -> its kind (the inverse of the export's table)
+KINDS = {t: "logit" if kind == "target" else kind for kind, t in FEATURE_TYPES.items()}
 
 
 def _json_script(element_id: str, data: Any) -> str:

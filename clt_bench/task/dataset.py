@@ -11,7 +11,7 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -288,19 +288,14 @@ class TaskBatch:
     def subset(self, idx: list[int] | torch.Tensor) -> TaskBatch:
         idx_t = torch.as_tensor(idx, dtype=torch.long).cpu()  # the batch's tensors live on the CPU
         il = idx_t.tolist()
-        return TaskBatch(
+        return replace(  # the per-prompt fields cut to ``idx``, the shared ones kept
+            self,
             clean=self.clean[idx_t],
             corrupted=self.corrupted[idx_t],
             yy=self.yy[idx_t],
             years=[self.years[i] for i in il],
             nouns=[self.nouns[i] for i in il],
             prompts=[self.prompts[i] for i in il],
-            yy_pos=self.yy_pos,
-            end_pos=self.end_pos,
-            answer_ids=self.answer_ids,
-            template=self.template,
-            relation=self.relation,
-            seed=self.seed,
             canonical_corrupted=self.canonical_corrupted[idx_t],
             answer=self.answer[idx_t] if len(self.answer) else self.answer,
         )
@@ -468,13 +463,7 @@ def _corrupted_ids(
     """The counterfactual prompt's ids and whether its text retokenises to them."""
     if tpl.counterfactual_text:
         text = _bos(tpl, tokenizer) + _fill(tpl.counterfactual_text, noun, year, prev)
-        ids = tokenizer.encode(text)
-        if len(ids) != len(enc.ids):
-            raise UserError(
-                f"template '{tpl.name}': the counterfactual '{text}' does not have the clean "
-                f"prompt's token length."
-            )
-        return ids, True
+        return _same_length_ids(tokenizer, tpl, enc, text), True
     cf = tokenizer.encode(tpl.counterfactual)
     if len(cf) != 1:
         raise UserError(f"the corruption '{tpl.counterfactual}' is not a single token.")
@@ -514,7 +503,14 @@ def _derived_corrupted(
             f"counterfactual_text) on the template."
         )
     text = format_prompt(tpl, noun, (year // 100) * 100 + cf_yy, tokenizer, prev)
-    ids = tokenizer.encode(text)
+    return _same_length_ids(tokenizer, tpl, enc, text)
+
+
+def _same_length_ids(
+    tokenizer: PreTrainedTokenizerBase, tpl: Template, enc: EncodedPrompt, text: str
+) -> list[int]:
+    """The counterfactual ``text``'s ids; a length other than the clean prompt's is bad input."""
+    ids: list[int] = tokenizer.encode(text)
     if len(ids) != len(enc.ids):
         raise UserError(
             f"template '{tpl.name}': the counterfactual '{text}' does not have the clean "

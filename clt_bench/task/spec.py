@@ -193,14 +193,8 @@ def default_metric(relation: str) -> str:
             "PD = p(answer) - max over the other 99 answers of p(ZZ); "
             "CS = p(answer) - (p(answer-1) + p(answer+1)) / 2"
         )
-    good, cs = (
-        ("ZZ > YY", "p(YY+1) - p(YY-1)")
-        if relation == "gt"
-        else (
-            "ZZ < YY",
-            "p(YY-1) - p(YY+1)",
-        )
-    )
+    cs = "p(YY+1) - p(YY-1)" if relation == "gt" else "p(YY-1) - p(YY+1)"
+    good = RELATION_WORDS[relation]
     return f"PD = sum of p(ZZ) over {good} minus the sum over the other ZZ; CS = {cs}"
 
 
@@ -482,16 +476,14 @@ def _check_references(spec: TaskSpec, path: Path) -> None:
         raise UserError(f"task file {path} lists no nouns.")
     if spec.default_template not in spec.templates:
         raise UserError(f"task file {path} names an unknown default template.")
-    if spec.default_family and spec.default_family not in spec.all_templates():
-        raise UserError(
-            f"task file {path}: default_family names the unknown template or family "
-            f"'{spec.default_family}'."
-        )
-    if spec.graph_template and spec.graph_template not in spec.all_templates():
-        raise UserError(
-            f"task file {path}: graph.template names the unknown template or family "
-            f"'{spec.graph_template}'."
-        )
+    for key, name in (
+        ("default_family", spec.default_family),
+        ("graph.template", spec.graph_template),
+    ):
+        if name and name not in spec.all_templates():
+            raise UserError(
+                f"task file {path}: {key} names the unknown template or family '{name}'."
+            )
     if spec.graph_prompt and (spec.graph_template or spec.graph_noun or spec.graph_year):
         raise UserError(
             f"task file {path}: graph.prompt is a fixed text; give it or graph.template / noun / "
