@@ -78,7 +78,11 @@ def wrap(module: nn.Module, kind: str, info: DistInfo, device: str) -> nn.Module
 
 
 def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    return all_reduce_sum(t, info) / info.world if info.enabled else t
+    if info.enabled:
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= info.world
+    return t
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
