@@ -2,10 +2,9 @@
 
 The PLT reads only the run's task, baseline and activations, so on a CPU machine with two or more
 cores a ``spawn`` worker runs the baseline and then the PLT (``WORKER_STAGES``) beside the CLT's
-training, with its share of
-the cores (``worker_threads``), as docs/architecture.md ("Sub-runs") describes. The worker loads
-its own model, logs to ``<run>/plt-worker.log``, reports each finished stage to the main process
-and exits within a second of the main process's death.
+training, with its share of the cores (``worker_threads``), as docs/architecture.md ("Sub-runs")
+describes. The worker loads its own model, logs to ``<run>/plt-worker.log``, reports each finished
+stage to the main process and exits within a second of the main process's death.
 """
 
 from __future__ import annotations

@@ -162,17 +162,6 @@ def relation_template(
     raise UserError(f"unknown relation '{relation}' (use gt, lt or exact).")
 
 
-# each partial correlation: (its template, the templates it controls for); parity's two templates
-# (ZZ's and ZZ + YY's) do not control for each other
-PARTIALS = {
-    "gt": ("gt", ("large", "par_z", "par_zy", "mult5")),
-    "large": ("large", ("gt", "par_z", "par_zy", "mult5")),
-    "par_z": ("par_z", ("gt", "large", "mult5")),
-    "par_zy": ("par_zy", ("gt", "large", "mult5")),
-    "mult5": ("mult5", ("gt", "large", "par_z", "par_zy")),
-}
-
-
 TEMPLATE_NAMES = ("gt", "large", "par_z", "par_zy", "mult5")  # the partials' templates, in order
 
 

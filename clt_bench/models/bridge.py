@@ -25,8 +25,11 @@ def mlps_replaced(bridge: TransformerBridge) -> Iterator[None]:
     takes ~40 % less time on the planted model. Hooks inside the MLP (``hook_post``) do not fire.
     Only GPT-2's MLPs (whose output has the input's shape) are skipped; others run as usual.
     """
-    modules = [block.mlp.original_component for block in bridge.blocks]
-    modules = [m for m in modules if type(m).__name__ == "GPT2MLP"]
+    modules = [
+        m
+        for m in (block.mlp.original_component for block in bridge.blocks)
+        if type(m).__name__ == "GPT2MLP"
+    ]
     for m in modules:
         m.forward = _zeros_like_input
     try:
