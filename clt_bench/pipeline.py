@@ -27,6 +27,7 @@ from pathlib import Path
 
 from clt_bench import threads
 from clt_bench.artifacts import StageRecord, load_stage_record, save_stage_record, stage_summary
+from clt_bench.clt.cpu_alloc import keep_freed_memory
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
 from clt_bench.io import (
@@ -337,6 +338,7 @@ def run_pipeline(
             ctx.results[stage] = stage_summary(ctx.run_dir, stage)
     _check_task_tokens(ctx, names, resume)
     _check_loaded_clt(ctx, names, resume)
+    keep_freed_memory()  # every stage's big tensors are reused, not re-mapped (cpu_alloc)
     side = _worker_side(ctx, names, resume, overlap)
     _Runner(ctx, names, resume, progress, on_done, side).run()
     return ctx

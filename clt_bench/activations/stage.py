@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +87,29 @@ def run_activations_stage(
     n_shards, n_train = 0, 0
     if a.mode == "cache":
         bar = tqdm(total=a.n_tokens, desc="activations", unit="tok", disable=rank != 0)
-        for s, rows in enumerate(group_tokens(training_rows(cfg, loaded), a.shard_tokens)):
-            n = sum(r.n_tokens for r in rows)
-            n_shards, n_train = s + 1, n_train + n
-            if s % world == rank:
-                parts = [extract_activations(loaded.bridge, r, dtype, a.exclude_bos) for r in rows]
-                save_tensors(
-                    stage / f"shard_{s:05d}.safetensors",
-                    {
+        # a shard is written while the next one is computed (the writer releases the GIL); at
+        # most one shard waits in memory
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            pending: Future | None = None
+            for s, rows in enumerate(group_tokens(training_rows(cfg, loaded), a.shard_tokens)):
+                n = sum(r.n_tokens for r in rows)
+                n_shards, n_train = s + 1, n_train + n
+                if s % world == rank:
+                    parts = [
+                        extract_activations(loaded.bridge, r, dtype, a.exclude_bos) for r in rows
+                    ]
+                    shard = {
                         "resid_mid": torch.cat([p[0] for p in parts]).cpu(),
                         "mlp_out": torch.cat([p[1] for p in parts]).cpu(),
-                    },
-                )
-            bar.update(n)
+                    }
+                    if pending is not None:
+                        pending.result()  # raises the writer's error here
+                    pending = writer.submit(
+                        save_tensors, stage / f"shard_{s:05d}.safetensors", shard
+                    )
+                bar.update(n)
+            if pending is not None:
+                pending.result()
         bar.close()
         if n_train == 0:
             raise UserError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.clt.replacement_hooks import agreement_metrics, replacement_hooks
 from clt_bench.config import RunConfig
 from clt_bench.models import LoadedModel
+from clt_bench.models.bridge import mlps_replaced
 
 PER_PROMPT = "_per_prompt"  # key of the per-example tensors in task_metrics_with_clt's result
 
@@ -124,14 +126,19 @@ def task_metrics_with_clt(
 
     batch = load_task_batch(cfg, loaded)
     bs = min(cfg.task.batch_size, 64)
-    logits_o = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs)
-    logits_r = end_logits(
-        loaded.bridge,
-        batch.clean,
-        batch.end_pos,
-        bs,
-        fwd_hooks=replacement_hooks(clt, keep_first=cfg.activations.exclude_bos),
-    )
+    # END's logits only (``end_only``): the unembedding of the other positions is most of the
+    # time of a forward at GPT-2's vocabulary
+    logits_o = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs, end_only=True)
+    keep_first = cfg.activations.exclude_bos
+    with contextlib.nullcontext() if keep_first else mlps_replaced(loaded.bridge):
+        logits_r = end_logits(
+            loaded.bridge,
+            batch.clean,
+            batch.end_pos,
+            bs,
+            fwd_hooks=replacement_hooks(clt, keep_first=keep_first),
+            end_only=True,
+        )
     orig, rep = task_metrics(logits_o, batch), task_metrics(logits_r, batch)
     pd_o, pd_r = orig["prob_diff"], rep["prob_diff"]
     per_prompt = {

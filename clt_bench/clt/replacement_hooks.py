@@ -8,6 +8,8 @@ the output is replaced by sum_{l' <= l} W_dec^{l' -> l} a^{l'} + b_dec^l (+ skip
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable
 
 import torch
@@ -15,7 +17,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.activations.tokens import TokenRows
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.models.bridge import FwdHooks
+from clt_bench.models.bridge import FwdHooks, mlps_replaced
 
 
 def replacement_hooks(clt: CrossLayerTranscoder, keep_first: bool = False) -> FwdHooks:
@@ -109,6 +111,8 @@ def agreement_metrics(
     device = next(bridge.parameters()).device
     hooks = replacement_hooks(clt, keep_first)
     zero = zero_mlp_hooks(clt.n_layers, keep_first)
+    # both runs replace every MLP output (at every position unless keep_first)
+    skip_mlps = contextlib.nullcontext if keep_first else functools.partial(mlps_replaced, bridge)
     n_tok = n_next = 0
     agree = kl = ce_orig = ce_rep = ce_zero = 0.0
     for i in range(0, rows.tokens.shape[0], batch_size):
@@ -118,21 +122,19 @@ def agreement_metrics(
             mask = mask.clone()
             mask[:, 0] = False
         lo = bridge(tokens).float().log_softmax(-1)
-        lr = bridge.run_with_hooks(tokens, fwd_hooks=hooks).float().log_softmax(-1)
-        lz = bridge.run_with_hooks(tokens, fwd_hooks=zero).float().log_softmax(-1)
+        with skip_mlps():
+            lr = bridge.run_with_hooks(tokens, fwd_hooks=hooks).float().log_softmax(-1)
+            logits_z = bridge.run_with_hooks(tokens, fwd_hooks=zero).float()
         agree += float(((lo.argmax(-1) == lr.argmax(-1)) & mask).sum())
         kl += float(((lo.exp() * (lo - lr)).sum(-1) * mask).sum())
         n_tok += int(mask.sum())
         nxt_mask = mask[:, 1:] & mask[:, :-1]
         target = tokens[:, 1:, None]
-        for name, lp in (("o", lo), ("r", lr), ("z", lz)):
-            nll = -(lp[:, :-1].gather(-1, target)[..., 0] * nxt_mask).sum()
-            if name == "o":
-                ce_orig += float(nll)
-            elif name == "r":
-                ce_rep += float(nll)
-            else:
-                ce_zero += float(nll)
+        ce_orig -= float((lo[:, :-1].gather(-1, target)[..., 0] * nxt_mask).sum())
+        ce_rep -= float((lr[:, :-1].gather(-1, target)[..., 0] * nxt_mask).sum())
+        # the zero-ablated run's log-probabilities at the targets only
+        lz = logits_z[:, :-1].gather(-1, target)[..., 0] - logits_z[:, :-1].logsumexp(-1)
+        ce_zero -= float((lz * nxt_mask).sum())
         n_next += int(nxt_mask.sum())
     ce_o, ce_r, ce_z = (v / max(n_next, 1) for v in (ce_orig, ce_rep, ce_zero))
     return {
