@@ -90,7 +90,7 @@ def run_activations_stage(
         # a shard is written while the next one is computed (the writer releases the GIL); at
         # most one shard waits in memory
         with ThreadPoolExecutor(max_workers=1) as writer:
-            pending: Future | None = None
+            pending: Future[Path] | None = None
             for s, rows in enumerate(group_tokens(training_rows(cfg, loaded), a.shard_tokens)):
                 n = sum(r.n_tokens for r in rows)
                 n_shards, n_train = s + 1, n_train + n
