@@ -99,17 +99,15 @@ def circuits_to_compare(run_dir: Path, model_name: str) -> list[Circuit]:
 def overlap_rows(
     sites: list[FeatureSite], write: list[list[float]], circuits: list[Circuit]
 ) -> list[dict[str, Any]]:
-    rows = []
-    for c in circuits:
-        rows.append(
-            {
-                "circuit": c.name,
-                "n_nodes": len(c.nodes),
-                "influence_share": influence_share(sites, write, c) if sites else math.nan,
-                **node_overlap(sites, c),
-            }
-        )
-    return rows
+    return [
+        {
+            "circuit": c.name,
+            "n_nodes": len(c.nodes),
+            "influence_share": influence_share(sites, write, c) if sites else math.nan,
+            **node_overlap(sites, c),
+        }
+        for c in circuits
+    ]
 
 
 def _md(rows: list[dict[str, Any]], cols: list[str]) -> str:
