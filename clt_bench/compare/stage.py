@@ -310,10 +310,8 @@ def units_table(
         }
         cells = [r.kind, str(r.n_units), f"{row['pd_0']:.3f}", f"{row['pd_clean']:.3f}"]
         for f in FRACTIONS:
-            k, (lo, hi) = r.needed(f), ci[f]
-            row[f"k_{int(f * 100)}"] = k
-            row[f"k_{int(f * 100)}_ci"] = [lo, hi]
-            cells.append(f"{'never' if k is None else k} [{_k(lo)}, {_k(hi)}]")
+            row[f"k_{int(f * 100)}"], row[f"k_{int(f * 100)}_ci"] = r.needed(f), list(ci[f])
+            cells.append(_k_ci_cell(row, f"k_{int(f * 100)}"))
         rows.append(row)
         lines.append(cells)
     head = ["unit kind", "units", "PD_0", "PD_clean"]
