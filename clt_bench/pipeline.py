@@ -121,16 +121,13 @@ def _check_task_tokens(ctx: RunContext, names: list[str], resume: bool) -> None:
     from clt_bench.task.dataset import check_task_tokens
     from clt_bench.task.spec import load_task
 
-    spec = load_task(ctx.cfg.task.task)
-    check_task_tokens(spec, ctx.model.tokenizer)
+    check_task_tokens(load_task(ctx.cfg.task.task), ctx.model.tokenizer)
 
 
 def _check_loaded_clt(ctx: RunContext, names: list[str], resume: bool) -> None:
     """A bad ``clt.load`` (unreadable, wrong shape for the model, non-finite) fails before the
     first stage rather than after the task, baseline and activations stages."""
-    if not ctx.cfg.clt.load or "clt" not in names:
-        return
-    if resume and stage_is_current(ctx, "clt"):
+    if not ctx.cfg.clt.load or "clt" not in names or (resume and stage_is_current(ctx, "clt")):
         return
     from clt_bench.clt.circuit_tracer_io import check_fits, load_clt
 

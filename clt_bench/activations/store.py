@@ -46,12 +46,9 @@ class CachedBlocks:
             raise UserError("the activation cache holds no shards.")
         self.paths, self.window, self.seed = shard_paths, max(1, window), seed
 
-    def n_blocks(self) -> int:
-        return math.ceil(len(self.paths) / self.window)
-
     def blocks(self, epoch: int, start: int = 0) -> Iterator[tuple[int, Block]]:
         order = torch.randperm(len(self.paths), generator=_generator(self.seed, epoch, -1))
-        for b in range(start, self.n_blocks()):
+        for b in range(start, math.ceil(len(self.paths) / self.window)):
             parts = [
                 load_tensors(self.paths[int(i)])
                 for i in order[b * self.window : (b + 1) * self.window]

@@ -37,10 +37,6 @@ def circuit_cells(circuit: Circuit, kind: str = "all") -> set[Cell]:
     return {(n.layer, n.position) for n in circuit.nodes if kind == "all" or n.kind == kind}
 
 
-def feature_cells(sites: Sequence[FeatureSite]) -> set[Cell]:
-    return {(s.layer, s.position) for s in sites if s.position in ("END", "YY")}
-
-
 def precision_recall(found: set[Cell], truth: set[Cell]) -> dict[str, float | int]:
     """Precision, recall and F1 of ``found`` cells against ``truth`` cells (NaN when empty)."""
     inter = len(found & truth)
@@ -59,12 +55,12 @@ def precision_recall(found: set[Cell], truth: set[Cell]) -> dict[str, float | in
 
 def node_overlap(sites: Sequence[FeatureSite], circuit: Circuit) -> dict[str, float | int]:
     """Precision/recall of the features' cells vs the circuit's cells (all nodes and MLPs only)."""
-    found = feature_cells(sites)
-    out: dict[str, float | int] = {}
-    for kind in ("all", "mlp"):
-        for k, v in precision_recall(found, circuit_cells(circuit, kind)).items():
-            out[f"{kind}_{k}"] = v
-    return out
+    found = {(s.layer, s.position) for s in sites if s.position in ("END", "YY")}
+    return {
+        f"{kind}_{k}": v
+        for kind in ("all", "mlp")
+        for k, v in precision_recall(found, circuit_cells(circuit, kind)).items()
+    }
 
 
 def influence_share(

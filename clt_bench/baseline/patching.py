@@ -355,7 +355,8 @@ def path_patch(
         dchunk = None if deltas is None else list(deltas[i : i + per_chunk])
         c = len(chunk)
         if not receivers:
-            parts.append(_repeat(ctx.base.readout, c))
+            r0 = ctx.base.readout
+            parts.append(EndReadout(r0.answer_logits.repeat(c, 1), r0.lse.repeat(c)))
             continue
         add = _receiver_deltas(ctx, chunk, receivers, dchunk)
         if logits_only:
@@ -403,10 +404,6 @@ def resid_patch(ctx: PatchContext, layer: int, pos: int, deltas: torch.Tensor) -
             run_end(ctx.bridge, x, ctx.end_pos, ctx.batch.answer_ids, start_at_layer=layer + 1)
         )
     return EndReadout.cat(parts).reshape(m, ctx.n)
-
-
-def _repeat(r: EndReadout, c: int) -> EndReadout:
-    return EndReadout(r.answer_logits.repeat(c, 1), r.lse.repeat(c))
 
 
 def all_senders(

@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from clt_bench.cli import attribute, baseline, gate, run, task, toy_model, train_clt
-from clt_bench.cli.common import add_common, config_from_args, out_dir
+from clt_bench.cli.common import config_from_args
 from clt_bench.errors import UserError
 
 # each module's ``register(subparsers)`` adds its sub-command(s), in this order in ``--help``
 COMMANDS = (task, baseline, train_clt, toy_model, attribute, run, gate)
 
-__all__ = ["add_common", "build_parser", "config_from_args", "main", "out_dir"]
+__all__ = ["build_parser", "config_from_args", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

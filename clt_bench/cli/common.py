@@ -102,16 +102,12 @@ def default_preset(args: argparse.Namespace) -> str:
     return model if model in MODEL_PRESETS else "toy"
 
 
-def out_dir(args: argparse.Namespace, cfg: RunConfig) -> str:
-    return args.out or f"results/{cfg.preset}"
-
-
 def command_config(args: argparse.Namespace, *extra: str) -> tuple[RunConfig, Path]:
     """The command's config (``extra``: overrides its own flags add) and run folder."""
     if extra:
         args.overrides = [*args.overrides, *extra]
     cfg = config_from_args(args)
-    return cfg, Path(out_dir(args, cfg))
+    return cfg, Path(args.out or f"results/{cfg.preset}")
 
 
 def load_run_model(cfg: RunConfig, device: str | None = None) -> LoadedModel:

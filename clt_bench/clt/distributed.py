@@ -77,19 +77,16 @@ def wrap(module: nn.Module, kind: str, info: DistInfo, device: str) -> nn.Module
     return module
 
 
-def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        t = t.clone()
-        dist.all_reduce(t)
-        t /= info.world
-    return t
-
-
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         t = t.clone()
         dist.all_reduce(t)
     return t
+
+
+def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    t = all_reduce_sum(t, info)
+    return t / info.world if info.enabled else t
 
 
 def full(t: torch.Tensor) -> torch.Tensor:

@@ -99,17 +99,15 @@ def circuits_to_compare(run_dir: Path, model_name: str) -> list[Circuit]:
 def overlap_rows(
     sites: list[FeatureSite], write: list[list[float]], circuits: list[Circuit]
 ) -> list[dict[str, Any]]:
-    rows = []
-    for c in circuits:
-        rows.append(
-            {
-                "circuit": c.name,
-                "n_nodes": len(c.nodes),
-                "influence_share": influence_share(sites, write, c) if sites else math.nan,
-                **node_overlap(sites, c),
-            }
-        )
-    return rows
+    return [
+        {
+            "circuit": c.name,
+            "n_nodes": len(c.nodes),
+            "influence_share": influence_share(sites, write, c) if sites else math.nan,
+            **node_overlap(sites, c),
+        }
+        for c in circuits
+    ]
 
 
 def _md(rows: list[dict[str, Any]], cols: list[str]) -> str:
@@ -312,10 +310,8 @@ def units_table(
         }
         cells = [r.kind, str(r.n_units), f"{row['pd_0']:.3f}", f"{row['pd_clean']:.3f}"]
         for f in FRACTIONS:
-            k, (lo, hi) = r.needed(f), ci[f]
-            row[f"k_{int(f * 100)}"] = k
-            row[f"k_{int(f * 100)}_ci"] = [lo, hi]
-            cells.append(f"{'never' if k is None else k} [{_k(lo)}, {_k(hi)}]")
+            row[f"k_{int(f * 100)}"], row[f"k_{int(f * 100)}_ci"] = r.needed(f), list(ci[f])
+            cells.append(_k_ci_cell(row, f"k_{int(f * 100)}"))
         rows.append(row)
         lines.append(cells)
     head = ["unit kind", "units", "PD_0", "PD_clean"]

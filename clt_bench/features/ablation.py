@@ -104,13 +104,20 @@ def pd_of(logits: torch.Tensor, batch: TaskBatch, idx: Rows = None) -> torch.Ten
     return batch.prob_diff(answer_probs(logits, batch.answer_ids), idx)
 
 
-def _pairs(active: Sequence[np.ndarray], lo: int, hi: int) -> list[tuple[int, int]]:
-    """(feature index, prompt) pairs with the prompt in [lo, hi) among each feature's prompts."""
-    return [(u, int(p)) for u, ps in enumerate(active) for p in ps if lo <= p < hi]
-
-
-def _groups(pairs: list[tuple[int, int]], size: int) -> list[list[tuple[int, int]]]:
-    return [pairs[i : i + size] for i in range(0, len(pairs), size)]
+def delta_pd_without(
+    bridge, batch: TaskBatch, idx: torch.Tensor, sub: torch.Tensor, clean_pd: torch.Tensor
+) -> np.ndarray:
+    """[R] dPD of prompt rows ``idx`` when ``sub`` [L, R, pos, d] (clean decoder writes) is
+    subtracted from every layer's ``hook_mlp_out``."""
+    dev = next(bridge.parameters()).device
+    hooks = [
+        (f"blocks.{t}.hook_mlp_out", lambda y, hook, t=t: y - sub[t].to(y.dtype))
+        for t in range(sub.shape[0])
+        if bool(sub[t].any())
+    ]
+    tokens = batch.clean[idx].to(dev)
+    logits = end_logits_via(bridge, lambda: bridge.run_with_hooks(tokens, fwd_hooks=hooks))
+    return (pd_of(logits, batch, idx) - clean_pd[idx]).cpu().numpy()
 
 
 @torch.no_grad()
@@ -177,25 +184,14 @@ def free_delta_pd(
     dev = next(bridge.parameters()).device
     clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch)
     total = np.zeros(len(features))
-    pairs = _pairs(active, 0, n)
-    L = clt.n_layers
+    pairs = [(u, int(p)) for u, ps in enumerate(active) for p in ps if 0 <= p < n]
     dec = decoder_rows(clt, features, torch.float32, dev)
     a_all = torch.stack([torch.as_tensor(a, dtype=torch.float32) for a in acts]).to(dev)
-    for group in tqdm(_groups(pairs, rows_per_pass), desc="free ablations", disable=not progress):
+    groups = [pairs[i : i + rows_per_pass] for i in range(0, len(pairs), rows_per_pass)]
+    for group in tqdm(groups, desc="free ablations", disable=not progress):
         idx = torch.tensor([p for _, p in group])
-        tokens = batch.clean[idx].to(dev)
         sub = clean_writes(a_all, dec, idx.to(dev), torch.tensor([u for u, _ in group], device=dev))
-        used = [t for t in range(L) if bool(sub[t].any())]
-
-        def hook(t: int, sub: torch.Tensor = sub):
-            return lambda y, hook: y - sub[t].to(y.dtype)
-
-        hooks = [(f"blocks.{t}.hook_mlp_out", hook(t)) for t in used]
-        logits = end_logits_via(
-            bridge,
-            lambda tokens=tokens, hooks=hooks: bridge.run_with_hooks(tokens, fwd_hooks=hooks),
-        )
-        delta = pd_of(logits, batch, idx) - clean_pd[idx]
-        for r, (u, _) in enumerate(group):
-            total[u] += float(delta[r])
+        delta = delta_pd_without(bridge, batch, idx, sub, clean_pd)
+        for (u, _), d in zip(group, delta, strict=True):
+            total[u] += float(d)
     return total * weight / max(n, 1)

@@ -22,7 +22,13 @@ import seaborn as sns
 import torch
 
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.features.ablation import clean_writes, decoder_rows, end_logits_via, pd_of
+from clt_bench.features.ablation import (
+    clean_writes,
+    decoder_rows,
+    delta_pd_without,
+    end_logits_via,
+    pd_of,
+)
 from clt_bench.io import write_text
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
@@ -58,7 +64,7 @@ def pair_interactions(
         first = torch.tensor([s[0] for s, _ in group], device=dev)
         second = torch.tensor([s[1] if len(s) > 1 else -1 for s, _ in group], device=dev)
         sub = clean_writes(a_all, dec, idx.to(dev), first, second)  # [L, R, pos, d]
-        delta = _delta_without(bridge, batch, idx, sub, clean_pd)
+        delta = delta_pd_without(bridge, batch, idx, sub, clean_pd)
         for (s, _), d in zip(group, delta, strict=True):
             total[s] += float(d)
             row_delta.append(float(d))
@@ -82,22 +88,6 @@ def pair_interactions(
         "interaction_share": share,
         "single_per_prompt": per_prompt,
     }
-
-
-def _delta_without(
-    bridge, batch: TaskBatch, idx: torch.Tensor, sub: torch.Tensor, clean_pd: torch.Tensor
-) -> np.ndarray:
-    """[R] dPD of prompt rows ``idx`` when ``sub`` [L, R, pos, d] (clean decoder writes) is
-    subtracted from every layer's ``hook_mlp_out``."""
-    dev = next(bridge.parameters()).device
-    hooks = [
-        (f"blocks.{t}.hook_mlp_out", lambda y, hook, t=t: y - sub[t].to(y.dtype))
-        for t in range(sub.shape[0])
-        if bool(sub[t].any())
-    ]
-    tokens = batch.clean[idx].to(dev)
-    logits = end_logits_via(bridge, lambda: bridge.run_with_hooks(tokens, fwd_hooks=hooks))
-    return (pd_of(logits, batch, idx) - clean_pd[idx]).cpu().numpy()
 
 
 SET_SIZES = (5, 10, 20)
@@ -137,7 +127,7 @@ def joint_ablation(
             [[u if u < ks[i] else -1 for u in range(kmax)] for i, _ in group], device=dev
         )  # [R, kmax]: row r removes features members[r, j] >= 0
         sub = clean_writes(a_all, dec, idx.to(dev), *members.T)
-        delta = _delta_without(bridge, batch, idx, sub, clean_pd)
+        delta = delta_pd_without(bridge, batch, idx, sub, clean_pd)
         for (i, p), d in zip(group, delta, strict=True):
             out[i, p] = float(d)
     return out

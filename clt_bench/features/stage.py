@@ -510,7 +510,7 @@ def run_features_stage(
     summary_not_testable = [lab for lab, ok in testable.items() if not ok]
     table.write_csv(rows, out / "features.csv")
     header = features_md_header(fc, rule, batch, len(rows), summary_not_testable)
-    table.write_markdown(rows, out / "features.md", header)
+    write_text(out / "features.md", f"{header}\n\n{table.feature_markdown(rows)}")
     pngs, grid = write_heatmaps(cfg, heat, rows, out, relation)
     save_ranking(
         run_dir,

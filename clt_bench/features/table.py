@@ -74,10 +74,6 @@ def feature_markdown(rows: Sequence[dict[str, Any]], max_context: int = 60) -> s
     return markdown_table([h for _, h, _ in MD_COLUMNS], lines) + "\n"
 
 
-def write_markdown(rows: Sequence[dict[str, Any]], path: Path, header: str) -> Path:
-    return write_text(path, f"{header}\n\n{feature_markdown(rows)}")
-
-
 def heatmap_pngs(
     heatmaps: np.ndarray,
     rows: Sequence[dict[str, Any]],

@@ -65,10 +65,6 @@ class PatchMask:
             self.mlps[comp.layer, example, positions] = True
 
 
-def _blocks(model: GPT2LMHeadModel) -> torch.nn.ModuleList:
-    return model.transformer.h
-
-
 @contextmanager
 def _hooks(
     model: GPT2LMHeadModel,
@@ -79,7 +75,7 @@ def _hooks(
     """Record into ``store`` and/or patch from ``source`` where ``mask`` says, then remove hooks."""
     handles = []
     n_head = model.config.n_head
-    for layer, block in enumerate(_blocks(model)):
+    for layer, block in enumerate(model.transformer.h):
 
         def z_hook(module, args, layer=layer):  # noqa: ANN001 - torch hook signature
             (z,) = args  # [batch, pos, d_model] = heads' outputs, concatenated

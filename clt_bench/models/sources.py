@@ -82,14 +82,12 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def gpt2_small_config() -> GPT2Config:
-    """GPT-2 small: 12 layers, 12 heads, d_model 768, vocab 50,257, context 1,024, tied."""
-    return GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257)
-
-
 def _gpt2_random(seed: int, dtype: torch.dtype) -> TransformerBridge:
+    """GPT-2 small's shape (12 layers, 12 heads, d_model 768, vocab 50,257, context 1,024, tied),
+    randomly initialised."""
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(gpt2_small_config()).to(dtype)
+    cfg = GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257)
+    model = GPT2LMHeadModel(cfg).to(dtype)
     return wrap_hf_gpt2(model, gpt2_tokenizer(), "gpt2-random")
 
 

@@ -38,13 +38,9 @@ DEFAULT_TOY_ARCH = dict(
 )
 
 
-def toy_gpt2_config(arch: dict | None = None) -> GPT2Config:
-    return GPT2Config(**(arch or DEFAULT_TOY_ARCH))
-
-
 def build_toy_module(arch: dict | None = None, seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(toy_gpt2_config(arch))
+    return GPT2LMHeadModel(GPT2Config(**(arch or DEFAULT_TOY_ARCH)))
 
 
 def load_toy_module(

@@ -143,12 +143,8 @@ def _has_section(ctx: RunContext, stage: str) -> bool:
 
 
 def _images(folder: Path, globs: list[str]) -> list[Path]:
-    seen: list[Path] = []
-    for g in globs:
-        for p in sorted(folder.glob(g)):
-            if p not in seen:
-                seen.append(p)
-    return seen[:MAX_IMAGES]
+    # each image once, in the order of the first glob that finds it
+    return list(dict.fromkeys(p for g in globs for p in sorted(folder.glob(g))))[:MAX_IMAGES]
 
 
 def _summary_table(summary: dict[str, Any]) -> str:

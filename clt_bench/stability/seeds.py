@@ -17,10 +17,6 @@ from clt_bench.run_context import RunContext
 from clt_bench.stability.summary import write_stability
 
 
-def seed_run_dir(run_dir: Path, seed: int) -> Path:
-    return Path(run_dir) / "seeds" / f"clt-seed{seed}"
-
-
 def seeds_config(cfg: RunConfig, seeds: list[int], plt_seeds: bool = False) -> RunConfig:
     """``cfg`` for a run over the CLT ``seeds``: its own CLT (and PLT) seed is the first."""
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
@@ -48,7 +44,7 @@ def run_stability_stage(ctx: RunContext, shared: list[str], own: list[str]) -> d
     assert ctx.run_subrun is not None, "the stability stage runs under the runner"
     dirs = {seeds[0]: ctx.run_dir}
     for seed in seeds[1:]:
-        d = seed_run_dir(ctx.run_dir, seed)
+        d = Path(ctx.run_dir) / "seeds" / f"clt-seed{seed}"
         ctx.progress(f"CLT seed {seed} -> {d}")
         # each seed's run gets its own report too, so that it is a complete run for
         # ``clt-bench check`` / ``make-reference`` / ``compare-runs``; it has no seeds of its own

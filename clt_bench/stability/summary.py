@@ -60,12 +60,12 @@ class SeedRun:
         return cls(seed=seed, run_dir=Path(run_dir), features=df, heatmaps=heat, answers=answers)
 
     def summaries(self) -> dict[str, Any]:
-        flat: dict[str, Any] = {}
-        for stage in SEED_STAGES:
-            for k, v in stage_summary(self.run_dir, stage).items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    flat[f"{stage}.{k}"] = float(v)
-        return flat
+        return {
+            f"{stage}.{k}": float(v)
+            for stage in SEED_STAGES
+            for k, v in stage_summary(self.run_dir, stage).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
 
 
 def _matches(runs: list[SeedRun]) -> dict[tuple[int, int], list[LayerMatch]]:

@@ -576,7 +576,5 @@ def one_per_yy(batch: TaskBatch, n_prompts: int) -> TaskBatch:
     if n_prompts < len(values):
         pick = np.linspace(0, len(values) - 1, n_prompts).round().astype(int)
         values = [values[i] for i in sorted(set(pick.tolist()))]
-    first = {}
-    for i, y in enumerate(batch.yy.tolist()):
-        first.setdefault(y, i)
-    return batch.subset([first[y] for y in values])
+    yy = batch.yy.tolist()
+    return batch.subset([yy.index(y) for y in values])  # each value's first prompt

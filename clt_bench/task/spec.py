@@ -154,10 +154,6 @@ class TaskSpec:
         return out
 
 
-def task_names() -> list[str]:
-    return sorted(p.parent.name for p in tasks_dir().glob("*/task.toml"))
-
-
 def check_keys(table: Any, allowed: tuple[str, ...], where: str, section: str) -> None:
     """Reject a key of ``table`` that is not in ``allowed``: one sentence naming file, key and the
     allowed keys (as the config does)."""
@@ -390,7 +386,8 @@ def resolve_task_path(name: str | Path, root: Path | None = None) -> Path:
             raise UserError(f"the task directory {as_path} holds no task.toml.")
         return as_path / "task.toml"
     if not path.is_file():
-        raise UserError(f"unknown task '{text}' (known tasks: {', '.join(task_names())}).")
+        known = sorted(p.parent.name for p in tasks_dir().glob("*/task.toml"))
+        raise UserError(f"unknown task '{text}' (known tasks: {', '.join(known)}).")
     return path
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clt_bench.config import RunConfig, load_config
+from clt_bench.config import load_config
 
 REFERENCE_OVERRIDES = (
     "activations.n_tokens=40000",
@@ -23,16 +23,11 @@ REFERENCE_OVERRIDES = (
 )
 
 
-def reference_config(model: str = "toy") -> RunConfig:
-    return load_config("toy", [*REFERENCE_OVERRIDES, f'model.name="{model}"'])
-
-
 def train_reference_clt(run_dir: str | Path, model: str = "toy") -> Path:
     """Train (or resume) the reference CLT into ``run_dir``; returns its circuit-tracer folder."""
     from clt_bench.pipeline import run_pipeline
 
     run_dir = Path(run_dir)
-    run_pipeline(
-        reference_config(model), run_dir, stages=["activations", "clt"], progress=lambda _msg: None
-    )
+    cfg = load_config("toy", [*REFERENCE_OVERRIDES, f'model.name="{model}"'])
+    run_pipeline(cfg, run_dir, stages=["activations", "clt"], progress=lambda _msg: None)
     return run_dir / "clt"
