@@ -53,7 +53,11 @@ def one_run(
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as fh:
-        subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
+        # run outside any checkout: ``python -m`` puts the working directory first on sys.path,
+        # ahead of PYTHONPATH, so from a checkout's root every run would use that checkout's code
+        subprocess.run(
+            cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True, cwd=out.parent
+        )
     row = {"wall": time.perf_counter() - t0, "cpu": children_cpu() - c0, "load1": load}
     wlog = out / "plt-worker.log"
     text = wlog.read_text(errors="replace") if wlog.is_file() else ""
@@ -85,7 +89,7 @@ def main() -> None:
         for ci, code in enumerate(codes):
             for mode in modes:
                 tag = "this" if code is None else f"code{ci}"
-                out = Path(args.out) / f"{tag}-{mode}-{r}"
+                out = Path(args.out).resolve() / f"{tag}-{mode}-{r}"
                 row, side = one_run(code, mode, out, ["--preset", args.preset])
                 rows.setdefault((tag, mode), []).append(row)
                 sides.setdefault((tag, mode), set()).update(side)
