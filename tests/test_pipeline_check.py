@@ -373,6 +373,27 @@ def test_whole_gate_false_alarm_rate_is_at_most_alpha():
     assert 0.003 <= rate <= 0.017, rate  # exact value for independent metrics: 0.995 %
 
 
+def test_make_reference_takes_a_seeds_run_and_its_seed_runs(tmp_path):
+    """The README's recipe: ``--clt-seeds 1,2,3`` names its seeds in ``stability``; its seed
+    runs (``seeds/clt-seed2``, ...) name none. They differ only in seeds."""
+    from clt_bench.report.reference_bands import make_reference
+
+    runs = []
+    for i, h in enumerate(_seed_heads()[:5]):
+        stability = {"clt_seeds": [1, 2, 3] if i == 0 else [], "plt_seeds": True, "threshold": 0.7}
+        path = tmp_path / f"s{i}"
+        path.mkdir()
+        cfg = {"clt": {"seed": i + 1}, "plt": {"seed": i + 1}, "stability": stability}
+        (path / "metrics.json").write_text(json.dumps({"headline": h, "config": cfg}))
+        runs.append(str(path))
+    assert make_reference(runs, tmp_path / "r.json")["metrics"]
+    odd = json.loads((tmp_path / "s4" / "metrics.json").read_text())
+    odd["config"]["stability"]["threshold"] = 0.9  # not a seed: refused
+    (tmp_path / "s4" / "metrics.json").write_text(json.dumps(odd))
+    with pytest.raises(UserError, match="in 'stability.threshold'"):
+        make_reference(runs, tmp_path / "r.json")
+
+
 def test_make_reference_needs_five_seeds_and_same_config(tmp_path, capsys):
     from clt_bench.report.reference_bands import make_reference
 

@@ -68,8 +68,10 @@ SEED_FLOORS: tuple[tuple[str, float, float], ...] = (
 
 # keys that may differ between the runs of a reference (seed runs: seeds; variation runs also the
 # device and thread count)
-SEED_KEYS = ("seed",)
-VARIATION_KEYS = ("seed", "threads", "device")
+# config keys in which a reference's runs may differ: the seeds (a ``--clt-seeds`` run names its
+# seeds in ``stability``; each of its seed runs has none), and for a variation run the hardware
+SEED_KEYS = ("seed", "clt_seeds", "plt_seeds")
+VARIATION_KEYS = (*SEED_KEYS, "threads", "device")
 
 
 def is_deterministic(name: str) -> bool:
