@@ -354,7 +354,8 @@ def _input_stage_cost(
             rows += b.max_steps * senders * b.discovery_examples
         return mem, 0.08 * row_s * rows  # path patching reads END only (fitted on the toy)
     heldout = (a.eval_tokens + a.batch_size * a.seq_len) * act_bytes
-    shard = 2.0 * min(a.shard_tokens, a.n_tokens) * act_bytes if a.mode == "cache" else 0.0
+    # a shard being written while the next one is computed and concatenated: three shards
+    shard = 3.0 * min(a.shard_tokens, a.n_tokens) * act_bytes if a.mode == "cache" else 0.0
     tokens = a.eval_tokens + (a.n_tokens if a.mode == "cache" else 0)
     return (
         cal.fwd_bytes_per_row * a.batch_size + heldout + shard,
