@@ -211,7 +211,9 @@ def _ratio(s: dict[str, Any], key: str, other_reason: str = "") -> str:
     if s.get(key) is not None:
         return f"{s[key]:.3f}"
     why = s.get("faithfulness_ratio_undefined_reason")
-    return f"undefined: {why or s.get(other_reason, '') if other_reason else why}"
+    if not why and other_reason:
+        why = s.get(other_reason, "")
+    return f"undefined: {why}"
 
 
 def format_baseline_table(s: dict[str, Any]) -> str:

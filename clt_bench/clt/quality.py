@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -10,10 +9,9 @@ import torch
 from clt_bench.activations.extract import extract_activations
 from clt_bench.activations.tokens import TokenRows
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.clt.replacement_hooks import agreement_metrics, replacement_hooks
+from clt_bench.clt.replacement_hooks import agreement_metrics, mlps_skipped, replacement_hooks
 from clt_bench.config import RunConfig
 from clt_bench.models import LoadedModel
-from clt_bench.models.bridge import mlps_replaced
 
 PER_PROMPT = "_per_prompt"  # key of the per-example tensors in task_metrics_with_clt's result
 
@@ -130,7 +128,7 @@ def task_metrics_with_clt(
     # time of a forward at GPT-2's vocabulary
     logits_o = end_logits(loaded.bridge, batch.clean, batch.end_pos, bs, end_only=True)
     keep_first = cfg.activations.exclude_bos
-    with contextlib.nullcontext() if keep_first else mlps_replaced(loaded.bridge):
+    with mlps_skipped(loaded.bridge, keep_first):
         logits_r = end_logits(
             loaded.bridge,
             batch.clean,

@@ -9,8 +9,8 @@ the output is replaced by sum_{l' <= l} W_dec^{l' -> l} a^{l'} + b_dec^l (+ skip
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -68,6 +68,13 @@ def replacement_hooks(clt: CrossLayerTranscoder, keep_first: bool = False) -> Fw
     return hooks
 
 
+def mlps_skipped(bridge: TransformerBridge, keep_first: bool) -> AbstractContextManager:
+    """Around forwards with ``replacement_hooks`` or ``zero_mlp_hooks``: they replace every MLP
+    output, so the MLPs need not run (``mlps_replaced``), unless ``keep_first`` keeps position 0's
+    own."""
+    return contextlib.nullcontext() if keep_first else mlps_replaced(bridge)
+
+
 def _activate_layer(clt: CrossLayerTranscoder, pre: torch.Tensor, layer: int) -> torch.Tensor:
     """Layer ``layer``'s inference activation on pre [..., F] (BatchTopK: the learned threshold,
     as ``CrossLayerTranscoder.activate`` in eval mode)."""
@@ -111,8 +118,6 @@ def agreement_metrics(
     device = next(bridge.parameters()).device
     hooks = replacement_hooks(clt, keep_first)
     zero = zero_mlp_hooks(clt.n_layers, keep_first)
-    # both runs replace every MLP output (at every position unless keep_first)
-    skip_mlps = contextlib.nullcontext if keep_first else functools.partial(mlps_replaced, bridge)
     n_tok = n_next = 0
     agree = kl = ce_orig = ce_rep = ce_zero = 0.0
     for i in range(0, rows.tokens.shape[0], batch_size):
@@ -122,7 +127,7 @@ def agreement_metrics(
             mask = mask.clone()
             mask[:, 0] = False
         lo = bridge(tokens).float().log_softmax(-1)
-        with skip_mlps():
+        with mlps_skipped(bridge, keep_first):
             lr = bridge.run_with_hooks(tokens, fwd_hooks=hooks).float().log_softmax(-1)
             logits_z = bridge.run_with_hooks(tokens, fwd_hooks=zero).float()
         agree += float(((lo.argmax(-1) == lr.argmax(-1)) & mask).sum())
