@@ -150,9 +150,7 @@ def load_run(path: str | Path) -> RunMetrics:
 
 
 def _fmt(v: float) -> str:
-    if math.isnan(v):
-        return "nan"
-    return f"{v:.3g}"  # 3 significant digits, as in the run report
+    return f"{v:.3g}"  # 3 significant digits, as in the run report ("nan" for NaN)
 
 
 @dataclass(frozen=True)
@@ -160,11 +158,14 @@ class Cell:
     value: float | None
     ci: tuple[float, float] | None = None
 
+    @property
+    def interval(self) -> str:
+        return f"[{_fmt(self.ci[0])}, {_fmt(self.ci[1])}]" if self.ci else ""
+
     def text(self) -> str:
         if self.value is None:
             return "–"
-        s = _fmt(self.value)
-        return f"{s} [{_fmt(self.ci[0])}, {_fmt(self.ci[1])}]" if self.ci else s
+        return f"{_fmt(self.value)} {self.interval}" if self.ci else _fmt(self.value)
 
 
 @dataclass
@@ -179,6 +180,11 @@ class Comparison:
     @property
     def with_intervals(self) -> list[str]:
         return [m for m in self.metrics if any(c.ci for c in self.cells[m])]
+
+    @property
+    def paired(self) -> list[str]:
+        """The metrics with a paired difference to the first run for at least one run."""
+        return [m for m in self.metrics if any(d is not None for d in self.deltas[m])]
 
 
 def compare_runs(
@@ -227,21 +233,6 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return markdown_table(header, ([c.replace("|", "\\|") for c in row] for row in rows))
 
 
-def _rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
-    header = ["metric", *[r.name for r in cmp.runs]]
-    rows = [[m, *[c.text() for c in cmp.cells[m]]] for m in cmp.metrics]
-    return header, rows
-
-
-def _delta_rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
-    header = ["metric", *[f"{r.name} − {cmp.runs[0].name}" for r in cmp.runs[1:]]]
-    rows = []
-    for m in cmp.metrics:
-        if any(d is not None for d in cmp.deltas[m]):
-            rows.append([m, *[d.text() if d else "– (prompts differ)" for d in cmp.deltas[m]]])
-    return header, rows
-
-
 def _notes(cmp: Comparison) -> list[str]:
     ci = cmp.with_intervals
     notes = [
@@ -257,7 +248,8 @@ def _notes(cmp: Comparison) -> list[str]:
 
 
 def format_markdown(cmp: Comparison) -> str:
-    header, rows = _rows(cmp)
+    header = ["metric", *[r.name for r in cmp.runs]]
+    rows = [[m, *[c.text() for c in cmp.cells[m]]] for m in cmp.metrics]
     parts = [
         "# clt-bench: runs compared",
         "",
@@ -265,8 +257,12 @@ def format_markdown(cmp: Comparison) -> str:
         "",
         _md_table(header, rows),
     ]
-    dh, drows = _delta_rows(cmp)
-    if drows:
+    if cmp.paired:
+        dh = ["metric", *[f"{r.name} − {cmp.runs[0].name}" for r in cmp.runs[1:]]]
+        drows = [
+            [m, *[d.text() if d else "– (prompts differ)" for d in cmp.deltas[m]]]
+            for m in cmp.paired
+        ]
         parts += [
             "",
             "## Paired differences (same prompts; bootstrap over prompts)",
@@ -285,7 +281,7 @@ def forest_plot(cmp: Comparison, path: str | Path) -> Path | None:
     from clt_bench.plots import save_figure
     from clt_bench.report.headline import metric_name
 
-    paired = [m for m in cmp.metrics if any(d is not None for d in cmp.deltas[m])]
+    paired = cmp.paired
     if not paired:
         return None
     n_rows = len(cmp.runs) - 1
@@ -323,9 +319,7 @@ def forest_plot(cmp: Comparison, path: str | Path) -> Path | None:
 def _html_cell(cell: Cell | None, missing: str = "–") -> str:
     if cell is None or cell.value is None:
         return f"<td class='meta'>{html.escape(missing)}</td>"
-    ci = (
-        f"<br><span class='meta'>[{_fmt(cell.ci[0])}, {_fmt(cell.ci[1])}]</span>" if cell.ci else ""
-    )
+    ci = f"<br><span class='meta'>{cell.interval}</span>" if cell.ci else ""
     return f"<td class='num' data-v='{cell.value!r}'>{_fmt(cell.value)}{ci}</td>"
 
 
@@ -353,7 +347,7 @@ def format_html(cmp: Comparison, figure: Path | None = None) -> str:
 
     header = ["metric", *[r.name for r in cmp.runs]]
     rows = [(m, [_html_cell(c) for c in cmp.cells[m]]) for m in cmp.metrics]
-    paired = [m for m in cmp.metrics if any(d is not None for d in cmp.deltas[m])]
+    paired = cmp.paired
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>clt-bench: runs compared</title><style>{asset('report.css')}</style></head>"
