@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from clt_bench.config import RunConfig, load_config, parse_override
@@ -104,8 +103,7 @@ def default_preset(args: argparse.Namespace) -> str:
 
 def command_config(args: argparse.Namespace, *extra: str) -> tuple[RunConfig, Path]:
     """The command's config (``extra``: overrides its own flags add) and run folder."""
-    if extra:
-        args.overrides = [*args.overrides, *extra]
+    args.overrides = [*args.overrides, *extra]
     cfg = config_from_args(args)
     return cfg, Path(args.out or f"results/{cfg.preset}")
 
@@ -118,13 +116,8 @@ def load_run_model(cfg: RunConfig, device: str | None = None) -> LoadedModel:
     return load_model(m.name, device or m.device, m.dtype, m.seed)
 
 
-@contextmanager
-def locked(out: Path, hold: bool = True) -> Iterator[None]:
+def locked(out: Path, hold: bool = True) -> AbstractContextManager[object]:
     """One run per results folder (``runlock``): a second one ends with one sentence."""
     from clt_bench.runlock import run_lock
 
-    if not hold:
-        yield
-        return
-    with run_lock(out):
-        yield
+    return run_lock(out) if hold else nullcontext()
