@@ -48,11 +48,8 @@ def _with_args(cfg: Any, args: argparse.Namespace) -> Any:  # the toy's or the p
 
     from clt_bench.errors import UserError
 
-    cfg = replace(cfg, seed=args.seed)
-    for key in ("steps", "lr", "batch_size", "threads"):
-        value = getattr(args, key)
-        if value is not None:
-            cfg = replace(cfg, **{key: value})
+    given = {key: getattr(args, key) for key in ("steps", "lr", "batch_size", "threads")}
+    cfg = replace(cfg, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if cfg.threads < 1:
         raise UserError(f"--threads must be >= 1 (got {cfg.threads}).")
     return cfg
@@ -81,7 +78,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     if args.model == "planted":
-        return _eval_planted(args)
+        from clt_bench.model_training.planted_train import acceptance_numbers
+        from clt_bench.models.planted import PLANTED_DIR, load_planted_module, load_planted_spec
+
+        model = load_planted_module(Path(args.dir or PLANTED_DIR))
+        acc = acceptance_numbers(model, load_planted_spec())
+        print(_format_acceptance(acc))
+        return 0 if all(acc["passed"].values()) else 1
     from clt_bench.model_training.toy_train import evaluate_toy_module, load_trained
     from clt_bench.models.toy import TOY_DIR
 
@@ -101,16 +104,6 @@ def _format_acceptance(acc: dict[str, Any]) -> str:
     failed = [k for k, ok in acc["passed"].items() if not ok]
     verdict = "all acceptance bars met" if not failed else "bars NOT met: " + ", ".join(failed)
     return _format(rows) + f"\nworst strictness node: {acc['strictness']['worst_node']}\n{verdict}"
-
-
-def _eval_planted(args: argparse.Namespace) -> int:
-    from clt_bench.model_training.planted_train import acceptance_numbers
-    from clt_bench.models.planted import PLANTED_DIR, load_planted_module, load_planted_spec
-
-    model = load_planted_module(Path(args.dir or PLANTED_DIR))
-    acc = acceptance_numbers(model, load_planted_spec())
-    print(_format_acceptance(acc))
-    return 0 if all(acc["passed"].values()) else 1
 
 
 __all__ = ["register"]
