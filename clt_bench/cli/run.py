@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from clt_bench.cli.common import add_common, command_config, locked
-from clt_bench.config import RunConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,58 +59,53 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clt_bench.models import check_device
+    from clt_bench.pipeline import run_pipeline
+    from clt_bench.preflight import run_preflight
 
     cfg, out = command_config(args)
     check_device(cfg.model.device)  # before any stage starts
     with locked(out):  # one run per folder, for all the seeds' runs and the report together
-        return _run(args, cfg, out)
+        stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+        if args.clt_seeds:  # the stability stage trains the further seeds
+            from clt_bench.stability.seeds import seeds_config
 
+            cfg = seeds_config(cfg, _seeds(args.clt_seeds), plt_seeds=args.plt_seeds)
+        elif args.plt_seeds:
+            from clt_bench.errors import UserError
 
-def _run(args: argparse.Namespace, cfg: RunConfig, out: Path) -> int:
-    from clt_bench.pipeline import run_pipeline
-    from clt_bench.preflight import run_preflight
+            raise UserError("--plt-seeds goes with --clt-seeds (a list of seeds).")
+        loaded = run_preflight(  # refuses a run that does not fit (exit 2), unless --yes
+            cfg,
+            out,
+            stages,
+            resume=not args.no_resume,
+            overlap=not args.serial,
+            force=args.force,
+            mode="off" if args.no_preflight else None,
+        )
+        ctx = run_pipeline(
+            cfg,
+            out,
+            stages=stages,
+            resume=not args.no_resume,
+            overlap=not args.serial,
+            model=loaded,
+        )
+        report = out / "report.html"
+        if "report" in ctx.results:
+            from clt_bench.report.headline import headline_table
+            from clt_bench.report.task_words import task_words_or_default
 
-    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    if args.clt_seeds:  # the stability stage trains the further seeds
-        from clt_bench.stability.seeds import seeds_config
+            print(headline_table(ctx.results["report"], task_words_or_default(ctx.cfg)))
+            from clt_bench.report.sanity import check_task
 
-        cfg = seeds_config(cfg, _seeds(args.clt_seeds), plt_seeds=args.plt_seeds)
-    elif args.plt_seeds:
-        from clt_bench.errors import UserError
-
-        raise UserError("--plt-seeds goes with --clt-seeds (a list of seeds).")
-    loaded = run_preflight(  # refuses a run that does not fit (exit 2), unless --yes
-        cfg,
-        out,
-        stages,
-        resume=not args.no_resume,
-        overlap=not args.serial,
-        force=args.force,
-        mode="off" if args.no_preflight else None,
-    )
-    ctx = run_pipeline(
-        cfg,
-        out,
-        stages=stages,
-        resume=not args.no_resume,
-        overlap=not args.serial,
-        model=loaded,
-    )
-    report = out / "report.html"
-    if "report" in ctx.results:
-        from clt_bench.report.headline import headline_table
-        from clt_bench.report.task_words import task_words_or_default
-
-        print(headline_table(ctx.results["report"], task_words_or_default(ctx.cfg)))
-        from clt_bench.report.sanity import check_task
-
-        sanity = check_task(ctx.results["report"].get("headline", {}))
-        if not sanity.ok:
-            print(f"warning: {sanity.message}")
-    if report.is_file():
-        print(f"report: {report}")
-    print(f"results: {out}")
-    return 0
+            sanity = check_task(ctx.results["report"].get("headline", {}))
+            if not sanity.ok:
+                print(f"warning: {sanity.message}")
+        if report.is_file():
+            print(f"report: {report}")
+        print(f"results: {out}")
+        return 0
 
 
 def _seeds(text: str) -> list[int]:
