@@ -8,6 +8,7 @@ reference.
 from __future__ import annotations
 
 import html
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,7 @@ from clt_bench.report.links import definition_html, methods_anchor
 from clt_bench.report.sanity import banner_html, check_task, displayed
 from clt_bench.report.sanity import to_json as sanity_json
 from clt_bench.report.tables import csv_table, fmt3
-from clt_bench.report.task_words import (
-    task_context,
-    task_rows,
-    task_words_or_default,
-    words_json,
-)
+from clt_bench.report.task_words import task_context, task_rows, task_words_or_default
 from clt_bench.run_context import RunContext
 
 # stage folder -> (title, PNG globs to embed in order, CSV tables to show, intro text); titles and
@@ -421,7 +417,7 @@ def write_report(ctx: RunContext) -> dict[str, Any]:
         f"{ctx.cfg.seed}",
         "stages": stage_records(ctx),
         "sanity": sanity_json(check_task(headline)),  # does the model do the task at all
-        "task": words_json(task_words_or_default(ctx.cfg)),  # which task and template ran
+        "task": asdict(task_words_or_default(ctx.cfg)),  # which task and template ran
     }
     summary_md = render_summary_md(ctx, headline, intervals)
     page = render_html(ctx, headline, meta, intervals)

@@ -9,7 +9,6 @@ Section titles and intros in ``report.stage`` are written with ``{placeholders}`
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from clt_bench.config import RunConfig
 from clt_bench.errors import UserError
@@ -121,7 +120,3 @@ def task_context(metric: str, phrase: str, words: TaskWords) -> str:
     if words.published_defined or not phrase or not metric.startswith(("task.", "baseline.")):
         return phrase
     return f"no published figure for task {words.task} (template {words.template})"
-
-
-def words_json(words: TaskWords) -> dict[str, Any]:
-    return asdict(words)
