@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from clt_bench.errors import UserError
-from clt_bench.report.figure_html import text_px
+from clt_bench.report.figure_html import png_info
 
 MIN_TEXT_PX = 14.0  # computed font size of any displayed text
 MIN_FIGURE_TEXT_PX = 10.0  # a figure's smallest text at its displayed size
@@ -106,8 +106,8 @@ IMG = re.compile(r"<img\b[^>]*?\bsrc=(['\"])(.*?)\1", re.S)
 
 
 def annotate_figures(page: str, folder: Path) -> str:
-    """``page`` with ``data-text-px`` (``figures.text_px``) on every ``<img>`` whose PNG it can read
-    (inline ``data:`` or a file relative to ``folder``)."""
+    """``page`` with ``data-text-px`` (``figure_html.png_info``) on every ``<img>`` whose PNG it
+    can read (inline ``data:`` or a file relative to ``folder``)."""
 
     def one(m: re.Match[str]) -> str:
         src = m.group(2)
@@ -118,8 +118,8 @@ def annotate_figures(page: str, folder: Path) -> str:
                 data = (folder / src).read_bytes()
         except (OSError, ValueError):
             return m.group(0)
-        px = text_px(data)
-        return m.group(0) if px is None else f'<img data-text-px="{px:.2f}"' + m.group(0)[4:]
+        info = png_info(data)
+        return m.group(0) if info is None else f'<img data-text-px="{info[1]:.2f}"' + m.group(0)[4:]
 
     return IMG.sub(one, page)
 
@@ -133,9 +133,10 @@ def find_chromium() -> str | None:
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Chromium (``chromium`` when none is found) with ``FLAGS``, a fresh profile and ``args``."""
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
-            [*args[:1], *FLAGS, f"--user-data-dir={profile}", *args[1:]],
+            [find_chromium() or "chromium", *FLAGS, f"--user-data-dir={profile}", *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -143,13 +144,10 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         )
 
 
-def _probe(
-    page: Path, script: str, attr: str, width: int, timeout: float, height: int = 1000
-) -> Any:
+def _probe(page: Path, script: str, attr: str, width: int, timeout: float) -> Any:
     """Load a copy of ``page`` with ``script`` appended to its body; ``script`` sets the body's
     ``attr`` attribute to a JSON value, which is returned."""
-    exe = find_chromium()
-    if exe is None:
+    if find_chromium() is None:
         raise UserError("no Chromium found (install Debian's 'chromium' package).")
     # the probed copy sits beside the page, so that images it links load as they do for a reader
     probe = page.with_name(f".{page.stem}.probe.html")
@@ -158,8 +156,7 @@ def _probe(
     try:
         out = _run(
             [
-                exe,
-                f"--window-size={width},{height}",
+                f"--window-size={width},1000",
                 "--virtual-time-budget=10000",
                 "--dump-dom",
                 probe.as_uri(),
@@ -185,9 +182,8 @@ def check_report(
     limits = f"<script>const MIN_TEXT = {MIN_TEXT_PX}, MIN_FIG = {MIN_FIGURE_TEXT_PX};</script>"
     result: dict[str, Any] = _probe(page, limits + PROBE, "data-check", width, timeout)
     if screenshot is not None:
-        exe = find_chromium() or "chromium"  # found: the probe ran
         shot = Path(screenshot).resolve()
-        _run([exe, f"--window-size={width},1000", f"--screenshot={shot}", page.as_uri()], timeout)
+        _run([f"--window-size={width},1000", f"--screenshot={shot}", page.as_uri()], timeout)
         result["screenshot"] = str(shot) if shot.is_file() else None
     return result
 
@@ -237,7 +233,6 @@ def screenshot_sections(
         try:
             _run(
                 [
-                    find_chromium() or "chromium",
                     f"--window-size={width},{min(int(h) + 60, MAX_SHOT_HEIGHT)}",
                     "--virtual-time-budget=5000",
                     f"--screenshot={shot}",

@@ -1,7 +1,7 @@
 """A stage's figure in the report, displayed at a width where its text is readable.
 
 A PNG written by ``save_figure`` records its smallest font size and its DPI, so its smallest text
-measures ``pt * dpi / 72`` of its pixels (``text_px``); ``display_width`` shows it wide enough
+measures ``pt * dpi / 72`` of its pixels (``png_info``); ``display_width`` shows it wide enough
 that this is at least ``MIN_DISPLAY_TEXT_PX`` on screen. PNGs up to ``INLINE_MAX_BYTES`` are
 inlined, larger ones linked; the caption links the PNG and its SVG.
 """
@@ -35,11 +35,6 @@ def png_info(data: bytes) -> tuple[int, float] | None:
             return im.width, pt * dpi / 72.0
     except (OSError, ValueError):
         return None
-
-
-def text_px(data: bytes) -> float | None:
-    info = png_info(data)
-    return None if info is None else info[1]
 
 
 def display_width(width: int, smallest_text_px: float) -> int:
