@@ -270,18 +270,16 @@ def render_html(
     ctx: RunContext,
     headline: dict[str, Any],
     meta: dict[str, Any],
-    intervals: dict[str, list[float]] | None = None,
+    intervals: dict[str, list[float]],
 ) -> str:
     cfg = ctx.cfg
-    intervals = intervals or {}
     sanity = check_task(headline)
     notes = metric_notes(ctx.results)
     words = task_words_or_default(cfg)
     rows = task_rows(headline_rows(displayed(with_undefined(headline, notes), sanity)), words)
     ood = _ood_note(ctx.results)
-    present = [
-        (stage, words.fill(title)) for stage, title, *_ in SECTIONS if _has_section(ctx, stage)
-    ]
+    sections = [section for section in SECTIONS if _has_section(ctx, section[0])]
+    present = [(stage, words.fill(title)) for stage, title, *_ in sections]
     defined: dict[str, list[str]] = {}  # each definition once, in order, with its metrics
     for m, *_ in rows:
         defined.setdefault(methods_anchor(m), []).append(m)
@@ -314,9 +312,7 @@ def render_html(
         _headline_html(ctx, headline, intervals),
         "</section>",
     ]
-    for stage, title, globs, tables, intro in SECTIONS:
-        if not _has_section(ctx, stage):
-            continue
+    for stage, title, globs, tables, intro in sections:
         parts.append(
             f"<section id='sec-{stage}'><h2>{html.escape(words.fill(title))}</h2>"
             f"<p class='intro'>{html.escape(words.fill(intro))}</p>"
@@ -333,9 +329,8 @@ def render_html(
 
 
 def render_summary_md(
-    ctx: RunContext, headline: dict[str, Any], intervals: dict[str, list[float]] | None = None
+    ctx: RunContext, headline: dict[str, Any], intervals: dict[str, list[float]]
 ) -> str:
-    intervals = intervals or {}
     sanity = check_task(headline)
     notes = metric_notes(ctx.results)
     ood = _ood_note(ctx.results)
