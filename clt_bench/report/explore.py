@@ -90,21 +90,19 @@ def features_data(folder: Path) -> dict[str, Any] | None:
         if fid in heatmaps:
             features[fid]["heatmap"] = heatmaps[fid]
     pairs: dict[str, list[dict[str, Any]]] = {}
+    pair_fields: list[str] = []
     inter = folder / "interactions.csv"
     if inter.is_file():
         idf = pd.read_csv(inter)
-        have = [c for c in PAIR_FIELDS if c in idf.columns]
+        pair_fields = [c for c in PAIR_FIELDS if c in idf.columns]
         for row in idf.to_dict("records"):
             a, b = str(row.get("feature_a")), str(row.get("feature_b"))
-            vals = {k: _clean(row[k]) for k in have}
+            vals = {k: _clean(row[k]) for k in pair_fields}
             pairs.setdefault(a, []).append({"other": b, **vals})
             swapped = {**vals}
             if "dpd_a" in vals and "dpd_b" in vals:
                 swapped["dpd_a"], swapped["dpd_b"] = vals["dpd_b"], vals["dpd_a"]
             pairs.setdefault(b, []).append({"other": a, **swapped})
-        pair_fields = have
-    else:
-        pair_fields = []
     n_heat = len(heatmaps)
     return {
         "fields": fields,
@@ -183,7 +181,7 @@ def graph_data(path: Path, labels: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "name": name,
                 "kind": kind,
                 "layer": layer,
-                "pos": int(n.get("ctx_idx") or 0),
+                "pos": pos,
                 "feature": fid if fid in labels else None,
                 "label": f.get("label") or ("not in features.csv" if kind == "feature" else ""),
                 "scores": scores,
