@@ -66,8 +66,6 @@ SEED_FLOORS: tuple[tuple[str, float, float], ...] = (
     ("plt.dead_fraction", 0.005, 0.0),
 )
 
-# keys that may differ between the runs of a reference (seed runs: seeds; variation runs also the
-# device and thread count)
 # config keys in which a reference's runs may differ: the seeds (a ``--clt-seeds`` run names its
 # seeds in ``stability``; each of its seed runs has none), and for a variation run the hardware
 SEED_KEYS = ("seed", "clt_seeds", "plt_seeds")
