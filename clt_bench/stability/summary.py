@@ -15,26 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from clt_bench.artifacts import stage_summary  # noqa: E402
-from clt_bench.clt.circuit_tracer_io import load_clt  # noqa: E402
-from clt_bench.errors import UserError  # noqa: E402
-from clt_bench.features.shape_scores import LABELS  # noqa: E402
-from clt_bench.io import (  # noqa: E402
-    json_safe,
-    load_tensors,
-    markdown_table,
-    write_json,
-    write_text,
-)
-from clt_bench.plots import caption_below, mark_caption, save_figure, yy_zz_heatmap  # noqa: E402
-from clt_bench.stability.match import LayerMatch, match_transcoders  # noqa: E402
+from clt_bench.artifacts import stage_summary
+from clt_bench.clt.circuit_tracer_io import load_clt
+from clt_bench.errors import UserError
+from clt_bench.features.shape_scores import LABELS
+from clt_bench.io import json_safe, load_tensors, markdown_table, write_json, write_text
+from clt_bench.plots import caption_below, mark_caption, save_figure, yy_zz_heatmap
+from clt_bench.stability.match import LayerMatch, match_transcoders
 
 # stages whose numbers depend on the CLT seed (their summaries are compared across seeds)
 SEED_STAGES = ("clt", "graphs", "features", "compare")
