@@ -128,16 +128,13 @@ HEADLINE_ORDER = [
 
 def headline_metrics(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Flatten the stages' summaries into ``{"stage.metric": value}`` (numbers only)."""
-    flat: dict[str, Any] = {}
-    for stage, summary in results.items():
-        if stage == "report":
-            continue
-        for k, v in summary.items():
-            if k in ("schema_version",):
-                continue
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                flat[f"{stage}.{k}"] = v
-    return flat
+    return {
+        f"{stage}.{k}": v
+        for stage, summary in results.items()
+        if stage != "report"
+        for k, v in summary.items()
+        if k != "schema_version" and isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def headline_rows(flat: dict[str, Any]) -> list[tuple[str, str, str, str]]:
