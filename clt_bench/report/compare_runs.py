@@ -288,11 +288,10 @@ def forest_plot(cmp: Comparison, path: str | Path) -> Path | None:
     fig, axes = plt.subplots(
         len(paired), 1, figsize=(7.0, 0.9 + (0.45 * n_rows + 0.75) * len(paired)), squeeze=False
     )
+    labels = [r.name for r in cmp.runs[1:]]
+    ys = [-i for i in range(n_rows)]
     for ax, m in zip(axes[:, 0], paired, strict=True):
-        ys, labels = [], []
-        for i, (r, d) in enumerate(zip(cmp.runs[1:], cmp.deltas[m], strict=True)):
-            labels.append(r.name)
-            ys.append(-i)
+        for i, d in enumerate(cmp.deltas[m]):
             if d is None or d.value is None:
                 ax.text(0, -i, "prompts differ: not paired", va="center", ha="center", fontsize=9)
                 continue
