@@ -20,7 +20,7 @@ import numpy as np
 
 from clt_bench.errors import UserError
 from clt_bench.io import markdown_table, read_json, write_text
-from clt_bench.report.headline import HEADLINE_ORDER, headline_metrics
+from clt_bench.report.headline import HEADLINE_ORDER, fmt3g, headline_metrics
 from clt_bench.stats import bootstrap_ci
 
 # headline metric -> (per-prompt file inside the run, tensor name); the mean of that tensor is the
@@ -149,10 +149,6 @@ def load_run(path: str | Path) -> RunMetrics:
     return out
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.3g}"  # 3 significant digits, as in the run report ("nan" for NaN)
-
-
 @dataclass(frozen=True)
 class Cell:
     value: float | None
@@ -160,12 +156,12 @@ class Cell:
 
     @property
     def interval(self) -> str:
-        return f"[{_fmt(self.ci[0])}, {_fmt(self.ci[1])}]" if self.ci else ""
+        return f"[{fmt3g(self.ci[0])}, {fmt3g(self.ci[1])}]" if self.ci else ""
 
     def text(self) -> str:
         if self.value is None:
             return "–"
-        return f"{_fmt(self.value)} {self.interval}" if self.ci else _fmt(self.value)
+        return f"{fmt3g(self.value)} {self.interval}" if self.ci else fmt3g(self.value)
 
 
 @dataclass
@@ -319,7 +315,7 @@ def _html_cell(cell: Cell | None, missing: str = "–") -> str:
     if cell is None or cell.value is None:
         return f"<td class='meta'>{html.escape(missing)}</td>"
     ci = f"<br><span class='meta'>{cell.interval}</span>" if cell.ci else ""
-    return f"<td class='num' data-v='{cell.value!r}'>{_fmt(cell.value)}{ci}</td>"
+    return f"<td class='num' data-v='{cell.value!r}'>{fmt3g(cell.value)}{ci}</td>"
 
 
 def _html_table(table_id: str, header: list[str], rows: list[tuple[str, list[str]]]) -> str:

@@ -150,7 +150,7 @@ def headline_rows(flat: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         label, pub, src = PUBLISHED.get(k, (k, None, ""))
         if isinstance(flat[k], str) and "degenerate" in flat[k]:
             pub = None
-        rows.append((k, _fmt(flat[k]), "" if pub is None else _fmt(pub), src))
+        rows.append((k, fmt3g(flat[k]), "" if pub is None else fmt3g(pub), src))
     return rows
 
 
@@ -190,7 +190,7 @@ PARTNERS: dict[str, list[tuple[str, str]]] = {
 def _fmt_ci(interval: Any) -> str:
     if not interval:
         return ""
-    lo, hi = ("never" if v is None or v == float("inf") else _fmt(v) for v in interval)
+    lo, hi = ("never" if v is None or v == float("inf") else fmt3g(v) for v in interval)
     return f" [{lo}, {hi}]"
 
 
@@ -211,10 +211,11 @@ def beside(
                 (k for k in flat if k.startswith(stem)), key=lambda k: int(k[len(stem) :])
             )
             parts += [
-                f"{label}{k[len(stem) :]} {_fmt(flat[k])}{_fmt_ci(intervals.get(k))}" for k in found
+                f"{label}{k[len(stem) :]} {fmt3g(flat[k])}{_fmt_ci(intervals.get(k))}"
+                for k in found
             ]
         elif key in flat:
-            parts.append(f"{label} {_fmt(flat[key])}{_fmt_ci(intervals.get(key))}")
+            parts.append(f"{label} {fmt3g(flat[key])}{_fmt_ci(intervals.get(key))}")
         elif key in intervals:  # a units-needed count that no k reaches is null, not a number
             parts.append(f"{label} never{_fmt_ci(intervals[key])}")
     if notes and notes.get(metric):
@@ -260,7 +261,7 @@ def with_undefined(flat: dict[str, Any], notes: dict[str, str]) -> dict[str, Any
         if note.startswith("undefined"):
             out[m] = "undefined"
         elif note.startswith("degenerate") and m in out:
-            out[m] = f"{_fmt(out[m])} (degenerate)"
+            out[m] = f"{fmt3g(out[m])} (degenerate)"
     return out
 
 
@@ -299,7 +300,7 @@ def context_note(model: str) -> str:
     )
 
 
-def _fmt(v: Any) -> str:
+def fmt3g(v: Any) -> str:
     """3 significant digits (what the report shows; metrics.json keeps full precision)."""
     if isinstance(v, float):
         return f"{v:.3g}"
@@ -342,8 +343,8 @@ def context_phrase(metric: str, measured: Any, model: str) -> str:
     diff = float(measured) - pub
     way = "higher" if diff > 0 else "lower"
     if same:
-        return f"published {_fmt(pub)} ({src}); measured {abs(diff):.3g} {way}"
-    return f"{src}: {_fmt(pub)}; {model} is {abs(diff):.3g} {way}"
+        return f"published {fmt3g(pub)} ({src}); measured {abs(diff):.3g} {way}"
+    return f"{src}: {fmt3g(pub)}; {model} is {abs(diff):.3g} {way}"
 
 
 def headline_table(report_summary: dict[str, Any], words: TaskWords | None = None) -> str:

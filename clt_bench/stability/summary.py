@@ -25,6 +25,7 @@ from clt_bench.errors import UserError
 from clt_bench.features.shape_scores import LABELS
 from clt_bench.io import json_safe, load_tensors, markdown_table, write_json, write_text
 from clt_bench.plots import caption_below, mark_caption, save_figure, yy_zz_heatmap
+from clt_bench.report.headline import fmt3g
 from clt_bench.stability.match import LayerMatch, match_transcoders
 
 # stages whose numbers depend on the CLT seed (their summaries are compared across seeds)
@@ -275,9 +276,5 @@ def stability_markdown(summary: dict[str, Any], labels: pd.DataFrame, seeds: pd.
 
 def _md(df: pd.DataFrame) -> str:
     """A pipe table (pandas' ``to_markdown`` needs the optional ``tabulate``)."""
-
-    def cell(v: Any) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    rows = ([cell(v) for v in row] for row in df.itertuples(index=False))
+    rows = ([fmt3g(v) for v in row] for row in df.itertuples(index=False))
     return markdown_table([str(c) for c in df.columns], rows)
