@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from clt_bench.activations.extract import capture
 from clt_bench.baseline.neurons import curve_ks
 from clt_bench.baseline.patching import model_device, run_end
 from clt_bench.baseline.readout import per_example_pd
@@ -147,15 +148,6 @@ def scoped(units: UnitSet, layers: Sequence[int], pos: int) -> UnitSet:
     return UnitSet(units.kind, blocks, units.mlp_clean, err)
 
 
-def _capture(
-    bridge: TransformerBridge, tokens: torch.Tensor, names: Sequence[str]
-) -> dict[str, torch.Tensor]:
-    _, cache = bridge.run_with_cache(
-        tokens.to(model_device(bridge)), names_filter=lambda n: n in set(names)
-    )
-    return {n: cache[n].detach() for n in names}
-
-
 @torch.no_grad()
 def neuron_units(
     bridge: TransformerBridge, clean: torch.Tensor, corrupted: torch.Tensor
@@ -164,8 +156,9 @@ def neuron_units(
     L = int(bridge.cfg.n_layers)
     post = [f"blocks.{i}.mlp.hook_post" for i in range(L)]
     outs = [f"blocks.{i}.hook_mlp_out" for i in range(L)]
-    c = _capture(bridge, clean, post + outs)
-    x = _capture(bridge, corrupted, post)
+    dev = model_device(bridge)
+    c = capture(bridge, clean.to(dev), post + outs)
+    x = capture(bridge, corrupted.to(dev), post)
     w_out = bridge.W_out.detach()  # [L, d_mlp, d]
     blocks = [UnitBlock(i, c[post[i]] - x[post[i]], w_out[i][:, None, :], [i]) for i in range(L)]
     return UnitSet("mlp_neurons", blocks, torch.stack([c[o] for o in outs], dim=2))
@@ -187,8 +180,9 @@ def feature_units(
     L = int(bridge.cfg.n_layers)
     mid = [f"blocks.{i}.hook_resid_mid" for i in range(L)]
     outs = [f"blocks.{i}.hook_mlp_out" for i in range(L)]
-    c = _capture(bridge, clean, mid + outs)
-    x = _capture(bridge, corrupted, mid + (outs if error == "corrupted" else []))
+    dev = model_device(bridge)
+    c = capture(bridge, clean.to(dev), mid + outs)
+    x = capture(bridge, corrupted.to(dev), mid + (outs if error == "corrupted" else []))
     _, a_c = encode_prompts(clt, torch.stack([c[m] for m in mid], dim=2))  # [n, pos, L, F]
     _, a_x = encode_prompts(clt, torch.stack([x[m] for m in mid], dim=2))
     mlp = torch.stack([c[o] for o in outs], dim=2)
