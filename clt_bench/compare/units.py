@@ -309,16 +309,14 @@ def rank_units(
     """Global unit indices, most clean-minus-corrupt effect first, and each unit's score."""
     lin = linear_effects(bridge, units, batch)
     score = lin.clone()
-    cand = torch.argsort(lin, descending=True)[: max(candidates, 0)].tolist()
+    order = torch.argsort(lin, descending=True).tolist()
+    cand = order[: max(candidates, 0)]
     if cand:
         score_c = exact_effects(bridge, units, batch, cand)
         # exact effects rank the candidates; the rest follow in linear order
-        order = [cand[i] for i in torch.argsort(score_c, descending=True).tolist()]
         score[cand] = score_c
-        rest = [g for g in torch.argsort(lin, descending=True).tolist() if g not in set(cand)]
-        order += rest
-    else:
-        order = torch.argsort(lin, descending=True).tolist()
+        rest = [g for g in order if g not in set(cand)]
+        order = [cand[i] for i in torch.argsort(score_c, descending=True).tolist()] + rest
     return order, score.numpy()
 
 
