@@ -435,15 +435,14 @@ def units_needed_curve(
     batch: TaskBatch,
     dense: int = 32,
     candidates: int = 32,
-    ks: Sequence[int] | None = None,
     top_names: int = 20,
     extra_ks: Sequence[int] = (),
 ) -> UnitsResult:
     """Rank one kind's units on the ranking half of ``batch``; its curve on the other half.
 
     ``make_units(clean_tokens, corrupted_tokens)`` builds the UnitSet on given prompts; the curve's
-    points are ``ks`` or, without it, ``dense`` log-spaced ones plus those of ``extra_ks`` that
-    do not exceed the number of units."""
+    points are 0, ``dense`` log-spaced ones and those of ``extra_ks`` that do not exceed the
+    number of units."""
     rank_idx, eval_idx = split_halves(len(batch))
     rb, eb = batch.subset(rank_idx), batch.subset(eval_idx)
     ranking_units = make_units(rb.clean, rb.corrupted)
@@ -452,9 +451,7 @@ def units_needed_curve(
     units = make_units(eb.clean, eb.corrupted)
     K = units.n_units
     extra = [k for k in extra_ks if k <= K]
-    ks = sorted({0, K, *curve_ks(K, dense), *extra} if ks is None else {0, K, *ks})
-    if ks[0] < 0 or ks[-1] > K:
-        raise UserError(f"curve points must lie in 0..{K} (the number of units).")
+    ks = sorted({0, K, *curve_ks(K, dense), *extra})
     pd, clean = curve_pd(bridge, units, eb, order, ks)
     names = [units.unit_name(g) for g in order[:top_names]]
     return UnitsResult(units.kind, K, list(ks), pd, clean, list(order), score, names)
