@@ -141,9 +141,6 @@ def _corr(hc: np.ndarray, hh: float, b: np.ndarray, bb: float) -> float:
     return float((hc * b).sum() / den) if den > 1e-30 else 0.0
 
 
-RELATIONS = ("gt", "lt", "exact")
-
-
 def relation_template(
     y: np.ndarray, relation: str = "gt", answers: np.ndarray | None = None, n_answers: int = 100
 ) -> np.ndarray:
@@ -368,9 +365,6 @@ class ActivationProfile:
     share_other: float
     position: str
 
-    def to_dict(self) -> dict[str, float | int | str]:
-        return asdict(self)
-
 
 def activation_profile(
     acts: np.ndarray, yy: np.ndarray, yy_pos: int, end_pos: int
@@ -417,9 +411,6 @@ class LabelDecision:
     runner_up_score: float = float("nan")
     runner_up_partial: float = float("nan")
     margin: float = float("nan")
-
-    def to_dict(self) -> dict[str, str | float]:
-        return asdict(self)
 
 
 CLASSES = ("comparator", "large-number promoter", "parity", "multiple-of-5 promoter")
