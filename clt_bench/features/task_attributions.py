@@ -92,7 +92,6 @@ class TaskAttributions:
     clean_logit_diff: float
     pd_direct: np.ndarray | None = None  # [R] direct first-order PD contribution per pair
     relation: str = "gt"  # the task's relation (what the two task targets score)
-    exact_answers: np.ndarray | None = None  # [n] each prompt's answer (``exact`` only)
 
     @property
     def n_prompts(self) -> int:
@@ -365,7 +364,6 @@ def task_attributions(
     pclass = torch.where(pos == batch.yy_pos, 0, torch.where(pos == batch.end_pos, 1, 2))
     pos_ld = torch.zeros(len(table), 3, dtype=torch.float64)
     pos_ld[torch.arange(len(table)), pclass] = feat[t_ld]
-    ans = batch.exact_answers()
     pd_all = torch.cat([p["pd"] for p in parts])
     ld_all = torch.cat([p["ld"] for p in parts])
     return TaskAttributions(
@@ -392,7 +390,6 @@ def task_attributions(
         clean_logit_diff=float(ld_all.mean()),
         pd_direct=agg(torch.cat([p["pd_direct"] for p in parts])).numpy(),
         relation=batch.relation,
-        exact_answers=None if ans is None else ans.numpy().copy(),
     )
 
 
