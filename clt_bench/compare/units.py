@@ -253,16 +253,14 @@ def linear_effects(bridge: TransformerBridge, units: UnitSet, batch: TaskBatch) 
 
 @torch.no_grad()
 def _pd_rows(
-    bridge: TransformerBridge,
-    tokens: torch.Tensor,
-    outs: torch.Tensor,
-    batch: TaskBatch,
-    reps: int = 1,
+    bridge: TransformerBridge, tokens: torch.Tensor, outs: list[torch.Tensor], batch: TaskBatch
 ) -> torch.Tensor:
-    """[reps, n] PD of clean-prompt rows ``tokens`` [reps * n, pos] (``batch``'s prompts
-    repeated ``reps`` times) with MLP outputs ``outs``."""
+    """[len(outs), n] PD of the clean prompts ``tokens`` [n, pos] with MLP outputs each of
+    ``outs`` [n, pos, L, d] (one forward pass: ``batch``'s prompts repeated len(outs) times)."""
+    reps = len(outs)
     with mlps_replaced(bridge):  # every MLP output comes from ``outs``
-        r = run_end(bridge, tokens, batch.end_pos, batch.answer_ids, _mlp_hooks(outs))
+        hooks = _mlp_hooks(torch.cat(outs))
+        r = run_end(bridge, tokens.repeat(reps, 1), batch.end_pos, batch.answer_ids, hooks)
     return per_example_pd(r.reshape(reps, len(batch)), batch)
 
 
@@ -279,8 +277,8 @@ def exact_effects(
     dev = units.mlp_clean.device
     tokens = batch.clean.to(dev)
     base0 = units.outs([torch.zeros(b.n_units, device=dev) for b in units.blocks])
-    pd0 = _pd_rows(bridge, tokens, base0, batch)[0]
-    pd_all = _pd_rows(bridge, tokens, units.all_clean(), batch)[0]
+    pd0 = _pd_rows(bridge, tokens, [base0], batch)[0]
+    pd_all = _pd_rows(bridge, tokens, [units.all_clean()], batch)[0]
     offs = units.offsets()
     per = max(1, rows // (2 * n))
     out = []
@@ -295,9 +293,7 @@ def exact_effects(
             up[:, :, b.targets] += w
             down[:, :, b.targets] -= w
             xs += [up, down]
-        pd = _pd_rows(bridge, tokens.repeat(len(xs), 1), torch.cat(xs), batch, len(xs)).reshape(
-            len(chunk), 2, n
-        )
+        pd = _pd_rows(bridge, tokens, xs, batch).reshape(len(chunk), 2, n)
         eff = ((pd[:, 0] - pd0) + (pd_all - pd[:, 1])) / 2
         out.append(eff.mean(-1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
@@ -346,10 +342,7 @@ def curve_pd(
     per = max(1, rows // n)
     pd = []
     for i in range(0, len(outs), per):
-        chunk = outs[i : i + per]
-        pd.append(
-            _pd_rows(bridge, tokens.repeat(len(chunk), 1), torch.cat(chunk), batch, len(chunk))
-        )
+        pd.append(_pd_rows(bridge, tokens, outs[i : i + per], batch))
     clean = run_end(bridge, tokens, batch.end_pos, batch.answer_ids)
     return (torch.cat(pd).numpy(), per_example_pd(clean, batch).numpy())
 
