@@ -407,11 +407,8 @@ def feature_heatmap(att: TaskAttributions, key: int, yy_values: np.ndarray) -> n
     """[len(yy_values), A] mean attributed effect on each of the task's A answer logits per YY (0
     where inactive in that YY's prompts, NaN where no prompt has that YY)."""
     heat = np.zeros((len(yy_values), att.n_answers))
-    count = np.zeros(len(yy_values))
+    count = np.array([(att.yy == y).sum() for y in yy_values], dtype=np.float64)
     row_of = {int(y): r for r, y in enumerate(yy_values)}
-    for y in att.yy:
-        if int(y) in row_of:
-            count[row_of[int(y)]] += 1
     sel = np.nonzero(att.pair_key == key)[0]
     for r in sel:
         y = int(att.yy[att.pair_prompt[r]])
