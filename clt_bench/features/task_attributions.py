@@ -111,8 +111,7 @@ def _unembed(bridge) -> tuple[torch.Tensor, torch.Tensor]:
     b_U = getattr(bridge, "b_U", None)
     if b_U is None:
         return W_U, torch.zeros(W_U.shape[1], dtype=W_U.dtype, device=W_U.device)
-    b_U = b_U.detach()
-    return W_U, b_U
+    return W_U, b_U.detach()
 
 
 def _run_with_final(rm: ReplacementModel, mode: str):
