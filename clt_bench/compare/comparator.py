@@ -75,14 +75,13 @@ def comparator_explained(
     out: dict[str, Any] = {"layers": layers, "position": "END", "definition": DEFINITION}
     for name, tc in transcoders.items():
         r = comparator_curve(bridge, tc, batch, layers, candidates, dense)
-        norm = r.normalized
         out[name] = {
             "n_units": r.n_units,
             "prob_diff_clean": float(r.clean.mean()),
             "prob_diff_comparator_corrupted": float(r.prob_diff[0]),
             "explained": {
                 int(k): float(v)
-                for k, v in zip(r.ks, norm, strict=True)
+                for k, v in zip(r.ks, r.normalized, strict=True)
                 if k in KS or k == r.n_units
             },
             "units_80": r.needed(0.8),

@@ -501,13 +501,10 @@ def write_overlaps(
 ) -> dict[str, list[dict[str, Any]]]:
     """Each transcoder's features vs each circuit: ``overlap.csv`` (all) and ``overlap.md`` (the
     run's own transcoder); returns transcoder kind -> rows, the run's own first."""
-    overlaps: dict[str, list[dict[str, Any]]] = {
-        cfg.clt.kind: overlap_rows(ranked_sites(rank), rank["write_effects"], circuits)
-    }
-    for kind, sub in transcoder_runs(cfg, run_dir).items():
-        if kind != cfg.clt.kind:
-            r = load_ranking(sub)
-            overlaps[kind] = overlap_rows(ranked_sites(r), r["write_effects"], circuits)
+    overlaps: dict[str, list[dict[str, Any]]] = {}
+    for kind, sub in transcoder_runs(cfg, run_dir).items():  # the run's own first
+        r = rank if kind == cfg.clt.kind else load_ranking(sub)
+        overlaps[kind] = overlap_rows(ranked_sites(r), r["write_effects"], circuits)
     write_text(
         out / "overlap.csv",
         csv_text([{"transcoder": k, **row} for k, rows in overlaps.items() for row in rows]),

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from clt_bench.activations.extract import capture
 from clt_bench.baseline.neurons import curve_ks
 from clt_bench.baseline.patching import model_device, run_end
 from clt_bench.baseline.readout import per_example_pd
@@ -147,15 +148,6 @@ def scoped(units: UnitSet, layers: Sequence[int], pos: int) -> UnitSet:
     return UnitSet(units.kind, blocks, units.mlp_clean, err)
 
 
-def _capture(
-    bridge: TransformerBridge, tokens: torch.Tensor, names: Sequence[str]
-) -> dict[str, torch.Tensor]:
-    _, cache = bridge.run_with_cache(
-        tokens.to(model_device(bridge)), names_filter=lambda n: n in set(names)
-    )
-    return {n: cache[n].detach() for n in names}
-
-
 @torch.no_grad()
 def neuron_units(
     bridge: TransformerBridge, clean: torch.Tensor, corrupted: torch.Tensor
@@ -164,8 +156,9 @@ def neuron_units(
     L = int(bridge.cfg.n_layers)
     post = [f"blocks.{i}.mlp.hook_post" for i in range(L)]
     outs = [f"blocks.{i}.hook_mlp_out" for i in range(L)]
-    c = _capture(bridge, clean, post + outs)
-    x = _capture(bridge, corrupted, post)
+    dev = model_device(bridge)
+    c = capture(bridge, clean.to(dev), post + outs)
+    x = capture(bridge, corrupted.to(dev), post)
     w_out = bridge.W_out.detach()  # [L, d_mlp, d]
     blocks = [UnitBlock(i, c[post[i]] - x[post[i]], w_out[i][:, None, :], [i]) for i in range(L)]
     return UnitSet("mlp_neurons", blocks, torch.stack([c[o] for o in outs], dim=2))
@@ -187,8 +180,9 @@ def feature_units(
     L = int(bridge.cfg.n_layers)
     mid = [f"blocks.{i}.hook_resid_mid" for i in range(L)]
     outs = [f"blocks.{i}.hook_mlp_out" for i in range(L)]
-    c = _capture(bridge, clean, mid + outs)
-    x = _capture(bridge, corrupted, mid + (outs if error == "corrupted" else []))
+    dev = model_device(bridge)
+    c = capture(bridge, clean.to(dev), mid + outs)
+    x = capture(bridge, corrupted.to(dev), mid + (outs if error == "corrupted" else []))
     _, a_c = encode_prompts(clt, torch.stack([c[m] for m in mid], dim=2))  # [n, pos, L, F]
     _, a_x = encode_prompts(clt, torch.stack([x[m] for m in mid], dim=2))
     mlp = torch.stack([c[o] for o in outs], dim=2)
@@ -259,16 +253,14 @@ def linear_effects(bridge: TransformerBridge, units: UnitSet, batch: TaskBatch) 
 
 @torch.no_grad()
 def _pd_rows(
-    bridge: TransformerBridge,
-    tokens: torch.Tensor,
-    outs: torch.Tensor,
-    batch: TaskBatch,
-    reps: int = 1,
+    bridge: TransformerBridge, tokens: torch.Tensor, outs: list[torch.Tensor], batch: TaskBatch
 ) -> torch.Tensor:
-    """[reps, n] PD of clean-prompt rows ``tokens`` [reps * n, pos] (``batch``'s prompts
-    repeated ``reps`` times) with MLP outputs ``outs``."""
+    """[len(outs), n] PD of the clean prompts ``tokens`` [n, pos] with MLP outputs each of
+    ``outs`` [n, pos, L, d] (one forward pass: ``batch``'s prompts repeated len(outs) times)."""
+    reps = len(outs)
     with mlps_replaced(bridge):  # every MLP output comes from ``outs``
-        r = run_end(bridge, tokens, batch.end_pos, batch.answer_ids, _mlp_hooks(outs))
+        hooks = _mlp_hooks(torch.cat(outs))
+        r = run_end(bridge, tokens.repeat(reps, 1), batch.end_pos, batch.answer_ids, hooks)
     return per_example_pd(r.reshape(reps, len(batch)), batch)
 
 
@@ -285,8 +277,8 @@ def exact_effects(
     dev = units.mlp_clean.device
     tokens = batch.clean.to(dev)
     base0 = units.outs([torch.zeros(b.n_units, device=dev) for b in units.blocks])
-    pd0 = _pd_rows(bridge, tokens, base0, batch)[0]
-    pd_all = _pd_rows(bridge, tokens, units.all_clean(), batch)[0]
+    pd0 = _pd_rows(bridge, tokens, [base0], batch)[0]
+    pd_all = _pd_rows(bridge, tokens, [units.all_clean()], batch)[0]
     offs = units.offsets()
     per = max(1, rows // (2 * n))
     out = []
@@ -301,9 +293,7 @@ def exact_effects(
             up[:, :, b.targets] += w
             down[:, :, b.targets] -= w
             xs += [up, down]
-        pd = _pd_rows(bridge, tokens.repeat(len(xs), 1), torch.cat(xs), batch, len(xs)).reshape(
-            len(chunk), 2, n
-        )
+        pd = _pd_rows(bridge, tokens, xs, batch).reshape(len(chunk), 2, n)
         eff = ((pd[:, 0] - pd0) + (pd_all - pd[:, 1])) / 2
         out.append(eff.mean(-1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
@@ -315,16 +305,14 @@ def rank_units(
     """Global unit indices, most clean-minus-corrupt effect first, and each unit's score."""
     lin = linear_effects(bridge, units, batch)
     score = lin.clone()
-    cand = torch.argsort(lin, descending=True)[: max(candidates, 0)].tolist()
+    order = torch.argsort(lin, descending=True).tolist()
+    cand = order[: max(candidates, 0)]
     if cand:
         score_c = exact_effects(bridge, units, batch, cand)
         # exact effects rank the candidates; the rest follow in linear order
-        order = [cand[i] for i in torch.argsort(score_c, descending=True).tolist()]
         score[cand] = score_c
-        rest = [g for g in torch.argsort(lin, descending=True).tolist() if g not in set(cand)]
-        order += rest
-    else:
-        order = torch.argsort(lin, descending=True).tolist()
+        rest = [g for g in order if g not in set(cand)]
+        order = [cand[i] for i in torch.argsort(score_c, descending=True).tolist()] + rest
     return order, score.numpy()
 
 
@@ -354,10 +342,7 @@ def curve_pd(
     per = max(1, rows // n)
     pd = []
     for i in range(0, len(outs), per):
-        chunk = outs[i : i + per]
-        pd.append(
-            _pd_rows(bridge, tokens.repeat(len(chunk), 1), torch.cat(chunk), batch, len(chunk))
-        )
+        pd.append(_pd_rows(bridge, tokens, outs[i : i + per], batch))
     clean = run_end(bridge, tokens, batch.end_pos, batch.answer_ids)
     return (torch.cat(pd).numpy(), per_example_pd(clean, batch).numpy())
 
@@ -443,15 +428,14 @@ def units_needed_curve(
     batch: TaskBatch,
     dense: int = 32,
     candidates: int = 32,
-    ks: Sequence[int] | None = None,
     top_names: int = 20,
     extra_ks: Sequence[int] = (),
 ) -> UnitsResult:
     """Rank one kind's units on the ranking half of ``batch``; its curve on the other half.
 
     ``make_units(clean_tokens, corrupted_tokens)`` builds the UnitSet on given prompts; the curve's
-    points are ``ks`` or, without it, ``dense`` log-spaced ones plus those of ``extra_ks`` that
-    do not exceed the number of units."""
+    points are 0, ``dense`` log-spaced ones and those of ``extra_ks`` that do not exceed the
+    number of units."""
     rank_idx, eval_idx = split_halves(len(batch))
     rb, eb = batch.subset(rank_idx), batch.subset(eval_idx)
     ranking_units = make_units(rb.clean, rb.corrupted)
@@ -460,9 +444,7 @@ def units_needed_curve(
     units = make_units(eb.clean, eb.corrupted)
     K = units.n_units
     extra = [k for k in extra_ks if k <= K]
-    ks = sorted({0, K, *curve_ks(K, dense), *extra} if ks is None else {0, K, *ks})
-    if ks[0] < 0 or ks[-1] > K:
-        raise UserError(f"curve points must lie in 0..{K} (the number of units).")
+    ks = sorted({0, K, *curve_ks(K, dense), *extra})
     pd, clean = curve_pd(bridge, units, eb, order, ks)
     names = [units.unit_name(g) for g in order[:top_names]]
     return UnitsResult(units.kind, K, list(ks), pd, clean, list(order), score, names)

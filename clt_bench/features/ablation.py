@@ -121,6 +121,35 @@ def delta_pd_without(
 
 
 @torch.no_grad()
+def removal_deltas(
+    bridge,
+    clt: CrossLayerTranscoder,
+    batch: TaskBatch,
+    features: Sequence[tuple[int, int]],
+    acts: Sequence[np.ndarray],
+    removals: Sequence[tuple[int, Sequence[int]]],
+    rows_per_pass: int,
+    progress: bool = False,
+) -> np.ndarray:
+    """[R] dPD of each removal (prompt, the indices into ``features`` removed together) when their
+    clean decoder writes (``acts[u]`` [n, pos]: feature u's clean activations) are subtracted from
+    every layer's ``hook_mlp_out``; ``rows_per_pass`` removals per forward pass."""
+    dev = next(bridge.parameters()).device
+    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch)
+    dec = decoder_rows(clt, features, torch.float32, dev)  # [K, L, d]
+    a_all = torch.stack([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in acts]).to(dev)
+    width = max((len(m) for _, m in removals), default=0)
+    groups = [removals[i : i + rows_per_pass] for i in range(0, len(removals), rows_per_pass)]
+    deltas = []
+    for group in tqdm(groups, desc="free ablations", disable=not progress):
+        idx = torch.tensor([p for p, _ in group])  # prompt rows: the batch stays on the CPU
+        members = torch.tensor([[*m, *[-1] * (width - len(m))] for _, m in group], device=dev)
+        sub = clean_writes(a_all, dec, idx.to(dev), *members.T)  # [L, R, pos, d]
+        deltas.append(delta_pd_without(bridge, batch, idx, sub, clean_pd))
+    return np.concatenate(deltas) if deltas else np.zeros(0)
+
+
+@torch.no_grad()
 def constrained_delta_pd_frozen(
     att,
     keys: Sequence[int],
@@ -181,17 +210,9 @@ def free_delta_pd(
     n = len(batch)
     weight = np.array([len(a) / max(len(sample_prompts(a, max_prompts)), 1) for a in active])
     active = [sample_prompts(a, max_prompts) for a in active]
-    dev = next(bridge.parameters()).device
-    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch)
+    rows = [(int(p), (u,)) for u, ps in enumerate(active) for p in ps if 0 <= p < n]
+    deltas = removal_deltas(bridge, clt, batch, features, acts, rows, rows_per_pass, progress)
     total = np.zeros(len(features))
-    pairs = [(u, int(p)) for u, ps in enumerate(active) for p in ps if 0 <= p < n]
-    dec = decoder_rows(clt, features, torch.float32, dev)
-    a_all = torch.stack([torch.as_tensor(a, dtype=torch.float32) for a in acts]).to(dev)
-    groups = [pairs[i : i + rows_per_pass] for i in range(0, len(pairs), rows_per_pass)]
-    for group in tqdm(groups, desc="free ablations", disable=not progress):
-        idx = torch.tensor([p for _, p in group])
-        sub = clean_writes(a_all, dec, idx.to(dev), torch.tensor([u for u, _ in group], device=dev))
-        delta = delta_pd_without(bridge, batch, idx, sub, clean_pd)
-        for (u, _), d in zip(group, delta, strict=True):
-            total[u] += float(d)
+    for (_, (u,)), d in zip(rows, deltas, strict=True):
+        total[u] += float(d)
     return total * weight / max(n, 1)

@@ -22,13 +22,7 @@ import seaborn as sns
 import torch
 
 from clt_bench.clt.model import CrossLayerTranscoder
-from clt_bench.features.ablation import (
-    clean_writes,
-    decoder_rows,
-    delta_pd_without,
-    end_logits_via,
-    pd_of,
-)
+from clt_bench.features.ablation import removal_deltas
 from clt_bench.io import write_text
 from clt_bench.plots import save_figure
 from clt_bench.task.dataset import TaskBatch
@@ -52,27 +46,16 @@ def pair_interactions(
     active = [set(np.nonzero(np.asarray(a).any(axis=1))[0].tolist()) for a in acts]
     sets = [(u,) for u in range(K)] + list(combinations(range(K), 2))
     rows = [(s, p) for s in sets for p in sorted(set().union(*(active[u] for u in s)))]
-    dev = next(bridge.parameters()).device
-    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch)
+    deltas = removal_deltas(
+        bridge, clt, batch, features, acts, [(p, s) for s, p in rows], rows_per_pass
+    )
     total = {s: 0.0 for s in sets}
-    row_delta: list[float] = []
-    dec = decoder_rows(clt, features, torch.float32, dev)  # [K, L, d]
-    a_all = torch.stack([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in acts]).to(dev)
-    for start in range(0, len(rows), rows_per_pass):
-        group = rows[start : start + rows_per_pass]
-        idx = torch.tensor([p for _, p in group])  # prompt rows: the batch stays on the CPU
-        first = torch.tensor([s[0] for s, _ in group], device=dev)
-        second = torch.tensor([s[1] if len(s) > 1 else -1 for s, _ in group], device=dev)
-        sub = clean_writes(a_all, dec, idx.to(dev), first, second)  # [L, R, pos, d]
-        delta = delta_pd_without(bridge, batch, idx, sub, clean_pd)
-        for (s, _), d in zip(group, delta, strict=True):
-            total[s] += float(d)
-            row_delta.append(float(d))
-    single = np.array([total[(u,)] for u in range(K)]) / max(n, 1)
     per_prompt = np.zeros((K, n))  # single dPD per prompt (0 where the feature is inactive)
-    for (s, p), d in zip(rows, row_delta, strict=True):
+    for (s, p), d in zip(rows, deltas, strict=True):
+        total[s] += float(d)
         if len(s) == 1:
             per_prompt[s[0], p] = d
+    single = np.array([total[(u,)] for u in range(K)]) / max(n, 1)
     pair = np.diag(single)
     for i, j in combinations(range(K), 2):
         pair[i, j] = pair[j, i] = total[(i, j)] / max(n, 1)
@@ -114,22 +97,11 @@ def joint_ablation(
     n = len(batch)
     active = [set(np.nonzero(np.asarray(a).any(axis=1))[0].tolist()) for a in acts]
     rows = [(i, p) for i, k in enumerate(ks) for p in sorted(set().union(*active[:k]))]
-    dev = next(bridge.parameters()).device
-    clean_pd = pd_of(end_logits_via(bridge, lambda: bridge(batch.clean.to(dev))), batch)
-    dec = decoder_rows(clt, features, torch.float32, dev)
-    a_all = torch.stack([torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in acts]).to(dev)
+    removals = [(p, range(ks[i])) for i, p in rows]
+    deltas = removal_deltas(bridge, clt, batch, features, acts, removals, rows_per_pass)
     out = np.zeros((len(ks), n))
-    kmax = max(ks, default=0)
-    for start in range(0, len(rows), rows_per_pass):
-        group = rows[start : start + rows_per_pass]
-        idx = torch.tensor([p for _, p in group])
-        members = torch.tensor(
-            [[u if u < ks[i] else -1 for u in range(kmax)] for i, _ in group], device=dev
-        )  # [R, kmax]: row r removes features members[r, j] >= 0
-        sub = clean_writes(a_all, dec, idx.to(dev), *members.T)
-        delta = delta_pd_without(bridge, batch, idx, sub, clean_pd)
-        for (i, p), d in zip(group, delta, strict=True):
-            out[i, p] = float(d)
+    for (i, p), d in zip(rows, deltas, strict=True):
+        out[i, p] = float(d)
     return out
 
 

@@ -141,9 +141,6 @@ def _corr(hc: np.ndarray, hh: float, b: np.ndarray, bb: float) -> float:
     return float((hc * b).sum() / den) if den > 1e-30 else 0.0
 
 
-RELATIONS = ("gt", "lt", "exact")
-
-
 def relation_template(
     y: np.ndarray, relation: str = "gt", answers: np.ndarray | None = None, n_answers: int = 100
 ) -> np.ndarray:
@@ -275,14 +272,6 @@ def partial_scores(hc: np.ndarray, tp: Templates, fast: bool = False) -> dict[st
     return {"gt": out["gt"], "large": out["large"], "parity": parity, "mult5": out["mult5"]}
 
 
-def _check(heat: np.ndarray, yy_values: np.ndarray) -> None:
-    if heat.ndim != 2 or heat.shape[1] < 2 or heat.shape[0] != len(yy_values):
-        raise UserError(
-            f"a YY x ZZ heatmap must be [{len(yy_values)}, answers] (at least 2 answers), got "
-            f"{list(heat.shape)}."
-        )
-
-
 def active_rows(heat: np.ndarray, tol: float = 0.0) -> np.ndarray:
     """[rows] bool: rows with a finite, non-zero attribution somewhere."""
     finite = np.isfinite(heat).all(axis=1)
@@ -302,7 +291,11 @@ def shape_scores(
     products (``partial_scores``)."""
     heat = np.asarray(heat, dtype=np.float64)
     yy_values = np.asarray(yy_values)
-    _check(heat, yy_values)
+    if heat.ndim != 2 or heat.shape[1] < 2 or heat.shape[0] != len(yy_values):
+        raise UserError(
+            f"a YY x ZZ heatmap must be [{len(yy_values)}, answers] (at least 2 answers), got "
+            f"{list(heat.shape)}."
+        )
     rows = active_rows(heat)
     if not rows.any():
         return ShapeScores(0.0, 0.0, 0.0, 0.0, 0.0, -1, -1, -1, 0, 0.0)
@@ -368,9 +361,6 @@ class ActivationProfile:
     share_other: float
     position: str
 
-    def to_dict(self) -> dict[str, float | int | str]:
-        return asdict(self)
-
 
 def activation_profile(
     acts: np.ndarray, yy: np.ndarray, yy_pos: int, end_pos: int
@@ -417,9 +407,6 @@ class LabelDecision:
     runner_up_score: float = float("nan")
     runner_up_partial: float = float("nan")
     margin: float = float("nan")
-
-    def to_dict(self) -> dict[str, str | float]:
-        return asdict(self)
 
 
 CLASSES = ("comparator", "large-number promoter", "parity", "multiple-of-5 promoter")

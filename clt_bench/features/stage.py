@@ -103,11 +103,10 @@ def feature_rows(
     clt: CrossLayerTranscoder,
     circuit: Circuit | None,
     rule: LabelRule,
-    relation: TaskRelation | None = None,
+    relation: TaskRelation,
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
     """The table rows (without ablations and contexts) and the heatmaps [K, rows, A] (YY rows and
-    answers of ``relation``); labels relative to the task's ``relation`` (default gt)."""
-    relation = relation or TaskRelation()
+    answers of ``relation``); labels relative to the task's ``relation``."""
     sums = per_feature_sums(att, keys)
     heat = (
         np.stack([feature_heatmap(att, int(k), relation.rows) for k in keys])

@@ -92,7 +92,6 @@ class TaskAttributions:
     clean_logit_diff: float
     pd_direct: np.ndarray | None = None  # [R] direct first-order PD contribution per pair
     relation: str = "gt"  # the task's relation (what the two task targets score)
-    exact_answers: np.ndarray | None = None  # [n] each prompt's answer (``exact`` only)
 
     @property
     def n_prompts(self) -> int:
@@ -112,8 +111,7 @@ def _unembed(bridge) -> tuple[torch.Tensor, torch.Tensor]:
     b_U = getattr(bridge, "b_U", None)
     if b_U is None:
         return W_U, torch.zeros(W_U.shape[1], dtype=W_U.dtype, device=W_U.device)
-    b_U = b_U.detach()
-    return W_U, b_U
+    return W_U, b_U.detach()
 
 
 def _run_with_final(rm: ReplacementModel, mode: str):
@@ -365,7 +363,6 @@ def task_attributions(
     pclass = torch.where(pos == batch.yy_pos, 0, torch.where(pos == batch.end_pos, 1, 2))
     pos_ld = torch.zeros(len(table), 3, dtype=torch.float64)
     pos_ld[torch.arange(len(table)), pclass] = feat[t_ld]
-    ans = batch.exact_answers()
     pd_all = torch.cat([p["pd"] for p in parts])
     ld_all = torch.cat([p["ld"] for p in parts])
     return TaskAttributions(
@@ -392,7 +389,6 @@ def task_attributions(
         clean_logit_diff=float(ld_all.mean()),
         pd_direct=agg(torch.cat([p["pd_direct"] for p in parts])).numpy(),
         relation=batch.relation,
-        exact_answers=None if ans is None else ans.numpy().copy(),
     )
 
 
@@ -410,11 +406,8 @@ def feature_heatmap(att: TaskAttributions, key: int, yy_values: np.ndarray) -> n
     """[len(yy_values), A] mean attributed effect on each of the task's A answer logits per YY (0
     where inactive in that YY's prompts, NaN where no prompt has that YY)."""
     heat = np.zeros((len(yy_values), att.n_answers))
-    count = np.zeros(len(yy_values))
+    count = np.array([(att.yy == y).sum() for y in yy_values], dtype=np.float64)
     row_of = {int(y): r for r, y in enumerate(yy_values)}
-    for y in att.yy:
-        if int(y) in row_of:
-            count[row_of[int(y)]] += 1
     sel = np.nonzero(att.pair_key == key)[0]
     for r in sel:
         y = int(att.yy[att.pair_prompt[r]])
