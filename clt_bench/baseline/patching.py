@@ -77,7 +77,6 @@ class RunCache:
     final: torch.Tensor  # ln_final input [n, pos, d_model]
     final_scale: torch.Tensor  # [n, pos, 1]
     readout: EndReadout  # [n]
-    extra: dict[str, torch.Tensor]
 
 
 def model_device(bridge: TransformerBridge) -> torch.device:
@@ -110,8 +109,6 @@ def capture_run(
     end_pos: int,
     answer_ids: torch.Tensor,
     rows: int = 256,
-    extra: Sequence[str] = (),
-    hooks: Sequence[FwdHook] = (),
 ) -> RunCache:
     """Run [n, pos] tokens (``rows`` at a time) and keep what path patching needs.
 
@@ -122,7 +119,7 @@ def capture_run(
         [f"blocks.{i}.attn.hook_z" for i in range(n_layers)]
         + [f"blocks.{i}.hook_mlp_out" for i in range(n_layers)]
         + [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
-        + ["ln_final.hook_in", "ln_final.hook_scale", *extra]
+        + ["ln_final.hook_in", "ln_final.hook_scale"]
     )
     store: dict[str, list[torch.Tensor]] = defaultdict(list)
     readouts = []
@@ -136,9 +133,7 @@ def capture_run(
 
     save_hooks = [(n, saver(n)) for n in names]
     for i in range(0, tokens.shape[0], rows):
-        readouts.append(
-            run_end(bridge, tokens[i : i + rows], end_pos, answer_ids, [*hooks, *save_hooks])
-        )
+        readouts.append(run_end(bridge, tokens[i : i + rows], end_pos, answer_ids, save_hooks))
     cat = {k: torch.cat(v) for k, v in store.items()}
     return RunCache(
         z=[cat[f"blocks.{i}.attn.hook_z"] for i in range(n_layers)],
@@ -147,7 +142,6 @@ def capture_run(
         final=cat["ln_final.hook_in"],
         final_scale=cat["ln_final.hook_scale"],
         readout=EndReadout.cat(readouts),
-        extra={k: cat[k] for k in extra},
     )
 
 
@@ -199,12 +193,11 @@ class PatchContext:
         batch: TaskBatch,
         base: str = "clean",
         rows: int = 1024,
-        extra: Sequence[str] = (),
     ) -> PatchContext:
         """``base`` = "clean" (senders take corrupted values) or "corrupted" (the reverse)."""
         dev = model_device(bridge)
-        clean = capture_run(bridge, batch.clean, batch.end_pos, batch.answer_ids, rows, extra)
-        corrupt = capture_run(bridge, batch.corrupted, batch.end_pos, batch.answer_ids, rows, extra)
+        clean = capture_run(bridge, batch.clean, batch.end_pos, batch.answer_ids, rows)
+        corrupt = capture_run(bridge, batch.corrupted, batch.end_pos, batch.answer_ids, rows)
         if base == "clean":
             return cls(bridge, batch, batch.clean.to(dev), clean, corrupt, rows)
         return cls(bridge, batch, batch.corrupted.to(dev), corrupt, clean, rows, False)
@@ -233,7 +226,6 @@ class PatchContext:
                 c.final[:m],
                 c.final_scale[:m],
                 c.readout[:m],
-                {k: v[:m] for k, v in c.extra.items()},
             )
 
         return PatchContext(
