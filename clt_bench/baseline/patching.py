@@ -115,12 +115,9 @@ def capture_run(
     The tokens move to the model's device; the cached activations stay there."""
     n_layers = bridge.cfg.n_layers
     tokens = tokens.to(model_device(bridge))
-    names = (
-        [f"blocks.{i}.attn.hook_z" for i in range(n_layers)]
-        + [f"blocks.{i}.hook_mlp_out" for i in range(n_layers)]
-        + [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
-        + ["ln_final.hook_in", "ln_final.hook_scale"]
-    )
+    per_layer = ("attn.hook_z", "hook_mlp_out", "hook_resid_pre")  # RunCache's first three fields
+    names = [f"blocks.{i}.{h}" for h in per_layer for i in range(n_layers)]
+    names += ["ln_final.hook_in", "ln_final.hook_scale"]
     store: dict[str, list[torch.Tensor]] = defaultdict(list)
     readouts = []
 
@@ -135,14 +132,9 @@ def capture_run(
     for i in range(0, tokens.shape[0], rows):
         readouts.append(run_end(bridge, tokens[i : i + rows], end_pos, answer_ids, save_hooks))
     cat = {k: torch.cat(v) for k, v in store.items()}
-    return RunCache(
-        z=[cat[f"blocks.{i}.attn.hook_z"] for i in range(n_layers)],
-        mlp_out=[cat[f"blocks.{i}.hook_mlp_out"] for i in range(n_layers)],
-        resid_pre=[cat[f"blocks.{i}.hook_resid_pre"] for i in range(n_layers)],
-        final=cat["ln_final.hook_in"],
-        final_scale=cat["ln_final.hook_scale"],
-        readout=EndReadout.cat(readouts),
-    )
+    z, mlp_out, resid_pre = ([cat[f"blocks.{i}.{h}"] for i in range(n_layers)] for h in per_layer)
+    final, scale = cat["ln_final.hook_in"], cat["ln_final.hook_scale"]
+    return RunCache(z, mlp_out, resid_pre, final, scale, EndReadout.cat(readouts))
 
 
 @contextmanager
