@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -208,7 +208,6 @@ class PatchContext:
         """The same context restricted to its first ``m`` examples."""
         if m >= self.n:
             return self
-        idx = list(range(m))
 
         def cut(c: RunCache) -> RunCache:
             return RunCache(
@@ -220,14 +219,12 @@ class PatchContext:
                 c.readout[:m],
             )
 
-        return PatchContext(
-            self.bridge,
-            self.batch.subset(idx),
-            self.base_tokens[:m],
-            cut(self.base),
-            cut(self.source),
-            self.rows,
-            self.base_is_clean,
+        return replace(  # the bridge, rows and base_is_clean kept
+            self,
+            batch=self.batch.subset(list(range(m))),
+            base_tokens=self.base_tokens[:m],
+            base=cut(self.base),
+            source=cut(self.source),
         )
 
     def write(self, cache: RunCache, s: Sender) -> torch.Tensor:
