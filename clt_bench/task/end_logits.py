@@ -75,10 +75,8 @@ def task_metrics(
     answer = batch.answer if batch.relation == "exact" else None
     out = summarize(p, batch.yy, batch.relation, answer)
     ans = logits_end[:, ids].double()
-    ld = logit_diff_per_example(ans, batch.yy, batch.relation, answer=answer)
-    out["logit_diff"] = float(ld.mean())
-    out["logit_diff_mean_variant"] = float(
-        logit_diff_per_example(ans, batch.yy, batch.relation, reduce="mean", answer=answer).mean()
-    )
+    for key, reduce in (("logit_diff", "sum"), ("logit_diff_mean_variant", "mean")):
+        ld = logit_diff_per_example(ans, batch.yy, batch.relation, reduce, answer)
+        out[key] = float(ld.mean())
     out["answer_mass"] = float(p.sum(-1).mean())
     return {f"{prefix}{k}": v for k, v in out.items()}
