@@ -329,6 +329,7 @@ class EncodedPrompt:
     text: str
     ids: list[int]
     yy_pos: int  # position of the start year's YY token
+    head: str  # the text up to and including YY
 
 
 def encode_prompt(
@@ -346,7 +347,7 @@ def encode_prompt(
     prefix = tokenizer.encode(prefix_text)
     if ids[: len(prefix)] != prefix or tokenizer.decode(prefix[-1:]) != f"{year % 100:02d}":
         raise UserError(f"year {year} does not tokenise as [' XX', 'YY'] in '{text}'.")
-    return EncodedPrompt(text, ids, len(prefix) - 1)
+    return EncodedPrompt(text, ids, len(prefix) - 1, prefix_text)
 
 
 def template_nouns(
@@ -473,14 +474,7 @@ def _corrupted_ids(
     ids[enc.yy_pos] = cf[0]
     # the token swap is what is run; record whether the swapped text would tokenise the same
     yy_text = f"{year % 100:02d}"
-    head = format_prompt(
-        Template(tpl.name, tpl.text.split("{XX}{YY}", 1)[0] + "{XX}{YY}", tpl.bos),
-        noun,
-        year,
-        tokenizer,
-        prev,
-    )
-    text = head[: -len(yy_text)] + tpl.counterfactual + enc.text[len(head) :]
+    text = enc.head[: -len(yy_text)] + tpl.counterfactual + enc.text[len(enc.head) :]
     return ids, len(tokenizer.encode(text)) == len(ids)
 
 
