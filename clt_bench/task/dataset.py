@@ -66,24 +66,21 @@ def _century_span(lo: int, hi: int) -> tuple[int, int]:
     return (lo // 100) * 100, math.ceil(hi / 100) * 100
 
 
-def spec_years(
-    spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, template: Template | None = None
-) -> list[int]:
+def spec_years(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
     """Start years of ``template``: the task's year filter, applied to the template's year_range.
 
     A year_range outside the task's own range (e.g. 702-798 for the BC family) is filtered by the
     same rule over the whole centuries it touches. Arithmetic families also need every earlier year
     of the sequence to split as [" XX", "YY"] and the answer to stay in the century.
     """
-    lo, hi = spec.year_start, spec.year_stop
-    if template is not None and template.year_range is not None:
-        lo, hi = _century_span(*template.year_range)
+    span = template.year_range
+    lo, hi = _century_span(*span) if span else (spec.year_start, spec.year_stop)
     years = valid_years(
         tokenizer, lo, hi, spec.year_tokens, spec.suffix_chars, spec.drop_century_ends
     )
-    if template is not None and template.year_range is not None:
-        years = [y for y in years if template.year_range[0] <= y < template.year_range[1]]
-    if template is not None and template.sequence in ("arithmetic", "consecutive"):
+    if span:
+        years = [y for y in years if span[0] <= y < span[1]]
+    if template.sequence in ("arithmetic", "consecutive"):
         splitting = _splitting_years(
             spec, tokenizer, min(years, default=100) - 100, max(years, default=0)
         )
@@ -93,7 +90,7 @@ def spec_years(
             if y % 100 + arithmetic_step(y, template.step) <= 99
             and all(p in splitting for p in sequence_years(template, y))
         ]
-    if template is not None and template.offsets:  # {YY+k}: the derived years split too
+    if template.offsets:  # {YY+k}: the derived years split too
         splitting = _splitting_years(
             spec, tokenizer, min(years, default=100) - 100, max(years, default=0) + 100
         )
@@ -104,9 +101,7 @@ def spec_years(
         ]
     if not years:
         raise UserError("the year filter keeps no years with this tokenizer.")
-    if template is not None:
-        years = _with_answers(spec, template, years)
-    return years
+    return _with_answers(spec, template, years)
 
 
 def _with_answers(spec: TaskSpec, tpl: Template, years: list[int]) -> list[int]:
