@@ -328,9 +328,8 @@ def _template(
     name: str, t: dict[str, Any], where: str, base: Path, corrupt_default: str, kind: str
 ) -> Template:
     """One ``[templates.<name>]`` or ``[families.<name>]`` table, checked in file order of its
-    rules (the first broken one is the error)."""
+    rules (the first broken one is the error; _check_tables has checked its keys)."""
     section = f"{kind}.{name}"
-    check_keys(t, TEMPLATE_KEYS, where, section)
     text, offsets = _template_text(name, t, where)
     relation = _relation(name, t, where)
     sequence, n_prev = _sequence(name, t, where, text)
