@@ -263,12 +263,10 @@ class TaskBatch:
         yy, ans = self._scoring(idx, p.device)
         return prob_diff_per_example(p, yy, self.relation, ans)
 
-    def logit_diff(
-        self, answer_logits: torch.Tensor, idx: Rows = None, reduce: str = "sum"
-    ) -> torch.Tensor:
+    def logit_diff(self, answer_logits: torch.Tensor) -> torch.Tensor:
         """Logit difference per prompt of answer logits [..., n, A] (``task.metrics``)."""
-        yy, ans = self._scoring(idx, answer_logits.device)
-        return logit_diff_per_example(answer_logits, yy, self.relation, reduce, ans)
+        yy, ans = self._scoring(None, answer_logits.device)
+        return logit_diff_per_example(answer_logits, yy, self.relation, answer=ans)
 
     def logit_diff_coefficients(self, idx: Rows = None) -> torch.Tensor:
         """[n, A] float64 c with logit difference = (c * answer_logits).sum(-1)."""
