@@ -80,3 +80,17 @@ def task_metrics(
         out[key] = float(ld.mean())
     out["answer_mass"] = float(p.sum(-1).mean())
     return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def clean_and_corrupted(
+    bridge: TransformerBridge, batch: TaskBatch, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Compact END logits [n, A + 1] (``end_only``) of ``batch``'s clean and corrupted prompts,
+    and their ``task_metrics`` (the corrupted run's keys prefixed ``corrupted_``)."""
+    ids, end = batch.answer_ids, batch.end_pos
+    clean = end_logits(bridge, batch.clean, end, batch_size, compact_ids=ids, end_only=True)
+    corrupt = end_logits(bridge, batch.corrupted, end, batch_size, compact_ids=ids, end_only=True)
+    compact = torch.arange(len(ids))  # columns of the compact logits
+    metrics = task_metrics(clean, batch, answer_ids=compact)
+    metrics.update(task_metrics(corrupt, batch, prefix="corrupted_", answer_ids=compact))
+    return clean, corrupt, metrics
