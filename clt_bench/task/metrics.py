@@ -93,11 +93,10 @@ def logit_diff_per_example(
     (module docstring)."""
     good = correct_mask(yy, relation, answer_logits.shape[-1], answer).to(answer_logits.dtype)
     bad = 1 - good
+    pos, neg = (answer_logits * good).sum(-1), (answer_logits * bad).sum(-1)
     if reduce == "mean" or relation == "exact":
-        return (answer_logits * good).sum(-1) / good.sum(-1).clamp(min=1) - (
-            answer_logits * bad
-        ).sum(-1) / bad.sum(-1).clamp(min=1)
-    return (answer_logits * good).sum(-1) - (answer_logits * bad).sum(-1)
+        return pos / good.sum(-1).clamp(min=1) - neg / bad.sum(-1).clamp(min=1)
+    return pos - neg
 
 
 def logit_diff_coefficients(
