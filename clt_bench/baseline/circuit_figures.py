@@ -106,8 +106,7 @@ def circuit_graph(circuit: Circuit, n_layers: int, path: Path) -> Path:
             color = "0.2"
         ax.scatter([x], [y], s=140, color=color, zorder=3)
         ax.text(x, y + 0.17, label.split("@")[0], ha="center", fontsize=8, zorder=4)
-    ax.set_yticks([0, 2])
-    ax.set_yticklabels(["YY", "END"])
+    ax.set_yticks([0, 2], ["YY", "END"])
     ax.set_xticks(range(n_layers))
     ax.set_xlabel("layer")
     ax.set_ylim(-1.2, 3.2)
@@ -139,10 +138,9 @@ def neuron_panels(
         mark_answers(ax, range(2, 2 + r), w, answers, color="k")
         eff = na.exact_effect.get(n)
         ax.set_title(f"n{n}: ΔPD {eff:+.3f}" if eff is not None else f"n{n}", fontsize=8)
-        ax.set_xticks([t + 0.5 for t in (0, w // 2, w - 1)])
-        ax.set_xticklabels([str(t) for t in (0, w // 2, w - 1)])
-        ax.set_yticks([t + 0.5 for t in (0, r // 2, r - 1)])
-        ax.set_yticklabels([f"{2 + t:02d}" for t in (0, r // 2, r - 1)])
+        xs, ys = (0, w // 2, w - 1), (0, r // 2, r - 1)  # first, middle and last cell
+        ax.set_xticks([t + 0.5 for t in xs], [str(t) for t in xs])
+        ax.set_yticks([t + 0.5 for t in ys], [f"{2 + t:02d}" for t in ys])
     for ax in list(axes.flat)[len(ns) :]:
         ax.axis("off")
     fig.suptitle(

@@ -142,30 +142,25 @@ def discover_circuit(
         )
         return -v >= thr * gap
 
-    def candidates(positions: list[int]) -> list[Sender]:
-        return all_senders(n_layers, n_heads, positions, embed=True)
-
     circuit: set[Node] = set()
     steps: list[Step] = []
     edges: set[tuple[str, str]] = set()
-    frontier: dict[str, list[Receiver]] = {
-        "logits@END": [Receiver("logits", n_layers, ctx.end_pos)]
-    }
-    receivers = frontier["logits@END"]
-    labels = ["logits@END"]
-    pool = candidates([ctx.end_pos])
+    frontier = {"logits@END": [Receiver("logits", n_layers, ctx.end_pos)]}
+    positions = [ctx.end_pos]  # step 1 sweeps the senders at END, later steps END and YY
     for index in range(1, bcfg.max_steps + 1):
+        pool = all_senders(n_layers, n_heads, positions, embed=True)
         pool = [s for s in pool if s.kind == "embed" or _node_of(s, ctx) not in circuit]
-        eff = sweep(ctx, receivers, pool)
-        step = Step(index, labels, _grid(ctx, eff, gap))
-        step.embed_effects = {
-            _pos_name(ctx, s.pos): v / gap for s, v in eff.items() if s.kind == "embed"
-        }
-        step.kept = sorted(
-            _node_of(s, ctx) for s, v in eff.items() if keep(s, v) and s.kind != "embed"
-        )
-        step.kept_embed = sorted(
-            {_label_of(s, ctx) for s, v in eff.items() if keep(s, v) and s.kind == "embed"}
+        eff = sweep(ctx, [r for recv in frontier.values() for r in recv], pool)
+        kept = [s for s, v in eff.items() if keep(s, v)]
+        step = Step(
+            index,
+            list(frontier),
+            _grid(ctx, eff, gap),
+            kept=sorted(_node_of(s, ctx) for s in kept if s.kind != "embed"),
+            embed_effects={
+                _pos_name(ctx, s.pos): v / gap for s, v in eff.items() if s.kind == "embed"
+            },
+            kept_embed=sorted({_label_of(s, ctx) for s in kept if s.kind == "embed"}),
         )
         steps.append(step)
         log.info(
@@ -174,20 +169,17 @@ def discover_circuit(
             len(eff),
             [n.label for n in step.kept] + step.kept_embed,
         )
-        for s, v in eff.items():
-            if keep(s, v):
-                edges.update(
-                    (_label_of(s, ctx), lab)
-                    for lab, recv in frontier.items()
-                    if any(upstream(s, r) for r in recv)
-                )
+        for s in kept:
+            edges.update(
+                (_label_of(s, ctx), lab)
+                for lab, recv in frontier.items()
+                if any(upstream(s, r) for r in recv)
+            )
         if not step.kept:
             break
         circuit.update(step.kept)
         frontier = {n.label: receivers_of(ctx, n) for n in step.kept}
-        receivers = [r for recv in frontier.values() for r in recv]
-        labels = list(frontier)
-        pool = candidates([ctx.end_pos, ctx.yy_pos])
+        positions = [ctx.end_pos, ctx.yy_pos]
     provenance = {
         "source": "discovered",
         "method": "iterative path patching from the logits backwards (Hanna et al. 2023), "

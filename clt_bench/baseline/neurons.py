@@ -76,24 +76,11 @@ def mlp_post_at(ctx: PatchContext, layer: int, tokens: torch.Tensor) -> torch.Te
         store.append(t[:, ctx.end_pos].detach().clone())
         return t
 
-    x = ctx.base.resid_pre[layer] if tokens is ctx.base_tokens else None
-    if x is not None and layer > 0:
-        run_end(
-            ctx.bridge,
-            x,
-            ctx.end_pos,
-            ctx.batch.answer_ids,
-            [(f"blocks.{layer}.mlp.hook_post", save)],
-            start_at_layer=layer,
-        )
-    else:
-        run_end(
-            ctx.bridge,
-            tokens,
-            ctx.end_pos,
-            ctx.batch.answer_ids,
-            [(f"blocks.{layer}.mlp.hook_post", save)],
-        )
+    # the base run's residual stream is cached: start at ``layer`` from it
+    start = layer if tokens is ctx.base_tokens else 0
+    inp = ctx.base.resid_pre[layer] if start else tokens
+    hooks = [(f"blocks.{layer}.mlp.hook_post", save)]
+    run_end(ctx.bridge, inp, ctx.end_pos, ctx.batch.answer_ids, hooks, start_at_layer=start)
     return torch.cat(store)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -77,7 +77,6 @@ class RunCache:
     final: torch.Tensor  # ln_final input [n, pos, d_model]
     final_scale: torch.Tensor  # [n, pos, 1]
     readout: EndReadout  # [n]
-    extra: dict[str, torch.Tensor]
 
 
 def model_device(bridge: TransformerBridge) -> torch.device:
@@ -110,20 +109,15 @@ def capture_run(
     end_pos: int,
     answer_ids: torch.Tensor,
     rows: int = 256,
-    extra: Sequence[str] = (),
-    hooks: Sequence[FwdHook] = (),
 ) -> RunCache:
     """Run [n, pos] tokens (``rows`` at a time) and keep what path patching needs.
 
     The tokens move to the model's device; the cached activations stay there."""
     n_layers = bridge.cfg.n_layers
     tokens = tokens.to(model_device(bridge))
-    names = (
-        [f"blocks.{i}.attn.hook_z" for i in range(n_layers)]
-        + [f"blocks.{i}.hook_mlp_out" for i in range(n_layers)]
-        + [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
-        + ["ln_final.hook_in", "ln_final.hook_scale", *extra]
-    )
+    per_layer = ("attn.hook_z", "hook_mlp_out", "hook_resid_pre")  # RunCache's first three fields
+    names = [f"blocks.{i}.{h}" for h in per_layer for i in range(n_layers)]
+    names += ["ln_final.hook_in", "ln_final.hook_scale"]
     store: dict[str, list[torch.Tensor]] = defaultdict(list)
     readouts = []
 
@@ -136,19 +130,11 @@ def capture_run(
 
     save_hooks = [(n, saver(n)) for n in names]
     for i in range(0, tokens.shape[0], rows):
-        readouts.append(
-            run_end(bridge, tokens[i : i + rows], end_pos, answer_ids, [*hooks, *save_hooks])
-        )
+        readouts.append(run_end(bridge, tokens[i : i + rows], end_pos, answer_ids, save_hooks))
     cat = {k: torch.cat(v) for k, v in store.items()}
-    return RunCache(
-        z=[cat[f"blocks.{i}.attn.hook_z"] for i in range(n_layers)],
-        mlp_out=[cat[f"blocks.{i}.hook_mlp_out"] for i in range(n_layers)],
-        resid_pre=[cat[f"blocks.{i}.hook_resid_pre"] for i in range(n_layers)],
-        final=cat["ln_final.hook_in"],
-        final_scale=cat["ln_final.hook_scale"],
-        readout=EndReadout.cat(readouts),
-        extra={k: cat[k] for k in extra},
-    )
+    z, mlp_out, resid_pre = ([cat[f"blocks.{i}.{h}"] for i in range(n_layers)] for h in per_layer)
+    final, scale = cat["ln_final.hook_in"], cat["ln_final.hook_scale"]
+    return RunCache(z, mlp_out, resid_pre, final, scale, EndReadout.cat(readouts))
 
 
 @contextmanager
@@ -199,12 +185,11 @@ class PatchContext:
         batch: TaskBatch,
         base: str = "clean",
         rows: int = 1024,
-        extra: Sequence[str] = (),
     ) -> PatchContext:
         """``base`` = "clean" (senders take corrupted values) or "corrupted" (the reverse)."""
         dev = model_device(bridge)
-        clean = capture_run(bridge, batch.clean, batch.end_pos, batch.answer_ids, rows, extra)
-        corrupt = capture_run(bridge, batch.corrupted, batch.end_pos, batch.answer_ids, rows, extra)
+        clean = capture_run(bridge, batch.clean, batch.end_pos, batch.answer_ids, rows)
+        corrupt = capture_run(bridge, batch.corrupted, batch.end_pos, batch.answer_ids, rows)
         if base == "clean":
             return cls(bridge, batch, batch.clean.to(dev), clean, corrupt, rows)
         return cls(bridge, batch, batch.corrupted.to(dev), corrupt, clean, rows, False)
@@ -223,7 +208,6 @@ class PatchContext:
         """The same context restricted to its first ``m`` examples."""
         if m >= self.n:
             return self
-        idx = list(range(m))
 
         def cut(c: RunCache) -> RunCache:
             return RunCache(
@@ -233,17 +217,14 @@ class PatchContext:
                 c.final[:m],
                 c.final_scale[:m],
                 c.readout[:m],
-                {k: v[:m] for k, v in c.extra.items()},
             )
 
-        return PatchContext(
-            self.bridge,
-            self.batch.subset(idx),
-            self.base_tokens[:m],
-            cut(self.base),
-            cut(self.source),
-            self.rows,
-            self.base_is_clean,
+        return replace(  # the bridge, rows and base_is_clean kept
+            self,
+            batch=self.batch.subset(list(range(m))),
+            base_tokens=self.base_tokens[:m],
+            base=cut(self.base),
+            source=cut(self.source),
         )
 
     def write(self, cache: RunCache, s: Sender) -> torch.Tensor:

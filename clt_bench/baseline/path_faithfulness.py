@@ -23,10 +23,9 @@ from functools import partial
 from typing import Any
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.baseline.circuits import Circuit, Node
-from clt_bench.baseline.patching import PatchContext, RunCache, run_end, split_qkv
+from clt_bench.baseline.patching import PatchContext, Sender, run_end, split_qkv
 from clt_bench.baseline.readout import EndReadout
 from clt_bench.models.bridge import FwdHooks
 
@@ -98,14 +97,6 @@ def clean_input_path(spec: PathSpec) -> bool:
     return LOGITS in reach
 
 
-def _write(cache: RunCache, bridge: TransformerBridge, node: Node, pos: int) -> torch.Tensor:
-    """[n, d] the node's residual write at ``pos`` in ``cache``."""
-    if node.kind == "head":
-        w: torch.Tensor = cache.z[node.layer][:, pos, node.head] @ bridge.W_O[node.layer, node.head]
-        return w
-    return cache.mlp_out[node.layer][:, pos]
-
-
 @dataclass(repr=False)  # TransformerLens names each hook by its repr: never format the tensors
 class _PathRun:
     """One ``paths_readout`` pass: the hooks, and the circuit nodes' patched writes they record
@@ -126,8 +117,8 @@ class _PathRun:
         if sender == EMBED:
             return self.embed_delta
         node = self.by_label[sender]
-        corr = _write(self.ctx.source, self.ctx.bridge, node, self.pos[node.position])
-        return self.patched[sender] - corr
+        s = Sender(node.kind, node.layer, self.pos[node.position], node.head)
+        return self.patched[sender] - self.ctx.write(self.ctx.source, s)
 
     def incoming(self, receiver: str) -> torch.Tensor | None:
         """The summed patched - corrupted writes of ``receiver``'s circuit senders."""

@@ -111,17 +111,16 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> di
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     bcfg: BaselineConfig = cfg.baseline
+    n_heads = int(loaded.bridge.cfg.n_heads)
     if bcfg.circuit != "discovered":
-        validate_circuit(
-            load_circuit(bcfg.circuit), loaded.n_layers, int(loaded.bridge.cfg.n_heads)
-        )
+        validate_circuit(load_circuit(bcfg.circuit), loaded.n_layers, n_heads)
     batch = load_task_batch(cfg, loaded)
     spec = load_task(cfg.task.task)
     batch = batch.subset(list(range(min(bcfg.n_examples, len(batch)))))
     ctx = PatchContext.build(loaded.bridge, batch, "clean", bcfg.batch_size)
     times["caches"] = time.perf_counter() - t0
     circuit, steps = _circuit(cfg, ctx, loaded)
-    validate_circuit(circuit, loaded.n_layers, int(loaded.bridge.cfg.n_heads))
+    validate_circuit(circuit, loaded.n_layers, n_heads)
     times["discovery"] = time.perf_counter() - t0 - sum(times.values())
     per_prompt: dict[str, torch.Tensor] = {}
     faith, circ_readout = evaluate_circuit(ctx, circuit, bcfg.n_random, bcfg.seed, per_prompt)
@@ -135,7 +134,6 @@ def run_baseline_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> di
             if gt[k] is not None:
                 faith[f"discovery_{k}"] = round(gt[k], 4)
 
-    n_heads = int(loaded.bridge.cfg.n_heads)
     figures: list[Path | None] = [
         step_heatmap(s, n_heads, stage / f"path_patching_step{s.index}.png", loaded.name)
         for s in steps

@@ -66,24 +66,21 @@ def _century_span(lo: int, hi: int) -> tuple[int, int]:
     return (lo // 100) * 100, math.ceil(hi / 100) * 100
 
 
-def spec_years(
-    spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, template: Template | None = None
-) -> list[int]:
+def spec_years(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
     """Start years of ``template``: the task's year filter, applied to the template's year_range.
 
     A year_range outside the task's own range (e.g. 702-798 for the BC family) is filtered by the
     same rule over the whole centuries it touches. Arithmetic families also need every earlier year
     of the sequence to split as [" XX", "YY"] and the answer to stay in the century.
     """
-    lo, hi = spec.year_start, spec.year_stop
-    if template is not None and template.year_range is not None:
-        lo, hi = _century_span(*template.year_range)
+    span = template.year_range
+    lo, hi = _century_span(*span) if span else (spec.year_start, spec.year_stop)
     years = valid_years(
         tokenizer, lo, hi, spec.year_tokens, spec.suffix_chars, spec.drop_century_ends
     )
-    if template is not None and template.year_range is not None:
-        years = [y for y in years if template.year_range[0] <= y < template.year_range[1]]
-    if template is not None and template.sequence in ("arithmetic", "consecutive"):
+    if span:
+        years = [y for y in years if span[0] <= y < span[1]]
+    if template.sequence in ("arithmetic", "consecutive"):
         splitting = _splitting_years(
             spec, tokenizer, min(years, default=100) - 100, max(years, default=0)
         )
@@ -93,7 +90,7 @@ def spec_years(
             if y % 100 + arithmetic_step(y, template.step) <= 99
             and all(p in splitting for p in sequence_years(template, y))
         ]
-    if template is not None and template.offsets:  # {YY+k}: the derived years split too
+    if template.offsets:  # {YY+k}: the derived years split too
         splitting = _splitting_years(
             spec, tokenizer, min(years, default=100) - 100, max(years, default=0) + 100
         )
@@ -104,9 +101,7 @@ def spec_years(
         ]
     if not years:
         raise UserError("the year filter keeps no years with this tokenizer.")
-    if template is not None:
-        years = _with_answers(spec, template, years)
-    return years
+    return _with_answers(spec, template, years)
 
 
 def _with_answers(spec: TaskSpec, tpl: Template, years: list[int]) -> list[int]:
@@ -268,12 +263,10 @@ class TaskBatch:
         yy, ans = self._scoring(idx, p.device)
         return prob_diff_per_example(p, yy, self.relation, ans)
 
-    def logit_diff(
-        self, answer_logits: torch.Tensor, idx: Rows = None, reduce: str = "sum"
-    ) -> torch.Tensor:
+    def logit_diff(self, answer_logits: torch.Tensor) -> torch.Tensor:
         """Logit difference per prompt of answer logits [..., n, A] (``task.metrics``)."""
-        yy, ans = self._scoring(idx, answer_logits.device)
-        return logit_diff_per_example(answer_logits, yy, self.relation, reduce, ans)
+        yy, ans = self._scoring(None, answer_logits.device)
+        return logit_diff_per_example(answer_logits, yy, self.relation, answer=ans)
 
     def logit_diff_coefficients(self, idx: Rows = None) -> torch.Tensor:
         """[n, A] float64 c with logit difference = (c * answer_logits).sum(-1)."""
@@ -329,6 +322,7 @@ class EncodedPrompt:
     text: str
     ids: list[int]
     yy_pos: int  # position of the start year's YY token
+    head: str  # the text up to and including YY
 
 
 def encode_prompt(
@@ -346,7 +340,7 @@ def encode_prompt(
     prefix = tokenizer.encode(prefix_text)
     if ids[: len(prefix)] != prefix or tokenizer.decode(prefix[-1:]) != f"{year % 100:02d}":
         raise UserError(f"year {year} does not tokenise as [' XX', 'YY'] in '{text}'.")
-    return EncodedPrompt(text, ids, len(prefix) - 1)
+    return EncodedPrompt(text, ids, len(prefix) - 1, prefix_text)
 
 
 def template_nouns(
@@ -473,14 +467,7 @@ def _corrupted_ids(
     ids[enc.yy_pos] = cf[0]
     # the token swap is what is run; record whether the swapped text would tokenise the same
     yy_text = f"{year % 100:02d}"
-    head = format_prompt(
-        Template(tpl.name, tpl.text.split("{XX}{YY}", 1)[0] + "{XX}{YY}", tpl.bos),
-        noun,
-        year,
-        tokenizer,
-        prev,
-    )
-    text = head[: -len(yy_text)] + tpl.counterfactual + enc.text[len(head) :]
+    text = enc.head[: -len(yy_text)] + tpl.counterfactual + enc.text[len(enc.head) :]
     return ids, len(tokenizer.encode(text)) == len(ids)
 
 

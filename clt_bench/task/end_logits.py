@@ -75,10 +75,22 @@ def task_metrics(
     answer = batch.answer if batch.relation == "exact" else None
     out = summarize(p, batch.yy, batch.relation, answer)
     ans = logits_end[:, ids].double()
-    ld = logit_diff_per_example(ans, batch.yy, batch.relation, answer=answer)
-    out["logit_diff"] = float(ld.mean())
-    out["logit_diff_mean_variant"] = float(
-        logit_diff_per_example(ans, batch.yy, batch.relation, reduce="mean", answer=answer).mean()
-    )
+    for key, reduce in (("logit_diff", "sum"), ("logit_diff_mean_variant", "mean")):
+        ld = logit_diff_per_example(ans, batch.yy, batch.relation, reduce, answer)
+        out[key] = float(ld.mean())
     out["answer_mass"] = float(p.sum(-1).mean())
     return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def clean_and_corrupted(
+    bridge: TransformerBridge, batch: TaskBatch, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Compact END logits [n, A + 1] (``end_only``) of ``batch``'s clean and corrupted prompts,
+    and their ``task_metrics`` (the corrupted run's keys prefixed ``corrupted_``)."""
+    ids, end = batch.answer_ids, batch.end_pos
+    clean = end_logits(bridge, batch.clean, end, batch_size, compact_ids=ids, end_only=True)
+    corrupt = end_logits(bridge, batch.corrupted, end, batch_size, compact_ids=ids, end_only=True)
+    compact = torch.arange(len(ids))  # columns of the compact logits
+    metrics = task_metrics(clean, batch, answer_ids=compact)
+    metrics.update(task_metrics(corrupt, batch, prefix="corrupted_", answer_ids=compact))
+    return clean, corrupt, metrics

@@ -23,7 +23,7 @@ from clt_bench.io import atomic_path
 from clt_bench.models import LoadedModel
 from clt_bench.plots import yy_zz_grid
 from clt_bench.task.dataset import build_dataset, check_context
-from clt_bench.task.end_logits import end_logits, task_metrics
+from clt_bench.task.end_logits import clean_and_corrupted
 from clt_bench.task.metrics import YY_ROWS, answer_probs, yy_heatmap
 from clt_bench.task.spec import TaskSpec
 
@@ -81,21 +81,13 @@ def evaluate_families(
             rows.append(row)
             log.warning("family %s skipped: %s", name, err)
             continue
-        ids, bs = batch.answer_ids, cfg.task.batch_size
-        clean = end_logits(
-            loaded.bridge, batch.clean, batch.end_pos, bs, compact_ids=ids, end_only=True
-        )
-        corrupt = end_logits(
-            loaded.bridge, batch.corrupted, batch.end_pos, bs, compact_ids=ids, end_only=True
-        )
-        compact = torch.arange(len(ids))
-        m = task_metrics(clean, batch, answer_ids=compact)
-        mc = task_metrics(corrupt, batch, prefix="corrupted_", answer_ids=compact)
+        clean, _, m = clean_and_corrupted(loaded.bridge, batch, cfg.task.batch_size)
+        compact = torch.arange(len(batch.answer_ids))
         row.update(
             n=len(batch),
             prob_diff=round(m["prob_diff"], 6),
             cutoff_sharpness=round(m["cutoff_sharpness"], 6),
-            corrupted_prob_diff=round(mc["corrupted_prob_diff"], 6),
+            corrupted_prob_diff=round(m["corrupted_prob_diff"], 6),
             logit_diff=round(m["logit_diff"], 4),
             answer_mass=round(m["answer_mass"], 6),
             example_prompt=batch.prompts[0],

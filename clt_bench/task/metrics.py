@@ -73,14 +73,11 @@ def cutoff_sharpness_per_example(
     [n]; needs 1 <= y <= 98 (1 <= a <= 98).
     """
     top = p.shape[1] - 1
+    c = _need_answer(answer).to(p.device) if relation == "exact" else yy  # the centre: a or y
+    up = p.gather(1, (c + 1).clamp(max=top)[:, None])[:, 0]
+    down = p.gather(1, (c - 1).clamp(min=0)[:, None])[:, 0]
     if relation == "exact":
-        a = _need_answer(answer).to(p.device)
-        at = p.gather(1, a[:, None])[:, 0]
-        up = p.gather(1, (a + 1).clamp(max=top)[:, None])[:, 0]
-        down = p.gather(1, (a - 1).clamp(min=0)[:, None])[:, 0]
-        return at - (up + down) / 2
-    up = p.gather(1, (yy + 1).clamp(max=top)[:, None])[:, 0]
-    down = p.gather(1, (yy - 1).clamp(min=0)[:, None])[:, 0]
+        return p.gather(1, c[:, None])[:, 0] - (up + down) / 2
     return up - down if relation == "gt" else down - up
 
 
@@ -96,11 +93,10 @@ def logit_diff_per_example(
     (module docstring)."""
     good = correct_mask(yy, relation, answer_logits.shape[-1], answer).to(answer_logits.dtype)
     bad = 1 - good
+    pos, neg = (answer_logits * good).sum(-1), (answer_logits * bad).sum(-1)
     if reduce == "mean" or relation == "exact":
-        return (answer_logits * good).sum(-1) / good.sum(-1).clamp(min=1) - (
-            answer_logits * bad
-        ).sum(-1) / bad.sum(-1).clamp(min=1)
-    return (answer_logits * good).sum(-1) - (answer_logits * bad).sum(-1)
+        return pos / good.sum(-1).clamp(min=1) - neg / bad.sum(-1).clamp(min=1)
+    return pos - neg
 
 
 def logit_diff_coefficients(

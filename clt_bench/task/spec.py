@@ -133,12 +133,10 @@ class TaskSpec:
     question_label: str = "start YY"  # the start value's axis name ([answers] question_label)
 
     def template(self, name: str) -> Template:
-        if name in self.templates:
-            return self.templates[name]
-        if name in self.families:
-            return self.families[name]
-        known = sorted(set(self.templates) | set(self.families))
-        raise UserError(f"unknown template '{name}' (known: {', '.join(known)}).")
+        every = self.all_templates()  # a template before a family of the same name
+        if name not in every:
+            raise UserError(f"unknown template '{name}' (known: {', '.join(sorted(every))}).")
+        return every[name][1]
 
     def dataset(self, name: str) -> DatasetSpec:
         if name not in self.datasets:
@@ -330,9 +328,8 @@ def _template(
     name: str, t: dict[str, Any], where: str, base: Path, corrupt_default: str, kind: str
 ) -> Template:
     """One ``[templates.<name>]`` or ``[families.<name>]`` table, checked in file order of its
-    rules (the first broken one is the error)."""
+    rules (the first broken one is the error; _check_tables has checked its keys)."""
     section = f"{kind}.{name}"
-    check_keys(t, TEMPLATE_KEYS, where, section)
     text, offsets = _template_text(name, t, where)
     relation = _relation(name, t, where)
     sequence, n_prev = _sequence(name, t, where, text)

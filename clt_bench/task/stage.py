@@ -14,7 +14,7 @@ from clt_bench.io import run_metadata, save_tensors, write_json
 from clt_bench.models import LoadedModel
 from clt_bench.plots import SCALE_CAPTIONS, yy_zz_heatmap
 from clt_bench.task.dataset import TaskBatch, build_dataset, check_context
-from clt_bench.task.end_logits import end_logits, task_metrics
+from clt_bench.task.end_logits import clean_and_corrupted
 from clt_bench.task.families import format_families_table, write_families
 from clt_bench.task.metrics import (
     answer_probs,
@@ -60,17 +60,9 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
     stage_dir = Path(out_dir) / "task"
     spec = load_task(cfg.task.task)
     batch = load_task_batch(cfg, loaded)
-    bs, ids = cfg.task.batch_size, batch.answer_ids
-    clean = end_logits(
-        loaded.bridge, batch.clean, batch.end_pos, bs, compact_ids=ids, end_only=True
-    )
-    corrupt = end_logits(
-        loaded.bridge, batch.corrupted, batch.end_pos, bs, compact_ids=ids, end_only=True
-    )
-    compact = torch.arange(len(ids))  # columns of the compact logits
-    clean_m = task_metrics(clean, batch, answer_ids=compact)
-    corrupt_m = task_metrics(corrupt, batch, prefix="corrupted_", answer_ids=compact)
-    rows = heatmap_rows(len(ids))  # the task's answer space: [answers] count
+    clean, corrupt, task_m = clean_and_corrupted(loaded.bridge, batch, cfg.task.batch_size)
+    compact = torch.arange(len(batch.answer_ids))  # columns of the compact logits
+    rows = heatmap_rows(len(compact))  # the task's answer space: [answers] count
     heat = yy_heatmap(answer_probs(clean, compact), batch.yy, rows)
     heat_path = yy_zz_heatmap(
         heat.numpy(),
@@ -95,8 +87,7 @@ def run_task_stage(cfg: RunConfig, loaded: LoadedModel, out_dir: Path) -> dict[s
         "example_prompt": batch.prompts[0],
         "yy_position": batch.yy_pos,
         "end_position": batch.end_pos,
-        **clean_m,
-        **corrupt_m,
+        **task_m,
         "n_noncanonical_corrupted": int((~batch.canonical_corrupted).sum()),
         "heatmap": heat_path.name,
         "heatmap_scale": SCALE_CAPTIONS["row"],
