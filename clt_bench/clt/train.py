@@ -20,13 +20,7 @@ from tqdm import tqdm
 from clt_bench import threads
 from clt_bench.activations.store import CachedBlocks, DataPosition, StreamBlocks, iter_batches
 from clt_bench.clt import distributed as D
-from clt_bench.clt.checkpoint import (
-    load_checkpoint,
-    position_from,
-    read_meta,
-    restore_optimizer,
-    save_checkpoint,
-)
+from clt_bench.clt.checkpoint import load_checkpoint, read_meta, restore_optimizer, save_checkpoint
 from clt_bench.clt.init import estimate_scales, initialise
 from clt_bench.clt.losses import STAT_NAMES, TrainObjective
 from clt_bench.clt.model import CLTSpec, CrossLayerTranscoder
@@ -228,7 +222,7 @@ def _start(
     fired = torch.zeros(clt.n_layers, c.n_features, dtype=torch.long)
     if ckpt.is_file() and read_meta(ckpt).get("key") == key:
         tensors, meta = load_checkpoint(ckpt, clt)
-        step, pos, seconds = meta["step"], position_from(meta), meta["seconds"]
+        step, pos, seconds = meta["step"], DataPosition(**meta["position"]), meta["seconds"]
         fired = tensors["fired"].clone()
         log.info("resuming CLT training from step %d (%s)", step, ckpt)
     else:
