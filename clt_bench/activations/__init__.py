@@ -4,9 +4,3 @@ Either cached to disk in safetensors shards and read back shuffled, or computed 
 shuffled blocks (a block-wise shuffle buffer). Both give the same batch for the same data position,
 which is what exact resume relies on.
 """
-
-from clt_bench.activations.corpus import iter_documents
-from clt_bench.activations.extract import extract_activations, hook_names
-from clt_bench.activations.tokens import TokenRows, iter_token_rows
-
-__all__ = ["TokenRows", "extract_activations", "hook_names", "iter_documents", "iter_token_rows"]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from clt_bench.activations.corpus import iter_documents
 from clt_bench.activations.extract import extract_activations
-from clt_bench.activations.store import CachedBlocks, StreamBlocks
+from clt_bench.activations.store import CachedBlocks, StreamBlocks, cat_blocks
 from clt_bench.activations.tokens import TokenRows, group_tokens, iter_token_rows, take_tokens
 from clt_bench.artifacts import ActivationsManifest, save_manifest
 from clt_bench.config import RunConfig
@@ -95,13 +95,10 @@ def run_activations_stage(
                 n = sum(r.n_tokens for r in rows)
                 n_shards, n_train = s + 1, n_train + n
                 if s % world == rank:
-                    parts = [
-                        extract_activations(loaded.bridge, r, dtype, a.exclude_bos) for r in rows
-                    ]
-                    shard = {
-                        "resid_mid": torch.cat([p[0] for p in parts]).cpu(),
-                        "mlp_out": torch.cat([p[1] for p in parts]).cpu(),
-                    }
+                    x, y = cat_blocks(
+                        [extract_activations(loaded.bridge, r, dtype, a.exclude_bos) for r in rows]
+                    )
+                    shard = {"resid_mid": x.cpu(), "mlp_out": y.cpu()}
                     if pending is not None:
                         pending.result()  # raises the writer's error here
                     pending = writer.submit(

@@ -34,6 +34,11 @@ class DataPosition:
         return asdict(self)
 
 
+def cat_blocks(parts: list[Block]) -> Block:
+    """(x, y) pairs -> one block: the x and the y concatenated over tokens."""
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash(tuple(key)) & (2**62 - 1))
 
@@ -53,13 +58,7 @@ class CachedBlocks:
                 load_tensors(self.paths[int(i)])
                 for i in order[b * self.window : (b + 1) * self.window]
             ]
-            yield (
-                b,
-                (
-                    torch.cat([p["resid_mid"] for p in parts]),
-                    torch.cat([p["mlp_out"] for p in parts]),
-                ),
-            )
+            yield b, cat_blocks([(p["resid_mid"], p["mlp_out"]) for p in parts])
 
 
 class StreamBlocks:
@@ -93,8 +92,7 @@ class StreamBlocks:
         if self._last is not None and self._last[0] == b:
             return self._last[1]
         self._last = None  # no second block held while the next one is computed
-        parts = [self.extract(r) for r in rows]
-        block = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        block = cat_blocks([self.extract(r) for r in rows])
         self._last = (b, block)
         return block
 

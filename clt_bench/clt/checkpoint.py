@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from clt_bench.activations.store import DataPosition
 from clt_bench.clt.distributed import full, like
 from clt_bench.clt.model import CrossLayerTranscoder
 from clt_bench.errors import UserError
@@ -84,7 +83,3 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
             "exp_avg": like(p, tensors[f"opt.{i}.exp_avg"]),
             "exp_avg_sq": like(p, tensors[f"opt.{i}.exp_avg_sq"]),
         }
-
-
-def position_from(meta: dict[str, Any]) -> DataPosition:
-    return DataPosition(**meta["position"])

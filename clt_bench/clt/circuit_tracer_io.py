@@ -53,39 +53,32 @@ def save_clt(clt: CrossLayerTranscoder, path: str | Path) -> Path:
     path = Path(path)
     clt = _folded(clt)
     spec = clt.spec
+    cross = spec.cross_layer
     jump = spec.activation in ("jumprelu", "batchtopk")  # BatchTopK: its inference threshold
-    if spec.cross_layer:
-        for i in range(spec.n_layers):
-            enc = {
-                f"W_enc_{i}": clt.W_enc[i],
-                f"b_enc_{i}": clt.b_enc[i],
-                f"b_dec_{i}": clt.b_dec[i],
-            }
-            enc[f"log_threshold_{i}"] = clt.log_threshold[i]
-            if jump:
-                enc[f"threshold_{i}"] = clt.threshold[i]
-            if clt.W_skip is not None:
-                enc[f"W_skip_{i}"] = clt.W_skip[i]
-            save_tensors(path / f"W_enc_{i}.safetensors", enc)
-            save_tensors(path / f"W_dec_{i}.safetensors", {f"W_dec_{i}": clt.W_dec[i]})
-        write_text(path / "config.yaml", _config(clt, "cross_layer_transcoder", {}))
-        return path
     files = []
     for i in range(spec.n_layers):
+        s = f"_{i}" if cross else ""  # a CLT's tensor names carry the layer, a set's do not
         t = {
-            "W_enc": clt.W_enc[i].T,
-            "W_dec": clt.W_dec[i][:, 0],
-            "b_enc": clt.b_enc[i],
-            "b_dec": clt.b_dec[i],
+            f"W_enc{s}": clt.W_enc[i] if cross else clt.W_enc[i].T,
+            f"b_enc{s}": clt.b_enc[i],
+            f"b_dec{s}": clt.b_dec[i],
+            f"log_threshold{s}": clt.log_threshold[i],
         }
-        t["log_threshold"] = clt.log_threshold[i]
         if jump:
-            t["threshold"] = clt.threshold[i]
+            t[f"threshold{s}"] = clt.threshold[i]
         if clt.W_skip is not None:
-            t["W_skip"] = clt.W_skip[i]
-        files.append(f"layer_{i}.safetensors")
-        save_tensors(path / files[-1], t)
-    write_text(path / "config.yaml", _config(clt, "transcoder_set", {"transcoders": files}))
+            t[f"W_skip{s}"] = clt.W_skip[i]
+        if cross:
+            save_tensors(path / f"W_enc_{i}.safetensors", t)
+            save_tensors(path / f"W_dec_{i}.safetensors", {f"W_dec_{i}": clt.W_dec[i]})
+        else:
+            t["W_dec"] = clt.W_dec[i][:, 0]
+            files.append(f"layer_{i}.safetensors")
+            save_tensors(path / files[-1], t)
+    if cross:
+        write_text(path / "config.yaml", _config(clt, "cross_layer_transcoder", {}))
+    else:
+        write_text(path / "config.yaml", _config(clt, "transcoder_set", {"transcoders": files}))
     return path
 
 
@@ -143,23 +136,6 @@ def _spec(
     )
 
 
-def _set_threshold(
-    clt: CrossLayerTranscoder,
-    i: int,
-    t: dict[str, torch.Tensor],
-    log_key: str,
-    key: str,
-    where: Path,
-) -> None:
-    F = clt.spec.n_features
-    if log_key in t:
-        clt.log_threshold[i] = _expect(t, log_key, (F,), where)
-    elif key in t:
-        clt.log_threshold[i] = _expect(t, key, (F,), where).clamp_min(1e-30).log()
-    else:
-        clt.log_threshold[i] = math.log(1e-30)
-
-
 def _layer_count(path: Path, cfg: dict[str, Any]) -> int:
     """The number of layers: config.yaml's ``n_layers`` or, without it, the highest layer index of
     the weight files + 1; every W_enc_i / W_dec_i below it must be there (a missing file named,
@@ -191,58 +167,59 @@ def _layer_count(path: Path, cfg: dict[str, Any]) -> int:
 
 
 @torch.no_grad()
-def _load_clt_dir(path: Path, cfg: dict[str, Any]) -> CrossLayerTranscoder:
-    n_layers = _layer_count(path, cfg)
-    first = load_tensors(path / "W_enc_0.safetensors")
-    if "W_enc_0" not in first or first["W_enc_0"].dim() != 2:
-        raise UserError(f"checkpoint {path / 'W_enc_0.safetensors'} has no 2-d 'W_enc_0'.")
-    _expect(first, "W_enc_0", tuple(first["W_enc_0"].shape), path / "W_enc_0.safetensors")
-    F, d = first["W_enc_0"].shape
-    spec = _spec(cfg, n_layers, d, F, cross=True, skip="W_skip_0" in first, path=path)
-    clt = CrossLayerTranscoder(spec, dtype=first["W_enc_0"].dtype)
-    for i in range(n_layers):
-        f_enc, f_dec = path / f"W_enc_{i}.safetensors", path / f"W_dec_{i}.safetensors"
-        t = load_tensors(f_enc)
-        clt.W_enc[i] = _expect(t, f"W_enc_{i}", (F, d), f_enc)
-        clt.b_enc[i] = _expect(t, f"b_enc_{i}", (F,), f_enc)
-        clt.b_dec[i] = _expect(t, f"b_dec_{i}", (d,), f_enc)
-        _set_threshold(clt, i, t, f"log_threshold_{i}", f"threshold_{i}", f_enc)
-        if clt.W_skip is not None:
-            clt.W_skip[i] = _expect(t, f"W_skip_{i}", (d, d), f_enc)
-        clt.W_dec[i].copy_(_expect(load_tensors(f_dec), f"W_dec_{i}", (F, n_layers - i, d), f_dec))
-    return clt
+def _load(path: Path, cfg: dict[str, Any], cross: bool) -> tuple[CrossLayerTranscoder, bool]:
+    """The CLT directory (``cross``) or transcoder set at ``path``, and whether its first layer's
+    file holds a threshold."""
+    if cross:
+        files = [path / f"W_enc_{i}.safetensors" for i in range(_layer_count(path, cfg))]
+    else:
+        names = cfg.get("transcoders")
+        if not isinstance(names, list) or not names:
+            raise UserError(f"{path / 'config.yaml'} lists no 'transcoders' files.")
+        root = path.resolve()
+        files = [path / p for p in map(str, names)]  # an absolute p stays absolute
+        for p in files:
+            if not p.resolve().is_relative_to(root):
+                raise UserError(
+                    f"{path / 'config.yaml'} lists the transcoder file {p}, outside the folder; "
+                    "a transcoder set reads only files inside its own folder."
+                )
 
+    def key(name: str, i: int) -> str:  # a CLT's tensor names carry the layer, a set's do not
+        return f"{name}_{i}" if cross else name
 
-@torch.no_grad()
-def _load_set(path: Path, cfg: dict[str, Any]) -> CrossLayerTranscoder:
-    files = cfg.get("transcoders")
-    if not isinstance(files, list) or not files:
-        raise UserError(f"{path / 'config.yaml'} lists no 'transcoders' files.")
-    root = path.resolve()
-    paths = [path / p for p in map(str, files)]  # an absolute p stays absolute
-    for p in paths:
-        if not p.resolve().is_relative_to(root):
-            raise UserError(
-                f"{path / 'config.yaml'} lists the transcoder file {p}, outside the folder; "
-                "a transcoder set reads only files inside its own folder."
-            )
-    first = load_tensors(paths[0])
-    if "W_enc" not in first or first["W_enc"].dim() != 2:
-        raise UserError(f"checkpoint {paths[0]} has no 2-d 'W_enc'.")
-    _expect(first, "W_enc", tuple(first["W_enc"].shape), paths[0])
-    d, F = first["W_enc"].shape
-    spec = _spec(cfg, len(paths), d, F, cross=False, skip="W_skip" in first, path=path)
-    clt = CrossLayerTranscoder(spec, dtype=first["W_enc"].dtype)
-    for i, p in enumerate(paths):
-        t = load_tensors(p)
-        clt.W_enc[i] = _expect(t, "W_enc", (d, F), Path(p)).T
-        clt.W_dec[i][:, 0] = _expect(t, "W_dec", (F, d), Path(p))
-        clt.b_enc[i] = _expect(t, "b_enc", (F,), Path(p))
-        clt.b_dec[i] = _expect(t, "b_dec", (d,), Path(p))
-        _set_threshold(clt, i, t, "log_threshold", "threshold", Path(p))
+    first = load_tensors(files[0])
+    w0 = key("W_enc", 0)
+    if w0 not in first or first[w0].dim() != 2:
+        raise UserError(f"checkpoint {files[0]} has no 2-d '{w0}'.")
+    _expect(first, w0, tuple(first[w0].shape), files[0])
+    F, d = first[w0].shape if cross else first[w0].T.shape
+    spec = _spec(cfg, len(files), d, F, cross=cross, skip=key("W_skip", 0) in first, path=path)
+    clt = CrossLayerTranscoder(spec, dtype=first[w0].dtype)
+    for i, f in enumerate(files):
+        t = load_tensors(f)
+        if cross:
+            clt.W_enc[i] = _expect(t, f"W_enc_{i}", (F, d), f)
+        else:
+            clt.W_enc[i] = _expect(t, "W_enc", (d, F), f).T
+            clt.W_dec[i][:, 0] = _expect(t, "W_dec", (F, d), f)
+        clt.b_enc[i] = _expect(t, key("b_enc", i), (F,), f)
+        clt.b_dec[i] = _expect(t, key("b_dec", i), (d,), f)
+        if key("log_threshold", i) in t:
+            clt.log_threshold[i] = _expect(t, key("log_threshold", i), (F,), f)
+        elif key("threshold", i) in t:
+            theta = _expect(t, key("threshold", i), (F,), f)
+            clt.log_threshold[i] = theta.clamp_min(1e-30).log()
+        else:
+            clt.log_threshold[i] = math.log(1e-30)
         if clt.W_skip is not None:
-            clt.W_skip[i] = _expect(t, "W_skip", (d, d), Path(p))
-    return clt
+            clt.W_skip[i] = _expect(t, key("W_skip", i), (d, d), f)
+        if cross:
+            f_dec = path / f"W_dec_{i}.safetensors"
+            w_dec = _expect(load_tensors(f_dec), f"W_dec_{i}", (F, len(files) - i, d), f_dec)
+            clt.W_dec[i].copy_(w_dec)
+    thresholds = {"threshold_0", "log_threshold_0", "threshold", "log_threshold"}
+    return clt, bool(first.keys() & thresholds)
 
 
 def load_clt(path: str | Path, device: str | torch.device = "cpu") -> CrossLayerTranscoder:
@@ -261,17 +238,14 @@ def load_clt(path: str | Path, device: str | torch.device = "cpu") -> CrossLayer
             f"{cfg_path} must be a mapping of keys (model_kind, ...), not a {type(cfg).__name__}."
         )
     kind = cfg.get("model_kind", "cross_layer_transcoder")
-    if kind == "cross_layer_transcoder":
-        clt = _load_clt_dir(path, cfg)
-    elif kind == "transcoder_set":
-        clt = _load_set(path, cfg)
-    else:
+    if kind not in ("cross_layer_transcoder", "transcoder_set"):
         raise UserError(
             f"{cfg_path}: unknown model_kind '{kind}' "
             f"(known: cross_layer_transcoder, transcoder_set)."
         )
+    clt, has_threshold = _load(path, cfg, cross=kind == "cross_layer_transcoder")
     _validate(clt, cfg, path)
-    if clt.spec.activation == "batchtopk" and not _has_threshold(path, cfg, clt.spec.cross_layer):
+    if clt.spec.activation == "batchtopk" and not has_threshold:
         raise UserError(
             f"the BatchTopK transcoder at {path} has no learned threshold "
             f"(threshold_i); clt-bench runs BatchTopK at inference with it."
@@ -326,15 +300,6 @@ def check_fits(clt: CrossLayerTranscoder, n_layers: int, d_model: int, where: st
             f"the CLT at {where} has {clt.n_layers} layers x d_model "
             f"{clt.spec.d_model}; the model has {n_layers} x {d_model}."
         )
-
-
-def _has_threshold(path: Path, cfg: dict[str, Any], cross: bool) -> bool:
-    from safetensors import safe_open
-
-    first = path / "W_enc_0.safetensors" if cross else path / str(cfg["transcoders"][0])
-    with safe_open(str(first), framework="pt") as f:
-        keys = set(f.keys())
-    return bool(keys & {"threshold_0", "log_threshold_0", "threshold", "log_threshold"})
 
 
 def load_run_clt(

@@ -94,10 +94,10 @@ def reconstruction_metrics(
 
 def heldout_activations(
     loaded: LoadedModel, rows: TokenRows, n_tokens: int, batch_rows: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TokenRows]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Activations of the first rows of ``rows`` holding about ``n_tokens`` tokens.
 
-    Returns x, y [n, L, d] (CPU), first [n] (True at position 0 of a row) and the rows used.
+    Returns x, y [n, L, d] (CPU) and first [n] (True at position 0 of a row).
     """
     xs, ys, firsts, seen, end = [], [], [], 0, 0
     while end < rows.tokens.shape[0] and seen < n_tokens:
@@ -109,8 +109,7 @@ def heldout_activations(
         firsts.append(pos[part.mask] == 0)
         seen += part.n_tokens
         end += batch_rows
-    used = TokenRows(rows.tokens[:end], rows.mask[:end])
-    return torch.cat(xs), torch.cat(ys), torch.cat(firsts), used
+    return torch.cat(xs), torch.cat(ys), torch.cat(firsts)
 
 
 def task_metrics_with_clt(
@@ -160,7 +159,7 @@ def evaluate_clt(
     """All quality metrics: reconstruction, L0 and dead fraction on all held-out tokens; the
     replacement model on the first ``clt.eval_tokens`` of them; the task's discovery set."""
     skip = cfg.activations.exclude_bos
-    x, y, first, _ = heldout_activations(loaded, rows, rows.n_tokens, cfg.activations.batch_size)
+    x, y, first = heldout_activations(loaded, rows, rows.n_tokens, cfg.activations.batch_size)
     out = reconstruction_metrics(clt, x, y, first, exclude_bos=skip)
     del x, y
     n_rows = int((rows.mask.sum(1).cumsum(0) < cfg.clt.eval_tokens).sum()) + 1

@@ -18,10 +18,10 @@ from clt_bench.models.siit import Activations, Component, PatchMask, all_compone
 from clt_bench.task.metrics import prob_diff_per_example
 
 
-def answer_dist(model: GPT2LMHeadModel, hidden: torch.Tensor, end_pos: int, ids: torch.Tensor):
+def answer_dist(model: GPT2LMHeadModel, hidden: torch.Tensor, pairs: Pairs):
     """Probabilities of the 100 answer tokens at END (full-vocabulary softmax): [n, 100]."""
-    logits = model.lm_head(hidden[:, end_pos]).float()
-    return torch.softmax(logits, -1)[:, ids]
+    logits = model.lm_head(hidden[:, pairs.end_pos]).float()
+    return torch.softmax(logits, -1)[:, pairs.answer_ids]
 
 
 def variable_mask(pairs: Pairs, spec: PlantedSpec, name: str, n_layers: int, n_heads: int):
@@ -72,7 +72,7 @@ def clean_and_corrupted(model: GPT2LMHeadModel, pairs: Pairs):
 
 def base_pd(model: GPT2LMHeadModel, hidden: torch.Tensor, pairs: Pairs) -> torch.Tensor:
     """[n] PD of final hidden states ``hidden`` against each base's YY."""
-    p = answer_dist(model, hidden, pairs.end_pos, pairs.answer_ids)
+    p = answer_dist(model, hidden, pairs)
     return prob_diff_per_example(p.double(), pairs.base_yy)
 
 
@@ -89,9 +89,7 @@ def interchange_accuracy(
     out: dict[str, dict[str, float]] = {}
     for var in spec.variables:
         mask = variable_mask(pairs, spec, var.name, n_layers, n_heads)
-        p = answer_dist(
-            model, patched(model, pairs.base, src, mask), pairs.end_pos, pairs.answer_ids
-        )
+        p = answer_dist(model, patched(model, pairs.base, src, mask), pairs)
         q = p / p.sum(-1, keepdim=True)
         tv_src = 0.5 * (q - h_src).abs().sum(-1)
         tv_base = 0.5 * (q - h_base).abs().sum(-1)
@@ -125,9 +123,7 @@ def strictness(
     for label, comp, positions in strict_nodes(spec, pairs, n_layers, n_heads, single):
         mask = PatchMask(len(pairs), pairs.base.shape[1], n_layers, n_heads)
         mask.set(slice(None), comp, positions)
-        p = answer_dist(
-            model, patched(model, pairs.base, src, mask), pairs.end_pos, pairs.answer_ids
-        )
+        p = answer_dist(model, patched(model, pairs.base, src, mask), pairs)
         moved = (prob_diff_per_example(p.double(), pairs.base_yy) - pd["clean"]).abs().mean()
         raw[label] = float(moved)
         scores[label] = float(moved) / gap if gap > 0 else float("inf")
@@ -151,10 +147,8 @@ def complement_mask(spec: PlantedSpec, pairs: Pairs, n_layers: int, n_heads: int
     """Every non-circuit node at once: each component at every position from YY to END where it
     realises no high-level variable (the baseline's component-level faithfulness run)."""
     mask = PatchMask(len(pairs), pairs.base.shape[1], n_layers, n_heads)
-    for comp in all_components(n_layers, n_heads):
-        free = free_positions(spec, pairs, comp)
-        if free:
-            mask.set(slice(None), comp, free)
+    for _, comp, free in strict_nodes(spec, pairs, n_layers, n_heads, single=False):
+        mask.set(slice(None), comp, free)
     return mask
 
 

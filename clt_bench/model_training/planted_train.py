@@ -63,7 +63,7 @@ from clt_bench.models.planted import (
 )
 from clt_bench.models.siit import PatchMask, all_components, patched
 from clt_bench.models.tokenizer import gpt2_tokenizer
-from clt_bench.models.toy import TOY_WEIGHTS, build_toy_module, toy_fingerprint
+from clt_bench.models.toy import TOY_WEIGHTS, build_toy_module, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def train_planted(
         "steps": cfg.steps,
         "train_seconds": round(seconds, 1),
         "train_config": asdict(cfg),
-        "warm_start": {"embeddings_from": "toy", "toy_sha256_16": toy_fingerprint()},
+        "warm_start": {"embeddings_from": "toy", "toy_sha256_16": weights_fingerprint()},
         "corpus": {**corpus_settings(), "n_documents": cfg.n_documents, "seed": cfg.corpus_seed},
         "high_level_model": "baselines/planted.toml",
         "loss": "behaviour (toy's corpus loss) + IIT + strictness (SIIT), see planted_train.py",

@@ -158,19 +158,14 @@ def year_pair(
     raise UserError("could not draw a year pair for the corpus.")
 
 
-def _lasted(rng: random.Random, t: YearTables) -> str:
-    y, z = year_pair(rng, t)
-    return f"The {rng.choice(t.nouns)} lasted from the year {y} to the year {z}."
+def _noun_years(template: str, relation: str = "gt") -> Callable[[random.Random, YearTables], str]:
+    """The task file's families: ``template`` with a year pair (``year_pair``) and a task noun."""
 
+    def make(rng: random.Random, t: YearTables) -> str:
+        y, z = year_pair(rng, t, relation)
+        return template.format(y=y, z=z, noun=rng.choice(t.nouns))
 
-def _started_ended(rng: random.Random, t: YearTables) -> str:
-    y, z = year_pair(rng, t)
-    return f"The {rng.choice(t.nouns)} started in the year {y} and ended in the year {z}."
-
-
-def _ended_started(rng: random.Random, t: YearTables) -> str:
-    y, z = year_pair(rng, t, "lt")
-    return f"The {rng.choice(t.nouns)} ended in the year {y} and started in the year {z}."
+    return make
 
 
 def _year_sequence(rng: random.Random, t: YearTables, descending: bool = False) -> str:
@@ -246,9 +241,11 @@ def _plain(rng: random.Random, t: YearTables) -> str:
 
 
 KINDS: dict[str, Callable[[random.Random, YearTables], str]] = {
-    "lasted": _lasted,
-    "started_ended": _started_ended,
-    "ended_started": _ended_started,
+    "lasted": _noun_years("The {noun} lasted from the year {y} to the year {z}."),
+    "started_ended": _noun_years("The {noun} started in the year {y} and ended in the year {z}."),
+    "ended_started": _noun_years(
+        "The {noun} ended in the year {y} and started in the year {z}.", "lt"
+    ),
     "year_sequence": _year_sequence,
     "year_sequence_desc": lambda rng, t: _year_sequence(rng, t, descending=True),
     "year_smaller": _year_smaller,

@@ -10,12 +10,6 @@ LayerNorm is never folded and weights are never centred: CLTs read the raw ``hoo
 
 from __future__ import annotations
 
-from clt_bench.models.sources import (
-    MODEL_NAMES,
-    LoadedModel,
-    check_device,
-    load_model,
-    model_fingerprint,
-)
+from clt_bench.models.sources import LoadedModel, check_device, load_model, model_fingerprint
 
-__all__ = ["MODEL_NAMES", "LoadedModel", "check_device", "load_model", "model_fingerprint"]
+__all__ = ["LoadedModel", "check_device", "load_model", "model_fingerprint"]

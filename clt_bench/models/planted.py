@@ -6,7 +6,6 @@ trained (``clt_bench.model_training.planted_train``) so that the high-level mode
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tomllib
 from dataclasses import dataclass
@@ -14,12 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 from clt_bench.errors import UserError
-from clt_bench.models.bridge import wrap_hf_gpt2
 from clt_bench.models.siit import Component
-from clt_bench.models.tokenizer import gpt2_tokenizer
 from clt_bench.paths import baselines_dir, package_data
 
 # CLT_BENCH_PLANTED_DIR points at another folder (planted.safetensors + config.json), e.g. a retrain
@@ -91,15 +87,3 @@ def load_planted_module(folder: Path | None = None, dtype: torch.dtype = torch.f
             f"`clt-bench toy-model train --model planted`."
         )
     return load_toy_module(weights, dtype=dtype)
-
-
-def load_planted(dtype: torch.dtype = torch.float32) -> TransformerBridge:
-    return wrap_hf_gpt2(load_planted_module(dtype=dtype), gpt2_tokenizer(), "planted")
-
-
-def planted_fingerprint() -> str:
-    """Short sha256 of the planted weights, so a retrain invalidates cached pipeline stages."""
-    weights = planted_weights()
-    if not weights.is_file():
-        return "missing"
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]

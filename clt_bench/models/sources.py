@@ -18,7 +18,6 @@ from clt_bench.models.tokenizer import gpt2_tokenizer
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("toy", "planted", "gpt2", "gpt2-random", "hf:<name-or-path>")
 DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -130,13 +129,13 @@ def load_model(
     torch_dtype = _dtype(dtype)
     tokenizer: PreTrainedTokenizerBase | None = None  # a hub model's own (never adds BOS)
     if name == "toy":
-        from clt_bench.models.toy import load_toy
+        from clt_bench.models.toy import load_toy_module
 
-        bridge = load_toy(dtype=torch_dtype)
+        bridge = wrap_hf_gpt2(load_toy_module(dtype=torch_dtype), gpt2_tokenizer(), name)
     elif name == "planted":
-        from clt_bench.models.planted import load_planted
+        from clt_bench.models.planted import load_planted_module
 
-        bridge = load_planted(dtype=torch_dtype)
+        bridge = wrap_hf_gpt2(load_planted_module(dtype=torch_dtype), gpt2_tokenizer(), name)
     elif name == "gpt2-random":
         bridge = _gpt2_random(seed, torch_dtype)
     elif name == "gpt2":
@@ -164,14 +163,11 @@ def load_model(
 def model_fingerprint(name: str) -> str:
     """Identifies a model's weights where the name alone does not: the retrainable toy, and a
     hub model or local checkpoint by the content of its snapshot (``hub.hub_fingerprint``)."""
-    if name == "toy":
-        from clt_bench.models.toy import toy_fingerprint
+    if name in ("toy", "planted"):
+        from clt_bench.models.planted import planted_weights
+        from clt_bench.models.toy import TOY_WEIGHTS, weights_fingerprint
 
-        return toy_fingerprint()
-    if name == "planted":
-        from clt_bench.models.planted import planted_fingerprint
-
-        return planted_fingerprint()
+        return weights_fingerprint(TOY_WEIGHTS if name == "toy" else planted_weights())
     if name == "gpt2" or name.startswith("hf:"):
         from clt_bench.models.hub import hub_fingerprint
 

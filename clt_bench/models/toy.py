@@ -12,13 +12,10 @@ import os
 from pathlib import Path
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from clt_bench.errors import UserError
 from clt_bench.io import load_tensors
-from clt_bench.models.bridge import wrap_hf_gpt2
-from clt_bench.models.tokenizer import gpt2_tokenizer
 from clt_bench.paths import package_data
 
 # CLT_BENCH_TOY_DIR points at another toy folder (toy.safetensors + config.json), e.g. a retrain
@@ -66,14 +63,11 @@ def load_toy_module(
     return model.to(dtype).eval()
 
 
-def load_toy(dtype: torch.dtype = torch.float32) -> TransformerBridge:
-    return wrap_hf_gpt2(load_toy_module(dtype=dtype), gpt2_tokenizer(), "toy")
-
-
-def toy_fingerprint() -> str:
-    """Short sha256 of the toy weights, so a retrained toy invalidates cached pipeline stages."""
+def weights_fingerprint(weights: Path = TOY_WEIGHTS) -> str:
+    """Short sha256 of a weights file (default: the toy's), so a retrained toy or planted model
+    invalidates cached pipeline stages."""
     import hashlib
 
-    if not TOY_WEIGHTS.is_file():
+    if not weights.is_file():
         return "missing"
-    return hashlib.sha256(TOY_WEIGHTS.read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
