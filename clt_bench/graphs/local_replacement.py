@@ -90,7 +90,6 @@ class FrozenRun:
 
     logits: torch.Tensor  # [n, V] at the last position
     pre: list[torch.Tensor]  # per layer [k_l]: pre-activations of the clean active features
-    acts: list[torch.Tensor]  # per layer [n, pos, F] dense activations used (detached)
     embed_leaf: torch.Tensor | None = None  # [n, pos, d]
     pos_leaf: torch.Tensor | None = None  # [n, pos, d]
     mlp_leaves: list[torch.Tensor] = field(default_factory=list)  # per layer [n, pos, d]
@@ -275,10 +274,6 @@ class _FrozenPass:
         idx = rm.active_idx[layer]
         pre = run.pre[layer] = self.padded(layer, idx).pre(x)
         widx, base = self.active(layer, x, pre)
-        dense = torch.zeros(
-            rm.n_prompts, rm.n_pos, rm.pre_acts.shape[-1], dtype=rm.dtype, device=x.device
-        )
-        run.acts[layer] = dense.index_put(tuple(widx.unbind(-1)), base.detach())
         vals = base
         if self.leaves and self.modes[layer] != "live" and widx is idx:
             vals = base + self.leaves[layer]
@@ -346,7 +341,7 @@ def run_frozen(
     leaves = list(leaves or [])
     if leaves and len(leaves) != 2 * L + 2:
         raise ValueError("leaves must hold 2 * n_layers + 2 tensors (see zero_leaves)")
-    run = FrozenRun(logits=torch.empty(0), pre=[torch.empty(0)] * L, acts=[torch.empty(0)] * L)
+    run = FrozenRun(logits=torch.empty(0), pre=[torch.empty(0)] * L)
     if leaves:
         run.feat_leaves, run.mlp_leaves = leaves[:L], leaves[L : 2 * L]
         run.embed_leaf, run.pos_leaf = leaves[2 * L], leaves[2 * L + 1]
