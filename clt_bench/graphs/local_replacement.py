@@ -97,17 +97,10 @@ class FrozenRun:
 
 
 def _hook_names(n_layers: int) -> tuple[list[str], list[str]]:
-    frozen = ["ln_final.hook_scale"]
-    for layer in range(n_layers):
-        frozen += [
-            f"blocks.{layer}.attn.hook_pattern",
-            f"blocks.{layer}.ln1.hook_scale",
-            f"blocks.{layer}.ln2.hook_scale",
-        ]
-    acts = ["hook_embed", "hook_pos_embed"]
-    for layer in range(n_layers):
-        acts += [f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.hook_mlp_out"]
-    return frozen, acts
+    per_layer = ("attn.hook_pattern", "ln1.hook_scale", "ln2.hook_scale")
+    frozen = [f"blocks.{i}.{h}" for i in range(n_layers) for h in per_layer]
+    acts = [f"blocks.{i}.hook_{h}" for i in range(n_layers) for h in ("resid_mid", "mlp_out")]
+    return ["ln_final.hook_scale", *frozen], ["hook_embed", "hook_pos_embed", *acts]
 
 
 def _check_shapes(bridge: TransformerBridge, clt: CrossLayerTranscoder) -> None:
