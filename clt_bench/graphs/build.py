@@ -165,9 +165,7 @@ def _select_features(
         visited[best] = True
     visit = visited.nonzero()[:, 0]
     if not done:
-        return visit, {
-            k: torch.zeros(0, v.shape[1] if v.dim() > 1 else 0) for k, v in target_rows.items()
-        }
+        return visit, _attribute(att, visit, batch_size)  # no rows, as when nothing is allowed
     idx = torch.cat([d["idx"] for d in done])
     order = torch.argsort(idx)
     out = {k: torch.cat([d[k] for d in done])[order] for k in ("feat", "err", "tok", "pos", "bdec")}
