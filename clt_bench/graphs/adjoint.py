@@ -44,10 +44,9 @@ def supports_adjoint(rm: ReplacementModel) -> bool:
     )
 
 
-def _ln_weight(module: torch.nn.Module) -> torch.Tensor:
-    inner: Any = getattr(module, "_original_component", module)
-    weight: torch.Tensor = inner.weight
-    return weight.detach()
+def _ln(module: torch.nn.Module) -> Any:
+    """The LayerNorm module a bridge component wraps (or ``module`` itself)."""
+    return getattr(module, "_original_component", module)
 
 
 class FrozenAdjoint:
@@ -65,12 +64,13 @@ class FrozenAdjoint:
         ).to(dt)  # [L, H, q, k]
         self.ln1 = torch.stack(
             [
-                _ln_weight(b.blocks[i].ln1)[None] / rm.frozen[f"blocks.{i}.ln1.hook_scale"][0]
+                _ln(b.blocks[i].ln1).weight.detach()[None]
+                / rm.frozen[f"blocks.{i}.ln1.hook_scale"][0]
                 for i in range(L)
             ]
         ).to(dt)  # [L, P, d]: w / s
-        lnf = _ln_weight(b.ln_final)[None] / rm.frozen["ln_final.hook_scale"][0]  # [P, d]
-        self.lnf_last = lnf[-1].to(dt)  # [d]
+        lnf = _ln(b.ln_final).weight.detach()[None] / rm.frozen["ln_final.hook_scale"][0]  # [P, d]
+        self.lnf_last: torch.Tensor = lnf[-1].to(dt)  # [d]
         self.W_U = b.W_U.detach().to(dt)  # [d, V]
         self._unembed: tuple[torch.Tensor, torch.Tensor] | None = None
         in_s = clt.input_scale.detach().to(dt)
@@ -108,8 +108,8 @@ class FrozenAdjoint:
         x = rm.pos_embed[0]  # [P, d]
         pre = []
         for layer in range(self.L):
-            ln = getattr(b.blocks[layer].ln1, "_original_component", b.blocks[layer].ln1)
-            y = (x - x.mean(-1, keepdim=True)) * self.ln1[layer] + ln.bias.detach().to(dt)
+            y = (x - x.mean(-1, keepdim=True)) * self.ln1[layer]
+            y = y + _ln(b.blocks[layer].ln1).bias.detach().to(dt)
             v = torch.einsum("pd,hde->hpe", y, self.W_V[layer]) + b.b_V[layer].detach()[:, None]
             z = torch.matmul(self.pattern[layer], v)  # [H, P, dh]
             x = x + torch.einsum("hpe,hef->pf", z, self.W_O[layer]) + b.b_O[layer].detach()
@@ -119,9 +119,8 @@ class FrozenAdjoint:
             if self.skip_t is not None:
                 out = out + x @ self.skip_t[layer].T
             x = x + out
-        lnf = getattr(b.ln_final, "_original_component", b.ln_final)
         last = x[-1]
-        y = (last - last.mean()) * self.lnf_last + lnf.bias.detach().to(dt)
+        y = (last - last.mean()) * self.lnf_last + _ln(b.ln_final).bias.detach().to(dt)
         # logits @ D^T = y @ (W_U D^T) + b_U D^T, without the [V] logits
         D = directions.to(dt)
         return torch.cat(pre), (y @ self.unembed(D).T + b.b_U.detach().to(dt) @ D.T)[None]

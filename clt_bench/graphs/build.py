@@ -165,9 +165,7 @@ def _select_features(
         visited[best] = True
     visit = visited.nonzero()[:, 0]
     if not done:
-        return visit, {
-            k: torch.zeros(0, v.shape[1] if v.dim() > 1 else 0) for k, v in target_rows.items()
-        }
+        return visit, _attribute(att, visit, batch_size)  # no rows, as when nothing is allowed
     idx = torch.cat([d["idx"] for d in done])
     order = torch.argsort(idx)
     out = {k: torch.cat([d[k] for d in done])[order] for k in ("feat", "err", "tok", "pos", "bdec")}
@@ -246,21 +244,17 @@ def build_graph(
     unvisited = ~bos_feat
     unvisited[visit] = False
     A = torch.zeros(n, n, dtype=torch.float64)
+    unexpl = torch.zeros(n, dtype=torch.float64)
+    unexpl_abs = torch.zeros(n, dtype=torch.float64)
+    const_in = torch.zeros(n, dtype=torch.float64)
     y0 = n_f + L * P + P
-    for r0, rows in ((0, f_rows), (y0, t_rows)):
+    for r0, rows, const in ((0, f_rows, const_f[visit]), (y0, t_rows, const_t[0])):
         m = rows["feat"].shape[0]
         if m == 0:
             continue
         A[r0 : r0 + m, :n_f] = rows["feat"][:, visit].double()
         A[r0 : r0 + m, n_f : n_f + L * P] = rows["err"].double() * ~bos_err
         A[r0 : r0 + m, n_f + L * P : y0] = rows["tok"].double()
-    unexpl = torch.zeros(n, dtype=torch.float64)
-    unexpl_abs = torch.zeros(n, dtype=torch.float64)
-    const_in = torch.zeros(n, dtype=torch.float64)
-    for r0, rows, const in ((0, f_rows, const_f[visit]), (y0, t_rows, const_t[0])):
-        m = rows["feat"].shape[0]
-        if m == 0:
-            continue
         hidden = rows["feat"][:, unvisited].double()
         unexpl[r0 : r0 + m] = hidden.sum(1)
         unexpl_abs[r0 : r0 + m] = hidden.abs().sum(1)

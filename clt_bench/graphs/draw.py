@@ -56,9 +56,8 @@ def _positions(graph: Graph, kept: list[int]) -> tuple[dict[int, tuple[float, fl
     return xy, edges
 
 
-def _place_labels(ax: Axes, items: list[tuple[float, float, str]], char_w: float) -> int:
+def _place_labels(ax: Axes, items: list[tuple[float, float, str]], char_w: float) -> None:
     """Label (x, y, text) points without overlaps: per row, greedy over LABEL_LEVELS levels."""
-    placed = 0
     ends: dict[tuple[float, int], float] = {}
     for x, y, text in sorted(items):
         w = char_w * len(text)
@@ -76,9 +75,7 @@ def _place_labels(ax: Axes, items: list[tuple[float, float, str]], char_w: float
                     zorder=4,
                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
                 )
-                placed += 1
                 break
-    return placed
 
 
 def _draw_edges(ax: Axes, graph: Graph, xy: dict[int, tuple[float, float]], max_edges: int) -> None:
@@ -113,10 +110,9 @@ def _draw_nodes(
 ) -> PathCollection | None:
     """Tokens and targets in their colour, features and errors sized and coloured by influence
     (relative to the largest); the latter's scatter, for the colour bar."""
-    infl = graph.influence.double() if len(graph.influence) else None
+    infl = graph.influence.double()
     ranked = [i for i in kinds if kinds[i] in ("feature", "error")]
-    imax = max((float(infl[i]) for i in ranked), default=0.0) if infl is not None else 0.0
-    imax = imax or 1.0
+    imax = max((float(infl[i]) for i in ranked), default=0.0) or 1.0
     sc = None
     for kind, (marker, colour) in STYLE.items():
         nodes = [i for i in kinds if kinds[i] == kind]  # kept nodes in graph order
@@ -128,7 +124,7 @@ def _draw_nodes(
             "zorder": 3,
             "edgecolors": "black",
         }
-        if kind in ("feature", "error") and infl is not None:
+        if kind in ("feature", "error"):
             val = np.array([float(infl[i]) for i in nodes]) / imax
             sc = ax.scatter(
                 pts[:, 0],
@@ -192,10 +188,9 @@ def draw_graph(
     _draw_edges(ax, graph, xy, max_edges)
     kinds = {i: graph.describe(i)["kind"] for i in kept}
     sc = _draw_nodes(ax, graph, xy, kinds)
-    infl = graph.influence.double() if len(graph.influence) else None
     feats = sorted(
         (i for i in kept if kinds[i] == "feature"),
-        key=lambda i: float(infl[i]) if infl is not None else 0.0,
+        key=lambda i: float(graph.influence[i]),
         reverse=True,
     )
     char_w = x_max / (fig_w * 72 / 5.6)  # x units per character at fontsize 8

@@ -109,11 +109,10 @@ def constant_terms(
     Returns ([K] feature pre-activation constants, [n, n_t] target constants) for ``directions``
     [n, n_t, V]. In ``linear`` mode the linearised features are not sources but respond.
     """
-    zeros_acts = torch.zeros_like(rm.acts)
     run0 = run_frozen(
         rm,
         modes=modes,
-        acts=zeros_acts,
+        acts=torch.zeros_like(rm.acts),
         embed=torch.zeros_like(rm.embed),
         errors=torch.zeros_like(rm.errors),
     )

@@ -42,32 +42,20 @@ def _cumulative_share(infl: torch.Tensor) -> torch.Tensor:
 
 def node_id(graph: Graph, i: int, vocab_size: int) -> tuple[str, dict[str, Any]]:
     d = graph.describe(i)
-    L = graph.n_layers
-    if d["kind"] == "feature":
-        return f"{d['layer']}_{d['feature']}_{d['pos']}", {
-            "feature": _cantor(d["layer"], d["feature"]),
-            "layer": str(d["layer"]),
-            "jsNodeId": f"{d['layer']}_{d['feature']}-0",
-        }
-    if d["kind"] == "error":
-        return f"{d['layer']}_-1_{d['pos']}", {
-            "feature": -1,
-            "layer": str(d["layer"]),
-            "jsNodeId": f"{d['layer']}_-1-{d['pos']}",
-        }
-    if d["kind"] == "token":
-        return f"E_{d['feature']}_{d['pos']}", {
-            "feature": d["pos"],
-            "layer": "E",
-            "jsNodeId": f"E_{d['feature']}-{d['pos']}",
-        }
-    j = d["feature"]
-    key = graph.targets[j].key(vocab_size, j)
-    return f"{L + 1}_{key}_{d['pos']}", {
-        "feature": key,
-        "layer": str(L + 1),
-        "jsNodeId": f"L_{key}-{d['pos']}",
-    }
+    kind, layer, pos, feat = d["kind"], d["layer"], d["pos"], d["feature"]
+    # (node id, "feature", "layer", "jsNodeId") of each kind
+    if kind == "feature":
+        ids = f"{layer}_{feat}_{pos}", _cantor(layer, feat), str(layer), f"{layer}_{feat}-0"
+    elif kind == "error":
+        ids = f"{layer}_-1_{pos}", -1, str(layer), f"{layer}_-1-{pos}"
+    elif kind == "token":
+        ids = f"E_{feat}_{pos}", pos, "E", f"E_{feat}-{pos}"
+    else:
+        key = graph.targets[feat].key(vocab_size, feat)
+        L = graph.n_layers
+        ids = f"{L + 1}_{key}_{pos}", key, str(L + 1), f"L_{key}-{pos}"
+    nid, feature, js_layer, js_id = ids
+    return nid, {"feature": feature, "layer": js_layer, "jsNodeId": js_id}
 
 
 def graph_to_json(graph: Graph, slug: str, scan: str, vocab_size: int) -> dict[str, Any]:
@@ -186,15 +174,7 @@ def read_graph_json(path: str | os.PathLike[str]) -> Graph:
     for t in extra["targets"]:
         d = torch.zeros(V, dtype=torch.float64)
         d[t["indices"]] = torch.tensor(t["coefficients"], dtype=torch.float64)
-        targets.append(
-            Target(
-                label=t["label"],
-                direction=d,
-                weight=t["weight"],
-                token_id=t["token_id"],
-                prob=t["prob"],
-            )
-        )
+        targets.append(Target(t["label"], d, t["weight"], t["token_id"], t["prob"]))
     n_f, n_t = len(feats), len(targets)
     n = n_f + L * P + P + n_t
     g = Graph(

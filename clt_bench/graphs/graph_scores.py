@@ -29,12 +29,7 @@ def graph_scores(
     ``w`` [n] target weights (zero off targets), ``unexplained_abs`` [n] incoming mass from
     outside the graph."""
     A = A.double()
-    n = A.shape[0]
-    extra = (
-        torch.zeros(n, dtype=A.dtype, device=A.device)
-        if unexplained_abs is None
-        else unexplained_abs.double()
-    )
+    extra = A.new_zeros(A.shape[0]) if unexplained_abs is None else unexplained_abs.double()
     w = w.double()
     A_hat = normalize_abs(A, extra)
     flow = influence(A_hat, w) + w

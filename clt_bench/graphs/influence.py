@@ -24,9 +24,7 @@ def normalize_abs(A: torch.Tensor, extra_abs: torch.Tensor | None = None) -> tor
     return M / torch.where(total > 0, total, torch.ones_like(total))[:, None]
 
 
-def propagate(
-    rows: torch.Tensor, row_nodes: torch.Tensor, w_rows: torch.Tensor, max_steps: int | None = None
-) -> torch.Tensor:
+def propagate(rows: torch.Tensor, row_nodes: torch.Tensor, w_rows: torch.Tensor) -> torch.Tensor:
     """Influence ``w^T Σ_{k>=1} Â^k`` when only some nodes have incoming rows.
 
     ``rows`` [R, N]: normalised incoming weights of the R nodes ``row_nodes`` [R] (indices into the
@@ -42,8 +40,7 @@ def propagate(
     N = rows.shape[1]
     infl = torch.zeros(N, dtype=rows.dtype, device=rows.device)
     cur = w_rows.to(rows.dtype)
-    steps = max_steps if max_steps is not None else N + 1
-    for _ in range(steps):
+    for _ in range(N + 1):
         if not bool((cur != 0).any()):
             break
         flow = cur @ rows

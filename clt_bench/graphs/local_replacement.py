@@ -90,7 +90,6 @@ class FrozenRun:
 
     logits: torch.Tensor  # [n, V] at the last position
     pre: list[torch.Tensor]  # per layer [k_l]: pre-activations of the clean active features
-    acts: list[torch.Tensor]  # per layer [n, pos, F] dense activations used (detached)
     embed_leaf: torch.Tensor | None = None  # [n, pos, d]
     pos_leaf: torch.Tensor | None = None  # [n, pos, d]
     mlp_leaves: list[torch.Tensor] = field(default_factory=list)  # per layer [n, pos, d]
@@ -98,17 +97,10 @@ class FrozenRun:
 
 
 def _hook_names(n_layers: int) -> tuple[list[str], list[str]]:
-    frozen = ["ln_final.hook_scale"]
-    for layer in range(n_layers):
-        frozen += [
-            f"blocks.{layer}.attn.hook_pattern",
-            f"blocks.{layer}.ln1.hook_scale",
-            f"blocks.{layer}.ln2.hook_scale",
-        ]
-    acts = ["hook_embed", "hook_pos_embed"]
-    for layer in range(n_layers):
-        acts += [f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.hook_mlp_out"]
-    return frozen, acts
+    per_layer = ("attn.hook_pattern", "ln1.hook_scale", "ln2.hook_scale")
+    frozen = [f"blocks.{i}.{h}" for i in range(n_layers) for h in per_layer]
+    acts = [f"blocks.{i}.hook_{h}" for i in range(n_layers) for h in ("resid_mid", "mlp_out")]
+    return ["ln_final.hook_scale", *frozen], ["hook_embed", "hook_pos_embed", *acts]
 
 
 def _check_shapes(bridge: TransformerBridge, clt: CrossLayerTranscoder) -> None:
@@ -275,10 +267,6 @@ class _FrozenPass:
         idx = rm.active_idx[layer]
         pre = run.pre[layer] = self.padded(layer, idx).pre(x)
         widx, base = self.active(layer, x, pre)
-        dense = torch.zeros(
-            rm.n_prompts, rm.n_pos, rm.pre_acts.shape[-1], dtype=rm.dtype, device=x.device
-        )
-        run.acts[layer] = dense.index_put(tuple(widx.unbind(-1)), base.detach())
         vals = base
         if self.leaves and self.modes[layer] != "live" and widx is idx:
             vals = base + self.leaves[layer]
@@ -346,7 +334,7 @@ def run_frozen(
     leaves = list(leaves or [])
     if leaves and len(leaves) != 2 * L + 2:
         raise ValueError("leaves must hold 2 * n_layers + 2 tensors (see zero_leaves)")
-    run = FrozenRun(logits=torch.empty(0), pre=[torch.empty(0)] * L, acts=[torch.empty(0)] * L)
+    run = FrozenRun(logits=torch.empty(0), pre=[torch.empty(0)] * L)
     if leaves:
         run.feat_leaves, run.mlp_leaves = leaves[:L], leaves[L : 2 * L]
         run.embed_leaf, run.pos_leaf = leaves[2 * L], leaves[2 * L + 1]

@@ -25,7 +25,7 @@ from clt_bench.graphs.targets import TaskTarget, parse_yy
 from clt_bench.io import run_metadata, save_tensors, write_json
 from clt_bench.models import LoadedModel
 from clt_bench.stats import mean_ci
-from clt_bench.task.dataset import TaskBatch, build_batch
+from clt_bench.task.dataset import TaskBatch, build_batch, one_per_yy
 from clt_bench.task.spec import RELATION_NAMES, load_task
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,6 @@ def task_prompt_shares(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Mean influence shares (and graph scores) over ``graphs.share_prompts`` task prompts, with
     95 % bootstrap intervals over the prompts; and the per-prompt shares behind them."""
-    from clt_bench.task.dataset import one_per_yy
-
     sub = one_per_yy(batch, cfg.graphs.share_prompts)
     truth = known_circuit(loaded.name)
     n_answers = len(batch.answer_ids)

@@ -118,18 +118,22 @@ class TaskTarget:
     n_answers: int = 100
 
 
+def _token_target(
+    label: str, token_id: int, vocab_size: int, weight: float, prob: float = 0.0
+) -> Target:
+    """A single-logit target: the one-hot direction of ``token_id``."""
+    direction = torch.zeros(vocab_size, dtype=torch.float64)
+    direction[token_id] = 1.0
+    return Target(label, direction, weight, token_id, prob)
+
+
 def answer_targets(
     tokenizer: PreTrainedTokenizerBase, vocab_size: int, n_answers: int = 100
 ) -> list[Target]:
     """The task's answer-token logits "00".. (``n_answers`` of them) as separate targets (equal
     weights)."""
     ids = answer_token_ids(tokenizer, n_answers).tolist()
-    eye = torch.zeros(len(ids), vocab_size, dtype=torch.float64)
-    eye[torch.arange(len(ids)), ids] = 1.0
-    return [
-        Target(label=f"{z:02d}", direction=eye[z], weight=1.0 / len(ids), token_id=i)
-        for z, i in enumerate(ids)
-    ]
+    return [_token_target(f"{z:02d}", i, vocab_size, 1.0 / len(ids)) for z, i in enumerate(ids)]
 
 
 def logit_targets(
@@ -144,20 +148,10 @@ def logit_targets(
     n = int((torch.cumsum(p, 0) - p < cumulative).sum())
     n = max(1, min(n, max_n))
     total = float(p[:n].sum())
-    out = []
-    for pi, ti in zip(p[:n].tolist(), ids[:n].tolist(), strict=True):
-        d = torch.zeros(logits.shape[-1], dtype=torch.float64)
-        d[ti] = 1.0
-        out.append(
-            Target(
-                label=str(tokenizer.decode([ti])),
-                direction=d,
-                weight=pi / total,
-                token_id=ti,
-                prob=pi,
-            )
-        )
-    return out
+    return [
+        _token_target(str(tokenizer.decode([ti])), ti, logits.shape[-1], pi / total, pi)
+        for pi, ti in zip(p[:n].tolist(), ids[:n].tolist(), strict=True)
+    ]
 
 
 def token_targets(
@@ -172,17 +166,8 @@ def token_targets(
         ids = tokenizer.encode(s)
         if len(ids) != 1:
             raise UserError(f"the target '{s}' is {len(ids)} tokens, not one token.")
-        d = torch.zeros(vocab_size, dtype=torch.float64)
-        d[ids[0]] = 1.0
-        out.append(
-            Target(
-                label=s,
-                direction=d,
-                weight=1.0 / len(strings),
-                token_id=ids[0],
-                prob=float(probs[ids[0]]) if probs is not None else 0.0,
-            )
-        )
+        prob = float(probs[ids[0]]) if probs is not None else 0.0
+        out.append(_token_target(s, ids[0], vocab_size, 1.0 / len(strings), prob))
     return out
 
 

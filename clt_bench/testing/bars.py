@@ -19,16 +19,14 @@ from clt_bench.models.sources import LoadedModel
 from clt_bench.task.dataset import TaskBatch
 
 
-def heldout_sample(
-    loaded: LoadedModel, n_tokens: int = 4096, cfg: RunConfig | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def heldout_sample(loaded: LoadedModel, n_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) [n, L, d] resid_mid and mlp_out on ~``n_tokens`` held-out corpus tokens."""
     from clt_bench.activations.stage import heldout_rows
     from clt_bench.activations.tokens import TokenRows
     from clt_bench.clt.quality import heldout_activations
-    from clt_bench.config import RunConfig, with_section
+    from clt_bench.config import with_section
 
-    cfg = with_section(cfg or RunConfig(), "activations", eval_tokens=n_tokens)
+    cfg = with_section(RunConfig(), "activations", eval_tokens=n_tokens)
     rows = TokenRows.cat(heldout_rows(cfg, loaded))
     x, y = heldout_activations(loaded, rows, n_tokens, cfg.activations.batch_size)[:2]
     return x, y
@@ -153,7 +151,6 @@ def measure_circuit_recovery(
     clt: CrossLayerTranscoder,
     batch: TaskBatch,
     top_k: int = 32,
-    background: str = "corrupted",
 ) -> dict[str, float]:
     """Share of the model's PD kept when only the ``top_k`` most influential features stay
     clean (the rest at their corrupted activations); also the k = 0 and k = all shares."""
@@ -162,7 +159,7 @@ def measure_circuit_recovery(
     att = task_attributions(loaded.bridge, clt, batch, prompts_per_pass=16, progress=False)
     keys, _ = influence_ranking(att)
     ranking = [att.split_key(int(k)) for k in keys[:top_k]]
-    by_k = _recovery(loaded.bridge, clt, batch, ranking, background)
+    by_k = _recovery(loaded.bridge, clt, batch, ranking)
     return {
         "top_k": len(ranking),
         "fraction_top_k": by_k[len(ranking)],
@@ -177,17 +174,16 @@ def _recovery(
     clt: CrossLayerTranscoder,
     batch: TaskBatch,
     ranking: list[tuple[int, int]],
-    background: str,
 ) -> dict[int, float]:
     """Share of the model's PD with every MLP replaced by the CLT's reconstruction in which the
     features of ``ranking`` keep their clean activations and all others take their corrupted
-    ones, plus the ``background`` run's error terms (k = 0, k = len(ranking), and -1 = all)."""
+    ones, plus the corrupted run's error terms (k = 0, k = len(ranking), and -1 = all)."""
     from clt_bench.features.ablation import end_logits_via, pd_of
     from clt_bench.graphs.local_replacement import build_replacement
 
     rm_c = build_replacement(bridge, clt, batch.clean)
     rm_x = build_replacement(bridge, clt, batch.corrupted)
-    bg = rm_c if background == "clean" else rm_x
+    bg = rm_x  # the error terms of the corrupted run (module docstring)
     base = rm_x.mlp_out - rm_x.errors + bg.errors  # [n, pos, L, d]
     diff = rm_c.acts - rm_x.acts  # [n, pos, L, F]
     tokens = bg.tokens.to(next(bridge.parameters()).device)

@@ -23,12 +23,11 @@ def prompt(clt_bench_task_batch):
 
 
 @pytest.fixture(scope="module")
-def targets(clt_bench_model64, prompt):
+def targets(clt_bench_model64):
     from clt_bench.graphs.targets import answer_targets
 
-    return answer_targets(clt_bench_model64.tokenizer, int(clt_bench_model64.bridge.cfg.d_vocab))[
-        ::10
-    ]
+    vocab_size = int(clt_bench_model64.bridge.cfg.d_vocab)
+    return answer_targets(clt_bench_model64.tokenizer, vocab_size)[::10]
 
 
 def test_loads(clt_bench_transcoder, clt_bench_model):

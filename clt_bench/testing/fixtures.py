@@ -85,18 +85,15 @@ def clt_bench_transcoder(clt_bench_transcoder_path: Path):
         pytest.fail(f"the transcoder does not load: {err}", pytrace=False)
 
 
-def _or_default(value: Any, name: str) -> Any:
-    from clt_bench.testing import bars
-
-    return getattr(bars, name) if value is None else value
-
-
 @pytest.fixture(scope="session")
 def clt_bench_bars(pytestconfig: pytest.Config) -> dict[str, Any]:
+    from clt_bench.testing.bars import SCALE_BAND
+
     opt = pytestconfig.getoption
+    band = opt("clt_bench_scale_band")
     return {
         "max_nmse": opt("clt_bench_max_nmse"),
-        "scale_band": _or_default(opt("clt_bench_scale_band"), "SCALE_BAND"),
+        "scale_band": SCALE_BAND if band is None else band,
         "min_pd_ratio": opt("clt_bench_min_pd_ratio"),
         "min_recovery": opt("clt_bench_min_recovery"),
         "top_k": opt("clt_bench_top_k"),
