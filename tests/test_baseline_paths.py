@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import tiny_bridge
@@ -142,3 +144,19 @@ def test_paths_readout_never_formats_a_tensor(ctx, monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "__repr__", refuse)
     paths_readout(ctx, hanna_paths(make_circuit("chain", {"END": ["1.1"], "YY": ["mlp0"]})))
+
+
+def test_paths_readout_does_not_depend_on_the_edges_order(ctx):
+    """Three or more senders of one receiver are summed in one order whatever the order of
+    ``spec.edges`` (a set: it changes with each process's string hashing), so the path-level
+    numbers are the same bits in every process."""
+    c = make_circuit("fan-in", {"END": ["1.1"], "YY": ["mlp0", "0.0", "0.1"]})
+    spec = hanna_paths(c)
+    senders = [s for s, r in spec.edges if r == "a1.h1@END:k"]
+    assert len(senders) >= 3
+    edges = sorted(spec.edges)
+    got = [
+        paths_readout(ctx, dataclasses.replace(spec, edges=order)).answer_logits
+        for order in (edges, edges[::-1], edges[1::2] + edges[::2])
+    ]
+    assert all(torch.equal(got[0], g) for g in got[1:])

@@ -121,8 +121,10 @@ class _PathRun:
         return self.patched[sender] - self.ctx.write(self.ctx.source, s)
 
     def incoming(self, receiver: str) -> torch.Tensor | None:
-        """The summed patched - corrupted writes of ``receiver``'s circuit senders."""
-        ds = [self.delta(s) for s, r in self.spec.edges if r == receiver]
+        """The summed patched - corrupted writes of ``receiver``'s circuit senders, added in the
+        senders' sorted order: a set's order changes with each process's string hashing, and so
+        would the float sum's last bits."""
+        ds = [self.delta(s) for s, r in sorted(self.spec.edges) if r == receiver]
         return torch.stack(ds).sum(0) if ds else None
 
     def qkv(
