@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,19 +70,14 @@ def _hf_documents(
             yield text
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """True when offline mode is set (use the local cache) or huggingface.co answers quickly."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return True
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _require_hub(what: str) -> None:
-    if not _hub_reachable():
+    """Refuse a hub corpus when the hub (``HF_ENDPOINT``'s host) does not answer, unless offline
+    mode is set: then the datasets library reads its local cache."""
+    from clt_bench.models.hub import hub_reachable
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return
+    if not hub_reachable():
         raise UserError(
             f"cannot stream {what}: the Hugging Face hub is not reachable (no "
             f'network); use activations.corpus="toy" or a local file:<path>.'
