@@ -205,6 +205,30 @@ def _truncate_log(path: Path, step: int) -> None:
     write_text(path, "".join(r + "\n" for r in keep))
 
 
+def train_clt(
+    cfg: RunConfig,
+    source: CachedBlocks | StreamBlocks,
+    n_layers: int,
+    d_model: int,
+    stage_dir: Path,
+    device: str = "cpu",
+    info: D.DistInfo | None = None,
+    stop_after: int | None = None,
+    loaded_at: float | None = None,
+) -> TrainResult:
+    """Train (or resume) a CLT; ``stop_after`` ends early after that many steps (for tests).
+
+    ``loaded_at`` (``time.perf_counter()`` when the model finished loading) enables the start-up
+    log line "first training step begins ... s after the model was loaded".
+    """
+    # clt.threads > 0 pins the training loop's CPU threads, else the process's budget; the
+    # stages after it run at the budget again (clt_bench.threads)
+    with threads.training(cfg.clt.threads):
+        return _train_clt(
+            cfg, source, n_layers, d_model, stage_dir, device, info, stop_after, loaded_at
+        )
+
+
 def _start(
     clt: CrossLayerTranscoder,
     source: CachedBlocks | StreamBlocks,
@@ -277,107 +301,99 @@ def _plain_clt(
     return out.to(device)
 
 
-def train_clt(
+def _train_clt(
     cfg: RunConfig,
     source: CachedBlocks | StreamBlocks,
     n_layers: int,
     d_model: int,
     stage_dir: Path,
-    device: str = "cpu",
-    info: D.DistInfo | None = None,
-    stop_after: int | None = None,
-    loaded_at: float | None = None,
+    device: str,
+    info: D.DistInfo | None,
+    stop_after: int | None,
+    loaded_at: float | None,
 ) -> TrainResult:
-    """Train (or resume) a CLT; ``stop_after`` ends early after that many steps (for tests).
-
-    ``loaded_at`` (``time.perf_counter()`` when the model finished loading) enables the start-up
-    log line "first training step begins ... s after the model was loaded".
-    """
-    # clt.threads > 0 pins the training loop's CPU threads, else the process's budget; the
-    # stages after it run at the budget again (clt_bench.threads)
-    with threads.training(cfg.clt.threads):
-        c = cfg.clt
-        info = info or D.DistInfo()
-        torch.manual_seed(c.seed)
-        data_seed = cfg.activations.seed
-        # built on the training device: the data-dependent init then runs there too (on the CPU it
-        # took most of the ~100 s start-up at the gpt2 preset's shape)
-        clt = build_clt(c, n_layers, d_model).to(device)
-        ckpt = stage_dir / "checkpoint.safetensors"
-        log_path = stage_dir / "train_log.jsonl"
-        key = train_key(cfg)
-        step, pos, seconds, tensors, fired = _start(clt, source, cfg, ckpt, key, log_path, info)
-        clt.train()
-        late_start = c.n_steps - max(1, math.ceil(LATE_FRACTION * c.n_steps))
-        objective = TrainObjective(clt, c.lambda_p, c.tanh_c, fuse=c.fuse)
-        model = D.wrap(objective, c.parallel, info, device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        # fused: one pass per parameter, no parameter-sized temporaries (2x faster on CPU)
-        opt = torch.optim.AdamW(
-            params, lr=c.lr, betas=(0.9, 0.999), weight_decay=0.0, fused=not info.enabled or None
-        )
-        if tensors is not None:
-            restore_optimizer(opt, tensors)
-        fired = fired.to(device)
-        batches = iter_batches(source, c.batch_tokens, data_seed, pos, info.rank, info.world)
-        end = c.n_steps if stop_after is None else min(c.n_steps, step + stop_after)
-        bar = tqdm(
-            total=c.n_steps, initial=step, desc="train CLT", unit="step", disable=not info.is_main
-        )
-        t_start = time.perf_counter() - seconds
-        started = False
-        while step < end:
-            x, y, pos = next(batches)
-            if not started:
-                started = True
-                if loaded_at is not None:
-                    log.info(
-                        "first training step begins %.1f s after the model was loaded",
-                        time.perf_counter() - loaded_at,
-                    )
-            for g in opt.param_groups:
-                g["lr"] = c.lr * lr_factor(step, c)
-            lam = lambda_s_at(step, c)
-            if step == late_start:
-                fired.zero_()  # count firing over the last LATE_FRACTION of training only
-            opt.zero_grad(set_to_none=True)
-            stats, fired_b, kth = forward_backward(
-                model, clt, x.to(device), y.to(device), lam, c, device
-            )
-            if kth is not None:
-                update_batchtopk_threshold(clt, kth, step == 0, info)
-            stats = D.all_reduce_mean(stats, info)
-            if not bool(torch.isfinite(stats).all()):  # after the all-reduce: every rank stops
-                raise UserError(
-                    f"CLT training diverged at step {step}: the loss is "
-                    f"{float(stats[0])} (not finite); lower clt.lr or check the "
-                    f"activations for inf/NaN."
+    c = cfg.clt
+    info = info or D.DistInfo()
+    torch.manual_seed(c.seed)
+    data_seed = cfg.activations.seed
+    # built on the training device: the data-dependent init then runs there too (on the CPU it
+    # took most of the ~100 s start-up at the gpt2 preset's shape)
+    clt = build_clt(c, n_layers, d_model).to(device)
+    ckpt = stage_dir / "checkpoint.safetensors"
+    log_path = stage_dir / "train_log.jsonl"
+    key = train_key(cfg)
+    step, pos, seconds, tensors, fired = _start(clt, source, cfg, ckpt, key, log_path, info)
+    clt.train()
+    late_start = c.n_steps - max(1, math.ceil(LATE_FRACTION * c.n_steps))
+    objective = TrainObjective(clt, c.lambda_p, c.tanh_c, fuse=c.fuse)
+    model = D.wrap(objective, c.parallel, info, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # fused: one pass per parameter, no parameter-sized temporaries (2x faster on CPU)
+    opt = torch.optim.AdamW(
+        params, lr=c.lr, betas=(0.9, 0.999), weight_decay=0.0, fused=not info.enabled or None
+    )
+    if tensors is not None:
+        restore_optimizer(opt, tensors)
+    fired = fired.to(device)
+    batches = iter_batches(source, c.batch_tokens, data_seed, pos, info.rank, info.world)
+    end = c.n_steps if stop_after is None else min(c.n_steps, step + stop_after)
+    bar = tqdm(
+        total=c.n_steps, initial=step, desc="train CLT", unit="step", disable=not info.is_main
+    )
+    t_start = time.perf_counter() - seconds
+    started = False
+    while step < end:
+        x, y, pos = next(batches)
+        if not started:
+            started = True
+            if loaded_at is not None:
+                log.info(
+                    "first training step begins %.1f s after the model was loaded",
+                    time.perf_counter() - loaded_at,
                 )
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
-            opt.step()
-            fired += D.all_reduce_sum(fired_b, info)
-            step += 1
-            bar.update(1)
-            if info.is_main and (step % c.log_every == 0 or step == c.n_steps):
-                row = _log_row(log_path, c, step, lam, grad_norm, stats, t_start)
-                bar.set_postfix(nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}")
-            if step % c.checkpoint_every == 0 or step == end:
-                meta = {
-                    "key": key,
-                    "step": step,
-                    "position": pos.to_dict(),
-                    "seconds": time.perf_counter() - t_start,
-                }
-                save_checkpoint(ckpt, clt, opt, fired, meta, write=info.is_main)
-                D.barrier(info)
-        bar.close()
-        seconds = time.perf_counter() - t_start
-        out = _plain_clt(model, clt, c, info, n_layers, d_model, device)
-        out.eval()
-        late_tokens = max(0, step - late_start) * c.batch_tokens
-        return TrainResult(
-            out, step, step * c.batch_tokens, seconds, fired.cpu(), log_path, late_tokens
+        for g in opt.param_groups:
+            g["lr"] = c.lr * lr_factor(step, c)
+        lam = lambda_s_at(step, c)
+        if step == late_start:
+            fired.zero_()  # count firing over the last LATE_FRACTION of training only
+        opt.zero_grad(set_to_none=True)
+        stats, fired_b, kth = forward_backward(
+            model, clt, x.to(device), y.to(device), lam, c, device
         )
+        if kth is not None:
+            update_batchtopk_threshold(clt, kth, step == 0, info)
+        stats = D.all_reduce_mean(stats, info)
+        if not bool(torch.isfinite(stats).all()):  # after the all-reduce: every rank stops
+            raise UserError(
+                f"CLT training diverged at step {step}: the loss is "
+                f"{float(stats[0])} (not finite); lower clt.lr or check the "
+                f"activations for inf/NaN."
+            )
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        opt.step()
+        fired += D.all_reduce_sum(fired_b, info)
+        step += 1
+        bar.update(1)
+        if info.is_main and (step % c.log_every == 0 or step == c.n_steps):
+            row = _log_row(log_path, c, step, lam, grad_norm, stats, t_start)
+            bar.set_postfix(nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}")
+        if step % c.checkpoint_every == 0 or step == end:
+            meta = {
+                "key": key,
+                "step": step,
+                "position": pos.to_dict(),
+                "seconds": time.perf_counter() - t_start,
+            }
+            save_checkpoint(ckpt, clt, opt, fired, meta, write=info.is_main)
+            D.barrier(info)
+    bar.close()
+    seconds = time.perf_counter() - t_start
+    out = _plain_clt(model, clt, c, info, n_layers, d_model, device)
+    out.eval()
+    late_tokens = max(0, step - late_start) * c.batch_tokens
+    return TrainResult(
+        out, step, step * c.batch_tokens, seconds, fired.cpu(), log_path, late_tokens
+    )
 
 
 def plot_curves(log_path: Path, png_path: Path) -> Path | None:
