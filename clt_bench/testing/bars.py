@@ -183,10 +183,11 @@ def _recovery(
 
     rm_c = build_replacement(bridge, clt, batch.clean)
     rm_x = build_replacement(bridge, clt, batch.corrupted)
-    bg = rm_x  # the error terms of the corrupted run (module docstring)
-    base = rm_x.mlp_out - rm_x.errors + bg.errors  # [n, pos, L, d]
+    # every feature corrupted, with the corrupted run's error terms (module docstring): the
+    # corrupted run's own MLP outputs [n, pos, L, d]
+    base = rm_x.mlp_out
     diff = rm_c.acts - rm_x.acts  # [n, pos, L, F]
-    tokens = bg.tokens.to(next(bridge.parameters()).device)
+    tokens = rm_x.tokens.to(next(bridge.parameters()).device)
     clean_pd = float(pd_of(rm_c.logits, batch).mean())
 
     def share(outs: torch.Tensor) -> float:
@@ -205,7 +206,7 @@ def _recovery(
     return {
         0: share(base),
         len(ranking): share(kept),
-        -1: share(rm_c.mlp_out - rm_c.errors + bg.errors),
+        -1: share(rm_c.mlp_out - rm_c.errors + rm_x.errors),
     }
 
 
